@@ -1,0 +1,443 @@
+//! A thin tokio driver for [`Session`]: two tasks own the transport (one reads, one writes);
+//! [`Stream`] handles implement `AsyncRead + AsyncWrite` over the shared state machine.
+//!
+//! The driver is generic over any `AsyncRead + AsyncWrite` transport; it opens no sockets.
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::Notify;
+
+use crate::frame::{ErrorCode, StreamId};
+use crate::session::{Config, Event, Recv, Role, Session, StreamError};
+
+/// Bytes the reader task asks the transport for at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A handle on a running session; cheap to clone. Dropping every handle does not close the
+/// session: call [`Mux::close`].
+#[derive(Clone)]
+pub struct Mux {
+    shared: Arc<Shared>,
+}
+
+/// One multiplexed stream. Dropping it releases the stream (see [`Session::release`]).
+pub struct Stream {
+    id: StreamId,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    transmit: Notify,
+    closed: Notify,
+    input_resume: Notify,
+}
+
+struct State {
+    session: Session,
+    read_wakers: HashMap<StreamId, Waker>,
+    write_wakers: HashMap<StreamId, Waker>,
+    accept_waker: Option<Waker>,
+    transport_error: Option<io::ErrorKind>,
+    shutdown_requested: bool,
+    finished: bool,
+}
+
+/// Starts a session over `io`, spawning its reader and writer tasks on the current runtime.
+pub fn start<T>(io: T, role: Role, config: Config) -> Mux
+where
+    T: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            session: Session::new(role, config),
+            read_wakers: HashMap::new(),
+            write_wakers: HashMap::new(),
+            accept_waker: None,
+            transport_error: None,
+            shutdown_requested: false,
+            finished: false,
+        }),
+        transmit: Notify::new(),
+        closed: Notify::new(),
+        input_resume: Notify::new(),
+    });
+    let (r, w) = tokio::io::split(io);
+    tokio::spawn(reader(r, shared.clone()));
+    tokio::spawn(writer(w, shared.clone()));
+    Mux { shared }
+}
+
+impl Mux {
+    /// Opens a new stream. Nothing reaches the peer until the first write.
+    pub fn open(&self) -> io::Result<Stream> {
+        let mut st = self.shared.lock();
+        let id = st.session.open().map_err(stream_err)?;
+        drop(st);
+        Ok(Stream {
+            id,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Waits for the next stream the peer opens; `None` once the session is closed or the peer
+    /// sent GOAWAY.
+    pub async fn accept(&self) -> Option<Stream> {
+        poll_fn(|cx| {
+            let mut st = self.shared.lock();
+            if let Some(id) = st.session.accept() {
+                return Poll::Ready(Some(Stream {
+                    id,
+                    shared: self.shared.clone(),
+                }));
+            }
+            if st.session.accept_finished() {
+                return Poll::Ready(None);
+            }
+            st.accept_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Sends GOAWAY, flushes what is queued and closes the transport. Open streams fail.
+    pub fn close(&self, code: ErrorCode, message: &str) {
+        let mut st = self.shared.lock();
+        st.session.go_away(code, message.as_bytes());
+        st.shutdown_requested = true;
+        drop(st);
+        self.shared.transmit.notify_one();
+    }
+
+    /// Waits until the transport has closed, for whatever reason.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.shared.closed.notified();
+            if self.shared.lock().finished {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// True once the transport has closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().finished
+    }
+
+    /// Streams currently tracked by the session.
+    pub fn stream_count(&self) -> usize {
+        self.shared.lock().session.stream_count()
+    }
+
+    /// The message of the GOAWAY the peer sent, if any.
+    pub fn remote_goaway(&self) -> Option<(ErrorCode, String)> {
+        let st = self.shared.lock();
+        st.session
+            .remote_goaway()
+            .map(|(_, code, msg)| (*code, String::from_utf8_lossy(msg).into_owned()))
+    }
+}
+
+impl Stream {
+    /// The stream's id (odd when the client opened it).
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// Aborts the stream in both directions.
+    pub fn reset(&self, code: ErrorCode) {
+        let mut st = self.shared.lock();
+        st.session.reset(self.id, code);
+        let wakers = st.take_wakers();
+        drop(st);
+        self.shared.transmit.notify_one();
+        wakers.wake();
+    }
+
+    /// Reads the whole stream into a buffer, refusing more than `limit` bytes.
+    pub async fn read_to_end_limited(&mut self, limit: usize) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = self.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(buf);
+            }
+            if buf.len() + n > limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("message larger than {limit} bytes"),
+                ));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut st = self.shared.lock();
+        let r = st.session.recv(self.id, buf.initialize_unfilled());
+        let wakers = st.take_wakers();
+        let out = match r {
+            Ok(Recv::Data(n)) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Ok(Recv::Eof) => Poll::Ready(Ok(())),
+            Ok(Recv::Pending) => {
+                st.read_wakers.insert(self.id, cx.waker().clone());
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(read_err(e, &st))),
+        };
+        drop(st);
+        if wakers.transmit {
+            self.shared.transmit.notify_one();
+        }
+        wakers.wake();
+        out
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut st = self.shared.lock();
+        let r = st.session.send(self.id, buf);
+        let wakers = st.take_wakers();
+        let out = match r {
+            Ok(0) if !buf.is_empty() => {
+                st.write_wakers.insert(self.id, cx.waker().clone());
+                Poll::Pending
+            }
+            Ok(n) => Poll::Ready(Ok(n)),
+            Err(e) => Poll::Ready(Err(stream_err(e))),
+        };
+        drop(st);
+        if wakers.transmit {
+            self.shared.transmit.notify_one();
+        }
+        wakers.wake();
+        out
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Framed data belongs to the session's writer task from here on.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.shared.lock();
+        let r = st.session.close_write(self.id);
+        let wakers = st.take_wakers();
+        drop(st);
+        self.shared.transmit.notify_one();
+        wakers.wake();
+        Poll::Ready(r.map_err(stream_err))
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        st.session.release(self.id);
+        st.read_wakers.remove(&self.id);
+        st.write_wakers.remove(&self.id);
+        let wakers = st.take_wakers();
+        drop(st);
+        if wakers.transmit {
+            self.shared.transmit.notify_one();
+        }
+        wakers.wake();
+    }
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream").field("id", &self.id).finish()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the session unusable; propagate it.
+        self.state.lock().expect("mux state poisoned")
+    }
+}
+
+#[derive(Default)]
+struct Wakers {
+    list: Vec<Waker>,
+    transmit: bool,
+}
+
+impl Wakers {
+    fn wake(self) {
+        for w in self.list {
+            w.wake();
+        }
+    }
+}
+
+impl State {
+    /// Turns the session's events into wakers, to be woken after the lock is released.
+    fn take_wakers(&mut self) -> Wakers {
+        let mut w = Wakers::default();
+        while let Some(ev) = self.session.poll_event() {
+            match ev {
+                Event::Readable(id) => w.list.extend(self.read_wakers.remove(&id)),
+                Event::Writable(id) => w.list.extend(self.write_wakers.remove(&id)),
+                Event::Acceptable => w.list.extend(self.accept_waker.take()),
+                Event::Transmit => w.transmit = true,
+            }
+        }
+        w
+    }
+
+    fn finish(&mut self, code: ErrorCode, err: Option<io::ErrorKind>) -> Wakers {
+        if self.transport_error.is_none() {
+            self.transport_error = err;
+        }
+        self.session.close(code);
+        self.finished = true;
+        let mut w = self.take_wakers();
+        w.list.extend(self.read_wakers.drain().map(|(_, w)| w));
+        w.list.extend(self.write_wakers.drain().map(|(_, w)| w));
+        w.list.extend(self.accept_waker.take());
+        w
+    }
+}
+
+async fn reader<R: AsyncRead>(r: R, shared: Arc<Shared>) {
+    tokio::pin!(r);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let res = r.read_buf(&mut buf).await;
+        let (wakers, done, resume) = {
+            let mut st = shared.lock();
+            let (wakers, done) = match res {
+                Ok(0) => (
+                    st.finish(ErrorCode::PeerEof, Some(io::ErrorKind::UnexpectedEof)),
+                    true,
+                ),
+                Err(e) => (st.finish(ErrorCode::SessionClosed, Some(e.kind())), true),
+                Ok(_) => match st.session.handle_input(&mut buf) {
+                    Ok(()) => (st.take_wakers(), st.finished),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "mux protocol error");
+                        // handle_input queued a GOAWAY; let the writer flush it, then close.
+                        st.shutdown_requested = true;
+                        let mut w = st.take_wakers();
+                        w.transmit = true;
+                        (w, true)
+                    }
+                },
+            };
+            let pause = !done && !st.session.wants_input();
+            (wakers, done, pause.then(|| shared.input_resume.notified()))
+        };
+        if wakers.transmit || done {
+            shared.transmit.notify_one();
+        }
+        wakers.wake();
+        if done {
+            shared.closed.notify_waiters();
+            return;
+        }
+        if let Some(resume) = resume {
+            resume.await;
+        }
+    }
+}
+
+async fn writer<W: AsyncWrite>(w: W, shared: Arc<Shared>) {
+    tokio::pin!(w);
+    loop {
+        let notified = shared.transmit.notified();
+        let (out, shutdown, finished) = {
+            let mut st = shared.lock();
+            let out = st.session.poll_transmit();
+            let wakers = st.take_wakers();
+            let r = (out, st.shutdown_requested, st.finished);
+            drop(st);
+            wakers.wake();
+            r
+        };
+        shared.input_resume.notify_one();
+        if let Some(out) = out {
+            if let Err(e) = w.write_all(&out).await {
+                let wakers = {
+                    shared
+                        .lock()
+                        .finish(ErrorCode::SessionClosed, Some(e.kind()))
+                };
+                wakers.wake();
+                shared.closed.notify_waiters();
+                return;
+            }
+            // Only flush once nothing more is queued, so bursts of small frames share one
+            // TLS record and one syscall.
+            let more = { shared.lock().session.has_output() };
+            if more {
+                continue;
+            }
+            if let Err(e) = w.flush().await {
+                let wakers = {
+                    shared
+                        .lock()
+                        .finish(ErrorCode::SessionClosed, Some(e.kind()))
+                };
+                wakers.wake();
+                shared.closed.notify_waiters();
+                return;
+            }
+            continue;
+        }
+        if shutdown || finished {
+            let _ = w.shutdown().await;
+            let wakers = { shared.lock().finish(ErrorCode::SessionClosed, None) };
+            wakers.wake();
+            shared.closed.notify_waiters();
+            return;
+        }
+        notified.await;
+    }
+}
+
+fn stream_err(e: StreamError) -> io::Error {
+    let kind = match e {
+        StreamError::Reset(_) => io::ErrorKind::ConnectionReset,
+        StreamError::WriteClosed => io::ErrorKind::BrokenPipe,
+        StreamError::SessionClosed(_) => io::ErrorKind::NotConnected,
+        StreamError::Unknown => io::ErrorKind::NotFound,
+    };
+    io::Error::new(kind, e)
+}
+
+fn read_err(e: StreamError, st: &State) -> io::Error {
+    match (e, st.transport_error) {
+        (StreamError::Reset(ErrorCode::PeerEof | ErrorCode::SessionClosed), Some(kind)) => {
+            io::Error::new(kind, "session transport closed")
+        }
+        _ => stream_err(e),
+    }
+}

@@ -1,0 +1,17 @@
+//! muxado stream multiplexing, the framing under ngrok's agent protocol.
+//!
+//! # Layout
+//! - [`frame`]: the 8-byte header and error codes.
+//! - [`session`]: the protocol as a state machine with no I/O and no clock ([`Session`]).
+//! - [`driver`]: a thin tokio driver that owns a transport and exposes [`Stream`]s as
+//!   `AsyncRead + AsyncWrite`.
+//! - [`typed`]: typed streams and heartbeats on top of the driver.
+
+pub mod driver;
+pub mod frame;
+pub mod session;
+pub mod typed;
+
+pub use driver::{Mux, Stream, start};
+pub use frame::{ErrorCode, StreamId};
+pub use session::{Config, Event, Recv, Role, Session, SessionError, StreamError};

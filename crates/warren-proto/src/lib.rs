@@ -1,0 +1,555 @@
+//! The agent protocol's RPC messages, wire-compatible with ngrok agents and SDKs.
+//!
+//! Every RPC is one typed stream: the opener writes the [`StreamType`] as a big-endian `u32`,
+//! then one JSON request, half-closes, and reads one JSON reply to EOF. Keys are PascalCase.
+//! Replies signal failure with a non-empty `Error` string whose lines may include an
+//! `ERR_NGROK_nnn` code, which ngrok clients parse out.
+//!
+//! This crate has serde types only: no I/O.
+
+use serde::{Deserialize, Serialize};
+
+pub mod error_codes;
+
+/// The protocol versions the edge speaks, most preferred first.
+pub const VERSIONS: [&str; 2] = ["3", "2"];
+
+/// Largest RPC request or reply accepted, in bytes.
+pub const MAX_RPC_LEN: usize = 256 * 1024;
+/// Largest proxy header accepted, in bytes.
+pub const MAX_PROXY_HEADER_LEN: usize = 64 * 1024;
+
+/// The `u32` that starts every typed stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamType {
+    /// Client → edge: authenticate the session ([`Auth`] → [`AuthResp`]).
+    Auth,
+    /// Client → edge: bind an endpoint ([`Bind`] → [`BindResp`]).
+    Bind,
+    /// Client → edge: release an endpoint ([`Unbind`] → [`UnbindResp`]).
+    Unbind,
+    /// Edge → client: a visitor connection ([`ProxyHeader`], then raw bytes).
+    Proxy,
+    /// Edge → client: restart the agent ([`Restart`] → [`CommandResp`]).
+    Restart,
+    /// Edge → client: stop the agent ([`Stop`] → [`CommandResp`]).
+    Stop,
+    /// Edge → client: update the agent ([`Update`] → [`CommandResp`]).
+    Update,
+    /// Client → edge: legacy labeled bind ([`StartTunnelWithLabel`]).
+    BindLabeled,
+    /// Client → edge: server information ([`SrvInfo`] → [`SrvInfoResp`]).
+    SrvInfo,
+    /// Edge → client: an endpoint was stopped ([`StopTunnel`], no reply).
+    StopTunnel,
+    /// Client → edge: update an endpoint's settings in place.
+    PatchTunnelState,
+    /// Either way: heartbeats (4-byte ids echoed back).
+    Heartbeat,
+    /// Anything else; refused.
+    Unknown(u32),
+}
+
+impl StreamType {
+    /// Decodes the wire value.
+    pub fn from_u32(v: u32) -> StreamType {
+        match v {
+            0 => StreamType::Auth,
+            1 => StreamType::Bind,
+            2 => StreamType::Unbind,
+            3 => StreamType::Proxy,
+            4 => StreamType::Restart,
+            5 => StreamType::Stop,
+            6 => StreamType::Update,
+            7 => StreamType::BindLabeled,
+            8 => StreamType::SrvInfo,
+            9 => StreamType::StopTunnel,
+            10 => StreamType::PatchTunnelState,
+            0xFFFF_FFFF => StreamType::Heartbeat,
+            v => StreamType::Unknown(v),
+        }
+    }
+
+    /// The wire value.
+    pub fn to_u32(self) -> u32 {
+        match self {
+            StreamType::Auth => 0,
+            StreamType::Bind => 1,
+            StreamType::Unbind => 2,
+            StreamType::Proxy => 3,
+            StreamType::Restart => 4,
+            StreamType::Stop => 5,
+            StreamType::Update => 6,
+            StreamType::BindLabeled => 7,
+            StreamType::SrvInfo => 8,
+            StreamType::StopTunnel => 9,
+            StreamType::PatchTunnelState => 10,
+            StreamType::Heartbeat => 0xFFFF_FFFF,
+            StreamType::Unknown(v) => v,
+        }
+    }
+}
+
+/// A string that never shows in `Debug` output (tokens, cookies).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"********\""
+        })
+    }
+}
+
+/// Client → edge: the first RPC of a session.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Auth {
+    /// Protocol versions the client speaks, most preferred first.
+    pub version: Vec<String>,
+    /// Empty for a new session; the previous id when resuming.
+    pub client_id: String,
+    /// Everything else the client tells about itself.
+    pub extra: AuthExtra,
+}
+
+/// Client details sent with [`Auth`]. Unknown fields are ignored, as ngrok does.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AuthExtra {
+    /// Operating system.
+    #[serde(rename = "OS")]
+    pub os: String,
+    /// CPU architecture.
+    pub arch: String,
+    /// The authtoken.
+    #[serde(rename = "AuthToken")]
+    pub authtoken: Secret,
+    /// Client version.
+    pub version: String,
+    /// Client host name.
+    pub hostname: String,
+    /// User agent string.
+    pub user_agent: String,
+    /// Free-form metadata shown on the session.
+    pub metadata: String,
+    /// Resume cookie from a previous [`AuthResp`].
+    pub cookie: Secret,
+    /// Heartbeat interval in nanoseconds.
+    pub heartbeat_interval: i64,
+    /// Heartbeat tolerance in nanoseconds.
+    pub heartbeat_tolerance: i64,
+    /// Client kind (`ngrok-rust`, `warren`, ...).
+    pub client_type: String,
+    /// Null when the client cannot stop on request; empty when it can.
+    pub stop_unsupported_error: Option<String>,
+    /// Null when the client cannot restart on request; empty when it can.
+    pub restart_unsupported_error: Option<String>,
+    /// Null when the client cannot update on request; empty when it can.
+    pub update_unsupported_error: Option<String>,
+}
+
+/// Edge → client: the reply to [`Auth`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AuthResp {
+    /// The version chosen from the client's list.
+    pub version: String,
+    /// The session id to resume with.
+    pub client_id: String,
+    /// Failure, as `msg\nERR_NGROK_nnn`; empty on success.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// Details of the session.
+    pub extra: AuthRespExtra,
+}
+
+/// Session details sent with [`AuthResp`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AuthRespExtra {
+    /// Edge version.
+    pub version: Option<String>,
+    /// Region or node name.
+    pub region: Option<String>,
+    /// Resume cookie to present on reconnect.
+    pub cookie: Option<Secret>,
+    /// Account the token belongs to.
+    pub account_name: Option<String>,
+    /// Maximum session duration in seconds, if limited.
+    pub session_duration: Option<i64>,
+    /// Plan name (always warren's).
+    pub plan_name: Option<String>,
+    /// Message for the user.
+    pub banner: Option<String>,
+}
+
+/// Client → edge: bind an endpoint. `Opts` depends on `Proto` and is kept as raw JSON so the
+/// reply can echo it back exactly as ngrok clients expect.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Bind {
+    /// Client-chosen endpoint id.
+    #[serde(rename = "Id")]
+    pub client_id: String,
+    /// `http`, `https`, `tcp` or `tls`.
+    pub proto: String,
+    /// Upstream description, shown to users.
+    pub forwards_to: String,
+    /// `""`, `http1` or `http2`.
+    pub forwards_proto: String,
+    /// Protocol-specific options ([`HttpOpts`], [`TcpOpts`], [`TlsOpts`]).
+    pub opts: serde_json::Value,
+    /// Common options.
+    pub extra: BindExtra,
+}
+
+/// Common bind options.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct BindExtra {
+    /// Endpoint name (v3 config).
+    pub name: String,
+    /// Token for edge-side resumption (unused).
+    pub token: Secret,
+    /// IP policy to attach.
+    #[serde(rename = "IPPolicyRef")]
+    pub ip_policy_ref: String,
+    /// Free-form metadata.
+    pub metadata: String,
+    /// Description.
+    pub description: String,
+    /// `public`, `internal`...
+    pub bindings: Vec<String>,
+    /// Whether several sessions may share the endpoint.
+    pub pooling_enabled: bool,
+}
+
+/// The options of an http or https endpoint that the edge reads. Protocol 2 clients send
+/// `Hostname`/`Subdomain`; protocol 3 clients send `Domain` (and newer ones `URL`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct HttpOpts {
+    /// Requested full URL (`https://app.example.com`).
+    #[serde(rename = "URL")]
+    pub url: String,
+    /// Requested host name.
+    pub domain: String,
+    /// Requested host name (protocol 2).
+    pub hostname: String,
+    /// Requested label under the edge's base domain.
+    pub subdomain: String,
+    /// Basic auth `user:pass` (protocol 2).
+    pub auth: String,
+    /// PROXY protocol version for the upstream (0, 1, 2).
+    pub proxy_proto: i64,
+    /// Traffic policy document (kept for the traffic policy work).
+    pub traffic_policy: Option<serde_json::Value>,
+}
+
+/// The options of a tcp endpoint that the edge reads.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TcpOpts {
+    /// Requested URL (`tcp://host:port`).
+    #[serde(rename = "URL")]
+    pub url: String,
+    /// Requested `host:port`.
+    pub addr: String,
+    /// Requested port (protocol 2).
+    pub remote_port: u16,
+    /// PROXY protocol version for the upstream.
+    pub proxy_proto: i64,
+}
+
+/// The options of a tls endpoint that the edge reads.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct TlsOpts {
+    /// Requested URL (`tls://host`).
+    #[serde(rename = "URL")]
+    pub url: String,
+    /// Requested host name.
+    pub domain: String,
+    /// Requested host name (protocol 2).
+    pub hostname: String,
+    /// Requested label under the edge's base domain.
+    pub subdomain: String,
+}
+
+/// Edge → client: the reply to [`Bind`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct BindResp {
+    /// The client's endpoint id, echoed.
+    #[serde(rename = "Id")]
+    pub client_id: String,
+    /// The public URL.
+    #[serde(rename = "URL")]
+    pub url: String,
+    /// The protocol bound.
+    pub proto: String,
+    /// The client's options, echoed.
+    pub opts: serde_json::Value,
+    /// Failure, as `msg\nERR_NGROK_nnn`; empty on success.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// Extra reply fields.
+    pub extra: BindRespExtra,
+}
+
+/// Extra fields of [`BindResp`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct BindRespExtra {
+    /// Resumption token (unused, always empty).
+    pub token: Secret,
+}
+
+/// Client → edge: the legacy labeled bind, refused by warren with a clear error.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct StartTunnelWithLabel {
+    /// Edge labels.
+    pub labels: std::collections::HashMap<String, String>,
+    /// Upstream description.
+    pub forwards_to: String,
+    /// Upstream protocol.
+    pub forwards_proto: String,
+    /// Metadata.
+    pub metadata: String,
+}
+
+/// Reply to [`StartTunnelWithLabel`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct StartTunnelWithLabelResp {
+    /// Tunnel id.
+    pub id: String,
+    /// Failure.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+/// Client → edge: release an endpoint.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Unbind {
+    /// The client's endpoint id.
+    #[serde(rename = "Id")]
+    pub client_id: String,
+}
+
+/// Reply to [`Unbind`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct UnbindResp {
+    /// Failure; empty on success.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+/// Client → edge: ask for server information.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct SrvInfo {}
+
+/// Reply to [`SrvInfo`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct SrvInfoResp {
+    /// Region or node name.
+    pub region: String,
+}
+
+/// Edge → client: the header of a proxy stream, before the visitor's bytes. On the wire it is
+/// an `i64` little-endian length followed by this JSON.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ProxyHeader {
+    /// The client's endpoint id the visitor arrived on.
+    pub id: String,
+    /// The visitor's `ip:port`.
+    pub client_addr: String,
+    /// `http`, `https`, `tcp`, `tls`.
+    pub proto: String,
+    /// `"1"` tcp, `"2"` tls, `"3"` https (ngrok edge types); `"0"` otherwise.
+    pub edge_type: String,
+    /// True when the bytes are a TLS session the edge did not terminate.
+    #[serde(rename = "PassthroughTLS")]
+    pub passthrough_tls: bool,
+}
+
+impl ProxyHeader {
+    /// Encodes the header with its length prefix.
+    pub fn encode(&self) -> Vec<u8> {
+        let json = serde_json::to_vec(self).expect("proxy header serializes");
+        let mut out = Vec::with_capacity(8 + json.len());
+        out.extend_from_slice(&(json.len() as i64).to_le_bytes());
+        out.extend_from_slice(&json);
+        out
+    }
+
+    /// Validates the length prefix of a header; the JSON of that many bytes follows.
+    pub fn decode_len(prefix: [u8; 8]) -> Result<usize, ProtoError> {
+        let n = i64::from_le_bytes(prefix);
+        if n < 0 || n as usize > MAX_PROXY_HEADER_LEN {
+            return Err(ProtoError::TooLarge(n));
+        }
+        Ok(n as usize)
+    }
+}
+
+/// Edge → client: stop the agent.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Stop {}
+
+/// Edge → client: restart the agent.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Restart {}
+
+/// Edge → client: update the agent.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Update {
+    /// Version to update to.
+    pub version: String,
+    /// Whether a new major version is acceptable.
+    pub permit_major_version: bool,
+}
+
+/// Reply to [`Stop`], [`Restart`] and [`Update`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct CommandResp {
+    /// Failure; absent on success.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Edge → client: one endpoint was stopped by the edge.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct StopTunnel {
+    /// The client's endpoint id.
+    #[serde(rename = "Id")]
+    pub client_id: String,
+    /// Why.
+    pub message: String,
+    /// An `ERR_NGROK_nnn` code.
+    pub error_code: Option<String>,
+}
+
+/// A message that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    /// The JSON did not match the message.
+    #[error("invalid {what} message: {source}")]
+    Json {
+        /// The message type expected.
+        what: &'static str,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// A length prefix was negative or over the limit.
+    #[error("message length {0} is out of range")]
+    TooLarge(i64),
+}
+
+/// Parses one JSON message, naming the message type in the error.
+pub fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, ProtoError> {
+    serde_json::from_slice(bytes).map_err(|source| ProtoError::Json { what, source })
+}
+
+/// Serializes one JSON message.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    serde_json::to_vec(msg).expect("protocol messages serialize")
+}
+
+/// Formats an error the way ngrok clients parse it: the message, then the code on its own line.
+pub fn error_text(msg: &str, code: &str) -> String {
+    format!("{msg}\n\n{code}\n")
+}
+
+/// Picks the protocol version to answer in: the client's most preferred that the edge speaks.
+pub fn choose_version(offered: &[String]) -> Option<&'static str> {
+    offered
+        .iter()
+        .find_map(|v| VERSIONS.iter().find(|s| **s == v.as_str()).copied())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_from_ngrok_sdk_parses() {
+        let json = br#"{"Version":["3","2"],"ClientId":"","Extra":{"OS":"linux","Arch":"x86_64","AuthToken":"tok_secret","Version":"0.19.0","Hostname":"h","UserAgent":"ngrok-rust/0.19.0","Metadata":"","Cookie":"","HeartbeatInterval":10000000000,"HeartbeatTolerance":15000000000,"UpdateUnsupportedError":"x","StopUnsupportedError":"","RestartUnsupportedError":"","ProxyType":"","MutualTLS":false,"ServiceRun":false,"ConfigVersion":"","CustomInterface":false,"CustomCAs":false,"ClientType":"ngrok-rust"}}"#;
+        let a: Auth = decode("Auth", json).unwrap();
+        assert_eq!(a.extra.authtoken.0, "tok_secret");
+        assert_eq!(a.extra.heartbeat_interval, 10_000_000_000);
+        assert_eq!(choose_version(&a.version), Some("3"));
+        assert!(!format!("{a:?}").contains("tok_secret"));
+    }
+
+    #[test]
+    fn version_negotiation_answers_in_client_choice() {
+        assert_eq!(choose_version(&["2".into()]), Some("2"));
+        assert_eq!(
+            choose_version(&["1".into(), "2".into(), "3".into()]),
+            Some("2")
+        );
+        assert_eq!(choose_version(&["1".into()]), None);
+    }
+
+    #[test]
+    fn bind_resp_shape_matches_ngrok() {
+        let r = BindResp {
+            client_id: "t1".into(),
+            url: "https://a.example".into(),
+            proto: "https".into(),
+            opts: serde_json::json!({"Domain": "a.example"}),
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&encode(&r)).unwrap();
+        assert_eq!(v["Id"], "t1");
+        assert_eq!(v["URL"], "https://a.example");
+        assert_eq!(v["Opts"]["Domain"], "a.example");
+        assert_eq!(v["Extra"]["Token"], "");
+        assert!(v.get("Error").is_none());
+    }
+
+    #[test]
+    fn proxy_header_round_trips() {
+        let h = ProxyHeader {
+            id: "t".into(),
+            client_addr: "1.2.3.4:5".into(),
+            proto: "https".into(),
+            edge_type: "3".into(),
+            passthrough_tls: false,
+        };
+        let b = h.encode();
+        let n = ProxyHeader::decode_len(b[..8].try_into().unwrap()).unwrap();
+        let back: ProxyHeader = decode("ProxyHeader", &b[8..8 + n]).unwrap();
+        assert_eq!(back.client_addr, "1.2.3.4:5");
+        assert!(String::from_utf8_lossy(&b[8..]).contains("\"PassthroughTLS\":false"));
+        assert!(ProxyHeader::decode_len((-1i64).to_le_bytes()).is_err());
+        assert!(ProxyHeader::decode_len((1i64 << 40).to_le_bytes()).is_err());
+    }
+
+    #[test]
+    fn stream_types_round_trip() {
+        for v in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0xFFFF_FFFF] {
+            assert_eq!(StreamType::from_u32(v).to_u32(), v);
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Generating, parsing and checking `<id>_<secret>` tokens.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Which kind of secret a token is; decides the id prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretKind {
+    /// An authtoken (`cr_`).
+    Credential,
+    /// An API key (`ak_`).
+    ApiKey,
+}
+
+impl SecretKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            SecretKind::Credential => "cr",
+            SecretKind::ApiKey => "ak",
+        }
+    }
+}
+
+/// Bytes of randomness in a secret.
+const SECRET_BYTES: usize = 32;
+/// Random characters after an id's prefix.
+const ID_CHARS: usize = 26;
+
+/// A new random id such as `cr_2bXk...`.
+pub fn generate_id(prefix: &str) -> String {
+    let tail: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(ID_CHARS)
+        .map(char::from)
+        .collect();
+    format!("{prefix}_{tail}")
+}
+
+/// SHA-256 of a token's secret part.
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Splits `<prefix>_<id chars>_<secret>` into the id and the secret part. The secret is
+/// base64url and may itself contain `_`, so the id is taken by its known shape.
+pub fn parse_token(kind: SecretKind, token: &str) -> Option<(&str, &str)> {
+    let prefix = kind.prefix();
+    let rest = token.strip_prefix(prefix)?.strip_prefix('_')?;
+    let id_len = prefix.len() + 1 + ID_CHARS;
+    if rest.len() <= ID_CHARS + 1
+        || !rest[..ID_CHARS].bytes().all(|b| b.is_ascii_alphanumeric())
+        || rest.as_bytes()[ID_CHARS] != b'_'
+    {
+        return None;
+    }
+    Some((&token[..id_len], &rest[ID_CHARS + 1..]))
+}
+
+pub(crate) fn new_secret(kind: SecretKind) -> (String, String, [u8; 32]) {
+    let id = generate_id(kind.prefix());
+    let mut raw = [0u8; SECRET_BYTES];
+    rand::rng().fill(&mut raw);
+    let secret = URL_SAFE_NO_PAD.encode(raw);
+    let hash = hash_secret(&secret);
+    (id.clone(), format!("{id}_{secret}"), hash)
+}
+
+pub(crate) fn hash_matches(presented: &str, stored: &[u8]) -> bool {
+    let h = hash_secret(presented);
+    stored.len() == h.len() && bool::from(h.ct_eq(stored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_parse_even_when_the_secret_has_underscores() {
+        let (id, token, hash) = new_secret(SecretKind::Credential);
+        let (pid, secret) = parse_token(SecretKind::Credential, &token).unwrap();
+        assert_eq!(pid, id);
+        assert!(hash_matches(secret, &hash));
+        assert!(secret.len() >= 43, "32 random bytes in base64url");
+        let t = format!("{id}_a_b-c");
+        assert_eq!(
+            parse_token(SecretKind::Credential, &t),
+            Some((id.as_str(), "a_b-c"))
+        );
+        assert_eq!(parse_token(SecretKind::ApiKey, &token), None);
+        assert_eq!(parse_token(SecretKind::Credential, "cr_short_x"), None);
+        assert_eq!(parse_token(SecretKind::Credential, ""), None);
+        assert_eq!(parse_token(SecretKind::Credential, &format!("{id}_")), None);
+    }
+}
