@@ -1,1 +1,166 @@
+//! The warren edge: accepts agent sessions, binds their endpoints and proxies visitors to them.
+//!
+//! # Layout
+//! - [`config`]: [`EdgeConfig`], parsed and validated once.
+//! - [`bootstrap`]: the embedded default (data directory, local CA, first authtoken and key).
+//! - [`tls`]: certificates and rustls configs.
+//! - `registry`: which session holds which endpoint.
+//! - `session`: one agent session: Auth, Bind, Unbind, heartbeats.
+//! - `ingress_http`, `ingress_tcp`: listeners for visitors.
+//!
+//! [`Edge::start`] binds every listener and returns their addresses (tests use port 0);
+//! [`run`] starts an edge and serves until `shutdown` resolves.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub mod bootstrap;
+pub mod config;
+mod ingress_http;
+mod ingress_tcp;
+mod registry;
+mod session;
+pub mod tls;
+
+pub use config::{EdgeConfig, Limits};
+pub use warren_store::Store;
+
+/// Why the edge could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// TLS material could not be made or loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] warren_store::StoreError),
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// A running edge. Dropping it does not stop it: call [`Edge::shutdown`].
+pub struct Edge {
+    /// Where agents connect.
+    pub connect_addr: SocketAddr,
+    /// The https ingress.
+    pub https_addr: SocketAddr,
+    /// The plain http ingress, if enabled.
+    pub http_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    shared: Arc<Shared>,
+}
+
+/// State shared by every listener and session task.
+pub(crate) struct Shared {
+    pub(crate) config: EdgeConfig,
+    pub(crate) store: Store,
+    pub(crate) registry: registry::Registry,
+    pub(crate) connect_tls: tokio_rustls::TlsAcceptor,
+    pub(crate) https_tls: tokio_rustls::TlsAcceptor,
+    /// Public port of the https ingress, for URLs.
+    pub(crate) https_port: u16,
+    /// Public port of the http ingress, for URLs and redirects.
+    pub(crate) http_port: Option<u16>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) session_limit: Arc<tokio::sync::Semaphore>,
+    pub(crate) visitor_limit: Arc<tokio::sync::Semaphore>,
+}
+
+impl Edge {
+    /// Binds every listener and starts serving. Listeners on port 0 get a free port.
+    pub async fn start(config: EdgeConfig, store: Store, tls: tls::TlsMaterial) -> Result<Edge, EdgeError> {
+        config.validate().map_err(EdgeError::Config)?;
+        let connect = bind(config.connect_addr).await?;
+        let https = bind(config.https_addr).await?;
+        let http = match config.http_addr {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let connect_addr =
+            connect.local_addr().map_err(|source| EdgeError::Bind { addr: config.connect_addr, source })?;
+        let https_addr =
+            https.local_addr().map_err(|source| EdgeError::Bind { addr: config.https_addr, source })?;
+        let http_addr = match &http {
+            Some(l) => {
+                Some(l.local_addr().map_err(|source| EdgeError::Bind { addr: config.https_addr, source })?)
+            }
+            None => None,
+        };
+        let (tx, rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            connect_tls: tokio_rustls::TlsAcceptor::from(tls::server_config(&tls, &[])?),
+            https_tls: tokio_rustls::TlsAcceptor::from(tls::server_config(&tls, &[b"h2", b"http/1.1"])?),
+            https_port: config.public_https_port.unwrap_or(https_addr.port()),
+            http_port: http_addr.map(|a| config.public_http_port.unwrap_or(a.port())),
+            session_limit: Arc::new(tokio::sync::Semaphore::new(config.limits.max_sessions)),
+            visitor_limit: Arc::new(tokio::sync::Semaphore::new(config.limits.max_visitor_connections)),
+            registry: registry::Registry::default(),
+            store,
+            config,
+            shutdown: rx,
+        });
+        let mut tasks = JoinSet::new();
+        tasks.spawn(session::accept_loop(shared.clone(), connect));
+        tasks.spawn(ingress_http::accept_loop(shared.clone(), https, ingress_http::Scheme::Https));
+        if let Some(http) = http {
+            tasks.spawn(ingress_http::accept_loop(shared.clone(), http, ingress_http::Scheme::Http));
+        }
+        tracing::info!(%connect_addr, %https_addr, ?http_addr, "edge listening");
+        Ok(Edge { connect_addr, https_addr, http_addr, shutdown: tx, tasks, shared })
+    }
+
+    /// Number of live agent sessions.
+    pub fn session_count(&self) -> usize {
+        self.shared.registry.session_count()
+    }
+
+    /// Stops accepting, closes every agent session (GOAWAY) and waits for the listeners.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        self.shared.registry.close_all("edge shutting down");
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// The store the edge uses.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+}
+
+/// Starts an edge and serves until `shutdown` resolves.
+pub async fn run(
+    config: EdgeConfig,
+    store: Store,
+    tls: tls::TlsMaterial,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), EdgeError> {
+    let edge = Edge::start(config, store, tls).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    edge.shutdown().await;
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, EdgeError> {
+    TcpListener::bind(addr).await.map_err(|source| EdgeError::Bind { addr, source })
+}
+
+/// Resolves when the edge is shutting down.
+pub(crate) async fn shutting_down(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}

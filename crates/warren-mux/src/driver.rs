@@ -81,10 +81,7 @@ impl Mux {
         let mut st = self.shared.lock();
         let id = st.session.open().map_err(stream_err)?;
         drop(st);
-        Ok(Stream {
-            id,
-            shared: self.shared.clone(),
-        })
+        Ok(Stream { id, shared: self.shared.clone() })
     }
 
     /// Waits for the next stream the peer opens; `None` once the session is closed or the peer
@@ -93,10 +90,7 @@ impl Mux {
         poll_fn(|cx| {
             let mut st = self.shared.lock();
             if let Some(id) = st.session.accept() {
-                return Poll::Ready(Some(Stream {
-                    id,
-                    shared: self.shared.clone(),
-                }));
+                return Poll::Ready(Some(Stream { id, shared: self.shared.clone() }));
             }
             if st.session.accept_finished() {
                 return Poll::Ready(None);
@@ -140,9 +134,7 @@ impl Mux {
     /// The message of the GOAWAY the peer sent, if any.
     pub fn remote_goaway(&self) -> Option<(ErrorCode, String)> {
         let st = self.shared.lock();
-        st.session
-            .remote_goaway()
-            .map(|(_, code, msg)| (*code, String::from_utf8_lossy(msg).into_owned()))
+        st.session.remote_goaway().map(|(_, code, msg)| (*code, String::from_utf8_lossy(msg).into_owned()))
     }
 }
 
@@ -183,11 +175,7 @@ impl Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let mut st = self.shared.lock();
         let r = st.session.recv(self.id, buf.initialize_unfilled());
         let wakers = st.take_wakers();
@@ -213,11 +201,7 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let mut st = self.shared.lock();
         let r = st.session.send(self.id, buf);
         let wakers = st.take_wakers();
@@ -335,10 +319,7 @@ async fn reader<R: AsyncRead>(r: R, shared: Arc<Shared>) {
         let (wakers, done, resume) = {
             let mut st = shared.lock();
             let (wakers, done) = match res {
-                Ok(0) => (
-                    st.finish(ErrorCode::PeerEof, Some(io::ErrorKind::UnexpectedEof)),
-                    true,
-                ),
+                Ok(0) => (st.finish(ErrorCode::PeerEof, Some(io::ErrorKind::UnexpectedEof)), true),
                 Err(e) => (st.finish(ErrorCode::SessionClosed, Some(e.kind())), true),
                 Ok(_) => match st.session.handle_input(&mut buf) {
                     Ok(()) => (st.take_wakers(), st.finished),
@@ -385,11 +366,7 @@ async fn writer<W: AsyncWrite>(w: W, shared: Arc<Shared>) {
         shared.input_resume.notify_one();
         if let Some(out) = out {
             if let Err(e) = w.write_all(&out).await {
-                let wakers = {
-                    shared
-                        .lock()
-                        .finish(ErrorCode::SessionClosed, Some(e.kind()))
-                };
+                let wakers = { shared.lock().finish(ErrorCode::SessionClosed, Some(e.kind())) };
                 wakers.wake();
                 shared.closed.notify_waiters();
                 return;
@@ -401,11 +378,7 @@ async fn writer<W: AsyncWrite>(w: W, shared: Arc<Shared>) {
                 continue;
             }
             if let Err(e) = w.flush().await {
-                let wakers = {
-                    shared
-                        .lock()
-                        .finish(ErrorCode::SessionClosed, Some(e.kind()))
-                };
+                let wakers = { shared.lock().finish(ErrorCode::SessionClosed, Some(e.kind())) };
                 wakers.wake();
                 shared.closed.notify_waiters();
                 return;

@@ -115,12 +115,7 @@ impl Header {
             }
             _ => {}
         }
-        Ok(Header {
-            length,
-            ty,
-            flags,
-            stream_id: StreamId(id),
-        })
+        Ok(Header { length, ty, flags, stream_id: StreamId(id) })
     }
 
     /// Encodes the header. `length` must fit in 24 bits.
@@ -134,16 +129,7 @@ impl Header {
         };
         let l = self.length.to_be_bytes();
         let id = (self.stream_id.0 & MAX_STREAM_ID).to_be_bytes();
-        [
-            l[1],
-            l[2],
-            l[3],
-            (ty << 4) | (self.flags & 0x0F),
-            id[0],
-            id[1],
-            id[2],
-            id[3],
-        ]
+        [l[1], l[2], l[3], (ty << 4) | (self.flags & 0x0F), id[0], id[1], id[2], id[3]]
     }
 }
 
@@ -277,26 +263,11 @@ mod tests {
 
     #[test]
     fn invalid_headers_are_rejected() {
-        assert_eq!(
-            Header::decode(&[0, 0, 0, 0x40, 0, 0, 0, 1]),
-            Err(HeaderError::UnknownType(4))
-        );
-        assert!(matches!(
-            Header::decode(&[0, 0, 5, 0x00, 0, 0, 0, 1]),
-            Err(HeaderError::BadLength { .. })
-        ));
-        assert!(matches!(
-            Header::decode(&[0, 0, 4, 0x20, 0, 0, 0, 0]),
-            Err(HeaderError::BadStreamId { .. })
-        ));
-        assert!(matches!(
-            Header::decode(&[0, 0, 8, 0x30, 0, 0, 0, 1]),
-            Err(HeaderError::BadStreamId { .. })
-        ));
-        assert!(matches!(
-            Header::decode(&[0, 0, 7, 0x30, 0, 0, 0, 0]),
-            Err(HeaderError::BadLength { .. })
-        ));
+        assert_eq!(Header::decode(&[0, 0, 0, 0x40, 0, 0, 0, 1]), Err(HeaderError::UnknownType(4)));
+        assert!(matches!(Header::decode(&[0, 0, 5, 0x00, 0, 0, 0, 1]), Err(HeaderError::BadLength { .. })));
+        assert!(matches!(Header::decode(&[0, 0, 4, 0x20, 0, 0, 0, 0]), Err(HeaderError::BadStreamId { .. })));
+        assert!(matches!(Header::decode(&[0, 0, 8, 0x30, 0, 0, 0, 1]), Err(HeaderError::BadStreamId { .. })));
+        assert!(matches!(Header::decode(&[0, 0, 7, 0x30, 0, 0, 0, 0]), Err(HeaderError::BadLength { .. })));
     }
 
     #[test]

@@ -13,8 +13,8 @@ use std::collections::{HashMap, VecDeque};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::frame::{
-    ErrorCode, FrameType, HEADER_LEN, Header, HeaderError, MAX_STREAM_ID, MAX_WINDOW_INCREMENT,
-    StreamId, flags,
+    ErrorCode, FrameType, HEADER_LEN, Header, HeaderError, MAX_STREAM_ID, MAX_WINDOW_INCREMENT, StreamId,
+    flags,
 };
 
 /// Which end of the session this is; decides stream id parity.
@@ -143,6 +143,8 @@ struct Stream {
     recv_window: u32,
     /// Bytes read by the application and not yet returned to the peer.
     recv_unacked: u32,
+    /// The peer was left with less than a quarter of the window since the window last grew.
+    peer_ran_dry: bool,
     recv_fin: bool,
     send_credit: u32,
     send_fin: bool,
@@ -156,12 +158,7 @@ enum Decode {
     /// Waiting for (the rest of) a header.
     Header,
     /// Inside a DATA frame body: this many bytes of it are still to come.
-    Data {
-        id: StreamId,
-        remaining: u32,
-        fin: bool,
-        discard: bool,
-    },
+    Data { id: StreamId, remaining: u32, fin: bool, discard: bool },
     /// Waiting for the whole body of a small control frame.
     Control(Header),
 }
@@ -243,12 +240,7 @@ impl Session {
                     let header = Header::decode(&h)?;
                     self.start_frame(header)?;
                 }
-                Decode::Data {
-                    id,
-                    remaining,
-                    fin,
-                    discard,
-                } => {
+                Decode::Data { id, remaining, fin, discard } => {
                     if remaining > 0 {
                         if input.is_empty() {
                             return Ok(());
@@ -259,12 +251,7 @@ impl Session {
                             self.on_data(id, chunk);
                         }
                         let remaining = remaining - n as u32;
-                        self.decode = Decode::Data {
-                            id,
-                            remaining,
-                            fin,
-                            discard,
-                        };
+                        self.decode = Decode::Data { id, remaining, fin, discard };
                         if remaining > 0 {
                             return Ok(());
                         }
@@ -299,12 +286,13 @@ impl Session {
                             "peer opened stream {id} with our parity"
                         )));
                     }
-                    if id.0 <= self.last_remote_id {
-                        return Err(SessionError::Protocol(format!(
-                            "stream {id} opened twice or out of order"
-                        )));
+                    // muxado peers number a stream at open() but send its SYN with the first
+                    // write, so SYNs of concurrently opened streams can arrive out of id order.
+                    // Only a SYN for a stream that is still open is a duplicate.
+                    if self.streams.contains_key(&id) {
+                        return Err(SessionError::Protocol(format!("stream {id} opened twice")));
                     }
-                    self.last_remote_id = id.0;
+                    self.last_remote_id = self.last_remote_id.max(id.0);
                     let refuse = if self.local_goaway {
                         Some(ErrorCode::RemoteGoneAway)
                     } else if self.streams.len() >= self.config.max_streams {
@@ -320,11 +308,8 @@ impl Session {
                             discard = true;
                         }
                         None => {
-                            let s = Stream::new(
-                                self.config.initial_window,
-                                self.config.initial_window,
-                                false,
-                            );
+                            let s =
+                                Stream::new(self.config.initial_window, self.config.initial_window, false);
                             self.streams.insert(id, s);
                             self.accept_queue.push_back(id);
                             self.events.push_back(Event::Acceptable);
@@ -337,19 +322,24 @@ impl Session {
                         // close; they are dropped, never an error.
                         None => discard = true,
                         Some(s) if s.reset.is_some() || s.recv_fin => discard = true,
+                        // Released after our FIN: nobody will read this.
+                        Some(s) if s.released && h.length > 0 => {
+                            self.reset_stream(id, ErrorCode::StreamClosed, true);
+                            discard = true;
+                        }
                         Some(s) if h.length > s.recv_credit => {
                             self.reset_stream(id, ErrorCode::FlowControl, true);
                             discard = true;
                         }
-                        Some(s) => s.recv_credit -= h.length,
+                        Some(s) => {
+                            s.recv_credit -= h.length;
+                            if s.recv_credit < s.recv_window / 4 {
+                                s.peer_ran_dry = true;
+                            }
+                        }
                     }
                 }
-                self.decode = Decode::Data {
-                    id,
-                    remaining: h.length,
-                    fin,
-                    discard,
-                };
+                self.decode = Decode::Data { id, remaining: h.length, fin, discard };
             }
             FrameType::Rst | FrameType::WndInc => self.decode = Decode::Control(h),
             FrameType::GoAway => {
@@ -390,12 +380,8 @@ impl Session {
                 let code = ErrorCode::from_u32(body.get_u32());
                 self.remote_goaway = Some((last, code, body.freeze()));
                 // Streams we opened that the peer never processed will never be answered.
-                let lost: Vec<StreamId> = self
-                    .streams
-                    .keys()
-                    .copied()
-                    .filter(|id| self.is_local(*id) && id.0 > last.0)
-                    .collect();
+                let lost: Vec<StreamId> =
+                    self.streams.keys().copied().filter(|id| self.is_local(*id) && id.0 > last.0).collect();
                 for id in lost {
                     self.reset_stream(id, ErrorCode::RemoteGoneAway, false);
                 }
@@ -441,10 +427,7 @@ impl Session {
         }
         let id = StreamId(self.next_local_id);
         self.next_local_id += 2;
-        self.streams.insert(
-            id,
-            Stream::new(self.config.initial_window, self.config.initial_window, true),
-        );
+        self.streams.insert(id, Stream::new(self.config.initial_window, self.config.initial_window, true));
         Ok(id)
     }
 
@@ -474,20 +457,11 @@ impl Session {
         if data.is_empty() {
             return Ok(0);
         }
-        let Session {
-            config,
-            out,
-            out_data,
-            blocked_on_output,
-            ..
-        } = self;
+        let Session { config, out, out_data, blocked_on_output, .. } = self;
         let mut sent = 0;
         while sent < data.len() {
             let room = config.max_output.saturating_sub(*out_data);
-            let n = (data.len() - sent)
-                .min(s.send_credit as usize)
-                .min(config.max_frame_payload)
-                .min(room);
+            let n = (data.len() - sent).min(s.send_credit as usize).min(config.max_frame_payload).min(room);
             if n == 0 {
                 if s.send_credit == 0 {
                     s.write_blocked = true;
@@ -501,12 +475,7 @@ impl Session {
                 s.needs_syn = false;
                 f |= flags::SYN;
             }
-            let h = Header {
-                length: n as u32,
-                ty: FrameType::Data,
-                flags: f,
-                stream_id: id,
-            };
+            let h = Header { length: n as u32, ty: FrameType::Data, flags: f, stream_id: id };
             out.reserve(HEADER_LEN + n);
             out.put_slice(&h.encode());
             out.put_slice(&data[sent..sent + n]);
@@ -523,9 +492,7 @@ impl Session {
     /// Half-closes the write side (FIN). Idempotent.
     pub fn close_write(&mut self, id: StreamId) -> Result<(), StreamError> {
         let Some(s) = self.streams.get_mut(&id) else {
-            return Err(self
-                .closed
-                .map_or(StreamError::Unknown, StreamError::SessionClosed));
+            return Err(self.closed.map_or(StreamError::Unknown, StreamError::SessionClosed));
         };
         if let Some(code) = s.reset {
             return Err(StreamError::Reset(code));
@@ -539,15 +506,7 @@ impl Session {
             s.needs_syn = false;
             f |= flags::SYN;
         }
-        self.queue_frame(
-            Header {
-                length: 0,
-                ty: FrameType::Data,
-                flags: f,
-                stream_id: id,
-            },
-            &[],
-        );
+        self.queue_frame(Header { length: 0, ty: FrameType::Data, flags: f, stream_id: id }, &[]);
         self.maybe_remove(id);
         Ok(())
     }
@@ -579,28 +538,29 @@ impl Session {
         }
         s.recv_buffered -= n;
         s.recv_unacked += n as u32;
-        if !s.recv_fin && s.reset.is_none() && s.recv_unacked >= s.recv_window / 2 {
-            // The reader keeps up (nothing left buffered) yet the peer had almost no credit
-            // left: the window, not the reader, limits throughput. Grow it (bandwidth × delay).
-            let max_window = self.config.max_window;
-            if s.recv_buffered == 0
-                && s.recv_credit < s.recv_window / 4
-                && s.recv_window < max_window
-            {
-                let grown = s.recv_window.saturating_mul(2).min(max_window);
-                s.recv_unacked += grown - s.recv_window;
-                s.recv_window = grown;
-            }
+        if s.recv_fin || s.reset.is_some() {
+            return Ok(Recv::Data(n));
+        }
+        // The reader keeps up (it drained everything) yet the peer ran almost out of credit: the
+        // window, not the reader, limits throughput. Grow it (bandwidth × delay). Checked when
+        // the buffer empties, so it works whatever size the application's reads are.
+        let max_window = self.config.max_window;
+        if s.recv_buffered == 0 && s.peer_ran_dry && s.recv_window < max_window {
+            let grown = s.recv_window.saturating_mul(2).min(max_window);
+            s.recv_unacked += grown - s.recv_window;
+            s.recv_window = grown;
+            s.peer_ran_dry = false;
+        }
+        // Credit goes back every half window, but at least every half *initial* window: some
+        // muxado peers (the `muxado` crate) never hold more credit than the initial window and
+        // drop the excess, so waiting for half of a grown window could wait forever.
+        let threshold = (s.recv_window / 2).min(self.config.initial_window / 2).max(1);
+        if s.recv_unacked >= threshold {
             let inc = s.recv_unacked;
             s.recv_unacked = 0;
             s.recv_credit += inc;
             self.queue_frame(
-                Header {
-                    length: 4,
-                    ty: FrameType::WndInc,
-                    flags: 0,
-                    stream_id: id,
-                },
+                Header { length: 4, ty: FrameType::WndInc, flags: 0, stream_id: id },
                 &inc.to_be_bytes(),
             );
         }
@@ -625,14 +585,19 @@ impl Session {
     }
 
     /// The application dropped its handle. A stream still open for reading is reset (nobody
-    /// will read it); one only open for writing is finished with FIN.
+    /// will read it); one only open for writing is finished with FIN. A stream whose write side
+    /// is already finished is not reset, so the peer can still read everything that was sent: it
+    /// is forgotten at the peer's FIN, or reset if the peer sends more data.
     pub fn release(&mut self, id: StreamId) {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
         s.released = true;
+        // Nobody will read what is still buffered (possible after the peer's FIN).
+        s.recv_buf.clear();
+        s.recv_buffered = 0;
         if s.reset.is_none() {
-            if !s.recv_fin {
+            if !s.recv_fin && !s.send_fin {
                 self.reset_stream(id, ErrorCode::StreamCancelled, true);
             } else if !s.send_fin {
                 let _ = self.close_write(id);
@@ -653,12 +618,7 @@ impl Session {
         body.extend_from_slice(&code.to_u32().to_be_bytes());
         body.extend_from_slice(message);
         self.queue_frame(
-            Header {
-                length: body.len() as u32,
-                ty: FrameType::GoAway,
-                flags: 0,
-                stream_id: StreamId(0),
-            },
+            Header { length: body.len() as u32, ty: FrameType::GoAway, flags: 0, stream_id: StreamId(0) },
             &body,
         );
     }
@@ -722,12 +682,7 @@ impl Session {
 
     fn queue_rst(&mut self, id: StreamId, code: ErrorCode) {
         self.queue_frame(
-            Header {
-                length: 4,
-                ty: FrameType::Rst,
-                flags: 0,
-                stream_id: id,
-            },
+            Header { length: 4, ty: FrameType::Rst, flags: 0, stream_id: id },
             &code.to_u32().to_be_bytes(),
         );
     }
@@ -749,10 +704,15 @@ impl Session {
         s.recv_buffered = 0;
         let needs_syn = s.needs_syn;
         s.needs_syn = false;
+        // A stream still waiting in the accept queue never reaches the application, so nobody
+        // would release it: release it here.
+        if let Some(pos) = self.accept_queue.iter().position(|a| *a == id) {
+            self.accept_queue.remove(pos);
+            s.released = true;
+        }
         if tell_peer && !needs_syn {
             self.queue_rst(id, code);
         }
-        self.accept_queue.retain(|a| *a != id);
         self.events.push_back(Event::Readable(id));
         self.events.push_back(Event::Writable(id));
         self.maybe_remove(id);
@@ -778,6 +738,7 @@ impl Stream {
             recv_credit: window,
             recv_window: window,
             recv_unacked: 0,
+            peer_ran_dry: false,
             recv_fin: false,
             send_credit,
             send_fin: false,

@@ -97,11 +97,7 @@ pub struct Secret(pub String);
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "\"\""
-        } else {
-            "\"********\""
-        })
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"********\"" })
     }
 }
 
@@ -463,10 +459,7 @@ pub enum ProtoError {
 }
 
 /// Parses one JSON message, naming the message type in the error.
-pub fn decode<T: serde::de::DeserializeOwned>(
-    what: &'static str,
-    bytes: &[u8],
-) -> Result<T, ProtoError> {
+pub fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, ProtoError> {
     serde_json::from_slice(bytes).map_err(|source| ProtoError::Json { what, source })
 }
 
@@ -482,9 +475,7 @@ pub fn error_text(msg: &str, code: &str) -> String {
 
 /// Picks the protocol version to answer in: the client's most preferred that the edge speaks.
 pub fn choose_version(offered: &[String]) -> Option<&'static str> {
-    offered
-        .iter()
-        .find_map(|v| VERSIONS.iter().find(|s| **s == v.as_str()).copied())
+    offered.iter().find_map(|v| VERSIONS.iter().find(|s| **s == v.as_str()).copied())
 }
 
 #[cfg(test)]
@@ -504,10 +495,7 @@ mod tests {
     #[test]
     fn version_negotiation_answers_in_client_choice() {
         assert_eq!(choose_version(&["2".into()]), Some("2"));
-        assert_eq!(
-            choose_version(&["1".into(), "2".into(), "3".into()]),
-            Some("2")
-        );
+        assert_eq!(choose_version(&["1".into(), "2".into(), "3".into()]), Some("2"));
         assert_eq!(choose_version(&["1".into()]), None);
     }
 

@@ -92,10 +92,7 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
         Ok(Store { pool })
     }
@@ -107,13 +104,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
         {
-            return Ok((
-                Account {
-                    id: row.get(0),
-                    name: row.get(1),
-                },
-                false,
-            ));
+            return Ok((Account { id: row.get(0), name: row.get(1) }, false));
         }
         let id = generate_id("acc");
         sqlx::query("INSERT INTO accounts (id, name, created_at) VALUES (?, ?, ?)")
@@ -122,13 +113,7 @@ impl Store {
             .bind(now_rfc3339())
             .execute(&self.pool)
             .await?;
-        Ok((
-            Account {
-                id,
-                name: name.to_owned(),
-            },
-            true,
-        ))
+        Ok((Account { id, name: name.to_owned() }, true))
     }
 
     /// Creates an authtoken; the returned [`Token`] is the only time the secret is visible.
@@ -161,10 +146,12 @@ impl Store {
         let Some((id, presented)) = parse_token(SecretKind::Credential, token) else {
             return Ok(None);
         };
-        let row = sqlx::query("SELECT id, account_id, description, secret_hash, created_at FROM credentials WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT id, account_id, description, secret_hash, created_at FROM credentials WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(row) = row else {
             // Same work as a hit, so timing does not tell whether the id exists.
             let _ = secret::hash_matches(presented, &[0u8; 32]);
@@ -184,10 +171,7 @@ impl Store {
 
     /// Deletes an authtoken; it stops working at once.
     pub async fn delete_credential(&self, id: &str) -> Result<(), StoreError> {
-        let r = sqlx::query("DELETE FROM credentials WHERE id = ?")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let r = sqlx::query("DELETE FROM credentials WHERE id = ?").bind(id).execute(&self.pool).await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound("credential"));
         }
@@ -228,12 +212,7 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok((
-            ApiKey {
-                id,
-                account_id: account_id.to_owned(),
-                description: description.to_owned(),
-                created_at,
-            },
+            ApiKey { id, account_id: account_id.to_owned(), description: description.to_owned(), created_at },
             Token(token),
         ))
     }
@@ -243,10 +222,12 @@ impl Store {
         let Some((id, presented)) = parse_token(SecretKind::ApiKey, key) else {
             return Ok(None);
         };
-        let row = sqlx::query("SELECT id, account_id, description, secret_hash, created_at FROM api_keys WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT id, account_id, description, secret_hash, created_at FROM api_keys WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(row) = row else {
             let _ = secret::hash_matches(presented, &[0u8; 32]);
             return Ok(None);
@@ -271,9 +252,7 @@ impl Store {
 
 /// Current time as RFC 3339 UTC with second precision.
 pub fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     rfc3339(secs)
 }
 
@@ -290,12 +269,7 @@ fn rfc3339(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]
@@ -320,16 +294,10 @@ mod tests {
         let (s, _d) = store().await;
         let (acc, created) = s.ensure_account("default").await.unwrap();
         assert!(created);
-        assert_eq!(
-            s.ensure_account("default").await.unwrap(),
-            (acc.clone(), false)
-        );
+        assert_eq!(s.ensure_account("default").await.unwrap(), (acc.clone(), false));
         let (cred, token) = s.create_credential(&acc.id, "laptop").await.unwrap();
         assert!(token.0.starts_with(&format!("{}_", cred.id)));
-        assert_eq!(
-            s.verify_credential(&token.0).await.unwrap(),
-            Some(cred.clone())
-        );
+        assert_eq!(s.verify_credential(&token.0).await.unwrap(), Some(cred.clone()));
         // A wrong secret with the right id, a truncated token and garbage all fail.
         let mut wrong = token.0.clone();
         let last = wrong.pop().unwrap();
@@ -337,16 +305,10 @@ mod tests {
         assert_eq!(s.verify_credential(&wrong).await.unwrap(), None);
         assert_eq!(s.verify_credential(&cred.id).await.unwrap(), None);
         assert_eq!(s.verify_credential("garbage").await.unwrap(), None);
-        assert_eq!(
-            s.list_credentials(&acc.id).await.unwrap(),
-            vec![cred.clone()]
-        );
+        assert_eq!(s.list_credentials(&acc.id).await.unwrap(), vec![cred.clone()]);
         s.delete_credential(&cred.id).await.unwrap();
         assert_eq!(s.verify_credential(&token.0).await.unwrap(), None);
-        assert!(matches!(
-            s.delete_credential(&cred.id).await,
-            Err(StoreError::NotFound(_))
-        ));
+        assert!(matches!(s.delete_credential(&cred.id).await, Err(StoreError::NotFound(_))));
     }
 
     #[tokio::test]
@@ -358,11 +320,7 @@ mod tests {
         let (_, token) = s.create_credential(&acc.id, "").await.unwrap();
         let (key, api) = s.create_api_key(&acc.id, "admin").await.unwrap();
         assert_eq!(s.verify_api_key(&api.0).await.unwrap().unwrap().id, key.id);
-        assert_eq!(
-            s.verify_api_key(&token.0).await.unwrap(),
-            None,
-            "an authtoken is not an API key"
-        );
+        assert_eq!(s.verify_api_key(&token.0).await.unwrap(), None, "an authtoken is not an API key");
         s.close().await;
         let mut bytes = std::fs::read(&path).unwrap();
         for f in ["warren.db-wal"] {
@@ -384,8 +342,7 @@ mod tests {
         pub(super) struct TempDir(pub(super) std::path::PathBuf);
         impl TempDir {
             pub(super) fn new() -> TempDir {
-                let p =
-                    std::env::temp_dir().join(format!("warren-store-{}", crate::generate_id("t")));
+                let p = std::env::temp_dir().join(format!("warren-store-{}", crate::generate_id("t")));
                 std::fs::create_dir_all(&p).unwrap();
                 TempDir(p)
             }

@@ -32,11 +32,7 @@ const ID_CHARS: usize = 26;
 
 /// A new random id such as `cr_2bXk...`.
 pub fn generate_id(prefix: &str) -> String {
-    let tail: String = rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(ID_CHARS)
-        .map(char::from)
-        .collect();
+    let tail: String = rand::rng().sample_iter(&Alphanumeric).take(ID_CHARS).map(char::from).collect();
     format!("{prefix}_{tail}")
 }
 
@@ -86,10 +82,7 @@ mod tests {
         assert!(hash_matches(secret, &hash));
         assert!(secret.len() >= 43, "32 random bytes in base64url");
         let t = format!("{id}_a_b-c");
-        assert_eq!(
-            parse_token(SecretKind::Credential, &t),
-            Some((id.as_str(), "a_b-c"))
-        );
+        assert_eq!(parse_token(SecretKind::Credential, &t), Some((id.as_str(), "a_b-c")));
         assert_eq!(parse_token(SecretKind::ApiKey, &token), None);
         assert_eq!(parse_token(SecretKind::Credential, "cr_short_x"), None);
         assert_eq!(parse_token(SecretKind::Credential, ""), None);

@@ -1,1 +1,271 @@
-fn main() {}
+//! `warren`: the one binary. `main` parses arguments, sets up logging and calls the library's
+//! `run`; everything else lives in the crates.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use warren_agent::{Agent, AgentConfig, ConnectCas, EndpointConfig, Status};
+use warren_edge::EdgeConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "warren",
+    version,
+    about = "Self-hosted, ngrok-compatible ingress: run an edge, expose local services through it"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive).
+    #[arg(long, global = true, env = "WARREN_LOG")]
+    log_level: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an edge. With no flags: everything on loopback, names under *.localhost.
+    Edge(EdgeArgs),
+    /// Expose a local web server on an https endpoint (http only with an explicit http:// URL).
+    Http {
+        /// Upstream: a port (8080), host:port, or URL (https://localhost:8443).
+        upstream: String,
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// Rewrite the Host header: `rewrite` for the upstream's host:port, or a value.
+        #[arg(long)]
+        host_header: Option<String>,
+    },
+    /// Expose a local TCP service on a tcp endpoint.
+    Tcp {
+        /// Upstream: a port (22) or host:port.
+        upstream: String,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+}
+
+#[derive(Args)]
+struct EdgeArgs {
+    /// Data directory (store, certificates, credentials).
+    #[arg(long, env = "WARREN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Endpoints get names under this domain.
+    #[arg(long, default_value = "localhost")]
+    base_domain: String,
+    /// Agent listener.
+    #[arg(long, default_value = "127.0.0.1:4443")]
+    connect_addr: SocketAddr,
+    /// Extra host names agents may use in connect_url (covered by the edge certificate).
+    #[arg(long = "connect-hostname")]
+    connect_hostnames: Vec<String>,
+    /// https ingress.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    https_addr: SocketAddr,
+    /// Plain http ingress (redirects to https except for http:// endpoints).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_addr: SocketAddr,
+    /// Disable the plain http ingress.
+    #[arg(long)]
+    no_http: bool,
+    /// Address tcp endpoints listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    tcp_bind_ip: std::net::IpAddr,
+    /// Host name shown in tcp:// URLs.
+    #[arg(long, default_value = "localhost")]
+    tcp_host: String,
+    /// Port range for tcp endpoints, as FIRST-LAST.
+    #[arg(long, default_value = "20000-29999")]
+    tcp_ports: String,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// The URL to ask for (https://name.<domain>, http://name.<domain>, tcp://host:port).
+    #[arg(long)]
+    url: Option<String>,
+    /// Authtoken.
+    #[arg(long, env = "WARREN_AUTHTOKEN", hide_env_values = true)]
+    authtoken: Option<String>,
+    /// The edge's connect address, host:port.
+    #[arg(long, env = "WARREN_CONNECT_URL", default_value = "localhost:4443")]
+    connect_url: String,
+    /// How to trust the edge: `trusted` (public CAs), `host` (system store) or a PEM file.
+    /// Defaults to the local edge's CA when that file exists, else `trusted`.
+    #[arg(long, env = "WARREN_CONNECT_CAS")]
+    connect_cas: Option<String>,
+    /// Verify the upstream's TLS certificate (default: yes, unless the upstream is loopback).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    upstream_tls_verify: Option<bool>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Edge(_) => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            cli.log_level.as_deref().unwrap_or(default_level),
+        ))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        match cli.command {
+            Command::Edge(args) => edge(args).await,
+            Command::Http { upstream, agent, host_header } => {
+                let mut ep =
+                    EndpointConfig::http(&upstream, agent.url.as_deref()).map_err(anyhow::Error::msg)?;
+                ep.host_header = host_header;
+                ep.upstream_tls_verify = agent.upstream_tls_verify;
+                run_agent(agent, ep).await
+            }
+            Command::Tcp { upstream, agent } => {
+                let ep = EndpointConfig::tcp(&upstream, agent.url.as_deref()).map_err(anyhow::Error::msg)?;
+                run_agent(agent, ep).await
+            }
+        }
+    })
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("warren");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/warren"),
+        None => PathBuf::from("warren-data"),
+    }
+}
+
+async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let mut config = EdgeConfig::local_default(data_dir.clone());
+    config.base_domain = args.base_domain.to_ascii_lowercase();
+    config.connect_hostnames.extend(args.connect_hostnames);
+    config.connect_addr = args.connect_addr;
+    config.https_addr = args.https_addr;
+    config.http_addr = (!args.no_http).then_some(args.http_addr);
+    config.tcp_bind_ip = args.tcp_bind_ip;
+    config.tcp_host = args.tcp_host;
+    let (a, b) = args.tcp_ports.split_once('-').context("--tcp-ports must be FIRST-LAST")?;
+    config.tcp_ports = a.trim().parse().context("--tcp-ports first port")?
+        ..=b.trim().parse().context("--tcp-ports last port")?;
+    config.validate().map_err(anyhow::Error::msg)?;
+
+    let prepared = warren_edge::bootstrap::prepare(&config).await.context("preparing the data directory")?;
+    let ca = prepared.tls.ca_cert_path.clone();
+    let edge = warren_edge::Edge::start(config.clone(), prepared.store, prepared.tls).await?;
+    let connect = format!("localhost:{}", edge.connect_addr.port());
+    println!("warren edge is running");
+    println!("  data directory:  {}", data_dir.display());
+    println!("  agents connect:  {connect} (CA certificate: {})", ca.display());
+    println!("  https endpoints: https://<name>.{}:{}", config.base_domain, edge.https_addr.port());
+    match &prepared.first_start {
+        Some(first) => {
+            println!();
+            println!("First start: created an authtoken and an admin API key. They are shown only now");
+            println!("(and saved, readable only by you, in {}):", first.credentials_file.display());
+            println!("  authtoken: {}", first.authtoken.0);
+            println!("  API key:   {}", first.api_key.0);
+            println!();
+            println!("Expose a local web server on port 3000 (in another terminal):");
+            println!(
+                "  warren http 3000 --authtoken {} --connect-url {connect} --connect-cas {}",
+                first.authtoken.0,
+                ca.display()
+            );
+        }
+        None => {
+            println!();
+            println!(
+                "Expose a local web server on port 3000 (the authtoken is in {}):",
+                data_dir.join("credentials.txt").display()
+            );
+            println!(
+                "  warren http 3000 --authtoken <token> --connect-url {connect} --connect-cas {}",
+                ca.display()
+            );
+        }
+    }
+    println!(
+        "Then visit it with: curl --cacert {} https://<name>.{}:{}/",
+        ca.display(),
+        config.base_domain,
+        edge.https_addr.port()
+    );
+    shutdown_signal().await;
+    eprintln!("shutting down");
+    edge.shutdown().await;
+    Ok(())
+}
+
+async fn run_agent(args: AgentArgs, endpoint: EndpointConfig) -> anyhow::Result<()> {
+    if warren_agent::running_as_root() {
+        eprintln!(
+            "warning: warren is running as root. The agent needs no privileges; anyone who can reach your endpoint talks to your upstream through a root-owned process. Run it as an ordinary user."
+        );
+    }
+    let Some(token) = args.authtoken.filter(|t| !t.is_empty()) else {
+        bail!(
+            "no authtoken: pass --authtoken or set WARREN_AUTHTOKEN (the edge printed one on its first start)"
+        );
+    };
+    let cas = match args.connect_cas {
+        Some(c) => ConnectCas::parse(&c),
+        None => {
+            let local = default_data_dir().join("tls/ca.pem");
+            if local.exists() { ConnectCas::Pem(local) } else { ConnectCas::Trusted }
+        }
+    };
+    let upstream = endpoint.upstream.clone();
+    let mut config = AgentConfig::new(token, args.connect_url, cas);
+    config.endpoints.push(endpoint);
+    let mut agent = Agent::start(config);
+    let urls = agent.wait_online().await.map_err(anyhow::Error::msg)?;
+    for u in &urls {
+        println!("Forwarding {u} -> {upstream}");
+    }
+    let mut status = agent.status();
+    let watch_status = async {
+        loop {
+            if status.changed().await.is_err() {
+                return;
+            }
+            let s = status.borrow_and_update().clone();
+            match s {
+                Status::Reconnecting { error, delay } => eprintln!("reconnecting in {delay:.1?}: {error}"),
+                Status::Online { urls, .. } => eprintln!("online again: {}", urls.join(", ")),
+                _ => {}
+            }
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {
+            agent.stop().await.map_err(anyhow::Error::msg)?;
+        }
+        _ = watch_status => {
+            agent.join().await.map_err(anyhow::Error::msg)?;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,326 @@
+//! Agent configuration: where the edge is, how to trust it, and what to expose.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the agent verifies the edge's certificate (`connect_cas`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectCas {
+    /// Publicly trusted CAs (Mozilla's list, compiled in).
+    Trusted,
+    /// The operating system's store (for corporate TLS-inspecting proxies).
+    Host,
+    /// A PEM file with the CA(s), such as the edge's local CA.
+    Pem(PathBuf),
+    /// PEM bytes.
+    PemBytes(Vec<u8>),
+}
+
+impl ConnectCas {
+    /// Parses `trusted`, `host` or a path.
+    pub fn parse(s: &str) -> ConnectCas {
+        match s {
+            "trusted" => ConnectCas::Trusted,
+            "host" => ConnectCas::Host,
+            p => ConnectCas::Pem(PathBuf::from(p)),
+        }
+    }
+}
+
+/// Which endpoint protocol to bind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointProto {
+    /// TLS terminated at the edge (the default for `warren http`).
+    Https,
+    /// Plain http, only when asked for with an `http://` URL.
+    Http,
+    /// A TCP port on the edge.
+    Tcp,
+}
+
+impl EndpointProto {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            EndpointProto::Https => "https",
+            EndpointProto::Http => "http",
+            EndpointProto::Tcp => "tcp",
+        }
+    }
+}
+
+/// How to reach the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamScheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTP over TLS.
+    Https,
+    /// Raw TCP.
+    Tcp,
+}
+
+/// The service the agent forwards to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// Protocol to the upstream.
+    pub scheme: UpstreamScheme,
+    /// Host name or IP.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl Upstream {
+    /// Parses what `warren http|tcp` take: `8080`, `host:8080`, `http://host:8080`,
+    /// `https://host:8443`, `tcp://host:22`. A bare port 443 means https, as in ngrok.
+    pub fn parse(s: &str, tcp: bool) -> Result<Upstream, String> {
+        let (scheme, rest) = match s.split_once("://") {
+            Some(("http", r)) => (Some(UpstreamScheme::Http), r),
+            Some(("https", r)) => (Some(UpstreamScheme::Https), r),
+            Some(("tcp", r)) => (Some(UpstreamScheme::Tcp), r),
+            Some((other, _)) => return Err(format!("unsupported upstream scheme {other:?} in {s:?}")),
+            None => (None, s),
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') {
+            return Err(format!("upstream {s:?} must not have a path"));
+        }
+        let (host, port) = match rest.parse::<u16>() {
+            Ok(p) => ("localhost".to_owned(), Some(p)),
+            Err(_) => match rest.rsplit_once(':') {
+                Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                    let port = p.parse::<u16>().map_err(|_| format!("invalid port in upstream {s:?}"))?;
+                    (h.trim_start_matches('[').trim_end_matches(']').to_owned(), Some(port))
+                }
+                _ => (rest.trim_start_matches('[').trim_end_matches(']').to_owned(), None),
+            },
+        };
+        if host.is_empty() {
+            return Err(format!("upstream {s:?} has no host"));
+        }
+        let scheme = match (scheme, tcp) {
+            (Some(s), _) => s,
+            (None, true) => UpstreamScheme::Tcp,
+            (None, false) if port == Some(443) => UpstreamScheme::Https,
+            (None, false) => UpstreamScheme::Http,
+        };
+        let port = match (port, scheme) {
+            (Some(p), _) => p,
+            (None, UpstreamScheme::Http) => 80,
+            (None, UpstreamScheme::Https) => 443,
+            (None, UpstreamScheme::Tcp) => return Err(format!("upstream {s:?} needs a port")),
+        };
+        if port == 0 {
+            return Err(format!("upstream {s:?} has port 0"));
+        }
+        Ok(Upstream { scheme, host, port })
+    }
+
+    /// True when the upstream is this machine; its TLS certificate is then not verified by
+    /// default (local dev servers use self-signed certificates).
+    pub fn is_loopback(&self) -> bool {
+        self.host == "localhost"
+            || self.host.ends_with(".localhost")
+            || self.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = match self.scheme {
+            UpstreamScheme::Http => "http",
+            UpstreamScheme::Https => "https",
+            UpstreamScheme::Tcp => "tcp",
+        };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// One endpoint to bind.
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    /// Endpoint protocol.
+    pub proto: EndpointProto,
+    /// The URL asked for (`https://app.example.com`, `tcp://host:21000`); empty for a random one.
+    pub url: String,
+    /// Where to forward.
+    pub upstream: Upstream,
+    /// Rewrite the `Host` header: `rewrite` uses the upstream's host:port, anything else is used
+    /// as given.
+    pub host_header: Option<String>,
+    /// Verify the upstream's TLS certificate; `None` means verify unless it is loopback.
+    pub upstream_tls_verify: Option<bool>,
+}
+
+impl EndpointConfig {
+    /// `warren http <upstream> [--url U]`: https unless `U` starts with `http://`.
+    pub fn http(upstream: &str, url: Option<&str>) -> Result<EndpointConfig, String> {
+        let url = url.unwrap_or("").to_owned();
+        let proto = if url.starts_with("http://") {
+            EndpointProto::Http
+        } else if url.is_empty() || url.starts_with("https://") || !url.contains("://") {
+            EndpointProto::Https
+        } else {
+            return Err(format!("--url {url:?} must be an http:// or https:// URL for an http endpoint"));
+        };
+        Ok(EndpointConfig {
+            proto,
+            url,
+            upstream: Upstream::parse(upstream, false)?,
+            host_header: None,
+            upstream_tls_verify: None,
+        })
+    }
+
+    /// `warren tcp <upstream> [--url tcp://host:port]`.
+    pub fn tcp(upstream: &str, url: Option<&str>) -> Result<EndpointConfig, String> {
+        let url = url.unwrap_or("").to_owned();
+        if !url.is_empty() && !url.starts_with("tcp://") {
+            return Err(format!("--url {url:?} must be a tcp:// URL for a tcp endpoint"));
+        }
+        Ok(EndpointConfig {
+            proto: EndpointProto::Tcp,
+            url,
+            upstream: Upstream::parse(upstream, true)?,
+            host_header: None,
+            upstream_tls_verify: None,
+        })
+    }
+
+    pub(crate) fn verify_upstream_tls(&self) -> bool {
+        self.upstream_tls_verify.unwrap_or(!self.upstream.is_loopback())
+    }
+}
+
+/// Everything the agent needs.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// The authtoken.
+    pub authtoken: String,
+    /// `host:port` of the edge's connect listener.
+    pub connect_url: String,
+    /// How to trust the edge.
+    pub connect_cas: ConnectCas,
+    /// What to expose.
+    pub endpoints: Vec<EndpointConfig>,
+    /// How often the agent sends heartbeats.
+    pub heartbeat_interval: Duration,
+    /// How long a heartbeat may go unanswered before the agent reconnects.
+    pub heartbeat_tolerance: Duration,
+    /// First reconnect delay.
+    pub reconnect_initial: Duration,
+    /// Longest reconnect delay.
+    pub reconnect_max: Duration,
+    /// Time for TCP + TLS to the edge.
+    pub connect_timeout: Duration,
+    /// Free-form metadata shown on the session.
+    pub metadata: String,
+}
+
+impl fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("authtoken", &"********")
+            .field("connect_url", &self.connect_url)
+            .field("connect_cas", &self.connect_cas)
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentConfig {
+    /// A configuration with ngrok's defaults for timing.
+    pub fn new(
+        authtoken: impl Into<String>,
+        connect_url: impl Into<String>,
+        connect_cas: ConnectCas,
+    ) -> AgentConfig {
+        AgentConfig {
+            authtoken: authtoken.into(),
+            connect_url: connect_url.into(),
+            connect_cas,
+            endpoints: Vec::new(),
+            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_tolerance: Duration::from_secs(15),
+            reconnect_initial: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            metadata: String::new(),
+        }
+    }
+
+    /// Splits `connect_url` into host and port (default 443).
+    pub fn connect_host_port(&self) -> Result<(String, u16), String> {
+        let s = self.connect_url.trim();
+        let s = s.strip_prefix("tls://").unwrap_or(s);
+        if s.is_empty() {
+            return Err("connect_url is empty".into());
+        }
+        match s.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() => {
+                let port = p.parse::<u16>().map_err(|_| format!("invalid port in connect_url {s:?}"))?;
+                Ok((h.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
+            }
+            _ => Ok((s.to_owned(), 443)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstreams_parse_like_ngrok() {
+        let u = Upstream::parse("8080", false).unwrap();
+        assert_eq!((u.scheme, u.host.as_str(), u.port), (UpstreamScheme::Http, "localhost", 8080));
+        assert_eq!(Upstream::parse("443", false).unwrap().scheme, UpstreamScheme::Https);
+        let u = Upstream::parse("https://localhost:8443", false).unwrap();
+        assert_eq!((u.scheme, u.port), (UpstreamScheme::Https, 8443));
+        let u = Upstream::parse("10.0.0.5:3000", false).unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("10.0.0.5", 3000));
+        assert!(!u.is_loopback());
+        assert_eq!(Upstream::parse("22", true).unwrap().scheme, UpstreamScheme::Tcp);
+        assert_eq!(Upstream::parse("[::1]:80", false).unwrap().host, "::1");
+        assert!(Upstream::parse("ftp://x:1", false).is_err());
+        assert!(Upstream::parse("x:notaport", false).is_err());
+        assert!(Upstream::parse("db.internal", true).is_err());
+        assert!(Upstream::parse("http://x:1/path", false).is_err());
+    }
+
+    #[test]
+    fn https_is_the_default_and_http_must_be_explicit() {
+        assert_eq!(EndpointConfig::http("80", None).unwrap().proto, EndpointProto::Https);
+        assert_eq!(EndpointConfig::http("80", Some("app.localhost")).unwrap().proto, EndpointProto::Https);
+        assert_eq!(
+            EndpointConfig::http("80", Some("http://app.localhost")).unwrap().proto,
+            EndpointProto::Http
+        );
+        assert!(EndpointConfig::http("80", Some("tcp://x:1")).is_err());
+        assert!(EndpointConfig::tcp("22", Some("https://x")).is_err());
+    }
+
+    #[test]
+    fn upstream_tls_is_verified_unless_loopback() {
+        let mut e = EndpointConfig::http("https://example.com:443", None).unwrap();
+        assert!(e.verify_upstream_tls());
+        e.upstream = Upstream::parse("https://127.0.0.1:8443", false).unwrap();
+        assert!(!e.verify_upstream_tls());
+        e.upstream_tls_verify = Some(true);
+        assert!(e.verify_upstream_tls());
+    }
+
+    #[test]
+    fn debug_masks_the_authtoken() {
+        let c = AgentConfig::new("cr_secret_value", "localhost:4443", ConnectCas::Trusted);
+        assert!(!format!("{c:?}").contains("secret_value"));
+        assert_eq!(c.connect_host_port().unwrap(), ("localhost".into(), 4443));
+        let c = AgentConfig::new("t", "edge.example.com", ConnectCas::Trusted);
+        assert_eq!(c.connect_host_port().unwrap(), ("edge.example.com".into(), 443));
+    }
+}

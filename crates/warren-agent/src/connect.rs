@@ -1,0 +1,348 @@
+//! The session loop: dial, authenticate, bind, serve proxy streams; on loss, back off and
+//! start over with the previous session id so the edge hands the endpoints over.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use warren_mux::{ErrorCode, Mux, Role, Stream};
+use warren_proto::{self as proto, StreamType, error_codes as codes};
+
+use crate::config::{AgentConfig, EndpointConfig, EndpointProto};
+use crate::forward;
+use crate::{AgentError, Status};
+
+/// Why one session attempt ended.
+enum Ended {
+    /// Retry after backoff.
+    Retry(String),
+    /// Give up.
+    Fatal(AgentError),
+    /// Stop requested locally or by the edge.
+    Stopped,
+}
+
+pub(crate) async fn run(
+    config: AgentConfig,
+    status: watch::Sender<Status>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let (host, port) = config.connect_host_port().map_err(AgentError::Config)?;
+    let edge_tls = crate::tls::edge_config(&config.connect_cas).map_err(AgentError::Config)?;
+    let server_name = rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|_| AgentError::Config(format!("connect_url host {host:?} is not a valid name")))?;
+    if config.endpoints.is_empty() {
+        return Err(AgentError::Config("no endpoints to start".into()));
+    }
+    let config = Arc::new(config);
+    let mut resume_id = String::new();
+    let mut delay = config.reconnect_initial;
+    let mut ever_online = false;
+    loop {
+        let attempt = session(
+            &config,
+            &host,
+            port,
+            &edge_tls,
+            &server_name,
+            &mut resume_id,
+            &status,
+            &mut stop,
+            ever_online,
+        );
+        let ended = attempt.await;
+        let error = match ended {
+            (Ended::Stopped, _) => return Ok(()),
+            (Ended::Fatal(e), _) => return Err(e),
+            (Ended::Retry(e), was_online) => {
+                if was_online {
+                    ever_online = true;
+                    delay = config.reconnect_initial;
+                }
+                e
+            }
+        };
+        // Full jitter keeps a fleet of agents from reconnecting in lockstep after an edge restart.
+        let sleep = delay.mul_f64(rand::rng().random_range(0.5..=1.0));
+        tracing::warn!(error = %error, retry_in = ?sleep, "session lost; reconnecting");
+        status.send_replace(Status::Reconnecting { error, delay: sleep });
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = stopped(&mut stop) => return Ok(()),
+        }
+        delay = (delay * 2).min(config.reconnect_max);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    config: &Arc<AgentConfig>,
+    host: &str,
+    port: u16,
+    edge_tls: &Arc<rustls::ClientConfig>,
+    server_name: &rustls::pki_types::ServerName<'static>,
+    resume_id: &mut String,
+    status: &watch::Sender<Status>,
+    stop: &mut watch::Receiver<bool>,
+    ever_online: bool,
+) -> (Ended, bool) {
+    let dial = async {
+        let tcp = TcpStream::connect((host, port))
+            .await
+            .map_err(|e| format!("cannot reach the edge at {host}:{port}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let connector = tokio_rustls::TlsConnector::from(edge_tls.clone());
+        connector.connect(server_name.clone(), tcp).await.map_err(|e| {
+            format!("TLS with the edge at {host}:{port} failed: {e} (is --connect-cas the edge's CA?)")
+        })
+    };
+    let tls = match tokio::time::timeout(config.connect_timeout, dial).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return (Ended::Retry(e), false),
+        Err(_) => return (Ended::Retry(format!("connecting to the edge at {host}:{port} timed out")), false),
+    };
+    let mux = warren_mux::start(tls, Role::Client, warren_mux::Config::default());
+    let close = |why: &str| mux.close(ErrorCode::None, why);
+
+    let auth = proto::Auth {
+        version: proto::VERSIONS.iter().map(|v| v.to_string()).collect(),
+        client_id: resume_id.clone(),
+        extra: proto::AuthExtra {
+            os: std::env::consts::OS.into(),
+            arch: std::env::consts::ARCH.into(),
+            authtoken: proto::Secret(config.authtoken.clone()),
+            version: env!("CARGO_PKG_VERSION").into(),
+            hostname: std::env::var("HOSTNAME").unwrap_or_default(),
+            user_agent: format!("warren/{}", env!("CARGO_PKG_VERSION")),
+            metadata: config.metadata.clone(),
+            heartbeat_interval: config.heartbeat_interval.as_nanos() as i64,
+            heartbeat_tolerance: config.heartbeat_tolerance.as_nanos() as i64,
+            client_type: "warren".into(),
+            stop_unsupported_error: Some(String::new()),
+            restart_unsupported_error: Some(String::new()),
+            update_unsupported_error: Some("warren agents are updated by their package manager".into()),
+            ..Default::default()
+        },
+    };
+    let resp: proto::AuthResp = match rpc(&mux, StreamType::Auth, &auth, config.connect_timeout).await {
+        Ok(r) => r,
+        Err(e) => {
+            close("auth failed");
+            return (Ended::Retry(format!("authentication did not complete: {e}")), false);
+        }
+    };
+    if !resp.error.is_empty() {
+        close("auth failed");
+        let msg = clean(&resp.error);
+        let fatal = resp.error.contains(codes::AUTHTOKEN_INVALID)
+            || resp.error.contains(codes::AUTHTOKEN_MALFORMED)
+            || resp.error.contains(codes::UNSUPPORTED_VERSION);
+        return if fatal { (Ended::Fatal(AgentError::Auth(msg)), false) } else { (Ended::Retry(msg), false) };
+    }
+    *resume_id = resp.client_id.clone();
+
+    let mut bound: HashMap<String, Arc<EndpointConfig>> = HashMap::new();
+    let mut urls = Vec::new();
+    for (i, ep) in config.endpoints.iter().enumerate() {
+        let id = format!("ep{i}");
+        let opts = match ep.proto {
+            EndpointProto::Tcp => {
+                serde_json::json!({ "Addr": ep.url.strip_prefix("tcp://").unwrap_or(&ep.url) })
+            }
+            _ => serde_json::json!({ "URL": ep.url, "Domain": host_of(&ep.url) }),
+        };
+        let bind = proto::Bind {
+            client_id: id.clone(),
+            proto: ep.proto.as_str().into(),
+            forwards_to: ep.upstream.to_string(),
+            forwards_proto: String::new(),
+            opts,
+            extra: Default::default(),
+        };
+        let resp: proto::BindResp = match rpc(&mux, StreamType::Bind, &bind, config.connect_timeout).await {
+            Ok(r) => r,
+            Err(e) => {
+                close("bind failed");
+                return (Ended::Retry(format!("bind did not complete: {e}")), false);
+            }
+        };
+        if !resp.error.is_empty() {
+            close("bind failed");
+            let msg = clean(&resp.error);
+            // On the first connect a refusal is the user's to fix; after that, an endpoint
+            // held by our own dying session frees up, so keep trying.
+            return if ever_online {
+                (Ended::Retry(msg), false)
+            } else {
+                (Ended::Fatal(AgentError::Bind(msg)), false)
+            };
+        }
+        tracing::info!(url = %resp.url, upstream = %ep.upstream, "endpoint online");
+        urls.push(resp.url);
+        bound.insert(id, Arc::new(ep.clone()));
+    }
+    status.send_replace(Status::Online { session_id: resp.client_id.clone(), urls });
+
+    let heartbeats =
+        warren_mux::typed::run_heartbeats(&mux, config.heartbeat_interval, config.heartbeat_tolerance);
+    tokio::pin!(heartbeats);
+    let bound = Arc::new(bound);
+    let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel(1);
+    loop {
+        tokio::select! {
+            s = mux.accept() => {
+                let Some(stream) = s else {
+                    let why = mux.remote_goaway().map_or_else(|| "the edge closed the session".to_owned(), |(_, m)| format!("the edge closed the session: {m}"));
+                    return (Ended::Retry(why), true);
+                };
+                let (bound, cmd_tx) = (bound.clone(), cmd_tx.clone());
+                tokio::spawn(async move {
+                    if let Some(cmd) = handle_stream(stream, &bound).await {
+                        let _ = cmd_tx.send(cmd).await;
+                    }
+                });
+            }
+            Some(cmd) = cmd_rx.recv() => match cmd {
+                Command::Stop => {
+                    close("stopped by the edge");
+                    return (Ended::Fatal(AgentError::StoppedByEdge), true);
+                }
+                Command::Restart => {
+                    close("restart requested");
+                    return (Ended::Retry("the edge asked for a restart".into()), true);
+                }
+            },
+            e = &mut heartbeats => {
+                close("heartbeat timeout");
+                return (Ended::Retry(format!("heartbeat failed: {e}")), true);
+            }
+            _ = stopped(stop) => {
+                close("agent stopping");
+                let _ = tokio::time::timeout(Duration::from_secs(2), mux.closed()).await;
+                return (Ended::Stopped, true);
+            }
+        }
+    }
+}
+
+enum Command {
+    Stop,
+    Restart,
+}
+
+/// Handles one stream the edge opened (in its own task); commands are answered and returned.
+async fn handle_stream(mut stream: Stream, bound: &HashMap<String, Arc<EndpointConfig>>) -> Option<Command> {
+    let mut ty = [0u8; 4];
+    if tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut ty))
+        .await
+        .map_or(true, |r| r.is_err())
+    {
+        return None;
+    }
+    match StreamType::from_u32(u32::from_be_bytes(ty)) {
+        StreamType::Proxy => {
+            match read_proxy_header(&mut stream).await {
+                Ok(header) => match bound.get(&header.id) {
+                    Some(ep) => forward::forward(stream, &header, ep).await,
+                    None => stream.reset(ErrorCode::StreamRefused),
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "invalid proxy header");
+                    stream.reset(ErrorCode::Protocol);
+                }
+            }
+            None
+        }
+        StreamType::Heartbeat => {
+            warren_mux::typed::answer_heartbeats(stream).await;
+            None
+        }
+        StreamType::Stop => {
+            let _ = drain_and_reply(&mut stream, &proto::CommandResp::default()).await;
+            Some(Command::Stop)
+        }
+        StreamType::Restart => {
+            let _ = drain_and_reply(&mut stream, &proto::CommandResp::default()).await;
+            Some(Command::Restart)
+        }
+        StreamType::Update => {
+            let r = proto::CommandResp {
+                error: Some("warren agents are updated by their package manager".into()),
+            };
+            let _ = drain_and_reply(&mut stream, &r).await;
+            None
+        }
+        StreamType::StopTunnel => {
+            if let Ok(bytes) = stream.read_to_end_limited(proto::MAX_RPC_LEN).await {
+                if let Ok(st) = proto::decode::<proto::StopTunnel>("StopTunnel", &bytes) {
+                    tracing::warn!(endpoint = %st.client_id, message = %st.message, "the edge stopped an endpoint");
+                }
+            }
+            None
+        }
+        other => {
+            tracing::debug!(?other, "unexpected stream type from the edge");
+            stream.reset(ErrorCode::Protocol);
+            None
+        }
+    }
+}
+
+async fn read_proxy_header(stream: &mut Stream) -> Result<proto::ProxyHeader, String> {
+    let mut len = [0u8; 8];
+    stream.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+    let n = proto::ProxyHeader::decode_len(len).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; n];
+    stream.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    proto::decode("ProxyHeader", &buf).map_err(|e| e.to_string())
+}
+
+async fn drain_and_reply<T: serde::Serialize>(stream: &mut Stream, msg: &T) -> std::io::Result<()> {
+    stream.read_to_end_limited(proto::MAX_RPC_LEN).await?;
+    stream.write_all(&proto::encode(msg)).await?;
+    stream.shutdown().await
+}
+
+/// One RPC: typed stream, JSON request, half-close, JSON reply to EOF.
+async fn rpc<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    mux: &Mux,
+    ty: StreamType,
+    req: &Req,
+    timeout: Duration,
+) -> Result<Resp, String> {
+    let call = async {
+        let mut s = mux.open().map_err(|e| e.to_string())?;
+        let mut buf = ty.to_u32().to_be_bytes().to_vec();
+        buf.extend_from_slice(&proto::encode(req));
+        s.write_all(&buf).await.map_err(|e| e.to_string())?;
+        s.shutdown().await.map_err(|e| e.to_string())?;
+        let bytes = s.read_to_end_limited(proto::MAX_RPC_LEN).await.map_err(|e| e.to_string())?;
+        proto::decode("reply", &bytes).map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(timeout, call).await.map_err(|_| "the edge did not answer in time".to_owned())?
+}
+
+/// The error text without the code line, plus the code in brackets.
+fn clean(e: &str) -> String {
+    let code = e.lines().find(|l| l.trim_start().starts_with("ERR_NGROK_")).map(str::trim);
+    let msg: Vec<&str> =
+        e.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("ERR_NGROK_")).collect();
+    match code {
+        Some(c) => format!("{} [{c}]", msg.join(" ")),
+        None => msg.join(" "),
+    }
+}
+
+fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', ':']).next().unwrap_or("").to_owned()
+}
+
+/// Resolves once a stop was requested (the watch guard is not held across awaits).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}

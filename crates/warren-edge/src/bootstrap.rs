@@ -1,0 +1,63 @@
+//! The embedded default that works on a fresh machine: the first start creates the data
+//! directory, the store, a local CA and certificate, an initial authtoken and an admin API key.
+
+use std::path::{Path, PathBuf};
+
+use warren_store::{Store, Token};
+
+use crate::tls::{self, TlsMaterial};
+use crate::{EdgeConfig, EdgeError};
+
+/// What the first start created; the tokens are shown once.
+pub struct FirstStart {
+    /// The initial authtoken.
+    pub authtoken: Token,
+    /// The initial admin API key.
+    pub api_key: Token,
+    /// The owner-only file they were also written to.
+    pub credentials_file: PathBuf,
+}
+
+/// An edge's store and TLS material, ready to start.
+pub struct Prepared {
+    /// The opened store.
+    pub store: Store,
+    /// The edge certificate.
+    pub tls: TlsMaterial,
+    /// Set on the very first start only.
+    pub first_start: Option<FirstStart>,
+}
+
+/// Creates what is missing in the data directory and opens it.
+pub async fn prepare(config: &EdgeConfig) -> Result<Prepared, EdgeError> {
+    let dir = &config.data_dir;
+    create_private_dir(dir)?;
+    let store = Store::open_sqlite(&dir.join("warren.db")).await?;
+    let tls = tls::ensure_local_ca(&dir.join("tls"), &config.certificate_names())?;
+    let (account, created) = store.ensure_account("default").await?;
+    let first_start = if created {
+        let (_, authtoken) = store.create_credential(&account.id, "initial authtoken").await?;
+        let (_, api_key) = store.create_api_key(&account.id, "initial admin API key").await?;
+        let credentials_file = dir.join("credentials.txt");
+        let text = format!(
+            "# Created by the first `warren edge` start. Shown once; keep this file private.\nauthtoken: {}\napi_key: {}\n",
+            authtoken.0, api_key.0
+        );
+        tls::write_private(&credentials_file, text.as_bytes())?;
+        Some(FirstStart { authtoken, api_key, credentials_file })
+    } else {
+        None
+    };
+    Ok(Prepared { store, tls, first_start })
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), EdgeError> {
+    let io = |source| EdgeError::Tls(tls::TlsError::Io { path: dir.to_owned(), source });
+    std::fs::create_dir_all(dir).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! The edge's configuration, validated once at start.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the edge needs to know. [`EdgeConfig::local_default`] is the embedded default.
+#[derive(Clone, Debug)]
+pub struct EdgeConfig {
+    /// Where the store, certificates and credentials live.
+    pub data_dir: PathBuf,
+    /// Endpoints get names under this domain (`name.<base_domain>`).
+    pub base_domain: String,
+    /// Host names agents may use in `connect_url` (covered by the edge certificate).
+    pub connect_hostnames: Vec<String>,
+    /// The agent listener (TLS).
+    pub connect_addr: SocketAddr,
+    /// The https ingress (TLS terminated here, HTTP/1.1 and HTTP/2).
+    pub https_addr: SocketAddr,
+    /// The plain http ingress: redirects to https except for endpoints bound as `http://`.
+    pub http_addr: Option<SocketAddr>,
+    /// Port shown in https URLs when the edge sits behind a port mapping; defaults to the bound port.
+    pub public_https_port: Option<u16>,
+    /// Port shown in http URLs; defaults to the bound port.
+    pub public_http_port: Option<u16>,
+    /// Address tcp endpoints listen on.
+    pub tcp_bind_ip: IpAddr,
+    /// Host shown in `tcp://host:port` URLs.
+    pub tcp_host: String,
+    /// Ports tcp endpoints are allocated from.
+    pub tcp_ports: RangeInclusive<u16>,
+    /// How often the edge sends heartbeats to each agent.
+    pub heartbeat_interval: Duration,
+    /// How long a heartbeat may go unanswered before the session is dropped.
+    pub heartbeat_tolerance: Duration,
+    /// Limits on every listener.
+    pub limits: Limits,
+}
+
+/// Explicit limits; every listener faces the internet.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Agent sessions at once.
+    pub max_sessions: usize,
+    /// Visitor connections at once, all ingresses together.
+    pub max_visitor_connections: usize,
+    /// Time for a TLS handshake on any listener.
+    pub handshake_timeout: Duration,
+    /// Time from connect to a successful Auth.
+    pub auth_timeout: Duration,
+    /// Time to read one RPC request.
+    pub rpc_timeout: Duration,
+    /// Time for a visitor to send request headers.
+    pub header_read_timeout: Duration,
+    /// Endpoints one session may bind.
+    pub max_endpoints_per_session: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_sessions: 10_000,
+            max_visitor_connections: 100_000,
+            handshake_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(10),
+            rpc_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            max_endpoints_per_session: 64,
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// The embedded default: everything on loopback, `*.localhost` names (which resolve to
+    /// loopback without DNS), connect on 4443, https on 8443, http on 8080.
+    pub fn local_default(data_dir: PathBuf) -> EdgeConfig {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        EdgeConfig {
+            data_dir,
+            base_domain: "localhost".into(),
+            connect_hostnames: vec!["connect.localhost".into()],
+            connect_addr: SocketAddr::new(lo, 4443),
+            https_addr: SocketAddr::new(lo, 8443),
+            http_addr: Some(SocketAddr::new(lo, 8080)),
+            public_https_port: None,
+            public_http_port: None,
+            tcp_bind_ip: lo,
+            tcp_host: "localhost".into(),
+            tcp_ports: 20000..=29999,
+            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_tolerance: Duration::from_secs(15),
+            limits: Limits::default(),
+        }
+    }
+
+    /// The names the edge certificate must cover.
+    pub fn certificate_names(&self) -> Vec<String> {
+        let mut names = vec![self.base_domain.clone(), format!("*.{}", self.base_domain)];
+        for h in &self.connect_hostnames {
+            if !names.contains(h) {
+                names.push(h.clone());
+            }
+        }
+        for extra in ["localhost", "127.0.0.1", "::1"] {
+            if !names.iter().any(|n| n == extra) {
+                names.push(extra.into());
+            }
+        }
+        names
+    }
+
+    /// Checks the configuration; the message names the offending setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if !is_valid_hostname(&self.base_domain) {
+            return Err(format!("base_domain {:?} is not a valid host name", self.base_domain));
+        }
+        for h in &self.connect_hostnames {
+            if !is_valid_hostname(h) {
+                return Err(format!("connect hostname {h:?} is not a valid host name"));
+            }
+        }
+        if self.tcp_ports.is_empty() || *self.tcp_ports.start() == 0 {
+            return Err(format!(
+                "tcp_ports {:?} must be a non-empty range of non-zero ports",
+                self.tcp_ports
+            ));
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_tolerance.is_zero() {
+            return Err("heartbeat interval and tolerance must be positive".into());
+        }
+        if self.limits.max_sessions == 0 || self.limits.max_visitor_connections == 0 {
+            return Err("limits must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// A DNS host name: labels of letters, digits and hyphens, 1–63 characters, not starting or
+/// ending with a hyphen; 253 characters at most.
+pub(crate) fn is_valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_validated() {
+        assert!(is_valid_hostname("a.example.com"));
+        assert!(is_valid_hostname("localhost"));
+        assert!(!is_valid_hostname("a..b"));
+        assert!(!is_valid_hostname("-a.b"));
+        assert!(!is_valid_hostname("a_b.c"));
+        assert!(!is_valid_hostname(&"a".repeat(64)));
+        assert!(!is_valid_hostname(""));
+    }
+
+    #[test]
+    fn default_config_is_valid_and_covers_connect_names() {
+        let c = EdgeConfig::local_default("/tmp/x".into());
+        c.validate().unwrap();
+        let names = c.certificate_names();
+        assert!(names.contains(&"*.localhost".to_string()));
+        assert!(names.contains(&"connect.localhost".to_string()));
+        assert!(names.contains(&"127.0.0.1".to_string()));
+    }
+
+    #[test]
+    fn bad_config_names_the_setting() {
+        let mut c = EdgeConfig::local_default("/tmp/x".into());
+        c.tcp_ports = 0..=10;
+        assert!(c.validate().unwrap_err().contains("tcp_ports"));
+    }
+}

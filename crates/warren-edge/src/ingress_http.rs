@@ -1,0 +1,361 @@
+//! http and https ingress. TLS is terminated here for https (ALPN h2 and http/1.1); hyper
+//! parses requests, which are routed by host to an endpoint and sent as HTTP/1.1 over proxy
+//! streams. Each visitor connection keeps its own small pool of proxy streams, so keep-alive
+//! visitors reuse one stream (and one upstream connection on the agent's side), and HTTP/2
+//! visitors get one stream per concurrent request. Bodies stream in both directions; upgrades
+//! (WebSocket) are spliced once both sides agree.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use warren_proto::error_codes as codes;
+
+use crate::Shared;
+use crate::ingress_tcp::COPY_BUF;
+use crate::registry::{Endpoint, EndpointKey, Proto};
+
+/// Which ingress a visitor came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    Http,
+    Https,
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Proxy streams kept per visitor connection for reuse.
+const POOL_PER_CONNECTION: usize = 32;
+
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, scheme: Scheme) {
+    let stop = crate::shutting_down(shared.shutdown.clone());
+    tokio::pin!(stop);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = &mut stop => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, ?scheme, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = shared.visitor_limit.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "visitor connection limit reached");
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            match scheme {
+                Scheme::Http => serve(shared, tcp, remote, scheme).await,
+                Scheme::Https => {
+                    let accept = shared.https_tls.accept(tcp);
+                    match tokio::time::timeout(shared.config.limits.handshake_timeout, accept).await {
+                        Ok(Ok(tls)) => serve(shared, tls, remote, scheme).await,
+                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "visitor TLS handshake failed"),
+                        Err(_) => tracing::debug!(%remote, "visitor TLS handshake timed out"),
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// One visitor connection.
+struct Visitor {
+    remote: SocketAddr,
+    scheme: Scheme,
+    pool: Mutex<Vec<(Arc<Endpoint>, SendRequest<Incoming>)>>,
+}
+
+async fn serve<IO>(shared: Arc<Shared>, io: IO, remote: SocketAddr, scheme: Scheme)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let visitor = Arc::new(Visitor { remote, scheme, pool: Mutex::new(Vec::new()) });
+    let svc = {
+        let shared = shared.clone();
+        service_fn(move |req| {
+            let (shared, visitor) = (shared.clone(), visitor.clone());
+            async move { Ok::<_, Infallible>(handle(&shared, &visitor, req).await) }
+        })
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.limits.header_read_timeout)
+        .max_buf_size(256 * 1024);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
+        tracing::debug!(%remote, error = %e, "visitor connection ended with an error");
+    }
+}
+
+async fn handle(shared: &Shared, visitor: &Visitor, req: Request<Incoming>) -> Response<Body> {
+    let Some(host) = request_host(&req) else {
+        return page(StatusCode::BAD_REQUEST, "The request has no Host header, so it cannot be routed.", "");
+    };
+    let proto = match visitor.scheme {
+        Scheme::Http => Proto::Http,
+        Scheme::Https => Proto::Https,
+    };
+    if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(proto, host.clone())) {
+        return proxy(visitor, &ep, &host, req).await;
+    }
+    if visitor.scheme == Scheme::Http {
+        if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Https, host.clone())) {
+            // https-only endpoint: send plain-http visitors to the same path over https.
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let location = format!("{}{pq}", ep.url);
+            return Response::builder()
+                .status(StatusCode::PERMANENT_REDIRECT)
+                .header(header::LOCATION, location)
+                .body(empty())
+                .expect("valid redirect");
+        }
+    }
+    page(
+        StatusCode::NOT_FOUND,
+        &format!(
+            "No endpoint is online at {host}. Start an agent for it, for example: warren http 8080 --url {}://{host}",
+            match visitor.scheme {
+                Scheme::Http => "http",
+                Scheme::Https => "https",
+            }
+        ),
+        codes::ENDPOINT_NOT_FOUND,
+    )
+}
+
+async fn proxy(
+    visitor: &Visitor,
+    ep: &Arc<Endpoint>,
+    host: &str,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let upgrade = is_upgrade(req.headers()) && req.version() <= Version::HTTP_11;
+    let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let original_host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(h) = &original_host {
+        parts.headers.insert(header::HOST, h.clone());
+    }
+    parts.uri = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    parts.version = Version::HTTP_11;
+    add_forwarded(&mut parts.headers, visitor, original_host.as_ref());
+    let req = Request::from_parts(parts, body);
+
+    let mut sender = match take_sender(visitor, ep).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(url = %ep.url, error = %e, "could not open a proxy stream");
+            return page(
+                StatusCode::BAD_GATEWAY,
+                &format!("The agent session serving {host} could not be reached."),
+                codes::SESSION_GONE,
+            );
+        }
+    };
+    let resp = sender.send_request(req).await;
+    {
+        let mut pool = visitor.pool.lock().expect("pool poisoned");
+        if pool.len() < POOL_PER_CONNECTION && !sender.is_closed() {
+            pool.push((ep.clone(), sender));
+        }
+    }
+    let mut resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(url = %ep.url, error = %e, "proxied request failed");
+            return page(
+                StatusCode::BAD_GATEWAY,
+                &format!("The agent serving {host} ended the request without a response."),
+                codes::SESSION_GONE,
+            );
+        }
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(visitor_upgrade) = visitor_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let (Ok(v), Ok(u)) = tokio::join!(visitor_upgrade, upstream_upgrade) else { return };
+                let (mut v, mut u) = (TokioIo::new(v), TokioIo::new(u));
+                let _ = tokio::io::copy_bidirectional_with_sizes(&mut v, &mut u, COPY_BUF, COPY_BUF).await;
+            });
+        }
+    } else {
+        strip_hop_by_hop(resp.headers_mut(), false);
+    }
+    resp.map(|b| b.boxed())
+}
+
+/// A ready proxy stream from the visitor's pool, or a new one.
+async fn take_sender(
+    visitor: &Visitor,
+    ep: &Arc<Endpoint>,
+) -> Result<SendRequest<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
+    {
+        let mut pool = visitor.pool.lock().expect("pool poisoned");
+        pool.retain(|(_, s)| !s.is_closed());
+        if let Some(i) = pool.iter().position(|(e, s)| Arc::ptr_eq(e, ep) && s.is_ready()) {
+            return Ok(pool.swap_remove(i).1);
+        }
+    }
+    let stream = ep.open_proxy_stream(visitor.remote).await?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "proxy stream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// The host a request is for, lower-cased and without port.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.host().to_owned(),
+        None => {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            h.parse::<http::uri::Authority>().ok()?.host().to_owned()
+        }
+    };
+    let h = raw.trim_end_matches('.').to_ascii_lowercase();
+    (!h.is_empty()).then_some(h)
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+/// Removes connection-specific headers (RFC 9110 §7.6.1), keeping `Upgrade` and
+/// `Connection: upgrade` when an upgrade is being negotiated.
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in [
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+}
+
+fn add_forwarded(h: &mut HeaderMap, visitor: &Visitor, host: Option<&HeaderValue>) {
+    let ip = visitor.remote.ip().to_string();
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(match visitor.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }),
+    );
+    if let Some(host) = host {
+        h.insert("x-forwarded-host", host.clone());
+    }
+}
+
+fn empty() -> Body {
+    Full::new(Bytes::new()).map_err(|never| match never {}).boxed()
+}
+
+/// A short plain-text error page that says what happened and what to do.
+fn page(status: StatusCode, msg: &str, code: &str) -> Response<Body> {
+    let body = if code.is_empty() { format!("{msg}\n") } else { format!("{msg}\n\n{code}\n") };
+    let mut b = Response::builder().status(status).header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    if !code.is_empty() {
+        b = b.header("warren-error-code", code);
+    }
+    b.body(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed()).expect("valid error page")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_headers_survive_an_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn host_is_taken_from_authority_or_header() {
+        let r = Request::builder().uri("https://App.Localhost:8443/x").body(()).unwrap();
+        assert_eq!(request_host(&r).as_deref(), Some("app.localhost"));
+        let r = Request::builder().uri("/x").header("host", "b.localhost:80").body(()).unwrap();
+        assert_eq!(request_host(&r).as_deref(), Some("b.localhost"));
+        let r = Request::builder().uri("/x").body(()).unwrap();
+        assert_eq!(request_host(&r), None);
+    }
+}

@@ -1,0 +1,119 @@
+//! tcp endpoints: one listener per endpoint on a port from the configured range; each visitor
+//! connection becomes one proxy stream, copied both ways with half-close passed through.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::net::{TcpListener, TcpStream};
+use warren_proto::{self as proto, error_codes as codes};
+
+use crate::Shared;
+use crate::registry::{AgentSession, Endpoint, EndpointKey, Proto};
+use crate::session::refused;
+
+/// Copy buffer per direction; large enough that one visitor can fill the link.
+pub(crate) const COPY_BUF: usize = 64 * 1024;
+
+/// Random ports tried before giving up (the range may be nearly full).
+const RANDOM_TRIES: usize = 64;
+
+/// Binds a tcp endpoint on `wanted` or a random free port of the range. Returns the URL.
+pub(crate) async fn bind(
+    shared: &Arc<Shared>,
+    session: &Arc<AgentSession>,
+    client_id: &str,
+    wanted: Option<u16>,
+) -> Result<String, String> {
+    let range = shared.config.tcp_ports.clone();
+    let unavailable = |msg: String| proto::error_text(&msg, codes::TCP_ADDR_UNAVAILABLE);
+    let listener = match wanted {
+        Some(p) if !range.contains(&p) => {
+            return Err(unavailable(format!(
+                "port {p} is outside this edge's tcp range {}-{}",
+                range.start(),
+                range.end()
+            )));
+        }
+        Some(p) => {
+            if shared.registry.is_taken(&EndpointKey::Port(p)) {
+                return Err(refused(
+                    crate::registry::BindRefused::InUse,
+                    &format!("tcp://{}:{p}", shared.config.tcp_host),
+                ));
+            }
+            TcpListener::bind(SocketAddr::new(shared.config.tcp_bind_ip, p))
+                .await
+                .map_err(|e| unavailable(format!("port {p} is not available: {e}")))?
+        }
+        None => {
+            let mut found = None;
+            for _ in 0..RANDOM_TRIES {
+                let p = rand::rng().random_range(range.clone());
+                if shared.registry.is_taken(&EndpointKey::Port(p)) {
+                    continue;
+                }
+                if let Ok(l) = TcpListener::bind(SocketAddr::new(shared.config.tcp_bind_ip, p)).await {
+                    found = Some(l);
+                    break;
+                }
+            }
+            found.ok_or_else(|| unavailable("no free port left in this edge's tcp range".into()))?
+        }
+    };
+    let port = listener.local_addr().map_err(|e| unavailable(e.to_string()))?.port();
+    let url = format!("tcp://{}:{port}", shared.config.tcp_host);
+    let ep = Endpoint {
+        session: session.clone(),
+        client_id: client_id.to_owned(),
+        proto: Proto::Tcp,
+        url: url.clone(),
+        key: EndpointKey::Port(port),
+    };
+    let ep = shared
+        .registry
+        .bind(ep, shared.config.limits.max_endpoints_per_session)
+        .map_err(|r| refused(r, &url))?;
+    let task = tokio::spawn(accept_loop(shared.clone(), listener, ep));
+    shared.registry.add_listener(&session.id, client_id, task.abort_handle());
+    tracing::info!(session = %session.id, %url, "endpoint bound");
+    Ok(url)
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ep: Arc<Endpoint>) {
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, url = %ep.url, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = shared.visitor_limit.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "visitor connection limit reached");
+            continue;
+        };
+        let ep = ep.clone();
+        tokio::spawn(async move {
+            proxy(tcp, remote, &ep).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn proxy(mut tcp: TcpStream, remote: SocketAddr, ep: &Endpoint) {
+    let _ = tcp.set_nodelay(true);
+    let mut stream = match ep.open_proxy_stream(remote).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(url = %ep.url, error = %e, "could not open proxy stream");
+            return;
+        }
+    };
+    if let Err(e) = tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut stream, COPY_BUF, COPY_BUF).await
+    {
+        tracing::debug!(url = %ep.url, %remote, error = %e, "tcp visitor connection ended with an error");
+    }
+}

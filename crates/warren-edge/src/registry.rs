@@ -1,0 +1,206 @@
+//! Which session holds which endpoint. One mutex guards the maps; it is held only for map
+//! operations, never across I/O.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::task::AbortHandle;
+use warren_mux::{ErrorCode, Mux};
+use warren_proto::ProxyHeader;
+
+/// An authenticated agent session.
+pub(crate) struct AgentSession {
+    /// `ts_...`, also the resume id the agent presents on reconnect.
+    pub(crate) id: String,
+    pub(crate) mux: Mux,
+    pub(crate) account_id: String,
+    pub(crate) remote: SocketAddr,
+}
+
+/// The protocol of a bound endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Proto {
+    Http,
+    Https,
+    Tcp,
+}
+
+impl Proto {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Proto::Http => "http",
+            Proto::Https => "https",
+            Proto::Tcp => "tcp",
+        }
+    }
+}
+
+/// One bound endpoint.
+pub(crate) struct Endpoint {
+    pub(crate) session: Arc<AgentSession>,
+    /// The agent's id for it, sent back in every proxy header.
+    pub(crate) client_id: String,
+    pub(crate) proto: Proto,
+    pub(crate) url: String,
+    pub(crate) key: EndpointKey,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum EndpointKey {
+    Host(Proto, String),
+    Port(u16),
+}
+
+impl Endpoint {
+    /// Opens a proxy stream to the agent for one visitor connection: the stream type and the
+    /// header go out in one write.
+    pub(crate) async fn open_proxy_stream(&self, visitor: SocketAddr) -> std::io::Result<warren_mux::Stream> {
+        use tokio::io::AsyncWriteExt;
+        let header = ProxyHeader {
+            id: self.client_id.clone(),
+            client_addr: visitor.to_string(),
+            proto: self.proto.as_str().into(),
+            edge_type: match self.proto {
+                Proto::Tcp => "1".into(),
+                Proto::Https => "3".into(),
+                Proto::Http => "0".into(),
+            },
+            passthrough_tls: false,
+        };
+        let mut buf = warren_proto::StreamType::Proxy.to_u32().to_be_bytes().to_vec();
+        buf.extend_from_slice(&header.encode());
+        let mut s = self.session.mux.open()?;
+        s.write_all(&buf).await?;
+        Ok(s)
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    endpoints: HashMap<EndpointKey, Arc<Endpoint>>,
+    sessions: HashMap<String, SessionEntry>,
+}
+
+struct SessionEntry {
+    session: Arc<AgentSession>,
+    endpoints: HashMap<String, EndpointKey>,
+    /// tcp listener tasks by the endpoint's client id.
+    listeners: HashMap<String, AbortHandle>,
+}
+
+/// Why a bind was refused.
+#[derive(Debug)]
+pub(crate) enum BindRefused {
+    /// Another session holds it.
+    InUse,
+    /// The session already has an endpoint with this id.
+    DuplicateId,
+    /// The session hit its endpoint limit.
+    TooMany,
+    /// The session is gone.
+    SessionGone,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().expect("registry poisoned")
+    }
+
+    pub(crate) fn add_session(&self, session: Arc<AgentSession>) {
+        self.lock().sessions.insert(
+            session.id.clone(),
+            SessionEntry { session, endpoints: HashMap::new(), listeners: HashMap::new() },
+        );
+    }
+
+    pub(crate) fn session_count(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    /// The live session with this id, if it belongs to `account_id` (resume takes it over).
+    pub(crate) fn session_for_resume(&self, id: &str, account_id: &str) -> Option<Arc<AgentSession>> {
+        let inner = self.lock();
+        inner.sessions.get(id).filter(|e| e.session.account_id == account_id).map(|e| e.session.clone())
+    }
+
+    pub(crate) fn lookup(&self, key: &EndpointKey) -> Option<Arc<Endpoint>> {
+        self.lock().endpoints.get(key).cloned()
+    }
+
+    /// Binds atomically: either the endpoint is now ours or nothing changed.
+    pub(crate) fn bind(&self, ep: Endpoint, max: usize) -> Result<Arc<Endpoint>, BindRefused> {
+        let mut inner = self.lock();
+        let Inner { endpoints, sessions } = &mut *inner;
+        let entry = sessions.get_mut(&ep.session.id).ok_or(BindRefused::SessionGone)?;
+        if endpoints.contains_key(&ep.key) {
+            return Err(BindRefused::InUse);
+        }
+        if entry.endpoints.contains_key(&ep.client_id) {
+            return Err(BindRefused::DuplicateId);
+        }
+        if entry.endpoints.len() >= max {
+            return Err(BindRefused::TooMany);
+        }
+        let ep = Arc::new(ep);
+        entry.endpoints.insert(ep.client_id.clone(), ep.key.clone());
+        endpoints.insert(ep.key.clone(), ep.clone());
+        Ok(ep)
+    }
+
+    /// Whether anything holds this key now (for choosing free names and ports).
+    pub(crate) fn is_taken(&self, key: &EndpointKey) -> bool {
+        self.lock().endpoints.contains_key(key)
+    }
+
+    /// Remembers a tcp listener task so it stops with the session.
+    pub(crate) fn add_listener(&self, session_id: &str, client_id: &str, h: AbortHandle) {
+        match self.lock().sessions.get_mut(session_id) {
+            Some(e) if e.endpoints.contains_key(client_id) => {
+                e.listeners.insert(client_id.to_owned(), h);
+            }
+            _ => h.abort(),
+        }
+    }
+
+    /// Releases one endpoint of a session. Returns whether it existed.
+    pub(crate) fn unbind(&self, session_id: &str, client_id: &str) -> bool {
+        let mut inner = self.lock();
+        let Inner { endpoints, sessions } = &mut *inner;
+        let Some(entry) = sessions.get_mut(session_id) else { return false };
+        let Some(key) = entry.endpoints.remove(client_id) else { return false };
+        endpoints.remove(&key);
+        if let Some(l) = entry.listeners.remove(client_id) {
+            l.abort();
+        }
+        true
+    }
+
+    /// Removes a session and everything it held.
+    pub(crate) fn remove_session(&self, session_id: &str) {
+        let mut inner = self.lock();
+        let Inner { endpoints, sessions } = &mut *inner;
+        if let Some(entry) = sessions.remove(session_id) {
+            for key in entry.endpoints.values() {
+                endpoints.remove(key);
+            }
+            for l in entry.listeners.into_values() {
+                l.abort();
+            }
+        }
+    }
+
+    /// Sends GOAWAY to every session (edge shutdown).
+    pub(crate) fn close_all(&self, why: &str) {
+        let sessions: Vec<Arc<AgentSession>> =
+            self.lock().sessions.values().map(|e| e.session.clone()).collect();
+        for s in sessions {
+            s.mux.close(ErrorCode::None, why);
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! Agent sessions: TLS on the connect listener, then muxado. The first RPC must be Auth
+//! (heartbeat streams may come first, as ngrok clients open them at once); after it, Bind,
+//! Unbind and SrvInfo. Every RPC runs in its own task with a read timeout and a size limit, so
+//! a slow or broken stream never holds up the session.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use warren_mux::{ErrorCode, Mux, Role, Stream};
+use warren_proto::{self as proto, StreamType, error_codes as codes};
+
+use crate::registry::{AgentSession, BindRefused, Endpoint, EndpointKey, Proto};
+use crate::{Shared, ingress_tcp};
+
+/// Accepts agent connections until shutdown.
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let stop = crate::shutting_down(shared.shutdown.clone());
+    tokio::pin!(stop);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = &mut stop => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed on connect listener");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = shared.session_limit.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "session limit reached; refusing agent");
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            serve_connection(shared, tcp, remote).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let tls =
+        match tokio::time::timeout(shared.config.limits.handshake_timeout, shared.connect_tls.accept(tcp))
+            .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "agent TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "agent TLS handshake timed out");
+                return;
+            }
+        };
+    let mux = warren_mux::start(tls, Role::Server, warren_mux::Config::default());
+    let Some(session) = authenticate(&shared, &mux, remote).await else {
+        // Let the error reply and GOAWAY drain before the transport closes.
+        mux.close(ErrorCode::None, "authentication failed");
+        let _ = tokio::time::timeout(Duration::from_secs(5), mux.closed()).await;
+        return;
+    };
+    let session = Arc::new(session);
+    shared.registry.add_session(session.clone());
+    tracing::info!(session = %session.id, %remote, "agent session started");
+
+    let heartbeats = {
+        let mux = mux.clone();
+        let (interval, tolerance) = (shared.config.heartbeat_interval, shared.config.heartbeat_tolerance);
+        async move { warren_mux::typed::run_heartbeats(&mux, interval, tolerance).await }
+    };
+    tokio::select! {
+        _ = serve_rpcs(&shared, &session) => {}
+        e = heartbeats => {
+            tracing::info!(session = %session.id, error = %e, "agent heartbeat failed; closing session");
+            mux.close(ErrorCode::None, "heartbeat timeout");
+        }
+    }
+    shared.registry.remove_session(&session.id);
+    tracing::info!(session = %session.id, remote = %session.remote, "agent session ended");
+}
+
+/// Waits for Auth within the auth timeout. Returns the session on success; on failure the
+/// error reply has been written.
+async fn authenticate(shared: &Arc<Shared>, mux: &Mux, remote: SocketAddr) -> Option<AgentSession> {
+    let deadline = tokio::time::Instant::now() + shared.config.limits.auth_timeout;
+    loop {
+        let mut stream = match tokio::time::timeout_at(deadline, mux.accept()).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return None,
+            Err(_) => {
+                tracing::debug!(%remote, "no Auth within the auth timeout");
+                return None;
+            }
+        };
+        let ty = match tokio::time::timeout_at(deadline, warren_mux::typed::read_type(&mut stream)).await {
+            Ok(Ok(t)) => StreamType::from_u32(t),
+            _ => return None,
+        };
+        match ty {
+            StreamType::Heartbeat => {
+                tokio::spawn(warren_mux::typed::answer_heartbeats(stream));
+            }
+            StreamType::Auth => return handle_auth(shared, mux, stream, remote).await,
+            other => {
+                // Answer in the shape every reply shares, so clients show the reason.
+                tracing::debug!(%remote, ?other, "RPC before Auth");
+                let text =
+                    proto::error_text("authenticate before any other request", codes::NOT_AUTHENTICATED);
+                let _ = reply(&mut stream, &proto::UnbindResp { error: text }).await;
+            }
+        }
+    }
+}
+
+async fn handle_auth(
+    shared: &Arc<Shared>,
+    mux: &Mux,
+    mut stream: Stream,
+    remote: SocketAddr,
+) -> Option<AgentSession> {
+    let auth: proto::Auth = match read_request(shared, &mut stream, "Auth").await {
+        Ok(a) => a,
+        Err(text) => {
+            let _ = reply(&mut stream, &proto::AuthResp { error: text, ..Default::default() }).await;
+            return None;
+        }
+    };
+    let fail =
+        |msg: &str, code: &str| proto::AuthResp { error: proto::error_text(msg, code), ..Default::default() };
+    let Some(version) = proto::choose_version(&auth.version) else {
+        let r = fail(
+            &format!("unsupported protocol versions {:?}; this edge speaks 3 and 2", auth.version),
+            codes::UNSUPPORTED_VERSION,
+        );
+        let _ = reply(&mut stream, &r).await;
+        return None;
+    };
+    let token = auth.extra.authtoken.0.trim();
+    if token.is_empty() {
+        let r = fail(
+            "no authtoken was given; pass --authtoken or set WARREN_AUTHTOKEN",
+            codes::AUTHTOKEN_MALFORMED,
+        );
+        let _ = reply(&mut stream, &r).await;
+        return None;
+    }
+    let credential = match shared.store.verify_credential(token).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            tracing::info!(%remote, "agent presented an invalid authtoken");
+            let r = fail("the authtoken is invalid, revoked or expired", codes::AUTHTOKEN_INVALID);
+            let _ = reply(&mut stream, &r).await;
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store failed while verifying an authtoken");
+            let r = fail("the edge could not check the authtoken; try again", codes::AUTHTOKEN_INVALID);
+            let _ = reply(&mut stream, &r).await;
+            return None;
+        }
+    };
+    // Resume: a reconnecting agent presents its previous session id. The old session is
+    // probably a dead connection the edge has not noticed yet; it is closed so its endpoints
+    // can be bound again at once instead of failing with "already bound".
+    if !auth.client_id.is_empty() {
+        if let Some(old) = shared.registry.session_for_resume(&auth.client_id, &credential.account_id) {
+            tracing::info!(session = %old.id, "agent resumed; closing its previous connection");
+            old.mux.close(ErrorCode::None, "session resumed elsewhere");
+            shared.registry.remove_session(&old.id);
+        }
+    }
+    let id = warren_store::generate_id("ts");
+    let resp = proto::AuthResp {
+        version: version.into(),
+        client_id: id.clone(),
+        error: String::new(),
+        extra: proto::AuthRespExtra {
+            version: Some(env!("CARGO_PKG_VERSION").into()),
+            region: Some("local".into()),
+            cookie: None,
+            account_name: Some("default".into()),
+            session_duration: None,
+            plan_name: Some("warren".into()),
+            banner: None,
+        },
+    };
+    if reply(&mut stream, &resp).await.is_err() {
+        return None;
+    }
+    Some(AgentSession { id, mux: mux.clone(), account_id: credential.account_id, remote })
+}
+
+async fn serve_rpcs(shared: &Arc<Shared>, session: &Arc<AgentSession>) {
+    while let Some(mut stream) = session.mux.accept().await {
+        let shared = shared.clone();
+        let session = session.clone();
+        tokio::spawn(async move {
+            let ty = match tokio::time::timeout(
+                shared.config.limits.rpc_timeout,
+                warren_mux::typed::read_type(&mut stream),
+            )
+            .await
+            {
+                Ok(Ok(t)) => StreamType::from_u32(t),
+                _ => return,
+            };
+            match ty {
+                StreamType::Heartbeat => warren_mux::typed::answer_heartbeats(stream).await,
+                StreamType::Bind => handle_bind(&shared, &session, stream).await,
+                StreamType::Unbind => handle_unbind(&shared, &session, stream).await,
+                StreamType::SrvInfo => {
+                    let _ = reply(&mut stream, &proto::SrvInfoResp { region: "local".into() }).await;
+                }
+                StreamType::BindLabeled => {
+                    let text = proto::error_text(
+                        "labeled tunnels (edges) are not supported by warren; bind an endpoint URL instead",
+                        codes::BIND_INVALID,
+                    );
+                    let _ = reply(
+                        &mut stream,
+                        &proto::StartTunnelWithLabelResp { error: text, ..Default::default() },
+                    )
+                    .await;
+                }
+                other => {
+                    tracing::debug!(session = %session.id, ?other, "unexpected stream type; resetting stream");
+                    stream.reset(ErrorCode::Protocol);
+                }
+            }
+        });
+    }
+}
+
+async fn handle_bind(shared: &Arc<Shared>, session: &Arc<AgentSession>, mut stream: Stream) {
+    let bind: proto::Bind = match read_request(shared, &mut stream, "Bind").await {
+        Ok(b) => b,
+        Err(text) => {
+            let _ = reply(&mut stream, &proto::BindResp { error: text, ..Default::default() }).await;
+            return;
+        }
+    };
+    let resp = match bind_endpoint(shared, session, &bind).await {
+        Ok(url) => proto::BindResp {
+            client_id: bind.client_id.clone(),
+            url,
+            proto: bind.proto.clone(),
+            opts: bind.opts.clone(),
+            ..Default::default()
+        },
+        Err(text) => proto::BindResp { client_id: bind.client_id.clone(), error: text, ..Default::default() },
+    };
+    if !resp.error.is_empty() {
+        tracing::info!(session = %session.id, proto = %bind.proto, error = %resp.error.lines().next().unwrap_or(""), "bind refused");
+    }
+    let _ = reply(&mut stream, &resp).await;
+}
+
+/// Binds the requested endpoint; the error is formatted for the client.
+async fn bind_endpoint(
+    shared: &Arc<Shared>,
+    session: &Arc<AgentSession>,
+    bind: &proto::Bind,
+) -> Result<String, String> {
+    let invalid = |msg: String| proto::error_text(&msg, codes::BIND_INVALID);
+    if bind.client_id.is_empty() || bind.client_id.len() > 256 {
+        return Err(invalid("the bind request needs an Id of at most 256 characters".into()));
+    }
+    let max = shared.config.limits.max_endpoints_per_session;
+    match bind.proto.as_str() {
+        "http" | "https" => {
+            let proto = if bind.proto == "http" { Proto::Http } else { Proto::Https };
+            let opts: proto::HttpOpts = serde_json::from_value(bind.opts.clone())
+                .map_err(|e| invalid(format!("invalid {} options: {e}", bind.proto)))?;
+            let host = requested_host(shared, &opts.url, &opts.domain, &opts.hostname, &opts.subdomain)?;
+            let host = match host {
+                Some(h) => h,
+                None => random_host(shared, proto),
+            };
+            let url = match (proto, shared.https_port, shared.http_port) {
+                (Proto::Https, 443, _) => format!("https://{host}"),
+                (Proto::Https, p, _) => format!("https://{host}:{p}"),
+                (_, _, Some(80)) => format!("http://{host}"),
+                (_, _, Some(p)) => format!("http://{host}:{p}"),
+                (_, _, None) => {
+                    return Err(invalid("this edge has no plain http listener; use an https:// URL".into()));
+                }
+            };
+            let ep = Endpoint {
+                session: session.clone(),
+                client_id: bind.client_id.clone(),
+                proto,
+                url: url.clone(),
+                key: EndpointKey::Host(proto, host.clone()),
+            };
+            shared.registry.bind(ep, max).map_err(|r| refused(r, &url))?;
+            tracing::info!(session = %session.id, %url, "endpoint bound");
+            Ok(url)
+        }
+        "tcp" => {
+            let opts: proto::TcpOpts = serde_json::from_value(bind.opts.clone())
+                .map_err(|e| invalid(format!("invalid tcp options: {e}")))?;
+            let wanted = requested_port(&opts).map_err(invalid)?;
+            ingress_tcp::bind(shared, session, &bind.client_id, wanted).await
+        }
+        "tls" => Err(invalid("tls endpoints are not available on this edge yet; use https or tcp".into())),
+        other => Err(invalid(format!("unknown endpoint protocol {other:?}; use http, https or tcp"))),
+    }
+}
+
+pub(crate) fn refused(r: BindRefused, url: &str) -> String {
+    match r {
+        BindRefused::InUse => proto::error_text(
+            &format!("the endpoint {url} is already online in another session"),
+            codes::ENDPOINT_IN_USE,
+        ),
+        BindRefused::DuplicateId => {
+            proto::error_text("this session already has an endpoint with that Id", codes::BIND_INVALID)
+        }
+        BindRefused::TooMany => {
+            proto::error_text("this session has reached its endpoint limit", codes::BIND_INVALID)
+        }
+        BindRefused::SessionGone => proto::error_text("the session is closing", codes::BIND_INVALID),
+    }
+}
+
+/// The host an http(s) bind asks for, checked against the domains the edge serves.
+fn requested_host(
+    shared: &Shared,
+    url: &str,
+    domain: &str,
+    hostname: &str,
+    subdomain: &str,
+) -> Result<Option<String>, String> {
+    let base = &shared.config.base_domain;
+    let from_url = url.split_once("://").map_or(url, |(_, rest)| rest).split(['/', ':']).next().unwrap_or("");
+    let host = [from_url, domain, hostname].into_iter().find(|s| !s.is_empty()).map(str::to_ascii_lowercase);
+    let host = match (host, subdomain.is_empty()) {
+        (Some(h), _) => h,
+        (None, false) => format!("{}.{base}", subdomain.to_ascii_lowercase()),
+        (None, true) => return Ok(None),
+    };
+    let host = host.trim_end_matches('.').to_owned();
+    if !crate::config::is_valid_hostname(&host) {
+        return Err(proto::error_text(&format!("{host:?} is not a valid host name"), codes::BIND_INVALID));
+    }
+    let under_base = host.len() > base.len() + 1
+        && host.ends_with(base.as_str())
+        && host.as_bytes()[host.len() - base.len() - 1] == b'.';
+    if !under_base {
+        return Err(proto::error_text(
+            &format!(
+                "{host} is not a domain this edge serves; use a name under {base} (for example myapp.{base})"
+            ),
+            codes::DOMAIN_NOT_SERVED,
+        ));
+    }
+    Ok(Some(host))
+}
+
+fn random_host(shared: &Shared, proto: Proto) -> String {
+    use rand::Rng;
+    loop {
+        let label: String = (0..10).map(|_| (b'a' + rand::rng().random_range(0..26)) as char).collect();
+        let host = format!("{label}.{}", shared.config.base_domain);
+        if !shared.registry.is_taken(&EndpointKey::Host(proto, host.clone())) {
+            return host;
+        }
+    }
+}
+
+fn requested_port(opts: &proto::TcpOpts) -> Result<Option<u16>, String> {
+    let addr = if !opts.addr.is_empty() {
+        opts.addr.as_str()
+    } else {
+        opts.url.strip_prefix("tcp://").unwrap_or(&opts.url)
+    };
+    if addr.is_empty() {
+        return Ok((opts.remote_port != 0).then_some(opts.remote_port));
+    }
+    let port = addr.rsplit_once(':').map_or(addr, |(_, p)| p);
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .map(Some)
+        .ok_or_else(|| format!("invalid tcp address {addr:?}; expected host:port"))
+}
+
+async fn handle_unbind(shared: &Arc<Shared>, session: &Arc<AgentSession>, mut stream: Stream) {
+    let resp = match read_request::<proto::Unbind>(shared, &mut stream, "Unbind").await {
+        Ok(u) if shared.registry.unbind(&session.id, &u.client_id) => proto::UnbindResp::default(),
+        Ok(u) => proto::UnbindResp {
+            error: proto::error_text(&format!("no endpoint with Id {:?}", u.client_id), codes::BIND_INVALID),
+        },
+        Err(text) => proto::UnbindResp { error: text },
+    };
+    let _ = reply(&mut stream, &resp).await;
+}
+
+/// Reads one JSON request (to the client's half-close) within the RPC timeout and size limit.
+async fn read_request<T: serde::de::DeserializeOwned>(
+    shared: &Shared,
+    stream: &mut Stream,
+    what: &'static str,
+) -> Result<T, String> {
+    let bytes = match tokio::time::timeout(
+        shared.config.limits.rpc_timeout,
+        stream.read_to_end_limited(proto::MAX_RPC_LEN),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            return Err(proto::error_text(
+                &format!("could not read the {what} request: {e}"),
+                codes::BIND_INVALID,
+            ));
+        }
+        Err(_) => {
+            return Err(proto::error_text(
+                &format!("the {what} request was not completed in time"),
+                codes::BIND_INVALID,
+            ));
+        }
+    };
+    proto::decode(what, &bytes).map_err(|e| proto::error_text(&e.to_string(), codes::BIND_INVALID))
+}
+
+async fn reply<T: serde::Serialize>(stream: &mut Stream, msg: &T) -> std::io::Result<()> {
+    stream.write_all(&proto::encode(msg)).await?;
+    stream.shutdown().await
+}

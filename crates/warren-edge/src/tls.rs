@@ -1,0 +1,190 @@
+//! The edge's certificates: a local CA made on first start, and a leaf certificate for the base
+//! domain, its wildcard and the connect host names, signed by that CA. Agents trust the CA file
+//! (`--connect-cas`), visitors trust it for the dev domain.
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why TLS material could not be made or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Generating a key or certificate failed.
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    /// A PEM file did not parse.
+    #[error("{path}: invalid PEM: {msg}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        msg: String,
+    },
+    /// rustls refused the certificate or key.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Paths of the edge's TLS files inside the data directory.
+#[derive(Clone, Debug)]
+pub struct TlsPaths {
+    /// The local CA certificate (give this to agents and browsers).
+    pub ca_cert: PathBuf,
+    /// The CA's private key (owner-only permissions).
+    pub ca_key: PathBuf,
+    /// The edge's certificate chain.
+    pub cert: PathBuf,
+    /// The edge's private key (owner-only permissions).
+    pub key: PathBuf,
+    /// The names the certificate covers, one per line; a change re-issues it.
+    pub names: PathBuf,
+}
+
+impl TlsPaths {
+    /// The standard layout under `dir`.
+    pub fn in_dir(dir: &Path) -> TlsPaths {
+        TlsPaths {
+            ca_cert: dir.join("ca.pem"),
+            ca_key: dir.join("ca.key"),
+            cert: dir.join("edge.pem"),
+            key: dir.join("edge.key"),
+            names: dir.join("edge.names"),
+        }
+    }
+}
+
+/// Loaded certificate and key, ready for rustls.
+pub struct TlsMaterial {
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's key.
+    pub key: PrivateKeyDer<'static>,
+    /// Where the CA certificate is.
+    pub ca_cert_path: PathBuf,
+}
+
+/// Makes sure a CA and a leaf certificate covering `names` exist under `dir`, creating or
+/// re-issuing as needed, and loads them.
+pub fn ensure_local_ca(dir: &Path, names: &[String]) -> Result<TlsMaterial, TlsError> {
+    fs::create_dir_all(dir).map_err(|source| TlsError::Io { path: dir.to_owned(), source })?;
+    let paths = TlsPaths::in_dir(dir);
+    let ca_key = if paths.ca_key.exists() && paths.ca_cert.exists() {
+        KeyPair::from_pem(&read_string(&paths.ca_key)?)?
+    } else {
+        let key = KeyPair::generate()?;
+        let cert = ca_params().self_signed(&key)?;
+        write_private(&paths.ca_key, key.serialize_pem().as_bytes())?;
+        write_file(&paths.ca_cert, cert.pem().as_bytes())?;
+        // A new CA invalidates any old leaf.
+        let _ = fs::remove_file(&paths.names);
+        key
+    };
+    let wanted = names.join("\n");
+    let current = fs::read_to_string(&paths.names).unwrap_or_default();
+    if current != wanted || !paths.cert.exists() || !paths.key.exists() {
+        let issuer = Issuer::new(ca_params(), &ca_key);
+        let leaf_key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        for n in names {
+            params.subject_alt_names.push(match n.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(n.clone().try_into()?),
+            });
+        }
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, names.first().cloned().unwrap_or_else(|| "warren edge".into()));
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let cert = params.signed_by(&leaf_key, &issuer)?;
+        let ca_pem = read_string(&paths.ca_cert)?;
+        write_private(&paths.key, leaf_key.serialize_pem().as_bytes())?;
+        write_file(&paths.cert, format!("{}{}", cert.pem(), ca_pem).as_bytes())?;
+        write_file(&paths.names, wanted.as_bytes())?;
+    }
+    load(&paths.cert, &paths.key, paths.ca_cert)
+}
+
+/// Loads a PEM certificate chain and private key.
+pub fn load(cert: &Path, key: &Path, ca_cert_path: PathBuf) -> Result<TlsMaterial, TlsError> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Pem { path: cert.to_owned(), msg: e.to_string() })?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError::Pem { path: key.to_owned(), msg: e.to_string() })?;
+    Ok(TlsMaterial { chain, key, ca_cert_path })
+}
+
+/// The rustls provider: aws-lc-rs only.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Server config for one of the edge's listeners. TLS 1.2 is the minimum; 1.3 is preferred.
+pub fn server_config(m: &TlsMaterial, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(m.chain.clone(), m.key.clone_key())?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "warren local CA");
+    dn.push(DnType::OrganizationName, "warren");
+    p.distinguished_name = dn;
+    p.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p
+}
+
+fn read_string(path: &Path) -> Result<String, TlsError> {
+    fs::read_to_string(path).map_err(|source| TlsError::Io { path: path.to_owned(), source })
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    fs::write(path, bytes).map_err(|source| TlsError::Io { path: path.to_owned(), source })
+}
+
+/// Writes a secret file readable by the owner only, created with those permissions so it is
+/// never briefly world-readable.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    let io = |source| TlsError::Io { path: path.to_owned(), source };
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)
+}

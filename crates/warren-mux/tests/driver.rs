@@ -1,0 +1,113 @@
+//! The tokio driver against itself over an in-memory duplex pipe.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warren_mux::{Config, ErrorCode, Mux, Role};
+
+/// Guard against hangs; never used to wait for something to happen.
+const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn pair() -> (Mux, Mux) {
+    let (a, b) = tokio::io::duplex(128 * 1024);
+    (
+        warren_mux::start(a, Role::Client, Config::default()),
+        warren_mux::start(b, Role::Server, Config::default()),
+    )
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_shutdown_drop_delivers_everything() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (client, server) = pair();
+        let data = pattern(1, 4 * 1024 * 1024);
+        let expect = data.clone();
+        let reader = tokio::spawn(async move {
+            let mut s = server.accept().await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.map(|_| got)
+        });
+        // The usual forwarding pattern: copy, half-close, drop, without waiting for the peer.
+        let mut s = client.open().unwrap();
+        s.write_all(&data).await.unwrap();
+        s.shutdown().await.unwrap();
+        drop(s);
+        let got = reader.await.unwrap().expect("the reader must not see a reset");
+        assert_eq!(got.len(), expect.len());
+        assert!(got == expect);
+    })
+    .await
+    .expect("timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_echo_over_split_streams() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (client, server) = pair();
+        tokio::spawn(async move {
+            while let Some(s) = server.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = tokio::io::split(s);
+                    tokio::io::copy(&mut r, &mut w).await.unwrap();
+                    w.shutdown().await.unwrap();
+                });
+            }
+        });
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let s = client.open().unwrap();
+            tasks.push(tokio::spawn(async move {
+                let (mut r, mut w) = tokio::io::split(s);
+                let data = pattern(i, 512 * 1024 + i as usize);
+                let expect = data.clone();
+                let writer = tokio::spawn(async move {
+                    w.write_all(&data).await.unwrap();
+                    w.shutdown().await.unwrap();
+                    w
+                });
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).await.unwrap();
+                let _w = writer.await.unwrap();
+                assert!(got == expect, "stream {i}");
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(client.stream_count(), 0);
+    })
+    .await
+    .expect("timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_both_sessions_and_fails_streams() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (client, server) = pair();
+        let mut s = client.open().unwrap();
+        s.write_all(b"x").await.unwrap();
+        let mut peer = server.accept().await.unwrap();
+        server.close(ErrorCode::None, "maintenance");
+        assert!(client.accept().await.is_none());
+        client.closed().await;
+        server.closed().await;
+        assert_eq!(client.remote_goaway(), Some((ErrorCode::None, "maintenance".to_string())));
+        assert!(s.read(&mut [0u8; 4]).await.is_err());
+        assert!(peer.write_all(b"late").await.is_err());
+        assert!(client.open().is_err());
+    })
+    .await
+    .expect("timed out");
+}
