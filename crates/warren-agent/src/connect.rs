@@ -277,10 +277,8 @@ async fn handle_stream(mut stream: Stream, bound: &HashMap<String, Arc<EndpointC
             None
         }
         StreamType::StopTunnel => {
-            if let Ok(bytes) = stream.read_to_end_limited(proto::MAX_RPC_LEN).await {
-                if let Ok(st) = proto::decode::<proto::StopTunnel>("StopTunnel", &bytes) {
-                    tracing::warn!(endpoint = %st.client_id, message = %st.message, "the edge stopped an endpoint");
-                }
+            if let Ok(st) = read_message::<proto::StopTunnel>(&mut stream, "StopTunnel").await {
+                tracing::warn!(endpoint = %st.client_id, message = %st.message, "the edge stopped an endpoint");
             }
             None
         }
@@ -301,8 +299,24 @@ async fn read_proxy_header(stream: &mut Stream) -> Result<proto::ProxyHeader, St
     proto::decode("ProxyHeader", &buf).map_err(|e| e.to_string())
 }
 
+/// Reads one JSON message from the edge, which may or may not half-close after it.
+async fn read_message<T: serde::de::DeserializeOwned>(stream: &mut Stream, what: &'static str) -> Result<T, String> {
+    let mut msg = proto::MessageBuf::new(what, proto::MAX_RPC_LEN);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return msg.finish().map_err(|e| e.to_string());
+        }
+        if let Some(v) = msg.push(&chunk[..n]).map_err(|e| e.to_string())? {
+            return Ok(v);
+        }
+    }
+}
+
 async fn drain_and_reply<T: serde::Serialize>(stream: &mut Stream, msg: &T) -> std::io::Result<()> {
-    stream.read_to_end_limited(proto::MAX_RPC_LEN).await?;
+    // The request body (Stop, Restart, Update) carries nothing the agent needs.
+    let _ = read_message::<serde_json::Value>(stream, "command").await;
     stream.write_all(&proto::encode(msg)).await?;
     stream.shutdown().await
 }

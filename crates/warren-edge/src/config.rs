@@ -72,14 +72,16 @@ impl Default for Limits {
 }
 
 impl EdgeConfig {
-    /// The embedded default: everything on loopback, `*.localhost` names (which resolve to
+    /// The embedded default: everything on loopback, `*.warren.localhost` names (which resolve to
     /// loopback without DNS), connect on 4443, https on 8443, http on 8080.
     pub fn local_default(data_dir: PathBuf) -> EdgeConfig {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         EdgeConfig {
             data_dir,
-            base_domain: "localhost".into(),
-            connect_hostnames: vec!["connect.localhost".into()],
+            // Two labels: TLS clients (webpki, OpenSSL) refuse a wildcard directly under a
+            // single-label name such as `*.localhost`.
+            base_domain: "warren.localhost".into(),
+            connect_hostnames: vec!["connect.warren.localhost".into()],
             connect_addr: SocketAddr::new(lo, 4443),
             https_addr: SocketAddr::new(lo, 8443),
             http_addr: Some(SocketAddr::new(lo, 8080)),
@@ -114,6 +116,12 @@ impl EdgeConfig {
     pub fn validate(&self) -> Result<(), String> {
         if !is_valid_hostname(&self.base_domain) {
             return Err(format!("base_domain {:?} is not a valid host name", self.base_domain));
+        }
+        if !self.base_domain.contains('.') {
+            return Err(format!(
+                "base_domain {:?} needs at least two labels (for example dev.{0}): TLS clients refuse the wildcard certificate *.{0}",
+                self.base_domain
+            ));
         }
         for h in &self.connect_hostnames {
             if !is_valid_hostname(h) {
@@ -170,8 +178,8 @@ mod tests {
         let c = EdgeConfig::local_default("/tmp/x".into());
         c.validate().unwrap();
         let names = c.certificate_names();
-        assert!(names.contains(&"*.localhost".to_string()));
-        assert!(names.contains(&"connect.localhost".to_string()));
+        assert!(names.contains(&"*.warren.localhost".to_string()));
+        assert!(names.contains(&"connect.warren.localhost".to_string()));
         assert!(names.contains(&"127.0.0.1".to_string()));
     }
 
@@ -180,5 +188,8 @@ mod tests {
         let mut c = EdgeConfig::local_default("/tmp/x".into());
         c.tcp_ports = 0..=10;
         assert!(c.validate().unwrap_err().contains("tcp_ports"));
+        let mut c = EdgeConfig::local_default("/tmp/x".into());
+        c.base_domain = "localhost".into();
+        assert!(c.validate().unwrap_err().contains("two labels"));
     }
 }

@@ -240,13 +240,17 @@ async fn serve_rpcs(shared: &Arc<Shared>, session: &Arc<AgentSession>) {
 }
 
 async fn handle_bind(shared: &Arc<Shared>, session: &Arc<AgentSession>, mut stream: Stream) {
-    let bind: proto::Bind = match read_request(shared, &mut stream, "Bind").await {
+    let mut bind: proto::Bind = match read_request(shared, &mut stream, "Bind").await {
         Ok(b) => b,
         Err(text) => {
             let _ = reply(&mut stream, &proto::BindResp { error: text, ..Default::default() }).await;
             return;
         }
     };
+    // ngrok SDKs leave the Id empty and use the one the edge answers with for proxy streams.
+    if bind.client_id.is_empty() {
+        bind.client_id = warren_store::generate_id("ep");
+    }
     let resp = match bind_endpoint(shared, session, &bind).await {
         Ok(url) => proto::BindResp {
             client_id: bind.client_id.clone(),
@@ -270,8 +274,8 @@ async fn bind_endpoint(
     bind: &proto::Bind,
 ) -> Result<String, String> {
     let invalid = |msg: String| proto::error_text(&msg, codes::BIND_INVALID);
-    if bind.client_id.is_empty() || bind.client_id.len() > 256 {
-        return Err(invalid("the bind request needs an Id of at most 256 characters".into()));
+    if bind.client_id.len() > 256 {
+        return Err(invalid("the bind request's Id is longer than 256 characters".into()));
     }
     let max = shared.config.limits.max_endpoints_per_session;
     match bind.proto.as_str() {
@@ -404,33 +408,41 @@ async fn handle_unbind(shared: &Arc<Shared>, session: &Arc<AgentSession>, mut st
     let _ = reply(&mut stream, &resp).await;
 }
 
-/// Reads one JSON request (to the client's half-close) within the RPC timeout and size limit.
+/// Reads one JSON request within the RPC timeout and size limit. ngrok clients write the
+/// request and then wait for the reply without half-closing, so the request ends where the
+/// JSON value ends, not at end of stream.
 async fn read_request<T: serde::de::DeserializeOwned>(
     shared: &Shared,
     stream: &mut Stream,
     what: &'static str,
 ) -> Result<T, String> {
-    let bytes = match tokio::time::timeout(
-        shared.config.limits.rpc_timeout,
-        stream.read_to_end_limited(proto::MAX_RPC_LEN),
-    )
-    .await
-    {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            return Err(proto::error_text(
-                &format!("could not read the {what} request: {e}"),
-                codes::BIND_INVALID,
-            ));
+    let read = read_json(stream, what, proto::MAX_RPC_LEN);
+    match tokio::time::timeout(shared.config.limits.rpc_timeout, read).await {
+        Ok(r) => r.map_err(|e| proto::error_text(&e, codes::BIND_INVALID)),
+        Err(_) => Err(proto::error_text(
+            &format!("the {what} request was not completed in time"),
+            codes::BIND_INVALID,
+        )),
+    }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    stream: &mut Stream,
+    what: &'static str,
+    limit: usize,
+) -> Result<T, String> {
+    use tokio::io::AsyncReadExt;
+    let mut msg = proto::MessageBuf::new(what, limit);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|e| format!("could not read the {what} request: {e}"))?;
+        if n == 0 {
+            return msg.finish().map_err(|e| e.to_string());
         }
-        Err(_) => {
-            return Err(proto::error_text(
-                &format!("the {what} request was not completed in time"),
-                codes::BIND_INVALID,
-            ));
+        if let Some(v) = msg.push(&chunk[..n]).map_err(|e| e.to_string())? {
+            return Ok(v);
         }
-    };
-    proto::decode(what, &bytes).map_err(|e| proto::error_text(&e.to_string(), codes::BIND_INVALID))
+    }
 }
 
 async fn reply<T: serde::Serialize>(stream: &mut Stream, msg: &T) -> std::io::Result<()> {

@@ -518,10 +518,16 @@ impl Session {
             return Err(closed.map_or(StreamError::Unknown, StreamError::SessionClosed));
         };
         if s.recv_buffered == 0 {
+            // Everything up to the peer's FIN has been read: the read side ended cleanly even if
+            // the session closed afterwards (a reply followed by GOAWAY and EOF). An explicit RST
+            // after the FIN is still reported, as TCP does.
+            if s.recv_fin && (s.reset.is_none() || closed.is_some()) {
+                return Ok(Recv::Eof);
+            }
             if let Some(code) = s.reset {
                 return Err(StreamError::Reset(code));
             }
-            return Ok(if s.recv_fin { Recv::Eof } else { Recv::Pending });
+            return Ok(Recv::Pending);
         }
         let mut n = 0;
         while n < buf.len() {

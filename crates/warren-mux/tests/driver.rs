@@ -111,3 +111,34 @@ async fn close_ends_both_sessions_and_fails_streams() {
     .await
     .expect("timed out");
 }
+
+/// The edge's auth-failure path: reply, half-close, drop, then GOAWAY and close the transport
+/// at once. The reply must still reach a client that half-closed its request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_then_close_delivers_the_reply() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        for half_close_request in [true, false] {
+            let (client, server) = pair();
+            tokio::spawn(async move {
+                let mut s = server.accept().await.unwrap();
+                let mut req = [0u8; 7];
+                s.read_exact(&mut req).await.unwrap();
+                s.write_all(b"the reply").await.unwrap();
+                s.shutdown().await.unwrap();
+                drop(s);
+                server.close(ErrorCode::None, "bye");
+                server.closed().await;
+            });
+            let mut s = client.open().unwrap();
+            s.write_all(b"request").await.unwrap();
+            if half_close_request {
+                s.shutdown().await.unwrap();
+            }
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.expect("the reply, not an error");
+            assert_eq!(got, b"the reply", "half_close_request={half_close_request}");
+        }
+    })
+    .await
+    .expect("timed out");
+}

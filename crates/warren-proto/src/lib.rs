@@ -456,6 +456,51 @@ pub enum ProtoError {
     /// A length prefix was negative or over the limit.
     #[error("message length {0} is out of range")]
     TooLarge(i64),
+    /// An RPC message grew past [`MAX_RPC_LEN`] without ending.
+    #[error("the {what} message is larger than the {limit}-byte limit")]
+    Oversized {
+        /// The message type expected.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// Assembles one JSON RPC message from stream reads, with no I/O of its own.
+///
+/// ngrok clients write a request and wait for the reply without half-closing their side, so a
+/// message ends where its JSON value ends; peers that do half-close end it at end of stream.
+/// Both work: feed every read to [`MessageBuf::push`] and call [`MessageBuf::finish`] at EOF.
+#[derive(Debug)]
+pub struct MessageBuf {
+    what: &'static str,
+    limit: usize,
+    buf: Vec<u8>,
+}
+
+impl MessageBuf {
+    /// A buffer for one `what` message of at most `limit` bytes.
+    pub fn new(what: &'static str, limit: usize) -> MessageBuf {
+        MessageBuf { what, limit, buf: Vec::new() }
+    }
+
+    /// Adds bytes; returns the message once a complete JSON value has arrived.
+    pub fn push<T: serde::de::DeserializeOwned>(&mut self, bytes: &[u8]) -> Result<Option<T>, ProtoError> {
+        if self.buf.len() + bytes.len() > self.limit {
+            return Err(ProtoError::Oversized { what: self.what, limit: self.limit });
+        }
+        self.buf.extend_from_slice(bytes);
+        match serde_json::from_slice::<T>(&self.buf) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_eof() => Ok(None),
+            Err(source) => Err(ProtoError::Json { what: self.what, source }),
+        }
+    }
+
+    /// The peer half-closed: what arrived must be the whole message.
+    pub fn finish<T: serde::de::DeserializeOwned>(self) -> Result<T, ProtoError> {
+        decode(self.what, &self.buf)
+    }
 }
 
 /// Parses one JSON message, naming the message type in the error.
@@ -481,6 +526,24 @@ pub fn choose_version(offered: &[String]) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_buf_ends_at_the_json_value_or_at_eof() {
+        let mut m = MessageBuf::new("Unbind", 64);
+        assert!(m.push::<Unbind>(br#"{"Id":"#).unwrap().is_none());
+        let u: Unbind = m.push(br#""ep0"}"#).unwrap().unwrap();
+        assert_eq!(u.client_id, "ep0");
+
+        let mut m = MessageBuf::new("Unbind", 64);
+        assert!(m.push::<Unbind>(br#"{"Id":"x""#).unwrap().is_none());
+        assert!(m.finish::<Unbind>().is_err(), "a truncated message is an error at EOF");
+
+        let mut m = MessageBuf::new("Unbind", 64);
+        assert!(matches!(m.push::<Unbind>(b"{not json"), Err(ProtoError::Json { .. })));
+
+        let mut m = MessageBuf::new("Unbind", 8);
+        assert!(matches!(m.push::<Unbind>(&[b' '; 9]), Err(ProtoError::Oversized { limit: 8, .. })));
+    }
 
     #[test]
     fn auth_from_ngrok_sdk_parses() {

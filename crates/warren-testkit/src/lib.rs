@@ -1,1 +1,540 @@
+//! In-process parts for warren's end-to-end tests: an edge on port 0 with its own data
+//! directory, agent configurations that trust it, real upstreams (HTTP, TCP echo, WebSocket
+//! echo) and visitor clients that speak TLS with a chosen ALPN.
+//!
+//! Nothing here fakes a component: the edge, the agent, TLS, HTTP and the store are the real
+//! ones; only the ports and directories are temporary.
 
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::pem::PemObject;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
+use warren_agent::{AgentConfig, ConnectCas, EndpointConfig};
+use warren_edge::{Edge, EdgeConfig};
+
+pub use tempfile::TempDir;
+
+/// How long any single step of a test may take before the test fails instead of hanging.
+pub const STEP: Duration = Duration::from_secs(30);
+
+/// Awaits `f`, failing the test with `what` if it takes longer than [`STEP`].
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(STEP, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out: {what}"),
+    }
+}
+
+/// Installs a tracing subscriber once (set `RUST_LOG` to see edge and agent logs).
+pub fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// An edge on loopback with port-0 listeners and a temporary data directory.
+pub struct TestEdge {
+    edge: Option<Edge>,
+    /// The configuration it runs with (ports filled in after the first start).
+    pub config: EdgeConfig,
+    /// The authtoken the first start created.
+    pub authtoken: String,
+    /// The admin API key the first start created.
+    pub api_key: String,
+    /// The local CA certificate (PEM) that agents and visitors trust.
+    pub ca_pem: Vec<u8>,
+    /// Path of the CA certificate file.
+    pub ca_path: std::path::PathBuf,
+    dir: TempDir,
+}
+
+impl TestEdge {
+    /// Starts an edge with the embedded default on port 0.
+    pub async fn start() -> TestEdge {
+        TestEdge::start_with(|_| {}).await
+    }
+
+    /// Starts an edge after `tweak` adjusts the configuration.
+    pub async fn start_with(tweak: impl FnOnce(&mut EdgeConfig)) -> TestEdge {
+        init_logs();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let lo = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let mut config = EdgeConfig::local_default(dir.path().join("data"));
+        config.connect_addr = lo;
+        config.https_addr = lo;
+        config.http_addr = Some(lo);
+        config.heartbeat_interval = Duration::from_secs(1);
+        config.heartbeat_tolerance = Duration::from_secs(3);
+        tweak(&mut config);
+        let prepared = warren_edge::bootstrap::prepare(&config).await.expect("prepare data dir");
+        let first = prepared.first_start.expect("a new data dir is a first start");
+        let ca_path = prepared.tls.ca_cert_path.clone();
+        let ca_pem = std::fs::read(&ca_path).expect("CA file");
+        let edge = Edge::start(config.clone(), prepared.store, prepared.tls).await.expect("edge starts");
+        // Pin the ports so that a restart comes back where agents expect it.
+        config.connect_addr = edge.connect_addr;
+        config.https_addr = edge.https_addr;
+        config.http_addr = edge.http_addr;
+        TestEdge {
+            edge: Some(edge),
+            config,
+            authtoken: first.authtoken.0.clone(),
+            api_key: first.api_key.0.clone(),
+            ca_pem,
+            ca_path,
+            dir,
+        }
+    }
+
+    /// The running edge.
+    pub fn edge(&self) -> &Edge {
+        self.edge.as_ref().expect("edge is running")
+    }
+
+    /// `host:port` for agents.
+    pub fn connect_url(&self) -> String {
+        format!("localhost:{}", self.config.connect_addr.port())
+    }
+
+    /// The https ingress.
+    pub fn https_addr(&self) -> SocketAddr {
+        self.config.https_addr
+    }
+
+    /// The plain http ingress.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.config.http_addr.expect("http ingress enabled")
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.config.data_dir
+    }
+
+    /// An agent configuration with this edge's token and CA and quick timings.
+    pub fn agent_config(&self) -> AgentConfig {
+        let mut c =
+            AgentConfig::new(self.authtoken.clone(), self.connect_url(), ConnectCas::PemBytes(self.ca_pem.clone()));
+        c.heartbeat_interval = Duration::from_secs(1);
+        c.heartbeat_tolerance = Duration::from_secs(3);
+        c.reconnect_initial = Duration::from_millis(50);
+        c.reconnect_max = Duration::from_millis(500);
+        c
+    }
+
+    /// An agent configuration exposing one endpoint.
+    pub fn agent_with(&self, endpoint: EndpointConfig) -> AgentConfig {
+        let mut c = self.agent_config();
+        c.endpoints.push(endpoint);
+        c
+    }
+
+    /// Stops the edge (closing every session) and starts it again on the same ports with the
+    /// same data directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let prepared = warren_edge::bootstrap::prepare(&self.config).await.expect("prepare data dir");
+        assert!(prepared.first_start.is_none(), "a restart keeps the data directory");
+        let edge = Edge::start(self.config.clone(), prepared.store, prepared.tls).await.expect("edge restarts");
+        self.edge = Some(edge);
+    }
+
+    /// Stops the edge.
+    pub async fn stop(&mut self) {
+        if let Some(e) = self.edge.take() {
+            e.shutdown().await;
+        }
+    }
+
+    /// Keeps the temporary directory alive for as long as the edge.
+    pub fn temp_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+/// A rustls client config trusting `ca_pem`, offering `alpn`.
+pub fn client_tls(ca_pem: &[u8], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(c.expect("CA PEM")).expect("CA certificate");
+    }
+    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(c)
+}
+
+/// Opens TLS to `addr` with SNI `host` and the given ALPN, as a visitor's browser would.
+pub async fn tls_connect(addr: SocketAddr, host: &str, ca_pem: &[u8], alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.expect("connect to the edge");
+    tcp.set_nodelay(true).ok();
+    let name = ServerName::try_from(host.to_owned()).expect("server name");
+    tokio_rustls::TlsConnector::from(client_tls(ca_pem, alpn)).connect(name, tcp).await.expect("TLS handshake")
+}
+
+/// A request body that can be streamed.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// An empty body.
+pub fn empty() -> Body {
+    Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
+}
+
+/// A body with `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|e| match e {}).boxed()
+}
+
+/// A streamed body of `len` bytes of [`pattern`], made 64 KiB at a time (never held whole).
+pub fn pattern_body(len: u64) -> Body {
+    const CHUNK: u64 = 64 * 1024;
+    let stream = futures_util::stream::unfold(0u64, move |sent| async move {
+        if sent >= len {
+            return None;
+        }
+        let n = CHUNK.min(len - sent);
+        Some((Ok::<_, std::io::Error>(Frame::data(pattern(sent, n as usize))), sent + n))
+    });
+    BodyExt::boxed(StreamBody::new(stream))
+}
+
+/// `n` bytes of a position-dependent pattern starting at `offset`, so that misordered or lost
+/// bytes change the digest.
+pub fn pattern(offset: u64, n: usize) -> Bytes {
+    (0..n as u64).map(|i| ((offset + i) % 251) as u8).collect::<Vec<u8>>().into()
+}
+
+/// SHA-256 of `len` bytes of [`pattern`], hex.
+pub fn pattern_digest(len: u64) -> String {
+    let mut h = Sha256::new();
+    let mut off = 0;
+    while off < len {
+        let n = (64 * 1024).min(len - off);
+        h.update(pattern(off, n as usize));
+        off += n;
+    }
+    hex(&h.finalize())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Reads a body to the end without holding it, returning its length and SHA-256.
+pub async fn digest_body<B>(mut body: B) -> (u64, String)
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    while let Some(f) = body.frame().await {
+        if let Ok(d) = f.expect("body frame").into_data() {
+            n += d.len() as u64;
+            h.update(&d);
+        }
+    }
+    (n, hex(&h.finalize()))
+}
+
+/// An HTTP/1.1 client connection over `io`.
+pub async fn http1<I>(io: I) -> hyper::client::conn::http1::SendRequest<Body>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.expect("h1 handshake");
+    tokio::spawn(conn.with_upgrades());
+    send
+}
+
+/// An HTTP/2 client connection over `io`.
+pub async fn http2<I>(io: I) -> hyper::client::conn::http2::SendRequest<Body>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    send
+}
+
+/// Sends `GET path` with `Host: host` over a new HTTP/1.1 connection to `addr` (plain TCP) and
+/// returns the status and body text.
+pub async fn plain_get(addr: SocketAddr, host: &str, path: &str) -> (StatusCode, hyper::HeaderMap, String) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut send = http1(tcp).await;
+    let req = Request::get(path).header("host", host).body(empty()).unwrap();
+    let res = send.send_request(req).await.expect("response");
+    let (parts, body) = res.into_parts();
+    let text = String::from_utf8_lossy(&body.collect().await.expect("body").to_bytes()).into_owned();
+    (parts.status, parts.headers, text)
+}
+
+/// Sends `GET path` over https (HTTP/1.1) to the edge for `host` and returns status and body.
+pub async fn https_get(edge: &TestEdge, host: &str, path: &str) -> (StatusCode, hyper::HeaderMap, String) {
+    let tls = tls_connect(edge.https_addr(), host, &edge.ca_pem, &[b"http/1.1"]).await;
+    let mut send = http1(tls).await;
+    let req = Request::get(path).header("host", host).body(empty()).unwrap();
+    let res = send.send_request(req).await.expect("response");
+    let (parts, body) = res.into_parts();
+    let text = String::from_utf8_lossy(&body.collect().await.expect("body").to_bytes()).into_owned();
+    (parts.status, parts.headers, text)
+}
+
+/// A real HTTP server on loopback (HTTP/1.1, as local dev servers are). Routes:
+/// - `GET /echo`: JSON `{method, path, version, headers}` of the request as received,
+/// - `POST /upload`: reads the body as it streams and answers `{bytes, sha256}`,
+/// - `GET /download/<n>`: streams `n` bytes of [`pattern`],
+/// - `GET /slow-download/<n>`: the same, for visitors that stop reading,
+/// - anything else: `hello from upstream`.
+pub struct HttpUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Requests served so far.
+    pub requests: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl HttpUpstream {
+    /// Starts the server on port 0.
+    pub async fn start() -> HttpUpstream {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind upstream");
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        upstream_handle(req)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        HttpUpstream { addr, requests, task }
+    }
+
+    /// `http://127.0.0.1:port`, for [`EndpointConfig::http`].
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for HttpUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn upstream_handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    if path == "/echo" {
+        let headers: serde_json::Map<String, serde_json::Value> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into()))
+            .collect();
+        let body = serde_json::json!({
+            "method": req.method().as_str(),
+            "path": req.uri().to_string(),
+            "version": format!("{:?}", req.version()),
+            "headers": headers,
+        });
+        return Ok(Response::builder()
+            .header("content-type", "application/json")
+            .body(full(body.to_string()))
+            .unwrap());
+    }
+    if path == "/upload" {
+        let (n, digest) = digest_body(req.into_body()).await;
+        let body = serde_json::json!({ "bytes": n, "sha256": digest });
+        return Ok(Response::new(full(body.to_string())));
+    }
+    if let Some(n) = path.strip_prefix("/download/").or_else(|| path.strip_prefix("/slow-download/")) {
+        let n: u64 = n.parse().unwrap_or(0);
+        return Ok(Response::builder().header("content-length", n).body(pattern_body(n)).unwrap());
+    }
+    Ok(Response::new(full("hello from upstream")))
+}
+
+/// A TCP echo server on loopback that echoes until the client half-closes, then closes.
+pub async fn tcp_echo() -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind echo");
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A WebSocket echo server (tungstenite) on loopback: echoes every text and binary message.
+pub async fn ws_echo() -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind ws");
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        if ws.send(msg).await.is_err() {
+                            return;
+                        }
+                    } else if msg.is_close() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// An address on loopback where nothing listens (connections are refused).
+pub async fn refused_addr() -> SocketAddr {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Writes `data` to `stream`, half-closes, and reads everything back.
+pub async fn echo_roundtrip(stream: &mut TcpStream, data: &[u8]) -> Vec<u8> {
+    let (mut r, mut w) = stream.split();
+    let write = async {
+        w.write_all(data).await.expect("write");
+        w.shutdown().await.expect("shutdown");
+    };
+    let mut back = Vec::with_capacity(data.len());
+    let read = r.read_to_end(&mut back);
+    let (_, n) = tokio::join!(write, read);
+    n.expect("read back");
+    back
+}
+
+/// The host part of a URL (`https://abc.localhost:8443` → `abc.localhost`).
+pub fn url_host(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    match hostport.rsplit_once(':') {
+        Some((h, _)) => h.to_owned(),
+        None => hostport.to_owned(),
+    }
+}
+
+/// The port of a URL.
+pub fn url_port(url: &str) -> u16 {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    hostport.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("URL with a port")
+}
+
+/// A hand-driven agent session for protocol-level tests: TLS + muxado, RPCs written byte by
+/// byte, so tests can send what no well-behaved agent would.
+pub struct RawSession {
+    /// The multiplexed session.
+    pub mux: warren_mux::Mux,
+    accept_task: JoinHandle<()>,
+}
+
+impl RawSession {
+    /// Dials the edge's agent listener. With `answer_heartbeats`, the edge's heartbeats are
+    /// echoed; without, the session looks dead to the edge once its tolerance passes.
+    pub async fn connect(edge: &TestEdge, answer_heartbeats: bool) -> RawSession {
+        let tls = tls_connect(edge.config.connect_addr, "localhost", &edge.ca_pem, &[]).await;
+        let mux = warren_mux::start(tls, warren_mux::Role::Client, warren_mux::Config::default());
+        let m = mux.clone();
+        let accept_task = tokio::spawn(async move {
+            while let Some(mut s) = m.accept().await {
+                if !answer_heartbeats {
+                    // Hold the stream without reading, like a frozen process.
+                    std::mem::forget(s);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    if warren_mux::typed::read_type(&mut s).await.ok() == Some(warren_mux::typed::HEARTBEAT_TYPE) {
+                        warren_mux::typed::answer_heartbeats(s).await;
+                    }
+                });
+            }
+        });
+        RawSession { mux, accept_task }
+    }
+
+    /// Opens a typed stream, writes `body` without half-closing (as ngrok SDKs do) and reads
+    /// the reply to its end.
+    pub async fn rpc_raw(&self, ty: u32, body: &[u8]) -> std::io::Result<Vec<u8>> {
+        let s = self.mux.open_typed(ty).await?;
+        let (mut r, mut w) = tokio::io::split(s);
+        let mut reply = Vec::new();
+        // Write and read at once: the edge may answer (and stop reading) before the body ends.
+        let (written, read) = tokio::join!(w.write_all(body), r.read_to_end(&mut reply));
+        read?;
+        if reply.is_empty() {
+            written?;
+        }
+        Ok(reply)
+    }
+
+    /// Authenticates with `token`, offering protocol version 3.
+    pub async fn auth(&self, token: &str) -> warren_proto::AuthResp {
+        let auth = serde_json::json!({
+            "Version": ["3"], "ClientId": "",
+            "Extra": { "OS": "linux", "Arch": "x86_64", "AuthToken": token, "Version": "test", "ClientType": "raw-test" }
+        });
+        let reply = self.rpc_raw(0, auth.to_string().as_bytes()).await.expect("Auth reply");
+        warren_proto::decode("AuthResp", &reply).expect("AuthResp JSON")
+    }
+
+    /// Binds an https endpoint for `host`.
+    pub async fn bind_https(&self, id: &str, host: &str) -> warren_proto::BindResp {
+        let bind = serde_json::json!({
+            "Id": id, "Proto": "https", "ForwardsTo": "test", "Opts": { "Domain": host }, "Extra": {}
+        });
+        let reply = self.rpc_raw(1, bind.to_string().as_bytes()).await.expect("Bind reply");
+        warren_proto::decode("BindResp", &reply).expect("BindResp JSON")
+    }
+}
+
+impl Drop for RawSession {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        self.mux.close(warren_mux::ErrorCode::None, "test done");
+    }
+}

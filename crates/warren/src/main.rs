@@ -25,7 +25,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run an edge. With no flags: everything on loopback, names under *.localhost.
+    /// Run an edge. With no flags: everything on loopback, names under *.warren.localhost.
     Edge(EdgeArgs),
     /// Expose a local web server on an https endpoint (http only with an explicit http:// URL).
     Http {
@@ -51,8 +51,8 @@ struct EdgeArgs {
     /// Data directory (store, certificates, credentials).
     #[arg(long, env = "WARREN_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Endpoints get names under this domain.
-    #[arg(long, default_value = "localhost")]
+    /// Endpoints get names under this domain (at least two labels).
+    #[arg(long, default_value = "warren.localhost")]
     base_domain: String,
     /// Agent listener.
     #[arg(long, default_value = "127.0.0.1:4443")]

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Starts a warren edge and two agents in the background for ../shared/bench/compare.sh:
+#   compare.sh --warren-setup "$PWD/bench/warren-setup.sh"
+# It exposes 127.0.0.1:$IPERF_PORT and 127.0.0.1:$HTTP_PORT through tcp endpoints (the agent
+# link is TLS 1.3 + muxado, as always) and prints tcp=, http= and pids= for compare.sh.
+# Also started: a plain http endpoint for $HTTP_PORT, printed as http_endpoint=URL host=NAME,
+# which wrk reaches with -H "Host: NAME" (compare.sh's http target must be Host-agnostic).
+# Needs a release build: cargo build --release -p warren
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${WARREN_BIN:-$root/target/release/warren}
+[[ -x $bin ]] || { echo "build first: cargo build --release -p warren" >&2; exit 1; }
+work=$(mktemp -d)
+freeport() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+connect=$(freeport) https=$(freeport) http=$(freeport)
+wait_for() { # file pattern
+  for _ in $(seq 1 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
+}
+"$bin" edge --data-dir "$work/data" --connect-addr 127.0.0.1:$connect --https-addr 127.0.0.1:$https \
+  --http-addr 127.0.0.1:$http --tcp-ports 45000-45999 --log-level warn >"$work/edge.log" 2>&1 &
+edge=$!
+wait_for "$work/edge.log" "authtoken:"
+token=$(sed -n 's/^ *authtoken: *//p' "$work/edge.log" | head -1)
+ca=$work/data/tls/ca.pem
+agent() { # log upstream args...
+  local log=$1; shift
+  "$bin" "$@" --authtoken "$token" --connect-url "localhost:$connect" --connect-cas "$ca" >"$log" 2>&1 &
+  echo $!
+}
+a1=$(agent "$work/a1.log" tcp "$IPERF_PORT")
+a2=$(agent "$work/a2.log" tcp "$HTTP_PORT")
+a3=$(agent "$work/a3.log" http "$HTTP_PORT" --url http://bench.warren.localhost)
+wait_for "$work/a1.log" Forwarding; wait_for "$work/a2.log" Forwarding; wait_for "$work/a3.log" Forwarding
+t1=$(sed -n 's/^Forwarding tcp:\/\/localhost:\([0-9]*\).*/\1/p' "$work/a1.log")
+t2=$(sed -n 's/^Forwarding tcp:\/\/localhost:\([0-9]*\).*/\1/p' "$work/a2.log")
+echo "tcp=127.0.0.1:$t1"
+echo "http=http://127.0.0.1:$t2/"
+echo "http_endpoint=http://127.0.0.1:$http/ host=bench.warren.localhost:$http"
+echo "pids=$edge,$a1,$a2,$a3"

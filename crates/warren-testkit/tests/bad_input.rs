@@ -1,0 +1,248 @@
+//! Every listener faces the internet. Each bad peer here gets a clear error or a closed
+//! connection, and the edge and every other session keep working afterwards.
+
+use hyper::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warren_agent::{Agent, EndpointConfig};
+use warren_testkit::*;
+
+/// A healthy agent whose endpoint must keep answering while others misbehave.
+struct Bystander {
+    _agent: Agent,
+    _up: HttpUpstream,
+    host: String,
+}
+
+async fn bystander(edge: &TestEdge, name: &str) -> Bystander {
+    let up = HttpUpstream::start().await;
+    let url = format!("https://{name}.warren.localhost");
+    let mut agent = Agent::start(edge.agent_with(EndpointConfig::http(&up.url(), Some(&url)).unwrap()));
+    within("bystander online", agent.wait_online()).await.unwrap();
+    Bystander { _agent: agent, _up: up, host: format!("{name}.warren.localhost") }
+}
+
+async fn still_serves(edge: &TestEdge, b: &Bystander) {
+    let (status, _, body) = within("bystander still served", https_get(edge, &b.host, "/")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "hello from upstream");
+}
+
+/// Reads until the edge closes the connection; fails the test if it never does.
+async fn closed_by_edge<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    within("the edge closes the connection", async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    got
+}
+
+#[tokio::test]
+async fn garbage_and_plaintext_on_the_agent_port_are_dropped() {
+    let edge = TestEdge::start().await;
+    let b = bystander(&edge, "calm1").await;
+
+    let mut tcp = TcpStream::connect(edge.config.connect_addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    closed_by_edge(&mut tcp).await;
+
+    let mut tcp = TcpStream::connect(edge.config.connect_addr).await.unwrap();
+    let garbage: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let _ = tcp.write_all(&garbage).await;
+    closed_by_edge(&mut tcp).await;
+
+    still_serves(&edge, &b).await;
+    assert_eq!(edge.edge().session_count(), 1);
+}
+
+#[tokio::test]
+async fn non_muxado_bytes_inside_tls_end_only_that_connection() {
+    let edge = TestEdge::start().await;
+    let b = bystander(&edge, "calm2").await;
+    let mut tls = tls_connect(edge.config.connect_addr, "localhost", &edge.ca_pem, &[]).await;
+    // A frame header with an unknown frame type, then noise.
+    tls.write_all(&[0x00, 0x00, 0x04, 0xF0, 0x00, 0x00, 0x00, 0x01, 1, 2, 3, 4]).await.unwrap();
+    tls.write_all(&[0xAB; 1000]).await.unwrap();
+    tls.flush().await.unwrap();
+    closed_by_edge(&mut tls).await;
+    still_serves(&edge, &b).await;
+}
+
+/// muxado frames by hand, for what no multiplexer would send.
+mod raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub const DATA: u8 = 0;
+    pub const RST: u8 = 1;
+    pub const SYN: u8 = 0x2;
+    pub const FIN: u8 = 0x1;
+
+    pub fn header(len: u32, ty: u8, flags: u8, id: u32) -> [u8; 8] {
+        let l = len.to_be_bytes();
+        let i = id.to_be_bytes();
+        [l[1], l[2], l[3], (ty << 4) | flags, i[0], i[1], i[2], i[3]]
+    }
+
+    pub async fn write<W: AsyncWriteExt + Unpin>(w: &mut W, ty: u8, flags: u8, id: u32, payload: &[u8]) {
+        w.write_all(&header(payload.len() as u32, ty, flags, id)).await.unwrap();
+        w.write_all(payload).await.unwrap();
+        w.flush().await.unwrap();
+    }
+
+    /// (type, flags, stream id, payload)
+    pub async fn read<R: AsyncReadExt + Unpin>(r: &mut R) -> (u8, u8, u32, Vec<u8>) {
+        let mut h = [0u8; 8];
+        r.read_exact(&mut h).await.unwrap();
+        let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).await.unwrap();
+        (h[3] >> 4, h[3] & 0xF, u32::from_be_bytes(h[4..8].try_into().unwrap()) & 0x7FFF_FFFF, body)
+    }
+
+    /// Reads frames until stream `id` ends with FIN; returns its DATA. Other frames are skipped.
+    pub async fn reply<R: AsyncReadExt + Unpin>(r: &mut R, id: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let (ty, flags, sid, body) = read(r).await;
+            if sid == id && ty == DATA {
+                out.extend_from_slice(&body);
+                if flags & FIN != 0 {
+                    return out;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_data_frame_over_the_window_resets_that_stream_only() {
+    let edge = TestEdge::start().await;
+    let b = bystander(&edge, "calm3").await;
+    let mut tls = tls_connect(edge.config.connect_addr, "localhost", &edge.ca_pem, &[]).await;
+
+    // Auth on stream 1, by hand.
+    let auth = serde_json::json!({ "Version": ["3"], "Extra": { "AuthToken": edge.authtoken } });
+    let mut payload = 0u32.to_be_bytes().to_vec();
+    payload.extend_from_slice(auth.to_string().as_bytes());
+    raw::write(&mut tls, raw::DATA, raw::SYN, 1, &payload).await;
+    let resp: warren_proto::AuthResp =
+        serde_json::from_slice(&within("AuthResp", raw::reply(&mut tls, 1)).await).unwrap();
+    assert!(resp.error.is_empty(), "{}", resp.error);
+
+    // Stream 3 opens with a DATA frame of 16 MiB − 1 (the largest a 24-bit length allows),
+    // far over the 256 KiB window.
+    let len: u32 = 0x00FF_FFFF;
+    tls.write_all(&raw::header(len, raw::DATA, raw::SYN, 3)).await.unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    let mut sent = 0usize;
+    while sent < len as usize {
+        let n = chunk.len().min(len as usize - sent);
+        tls.write_all(&chunk[..n]).await.unwrap();
+        sent += n;
+    }
+    // The edge resets stream 3 with FLOW_CONTROL_ERROR (3) ...
+    let (ty, _, id, body) = within("RST", raw::read(&mut tls)).await;
+    assert_eq!((ty, id), (raw::RST, 3), "expected RST for stream 3");
+    assert_eq!(u32::from_be_bytes(body[..4].try_into().unwrap()), 3, "FLOW_CONTROL_ERROR");
+
+    // ... and the session goes on: a Bind on stream 5 succeeds.
+    let bind = serde_json::json!({ "Id": "ep0", "Proto": "https", "Opts": { "Domain": "raw3.warren.localhost" } });
+    let mut payload = 1u32.to_be_bytes().to_vec();
+    payload.extend_from_slice(bind.to_string().as_bytes());
+    raw::write(&mut tls, raw::DATA, raw::SYN, 5, &payload).await;
+    let resp: warren_proto::BindResp =
+        serde_json::from_slice(&within("BindResp", raw::reply(&mut tls, 5)).await).unwrap();
+    assert!(resp.error.is_empty(), "{}", resp.error);
+    assert_eq!(edge.edge().session_count(), 2);
+    still_serves(&edge, &b).await;
+}
+
+#[tokio::test]
+async fn an_rpc_over_the_size_limit_is_refused() {
+    let edge = TestEdge::start().await;
+    let b = bystander(&edge, "calm4").await;
+    let raw = RawSession::connect(&edge, true).await;
+    let mut body = br#"{"Version":["3"],"Extra":{"Metadata":""#.to_vec();
+    body.extend(std::iter::repeat_n(b'x', 300 * 1024));
+    let reply = raw.rpc_raw(0, &body).await.unwrap();
+    let resp: warren_proto::AuthResp = serde_json::from_slice(&reply).unwrap();
+    assert!(resp.error.contains("limit"), "{}", resp.error);
+    within("session closed", raw.mux.closed()).await;
+    still_serves(&edge, &b).await;
+}
+
+#[tokio::test]
+async fn invalid_json_in_rpcs_gets_a_clear_error() {
+    let edge = TestEdge::start().await;
+    let b = bystander(&edge, "calm5").await;
+
+    // Before Auth: the session is refused with a reason.
+    let raw = RawSession::connect(&edge, true).await;
+    let reply = raw.rpc_raw(0, b"{this is not json}").await.unwrap();
+    let resp: warren_proto::AuthResp = serde_json::from_slice(&reply).unwrap();
+    assert!(resp.error.contains("invalid Auth message"), "{}", resp.error);
+
+    // After Auth: the bad Bind is refused; the session stays and can still bind.
+    let raw = RawSession::connect(&edge, true).await;
+    assert!(raw.auth(&edge.authtoken).await.error.is_empty());
+    let reply = raw.rpc_raw(1, b"[1,2,3]").await.unwrap();
+    let resp: warren_proto::BindResp = serde_json::from_slice(&reply).unwrap();
+    assert!(resp.error.contains("invalid Bind message") && resp.error.contains("ERR_NGROK_9010"), "{}", resp.error);
+    let reply = raw.rpc_raw(1, br#"{"Id":"a","Proto":"https","Opts":{"Domain":42}}"#).await.unwrap();
+    let resp: warren_proto::BindResp = serde_json::from_slice(&reply).unwrap();
+    assert!(resp.error.contains("invalid https options"), "{}", resp.error);
+    assert!(raw.bind_https("ep0", "raw5.warren.localhost").await.error.is_empty());
+    still_serves(&edge, &b).await;
+}
+
+#[tokio::test]
+async fn an_unknown_stream_type_is_reset_and_the_session_continues() {
+    let edge = TestEdge::start().await;
+    let raw = RawSession::connect(&edge, true).await;
+    assert!(raw.auth(&edge.authtoken).await.error.is_empty());
+    let err = raw.rpc_raw(0x1234_5678, b"{}").await.unwrap_err();
+    assert!(err.to_string().contains("reset"), "{err}");
+    let bind = raw.bind_https("ep0", "raw6.warren.localhost").await;
+    assert!(bind.error.is_empty(), "{}", bind.error);
+    assert_eq!(edge.edge().session_count(), 1);
+}
+
+#[tokio::test]
+async fn rpcs_before_auth_are_refused() {
+    let edge = TestEdge::start().await;
+    let raw = RawSession::connect(&edge, true).await;
+    let reply = raw.rpc_raw(1, br#"{"Id":"x","Proto":"https","Opts":{}}"#).await.unwrap();
+    let resp: warren_proto::BindResp = serde_json::from_slice(&reply).unwrap();
+    assert!(resp.error.contains("ERR_NGROK_4018"), "{}", resp.error);
+    assert_eq!(edge.edge().session_count(), 0);
+}
+
+#[tokio::test]
+async fn garbage_on_the_visitor_ports_is_answered_or_dropped() {
+    let edge = TestEdge::start().await;
+    let b = bystander(&edge, "calm7").await;
+    // Not HTTP on the plain port: a 400 and a close.
+    let mut tcp = TcpStream::connect(edge.http_addr()).await.unwrap();
+    tcp.write_all(b"\x16\x03\x01 definitely not http\r\n\r\n").await.unwrap();
+    let got = closed_by_edge(&mut tcp).await;
+    assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&got));
+    // Not TLS on the https port.
+    let mut tcp = TcpStream::connect(edge.https_addr()).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: calm7.warren.localhost\r\n\r\n").await.unwrap();
+    closed_by_edge(&mut tcp).await;
+    // Headers over the limit.
+    let mut tcp = TcpStream::connect(edge.http_addr()).await.unwrap();
+    let mut req = b"GET / HTTP/1.1\r\nHost: calm7.warren.localhost\r\nX-Big: ".to_vec();
+    req.extend(std::iter::repeat_n(b'a', 1 << 20));
+    let _ = tcp.write_all(&req).await;
+    let got = closed_by_edge(&mut tcp).await;
+    assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 431"), "{:?}", String::from_utf8_lossy(&got));
+    still_serves(&edge, &b).await;
+}

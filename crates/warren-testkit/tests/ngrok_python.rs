@@ -1,0 +1,86 @@
+//! Compatibility with ngrok's Python SDK (PyPI `ngrok`, a separate build of ngrok's client
+//! stack): it connects to an in-process edge with `server_addr` + `ca_cert`, binds an https
+//! and a tcp endpoint with `listen_and_forward`, and visitors reach our upstreams through it.
+//!
+//! `.ci/run` installs the package; when it is missing this test installs it under the target
+//! directory (never system-wide) so that `cargo nextest run` works on a fresh machine too.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use hyper::StatusCode;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+use warren_testkit::*;
+
+/// A `PYTHONPATH` under which `import ngrok` works, installing the SDK there if needed.
+fn python_path() -> String {
+    let ok = |pp: &str| {
+        std::process::Command::new("python3")
+            .args(["-c", "import ngrok"])
+            .env("PYTHONPATH", pp)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if ok("") {
+        return String::new();
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-ngrok");
+    let dir_s = dir.to_string_lossy().into_owned();
+    if !ok(&dir_s) {
+        let status = std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--target", &dir_s, "ngrok"])
+            .status()
+            .expect("python3 with pip is needed for the Python SDK test");
+        assert!(status.success(), "pip install ngrok failed; run .ci/run or `pip install ngrok`");
+        assert!(ok(&dir_s), "ngrok installed but cannot be imported");
+    }
+    dir_s
+}
+
+#[tokio::test]
+async fn the_ngrok_python_sdk_binds_https_and_tcp_and_carries_traffic() {
+    let pythonpath = tokio::task::spawn_blocking(python_path).await.unwrap();
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let (echo, _echo_task) = tcp_echo().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ngrok_python_peer.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .env("PYTHONPATH", &pythonpath)
+        .env("WARREN_CONNECT", edge.connect_url())
+        .env("WARREN_CA", &edge.ca_path)
+        .env("WARREN_TOKEN", &edge.authtoken)
+        .env("HTTP_UPSTREAM", up.addr.to_string())
+        .env("TCP_UPSTREAM", echo.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || within("python peer output", lines.next_line()).await.unwrap().expect("a line");
+
+    let auth = next().await;
+    assert!(auth.starts_with("AUTHERR ") && auth.contains("ERR_NGROK_107"), "{auth}");
+
+    let https = next().await;
+    let url = https.strip_prefix("HTTPS ").unwrap_or_else(|| panic!("{https}"));
+    assert_eq!(url, format!("https://py.warren.localhost:{}", edge.https_addr().port()));
+    let (status, _, body) = within("visitor via Python SDK", https_get(&edge, "py.warren.localhost", "/echo")).await;
+    assert_eq!(status, StatusCode::OK);
+    let echo_json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo_json["headers"]["x-forwarded-proto"], "https");
+
+    let tcp = next().await;
+    let url = tcp.strip_prefix("TCP ").unwrap_or_else(|| panic!("{tcp}"));
+    let mut conn = TcpStream::connect(("127.0.0.1", url_port(url))).await.unwrap();
+    let data: Vec<u8> = (0..500_000u32).map(|i| (i % 241) as u8).collect();
+    let back = within("tcp via Python SDK", echo_roundtrip(&mut conn, &data)).await;
+    assert!(back == data, "bytes intact ({} of {})", back.len(), data.len());
+
+    drop(child.stdin.take());
+    let _ = within("python exits", child.wait()).await;
+}

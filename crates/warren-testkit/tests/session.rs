@@ -1,0 +1,132 @@
+//! Agent sessions: authentication, endpoint ownership, reconnects and dead sessions.
+
+use hyper::StatusCode;
+use warren_agent::{Agent, AgentError, EndpointConfig, Status};
+use warren_testkit::*;
+
+#[tokio::test]
+async fn the_agent_reconnects_and_rebinds_after_the_edge_restarts() {
+    let mut edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let ep = EndpointConfig::http(&up.url(), Some("https://again.warren.localhost")).unwrap();
+    let mut agent = Agent::start(edge.agent_with(ep));
+    let urls = within("online", agent.wait_online()).await.unwrap();
+    let (status, _, _) = https_get(&edge, "again.warren.localhost", "/").await;
+    assert_eq!(status, StatusCode::OK);
+
+    edge.restart().await;
+    // The agent notices the session ending, backs off, and comes back online by itself.
+    let mut saw_reconnecting = false;
+    loop {
+        match within("status change", agent.next_status()).await {
+            Status::Reconnecting { .. } => saw_reconnecting = true,
+            Status::Online { urls: again, .. } => {
+                assert_eq!(again, urls, "the same URL is bound again");
+                break;
+            }
+            Status::Stopped(e) => panic!("agent stopped: {e:?}"),
+            Status::Connecting => {}
+        }
+    }
+    assert!(saw_reconnecting);
+    let (status, _, body) = within("after restart", https_get(&edge, "again.warren.localhost", "/")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "hello from upstream");
+    assert_eq!(edge.edge().session_count(), 1);
+}
+
+#[tokio::test]
+async fn a_wrong_authtoken_stops_the_agent_with_ngroks_error() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    for token in ["cr_00000000000000000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "not-a-token"] {
+        let mut cfg = edge.agent_with(EndpointConfig::http(&up.url(), None).unwrap());
+        cfg.authtoken = token.into();
+        let mut agent = Agent::start(cfg);
+        let err = within("auth refused", agent.wait_online()).await.unwrap_err();
+        match &err {
+            AgentError::Auth(m) => assert!(m.contains("ERR_NGROK_107"), "{m}"),
+            other => panic!("expected an auth error, got {other:?}"),
+        }
+    }
+    assert_eq!(edge.edge().session_count(), 0);
+}
+
+#[tokio::test]
+async fn a_host_held_by_another_session_is_refused_and_freed_when_it_leaves() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let ep = EndpointConfig::http(&up.url(), Some("https://taken.warren.localhost")).unwrap();
+    let mut first = Agent::start(edge.agent_with(ep.clone()));
+    within("first online", first.wait_online()).await.unwrap();
+
+    let mut second = Agent::start(edge.agent_with(ep.clone()));
+    let err = within("second refused", second.wait_online()).await.unwrap_err();
+    assert!(matches!(&err, AgentError::Bind(m) if m.contains("ERR_NGROK_334") && m.contains("taken.warren.localhost")), "{err:?}");
+
+    // The first is unaffected.
+    let (status, _, _) = https_get(&edge, "taken.warren.localhost", "/").await;
+    assert_eq!(status, StatusCode::OK);
+
+    first.stop().await.unwrap();
+    let mut third = Agent::start(edge.agent_with(ep));
+    within("third online", third.wait_online()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_domain_the_edge_does_not_serve_is_refused() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let ep = EndpointConfig::http(&up.url(), Some("https://www.example.com")).unwrap();
+    let mut agent = Agent::start(edge.agent_with(ep));
+    let err = within("refused", agent.wait_online()).await.unwrap_err();
+    assert!(matches!(&err, AgentError::Bind(m) if m.contains("ERR_NGROK_320")), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_dead_session_is_dropped_by_heartbeat_and_its_endpoints_released() {
+    let edge = TestEdge::start().await;
+    // A session that authenticates, binds, then never answers anything (a frozen laptop).
+    let frozen = RawSession::connect(&edge, false).await;
+    let auth = frozen.auth(&edge.authtoken).await;
+    assert!(auth.error.is_empty(), "{}", auth.error);
+    let bind = frozen.bind_https("ep0", "frozen.warren.localhost").await;
+    assert!(bind.error.is_empty(), "{}", bind.error);
+    assert_eq!(edge.edge().session_count(), 1);
+
+    // The edge's heartbeat (1 s interval, 3 s tolerance in tests) finds it dead and drops it.
+    within("dead session dropped", async {
+        while edge.edge().session_count() != 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let (status, _, _) = https_get(&edge, "frozen.warren.localhost", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let up = HttpUpstream::start().await;
+    let mut agent =
+        Agent::start(edge.agent_with(EndpointConfig::http(&up.url(), Some("https://frozen.warren.localhost")).unwrap()));
+    within("rebound", agent.wait_online()).await.unwrap();
+    drop(frozen);
+}
+
+#[tokio::test]
+async fn a_resuming_agent_takes_over_its_own_endpoints_at_once() {
+    let edge = TestEdge::start().await;
+    let old = RawSession::connect(&edge, true).await;
+    let auth = old.auth(&edge.authtoken).await;
+    assert!(old.bind_https("ep0", "resume.warren.localhost").await.error.is_empty());
+
+    // The same client comes back on a new connection (network change) with its session id.
+    let new = RawSession::connect(&edge, true).await;
+    let body = serde_json::json!({
+        "Version": ["3"], "ClientId": auth.client_id, "Extra": { "AuthToken": edge.authtoken }
+    });
+    let reply = new.rpc_raw(0, body.to_string().as_bytes()).await.unwrap();
+    let resp: warren_proto::AuthResp = serde_json::from_slice(&reply).unwrap();
+    assert!(resp.error.is_empty(), "{}", resp.error);
+    let bind = new.bind_https("ep0", "resume.warren.localhost").await;
+    assert!(bind.error.is_empty(), "no 'already bound' on resume: {}", bind.error);
+    within("old session closed", old.mux.closed()).await;
+}

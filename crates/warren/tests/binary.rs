@@ -1,0 +1,217 @@
+//! Drives the real `warren` binary the way the README tells a new user to: start an edge on
+//! the embedded default, expose a local web server and a TCP service with the printed
+//! command, and visit them with curl.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A child process whose stdout lines arrive on a channel; killed on drop.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(args)
+            .env_remove("WARREN_AUTHTOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn warren");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                eprintln!("  warren> {line}");
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// The first line containing `needle`.
+    fn line_with(&self, needle: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(WAIT) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(e) => panic!("warren never printed {needle:?}: {e}"),
+            }
+        }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        for _ in 0..600 {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("warren did not exit after SIGTERM");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tiny HTTP/1.1 upstream answering every request with a fixed body.
+fn http_upstream() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                let mut req = Vec::new();
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = b"hello from the binary test upstream";
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let _ = c.write_all(head.as_bytes());
+                let _ = c.write_all(body);
+            });
+        }
+    });
+    port
+}
+
+fn tcp_echo() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(c) = conn else { return };
+            std::thread::spawn(move || {
+                let mut r = c.try_clone().unwrap();
+                let mut w = c;
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    port
+}
+
+fn after<'a>(line: &'a str, marker: &str) -> &'a str {
+    line.split_once(marker).unwrap_or_else(|| panic!("{marker:?} in {line:?}")).1.trim()
+}
+
+#[test]
+fn edge_and_agent_binaries_serve_curl_over_https_and_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let edge_args = [
+        "edge",
+        "--data-dir",
+        data_s,
+        "--connect-addr",
+        "127.0.0.1:0",
+        "--https-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--tcp-ports",
+        "43000-43999",
+    ];
+    let mut edge = Proc::spawn(&edge_args);
+    // "  agents connect:  localhost:PORT (CA certificate: PATH)"
+    let line = edge.line_with("agents connect:");
+    let connect = after(&line, "agents connect:").split_whitespace().next().unwrap().to_owned();
+    let ca = after(&line, "(CA certificate:").trim_end_matches(')').to_owned();
+    let https_port = edge.line_with("https endpoints:").rsplit(':').next().unwrap().to_owned();
+    let token = after(&edge.line_with("authtoken:"), "authtoken:").to_owned();
+    let agent_cmd = edge.line_with("warren http 3000");
+    assert!(agent_cmd.contains(&token) && agent_cmd.contains(&connect) && agent_cmd.contains(&ca), "{agent_cmd}");
+
+    // The token is also in an owner-only file.
+    let creds = data.join("credentials.txt");
+    assert!(std::fs::read_to_string(&creds).unwrap().contains(&token));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&creds).unwrap().permissions().mode() & 0o077, 0);
+    }
+
+    let up = http_upstream().to_string();
+    let agent = Proc::spawn(&[
+        "http",
+        &up,
+        "--url",
+        "https://bin.warren.localhost",
+        "--authtoken",
+        &token,
+        "--connect-url",
+        &connect,
+        "--connect-cas",
+        &ca,
+    ]);
+    let fwd = agent.line_with("Forwarding");
+    let url = format!("https://bin.warren.localhost:{https_port}");
+    assert!(fwd.contains(&url), "{fwd}");
+
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "30", flag, "--cacert", &ca, "-w", "\n%{http_version}"])
+            .arg("--resolve")
+            .arg(format!("bin.warren.localhost:{https_port}:127.0.0.1"))
+            .arg(format!("{url}/"))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(text, format!("hello from the binary test upstream\n{version}"));
+    }
+
+    let echo = tcp_echo().to_string();
+    let tcp_agent =
+        Proc::spawn(&["tcp", &echo, "--authtoken", &token, "--connect-url", &connect, "--connect-cas", &ca]);
+    let fwd = tcp_agent.line_with("Forwarding tcp://");
+    let port: u16 = fwd.split("tcp://localhost:").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    c.write_all(b"ping through the binary").unwrap();
+    let mut buf = [0u8; 23];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping through the binary");
+
+    drop(agent);
+    drop(tcp_agent);
+    assert!(edge.terminate().success(), "the edge exits cleanly on SIGTERM");
+
+    // A second start reuses the data directory and does not print a new token.
+    let mut again = Proc::spawn(&edge_args);
+    let line = again.line_with("Expose a local web server");
+    assert!(line.contains("credentials.txt"), "{line}");
+    assert!(again.terminate().success());
+}
+
+#[test]
+fn the_agent_without_a_token_says_what_to_do() {
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["http", "8080", "--connect-cas", "trusted"])
+        .env_remove("WARREN_AUTHTOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--authtoken") && err.contains("WARREN_AUTHTOKEN"), "{err}");
+}
