@@ -300,7 +300,10 @@ async fn read_proxy_header(stream: &mut Stream) -> Result<proto::ProxyHeader, St
 }
 
 /// Reads one JSON message from the edge, which may or may not half-close after it.
-async fn read_message<T: serde::de::DeserializeOwned>(stream: &mut Stream, what: &'static str) -> Result<T, String> {
+async fn read_message<T: serde::de::DeserializeOwned>(
+    stream: &mut Stream,
+    what: &'static str,
+) -> Result<T, String> {
     let mut msg = proto::MessageBuf::new(what, proto::MAX_RPC_LEN);
     let mut chunk = [0u8; 4096];
     loop {

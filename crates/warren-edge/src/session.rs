@@ -435,7 +435,8 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     let mut msg = proto::MessageBuf::new(what, limit);
     let mut chunk = [0u8; 4096];
     loop {
-        let n = stream.read(&mut chunk).await.map_err(|e| format!("could not read the {what} request: {e}"))?;
+        let n =
+            stream.read(&mut chunk).await.map_err(|e| format!("could not read the {what} request: {e}"))?;
         if n == 0 {
             return msg.finish().map_err(|e| e.to_string());
         }

@@ -132,8 +132,11 @@ impl TestEdge {
 
     /// An agent configuration with this edge's token and CA and quick timings.
     pub fn agent_config(&self) -> AgentConfig {
-        let mut c =
-            AgentConfig::new(self.authtoken.clone(), self.connect_url(), ConnectCas::PemBytes(self.ca_pem.clone()));
+        let mut c = AgentConfig::new(
+            self.authtoken.clone(),
+            self.connect_url(),
+            ConnectCas::PemBytes(self.ca_pem.clone()),
+        );
         c.heartbeat_interval = Duration::from_secs(1);
         c.heartbeat_tolerance = Duration::from_secs(3);
         c.reconnect_initial = Duration::from_millis(50);
@@ -154,7 +157,8 @@ impl TestEdge {
         self.stop().await;
         let prepared = warren_edge::bootstrap::prepare(&self.config).await.expect("prepare data dir");
         assert!(prepared.first_start.is_none(), "a restart keeps the data directory");
-        let edge = Edge::start(self.config.clone(), prepared.store, prepared.tls).await.expect("edge restarts");
+        let edge =
+            Edge::start(self.config.clone(), prepared.store, prepared.tls).await.expect("edge restarts");
         self.edge = Some(edge);
     }
 
@@ -177,21 +181,30 @@ pub fn client_tls(ca_pem: &[u8], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     for c in CertificateDer::pem_slice_iter(ca_pem) {
         roots.add(c.expect("CA PEM")).expect("CA certificate");
     }
-    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut c =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(c)
 }
 
 /// Opens TLS to `addr` with SNI `host` and the given ALPN, as a visitor's browser would.
-pub async fn tls_connect(addr: SocketAddr, host: &str, ca_pem: &[u8], alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+pub async fn tls_connect(
+    addr: SocketAddr,
+    host: &str,
+    ca_pem: &[u8],
+    alpn: &[&[u8]],
+) -> TlsStream<TcpStream> {
     let tcp = TcpStream::connect(addr).await.expect("connect to the edge");
     tcp.set_nodelay(true).ok();
     let name = ServerName::try_from(host.to_owned()).expect("server name");
-    tokio_rustls::TlsConnector::from(client_tls(ca_pem, alpn)).connect(name, tcp).await.expect("TLS handshake")
+    tokio_rustls::TlsConnector::from(client_tls(ca_pem, alpn))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake")
 }
 
 /// A request body that can be streamed.
@@ -488,7 +501,9 @@ impl RawSession {
                     continue;
                 }
                 tokio::spawn(async move {
-                    if warren_mux::typed::read_type(&mut s).await.ok() == Some(warren_mux::typed::HEARTBEAT_TYPE) {
+                    if warren_mux::typed::read_type(&mut s).await.ok()
+                        == Some(warren_mux::typed::HEARTBEAT_TYPE)
+                    {
                         warren_mux::typed::answer_heartbeats(s).await;
                     }
                 });

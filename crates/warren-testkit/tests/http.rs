@@ -22,7 +22,8 @@ fn json(text: &str) -> serde_json::Value {
 async fn https_endpoint_over_http1_reaches_the_upstream_with_forwarded_headers() {
     let edge = TestEdge::start().await;
     let up = HttpUpstream::start().await;
-    let (_agent, url) = online(&edge, EndpointConfig::http(&up.url(), Some("https://app.warren.localhost")).unwrap()).await;
+    let (_agent, url) =
+        online(&edge, EndpointConfig::http(&up.url(), Some("https://app.warren.localhost")).unwrap()).await;
     assert_eq!(url, format!("https://app.warren.localhost:{}", edge.https_addr().port()));
 
     let tls = tls_connect(edge.https_addr(), "app.warren.localhost", &edge.ca_pem, &[b"http/1.1"]).await;
@@ -97,7 +98,8 @@ async fn http_endpoint_only_when_asked_and_https_endpoints_redirect_from_http() 
         online(&edge, EndpointConfig::http(&up.url(), Some("http://plain.warren.localhost")).unwrap()).await;
     assert_eq!(plain, format!("http://plain.warren.localhost:{}", edge.http_addr().port()));
     let (_a2, secure) =
-        online(&edge, EndpointConfig::http(&up.url(), Some("https://secure.warren.localhost")).unwrap()).await;
+        online(&edge, EndpointConfig::http(&up.url(), Some("https://secure.warren.localhost")).unwrap())
+            .await;
 
     // The http endpoint answers on the plain port, with X-Forwarded-Proto http.
     let (status, _, body) = plain_get(edge.http_addr(), "plain.warren.localhost", "/echo").await;
@@ -121,7 +123,8 @@ async fn a_host_nobody_holds_gets_a_clear_404_page_on_both_ports() {
     let (status, _, body) = within("404 https", https_get(&edge, "nobody.warren.localhost", "/")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body.contains("nobody.warren.localhost") && body.contains("ERR_NGROK_3200"), "{body}");
-    let (status, _, body) = within("404 http", plain_get(edge.http_addr(), "nobody.warren.localhost", "/")).await;
+    let (status, _, body) =
+        within("404 http", plain_get(edge.http_addr(), "nobody.warren.localhost", "/")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body.contains("ERR_NGROK_3200"), "{body}");
 }
@@ -130,9 +133,11 @@ async fn a_host_nobody_holds_gets_a_clear_404_page_on_both_ports() {
 async fn an_upstream_that_refuses_connections_gives_a_502_with_a_clear_body() {
     let edge = TestEdge::start().await;
     let dead = refused_addr().await;
-    let (_agent, url) =
-        online(&edge, EndpointConfig::http(&format!("http://{dead}"), Some("https://down.warren.localhost")).unwrap())
-            .await;
+    let (_agent, url) = online(
+        &edge,
+        EndpointConfig::http(&format!("http://{dead}"), Some("https://down.warren.localhost")).unwrap(),
+    )
+    .await;
     let (status, _, body) = within("502", https_get(&edge, &url_host(&url), "/")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(body.contains(&dead.to_string()), "the body names the upstream: {body}");
@@ -146,9 +151,11 @@ async fn an_upstream_that_refuses_connections_gives_a_502_with_a_clear_body() {
 async fn websocket_upgrade_passes_through() {
     let edge = TestEdge::start().await;
     let (ws_addr, _ws) = ws_echo().await;
-    let (_agent, url) =
-        online(&edge, EndpointConfig::http(&format!("http://{ws_addr}"), Some("https://ws.warren.localhost")).unwrap())
-            .await;
+    let (_agent, url) = online(
+        &edge,
+        EndpointConfig::http(&format!("http://{ws_addr}"), Some("https://ws.warren.localhost")).unwrap(),
+    )
+    .await;
     let tls = tls_connect(edge.https_addr(), "ws.warren.localhost", &edge.ca_pem, &[b"http/1.1"]).await;
     let ws_url = url.replace("https://", "wss://") + "/socket";
     let (mut ws, res) = within("ws handshake", tokio_tungstenite::client_async(ws_url.as_str(), tls))
@@ -173,7 +180,8 @@ const HUNDRED_MB: u64 = 100 * 1024 * 1024;
 async fn a_100_mb_upload_and_download_stream_through_the_tunnel() {
     let edge = TestEdge::start().await;
     let up = HttpUpstream::start().await;
-    let (_agent, url) = online(&edge, EndpointConfig::http(&up.url(), Some("https://big.warren.localhost")).unwrap()).await;
+    let (_agent, url) =
+        online(&edge, EndpointConfig::http(&up.url(), Some("https://big.warren.localhost")).unwrap()).await;
     let host = url_host(&url);
 
     // Upload over HTTP/1.1 (chunked, streamed from a generator: never held whole).
@@ -196,8 +204,9 @@ async fn a_100_mb_upload_and_download_stream_through_the_tunnel() {
     let uri = format!("{url}/download/{HUNDRED_MB}");
     let res = send.send_request(Request::get(uri).body(empty()).unwrap()).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    let (n, digest) =
-        tokio::time::timeout(std::time::Duration::from_secs(300), digest_body(res.into_body())).await.unwrap();
+    let (n, digest) = tokio::time::timeout(std::time::Duration::from_secs(300), digest_body(res.into_body()))
+        .await
+        .unwrap();
     assert_eq!(n, HUNDRED_MB);
     assert_eq!(digest, pattern_digest(HUNDRED_MB));
 }

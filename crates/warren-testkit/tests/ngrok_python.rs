@@ -69,7 +69,8 @@ async fn the_ngrok_python_sdk_binds_https_and_tcp_and_carries_traffic() {
     let https = next().await;
     let url = https.strip_prefix("HTTPS ").unwrap_or_else(|| panic!("{https}"));
     assert_eq!(url, format!("https://py.warren.localhost:{}", edge.https_addr().port()));
-    let (status, _, body) = within("visitor via Python SDK", https_get(&edge, "py.warren.localhost", "/echo")).await;
+    let (status, _, body) =
+        within("visitor via Python SDK", https_get(&edge, "py.warren.localhost", "/echo")).await;
     assert_eq!(status, StatusCode::OK);
     let echo_json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(echo_json["headers"]["x-forwarded-proto"], "https");

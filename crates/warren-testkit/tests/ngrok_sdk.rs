@@ -23,8 +23,9 @@ async fn sdk_session(edge: &TestEdge, token: &str) -> Result<ngrok::Session, ngr
 async fn the_ngrok_sdk_binds_an_https_endpoint_and_serves_visitors() {
     let edge = TestEdge::start().await;
     let sess = within("sdk connect", sdk_session(&edge, &edge.authtoken)).await.expect("SDK session");
-    let mut tunnel =
-        within("sdk listen", sess.http_endpoint().domain("sdk.warren.localhost").listen()).await.expect("https endpoint");
+    let mut tunnel = within("sdk listen", sess.http_endpoint().domain("sdk.warren.localhost").listen())
+        .await
+        .expect("https endpoint");
     assert_eq!(tunnel.url(), format!("https://sdk.warren.localhost:{}", edge.https_addr().port()));
     assert_eq!(edge.edge().session_count(), 1);
 
@@ -50,7 +51,8 @@ async fn the_ngrok_sdk_binds_an_https_endpoint_and_serves_visitors() {
     });
 
     for path in ["/one", "/two"] {
-        let (status, _, body) = within("visitor via SDK", https_get(&edge, "sdk.warren.localhost", path)).await;
+        let (status, _, body) =
+            within("visitor via SDK", https_get(&edge, "sdk.warren.localhost", path)).await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.starts_with(&format!("sdk saw GET {path} from 127.0.0.1:")), "{body}");
         assert!(body.ends_with("proto=https"), "{body}");

@@ -39,7 +39,8 @@ async fn the_agent_reconnects_and_rebinds_after_the_edge_restarts() {
 async fn a_wrong_authtoken_stops_the_agent_with_ngroks_error() {
     let edge = TestEdge::start().await;
     let up = HttpUpstream::start().await;
-    for token in ["cr_00000000000000000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "not-a-token"] {
+    for token in ["cr_00000000000000000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "not-a-token"]
+    {
         let mut cfg = edge.agent_with(EndpointConfig::http(&up.url(), None).unwrap());
         cfg.authtoken = token.into();
         let mut agent = Agent::start(cfg);
@@ -62,7 +63,10 @@ async fn a_host_held_by_another_session_is_refused_and_freed_when_it_leaves() {
 
     let mut second = Agent::start(edge.agent_with(ep.clone()));
     let err = within("second refused", second.wait_online()).await.unwrap_err();
-    assert!(matches!(&err, AgentError::Bind(m) if m.contains("ERR_NGROK_334") && m.contains("taken.warren.localhost")), "{err:?}");
+    assert!(
+        matches!(&err, AgentError::Bind(m) if m.contains("ERR_NGROK_334") && m.contains("taken.warren.localhost")),
+        "{err:?}"
+    );
 
     // The first is unaffected.
     let (status, _, _) = https_get(&edge, "taken.warren.localhost", "/").await;
@@ -105,8 +109,9 @@ async fn a_dead_session_is_dropped_by_heartbeat_and_its_endpoints_released() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     let up = HttpUpstream::start().await;
-    let mut agent =
-        Agent::start(edge.agent_with(EndpointConfig::http(&up.url(), Some("https://frozen.warren.localhost")).unwrap()));
+    let mut agent = Agent::start(
+        edge.agent_with(EndpointConfig::http(&up.url(), Some("https://frozen.warren.localhost")).unwrap()),
+    );
     within("rebound", agent.wait_online()).await.unwrap();
     drop(frozen);
 }

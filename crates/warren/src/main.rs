@@ -142,6 +142,7 @@ fn default_data_dir() -> PathBuf {
 }
 
 async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let mut config = EdgeConfig::local_default(data_dir.clone());
     config.base_domain = args.base_domain.to_ascii_lowercase();
@@ -197,13 +198,14 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
         config.base_domain,
         edge.https_addr.port()
     );
-    shutdown_signal().await;
+    shutdown.await;
     eprintln!("shutting down");
     edge.shutdown().await;
     Ok(())
 }
 
 async fn run_agent(args: AgentArgs, endpoint: EndpointConfig) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     if warren_agent::running_as_root() {
         eprintln!(
             "warning: warren is running as root. The agent needs no privileges; anyone who can reach your endpoint talks to your upstream through a root-owned process. Run it as an ordinary user."
@@ -244,7 +246,7 @@ async fn run_agent(args: AgentArgs, endpoint: EndpointConfig) -> anyhow::Result<
         }
     };
     tokio::select! {
-        _ = shutdown_signal() => {
+        _ = shutdown => {
             agent.stop().await.map_err(anyhow::Error::msg)?;
         }
         _ = watch_status => {
@@ -254,18 +256,22 @@ async fn run_agent(args: AgentArgs, endpoint: EndpointConfig) -> anyhow::Result<
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Registers SIGINT/SIGTERM handlers now (so a signal that arrives during start-up is not
+/// lost to the default action) and resolves when one arrives.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    #[cfg(unix)]
+    let mut int =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
+        #[cfg(unix)]
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -85,7 +85,8 @@ fn http_upstream() -> u16 {
                     }
                 }
                 let body = b"hello from the binary test upstream";
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let head =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
                 let _ = c.write_all(head.as_bytes());
                 let _ = c.write_all(body);
             });
@@ -140,7 +141,10 @@ fn edge_and_agent_binaries_serve_curl_over_https_and_tcp() {
     let https_port = edge.line_with("https endpoints:").rsplit(':').next().unwrap().to_owned();
     let token = after(&edge.line_with("authtoken:"), "authtoken:").to_owned();
     let agent_cmd = edge.line_with("warren http 3000");
-    assert!(agent_cmd.contains(&token) && agent_cmd.contains(&connect) && agent_cmd.contains(&ca), "{agent_cmd}");
+    assert!(
+        agent_cmd.contains(&token) && agent_cmd.contains(&connect) && agent_cmd.contains(&ca),
+        "{agent_cmd}"
+    );
 
     // The token is also in an owner-only file.
     let creds = data.join("credentials.txt");
@@ -185,7 +189,8 @@ fn edge_and_agent_binaries_serve_curl_over_https_and_tcp() {
     let tcp_agent =
         Proc::spawn(&["tcp", &echo, "--authtoken", &token, "--connect-url", &connect, "--connect-cas", &ca]);
     let fwd = tcp_agent.line_with("Forwarding tcp://");
-    let port: u16 = fwd.split("tcp://localhost:").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let port: u16 =
+        fwd.split("tcp://localhost:").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(WAIT)).unwrap();
     c.write_all(b"ping through the binary").unwrap();
