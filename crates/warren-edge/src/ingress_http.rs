@@ -119,17 +119,17 @@ async fn handle(shared: &Shared, visitor: &Visitor, req: Request<Incoming>) -> R
     if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(proto, host.clone())) {
         return proxy(visitor, &ep, &host, req).await;
     }
-    if visitor.scheme == Scheme::Http {
-        if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Https, host.clone())) {
-            // https-only endpoint: send plain-http visitors to the same path over https.
-            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            let location = format!("{}{pq}", ep.url);
-            return Response::builder()
-                .status(StatusCode::PERMANENT_REDIRECT)
-                .header(header::LOCATION, location)
-                .body(empty())
-                .expect("valid redirect");
-        }
+    if visitor.scheme == Scheme::Http
+        && let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Https, host.clone()))
+    {
+        // https-only endpoint: send plain-http visitors to the same path over https.
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let location = format!("{}{pq}", ep.url);
+        return Response::builder()
+            .status(StatusCode::PERMANENT_REDIRECT)
+            .header(header::LOCATION, location)
+            .body(empty())
+            .expect("valid redirect");
     }
     page(
         StatusCode::NOT_FOUND,

@@ -170,12 +170,12 @@ async fn handle_auth(
     // Resume: a reconnecting agent presents its previous session id. The old session is
     // probably a dead connection the edge has not noticed yet; it is closed so its endpoints
     // can be bound again at once instead of failing with "already bound".
-    if !auth.client_id.is_empty() {
-        if let Some(old) = shared.registry.session_for_resume(&auth.client_id, &credential.account_id) {
-            tracing::info!(session = %old.id, "agent resumed; closing its previous connection");
-            old.mux.close(ErrorCode::None, "session resumed elsewhere");
-            shared.registry.remove_session(&old.id);
-        }
+    if !auth.client_id.is_empty()
+        && let Some(old) = shared.registry.session_for_resume(&auth.client_id, &credential.account_id)
+    {
+        tracing::info!(session = %old.id, "agent resumed; closing its previous connection");
+        old.mux.close(ErrorCode::None, "session resumed elsewhere");
+        shared.registry.remove_session(&old.id);
     }
     let id = warren_store::generate_id("ts");
     let resp = proto::AuthResp {

@@ -682,7 +682,7 @@ impl Session {
     fn is_local(&self, id: StreamId) -> bool {
         match self.role {
             Role::Client => id.0 % 2 == 1,
-            Role::Server => id.0 % 2 == 0,
+            Role::Server => id.0.is_multiple_of(2),
         }
     }
 

@@ -110,12 +110,10 @@ async fn exchange_one_task<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, seed: u6
                     sent += r.expect("write");
                     progress = true;
                 }
-            } else if !shut {
-                if let Poll::Ready(r) = Pin::new(&mut s).poll_shutdown(cx) {
-                    r.expect("shutdown");
-                    shut = true;
-                    progress = true;
-                }
+            } else if !shut && let Poll::Ready(r) = Pin::new(&mut s).poll_shutdown(cx) {
+                r.expect("shutdown");
+                shut = true;
+                progress = true;
             }
             if !eof {
                 let mut rb = ReadBuf::new(&mut buf);

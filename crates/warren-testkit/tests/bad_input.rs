@@ -79,25 +79,31 @@ async fn non_muxado_bytes_inside_tls_end_only_that_connection() {
 mod raw {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    pub const DATA: u8 = 1;
-    pub const RST: u8 = 0;
-    pub const SYN: u8 = 0x2;
-    pub const FIN: u8 = 0x1;
+    pub(super) const DATA: u8 = 1;
+    pub(super) const RST: u8 = 0;
+    pub(super) const SYN: u8 = 0x2;
+    pub(super) const FIN: u8 = 0x1;
 
-    pub fn header(len: u32, ty: u8, flags: u8, id: u32) -> [u8; 8] {
+    pub(super) fn header(len: u32, ty: u8, flags: u8, id: u32) -> [u8; 8] {
         let l = len.to_be_bytes();
         let i = id.to_be_bytes();
         [l[1], l[2], l[3], (ty << 4) | flags, i[0], i[1], i[2], i[3]]
     }
 
-    pub async fn write<W: AsyncWriteExt + Unpin>(w: &mut W, ty: u8, flags: u8, id: u32, payload: &[u8]) {
+    pub(super) async fn write<W: AsyncWriteExt + Unpin>(
+        w: &mut W,
+        ty: u8,
+        flags: u8,
+        id: u32,
+        payload: &[u8],
+    ) {
         w.write_all(&header(payload.len() as u32, ty, flags, id)).await.unwrap();
         w.write_all(payload).await.unwrap();
         w.flush().await.unwrap();
     }
 
     /// (type, flags, stream id, payload)
-    pub async fn read<R: AsyncReadExt + Unpin>(r: &mut R) -> (u8, u8, u32, Vec<u8>) {
+    pub(super) async fn read<R: AsyncReadExt + Unpin>(r: &mut R) -> (u8, u8, u32, Vec<u8>) {
         let mut h = [0u8; 8];
         r.read_exact(&mut h).await.unwrap();
         let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
@@ -107,7 +113,7 @@ mod raw {
     }
 
     /// Reads frames until stream `id` ends with FIN; returns its DATA. Other frames are skipped.
-    pub async fn reply<R: AsyncReadExt + Unpin>(r: &mut R, id: u32) -> Vec<u8> {
+    pub(super) async fn reply<R: AsyncReadExt + Unpin>(r: &mut R, id: u32) -> Vec<u8> {
         let mut out = Vec::new();
         loop {
             let (ty, flags, sid, body) = read(r).await;
