@@ -400,6 +400,36 @@ async fn upstream_handle(req: Request<Incoming>) -> Result<Response<Body>, Infal
     Ok(Response::new(full("hello from upstream")))
 }
 
+/// The same server as [`HttpUpstream`] behind TLS with a self-signed certificate for
+/// `localhost` and 127.0.0.1, as local dev servers often are.
+pub async fn https_upstream() -> (SocketAddr, JoinHandle<()>) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind https upstream");
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(upstream_handle);
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
 /// A TCP echo server on loopback that echoes until the client half-closes, then closes.
 pub async fn tcp_echo() -> (SocketAddr, JoinHandle<()>) {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind echo");

@@ -249,3 +249,25 @@ async fn host_header_rewrite_sends_the_upstream_its_own_name() {
     let (_, _, body) = within("rewrite", https_get(&edge, "rw.warren.localhost", "/echo")).await;
     assert_eq!(json(&body)["headers"]["host"], up.addr.to_string());
 }
+
+#[tokio::test]
+async fn a_tls_upstream_on_loopback_is_reached_and_verification_can_be_forced() {
+    let edge = TestEdge::start().await;
+    let (addr, _task) = https_upstream().await;
+    let upstream = format!("https://127.0.0.1:{}", addr.port());
+    // Loopback: the self-signed certificate is accepted by default (local dev servers).
+    let (_a1, _) =
+        online(&edge, EndpointConfig::http(&upstream, Some("https://tlsup.warren.localhost")).unwrap()).await;
+    let (status, _, body) = within("tls upstream", https_get(&edge, "tlsup.warren.localhost", "/echo")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["path"], "/echo");
+
+    // --upstream-tls-verify: the same certificate is refused, with a 502 saying why.
+    let mut ep = EndpointConfig::http(&upstream, Some("https://tlsverify.warren.localhost")).unwrap();
+    ep.upstream_tls_verify = Some(true);
+    let (_a2, _) = online(&edge, ep).await;
+    let (status, _, body) =
+        within("verified tls upstream", https_get(&edge, "tlsverify.warren.localhost", "/")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.to_lowercase().contains("certificate"), "{body}");
+}

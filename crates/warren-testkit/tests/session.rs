@@ -135,3 +135,29 @@ async fn a_resuming_agent_takes_over_its_own_endpoints_at_once() {
     assert!(bind.error.is_empty(), "no 'already bound' on resume: {}", bind.error);
     within("old session closed", old.mux.closed()).await;
 }
+
+#[tokio::test]
+async fn protocol_version_2_clients_get_answers_in_version_2() {
+    let edge = TestEdge::start().await;
+    let raw = RawSession::connect(&edge, true).await;
+    // A 2.x agent offers only "2" and binds with Subdomain / RemotePort.
+    let auth = serde_json::json!({ "Version": ["2"], "Extra": { "AuthToken": edge.authtoken, "Version": "2.3.41" } });
+    let reply = raw.rpc_raw(0, auth.to_string().as_bytes()).await.unwrap();
+    let resp: warren_proto::AuthResp = serde_json::from_slice(&reply).unwrap();
+    assert!(resp.error.is_empty(), "{}", resp.error);
+    assert_eq!(resp.version, "2");
+    let bind =
+        serde_json::json!({ "Id": "t1", "Proto": "http", "Opts": { "Subdomain": "oldagent", "Auth": "" } });
+    let reply = raw.rpc_raw(1, bind.to_string().as_bytes()).await.unwrap();
+    let resp: warren_proto::BindResp = serde_json::from_slice(&reply).unwrap();
+    assert!(resp.error.is_empty(), "{}", resp.error);
+    assert_eq!(resp.url, format!("http://oldagent.warren.localhost:{}", edge.http_addr().port()));
+    assert_eq!(resp.client_id, "t1");
+
+    // A version the edge does not speak is refused with ngrok's code.
+    let raw = RawSession::connect(&edge, true).await;
+    let auth = serde_json::json!({ "Version": ["1"], "Extra": { "AuthToken": edge.authtoken } });
+    let reply = raw.rpc_raw(0, auth.to_string().as_bytes()).await.unwrap();
+    let resp: warren_proto::AuthResp = serde_json::from_slice(&reply).unwrap();
+    assert!(resp.error.contains("ERR_NGROK_121"), "{}", resp.error);
+}
