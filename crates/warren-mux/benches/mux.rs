@@ -1,7 +1,8 @@
 //! Bulk throughput of one stream over loopback TCP (no TLS): raw TCP, the `muxado` crate, and
 //! warren-mux, side by side in one run. `cargo bench -p warren-mux`.
 //!
-//! `WARREN_MUX_BENCH_BYTES` sets the transfer size (default 2 GiB).
+//! `WARREN_MUX_BENCH_BYTES` sets the transfer size (default 2 GiB); `WARREN_MUX_BENCH_ONLY`
+//! (`raw`, `muxado`, `warren`) runs one of them, for profiling.
 
 use std::future::Future;
 use std::io;
@@ -25,10 +26,19 @@ fn main() {
         total as f64 / (1u64 << 30) as f64,
         CHUNK / 1024
     );
+    // WARREN_MUX_BENCH_ONLY=raw|muxado|warren runs one, for profiling.
+    let only = std::env::var("WARREN_MUX_BENCH_ONLY").unwrap_or_default();
+    let run = |name: &str| only.is_empty() || only == name;
     rt.block_on(async {
-        report("raw TCP", total, raw_tcp(total).await);
-        report("muxado 0.5 (crate)", total, muxado(total).await);
-        report("warren-mux", total, warren(total).await);
+        if run("raw") {
+            report("raw TCP", total, raw_tcp(total).await);
+        }
+        if run("muxado") {
+            report("muxado 0.5 (crate)", total, muxado(total).await);
+        }
+        if run("warren") {
+            report("warren-mux", total, warren(total).await);
+        }
     });
 }
 

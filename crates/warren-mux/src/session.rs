@@ -135,7 +135,9 @@ pub struct Session {
 }
 
 struct Stream {
-    recv_buf: VecDeque<Bytes>,
+    /// Received bytes not yet read: one contiguous buffer per stream, reused as it drains, so
+    /// the driver's read buffer is never pinned by a slow reader and never reallocated.
+    recv_buf: BytesMut,
     recv_buffered: usize,
     /// Credit the peer still has.
     recv_credit: u32,
@@ -207,7 +209,8 @@ impl Session {
         self.closed
     }
 
-    /// Consumes every complete piece of `input`. DATA payloads are split off without copying.
+    /// Consumes every complete piece of `input` (which the caller reuses). DATA payloads are
+    /// copied into their stream's receive buffer.
     /// On error a GOAWAY is queued and the session is closed.
     pub fn handle_input(&mut self, input: &mut BytesMut) -> Result<(), SessionError> {
         if self.closed.is_some() {
@@ -246,10 +249,10 @@ impl Session {
                             return Ok(());
                         }
                         let n = input.len().min(remaining as usize);
-                        let chunk = input.split_to(n).freeze();
                         if !discard {
-                            self.on_data(id, chunk);
+                            self.on_data(id, &input[..n]);
                         }
+                        input.advance(n);
                         let remaining = remaining - n as u32;
                         self.decode = Decode::Data { id, remaining, fin, discard };
                         if remaining > 0 {
@@ -392,11 +395,11 @@ impl Session {
         Ok(())
     }
 
-    fn on_data(&mut self, id: StreamId, chunk: Bytes) {
+    fn on_data(&mut self, id: StreamId, chunk: &[u8]) {
         if let Some(s) = self.streams.get_mut(&id) {
             let was_empty = s.recv_buffered == 0;
             s.recv_buffered += chunk.len();
-            s.recv_buf.push_back(chunk);
+            s.recv_buf.extend_from_slice(chunk);
             if was_empty {
                 self.events.push_back(Event::Readable(id));
             }
@@ -529,19 +532,9 @@ impl Session {
             }
             return Ok(Recv::Pending);
         }
-        let mut n = 0;
-        while n < buf.len() {
-            let Some(chunk) = s.recv_buf.front_mut() else {
-                break;
-            };
-            let take = chunk.len().min(buf.len() - n);
-            buf[n..n + take].copy_from_slice(&chunk[..take]);
-            chunk.advance(take);
-            if chunk.is_empty() {
-                s.recv_buf.pop_front();
-            }
-            n += take;
-        }
+        let n = s.recv_buf.len().min(buf.len());
+        buf[..n].copy_from_slice(&s.recv_buf[..n]);
+        s.recv_buf.advance(n);
         s.recv_buffered -= n;
         s.recv_unacked += n as u32;
         if s.recv_fin || s.reset.is_some() {
@@ -739,7 +732,7 @@ impl Session {
 impl Stream {
     fn new(window: u32, send_credit: u32, needs_syn: bool) -> Stream {
         Stream {
-            recv_buf: VecDeque::new(),
+            recv_buf: BytesMut::new(),
             recv_buffered: 0,
             recv_credit: window,
             recv_window: window,
