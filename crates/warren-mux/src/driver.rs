@@ -18,7 +18,7 @@ use crate::frame::{ErrorCode, StreamId};
 use crate::session::{Config, Event, Recv, Role, Session, StreamError};
 
 /// Bytes the reader task asks the transport for at a time.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
 
 /// A handle on a running session; cheap to clone. Dropping every handle does not close the
 /// session: call [`Mux::close`].

@@ -135,9 +135,9 @@ pub struct Session {
 }
 
 struct Stream {
-    /// Received bytes not yet read: one contiguous buffer per stream, reused as it drains, so
-    /// the driver's read buffer is never pinned by a slow reader and never reallocated.
-    recv_buf: BytesMut,
+    /// Received bytes not yet read: a ring per stream, reused as it drains, so the driver's
+    /// read buffer is never pinned by a slow reader and nothing is reallocated or shifted.
+    recv_buf: VecDeque<u8>,
     recv_buffered: usize,
     /// Credit the peer still has.
     recv_credit: u32,
@@ -399,7 +399,7 @@ impl Session {
         if let Some(s) = self.streams.get_mut(&id) {
             let was_empty = s.recv_buffered == 0;
             s.recv_buffered += chunk.len();
-            s.recv_buf.extend_from_slice(chunk);
+            s.recv_buf.extend(chunk);
             if was_empty {
                 self.events.push_back(Event::Readable(id));
             }
@@ -533,8 +533,15 @@ impl Session {
             return Ok(Recv::Pending);
         }
         let n = s.recv_buf.len().min(buf.len());
-        buf[..n].copy_from_slice(&s.recv_buf[..n]);
-        s.recv_buf.advance(n);
+        let (a, b) = s.recv_buf.as_slices();
+        let from_a = a.len().min(n);
+        buf[..from_a].copy_from_slice(&a[..from_a]);
+        buf[from_a..n].copy_from_slice(&b[..n - from_a]);
+        s.recv_buf.drain(..n);
+        if s.recv_buf.is_empty() && s.recv_buf.capacity() > 4 * s.recv_window as usize {
+            // A burst grew the ring past the window it needs now; give the memory back.
+            s.recv_buf.shrink_to(s.recv_window as usize);
+        }
         s.recv_buffered -= n;
         s.recv_unacked += n as u32;
         if s.recv_fin || s.reset.is_some() {
@@ -732,7 +739,7 @@ impl Session {
 impl Stream {
     fn new(window: u32, send_credit: u32, needs_syn: bool) -> Stream {
         Stream {
-            recv_buf: BytesMut::new(),
+            recv_buf: VecDeque::new(),
             recv_buffered: 0,
             recv_credit: window,
             recv_window: window,
