@@ -219,4 +219,8 @@ fn the_agent_without_a_token_says_what_to_do() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--authtoken") && err.contains("WARREN_AUTHTOKEN"), "{err}");
+    // The agent needs no privileges and says so when it has them.
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+    assert_eq!(err.contains("running as root"), root, "{err}");
 }
