@@ -36,8 +36,19 @@ pub async fn prepare(config: &EdgeConfig) -> Result<Prepared, EdgeError> {
     let tls = tls::ensure_local_ca(&dir.join("tls"), &config.certificate_names())?;
     let (account, created) = store.ensure_account("default").await?;
     let first_start = if created {
-        let (_, authtoken) = store.create_credential(&account.id, "initial authtoken").await?;
-        let (_, api_key) = store.create_api_key(&account.id, "initial admin API key").await?;
+        let admin = store.create_user(&account.id, "admin", warren_store::Role::Admin).await?;
+        let new = warren_store::NewCredential {
+            description: "initial authtoken".into(),
+            owner_id: Some(admin.id.clone()),
+            ..Default::default()
+        };
+        let (_, authtoken) = store.create_credential(&account.id, &new).await?;
+        let new = warren_store::NewApiKey {
+            description: "initial admin API key".into(),
+            owner_id: Some(admin.id),
+            ..Default::default()
+        };
+        let (_, api_key) = store.create_api_key(&account.id, &new).await?;
         let credentials_file = dir.join("credentials.txt");
         let text = format!(
             "# Created by the first `warren edge` start. Shown once; keep this file private.\nauthtoken: {}\napi_key: {}\n",

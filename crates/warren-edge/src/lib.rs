@@ -136,6 +136,20 @@ impl Edge {
         while self.tasks.join_next().await.is_some() {}
     }
 
+    /// Deletes an authtoken and ends every live session that authenticated with it (their
+    /// endpoints go offline at once; the agents' reconnects are refused). Returns how many
+    /// sessions were ended.
+    pub async fn revoke_credential(&self, account_id: &str, id: &str) -> Result<usize, EdgeError> {
+        self.shared.store.delete_credential(account_id, id).await?;
+        let sessions = self.shared.registry.sessions_using(id);
+        for s in &sessions {
+            tracing::info!(session = %s.id, credential = %id, "authtoken revoked; ending its session");
+            s.mux.close(warren_mux::ErrorCode::None, "authtoken revoked");
+            self.shared.registry.remove_session(&s.id);
+        }
+        Ok(sessions.len())
+    }
+
     /// The store the edge uses.
     pub fn store(&self) -> &Store {
         &self.shared.store

@@ -16,6 +16,8 @@ pub(crate) struct AgentSession {
     pub(crate) mux: Mux,
     pub(crate) account_id: String,
     pub(crate) remote: SocketAddr,
+    /// The authtoken it authenticated with (id and bind ACL; never the secret).
+    pub(crate) credential: warren_store::Credential,
 }
 
 /// The protocol of a bound endpoint.
@@ -121,6 +123,17 @@ impl Registry {
 
     pub(crate) fn session_count(&self) -> usize {
         self.lock().sessions.len()
+    }
+
+    /// Live sessions that authenticated with the authtoken `credential_id`.
+    pub(crate) fn sessions_using(&self, credential_id: &str) -> Vec<Arc<AgentSession>> {
+        let inner = self.lock();
+        inner
+            .sessions
+            .values()
+            .filter(|e| e.session.credential.id == credential_id)
+            .map(|e| e.session.clone())
+            .collect()
     }
 
     /// The live session with this id, if it belongs to `account_id` (resume takes it over).

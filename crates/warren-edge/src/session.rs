@@ -195,7 +195,7 @@ async fn handle_auth(
     if reply(&mut stream, &resp).await.is_err() {
         return None;
     }
-    Some(AgentSession { id, mux: mux.clone(), account_id: credential.account_id, remote })
+    Some(AgentSession { id, mux: mux.clone(), account_id: credential.account_id.clone(), remote, credential })
 }
 
 async fn serve_rpcs(shared: &Arc<Shared>, session: &Arc<AgentSession>) {
@@ -286,8 +286,16 @@ async fn bind_endpoint(
             let host = requested_host(shared, &opts.url, &opts.domain, &opts.hostname, &opts.subdomain)?;
             let host = match host {
                 Some(h) => h,
-                None => random_host(shared, proto),
+                None if session.credential.acl.is_empty() || session.credential.allows_bind("*") => {
+                    random_host(shared, proto)
+                }
+                None => {
+                    return Err(not_allowed(&session.credential, "a random name"));
+                }
             };
+            if !session.credential.allows_bind(&host) {
+                return Err(not_allowed(&session.credential, &host));
+            }
             let url = match (proto, shared.https_port, shared.http_port) {
                 (Proto::Https, 443, _) => format!("https://{host}"),
                 (Proto::Https, p, _) => format!("https://{host}:{p}"),
@@ -312,11 +320,33 @@ async fn bind_endpoint(
             let opts: proto::TcpOpts = serde_json::from_value(bind.opts.clone())
                 .map_err(|e| invalid(format!("invalid tcp options: {e}")))?;
             let wanted = requested_port(&opts).map_err(invalid)?;
+            let cred = &session.credential;
+            match wanted {
+                Some(p) if !cred.allows_bind(&format!("{}:{p}", shared.config.tcp_host)) => {
+                    return Err(not_allowed(cred, &format!("{}:{p}", shared.config.tcp_host)));
+                }
+                None if !cred.acl.is_empty() && !cred.allows_bind("*") => {
+                    return Err(not_allowed(cred, "a random tcp address"));
+                }
+                _ => {}
+            }
             ingress_tcp::bind(shared, session, &bind.client_id, wanted).await
         }
         "tls" => Err(invalid("tls endpoints are not available on this edge yet; use https or tcp".into())),
         other => Err(invalid(format!("unknown endpoint protocol {other:?}; use http, https or tcp"))),
     }
+}
+
+/// The authtoken's ACL does not cover `what`.
+fn not_allowed(cred: &warren_store::Credential, what: &str) -> String {
+    proto::error_text(
+        &format!(
+            "the authtoken {} may not bind {what}; its ACL allows only: {}",
+            cred.id,
+            cred.acl.join(", ")
+        ),
+        codes::BIND_INVALID,
+    )
 }
 
 pub(crate) fn refused(r: BindRefused, url: &str) -> String {

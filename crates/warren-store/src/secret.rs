@@ -30,10 +30,25 @@ const SECRET_BYTES: usize = 32;
 /// Random characters after an id's prefix.
 const ID_CHARS: usize = 26;
 
-/// A new random id such as `cr_2bXk...`.
+/// Characters of an id that encode its creation second.
+const TIME_CHARS: usize = 6;
+/// Base 62 in ASCII order, so ids sort by creation time as plain byte strings.
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A new id such as `cr_0TbK3x...`: 6 base-62 characters of the Unix second, then random
+/// characters. Ids of one kind sort by creation time (to the second), which the API's
+/// `before_id` pagination relies on.
 pub fn generate_id(prefix: &str) -> String {
-    let tail: String = rand::rng().sample_iter(&Alphanumeric).take(ID_CHARS).map(char::from).collect();
-    format!("{prefix}_{tail}")
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut time = [b'0'; TIME_CHARS];
+    let mut v = secs;
+    for c in time.iter_mut().rev() {
+        *c = BASE62[(v % 62) as usize];
+        v /= 62;
+    }
+    let tail: String =
+        rand::rng().sample_iter(&Alphanumeric).take(ID_CHARS - TIME_CHARS).map(char::from).collect();
+    format!("{prefix}_{}{tail}", std::str::from_utf8(&time).expect("ASCII"))
 }
 
 /// SHA-256 of a token's secret part.

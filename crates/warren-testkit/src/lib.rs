@@ -151,6 +151,19 @@ impl TestEdge {
         c
     }
 
+    /// Creates another authtoken in the default account with the given bind ACL.
+    pub async fn new_token(&self, acl: &[&str]) -> (warren_store::Credential, String) {
+        let store = self.edge().store();
+        let (account, _) = store.ensure_account("default").await.expect("account");
+        let new = warren_store::NewCredential {
+            description: "test token".into(),
+            acl: acl.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let (cred, token) = store.create_credential(&account.id, &new).await.expect("credential");
+        (cred, token.0)
+    }
+
     /// Stops the edge (closing every session) and starts it again on the same ports with the
     /// same data directory.
     pub async fn restart(&mut self) {

@@ -1,0 +1,170 @@
+use sqlx::Row;
+
+use crate::secret::{self, SecretKind};
+use crate::{
+    Credential, CredentialUpdate, NewCredential, Page, Store, StoreError, Token, into_page, now_rfc3339,
+    page_limit, parse_token,
+};
+
+const COLUMNS: &str = "id, account_id, description, metadata, acl, owner_id, created_at";
+
+/// Longest description or metadata accepted, as in ngrok's API.
+const MAX_TEXT: usize = 4096;
+
+fn credential<R: Row>(r: &R) -> Credential
+where
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let acl: String = r.get(4);
+    Credential {
+        id: r.get(0),
+        account_id: r.get(1),
+        description: r.get(2),
+        metadata: r.get(3),
+        acl: serde_json::from_str(&acl).unwrap_or_default(),
+        owner_id: r.get(5),
+        created_at: r.get(6),
+    }
+}
+
+pub(crate) fn check_acl(acl: &[String]) -> Result<(), StoreError> {
+    for rule in acl {
+        let ok = rule.strip_prefix("bind:").is_some_and(|h| {
+            let h = h.strip_prefix("*.").unwrap_or(h);
+            h == "*"
+                || (!h.is_empty()
+                    && h.len() <= 253
+                    && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b)))
+        });
+        if !ok {
+            return Err(StoreError::Invalid(format!(
+                "acl rule {rule:?}: expected bind:HOST, bind:*.DOMAIN or bind:*"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, v: &str) -> Result<(), StoreError> {
+    if v.len() > MAX_TEXT {
+        return Err(StoreError::Invalid(format!("{field}: at most {MAX_TEXT} bytes")));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Creates an authtoken; the returned [`Token`] is the only time the secret is visible.
+    pub async fn create_credential(
+        &self,
+        account_id: &str,
+        new: &NewCredential,
+    ) -> Result<(Credential, Token), StoreError> {
+        check_text("description", &new.description)?;
+        check_text("metadata", &new.metadata)?;
+        check_acl(&new.acl)?;
+        let (id, token, hash) = secret::new_secret(SecretKind::Credential);
+        let c = Credential {
+            id,
+            account_id: account_id.to_owned(),
+            description: new.description.clone(),
+            metadata: new.metadata.clone(),
+            acl: new.acl.clone(),
+            owner_id: new.owner_id.clone(),
+            created_at: now_rfc3339(),
+        };
+        let acl = serde_json::to_string(&c.acl).expect("strings serialize");
+        with_db!(self.db, pool => {
+            sqlx::query("INSERT INTO credentials (id, account_id, description, metadata, acl, owner_id, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(&c.id).bind(&c.account_id).bind(&c.description).bind(&c.metadata).bind(&acl)
+                .bind(&c.owner_id).bind(&hash[..]).bind(&c.created_at)
+                .execute(pool).await?;
+        });
+        Ok((c, Token(token)))
+    }
+
+    /// Looks a presented authtoken up by id and checks its secret. `None` when unknown or wrong.
+    pub async fn verify_credential(&self, token: &str) -> Result<Option<Credential>, StoreError> {
+        let Some((id, presented)) = parse_token(SecretKind::Credential, token) else {
+            return Ok(None);
+        };
+        let sql = format!("SELECT {COLUMNS}, secret_hash FROM credentials WHERE id = $1");
+        let found = with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(pool).await?
+                .map(|r| (credential(&r), r.get::<Vec<u8>, _>(7)))
+        });
+        let Some((c, stored)) = found else {
+            // Same work as a hit, so timing does not tell whether the id exists.
+            let _ = secret::hash_matches(presented, &[0u8; 32]);
+            return Ok(None);
+        };
+        Ok(secret::hash_matches(presented, &stored).then_some(c))
+    }
+
+    /// One authtoken record of an account.
+    pub async fn get_credential(&self, account_id: &str, id: &str) -> Result<Credential, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM credentials WHERE account_id = $1 AND id = $2");
+        with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(id).fetch_optional(pool).await?.map(|r| credential(&r))
+        })
+        .ok_or(StoreError::NotFound("credential"))
+    }
+
+    /// An account's authtokens, newest first.
+    pub async fn list_credentials(
+        &self,
+        account_id: &str,
+        limit: u32,
+        before_id: Option<&str>,
+    ) -> Result<Page<Credential>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM credentials WHERE account_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3"
+        );
+        let rows = with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(before_id.unwrap_or("")).bind(page_limit(limit))
+                .fetch_all(pool).await?.iter().map(credential).collect::<Vec<_>>()
+        });
+        Ok(into_page(rows, limit))
+    }
+
+    /// Changes description, metadata or ACL in one statement.
+    pub async fn update_credential(
+        &self,
+        account_id: &str,
+        id: &str,
+        up: &CredentialUpdate,
+    ) -> Result<Credential, StoreError> {
+        if let Some(d) = &up.description {
+            check_text("description", d)?;
+        }
+        if let Some(m) = &up.metadata {
+            check_text("metadata", m)?;
+        }
+        if let Some(a) = &up.acl {
+            check_acl(a)?;
+        }
+        let acl = up.acl.as_ref().map(|a| serde_json::to_string(a).expect("strings serialize"));
+        let n = with_db!(self.db, pool => {
+            sqlx::query("UPDATE credentials SET description = COALESCE($1, description), metadata = COALESCE($2, metadata), acl = COALESCE($3, acl) WHERE account_id = $4 AND id = $5")
+                .bind(&up.description).bind(&up.metadata).bind(&acl).bind(account_id).bind(id)
+                .execute(pool).await?.rows_affected()
+        });
+        if n == 0 {
+            return Err(StoreError::NotFound("credential"));
+        }
+        self.get_credential(account_id, id).await
+    }
+
+    /// Deletes an authtoken; it stops working at once (sessions using it are the edge's to end).
+    pub async fn delete_credential(&self, account_id: &str, id: &str) -> Result<(), StoreError> {
+        let n = with_db!(self.db, pool => {
+            sqlx::query("DELETE FROM credentials WHERE account_id = $1 AND id = $2")
+                .bind(account_id).bind(id).execute(pool).await?.rows_affected()
+        });
+        if n == 0 {
+            return Err(StoreError::NotFound("credential"));
+        }
+        Ok(())
+    }
+}

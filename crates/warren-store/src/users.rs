@@ -1,0 +1,93 @@
+use sqlx::Row;
+
+use crate::{Page, Role, Store, StoreError, User, conflict, generate_id, into_page, now_rfc3339, page_limit};
+
+const COLUMNS: &str = "id, account_id, email, role, created_at";
+
+fn user<R: Row>(r: &R) -> User
+where
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let role: String = r.get(3);
+    User {
+        id: r.get(0),
+        account_id: r.get(1),
+        email: r.get(2),
+        role: Role::parse(&role).unwrap_or(Role::ReadOnly),
+        created_at: r.get(4),
+    }
+}
+
+impl Store {
+    /// Adds a user to an account; the email must be unique within it.
+    pub async fn create_user(&self, account_id: &str, email: &str, role: Role) -> Result<User, StoreError> {
+        let email = email.trim();
+        if email.is_empty() || email.len() > 320 {
+            return Err(StoreError::Invalid("email: must be 1 to 320 characters".into()));
+        }
+        let u = User {
+            id: generate_id("usr"),
+            account_id: account_id.to_owned(),
+            email: email.to_owned(),
+            role,
+            created_at: now_rfc3339(),
+        };
+        with_db!(self.db, pool => {
+            sqlx::query("INSERT INTO users (id, account_id, email, role, created_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(&u.id).bind(&u.account_id).bind(&u.email).bind(u.role.as_str()).bind(&u.created_at)
+                .execute(pool).await.map_err(conflict("user with this email"))?;
+        });
+        Ok(u)
+    }
+
+    /// One user of an account.
+    pub async fn get_user(&self, account_id: &str, id: &str) -> Result<User, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM users WHERE account_id = $1 AND id = $2");
+        with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(id).fetch_optional(pool).await?.map(|r| user(&r))
+        })
+        .ok_or(StoreError::NotFound("user"))
+    }
+
+    /// Users of an account, newest first.
+    pub async fn list_users(
+        &self,
+        account_id: &str,
+        limit: u32,
+        before_id: Option<&str>,
+    ) -> Result<Page<User>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM users WHERE account_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3"
+        );
+        let rows = with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(before_id.unwrap_or("")).bind(page_limit(limit))
+                .fetch_all(pool).await?.iter().map(user).collect::<Vec<_>>()
+        });
+        Ok(into_page(rows, limit))
+    }
+
+    /// Changes a user's role.
+    pub async fn set_user_role(&self, account_id: &str, id: &str, role: Role) -> Result<User, StoreError> {
+        let n = with_db!(self.db, pool => {
+            sqlx::query("UPDATE users SET role = $1 WHERE account_id = $2 AND id = $3")
+                .bind(role.as_str()).bind(account_id).bind(id).execute(pool).await?.rows_affected()
+        });
+        if n == 0 {
+            return Err(StoreError::NotFound("user"));
+        }
+        self.get_user(account_id, id).await
+    }
+
+    /// Removes a user; their authtokens and keys stay, without an owner.
+    pub async fn delete_user(&self, account_id: &str, id: &str) -> Result<(), StoreError> {
+        let n = with_db!(self.db, pool => {
+            sqlx::query("DELETE FROM users WHERE account_id = $1 AND id = $2")
+                .bind(account_id).bind(id).execute(pool).await?.rows_affected()
+        });
+        if n == 0 {
+            return Err(StoreError::NotFound("user"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,209 @@
+//! The store's behaviour, run against both backends: SQLite (a temporary file) and PostgreSQL
+//! (`WARREN_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`; each test
+//! gets its own schema). Set `WARREN_TEST_POSTGRES_URL=skip` where no PostgreSQL exists.
+
+use std::future::Future;
+use std::str::FromStr;
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use warren_store::*;
+
+fn pg_url() -> Option<String> {
+    let url = std::env::var("WARREN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    (url != "skip").then_some(url)
+}
+
+/// Runs `scenario` on a fresh SQLite store and on a fresh PostgreSQL schema.
+async fn on_both<F, Fut>(scenario: F)
+where
+    F: Fn(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::open_sqlite(&dir.path().join("warren.db")).await.unwrap();
+    assert_eq!(sqlite.backend(), "sqlite");
+    scenario(sqlite.clone()).await;
+    sqlite.close().await;
+
+    let Some(url) = pg_url() else { return };
+    let schema = generate_id("t").to_lowercase();
+    let mut admin = PgConnection::connect(&url).await.unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL at {url} is needed for the store tests ({e}); set WARREN_TEST_POSTGRES_URL, or =skip"
+        )
+    });
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&mut admin).await.unwrap();
+    let opts = PgConnectOptions::from_str(&url).unwrap().options([("search_path", schema.as_str())]);
+    let pg = Store::open_postgres(opts).await.unwrap();
+    assert_eq!(pg.backend(), "postgres");
+    scenario(pg.clone()).await;
+    pg.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
+async fn account(s: &Store) -> Account {
+    let (a, created) = s.ensure_account("default").await.unwrap();
+    assert!(created);
+    assert_eq!(s.ensure_account("default").await.unwrap(), (a.clone(), false));
+    a
+}
+
+#[tokio::test]
+async fn credentials_verify_update_list_and_stop_working_when_deleted() {
+    on_both(|s| async move {
+        let acc = account(&s).await;
+        let new = NewCredential {
+            description: "laptop".into(),
+            metadata: "{\"team\":\"web\"}".into(),
+            acl: vec!["bind:app.example.com".into(), "bind:*.dev.example.com".into()],
+            owner_id: None,
+        };
+        let (cred, token) = s.create_credential(&acc.id, &new).await.unwrap();
+        assert!(token.0.starts_with(&format!("{}_", cred.id)));
+        assert_eq!(s.verify_credential(&token.0).await.unwrap(), Some(cred.clone()));
+        assert!(cred.allows_bind("x.dev.example.com") && !cred.allows_bind("other.example.com"));
+
+        // A wrong secret with the right id, the bare id and garbage all fail.
+        let mut wrong = token.0.clone();
+        let last = wrong.pop().unwrap();
+        wrong.push(if last == 'A' { 'B' } else { 'A' });
+        assert_eq!(s.verify_credential(&wrong).await.unwrap(), None);
+        assert_eq!(s.verify_credential(&cred.id).await.unwrap(), None);
+        assert_eq!(s.verify_credential("garbage").await.unwrap(), None);
+
+        let up = CredentialUpdate { description: Some("desk".into()), acl: Some(vec!["bind:*".into()]), ..Default::default() };
+        let updated = s.update_credential(&acc.id, &cred.id, &up).await.unwrap();
+        assert_eq!((updated.description.as_str(), updated.metadata.as_str()), ("desk", "{\"team\":\"web\"}"));
+        assert_eq!(updated.acl, vec!["bind:*".to_string()]);
+        let bad = CredentialUpdate { acl: Some(vec!["tunnel:x".into()]), ..Default::default() };
+        assert!(matches!(s.update_credential(&acc.id, &cred.id, &bad).await, Err(StoreError::Invalid(m)) if m.contains("tunnel:x")));
+
+        assert_eq!(s.get_credential(&acc.id, &cred.id).await.unwrap(), updated);
+        s.delete_credential(&acc.id, &cred.id).await.unwrap();
+        assert_eq!(s.verify_credential(&token.0).await.unwrap(), None);
+        assert!(matches!(s.delete_credential(&acc.id, &cred.id).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(s.get_credential(&acc.id, &cred.id).await, Err(StoreError::NotFound(_))));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn listings_page_newest_first_with_before_id() {
+    on_both(|s| async move {
+        let acc = account(&s).await;
+        let mut ids = Vec::new();
+        for i in 0..7 {
+            let new = NewCredential { description: format!("t{i}"), ..Default::default() };
+            ids.push(s.create_credential(&acc.id, &new).await.unwrap().0.id);
+        }
+        ids.sort();
+        ids.reverse();
+        let mut seen = Vec::new();
+        let mut before: Option<String> = None;
+        loop {
+            let page = s.list_credentials(&acc.id, 3, before.as_deref()).await.unwrap();
+            seen.extend(page.items.iter().map(|c| c.id.clone()));
+            if !page.more {
+                break;
+            }
+            before = page.items.last().map(|c| c.id.clone());
+        }
+        assert_eq!(seen, ids, "every row once, newest (largest id) first");
+        // Another account sees none of them.
+        let (other, _) = s.ensure_account("other").await.unwrap();
+        assert!(s.list_credentials(&other.id, 100, None).await.unwrap().items.is_empty());
+        assert!(matches!(s.get_credential(&other.id, &ids[0]).await, Err(StoreError::NotFound(_))));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn api_keys_expire_and_stop_working_when_deleted() {
+    on_both(|s| async move {
+        let acc = account(&s).await;
+        let admin = s.create_user(&acc.id, "root@example.com", Role::Admin).await.unwrap();
+        let new =
+            NewApiKey { description: "ci".into(), owner_id: Some(admin.id.clone()), ..Default::default() };
+        let (key, secret) = s.create_api_key(&acc.id, &new).await.unwrap();
+        assert_eq!(s.verify_api_key(&secret.0).await.unwrap(), Some(key.clone()));
+        assert_eq!(s.list_api_keys(&acc.id, 10, None).await.unwrap().items, vec![key.clone()]);
+
+        let expired = NewApiKey { expires_at: Some("2001-01-01T00:00:00Z".into()), ..Default::default() };
+        let (_, old) = s.create_api_key(&acc.id, &expired).await.unwrap();
+        assert_eq!(s.verify_api_key(&old.0).await.unwrap(), None, "an expired key is refused");
+        let future = NewApiKey { expires_at: Some("2999-01-01T00:00:00Z".into()), ..Default::default() };
+        let (_, fresh) = s.create_api_key(&acc.id, &future).await.unwrap();
+        assert!(s.verify_api_key(&fresh.0).await.unwrap().is_some());
+        let bad = NewApiKey { expires_at: Some("tomorrow".into()), ..Default::default() };
+        assert!(matches!(s.create_api_key(&acc.id, &bad).await, Err(StoreError::Invalid(_))));
+
+        // An authtoken is not an API key, nor the other way round.
+        let (_, token) = s.create_credential(&acc.id, &NewCredential::default()).await.unwrap();
+        assert_eq!(s.verify_api_key(&token.0).await.unwrap(), None);
+        assert_eq!(s.verify_credential(&secret.0).await.unwrap(), None);
+
+        s.delete_api_key(&acc.id, &key.id).await.unwrap();
+        assert_eq!(s.verify_api_key(&secret.0).await.unwrap(), None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn users_have_roles_and_unique_emails() {
+    on_both(|s| async move {
+        let acc = account(&s).await;
+        let u = s.create_user(&acc.id, "dev@example.com", Role::Developer).await.unwrap();
+        assert!(matches!(
+            s.create_user(&acc.id, "dev@example.com", Role::Admin).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(s.set_user_role(&acc.id, &u.id, Role::ReadOnly).await.unwrap().role, Role::ReadOnly);
+        assert_eq!(s.list_users(&acc.id, 10, None).await.unwrap().items.len(), 1);
+        // Deleting the owner keeps the token, without an owner.
+        let new = NewCredential { owner_id: Some(u.id.clone()), ..Default::default() };
+        let (cred, _) = s.create_credential(&acc.id, &new).await.unwrap();
+        s.delete_user(&acc.id, &u.id).await.unwrap();
+        assert_eq!(s.get_credential(&acc.id, &cred.id).await.unwrap().owner_id, None);
+        assert!(matches!(s.get_user(&acc.id, &u.id).await, Err(StoreError::NotFound(_))));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn secrets_are_not_stored_in_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warren.db");
+    let s = Store::open_sqlite(&path).await.unwrap();
+    let (acc, _) = s.ensure_account("default").await.unwrap();
+    let (_, token) = s.create_credential(&acc.id, &NewCredential::default()).await.unwrap();
+    let (_, api) = s.create_api_key(&acc.id, &NewApiKey::default()).await.unwrap();
+    assert!(!format!("{token:?}{api:?}").contains(&token.0[5..]), "Debug masks tokens");
+    s.close().await;
+    let mut bytes = std::fs::read(&path).unwrap();
+    if let Ok(b) = std::fs::read(dir.path().join("warren.db-wal")) {
+        bytes.extend(b);
+    }
+    let parts = [
+        parse_token(SecretKind::Credential, &token.0).unwrap().1,
+        parse_token(SecretKind::ApiKey, &api.0).unwrap().1,
+    ];
+    for secret_part in parts {
+        let secret_part = secret_part.as_bytes();
+        assert!(secret_part.len() >= 43);
+        assert!(
+            !bytes.windows(secret_part.len()).any(|w| w == secret_part),
+            "secret found in the database file"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unsupported_urls_are_refused_without_echoing_credentials() {
+    let e = Store::open("mysql://user:hunter2@db/x").await.unwrap_err();
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+}
