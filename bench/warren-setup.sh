@@ -18,7 +18,7 @@ wait_for() { # file pattern
   echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
 }
 "$bin" edge --data-dir "$work/data" --connect-addr 127.0.0.1:$connect --https-addr 127.0.0.1:$https \
-  --http-addr 127.0.0.1:$http --tcp-ports 45000-45999 --log-level warn >"$work/edge.log" 2>&1 &
+  --http-addr 127.0.0.1:$http --api-addr 127.0.0.1:0 --tcp-ports 45000-45999 --log-level warn >"$work/edge.log" 2>&1 &
 edge=$!
 wait_for "$work/edge.log" "authtoken:"
 token=$(sed -n 's/^ *authtoken: *//p' "$work/edge.log" | head -1)

@@ -24,6 +24,10 @@ pub struct EdgeConfig {
     pub public_https_port: Option<u16>,
     /// Port shown in http URLs; defaults to the bound port.
     pub public_http_port: Option<u16>,
+    /// The REST API listener (ngrok API v2 compatible); `None` disables it.
+    pub api_addr: Option<SocketAddr>,
+    /// API requests allowed per key per window (ngrok: 120 per 60 s).
+    pub api_rate_limit: (u32, Duration),
     /// Address tcp endpoints listen on.
     pub tcp_bind_ip: IpAddr,
     /// Host shown in `tcp://host:port` URLs.
@@ -86,6 +90,8 @@ impl EdgeConfig {
             https_addr: SocketAddr::new(lo, 8443),
             http_addr: Some(SocketAddr::new(lo, 8080)),
             public_https_port: None,
+            api_addr: Some(SocketAddr::new(lo, 8088)),
+            api_rate_limit: (120, Duration::from_secs(60)),
             public_http_port: None,
             tcp_bind_ip: lo,
             tcp_host: "localhost".into(),

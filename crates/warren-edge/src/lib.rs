@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub mod api;
 pub mod bootstrap;
 pub mod config;
 mod ingress_http;
@@ -60,6 +61,8 @@ pub struct Edge {
     pub https_addr: SocketAddr,
     /// The plain http ingress, if enabled.
     pub http_addr: Option<SocketAddr>,
+    /// The REST API, if enabled.
+    pub api_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     shared: Arc<Shared>,
@@ -79,6 +82,25 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) session_limit: Arc<tokio::sync::Semaphore>,
     pub(crate) visitor_limit: Arc<tokio::sync::Semaphore>,
+    pub(crate) api_rate_limit: api::RateLimit,
+}
+
+impl Shared {
+    /// Deletes an authtoken and ends every live session that authenticated with it.
+    pub(crate) async fn revoke_credential(
+        &self,
+        account_id: &str,
+        id: &str,
+    ) -> Result<usize, warren_store::StoreError> {
+        self.store.delete_credential(account_id, id).await?;
+        let sessions = self.registry.sessions_using(id);
+        for s in &sessions {
+            tracing::info!(session = %s.id, credential = %id, "authtoken revoked; ending its session");
+            s.mux.close(warren_mux::ErrorCode::None, "authtoken revoked");
+            self.registry.remove_session(&s.id);
+        }
+        Ok(sessions.len())
+    }
 }
 
 impl Edge {
@@ -101,6 +123,16 @@ impl Edge {
             }
             None => None,
         };
+        let api = match config.api_addr {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let api_addr = match &api {
+            Some(l) => {
+                Some(l.local_addr().map_err(|source| EdgeError::Bind { addr: config.https_addr, source })?)
+            }
+            None => None,
+        };
         let (tx, rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             connect_tls: tokio_rustls::TlsAcceptor::from(tls::server_config(&tls, &[])?),
@@ -110,6 +142,7 @@ impl Edge {
             session_limit: Arc::new(tokio::sync::Semaphore::new(config.limits.max_sessions)),
             visitor_limit: Arc::new(tokio::sync::Semaphore::new(config.limits.max_visitor_connections)),
             registry: registry::Registry::default(),
+            api_rate_limit: api::RateLimit::new(config.api_rate_limit.0, config.api_rate_limit.1),
             store,
             config,
             shutdown: rx,
@@ -120,8 +153,11 @@ impl Edge {
         if let Some(http) = http {
             tasks.spawn(ingress_http::accept_loop(shared.clone(), http, ingress_http::Scheme::Http));
         }
-        tracing::info!(%connect_addr, %https_addr, ?http_addr, "edge listening");
-        Ok(Edge { connect_addr, https_addr, http_addr, shutdown: tx, tasks, shared })
+        if let Some(api) = api {
+            tasks.spawn(api::serve(shared.clone(), api));
+        }
+        tracing::info!(%connect_addr, %https_addr, ?http_addr, ?api_addr, "edge listening");
+        Ok(Edge { connect_addr, https_addr, http_addr, api_addr, shutdown: tx, tasks, shared })
     }
 
     /// Number of live agent sessions.
@@ -140,14 +176,7 @@ impl Edge {
     /// endpoints go offline at once; the agents' reconnects are refused). Returns how many
     /// sessions were ended.
     pub async fn revoke_credential(&self, account_id: &str, id: &str) -> Result<usize, EdgeError> {
-        self.shared.store.delete_credential(account_id, id).await?;
-        let sessions = self.shared.registry.sessions_using(id);
-        for s in &sessions {
-            tracing::info!(session = %s.id, credential = %id, "authtoken revoked; ending its session");
-            s.mux.close(warren_mux::ErrorCode::None, "authtoken revoked");
-            self.shared.registry.remove_session(&s.id);
-        }
-        Ok(sessions.len())
+        Ok(self.shared.revoke_credential(account_id, id).await?)
     }
 
     /// The store the edge uses.

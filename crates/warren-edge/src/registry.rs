@@ -18,6 +18,17 @@ pub(crate) struct AgentSession {
     pub(crate) remote: SocketAddr,
     /// The authtoken it authenticated with (id and bind ACL; never the secret).
     pub(crate) credential: warren_store::Credential,
+    /// What the agent said about itself in Auth, for the API.
+    pub(crate) info: SessionInfo,
+}
+
+/// Agent details shown by `/tunnel_sessions`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SessionInfo {
+    pub(crate) started_at: String,
+    pub(crate) agent_version: String,
+    pub(crate) os: String,
+    pub(crate) metadata: String,
 }
 
 /// The protocol of a bound endpoint.
@@ -123,6 +134,28 @@ impl Registry {
 
     pub(crate) fn session_count(&self) -> usize {
         self.lock().sessions.len()
+    }
+
+    /// Live sessions of an account, oldest first.
+    pub(crate) fn sessions_of(&self, account_id: &str) -> Vec<Arc<AgentSession>> {
+        let inner = self.lock();
+        let mut v: Vec<_> = inner
+            .sessions
+            .values()
+            .filter(|e| e.session.account_id == account_id)
+            .map(|e| e.session.clone())
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Endpoints bound by an account's sessions, by URL.
+    pub(crate) fn endpoints_of(&self, account_id: &str) -> Vec<Arc<Endpoint>> {
+        let inner = self.lock();
+        let mut v: Vec<_> =
+            inner.endpoints.values().filter(|e| e.session.account_id == account_id).cloned().collect();
+        v.sort_by(|a, b| a.url.cmp(&b.url));
+        v
     }
 
     /// Live sessions that authenticated with the authtoken `credential_id`.

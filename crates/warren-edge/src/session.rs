@@ -195,7 +195,20 @@ async fn handle_auth(
     if reply(&mut stream, &resp).await.is_err() {
         return None;
     }
-    Some(AgentSession { id, mux: mux.clone(), account_id: credential.account_id.clone(), remote, credential })
+    let info = crate::registry::SessionInfo {
+        started_at: warren_store::now_rfc3339(),
+        agent_version: auth.extra.version.chars().take(64).collect(),
+        os: auth.extra.os.chars().take(64).collect(),
+        metadata: auth.extra.metadata.chars().take(4096).collect(),
+    };
+    Some(AgentSession {
+        id,
+        mux: mux.clone(),
+        account_id: credential.account_id.clone(),
+        remote,
+        credential,
+        info,
+    })
 }
 
 async fn serve_rpcs(shared: &Arc<Shared>, session: &Arc<AgentSession>) {

@@ -133,3 +133,29 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Changes an API key's description or metadata.
+    pub async fn update_api_key(
+        &self,
+        account_id: &str,
+        id: &str,
+        description: Option<String>,
+        metadata: Option<String>,
+    ) -> Result<ApiKey, StoreError> {
+        for (f, v) in [("description", &description), ("metadata", &metadata)] {
+            if v.as_ref().is_some_and(|v| v.len() > 4096) {
+                return Err(StoreError::Invalid(format!("{f}: at most 4096 bytes")));
+            }
+        }
+        let n = with_db!(self.db, pool => {
+            sqlx::query("UPDATE api_keys SET description = COALESCE($1, description), metadata = COALESCE($2, metadata) WHERE account_id = $3 AND id = $4")
+                .bind(&description).bind(&metadata).bind(account_id).bind(id)
+                .execute(pool).await?.rows_affected()
+        });
+        if n == 0 {
+            return Err(StoreError::NotFound("api key"));
+        }
+        self.get_api_key(account_id, id).await
+    }
+}

@@ -82,6 +82,7 @@ impl TestEdge {
         config.connect_addr = lo;
         config.https_addr = lo;
         config.http_addr = Some(lo);
+        config.api_addr = Some(lo);
         config.heartbeat_interval = Duration::from_secs(1);
         config.heartbeat_tolerance = Duration::from_secs(3);
         tweak(&mut config);
@@ -94,6 +95,7 @@ impl TestEdge {
         config.connect_addr = edge.connect_addr;
         config.https_addr = edge.https_addr;
         config.http_addr = edge.http_addr;
+        config.api_addr = edge.api_addr;
         TestEdge {
             edge: Some(edge),
             config,
@@ -123,6 +125,57 @@ impl TestEdge {
     /// The plain http ingress.
     pub fn http_addr(&self) -> SocketAddr {
         self.config.http_addr.expect("http ingress enabled")
+    }
+
+    /// The REST API listener.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.config.api_addr.expect("API enabled")
+    }
+
+    /// Calls the REST API as an ngrok API client would (`Ngrok-Version: 2`, Bearer key, JSON)
+    /// and returns the status, headers and JSON body (Null when empty).
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, hyper::HeaderMap, serde_json::Value) {
+        self.api_raw(method, path, key, Some("2"), body.map(|b| b.to_string().into_bytes())).await
+    }
+
+    /// [`TestEdge::api`] with control over the version header and raw body bytes.
+    pub async fn api_raw(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        version: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, hyper::HeaderMap, serde_json::Value) {
+        let tcp = TcpStream::connect(self.api_addr()).await.expect("connect to the API");
+        let mut send = http1(tcp).await;
+        let mut req = Request::builder().method(method).uri(path).header("host", "api.warren.localhost");
+        if let Some(k) = key {
+            req = req.header("authorization", format!("Bearer {k}"));
+        }
+        if let Some(v) = version {
+            req = req.header("ngrok-version", v);
+        }
+        let req = match body {
+            Some(b) => req.header("content-type", "application/json").body(full(b)).unwrap(),
+            None => req.body(empty()).unwrap(),
+        };
+        let res = within("API call", send.send_request(req)).await.expect("API response");
+        let (parts, body) = res.into_parts();
+        let bytes = body.collect().await.expect("API body").to_bytes();
+        let json = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("API answered non-JSON ({e}): {bytes:?}"))
+        };
+        (parts.status, parts.headers, json)
     }
 
     /// The data directory.

@@ -66,6 +66,12 @@ struct EdgeArgs {
     /// Plain http ingress (redirects to https except for http:// endpoints).
     #[arg(long, default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
+    /// REST API listener (ngrok API v2 compatible).
+    #[arg(long, default_value = "127.0.0.1:8088")]
+    api_addr: SocketAddr,
+    /// Disable the REST API.
+    #[arg(long)]
+    no_api: bool,
     /// Disable the plain http ingress.
     #[arg(long)]
     no_http: bool,
@@ -150,6 +156,7 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     config.connect_addr = args.connect_addr;
     config.https_addr = args.https_addr;
     config.http_addr = (!args.no_http).then_some(args.http_addr);
+    config.api_addr = (!args.no_api).then_some(args.api_addr);
     config.tcp_bind_ip = args.tcp_bind_ip;
     config.tcp_host = args.tcp_host;
     let (a, b) = args.tcp_ports.split_once('-').context("--tcp-ports must be FIRST-LAST")?;
@@ -165,6 +172,11 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     println!("  data directory:  {}", data_dir.display());
     println!("  agents connect:  {connect} (CA certificate: {})", ca.display());
     println!("  https endpoints: https://<name>.{}:{}", config.base_domain, edge.https_addr.port());
+    if let Some(api) = edge.api_addr {
+        println!(
+            "  REST API:        http://{api} (ngrok API v2: Authorization: Bearer <API key>, Ngrok-Version: 2)"
+        );
+    }
     match &prepared.first_start {
         Some(first) => {
             println!();

@@ -130,6 +130,8 @@ fn edge_and_agent_binaries_serve_curl_over_https_and_tcp() {
         "127.0.0.1:0",
         "--http-addr",
         "127.0.0.1:0",
+        "--api-addr",
+        "127.0.0.1:0",
         "--tcp-ports",
         "43000-43999",
     ];

@@ -1,0 +1,143 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use warren_store::Role;
+
+use super::ApiError;
+use crate::Shared;
+
+/// Who is calling: the API key and the role it carries (its owner's; an account key without
+/// an owner acts as admin).
+#[derive(Clone, Debug)]
+pub(crate) struct Principal {
+    pub(crate) account_id: String,
+    pub(crate) key_id: String,
+    pub(crate) user_id: Option<String>,
+    pub(crate) role: Role,
+}
+
+impl Principal {
+    /// Admins may do anything; others get 403 for account-wide changes.
+    pub(crate) fn require_admin(&self, what: &str) -> Result<(), ApiError> {
+        if self.role == Role::Admin {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "{what} needs the admin role; this key's role is {}",
+                self.role.as_str()
+            )))
+        }
+    }
+
+    /// Admins may change anything; developers only what they own.
+    pub(crate) fn require_owner_or_admin(&self, owner: Option<&str>, what: &str) -> Result<(), ApiError> {
+        match self.role {
+            Role::Admin => Ok(()),
+            Role::Developer if owner.is_some() && owner == self.user_id.as_deref() => Ok(()),
+            r => Err(ApiError::forbidden(format!(
+                "the {} role may not change {what} it does not own",
+                r.as_str()
+            ))),
+        }
+    }
+}
+
+/// Requests per API key per window (ngrok: 120 per 60 s). A fixed window per key: cheap and
+/// enough to stop a runaway script.
+#[derive(Debug)]
+pub struct RateLimit {
+    max: u32,
+    window: Duration,
+    counts: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl RateLimit {
+    /// `max` requests per `window` for each key.
+    pub fn new(max: u32, window: Duration) -> RateLimit {
+        RateLimit { max, window, counts: Mutex::new(HashMap::new()) }
+    }
+
+    /// Counts one request; `Err(seconds)` when over the limit.
+    fn hit(&self, key: &str, now: Instant) -> Result<(), u64> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.len() > 100_000 {
+            // Keys that stopped calling; bounded memory.
+            counts.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+        }
+        let entry = counts.entry(key.to_owned()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= self.window {
+            *entry = (now, 0);
+        }
+        if entry.1 >= self.max {
+            let left = self.window.saturating_sub(now.duration_since(entry.0));
+            return Err(left.as_secs().max(1));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+}
+
+/// Version header, API key, rate limit and the read-only role, before any handler runs.
+pub(crate) async fn check(
+    State(shared): State<Arc<Shared>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let version = req.headers().get("ngrok-version").and_then(|v| v.to_str().ok()).map(str::trim);
+    if version != Some("2") {
+        return Err(ApiError::missing_version());
+    }
+    let key = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthorized("send the API key as Authorization: Bearer <key>"))?;
+    let key = shared
+        .store
+        .verify_api_key(key)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("the API key is invalid, deleted or expired"))?;
+    shared.api_rate_limit.hit(&key.id, Instant::now()).map_err(ApiError::rate_limited)?;
+    let role = match &key.owner_id {
+        Some(uid) => match shared.store.get_user(&key.account_id, uid).await {
+            Ok(u) => u.role,
+            // The owner was deleted: the key keeps no more than read access.
+            Err(warren_store::StoreError::NotFound(_)) => Role::ReadOnly,
+            Err(e) => return Err(e.into()),
+        },
+        None => Role::Admin,
+    };
+    if role == Role::ReadOnly && req.method() != Method::GET {
+        return Err(ApiError::forbidden("this API key's role is read-only"));
+    }
+    req.extensions_mut().insert(Principal {
+        account_id: key.account_id,
+        key_id: key.id,
+        user_id: key.owner_id,
+        role,
+    });
+    Ok(next.run(req).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_counts_per_key_and_resets_after_the_window() {
+        let rl = RateLimit::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(rl.hit("a", t0).is_ok());
+        assert!(rl.hit("a", t0).is_ok());
+        assert_eq!(rl.hit("a", t0 + Duration::from_secs(10)), Err(50));
+        assert!(rl.hit("b", t0).is_ok(), "another key has its own budget");
+        assert!(rl.hit("a", t0 + Duration::from_secs(60)).is_ok());
+    }
+}

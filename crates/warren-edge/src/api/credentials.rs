@@ -1,0 +1,136 @@
+//! `/credentials`: authtokens. The token is in the response to create only.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use warren_store::{Credential, CredentialUpdate, NewCredential, Role};
+
+use super::{ApiError, PageQuery, Principal, next_page_uri, parse_body};
+use crate::Shared;
+
+#[derive(Serialize)]
+pub(crate) struct CredentialJson {
+    id: String,
+    uri: String,
+    created_at: String,
+    description: String,
+    metadata: String,
+    token: Option<String>,
+    acl: Vec<String>,
+    owner_id: Option<String>,
+}
+
+fn json(c: Credential, token: Option<String>) -> CredentialJson {
+    CredentialJson {
+        uri: format!("/credentials/{}", c.id),
+        id: c.id,
+        created_at: c.created_at,
+        description: c.description,
+        metadata: c.metadata,
+        token,
+        acl: c.acl,
+        owner_id: c.owner_id,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    metadata: String,
+    #[serde(default)]
+    acl: Vec<String>,
+    owner_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    description: Option<String>,
+    metadata: Option<String>,
+    acl: Option<Vec<String>>,
+}
+
+pub(crate) async fn create(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<CredentialJson>), ApiError> {
+    let b: CreateBody = parse_body(&body)?;
+    let owner_id = match (p.role, b.owner_id) {
+        (Role::Admin, Some(o)) => {
+            shared.store.get_user(&p.account_id, &o).await?;
+            Some(o)
+        }
+        (Role::Admin, None) => None,
+        (_, Some(o)) if Some(&o) != p.user_id.as_ref() => {
+            return Err(ApiError::forbidden("only admins may create authtokens for other users"));
+        }
+        (_, _) => p.user_id.clone(),
+    };
+    let new = NewCredential { description: b.description, metadata: b.metadata, acl: b.acl, owner_id };
+    let (c, token) = shared.store.create_credential(&p.account_id, &new).await?;
+    tracing::info!(credential = %c.id, by = %p.key_id, "authtoken created");
+    Ok((StatusCode::CREATED, Json(json(c, Some(token.0)))))
+}
+
+pub(crate) async fn get(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<CredentialJson>, ApiError> {
+    Ok(Json(json(shared.store.get_credential(&p.account_id, &id).await?, None)))
+}
+
+#[derive(Serialize)]
+pub(crate) struct ListJson {
+    credentials: Vec<CredentialJson>,
+    uri: &'static str,
+    next_page_uri: Option<String>,
+}
+
+pub(crate) async fn list(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ListJson>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let page = shared.store.list_credentials(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let next = next_page_uri("/credentials", &q, page.more, page.items.last().map(|c| c.id.as_str()));
+    Ok(Json(ListJson {
+        credentials: page.items.into_iter().map(|c| json(c, None)).collect(),
+        uri: "/credentials",
+        next_page_uri: next,
+    }))
+}
+
+pub(crate) async fn update(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<CredentialJson>, ApiError> {
+    let b: UpdateBody = parse_body(&body)?;
+    let current = shared.store.get_credential(&p.account_id, &id).await?;
+    p.require_owner_or_admin(current.owner_id.as_deref(), "an authtoken")?;
+    let up = CredentialUpdate { description: b.description, metadata: b.metadata, acl: b.acl };
+    Ok(Json(json(shared.store.update_credential(&p.account_id, &id, &up).await?, None)))
+}
+
+pub(crate) async fn delete(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let current = shared.store.get_credential(&p.account_id, &id).await?;
+    p.require_owner_or_admin(current.owner_id.as_deref(), "an authtoken")?;
+    let ended = shared.revoke_credential(&p.account_id, &id).await?;
+    tracing::info!(credential = %id, by = %p.key_id, sessions_ended = ended, "authtoken deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

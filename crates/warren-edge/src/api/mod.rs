@@ -1,0 +1,90 @@
+//! The REST API, compatible with ngrok's API v2 so existing ngrok API clients work by changing
+//! the base URL: `Authorization: Bearer <API key>`, `Ngrok-Version: 2`, JSON, RFC 3339
+//! times, newest-first pages with `limit`, `before_id` and `next_page_uri`, and errors as
+//! `{error_code, status_code, msg, details}`.
+//!
+//! [`app`] builds the router without serving it, so tests call it directly; [`serve`] runs
+//! it on its own listener.
+//!
+//! - `error.rs`: [`ApiError`], the one error type, and its status codes.
+//! - `auth.rs`: the API key, version header and rate limit checks; [`Principal`] and roles.
+//! - `credentials.rs`, `api_keys.rs`, `users.rs`, `sessions.rs`: one resource each.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use crate::Shared;
+
+mod api_keys;
+mod auth;
+mod credentials;
+mod error;
+mod sessions;
+mod users;
+
+pub(crate) use auth::Principal;
+pub use auth::RateLimit;
+pub use error::ApiError;
+
+/// The API's routes over the edge's shared state.
+pub(crate) fn app(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/credentials", get(credentials::list).post(credentials::create))
+        .route(
+            "/credentials/{id}",
+            get(credentials::get).patch(credentials::update).delete(credentials::delete),
+        )
+        .route("/api_keys", get(api_keys::list).post(api_keys::create))
+        .route("/api_keys/{id}", get(api_keys::get).patch(api_keys::update).delete(api_keys::delete))
+        .route("/users", get(users::list).post(users::create))
+        .route("/users/{id}", get(users::get).patch(users::update).delete(users::delete))
+        .route("/tunnel_sessions", get(sessions::list))
+        .route("/tunnel_sessions/{id}", get(sessions::get))
+        .route("/tunnel_sessions/{id}/stop", post(sessions::stop))
+        .route("/tunnel_sessions/{id}/restart", post(sessions::restart))
+        .route("/endpoints", get(sessions::endpoints))
+        .route("/tunnels", get(sessions::tunnels))
+        .fallback(|| async { ApiError::not_found("no such API resource") })
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), auth::check))
+        .with_state(shared)
+}
+
+/// Serves the API on `listener` until the edge shuts down.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+    let stop = crate::shutting_down(shared.shutdown.clone());
+    let app = app(shared).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        tracing::warn!(error = %e, "API listener failed");
+    }
+}
+
+/// `?limit=&before_id=` of list calls.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PageQuery {
+    limit: Option<u32>,
+    before_id: Option<String>,
+}
+
+impl PageQuery {
+    fn limit(&self) -> u32 {
+        self.limit.unwrap_or(100).clamp(1, 100)
+    }
+}
+
+/// `next_page_uri` for a page whose last id is `last`, or null.
+fn next_page_uri(path: &str, q: &PageQuery, more: bool, last: Option<&str>) -> Option<String> {
+    match (more, last) {
+        (true, Some(last)) => Some(format!("{path}?limit={}&before_id={last}", q.limit())),
+        _ => None,
+    }
+}
+
+/// Parses a JSON body, turning every failure into a 400 that says what is wrong.
+fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { bytes };
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}

@@ -1,0 +1,117 @@
+//! `/users` (warren's own): people in the account and their roles. Admins change them; every
+//! role may read them.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use warren_store::{Role, User};
+
+use super::{ApiError, PageQuery, Principal, next_page_uri, parse_body};
+use crate::Shared;
+
+#[derive(Serialize)]
+pub(crate) struct UserJson {
+    id: String,
+    uri: String,
+    email: String,
+    role: &'static str,
+    created_at: String,
+}
+
+fn json(u: User) -> UserJson {
+    UserJson {
+        uri: format!("/users/{}", u.id),
+        id: u.id,
+        email: u.email,
+        role: u.role.as_str(),
+        created_at: u.created_at,
+    }
+}
+
+fn role(s: &str) -> Result<Role, ApiError> {
+    Role::parse(s).ok_or_else(|| {
+        ApiError::bad_request(format!("invalid role {s:?}: use admin, developer or read-only"))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    email: String,
+    role: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    role: String,
+}
+
+pub(crate) async fn create(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<UserJson>), ApiError> {
+    p.require_admin("adding users")?;
+    let b: CreateBody = parse_body(&body)?;
+    let u = shared.store.create_user(&p.account_id, &b.email, role(&b.role)?).await?;
+    Ok((StatusCode::CREATED, Json(json(u))))
+}
+
+pub(crate) async fn get(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<UserJson>, ApiError> {
+    Ok(Json(json(shared.store.get_user(&p.account_id, &id).await?)))
+}
+
+#[derive(Serialize)]
+pub(crate) struct ListJson {
+    users: Vec<UserJson>,
+    uri: &'static str,
+    next_page_uri: Option<String>,
+}
+
+pub(crate) async fn list(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ListJson>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let page = shared.store.list_users(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let next = next_page_uri("/users", &q, page.more, page.items.last().map(|u| u.id.as_str()));
+    Ok(Json(ListJson {
+        users: page.items.into_iter().map(json).collect(),
+        uri: "/users",
+        next_page_uri: next,
+    }))
+}
+
+pub(crate) async fn update(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<UserJson>, ApiError> {
+    p.require_admin("changing roles")?;
+    let b: UpdateBody = parse_body(&body)?;
+    Ok(Json(json(shared.store.set_user_role(&p.account_id, &id, role(&b.role)?).await?)))
+}
+
+pub(crate) async fn delete(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    p.require_admin("removing users")?;
+    if p.user_id.as_deref() == Some(id.as_str()) {
+        return Err(ApiError::bad_request("an admin cannot remove themselves; ask another admin"));
+    }
+    shared.store.delete_user(&p.account_id, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
