@@ -140,7 +140,8 @@ async fn session(
         let msg = clean(&resp.error);
         let fatal = resp.error.contains(codes::AUTHTOKEN_INVALID)
             || resp.error.contains(codes::AUTHTOKEN_MALFORMED)
-            || resp.error.contains(codes::UNSUPPORTED_VERSION);
+            || resp.error.contains(codes::UNSUPPORTED_VERSION)
+            || resp.error.contains(codes::IP_RESTRICTED);
         return if fatal { (Ended::Fatal(AgentError::Auth(msg)), false) } else { (Ended::Retry(msg), false) };
     }
     *resume_id = resp.client_id.clone();

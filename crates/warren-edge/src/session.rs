@@ -167,6 +167,31 @@ async fn handle_auth(
             return None;
         }
     };
+    // IP restrictions of type `agent` apply before anything else of the session.
+    match shared.store.check_ip(&credential.account_id, "agent", remote.ip()).await {
+        Ok(warren_store::IpDecision::Allow) => {}
+        Ok(warren_store::IpDecision::Deny { restriction, enforced: false }) => {
+            tracing::warn!(%remote, %restriction, "agent session from an address outside an IP restriction (log only; allowed)");
+        }
+        Ok(warren_store::IpDecision::Deny { restriction, enforced: true }) => {
+            tracing::info!(%remote, %restriction, "agent session refused by IP restriction");
+            let r = fail(
+                &format!(
+                    "agent sessions from {} are not allowed by IP restriction {restriction}; ask an administrator",
+                    remote.ip()
+                ),
+                codes::IP_RESTRICTED,
+            );
+            let _ = reply(&mut stream, &r).await;
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store failed while checking IP restrictions");
+            let r = fail("the edge could not check its IP restrictions; try again", codes::AUTHTOKEN_INVALID);
+            let _ = reply(&mut stream, &r).await;
+            return None;
+        }
+    }
     // Resume: a reconnecting agent presents its previous session id. The old session is
     // probably a dead connection the edge has not noticed yet; it is closed so its endpoints
     // can be bound again at once instead of failing with "already bound".

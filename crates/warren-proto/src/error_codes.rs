@@ -23,3 +23,5 @@ pub const ENDPOINT_NOT_FOUND: &str = "ERR_NGROK_3200";
 pub const UPSTREAM_UNREACHABLE: &str = "ERR_NGROK_8012";
 /// The session serving the endpoint went away while the visitor waited.
 pub const SESSION_GONE: &str = "ERR_NGROK_3004";
+/// The client's address is refused by an IP restriction (warren's code: ngrok documents none).
+pub const IP_RESTRICTED: &str = "ERR_WARREN_IP_RESTRICTED";

@@ -33,11 +33,13 @@ macro_rules! with_db {
 mod accounts;
 mod api_keys;
 mod credentials;
+pub mod ip;
 pub mod model;
 mod secret;
 mod time;
 mod users;
 
+pub use ip::{Cidr, IpDecision, IpPolicy, IpPolicyRule, IpRestriction};
 pub use model::{
     Account, ApiKey, Credential, CredentialUpdate, NewApiKey, NewCredential, Page, Role, Token, User,
 };

@@ -207,3 +207,58 @@ async fn unsupported_urls_are_refused_without_echoing_credentials() {
     let e = Store::open("mysql://user:hunter2@db/x").await.unwrap_err();
     assert!(!e.to_string().contains("hunter2"), "{e}");
 }
+
+#[tokio::test]
+async fn ip_restrictions_decide_by_their_policies() {
+    on_both(|s| async move {
+        let acc = account(&s).await;
+        let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(s.check_ip(&acc.id, "agent", lo).await.unwrap(), IpDecision::Allow, "no restriction");
+        let corp = s.create_ip_policy(&acc.id, "corp only").await.unwrap();
+        s.create_ip_policy_rule(&acc.id, &corp.id, "10.0.0.0/8", "allow", "office").await.unwrap();
+        s.create_ip_policy_rule(&acc.id, &corp.id, "2001:db8::/32", "allow", "office v6").await.unwrap();
+        assert!(matches!(
+            s.create_ip_policy_rule(&acc.id, &corp.id, "10.0.0.1/8", "allow", "").await,
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(matches!(
+            s.create_ip_policy_rule(&acc.id, &corp.id, "10.0.0.0/8", "maybe", "").await,
+            Err(StoreError::Invalid(_))
+        ));
+        let x = s
+            .create_ip_restriction(&acc.id, "agent", true, std::slice::from_ref(&corp.id), "")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.check_ip(&acc.id, "agent", lo).await.unwrap(),
+            IpDecision::Deny { restriction: x.id.clone(), enforced: true }
+        );
+        assert_eq!(
+            s.check_ip(&acc.id, "agent", "10.2.3.4".parse().unwrap()).await.unwrap(),
+            IpDecision::Allow
+        );
+        assert_eq!(
+            s.check_ip(&acc.id, "agent", "2001:db8::7".parse().unwrap()).await.unwrap(),
+            IpDecision::Allow
+        );
+        assert_eq!(
+            s.check_ip(&acc.id, "api", lo).await.unwrap(),
+            IpDecision::Allow,
+            "other kinds unaffected"
+        );
+        s.set_ip_restriction_enforced(&acc.id, &x.id, false).await.unwrap();
+        assert_eq!(
+            s.check_ip(&acc.id, "agent", lo).await.unwrap(),
+            IpDecision::Deny { restriction: x.id.clone(), enforced: false }
+        );
+        // Deleting the policy deletes its rules: the restriction then allows everyone.
+        s.delete_ip_policy(&acc.id, &corp.id).await.unwrap();
+        assert!(s.list_ip_policy_rules(&acc.id, 100, None).await.unwrap().items.is_empty());
+        assert_eq!(s.check_ip(&acc.id, "agent", lo).await.unwrap(), IpDecision::Allow);
+        assert!(matches!(
+            s.create_ip_restriction(&acc.id, "ssh", true, &[x.id.clone()], "").await,
+            Err(StoreError::Invalid(_))
+        ));
+    })
+    .await;
+}

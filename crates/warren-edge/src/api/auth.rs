@@ -105,6 +105,19 @@ pub(crate) async fn check(
         .await?
         .ok_or_else(|| ApiError::unauthorized("the API key is invalid, deleted or expired"))?;
     shared.api_rate_limit.hit(&key.id, Instant::now()).map_err(ApiError::rate_limited)?;
+    let ip = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let ip = ip.unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+    match shared.store.check_ip(&key.account_id, "api", ip).await? {
+        warren_store::IpDecision::Allow => {}
+        warren_store::IpDecision::Deny { restriction, enforced: false } => {
+            tracing::warn!(%ip, %restriction, key = %key.id, "API call from outside an IP restriction (log only; allowed)");
+        }
+        warren_store::IpDecision::Deny { restriction, enforced: true } => {
+            return Err(ApiError::forbidden(format!(
+                "API calls from {ip} are not allowed by IP restriction {restriction}"
+            )));
+        }
+    }
     let role = match &key.owner_id {
         Some(uid) => match shared.store.get_user(&key.account_id, uid).await {
             Ok(u) => u.role,

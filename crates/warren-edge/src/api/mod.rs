@@ -8,7 +8,7 @@
 //!
 //! - `error.rs`: [`ApiError`], the one error type, and its status codes.
 //! - `auth.rs`: the API key, version header and rate limit checks; [`Principal`] and roles.
-//! - `credentials.rs`, `api_keys.rs`, `users.rs`, `sessions.rs`: one resource each.
+//! - `credentials.rs`, `api_keys.rs`, `users.rs`, `ip.rs`, `sessions.rs`: one resource each.
 
 use std::sync::Arc;
 
@@ -22,6 +22,7 @@ mod api_keys;
 mod auth;
 mod credentials;
 mod error;
+mod ip;
 mod sessions;
 mod users;
 
@@ -41,6 +42,15 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .route("/api_keys/{id}", get(api_keys::get).patch(api_keys::update).delete(api_keys::delete))
         .route("/users", get(users::list).post(users::create))
         .route("/users/{id}", get(users::get).patch(users::update).delete(users::delete))
+        .route("/ip_policies", get(ip::list_policies).post(ip::create_policy))
+        .route("/ip_policies/{id}", get(ip::get_policy).patch(ip::update_policy).delete(ip::delete_policy))
+        .route("/ip_policy_rules", get(ip::list_rules).post(ip::create_rule))
+        .route("/ip_policy_rules/{id}", axum::routing::delete(ip::delete_rule))
+        .route("/ip_restrictions", get(ip::list_restrictions).post(ip::create_restriction))
+        .route(
+            "/ip_restrictions/{id}",
+            axum::routing::patch(ip::update_restriction).delete(ip::delete_restriction),
+        )
         .route("/tunnel_sessions", get(sessions::list))
         .route("/tunnel_sessions/{id}", get(sessions::get))
         .route("/tunnel_sessions/{id}/stop", post(sessions::stop))

@@ -1,0 +1,115 @@
+//! IP policies and restrictions through the API, enforced on agent sessions and API calls.
+//! Every test client is on 127.0.0.1, so a policy that allows only 10.0.0.0/8 shuts it out.
+
+use hyper::StatusCode;
+use serde_json::json;
+use warren_agent::{Agent, AgentError, EndpointConfig};
+use warren_testkit::*;
+
+/// A policy allowing only 10.0.0.0/8 (so not loopback), and a restriction of `kind` using it.
+async fn corp_only(edge: &TestEdge, kind: &str, enforced: bool) -> String {
+    let key = Some(edge.api_key.as_str());
+    let (s, _, pol) = edge.api("POST", "/ip_policies", key, Some(json!({"description": "corp"}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{pol}");
+    let body = json!({"ip_policy_id": pol["id"], "cidr": "10.0.0.0/8", "action": "allow"});
+    let (s, _, rule) = edge.api("POST", "/ip_policy_rules", key, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{rule}");
+    let (s, _, bad) = edge
+        .api(
+            "POST",
+            "/ip_policy_rules",
+            key,
+            Some(json!({"ip_policy_id": pol["id"], "cidr": "10.0.0.1/8", "action": "allow"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "host bits set: {bad}");
+    let body = json!({"type": kind, "enforced": enforced, "ip_policy_ids": [pol["id"]]});
+    let (s, _, x) = edge.api("POST", "/ip_restrictions", key, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{x}");
+    assert_eq!(x["ip_policies"][0]["id"], pol["id"]);
+    x["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn an_agent_from_a_denied_address_never_gets_to_bind() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let x = corp_only(&edge, "agent", true).await;
+    let ep = EndpointConfig::http(&up.url(), Some("https://denied.warren.localhost")).unwrap();
+    let mut agent = Agent::start(edge.agent_with(ep.clone()));
+    let err = within("refused", agent.wait_online()).await.unwrap_err();
+    assert!(
+        matches!(&err, AgentError::Auth(m) if m.contains("not allowed by IP restriction") && m.contains(&x) && m.contains("127.0.0.1")),
+        "{err:?}"
+    );
+    assert_eq!(edge.edge().session_count(), 0);
+    let (status, _, _) = https_get(&edge, "denied.warren.localhost", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was bound");
+
+    // Log-only: the same agent is let in (and the edge logs it).
+    let (s, _, _) = edge
+        .api("PATCH", &format!("/ip_restrictions/{x}"), Some(&edge.api_key), Some(json!({"enforced": false})))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let mut agent = Agent::start(edge.agent_with(ep));
+    within("log-only lets it in", agent.wait_online()).await.unwrap();
+}
+
+#[tokio::test]
+async fn api_calls_from_a_denied_address_get_403_and_log_only_allows() {
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    let x = corp_only(&edge, "api", false).await;
+    let (s, _, list) = edge.api("GET", "/ip_restrictions", key, None).await;
+    assert_eq!(s, StatusCode::OK, "log-only allows: {list}");
+    assert_eq!(list["ip_restrictions"][0]["enforced"], false);
+    let (s, _, _) =
+        edge.api("PATCH", &format!("/ip_restrictions/{x}"), key, Some(json!({"enforced": true}))).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, body) = edge.api("GET", "/credentials", key, None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["msg"].as_str().unwrap().contains(&x), "{body}");
+    // Agents are not affected by an api restriction.
+    let up = HttpUpstream::start().await;
+    let mut agent = Agent::start(edge.agent_with(EndpointConfig::http(&up.url(), None).unwrap()));
+    within("agent unaffected", agent.wait_online()).await.unwrap();
+}
+
+#[tokio::test]
+async fn ip_resources_page_get_update_delete_and_need_admin() {
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    for i in 0..3 {
+        let (s, _, _) =
+            edge.api("POST", "/ip_policies", key, Some(json!({"description": format!("p{i}")}))).await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let (_, _, page) = edge.api("GET", "/ip_policies?limit=2", key, None).await;
+    assert_eq!(page["ip_policies"].as_array().unwrap().len(), 2);
+    let next = page["next_page_uri"].as_str().expect("a second page").to_owned();
+    let (_, _, page2) = edge.api("GET", &next, key, None).await;
+    assert_eq!(page2["ip_policies"].as_array().unwrap().len(), 1);
+    assert!(page2["next_page_uri"].is_null());
+    let id = page2["ip_policies"][0]["id"].as_str().unwrap().to_owned();
+    let (s, _, p) =
+        edge.api("PATCH", &format!("/ip_policies/{id}"), key, Some(json!({"description": "renamed"}))).await;
+    assert_eq!((s, p["description"].as_str()), (StatusCode::OK, Some("renamed")));
+    let (s, _, _) = edge.api("DELETE", &format!("/ip_policies/{id}"), key, None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _, _) = edge.api("GET", &format!("/ip_policies/{id}"), key, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // A developer can read but not change them.
+    let (s, _, user) =
+        edge.api("POST", "/users", key, Some(json!({"email": "d@example.com", "role": "developer"}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (_, _, k) = edge.api("POST", "/api_keys", key, Some(json!({"owner_id": user["id"]}))).await;
+    let dev = k["token"].as_str();
+    let (s, _, _) = edge.api("GET", "/ip_policies", dev, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, body) = edge.api("POST", "/ip_policies", dev, Some(json!({}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    let (s, _, body) =
+        edge.api("POST", "/ip_restrictions", key, Some(json!({"type": "ssh", "ip_policy_ids": []}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+}
