@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use warren_agent::{Agent, AgentConfig, ConnectCas, EndpointConfig, Status};
 use warren_edge::EdgeConfig;
 
+mod api_cli;
+
 #[derive(Parser)]
 #[command(
     name = "warren",
@@ -36,6 +38,24 @@ enum Command {
         /// Rewrite the Host header: `rewrite` for the upstream's host:port, or a value.
         #[arg(long)]
         host_header: Option<String>,
+    },
+    /// Call the edge's REST API, like `ngrok api`: `warren api credentials create --description ci
+    /// --acl bind:app.example.com`, `warren api tunnel_sessions list`, `warren api api_keys delete ID`.
+    Api {
+        /// credentials, api_keys, users, ip_policies, ip_policy_rules, ip_restrictions,
+        /// tunnel_sessions, endpoints, tunnels.
+        resource: String,
+        /// list, get, create, update, delete, stop, restart.
+        op: String,
+        /// An id, then fields as `--name value` (repeat for lists) or `--data JSON`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+        /// API key (shown once when created; the first edge start prints one).
+        #[arg(long, env = "WARREN_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Where the edge's API listens.
+        #[arg(long, env = "WARREN_API_URL", default_value = "http://127.0.0.1:8088")]
+        api_url: String,
     },
     /// Expose a local TCP service on a tcp endpoint.
     Tcp {
@@ -128,6 +148,15 @@ fn main() -> anyhow::Result<()> {
                 ep.host_header = host_header;
                 ep.upstream_tls_verify = agent.upstream_tls_verify;
                 run_agent(agent, ep).await
+            }
+            Command::Api { resource, op, mut rest, api_key, api_url } => {
+                // `--api-key`/`--api-url` after the resource land in `rest`; take them out.
+                let api_key = api_cli::take_flag(&mut rest, "--api-key").or(api_key);
+                let api_url = api_cli::take_flag(&mut rest, "--api-url").unwrap_or(api_url);
+                let Some(key) = api_key.filter(|k| !k.is_empty()) else {
+                    bail!("no API key: pass --api-key or set WARREN_API_KEY (the edge printed one on its first start)");
+                };
+                api_cli::run(&api_url, &key, &resource, &op, &rest).await
             }
             Command::Tcp { upstream, agent } => {
                 let ep = EndpointConfig::tcp(&upstream, agent.url.as_deref()).map_err(anyhow::Error::msg)?;

@@ -141,7 +141,10 @@ fn edge_and_agent_binaries_serve_curl_over_https_and_tcp() {
     let connect = after(&line, "agents connect:").split_whitespace().next().unwrap().to_owned();
     let ca = after(&line, "(CA certificate:").trim_end_matches(')').to_owned();
     let https_port = edge.line_with("https endpoints:").rsplit(':').next().unwrap().to_owned();
+    let api_line = edge.line_with("REST API:");
+    let api_url = after(&api_line, "REST API:").split_whitespace().next().unwrap().to_owned();
     let token = after(&edge.line_with("authtoken:"), "authtoken:").to_owned();
+    let api_key = after(&edge.line_with("API key:"), "API key:").to_owned();
     let agent_cmd = edge.line_with("warren http 3000");
     assert!(
         agent_cmd.contains(&token) && agent_cmd.contains(&connect) && agent_cmd.contains(&ca),
@@ -199,6 +202,40 @@ fn edge_and_agent_binaries_serve_curl_over_https_and_tcp() {
     let mut buf = [0u8; 23];
     c.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ping through the binary");
+
+    // `warren api`, like `ngrok api`: make an ACL-limited token, list, delete.
+    let api = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .arg("api")
+            .args(args)
+            .args(["--api-url", &api_url, "--api-key", &api_key])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = api(&[
+        "credentials",
+        "create",
+        "--description",
+        "from the CLI",
+        "--acl",
+        "bind:cli.warren.localhost",
+    ]);
+    assert!(ok, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(created["token"].as_str().unwrap().starts_with("cr_"));
+    assert_eq!(created["acl"], serde_json::json!(["bind:cli.warren.localhost"]));
+    let id = created["id"].as_str().unwrap();
+    let (ok, out, _) = api(&["credentials", "list"]);
+    assert!(ok && out.contains(id) && out.contains("from the CLI"), "{out}");
+    let (ok, _, err) = api(&["credentials", "delete", id]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = api(&["credentials", "get", id]);
+    assert!(!ok && err.contains("404") && err.contains("not found"), "{err}");
 
     drop(agent);
     drop(tcp_agent);
