@@ -256,7 +256,7 @@ async fn ip_restrictions_decide_by_their_policies() {
         assert!(s.list_ip_policy_rules(&acc.id, 100, None).await.unwrap().items.is_empty());
         assert_eq!(s.check_ip(&acc.id, "agent", lo).await.unwrap(), IpDecision::Allow);
         assert!(matches!(
-            s.create_ip_restriction(&acc.id, "ssh", true, &[x.id.clone()], "").await,
+            s.create_ip_restriction(&acc.id, "ssh", true, std::slice::from_ref(&x.id), "").await,
             Err(StoreError::Invalid(_))
         ));
     })
