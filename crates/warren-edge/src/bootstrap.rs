@@ -32,7 +32,10 @@ pub struct Prepared {
 pub async fn prepare(config: &EdgeConfig) -> Result<Prepared, EdgeError> {
     let dir = &config.data_dir;
     create_private_dir(dir)?;
-    let store = Store::open_sqlite(&dir.join("warren.db")).await?;
+    let store = match &config.database_url {
+        Some(url) => Store::open(&url.0).await?,
+        None => Store::open_sqlite(&dir.join("warren.db")).await?,
+    };
     let tls = tls::ensure_local_ca(&dir.join("tls"), &config.certificate_names())?;
     let (account, created) = store.ensure_account("default").await?;
     let first_start = if created {

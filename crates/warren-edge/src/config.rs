@@ -10,6 +10,9 @@ use std::time::Duration;
 pub struct EdgeConfig {
     /// Where the store, certificates and credentials live.
     pub data_dir: PathBuf,
+    /// `postgres://...` to keep the store in PostgreSQL (shared by several edge nodes);
+    /// `None` keeps it in `warren.db` (SQLite) in the data directory.
+    pub database_url: Option<DatabaseUrl>,
     /// Endpoints get names under this domain (`name.<base_domain>`).
     pub base_domain: String,
     /// Host names agents may use in `connect_url` (covered by the edge certificate).
@@ -40,6 +43,19 @@ pub struct EdgeConfig {
     pub heartbeat_tolerance: Duration,
     /// Limits on every listener.
     pub limits: Limits,
+}
+
+/// A database URL; `Debug` hides the credentials in it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(pub String);
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.0.split_once("://"), self.0.rsplit_once('@')) {
+            (Some((scheme, _)), Some((_, host))) => write!(f, "\"{scheme}://********@{host}\""),
+            _ => write!(f, "{:?}", self.0),
+        }
+    }
 }
 
 /// Explicit limits; every listener faces the internet.
@@ -82,6 +98,7 @@ impl EdgeConfig {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         EdgeConfig {
             data_dir,
+            database_url: None,
             // Two labels: TLS clients (webpki, OpenSSL) refuse a wildcard directly under a
             // single-label name such as `*.localhost`.
             base_domain: "warren.localhost".into(),
@@ -187,6 +204,14 @@ mod tests {
         assert!(names.contains(&"*.warren.localhost".to_string()));
         assert!(names.contains(&"connect.warren.localhost".to_string()));
         assert!(names.contains(&"127.0.0.1".to_string()));
+    }
+
+    #[test]
+    fn debug_hides_database_credentials() {
+        let mut c = EdgeConfig::local_default("/tmp/x".into());
+        c.database_url = Some(DatabaseUrl("postgres://warren:hunter2@db.internal/warren".into()));
+        let d = format!("{c:?}");
+        assert!(!d.contains("hunter2") && d.contains("db.internal/warren"), "{d}");
     }
 
     #[test]

@@ -161,3 +161,42 @@ async fn protocol_version_2_clients_get_answers_in_version_2() {
     let resp: warren_proto::AuthResp = serde_json::from_slice(&reply).unwrap();
     assert!(resp.error.contains("ERR_NGROK_121"), "{}", resp.error);
 }
+
+#[tokio::test]
+async fn the_edge_runs_on_postgresql() {
+    use sqlx::Connection;
+    let url = std::env::var("WARREN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    if url == "skip" {
+        return;
+    }
+    // A database of its own, dropped at the end.
+    let db = warren_store::generate_id("warren_e2e").to_lowercase();
+    let mut admin = sqlx::PgConnection::connect(&url).await.expect("PostgreSQL for the store tests");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut admin).await.unwrap();
+    let base = url.rsplit_once('/').unwrap().0;
+    let db_url = format!("{base}/{db}");
+    {
+        let edge =
+            TestEdge::start_with(|c| c.database_url = Some(warren_edge::config::DatabaseUrl(db_url.clone())))
+                .await;
+        assert!(!edge.data_dir().join("warren.db").exists(), "no SQLite file when PostgreSQL is configured");
+        let up = HttpUpstream::start().await;
+        let mut agent = Agent::start(
+            edge.agent_with(EndpointConfig::http(&up.url(), Some("https://pg.warren.localhost")).unwrap()),
+        );
+        within("online on PostgreSQL", agent.wait_online()).await.unwrap();
+        let (status, _, body) = https_get(&edge, "pg.warren.localhost", "/").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from upstream"));
+        let (s, _, list) = edge.api("GET", "/credentials", Some(&edge.api_key), None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(list["credentials"].as_array().unwrap().len(), 1);
+        agent.stop().await.unwrap();
+        let mut edge = edge;
+        edge.stop().await;
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {db} WITH (FORCE)")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}

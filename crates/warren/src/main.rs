@@ -71,6 +71,10 @@ struct EdgeArgs {
     /// Data directory (store, certificates, credentials).
     #[arg(long, env = "WARREN_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Keep the store in PostgreSQL (postgres://user:pass@host/db) instead of the SQLite file in
+    /// the data directory.
+    #[arg(long, env = "WARREN_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Endpoints get names under this domain (at least two labels).
     #[arg(long, default_value = "warren.localhost")]
     base_domain: String,
@@ -181,6 +185,7 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let mut config = EdgeConfig::local_default(data_dir.clone());
     config.base_domain = args.base_domain.to_ascii_lowercase();
+    config.database_url = args.database_url.map(warren_edge::config::DatabaseUrl);
     config.connect_hostnames.extend(args.connect_hostnames);
     config.connect_addr = args.connect_addr;
     config.https_addr = args.https_addr;
