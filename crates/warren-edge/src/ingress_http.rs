@@ -8,7 +8,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -43,20 +42,13 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, sche
     let stop = crate::shutting_down(shared.shutdown.clone());
     tokio::pin!(stop);
     loop {
-        let (tcp, remote) = tokio::select! {
-            _ = &mut stop => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, ?scheme, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let what = match scheme {
+            Scheme::Http => "http ingress",
+            Scheme::Https => "https ingress",
         };
-        let Ok(permit) = shared.visitor_limit.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, "visitor connection limit reached");
-            continue;
+        let (tcp, remote, permit) = tokio::select! {
+            _ = &mut stop => return,
+            c = crate::accept_limited(&listener, &shared.visitor_limit, what) => c,
         };
         let shared = shared.clone();
         tokio::spawn(async move {

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rand::Rng;
 use tokio::net::{TcpListener, TcpStream};
@@ -83,18 +82,8 @@ pub(crate) async fn bind(
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ep: Arc<Endpoint>) {
     loop {
-        let (tcp, remote) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, url = %ep.url, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = shared.visitor_limit.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, "visitor connection limit reached");
-            continue;
-        };
+        let (tcp, remote, permit) =
+            crate::accept_limited(&listener, &shared.visitor_limit, "tcp endpoint").await;
         let ep = ep.clone();
         tokio::spawn(async move {
             proxy(tcp, remote, &ep).await;

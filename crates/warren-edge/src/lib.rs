@@ -203,6 +203,30 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, EdgeError> {
     TcpListener::bind(addr).await.map_err(|source| EdgeError::Bind { addr, source })
 }
 
+/// Accepts the next connection that gets a permit from `limit`. Accept errors (EMFILE and
+/// friends) back off briefly instead of spinning; connections over the limit are closed at
+/// once. Every listener uses this, so the limits behave the same everywhere.
+pub(crate) async fn accept_limited(
+    listener: &TcpListener,
+    limit: &Arc<tokio::sync::Semaphore>,
+    what: &str,
+) -> (tokio::net::TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit) {
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, listener = what, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match limit.clone().try_acquire_owned() {
+            Ok(permit) => return (tcp, remote, permit),
+            Err(_) => tracing::warn!(%remote, listener = what, "connection limit reached; closing"),
+        }
+    }
+}
+
 /// Resolves when the edge is shutting down.
 pub(crate) async fn shutting_down(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;

@@ -20,21 +20,9 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let stop = crate::shutting_down(shared.shutdown.clone());
     tokio::pin!(stop);
     loop {
-        let (tcp, remote) = tokio::select! {
+        let (tcp, remote, permit) = tokio::select! {
             _ = &mut stop => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed on connect listener");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = shared.session_limit.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, "session limit reached; refusing agent");
-            continue;
+            c = crate::accept_limited(&listener, &shared.session_limit, "agent listener") => c,
         };
         let shared = shared.clone();
         tokio::spawn(async move {
