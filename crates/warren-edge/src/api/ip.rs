@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -15,7 +15,6 @@ use super::{ApiError, PageQuery, Principal, next_page_uri, parse_body};
 use crate::Shared;
 
 type PageResult = Result<Json<Value>, ApiError>;
-type QueryResult = Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>;
 
 fn policy(p: &IpPolicy) -> Value {
     json!({"id": p.id, "uri": format!("/ip_policies/{}", p.id), "description": p.description, "created_at": p.created_at})
@@ -89,9 +88,8 @@ pub(crate) async fn delete_policy(
 pub(crate) async fn list_policies(
     State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
-    q: QueryResult,
+    q: PageQuery,
 ) -> PageResult {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let page = shared.store.list_ip_policies(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/ip_policies", &q, page.more, page.items.last().map(|x| x.id.as_str()));
     Ok(Json(
@@ -126,9 +124,8 @@ pub(crate) async fn create_rule(
 pub(crate) async fn list_rules(
     State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
-    q: QueryResult,
+    q: PageQuery,
 ) -> PageResult {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let page = shared.store.list_ip_policy_rules(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/ip_policy_rules", &q, page.more, page.items.last().map(|x| x.id.as_str()));
     Ok(Json(
@@ -185,9 +182,8 @@ pub(crate) async fn create_restriction(
 pub(crate) async fn list_restrictions(
     State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
-    q: QueryResult,
+    q: PageQuery,
 ) -> PageResult {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let page = shared.store.list_ip_restrictions(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/ip_restrictions", &q, page.more, page.items.last().map(|x| x.id.as_str()));
     Ok(Json(

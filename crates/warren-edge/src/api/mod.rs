@@ -79,6 +79,18 @@ pub(crate) struct PageQuery {
     before_id: Option<String>,
 }
 
+/// Extracted straight from the query string; a malformed one is a 400 in ngrok's error body.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PageQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Query(q) = axum::extract::Query::<PageQuery>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        Ok(q)
+    }
+}
+
 impl PageQuery {
     fn limit(&self) -> u32 {
         self.limit.unwrap_or(100).clamp(1, 100)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use warren_store::{Role, User};
@@ -80,9 +80,8 @@ pub(crate) struct ListJson {
 pub(crate) async fn list(
     State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
-    q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    q: PageQuery,
 ) -> Result<Json<ListJson>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let page = shared.store.list_users(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/users", &q, page.more, page.items.last().map(|u| u.id.as_str()));
     Ok(Json(ListJson {
