@@ -2,14 +2,11 @@ use sqlx::Row;
 
 use crate::secret::{self, SecretKind};
 use crate::{
-    Credential, CredentialUpdate, NewCredential, Page, Store, StoreError, Token, into_page, now_rfc3339,
-    page_limit, parse_token,
+    Credential, CredentialUpdate, NewCredential, Page, Store, StoreError, Token, check_text, into_page,
+    now_rfc3339, page_limit, parse_token,
 };
 
-const COLUMNS: &str = "id, account_id, description, metadata, acl, owner_id, created_at";
-
-/// Longest description or metadata accepted, as in ngrok's API.
-const MAX_TEXT: usize = 4096;
+const COLUMNS: &str = "id, account_id, description, metadata, acl, owner_id, created_at, ip_policy_ids";
 
 fn credential<R: Row>(r: &R) -> Credential
 where
@@ -18,6 +15,7 @@ where
     Option<String>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     let acl: String = r.get(4);
+    let ip_policy_ids: String = r.get(7);
     Credential {
         id: r.get(0),
         account_id: r.get(1),
@@ -26,6 +24,7 @@ where
         acl: serde_json::from_str(&acl).unwrap_or_default(),
         owner_id: r.get(5),
         created_at: r.get(6),
+        ip_policy_ids: serde_json::from_str(&ip_policy_ids).unwrap_or_default(),
     }
 }
 
@@ -47,13 +46,6 @@ pub(crate) fn check_acl(acl: &[String]) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn check_text(field: &str, v: &str) -> Result<(), StoreError> {
-    if v.len() > MAX_TEXT {
-        return Err(StoreError::Invalid(format!("{field}: at most {MAX_TEXT} bytes")));
-    }
-    Ok(())
-}
-
 impl Store {
     /// Creates an authtoken; the returned [`Token`] is the only time the secret is visible.
     pub async fn create_credential(
@@ -64,6 +56,7 @@ impl Store {
         check_text("description", &new.description)?;
         check_text("metadata", &new.metadata)?;
         check_acl(&new.acl)?;
+        self.check_policies_exist(account_id, &new.ip_policy_ids).await?;
         let (id, token, hash) = secret::new_secret(SecretKind::Credential);
         let c = Credential {
             id,
@@ -72,13 +65,15 @@ impl Store {
             metadata: new.metadata.clone(),
             acl: new.acl.clone(),
             owner_id: new.owner_id.clone(),
+            ip_policy_ids: new.ip_policy_ids.clone(),
             created_at: now_rfc3339(),
         };
         let acl = serde_json::to_string(&c.acl).expect("strings serialize");
+        let policies = serde_json::to_string(&c.ip_policy_ids).expect("strings serialize");
         with_db!(self.db, pool => {
-            sqlx::query("INSERT INTO credentials (id, account_id, description, metadata, acl, owner_id, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+            sqlx::query("INSERT INTO credentials (id, account_id, description, metadata, acl, owner_id, secret_hash, created_at, ip_policy_ids) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
                 .bind(&c.id).bind(&c.account_id).bind(&c.description).bind(&c.metadata).bind(&acl)
-                .bind(&c.owner_id).bind(&hash[..]).bind(&c.created_at)
+                .bind(&c.owner_id).bind(&hash[..]).bind(&c.created_at).bind(&policies)
                 .execute(pool).await?;
         });
         Ok((c, Token(token)))
@@ -92,7 +87,7 @@ impl Store {
         let sql = format!("SELECT {COLUMNS}, secret_hash FROM credentials WHERE id = $1");
         let found = with_db!(self.db, pool => {
             sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(pool).await?
-                .map(|r| (credential(&r), r.get::<Vec<u8>, _>(7)))
+                .map(|r| (credential(&r), r.get::<Vec<u8>, _>(8)))
         });
         let Some((c, stored)) = found else {
             // Same work as a hit, so timing does not tell whether the id exists.
@@ -128,7 +123,7 @@ impl Store {
         Ok(into_page(rows, limit))
     }
 
-    /// Changes description, metadata or ACL in one statement.
+    /// Changes description, metadata, ACL or IP policies in one statement.
     pub async fn update_credential(
         &self,
         account_id: &str,
@@ -144,10 +139,15 @@ impl Store {
         if let Some(a) = &up.acl {
             check_acl(a)?;
         }
+        if let Some(p) = &up.ip_policy_ids {
+            self.check_policies_exist(account_id, p).await?;
+        }
         let acl = up.acl.as_ref().map(|a| serde_json::to_string(a).expect("strings serialize"));
+        let policies =
+            up.ip_policy_ids.as_ref().map(|p| serde_json::to_string(p).expect("strings serialize"));
         let n = with_db!(self.db, pool => {
-            sqlx::query("UPDATE credentials SET description = COALESCE($1, description), metadata = COALESCE($2, metadata), acl = COALESCE($3, acl) WHERE account_id = $4 AND id = $5")
-                .bind(&up.description).bind(&up.metadata).bind(&acl).bind(account_id).bind(id)
+            sqlx::query("UPDATE credentials SET description = COALESCE($1, description), metadata = COALESCE($2, metadata), acl = COALESCE($3, acl), ip_policy_ids = COALESCE($4, ip_policy_ids) WHERE account_id = $5 AND id = $6")
+                .bind(&up.description).bind(&up.metadata).bind(&acl).bind(&policies).bind(account_id).bind(id)
                 .execute(pool).await?.rows_affected()
         });
         if n == 0 {

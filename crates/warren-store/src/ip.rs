@@ -199,8 +199,16 @@ impl Store {
         self.get_ip_policy(account_id, id).await
     }
 
-    /// Deletes a policy with its rules; restrictions that named it stop applying it.
+    /// Deletes a policy with its rules. A policy still applied by a restriction or an
+    /// authtoken is refused: deleting it would quietly open what it guarded.
     pub async fn delete_ip_policy(&self, account_id: &str, id: &str) -> Result<(), StoreError> {
+        let users = self.policy_users(account_id, id).await?;
+        if !users.is_empty() {
+            return Err(StoreError::InUse(format!(
+                "ip policy {id} is still applied by {}; remove it there first",
+                users.join(", ")
+            )));
+        }
         let n = with_db!(self.db, pool => {
             sqlx::query("DELETE FROM ip_policies WHERE account_id = $1 AND id = $2")
                 .bind(account_id).bind(id).execute(pool).await?.rows_affected()
@@ -280,9 +288,7 @@ impl Store {
         if ip_policy_ids.is_empty() {
             return Err(StoreError::Invalid("ip_policy_ids: name at least one IP policy".into()));
         }
-        for p in ip_policy_ids {
-            self.get_ip_policy(account_id, p).await?;
-        }
+        self.check_policies_exist(account_id, ip_policy_ids).await?;
         let x = IpRestriction {
             id: generate_id("ipx"),
             kind: kind.to_owned(),
@@ -349,22 +355,54 @@ impl Store {
         restrictions.retain(|r| r.kind == kind);
         restrictions.sort_by_key(|r| !r.enforced);
         for r in restrictions {
-            let mut rules = Vec::new();
-            for p in &r.ip_policy_ids {
-                let rows = with_db!(self.db, pool => {
-                    sqlx::query("SELECT cidr, action FROM ip_policy_rules WHERE account_id = $1 AND ip_policy_id = $2")
-                        .bind(account_id).bind(p).fetch_all(pool).await?
-                        .iter().map(|row| (row.get::<String, _>(0), row.get::<String, _>(1))).collect::<Vec<_>>()
-                });
-                rules.extend(
-                    rows.into_iter().filter_map(|(c, a)| Cidr::parse(&c).ok().map(|c| (c, a == "allow"))),
-                );
-            }
-            if !evaluate(&rules, ip) {
+            if !self.ip_policies_allow(account_id, &r.ip_policy_ids, ip).await? {
                 return Ok(IpDecision::Deny { restriction: r.id, enforced: r.enforced });
             }
         }
         Ok(IpDecision::Allow)
+    }
+
+    /// Whether `ip` passes the rules of `ip_policy_ids` taken together (see [`evaluate`]).
+    pub async fn ip_policies_allow(
+        &self,
+        account_id: &str,
+        ip_policy_ids: &[String],
+        ip: IpAddr,
+    ) -> Result<bool, StoreError> {
+        let mut rules = Vec::new();
+        for p in ip_policy_ids {
+            let rows = with_db!(self.db, pool => {
+                sqlx::query("SELECT cidr, action FROM ip_policy_rules WHERE account_id = $1 AND ip_policy_id = $2")
+                    .bind(account_id).bind(p).fetch_all(pool).await?
+                    .iter().map(|row| (row.get::<String, _>(0), row.get::<String, _>(1))).collect::<Vec<_>>()
+            });
+            rules.extend(
+                rows.into_iter().filter_map(|(c, a)| Cidr::parse(&c).ok().map(|c| (c, a == "allow"))),
+            );
+        }
+        Ok(evaluate(&rules, ip))
+    }
+
+    /// Refuses ids that name no policy of the account.
+    pub(crate) async fn check_policies_exist(
+        &self,
+        account_id: &str,
+        ids: &[String],
+    ) -> Result<(), StoreError> {
+        for p in ids {
+            self.get_ip_policy(account_id, p).await?;
+        }
+        Ok(())
+    }
+
+    /// What still applies policy `id`: a deleted policy would silently stop guarding them.
+    async fn policy_users(&self, account_id: &str, id: &str) -> Result<Vec<String>, StoreError> {
+        let pattern = format!("%\"{id}\"%");
+        Ok(with_db!(self.db, pool => {
+            sqlx::query("SELECT id FROM ip_restrictions WHERE account_id = $1 AND ip_policy_ids LIKE $2 UNION ALL SELECT id FROM credentials WHERE account_id = $1 AND ip_policy_ids LIKE $2")
+                .bind(account_id).bind(&pattern).fetch_all(pool).await?
+                .iter().map(|r| r.get::<String, _>(0)).collect::<Vec<_>>()
+        }))
     }
 }
 

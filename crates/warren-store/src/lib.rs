@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`model`]: the records.
 //! - `accounts.rs`, `users.rs`, `credentials.rs`, `api_keys.rs`: one `impl Store` each.
+//! - `reserved.rs`: reserved domains and TCP addresses.
 //! - `secret.rs`: ids and tokens. `time.rs`: RFC 3339 timestamps.
 
 use std::path::Path;
@@ -35,6 +36,7 @@ mod api_keys;
 mod credentials;
 pub mod ip;
 pub mod model;
+mod reserved;
 mod secret;
 mod time;
 mod users;
@@ -43,6 +45,7 @@ pub use ip::{Cidr, IpDecision, IpPolicy, IpPolicyRule, IpRestriction};
 pub use model::{
     Account, ApiKey, Credential, CredentialUpdate, NewApiKey, NewCredential, Page, Role, Token, User,
 };
+pub use reserved::{ReservedAddr, ReservedDomain, normalize_domain};
 pub use secret::{SecretKind, generate_id, hash_secret, parse_token};
 pub use time::now_rfc3339;
 
@@ -61,6 +64,9 @@ pub enum StoreError {
     /// The row would break a uniqueness rule.
     #[error("{0} already exists")]
     Conflict(&'static str),
+    /// The row is still referenced; the message says by what.
+    #[error("{0}")]
+    InUse(String),
     /// A value is out of range; the message says which.
     #[error("invalid {0}")]
     Invalid(String),
@@ -142,6 +148,17 @@ pub(crate) fn conflict(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreE
         sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(what),
         _ => StoreError::Database(e),
     }
+}
+
+/// Longest description or metadata accepted, as in ngrok's API.
+const MAX_TEXT: usize = 4096;
+
+/// Refuses a description or metadata longer than ngrok allows.
+pub(crate) fn check_text(field: &str, v: &str) -> Result<(), StoreError> {
+    if v.len() > MAX_TEXT {
+        return Err(StoreError::Invalid(format!("{field}: at most {MAX_TEXT} bytes")));
+    }
+    Ok(())
 }
 
 /// `LIMIT` for a page: one more than asked, to learn whether more rows exist.

@@ -74,6 +74,8 @@ pub struct Credential {
     pub acl: Vec<String>,
     /// The user it belongs to, if any.
     pub owner_id: Option<String>,
+    /// IP policies agent sessions with this token must pass (besides `agent` restrictions).
+    pub ip_policy_ids: Vec<String>,
     /// RFC 3339 creation time.
     pub created_at: String,
 }
@@ -111,6 +113,8 @@ pub struct NewCredential {
     pub acl: Vec<String>,
     /// Owning user.
     pub owner_id: Option<String>,
+    /// IP policies the token's sessions must pass.
+    pub ip_policy_ids: Vec<String>,
 }
 
 /// A change to a credential; `None` leaves a field as it is.
@@ -122,6 +126,8 @@ pub struct CredentialUpdate {
     pub metadata: Option<String>,
     /// New bind rules.
     pub acl: Option<Vec<String>>,
+    /// New IP policies.
+    pub ip_policy_ids: Option<Vec<String>>,
 }
 
 /// An API key's stored record.
@@ -188,6 +194,7 @@ mod tests {
             metadata: String::new(),
             acl: acl.iter().map(|s| s.to_string()).collect(),
             owner_id: None,
+            ip_policy_ids: Vec::new(),
             created_at: String::new(),
         }
     }

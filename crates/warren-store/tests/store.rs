@@ -62,6 +62,7 @@ async fn credentials_verify_update_list_and_stop_working_when_deleted() {
             metadata: "{\"team\":\"web\"}".into(),
             acl: vec!["bind:app.example.com".into(), "bind:*.dev.example.com".into()],
             owner_id: None,
+            ip_policy_ids: Vec::new(),
         };
         let (cred, token) = s.create_credential(&acc.id, &new).await.unwrap();
         assert!(token.0.starts_with(&format!("{}_", cred.id)));
@@ -251,7 +252,9 @@ async fn ip_restrictions_decide_by_their_policies() {
             s.check_ip(&acc.id, "agent", lo).await.unwrap(),
             IpDecision::Deny { restriction: x.id.clone(), enforced: false }
         );
-        // Deleting the policy deletes its rules: the restriction then allows everyone.
+        // A policy still applied cannot be deleted: that would quietly open what it guards.
+        assert!(matches!(s.delete_ip_policy(&acc.id, &corp.id).await, Err(StoreError::InUse(m)) if m.contains(&x.id)));
+        s.delete_ip_restriction(&acc.id, &x.id).await.unwrap();
         s.delete_ip_policy(&acc.id, &corp.id).await.unwrap();
         assert!(s.list_ip_policy_rules(&acc.id, 100, None).await.unwrap().items.is_empty());
         assert_eq!(s.check_ip(&acc.id, "agent", lo).await.unwrap(), IpDecision::Allow);
@@ -259,6 +262,83 @@ async fn ip_restrictions_decide_by_their_policies() {
             s.create_ip_restriction(&acc.id, "ssh", true, std::slice::from_ref(&x.id), "").await,
             Err(StoreError::Invalid(_))
         ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn authtokens_carry_their_own_ip_policies() {
+    on_both(|s| async move {
+        let acc = account(&s).await;
+        let office = s.create_ip_policy(&acc.id, "office").await.unwrap();
+        s.create_ip_policy_rule(&acc.id, &office.id, "192.0.2.0/24", "allow", "").await.unwrap();
+        let missing = NewCredential { ip_policy_ids: vec!["ipp_nope".into()], ..Default::default() };
+        assert!(matches!(s.create_credential(&acc.id, &missing).await, Err(StoreError::NotFound(_))));
+        let new = NewCredential { ip_policy_ids: vec![office.id.clone()], ..Default::default() };
+        let (cred, token) = s.create_credential(&acc.id, &new).await.unwrap();
+        let verified = s.verify_credential(&token.0).await.unwrap().unwrap();
+        assert_eq!(verified.ip_policy_ids, vec![office.id.clone()]);
+        assert!(s.ip_policies_allow(&acc.id, &verified.ip_policy_ids, "192.0.2.9".parse().unwrap()).await.unwrap());
+        assert!(!s.ip_policies_allow(&acc.id, &verified.ip_policy_ids, "198.51.100.1".parse().unwrap()).await.unwrap());
+        assert!(matches!(s.delete_ip_policy(&acc.id, &office.id).await, Err(StoreError::InUse(m)) if m.contains(&cred.id)));
+        let clear = CredentialUpdate { ip_policy_ids: Some(Vec::new()), ..Default::default() };
+        assert!(s.update_credential(&acc.id, &cred.id, &clear).await.unwrap().ip_policy_ids.is_empty());
+        s.delete_ip_policy(&acc.id, &office.id).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reserved_domains_belong_to_one_account_and_cover_wildcards() {
+    on_both(|s| async move {
+        let acc = account(&s).await;
+        let (other, _) = s.ensure_account("other").await.unwrap();
+        let app = s.create_reserved_domain(&acc.id, "App.Example.com.", "prod", "").await.unwrap();
+        assert!(app.id.starts_with("rd_"));
+        assert_eq!(app.domain, "app.example.com");
+        assert!(matches!(
+            s.create_reserved_domain(&other.id, "app.example.com", "", "").await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.create_reserved_domain(&acc.id, "*.com", "", "").await,
+            Err(StoreError::Invalid(_))
+        ));
+        let wild = s.create_reserved_domain(&other.id, "*.dev.example.com", "", "").await.unwrap();
+        assert_eq!(s.domain_reservation("APP.example.com").await.unwrap().unwrap().id, app.id);
+        assert_eq!(s.domain_reservation("a.b.dev.example.com").await.unwrap().unwrap().id, wild.id);
+        assert_eq!(s.domain_reservation("dev.example.com").await.unwrap(), None);
+        assert_eq!(s.domain_reservation("free.example.com").await.unwrap(), None);
+
+        let up = s.update_reserved_domain(&acc.id, &app.id, None, Some("{\"team\":1}")).await.unwrap();
+        assert_eq!((up.description.as_str(), up.metadata.as_str()), ("prod", "{\"team\":1}"));
+        assert!(matches!(s.get_reserved_domain(&other.id, &app.id).await, Err(StoreError::NotFound(_))));
+        assert_eq!(s.list_reserved_domains(&acc.id, 10, None).await.unwrap().items, vec![up]);
+        s.delete_reserved_domain(&acc.id, &app.id).await.unwrap();
+        assert_eq!(s.domain_reservation("app.example.com").await.unwrap(), None);
+        assert!(matches!(s.delete_reserved_domain(&acc.id, &app.id).await, Err(StoreError::NotFound(_))));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reserved_addrs_hold_one_port_each() {
+    on_both(|s| async move {
+        let acc = account(&s).await;
+        let (other, _) = s.ensure_account("other").await.unwrap();
+        let a = s.create_reserved_addr(&acc.id, 20001, "ssh", "").await.unwrap();
+        assert!(a.id.starts_with("ra_"));
+        assert!(matches!(
+            s.create_reserved_addr(&other.id, 20001, "", "").await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(s.port_reservation(20001).await.unwrap().unwrap().account_id, acc.id);
+        assert_eq!(s.port_reservation(20002).await.unwrap(), None);
+        let up = s.update_reserved_addr(&acc.id, &a.id, Some("ssh box"), None).await.unwrap();
+        assert_eq!((up.port, up.description.as_str()), (20001, "ssh box"));
+        assert_eq!(s.get_reserved_addr(&acc.id, &a.id).await.unwrap(), up);
+        s.delete_reserved_addr(&acc.id, &a.id).await.unwrap();
+        assert_eq!(s.port_reservation(20001).await.unwrap(), None);
     })
     .await;
 }

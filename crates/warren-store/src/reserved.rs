@@ -1,0 +1,327 @@
+//! Reserved domains and reserved TCP addresses: names and ports an account owns. Binding them
+//! is refused to every other account, on every edge node sharing the store.
+
+use sqlx::Row;
+
+use crate::{Page, Store, StoreError, check_text, generate_id, into_page, now_rfc3339, page_limit};
+
+/// A domain an account owns: a name under the edge's base domain, or a custom domain whose
+/// DNS points at the edge. `*.example.com` reserves every name under example.com.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservedDomain {
+    /// `rd_...`
+    pub id: String,
+    /// The owner.
+    pub account_id: String,
+    /// Lowercase, without a trailing dot; a wildcard only as the leftmost label.
+    pub domain: String,
+    /// What it is for.
+    pub description: String,
+    /// Free-form.
+    pub metadata: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// A TCP port an account owns on the edge's tcp host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservedAddr {
+    /// `ra_...`
+    pub id: String,
+    /// The owner.
+    pub account_id: String,
+    /// The port.
+    pub port: u16,
+    /// What it is for.
+    pub description: String,
+    /// Free-form.
+    pub metadata: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+const DOMAIN_COLUMNS: &str = "id, account_id, domain, description, metadata, created_at";
+const ADDR_COLUMNS: &str = "id, account_id, port, description, metadata, created_at";
+
+fn domain_row<R: Row>(r: &R) -> ReservedDomain
+where
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    ReservedDomain {
+        id: r.get(0),
+        account_id: r.get(1),
+        domain: r.get(2),
+        description: r.get(3),
+        metadata: r.get(4),
+        created_at: r.get(5),
+    }
+}
+
+fn addr_row<R: Row>(r: &R) -> ReservedAddr
+where
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    ReservedAddr {
+        id: r.get(0),
+        account_id: r.get(1),
+        port: u16::try_from(r.get::<i64, _>(2)).unwrap_or(0),
+        description: r.get(3),
+        metadata: r.get(4),
+        created_at: r.get(5),
+    }
+}
+
+/// Normalises a domain to reserve: lowercase, no trailing dot, at least two labels, each a
+/// valid DNS label, `*` allowed only as the whole leftmost label.
+pub fn normalize_domain(domain: &str) -> Result<String, StoreError> {
+    let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    let bad = |why: &str| StoreError::Invalid(format!("domain {domain:?}: {why}"));
+    if d.is_empty() || d.len() > 253 {
+        return Err(bad("expected a DNS name of 1 to 253 characters"));
+    }
+    let labels: Vec<&str> = d.split('.').collect();
+    if labels.len() < 2 {
+        return Err(bad("expected at least two labels, like app.example.com"));
+    }
+    for (i, l) in labels.iter().enumerate() {
+        if i == 0 && *l == "*" {
+            continue;
+        }
+        let ok = !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok {
+            return Err(bad(
+                "each label is 1 to 63 letters, digits or inner hyphens; '*' only as the first label",
+            ));
+        }
+    }
+    if labels[0] == "*" && labels.len() < 3 {
+        return Err(bad("a wildcard needs a parent of at least two labels, like *.example.com"));
+    }
+    Ok(d)
+}
+
+impl Store {
+    /// Reserves `domain` for the account. Another account's reservation of the same name is
+    /// a [`StoreError::Conflict`].
+    pub async fn create_reserved_domain(
+        &self,
+        account_id: &str,
+        domain: &str,
+        description: &str,
+        metadata: &str,
+    ) -> Result<ReservedDomain, StoreError> {
+        check_text("description", description)?;
+        check_text("metadata", metadata)?;
+        let d = ReservedDomain {
+            id: generate_id("rd"),
+            account_id: account_id.to_owned(),
+            domain: normalize_domain(domain)?,
+            description: description.to_owned(),
+            metadata: metadata.to_owned(),
+            created_at: now_rfc3339(),
+        };
+        with_db!(self.db, pool => {
+            sqlx::query("INSERT INTO reserved_domains (id, account_id, domain, description, metadata, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(&d.id).bind(&d.account_id).bind(&d.domain).bind(&d.description).bind(&d.metadata).bind(&d.created_at)
+                .execute(pool).await.map_err(crate::conflict("reserved domain"))?;
+        });
+        Ok(d)
+    }
+
+    /// One reserved domain of an account.
+    pub async fn get_reserved_domain(
+        &self,
+        account_id: &str,
+        id: &str,
+    ) -> Result<ReservedDomain, StoreError> {
+        let sql = format!("SELECT {DOMAIN_COLUMNS} FROM reserved_domains WHERE account_id = $1 AND id = $2");
+        with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(id).fetch_optional(pool).await?.map(|r| domain_row(&r))
+        })
+        .ok_or(StoreError::NotFound("reserved domain"))
+    }
+
+    /// An account's reserved domains, newest first.
+    pub async fn list_reserved_domains(
+        &self,
+        account_id: &str,
+        limit: u32,
+        before_id: Option<&str>,
+    ) -> Result<Page<ReservedDomain>, StoreError> {
+        let sql = format!(
+            "SELECT {DOMAIN_COLUMNS} FROM reserved_domains WHERE account_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3"
+        );
+        let rows = with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(before_id.unwrap_or("")).bind(page_limit(limit))
+                .fetch_all(pool).await?.iter().map(domain_row).collect::<Vec<_>>()
+        });
+        Ok(into_page(rows, limit))
+    }
+
+    /// Changes description or metadata; `None` keeps the field.
+    pub async fn update_reserved_domain(
+        &self,
+        account_id: &str,
+        id: &str,
+        description: Option<&str>,
+        metadata: Option<&str>,
+    ) -> Result<ReservedDomain, StoreError> {
+        description.map_or(Ok(()), |d| check_text("description", d))?;
+        metadata.map_or(Ok(()), |m| check_text("metadata", m))?;
+        let n = with_db!(self.db, pool => {
+            sqlx::query("UPDATE reserved_domains SET description = COALESCE($1, description), metadata = COALESCE($2, metadata) WHERE account_id = $3 AND id = $4")
+                .bind(description).bind(metadata).bind(account_id).bind(id).execute(pool).await?.rows_affected()
+        });
+        if n == 0 {
+            return Err(StoreError::NotFound("reserved domain"));
+        }
+        self.get_reserved_domain(account_id, id).await
+    }
+
+    /// Releases a reserved domain.
+    pub async fn delete_reserved_domain(&self, account_id: &str, id: &str) -> Result<(), StoreError> {
+        let n = with_db!(self.db, pool => {
+            sqlx::query("DELETE FROM reserved_domains WHERE account_id = $1 AND id = $2")
+                .bind(account_id).bind(id).execute(pool).await?.rows_affected()
+        });
+        if n == 0 { Err(StoreError::NotFound("reserved domain")) } else { Ok(()) }
+    }
+
+    /// The reservation covering `host`, in any account: the exact name first, then the
+    /// nearest wildcard (`a.b.example.com` is covered by `*.b.example.com`, then
+    /// `*.example.com`).
+    pub async fn domain_reservation(&self, host: &str) -> Result<Option<ReservedDomain>, StoreError> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let mut candidates = vec![host.clone()];
+        let mut rest = host.as_str();
+        while let Some((_, parent)) = rest.split_once('.') {
+            if parent.contains('.') {
+                candidates.push(format!("*.{parent}"));
+            }
+            rest = parent;
+        }
+        let sql = format!("SELECT {DOMAIN_COLUMNS} FROM reserved_domains WHERE domain = $1");
+        for c in candidates {
+            let found = with_db!(self.db, pool => {
+                sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(&c).fetch_optional(pool).await?.map(|r| domain_row(&r))
+            });
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reserves `port` for the account. A port reserved already is a [`StoreError::Conflict`].
+    pub async fn create_reserved_addr(
+        &self,
+        account_id: &str,
+        port: u16,
+        description: &str,
+        metadata: &str,
+    ) -> Result<ReservedAddr, StoreError> {
+        check_text("description", description)?;
+        check_text("metadata", metadata)?;
+        if port == 0 {
+            return Err(StoreError::Invalid("port: 0 cannot be reserved".into()));
+        }
+        let a = ReservedAddr {
+            id: generate_id("ra"),
+            account_id: account_id.to_owned(),
+            port,
+            description: description.to_owned(),
+            metadata: metadata.to_owned(),
+            created_at: now_rfc3339(),
+        };
+        with_db!(self.db, pool => {
+            sqlx::query("INSERT INTO reserved_addrs (id, account_id, port, description, metadata, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(&a.id).bind(&a.account_id).bind(i64::from(a.port)).bind(&a.description).bind(&a.metadata).bind(&a.created_at)
+                .execute(pool).await.map_err(crate::conflict("reserved address"))?;
+        });
+        Ok(a)
+    }
+
+    /// One reserved address of an account.
+    pub async fn get_reserved_addr(&self, account_id: &str, id: &str) -> Result<ReservedAddr, StoreError> {
+        let sql = format!("SELECT {ADDR_COLUMNS} FROM reserved_addrs WHERE account_id = $1 AND id = $2");
+        with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(id).fetch_optional(pool).await?.map(|r| addr_row(&r))
+        })
+        .ok_or(StoreError::NotFound("reserved address"))
+    }
+
+    /// An account's reserved addresses, newest first.
+    pub async fn list_reserved_addrs(
+        &self,
+        account_id: &str,
+        limit: u32,
+        before_id: Option<&str>,
+    ) -> Result<Page<ReservedAddr>, StoreError> {
+        let sql = format!(
+            "SELECT {ADDR_COLUMNS} FROM reserved_addrs WHERE account_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3"
+        );
+        let rows = with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(before_id.unwrap_or("")).bind(page_limit(limit))
+                .fetch_all(pool).await?.iter().map(addr_row).collect::<Vec<_>>()
+        });
+        Ok(into_page(rows, limit))
+    }
+
+    /// Changes description or metadata; `None` keeps the field.
+    pub async fn update_reserved_addr(
+        &self,
+        account_id: &str,
+        id: &str,
+        description: Option<&str>,
+        metadata: Option<&str>,
+    ) -> Result<ReservedAddr, StoreError> {
+        description.map_or(Ok(()), |d| check_text("description", d))?;
+        metadata.map_or(Ok(()), |m| check_text("metadata", m))?;
+        let n = with_db!(self.db, pool => {
+            sqlx::query("UPDATE reserved_addrs SET description = COALESCE($1, description), metadata = COALESCE($2, metadata) WHERE account_id = $3 AND id = $4")
+                .bind(description).bind(metadata).bind(account_id).bind(id).execute(pool).await?.rows_affected()
+        });
+        if n == 0 {
+            return Err(StoreError::NotFound("reserved address"));
+        }
+        self.get_reserved_addr(account_id, id).await
+    }
+
+    /// Releases a reserved address.
+    pub async fn delete_reserved_addr(&self, account_id: &str, id: &str) -> Result<(), StoreError> {
+        let n = with_db!(self.db, pool => {
+            sqlx::query("DELETE FROM reserved_addrs WHERE account_id = $1 AND id = $2")
+                .bind(account_id).bind(id).execute(pool).await?.rows_affected()
+        });
+        if n == 0 { Err(StoreError::NotFound("reserved address")) } else { Ok(()) }
+    }
+
+    /// The reservation of `port`, in any account.
+    pub async fn port_reservation(&self, port: u16) -> Result<Option<ReservedAddr>, StoreError> {
+        let sql = format!("SELECT {ADDR_COLUMNS} FROM reserved_addrs WHERE port = $1");
+        Ok(with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(i64::from(port)).fetch_optional(pool).await?.map(|r| addr_row(&r))
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_normalise_and_wildcards_sit_leftmost() {
+        assert_eq!(normalize_domain(" App.Example.COM. ").unwrap(), "app.example.com");
+        assert_eq!(normalize_domain("*.dev.example.com").unwrap(), "*.dev.example.com");
+        for bad in ["", "com", "*.com", "a.*.example.com", "-a.example.com", "a_b.example.com", "a..b"] {
+            assert!(normalize_domain(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}
