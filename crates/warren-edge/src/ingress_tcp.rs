@@ -36,6 +36,16 @@ pub(crate) async fn bind(
             )));
         }
         Some(p) => {
+            match shared.store.port_reservation(p).await {
+                Ok(Some(r)) if r.account_id != session.account_id => {
+                    return Err(proto::error_text(
+                        &format!("tcp://{}:{p} is reserved by another account", shared.config.tcp_host),
+                        codes::RESERVED_ELSEWHERE,
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(store_failed(e)),
+            }
             if shared.registry.is_taken(&EndpointKey::Port(p)) {
                 return Err(refused(
                     crate::registry::BindRefused::InUse,
@@ -51,6 +61,10 @@ pub(crate) async fn bind(
             for _ in 0..RANDOM_TRIES {
                 let p = rand::rng().random_range(range.clone());
                 if shared.registry.is_taken(&EndpointKey::Port(p)) {
+                    continue;
+                }
+                // Reserved ports are only ever bound by name, by their owner.
+                if shared.store.port_reservation(p).await.map_err(store_failed)?.is_some() {
                     continue;
                 }
                 if let Ok(l) = TcpListener::bind(SocketAddr::new(shared.config.tcp_bind_ip, p)).await {
@@ -78,6 +92,11 @@ pub(crate) async fn bind(
     shared.registry.add_listener(&session.id, client_id, task.abort_handle());
     tracing::info!(session = %session.id, %url, "endpoint bound");
     Ok(url)
+}
+
+fn store_failed(e: warren_store::StoreError) -> String {
+    tracing::error!(error = %e, "store failed while checking reserved addresses");
+    proto::error_text("the edge could not check reserved addresses; try again", codes::TCP_ADDR_UNAVAILABLE)
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ep: Arc<Endpoint>) {

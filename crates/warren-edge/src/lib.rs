@@ -93,13 +93,18 @@ impl Shared {
         id: &str,
     ) -> Result<usize, warren_store::StoreError> {
         self.store.delete_credential(account_id, id).await?;
+        Ok(self.end_sessions_using(id, "authtoken revoked"))
+    }
+
+    /// Ends every live session that authenticated with credential `id`; returns how many.
+    pub(crate) fn end_sessions_using(&self, id: &str, why: &'static str) -> usize {
         let sessions = self.registry.sessions_using(id);
         for s in &sessions {
-            tracing::info!(session = %s.id, credential = %id, "authtoken revoked; ending its session");
-            s.mux.close(warren_mux::ErrorCode::None, "authtoken revoked");
+            tracing::info!(session = %s.id, credential = %id, why, "ending session");
+            s.mux.close(warren_mux::ErrorCode::None, why);
             self.registry.remove_session(&s.id);
         }
-        Ok(sessions.len())
+        sessions.len()
     }
 }
 

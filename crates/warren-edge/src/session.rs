@@ -180,6 +180,31 @@ async fn handle_auth(
             return None;
         }
     }
+    // The authtoken's own IP policies: where this token may be used from.
+    if !credential.ip_policy_ids.is_empty() {
+        match shared.store.ip_policies_allow(&credential.account_id, &credential.ip_policy_ids, remote.ip()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(%remote, credential = %credential.id, "agent session refused by the authtoken's IP policies");
+                let r = fail(
+                    &format!(
+                        "the authtoken {} may not be used from {}; its IP policies do not allow that address",
+                        credential.id,
+                        remote.ip()
+                    ),
+                    codes::IP_RESTRICTED,
+                );
+                let _ = reply(&mut stream, &r).await;
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store failed while checking an authtoken's IP policies");
+                let r = fail("the edge could not check its IP policies; try again", codes::AUTHTOKEN_INVALID);
+                let _ = reply(&mut stream, &r).await;
+                return None;
+            }
+        }
+    }
     // Resume: a reconnecting agent presents its previous session id. The old session is
     // probably a dead connection the edge has not noticed yet; it is closed so its endpoints
     // can be bound again at once instead of failing with "already bound".
@@ -313,7 +338,7 @@ async fn bind_endpoint(
             let host = match host {
                 Some(h) => h,
                 None if session.credential.acl.is_empty() || session.credential.allows_bind("*") => {
-                    random_host(shared, proto)
+                    random_host(shared, proto).await?
                 }
                 None => {
                     return Err(not_allowed(&session.credential, "a random name"));
@@ -322,6 +347,7 @@ async fn bind_endpoint(
             if !session.credential.allows_bind(&host) {
                 return Err(not_allowed(&session.credential, &host));
             }
+            check_domain_reservation(shared, session, &host).await?;
             let url = match (proto, shared.https_port, shared.http_port) {
                 (Proto::Https, 443, _) => format!("https://{host}"),
                 (Proto::Https, p, _) => format!("https://{host}:{p}"),
@@ -411,29 +437,70 @@ fn requested_host(
     if !crate::config::is_valid_hostname(&host) {
         return Err(proto::error_text(&format!("{host:?} is not a valid host name"), codes::BIND_INVALID));
     }
-    let under_base = host.len() > base.len() + 1
-        && host.ends_with(base.as_str())
-        && host.as_bytes()[host.len() - base.len() - 1] == b'.';
-    if !under_base {
+    if shared.config.connect_hostnames.contains(&host) {
         return Err(proto::error_text(
-            &format!(
-                "{host} is not a domain this edge serves; use a name under {base} (for example myapp.{base})"
-            ),
-            codes::DOMAIN_NOT_SERVED,
+            &format!("{host} is this edge's connect hostname and cannot be an endpoint"),
+            codes::BIND_INVALID,
         ));
     }
     Ok(Some(host))
 }
 
-fn random_host(shared: &Shared, proto: Proto) -> String {
+/// Whether `host` is a name strictly under `domain`.
+pub(crate) fn under_domain(host: &str, domain: &str) -> bool {
+    host.len() > domain.len() + 1
+        && host.ends_with(domain)
+        && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+}
+
+/// A name reserved by another account is refused; a name outside the base domain (a custom
+/// domain) must be reserved by the session's own account first.
+async fn check_domain_reservation(
+    shared: &Shared,
+    session: &AgentSession,
+    host: &str,
+) -> Result<(), String> {
+    let base = &shared.config.base_domain;
+    let reservation = shared.store.domain_reservation(host).await.map_err(|e| {
+        tracing::error!(error = %e, "store failed while checking domain reservations");
+        proto::error_text("the edge could not check domain reservations; try again", codes::BIND_INVALID)
+    })?;
+    match reservation {
+        Some(r) if r.account_id != session.account_id => Err(proto::error_text(
+            &format!("{host} is reserved by another account (reservation {})", r.domain),
+            codes::RESERVED_ELSEWHERE,
+        )),
+        Some(_) => Ok(()),
+        None if under_domain(host, base) => Ok(()),
+        None => Err(proto::error_text(
+            &format!(
+                "{host} is not a domain this edge serves; use a name under {base} (for example myapp.{base}), \
+                 or reserve {host} first (warren api reserved-domains create --domain {host})"
+            ),
+            codes::DOMAIN_NOT_SERVED,
+        )),
+    }
+}
+
+/// A random free name under the base domain that no account has reserved.
+async fn random_host(shared: &Shared, proto: Proto) -> Result<String, String> {
     use rand::Rng;
-    loop {
+    for _ in 0..16 {
         let label: String = (0..10).map(|_| (b'a' + rand::rng().random_range(0..26)) as char).collect();
         let host = format!("{label}.{}", shared.config.base_domain);
-        if !shared.registry.is_taken(&EndpointKey::Host(proto, host.clone())) {
-            return host;
+        if shared.registry.is_taken(&EndpointKey::Host(proto, host.clone())) {
+            continue;
+        }
+        match shared.store.domain_reservation(&host).await {
+            Ok(None) => return Ok(host),
+            Ok(Some(_)) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "store failed while checking domain reservations");
+                break;
+            }
         }
     }
+    Err(proto::error_text("the edge could not choose a free random name; try again", codes::BIND_INVALID))
 }
 
 fn requested_port(opts: &proto::TcpOpts) -> Result<Option<u16>, String> {

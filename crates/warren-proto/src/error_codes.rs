@@ -25,3 +25,5 @@ pub const UPSTREAM_UNREACHABLE: &str = "ERR_NGROK_8012";
 pub const SESSION_GONE: &str = "ERR_NGROK_3004";
 /// The client's address is refused by an IP restriction (warren's code: ngrok documents none).
 pub const IP_RESTRICTED: &str = "ERR_WARREN_IP_RESTRICTED";
+/// The requested name or TCP address is reserved by another account (warren's code).
+pub const RESERVED_ELSEWHERE: &str = "ERR_WARREN_RESERVED";

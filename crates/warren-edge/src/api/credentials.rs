@@ -22,6 +22,8 @@ pub(crate) struct CredentialJson {
     token: Option<String>,
     acl: Vec<String>,
     owner_id: Option<String>,
+    /// warren's addition: IP policies the token's agent sessions must pass.
+    ip_policy_ids: Vec<String>,
 }
 
 fn json(c: Credential, token: Option<String>) -> CredentialJson {
@@ -34,6 +36,7 @@ fn json(c: Credential, token: Option<String>) -> CredentialJson {
         token,
         acl: c.acl,
         owner_id: c.owner_id,
+        ip_policy_ids: c.ip_policy_ids,
     }
 }
 
@@ -47,6 +50,8 @@ struct CreateBody {
     #[serde(default)]
     acl: Vec<String>,
     owner_id: Option<String>,
+    #[serde(default)]
+    ip_policy_ids: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -55,6 +60,7 @@ struct UpdateBody {
     description: Option<String>,
     metadata: Option<String>,
     acl: Option<Vec<String>>,
+    ip_policy_ids: Option<Vec<String>>,
 }
 
 pub(crate) async fn create(
@@ -74,7 +80,13 @@ pub(crate) async fn create(
         }
         (_, _) => p.user_id.clone(),
     };
-    let new = NewCredential { description: b.description, metadata: b.metadata, acl: b.acl, owner_id };
+    let new = NewCredential {
+        description: b.description,
+        metadata: b.metadata,
+        acl: b.acl,
+        owner_id,
+        ip_policy_ids: b.ip_policy_ids,
+    };
     let (c, token) = shared.store.create_credential(&p.account_id, &new).await?;
     tracing::info!(credential = %c.id, by = %p.key_id, "authtoken created");
     Ok((StatusCode::CREATED, Json(json(c, Some(token.0)))))
@@ -118,8 +130,21 @@ pub(crate) async fn update(
     let b: UpdateBody = parse_body(&body)?;
     let current = shared.store.get_credential(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "an authtoken")?;
-    let up = CredentialUpdate { description: b.description, metadata: b.metadata, acl: b.acl };
-    Ok(Json(json(shared.store.update_credential(&p.account_id, &id, &up).await?, None)))
+    let rules_change = b.acl.as_ref().is_some_and(|a| *a != current.acl)
+        || b.ip_policy_ids.as_ref().is_some_and(|i| *i != current.ip_policy_ids);
+    let up = CredentialUpdate {
+        description: b.description,
+        metadata: b.metadata,
+        acl: b.acl,
+        ip_policy_ids: b.ip_policy_ids,
+    };
+    let updated = shared.store.update_credential(&p.account_id, &id, &up).await?;
+    if rules_change {
+        // Live sessions were admitted under the old rules; their agents reconnect under the new.
+        let ended = shared.end_sessions_using(&id, "authtoken rules changed; reconnect");
+        tracing::info!(credential = %id, by = %p.key_id, sessions_restarted = ended, "authtoken rules changed");
+    }
+    Ok(Json(json(updated, None)))
 }
 
 pub(crate) async fn delete(

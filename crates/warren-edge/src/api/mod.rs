@@ -8,7 +8,8 @@
 //!
 //! - `error.rs`: [`ApiError`], the one error type, and its status codes.
 //! - `auth.rs`: the API key, version header and rate limit checks; [`Principal`] and roles.
-//! - `credentials.rs`, `api_keys.rs`, `users.rs`, `ip.rs`, `sessions.rs`: one resource each.
+//! - `credentials.rs`, `api_keys.rs`, `users.rs`, `ip.rs`, `reserved.rs`, `sessions.rs`: one
+//!   resource (or a pair) each.
 
 use std::sync::Arc;
 
@@ -23,6 +24,8 @@ mod auth;
 mod credentials;
 mod error;
 mod ip;
+mod openapi;
+mod reserved;
 mod sessions;
 mod users;
 
@@ -51,6 +54,16 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
             "/ip_restrictions/{id}",
             axum::routing::patch(ip::update_restriction).delete(ip::delete_restriction),
         )
+        .route("/reserved_domains", get(reserved::list_domains).post(reserved::create_domain))
+        .route(
+            "/reserved_domains/{id}",
+            get(reserved::get_domain).patch(reserved::update_domain).delete(reserved::delete_domain),
+        )
+        .route("/reserved_addrs", get(reserved::list_addrs).post(reserved::create_addr))
+        .route(
+            "/reserved_addrs/{id}",
+            get(reserved::get_addr).patch(reserved::update_addr).delete(reserved::delete_addr),
+        )
         .route("/tunnel_sessions", get(sessions::list))
         .route("/tunnel_sessions/{id}", get(sessions::get))
         .route("/tunnel_sessions/{id}/stop", post(sessions::stop))
@@ -59,6 +72,8 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .route("/tunnels", get(sessions::tunnels))
         .fallback(|| async { ApiError::not_found("no such API resource") })
         .layer(axum::middleware::from_fn_with_state(shared.clone(), auth::check))
+        // After the auth layer, so the document needs no key: it holds no account data.
+        .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }))
         .with_state(shared)
 }
 

@@ -1,0 +1,304 @@
+//! `/reserved_domains` and `/reserved_addrs`: names and TCP ports an account owns. Binding
+//! them is refused to every other account; a custom domain (outside the edge's base domain)
+//! can be bound only once reserved.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use warren_store::{ReservedAddr, ReservedDomain, StoreError};
+
+use super::{ApiError, PageQuery, Principal, next_page_uri, parse_body};
+use crate::Shared;
+use crate::registry::{EndpointKey, Proto};
+
+/// Ports tried when choosing a free one for a new reserved address.
+const PORT_TRIES: usize = 64;
+
+#[derive(Serialize)]
+pub(crate) struct DomainJson {
+    id: String,
+    uri: String,
+    created_at: String,
+    description: String,
+    metadata: String,
+    domain: String,
+    region: &'static str,
+    /// For a custom domain: the name its DNS CNAME must point at (under the base domain,
+    /// whose wildcard record reaches the edge). Null for names under the base domain.
+    cname_target: Option<String>,
+}
+
+fn domain_json(shared: &Shared, d: ReservedDomain) -> DomainJson {
+    let base = &shared.config.base_domain;
+    let cname_target = (!crate::session::under_domain(d.domain.trim_start_matches("*."), base))
+        .then(|| format!("{}.cname.{base}", d.id.to_ascii_lowercase().replace('_', "-")));
+    DomainJson {
+        uri: format!("/reserved_domains/{}", d.id),
+        id: d.id,
+        created_at: d.created_at,
+        description: d.description,
+        metadata: d.metadata,
+        domain: d.domain,
+        region: "local",
+        cname_target,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateDomainBody {
+    domain: Option<String>,
+    /// ngrok's older spelling of `domain`.
+    name: Option<String>,
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    metadata: String,
+    /// Sent as null by ngrok's API clients; a certificate is not attachable yet.
+    certificate_id: Option<String>,
+    certificate_management_policy: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    /// ngrok's clients repeat the id in the body.
+    #[serde(default)]
+    id: Option<String>,
+    description: Option<String>,
+    metadata: Option<String>,
+}
+
+fn check_region(region: &str) -> Result<(), ApiError> {
+    if region.is_empty() || region == "local" {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "region {region:?}: this edge has one region, \"local\"; leave region empty"
+        )))
+    }
+}
+
+fn check_update_id(body: &UpdateBody, id: &str) -> Result<(), ApiError> {
+    match &body.id {
+        Some(b) if !b.is_empty() && b != id => {
+            Err(ApiError::bad_request(format!("the body's id {b:?} differs from the path's {id:?}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+pub(crate) async fn create_domain(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<DomainJson>), ApiError> {
+    let b: CreateDomainBody = parse_body(&body)?;
+    check_region(&b.region)?;
+    if b.certificate_id.is_some() || b.certificate_management_policy.is_some() {
+        return Err(ApiError::bad_request(
+            "certificate_id and certificate_management_policy are not supported by this edge yet; omit them",
+        ));
+    }
+    let domain = b.domain.or(b.name).filter(|d| !d.trim().is_empty());
+    let domain = domain.ok_or_else(|| ApiError::bad_request("domain is required"))?;
+    let domain = warren_store::normalize_domain(&domain)?;
+    let base = &shared.config.base_domain;
+    if domain == *base || domain == format!("*.{base}") || shared.config.connect_hostnames.contains(&domain) {
+        return Err(ApiError::bad_request(format!("{domain} is the edge's own name and cannot be reserved")));
+    }
+    // A name online in another account's session now would change hands under it.
+    for proto in [Proto::Https, Proto::Http] {
+        if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(proto, domain.clone()))
+            && ep.session.account_id != p.account_id
+        {
+            return Err(ApiError::conflict(format!("{domain} is online in another account's session")));
+        }
+    }
+    let d = shared.store.create_reserved_domain(&p.account_id, &domain, &b.description, &b.metadata).await?;
+    tracing::info!(reserved_domain = %d.id, domain = %d.domain, by = %p.key_id, "domain reserved");
+    Ok((StatusCode::CREATED, Json(domain_json(&shared, d))))
+}
+
+pub(crate) async fn get_domain(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<DomainJson>, ApiError> {
+    let d = shared.store.get_reserved_domain(&p.account_id, &id).await?;
+    Ok(Json(domain_json(&shared, d)))
+}
+
+#[derive(Serialize)]
+pub(crate) struct DomainListJson {
+    reserved_domains: Vec<DomainJson>,
+    uri: &'static str,
+    next_page_uri: Option<String>,
+}
+
+pub(crate) async fn list_domains(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    q: PageQuery,
+) -> Result<Json<DomainListJson>, ApiError> {
+    let page = shared.store.list_reserved_domains(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let next = next_page_uri("/reserved_domains", &q, page.more, page.items.last().map(|d| d.id.as_str()));
+    Ok(Json(DomainListJson {
+        reserved_domains: page.items.into_iter().map(|d| domain_json(&shared, d)).collect(),
+        uri: "/reserved_domains",
+        next_page_uri: next,
+    }))
+}
+
+pub(crate) async fn update_domain(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<DomainJson>, ApiError> {
+    let b: UpdateBody = parse_body(&body)?;
+    check_update_id(&b, &id)?;
+    let d = shared
+        .store
+        .update_reserved_domain(&p.account_id, &id, b.description.as_deref(), b.metadata.as_deref())
+        .await?;
+    Ok(Json(domain_json(&shared, d)))
+}
+
+pub(crate) async fn delete_domain(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    shared.store.delete_reserved_domain(&p.account_id, &id).await?;
+    tracing::info!(reserved_domain = %id, by = %p.key_id, "reserved domain released");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+pub(crate) struct AddrJson {
+    id: String,
+    uri: String,
+    created_at: String,
+    description: String,
+    metadata: String,
+    addr: String,
+    region: &'static str,
+}
+
+fn addr_json(shared: &Shared, a: ReservedAddr) -> AddrJson {
+    AddrJson {
+        uri: format!("/reserved_addrs/{}", a.id),
+        addr: format!("{}:{}", shared.config.tcp_host, a.port),
+        id: a.id,
+        created_at: a.created_at,
+        description: a.description,
+        metadata: a.metadata,
+        region: "local",
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateAddrBody {
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    metadata: String,
+    #[serde(default)]
+    region: String,
+    /// Sent as null by ngrok's API clients; endpoint configurations are not supported.
+    endpoint_configuration_id: Option<String>,
+}
+
+/// As in ngrok, the edge chooses the port: a random one of the tcp range that no account
+/// has reserved and no session holds.
+pub(crate) async fn create_addr(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<AddrJson>), ApiError> {
+    let b: CreateAddrBody = parse_body(&body)?;
+    check_region(&b.region)?;
+    if b.endpoint_configuration_id.is_some() {
+        return Err(ApiError::bad_request("endpoint_configuration_id is not supported; omit it"));
+    }
+    let range = shared.config.tcp_ports.clone();
+    for _ in 0..PORT_TRIES {
+        let port = rand::rng().random_range(range.clone());
+        if shared.registry.is_taken(&EndpointKey::Port(port)) {
+            continue;
+        }
+        match shared.store.create_reserved_addr(&p.account_id, port, &b.description, &b.metadata).await {
+            Ok(a) => {
+                tracing::info!(reserved_addr = %a.id, port, by = %p.key_id, "tcp address reserved");
+                return Ok((StatusCode::CREATED, Json(addr_json(&shared, a))));
+            }
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict("no free port left in this edge's tcp range to reserve"))
+}
+
+pub(crate) async fn get_addr(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<AddrJson>, ApiError> {
+    let a = shared.store.get_reserved_addr(&p.account_id, &id).await?;
+    Ok(Json(addr_json(&shared, a)))
+}
+
+#[derive(Serialize)]
+pub(crate) struct AddrListJson {
+    reserved_addrs: Vec<AddrJson>,
+    uri: &'static str,
+    next_page_uri: Option<String>,
+}
+
+pub(crate) async fn list_addrs(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    q: PageQuery,
+) -> Result<Json<AddrListJson>, ApiError> {
+    let page = shared.store.list_reserved_addrs(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let next = next_page_uri("/reserved_addrs", &q, page.more, page.items.last().map(|a| a.id.as_str()));
+    Ok(Json(AddrListJson {
+        reserved_addrs: page.items.into_iter().map(|a| addr_json(&shared, a)).collect(),
+        uri: "/reserved_addrs",
+        next_page_uri: next,
+    }))
+}
+
+pub(crate) async fn update_addr(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<AddrJson>, ApiError> {
+    let b: UpdateBody = parse_body(&body)?;
+    check_update_id(&b, &id)?;
+    let a = shared
+        .store
+        .update_reserved_addr(&p.account_id, &id, b.description.as_deref(), b.metadata.as_deref())
+        .await?;
+    Ok(Json(addr_json(&shared, a)))
+}
+
+pub(crate) async fn delete_addr(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    shared.store.delete_reserved_addr(&p.account_id, &id).await?;
+    tracing::info!(reserved_addr = %id, by = %p.key_id, "reserved tcp address released");
+    Ok(StatusCode::NO_CONTENT)
+}
