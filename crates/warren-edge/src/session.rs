@@ -182,7 +182,11 @@ async fn handle_auth(
     }
     // The authtoken's own IP policies: where this token may be used from.
     if !credential.ip_policy_ids.is_empty() {
-        match shared.store.ip_policies_allow(&credential.account_id, &credential.ip_policy_ids, remote.ip()).await {
+        match shared
+            .store
+            .ip_policies_allow(&credential.account_id, &credential.ip_policy_ids, remote.ip())
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 tracing::info!(%remote, credential = %credential.id, "agent session refused by the authtoken's IP policies");
@@ -455,11 +459,7 @@ pub(crate) fn under_domain(host: &str, domain: &str) -> bool {
 
 /// A name reserved by another account is refused; a name outside the base domain (a custom
 /// domain) must be reserved by the session's own account first.
-async fn check_domain_reservation(
-    shared: &Shared,
-    session: &AgentSession,
-    host: &str,
-) -> Result<(), String> {
+async fn check_domain_reservation(shared: &Shared, session: &AgentSession, host: &str) -> Result<(), String> {
     let base = &shared.config.base_domain;
     let reservation = shared.store.domain_reservation(host).await.map_err(|e| {
         tracing::error!(error = %e, "store failed while checking domain reservations");

@@ -266,3 +266,41 @@ async fn live_sessions_and_endpoints_are_listed_and_can_be_stopped() {
     let (_, _, list) = edge.api("GET", "/tunnel_sessions", key, None).await;
     assert!(list["tunnel_sessions"].as_array().unwrap().is_empty(), "{list}");
 }
+
+#[tokio::test]
+async fn the_openapi_document_is_public_and_every_operation_in_it_is_routed() {
+    let edge = TestEdge::start().await;
+    let (s, _, doc) = edge.api_raw("GET", "/openapi.json", None, None, None).await;
+    assert_eq!(s, StatusCode::OK, "no key or version header needed: {doc}");
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().unwrap();
+    for resource in [
+        "/credentials",
+        "/api_keys",
+        "/reserved_domains",
+        "/reserved_addrs",
+        "/ip_policies",
+        "/tunnel_sessions",
+    ] {
+        assert!(paths.contains_key(resource), "{resource} documented");
+    }
+    let mut checked = 0;
+    for (path, ops) in paths {
+        if path == "/openapi.json" {
+            continue;
+        }
+        for method in ops.as_object().unwrap().keys() {
+            let method = method.to_ascii_uppercase();
+            let concrete = path.replace("{id}", "xx_doesnotexist");
+            let body = matches!(method.as_str(), "POST" | "PATCH").then(|| json!({}));
+            let (s, _, res) = edge.api(&method, &concrete, Some(&edge.api_key), body).await;
+            assert_ne!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {path} is documented but not routed");
+            assert!(
+                !(s == StatusCode::NOT_FOUND && res["msg"] == "no such API resource"),
+                "{method} {path} is documented but not routed"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "only {checked} operations documented");
+}

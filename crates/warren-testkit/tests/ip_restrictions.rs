@@ -113,3 +113,71 @@ async fn ip_resources_page_get_update_delete_and_need_admin() {
         edge.api("POST", "/ip_restrictions", key, Some(json!({"type": "ssh", "ip_policy_ids": []}))).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
 }
+
+#[tokio::test]
+async fn an_authtokens_own_ip_policy_refuses_sessions_from_elsewhere() {
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    let (_, _, pol) = edge.api("POST", "/ip_policies", key, Some(json!({"description": "corp"}))).await;
+    let rule = json!({"ip_policy_id": pol["id"], "cidr": "10.0.0.0/8", "action": "allow"});
+    let (s, _, _) = edge.api("POST", "/ip_policy_rules", key, Some(rule)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _, e) =
+        edge.api("POST", "/credentials", key, Some(json!({"ip_policy_ids": ["ipp_missing"]}))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
+    let (s, _, cred) =
+        edge.api("POST", "/credentials", key, Some(json!({"ip_policy_ids": [pol["id"]]}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{cred}");
+    assert_eq!(cred["ip_policy_ids"], json!([pol["id"]]));
+
+    let up = HttpUpstream::start().await;
+    let mut cfg = edge.agent_with(EndpointConfig::http(&up.url(), None).unwrap());
+    cfg.authtoken = cred["token"].as_str().unwrap().to_owned();
+    let err = within("refused", Agent::start(cfg.clone()).wait_online()).await.unwrap_err();
+    assert!(
+        matches!(&err, AgentError::Auth(m) if m.contains("ERR_WARREN_IP_RESTRICTED") && m.contains("127.0.0.1")),
+        "{err:?}"
+    );
+    assert_eq!(edge.edge().session_count(), 0);
+    // The policy is in use, so it cannot be deleted from under the token.
+    let (s, _, e) =
+        edge.api("DELETE", &format!("/ip_policies/{}", pol["id"].as_str().unwrap()), key, None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+
+    let path = format!("/credentials/{}", cred["id"].as_str().unwrap());
+    let (s, _, _) = edge.api("PATCH", &path, key, Some(json!({"ip_policy_ids": []}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let mut agent = Agent::start(cfg);
+    within("allowed once the policy is removed", agent.wait_online()).await.unwrap();
+}
+
+#[tokio::test]
+async fn tightening_an_authtoken_restarts_its_live_sessions_under_the_new_rules() {
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    let (s, _, cred) = edge.api("POST", "/credentials", key, Some(json!({"acl": ["bind:*"]}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let up = HttpUpstream::start().await;
+    let mut cfg =
+        edge.agent_with(EndpointConfig::http(&up.url(), Some("https://tight.warren.localhost")).unwrap());
+    cfg.authtoken = cred["token"].as_str().unwrap().to_owned();
+    let mut agent = Agent::start(cfg);
+    within("online", agent.wait_online()).await.unwrap();
+    let path = format!("/credentials/{}", cred["id"].as_str().unwrap());
+    // A description change leaves the session alone.
+    let (s, _, _) = edge.api("PATCH", &path, key, Some(json!({"description": "renamed"}))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(edge.edge().session_count(), 1);
+    // An ACL that no longer covers the name ends the session; the agent's rebind is refused.
+    let (s, _, _) =
+        edge.api("PATCH", &path, key, Some(json!({"acl": ["bind:other.warren.localhost"]}))).await;
+    assert_eq!(s, StatusCode::OK);
+    loop {
+        match within("status change", agent.next_status()).await {
+            warren_agent::Status::Reconnecting { error, .. } if error.contains("may not bind") => break,
+            _ => {}
+        }
+    }
+    let (status, _, _) = https_get(&edge, "tight.warren.localhost", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
