@@ -109,6 +109,14 @@ async fn handle(shared: &Shared, visitor: &Visitor, req: Request<Incoming>) -> R
         Scheme::Https => Proto::Https,
     };
     if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(proto, host.clone())) {
+        let ip = visitor.remote.ip();
+        if !crate::ip_rules::visitor_allowed(shared, &ep.session.account_id, ip, &ep.url).await {
+            return page(
+                StatusCode::FORBIDDEN,
+                &format!("Requests from {ip} to {host} are not allowed by this endpoint's IP restrictions."),
+                codes::IP_RESTRICTED,
+            );
+        }
         return proxy(visitor, &ep, &host, req).await;
     }
     if visitor.scheme == Scheme::Http

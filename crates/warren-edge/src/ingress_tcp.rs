@@ -103,9 +103,12 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ep: Arc<Endpoin
     loop {
         let (tcp, remote, permit) =
             crate::accept_limited(&listener, &shared.visitor_limit, "tcp endpoint").await;
-        let ep = ep.clone();
+        let (shared, ep) = (shared.clone(), ep.clone());
         tokio::spawn(async move {
-            proxy(tcp, remote, &ep).await;
+            // Refused visitors are closed before a proxy stream is opened.
+            if crate::ip_rules::visitor_allowed(&shared, &ep.session.account_id, remote.ip(), &ep.url).await {
+                proxy(tcp, remote, &ep).await;
+            }
             drop(permit);
         });
     }

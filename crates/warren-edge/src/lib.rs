@@ -7,6 +7,7 @@
 //! - `registry`: which session holds which endpoint.
 //! - `session`: one agent session: Auth, Bind, Unbind, heartbeats.
 //! - `ingress_http`, `ingress_tcp`: listeners for visitors.
+//! - `ip_rules`: the cached IP restrictions every listener checks.
 //!
 //! [`Edge::start`] binds every listener and returns their addresses (tests use port 0);
 //! [`run`] starts an edge and serves until `shutdown` resolves.
@@ -24,6 +25,7 @@ pub mod bootstrap;
 pub mod config;
 mod ingress_http;
 mod ingress_tcp;
+mod ip_rules;
 mod registry;
 mod session;
 pub mod tls;
@@ -83,6 +85,7 @@ pub(crate) struct Shared {
     pub(crate) session_limit: Arc<tokio::sync::Semaphore>,
     pub(crate) visitor_limit: Arc<tokio::sync::Semaphore>,
     pub(crate) api_rate_limit: api::RateLimit,
+    pub(crate) ip_rules: ip_rules::IpRules,
 }
 
 impl Shared {
@@ -148,6 +151,7 @@ impl Edge {
             visitor_limit: Arc::new(tokio::sync::Semaphore::new(config.limits.max_visitor_connections)),
             registry: registry::Registry::default(),
             api_rate_limit: api::RateLimit::new(config.api_rate_limit.0, config.api_rate_limit.1),
+            ip_rules: ip_rules::IpRules::default(),
             store,
             config,
             shutdown: rx,

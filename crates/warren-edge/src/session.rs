@@ -156,7 +156,7 @@ async fn handle_auth(
         }
     };
     // IP restrictions of type `agent` apply before anything else of the session.
-    match shared.store.check_ip(&credential.account_id, "agent", remote.ip()).await {
+    match shared.ip_rules.check(&shared.store, &credential.account_id, "agent", remote.ip()).await {
         Ok(warren_store::IpDecision::Allow) => {}
         Ok(warren_store::IpDecision::Deny { restriction, enforced: false }) => {
             tracing::warn!(%remote, %restriction, "agent session from an address outside an IP restriction (log only; allowed)");

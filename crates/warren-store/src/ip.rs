@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use sqlx::Row;
 
-use crate::{Page, Store, StoreError, generate_id, into_page, now_rfc3339, page_limit};
+use crate::{Page, Store, StoreError, check_text, generate_id, into_page, now_rfc3339, page_limit};
 
 /// An IPv4 or IPv6 network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`; a bare address
 /// is a /32 or /128).
@@ -73,6 +73,8 @@ pub struct IpPolicy {
     pub id: String,
     /// What it is for.
     pub description: String,
+    /// Free-form.
+    pub metadata: String,
     /// RFC 3339.
     pub created_at: String,
 }
@@ -90,6 +92,8 @@ pub struct IpPolicyRule {
     pub action: String,
     /// What it is for.
     pub description: String,
+    /// Free-form.
+    pub metadata: String,
     /// RFC 3339.
     pub created_at: String,
 }
@@ -107,6 +111,8 @@ pub struct IpRestriction {
     pub ip_policy_ids: Vec<String>,
     /// What it is for.
     pub description: String,
+    /// Free-form.
+    pub metadata: String,
     /// RFC 3339.
     pub created_at: String,
 }
@@ -125,6 +131,28 @@ pub enum IpDecision {
     },
 }
 
+/// One restriction with its policies' rules, ready to apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledRestriction {
+    /// `ipx_...`
+    pub id: String,
+    /// Refuse (true) or only log (false).
+    pub enforced: bool,
+    /// `(network, allow)` from every policy of the restriction.
+    pub rules: Vec<(Cidr, bool)>,
+}
+
+/// Applies compiled restrictions (enforced first, as [`Store::compiled_restrictions`] orders
+/// them): the first that refuses `ip` decides.
+pub fn decide(restrictions: &[CompiledRestriction], ip: IpAddr) -> IpDecision {
+    for r in restrictions {
+        if !evaluate(&r.rules, ip) {
+            return IpDecision::Deny { restriction: r.id.clone(), enforced: r.enforced };
+        }
+    }
+    IpDecision::Allow
+}
+
 /// Restriction kinds.
 pub const RESTRICTION_KINDS: [&str; 4] = ["agent", "api", "dashboard", "endpoints"];
 
@@ -138,31 +166,113 @@ pub fn evaluate(rules: &[(Cidr, bool)], ip: IpAddr) -> bool {
     allows.is_empty() || allows.iter().any(|(c, _)| c.contains(ip))
 }
 
+/// A change to a rule; `None` keeps a field.
+#[derive(Clone, Debug, Default)]
+pub struct IpPolicyRuleUpdate {
+    /// New network.
+    pub cidr: Option<String>,
+    /// New action, `allow` or `deny`.
+    pub action: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New metadata.
+    pub metadata: Option<String>,
+}
+
+/// A change to a restriction; `None` keeps a field.
+#[derive(Clone, Debug, Default)]
+pub struct IpRestrictionUpdate {
+    /// Enforce or only log.
+    pub enforced: Option<bool>,
+    /// New policies (at least one).
+    pub ip_policy_ids: Option<Vec<String>>,
+    /// New description.
+    pub description: Option<String>,
+    /// New metadata.
+    pub metadata: Option<String>,
+}
+
+const POLICY_COLUMNS: &str = "id, description, metadata, created_at";
+const RULE_COLUMNS: &str = "id, ip_policy_id, cidr, action, description, metadata, created_at";
+const RESTRICTION_COLUMNS: &str = "id, type, enforced, ip_policy_ids, description, metadata, created_at";
+
+fn policy_row<R: Row>(r: &R) -> IpPolicy
+where
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    IpPolicy { id: r.get(0), description: r.get(1), metadata: r.get(2), created_at: r.get(3) }
+}
+
+fn rule_row<R: Row>(r: &R) -> IpPolicyRule
+where
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    IpPolicyRule {
+        id: r.get(0),
+        ip_policy_id: r.get(1),
+        cidr: r.get(2),
+        action: r.get(3),
+        description: r.get(4),
+        metadata: r.get(5),
+        created_at: r.get(6),
+    }
+}
+
+fn restriction_row<R: Row>(r: &R) -> IpRestriction
+where
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    IpRestriction {
+        id: r.get(0),
+        kind: r.get(1),
+        enforced: r.get::<i64, _>(2) != 0,
+        ip_policy_ids: serde_json::from_str(&r.get::<String, _>(3)).unwrap_or_default(),
+        description: r.get(4),
+        metadata: r.get(5),
+        created_at: r.get(6),
+    }
+}
+
+fn check_rule(cidr: &str, action: &str) -> Result<(), StoreError> {
+    Cidr::parse(cidr).map_err(|e| StoreError::Invalid(format!("cidr: {e}")))?;
+    if action != "allow" && action != "deny" {
+        return Err(StoreError::Invalid(format!("action {action:?}: use allow or deny")));
+    }
+    Ok(())
+}
+
 impl Store {
     /// Creates an IP policy.
     pub async fn create_ip_policy(
         &self,
         account_id: &str,
         description: &str,
+        metadata: &str,
     ) -> Result<IpPolicy, StoreError> {
+        check_text("description", description)?;
+        check_text("metadata", metadata)?;
         let p = IpPolicy {
             id: generate_id("ipp"),
             description: description.to_owned(),
+            metadata: metadata.to_owned(),
             created_at: now_rfc3339(),
         };
         with_db!(self.db, pool => {
-            sqlx::query("INSERT INTO ip_policies (id, account_id, description, created_at) VALUES ($1, $2, $3, $4)")
-                .bind(&p.id).bind(account_id).bind(&p.description).bind(&p.created_at).execute(pool).await?;
+            sqlx::query("INSERT INTO ip_policies (id, account_id, description, metadata, created_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(&p.id).bind(account_id).bind(&p.description).bind(&p.metadata).bind(&p.created_at).execute(pool).await?;
         });
         Ok(p)
     }
 
     /// One IP policy.
     pub async fn get_ip_policy(&self, account_id: &str, id: &str) -> Result<IpPolicy, StoreError> {
+        let sql = format!("SELECT {POLICY_COLUMNS} FROM ip_policies WHERE account_id = $1 AND id = $2");
         with_db!(self.db, pool => {
-            sqlx::query("SELECT id, description, created_at FROM ip_policies WHERE account_id = $1 AND id = $2")
-                .bind(account_id).bind(id).fetch_optional(pool).await?
-                .map(|r| IpPolicy { id: r.get(0), description: r.get(1), created_at: r.get(2) })
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(id).fetch_optional(pool).await?.map(|r| policy_row(&r))
         })
         .ok_or(StoreError::NotFound("ip policy"))
     }
@@ -174,24 +284,29 @@ impl Store {
         limit: u32,
         before_id: Option<&str>,
     ) -> Result<Page<IpPolicy>, StoreError> {
+        let sql = format!(
+            "SELECT {POLICY_COLUMNS} FROM ip_policies WHERE account_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3"
+        );
         let rows = with_db!(self.db, pool => {
-            sqlx::query("SELECT id, description, created_at FROM ip_policies WHERE account_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3")
-                .bind(account_id).bind(before_id.unwrap_or("")).bind(page_limit(limit)).fetch_all(pool).await?
-                .iter().map(|r| IpPolicy { id: r.get(0), description: r.get(1), created_at: r.get(2) }).collect::<Vec<_>>()
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(before_id.unwrap_or("")).bind(page_limit(limit)).fetch_all(pool).await?
+                .iter().map(policy_row).collect::<Vec<_>>()
         });
         Ok(into_page(rows, limit))
     }
 
-    /// Changes a policy's description.
+    /// Changes a policy's description or metadata; `None` keeps a field.
     pub async fn update_ip_policy(
         &self,
         account_id: &str,
         id: &str,
-        description: &str,
+        description: Option<&str>,
+        metadata: Option<&str>,
     ) -> Result<IpPolicy, StoreError> {
+        description.map_or(Ok(()), |d| check_text("description", d))?;
+        metadata.map_or(Ok(()), |m| check_text("metadata", m))?;
         let n = with_db!(self.db, pool => {
-            sqlx::query("UPDATE ip_policies SET description = $1 WHERE account_id = $2 AND id = $3")
-                .bind(description).bind(account_id).bind(id).execute(pool).await?.rows_affected()
+            sqlx::query("UPDATE ip_policies SET description = COALESCE($1, description), metadata = COALESCE($2, metadata) WHERE account_id = $3 AND id = $4")
+                .bind(description).bind(metadata).bind(account_id).bind(id).execute(pool).await?.rows_affected()
         });
         if n == 0 {
             return Err(StoreError::NotFound("ip policy"));
@@ -224,11 +339,11 @@ impl Store {
         cidr: &str,
         action: &str,
         description: &str,
+        metadata: &str,
     ) -> Result<IpPolicyRule, StoreError> {
-        Cidr::parse(cidr).map_err(|e| StoreError::Invalid(format!("cidr: {e}")))?;
-        if action != "allow" && action != "deny" {
-            return Err(StoreError::Invalid(format!("action {action:?}: use allow or deny")));
-        }
+        check_rule(cidr, action)?;
+        check_text("description", description)?;
+        check_text("metadata", metadata)?;
         self.get_ip_policy(account_id, ip_policy_id).await?;
         let r = IpPolicyRule {
             id: generate_id("ipr"),
@@ -236,14 +351,24 @@ impl Store {
             cidr: cidr.trim().to_owned(),
             action: action.to_owned(),
             description: description.to_owned(),
+            metadata: metadata.to_owned(),
             created_at: now_rfc3339(),
         };
         with_db!(self.db, pool => {
-            sqlx::query("INSERT INTO ip_policy_rules (id, account_id, ip_policy_id, cidr, action, description, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-                .bind(&r.id).bind(account_id).bind(&r.ip_policy_id).bind(&r.cidr).bind(&r.action).bind(&r.description).bind(&r.created_at)
+            sqlx::query("INSERT INTO ip_policy_rules (id, account_id, ip_policy_id, cidr, action, description, metadata, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(&r.id).bind(account_id).bind(&r.ip_policy_id).bind(&r.cidr).bind(&r.action).bind(&r.description).bind(&r.metadata).bind(&r.created_at)
                 .execute(pool).await?;
         });
         Ok(r)
+    }
+
+    /// One rule.
+    pub async fn get_ip_policy_rule(&self, account_id: &str, id: &str) -> Result<IpPolicyRule, StoreError> {
+        let sql = format!("SELECT {RULE_COLUMNS} FROM ip_policy_rules WHERE account_id = $1 AND id = $2");
+        with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(id).fetch_optional(pool).await?.map(|r| rule_row(&r))
+        })
+        .ok_or(StoreError::NotFound("ip policy rule"))
     }
 
     /// Rules of an account, newest first.
@@ -253,13 +378,37 @@ impl Store {
         limit: u32,
         before_id: Option<&str>,
     ) -> Result<Page<IpPolicyRule>, StoreError> {
+        let sql = format!(
+            "SELECT {RULE_COLUMNS} FROM ip_policy_rules WHERE account_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3"
+        );
         let rows = with_db!(self.db, pool => {
-            sqlx::query("SELECT id, ip_policy_id, cidr, action, description, created_at FROM ip_policy_rules WHERE account_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3")
-                .bind(account_id).bind(before_id.unwrap_or("")).bind(page_limit(limit)).fetch_all(pool).await?
-                .iter().map(|r| IpPolicyRule { id: r.get(0), ip_policy_id: r.get(1), cidr: r.get(2), action: r.get(3), description: r.get(4), created_at: r.get(5) })
-                .collect::<Vec<_>>()
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(before_id.unwrap_or("")).bind(page_limit(limit)).fetch_all(pool).await?
+                .iter().map(rule_row).collect::<Vec<_>>()
         });
         Ok(into_page(rows, limit))
+    }
+
+    /// Changes a rule; the new network and action are checked as on create.
+    pub async fn update_ip_policy_rule(
+        &self,
+        account_id: &str,
+        id: &str,
+        up: &IpPolicyRuleUpdate,
+    ) -> Result<IpPolicyRule, StoreError> {
+        let current = self.get_ip_policy_rule(account_id, id).await?;
+        let cidr = up.cidr.as_deref().map(str::trim).unwrap_or(&current.cidr);
+        check_rule(cidr, up.action.as_deref().unwrap_or(&current.action))?;
+        up.description.as_deref().map_or(Ok(()), |d| check_text("description", d))?;
+        up.metadata.as_deref().map_or(Ok(()), |m| check_text("metadata", m))?;
+        let n = with_db!(self.db, pool => {
+            sqlx::query("UPDATE ip_policy_rules SET cidr = $1, action = COALESCE($2, action), description = COALESCE($3, description), metadata = COALESCE($4, metadata) WHERE account_id = $5 AND id = $6")
+                .bind(cidr).bind(&up.action).bind(&up.description).bind(&up.metadata).bind(account_id).bind(id)
+                .execute(pool).await?.rows_affected()
+        });
+        if n == 0 {
+            return Err(StoreError::NotFound("ip policy rule"));
+        }
+        self.get_ip_policy_rule(account_id, id).await
     }
 
     /// Deletes a rule.
@@ -279,6 +428,7 @@ impl Store {
         enforced: bool,
         ip_policy_ids: &[String],
         description: &str,
+        metadata: &str,
     ) -> Result<IpRestriction, StoreError> {
         if !RESTRICTION_KINDS.contains(&kind) {
             return Err(StoreError::Invalid(format!(
@@ -288,6 +438,8 @@ impl Store {
         if ip_policy_ids.is_empty() {
             return Err(StoreError::Invalid("ip_policy_ids: name at least one IP policy".into()));
         }
+        check_text("description", description)?;
+        check_text("metadata", metadata)?;
         self.check_policies_exist(account_id, ip_policy_ids).await?;
         let x = IpRestriction {
             id: generate_id("ipx"),
@@ -295,15 +447,26 @@ impl Store {
             enforced,
             ip_policy_ids: ip_policy_ids.to_vec(),
             description: description.to_owned(),
+            metadata: metadata.to_owned(),
             created_at: now_rfc3339(),
         };
         let ids = serde_json::to_string(&x.ip_policy_ids).expect("strings serialize");
         with_db!(self.db, pool => {
-            sqlx::query("INSERT INTO ip_restrictions (id, account_id, type, enforced, ip_policy_ids, description, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-                .bind(&x.id).bind(account_id).bind(&x.kind).bind(i64::from(enforced)).bind(&ids).bind(&x.description).bind(&x.created_at)
+            sqlx::query("INSERT INTO ip_restrictions (id, account_id, type, enforced, ip_policy_ids, description, metadata, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(&x.id).bind(account_id).bind(&x.kind).bind(i64::from(enforced)).bind(&ids).bind(&x.description).bind(&x.metadata).bind(&x.created_at)
                 .execute(pool).await?;
         });
         Ok(x)
+    }
+
+    /// One restriction.
+    pub async fn get_ip_restriction(&self, account_id: &str, id: &str) -> Result<IpRestriction, StoreError> {
+        let sql =
+            format!("SELECT {RESTRICTION_COLUMNS} FROM ip_restrictions WHERE account_id = $1 AND id = $2");
+        with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(id).fetch_optional(pool).await?.map(|r| restriction_row(&r))
+        })
+        .ok_or(StoreError::NotFound("ip restriction"))
     }
 
     /// Restrictions of an account, newest first.
@@ -313,30 +476,41 @@ impl Store {
         limit: u32,
         before_id: Option<&str>,
     ) -> Result<Page<IpRestriction>, StoreError> {
+        let sql = format!(
+            "SELECT {RESTRICTION_COLUMNS} FROM ip_restrictions WHERE account_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3"
+        );
         let rows = with_db!(self.db, pool => {
-            sqlx::query("SELECT id, type, enforced, ip_policy_ids, description, created_at FROM ip_restrictions WHERE account_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3")
-                .bind(account_id).bind(before_id.unwrap_or("")).bind(page_limit(limit)).fetch_all(pool).await?
-                .iter().map(|r| IpRestriction {
-                    id: r.get(0), kind: r.get(1), enforced: r.get::<i64, _>(2) != 0,
-                    ip_policy_ids: serde_json::from_str(&r.get::<String, _>(3)).unwrap_or_default(),
-                    description: r.get(4), created_at: r.get(5),
-                }).collect::<Vec<_>>()
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(before_id.unwrap_or("")).bind(page_limit(limit)).fetch_all(pool).await?
+                .iter().map(restriction_row).collect::<Vec<_>>()
         });
         Ok(into_page(rows, limit))
     }
 
-    /// Switches a restriction between enforced and log-only.
-    pub async fn set_ip_restriction_enforced(
+    /// Changes a restriction: enforcement, policies, description, metadata.
+    pub async fn update_ip_restriction(
         &self,
         account_id: &str,
         id: &str,
-        enforced: bool,
-    ) -> Result<(), StoreError> {
+        up: &IpRestrictionUpdate,
+    ) -> Result<IpRestriction, StoreError> {
+        if let Some(ids) = &up.ip_policy_ids {
+            if ids.is_empty() {
+                return Err(StoreError::Invalid("ip_policy_ids: name at least one IP policy".into()));
+            }
+            self.check_policies_exist(account_id, ids).await?;
+        }
+        up.description.as_deref().map_or(Ok(()), |d| check_text("description", d))?;
+        up.metadata.as_deref().map_or(Ok(()), |m| check_text("metadata", m))?;
+        let ids = up.ip_policy_ids.as_ref().map(|i| serde_json::to_string(i).expect("strings serialize"));
         let n = with_db!(self.db, pool => {
-            sqlx::query("UPDATE ip_restrictions SET enforced = $1 WHERE account_id = $2 AND id = $3")
-                .bind(i64::from(enforced)).bind(account_id).bind(id).execute(pool).await?.rows_affected()
+            sqlx::query("UPDATE ip_restrictions SET enforced = COALESCE($1, enforced), ip_policy_ids = COALESCE($2, ip_policy_ids), description = COALESCE($3, description), metadata = COALESCE($4, metadata) WHERE account_id = $5 AND id = $6")
+                .bind(up.enforced.map(i64::from)).bind(&ids).bind(&up.description).bind(&up.metadata).bind(account_id).bind(id)
+                .execute(pool).await?.rows_affected()
         });
-        if n == 0 { Err(StoreError::NotFound("ip restriction")) } else { Ok(()) }
+        if n == 0 {
+            return Err(StoreError::NotFound("ip restriction"));
+        }
+        self.get_ip_restriction(account_id, id).await
     }
 
     /// Deletes a restriction.
@@ -351,24 +525,39 @@ impl Store {
     /// Applies every restriction of `kind` to `ip`: the first one whose policies refuse the
     /// address decides (enforced ones first).
     pub async fn check_ip(&self, account_id: &str, kind: &str, ip: IpAddr) -> Result<IpDecision, StoreError> {
-        let mut restrictions = self.list_ip_restrictions(account_id, 100, None).await?.items;
-        restrictions.retain(|r| r.kind == kind);
-        restrictions.sort_by_key(|r| !r.enforced);
-        for r in restrictions {
-            if !self.ip_policies_allow(account_id, &r.ip_policy_ids, ip).await? {
-                return Ok(IpDecision::Deny { restriction: r.id, enforced: r.enforced });
-            }
-        }
-        Ok(IpDecision::Allow)
+        Ok(decide(&self.compiled_restrictions(account_id, kind).await?, ip))
     }
 
-    /// Whether `ip` passes the rules of `ip_policy_ids` taken together (see [`evaluate`]).
-    pub async fn ip_policies_allow(
+    /// The account's restrictions of `kind` with their rules loaded and parsed, enforced ones
+    /// first: what [`decide`] needs, in a form an edge can cache.
+    pub async fn compiled_restrictions(
+        &self,
+        account_id: &str,
+        kind: &str,
+    ) -> Result<Vec<CompiledRestriction>, StoreError> {
+        let sql =
+            format!("SELECT {RESTRICTION_COLUMNS} FROM ip_restrictions WHERE account_id = $1 AND type = $2");
+        let mut restrictions = with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(kind).fetch_all(pool).await?
+                .iter().map(restriction_row).collect::<Vec<_>>()
+        });
+        restrictions.sort_by(|a, b| (!a.enforced, &a.id).cmp(&(!b.enforced, &b.id)));
+        let mut out = Vec::with_capacity(restrictions.len());
+        for r in restrictions {
+            out.push(CompiledRestriction {
+                rules: self.policy_rules(account_id, &r.ip_policy_ids).await?,
+                id: r.id,
+                enforced: r.enforced,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn policy_rules(
         &self,
         account_id: &str,
         ip_policy_ids: &[String],
-        ip: IpAddr,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Vec<(Cidr, bool)>, StoreError> {
         let mut rules = Vec::new();
         for p in ip_policy_ids {
             let rows = with_db!(self.db, pool => {
@@ -380,7 +569,17 @@ impl Store {
                 rows.into_iter().filter_map(|(c, a)| Cidr::parse(&c).ok().map(|c| (c, a == "allow"))),
             );
         }
-        Ok(evaluate(&rules, ip))
+        Ok(rules)
+    }
+
+    /// Whether `ip` passes the rules of `ip_policy_ids` taken together (see [`evaluate`]).
+    pub async fn ip_policies_allow(
+        &self,
+        account_id: &str,
+        ip_policy_ids: &[String],
+        ip: IpAddr,
+    ) -> Result<bool, StoreError> {
+        Ok(evaluate(&self.policy_rules(account_id, ip_policy_ids).await?, ip))
     }
 
     /// Refuses ids that name no policy of the account.

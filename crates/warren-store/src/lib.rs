@@ -41,7 +41,10 @@ mod secret;
 mod time;
 mod users;
 
-pub use ip::{Cidr, IpDecision, IpPolicy, IpPolicyRule, IpRestriction};
+pub use ip::{
+    Cidr, CompiledRestriction, IpDecision, IpPolicy, IpPolicyRule, IpPolicyRuleUpdate, IpRestriction,
+    IpRestrictionUpdate,
+};
 pub use model::{
     Account, ApiKey, Credential, CredentialUpdate, NewApiKey, NewCredential, Page, Role, Token, User,
 };

@@ -215,19 +215,19 @@ async fn ip_restrictions_decide_by_their_policies() {
         let acc = account(&s).await;
         let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
         assert_eq!(s.check_ip(&acc.id, "agent", lo).await.unwrap(), IpDecision::Allow, "no restriction");
-        let corp = s.create_ip_policy(&acc.id, "corp only").await.unwrap();
-        s.create_ip_policy_rule(&acc.id, &corp.id, "10.0.0.0/8", "allow", "office").await.unwrap();
-        s.create_ip_policy_rule(&acc.id, &corp.id, "2001:db8::/32", "allow", "office v6").await.unwrap();
+        let corp = s.create_ip_policy(&acc.id, "corp only", "").await.unwrap();
+        s.create_ip_policy_rule(&acc.id, &corp.id, "10.0.0.0/8", "allow", "office", "").await.unwrap();
+        s.create_ip_policy_rule(&acc.id, &corp.id, "2001:db8::/32", "allow", "office v6", "").await.unwrap();
         assert!(matches!(
-            s.create_ip_policy_rule(&acc.id, &corp.id, "10.0.0.1/8", "allow", "").await,
+            s.create_ip_policy_rule(&acc.id, &corp.id, "10.0.0.1/8", "allow", "", "").await,
             Err(StoreError::Invalid(_))
         ));
         assert!(matches!(
-            s.create_ip_policy_rule(&acc.id, &corp.id, "10.0.0.0/8", "maybe", "").await,
+            s.create_ip_policy_rule(&acc.id, &corp.id, "10.0.0.0/8", "maybe", "", "").await,
             Err(StoreError::Invalid(_))
         ));
         let x = s
-            .create_ip_restriction(&acc.id, "agent", true, std::slice::from_ref(&corp.id), "")
+            .create_ip_restriction(&acc.id, "agent", true, std::slice::from_ref(&corp.id), "", "")
             .await
             .unwrap();
         assert_eq!(
@@ -247,11 +247,26 @@ async fn ip_restrictions_decide_by_their_policies() {
             IpDecision::Allow,
             "other kinds unaffected"
         );
-        s.set_ip_restriction_enforced(&acc.id, &x.id, false).await.unwrap();
+        let up = IpRestrictionUpdate { enforced: Some(false), metadata: Some("m".into()), ..Default::default() };
+        let updated = s.update_ip_restriction(&acc.id, &x.id, &up).await.unwrap();
+        assert_eq!((updated.enforced, updated.metadata.as_str(), updated.kind.as_str()), (false, "m", "agent"));
+        assert_eq!(s.get_ip_restriction(&acc.id, &x.id).await.unwrap(), updated);
+        let empty = IpRestrictionUpdate { ip_policy_ids: Some(Vec::new()), ..Default::default() };
+        assert!(matches!(s.update_ip_restriction(&acc.id, &x.id, &empty).await, Err(StoreError::Invalid(_))));
         assert_eq!(
             s.check_ip(&acc.id, "agent", lo).await.unwrap(),
             IpDecision::Deny { restriction: x.id.clone(), enforced: false }
         );
+        // Rules can be changed in place, checked as on create.
+        let r = s.list_ip_policy_rules(&acc.id, 100, None).await.unwrap().items[0].clone();
+        let bad = IpPolicyRuleUpdate { cidr: Some("10.0.0.1/8".into()), ..Default::default() };
+        assert!(matches!(s.update_ip_policy_rule(&acc.id, &r.id, &bad).await, Err(StoreError::Invalid(_))));
+        let up = IpPolicyRuleUpdate { description: Some("renamed".into()), ..Default::default() };
+        let r2 = s.update_ip_policy_rule(&acc.id, &r.id, &up).await.unwrap();
+        assert_eq!((r2.cidr.as_str(), r2.description.as_str()), (r.cidr.as_str(), "renamed"));
+        assert_eq!(s.get_ip_policy_rule(&acc.id, &r.id).await.unwrap(), r2);
+        let kept = s.update_ip_policy(&acc.id, &corp.id, None, Some("{}")).await.unwrap();
+        assert_eq!((kept.description.as_str(), kept.metadata.as_str()), ("corp only", "{}"));
         // A policy still applied cannot be deleted: that would quietly open what it guards.
         assert!(matches!(s.delete_ip_policy(&acc.id, &corp.id).await, Err(StoreError::InUse(m)) if m.contains(&x.id)));
         s.delete_ip_restriction(&acc.id, &x.id).await.unwrap();
@@ -259,7 +274,7 @@ async fn ip_restrictions_decide_by_their_policies() {
         assert!(s.list_ip_policy_rules(&acc.id, 100, None).await.unwrap().items.is_empty());
         assert_eq!(s.check_ip(&acc.id, "agent", lo).await.unwrap(), IpDecision::Allow);
         assert!(matches!(
-            s.create_ip_restriction(&acc.id, "ssh", true, std::slice::from_ref(&x.id), "").await,
+            s.create_ip_restriction(&acc.id, "ssh", true, std::slice::from_ref(&x.id), "", "").await,
             Err(StoreError::Invalid(_))
         ));
     })
@@ -270,8 +285,8 @@ async fn ip_restrictions_decide_by_their_policies() {
 async fn authtokens_carry_their_own_ip_policies() {
     on_both(|s| async move {
         let acc = account(&s).await;
-        let office = s.create_ip_policy(&acc.id, "office").await.unwrap();
-        s.create_ip_policy_rule(&acc.id, &office.id, "192.0.2.0/24", "allow", "").await.unwrap();
+        let office = s.create_ip_policy(&acc.id, "office", "").await.unwrap();
+        s.create_ip_policy_rule(&acc.id, &office.id, "192.0.2.0/24", "allow", "", "").await.unwrap();
         let missing = NewCredential { ip_policy_ids: vec!["ipp_nope".into()], ..Default::default() };
         assert!(matches!(s.create_credential(&acc.id, &missing).await, Err(StoreError::NotFound(_))));
         let new = NewCredential { ip_policy_ids: vec![office.id.clone()], ..Default::default() };

@@ -50,7 +50,7 @@ async fn an_agent_from_a_denied_address_never_gets_to_bind() {
     let (s, _, _) = edge
         .api("PATCH", &format!("/ip_restrictions/{x}"), Some(&edge.api_key), Some(json!({"enforced": false})))
         .await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(s, StatusCode::OK);
     let mut agent = Agent::start(edge.agent_with(ep));
     within("log-only lets it in", agent.wait_online()).await.unwrap();
 }
@@ -65,7 +65,7 @@ async fn api_calls_from_a_denied_address_get_403_and_log_only_allows() {
     assert_eq!(list["ip_restrictions"][0]["enforced"], false);
     let (s, _, _) =
         edge.api("PATCH", &format!("/ip_restrictions/{x}"), key, Some(json!({"enforced": true}))).await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(s, StatusCode::OK);
     let (s, _, body) = edge.api("GET", "/credentials", key, None).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
     assert!(body["msg"].as_str().unwrap().contains(&x), "{body}");
@@ -94,6 +94,30 @@ async fn ip_resources_page_get_update_delete_and_need_admin() {
     let (s, _, p) =
         edge.api("PATCH", &format!("/ip_policies/{id}"), key, Some(json!({"description": "renamed"}))).await;
     assert_eq!((s, p["description"].as_str()), (StatusCode::OK, Some("renamed")));
+    let (s, _, p) =
+        edge.api("PATCH", &format!("/ip_policies/{id}"), key, Some(json!({"metadata": "m"}))).await;
+    assert_eq!(
+        (s, p["description"].as_str(), p["metadata"].as_str()),
+        (StatusCode::OK, Some("renamed"), Some("m")),
+        "fields left out are kept"
+    );
+
+    // Rules: get and update in place; a bad network is refused.
+    let body = json!({"ip_policy_id": id, "cidr": "192.0.2.0/24", "action": "deny", "metadata": "r"});
+    let (s, _, r) = edge.api("POST", "/ip_policy_rules", key, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let rule = format!("/ip_policy_rules/{}", r["id"].as_str().unwrap());
+    let (s, _, got) = edge.api("GET", &rule, key, None).await;
+    assert_eq!((s, &got), (StatusCode::OK, &r));
+    let (s, _, r2) = edge.api("PATCH", &rule, key, Some(json!({"cidr": "2001:db8::/32"}))).await;
+    assert_eq!(
+        (s, r2["cidr"].as_str(), r2["action"].as_str()),
+        (StatusCode::OK, Some("2001:db8::/32"), Some("deny"))
+    );
+    let (s, _, e) = edge.api("PATCH", &rule, key, Some(json!({"cidr": "300.0.0.0/8"}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    let (s, _, _) = edge.api("DELETE", &rule, key, None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _, _) = edge.api("DELETE", &format!("/ip_policies/{id}"), key, None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _, _) = edge.api("GET", &format!("/ip_policies/{id}"), key, None).await;
@@ -180,4 +204,41 @@ async fn tightening_an_authtoken_restarts_its_live_sessions_under_the_new_rules(
     }
     let (status, _, _) = https_get(&edge, "tight.warren.localhost", "/").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn visitors_from_outside_an_endpoints_restriction_are_refused_and_log_only_lets_them_through() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let (echo, _task) = tcp_echo().await;
+    let mut web = Agent::start(
+        edge.agent_with(EndpointConfig::http(&up.url(), Some("https://guarded.warren.localhost")).unwrap()),
+    );
+    within("web online", web.wait_online()).await.unwrap();
+    let mut tcp = Agent::start(edge.agent_with(EndpointConfig::tcp(&echo.to_string(), None).unwrap()));
+    let port = url_port(&within("tcp online", tcp.wait_online()).await.unwrap()[0]);
+    let (s, _, _) = https_get(&edge, "guarded.warren.localhost", "/").await;
+    assert_eq!(s, StatusCode::OK, "no restriction yet");
+
+    let x = corp_only(&edge, "endpoints", true).await;
+    let (s, _, body) = https_get(&edge, "guarded.warren.localhost", "/").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("ERR_WARREN_IP_RESTRICTED") && body.contains("127.0.0.1"), "{body}");
+    let served = up.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(served, 1, "the refused request never reached the upstream");
+    // A tcp visitor is closed without a byte.
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = within("closed", tokio::io::AsyncReadExt::read(&mut conn, &mut buf)).await.unwrap_or(0);
+    assert_eq!(n, 0);
+
+    // Log-only: through again, at once (the API change drops the edge's cached rules).
+    let (s, _, _) = edge
+        .api("PATCH", &format!("/ip_restrictions/{x}"), Some(&edge.api_key), Some(json!({"enforced": false})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, body) = https_get(&edge, "guarded.warren.localhost", "/").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "hello from upstream"));
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(echo_roundtrip(&mut conn, b"ping").await, b"ping");
 }

@@ -107,7 +107,7 @@ pub(crate) async fn check(
     shared.api_rate_limit.hit(&key.id, Instant::now()).map_err(ApiError::rate_limited)?;
     let ip = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let ip = ip.unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
-    match shared.store.check_ip(&key.account_id, "api", ip).await? {
+    match shared.ip_rules.check(&shared.store, &key.account_id, "api", ip).await? {
         warren_store::IpDecision::Allow => {}
         warren_store::IpDecision::Deny { restriction, enforced: false } => {
             tracing::warn!(%ip, %restriction, key = %key.id, "API call from outside an IP restriction (log only; allowed)");

@@ -1,5 +1,6 @@
 //! `/ip_policies`, `/ip_policy_rules`, `/ip_restrictions`. Admins change them; every role
-//! may read them.
+//! may read them. Each change drops the edge's cached view of the account's restrictions, so
+//! it applies to the next connection.
 
 use std::sync::Arc;
 
@@ -7,61 +8,139 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
-use warren_store::{IpPolicy, IpPolicyRule, IpRestriction};
+use serde::{Deserialize, Serialize};
+use warren_store::{IpPolicy, IpPolicyRule, IpPolicyRuleUpdate, IpRestriction, IpRestrictionUpdate};
 
-use super::{ApiError, PageQuery, Principal, next_page_uri, parse_body};
+use super::{ApiError, PageQuery, Principal, check_body_id, next_page_uri, parse_body};
 use crate::Shared;
 
-type PageResult = Result<Json<Value>, ApiError>;
-
-fn policy(p: &IpPolicy) -> Value {
-    json!({"id": p.id, "uri": format!("/ip_policies/{}", p.id), "description": p.description, "created_at": p.created_at})
+/// `{id, uri}` of a referenced resource, as ngrok nests them.
+#[derive(Serialize)]
+pub(crate) struct Ref {
+    id: String,
+    uri: String,
 }
 
-fn rule(r: &IpPolicyRule) -> Value {
-    json!({
-        "id": r.id, "uri": format!("/ip_policy_rules/{}", r.id), "cidr": r.cidr, "action": r.action,
-        "description": r.description, "created_at": r.created_at,
-        "ip_policy": {"id": r.ip_policy_id, "uri": format!("/ip_policies/{}", r.ip_policy_id)},
-    })
+fn policy_ref(id: &str) -> Ref {
+    Ref { id: id.to_owned(), uri: format!("/ip_policies/{id}") }
 }
 
-fn restriction(x: &IpRestriction) -> Value {
-    json!({
-        "id": x.id, "uri": format!("/ip_restrictions/{}", x.id), "type": x.kind, "enforced": x.enforced,
-        "description": x.description, "created_at": x.created_at,
-        "ip_policies": x.ip_policy_ids.iter().map(|p| json!({"id": p, "uri": format!("/ip_policies/{p}")})).collect::<Vec<_>>(),
-    })
+#[derive(Serialize)]
+pub(crate) struct PolicyJson {
+    id: String,
+    uri: String,
+    created_at: String,
+    description: String,
+    metadata: String,
+}
+
+fn policy(p: IpPolicy) -> PolicyJson {
+    PolicyJson {
+        uri: format!("/ip_policies/{}", p.id),
+        id: p.id,
+        created_at: p.created_at,
+        description: p.description,
+        metadata: p.metadata,
+    }
+}
+
+#[derive(Serialize)]
+pub(crate) struct RuleJson {
+    id: String,
+    uri: String,
+    created_at: String,
+    description: String,
+    metadata: String,
+    cidr: String,
+    ip_policy: Ref,
+    action: String,
+}
+
+fn rule(r: IpPolicyRule) -> RuleJson {
+    RuleJson {
+        uri: format!("/ip_policy_rules/{}", r.id),
+        ip_policy: policy_ref(&r.ip_policy_id),
+        id: r.id,
+        created_at: r.created_at,
+        description: r.description,
+        metadata: r.metadata,
+        cidr: r.cidr,
+        action: r.action,
+    }
+}
+
+#[derive(Serialize)]
+pub(crate) struct RestrictionJson {
+    id: String,
+    uri: String,
+    created_at: String,
+    description: String,
+    metadata: String,
+    enforced: bool,
+    r#type: String,
+    ip_policies: Vec<Ref>,
+}
+
+fn restriction(x: IpRestriction) -> RestrictionJson {
+    RestrictionJson {
+        uri: format!("/ip_restrictions/{}", x.id),
+        ip_policies: x.ip_policy_ids.iter().map(|p| policy_ref(p)).collect(),
+        id: x.id,
+        created_at: x.created_at,
+        description: x.description,
+        metadata: x.metadata,
+        enforced: x.enforced,
+        r#type: x.kind,
+    }
+}
+
+/// A page in ngrok's list shape, under the resource's own key.
+#[derive(Serialize)]
+pub(crate) struct ListJson<T> {
+    #[serde(flatten)]
+    items: std::collections::BTreeMap<&'static str, Vec<T>>,
+    uri: String,
+    next_page_uri: Option<String>,
+}
+
+fn list<T>(key: &'static str, items: Vec<T>, next_page_uri: Option<String>) -> Json<ListJson<T>> {
+    Json(ListJson { items: [(key, items)].into(), uri: format!("/{key}"), next_page_uri })
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PolicyBody {
+struct PolicyCreate {
     #[serde(default)]
     description: String,
+    #[serde(default)]
+    metadata: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyUpdate {
+    id: Option<String>,
+    description: Option<String>,
+    metadata: Option<String>,
 }
 
 pub(crate) async fn create_policy(
     State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<PolicyJson>), ApiError> {
     p.require_admin("changing IP policies")?;
-    let b: PolicyBody = parse_body(&body)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(policy(&shared.store.create_ip_policy(&p.account_id, &b.description).await?)),
-    ))
+    let b: PolicyCreate = parse_body(&body)?;
+    let created = shared.store.create_ip_policy(&p.account_id, &b.description, &b.metadata).await?;
+    Ok((StatusCode::CREATED, Json(policy(created))))
 }
 
 pub(crate) async fn get_policy(
     State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
-) -> PageResult {
-    Ok(Json(policy(&shared.store.get_ip_policy(&p.account_id, &id).await?)))
+) -> Result<Json<PolicyJson>, ApiError> {
+    Ok(Json(policy(shared.store.get_ip_policy(&p.account_id, &id).await?)))
 }
 
 pub(crate) async fn update_policy(
@@ -69,10 +148,15 @@ pub(crate) async fn update_policy(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     body: Bytes,
-) -> PageResult {
+) -> Result<Json<PolicyJson>, ApiError> {
     p.require_admin("changing IP policies")?;
-    let b: PolicyBody = parse_body(&body)?;
-    Ok(Json(policy(&shared.store.update_ip_policy(&p.account_id, &id, &b.description).await?)))
+    let b: PolicyUpdate = parse_body(&body)?;
+    check_body_id(b.id.as_deref(), &id)?;
+    let up = shared
+        .store
+        .update_ip_policy(&p.account_id, &id, b.description.as_deref(), b.metadata.as_deref())
+        .await?;
+    Ok(Json(policy(up)))
 }
 
 pub(crate) async fn delete_policy(
@@ -82,6 +166,7 @@ pub(crate) async fn delete_policy(
 ) -> Result<StatusCode, ApiError> {
     p.require_admin("changing IP policies")?;
     shared.store.delete_ip_policy(&p.account_id, &id).await?;
+    shared.ip_rules.invalidate(&p.account_id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -89,48 +174,92 @@ pub(crate) async fn list_policies(
     State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     q: PageQuery,
-) -> PageResult {
+) -> Result<Json<ListJson<PolicyJson>>, ApiError> {
     let page = shared.store.list_ip_policies(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/ip_policies", &q, page.more, page.items.last().map(|x| x.id.as_str()));
-    Ok(Json(
-        json!({"ip_policies": page.items.iter().map(policy).collect::<Vec<_>>(), "uri": "/ip_policies", "next_page_uri": next}),
-    ))
+    Ok(list("ip_policies", page.items.into_iter().map(policy).collect(), next))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RuleBody {
+struct RuleCreate {
     ip_policy_id: String,
     cidr: String,
     action: String,
     #[serde(default)]
     description: String,
+    #[serde(default)]
+    metadata: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleUpdate {
+    id: Option<String>,
+    cidr: Option<String>,
+    action: Option<String>,
+    description: Option<String>,
+    metadata: Option<String>,
 }
 
 pub(crate) async fn create_rule(
     State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<RuleJson>), ApiError> {
     p.require_admin("changing IP policies")?;
-    let b: RuleBody = parse_body(&body)?;
+    let b: RuleCreate = parse_body(&body)?;
     let r = shared
         .store
-        .create_ip_policy_rule(&p.account_id, &b.ip_policy_id, &b.cidr, &b.action, &b.description)
+        .create_ip_policy_rule(
+            &p.account_id,
+            &b.ip_policy_id,
+            &b.cidr,
+            &b.action,
+            &b.description,
+            &b.metadata,
+        )
         .await?;
-    Ok((StatusCode::CREATED, Json(rule(&r))))
+    shared.ip_rules.invalidate(&p.account_id);
+    Ok((StatusCode::CREATED, Json(rule(r))))
+}
+
+pub(crate) async fn get_rule(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<RuleJson>, ApiError> {
+    Ok(Json(rule(shared.store.get_ip_policy_rule(&p.account_id, &id).await?)))
 }
 
 pub(crate) async fn list_rules(
     State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     q: PageQuery,
-) -> PageResult {
+) -> Result<Json<ListJson<RuleJson>>, ApiError> {
     let page = shared.store.list_ip_policy_rules(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/ip_policy_rules", &q, page.more, page.items.last().map(|x| x.id.as_str()));
-    Ok(Json(
-        json!({"ip_policy_rules": page.items.iter().map(rule).collect::<Vec<_>>(), "uri": "/ip_policy_rules", "next_page_uri": next}),
-    ))
+    Ok(list("ip_policy_rules", page.items.into_iter().map(rule).collect(), next))
+}
+
+pub(crate) async fn update_rule(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<RuleJson>, ApiError> {
+    p.require_admin("changing IP policies")?;
+    let b: RuleUpdate = parse_body(&body)?;
+    check_body_id(b.id.as_deref(), &id)?;
+    let up = IpPolicyRuleUpdate {
+        cidr: b.cidr,
+        action: b.action,
+        description: b.description,
+        metadata: b.metadata,
+    };
+    let r = shared.store.update_ip_policy_rule(&p.account_id, &id, &up).await?;
+    shared.ip_rules.invalidate(&p.account_id);
+    Ok(Json(rule(r)))
 }
 
 pub(crate) async fn delete_rule(
@@ -140,18 +269,21 @@ pub(crate) async fn delete_rule(
 ) -> Result<StatusCode, ApiError> {
     p.require_admin("changing IP policies")?;
     shared.store.delete_ip_policy_rule(&p.account_id, &id).await?;
+    shared.ip_rules.invalidate(&p.account_id);
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RestrictionBody {
+struct RestrictionCreate {
     r#type: String,
     #[serde(default = "yes")]
     enforced: bool,
     ip_policy_ids: Vec<String>,
     #[serde(default)]
     description: String,
+    #[serde(default)]
+    metadata: String,
 }
 
 fn yes() -> bool {
@@ -160,35 +292,53 @@ fn yes() -> bool {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RestrictionUpdate {
-    enforced: bool,
+struct RestrictionUpdateBody {
+    id: Option<String>,
+    enforced: Option<bool>,
+    ip_policy_ids: Option<Vec<String>>,
+    description: Option<String>,
+    metadata: Option<String>,
 }
 
 pub(crate) async fn create_restriction(
     State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<RestrictionJson>), ApiError> {
     p.require_admin("changing IP restrictions")?;
-    let b: RestrictionBody = parse_body(&body)?;
+    let b: RestrictionCreate = parse_body(&body)?;
     let x = shared
         .store
-        .create_ip_restriction(&p.account_id, &b.r#type, b.enforced, &b.ip_policy_ids, &b.description)
+        .create_ip_restriction(
+            &p.account_id,
+            &b.r#type,
+            b.enforced,
+            &b.ip_policy_ids,
+            &b.description,
+            &b.metadata,
+        )
         .await?;
+    shared.ip_rules.invalidate(&p.account_id);
     tracing::info!(restriction = %x.id, kind = %x.kind, enforced = x.enforced, by = %p.key_id, "IP restriction created");
-    Ok((StatusCode::CREATED, Json(restriction(&x))))
+    Ok((StatusCode::CREATED, Json(restriction(x))))
+}
+
+pub(crate) async fn get_restriction(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<RestrictionJson>, ApiError> {
+    Ok(Json(restriction(shared.store.get_ip_restriction(&p.account_id, &id).await?)))
 }
 
 pub(crate) async fn list_restrictions(
     State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     q: PageQuery,
-) -> PageResult {
+) -> Result<Json<ListJson<RestrictionJson>>, ApiError> {
     let page = shared.store.list_ip_restrictions(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/ip_restrictions", &q, page.more, page.items.last().map(|x| x.id.as_str()));
-    Ok(Json(
-        json!({"ip_restrictions": page.items.iter().map(restriction).collect::<Vec<_>>(), "uri": "/ip_restrictions", "next_page_uri": next}),
-    ))
+    Ok(list("ip_restrictions", page.items.into_iter().map(restriction).collect(), next))
 }
 
 pub(crate) async fn update_restriction(
@@ -196,11 +346,20 @@ pub(crate) async fn update_restriction(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Json<RestrictionJson>, ApiError> {
     p.require_admin("changing IP restrictions")?;
-    let b: RestrictionUpdate = parse_body(&body)?;
-    shared.store.set_ip_restriction_enforced(&p.account_id, &id, b.enforced).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let b: RestrictionUpdateBody = parse_body(&body)?;
+    check_body_id(b.id.as_deref(), &id)?;
+    let up = IpRestrictionUpdate {
+        enforced: b.enforced,
+        ip_policy_ids: b.ip_policy_ids,
+        description: b.description,
+        metadata: b.metadata,
+    };
+    let x = shared.store.update_ip_restriction(&p.account_id, &id, &up).await?;
+    shared.ip_rules.invalidate(&p.account_id);
+    tracing::info!(restriction = %x.id, enforced = x.enforced, by = %p.key_id, "IP restriction changed");
+    Ok(Json(restriction(x)))
 }
 
 pub(crate) async fn delete_restriction(
@@ -210,5 +369,6 @@ pub(crate) async fn delete_restriction(
 ) -> Result<StatusCode, ApiError> {
     p.require_admin("changing IP restrictions")?;
     shared.store.delete_ip_restriction(&p.account_id, &id).await?;
+    shared.ip_rules.invalidate(&p.account_id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -48,11 +48,11 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .route("/ip_policies", get(ip::list_policies).post(ip::create_policy))
         .route("/ip_policies/{id}", get(ip::get_policy).patch(ip::update_policy).delete(ip::delete_policy))
         .route("/ip_policy_rules", get(ip::list_rules).post(ip::create_rule))
-        .route("/ip_policy_rules/{id}", axum::routing::delete(ip::delete_rule))
+        .route("/ip_policy_rules/{id}", get(ip::get_rule).patch(ip::update_rule).delete(ip::delete_rule))
         .route("/ip_restrictions", get(ip::list_restrictions).post(ip::create_restriction))
         .route(
             "/ip_restrictions/{id}",
-            axum::routing::patch(ip::update_restriction).delete(ip::delete_restriction),
+            get(ip::get_restriction).patch(ip::update_restriction).delete(ip::delete_restriction),
         )
         .route("/reserved_domains", get(reserved::list_domains).post(reserved::create_domain))
         .route(
@@ -124,4 +124,14 @@ fn next_page_uri(path: &str, q: &PageQuery, more: bool, last: Option<&str>) -> O
 fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let bytes = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { bytes };
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// ngrok's API clients repeat the id in update bodies; a different one is a mistake.
+fn check_body_id(body_id: Option<&str>, path_id: &str) -> Result<(), ApiError> {
+    match body_id {
+        Some(b) if !b.is_empty() && b != path_id => {
+            Err(ApiError::bad_request(format!("the body's id {b:?} differs from the path's {path_id:?}")))
+        }
+        _ => Ok(()),
+    }
 }

@@ -12,7 +12,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use warren_store::{ReservedAddr, ReservedDomain, StoreError};
 
-use super::{ApiError, PageQuery, Principal, next_page_uri, parse_body};
+use super::{ApiError, PageQuery, Principal, check_body_id, next_page_uri, parse_body};
 use crate::Shared;
 use crate::registry::{EndpointKey, Proto};
 
@@ -70,7 +70,6 @@ struct CreateDomainBody {
 #[serde(deny_unknown_fields)]
 struct UpdateBody {
     /// ngrok's clients repeat the id in the body.
-    #[serde(default)]
     id: Option<String>,
     description: Option<String>,
     metadata: Option<String>,
@@ -83,15 +82,6 @@ fn check_region(region: &str) -> Result<(), ApiError> {
         Err(ApiError::bad_request(format!(
             "region {region:?}: this edge has one region, \"local\"; leave region empty"
         )))
-    }
-}
-
-fn check_update_id(body: &UpdateBody, id: &str) -> Result<(), ApiError> {
-    match &body.id {
-        Some(b) if !b.is_empty() && b != id => {
-            Err(ApiError::bad_request(format!("the body's id {b:?} differs from the path's {id:?}")))
-        }
-        _ => Ok(()),
     }
 }
 
@@ -164,7 +154,7 @@ pub(crate) async fn update_domain(
     body: Bytes,
 ) -> Result<Json<DomainJson>, ApiError> {
     let b: UpdateBody = parse_body(&body)?;
-    check_update_id(&b, &id)?;
+    check_body_id(b.id.as_deref(), &id)?;
     let d = shared
         .store
         .update_reserved_domain(&p.account_id, &id, b.description.as_deref(), b.metadata.as_deref())
@@ -285,7 +275,7 @@ pub(crate) async fn update_addr(
     body: Bytes,
 ) -> Result<Json<AddrJson>, ApiError> {
     let b: UpdateBody = parse_body(&body)?;
-    check_update_id(&b, &id)?;
+    check_body_id(b.id.as_deref(), &id)?;
     let a = shared
         .store
         .update_reserved_addr(&p.account_id, &id, b.description.as_deref(), b.metadata.as_deref())
