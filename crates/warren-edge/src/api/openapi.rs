@@ -42,8 +42,6 @@ enum Op {
     Get,
     /// PATCH answering with the updated item.
     Update,
-    /// PATCH answering 204 without a body (IP restrictions).
-    UpdateNoContent,
     Delete,
     /// DELETE that is refused with 409 while something else still uses the item.
     DeleteInUse,
@@ -107,7 +105,7 @@ const RESOURCES: &[Resource] = &[
         noun: "an IP policy rule",
         schema: "IpPolicyRule",
         list_key: "ip_policy_rules",
-        ops: &[Op::List, Op::Create, Op::Delete],
+        ops: CRUD,
     },
     Resource {
         path: "/ip_restrictions",
@@ -118,7 +116,7 @@ const RESOURCES: &[Resource] = &[
         noun: "an IP restriction",
         schema: "IpRestriction",
         list_key: "ip_restrictions",
-        ops: &[Op::List, Op::Create, Op::UpdateNoContent, Op::Delete],
+        ops: CRUD,
     },
     Resource {
         path: "/reserved_domains",
@@ -342,7 +340,7 @@ fn spec(r: &Resource, op: Op) -> Spec {
             reply: Some(r.schema.to_owned()),
             ..Spec::default()
         },
-        Op::Update | Op::UpdateNoContent => Spec {
+        Op::Update => Spec {
             method: "patch",
             path: item,
             verb: "Update",
@@ -562,6 +560,7 @@ fn schemas() -> Map<String, Value> {
     let token_once = "The secret itself: in the response to create only, null afterwards.";
     let must_be_null = "Accepted for ngrok compatibility; must be null.";
     let reference = || response(json!({"id": string(), "uri": string()}));
+    let body_id = || doc(string(), "ngrok's clients repeat the path's id here; it must match.");
     let mut s = Map::new();
     let mut add = |name: &str, schema: Value| {
         s.insert(name.to_owned(), schema);
@@ -668,13 +667,14 @@ fn schemas() -> Map<String, Value> {
             "id": string(),
             "uri": string(),
             "description": string(),
+            "metadata": string(),
             "created_at": time(),
         })),
     );
-    add("IpPolicyCreate", request(&[], json!({"description": string()})));
+    add("IpPolicyCreate", request(&[], json!({"description": string(), "metadata": string()})));
     add(
         "IpPolicyUpdate",
-        request(&[], json!({"description": doc(string(), "Replaces the description; omitted means empty.")})),
+        request(&[], json!({"id": body_id(), "description": string(), "metadata": string()})),
     );
 
     let action = || one_of(&["allow", "deny"]);
@@ -686,9 +686,23 @@ fn schemas() -> Map<String, Value> {
             "cidr": string(),
             "action": action(),
             "description": string(),
+            "metadata": string(),
             "created_at": time(),
             "ip_policy": schema_ref("Ref"),
         })),
+    );
+    add(
+        "IpPolicyRuleUpdate",
+        request(
+            &[],
+            json!({
+                "id": body_id(),
+                "cidr": string(),
+                "action": action(),
+                "description": string(),
+                "metadata": string(),
+            }),
+        ),
     );
     add(
         "IpPolicyRuleCreate",
@@ -699,6 +713,7 @@ fn schemas() -> Map<String, Value> {
                 "cidr": doc(string(), "An IPv4 or IPv6 network, e.g. `203.0.113.0/24`."),
                 "action": action(),
                 "description": string(),
+                "metadata": string(),
             }),
         ),
     );
@@ -712,6 +727,7 @@ fn schemas() -> Map<String, Value> {
             "type": kind(),
             "enforced": boolean(),
             "description": string(),
+            "metadata": string(),
             "created_at": time(),
             "ip_policies": {"type": "array", "items": schema_ref("Ref")},
         })),
@@ -725,10 +741,23 @@ fn schemas() -> Map<String, Value> {
                 "enforced": doc(json!({"type": "boolean", "default": true}), "False only logs refusals."),
                 "ip_policy_ids": strings(),
                 "description": string(),
+                "metadata": string(),
             }),
         ),
     );
-    add("IpRestrictionUpdate", request(&["enforced"], json!({"enforced": boolean()})));
+    add(
+        "IpRestrictionUpdate",
+        request(
+            &[],
+            json!({
+                "id": body_id(),
+                "enforced": boolean(),
+                "ip_policy_ids": doc(strings(), "At least one policy."),
+                "description": string(),
+                "metadata": string(),
+            }),
+        ),
+    );
 
     // One region per edge; ngrok clients may still send theirs, and an empty one means it.
     let region = || one_of(&["local"]);
@@ -770,7 +799,7 @@ fn schemas() -> Map<String, Value> {
     add(
         "ReservedDomainUpdate",
         update(json!({
-            "id": doc(string(), "ngrok's clients repeat the path's id here; it must match."),
+            "id": body_id(),
             "description": string(),
             "metadata": string(),
         })),
@@ -803,7 +832,7 @@ fn schemas() -> Map<String, Value> {
     add(
         "ReservedAddrUpdate",
         update(json!({
-            "id": doc(string(), "ngrok's clients repeat the path's id here; it must match."),
+            "id": body_id(),
             "description": string(),
             "metadata": string(),
         })),
