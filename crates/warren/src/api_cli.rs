@@ -17,6 +17,9 @@ pub(crate) fn plan(
     op: &str,
     rest: &[String],
 ) -> anyhow::Result<(&'static str, String, Option<Value>)> {
+    // ngrok spells resources with hyphens (`ngrok api reserved-domains`); the paths use `_`.
+    let resource = resource.replace('-', "_");
+    let resource = resource.as_str();
     if resource.is_empty() || !resource.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
         bail!(
             "unknown resource {resource:?}; for example: credentials, api_keys, users, ip_policies, tunnel_sessions"
@@ -146,6 +149,9 @@ mod tests {
                 .unwrap();
         assert_eq!((m, p.as_str()), ("POST", "/credentials"));
         assert_eq!(b.unwrap(), serde_json::json!({"description": "ci", "acl": ["bind:a.example.com"]}));
+        let (_, p, b) = plan("reserved-domains", "create", &args(&["--domain", "app.example.com"])).unwrap();
+        assert_eq!(p, "/reserved_domains", "ngrok's hyphenated spelling works");
+        assert_eq!(b.unwrap(), serde_json::json!({"domain": "app.example.com"}));
         let (_, p, b) = plan("ip_restrictions", "update", &args(&["ipx_1", "--enforced", "false"])).unwrap();
         assert_eq!(p, "/ip_restrictions/ipx_1");
         assert_eq!(b.unwrap(), serde_json::json!({"enforced": false}));

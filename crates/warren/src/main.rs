@@ -43,7 +43,8 @@ enum Command {
     /// --acl bind:app.example.com`, `warren api tunnel_sessions list`, `warren api api_keys delete ID`.
     Api {
         /// credentials, api_keys, users, ip_policies, ip_policy_rules, ip_restrictions,
-        /// tunnel_sessions, endpoints, tunnels.
+        /// reserved_domains, reserved_addrs, tunnel_sessions, endpoints, tunnels (ngrok's
+        /// hyphenated spelling, like reserved-domains, works too).
         resource: String,
         /// list, get, create, update, delete, stop, restart.
         op: String,
