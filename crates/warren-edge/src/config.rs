@@ -41,6 +41,12 @@ pub struct EdgeConfig {
     pub heartbeat_interval: Duration,
     /// How long a heartbeat may go unanswered before the session is dropped.
     pub heartbeat_tolerance: Duration,
+    /// Load balancers in front of the edge. Only from these peers does the edge believe
+    /// `X-Forwarded-For` (API and http ingress) or a PROXY protocol header.
+    pub trusted_proxies: Vec<warren_store::Cidr>,
+    /// Connections from trusted proxies start with a PROXY protocol v1 or v2 header (on every
+    /// listener: connect, https, http, tcp endpoints, API); it is required from them.
+    pub proxy_protocol: bool,
     /// Limits on every listener.
     pub limits: Limits,
 }
@@ -75,6 +81,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Endpoints one session may bind.
     pub max_endpoints_per_session: usize,
+    /// API connections at once.
+    pub max_api_connections: usize,
 }
 
 impl Default for Limits {
@@ -87,6 +95,7 @@ impl Default for Limits {
             rpc_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
             max_endpoints_per_session: 64,
+            max_api_connections: 1024,
         }
     }
 }
@@ -115,6 +124,8 @@ impl EdgeConfig {
             tcp_ports: 20000..=29999,
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_tolerance: Duration::from_secs(15),
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
             limits: Limits::default(),
         }
     }
@@ -133,6 +144,11 @@ impl EdgeConfig {
             }
         }
         names
+    }
+
+    /// Whether `ip` is one of the trusted load balancers.
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(ip))
     }
 
     /// Checks the configuration; the message names the offending setting.
@@ -160,7 +176,16 @@ impl EdgeConfig {
         if self.heartbeat_interval.is_zero() || self.heartbeat_tolerance.is_zero() {
             return Err("heartbeat interval and tolerance must be positive".into());
         }
-        if self.limits.max_sessions == 0 || self.limits.max_visitor_connections == 0 {
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err(
+                "proxy_protocol is on but trusted_proxies is empty: name the load balancers that send the header"
+                    .into(),
+            );
+        }
+        if self.limits.max_sessions == 0
+            || self.limits.max_visitor_connections == 0
+            || self.limits.max_api_connections == 0
+        {
             return Err("limits must be positive".into());
         }
         Ok(())

@@ -46,13 +46,14 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, sche
             Scheme::Http => "http ingress",
             Scheme::Https => "https ingress",
         };
-        let (tcp, remote, permit) = tokio::select! {
+        let (mut tcp, peer, permit) = tokio::select! {
             _ = &mut stop => return,
             c = crate::accept_limited(&listener, &shared.visitor_limit, what) => c,
         };
         let shared = shared.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
+            let Some(remote) = crate::client_addr::resolve(&shared, &mut tcp, peer).await else { return };
             match scheme {
                 Scheme::Http => serve(shared, tcp, remote, scheme).await,
                 Scheme::Https => {
@@ -109,7 +110,7 @@ async fn handle(shared: &Shared, visitor: &Visitor, req: Request<Incoming>) -> R
         Scheme::Https => Proto::Https,
     };
     if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(proto, host.clone())) {
-        let ip = visitor.remote.ip();
+        let ip = crate::client_addr::forwarded_ip(shared, visitor.remote.ip(), req.headers());
         if !crate::ip_rules::visitor_allowed(shared, &ep.session.account_id, ip, &ep.url).await {
             return page(
                 StatusCode::FORBIDDEN,

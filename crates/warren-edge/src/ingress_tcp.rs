@@ -101,10 +101,11 @@ fn store_failed(e: warren_store::StoreError) -> String {
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ep: Arc<Endpoint>) {
     loop {
-        let (tcp, remote, permit) =
+        let (mut tcp, peer, permit) =
             crate::accept_limited(&listener, &shared.visitor_limit, "tcp endpoint").await;
         let (shared, ep) = (shared.clone(), ep.clone());
         tokio::spawn(async move {
+            let Some(remote) = crate::client_addr::resolve(&shared, &mut tcp, peer).await else { return };
             // Refused visitors are closed before a proxy stream is opened.
             if crate::ip_rules::visitor_allowed(&shared, &ep.session.account_id, remote.ip(), &ep.url).await {
                 proxy(tcp, remote, &ep).await;

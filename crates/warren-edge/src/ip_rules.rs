@@ -18,9 +18,12 @@ const MAX_ENTRIES: usize = 50_000;
 
 type Key = (String, &'static str);
 
+/// When an entry was loaded, and the account's restrictions of one kind.
+type Entry = (Instant, Arc<[CompiledRestriction]>);
+
 #[derive(Default)]
 pub(crate) struct IpRules {
-    entries: Mutex<HashMap<Key, (Instant, Arc<[CompiledRestriction]>)>>,
+    entries: Mutex<HashMap<Key, Entry>>,
 }
 
 impl IpRules {

@@ -8,6 +8,7 @@
 //! - `session`: one agent session: Auth, Bind, Unbind, heartbeats.
 //! - `ingress_http`, `ingress_tcp`: listeners for visitors.
 //! - `ip_rules`: the cached IP restrictions every listener checks.
+//! - `client_addr`, `proxy_protocol`: the client's real address behind trusted load balancers.
 //!
 //! [`Edge::start`] binds every listener and returns their addresses (tests use port 0);
 //! [`run`] starts an edge and serves until `shutdown` resolves.
@@ -22,16 +23,18 @@ use tokio::task::JoinSet;
 
 pub mod api;
 pub mod bootstrap;
+mod client_addr;
 pub mod config;
 mod ingress_http;
 mod ingress_tcp;
 mod ip_rules;
+mod proxy_protocol;
 mod registry;
 mod session;
 pub mod tls;
 
 pub use config::{EdgeConfig, Limits};
-pub use warren_store::Store;
+pub use warren_store::{Cidr, Store};
 
 /// Why the edge could not start or stopped.
 #[derive(Debug, thiserror::Error)]

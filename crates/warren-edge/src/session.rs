@@ -32,8 +32,9 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-async fn serve_connection(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr) {
+async fn serve_connection(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
+    let Some(remote) = crate::client_addr::resolve(&shared, &mut tcp, peer).await else { return };
     let tls =
         match tokio::time::timeout(shared.config.limits.handshake_timeout, shared.connect_tls.accept(tcp))
             .await

@@ -109,6 +109,13 @@ struct EdgeArgs {
     /// Port range for tcp endpoints, as FIRST-LAST.
     #[arg(long, default_value = "20000-29999")]
     tcp_ports: String,
+    /// A load balancer in front of the edge (CIDR; repeat for several). Only these peers are
+    /// believed about the client's address, through X-Forwarded-For or a PROXY header.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    trusted_proxies: Vec<String>,
+    /// Trusted proxies send a PROXY protocol v1/v2 header on every connection (required).
+    #[arg(long)]
+    proxy_protocol: bool,
 }
 
 #[derive(Args)]
@@ -197,6 +204,12 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     let (a, b) = args.tcp_ports.split_once('-').context("--tcp-ports must be FIRST-LAST")?;
     config.tcp_ports = a.trim().parse().context("--tcp-ports first port")?
         ..=b.trim().parse().context("--tcp-ports last port")?;
+    for cidr in &args.trusted_proxies {
+        let parsed =
+            warren_edge::Cidr::parse(cidr).map_err(|e| anyhow::anyhow!("--trusted-proxy {cidr}: {e}"))?;
+        config.trusted_proxies.push(parsed);
+    }
+    config.proxy_protocol = args.proxy_protocol;
     config.validate().map_err(anyhow::Error::msg)?;
 
     let prepared = warren_edge::bootstrap::prepare(&config).await.context("preparing the data directory")?;

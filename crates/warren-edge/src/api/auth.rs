@@ -107,6 +107,7 @@ pub(crate) async fn check(
     shared.api_rate_limit.hit(&key.id, Instant::now()).map_err(ApiError::rate_limited)?;
     let ip = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let ip = ip.unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+    let ip = crate::client_addr::forwarded_ip(&shared, ip, req.headers());
     match shared.ip_rules.check(&shared.store, &key.account_id, "api", ip).await? {
         warren_store::IpDecision::Allow => {}
         warren_store::IpDecision::Deny { restriction, enforced: false } => {

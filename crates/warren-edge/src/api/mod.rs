@@ -77,12 +77,45 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Serves the API on `listener` until the edge shuts down.
+/// Serves the API on `listener` until the edge shuts down. Each connection gets the client
+/// address (after any PROXY header from a trusted balancer) as `ConnectInfo`.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+    let app = app(shared.clone());
+    let limit = Arc::new(tokio::sync::Semaphore::new(shared.config.limits.max_api_connections));
     let stop = crate::shutting_down(shared.shutdown.clone());
-    let app = app(shared).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-        tracing::warn!(error = %e, "API listener failed");
+    tokio::pin!(stop);
+    loop {
+        let (mut tcp, peer, permit) = tokio::select! {
+            _ = &mut stop => return,
+            c = crate::accept_limited(&listener, &limit, "API listener") => c,
+        };
+        let (shared, app) = (shared.clone(), app.clone());
+        tokio::spawn(async move {
+            let Some(remote) = crate::client_addr::resolve(&shared, &mut tcp, peer).await else { return };
+            let app = app.layer(axum::Extension(axum::extract::ConnectInfo(remote)));
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(shared.config.limits.header_read_timeout);
+            let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+            tokio::pin!(conn);
+            let stop = crate::shutting_down(shared.shutdown.clone());
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%remote, error = %e, "API connection ended with an error");
+            }
+            drop(permit);
+        });
     }
 }
 
