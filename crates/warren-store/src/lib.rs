@@ -10,6 +10,7 @@
 //! - [`model`]: the records.
 //! - `accounts.rs`, `users.rs`, `credentials.rs`, `api_keys.rs`: one `impl Store` each.
 //! - `reserved.rs`: reserved domains and TCP addresses.
+//! - `live.rs`: edge nodes, their sessions and endpoints (shared by every node).
 //! - `secret.rs`: ids and tokens. `time.rs`: RFC 3339 timestamps.
 
 use std::path::Path;
@@ -35,6 +36,7 @@ mod accounts;
 mod api_keys;
 mod credentials;
 pub mod ip;
+mod live;
 pub mod model;
 mod reserved;
 mod secret;
@@ -45,6 +47,7 @@ pub use ip::{
     Cidr, CompiledRestriction, IpDecision, IpPolicy, IpPolicyRule, IpPolicyRuleUpdate, IpRestriction,
     IpRestrictionUpdate,
 };
+pub use live::{LiveEndpoint, SessionCommand, TunnelSession};
 pub use model::{
     Account, ApiKey, Credential, CredentialUpdate, NewApiKey, NewCredential, Page, Role, Token, User,
 };

@@ -357,3 +357,65 @@ async fn reserved_addrs_hold_one_port_each() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn live_sessions_and_endpoints_are_shared_and_go_with_their_node() {
+    on_both(|s| async move {
+        let acc = account(&s).await;
+        s.register_node("nd_a").await.unwrap();
+        s.register_node("nd_b").await.unwrap();
+        let session = |id: &str, node: &str| TunnelSession {
+            id: id.into(),
+            account_id: acc.id.clone(),
+            node_id: node.into(),
+            credential_id: "cr_x".into(),
+            ip: "192.0.2.1".into(),
+            agent_version: "1".into(),
+            os: "linux".into(),
+            metadata: String::new(),
+            started_at: now_rfc3339(),
+        };
+        s.insert_tunnel_session(&session("ts_1", "nd_a")).await.unwrap();
+        s.insert_tunnel_session(&session("ts_2", "nd_b")).await.unwrap();
+        let ep = |id: &str, sess: &str, url: &str| LiveEndpoint {
+            id: id.into(),
+            account_id: acc.id.clone(),
+            session_id: sess.into(),
+            client_id: format!("c{id}"),
+            proto: "https".into(),
+            url: url.into(),
+            created_at: now_rfc3339(),
+        };
+        s.insert_endpoint(&ep("ep_1", "ts_1", "https://a.example.com")).await.unwrap();
+        assert!(matches!(
+            s.insert_endpoint(&ep("ep_2", "ts_2", "https://a.example.com")).await,
+            Err(StoreError::Conflict(_))
+        ));
+        s.insert_endpoint(&ep("ep_3", "ts_2", "https://b.example.com")).await.unwrap();
+        assert_eq!(s.endpoint_holder("https://a.example.com").await.unwrap().as_deref(), Some("ts_1"));
+        assert_eq!(s.list_tunnel_sessions(&acc.id, 10, None).await.unwrap().items.len(), 2);
+        assert_eq!(s.get_endpoint(&acc.id, "ep_3").await.unwrap().session_id, "ts_2");
+
+        s.queue_session_command("nd_b", "ts_2", SessionCommand::Stop).await.unwrap();
+        assert_eq!(s.take_session_commands("nd_a").await.unwrap(), vec![]);
+        assert_eq!(
+            s.take_session_commands("nd_b").await.unwrap(),
+            vec![("ts_2".to_string(), SessionCommand::Stop)]
+        );
+        assert_eq!(s.take_session_commands("nd_b").await.unwrap(), vec![], "taken once");
+
+        s.delete_endpoint("ts_1", "cep_1").await.unwrap();
+        assert_eq!(s.endpoint_holder("https://a.example.com").await.unwrap(), None);
+        // Node b stops answering: node a's heartbeat removes it with its sessions and endpoints.
+        assert_eq!(s.touch_node("nd_a", -100).await.unwrap(), 1);
+        let left = s.list_tunnel_sessions(&acc.id, 10, None).await.unwrap().items;
+        assert_eq!(left.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["ts_1"]);
+        assert_eq!(s.endpoint_holder("https://b.example.com").await.unwrap(), None);
+        s.delete_tunnel_session("ts_1").await.unwrap();
+        s.remove_node("nd_a").await.unwrap();
+        // A node removed while paused comes back on its next heartbeat.
+        s.touch_node("nd_a", 60).await.unwrap();
+        s.insert_tunnel_session(&session("ts_3", "nd_a")).await.unwrap();
+    })
+    .await;
+}

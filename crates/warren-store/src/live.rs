@@ -1,0 +1,278 @@
+//! Live state shared by every edge node on one database: nodes, their agent sessions and
+//! endpoints, and commands for sessions held by another node. Each node writes its own rows
+//! as sessions come and go; any node's API reads them all. An endpoint's URL is unique
+//! across nodes, so the database, not a node's memory, decides who holds a name.
+
+use sqlx::Row;
+
+use crate::time::now_secs;
+
+/// Unix seconds, as the database stores them.
+fn now() -> i64 {
+    i64::try_from(now_secs()).unwrap_or(i64::MAX)
+}
+use crate::{Page, Store, StoreError, generate_id, into_page, now_rfc3339, page_limit};
+
+/// An agent session as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunnelSession {
+    /// `ts_...`
+    pub id: String,
+    /// The owner.
+    pub account_id: String,
+    /// The edge node holding its connection.
+    pub node_id: String,
+    /// The authtoken it authenticated with.
+    pub credential_id: String,
+    /// The agent's address (after trusted proxies).
+    pub ip: String,
+    /// What the agent said about itself.
+    pub agent_version: String,
+    /// The agent's OS.
+    pub os: String,
+    /// The agent's metadata.
+    pub metadata: String,
+    /// RFC 3339.
+    pub started_at: String,
+}
+
+/// A bound endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveEndpoint {
+    /// `ep_...`, given by the edge.
+    pub id: String,
+    /// The owner.
+    pub account_id: String,
+    /// The session serving it.
+    pub session_id: String,
+    /// The agent's id for it.
+    pub client_id: String,
+    /// `http`, `https` or `tcp`.
+    pub proto: String,
+    /// The public URL (unique).
+    pub url: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// What another node is asked to do with one of its sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionCommand {
+    /// End the session; the agent stops.
+    Stop,
+    /// Tell the agent to restart.
+    Restart,
+}
+
+impl SessionCommand {
+    fn as_str(self) -> &'static str {
+        match self {
+            SessionCommand::Stop => "stop",
+            SessionCommand::Restart => "restart",
+        }
+    }
+}
+
+const SESSION_COLUMNS: &str =
+    "id, account_id, node_id, credential_id, ip, agent_version, os, metadata, started_at";
+const ENDPOINT_COLUMNS: &str = "id, account_id, session_id, client_id, proto, url, created_at";
+
+fn session_row<R: Row>(r: &R) -> TunnelSession
+where
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    TunnelSession {
+        id: r.get(0),
+        account_id: r.get(1),
+        node_id: r.get(2),
+        credential_id: r.get(3),
+        ip: r.get(4),
+        agent_version: r.get(5),
+        os: r.get(6),
+        metadata: r.get(7),
+        started_at: r.get(8),
+    }
+}
+
+fn endpoint_row<R: Row>(r: &R) -> LiveEndpoint
+where
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    LiveEndpoint {
+        id: r.get(0),
+        account_id: r.get(1),
+        session_id: r.get(2),
+        client_id: r.get(3),
+        proto: r.get(4),
+        url: r.get(5),
+        created_at: r.get(6),
+    }
+}
+
+impl Store {
+    /// Records a node as up (at start).
+    pub async fn register_node(&self, node_id: &str) -> Result<(), StoreError> {
+        with_db!(self.db, pool => {
+            sqlx::query("INSERT INTO edge_nodes (id, started_at, last_seen) VALUES ($1, $2, $3)")
+                .bind(node_id).bind(now_rfc3339()).bind(now()).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Marks a node as still up, and removes nodes not seen for `dead_after_secs` with all
+    /// their sessions, endpoints and commands (a node that crashed). Returns how many were
+    /// removed. A node that finds itself removed (it was paused too long) re-registers.
+    pub async fn touch_node(&self, node_id: &str, dead_after_secs: i64) -> Result<u64, StoreError> {
+        let now = now();
+        let (touched, purged) = with_db!(self.db, pool => {
+            let touched = sqlx::query("UPDATE edge_nodes SET last_seen = $1 WHERE id = $2")
+                .bind(now).bind(node_id).execute(pool).await?.rows_affected();
+            let purged = sqlx::query("DELETE FROM edge_nodes WHERE last_seen < $1 AND id <> $2")
+                .bind(now - dead_after_secs).bind(node_id).execute(pool).await?.rows_affected();
+            (touched, purged)
+        });
+        if touched == 0 {
+            self.register_node(node_id).await?;
+        }
+        Ok(purged)
+    }
+
+    /// Removes a node and its live rows (clean shutdown).
+    pub async fn remove_node(&self, node_id: &str) -> Result<(), StoreError> {
+        with_db!(self.db, pool => {
+            sqlx::query("DELETE FROM edge_nodes WHERE id = $1").bind(node_id).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Records a new agent session.
+    pub async fn insert_tunnel_session(&self, s: &TunnelSession) -> Result<(), StoreError> {
+        with_db!(self.db, pool => {
+            sqlx::query("INSERT INTO tunnel_sessions (id, account_id, node_id, credential_id, ip, agent_version, os, metadata, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+                .bind(&s.id).bind(&s.account_id).bind(&s.node_id).bind(&s.credential_id).bind(&s.ip)
+                .bind(&s.agent_version).bind(&s.os).bind(&s.metadata).bind(&s.started_at)
+                .execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Forgets a session and its endpoints (idempotent).
+    pub async fn delete_tunnel_session(&self, id: &str) -> Result<(), StoreError> {
+        with_db!(self.db, pool => {
+            sqlx::query("DELETE FROM tunnel_sessions WHERE id = $1").bind(id).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// One session of an account, on any node.
+    pub async fn get_tunnel_session(&self, account_id: &str, id: &str) -> Result<TunnelSession, StoreError> {
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM tunnel_sessions WHERE account_id = $1 AND id = $2");
+        with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(id).fetch_optional(pool).await?.map(|r| session_row(&r))
+        })
+        .ok_or(StoreError::NotFound("tunnel session"))
+    }
+
+    /// An account's sessions on every node, newest first.
+    pub async fn list_tunnel_sessions(
+        &self,
+        account_id: &str,
+        limit: u32,
+        before_id: Option<&str>,
+    ) -> Result<Page<TunnelSession>, StoreError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM tunnel_sessions WHERE account_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3"
+        );
+        let rows = with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(before_id.unwrap_or("")).bind(page_limit(limit))
+                .fetch_all(pool).await?.iter().map(session_row).collect::<Vec<_>>()
+        });
+        Ok(into_page(rows, limit))
+    }
+
+    /// Records a bound endpoint. Its URL already held by any session on any node is a
+    /// [`StoreError::Conflict`].
+    pub async fn insert_endpoint(&self, e: &LiveEndpoint) -> Result<(), StoreError> {
+        with_db!(self.db, pool => {
+            sqlx::query("INSERT INTO endpoints (id, account_id, session_id, client_id, proto, url, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                .bind(&e.id).bind(&e.account_id).bind(&e.session_id).bind(&e.client_id).bind(&e.proto).bind(&e.url).bind(&e.created_at)
+                .execute(pool).await.map_err(crate::conflict("endpoint"))?;
+        });
+        Ok(())
+    }
+
+    /// The session holding `url`, if any node serves it.
+    pub async fn endpoint_holder(&self, url: &str) -> Result<Option<String>, StoreError> {
+        Ok(with_db!(self.db, pool => {
+            sqlx::query("SELECT session_id FROM endpoints WHERE url = $1").bind(url).fetch_optional(pool).await?
+                .map(|r| r.get::<String, _>(0))
+        }))
+    }
+
+    /// Forgets one endpoint of a session (idempotent).
+    pub async fn delete_endpoint(&self, session_id: &str, client_id: &str) -> Result<(), StoreError> {
+        with_db!(self.db, pool => {
+            sqlx::query("DELETE FROM endpoints WHERE session_id = $1 AND client_id = $2")
+                .bind(session_id).bind(client_id).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// One endpoint of an account.
+    pub async fn get_endpoint(&self, account_id: &str, id: &str) -> Result<LiveEndpoint, StoreError> {
+        let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE account_id = $1 AND id = $2");
+        with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(id).fetch_optional(pool).await?.map(|r| endpoint_row(&r))
+        })
+        .ok_or(StoreError::NotFound("endpoint"))
+    }
+
+    /// An account's endpoints on every node, newest first.
+    pub async fn list_endpoints(
+        &self,
+        account_id: &str,
+        limit: u32,
+        before_id: Option<&str>,
+    ) -> Result<Page<LiveEndpoint>, StoreError> {
+        let sql = format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE account_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3"
+        );
+        let rows = with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(before_id.unwrap_or("")).bind(page_limit(limit))
+                .fetch_all(pool).await?.iter().map(endpoint_row).collect::<Vec<_>>()
+        });
+        Ok(into_page(rows, limit))
+    }
+
+    /// Asks the node holding `session_id` to stop or restart it.
+    pub async fn queue_session_command(
+        &self,
+        node_id: &str,
+        session_id: &str,
+        command: SessionCommand,
+    ) -> Result<(), StoreError> {
+        with_db!(self.db, pool => {
+            sqlx::query("INSERT INTO session_commands (id, node_id, session_id, command) VALUES ($1, $2, $3, $4)")
+                .bind(generate_id("cmd")).bind(node_id).bind(session_id).bind(command.as_str()).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Takes the commands queued for this node (each is returned once).
+    pub async fn take_session_commands(
+        &self,
+        node_id: &str,
+    ) -> Result<Vec<(String, SessionCommand)>, StoreError> {
+        let rows = with_db!(self.db, pool => {
+            sqlx::query("DELETE FROM session_commands WHERE node_id = $1 RETURNING session_id, command")
+                .bind(node_id).fetch_all(pool).await?
+                .iter().map(|r| (r.get::<String, _>(0), r.get::<String, _>(1))).collect::<Vec<_>>()
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(s, c)| (s, if c == "stop" { SessionCommand::Stop } else { SessionCommand::Restart }))
+            .collect())
+    }
+}
