@@ -78,6 +78,7 @@ pub(crate) async fn bind(
     let port = listener.local_addr().map_err(|e| unavailable(e.to_string()))?.port();
     let url = format!("tcp://{}:{port}", shared.config.tcp_host);
     let ep = Endpoint {
+        id: warren_store::generate_id("ep"),
         session: session.clone(),
         client_id: client_id.to_owned(),
         proto: Proto::Tcp,
@@ -88,6 +89,7 @@ pub(crate) async fn bind(
         .registry
         .bind(ep, shared.config.limits.max_endpoints_per_session)
         .map_err(|r| refused(r, &url))?;
+    crate::session::record_endpoint(shared, &ep).await?;
     let task = tokio::spawn(accept_loop(shared.clone(), listener, ep));
     shared.registry.add_listener(&session.id, client_id, task.abort_handle());
     tracing::info!(session = %session.id, %url, "endpoint bound");

@@ -8,6 +8,7 @@
 //! - `session`: one agent session: Auth, Bind, Unbind, heartbeats.
 //! - `ingress_http`, `ingress_tcp`: listeners for visitors.
 //! - `ip_rules`: the cached IP restrictions every listener checks.
+//! - `node`: this node's heartbeat in the shared store, and commands from other nodes.
 //! - `client_addr`, `proxy_protocol`: the client's real address behind trusted load balancers.
 //!
 //! [`Edge::start`] binds every listener and returns their addresses (tests use port 0);
@@ -28,6 +29,7 @@ pub mod config;
 mod ingress_http;
 mod ingress_tcp;
 mod ip_rules;
+mod node;
 mod proxy_protocol;
 mod registry;
 mod session;
@@ -75,6 +77,8 @@ pub struct Edge {
 
 /// State shared by every listener and session task.
 pub(crate) struct Shared {
+    /// `nd_...`: this edge process in the shared store.
+    pub(crate) node_id: String,
     pub(crate) config: EdgeConfig,
     pub(crate) store: Store,
     pub(crate) registry: registry::Registry,
@@ -99,18 +103,27 @@ impl Shared {
         id: &str,
     ) -> Result<usize, warren_store::StoreError> {
         self.store.delete_credential(account_id, id).await?;
-        Ok(self.end_sessions_using(id, "authtoken revoked"))
+        Ok(self.end_sessions_using(id, "authtoken revoked").await)
     }
 
     /// Ends every live session that authenticated with credential `id`; returns how many.
-    pub(crate) fn end_sessions_using(&self, id: &str, why: &'static str) -> usize {
+    pub(crate) async fn end_sessions_using(&self, id: &str, why: &'static str) -> usize {
         let sessions = self.registry.sessions_using(id);
         for s in &sessions {
             tracing::info!(session = %s.id, credential = %id, why, "ending session");
             s.mux.close(warren_mux::ErrorCode::None, why);
-            self.registry.remove_session(&s.id);
+            self.end_session(&s.id).await;
         }
         sessions.len()
+    }
+
+    /// Forgets a session here and in the store (idempotent; the connection is the caller's
+    /// to close).
+    pub(crate) async fn end_session(&self, id: &str) {
+        self.registry.remove_session(id);
+        if let Err(e) = self.store.delete_tunnel_session(id).await {
+            tracing::warn!(session = %id, error = %e, "store failed while forgetting a session; the node's heartbeat will");
+        }
     }
 }
 
@@ -144,8 +157,11 @@ impl Edge {
             }
             None => None,
         };
+        let node_id = warren_store::generate_id("nd");
+        store.register_node(&node_id).await?;
         let (tx, rx) = watch::channel(false);
         let shared = Arc::new(Shared {
+            node_id,
             connect_tls: tokio_rustls::TlsAcceptor::from(tls::server_config(&tls, &[])?),
             https_tls: tokio_rustls::TlsAcceptor::from(tls::server_config(&tls, &[b"h2", b"http/1.1"])?),
             https_port: config.public_https_port.unwrap_or(https_addr.port()),
@@ -160,6 +176,7 @@ impl Edge {
             shutdown: rx,
         });
         let mut tasks = JoinSet::new();
+        tasks.spawn(node::run(shared.clone()));
         tasks.spawn(session::accept_loop(shared.clone(), connect));
         tasks.spawn(ingress_http::accept_loop(shared.clone(), https, ingress_http::Scheme::Https));
         if let Some(http) = http {
@@ -182,6 +199,10 @@ impl Edge {
         let _ = self.shutdown.send(true);
         self.shared.registry.close_all("edge shutting down");
         while self.tasks.join_next().await.is_some() {}
+        // Its sessions and endpoints go with it, freeing their names for other nodes.
+        if let Err(e) = self.shared.store.remove_node(&self.shared.node_id).await {
+            tracing::warn!(error = %e, "could not remove this node from the store; other nodes will");
+        }
     }
 
     /// Deletes an authtoken and ends every live session that authenticated with it (their

@@ -51,6 +51,8 @@ impl Proto {
 
 /// One bound endpoint.
 pub(crate) struct Endpoint {
+    /// `ep_...`, the edge's id for it (the API's).
+    pub(crate) id: String,
     pub(crate) session: Arc<AgentSession>,
     /// The agent's id for it, sent back in every proxy header.
     pub(crate) client_id: String,
@@ -136,28 +138,6 @@ impl Registry {
         self.lock().sessions.len()
     }
 
-    /// Live sessions of an account, oldest first.
-    pub(crate) fn sessions_of(&self, account_id: &str) -> Vec<Arc<AgentSession>> {
-        let inner = self.lock();
-        let mut v: Vec<_> = inner
-            .sessions
-            .values()
-            .filter(|e| e.session.account_id == account_id)
-            .map(|e| e.session.clone())
-            .collect();
-        v.sort_by(|a, b| a.id.cmp(&b.id));
-        v
-    }
-
-    /// Endpoints bound by an account's sessions, by URL.
-    pub(crate) fn endpoints_of(&self, account_id: &str) -> Vec<Arc<Endpoint>> {
-        let inner = self.lock();
-        let mut v: Vec<_> =
-            inner.endpoints.values().filter(|e| e.session.account_id == account_id).cloned().collect();
-        v.sort_by(|a, b| a.url.cmp(&b.url));
-        v
-    }
-
     /// Live sessions that authenticated with the authtoken `credential_id`.
     pub(crate) fn sessions_using(&self, credential_id: &str) -> Vec<Arc<AgentSession>> {
         let inner = self.lock();
@@ -173,6 +153,11 @@ impl Registry {
     pub(crate) fn session_for_resume(&self, id: &str, account_id: &str) -> Option<Arc<AgentSession>> {
         let inner = self.lock();
         inner.sessions.get(id).filter(|e| e.session.account_id == account_id).map(|e| e.session.clone())
+    }
+
+    /// A session of this node by id.
+    pub(crate) fn session(&self, id: &str) -> Option<Arc<AgentSession>> {
+        self.lock().sessions.get(id).map(|e| e.session.clone())
     }
 
     pub(crate) fn lookup(&self, key: &EndpointKey) -> Option<Arc<Endpoint>> {

@@ -57,6 +57,22 @@ async fn serve_connection(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketA
         return;
     };
     let session = Arc::new(session);
+    let row = warren_store::TunnelSession {
+        id: session.id.clone(),
+        account_id: session.account_id.clone(),
+        node_id: shared.node_id.clone(),
+        credential_id: session.credential.id.clone(),
+        ip: remote.ip().to_string(),
+        agent_version: session.info.agent_version.clone(),
+        os: session.info.os.clone(),
+        metadata: session.info.metadata.clone(),
+        started_at: session.info.started_at.clone(),
+    };
+    if let Err(e) = shared.store.insert_tunnel_session(&row).await {
+        tracing::error!(error = %e, "store failed while recording a session; closing it");
+        mux.close(ErrorCode::Internal, "the edge could not record the session");
+        return;
+    }
     shared.registry.add_session(session.clone());
     tracing::info!(session = %session.id, %remote, "agent session started");
 
@@ -72,7 +88,7 @@ async fn serve_connection(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketA
             mux.close(ErrorCode::None, "heartbeat timeout");
         }
     }
-    shared.registry.remove_session(&session.id);
+    shared.end_session(&session.id).await;
     tracing::info!(session = %session.id, remote = %session.remote, "agent session ended");
 }
 
@@ -213,12 +229,21 @@ async fn handle_auth(
     // Resume: a reconnecting agent presents its previous session id. The old session is
     // probably a dead connection the edge has not noticed yet; it is closed so its endpoints
     // can be bound again at once instead of failing with "already bound".
-    if !auth.client_id.is_empty()
-        && let Some(old) = shared.registry.session_for_resume(&auth.client_id, &credential.account_id)
-    {
-        tracing::info!(session = %old.id, "agent resumed; closing its previous connection");
-        old.mux.close(ErrorCode::None, "session resumed elsewhere");
-        shared.registry.remove_session(&old.id);
+    if !auth.client_id.is_empty() {
+        if let Some(old) = shared.registry.session_for_resume(&auth.client_id, &credential.account_id) {
+            tracing::info!(session = %old.id, "agent resumed; closing its previous connection");
+            old.mux.close(ErrorCode::None, "session resumed elsewhere");
+            shared.end_session(&old.id).await;
+        } else if let Ok(old) = shared.store.get_tunnel_session(&credential.account_id, &auth.client_id).await
+        {
+            // Held by another node: free its names now and ask that node to close it.
+            tracing::info!(session = %old.id, node = %old.node_id, "agent resumed from another node's session");
+            let _ = shared.store.delete_tunnel_session(&old.id).await;
+            let _ = shared
+                .store
+                .queue_session_command(&old.node_id, &old.id, warren_store::SessionCommand::Stop)
+                .await;
+        }
     }
     let id = warren_store::generate_id("ts");
     let resp = proto::AuthResp {
@@ -363,13 +388,15 @@ async fn bind_endpoint(
                 }
             };
             let ep = Endpoint {
+                id: warren_store::generate_id("ep"),
                 session: session.clone(),
                 client_id: bind.client_id.clone(),
                 proto,
                 url: url.clone(),
                 key: EndpointKey::Host(proto, host.clone()),
             };
-            shared.registry.bind(ep, max).map_err(|r| refused(r, &url))?;
+            let ep = shared.registry.bind(ep, max).map_err(|r| refused(r, &url))?;
+            record_endpoint(shared, &ep).await?;
             tracing::info!(session = %session.id, %url, "endpoint bound");
             Ok(url)
         }
@@ -391,6 +418,40 @@ async fn bind_endpoint(
         }
         "tls" => Err(invalid("tls endpoints are not available on this edge yet; use https or tcp".into())),
         other => Err(invalid(format!("unknown endpoint protocol {other:?}; use http, https or tcp"))),
+    }
+}
+
+/// Records a newly bound endpoint in the store, where its URL is unique across every edge
+/// node. If another node holds the URL, or the store fails, the bind is undone.
+pub(crate) async fn record_endpoint(shared: &Shared, ep: &Endpoint) -> Result<(), String> {
+    let row = warren_store::LiveEndpoint {
+        id: ep.id.clone(),
+        account_id: ep.session.account_id.clone(),
+        session_id: ep.session.id.clone(),
+        client_id: ep.client_id.clone(),
+        proto: ep.proto.as_str().into(),
+        url: ep.url.clone(),
+        route_key: match &ep.key {
+            EndpointKey::Host(proto, host) => format!("{}://{host}", proto.as_str()),
+            EndpointKey::Port(_) => ep.url.clone(),
+        },
+        created_at: warren_store::now_rfc3339(),
+    };
+    match shared.store.insert_endpoint(&row).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            shared.registry.unbind(&ep.session.id, &ep.client_id);
+            match e {
+                warren_store::StoreError::Conflict(_) => Err(refused(BindRefused::InUse, &ep.url)),
+                e => {
+                    tracing::error!(error = %e, "store failed while recording an endpoint");
+                    Err(proto::error_text(
+                        "the edge could not record the endpoint; try again",
+                        codes::BIND_INVALID,
+                    ))
+                }
+            }
+        }
     }
 }
 
@@ -523,7 +584,12 @@ fn requested_port(opts: &proto::TcpOpts) -> Result<Option<u16>, String> {
 
 async fn handle_unbind(shared: &Arc<Shared>, session: &Arc<AgentSession>, mut stream: Stream) {
     let resp = match read_request::<proto::Unbind>(shared, &mut stream, "Unbind").await {
-        Ok(u) if shared.registry.unbind(&session.id, &u.client_id) => proto::UnbindResp::default(),
+        Ok(u) if shared.registry.unbind(&session.id, &u.client_id) => {
+            if let Err(e) = shared.store.delete_endpoint(&session.id, &u.client_id).await {
+                tracing::warn!(error = %e, "store failed while forgetting an endpoint; it goes with its session");
+            }
+            proto::UnbindResp::default()
+        }
         Ok(u) => proto::UnbindResp {
             error: proto::error_text(&format!("no endpoint with Id {:?}", u.client_id), codes::BIND_INVALID),
         },
@@ -573,4 +639,30 @@ async fn read_json<T: serde::de::DeserializeOwned>(
 async fn reply<T: serde::Serialize>(stream: &mut Stream, msg: &T) -> std::io::Result<()> {
     stream.write_all(&proto::encode(msg)).await?;
     stream.shutdown().await
+}
+
+/// Sends the agent a Stop (or Restart) command, as ngrok's API does. The agent answers and
+/// acts; an agent that does not support the command gets its session closed instead.
+pub(crate) async fn command_agent(shared: &Shared, s: &Arc<AgentSession>, ty: StreamType) {
+    let sent = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = s.mux.open_typed(ty.to_u32()).await?;
+        stream.write_all(b"{}").await?;
+        stream.shutdown().await?;
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await?;
+        Ok::<_, std::io::Error>(reply)
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(5), sent).await;
+    let refused = match &reply {
+        Ok(Ok(r)) => serde_json::from_slice::<proto::CommandResp>(r)
+            .ok()
+            .and_then(|c| c.error)
+            .filter(|e| !e.is_empty()),
+        _ => Some("no answer".into()),
+    };
+    if ty == StreamType::Stop || refused.is_some() {
+        s.mux.close(ErrorCode::None, "stopped through the API");
+        shared.end_session(&s.id).await;
+    }
 }

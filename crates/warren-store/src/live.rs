@@ -49,8 +49,10 @@ pub struct LiveEndpoint {
     pub client_id: String,
     /// `http`, `https` or `tcp`.
     pub proto: String,
-    /// The public URL (unique).
+    /// The public URL.
     pub url: String,
+    /// What must be unique across nodes: `https://host`, `http://host` or the tcp URL.
+    pub route_key: String,
     /// RFC 3339.
     pub created_at: String,
 }
@@ -75,7 +77,7 @@ impl SessionCommand {
 
 const SESSION_COLUMNS: &str =
     "id, account_id, node_id, credential_id, ip, agent_version, os, metadata, started_at";
-const ENDPOINT_COLUMNS: &str = "id, account_id, session_id, client_id, proto, url, created_at";
+const ENDPOINT_COLUMNS: &str = "id, account_id, session_id, client_id, proto, url, created_at, route_key";
 
 fn session_row<R: Row>(r: &R) -> TunnelSession
 where
@@ -108,6 +110,7 @@ where
         proto: r.get(4),
         url: r.get(5),
         created_at: r.get(6),
+        route_key: r.get(7),
     }
 }
 
@@ -192,21 +195,21 @@ impl Store {
         Ok(into_page(rows, limit))
     }
 
-    /// Records a bound endpoint. Its URL already held by any session on any node is a
+    /// Records a bound endpoint. Its route key already held by any session on any node is a
     /// [`StoreError::Conflict`].
     pub async fn insert_endpoint(&self, e: &LiveEndpoint) -> Result<(), StoreError> {
         with_db!(self.db, pool => {
-            sqlx::query("INSERT INTO endpoints (id, account_id, session_id, client_id, proto, url, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-                .bind(&e.id).bind(&e.account_id).bind(&e.session_id).bind(&e.client_id).bind(&e.proto).bind(&e.url).bind(&e.created_at)
+            sqlx::query("INSERT INTO endpoints (id, account_id, session_id, client_id, proto, url, created_at, route_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(&e.id).bind(&e.account_id).bind(&e.session_id).bind(&e.client_id).bind(&e.proto).bind(&e.url).bind(&e.created_at).bind(&e.route_key)
                 .execute(pool).await.map_err(crate::conflict("endpoint"))?;
         });
         Ok(())
     }
 
-    /// The session holding `url`, if any node serves it.
-    pub async fn endpoint_holder(&self, url: &str) -> Result<Option<String>, StoreError> {
+    /// The session holding `route_key`, if any node serves it.
+    pub async fn endpoint_holder(&self, route_key: &str) -> Result<Option<String>, StoreError> {
         Ok(with_db!(self.db, pool => {
-            sqlx::query("SELECT session_id FROM endpoints WHERE url = $1").bind(url).fetch_optional(pool).await?
+            sqlx::query("SELECT session_id FROM endpoints WHERE route_key = $1").bind(route_key).fetch_optional(pool).await?
                 .map(|r| r.get::<String, _>(0))
         }))
     }

@@ -383,7 +383,8 @@ async fn live_sessions_and_endpoints_are_shared_and_go_with_their_node() {
             session_id: sess.into(),
             client_id: format!("c{id}"),
             proto: "https".into(),
-            url: url.into(),
+            url: format!("{url}:8443"),
+            route_key: url.into(),
             created_at: now_rfc3339(),
         };
         s.insert_endpoint(&ep("ep_1", "ts_1", "https://a.example.com")).await.unwrap();

@@ -107,6 +107,39 @@ impl TestEdge {
         }
     }
 
+    /// Starts a second edge node on the same PostgreSQL database as `first` (which must use
+    /// one): it shares the accounts, tokens and keys, and has listeners and a CA of its own.
+    pub async fn start_joining(first: &TestEdge) -> TestEdge {
+        let database_url = first.config.database_url.clone().expect("the first edge uses PostgreSQL");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let lo = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let mut config = first.config.clone();
+        config.data_dir = dir.path().join("data");
+        config.database_url = Some(database_url);
+        config.connect_addr = lo;
+        config.https_addr = lo;
+        config.http_addr = Some(lo);
+        config.api_addr = Some(lo);
+        let prepared = warren_edge::bootstrap::prepare(&config).await.expect("prepare data dir");
+        assert!(prepared.first_start.is_none(), "the shared database already has its admin");
+        let ca_path = prepared.tls.ca_cert_path.clone();
+        let ca_pem = std::fs::read(&ca_path).expect("CA file");
+        let edge = Edge::start(config.clone(), prepared.store, prepared.tls).await.expect("edge starts");
+        config.connect_addr = edge.connect_addr;
+        config.https_addr = edge.https_addr;
+        config.http_addr = edge.http_addr;
+        config.api_addr = edge.api_addr;
+        TestEdge {
+            edge: Some(edge),
+            config,
+            authtoken: first.authtoken.clone(),
+            api_key: first.api_key.clone(),
+            ca_pem,
+            ca_path,
+            dir,
+        }
+    }
+
     /// The running edge.
     pub fn edge(&self) -> &Edge {
         self.edge.as_ref().expect("edge is running")

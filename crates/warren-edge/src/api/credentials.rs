@@ -141,7 +141,7 @@ pub(crate) async fn update(
     let updated = shared.store.update_credential(&p.account_id, &id, &up).await?;
     if rules_change {
         // Live sessions were admitted under the old rules; their agents reconnect under the new.
-        let ended = shared.end_sessions_using(&id, "authtoken rules changed; reconnect");
+        let ended = shared.end_sessions_using(&id, "authtoken rules changed; reconnect").await;
         tracing::info!(credential = %id, by = %p.key_id, sessions_restarted = ended, "authtoken rules changed");
     }
     Ok(Json(json(updated, None)))

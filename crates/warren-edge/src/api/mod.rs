@@ -69,6 +69,7 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .route("/tunnel_sessions/{id}/stop", post(sessions::stop))
         .route("/tunnel_sessions/{id}/restart", post(sessions::restart))
         .route("/endpoints", get(sessions::endpoints))
+        .route("/endpoints/{id}", get(sessions::endpoint))
         .route("/tunnels", get(sessions::tunnels))
         .fallback(|| async { ApiError::not_found("no such API resource") })
         .layer(axum::middleware::from_fn_with_state(shared.clone(), auth::check))

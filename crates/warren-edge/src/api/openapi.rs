@@ -33,11 +33,8 @@ struct Resource {
 /// The operations a resource supports; not every resource has the full set.
 #[derive(Clone, Copy)]
 enum Op {
-    /// Stored resources: newest first, paged by `limit` and `before_id`.
+    /// Newest first, paged by `limit` and `before_id`.
     List,
-    /// Live state of this edge node: one page, `next_page_uri` always null; paging parameters
-    /// are not read, so they are not documented.
-    ListAll,
     Create,
     Get,
     /// PATCH answering with the updated item.
@@ -143,13 +140,14 @@ const RESOURCES: &[Resource] = &[
     Resource {
         path: "/tunnel_sessions",
         tag: "Tunnel sessions",
-        about: "Live agent sessions. Each edge node answers for its own sessions only, all in one page.",
+        about: "Live agent sessions on every edge node sharing the database. Stop and restart reach \
+                a session on another node through that node.",
         service: "TunnelSessions",
         noun: "a tunnel session",
         schema: "TunnelSession",
         list_key: "tunnel_sessions",
         ops: &[
-            Op::ListAll,
+            Op::List,
             Op::Get,
             Op::Action(
                 "stop",
@@ -166,12 +164,12 @@ const RESOURCES: &[Resource] = &[
     Resource {
         path: "/endpoints",
         tag: "Endpoints",
-        about: "What this edge node's live sessions have bound, all in one page.",
+        about: "What the live sessions have bound, on every edge node sharing the database.",
         service: "Endpoints",
         noun: "an endpoint",
         schema: "Endpoint",
         list_key: "endpoints",
-        ops: &[Op::ListAll],
+        ops: &[Op::List, Op::Get],
     },
     Resource {
         path: "/tunnels",
@@ -181,7 +179,7 @@ const RESOURCES: &[Resource] = &[
         noun: "a tunnel",
         schema: "Endpoint",
         list_key: "tunnels",
-        ops: &[Op::ListAll],
+        ops: &[Op::List],
     },
 ];
 
@@ -227,7 +225,7 @@ pub(crate) fn document() -> Value {
             let built = operation(r, s, &schemas);
             paths.entry(path).or_insert_with(|| json!({}))[method] = built;
         }
-        if r.ops.iter().any(|op| matches!(op, Op::List | Op::ListAll)) {
+        if r.ops.iter().any(|op| matches!(op, Op::List)) {
             schemas.insert(format!("{}List", r.service), list_schema(r));
         }
     }
@@ -310,12 +308,12 @@ struct Spec {
 fn spec(r: &Resource, op: Op) -> Spec {
     let item = format!("{}/{{id}}", r.path);
     match op {
-        Op::List | Op::ListAll => Spec {
+        Op::List => Spec {
             method: "get",
             path: r.path.to_owned(),
             verb: "List",
             summary: format!("List {}", mid_sentence(r.tag)),
-            paged: matches!(op, Op::List),
+            paged: true,
             status: "200",
             reply: Some(format!("{}List", r.service)),
             ..Spec::default()
@@ -858,6 +856,7 @@ fn schemas() -> Map<String, Value> {
         response(json!({
             "id": string(),
             "uri": string(),
+            "created_at": time(),
             "url": string(),
             "proto": one_of(&["http", "https", "tcp"]),
             "public_url": string(),

@@ -1,6 +1,6 @@
 //! `/tunnel_sessions` (live agent sessions: list, get, stop, restart), `/endpoints` and
-//! `/tunnels` (what those sessions have bound). Live state, not stored: each edge node
-//! answers for its own sessions.
+//! `/tunnels` (what those sessions have bound). Read from the store, so any edge node
+//! answers for the sessions of every node sharing its database.
 
 use std::sync::Arc;
 
@@ -10,9 +10,10 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use warren_proto::StreamType;
 
-use super::{ApiError, Principal};
+use warren_store::{LiveEndpoint, SessionCommand, TunnelSession};
+
+use super::{ApiError, PageQuery, Principal, next_page_uri};
 use crate::Shared;
-use crate::registry::{AgentSession, Endpoint};
 
 #[derive(Serialize)]
 pub(crate) struct Ref {
@@ -34,17 +35,17 @@ pub(crate) struct SessionJson {
     transport: &'static str,
 }
 
-fn session_json(s: &AgentSession) -> SessionJson {
+fn session_json(s: TunnelSession) -> SessionJson {
     SessionJson {
-        id: s.id.clone(),
         uri: format!("/tunnel_sessions/{}", s.id),
-        agent_version: s.info.agent_version.clone(),
-        credential: Ref { id: s.credential.id.clone(), uri: format!("/credentials/{}", s.credential.id) },
-        ip: s.remote.ip().to_string(),
-        metadata: s.info.metadata.clone(),
-        os: s.info.os.clone(),
+        credential: Ref { uri: format!("/credentials/{}", s.credential_id), id: s.credential_id },
+        id: s.id,
+        agent_version: s.agent_version,
+        ip: s.ip,
+        metadata: s.metadata,
+        os: s.os,
         region: "local",
-        started_at: s.info.started_at.clone(),
+        started_at: s.started_at,
         transport: "ngrok/v2",
     }
 }
@@ -59,19 +60,12 @@ pub(crate) struct SessionList {
 pub(crate) async fn list(
     State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
-) -> Json<SessionList> {
-    let tunnel_sessions =
-        shared.registry.sessions_of(&p.account_id).iter().map(|s| session_json(s)).collect();
-    Json(SessionList { tunnel_sessions, uri: "/tunnel_sessions", next_page_uri: None })
-}
-
-fn find(shared: &Shared, p: &Principal, id: &str) -> Result<Arc<AgentSession>, ApiError> {
-    shared
-        .registry
-        .sessions_of(&p.account_id)
-        .into_iter()
-        .find(|s| s.id == id)
-        .ok_or_else(|| ApiError::not_found(format!("tunnel session {id} not found")))
+    q: PageQuery,
+) -> Result<Json<SessionList>, ApiError> {
+    let page = shared.store.list_tunnel_sessions(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let next = next_page_uri("/tunnel_sessions", &q, page.more, page.items.last().map(|s| s.id.as_str()));
+    let tunnel_sessions = page.items.into_iter().map(session_json).collect();
+    Ok(Json(SessionList { tunnel_sessions, uri: "/tunnel_sessions", next_page_uri: next }))
 }
 
 pub(crate) async fn get(
@@ -79,37 +73,30 @@ pub(crate) async fn get(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<SessionJson>, ApiError> {
-    let s = find(&shared, &p, &id)?;
-    Ok(Json(session_json(&s)))
+    Ok(Json(session_json(shared.store.get_tunnel_session(&p.account_id, &id).await?)))
 }
 
-/// Sends the agent a Stop (or Restart) command, as ngrok's API does. The agent answers and
-/// acts; an agent that does not support the command gets its session closed instead.
+/// Stop or restart, as ngrok's API does: the agent is told and acts. A session held by
+/// another edge node is handed to that node through the store.
 async fn command(shared: &Shared, p: &Principal, id: &str, ty: StreamType) -> Result<StatusCode, ApiError> {
-    let s = find(shared, p, id)?;
-    p.require_owner_or_admin(s.credential.owner_id.as_deref(), "a tunnel session")?;
-    tracing::info!(session = %s.id, by = %p.key_id, ?ty, "tunnel session command");
-    let sent = async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = s.mux.open_typed(ty.to_u32()).await?;
-        stream.write_all(b"{}").await?;
-        stream.shutdown().await?;
-        let mut reply = Vec::new();
-        stream.read_to_end(&mut reply).await?;
-        Ok::<_, std::io::Error>(reply)
+    let row = shared.store.get_tunnel_session(&p.account_id, id).await?;
+    let owner = match shared.store.get_credential(&p.account_id, &row.credential_id).await {
+        Ok(c) => c.owner_id,
+        Err(warren_store::StoreError::NotFound(_)) => None,
+        Err(e) => return Err(e.into()),
     };
-    let reply = tokio::time::timeout(std::time::Duration::from_secs(5), sent).await;
-    let refused = match &reply {
-        Ok(Ok(r)) => serde_json::from_slice::<warren_proto::CommandResp>(r)
-            .ok()
-            .and_then(|c| c.error)
-            .filter(|e| !e.is_empty()),
-        _ => Some("no answer".into()),
-    };
-    if ty == StreamType::Stop || refused.is_some() {
-        s.mux.close(warren_mux::ErrorCode::None, "stopped through the API");
-        shared.registry.remove_session(&s.id);
+    p.require_owner_or_admin(owner.as_deref(), "a tunnel session")?;
+    tracing::info!(session = %row.id, node = %row.node_id, by = %p.key_id, ?ty, "tunnel session command");
+    if row.node_id != shared.node_id {
+        let cmd = if ty == StreamType::Stop { SessionCommand::Stop } else { SessionCommand::Restart };
+        shared.store.queue_session_command(&row.node_id, &row.id, cmd).await?;
+        return Ok(StatusCode::NO_CONTENT);
     }
+    let s = shared
+        .registry
+        .session(&row.id)
+        .ok_or_else(|| ApiError::not_found(format!("tunnel session {id} not found")))?;
+    crate::session::command_agent(shared, &s, ty).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -133,22 +120,24 @@ pub(crate) async fn restart(
 pub(crate) struct EndpointJson {
     id: String,
     uri: String,
+    created_at: String,
     url: String,
-    proto: &'static str,
+    proto: String,
     public_url: String,
     r#type: &'static str,
     tunnel_session: Ref,
 }
 
-fn endpoint_json(e: &Endpoint) -> EndpointJson {
+fn endpoint_json(e: LiveEndpoint) -> EndpointJson {
     EndpointJson {
-        id: e.client_id.clone(),
-        uri: format!("/endpoints/{}", e.client_id),
-        url: e.url.clone(),
-        proto: e.proto.as_str(),
+        uri: format!("/endpoints/{}", e.id),
+        tunnel_session: Ref { uri: format!("/tunnel_sessions/{}", e.session_id), id: e.session_id },
+        id: e.id,
+        created_at: e.created_at,
         public_url: e.url.clone(),
+        url: e.url,
+        proto: e.proto,
         r#type: "ephemeral",
-        tunnel_session: Ref { id: e.session.id.clone(), uri: format!("/tunnel_sessions/{}", e.session.id) },
     }
 }
 
@@ -162,9 +151,20 @@ pub(crate) struct EndpointList {
 pub(crate) async fn endpoints(
     State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
-) -> Json<EndpointList> {
-    let endpoints = shared.registry.endpoints_of(&p.account_id).iter().map(|e| endpoint_json(e)).collect();
-    Json(EndpointList { endpoints, uri: "/endpoints", next_page_uri: None })
+    q: PageQuery,
+) -> Result<Json<EndpointList>, ApiError> {
+    let page = shared.store.list_endpoints(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let next = next_page_uri("/endpoints", &q, page.more, page.items.last().map(|e| e.id.as_str()));
+    let endpoints = page.items.into_iter().map(endpoint_json).collect();
+    Ok(Json(EndpointList { endpoints, uri: "/endpoints", next_page_uri: next }))
+}
+
+pub(crate) async fn endpoint(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<EndpointJson>, ApiError> {
+    Ok(Json(endpoint_json(shared.store.get_endpoint(&p.account_id, &id).await?)))
 }
 
 #[derive(Serialize)]
@@ -174,10 +174,14 @@ pub(crate) struct TunnelList {
     next_page_uri: Option<String>,
 }
 
+/// ngrok's older name for the same list.
 pub(crate) async fn tunnels(
     State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
-) -> Json<TunnelList> {
-    let tunnels = shared.registry.endpoints_of(&p.account_id).iter().map(|e| endpoint_json(e)).collect();
-    Json(TunnelList { tunnels, uri: "/tunnels", next_page_uri: None })
+    q: PageQuery,
+) -> Result<Json<TunnelList>, ApiError> {
+    let page = shared.store.list_endpoints(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let next = next_page_uri("/tunnels", &q, page.more, page.items.last().map(|e| e.id.as_str()));
+    let tunnels = page.items.into_iter().map(endpoint_json).collect();
+    Ok(Json(TunnelList { tunnels, uri: "/tunnels", next_page_uri: next }))
 }

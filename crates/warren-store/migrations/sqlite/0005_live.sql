@@ -19,14 +19,16 @@ CREATE TABLE tunnel_sessions (
     started_at     TEXT NOT NULL
 );
 
--- route_key is the public URL: unique across nodes, so two nodes never serve one name.
+-- route_key (scheme://host for http and https, the URL for tcp) is unique across nodes, so
+-- two nodes never serve one name, whatever port each shows in its URLs.
 CREATE TABLE endpoints (
     id          TEXT PRIMARY KEY,
     account_id  TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
     session_id  TEXT NOT NULL REFERENCES tunnel_sessions(id) ON DELETE CASCADE,
     client_id   TEXT NOT NULL,
     proto       TEXT NOT NULL,
-    url         TEXT NOT NULL UNIQUE,
+    url         TEXT NOT NULL,
+    route_key   TEXT NOT NULL UNIQUE,
     created_at  TEXT NOT NULL
 );
 
