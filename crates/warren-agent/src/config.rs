@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How the agent verifies the edge's certificate (`connect_cas`).
@@ -37,6 +38,9 @@ pub enum EndpointProto {
     Http,
     /// A TCP port on the edge.
     Tcp,
+    /// TLS routed by SNI and passed through by the edge: terminated here (with
+    /// [`EndpointConfig::tls_termination`]) or by the upstream.
+    Tls,
 }
 
 impl EndpointProto {
@@ -45,6 +49,7 @@ impl EndpointProto {
             EndpointProto::Https => "https",
             EndpointProto::Http => "http",
             EndpointProto::Tcp => "tcp",
+            EndpointProto::Tls => "tls",
         }
     }
 }
@@ -155,6 +160,9 @@ pub struct EndpointConfig {
     pub host_header: Option<String>,
     /// Verify the upstream's TLS certificate; `None` means verify unless it is loopback.
     pub upstream_tls_verify: Option<bool>,
+    /// For tls endpoints: terminate TLS here with this certificate (and, if it asks for
+    /// client certificates, mutual TLS); `None` passes the TLS through to the upstream.
+    pub tls_termination: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl EndpointConfig {
@@ -174,6 +182,7 @@ impl EndpointConfig {
             upstream: Upstream::parse(upstream, false)?,
             host_header: None,
             upstream_tls_verify: None,
+            tls_termination: None,
         })
     }
 
@@ -189,6 +198,28 @@ impl EndpointConfig {
             upstream: Upstream::parse(upstream, true)?,
             host_header: None,
             upstream_tls_verify: None,
+            tls_termination: None,
+        })
+    }
+
+    /// `warren tls <upstream> [--url tls://host] [--crt F --key F [--mutual-tls-cas F]]`:
+    /// passthrough to the upstream, or TLS terminated by the agent with its own certificate.
+    pub fn tls(
+        upstream: &str,
+        url: Option<&str>,
+        termination: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<EndpointConfig, String> {
+        let url = url.unwrap_or("").to_owned();
+        if !url.is_empty() && !url.starts_with("tls://") {
+            return Err(format!("--url {url:?} must be a tls:// URL for a tls endpoint"));
+        }
+        Ok(EndpointConfig {
+            proto: EndpointProto::Tls,
+            url,
+            upstream: Upstream::parse(upstream, true)?,
+            host_header: None,
+            upstream_tls_verify: None,
+            tls_termination: termination,
         })
     }
 

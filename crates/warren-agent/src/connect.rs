@@ -154,6 +154,7 @@ async fn session(
             EndpointProto::Tcp => {
                 serde_json::json!({ "Addr": ep.url.strip_prefix("tcp://").unwrap_or(&ep.url) })
             }
+            EndpointProto::Tls => serde_json::json!({ "URL": ep.url, "Hostname": host_of(&ep.url) }),
             _ => serde_json::json!({ "URL": ep.url, "Domain": host_of(&ep.url) }),
         };
         let bind = proto::Bind {

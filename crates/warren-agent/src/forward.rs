@@ -27,7 +27,7 @@ pub(crate) async fn forward(mut stream: Stream, header: &ProxyHeader, ep: &Endpo
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(upstream = %ep.upstream, error = %e, "upstream unreachable");
-            if ep.proto != EndpointProto::Tcp {
+            if matches!(ep.proto, EndpointProto::Http | EndpointProto::Https) {
                 let _ = stream.write_all(bad_gateway(ep, &e).as_bytes()).await;
                 let _ = stream.shutdown().await;
                 // Let the edge read the response before the stream goes away.
@@ -46,6 +46,25 @@ pub(crate) async fn forward(mut stream: Stream, header: &ProxyHeader, ep: &Endpo
                 host.clone()
             };
             proxy_http(stream, upstream, host).await;
+        }
+        (_, EndpointProto::Tls) if ep.tls_termination.is_some() => {
+            let cfg = ep.tls_termination.clone().expect("checked");
+            let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
+            match tokio::time::timeout(std::time::Duration::from_secs(10), accept).await {
+                Ok(Ok(mut tls)) => {
+                    let mut upstream = upstream;
+                    if let Err(e) =
+                        tokio::io::copy_bidirectional_with_sizes(&mut tls, &mut upstream, COPY_BUF, COPY_BUF)
+                            .await
+                    {
+                        tracing::debug!(error = %e, "tls stream ended with an error");
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(visitor = %header.client_addr, error = %e, "visitor TLS handshake failed")
+                }
+                Err(_) => tracing::info!(visitor = %header.client_addr, "visitor TLS handshake timed out"),
+            }
         }
         _ => {
             let mut upstream = upstream;

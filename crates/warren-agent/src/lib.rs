@@ -19,6 +19,7 @@ mod forward;
 mod tls;
 
 pub use config::{AgentConfig, ConnectCas, EndpointConfig, EndpointProto, Upstream, UpstreamScheme};
+pub use tls::agent_termination;
 
 /// Why the agent stopped for good (failures worth retrying are retried, not returned).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -60,6 +60,44 @@ fn add_all(roots: &mut RootCertStore, certs: Vec<CertificateDer<'static>>) -> Re
     Ok(())
 }
 
+/// The server config for TLS terminated at the agent (tls endpoints): the certificate chain
+/// and key from PEM files, and with `client_cas`, mutual TLS that requires a client
+/// certificate signed by one of them.
+pub fn agent_termination(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_cas: Option<&[u8]>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls_pki_types::PrivateKeyDer;
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("invalid certificate PEM: {e}"))?;
+    if chain.is_empty() {
+        return Err("the certificate file holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("invalid private key PEM: {e}"))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?;
+    let builder = match client_cas {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = RootCertStore::empty();
+            let cas = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("invalid client CA PEM: {e}"))?;
+            add_all(&mut roots, cas)?;
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                    .build()
+                    .map_err(|e| format!("client CAs: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let cfg = builder.with_single_cert(chain, key).map_err(|e| format!("certificate and key: {e}"))?;
+    Ok(Arc::new(cfg))
+}
+
 /// The config for an https upstream: verified against public CAs, or not verified at all
 /// (loopback upstreams by default, or `--upstream-tls-verify=false`).
 pub(crate) fn upstream_config(verify: bool) -> Arc<ClientConfig> {

@@ -19,7 +19,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use warren_proto::error_codes as codes;
 
 use crate::Shared;
@@ -56,17 +56,40 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, sche
             let Some(remote) = crate::client_addr::resolve(&shared, &mut tcp, peer).await else { return };
             match scheme {
                 Scheme::Http => serve(shared, tcp, remote, scheme).await,
-                Scheme::Https => {
-                    let accept = shared.https_tls.accept(tcp);
-                    match tokio::time::timeout(shared.config.limits.handshake_timeout, accept).await {
-                        Ok(Ok(tls)) => serve(shared, tls, remote, scheme).await,
-                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "visitor TLS handshake failed"),
-                        Err(_) => tracing::debug!(%remote, "visitor TLS handshake timed out"),
-                    }
-                }
+                Scheme::Https => front(shared, tcp, remote).await,
             }
             drop(permit);
         });
+    }
+}
+
+/// The shared TLS port: the ClientHello's SNI picks the path before anything is terminated.
+/// A connect hostname is an agent session, a `tls://` endpoint's name is passed through, and
+/// everything else is https terminated here.
+async fn front(shared: Arc<Shared>, mut tcp: TcpStream, remote: SocketAddr) {
+    let limit = shared.config.limits.handshake_timeout;
+    let hello = match tokio::time::timeout(limit, crate::tls_front::read_hello(&mut tcp)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return tracing::debug!(%remote, error = %e, "no usable ClientHello"),
+        Err(_) => return tracing::debug!(%remote, "ClientHello timed out"),
+    };
+    let name = hello.server_name.clone().unwrap_or_default();
+    if shared.config.connect_hostnames.contains(&name) {
+        // An agent session: it counts against the session limit, not only the visitor limit.
+        let Ok(_session_permit) = shared.session_limit.clone().try_acquire_owned() else {
+            return tracing::warn!(%remote, "session limit reached; closing");
+        };
+        let io = crate::tls_front::Rewind::new(hello.buffered, tcp);
+        return crate::session::serve_agent(shared, io, remote).await;
+    }
+    if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Tls, name)) {
+        return crate::ingress_tcp::pass_tls(&shared, &ep, hello.buffered, tcp, remote).await;
+    }
+    let io = crate::tls_front::Rewind::new(hello.buffered, tcp);
+    match tokio::time::timeout(limit, shared.https_tls.accept(io)).await {
+        Ok(Ok(tls)) => serve(shared, tls, remote, Scheme::Https).await,
+        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "visitor TLS handshake failed"),
+        Err(_) => tracing::debug!(%remote, "visitor TLS handshake timed out"),
     }
 }
 

@@ -1,5 +1,7 @@
 //! tcp endpoints: one listener per endpoint on a port from the configured range; each visitor
 //! connection becomes one proxy stream, copied both ways with half-close passed through.
+//! tls endpoints ride the same copy: the shared TLS port hands over the connection with its
+//! ClientHello ([`pass_tls`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -129,5 +131,32 @@ async fn proxy(mut tcp: TcpStream, remote: SocketAddr, ep: &Endpoint) {
     if let Err(e) = tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut stream, COPY_BUF, COPY_BUF).await
     {
         tracing::debug!(url = %ep.url, %remote, error = %e, "tcp visitor connection ended with an error");
+    }
+}
+
+/// Passes a TLS connection through to a tls endpoint's agent, ClientHello first; the edge
+/// never decrypts it.
+pub(crate) async fn pass_tls(
+    shared: &Arc<Shared>,
+    ep: &Arc<Endpoint>,
+    hello: Vec<u8>,
+    mut tcp: TcpStream,
+    remote: SocketAddr,
+) {
+    use tokio::io::AsyncWriteExt;
+    if !crate::ip_rules::visitor_allowed(shared, &ep.session.account_id, remote.ip(), &ep.url).await {
+        return;
+    }
+    let mut stream = match ep.open_proxy_stream(remote).await {
+        Ok(s) => s,
+        Err(e) => return tracing::debug!(url = %ep.url, error = %e, "could not open proxy stream"),
+    };
+    if stream.write_all(&hello).await.is_err() {
+        return;
+    }
+    drop(hello);
+    if let Err(e) = tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut stream, COPY_BUF, COPY_BUF).await
+    {
+        tracing::debug!(url = %ep.url, %remote, error = %e, "tls visitor connection ended with an error");
     }
 }

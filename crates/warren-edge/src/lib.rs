@@ -4,6 +4,7 @@
 //! - [`config`]: [`EdgeConfig`], parsed and validated once.
 //! - [`bootstrap`]: the embedded default (data directory, local CA, first authtoken and key).
 //! - [`tls`]: certificates and rustls configs.
+//! - `tls_front`: the shared TLS port's ClientHello reader (routing by SNI before termination).
 //! - `registry`: which session holds which endpoint.
 //! - `session`: one agent session: Auth, Bind, Unbind, heartbeats.
 //! - `ingress_http`, `ingress_tcp`: listeners for visitors.
@@ -34,6 +35,7 @@ mod proxy_protocol;
 mod registry;
 mod session;
 pub mod tls;
+mod tls_front;
 
 pub use config::{EdgeConfig, Limits};
 pub use warren_store::{Cidr, Store};

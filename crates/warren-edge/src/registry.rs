@@ -37,6 +37,8 @@ pub(crate) enum Proto {
     Http,
     Https,
     Tcp,
+    /// TLS passed through by SNI; the agent or its upstream terminates it.
+    Tls,
 }
 
 impl Proto {
@@ -45,6 +47,7 @@ impl Proto {
             Proto::Http => "http",
             Proto::Https => "https",
             Proto::Tcp => "tcp",
+            Proto::Tls => "tls",
         }
     }
 }
@@ -78,10 +81,11 @@ impl Endpoint {
             proto: self.proto.as_str().into(),
             edge_type: match self.proto {
                 Proto::Tcp => "1".into(),
+                Proto::Tls => "2".into(),
                 Proto::Https => "3".into(),
                 Proto::Http => "0".into(),
             },
-            passthrough_tls: false,
+            passthrough_tls: self.proto == Proto::Tls,
         };
         let mut buf = warren_proto::StreamType::Proxy.to_u32().to_be_bytes().to_vec();
         buf.extend_from_slice(&header.encode());

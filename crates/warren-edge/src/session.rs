@@ -35,8 +35,17 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 async fn serve_connection(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let Some(remote) = crate::client_addr::resolve(&shared, &mut tcp, peer).await else { return };
+    serve_agent(shared, tcp, remote).await;
+}
+
+/// One agent connection, from its first TLS byte (on the connect listener, or replayed by
+/// the shared TLS port's SNI front).
+pub(crate) async fn serve_agent<IO>(shared: Arc<Shared>, io: IO, remote: SocketAddr)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let tls =
-        match tokio::time::timeout(shared.config.limits.handshake_timeout, shared.connect_tls.accept(tcp))
+        match tokio::time::timeout(shared.config.limits.handshake_timeout, shared.connect_tls.accept(io))
             .await
         {
             Ok(Ok(tls)) => tls,
@@ -416,8 +425,46 @@ async fn bind_endpoint(
             }
             ingress_tcp::bind(shared, session, &bind.client_id, wanted).await
         }
-        "tls" => Err(invalid("tls endpoints are not available on this edge yet; use https or tcp".into())),
-        other => Err(invalid(format!("unknown endpoint protocol {other:?}; use http, https or tcp"))),
+        "tls" => {
+            let opts: proto::TlsOpts = serde_json::from_value(bind.opts.clone())
+                .map_err(|e| invalid(format!("invalid tls options: {e}")))?;
+            if opts.tls_termination.as_ref().is_some_and(|t| !t.is_null()) {
+                return Err(invalid(
+                    "TLS termination at the edge with the agent's key is not supported: the edge never holds \
+                     your key. Terminate at the agent (warren tls --crt/--key) or in the upstream"
+                        .into(),
+                ));
+            }
+            let host = requested_host(shared, &opts.url, &opts.domain, &opts.hostname, &opts.subdomain)?;
+            let host = match host {
+                Some(h) => h,
+                None if session.credential.acl.is_empty() || session.credential.allows_bind("*") => {
+                    random_host(shared, Proto::Tls).await?
+                }
+                None => return Err(not_allowed(&session.credential, "a random name")),
+            };
+            if !session.credential.allows_bind(&host) {
+                return Err(not_allowed(&session.credential, &host));
+            }
+            check_domain_reservation(shared, session, &host).await?;
+            let url = match shared.https_port {
+                443 => format!("tls://{host}"),
+                p => format!("tls://{host}:{p}"),
+            };
+            let ep = Endpoint {
+                id: warren_store::generate_id("ep"),
+                session: session.clone(),
+                client_id: bind.client_id.clone(),
+                proto: Proto::Tls,
+                url: url.clone(),
+                key: EndpointKey::Host(Proto::Tls, host),
+            };
+            let ep = shared.registry.bind(ep, max).map_err(|r| refused(r, &url))?;
+            record_endpoint(shared, &ep).await?;
+            tracing::info!(session = %session.id, %url, "endpoint bound");
+            Ok(url)
+        }
+        other => Err(invalid(format!("unknown endpoint protocol {other:?}; use http, https, tcp or tls"))),
     }
 }
 

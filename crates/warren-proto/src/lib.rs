@@ -275,6 +275,10 @@ pub struct TlsOpts {
     pub hostname: String,
     /// Requested label under the edge's base domain.
     pub subdomain: String,
+    /// Certificate and key for TLS termination at the edge (refused: the edge does not take
+    /// agents' keys).
+    #[serde(rename = "TLSTermination")]
+    pub tls_termination: Option<serde_json::Value>,
 }
 
 /// Edge → client: the reply to [`Bind`].

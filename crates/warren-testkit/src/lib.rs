@@ -682,3 +682,41 @@ impl Drop for RawSession {
         self.mux.close(warren_mux::ErrorCode::None, "test done");
     }
 }
+
+/// A certificate authority made for a test, and the leaf certificates it signs.
+pub struct TestCa {
+    /// The CA certificate (PEM).
+    pub pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    /// A new CA named `name`.
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        TestCa { pem: cert.pem(), issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    /// A leaf for `name` (DNS name and common name): (certificate PEM, key PEM, certificate DER).
+    pub fn leaf(&self, name: &str) -> (String, String, rustls::pki_types::CertificateDer<'static>) {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("name");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        (cert.pem(), key.serialize_pem(), cert.der().clone())
+    }
+
+    /// A root store trusting this CA only.
+    pub fn roots(&self) -> rustls::RootCertStore {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(self.pem.as_bytes()) {
+            roots.add(c.expect("PEM")).expect("CA");
+        }
+        roots
+    }
+}

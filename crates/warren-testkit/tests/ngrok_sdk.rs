@@ -111,3 +111,65 @@ async fn the_sdk_sees_a_taken_domain_as_err_ngrok_334() {
     let err = b.http_endpoint().domain("dup.warren.localhost").listen().await.err().expect("taken");
     assert_eq!(err.error_code(), Some("ERR_NGROK_334"), "{err:?}");
 }
+
+#[tokio::test]
+async fn the_ngrok_sdk_connects_by_sni_on_the_shared_port_and_terminates_its_own_tls_endpoint() {
+    let edge = TestEdge::start_with(|c| c.connect_hostnames.push("localhost".into())).await;
+    let sess = within("sdk connect on the https port", async {
+        ngrok::Session::builder()
+            .authtoken(edge.authtoken.clone())
+            .server_addr(format!("localhost:{}", edge.https_addr().port()))
+            .expect("server address")
+            .ca_cert(Bytes::from(edge.ca_pem.clone()))
+            .connect()
+            .await
+    })
+    .await
+    .expect("SDK session through the shared port");
+    let mut tunnel = within("sdk tls listen", sess.tls_endpoint().domain("sdktls.warren.localhost").listen())
+        .await
+        .expect("tls endpoint");
+    assert_eq!(tunnel.url(), format!("tls://sdktls.warren.localhost:{}", edge.https_addr().port()));
+
+    // The application behind the SDK holds the key: it terminates TLS itself.
+    let ca = TestCa::new("app CA");
+    let (chain, key, leaf) = ca.leaf("sdktls.warren.localhost");
+    let cfg = warren_agent::agent_termination(chain.as_bytes(), key.as_bytes(), None).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    tokio::spawn(async move {
+        while let Ok(Some(conn)) = tunnel.try_next().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(conn).await else { return };
+                let (mut r, mut w) = tokio::io::split(tls);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(ca.roots())
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(edge.https_addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("sdktls.warren.localhost").unwrap();
+    let mut tls = within(
+        "visitor handshake",
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(client)).connect(name, tcp),
+    )
+    .await
+    .expect("the visitor reaches the SDK's TLS");
+    assert_eq!(
+        tls.get_ref().1.peer_certificates().unwrap()[0],
+        leaf,
+        "the app's certificate, not the edge's"
+    );
+    tls.write_all(b"through the SDK").await.unwrap();
+    let mut back = [0u8; 15];
+    within("echo", tls.read_exact(&mut back)).await.unwrap();
+    assert_eq!(&back, b"through the SDK");
+}

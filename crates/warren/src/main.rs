@@ -65,6 +65,23 @@ enum Command {
         #[command(flatten)]
         agent: AgentArgs,
     },
+    /// Expose a TLS service by name (`--url tls://app.example.com`): the edge routes by SNI
+    /// and never decrypts. The upstream terminates TLS, or this agent does with --crt/--key.
+    Tls {
+        /// Upstream: a port (443) or host:port.
+        upstream: String,
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// Certificate chain (PEM) to terminate TLS here instead of in the upstream.
+        #[arg(long, requires = "key")]
+        crt: Option<PathBuf>,
+        /// Private key (PEM) for --crt.
+        #[arg(long, requires = "crt")]
+        key: Option<PathBuf>,
+        /// With --crt: require visitors' client certificates signed by these CAs (PEM).
+        #[arg(long, requires = "crt")]
+        mutual_tls_cas: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -169,6 +186,21 @@ fn main() -> anyhow::Result<()> {
                     bail!("no API key: pass --api-key or set WARREN_API_KEY (the edge printed one on its first start)");
                 };
                 api_cli::run(&api_url, &key, &resource, &op, &rest).await
+            }
+            Command::Tls { upstream, agent, crt, key, mutual_tls_cas } => {
+                let termination = match (crt, key) {
+                    (Some(crt), Some(key)) => {
+                        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+                        let cas = mutual_tls_cas.as_ref().map(read).transpose()?;
+                        let cfg = warren_agent::agent_termination(&read(&crt)?, &read(&key)?, cas.as_deref())
+                            .map_err(anyhow::Error::msg)?;
+                        Some(cfg)
+                    }
+                    _ => None,
+                };
+                let ep = EndpointConfig::tls(&upstream, agent.url.as_deref(), termination)
+                    .map_err(anyhow::Error::msg)?;
+                run_agent(agent, ep).await
             }
             Command::Tcp { upstream, agent } => {
                 let ep = EndpointConfig::tcp(&upstream, agent.url.as_deref()).map_err(anyhow::Error::msg)?;

@@ -1,0 +1,191 @@
+//! The shared TLS port routes by SNI before terminating anything: `tls://` endpoints are
+//! passed through untouched (the visitor sees the agent's or upstream's certificate, never
+//! the edge's), agents reach their session through a connect hostname, and every other name
+//! is https terminated at the edge.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use hyper::StatusCode;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use warren_agent::{Agent, EndpointConfig};
+use warren_testkit::*;
+
+use rustls::pki_types::pem::PemObject;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A TLS echo server with `chain`/`key`, as an upstream that terminates TLS itself.
+async fn tls_echo_upstream(chain: &str, key: &str) -> SocketAddr {
+    let certs = CertificateDer::pem_slice_iter(chain.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let (mut r, mut w) = tokio::io::split(tls);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A visitor's TLS connection to the edge's shared port for `name`, trusting `roots` only,
+/// optionally presenting a client certificate.
+async fn visit(
+    edge: &TestEdge,
+    name: &str,
+    roots: rustls::RootCertStore,
+    client: Option<(String, String)>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let cfg = match client {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(chain.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    let tcp = TcpStream::connect(edge.https_addr()).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+        .await
+}
+
+async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S, data: &[u8]) -> Vec<u8> {
+    s.write_all(data).await.unwrap();
+    s.flush().await.unwrap();
+    let mut back = vec![0u8; data.len()];
+    within("echo", s.read_exact(&mut back)).await.unwrap();
+    back
+}
+
+#[tokio::test]
+async fn a_tls_endpoint_passes_the_session_through_to_the_upstream_unopened() {
+    let edge = TestEdge::start().await;
+    let ca = TestCa::new("upstream CA");
+    let (chain, key, leaf) = ca.leaf("pass.warren.localhost");
+    let upstream = tls_echo_upstream(&chain, &key).await;
+    let ep = EndpointConfig::tls(&upstream.to_string(), Some("tls://pass.warren.localhost"), None).unwrap();
+    let mut agent = Agent::start(edge.agent_with(ep));
+    let urls = within("online", agent.wait_online()).await.unwrap();
+    assert_eq!(urls[0], format!("tls://pass.warren.localhost:{}", edge.https_addr().port()));
+
+    let mut tls =
+        visit(&edge, "pass.warren.localhost", ca.roots(), None).await.expect("handshake with the upstream");
+    let seen = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_eq!(seen, leaf, "the visitor sees the upstream's certificate, not the edge's");
+    assert_eq!(echo(&mut tls, b"end to end").await, b"end to end");
+
+    // Trusting only the edge's CA fails: the edge never answers for this name itself.
+    let edge_roots = {
+        let mut r = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&edge.ca_pem) {
+            r.add(c.unwrap()).unwrap();
+        }
+        r
+    };
+    assert!(visit(&edge, "pass.warren.localhost", edge_roots, None).await.is_err());
+
+    // https endpoints on the same port are still terminated by the edge.
+    let up = HttpUpstream::start().await;
+    let mut web = Agent::start(
+        edge.agent_with(EndpointConfig::http(&up.url(), Some("https://web.warren.localhost")).unwrap()),
+    );
+    within("web online", web.wait_online()).await.unwrap();
+    let (s, _, body) = https_get(&edge, "web.warren.localhost", "/").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "hello from upstream"));
+}
+
+#[tokio::test]
+async fn the_agent_terminates_tls_with_its_own_certificate_and_can_require_client_certificates() {
+    let edge = TestEdge::start().await;
+    let server_ca = TestCa::new("agent CA");
+    let (chain, key, leaf) = server_ca.leaf("term.warren.localhost");
+    let client_ca = TestCa::new("client CA");
+    let (client_chain, client_key, _) = client_ca.leaf("visitor");
+    let other_ca = TestCa::new("other CA");
+    let (other_chain, other_key, _) = other_ca.leaf("stranger");
+    let termination =
+        warren_agent::agent_termination(chain.as_bytes(), key.as_bytes(), Some(client_ca.pem.as_bytes()))
+            .unwrap();
+    let (plain, _task) = tcp_echo().await;
+    let ep = EndpointConfig::tls(&plain.to_string(), Some("tls://term.warren.localhost"), Some(termination))
+        .unwrap();
+    let mut agent = Agent::start(edge.agent_with(ep));
+    within("online", agent.wait_online()).await.unwrap();
+
+    let mut tls = visit(&edge, "term.warren.localhost", server_ca.roots(), Some((client_chain, client_key)))
+        .await
+        .expect("handshake with the agent");
+    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], leaf);
+    assert_eq!(echo(&mut tls, b"decrypted at the agent").await, b"decrypted at the agent");
+
+    // No client certificate, or one from another CA: the agent refuses (TLS 1.3 reports it
+    // on the first read).
+    for client in [None, Some((other_chain, other_key))] {
+        let refused = match visit(&edge, "term.warren.localhost", server_ca.roots(), client).await {
+            Err(_) => true,
+            Ok(mut s) => {
+                let _ = s.write_all(b"x").await;
+                let mut buf = [0u8; 1];
+                !matches!(within("refused", s.read(&mut buf)).await, Ok(1))
+            }
+        };
+        assert!(refused, "a visitor without a good client certificate gets nothing");
+    }
+}
+
+#[tokio::test]
+async fn an_agent_connects_through_the_shared_tls_port_by_its_connect_hostname() {
+    let edge = TestEdge::start_with(|c| c.connect_hostnames.push("localhost".into())).await;
+    let up = HttpUpstream::start().await;
+    let mut cfg =
+        edge.agent_with(EndpointConfig::http(&up.url(), Some("https://shared.warren.localhost")).unwrap());
+    cfg.connect_url = format!("localhost:{}", edge.https_addr().port());
+    let mut agent = Agent::start(cfg);
+    within("online through the https port", agent.wait_online()).await.unwrap();
+    let (s, _, body) = https_get(&edge, "shared.warren.localhost", "/").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "hello from upstream"));
+    // A name that is neither a connect hostname nor an endpoint is an https visitor.
+    let (s, _, _) = https_get(&edge, "nobody.warren.localhost", "/").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn garbage_on_the_shared_tls_port_is_closed_without_harming_others() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let mut web = Agent::start(
+        edge.agent_with(EndpointConfig::http(&up.url(), Some("https://calm.warren.localhost")).unwrap()),
+    );
+    within("online", web.wait_online()).await.unwrap();
+    let mut junk = TcpStream::connect(edge.https_addr()).await.unwrap();
+    junk.write_all(b"GET / HTTP/1.1\r\nHost: calm.warren.localhost\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(within("closed", junk.read(&mut buf)).await.unwrap_or(0), 0);
+    let (s, _, _) = https_get(&edge, "calm.warren.localhost", "/").await;
+    assert_eq!(s, StatusCode::OK);
+}
