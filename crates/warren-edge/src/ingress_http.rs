@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use warren_proto::error_codes as codes;
 
 use crate::Shared;
+use crate::endpoint_tls::{CERT_HEADER_PREFIX, ClientCert};
 use crate::ingress_tcp::COPY_BUF;
 use crate::registry::{Endpoint, EndpointKey, Proto};
 
@@ -55,7 +56,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, sche
             let _ = tcp.set_nodelay(true);
             let Some(remote) = crate::client_addr::resolve(&shared, &mut tcp, peer).await else { return };
             match scheme {
-                Scheme::Http => serve(shared, tcp, remote, scheme).await,
+                Scheme::Http => serve(shared, tcp, remote, scheme, None).await,
                 Scheme::Https => front(shared, tcp, remote).await,
             }
             drop(permit);
@@ -82,12 +83,22 @@ async fn front(shared: Arc<Shared>, mut tcp: TcpStream, remote: SocketAddr) {
         let io = crate::tls_front::Rewind::new(hello.buffered, tcp);
         return crate::session::serve_agent(shared, io, remote).await;
     }
-    if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Tls, name)) {
+    if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Tls, name.clone())) {
         return crate::ingress_tcp::pass_tls(&shared, &ep, hello.buffered, tcp, remote).await;
     }
+    // An endpoint with its own TLS settings (versions, mutual TLS) gets its own config.
+    let acceptor =
+        match shared.registry.lookup(&EndpointKey::Host(Proto::Https, name)).and_then(|e| e.tls.clone()) {
+            Some(cfg) => tokio_rustls::TlsAcceptor::from(cfg),
+            None => shared.https_tls.clone(),
+        };
     let io = crate::tls_front::Rewind::new(hello.buffered, tcp);
-    match tokio::time::timeout(limit, shared.https_tls.accept(io)).await {
-        Ok(Ok(tls)) => serve(shared, tls, remote, Scheme::Https).await,
+    match tokio::time::timeout(limit, acceptor.accept(io)).await {
+        Ok(Ok(tls)) => {
+            let cert =
+                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(ClientCert::parse);
+            serve(shared, tls, remote, Scheme::Https, cert).await
+        }
         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "visitor TLS handshake failed"),
         Err(_) => tracing::debug!(%remote, "visitor TLS handshake timed out"),
     }
@@ -97,14 +108,21 @@ async fn front(shared: Arc<Shared>, mut tcp: TcpStream, remote: SocketAddr) {
 struct Visitor {
     remote: SocketAddr,
     scheme: Scheme,
+    /// The verified client certificate (mutual TLS endpoints).
+    client_cert: Option<ClientCert>,
     pool: Mutex<Vec<(Arc<Endpoint>, SendRequest<Incoming>)>>,
 }
 
-async fn serve<IO>(shared: Arc<Shared>, io: IO, remote: SocketAddr, scheme: Scheme)
-where
+async fn serve<IO>(
+    shared: Arc<Shared>,
+    io: IO,
+    remote: SocketAddr,
+    scheme: Scheme,
+    client_cert: Option<ClientCert>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let visitor = Arc::new(Visitor { remote, scheme, pool: Mutex::new(Vec::new()) });
+    let visitor = Arc::new(Visitor { remote, scheme, client_cert, pool: Mutex::new(Vec::new()) });
     let svc = {
         let shared = shared.clone();
         service_fn(move |req| {
@@ -311,6 +329,19 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 fn add_forwarded(h: &mut HeaderMap, visitor: &Visitor, host: Option<&HeaderValue>) {
+    // Only the edge may describe a client certificate: visitors' copies never pass.
+    let spoofed: Vec<HeaderName> =
+        h.keys().filter(|k| k.as_str().starts_with(CERT_HEADER_PREFIX)).cloned().collect();
+    for k in spoofed {
+        h.remove(k);
+    }
+    if let Some(cert) = &visitor.client_cert {
+        for (name, value) in cert.headers() {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.insert(name, v);
+            }
+        }
+    }
     let ip = visitor.remote.ip().to_string();
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),

@@ -86,6 +86,7 @@ pub(crate) async fn bind(
         proto: Proto::Tcp,
         url: url.clone(),
         key: EndpointKey::Port(port),
+        tls: None,
     };
     let ep = shared
         .registry

@@ -4,6 +4,7 @@
 //! - [`config`]: [`EdgeConfig`], parsed and validated once.
 //! - [`bootstrap`]: the embedded default (data directory, local CA, first authtoken and key).
 //! - [`tls`]: certificates and rustls configs.
+//! - `endpoint_tls`: per-endpoint TLS versions and mutual TLS at the edge.
 //! - `tls_front`: the shared TLS port's ClientHello reader (routing by SNI before termination).
 //! - `registry`: which session holds which endpoint.
 //! - `session`: one agent session: Auth, Bind, Unbind, heartbeats.
@@ -27,6 +28,7 @@ pub mod api;
 pub mod bootstrap;
 mod client_addr;
 pub mod config;
+mod endpoint_tls;
 mod ingress_http;
 mod ingress_tcp;
 mod ip_rules;
@@ -85,7 +87,10 @@ pub(crate) struct Shared {
     pub(crate) store: Store,
     pub(crate) registry: registry::Registry,
     pub(crate) connect_tls: tokio_rustls::TlsAcceptor,
+    /// The https default: TLS 1.2–1.3, no client certificates.
     pub(crate) https_tls: tokio_rustls::TlsAcceptor,
+    /// What every TLS config serves, by SNI.
+    pub(crate) certs: Arc<tls::CertStore>,
     /// Public port of the https ingress, for URLs.
     pub(crate) https_port: u16,
     /// Public port of the http ingress, for URLs and redirects.
@@ -159,13 +164,18 @@ impl Edge {
             }
             None => None,
         };
+        let certs = Arc::new(tls::CertStore::new(&tls)?);
         let node_id = warren_store::generate_id("nd");
         store.register_node(&node_id).await?;
         let (tx, rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             node_id,
-            connect_tls: tokio_rustls::TlsAcceptor::from(tls::server_config(&tls, &[])?),
-            https_tls: tokio_rustls::TlsAcceptor::from(tls::server_config(&tls, &[b"h2", b"http/1.1"])?),
+            connect_tls: tokio_rustls::TlsAcceptor::from(tls::server_config(certs.clone(), &[])?),
+            https_tls: tokio_rustls::TlsAcceptor::from(tls::server_config(
+                certs.clone(),
+                &[b"h2", b"http/1.1"],
+            )?),
+            certs,
             https_port: config.public_https_port.unwrap_or(https_addr.port()),
             http_port: http_addr.map(|a| config.public_http_port.unwrap_or(a.port())),
             session_limit: Arc::new(tokio::sync::Semaphore::new(config.limits.max_sessions)),

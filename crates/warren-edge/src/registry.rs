@@ -62,6 +62,8 @@ pub(crate) struct Endpoint {
     pub(crate) proto: Proto,
     pub(crate) url: String,
     pub(crate) key: EndpointKey,
+    /// An https endpoint's own TLS settings; `None` uses the edge's default.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -396,6 +396,17 @@ async fn bind_endpoint(
                     return Err(invalid("this edge has no plain http listener; use an https:// URL".into()));
                 }
             };
+            let tls = match crate::endpoint_tls::EdgeTls::from_bind(&opts).map_err(invalid)? {
+                None => None,
+                Some(_) if proto == Proto::Http => {
+                    return Err(invalid(
+                        "TLS settings need an https endpoint; this one is plain http".into(),
+                    ));
+                }
+                Some(t) => {
+                    Some(t.server_config(crate::tls::provider(), shared.certs.clone()).map_err(invalid)?)
+                }
+            };
             let ep = Endpoint {
                 id: warren_store::generate_id("ep"),
                 session: session.clone(),
@@ -403,6 +414,7 @@ async fn bind_endpoint(
                 proto,
                 url: url.clone(),
                 key: EndpointKey::Host(proto, host.clone()),
+                tls,
             };
             let ep = shared.registry.bind(ep, max).map_err(|r| refused(r, &url))?;
             record_endpoint(shared, &ep).await?;
@@ -458,6 +470,7 @@ async fn bind_endpoint(
                 proto: Proto::Tls,
                 url: url.clone(),
                 key: EndpointKey::Host(Proto::Tls, host),
+                tls: None,
             };
             let ep = shared.registry.bind(ep, max).map_err(|r| refused(r, &url))?;
             record_endpoint(shared, &ep).await?;

@@ -139,13 +139,66 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Server config for one of the edge's listeners. TLS 1.2 is the minimum; 1.3 is preferred.
-pub fn server_config(m: &TlsMaterial, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(certs: Arc<CertStore>, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_single_cert(m.chain.clone(), m.key.clone_key())?;
+        .with_cert_resolver(certs);
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
+}
+
+/// The certificates the edge serves, chosen by SNI: a name's own certificate when it has
+/// one, else the edge's default. Entries can be replaced while connections are served (new
+/// handshakes see the new certificate; established ones are not touched).
+#[derive(Debug)]
+pub struct CertStore {
+    default: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    by_name: std::sync::RwLock<std::collections::HashMap<String, Arc<rustls::sign::CertifiedKey>>>,
+}
+
+impl CertStore {
+    /// A store serving `m` by default.
+    pub fn new(m: &TlsMaterial) -> Result<CertStore, TlsError> {
+        Ok(CertStore {
+            default: std::sync::RwLock::new(Arc::new(certified_key(m.chain.clone(), m.key.clone_key())?)),
+            by_name: Default::default(),
+        })
+    }
+
+    /// Serves `chain`/`key` for `name` from the next handshake on.
+    pub fn insert(
+        &self,
+        name: &str,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), TlsError> {
+        let ck = Arc::new(certified_key(chain, key)?);
+        self.by_name.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_ascii_lowercase(), ck);
+        Ok(())
+    }
+}
+
+fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let signer = provider().key_provider.load_private_key(key)?;
+    let ck = rustls::sign::CertifiedKey::new(chain, signer);
+    ck.keys_match()?;
+    Ok(ck)
+}
+
+impl rustls::server::ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        if let Some(name) = hello.server_name() {
+            let by_name = self.by_name.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(ck) = by_name.get(&name.to_ascii_lowercase()) {
+                return Some(ck.clone());
+            }
+        }
+        Some(self.default.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
 }
 
 fn ca_params() -> CertificateParams {

@@ -243,8 +243,12 @@ pub struct HttpOpts {
     pub auth: String,
     /// PROXY protocol version for the upstream (0, 1, 2).
     pub proxy_proto: i64,
-    /// Traffic policy document (kept for the traffic policy work).
+    /// Traffic policy document (a JSON string or object). The edge applies its
+    /// `terminate-tls` action; the rest is kept for the traffic policy work.
     pub traffic_policy: Option<serde_json::Value>,
+    /// Mutual TLS at the edge: `{"mutual_tls_ca": base64 of PEM CA certificates}`.
+    #[serde(rename = "MutualTLSCA")]
+    pub mutual_tls_ca: Option<serde_json::Value>,
 }
 
 /// The options of a tcp endpoint that the edge reads.
