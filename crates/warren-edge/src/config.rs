@@ -47,8 +47,54 @@ pub struct EdgeConfig {
     /// Connections from trusted proxies start with a PROXY protocol v1 or v2 header (on every
     /// listener: connect, https, http, tcp endpoints, API); it is required from them.
     pub proxy_protocol: bool,
+    /// Automatic certificates for reserved custom domains; `None` disables ACME.
+    pub acme: Option<AcmeConfig>,
+    /// Where the master key that seals private keys lives (default `master.key` in the data
+    /// directory; `WARREN_MASTER_KEY` overrides).
+    pub master_key_file: Option<PathBuf>,
     /// Limits on every listener.
     pub limits: Limits,
+}
+
+/// Which ACME challenge the edge answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// A file on the plain http port (`/.well-known/acme-challenge/`).
+    Http01,
+    /// A special certificate on the TLS port (ALPN `acme-tls/1`).
+    TlsAlpn01,
+}
+
+/// The ACME settings.
+#[derive(Clone, Debug)]
+pub struct AcmeConfig {
+    /// The directory URL (Let's Encrypt: `https://acme-v02.api.letsencrypt.org/directory`).
+    pub directory: String,
+    /// A CA certificate (PEM file) to trust for the directory besides the system's, for a
+    /// private ACME server.
+    pub directory_ca: Option<PathBuf>,
+    /// Contact address for the account (`mailto:` is added).
+    pub email: Option<String>,
+    /// The challenge to answer.
+    pub challenge: AcmeChallenge,
+    /// Renew when a certificate has less than this left (Let's Encrypt: 30 days of 90).
+    pub renew_before: Duration,
+    /// How often certificates are checked.
+    pub check_interval: Duration,
+}
+
+impl AcmeConfig {
+    /// Let's Encrypt's production directory, HTTP-01, renewal 30 days before expiry.
+    pub fn lets_encrypt() -> AcmeConfig {
+        AcmeConfig {
+            directory: "https://acme-v02.api.letsencrypt.org/directory".into(),
+            directory_ca: None,
+            email: None,
+            challenge: AcmeChallenge::Http01,
+            renew_before: Duration::from_secs(30 * 86_400),
+            check_interval: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// A database URL; `Debug` hides the credentials in it.
@@ -126,6 +172,8 @@ impl EdgeConfig {
             heartbeat_tolerance: Duration::from_secs(15),
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
+            acme: None,
+            master_key_file: None,
             limits: Limits::default(),
         }
     }

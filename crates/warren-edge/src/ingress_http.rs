@@ -75,6 +75,14 @@ async fn front(shared: Arc<Shared>, mut tcp: TcpStream, remote: SocketAddr) {
         Err(_) => return tracing::debug!(%remote, "ClientHello timed out"),
     };
     let name = hello.server_name.clone().unwrap_or_default();
+    if hello.alpn.iter().any(|p| p == b"acme-tls/1") {
+        // An ACME server validating TLS-ALPN-01: answer with the challenge certificate, or
+        // with nothing for a name not being validated.
+        let Some(cfg) = shared.challenges.tls_alpn01(&name) else { return };
+        let io = crate::tls_front::Rewind::new(hello.buffered, tcp);
+        let _ = tokio::time::timeout(limit, tokio_rustls::TlsAcceptor::from(cfg).accept(io)).await;
+        return;
+    }
     if shared.config.connect_hostnames.contains(&name) {
         // An agent session: it counts against the session limit, not only the visitor limit.
         let Ok(_session_permit) = shared.session_limit.clone().try_acquire_owned() else {
@@ -143,6 +151,14 @@ async fn serve<IO>(
 }
 
 async fn handle(shared: &Shared, visitor: &Visitor, req: Request<Incoming>) -> Response<Body> {
+    if let Some(token) = req.uri().path().strip_prefix("/.well-known/acme-challenge/")
+        && let Some(key_auth) = shared.challenges.http01(token)
+    {
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(Full::new(Bytes::from(key_auth)).map_err(|never| match never {}).boxed())
+            .expect("valid challenge response");
+    }
     let Some(host) = request_host(&req) else {
         return page(StatusCode::BAD_REQUEST, "The request has no Host header, so it cannot be routed.", "");
     };

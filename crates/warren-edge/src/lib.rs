@@ -10,6 +10,8 @@
 //! - `session`: one agent session: Auth, Bind, Unbind, heartbeats.
 //! - `ingress_http`, `ingress_tcp`: listeners for visitors.
 //! - `ip_rules`: the cached IP restrictions every listener checks.
+//! - `acme`: automatic certificates for reserved custom domains.
+//! - [`sealed`]: the master key that seals private keys at rest.
 //! - `node`: this node's heartbeat in the shared store, and commands from other nodes.
 //! - `client_addr`, `proxy_protocol`: the client's real address behind trusted load balancers.
 //!
@@ -24,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+mod acme;
 pub mod api;
 pub mod bootstrap;
 mod client_addr;
@@ -35,6 +38,7 @@ mod ip_rules;
 mod node;
 mod proxy_protocol;
 mod registry;
+pub mod sealed;
 mod session;
 pub mod tls;
 mod tls_front;
@@ -45,6 +49,9 @@ pub use warren_store::{Cidr, Store};
 /// Why the edge could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
+    /// The master key could not be loaded.
+    #[error(transparent)]
+    Seal(#[from] sealed::SealError),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -100,6 +107,12 @@ pub(crate) struct Shared {
     pub(crate) visitor_limit: Arc<tokio::sync::Semaphore>,
     pub(crate) api_rate_limit: api::RateLimit,
     pub(crate) ip_rules: ip_rules::IpRules,
+    /// Seals private keys before they reach the store.
+    pub(crate) master_key: sealed::MasterKey,
+    /// ACME challenge answers in flight.
+    pub(crate) challenges: acme::Challenges,
+    /// Wakes the certificate manager (a domain was reserved).
+    pub(crate) acme_wake: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -165,6 +178,9 @@ impl Edge {
             None => None,
         };
         let certs = Arc::new(tls::CertStore::new(&tls)?);
+        let master_key = sealed::MasterKey::load(
+            &config.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key")),
+        )?;
         let node_id = warren_store::generate_id("nd");
         store.register_node(&node_id).await?;
         let (tx, rx) = watch::channel(false);
@@ -183,12 +199,18 @@ impl Edge {
             registry: registry::Registry::default(),
             api_rate_limit: api::RateLimit::new(config.api_rate_limit.0, config.api_rate_limit.1),
             ip_rules: ip_rules::IpRules::default(),
+            master_key,
+            challenges: acme::Challenges::default(),
+            acme_wake: tokio::sync::Notify::new(),
             store,
             config,
             shutdown: rx,
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(node::run(shared.clone()));
+        if let Some(acme) = shared.config.acme.clone() {
+            tasks.spawn(acme::run(shared.clone(), acme));
+        }
         tasks.spawn(session::accept_loop(shared.clone(), connect));
         tasks.spawn(ingress_http::accept_loop(shared.clone(), https, ingress_http::Scheme::Https));
         if let Some(http) = http {

@@ -16,11 +16,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 /// most one TLS record holds, and a hello may span a few).
 pub(crate) const MAX_HELLO: usize = 64 * 1024;
 
-/// The name a ClientHello asks for, and the bytes it came in.
+/// What a ClientHello asks for, and the bytes it came in.
 #[derive(Debug)]
 pub(crate) struct Hello {
     /// SNI, lowercased; `None` when the client sent none (bare IP).
     pub(crate) server_name: Option<String>,
+    /// ALPN protocols offered, in the client's order.
+    pub(crate) alpn: Vec<Vec<u8>>,
     /// Every byte read so far, to replay.
     pub(crate) buffered: Vec<u8>,
 }
@@ -65,6 +67,7 @@ pub(crate) async fn read_hello<R: AsyncRead + Unpin>(io: &mut R) -> Result<Hello
                 let hello = accepted.client_hello();
                 return Ok(Hello {
                     server_name: hello.server_name().map(|s| s.trim_end_matches('.').to_ascii_lowercase()),
+                    alpn: hello.alpn().map(|a| a.map(<[u8]>::to_vec).collect()).unwrap_or_default(),
                     buffered,
                 });
             }

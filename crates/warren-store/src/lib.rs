@@ -10,6 +10,7 @@
 //! - [`model`]: the records.
 //! - `accounts.rs`, `users.rs`, `credentials.rs`, `api_keys.rs`: one `impl Store` each.
 //! - `reserved.rs`: reserved domains and TCP addresses.
+//! - `certificates.rs`: custom-domain certificates (keys sealed by the edge) and ACME accounts.
 //! - `live.rs`: edge nodes, their sessions and endpoints (shared by every node).
 //! - `secret.rs`: ids and tokens. `time.rs`: RFC 3339 timestamps.
 
@@ -34,6 +35,7 @@ macro_rules! with_db {
 
 mod accounts;
 mod api_keys;
+mod certificates;
 mod credentials;
 pub mod ip;
 mod live;
@@ -43,6 +45,7 @@ mod secret;
 mod time;
 mod users;
 
+pub use certificates::StoredCertificate;
 pub use ip::{
     Cidr, CompiledRestriction, IpDecision, IpPolicy, IpPolicyRule, IpPolicyRuleUpdate, IpRestriction,
     IpRestrictionUpdate,

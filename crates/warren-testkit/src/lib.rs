@@ -720,3 +720,108 @@ impl TestCa {
         roots
     }
 }
+
+/// A free loopback port for a process that cannot take port 0 (pebble): bound, read, and
+/// released, for TCP and UDP alike.
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A real ACME server for tests: Debian's `pebble`, with `pebble-challtestsrv` as its DNS
+/// (every name resolves to 127.0.0.1), validating challenges against the given http and
+/// TLS ports. Both processes are killed on drop.
+pub struct Pebble {
+    /// `https://127.0.0.1:PORT/dir`.
+    pub directory: String,
+    /// The PEM file of pebble's own server certificate (trust it for the directory).
+    pub server_ca: std::path::PathBuf,
+    management: SocketAddr,
+    server_ca_pem: Vec<u8>,
+    children: Vec<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Pebble {
+    /// Starts challtestsrv and pebble; returns once pebble accepts connections.
+    pub async fn start(http_port: u16, tls_port: u16) -> Pebble {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = TestCa::new("pebble test server CA");
+        let (chain, key, _) = server.leaf("127.0.0.1");
+        let (cert_path, key_path, ca_path) =
+            (dir.path().join("cert.pem"), dir.path().join("key.pem"), dir.path().join("ca.pem"));
+        std::fs::write(&cert_path, &chain).unwrap();
+        std::fs::write(&key_path, &key).unwrap();
+        std::fs::write(&ca_path, &server.pem).unwrap();
+        let (listen, management, dns) = (free_port(), free_port(), free_port());
+        let config = serde_json::json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{listen}"),
+            "managementListenAddress": format!("127.0.0.1:{management}"),
+            "certificate": cert_path, "privateKey": key_path,
+            "httpPort": http_port, "tlsPort": tls_port,
+            "ocspResponderURL": "", "externalAccountBindingRequired": false,
+        }});
+        let config_path = dir.path().join("pebble.json");
+        std::fs::write(&config_path, config.to_string()).unwrap();
+        let spawn = |cmd: &mut std::process::Command| {
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("pebble is installed (Debian package pebble; .ci/run installs it)")
+        };
+        let dns_addr = format!("127.0.0.1:{dns}");
+        let challtestsrv = spawn(
+            std::process::Command::new("pebble-challtestsrv")
+                .args(["-dns01", &dns_addr, "-http01", "", "-https01", "", "-tlsalpn01", ""])
+                .args(["-management", &format!("127.0.0.1:{}", free_port()), "-defaultIPv4", "127.0.0.1"])
+                .args(["-defaultIPv6", ""]),
+        );
+        let pebble = spawn(
+            std::process::Command::new("pebble")
+                .args(["-config", config_path.to_str().unwrap(), "-dnsserver", &dns_addr])
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_WFE_NONCEREJECT", "0"),
+        );
+        let p = Pebble {
+            directory: format!("https://127.0.0.1:{listen}/dir"),
+            server_ca: ca_path,
+            management: SocketAddr::from((Ipv4Addr::LOCALHOST, management)),
+            server_ca_pem: server.pem.into_bytes(),
+            children: vec![challtestsrv, pebble],
+            _dir: dir,
+        };
+        for addr in [SocketAddr::from((Ipv4Addr::LOCALHOST, listen)), p.management] {
+            within("pebble listening", async {
+                while TcpStream::connect(addr).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+        }
+        p
+    }
+
+    /// The root that signs the certificates pebble issues (changes every pebble start).
+    pub async fn issuing_root(&self) -> String {
+        let tls = tls_connect(self.management, "127.0.0.1", &self.server_ca_pem, &[b"http/1.1"]).await;
+        let mut send = http1(tls).await;
+        let req = Request::get("/roots/0").header("host", "127.0.0.1").body(empty()).unwrap();
+        let res = send.send_request(req).await.expect("pebble roots");
+        let body = res.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8(body.to_vec()).expect("PEM")
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -114,6 +114,8 @@ pub(crate) async fn create_domain(
     }
     let d = shared.store.create_reserved_domain(&p.account_id, &domain, &b.description, &b.metadata).await?;
     tracing::info!(reserved_domain = %d.id, domain = %d.domain, by = %p.key_id, "domain reserved");
+    // A custom domain gets its certificate now rather than at the next check.
+    shared.acme_wake.notify_one();
     Ok((StatusCode::CREATED, Json(domain_json(&shared, d))))
 }
 

@@ -1,0 +1,309 @@
+//! Automatic certificates for reserved custom domains, from an ACME directory (Let's
+//! Encrypt, or any RFC 8555 server such as pebble). A manager task wakes when a domain is
+//! reserved and on a timer: every reserved domain outside the edge's base domain without a
+//! certificate, or whose certificate has less than `renew_before` left, gets a new ECDSA
+//! P-256 key and certificate. Failures back off per domain (1 min doubling to 6 h) while the
+//! old certificate, or the edge's default, keeps being served. Keys are sealed with the
+//! master key before they are stored and never leave the edge.
+//!
+//! Challenges are answered by the ingress: HTTP-01 on the plain http port
+//! ([`Challenges::http01`]), TLS-ALPN-01 on the shared TLS port ([`Challenges::tls_alpn01`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder,
+    OrderStatus, RetryPolicy,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::Shared;
+use crate::config::{AcmeChallenge, AcmeConfig};
+
+/// First retry after a failure; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
+
+/// Answers to challenges in flight, read by the ingress.
+#[derive(Default)]
+pub(crate) struct Challenges {
+    /// HTTP-01: token → key authorization.
+    http: Mutex<HashMap<String, String>>,
+    /// TLS-ALPN-01: domain → the challenge certificate's TLS config.
+    alpn: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
+}
+
+impl Challenges {
+    /// The body for `GET /.well-known/acme-challenge/{token}`.
+    pub(crate) fn http01(&self, token: &str) -> Option<String> {
+        self.http.lock().unwrap_or_else(|e| e.into_inner()).get(token).cloned()
+    }
+
+    /// The TLS config answering an `acme-tls/1` handshake for `domain`.
+    pub(crate) fn tls_alpn01(&self, domain: &str) -> Option<Arc<rustls::ServerConfig>> {
+        self.alpn.lock().unwrap_or_else(|e| e.into_inner()).get(domain).cloned()
+    }
+}
+
+/// Serves the stored certificates at start, then keeps them issued and renewed.
+pub(crate) async fn run(shared: Arc<Shared>, config: AcmeConfig) {
+    load_stored(&shared).await;
+    let stop = crate::shutting_down(shared.shutdown.clone());
+    tokio::pin!(stop);
+    let mut account = None;
+    let mut failures: HashMap<String, (u32, Instant)> = HashMap::new();
+    loop {
+        match shared.store.all_reserved_domain_names().await {
+            Ok(domains) => {
+                for domain in domains {
+                    if !wants_certificate(&shared, &domain) {
+                        continue;
+                    }
+                    if failures.get(&domain).is_some_and(|(_, retry_at)| Instant::now() < *retry_at) {
+                        continue;
+                    }
+                    match due(&shared, &config, &domain).await {
+                        Ok(false) => continue,
+                        Ok(true) => {}
+                        Err(e) => {
+                            tracing::warn!(%domain, error = %e, "could not read the stored certificate");
+                            continue;
+                        }
+                    }
+                    match issue(&shared, &config, &mut account, &domain).await {
+                        Ok(()) => {
+                            failures.remove(&domain);
+                        }
+                        Err(e) => {
+                            let n = failures.get(&domain).map_or(0, |(n, _)| *n) + 1;
+                            let wait = FIRST_BACKOFF.saturating_mul(1 << (n - 1).min(10)).min(MAX_BACKOFF);
+                            tracing::warn!(%domain, error = %e, retry_in = ?wait, "certificate not issued; the default certificate is served meanwhile");
+                            failures.insert(domain, (n, Instant::now() + wait));
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not list reserved domains"),
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = shared.acme_wake.notified() => {}
+            _ = tokio::time::sleep(config.check_interval) => {}
+        }
+    }
+}
+
+/// Custom domains only: names under the base domain have the edge's wildcard, and wildcard
+/// reservations need DNS-01, which the edge does not answer.
+fn wants_certificate(shared: &Shared, domain: &str) -> bool {
+    !domain.starts_with("*.") && !crate::session::under_domain(domain, &shared.config.base_domain)
+}
+
+async fn due(shared: &Shared, config: &AcmeConfig, domain: &str) -> Result<bool, warren_store::StoreError> {
+    let Some(c) = shared.store.get_certificate(domain).await? else { return Ok(true) };
+    let left = c.not_after - now_secs();
+    Ok(left < i64::try_from(config.renew_before.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+async fn load_stored(shared: &Shared) {
+    match shared.store.all_certificates().await {
+        Ok(certs) => {
+            for c in certs {
+                if let Err(e) = install(shared, &c.domain, &c.chain_pem, &c.key_sealed) {
+                    tracing::warn!(domain = %c.domain, error = %e, "stored certificate not usable");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not load stored certificates"),
+    }
+}
+
+/// Serves a stored certificate from the next handshake on.
+fn install(shared: &Shared, domain: &str, chain_pem: &str, key_sealed: &[u8]) -> Result<(), String> {
+    let key_pem = shared.master_key.open(domain, key_sealed).map_err(|e| e.to_string())?;
+    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate PEM: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("key PEM: {e}"))?;
+    shared.certs.insert(domain, chain, key).map_err(|e| e.to_string())
+}
+
+type AcmeResult<T> = Result<T, String>;
+
+async fn account(shared: &Shared, config: &AcmeConfig) -> AcmeResult<Account> {
+    let builder = || match &config.directory_ca {
+        Some(ca) => Account::builder_with_root(ca),
+        None => Account::builder(),
+    };
+    let label = format!("acme-account {}", config.directory);
+    if let Some(sealed) = shared.store.get_acme_account(&config.directory).await.map_err(|e| e.to_string())? {
+        let json = shared.master_key.open(&label, &sealed).map_err(|e| e.to_string())?;
+        let creds: AccountCredentials = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+        return builder()
+            .map_err(|e| e.to_string())?
+            .from_credentials(creds)
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let contact = config.email.as_ref().map(|e| format!("mailto:{e}"));
+    let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let new = NewAccount { contact: &contacts, terms_of_service_agreed: true, only_return_existing: false };
+    let (account, creds) = builder()
+        .map_err(|e| e.to_string())?
+        .create(&new, config.directory.clone(), None)
+        .await
+        .map_err(|e| format!("creating the ACME account: {e}"))?;
+    let json = serde_json::to_vec(&creds).map_err(|e| e.to_string())?;
+    shared
+        .store
+        .put_acme_account(&config.directory, &shared.master_key.seal(&label, &json))
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(directory = %config.directory, "ACME account created");
+    Ok(account)
+}
+
+async fn issue(
+    shared: &Shared,
+    config: &AcmeConfig,
+    cached: &mut Option<Account>,
+    domain: &str,
+) -> AcmeResult<()> {
+    if cached.is_none() {
+        *cached = Some(account(shared, config).await?);
+    }
+    let account = cached.as_ref().expect("set above");
+    tracing::info!(%domain, challenge = ?config.challenge, "requesting a certificate");
+    let ids = [Identifier::Dns(domain.to_owned())];
+    let mut order = account.new_order(&NewOrder::new(&ids)).await.map_err(|e| format!("new order: {e}"))?;
+    let mut answered = Vec::new();
+    let result = async {
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
+            match authz.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                other => return Err(format!("authorization is {other:?}")),
+            }
+            let ty = match config.challenge {
+                AcmeChallenge::Http01 => ChallengeType::Http01,
+                AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+            };
+            let wanted = format!("{ty:?}");
+            let mut challenge =
+                authz.challenge(ty).ok_or_else(|| format!("the server offers no {wanted} challenge"))?;
+            let key_auth = challenge.key_authorization();
+            match config.challenge {
+                AcmeChallenge::Http01 => {
+                    shared
+                        .challenges
+                        .http
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(challenge.token.clone(), key_auth.as_str().to_owned());
+                    answered.push(Answer::Http(challenge.token.clone()));
+                }
+                AcmeChallenge::TlsAlpn01 => {
+                    let cfg = alpn_config(domain, key_auth.digest().as_ref())?;
+                    shared
+                        .challenges
+                        .alpn
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(domain.to_owned(), cfg);
+                    answered.push(Answer::Alpn(domain.to_owned()));
+                }
+            }
+            challenge.set_ready().await.map_err(|e| format!("challenge: {e}"))?;
+        }
+        let status =
+            order.poll_ready(&RetryPolicy::default()).await.map_err(|e| format!("validation: {e}"))?;
+        if status != OrderStatus::Ready {
+            return Err(format!("the order is {status:?}, not ready"));
+        }
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+        let csr = rcgen::CertificateParams::new(vec![domain.to_owned()])
+            .map_err(|e| e.to_string())?
+            .serialize_request(&key)
+            .map_err(|e| e.to_string())?;
+        order.finalize_csr(csr.der()).await.map_err(|e| format!("finalize: {e}"))?;
+        let chain_pem =
+            order.poll_certificate(&RetryPolicy::default()).await.map_err(|e| format!("certificate: {e}"))?;
+        Ok((chain_pem, key.serialize_pem()))
+    }
+    .await;
+    for a in answered {
+        match a {
+            Answer::Http(token) => {
+                shared.challenges.http.lock().unwrap_or_else(|e| e.into_inner()).remove(&token);
+            }
+            Answer::Alpn(d) => {
+                shared.challenges.alpn.lock().unwrap_or_else(|e| e.into_inner()).remove(&d);
+            }
+        }
+    }
+    let (chain_pem, key_pem) = result?;
+    let first = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .next()
+        .ok_or("the server sent no certificate")?
+        .map_err(|e| format!("certificate PEM: {e}"))?;
+    let (_, x) = x509_parser::parse_x509_certificate(&first).map_err(|e| format!("certificate: {e}"))?;
+    let stored = warren_store::StoredCertificate {
+        domain: domain.to_owned(),
+        chain_pem,
+        key_sealed: shared.master_key.seal(domain, key_pem.as_bytes()),
+        not_after: x.validity().not_after.timestamp(),
+        source: "acme".into(),
+        created_at: warren_store::now_rfc3339(),
+    };
+    shared.store.put_certificate(&stored).await.map_err(|e| e.to_string())?;
+    install(shared, domain, &stored.chain_pem, &stored.key_sealed)?;
+    tracing::info!(%domain, not_after = stored.not_after, "certificate issued and served");
+    Ok(())
+}
+
+enum Answer {
+    Http(String),
+    Alpn(String),
+}
+
+/// The TLS-ALPN-01 answer (RFC 8737): a self-signed certificate for `domain` carrying the
+/// key authorization's digest in the critical acmeIdentifier extension, offered only to
+/// clients that ask for ALPN `acme-tls/1`.
+fn alpn_config(domain: &str, digest: &[u8]) -> AcmeResult<Arc<rustls::ServerConfig>> {
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_owned()]).map_err(|e| e.to_string())?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| e.to_string())?;
+    let provider = crate::tls::provider();
+    let signer = provider.key_provider.load_private_key(key).map_err(|e| e.to_string())?;
+    // Built by hand: rustls's certificate checks (webpki) refuse the critical acmeIdentifier
+    // extension, which only the ACME server needs to understand.
+    let answer = Arc::new(rustls::sign::CertifiedKey::new(vec![cert.der().clone()], signer));
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Fixed(answer)));
+    cfg.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Always the same certificate.
+#[derive(Debug)]
+struct Fixed(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for Fixed {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
