@@ -49,6 +49,9 @@ pub struct EdgeConfig {
     pub proxy_protocol: bool,
     /// Automatic certificates for reserved custom domains; `None` disables ACME.
     pub acme: Option<AcmeConfig>,
+    /// The edge's own certificate chain and key (PEM files) instead of the local CA's; the
+    /// files are watched and reloaded when they change.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
     /// Where the master key that seals private keys lives (default `master.key` in the data
     /// directory; `WARREN_MASTER_KEY` overrides).
     pub master_key_file: Option<PathBuf>,
@@ -174,6 +177,7 @@ impl EdgeConfig {
             proxy_protocol: false,
             acme: None,
             master_key_file: None,
+            tls_files: None,
             limits: Limits::default(),
         }
     }

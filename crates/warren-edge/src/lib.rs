@@ -178,6 +178,10 @@ impl Edge {
             None => None,
         };
         let certs = Arc::new(tls::CertStore::new(&tls)?);
+        if let Some((cert, key)) = &config.tls_files {
+            let (chain, key) = tls::load_pem_files(cert, key)?;
+            certs.set_default(chain, key)?;
+        }
         let master_key = sealed::MasterKey::load(
             &config.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key")),
         )?;
@@ -208,6 +212,9 @@ impl Edge {
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(node::run(shared.clone()));
+        if let Some((cert, key)) = shared.config.tls_files.clone() {
+            tasks.spawn(tls::watch_files(shared.certs.clone(), cert, key, shared.shutdown.clone()));
+        }
         if let Some(acme) = shared.config.acme.clone() {
             tasks.spawn(acme::run(shared.clone(), acme));
         }

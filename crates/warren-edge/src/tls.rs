@@ -166,6 +166,18 @@ impl CertStore {
         })
     }
 
+    /// Serves `chain`/`key` for every name without its own certificate, from the next
+    /// handshake on (established connections keep theirs).
+    pub fn set_default(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), TlsError> {
+        let ck = Arc::new(certified_key(chain, key)?);
+        *self.default.write().unwrap_or_else(|e| e.into_inner()) = ck;
+        Ok(())
+    }
+
     /// Serves `chain`/`key` for `name` from the next handshake on.
     pub fn insert(
         &self,
@@ -240,4 +252,50 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     }
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)
+}
+
+/// A certificate chain and key from PEM files.
+pub fn load_pem_files(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let pem = |path: &Path, msg: String| TlsError::Pem { path: path.to_owned(), msg };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| pem(cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(pem(cert, "no certificate".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem(key, e.to_string()))?;
+    Ok((chain, key_der))
+}
+
+/// How often the edge's own certificate files are checked for changes.
+pub(crate) const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reloads the edge's certificate when its files change, until shutdown. A bad new file is
+/// logged and the current certificate kept.
+pub(crate) async fn watch_files(
+    certs: Arc<CertStore>,
+    cert: PathBuf,
+    key: PathBuf,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let read = || (fs::read(&cert).ok(), fs::read(&key).ok());
+    let mut seen = read();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|v| *v) => return,
+            _ = tokio::time::sleep(RELOAD_INTERVAL) => {}
+        }
+        let now = read();
+        if now == seen {
+            continue;
+        }
+        match load_pem_files(&cert, &key).and_then(|(c, k)| certs.set_default(c, k)) {
+            Ok(()) => tracing::info!(cert = %cert.display(), "edge certificate reloaded"),
+            Err(e) => tracing::warn!(error = %e, "new edge certificate not usable; keeping the current one"),
+        }
+        seen = now;
+    }
 }

@@ -703,8 +703,15 @@ impl TestCa {
 
     /// A leaf for `name` (DNS name and common name): (certificate PEM, key PEM, certificate DER).
     pub fn leaf(&self, name: &str) -> (String, String, rustls::pki_types::CertificateDer<'static>) {
-        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("name");
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        self.leaf_for(&[name])
+    }
+
+    /// A leaf for several names (the first is the common name).
+    pub fn leaf_for(&self, names: &[&str]) -> (String, String, rustls::pki_types::CertificateDer<'static>) {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("names");
+        params.distinguished_name.push(rcgen::DnType::CommonName, names[0]);
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("leaf certificate");
         (cert.pem(), key.serialize_pem(), cert.der().clone())

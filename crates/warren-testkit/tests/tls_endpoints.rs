@@ -189,3 +189,50 @@ async fn garbage_on_the_shared_tls_port_is_closed_without_harming_others() {
     let (s, _, _) = https_get(&edge, "calm.warren.localhost", "/").await;
     assert_eq!(s, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_edges_own_certificate_comes_from_files_and_is_reloaded_without_dropping_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("edge.pem"), dir.path().join("edge.key"));
+    let first = TestCa::new("operator CA one");
+    let (chain, k, leaf1) = first.leaf_for(&["*.warren.localhost", "localhost"]);
+    std::fs::write(&cert, &chain).unwrap();
+    std::fs::write(&key, &k).unwrap();
+    let files = (cert.clone(), key.clone());
+    let edge = TestEdge::start_with(move |c| c.tls_files = Some(files)).await;
+    // Agents and visitors alike now get the operator's certificate.
+    let up = HttpUpstream::start().await;
+    let mut cfg =
+        edge.agent_with(EndpointConfig::http(&up.url(), Some("https://app.warren.localhost")).unwrap());
+    cfg.connect_cas = warren_agent::ConnectCas::PemBytes(first.pem.clone().into_bytes());
+    let mut agent = Agent::start(cfg);
+    within("online", agent.wait_online()).await.unwrap();
+
+    let mut open =
+        visit(&edge, "app.warren.localhost", first.roots(), None).await.expect("operator certificate");
+    assert_eq!(open.get_ref().1.peer_certificates().unwrap()[0], leaf1);
+
+    // New files: new handshakes get the new certificate; the open connection carries on.
+    let second = TestCa::new("operator CA two");
+    let (chain, k, leaf2) = second.leaf_for(&["*.warren.localhost", "localhost"]);
+    std::fs::write(&key, &k).unwrap();
+    std::fs::write(&cert, &chain).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            if let Ok(s) = visit(&edge, "app.warren.localhost", second.roots(), None).await
+                && s.get_ref().1.peer_certificates().unwrap()[0] == leaf2
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("reloaded");
+    open.write_all(b"GET / HTTP/1.1\r\nHost: app.warren.localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    within("old connection still served", open.read_to_string(&mut response)).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200") && response.ends_with("hello from upstream"), "{response}");
+}

@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run an edge. With no flags: everything on loopback, names under *.warren.localhost.
-    Edge(EdgeArgs),
+    Edge(Box<EdgeArgs>),
     /// Expose a local web server on an https endpoint (http only with an explicit http:// URL).
     Http {
         /// Upstream: a port (8080), host:port, or URL (https://localhost:8443).
@@ -133,6 +133,30 @@ struct EdgeArgs {
     /// Trusted proxies send a PROXY protocol v1/v2 header on every connection (required).
     #[arg(long)]
     proxy_protocol: bool,
+    /// Get certificates for reserved custom domains from this ACME directory
+    /// (`letsencrypt` for Let's Encrypt's production directory, or a URL).
+    #[arg(long, value_name = "URL")]
+    acme_directory: Option<String>,
+    /// Contact e-mail for the ACME account.
+    #[arg(long, value_name = "EMAIL", requires = "acme_directory")]
+    acme_email: Option<String>,
+    /// Extra CA (PEM file) to trust for the ACME directory (a private ACME server).
+    #[arg(long, value_name = "PEM", requires = "acme_directory")]
+    acme_directory_ca: Option<PathBuf>,
+    /// The ACME challenge to answer: http-01 (on the http port) or tls-alpn-01 (on the TLS port).
+    #[arg(long, default_value = "http-01", requires = "acme_directory")]
+    acme_challenge: String,
+    /// The file holding the master key that seals private keys (default: master.key in the
+    /// data directory; WARREN_MASTER_KEY overrides). Every node sharing a database needs the same.
+    #[arg(long, value_name = "FILE")]
+    master_key_file: Option<PathBuf>,
+    /// The edge's own certificate chain (PEM) for its base domain and connect hostnames,
+    /// instead of the local CA's; reloaded when the file changes.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) for --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -170,7 +194,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         match cli.command {
-            Command::Edge(args) => edge(args).await,
+            Command::Edge(args) => edge(*args).await,
             Command::Http { upstream, agent, host_header } => {
                 let mut ep =
                     EndpointConfig::http(&upstream, agent.url.as_deref()).map_err(anyhow::Error::msg)?;
@@ -242,6 +266,22 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
         config.trusted_proxies.push(parsed);
     }
     config.proxy_protocol = args.proxy_protocol;
+    if let Some(dir) = args.acme_directory {
+        let mut acme = warren_edge::config::AcmeConfig::lets_encrypt();
+        if dir != "letsencrypt" {
+            acme.directory = dir;
+        }
+        acme.email = args.acme_email;
+        acme.directory_ca = args.acme_directory_ca;
+        acme.challenge = match args.acme_challenge.as_str() {
+            "http-01" => warren_edge::config::AcmeChallenge::Http01,
+            "tls-alpn-01" => warren_edge::config::AcmeChallenge::TlsAlpn01,
+            other => bail!("--acme-challenge {other:?}: use http-01 or tls-alpn-01"),
+        };
+        config.acme = Some(acme);
+    }
+    config.master_key_file = args.master_key_file;
+    config.tls_files = args.tls_cert.zip(args.tls_key);
     config.validate().map_err(anyhow::Error::msg)?;
 
     let prepared = warren_edge::bootstrap::prepare(&config).await.context("preparing the data directory")?;
