@@ -104,6 +104,10 @@ fn wants_certificate(shared: &Shared, domain: &str) -> bool {
 
 async fn due(shared: &Shared, config: &AcmeConfig, domain: &str) -> Result<bool, warren_store::StoreError> {
     let Some(c) = shared.store.get_certificate(domain).await? else { return Ok(true) };
+    if c.source == "upload" {
+        // The operator's certificate: theirs to renew.
+        return Ok(false);
+    }
     let left = c.not_after - now_secs();
     Ok(left < i64::try_from(config.renew_before.as_secs()).unwrap_or(i64::MAX))
 }
@@ -126,7 +130,12 @@ async fn load_stored(shared: &Shared) {
 }
 
 /// Serves a stored certificate from the next handshake on.
-fn install(shared: &Shared, domain: &str, chain_pem: &str, key_sealed: &[u8]) -> Result<(), String> {
+pub(crate) fn install(
+    shared: &Shared,
+    domain: &str,
+    chain_pem: &str,
+    key_sealed: &[u8],
+) -> Result<(), String> {
     let key_pem = shared.master_key.open(domain, key_sealed).map_err(|e| e.to_string())?;
     let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()

@@ -178,6 +178,19 @@ impl CertStore {
         Ok(())
     }
 
+    /// Checks that `key` belongs to the leaf of `chain` (and that rustls can use both).
+    pub fn check_pair(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), TlsError> {
+        certified_key(chain, key).map(|_| ())
+    }
+
+    /// Stops serving a name's own certificate; the default is served for it again.
+    pub fn remove(&self, name: &str) {
+        self.by_name.write().unwrap_or_else(|e| e.into_inner()).remove(&name.to_ascii_lowercase());
+    }
+
     /// Serves `chain`/`key` for `name` from the next handshake on.
     pub fn insert(
         &self,

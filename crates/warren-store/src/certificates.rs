@@ -104,3 +104,166 @@ impl Store {
         Ok(())
     }
 }
+
+/// A certificate an operator uploaded; its key is sealed (label: the certificate's id).
+#[derive(Clone, PartialEq, Eq)]
+pub struct UploadedCertificate {
+    /// `cert_...`
+    pub id: String,
+    /// The owner.
+    pub account_id: String,
+    /// What it is for.
+    pub description: String,
+    /// Free-form.
+    pub metadata: String,
+    /// Leaf first.
+    pub chain_pem: String,
+    /// The private key, sealed by the edge's master key.
+    pub key_sealed: Vec<u8>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl std::fmt::Debug for UploadedCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadedCertificate").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+const UPLOAD_COLUMNS: &str = "id, account_id, description, metadata, chain_pem, key_sealed, created_at";
+
+fn upload_row<R: Row>(r: &R) -> UploadedCertificate
+where
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    UploadedCertificate {
+        id: r.get(0),
+        account_id: r.get(1),
+        description: r.get(2),
+        metadata: r.get(3),
+        chain_pem: r.get(4),
+        key_sealed: r.get(5),
+        created_at: r.get(6),
+    }
+}
+
+impl Store {
+    /// Stores an uploaded certificate.
+    pub async fn insert_uploaded_certificate(&self, c: &UploadedCertificate) -> Result<(), StoreError> {
+        crate::check_text("description", &c.description)?;
+        crate::check_text("metadata", &c.metadata)?;
+        with_db!(self.db, pool => {
+            sqlx::query("INSERT INTO uploaded_certificates (id, account_id, description, metadata, chain_pem, key_sealed, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                .bind(&c.id).bind(&c.account_id).bind(&c.description).bind(&c.metadata).bind(&c.chain_pem).bind(&c.key_sealed).bind(&c.created_at)
+                .execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// One uploaded certificate of an account.
+    pub async fn get_uploaded_certificate(
+        &self,
+        account_id: &str,
+        id: &str,
+    ) -> Result<UploadedCertificate, StoreError> {
+        let sql =
+            format!("SELECT {UPLOAD_COLUMNS} FROM uploaded_certificates WHERE account_id = $1 AND id = $2");
+        with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(id).fetch_optional(pool).await?.map(|r| upload_row(&r))
+        })
+        .ok_or(StoreError::NotFound("tls certificate"))
+    }
+
+    /// An account's uploaded certificates, newest first.
+    pub async fn list_uploaded_certificates(
+        &self,
+        account_id: &str,
+        limit: u32,
+        before_id: Option<&str>,
+    ) -> Result<crate::Page<UploadedCertificate>, StoreError> {
+        let sql = format!(
+            "SELECT {UPLOAD_COLUMNS} FROM uploaded_certificates WHERE account_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3"
+        );
+        let rows = with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(before_id.unwrap_or("")).bind(crate::page_limit(limit))
+                .fetch_all(pool).await?.iter().map(upload_row).collect::<Vec<_>>()
+        });
+        Ok(crate::into_page(rows, limit))
+    }
+
+    /// Changes description or metadata.
+    pub async fn update_uploaded_certificate(
+        &self,
+        account_id: &str,
+        id: &str,
+        description: Option<&str>,
+        metadata: Option<&str>,
+    ) -> Result<UploadedCertificate, StoreError> {
+        description.map_or(Ok(()), |d| crate::check_text("description", d))?;
+        metadata.map_or(Ok(()), |m| crate::check_text("metadata", m))?;
+        let n = with_db!(self.db, pool => {
+            sqlx::query("UPDATE uploaded_certificates SET description = COALESCE($1, description), metadata = COALESCE($2, metadata) WHERE account_id = $3 AND id = $4")
+                .bind(description).bind(metadata).bind(account_id).bind(id).execute(pool).await?.rows_affected()
+        });
+        if n == 0 {
+            return Err(StoreError::NotFound("tls certificate"));
+        }
+        self.get_uploaded_certificate(account_id, id).await
+    }
+
+    /// Deletes an uploaded certificate; one still attached to a reserved domain is refused.
+    pub async fn delete_uploaded_certificate(&self, account_id: &str, id: &str) -> Result<(), StoreError> {
+        let users = with_db!(self.db, pool => {
+            sqlx::query("SELECT domain FROM reserved_domains WHERE certificate_id = $1").bind(id).fetch_all(pool).await?
+                .iter().map(|r| r.get::<String, _>(0)).collect::<Vec<_>>()
+        });
+        if !users.is_empty() {
+            return Err(StoreError::InUse(format!(
+                "tls certificate {id} is attached to {}; detach it first",
+                users.join(", ")
+            )));
+        }
+        let n = with_db!(self.db, pool => {
+            sqlx::query("DELETE FROM uploaded_certificates WHERE account_id = $1 AND id = $2")
+                .bind(account_id).bind(id).execute(pool).await?.rows_affected()
+        });
+        if n == 0 { Err(StoreError::NotFound("tls certificate")) } else { Ok(()) }
+    }
+
+    /// Attaches (or with `None` detaches) an uploaded certificate to a reserved domain.
+    pub async fn set_domain_certificate(
+        &self,
+        account_id: &str,
+        reserved_domain_id: &str,
+        certificate_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let n = with_db!(self.db, pool => {
+            sqlx::query("UPDATE reserved_domains SET certificate_id = $1 WHERE account_id = $2 AND id = $3")
+                .bind(certificate_id).bind(account_id).bind(reserved_domain_id).execute(pool).await?.rows_affected()
+        });
+        if n == 0 { Err(StoreError::NotFound("reserved domain")) } else { Ok(()) }
+    }
+
+    /// The uploaded certificate attached to a reserved domain, if any.
+    pub async fn domain_certificate_id(
+        &self,
+        account_id: &str,
+        reserved_domain_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(with_db!(self.db, pool => {
+            sqlx::query("SELECT certificate_id FROM reserved_domains WHERE account_id = $1 AND id = $2")
+                .bind(account_id).bind(reserved_domain_id).fetch_optional(pool).await?
+                .and_then(|r| r.get::<Option<String>, _>(0))
+        }))
+    }
+
+    /// Forgets the certificate served for `domain`.
+    pub async fn delete_certificate(&self, domain: &str) -> Result<(), StoreError> {
+        with_db!(self.db, pool => {
+            sqlx::query("DELETE FROM tls_certificates WHERE domain = $1").bind(domain).execute(pool).await?;
+        });
+        Ok(())
+    }
+}

@@ -8,7 +8,8 @@ pub fn now_rfc3339() -> String {
     rfc3339(secs)
 }
 
-pub(crate) fn rfc3339(secs: u64) -> String {
+/// Unix seconds as RFC 3339 UTC.
+pub fn rfc3339(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate for one format.

@@ -236,3 +236,71 @@ async fn the_edges_own_certificate_comes_from_files_and_is_reloaded_without_drop
     within("old connection still served", open.read_to_string(&mut response)).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200") && response.ends_with("hello from upstream"), "{response}");
 }
+
+#[tokio::test]
+async fn an_uploaded_certificate_is_served_for_its_reserved_domain_and_its_key_never_returned() {
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    let ca = TestCa::new("operator CA");
+    let (chain, pem_key, leaf) = ca.leaf("shop.example.com");
+    let (_, other_key, _) = ca.leaf("other.example.com");
+
+    let bad = serde_json::json!({"certificate_pem": chain, "private_key_pem": other_key});
+    let (s, _, e) = edge.api("POST", "/tls_certificates", key, Some(bad)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "a key of another certificate: {e}");
+    let body =
+        serde_json::json!({"certificate_pem": chain, "private_key_pem": pem_key, "description": "shop"});
+    let (s, _, cert) = edge.api("POST", "/tls_certificates", key, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{cert}");
+    let id = cert["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("cert_"), "{cert}");
+    assert_eq!(cert["subject_common_name"], "shop.example.com");
+    assert_eq!(cert["subject_alternative_names"]["dns_names"], serde_json::json!(["shop.example.com"]));
+    assert!(!cert.to_string().contains("PRIVATE KEY"), "the key is never returned: {cert}");
+
+    let (s, _, e) = edge
+        .api(
+            "POST",
+            "/reserved_domains",
+            key,
+            Some(serde_json::json!({"domain": "nope.example.com", "certificate_id": id})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "a certificate that does not cover the name: {e}");
+    let (s, _, rd) = edge
+        .api(
+            "POST",
+            "/reserved_domains",
+            key,
+            Some(serde_json::json!({"domain": "shop.example.com", "certificate_id": id})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{rd}");
+    assert_eq!(rd["certificate"]["id"], id.as_str());
+
+    let up = HttpUpstream::start().await;
+    let mut agent = Agent::start(
+        edge.agent_with(EndpointConfig::http(&up.url(), Some("https://shop.example.com")).unwrap()),
+    );
+    within("online", agent.wait_online()).await.unwrap();
+    let tls = visit(&edge, "shop.example.com", ca.roots(), None).await.expect("the uploaded certificate");
+    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], leaf);
+
+    let (s, _, e) = edge.api("DELETE", &format!("/tls_certificates/{id}"), key, None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "attached: {e}");
+    let rd_id = rd["id"].as_str().unwrap();
+    let (s, _, _) = edge.api("DELETE", &format!("/reserved_domains/{rd_id}/certificate"), key, None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(
+        visit(&edge, "shop.example.com", ca.roots(), None).await.is_err(),
+        "detached: the default is served"
+    );
+    let (s, _, _) = edge.api("DELETE", &format!("/tls_certificates/{id}"), key, None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+
+    for file in ["warren.db", "warren.db-wal"] {
+        if let Ok(bytes) = std::fs::read(edge.data_dir().join(file)) {
+            assert!(!bytes.windows(11).any(|w| w == b"PRIVATE KEY"), "{file} holds a plaintext key");
+        }
+    }
+}

@@ -21,6 +21,12 @@ pub(crate) struct Ref {
     uri: String,
 }
 
+impl Ref {
+    pub(crate) fn new(uri: String, id: String) -> Ref {
+        Ref { id, uri }
+    }
+}
+
 fn policy_ref(id: &str) -> Ref {
     Ref { id: id.to_owned(), uri: format!("/ip_policies/{id}") }
 }

@@ -21,6 +21,7 @@ use crate::Shared;
 
 mod api_keys;
 mod auth;
+mod certificates;
 mod credentials;
 mod error;
 mod ip;
@@ -58,6 +59,12 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .route(
             "/reserved_domains/{id}",
             get(reserved::get_domain).patch(reserved::update_domain).delete(reserved::delete_domain),
+        )
+        .route("/reserved_domains/{id}/certificate", axum::routing::delete(reserved::detach_certificate))
+        .route("/tls_certificates", get(certificates::list).post(certificates::create))
+        .route(
+            "/tls_certificates/{id}",
+            get(certificates::get).patch(certificates::update).delete(certificates::delete),
         )
         .route("/reserved_addrs", get(reserved::list_addrs).post(reserved::create_addr))
         .route(

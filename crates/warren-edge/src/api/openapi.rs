@@ -44,6 +44,8 @@ enum Op {
     DeleteInUse,
     /// POST `{path}/{id}/{segment}`, answering 204: (segment, operationId verb, summary).
     Action(&'static str, &'static str, &'static str),
+    /// DELETE `{path}/{id}/{segment}`, answering 204: (segment, operationId verb, summary).
+    SubDelete(&'static str, &'static str, &'static str),
 }
 
 const CRUD: &[Op] = &[Op::List, Op::Create, Op::Get, Op::Update, Op::Delete];
@@ -124,7 +126,29 @@ const RESOURCES: &[Resource] = &[
         noun: "a reserved domain",
         schema: "ReservedDomain",
         list_key: "reserved_domains",
-        ops: CRUD,
+        ops: &[
+            Op::List,
+            Op::Create,
+            Op::Get,
+            Op::Update,
+            Op::Delete,
+            Op::SubDelete(
+                "certificate",
+                "DeleteCertificate",
+                "Detach a reserved domain's uploaded certificate (ACME's or the default takes over)",
+            ),
+        ],
+    },
+    Resource {
+        path: "/tls_certificates",
+        tag: "TLS certificates",
+        about: "Certificates uploaded with their private key, served for the reserved domains they are \
+                attached to (`certificate_id`). The key is sealed at rest and never returned.",
+        service: "TlsCertificates",
+        noun: "a TLS certificate",
+        schema: "TlsCertificate",
+        list_key: "tls_certificates",
+        ops: &[Op::List, Op::Create, Op::Get, Op::Update, Op::DeleteInUse],
     },
     Resource {
         path: "/reserved_addrs",
@@ -359,6 +383,14 @@ fn spec(r: &Resource, op: Op) -> Spec {
         },
         Op::Action(segment, verb, summary) => Spec {
             method: "post",
+            path: format!("{item}/{segment}"),
+            verb,
+            summary: summary.to_owned(),
+            status: "204",
+            ..Spec::default()
+        },
+        Op::SubDelete(segment, verb, summary) => Spec {
+            method: "delete",
             path: format!("{item}/{segment}"),
             verb,
             summary: summary.to_owned(),
@@ -774,6 +806,7 @@ fn schemas() -> Map<String, Value> {
                 nullable(),
                 "For a custom domain, the name its DNS CNAME must point at; null under the base domain.",
             ),
+            "certificate": doc(json!({"allOf": [schema_ref("Ref")], "nullable": true}), "The uploaded certificate served for it."),
         })),
     );
     add(
@@ -787,7 +820,7 @@ fn schemas() -> Map<String, Value> {
                     "region": region_in(),
                 "description": string(),
                 "metadata": string(),
-                    "certificate_id": doc(nullable(), must_be_null),
+                    "certificate_id": doc(nullable(), "An uploaded certificate covering the domain."),
                     "certificate_management_policy": doc(json!({"type": "object", "nullable": true}), must_be_null),
                 }),
             ),
@@ -800,7 +833,43 @@ fn schemas() -> Map<String, Value> {
             "id": body_id(),
             "description": string(),
             "metadata": string(),
+            "certificate_id": doc(nullable(), "Attach an uploaded certificate covering the domain."),
+            "certificate_management_policy": doc(json!({"type": "object", "nullable": true}), must_be_null),
         })),
+    );
+    add(
+        "TlsCertificate",
+        response(json!({
+            "id": string(),
+            "uri": string(),
+            "created_at": time(),
+            "description": string(),
+            "metadata": string(),
+            "certificate_pem": string(),
+            "subject_common_name": string(),
+            "subject_alternative_names": {"type": "object", "properties": {"dns_names": strings(), "ips": strings()}},
+            "issuer_common_name": string(),
+            "serial_number": string(),
+            "not_before": time(),
+            "not_after": time(),
+            "private_key_type": string(),
+        })),
+    );
+    add(
+        "TlsCertificateCreate",
+        request(
+            &["certificate_pem", "private_key_pem"],
+            json!({
+                "certificate_pem": doc(string(), "The chain, leaf first."),
+                "private_key_pem": doc(string(), "The leaf's key; sealed at rest, never returned."),
+                "description": string(),
+                "metadata": string(),
+            }),
+        ),
+    );
+    add(
+        "TlsCertificateUpdate",
+        update(json!({"id": body_id(), "description": string(), "metadata": string()})),
     );
 
     add(

@@ -31,9 +31,11 @@ pub(crate) struct DomainJson {
     /// For a custom domain: the name its DNS CNAME must point at (under the base domain,
     /// whose wildcard record reaches the edge). Null for names under the base domain.
     cname_target: Option<String>,
+    /// The uploaded certificate served for it, if any.
+    certificate: Option<super::ip::Ref>,
 }
 
-fn domain_json(shared: &Shared, d: ReservedDomain) -> DomainJson {
+fn domain_json(shared: &Shared, d: ReservedDomain, certificate_id: Option<String>) -> DomainJson {
     let base = &shared.config.base_domain;
     let cname_target = (!crate::session::under_domain(d.domain.trim_start_matches("*."), base))
         .then(|| format!("{}.cname.{base}", d.id.to_ascii_lowercase().replace('_', "-")));
@@ -46,7 +48,18 @@ fn domain_json(shared: &Shared, d: ReservedDomain) -> DomainJson {
         domain: d.domain,
         region: "local",
         cname_target,
+        certificate: certificate_id.map(|id| super::ip::Ref::new(format!("/tls_certificates/{id}"), id)),
     }
+}
+
+/// Attaches uploaded certificate `cert_id` to reserved domain `d` and serves it.
+async fn attach(shared: &Shared, p: &Principal, d: &ReservedDomain, cert_id: &str) -> Result<(), ApiError> {
+    let c = shared.store.get_uploaded_certificate(&p.account_id, cert_id).await?;
+    if !super::certificates::covers(&c.chain_pem, &d.domain) {
+        return Err(ApiError::bad_request(format!("tls certificate {cert_id} does not cover {}", d.domain)));
+    }
+    shared.store.set_domain_certificate(&p.account_id, &d.id, Some(cert_id)).await?;
+    super::certificates::serve_for_domain(shared, &c, &d.domain).await
 }
 
 #[derive(Deserialize)]
@@ -61,7 +74,7 @@ struct CreateDomainBody {
     description: String,
     #[serde(default)]
     metadata: String,
-    /// Sent as null by ngrok's API clients; a certificate is not attachable yet.
+    /// An uploaded certificate (`/tls_certificates`) to serve for the domain.
     certificate_id: Option<String>,
     certificate_management_policy: Option<serde_json::Value>,
 }
@@ -73,6 +86,18 @@ struct UpdateBody {
     id: Option<String>,
     description: Option<String>,
     metadata: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainUpdateBody {
+    id: Option<String>,
+    description: Option<String>,
+    metadata: Option<String>,
+    /// Attach an uploaded certificate (null leaves it as it is; detach with
+    /// `DELETE /reserved_domains/{id}/certificate`).
+    certificate_id: Option<String>,
+    certificate_management_policy: Option<serde_json::Value>,
 }
 
 fn check_region(region: &str) -> Result<(), ApiError> {
@@ -92,9 +117,9 @@ pub(crate) async fn create_domain(
 ) -> Result<(StatusCode, Json<DomainJson>), ApiError> {
     let b: CreateDomainBody = parse_body(&body)?;
     check_region(&b.region)?;
-    if b.certificate_id.is_some() || b.certificate_management_policy.is_some() {
+    if b.certificate_management_policy.is_some() {
         return Err(ApiError::bad_request(
-            "certificate_id and certificate_management_policy are not supported by this edge yet; omit them",
+            "certificate_management_policy is not supported: the edge manages certificates of custom domains itself when ACME is configured; omit it",
         ));
     }
     let domain = b.domain.or(b.name).filter(|d| !d.trim().is_empty());
@@ -112,11 +137,20 @@ pub(crate) async fn create_domain(
             return Err(ApiError::conflict(format!("{domain} is online in another account's session")));
         }
     }
+    if let Some(cert_id) = &b.certificate_id {
+        let c = shared.store.get_uploaded_certificate(&p.account_id, cert_id).await?;
+        if !super::certificates::covers(&c.chain_pem, &domain) {
+            return Err(ApiError::bad_request(format!("tls certificate {cert_id} does not cover {domain}")));
+        }
+    }
     let d = shared.store.create_reserved_domain(&p.account_id, &domain, &b.description, &b.metadata).await?;
+    if let Some(cert_id) = &b.certificate_id {
+        attach(&shared, &p, &d, cert_id).await?;
+    }
     tracing::info!(reserved_domain = %d.id, domain = %d.domain, by = %p.key_id, "domain reserved");
     // A custom domain gets its certificate now rather than at the next check.
     shared.acme_wake.notify_one();
-    Ok((StatusCode::CREATED, Json(domain_json(&shared, d))))
+    Ok((StatusCode::CREATED, Json(domain_json(&shared, d, b.certificate_id))))
 }
 
 pub(crate) async fn get_domain(
@@ -125,7 +159,8 @@ pub(crate) async fn get_domain(
     Path(id): Path<String>,
 ) -> Result<Json<DomainJson>, ApiError> {
     let d = shared.store.get_reserved_domain(&p.account_id, &id).await?;
-    Ok(Json(domain_json(&shared, d)))
+    let cert = shared.store.domain_certificate_id(&p.account_id, &id).await?;
+    Ok(Json(domain_json(&shared, d, cert)))
 }
 
 #[derive(Serialize)]
@@ -142,11 +177,12 @@ pub(crate) async fn list_domains(
 ) -> Result<Json<DomainListJson>, ApiError> {
     let page = shared.store.list_reserved_domains(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/reserved_domains", &q, page.more, page.items.last().map(|d| d.id.as_str()));
-    Ok(Json(DomainListJson {
-        reserved_domains: page.items.into_iter().map(|d| domain_json(&shared, d)).collect(),
-        uri: "/reserved_domains",
-        next_page_uri: next,
-    }))
+    let mut reserved_domains = Vec::with_capacity(page.items.len());
+    for d in page.items {
+        let cert = shared.store.domain_certificate_id(&p.account_id, &d.id).await?;
+        reserved_domains.push(domain_json(&shared, d, cert));
+    }
+    Ok(Json(DomainListJson { reserved_domains, uri: "/reserved_domains", next_page_uri: next }))
 }
 
 pub(crate) async fn update_domain(
@@ -155,13 +191,40 @@ pub(crate) async fn update_domain(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<DomainJson>, ApiError> {
-    let b: UpdateBody = parse_body(&body)?;
+    let b: DomainUpdateBody = parse_body(&body)?;
     check_body_id(b.id.as_deref(), &id)?;
+    if b.certificate_management_policy.is_some() {
+        return Err(ApiError::bad_request("certificate_management_policy is not supported; omit it"));
+    }
     let d = shared
         .store
         .update_reserved_domain(&p.account_id, &id, b.description.as_deref(), b.metadata.as_deref())
         .await?;
-    Ok(Json(domain_json(&shared, d)))
+    if let Some(cert_id) = &b.certificate_id {
+        attach(&shared, &p, &d, cert_id).await?;
+    }
+    let cert = shared.store.domain_certificate_id(&p.account_id, &id).await?;
+    Ok(Json(domain_json(&shared, d, cert)))
+}
+
+/// `DELETE /reserved_domains/{id}/certificate`: stop serving the uploaded certificate (the
+/// edge's default, or ACME's, takes over).
+pub(crate) async fn detach_certificate(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let d = shared.store.get_reserved_domain(&p.account_id, &id).await?;
+    shared.store.set_domain_certificate(&p.account_id, &id, None).await?;
+    forget_certificate(&shared, &d.domain).await?;
+    shared.acme_wake.notify_one();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn forget_certificate(shared: &Shared, domain: &str) -> Result<(), ApiError> {
+    shared.store.delete_certificate(domain).await?;
+    shared.certs.remove(domain);
+    Ok(())
 }
 
 pub(crate) async fn delete_domain(
@@ -169,7 +232,10 @@ pub(crate) async fn delete_domain(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let d = shared.store.get_reserved_domain(&p.account_id, &id).await?;
     shared.store.delete_reserved_domain(&p.account_id, &id).await?;
+    // A released name's certificate is no longer the account's to serve.
+    forget_certificate(&shared, &d.domain).await?;
     tracing::info!(reserved_domain = %id, by = %p.key_id, "reserved domain released");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -15,3 +15,18 @@ CREATE TABLE acme_accounts (
     credentials_sealed  BYTEA NOT NULL,
     created_at          TEXT NOT NULL
 );
+
+-- Certificates operators upload (ngrok's /tls_certificates), attached to reserved domains.
+CREATE TABLE uploaded_certificates (
+    id           TEXT COLLATE "C" PRIMARY KEY,
+    account_id   TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    description  TEXT NOT NULL DEFAULT '',
+    metadata     TEXT NOT NULL DEFAULT '',
+    chain_pem    TEXT NOT NULL,
+    key_sealed   BYTEA NOT NULL,
+    created_at   TEXT NOT NULL
+);
+
+CREATE INDEX uploaded_certificates_account ON uploaded_certificates (account_id, id);
+
+ALTER TABLE reserved_domains ADD COLUMN certificate_id TEXT REFERENCES uploaded_certificates(id);
