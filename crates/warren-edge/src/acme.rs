@@ -1,7 +1,6 @@
-//! Automatic certificates for reserved custom domains, from an ACME directory (Let's
-//! Encrypt, or any RFC 8555 server such as pebble). A manager task wakes when a domain is
-//! reserved and on a timer: every reserved domain outside the edge's base domain without a
-//! certificate, or whose certificate has less than `renew_before` left, gets a new ECDSA
+//! Automatic certificates for reserved custom domains and the edge's connect hostnames, from
+//! an ACME directory (Let's Encrypt, or any RFC 8555 server such as pebble). A manager task
+//! wakes when a domain is reserved and on a timer: every such name without a certificate, or whose certificate has less than `renew_before` left, gets a new ECDSA
 //! P-256 key and certificate. Failures back off per domain (1 min doubling to 6 h) while the
 //! old certificate, or the edge's default, keeps being served. Keys are sealed with the
 //! master key before they are stored and never leave the edge.
@@ -57,11 +56,11 @@ pub(crate) async fn run(shared: Arc<Shared>, config: AcmeConfig) {
     let mut failures: HashMap<String, (u32, Instant)> = HashMap::new();
     loop {
         match shared.store.all_reserved_domain_names().await {
-            Ok(domains) => {
+            Ok(reserved) => {
+                // The edge's connect hostnames too: agents verify them like any site.
+                let connect = shared.config.connect_hostnames.iter().filter(|h| h.contains('.')).cloned();
+                let domains = reserved.into_iter().filter(|d| wants_certificate(&shared, d)).chain(connect);
                 for domain in domains {
-                    if !wants_certificate(&shared, &domain) {
-                        continue;
-                    }
                     if failures.get(&domain).is_some_and(|(_, retry_at)| Instant::now() < *retry_at) {
                         continue;
                     }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use hyper::StatusCode;
+use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 use warren_agent::{Agent, EndpointConfig};
 use warren_edge::config::{AcmeChallenge, AcmeConfig};
@@ -51,6 +52,7 @@ async fn issue_and_serve(challenge: AcmeChallenge, domain: &str, renew: bool) {
     let pebble = Pebble::start(http, https).await;
     let (directory, directory_ca) = (pebble.directory.clone(), pebble.server_ca.clone());
     let edge = TestEdge::start_with(move |c| {
+        c.connect_hostnames.push("connect.example.net".into());
         c.http_addr = Some(([127, 0, 0, 1], http).into());
         c.https_addr = ([127, 0, 0, 1], https).into();
         c.acme = Some(AcmeConfig {
@@ -93,6 +95,29 @@ async fn issue_and_serve(challenge: AcmeChallenge, domain: &str, renew: bool) {
             assert!(!bytes.windows(11).any(|w| w == b"PRIVATE KEY"), "{file} holds a plaintext key");
         }
     }
+
+    // The connect hostname got its certificate too: agents dialing it verify it publicly.
+    let connect = wait_for_certificate(&edge, "connect.example.net", None).await;
+    assert_eq!(connect.source, "acme");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(std::fs::read(&root).unwrap().as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(edge.edge().connect_addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("connect.example.net").unwrap();
+    within(
+        "connect hostname handshake",
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(name, tcp),
+    )
+    .await
+    .expect("the connect hostname's certificate chains to pebble's root");
 
     if renew {
         let renewed = wait_for_certificate(&edge, domain, Some(&first.created_at)).await;

@@ -86,3 +86,53 @@ async fn no_secret_appears_in_logs_or_in_the_database_file() {
     }
     assert!(!logs.contains(&bad[bad.len() - 20..]), "a presented wrong secret is not logged either");
 }
+
+#[tokio::test]
+async fn private_keys_never_appear_in_logs_api_answers_or_the_database() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("trace")
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    let ca = TestCa::new("operator CA");
+    let (chain, pem_key, _) = ca.leaf("secret.example.com");
+    let body = json!({"certificate_pem": chain, "private_key_pem": pem_key});
+    let (s, _, cert) = edge.api("POST", "/tls_certificates", key, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let id = cert["id"].as_str().unwrap().to_owned();
+    let (s, _, rd) = edge
+        .api(
+            "POST",
+            "/reserved_domains",
+            key,
+            Some(json!({"domain": "secret.example.com", "certificate_id": id})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{rd}");
+    let mut answers = Vec::new();
+    for path in ["/tls_certificates", &format!("/tls_certificates/{id}"), "/reserved_domains"] {
+        answers.push(edge.api("GET", path, key, None).await.2.to_string());
+    }
+    let master = std::fs::read_to_string(edge.data_dir().join("master.key")).unwrap();
+
+    // Every line of the key's body, and the master key, are absent everywhere.
+    let key_lines: Vec<&str> = pem_key.lines().filter(|l| !l.starts_with("-----") && l.len() > 16).collect();
+    assert!(!key_lines.is_empty());
+    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let mut db = Vec::new();
+    for file in ["warren.db", "warren.db-wal"] {
+        db.extend(std::fs::read(edge.data_dir().join(file)).unwrap_or_default());
+    }
+    for secret in key_lines.iter().copied().chain([master.trim()]) {
+        assert!(!logs.contains(secret), "a key line is in the logs");
+        assert!(answers.iter().all(|a| !a.contains(secret)), "a key line is in an API answer");
+        assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()), "a key line is in the database");
+    }
+    assert!(!logs.contains("PRIVATE KEY"));
+}
