@@ -47,9 +47,59 @@ impl Challenges {
     }
 }
 
-/// Serves the stored certificates at start, then keeps them issued and renewed.
+/// How often a node picks up certificates stored by others (several nodes on one database:
+/// one node's renewal or upload reaches the rest within this).
+const SYNC_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Installed certificates: domain → the stored row's `created_at`.
+pub(crate) type Installed = HashMap<String, String>;
+
+/// Serves what the store holds: new and renewed certificates are installed, removed ones
+/// dropped. The edge awaits the first pass before it listens, so stored certificates are
+/// served from the first handshake.
+pub(crate) async fn sync_once(shared: &Shared, installed: &mut Installed) {
+    match shared.store.all_certificates().await {
+        Ok(certs) => {
+            let present: std::collections::HashSet<String> = certs.iter().map(|c| c.domain.clone()).collect();
+            for c in certs {
+                if installed.get(&c.domain) == Some(&c.created_at) {
+                    continue;
+                }
+                match install(shared, &c.domain, &c.chain_pem, &c.key_sealed) {
+                    Ok(()) => {
+                        installed.insert(c.domain, c.created_at);
+                    }
+                    Err(e) => tracing::warn!(domain = %c.domain, error = %e, "stored certificate not usable"),
+                }
+            }
+            installed.retain(|domain, _| {
+                let keep = present.contains(domain);
+                if !keep {
+                    shared.certs.remove(domain);
+                }
+                keep
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "could not load stored certificates"),
+    }
+}
+
+/// Repeats [`sync_once`] on every node, with or without ACME, so one node's renewal or
+/// upload reaches the others sharing the database.
+pub(crate) async fn sync(shared: Arc<Shared>, mut installed: Installed) {
+    let stop = crate::shutting_down(shared.shutdown.clone());
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(SYNC_INTERVAL) => {}
+        }
+        sync_once(&shared, &mut installed).await;
+    }
+}
+
+/// Keeps the certificates of reserved custom domains and connect hostnames issued and renewed.
 pub(crate) async fn run(shared: Arc<Shared>, config: AcmeConfig) {
-    load_stored(&shared).await;
     let stop = crate::shutting_down(shared.shutdown.clone());
     tokio::pin!(stop);
     let mut account = None;
@@ -113,19 +163,6 @@ async fn due(shared: &Shared, config: &AcmeConfig, domain: &str) -> Result<bool,
 
 fn now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
-
-async fn load_stored(shared: &Shared) {
-    match shared.store.all_certificates().await {
-        Ok(certs) => {
-            for c in certs {
-                if let Err(e) = install(shared, &c.domain, &c.chain_pem, &c.key_sealed) {
-                    tracing::warn!(domain = %c.domain, error = %e, "stored certificate not usable");
-                }
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "could not load stored certificates"),
-    }
 }
 
 /// Serves a stored certificate from the next handshake on.

@@ -215,6 +215,9 @@ impl Edge {
         if let Some((cert, key)) = shared.config.tls_files.clone() {
             tasks.spawn(tls::watch_files(shared.certs.clone(), cert, key, shared.shutdown.clone()));
         }
+        let mut installed = acme::Installed::new();
+        acme::sync_once(&shared, &mut installed).await;
+        tasks.spawn(acme::sync(shared.clone(), installed));
         if let Some(acme) = shared.config.acme.clone() {
             tasks.spawn(acme::run(shared.clone(), acme));
         }

@@ -239,7 +239,7 @@ async fn the_edges_own_certificate_comes_from_files_and_is_reloaded_without_drop
 
 #[tokio::test]
 async fn an_uploaded_certificate_is_served_for_its_reserved_domain_and_its_key_never_returned() {
-    let edge = TestEdge::start().await;
+    let mut edge = TestEdge::start().await;
     let key = Some(edge.api_key.as_str());
     let ca = TestCa::new("operator CA");
     let (chain, pem_key, leaf) = ca.leaf("shop.example.com");
@@ -284,6 +284,13 @@ async fn an_uploaded_certificate_is_served_for_its_reserved_domain_and_its_key_n
     );
     within("online", agent.wait_online()).await.unwrap();
     let tls = visit(&edge, "shop.example.com", ca.roots(), None).await.expect("the uploaded certificate");
+    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], leaf);
+    // After a restart it is served again (loaded from the store, key unsealed).
+    drop(tls);
+    agent.stop().await.ok();
+    edge.restart().await;
+    let key = Some(edge.api_key.as_str());
+    let tls = visit(&edge, "shop.example.com", ca.roots(), None).await.expect("served after a restart");
     assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], leaf);
 
     let (s, _, e) = edge.api("DELETE", &format!("/tls_certificates/{id}"), key, None).await;
