@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub mod config;
+pub mod config_file;
 mod connect;
 mod forward;
 mod tls;

@@ -65,6 +65,22 @@ enum Command {
         #[command(flatten)]
         agent: AgentArgs,
     },
+    /// Start endpoints from the config file(s) (ngrok agent config v3).
+    Start {
+        /// Endpoint names to start.
+        names: Vec<String>,
+        /// Start every endpoint in the config.
+        #[arg(long)]
+        all: bool,
+        /// Config file (repeat to merge several; default: the per-user warren.yml).
+        #[arg(long = "config", value_name = "FILE")]
+        config: Vec<PathBuf>,
+    },
+    /// Check or edit the agent config file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Expose a TLS service by name (`--url tls://app.example.com`): the edge routes by SNI
     /// and never decrypts. The upstream terminates TLS, or this agent does with --crt/--key.
     Tls {
@@ -81,6 +97,32 @@ enum Command {
         /// With --crt: require visitors' client certificates signed by these CAs (PEM).
         #[arg(long, requires = "crt")]
         mutual_tls_cas: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Parse the config files and report problems with file, line and key.
+    Check {
+        /// Config file (repeat to merge several).
+        #[arg(long = "config", value_name = "FILE")]
+        config: Vec<PathBuf>,
+    },
+    /// Save an authtoken in the config file (created if missing, owner-only).
+    AddAuthtoken {
+        /// The authtoken.
+        token: String,
+        /// Config file (default: the per-user warren.yml).
+        #[arg(long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Save the edge's connect URL (host:port) in the config file.
+    AddConnectUrl {
+        /// host:port.
+        url: String,
+        /// Config file (default: the per-user warren.yml).
+        #[arg(long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -226,6 +268,8 @@ fn main() -> anyhow::Result<()> {
                     .map_err(anyhow::Error::msg)?;
                 run_agent(agent, ep).await
             }
+            Command::Start { names, all, config } => start(names, all, config).await,
+            Command::Config { action } => config_command(action),
             Command::Tcp { upstream, agent } => {
                 let ep = EndpointConfig::tcp(&upstream, agent.url.as_deref()).map_err(anyhow::Error::msg)?;
                 run_agent(agent, ep).await
@@ -336,13 +380,17 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_agent(args: AgentArgs, endpoint: EndpointConfig) -> anyhow::Result<()> {
-    let shutdown = shutdown_signal();
+/// The agent needs no privileges; say so when it has them.
+fn warn_if_root() {
     if warren_agent::running_as_root() {
         eprintln!(
             "warning: warren is running as root. The agent needs no privileges; anyone who can reach your endpoint talks to your upstream through a root-owned process. Run it as an ordinary user."
         );
     }
+}
+
+async fn run_agent(args: AgentArgs, endpoint: EndpointConfig) -> anyhow::Result<()> {
+    warn_if_root();
     let Some(token) = args.authtoken.filter(|t| !t.is_empty()) else {
         bail!(
             "no authtoken: pass --authtoken or set WARREN_AUTHTOKEN (the edge printed one on its first start)"
@@ -355,13 +403,69 @@ async fn run_agent(args: AgentArgs, endpoint: EndpointConfig) -> anyhow::Result<
             if local.exists() { ConnectCas::Pem(local) } else { ConnectCas::Trusted }
         }
     };
-    let upstream = endpoint.upstream.clone();
     let mut config = AgentConfig::new(token, args.connect_url, cas);
     config.endpoints.push(endpoint);
+    run_agent_config(config).await
+}
+
+/// `warren start NAME... | --all`: the named endpoints of the config files.
+async fn start(names: Vec<String>, all: bool, configs: Vec<PathBuf>) -> anyhow::Result<()> {
+    warn_if_root();
+    if names.is_empty() && !all {
+        bail!("name the endpoints to start (warren start web api) or pass --all");
+    }
+    let files = if configs.is_empty() { vec![warren_agent::config_file::default_path()] } else { configs };
+    let file = warren_agent::config_file::AgentFile::load(&files)?;
+    for key in &file.ignored {
+        eprintln!("note: {key} is accepted but has no effect in warren yet");
+    }
+    let config = file.agent_config(&names)?;
+    if config.authtoken.is_empty() {
+        bail!("no authtoken: set agent.authtoken (warren config add-authtoken TOKEN) or WARREN_AUTHTOKEN");
+    }
+    run_agent_config(config).await
+}
+
+/// `warren config check|add-authtoken|add-connect-url`.
+fn config_command(action: ConfigAction) -> anyhow::Result<()> {
+    use warren_agent::config_file::{AgentFile, default_path, set_agent_key};
+    let files = |c: Vec<PathBuf>| if c.is_empty() { vec![default_path()] } else { c };
+    match action {
+        ConfigAction::Check { config } => {
+            let files = files(config);
+            let file = AgentFile::load(&files)?;
+            for key in &file.ignored {
+                println!("note: {key} is accepted but has no effect in warren yet");
+            }
+            let names = file.endpoint_names().join(", ");
+            let shown: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            println!(
+                "valid configuration: {} (endpoints: {})",
+                shown.join(", "),
+                if names.is_empty() { "none" } else { &names }
+            );
+        }
+        ConfigAction::AddAuthtoken { token, config } => {
+            let file = config.unwrap_or_else(default_path);
+            set_agent_key(&file, "authtoken", &token)?;
+            println!("authtoken saved to {}", file.display());
+        }
+        ConfigAction::AddConnectUrl { url, config } => {
+            let file = config.unwrap_or_else(default_path);
+            set_agent_key(&file, "connect_url", &url)?;
+            println!("connect_url saved to {}", file.display());
+        }
+    }
+    Ok(())
+}
+
+async fn run_agent_config(config: AgentConfig) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    let upstreams: Vec<String> = config.endpoints.iter().map(|e| e.upstream.to_string()).collect();
     let mut agent = Agent::start(config);
     let urls = agent.wait_online().await.map_err(anyhow::Error::msg)?;
-    for u in &urls {
-        println!("Forwarding {u} -> {upstream}");
+    for (u, up) in urls.iter().zip(&upstreams) {
+        println!("Forwarding {u} -> {up}");
     }
     let mut status = agent.status();
     let watch_status = async {

@@ -239,6 +239,43 @@ fn edge_and_agent_binaries_serve_curl_over_https_and_tcp() {
 
     drop(agent);
     drop(tcp_agent);
+
+    // The same through an ngrok-style config file: written with `warren config`, checked,
+    // then started by name.
+    let cfg = data.join("agent.yml");
+    let cfg_s = cfg.to_str().unwrap();
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_warren")).args(args).output().unwrap();
+    assert!(run(&["config", "add-authtoken", &token, "--config", cfg_s]).status.success());
+    assert!(run(&["config", "add-connect-url", &connect, "--config", cfg_s]).status.success());
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text = text.replace("agent:\n", &format!("agent:\n  connect_cas: {ca}\n"));
+    text.push_str(&format!(
+        "endpoints:\n  - name: site\n    url: https://cfg.warren.localhost\n    upstream:\n      url: {up}\n"
+    ));
+    std::fs::write(&cfg, &text).unwrap();
+    let check = run(&["config", "check", "--config", cfg_s]);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("endpoints: site"));
+    let started = Proc::spawn(&["start", "site", "--config", cfg_s]);
+    let fwd = started.line_with("Forwarding");
+    let cfg_url = format!("https://cfg.warren.localhost:{https_port}");
+    assert!(fwd.contains(&cfg_url), "{fwd}");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--cacert", &ca, "--resolve"])
+        .arg(format!("cfg.warren.localhost:{https_port}:127.0.0.1"))
+        .arg(format!("{cfg_url}/"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the binary test upstream");
+    drop(started);
+    std::fs::write(&cfg, "version: 3\nagent:\n  authtokn: x\n").unwrap();
+    let bad = run(&["config", "check", "--config", cfg_s]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains(cfg_s) && err.contains("line 3") && err.contains("authtokn"),
+        "{err}"
+    );
+
     assert!(edge.terminate().success(), "the edge exits cleanly on SIGTERM");
 
     // A second start reuses the data directory and does not print a new token.

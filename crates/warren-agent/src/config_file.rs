@@ -1,0 +1,552 @@
+//! The agent's configuration file: ngrok's agent config v3, so an existing `ngrok.yml` works
+//! with `--config` (pointing `connect_url` and `connect_cas` at the edge). Several files merge
+//! in order (later `agent` keys win, endpoints add up); `WARREN_AUTHTOKEN`,
+//! `WARREN_CONNECT_URL` and `WARREN_CONNECT_CAS` override the files. Unknown keys and wrong
+//! types are errors that name the file, the line and the key. Version 2 files are refused
+//! with what to change.
+//!
+//! Keys ngrok documents that warren does not act on yet (`web_addr`, `log`, `update_check`,
+//! ...) are accepted and listed in [`AgentFile::ignored`], so a copied `ngrok.yml` loads.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{AgentConfig, ConnectCas, EndpointConfig};
+
+/// A config file problem, with the file it is in.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {msg}")]
+pub struct ConfigFileError {
+    /// The file.
+    pub file: String,
+    /// What is wrong (for parse errors: line, column and key, with the offending line).
+    pub msg: String,
+}
+
+/// The `agent:` block.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentBlock {
+    authtoken: Option<String>,
+    api_key: Option<String>,
+    connect_url: Option<String>,
+    connect_cas: Option<String>,
+    heartbeat_interval: Option<String>,
+    heartbeat_tolerance: Option<String>,
+    connect_timeout: Option<String>,
+    metadata: Option<String>,
+    // Read by ngrok's agent; accepted here so existing files load (see `ignored`).
+    log: Option<serde_json::Value>,
+    log_level: Option<String>,
+    log_format: Option<String>,
+    web_addr: Option<serde_json::Value>,
+    web_allow_hosts: Option<Vec<String>>,
+    inspect_db_size: Option<i64>,
+    update_check: Option<bool>,
+    update_channel: Option<String>,
+    console_ui: Option<serde_json::Value>,
+    console_ui_color: Option<String>,
+    crl_noverify: Option<bool>,
+    remote_management: Option<bool>,
+    dns_resolver_ips: Option<Vec<String>>,
+    connect_interface: Option<String>,
+    proxy_url: Option<String>,
+}
+
+/// `upstream:` of an endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamBlock {
+    url: serde_json::Value,
+    protocol: Option<String>,
+    proxy_protocol: Option<u8>,
+}
+
+/// `agent_tls_termination:` of a tls endpoint (paths or inline PEM).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentTlsBlock {
+    server_certificate: String,
+    server_private_key: String,
+    mutual_tls_certificate_authorities: Option<Vec<String>>,
+}
+
+/// One `endpoints:` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointBlock {
+    name: String,
+    #[serde(default)]
+    url: String,
+    upstream: UpstreamBlock,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    metadata: String,
+    bindings: Option<Vec<String>>,
+    traffic_policy: Option<serde_json::Value>,
+    agent_tls_termination: Option<AgentTlsBlock>,
+    pooling_enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileV3 {
+    /// Checked by [`VersionOnly`] first.
+    #[serde(rename = "version")]
+    _version: serde_json::Value,
+    #[serde(default)]
+    agent: AgentBlock,
+    #[serde(default)]
+    endpoints: Vec<EndpointBlock>,
+    tunnels: Option<serde_json::Value>,
+}
+
+/// Just enough to read the version first (v2 files have keys v3 does not know).
+#[derive(Deserialize)]
+struct VersionOnly {
+    version: Option<serde_json::Value>,
+}
+
+/// One or more config files, merged.
+#[derive(Debug, Default)]
+pub struct AgentFile {
+    agent: AgentBlock,
+    endpoints: Vec<(EndpointBlock, String)>,
+    /// Keys that were accepted but have no effect in warren, as `file: key`.
+    pub ignored: Vec<String>,
+}
+
+/// Where the config lives when no `--config` is given: `$XDG_CONFIG_HOME/warren/warren.yml`
+/// (`~/.config/warren/warren.yml`), or `~/Library/Application Support/warren/warren.yml` on macOS.
+pub fn default_path() -> PathBuf {
+    if cfg!(target_os = "macos")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        return PathBuf::from(home).join("Library/Application Support/warren/warren.yml");
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("warren/warren.yml")
+}
+
+impl AgentFile {
+    /// Reads and merges `files` in order.
+    pub fn load(files: &[PathBuf]) -> Result<AgentFile, ConfigFileError> {
+        let mut merged = AgentFile::default();
+        for f in files {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| ConfigFileError { file: f.display().to_string(), msg: e.to_string() })?;
+            merged.merge(&f.display().to_string(), &text)?;
+        }
+        Ok(merged)
+    }
+
+    /// Merges one file's text (`name` is used in errors).
+    pub fn merge(&mut self, name: &str, text: &str) -> Result<(), ConfigFileError> {
+        let err = |msg: String| ConfigFileError { file: name.to_owned(), msg };
+        let v: VersionOnly = serde_saphyr::from_str(text).map_err(|e| err(e.to_string()))?;
+        let version = v.version.as_ref().map(value_text).unwrap_or_default();
+        match version.as_str() {
+            "3" => {}
+            "2" | "" => {
+                return Err(err(
+                    "this is a version 2 config (or has no version). warren reads version 3: set `version: 3`, \
+                     move `authtoken`, `server_addr` (now `connect_url`) and `root_cas` (now `connect_cas`) under \
+                     `agent:`, and turn `tunnels:` into `endpoints:` (ngrok's `ngrok config upgrade` does this)"
+                        .into(),
+                ));
+            }
+            other => {
+                return Err(err(format!("unsupported config version {other:?}; warren reads version 3")));
+            }
+        }
+        let file: FileV3 = serde_saphyr::from_str(text).map_err(|e| err(e.to_string()))?;
+        if file.tunnels.is_some() {
+            return Err(err(
+                "`tunnels:` (the deprecated v2 syntax) is not read; list them under `endpoints:` with `name`, `url` and `upstream.url`"
+                    .into(),
+            ));
+        }
+        let a = file.agent;
+        for (key, set) in [
+            ("log", a.log.is_some()),
+            ("log_format", a.log_format.is_some()),
+            ("web_addr", a.web_addr.is_some()),
+            ("web_allow_hosts", a.web_allow_hosts.is_some()),
+            ("inspect_db_size", a.inspect_db_size.is_some()),
+            ("update_check", a.update_check.is_some()),
+            ("update_channel", a.update_channel.is_some()),
+            ("console_ui", a.console_ui.is_some()),
+            ("console_ui_color", a.console_ui_color.is_some()),
+            ("crl_noverify", a.crl_noverify.is_some()),
+            ("remote_management", a.remote_management.is_some()),
+            ("dns_resolver_ips", a.dns_resolver_ips.is_some()),
+            ("connect_interface", a.connect_interface.is_some()),
+            ("proxy_url", a.proxy_url.is_some()),
+        ] {
+            if set {
+                self.ignored.push(format!("{name}: agent.{key}"));
+            }
+        }
+        let m = &mut self.agent;
+        macro_rules! later_wins {
+            ($($f:ident),*) => { $( if a.$f.is_some() { m.$f = a.$f.clone(); } )* };
+        }
+        later_wins!(
+            authtoken,
+            api_key,
+            connect_url,
+            connect_cas,
+            heartbeat_interval,
+            heartbeat_tolerance,
+            connect_timeout,
+            metadata,
+            log_level
+        );
+        for d in [&a.heartbeat_interval, &a.heartbeat_tolerance, &a.connect_timeout].into_iter().flatten() {
+            parse_duration(d).map_err(err)?;
+        }
+        for ep in file.endpoints {
+            if self.endpoints.iter().any(|(e, _)| e.name == ep.name) {
+                return Err(err(format!("endpoint name {:?} is defined twice", ep.name)));
+            }
+            for (key, set) in [
+                ("traffic_policy", ep.traffic_policy.is_some()),
+                ("bindings", ep.bindings.is_some()),
+                ("description", !ep.description.is_empty()),
+                ("metadata", !ep.metadata.is_empty()),
+                ("pooling_enabled", ep.pooling_enabled.is_some()),
+            ] {
+                if set {
+                    self.ignored.push(format!("{name}: endpoints[{}].{key}", ep.name));
+                }
+            }
+            self.endpoints.push((ep, name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Endpoint names, in file order.
+    pub fn endpoint_names(&self) -> Vec<&str> {
+        self.endpoints.iter().map(|(e, _)| e.name.as_str()).collect()
+    }
+
+    /// The agent configuration for the endpoints `names` (all when `names` is empty), with
+    /// the environment's overrides applied.
+    pub fn agent_config(&self, names: &[String]) -> Result<AgentConfig, ConfigFileError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let a = &self.agent;
+        let no_file = |msg: &str| ConfigFileError { file: "config".into(), msg: msg.to_owned() };
+        let authtoken = env("WARREN_AUTHTOKEN").or_else(|| a.authtoken.clone()).unwrap_or_default();
+        let connect_url = env("WARREN_CONNECT_URL")
+            .or_else(|| a.connect_url.clone())
+            .ok_or_else(|| no_file("no agent.connect_url: warren needs the edge's address (host:port)"))?;
+        let cas =
+            env("WARREN_CONNECT_CAS").or_else(|| a.connect_cas.clone()).unwrap_or_else(|| "trusted".into());
+        let mut cfg = AgentConfig::new(authtoken, connect_url, ConnectCas::parse(&cas));
+        if let Some(d) = &a.heartbeat_interval {
+            cfg.heartbeat_interval = parse_duration(d).map_err(|m| no_file(&m))?;
+        }
+        if let Some(d) = &a.heartbeat_tolerance {
+            cfg.heartbeat_tolerance = parse_duration(d).map_err(|m| no_file(&m))?;
+        }
+        if let Some(d) = &a.connect_timeout {
+            cfg.connect_timeout = parse_duration(d).map_err(|m| no_file(&m))?;
+        }
+        cfg.metadata = a.metadata.clone().unwrap_or_default();
+        for n in names {
+            if !self.endpoints.iter().any(|(e, _)| &e.name == n) {
+                return Err(no_file(&format!(
+                    "no endpoint named {n:?}; the config defines: {}",
+                    self.endpoint_names().join(", ")
+                )));
+            }
+        }
+        for (ep, file) in &self.endpoints {
+            if names.is_empty() || names.contains(&ep.name) {
+                cfg.endpoints.push(endpoint(ep).map_err(|msg| ConfigFileError {
+                    file: file.clone(),
+                    msg: format!("endpoints[{}]: {msg}", ep.name),
+                })?);
+            }
+        }
+        if cfg.endpoints.is_empty() {
+            return Err(no_file("no endpoints to start"));
+        }
+        Ok(cfg)
+    }
+}
+
+fn value_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.trim().to_owned(),
+        serde_json::Value::Number(n) => n.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn endpoint(ep: &EndpointBlock) -> Result<EndpointConfig, String> {
+    let upstream = value_text(&ep.upstream.url);
+    if ep.upstream.protocol.as_deref().is_some_and(|p| p != "http1") {
+        return Err("upstream.protocol: only http1 is supported by warren so far".into());
+    }
+    if ep.upstream.proxy_protocol.is_some_and(|p| p != 0) {
+        return Err("upstream.proxy_protocol is not supported by warren so far".into());
+    }
+    let url = ep.url.trim();
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    match scheme {
+        Some("tcp") => EndpointConfig::tcp(&upstream, Some(url)),
+        Some("tls") => {
+            let termination = match &ep.agent_tls_termination {
+                None => None,
+                Some(t) => {
+                    let pem = |v: &str| -> Result<Vec<u8>, String> {
+                        if v.contains("-----BEGIN") {
+                            Ok(v.as_bytes().to_vec())
+                        } else {
+                            std::fs::read(v).map_err(|e| format!("cannot read {v}: {e}"))
+                        }
+                    };
+                    let mut cas = Vec::new();
+                    for ca in t.mutual_tls_certificate_authorities.iter().flatten() {
+                        cas.extend(pem(ca)?);
+                    }
+                    let cfg = crate::tls::agent_termination(
+                        &pem(&t.server_certificate)?,
+                        &pem(&t.server_private_key)?,
+                        (!cas.is_empty()).then_some(cas.as_slice()),
+                    )?;
+                    Some(cfg)
+                }
+            };
+            EndpointConfig::tls(&upstream, Some(url), termination)
+        }
+        Some("http" | "https") | None => {
+            if ep.agent_tls_termination.is_some() {
+                return Err("agent_tls_termination is for tls:// endpoints".into());
+            }
+            let url = match scheme {
+                None if !url.is_empty() => format!("https://{url}"),
+                _ => url.to_owned(),
+            };
+            EndpointConfig::http(&upstream, (!url.is_empty()).then_some(url.as_str()))
+        }
+        Some(other) => Err(format!("url scheme {other:?}: use https, http, tcp or tls")),
+    }
+}
+
+/// Go-style durations as ngrok writes them: `500ms`, `10s`, `1m`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?}; use forms like 500ms, 10s, 1m");
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return Err(bad()),
+        };
+        total += unit;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// Writes `authtoken` or `connect_url` into the `agent:` block of `file`, creating a
+/// version 3 file when it does not exist (`warren config add-authtoken`).
+pub fn set_agent_key(file: &Path, key: &str, value: &str) -> Result<(), ConfigFileError> {
+    let err = |msg: String| ConfigFileError { file: file.display().to_string(), msg };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "version: 3\nagent:\n".into(),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    let line = format!("  {key}: {}", serde_json::to_string(value).expect("a string serializes"));
+    let mut out = Vec::new();
+    let (mut in_agent, mut done) = (false, false);
+    for l in text.lines() {
+        if l.starts_with("agent:") {
+            in_agent = true;
+            out.push(l.to_owned());
+            continue;
+        }
+        if in_agent && !l.starts_with(' ') && !l.trim().is_empty() {
+            if !done {
+                out.push(line.clone());
+                done = true;
+            }
+            in_agent = false;
+        }
+        if in_agent && l.trim_start().starts_with(&format!("{key}:")) {
+            if !done {
+                out.push(line.clone());
+                done = true;
+            }
+            continue;
+        }
+        out.push(l.to_owned());
+    }
+    if !done {
+        if !text.lines().any(|l| l.starts_with("agent:")) {
+            out.push("agent:".into());
+        }
+        out.push(line);
+    }
+    // Parse before writing: never leave a broken file behind.
+    let new = out.join("\n") + "\n";
+    AgentFile::default().merge(&file.display().to_string(), &new)?;
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    crate::config::write_private_file(file, new.as_bytes()).map_err(|e| err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ngrok's documentation example (agent/config/v3), with connect_url and connect_cas
+    /// pointed at an edge.
+    const NGROK_EXAMPLE: &str = r#"
+version: 3
+agent:
+  authtoken: 4nq9771bPxe8ctg7LKr_2ClH7Y15Zqe4bWLWF9p
+  connect_url: connect.corp.example:443
+  connect_cas: /etc/warren/ca.pem
+  api_key: 24yRd5U3DestCQapJrrVHLOqiAC_7RviwRqpd3wc9dKLujQZN
+  log: stdout
+  log_level: info
+  log_format: logfmt
+  heartbeat_interval: 1m
+  heartbeat_tolerance: 5s
+  metadata: '{"serial": "00012xa-33rUtz9", "comment": "For customer alan@example.com"}'
+  web_addr: localhost:4040
+  update_check: false
+endpoints:
+  - name: basic
+    url: https://basic.example.com
+    upstream:
+      url: 8080
+  - name: ssh
+    url: tcp://1.tcp.corp.example:21000
+    upstream:
+      url: 22
+  - name: description
+    description: "my app"
+    metadata: "team=web"
+    url: demo.corp.example
+    upstream:
+      url: http://localhost:3000
+      protocol: http1
+"#;
+
+    #[test]
+    fn ngroks_example_loads_and_maps_to_endpoints() {
+        let mut f = AgentFile::default();
+        f.merge("ngrok.yml", NGROK_EXAMPLE).unwrap();
+        assert_eq!(f.endpoint_names(), ["basic", "ssh", "description"]);
+        assert!(f.ignored.iter().any(|k| k.ends_with("agent.web_addr")), "{:?}", f.ignored);
+        let cfg = f.agent_config(&[]).unwrap();
+        assert_eq!(cfg.connect_url, "connect.corp.example:443");
+        assert_eq!(cfg.heartbeat_interval, Duration::from_secs(60));
+        assert_eq!(cfg.heartbeat_tolerance, Duration::from_secs(5));
+        assert_eq!(cfg.endpoints.len(), 3);
+        assert_eq!(cfg.endpoints[0].url, "https://basic.example.com");
+        assert_eq!(cfg.endpoints[0].upstream.port, 8080);
+        assert_eq!(cfg.endpoints[1].url, "tcp://1.tcp.corp.example:21000");
+        assert_eq!(cfg.endpoints[2].url, "https://demo.corp.example");
+        let only = f.agent_config(&["ssh".into()]).unwrap();
+        assert_eq!(only.endpoints.len(), 1);
+        assert!(f.agent_config(&["nope".into()]).unwrap_err().msg.contains("basic, ssh, description"));
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_key() {
+        let bad_key = "version: 3\nagent:\n  authtoken: x\n  authtokn: y\n";
+        let e = AgentFile::default().merge("a.yml", bad_key).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("a.yml: ")
+                && text.contains("line 4")
+                && text.contains("unknown field `authtokn`"),
+            "{text}"
+        );
+        let bad_type =
+            "version: 3\nendpoints:\n  - name: x\n    upstream:\n      url: 80\n    description: [1, 2]\n";
+        let text = AgentFile::default().merge("b.yml", bad_type).unwrap_err().to_string();
+        // The offending line is shown with its key.
+        assert!(
+            text.starts_with("b.yml: ") && text.contains("line 6") && text.contains("description: [1, 2]"),
+            "{text}"
+        );
+        let bad_duration = "version: 3\nagent:\n  heartbeat_interval: soon\n";
+        assert!(AgentFile::default().merge("c.yml", bad_duration).unwrap_err().to_string().contains("soon"));
+    }
+
+    #[test]
+    fn version_2_files_are_refused_with_how_to_upgrade() {
+        let v2 = "version: \"2\"\nauthtoken: x\ntunnels:\n  web:\n    proto: http\n    addr: 80\n";
+        let text = AgentFile::default().merge("old.yml", v2).unwrap_err().to_string();
+        assert!(
+            text.contains("version 2") && text.contains("connect_url") && text.contains("endpoints"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn several_files_merge_later_agent_keys_win_and_endpoints_add_up() {
+        let mut f = AgentFile::default();
+        f.merge("base.yml", "version: 3\nagent:\n  connect_url: a:443\n  authtoken: one\nendpoints:\n  - name: web\n    upstream:\n      url: 80\n").unwrap();
+        f.merge("local.yml", "version: 3\nagent:\n  authtoken: two\nendpoints:\n  - name: db\n    url: tcp://h:5432\n    upstream:\n      url: 5432\n").unwrap();
+        let cfg = f.agent_config(&[]).unwrap();
+        assert_eq!((cfg.connect_url.as_str(), cfg.authtoken.as_str()), ("a:443", "two"));
+        assert_eq!(cfg.endpoints.len(), 2);
+        let dup =
+            f.merge("again.yml", "version: 3\nendpoints:\n  - name: web\n    upstream:\n      url: 81\n");
+        assert!(dup.unwrap_err().to_string().contains("defined twice"));
+    }
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert!(
+            parse_duration("10").is_err() && parse_duration("").is_err() && parse_duration("5d").is_err()
+        );
+    }
+
+    #[test]
+    fn add_authtoken_writes_a_valid_private_file() {
+        let dir = std::env::temp_dir().join(format!("warren-cfg-{}", std::process::id()));
+        let file = dir.join("warren.yml");
+        let _ = std::fs::remove_file(&file);
+        set_agent_key(&file, "authtoken", "tok_1").unwrap();
+        set_agent_key(&file, "connect_url", "connect.corp.example:443").unwrap();
+        set_agent_key(&file, "authtoken", "tok_2").unwrap();
+        let f = AgentFile::load(std::slice::from_ref(&file)).unwrap();
+        assert_eq!(f.agent.authtoken.as_deref(), Some("tok_2"));
+        assert_eq!(f.agent.connect_url.as_deref(), Some("connect.corp.example:443"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
