@@ -497,7 +497,13 @@ pub(crate) async fn record_endpoint(shared: &Shared, ep: &Endpoint) -> Result<()
         },
         created_at: warren_store::now_rfc3339(),
     };
-    match shared.store.insert_endpoint(&row).await {
+    let mut result = shared.store.insert_endpoint(&row).await;
+    if matches!(result, Err(warren_store::StoreError::Conflict(_)))
+        && holder_is_stale(shared, &row.route_key).await
+    {
+        result = shared.store.insert_endpoint(&row).await;
+    }
+    match result {
         Ok(()) => Ok(()),
         Err(e) => {
             shared.registry.unbind(&ep.session.id, &ep.client_id);
@@ -512,6 +518,20 @@ pub(crate) async fn record_endpoint(shared: &Shared, ep: &Endpoint) -> Result<()
                 }
             }
         }
+    }
+}
+
+/// Whether the row holding `route_key` belongs to a session of this node that has already
+/// ended (its rows are being removed as the new bind arrives). If so the rows are removed now
+/// and the bind may retry; a live holder, or one on another node, is a real conflict.
+async fn holder_is_stale(shared: &Shared, route_key: &str) -> bool {
+    let Ok(Some(holder)) = shared.store.endpoint_holder(route_key).await else { return false };
+    if shared.registry.session(&holder).is_some() {
+        return false;
+    }
+    match shared.store.tunnel_session_node(&holder).await {
+        Ok(Some(node)) if node == shared.node_id => shared.store.delete_tunnel_session(&holder).await.is_ok(),
+        _ => false,
     }
 }
 

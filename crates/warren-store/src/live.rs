@@ -214,6 +214,14 @@ impl Store {
         }))
     }
 
+    /// The node holding session `id`, in any account.
+    pub async fn tunnel_session_node(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(with_db!(self.db, pool => {
+            sqlx::query("SELECT node_id FROM tunnel_sessions WHERE id = $1").bind(id).fetch_optional(pool).await?
+                .map(|r| r.get::<String, _>(0))
+        }))
+    }
+
     /// Forgets one endpoint of a session (idempotent).
     pub async fn delete_endpoint(&self, session_id: &str, client_id: &str) -> Result<(), StoreError> {
         with_db!(self.db, pool => {

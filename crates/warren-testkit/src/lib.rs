@@ -140,6 +140,17 @@ impl TestEdge {
         }
     }
 
+    /// Waits until the edge holds `n` sessions (an agent's `stop` returns before the edge has
+    /// seen the connection close and released its endpoints).
+    pub async fn wait_sessions(&self, n: usize) {
+        within("session count", async {
+            while self.edge().session_count() != n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+
     /// The running edge.
     pub fn edge(&self) -> &Edge {
         self.edge.as_ref().expect("edge is running")

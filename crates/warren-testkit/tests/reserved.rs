@@ -163,6 +163,8 @@ async fn reserved_addrs_are_chosen_by_the_edge_and_only_their_owner_binds_them()
         let urls = within("random port", random.wait_online()).await.unwrap();
         assert_eq!(url_port(&urls[0]), free, "a random bind never takes a reserved port");
         random.stop().await.unwrap();
+        // The next agent may take the port once the edge has seen this session end.
+        edge.wait_sessions(0).await;
     }
 
     let wanted = EndpointConfig::tcp(&echo.to_string(), Some(&format!("tcp://{addr}"))).unwrap();

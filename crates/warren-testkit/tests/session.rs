@@ -73,6 +73,7 @@ async fn a_host_held_by_another_session_is_refused_and_freed_when_it_leaves() {
     assert_eq!(status, StatusCode::OK);
 
     first.stop().await.unwrap();
+    edge.wait_sessions(0).await;
     let mut third = Agent::start(edge.agent_with(ep));
     within("third online", third.wait_online()).await.unwrap();
 }

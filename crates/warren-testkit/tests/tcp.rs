@@ -57,8 +57,10 @@ async fn tcp_endpoint_on_a_requested_port_and_released_after_unbind() {
     let err = within("refused", other.wait_online()).await.unwrap_err();
     assert!(err.to_string().contains("ERR_NGROK_334"), "{err}");
 
-    // Once the first agent stops, the port is free for the next one.
+    // Once the first agent stops (and the edge has seen its session end), the port is free
+    // for the next one.
     agent.stop().await.unwrap();
+    edge.wait_sessions(0).await;
     let mut third = Agent::start(edge.agent_with(ep));
     let urls = within("rebind", third.wait_online()).await.unwrap();
     assert_eq!(urls[0], format!("tcp://localhost:{port}"));
