@@ -13,17 +13,19 @@ use warren_store::{CompiledRestriction, IpDecision, Store, StoreError};
 /// How long a cached view may lag changes made on another edge node.
 pub(crate) const TTL: Duration = Duration::from_secs(5);
 
-/// Entries kept before expired ones are swept (bounded memory).
+/// Accounts kept before expired entries are swept (bounded memory).
 const MAX_ENTRIES: usize = 50_000;
-
-type Key = (String, &'static str);
 
 /// When an entry was loaded, and the account's restrictions of one kind.
 type Entry = (Instant, Arc<[CompiledRestriction]>);
 
+/// The kinds an account's entry holds, by kind name.
+type Kinds = HashMap<&'static str, Entry>;
+
+/// Keyed by account id, looked up by `&str`: no allocation per visitor.
 #[derive(Default)]
 pub(crate) struct IpRules {
-    entries: Mutex<HashMap<Key, Entry>>,
+    entries: Mutex<HashMap<String, Kinds>>,
 }
 
 impl IpRules {
@@ -39,7 +41,8 @@ impl IpRules {
         let cached = {
             let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             entries
-                .get(&(account_id.to_owned(), kind))
+                .get(account_id)
+                .and_then(|kinds| kinds.get(kind))
                 .map(|(at, r)| (now.duration_since(*at) < TTL, r.clone()))
         };
         let restrictions = match cached {
@@ -49,9 +52,12 @@ impl IpRules {
                     let loaded: Arc<[CompiledRestriction]> = loaded.into();
                     let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
                     if entries.len() >= MAX_ENTRIES {
-                        entries.retain(|_, (at, _)| now.duration_since(*at) < TTL);
+                        entries.retain(|_, kinds| {
+                            kinds.retain(|_, (at, _)| now.duration_since(*at) < TTL);
+                            !kinds.is_empty()
+                        });
                     }
-                    entries.insert((account_id.to_owned(), kind), (now, loaded.clone()));
+                    entries.entry(account_id.to_owned()).or_default().insert(kind, (now, loaded.clone()));
                     loaded
                 }
                 // A database outage keeps the last known rules rather than opening or
@@ -71,7 +77,7 @@ impl IpRules {
     /// Forgets the account's cached restrictions after a change.
     pub(crate) fn invalidate(&self, account_id: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|(a, _), _| a != account_id);
+        entries.remove(account_id);
     }
 }
 
