@@ -157,12 +157,8 @@ async fn due(shared: &Shared, config: &AcmeConfig, domain: &str) -> Result<bool,
         // The operator's certificate: theirs to renew.
         return Ok(false);
     }
-    let left = c.not_after - now_secs();
+    let left = c.not_after - warren_store::unix_now();
     Ok(left < i64::try_from(config.renew_before.as_secs()).unwrap_or(i64::MAX))
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Serves a stored certificate from the next handshake on.

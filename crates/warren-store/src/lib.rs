@@ -56,7 +56,7 @@ pub use model::{
 };
 pub use reserved::{ReservedAddr, ReservedDomain, normalize_domain};
 pub use secret::{SecretKind, generate_id, hash_secret, parse_token};
-pub use time::{now_rfc3339, rfc3339};
+pub use time::{now_rfc3339, rfc3339, unix_now};
 
 /// Everything that can go wrong talking to the store.
 #[derive(Debug, thiserror::Error)]

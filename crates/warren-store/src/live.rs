@@ -5,12 +5,7 @@
 
 use sqlx::Row;
 
-use crate::time::now_secs;
-
-/// Unix seconds, as the database stores them.
-fn now() -> i64 {
-    i64::try_from(now_secs()).unwrap_or(i64::MAX)
-}
+use crate::time::unix_now as now;
 use crate::{Page, Store, StoreError, generate_id, into_page, now_rfc3339, page_limit};
 
 /// An agent session as the API shows it.

@@ -30,6 +30,11 @@ pub(crate) fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Unix seconds as a signed number, as the database stores times compared in SQL.
+pub fn unix_now() -> i64 {
+    i64::try_from(now_secs()).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,24 +11,11 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use warren_store::{IpPolicy, IpPolicyRule, IpPolicyRuleUpdate, IpRestriction, IpRestrictionUpdate};
 
-use super::{ApiError, PageQuery, Principal, check_body_id, next_page_uri, parse_body};
+use super::{ApiError, PageQuery, Principal, Ref, check_body_id, next_page_uri, parse_body};
 use crate::Shared;
 
-/// `{id, uri}` of a referenced resource, as ngrok nests them.
-#[derive(Serialize)]
-pub(crate) struct Ref {
-    id: String,
-    uri: String,
-}
-
-impl Ref {
-    pub(crate) fn new(uri: String, id: String) -> Ref {
-        Ref { id, uri }
-    }
-}
-
 fn policy_ref(id: &str) -> Ref {
-    Ref { id: id.to_owned(), uri: format!("/ip_policies/{id}") }
+    Ref::to("ip_policies", id)
 }
 
 #[derive(Serialize)]

@@ -127,6 +127,21 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
     }
 }
 
+/// `{id, uri}` of a referenced resource, as ngrok nests them.
+#[derive(serde::Serialize)]
+pub(crate) struct Ref {
+    id: String,
+    uri: String,
+}
+
+impl Ref {
+    /// A reference to `/{collection}/{id}`.
+    pub(crate) fn to(collection: &str, id: impl Into<String>) -> Ref {
+        let id = id.into();
+        Ref { uri: format!("/{collection}/{id}"), id }
+    }
+}
+
 /// `?limit=&before_id=` of list calls.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -32,7 +32,7 @@ pub(crate) struct DomainJson {
     /// whose wildcard record reaches the edge). Null for names under the base domain.
     cname_target: Option<String>,
     /// The uploaded certificate served for it, if any.
-    certificate: Option<super::ip::Ref>,
+    certificate: Option<super::Ref>,
 }
 
 fn domain_json(shared: &Shared, d: ReservedDomain, certificate_id: Option<String>) -> DomainJson {
@@ -48,7 +48,7 @@ fn domain_json(shared: &Shared, d: ReservedDomain, certificate_id: Option<String
         domain: d.domain,
         region: "local",
         cname_target,
-        certificate: certificate_id.map(|id| super::ip::Ref::new(format!("/tls_certificates/{id}"), id)),
+        certificate: certificate_id.map(|id| super::Ref::to("tls_certificates", id)),
     }
 }
 

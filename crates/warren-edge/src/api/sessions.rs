@@ -12,14 +12,8 @@ use warren_proto::StreamType;
 
 use warren_store::{LiveEndpoint, SessionCommand, TunnelSession};
 
-use super::{ApiError, PageQuery, Principal, next_page_uri};
+use super::{ApiError, PageQuery, Principal, Ref, next_page_uri};
 use crate::Shared;
-
-#[derive(Serialize)]
-pub(crate) struct Ref {
-    id: String,
-    uri: String,
-}
 
 #[derive(Serialize)]
 pub(crate) struct SessionJson {
@@ -38,7 +32,7 @@ pub(crate) struct SessionJson {
 fn session_json(s: TunnelSession) -> SessionJson {
     SessionJson {
         uri: format!("/tunnel_sessions/{}", s.id),
-        credential: Ref { uri: format!("/credentials/{}", s.credential_id), id: s.credential_id },
+        credential: Ref::to("credentials", s.credential_id),
         id: s.id,
         agent_version: s.agent_version,
         ip: s.ip,
@@ -131,7 +125,7 @@ pub(crate) struct EndpointJson {
 fn endpoint_json(e: LiveEndpoint) -> EndpointJson {
     EndpointJson {
         uri: format!("/endpoints/{}", e.id),
-        tunnel_session: Ref { uri: format!("/tunnel_sessions/{}", e.session_id), id: e.session_id },
+        tunnel_session: Ref::to("tunnel_sessions", e.session_id),
         id: e.id,
         created_at: e.created_at,
         public_url: e.url.clone(),
