@@ -44,6 +44,11 @@ pub enum EndpointProto {
 }
 
 impl EndpointProto {
+    /// True for http and https endpoints (the edge sends HTTP/1.1 on their proxy streams).
+    pub fn is_http(self) -> bool {
+        matches!(self, EndpointProto::Http | EndpointProto::Https)
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             EndpointProto::Https => "https",
@@ -163,6 +168,11 @@ pub struct EndpointConfig {
     /// For tls endpoints: terminate TLS here with this certificate (and, if it asks for
     /// client certificates, mutual TLS); `None` passes the TLS through to the upstream.
     pub tls_termination: Option<Arc<rustls::ServerConfig>>,
+    /// The endpoint's name in the local API and the console; empty gets `command_line`.
+    pub name: String,
+    /// Capture its HTTP requests for the inspector (http and https endpoints; ngrok's
+    /// `--inspect`, on by default).
+    pub inspect: bool,
 }
 
 impl EndpointConfig {
@@ -183,6 +193,8 @@ impl EndpointConfig {
             host_header: None,
             upstream_tls_verify: None,
             tls_termination: None,
+            name: String::new(),
+            inspect: true,
         })
     }
 
@@ -199,6 +211,8 @@ impl EndpointConfig {
             host_header: None,
             upstream_tls_verify: None,
             tls_termination: None,
+            name: String::new(),
+            inspect: true,
         })
     }
 
@@ -220,6 +234,8 @@ impl EndpointConfig {
             host_header: None,
             upstream_tls_verify: None,
             tls_termination: termination,
+            name: String::new(),
+            inspect: true,
         })
     }
 
@@ -251,6 +267,16 @@ pub struct AgentConfig {
     pub connect_timeout: Duration,
     /// Free-form metadata shown on the session.
     pub metadata: String,
+    /// Where the inspector and local API listen; `None` turns them off.
+    pub web_addr: Option<std::net::SocketAddr>,
+    /// When `web_addr` is taken, try the next nine ports (ngrok's behaviour for the default
+    /// 127.0.0.1:4040, so two agents on one machine both get an inspector).
+    pub web_addr_fallback: bool,
+    /// `Host` values the inspector answers besides localhost and its own address: names,
+    /// `.suffix` patterns, IPs and CIDRs (the DNS-rebinding guard).
+    pub web_allow_hosts: Vec<String>,
+    /// Bytes of captured requests kept: 0 means 50 MB, negative turns inspection off.
+    pub inspect_db_size: i64,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -282,6 +308,10 @@ impl AgentConfig {
             reconnect_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             metadata: String::new(),
+            web_addr: None,
+            web_addr_fallback: false,
+            web_allow_hosts: Vec::new(),
+            inspect_db_size: 0,
         }
     }
 

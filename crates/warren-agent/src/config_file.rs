@@ -5,7 +5,7 @@
 //! types are errors that name the file, the line and the key. Version 2 files are refused
 //! with what to change.
 //!
-//! Keys ngrok documents that warren does not act on yet (`web_addr`, `log`, `update_check`,
+//! Keys ngrok documents that warren does not act on yet (`update_check`, `console_ui`,
 //! ...) are accepted and listed in [`AgentFile::ignored`], so a copied `ngrok.yml` loads.
 
 use std::path::{Path, PathBuf};
@@ -177,9 +177,6 @@ impl AgentFile {
         for (key, set) in [
             ("log", a.log.is_some()),
             ("log_format", a.log_format.is_some()),
-            ("web_addr", a.web_addr.is_some()),
-            ("web_allow_hosts", a.web_allow_hosts.is_some()),
-            ("inspect_db_size", a.inspect_db_size.is_some()),
             ("update_check", a.update_check.is_some()),
             ("update_channel", a.update_channel.is_some()),
             ("console_ui", a.console_ui.is_some()),
@@ -207,8 +204,14 @@ impl AgentFile {
             heartbeat_tolerance,
             connect_timeout,
             metadata,
-            log_level
+            log_level,
+            web_addr,
+            web_allow_hosts,
+            inspect_db_size
         );
+        if let Some(w) = &a.web_addr {
+            web_addr(w).map_err(err)?;
+        }
         for d in [&a.heartbeat_interval, &a.heartbeat_tolerance, &a.connect_timeout].into_iter().flatten() {
             parse_duration(d).map_err(err)?;
         }
@@ -260,6 +263,15 @@ impl AgentFile {
             cfg.connect_timeout = parse_duration(d).map_err(|m| no_file(&m))?;
         }
         cfg.metadata = a.metadata.clone().unwrap_or_default();
+        match &a.web_addr {
+            None => {
+                cfg.web_addr = Some(DEFAULT_WEB_ADDR);
+                cfg.web_addr_fallback = true;
+            }
+            Some(w) => cfg.web_addr = web_addr(w).map_err(|m| no_file(&m))?,
+        }
+        cfg.web_allow_hosts = a.web_allow_hosts.clone().unwrap_or_default();
+        cfg.inspect_db_size = a.inspect_db_size.unwrap_or(0);
         for n in names {
             if !self.endpoints.iter().any(|(e, _)| &e.name == n) {
                 return Err(no_file(&format!(
@@ -283,6 +295,37 @@ impl AgentFile {
     }
 }
 
+/// Where the inspector listens unless `agent.web_addr` says otherwise.
+pub const DEFAULT_WEB_ADDR: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4040);
+
+/// `agent.web_addr`: `host:port` (`localhost` means 127.0.0.1), or `false` for none.
+pub fn web_addr(v: &serde_json::Value) -> Result<Option<std::net::SocketAddr>, String> {
+    let text = match v {
+        serde_json::Value::Bool(false) => return Ok(None),
+        serde_json::Value::String(s) if s == "false" => return Ok(None),
+        serde_json::Value::String(s) => s.trim(),
+        other => return Err(format!("agent.web_addr: expected host:port or false, found {other}")),
+    };
+    let text = text.strip_prefix("localhost:").map_or_else(|| text.to_owned(), |p| format!("127.0.0.1:{p}"));
+    text.parse()
+        .map(Some)
+        .map_err(|_| format!("agent.web_addr {text:?}: expected an IP address and port, like 127.0.0.1:4040"))
+}
+
+/// An endpoint from the local API's `POST /api/endpoints`: the same fields as a config
+/// file's `endpoints:` entry, as JSON.
+pub fn endpoint_from_json(v: serde_json::Value) -> Result<EndpointConfig, String> {
+    let ep: EndpointBlock = serde_json::from_value(v).map_err(|e| format!("invalid endpoint: {e}"))?;
+    if ep.name.trim().is_empty() {
+        return Err("invalid endpoint: name is empty".into());
+    }
+    if ep.traffic_policy.is_some() || ep.bindings.is_some() {
+        return Err("invalid endpoint: traffic_policy and bindings are not supported yet".into());
+    }
+    endpoint(&ep)
+}
+
 fn value_text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.trim().to_owned(),
@@ -292,6 +335,12 @@ fn value_text(v: &serde_json::Value) -> String {
 }
 
 fn endpoint(ep: &EndpointBlock) -> Result<EndpointConfig, String> {
+    let mut config = endpoint_kind(ep)?;
+    config.name = ep.name.clone();
+    Ok(config)
+}
+
+fn endpoint_kind(ep: &EndpointBlock) -> Result<EndpointConfig, String> {
     let upstream = value_text(&ep.upstream.url);
     if ep.upstream.protocol.as_deref().is_some_and(|p| p != "http1") {
         return Err("upstream.protocol: only http1 is supported by warren so far".into());
@@ -461,8 +510,11 @@ endpoints:
         let mut f = AgentFile::default();
         f.merge("ngrok.yml", NGROK_EXAMPLE).unwrap();
         assert_eq!(f.endpoint_names(), ["basic", "ssh", "description"]);
-        assert!(f.ignored.iter().any(|k| k.ends_with("agent.web_addr")), "{:?}", f.ignored);
+        assert!(f.ignored.iter().any(|k| k.ends_with("agent.update_check")), "{:?}", f.ignored);
+        assert!(!f.ignored.iter().any(|k| k.ends_with("agent.web_addr")), "{:?}", f.ignored);
         let cfg = f.agent_config(&[]).unwrap();
+        assert_eq!(cfg.web_addr, Some("127.0.0.1:4040".parse().unwrap()));
+        assert_eq!(cfg.endpoints[0].name, "basic");
         assert_eq!(cfg.connect_url, "connect.corp.example:443");
         assert_eq!(cfg.heartbeat_interval, Duration::from_secs(60));
         assert_eq!(cfg.heartbeat_tolerance, Duration::from_secs(5));

@@ -1,19 +1,19 @@
 //! The session loop: dial, authenticate, bind, serve proxy streams; on loss, back off and
 //! start over with the previous session id so the edge hands the endpoints over.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use warren_mux::{ErrorCode, Mux, Role, Stream};
 use warren_proto::{self as proto, StreamType, error_codes as codes};
 
-use crate::config::{AgentConfig, EndpointConfig, EndpointProto};
+use crate::config::{AgentConfig, EndpointProto};
 use crate::forward;
+use crate::state::{Control, LiveEndpoint, Shared};
 use crate::{AgentError, Status};
 
 /// Why one session attempt ended.
@@ -27,30 +27,31 @@ enum Ended {
 }
 
 pub(crate) async fn run(
-    config: AgentConfig,
-    status: watch::Sender<Status>,
+    shared: Arc<Shared>,
+    mut control: mpsc::Receiver<Control>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
+    let config = &shared.config;
+    let status = &shared.status;
     let (host, port) = config.connect_host_port().map_err(AgentError::Config)?;
     let edge_tls = crate::tls::edge_config(&config.connect_cas).map_err(AgentError::Config)?;
     let server_name = rustls::pki_types::ServerName::try_from(host.clone())
         .map_err(|_| AgentError::Config(format!("connect_url host {host:?} is not a valid name")))?;
-    if config.endpoints.is_empty() {
+    if config.endpoints.is_empty() && config.web_addr.is_none() {
         return Err(AgentError::Config("no endpoints to start".into()));
     }
-    let config = Arc::new(config);
     let mut resume_id = String::new();
     let mut delay = config.reconnect_initial;
     let mut ever_online = false;
     loop {
         let attempt = session(
-            &config,
+            &shared,
+            &mut control,
             &host,
             port,
             &edge_tls,
             &server_name,
             &mut resume_id,
-            &status,
             &mut stop,
             ever_online,
         );
@@ -80,25 +81,26 @@ pub(crate) async fn run(
 
 #[allow(clippy::too_many_arguments)]
 async fn session(
-    config: &Arc<AgentConfig>,
+    shared: &Arc<Shared>,
+    control: &mut mpsc::Receiver<Control>,
     host: &str,
     port: u16,
     edge_tls: &Arc<rustls::ClientConfig>,
     server_name: &rustls::pki_types::ServerName<'static>,
     resume_id: &mut String,
-    status: &watch::Sender<Status>,
     stop: &mut watch::Receiver<bool>,
     ever_online: bool,
 ) -> (Ended, bool) {
+    let config = &shared.config;
     let dial = async {
         let tcp = TcpStream::connect((host, port))
             .await
-            .map_err(|e| format!("cannot reach the edge at {host}:{port}: {e}"))?;
+            .map_err(|e| {
+                format!("cannot reach the edge at {host}:{port}: {e}; check that the edge is running and that connect_url is its connect address")
+            })?;
         let _ = tcp.set_nodelay(true);
         let connector = tokio_rustls::TlsConnector::from(edge_tls.clone());
-        connector.connect(server_name.clone(), tcp).await.map_err(|e| {
-            format!("TLS with the edge at {host}:{port} failed: {e} (is --connect-cas the edge's CA?)")
-        })
+        connector.connect(server_name.clone(), tcp).await.map_err(|e| tls_failure(host, port, &e))
     };
     let tls = match tokio::time::timeout(config.connect_timeout, dial).await {
         Ok(Ok(t)) => t,
@@ -146,35 +148,13 @@ async fn session(
     }
     *resume_id = resp.client_id.clone();
 
-    let mut bound: HashMap<String, Arc<EndpointConfig>> = HashMap::new();
-    let mut urls = Vec::new();
-    for (i, ep) in config.endpoints.iter().enumerate() {
-        let id = format!("ep{i}");
-        let opts = match ep.proto {
-            EndpointProto::Tcp => {
-                serde_json::json!({ "Addr": ep.url.strip_prefix("tcp://").unwrap_or(&ep.url) })
-            }
-            EndpointProto::Tls => serde_json::json!({ "URL": ep.url, "Hostname": host_of(&ep.url) }),
-            _ => serde_json::json!({ "URL": ep.url, "Domain": host_of(&ep.url) }),
-        };
-        let bind = proto::Bind {
-            client_id: id.clone(),
-            proto: ep.proto.as_str().into(),
-            forwards_to: ep.upstream.to_string(),
-            forwards_proto: String::new(),
-            opts,
-            extra: Default::default(),
-        };
-        let resp: proto::BindResp = match rpc(&mux, StreamType::Bind, &bind, config.connect_timeout).await {
-            Ok(r) => r,
-            Err(e) => {
-                close("bind failed");
-                return (Ended::Retry(format!("bind did not complete: {e}")), false);
-            }
-        };
-        if !resp.error.is_empty() {
+    shared.set_session(|s| {
+        s.account = resp.extra.account_name.clone().unwrap_or_default();
+        s.region = resp.extra.region.clone().unwrap_or_default();
+    });
+    for ep in shared.endpoints() {
+        if let Err(msg) = bind(&mux, config, &ep).await {
             close("bind failed");
-            let msg = clean(&resp.error);
             // On the first connect a refusal is the user's to fix; after that, an endpoint
             // held by our own dying session frees up, so keep trying.
             return if ever_online {
@@ -183,16 +163,16 @@ async fn session(
                 (Ended::Fatal(AgentError::Bind(msg)), false)
             };
         }
-        tracing::info!(url = %resp.url, upstream = %ep.upstream, "endpoint online");
-        urls.push(resp.url);
-        bound.insert(id, Arc::new(ep.clone()));
     }
-    status.send_replace(Status::Online { session_id: resp.client_id.clone(), urls });
+    shared.publish_online(&resp.client_id);
 
-    let heartbeats =
-        warren_mux::typed::run_heartbeats(&mux, config.heartbeat_interval, config.heartbeat_tolerance);
+    let heartbeats = warren_mux::typed::run_heartbeats_with(
+        &mux,
+        config.heartbeat_interval,
+        config.heartbeat_tolerance,
+        |rtt| shared.set_session(|s| s.latency = Some(rtt)),
+    );
     tokio::pin!(heartbeats);
-    let bound = Arc::new(bound);
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel(1);
     loop {
         tokio::select! {
@@ -201,9 +181,9 @@ async fn session(
                     let why = mux.remote_goaway().map_or_else(|| "the edge closed the session".to_owned(), |(_, m)| format!("the edge closed the session: {m}"));
                     return (Ended::Retry(why), true);
                 };
-                let (bound, cmd_tx) = (bound.clone(), cmd_tx.clone());
+                let (shared, cmd_tx) = (shared.clone(), cmd_tx.clone());
                 tokio::spawn(async move {
-                    if let Some(cmd) = handle_stream(stream, &bound).await {
+                    if let Some(cmd) = handle_stream(stream, &shared).await {
                         let _ = cmd_tx.send(cmd).await;
                     }
                 });
@@ -216,6 +196,22 @@ async fn session(
                 Command::Restart => {
                     close("restart requested");
                     return (Ended::Retry("the edge asked for a restart".into()), true);
+                }
+            },
+            Some(c) = control.recv() => match c {
+                Control::Add(ep, reply) => {
+                    let r = bind(&mux, config, &ep).await;
+                    if r.is_ok() {
+                        shared.add(ep);
+                        shared.publish_online(&resp.client_id);
+                    }
+                    let _ = reply.send(r);
+                }
+                Control::Remove(ep, reply) => {
+                    let r = unbind(&mux, config, &ep).await;
+                    shared.remove(&ep.id);
+                    shared.publish_online(&resp.client_id);
+                    let _ = reply.send(r);
                 }
             },
             e = &mut heartbeats => {
@@ -231,13 +227,55 @@ async fn session(
     }
 }
 
+/// Binds one endpoint on the session and records its URL.
+async fn bind(mux: &Mux, config: &AgentConfig, live: &LiveEndpoint) -> Result<(), String> {
+    let ep = &live.config;
+    let opts = match ep.proto {
+        EndpointProto::Tcp => {
+            serde_json::json!({ "Addr": ep.url.strip_prefix("tcp://").unwrap_or(&ep.url) })
+        }
+        EndpointProto::Tls => serde_json::json!({ "URL": ep.url, "Hostname": host_of(&ep.url) }),
+        _ => serde_json::json!({ "URL": ep.url, "Domain": host_of(&ep.url) }),
+    };
+    let bind = proto::Bind {
+        client_id: live.id.clone(),
+        proto: ep.proto.as_str().into(),
+        forwards_to: ep.upstream.to_string(),
+        forwards_proto: String::new(),
+        opts,
+        extra: Default::default(),
+    };
+    let resp: proto::BindResp = rpc(mux, StreamType::Bind, &bind, config.connect_timeout)
+        .await
+        .map_err(|e| format!("bind did not complete: {e}"))?;
+    if !resp.error.is_empty() {
+        return Err(clean(&resp.error));
+    }
+    tracing::info!(name = %live.name, url = %resp.url, upstream = %ep.upstream, "endpoint online");
+    live.set_url(&resp.url);
+    Ok(())
+}
+
+/// Releases one endpoint on the session.
+async fn unbind(mux: &Mux, config: &AgentConfig, live: &LiveEndpoint) -> Result<(), String> {
+    let req = proto::Unbind { client_id: live.id.clone() };
+    let resp: proto::UnbindResp = rpc(mux, StreamType::Unbind, &req, config.connect_timeout)
+        .await
+        .map_err(|e| format!("unbind did not complete: {e}"))?;
+    if !resp.error.is_empty() {
+        return Err(clean(&resp.error));
+    }
+    tracing::info!(name = %live.name, url = %live.url(), "endpoint stopped");
+    Ok(())
+}
+
 enum Command {
     Stop,
     Restart,
 }
 
 /// Handles one stream the edge opened (in its own task); commands are answered and returned.
-async fn handle_stream(mut stream: Stream, bound: &HashMap<String, Arc<EndpointConfig>>) -> Option<Command> {
+async fn handle_stream(mut stream: Stream, shared: &Arc<Shared>) -> Option<Command> {
     let mut ty = [0u8; 4];
     if tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut ty))
         .await
@@ -248,8 +286,8 @@ async fn handle_stream(mut stream: Stream, bound: &HashMap<String, Arc<EndpointC
     match StreamType::from_u32(u32::from_be_bytes(ty)) {
         StreamType::Proxy => {
             match read_proxy_header(&mut stream).await {
-                Ok(header) => match bound.get(&header.id) {
-                    Some(ep) => forward::forward(stream, &header, ep).await,
+                Ok(header) => match shared.endpoint_by_id(&header.id) {
+                    Some(ep) => forward::forward(stream, &header, &ep, shared).await,
                     None => stream.reset(ErrorCode::StreamRefused),
                 },
                 Err(e) => {
@@ -343,6 +381,24 @@ async fn rpc<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
         proto::decode("reply", &bytes).map_err(|e| e.to_string())
     };
     tokio::time::timeout(timeout, call).await.map_err(|_| "the edge did not answer in time".to_owned())?
+}
+
+/// Why TLS with the edge failed, and what to change.
+fn tls_failure(host: &str, port: u16, e: &std::io::Error) -> String {
+    let text = e.to_string();
+    if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+        format!(
+            "the edge's certificate at {host}:{port} is not trusted ({text}); set connect_cas (--connect-cas) to the edge's CA file, which the edge prints when it starts, or `host` to use this machine's trust store"
+        )
+    } else if text.contains("NotValidForName") {
+        format!(
+            "the edge's certificate does not cover {host:?} ({text}); use a connect_url host name the edge serves (its base domain or a --connect-hostname)"
+        )
+    } else if text.contains("Expired") {
+        format!("the edge's certificate has expired ({text}); the edge's administrator must renew it")
+    } else {
+        format!("TLS with the edge at {host}:{port} failed: {text}")
+    }
 }
 
 /// The error text without the code line, plus the code in brackets.

@@ -43,6 +43,16 @@ pub enum HeartbeatError {
 /// Sends a heartbeat every `interval` on one stream and waits up to `tolerance` for each echo.
 /// Returns only when heartbeating failed; the caller then treats the session as dead.
 pub async fn run_heartbeats(mux: &Mux, interval: Duration, tolerance: Duration) -> HeartbeatError {
+    run_heartbeats_with(mux, interval, tolerance, |_| {}).await
+}
+
+/// [`run_heartbeats`], reporting each round trip to `on_rtt` (the agent shows it as latency).
+pub async fn run_heartbeats_with(
+    mux: &Mux,
+    interval: Duration,
+    tolerance: Duration,
+    mut on_rtt: impl FnMut(Duration),
+) -> HeartbeatError {
     let mut s = match mux.open_typed(HEARTBEAT_TYPE).await {
         Ok(s) => s,
         Err(e) => return e.into(),
@@ -53,6 +63,7 @@ pub async fn run_heartbeats(mux: &Mux, interval: Duration, tolerance: Duration) 
         tokio::time::sleep(interval).await;
         n += 1;
         let id = (seed.hash_one(n) as u32).to_be_bytes();
+        let sent = tokio::time::Instant::now();
         if let Err(e) = s.write_all(&id).await {
             return e.into();
         }
@@ -61,7 +72,7 @@ pub async fn run_heartbeats(mux: &Mux, interval: Duration, tolerance: Duration) 
             Err(_) => return HeartbeatError::Timeout(tolerance),
             Ok(Err(e)) => return e.into(),
             Ok(Ok(_)) if echo != id => return HeartbeatError::Mismatch,
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => on_rtt(sent.elapsed()),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! RFC 3339 timestamps without a date crate.
+//! Timestamps: RFC 3339 text (shared with the agent through warren-proto) and unix seconds.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -8,22 +8,7 @@ pub fn now_rfc3339() -> String {
     rfc3339(secs)
 }
 
-/// Unix seconds as RFC 3339 UTC.
-pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate for one format.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
+pub use warren_proto::rfc3339;
 
 /// Seconds since the Unix epoch, now.
 pub(crate) fn now_secs() -> u64 {

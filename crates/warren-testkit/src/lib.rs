@@ -29,6 +29,8 @@ use warren_edge::{Edge, EdgeConfig};
 
 pub use tempfile::TempDir;
 
+pub mod webdriver;
+
 /// How long any single step of a test may take before the test fails instead of hanging.
 pub const STEP: Duration = Duration::from_secs(30);
 
@@ -438,6 +440,8 @@ pub struct HttpUpstream {
     pub addr: SocketAddr,
     /// Requests served so far.
     pub requests: Arc<AtomicUsize>,
+    /// Path and query, and headers, of every request, in arrival order.
+    pub seen: Arc<std::sync::Mutex<Vec<(String, http::HeaderMap)>>>,
     task: JoinHandle<()>,
 }
 
@@ -447,13 +451,16 @@ impl HttpUpstream {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind upstream");
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
-        let counter = requests.clone();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (counter, log) = (requests.clone(), seen.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { return };
-                let counter = counter.clone();
+                let (counter, log) = (counter.clone(), log.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let path = req.uri().path_and_query().map_or("/".into(), |p| p.to_string());
+                        log.lock().unwrap().push((path, req.headers().clone()));
                         counter.fetch_add(1, Ordering::SeqCst);
                         upstream_handle(req)
                     });
@@ -464,7 +471,7 @@ impl HttpUpstream {
                 });
             }
         });
-        HttpUpstream { addr, requests, task }
+        HttpUpstream { addr, requests, seen, task }
     }
 
     /// `http://127.0.0.1:port`, for [`EndpointConfig::http`].

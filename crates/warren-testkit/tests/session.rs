@@ -1,5 +1,8 @@
 //! Agent sessions: authentication, endpoint ownership, reconnects and dead sessions.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use hyper::StatusCode;
 use warren_agent::{Agent, AgentError, EndpointConfig, Status};
 use warren_testkit::*;
@@ -200,4 +203,105 @@ async fn the_edge_runs_on_postgresql() {
         .execute(&mut admin)
         .await
         .unwrap();
+}
+
+/// A TCP relay whose current connections can be silently cut: bytes stop flowing both ways
+/// but no FIN or RST is sent, as when a laptop sleeps or changes networks. Connections made
+/// after the cut pass again.
+struct Relay {
+    addr: std::net::SocketAddr,
+    generation: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(to: std::net::SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let generation = Arc::new(AtomicU64::new(0));
+        let g = generation.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((a, _)) = listener.accept().await else { return };
+                let Ok(b) = tokio::net::TcpStream::connect(to).await else { continue };
+                let born = g.load(Ordering::SeqCst);
+                let (ar, aw) = a.into_split();
+                let (br, bw) = b.into_split();
+                tokio::spawn(pipe(ar, bw, g.clone(), born));
+                tokio::spawn(pipe(br, aw, g.clone(), born));
+            }
+        });
+        Relay { addr, generation, task }
+    }
+
+    fn cut(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pipe(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    generation: Arc<AtomicU64>,
+    born: u64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if generation.load(Ordering::SeqCst) != born {
+            // Cut: keep both sockets open and carry nothing more.
+            let _hold = (r, w);
+            std::future::pending::<()>().await;
+            return;
+        }
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn after_a_silently_dropped_network_the_agent_resumes_with_the_same_urls_at_the_first_try() {
+    let edge = TestEdge::start().await;
+    let relay = Relay::start(edge.edge().connect_addr).await;
+    let up = HttpUpstream::start().await;
+    let ep = EndpointConfig::http(&up.url(), Some("https://roam.warren.localhost")).unwrap();
+    let mut config = edge.agent_with(ep);
+    config.connect_url = format!("localhost:{}", relay.addr.port());
+    let mut agent = Agent::start(config);
+    let urls = within("online", agent.wait_online()).await.unwrap();
+    assert_eq!(https_get(&edge, "roam.warren.localhost", "/").await.0, StatusCode::OK);
+
+    // The network goes away without a word; the edge still believes in the old session.
+    relay.cut();
+    let mut failed_attempts = 0;
+    loop {
+        match within("status change", agent.next_status()).await {
+            Status::Reconnecting { error, .. } => {
+                failed_attempts += 1;
+                assert!(!error.contains("ERR_NGROK_334"), "no 'already bound' on resume: {error}");
+            }
+            Status::Online { urls: again, .. } => {
+                assert_eq!(again, urls, "the same URL is bound again");
+                break;
+            }
+            Status::Stopped(e) => panic!("agent stopped: {e:?}"),
+            Status::Connecting => {}
+        }
+    }
+    // One status for the lost session itself; the first new attempt succeeded.
+    assert_eq!(failed_attempts, 1, "the resumed session took over its endpoints at once");
+    let (status, _, body) = within("after resume", https_get(&edge, "roam.warren.localhost", "/")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from upstream"));
+    edge.wait_sessions(1).await;
 }
