@@ -1,0 +1,747 @@
+//! Actions: each one's configuration, checked when the policy is compiled, and what it does
+//! to a connection, request or response. Terminating actions return a [`Verdict`].
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+use crate::ratelimit::SlidingWindow;
+use crate::vars::{Cidr, Needs};
+use crate::{CompileEnv, LogEntry, Phase, Run, Verdict, compile_expr};
+
+/// A compiled action.
+pub(crate) enum Action {
+    RestrictIps {
+        allow: Vec<Cidr>,
+        deny: Vec<Cidr>,
+        enforce: bool,
+    },
+    BasicAuth {
+        credentials: Vec<[u8; 32]>,
+        realm: String,
+        enforce: bool,
+    },
+    RateLimit {
+        window: SlidingWindow,
+        bucket: Vec<cel::Program>,
+        needs: Needs,
+    },
+    AddHeaders(Vec<(HeaderName, Template)>),
+    RemoveHeaders(Vec<HeaderName>),
+    UrlRewrite {
+        from: regex::Regex,
+        to: Template,
+    },
+    Redirect {
+        from: Option<regex::Regex>,
+        to: Template,
+        status: u16,
+        headers: Vec<(HeaderName, Template)>,
+    },
+    CustomResponse {
+        status: u16,
+        body: Template,
+        headers: Vec<(HeaderName, Template)>,
+    },
+    Deny {
+        status: u16,
+    },
+    CloseConnection,
+    Log {
+        metadata: Vec<(String, Template)>,
+    },
+    /// Applied by the edge's TLS front; accepted here so the document compiles.
+    TerminateTls,
+}
+
+/// Header and URI changes a rule made, applied after it ran.
+#[derive(Default)]
+pub(crate) struct Changes {
+    remove: Vec<HeaderName>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    uri: Option<http::Uri>,
+}
+
+impl Changes {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.add.is_empty() && self.uri.is_none()
+    }
+
+    pub(crate) fn apply_request(self, req: &mut http::request::Parts) {
+        for n in &self.remove {
+            req.headers.remove(n);
+        }
+        for (n, v) in self.add {
+            req.headers.append(n, v);
+        }
+        if let Some(u) = self.uri {
+            req.uri = u;
+        }
+    }
+
+    pub(crate) fn apply_response(self, res: &mut http::response::Parts) {
+        for n in &self.remove {
+            res.headers.remove(n);
+        }
+        for (n, v) in self.add {
+            res.headers.append(n, v);
+        }
+    }
+}
+
+/// A config string with `${expression}` parts.
+pub(crate) struct Template {
+    parts: Vec<Part>,
+    needs: Needs,
+}
+
+enum Part {
+    Text(String),
+    Expr(cel::Program),
+}
+
+impl Template {
+    pub(crate) fn compile(s: &str, phase: Phase) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut needs = Needs::default();
+        let mut rest = s;
+        while let Some(start) = rest.find("${") {
+            if start > 0 {
+                parts.push(Part::Text(rest[..start].to_owned()));
+            }
+            let after = &rest[start + 2..];
+            let end = closing_brace(after).ok_or_else(|| format!("unclosed ${{ in {s:?}"))?;
+            let program = compile_expr(&after[..end], phase)?;
+            needs = needs.union(Needs::of(&program));
+            parts.push(Part::Expr(program));
+            rest = &after[end + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        Ok(Template { parts, needs })
+    }
+
+    fn render(&self, run: &Run<'_>) -> String {
+        let mut out = String::new();
+        let ctx = (!self.parts.iter().all(|p| matches!(p, Part::Text(_))))
+            .then(|| run.vars.context(&run.msg, self.needs));
+        for p in &self.parts {
+            match (p, &ctx) {
+                (Part::Text(t), _) => out.push_str(t),
+                // An expression that fails at run time (a missing header) renders as empty.
+                (Part::Expr(e), Some(ctx)) => {
+                    if let Ok(v) = e.execute(ctx) {
+                        out.push_str(&value_text(&v));
+                    }
+                }
+                (Part::Expr(_), None) => {}
+            }
+        }
+        out
+    }
+}
+
+/// The `}` that closes an interpolation, skipping braces inside string literals and maps.
+fn closing_brace(s: &str) -> Option<usize> {
+    let mut depth = 0;
+    let mut quote = None;
+    for (i, c) in s.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '{') => depth += 1,
+            (None, '}') if depth == 0 => return Some(i),
+            (None, '}') => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+fn value_text(v: &cel::objects::Value) -> String {
+    use cel::objects::Value;
+    match v {
+        Value::String(s) => s.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => String::new(),
+        Value::List(l) => l.iter().map(value_text).collect::<Vec<_>>().join(","),
+        Value::Timestamp(t) => t.to_rfc3339(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestrictIpsConfig {
+    #[serde(default = "yes")]
+    enforce: bool,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    ip_policies: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BasicAuthConfig {
+    credentials: Vec<String>,
+    #[serde(default)]
+    realm: Option<String>,
+    #[serde(default = "yes")]
+    enforce: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitConfig {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    algorithm: Option<String>,
+    capacity: u64,
+    rate: String,
+    #[serde(default)]
+    bucket_key: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeadersConfig {
+    headers: serde_json::Map<String, Json>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveHeadersConfig {
+    headers: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RewriteConfig {
+    from: String,
+    to: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedirectConfig {
+    #[serde(default)]
+    from: Option<String>,
+    to: String,
+    #[serde(default)]
+    status_code: Option<u16>,
+    #[serde(default)]
+    headers: serde_json::Map<String, Json>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomResponseConfig {
+    #[serde(default)]
+    status_code: Option<u16>,
+    #[serde(default, alias = "content")]
+    body: Option<String>,
+    #[serde(default)]
+    headers: serde_json::Map<String, Json>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyConfig {
+    #[serde(default)]
+    status_code: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogConfig {
+    #[serde(default)]
+    metadata: serde_json::Map<String, Json>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn config<T: serde::de::DeserializeOwned>(v: &Json) -> Result<T, String> {
+    let v = if v.is_null() { Json::Object(Default::default()) } else { v.clone() };
+    serde_json::from_value(v).map_err(|e| format!("invalid config: {e}"))
+}
+
+fn status(code: Option<u16>, default: u16) -> Result<u16, String> {
+    let c = code.unwrap_or(default);
+    if (100..=599).contains(&c) { Ok(c) } else { Err(format!("status_code {c} is not an HTTP status")) }
+}
+
+fn header_templates(
+    m: &serde_json::Map<String, Json>,
+    phase: Phase,
+) -> Result<Vec<(HeaderName, Template)>, String> {
+    m.iter()
+        .map(|(k, v)| {
+            let name =
+                HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("{k:?} is not a header name"))?;
+            let text = match v {
+                Json::String(s) => s.clone(),
+                Json::Number(n) => n.to_string(),
+                Json::Bool(b) => b.to_string(),
+                other => return Err(format!("header {k}: the value must be a string, not {other}")),
+            };
+            Ok((name, Template::compile(&text, phase)?))
+        })
+        .collect()
+}
+
+fn only_in(kind: &str, phase: Phase, allowed: &[Phase]) -> Result<(), String> {
+    if allowed.contains(&phase) {
+        return Ok(());
+    }
+    let names: Vec<&str> = allowed.iter().map(|p| p.name()).collect();
+    Err(format!("{kind} can be used in {} only", names.join(" and ")))
+}
+
+impl Action {
+    pub(crate) fn compile(
+        doc: &crate::document::ActionDoc,
+        phase: Phase,
+        env: &CompileEnv,
+    ) -> Result<Action, String> {
+        use Phase::*;
+        let kind = doc.kind.as_str();
+        Ok(match kind {
+            "restrict-ips" => {
+                let c: RestrictIpsConfig = config(&doc.config)?;
+                let parse =
+                    |list: &[String]| list.iter().map(|s| Cidr::parse(s)).collect::<Result<Vec<_>, _>>();
+                let mut allow = parse(&c.allow)?;
+                let mut deny = parse(&c.deny)?;
+                for id in &c.ip_policies {
+                    let (a, d) = env
+                        .ip_policies
+                        .get(id)
+                        .ok_or_else(|| format!("no IP policy {id:?} in this account"))?;
+                    allow.extend(a);
+                    deny.extend(d);
+                }
+                if allow.is_empty() && deny.is_empty() {
+                    return Err("give allow, deny or ip_policies".into());
+                }
+                Action::RestrictIps { allow, deny, enforce: c.enforce }
+            }
+            "basic-auth" => {
+                only_in(kind, phase, &[HttpRequest])?;
+                let c: BasicAuthConfig = config(&doc.config)?;
+                if c.credentials.is_empty() {
+                    return Err("credentials must list at least one \"user:password\"".into());
+                }
+                let mut credentials = Vec::new();
+                for cred in &c.credentials {
+                    let Some((user, pass)) = cred.split_once(':') else {
+                        return Err("each credential is \"user:password\"".into());
+                    };
+                    if user.is_empty() || pass.len() < 8 || pass.len() > 128 {
+                        return Err(format!(
+                            "credential for {user:?}: the password must be 8 to 128 characters"
+                        ));
+                    }
+                    credentials.push(digest(cred.as_bytes()));
+                }
+                Action::BasicAuth {
+                    credentials,
+                    realm: c.realm.unwrap_or_else(|| "warren".into()),
+                    enforce: c.enforce,
+                }
+            }
+            "rate-limit" => {
+                only_in(kind, phase, &[HttpRequest])?;
+                let c: RateLimitConfig = config(&doc.config)?;
+                if c.algorithm.as_deref().is_some_and(|a| a != "sliding_window") {
+                    return Err("algorithm must be sliding_window".into());
+                }
+                let rate = parse_duration(&c.rate)?;
+                if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&rate) {
+                    return Err("rate must be between 1s and 24h".into());
+                }
+                if c.capacity == 0 {
+                    return Err("capacity must be at least 1".into());
+                }
+                let mut needs = Needs::default();
+                let mut bucket = Vec::new();
+                for key in &c.bucket_key {
+                    let p = compile_expr(key, phase)?;
+                    needs = needs.union(Needs::of(&p));
+                    bucket.push(p);
+                }
+                let _ = c.name;
+                Action::RateLimit { window: SlidingWindow::new(c.capacity, rate), bucket, needs }
+            }
+            "add-headers" => {
+                only_in(kind, phase, &[HttpRequest, HttpResponse])?;
+                let c: HeadersConfig = config(&doc.config)?;
+                Action::AddHeaders(header_templates(&c.headers, phase)?)
+            }
+            "remove-headers" => {
+                only_in(kind, phase, &[HttpRequest, HttpResponse])?;
+                let c: RemoveHeadersConfig = config(&doc.config)?;
+                let names = c
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        HeaderName::from_bytes(h.as_bytes())
+                            .map_err(|_| format!("{h:?} is not a header name"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                Action::RemoveHeaders(names)
+            }
+            "url-rewrite" => {
+                only_in(kind, phase, &[HttpRequest])?;
+                let c: RewriteConfig = config(&doc.config)?;
+                let from = regex::Regex::new(&c.from)
+                    .map_err(|e| format!("from is not a regular expression: {e}"))?;
+                Action::UrlRewrite { from, to: Template::compile(&c.to, phase)? }
+            }
+            "redirect" => {
+                only_in(kind, phase, &[HttpRequest, HttpResponse])?;
+                let c: RedirectConfig = config(&doc.config)?;
+                let from = c
+                    .from
+                    .as_deref()
+                    .map(regex::Regex::new)
+                    .transpose()
+                    .map_err(|e| format!("from is not a regular expression: {e}"))?;
+                let status = status(c.status_code, 302)?;
+                if !(300..=399).contains(&status) {
+                    return Err(format!("status_code {status} is not a redirect (3xx)"));
+                }
+                Action::Redirect {
+                    from,
+                    to: Template::compile(&c.to, phase)?,
+                    status,
+                    headers: header_templates(&c.headers, phase)?,
+                }
+            }
+            "custom-response" => {
+                only_in(kind, phase, &[HttpRequest, HttpResponse])?;
+                let c: CustomResponseConfig = config(&doc.config)?;
+                Action::CustomResponse {
+                    status: status(c.status_code, 200)?,
+                    body: Template::compile(c.body.as_deref().unwrap_or(""), phase)?,
+                    headers: header_templates(&c.headers, phase)?,
+                }
+            }
+            "deny" => {
+                let c: DenyConfig = config(&doc.config)?;
+                Action::Deny { status: status(c.status_code, 403)? }
+            }
+            "close-connection" => {
+                let _: DenyConfig = config(&Json::Null)?;
+                Action::CloseConnection
+            }
+            "log" => {
+                let c: LogConfig = config(&doc.config)?;
+                let metadata = c
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| {
+                        let text = match v {
+                            Json::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        Ok((k.clone(), Template::compile(&text, phase)?))
+                    })
+                    .collect::<Result<_, String>>()?;
+                Action::Log { metadata }
+            }
+            "terminate-tls" => {
+                only_in(kind, phase, &[TcpConnect])?;
+                Action::TerminateTls
+            }
+            "verify-webhook" | "jwt-validation" | "openid-connect" | "oidc" | "oauth" | "saml" => {
+                return Err(format!(
+                    "{kind} is not supported by warren yet; the endpoint is refused rather than left unprotected"
+                ));
+            }
+            other => return Err(format!("unknown action type {other:?}")),
+        })
+    }
+
+    pub(crate) fn needs(&self) -> Needs {
+        let mut n = Needs::default();
+        let mut add = |t: &Template| n = n.union(t.needs);
+        match self {
+            Action::RateLimit { needs, .. } => return *needs,
+            Action::AddHeaders(h) => h.iter().for_each(|(_, t)| add(t)),
+            Action::UrlRewrite { to, .. } => add(to),
+            Action::Redirect { to, headers, .. } => {
+                add(to);
+                headers.iter().for_each(|(_, t)| add(t));
+            }
+            Action::CustomResponse { body, headers, .. } => {
+                add(body);
+                headers.iter().for_each(|(_, t)| add(t));
+            }
+            Action::Log { metadata } => metadata.iter().for_each(|(_, t)| add(t)),
+            _ => {}
+        }
+        // The URL-matching actions read the request's URL.
+        if matches!(self, Action::UrlRewrite { .. } | Action::Redirect { .. } | Action::BasicAuth { .. }) {
+            n.req = true;
+        }
+        n
+    }
+
+    /// Runs the action; `Some` ends the chain. `changes` is `None` in `on_tcp_connect`.
+    pub(crate) fn run(
+        &self,
+        run: &mut Run<'_>,
+        rule: &str,
+        changes: &mut Option<Changes>,
+        _status: Option<u16>,
+        mono: Instant,
+    ) -> Option<Verdict> {
+        let http = changes.is_some();
+        match self {
+            Action::RestrictIps { allow, deny, enforce } => {
+                let ip = run.msg.conn.client_ip;
+                if ip_allowed(ip, allow, deny) {
+                    return None;
+                }
+                run.logs.push(LogEntry {
+                    rule: rule.to_owned(),
+                    metadata: note("restrict-ips", &format!("{ip} refused")),
+                });
+                if !*enforce {
+                    return None;
+                }
+                Some(if http {
+                    response(403, "text/plain", format!("Access from {ip} is not allowed.\n"))
+                } else {
+                    Verdict::Close
+                })
+            }
+            Action::BasicAuth { credentials, realm, enforce } => {
+                let req = run.msg.req.as_ref()?;
+                let given = req
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")))
+                    .and_then(|b| {
+                        use base64::Engine;
+                        base64::engine::general_purpose::STANDARD.decode(b.trim()).ok()
+                    });
+                if let Some(given) = given {
+                    let d = digest(&given);
+                    // Every credential is compared, in constant time, so timing tells nothing.
+                    let mut ok = subtle::Choice::from(0u8);
+                    for c in credentials {
+                        ok |= subtle::ConstantTimeEq::ct_eq(&c[..], &d[..]);
+                    }
+                    if bool::from(ok) {
+                        return None;
+                    }
+                }
+                if !*enforce {
+                    return None;
+                }
+                let mut r = http::Response::new(Bytes::from_static(b"Authentication required.\n"));
+                *r.status_mut() = http::StatusCode::UNAUTHORIZED;
+                let challenge = format!("Basic realm=\"{}\", charset=\"UTF-8\"", realm.replace('"', ""));
+                if let Ok(v) = HeaderValue::from_str(&challenge) {
+                    r.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+                }
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                Some(Verdict::Respond(r))
+            }
+            Action::RateLimit { window, bucket, needs } => {
+                let key = if bucket.is_empty() {
+                    String::new()
+                } else {
+                    let ctx = run.vars.context(&run.msg, *needs);
+                    bucket
+                        .iter()
+                        .map(|p| p.execute(&ctx).map(|v| value_text(&v)).unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join("\u{1f}")
+                };
+                match window.hit(&key, mono) {
+                    Ok(()) => None,
+                    Err(retry) => {
+                        let mut r =
+                            http::Response::new(Bytes::from_static(b"Too many requests; slow down.\n"));
+                        *r.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+                        r.headers_mut()
+                            .insert(http::header::RETRY_AFTER, HeaderValue::from(retry.as_secs().max(1)));
+                        Some(Verdict::Respond(r))
+                    }
+                }
+            }
+            Action::AddHeaders(headers) => {
+                let ch = changes.as_mut()?;
+                for (name, t) in headers {
+                    if let Ok(v) = HeaderValue::from_str(&t.render(run)) {
+                        ch.remove.push(name.clone());
+                        ch.add.push((name.clone(), v));
+                    }
+                }
+                None
+            }
+            Action::RemoveHeaders(names) => {
+                changes.as_mut()?.remove.extend(names.iter().cloned());
+                None
+            }
+            Action::UrlRewrite { from, to } => {
+                let req = run.msg.req.as_ref()?;
+                let full = full_url(req);
+                let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+                let target = to.render(run);
+                let rewritten = if from.is_match(&full) {
+                    from.replace(&full, target.as_str()).into_owned()
+                } else if from.is_match(path) {
+                    from.replace(path, target.as_str()).into_owned()
+                } else {
+                    return None;
+                };
+                let origin = match rewritten.split_once("://") {
+                    Some((_, rest)) => rest.find('/').map_or("/".to_owned(), |i| rest[i..].to_owned()),
+                    None => rewritten,
+                };
+                if let Ok(u) = origin.parse::<http::Uri>() {
+                    changes.as_mut()?.uri = Some(u);
+                }
+                None
+            }
+            Action::Redirect { from, to, status, headers } => {
+                let target = to.render(run);
+                let location = match (from, run.msg.req.as_ref()) {
+                    (Some(from), Some(req)) => {
+                        let full = full_url(req);
+                        if !from.is_match(&full) {
+                            return None;
+                        }
+                        from.replace(&full, target.as_str()).into_owned()
+                    }
+                    _ => target,
+                };
+                let mut r = http::Response::new(Bytes::new());
+                *r.status_mut() = http::StatusCode::from_u16(*status).unwrap_or(http::StatusCode::FOUND);
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    r.headers_mut().insert(http::header::LOCATION, v);
+                }
+                for (name, t) in headers {
+                    if let Ok(v) = HeaderValue::from_str(&t.render(run)) {
+                        r.headers_mut().append(name.clone(), v);
+                    }
+                }
+                Some(Verdict::Respond(r))
+            }
+            Action::CustomResponse { status, body, headers } => {
+                let mut r = http::Response::new(Bytes::from(body.render(run)));
+                *r.status_mut() = http::StatusCode::from_u16(*status).unwrap_or(http::StatusCode::OK);
+                for (name, t) in headers {
+                    if let Ok(v) = HeaderValue::from_str(&t.render(run)) {
+                        r.headers_mut().append(name.clone(), v);
+                    }
+                }
+                Some(Verdict::Respond(r))
+            }
+            Action::Deny { status } => Some(if http {
+                let reason = http::StatusCode::from_u16(*status)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("Denied");
+                response(*status, "text/plain; charset=utf-8", format!("{reason}\n"))
+            } else {
+                Verdict::Close
+            }),
+            Action::CloseConnection => Some(Verdict::Close),
+            Action::Log { metadata } => {
+                let m = metadata.iter().map(|(k, t)| (k.clone(), Json::String(t.render(run)))).collect();
+                run.logs.push(LogEntry { rule: rule.to_owned(), metadata: m });
+                None
+            }
+            Action::TerminateTls => None,
+        }
+    }
+}
+
+fn full_url(req: &crate::vars::ReqView<'_>) -> String {
+    let host = req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    format!("{}://{host}{}", req.scheme, req.uri.path_and_query().map_or("/", |p| p.as_str()))
+}
+
+fn note(action: &str, msg: &str) -> serde_json::Map<String, Json> {
+    let mut m = serde_json::Map::new();
+    m.insert("action".into(), Json::String(action.into()));
+    m.insert("message".into(), Json::String(msg.into()));
+    m
+}
+
+fn response(status: u16, content_type: &'static str, body: String) -> Verdict {
+    let mut r = http::Response::new(Bytes::from(body));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::FORBIDDEN);
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Verdict::Respond(r)
+}
+
+/// Denied if a deny block matches; otherwise allowed when there is no allow list or an
+/// allow block matches.
+pub(crate) fn ip_allowed(ip: IpAddr, allow: &[Cidr], deny: &[Cidr]) -> bool {
+    if deny.iter().any(|c| c.contains(ip)) {
+        return false;
+    }
+    allow.is_empty() || allow.iter().any(|c| c.contains(ip))
+}
+
+fn digest(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
+}
+
+/// `60s`, `1m`, `1h`, `1h30m`, `500ms`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let mut total = Duration::ZERO;
+    let mut num = String::new();
+    let mut chars = s.trim().chars().peekable();
+    if s.trim().is_empty() {
+        return Err("empty duration".into());
+    }
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 60s or 1m"))?;
+        num.clear();
+        let unit = match (c, chars.peek()) {
+            ('m', Some('s')) => {
+                chars.next();
+                Duration::from_millis(n)
+            }
+            ('s', _) => Duration::from_secs(n),
+            ('m', _) => Duration::from_secs(n * 60),
+            ('h', _) => Duration::from_secs(n * 3600),
+            _ => return Err(format!("{s:?} is not a duration like 60s or 1m")),
+        };
+        total += unit;
+    }
+    if !num.is_empty() {
+        return Err(format!("{s:?} needs a unit (s, m, h)"));
+    }
+    Ok(total)
+}

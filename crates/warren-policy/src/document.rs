@@ -1,0 +1,102 @@
+//! The document as written: ngrok's Traffic Policy in YAML or JSON, before compilation.
+
+use serde::Deserialize;
+
+use crate::PolicyError;
+
+/// A traffic policy document.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    /// Rules run when a connection arrives (every endpoint type).
+    #[serde(default)]
+    pub on_tcp_connect: Vec<RuleDoc>,
+    /// Rules run on each HTTP request, before it is forwarded.
+    #[serde(default)]
+    pub on_http_request: Vec<RuleDoc>,
+    /// Rules run on each HTTP response, before it is returned.
+    #[serde(default)]
+    pub on_http_response: Vec<RuleDoc>,
+    /// The legacy name of `on_http_request` (and of `on_tcp_connect` on tcp/tls endpoints).
+    #[serde(default)]
+    pub inbound: Vec<RuleDoc>,
+    /// The legacy name of `on_http_response`.
+    #[serde(default)]
+    pub outbound: Vec<RuleDoc>,
+}
+
+/// One rule: when every expression is true, the actions run in order.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDoc {
+    /// Shown in errors and logs.
+    #[serde(default)]
+    pub name: String,
+    /// CEL expressions, ANDed; none means always.
+    #[serde(default)]
+    pub expressions: Vec<String>,
+    /// Actions, in order.
+    #[serde(default)]
+    pub actions: Vec<ActionDoc>,
+}
+
+/// One action: its type and configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionDoc {
+    /// `restrict-ips`, `deny`, `add-headers`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The action's settings.
+    #[serde(default)]
+    pub config: serde_json::Value,
+}
+
+impl Document {
+    /// Parses YAML or JSON (JSON is YAML, but its errors read better from the JSON parser).
+    pub fn parse(text: &str) -> Result<Document, PolicyError> {
+        let trimmed = text.trim_start();
+        if trimmed.starts_with('{') {
+            serde_json::from_str(trimmed).map_err(|e| PolicyError::Syntax(format!("invalid JSON: {e}")))
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| PolicyError::Syntax(format!("invalid YAML: {e}")))
+        }
+    }
+
+    /// A document as ngrok's clients send it in a Bind: a JSON object, or a string holding
+    /// YAML or JSON.
+    pub fn from_value(v: &serde_json::Value) -> Result<Document, PolicyError> {
+        match v {
+            serde_json::Value::String(s) => Document::parse(s),
+            serde_json::Value::Object(_) => serde_json::from_value(v.clone())
+                .map_err(|e| PolicyError::Syntax(format!("invalid traffic policy: {e}"))),
+            serde_json::Value::Null => Ok(Document::default()),
+            other => {
+                Err(PolicyError::Syntax(format!("a traffic policy is an object or a string, not {other}")))
+            }
+        }
+    }
+
+    /// The ids of stored IP policies that `restrict-ips` actions name, for the caller to look
+    /// up before compiling.
+    pub fn ip_policy_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        let rules = self
+            .on_tcp_connect
+            .iter()
+            .chain(&self.on_http_request)
+            .chain(&self.on_http_response)
+            .chain(&self.inbound)
+            .chain(&self.outbound);
+        for rule in rules {
+            for a in rule.actions.iter().filter(|a| a.kind == "restrict-ips") {
+                if let Some(list) = a.config.get("ip_policies").and_then(|v| v.as_array()) {
+                    ids.extend(list.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+                }
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}

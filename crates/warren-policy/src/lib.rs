@@ -1,0 +1,476 @@
+//! ngrok's Traffic Policy: documents with `on_tcp_connect`, `on_http_request` and
+//! `on_http_response` rules whose CEL expressions are compiled once, when the endpoint is
+//! bound, and whose actions decide what happens to each connection, request and response.
+//!
+//! Like the multiplexer, this crate does no I/O and reads no clock: the edge passes the
+//! connection, the message and the time in, and gets back a [`Verdict`] plus the changes
+//! made to the message. Rate-limit windows are the only state, kept inside the policy.
+//!
+//! # Layout
+//! - [`document`]: the document as written (YAML or JSON).
+//! - `vars`: the variables and functions expressions see.
+//! - `actions`: each action's configuration, checked at compile time, and what it does.
+//! - `ratelimit`: sliding-window counters for `rate-limit`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+
+mod actions;
+pub mod document;
+mod ratelimit;
+mod vars;
+
+pub use document::Document;
+pub use vars::{Cidr, ClientCertInfo, Conn, EndpointInfo, TlsInfo};
+
+use actions::Action;
+use vars::{Message, Needs, ReqView, Vars};
+
+/// Why a document cannot be used; the text names the rule and the problem.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// The document does not parse.
+    #[error("{0}")]
+    Syntax(String),
+    /// A rule is wrong: a bad expression, an unknown action, a bad action config.
+    #[error("{phase} rule {rule}: {msg}")]
+    Rule {
+        /// The phase it is in.
+        phase: &'static str,
+        /// The rule's name, or its position.
+        rule: String,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+/// Where a policy runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// A connection arrived.
+    TcpConnect,
+    /// An HTTP request arrived.
+    HttpRequest,
+    /// The upstream answered.
+    HttpResponse,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::TcpConnect => "on_tcp_connect",
+            Phase::HttpRequest => "on_http_request",
+            Phase::HttpResponse => "on_http_response",
+        }
+    }
+}
+
+/// What the caller must do after a phase ran.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Go on (the message may have been changed).
+    Continue,
+    /// Answer with this response instead of going on.
+    Respond(http::Response<Bytes>),
+    /// Close the connection without an answer.
+    Close,
+}
+
+/// One `log` action's output.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogEntry {
+    /// The rule it came from.
+    pub rule: String,
+    /// Its metadata, with `${...}` interpolated.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What the caller knows before compiling: the stored IP policies `restrict-ips` names, as
+/// `(allow, deny)` CIDR lists.
+#[derive(Clone, Debug, Default)]
+pub struct CompileEnv {
+    /// IP policy id → (allow, deny).
+    pub ip_policies: HashMap<String, (Vec<Cidr>, Vec<Cidr>)>,
+}
+
+/// A compiled policy.
+pub struct Policy {
+    tcp: Vec<Rule>,
+    req: Vec<Rule>,
+    res: Vec<Rule>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("on_tcp_connect", &self.tcp.len())
+            .field("on_http_request", &self.req.len())
+            .field("on_http_response", &self.res.len())
+            .finish()
+    }
+}
+
+struct Rule {
+    name: String,
+    exprs: Vec<(cel::Program, String)>,
+    actions: Vec<Action>,
+    needs: Needs,
+}
+
+/// Policies run one after the other: the account's first, so an endpoint's own policy can
+/// never undo it.
+#[derive(Clone, Debug, Default)]
+pub struct Chain(pub Vec<Arc<Policy>>);
+
+impl Policy {
+    /// Compiles a document for an endpoint of protocol `proto` (`http`, `https`, `tcp`,
+    /// `tls`): every expression is parsed and checked against a sample message, every action's
+    /// config is validated.
+    pub fn compile(doc: &Document, proto: &str, env: &CompileEnv) -> Result<Policy, PolicyError> {
+        let http = matches!(proto, "http" | "https");
+        let mut tcp_rules = doc.on_tcp_connect.clone();
+        let mut req_rules = doc.on_http_request.clone();
+        let mut res_rules = doc.on_http_response.clone();
+        if http {
+            req_rules.extend(doc.inbound.iter().cloned());
+            res_rules.extend(doc.outbound.iter().cloned());
+        } else {
+            tcp_rules.extend(doc.inbound.iter().cloned());
+            if !req_rules.is_empty() || !res_rules.is_empty() || !doc.outbound.is_empty() {
+                return Err(PolicyError::Syntax(format!(
+                    "a {proto} endpoint has only on_tcp_connect rules; on_http_request and on_http_response need an http or https endpoint"
+                )));
+            }
+        }
+        Ok(Policy {
+            tcp: compile_rules(&tcp_rules, Phase::TcpConnect, env)?,
+            req: compile_rules(&req_rules, Phase::HttpRequest, env)?,
+            res: compile_rules(&res_rules, Phase::HttpResponse, env)?,
+        })
+    }
+
+    /// Parses and compiles in one step.
+    pub fn from_text(text: &str, proto: &str, env: &CompileEnv) -> Result<Policy, PolicyError> {
+        Policy::compile(&Document::parse(text)?, proto, env)
+    }
+
+    /// True when the policy has no rules at all.
+    pub fn is_empty(&self) -> bool {
+        self.tcp.is_empty() && self.req.is_empty() && self.res.is_empty()
+    }
+
+    /// True when it has `on_http_response` rules (the caller may skip the phase otherwise).
+    pub fn has_response_rules(&self) -> bool {
+        !self.res.is_empty()
+    }
+}
+
+fn compile_rules(
+    rules: &[document::RuleDoc],
+    phase: Phase,
+    env: &CompileEnv,
+) -> Result<Vec<Rule>, PolicyError> {
+    let mut out = Vec::with_capacity(rules.len());
+    for (i, r) in rules.iter().enumerate() {
+        let label = if r.name.is_empty() { format!("#{}", i + 1) } else { format!("{:?}", r.name) };
+        let err = |msg: String| PolicyError::Rule { phase: phase.name(), rule: label.clone(), msg };
+        let mut needs = Needs::default();
+        let mut exprs = Vec::with_capacity(r.expressions.len());
+        for source in &r.expressions {
+            let program = compile_expr(source, phase).map_err(&err)?;
+            check_bool(&program, source, phase).map_err(&err)?;
+            needs = needs.union(Needs::of(&program));
+            exprs.push((program, source.clone()));
+        }
+        if r.actions.is_empty() {
+            return Err(err("a rule needs at least one action".into()));
+        }
+        let mut actions = Vec::with_capacity(r.actions.len());
+        for a in &r.actions {
+            let action =
+                Action::compile(a, phase, env).map_err(|m| err(format!("action {}: {m}", a.kind)))?;
+            needs = needs.union(action.needs());
+            actions.push(action);
+        }
+        out.push(Rule { name: label, exprs, actions, needs });
+    }
+    Ok(out)
+}
+
+/// Compiles one expression (after rewriting ngrok's request helpers).
+pub(crate) fn compile_expr(source: &str, phase: Phase) -> Result<cel::Program, String> {
+    let rewritten = vars::rewrite_helpers(source);
+    let program = cel::Program::compile(&rewritten)
+        .map_err(|e| format!("expression {source:?} does not parse: {e}"))?;
+    let refs = program.references();
+    for v in refs.variables() {
+        let known = match v {
+            "conn" | "endpoint" | "time" => true,
+            "req" => phase != Phase::TcpConnect,
+            "res" => phase == Phase::HttpResponse,
+            _ => false,
+        };
+        if !known {
+            let hint = match v {
+                "req" | "res" => format!(" ({v} is not available in {})", phase.name()),
+                _ => String::new(),
+            };
+            return Err(format!("expression {source:?} uses the unknown variable {v:?}{hint}"));
+        }
+    }
+    Ok(program)
+}
+
+/// A sample message, to find type errors before the first visitor does.
+fn sample<'a>(
+    conn: &'a Conn,
+    ep: &'a EndpointInfo,
+    uri: &'a http::Uri,
+    headers: &'a http::HeaderMap,
+    phase: Phase,
+) -> Message<'a> {
+    Message {
+        conn,
+        endpoint: ep,
+        now: SystemTime::UNIX_EPOCH,
+        req: (phase != Phase::TcpConnect).then_some(ReqView {
+            method: "GET",
+            uri,
+            version: http::Version::HTTP_11,
+            headers,
+            scheme: "https",
+        }),
+        res: (phase == Phase::HttpResponse).then_some((200, headers)),
+    }
+}
+
+pub(crate) fn with_sample<T>(phase: Phase, f: impl FnOnce(&Message<'_>) -> T) -> T {
+    let conn = Conn {
+        client_ip: "203.0.113.7".parse().expect("literal"),
+        client_port: 50000,
+        server_ip: "127.0.0.1".parse().expect("literal"),
+        server_port: 443,
+        tls: Some(TlsInfo {
+            version: "1.3".into(),
+            cipher_suite: "TLS13_AES_128_GCM_SHA256".into(),
+            sni: "app.example.com".into(),
+            client: Some(ClientCertInfo {
+                subject: "CN=sample".into(),
+                issuer: "CN=sample CA".into(),
+                san: vec!["sample.example.com".into()],
+                serial_number: "01".into(),
+            }),
+        }),
+    };
+    let ep = EndpointInfo {
+        id: "ep_sample".into(),
+        url: "https://app.example.com".into(),
+        proto: "https".into(),
+        host: "app.example.com".into(),
+        port: 443,
+    };
+    let uri: http::Uri = "/sample?q=1".parse().expect("literal");
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::HOST, http::HeaderValue::from_static("app.example.com"));
+    headers.insert(http::header::USER_AGENT, http::HeaderValue::from_static("sample/1.0"));
+    f(&sample(&conn, &ep, &uri, &headers, phase))
+}
+
+/// Evaluates the expression on a sample message: a wrong type or a missing function is an
+/// error now; a missing map key is not (it depends on the message).
+fn check_bool(program: &cel::Program, source: &str, phase: Phase) -> Result<(), String> {
+    with_sample(phase, |msg| {
+        let vars = Vars::default();
+        let ctx = vars.context(msg, Needs::of(program));
+        match program.execute(&ctx) {
+            Ok(cel::objects::Value::Bool(_)) => Ok(()),
+            Ok(other) => {
+                Err(format!("expression {source:?} must be true or false, but gives {:?}", other.type_of()))
+            }
+            Err(e) if is_data_dependent(&e) => Ok(()),
+            Err(e) => Err(format!("expression {source:?} cannot be evaluated: {e}")),
+        }
+    })
+}
+
+fn is_data_dependent(e: &cel::ExecutionError) -> bool {
+    matches!(
+        e,
+        cel::ExecutionError::NoSuchKey(_)
+            | cel::ExecutionError::IndexOutOfBounds(_)
+            | cel::ExecutionError::FunctionError { .. }
+            | cel::ExecutionError::DivisionByZero(_)
+            | cel::ExecutionError::RemainderByZero(_)
+    )
+}
+
+/// One evaluation of a chain: the variables are built once and shared by every rule.
+struct Run<'m> {
+    msg: Message<'m>,
+    vars: &'m Vars,
+    logs: Vec<LogEntry>,
+}
+
+impl Run<'_> {
+    fn matches(&self, rule: &Rule) -> bool {
+        if rule.exprs.is_empty() {
+            return true;
+        }
+        let ctx = self.vars.context(&self.msg, rule.needs);
+        rule.exprs.iter().all(|(p, _)| matches!(p.execute(&ctx), Ok(cel::objects::Value::Bool(true))))
+    }
+}
+
+impl Chain {
+    /// True when no policy has any rule.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|p| p.is_empty())
+    }
+
+    /// True when some policy has `on_http_response` rules.
+    pub fn has_response_rules(&self) -> bool {
+        self.0.iter().any(|p| p.has_response_rules())
+    }
+
+    /// `on_tcp_connect`.
+    pub fn on_tcp_connect(
+        &self,
+        conn: &Conn,
+        ep: &EndpointInfo,
+        now: SystemTime,
+        mono: Instant,
+    ) -> (Verdict, Vec<LogEntry>) {
+        let msg = Message { conn, endpoint: ep, now, req: None, res: None };
+        let vars = Vars::default();
+        let mut run = Run { msg, vars: &vars, logs: Vec::new() };
+        for policy in &self.0 {
+            for rule in &policy.tcp {
+                if !run.matches(rule) {
+                    continue;
+                }
+                for a in &rule.actions {
+                    let mut none = None;
+                    if let Some(v) = a.run(&mut run, &rule.name, &mut none, None, mono) {
+                        return (v, run.logs);
+                    }
+                }
+            }
+        }
+        (Verdict::Continue, run.logs)
+    }
+
+    /// `on_http_request`: may change the request's headers and URI.
+    pub fn on_http_request(
+        &self,
+        conn: &Conn,
+        ep: &EndpointInfo,
+        scheme: &str,
+        req: &mut http::request::Parts,
+        now: SystemTime,
+        mono: Instant,
+    ) -> (Verdict, Vec<LogEntry>) {
+        let mut logs = Vec::new();
+        // Variables are built once and rebuilt only after a rule changed the request.
+        let mut vars = Vars::default();
+        for policy in &self.0 {
+            for rule in &policy.req {
+                // The request may change between rules, so each rule sees it as it is now.
+                let (verdict, changes, mut l) = {
+                    let view = ReqView {
+                        method: req.method.as_str(),
+                        uri: &req.uri,
+                        version: req.version,
+                        headers: &req.headers,
+                        scheme,
+                    };
+                    let msg = Message { conn, endpoint: ep, now, req: Some(view), res: None };
+                    let mut run = Run { msg, vars: &vars, logs: Vec::new() };
+                    if !run.matches(rule) {
+                        continue;
+                    }
+                    let mut changes = Some(actions::Changes::default());
+                    let mut verdict = None;
+                    for a in &rule.actions {
+                        if let Some(v) = a.run(&mut run, &rule.name, &mut changes, None, mono) {
+                            verdict = Some(v);
+                            break;
+                        }
+                    }
+                    (verdict, changes.unwrap_or_default(), run.logs)
+                };
+                if !changes.is_empty() {
+                    changes.apply_request(req);
+                    vars = Vars::default();
+                }
+                logs.append(&mut l);
+                if let Some(v) = verdict {
+                    return (v, logs);
+                }
+            }
+        }
+        (Verdict::Continue, logs)
+    }
+
+    /// `on_http_response`: may change the response's headers, or replace it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_http_response(
+        &self,
+        conn: &Conn,
+        ep: &EndpointInfo,
+        scheme: &str,
+        req: &http::request::Parts,
+        res: &mut http::response::Parts,
+        now: SystemTime,
+        mono: Instant,
+    ) -> (Verdict, Vec<LogEntry>) {
+        let mut logs = Vec::new();
+        let mut vars = Vars::default();
+        for policy in &self.0 {
+            for rule in &policy.res {
+                let (verdict, changes, mut l) = {
+                    let view = ReqView {
+                        method: req.method.as_str(),
+                        uri: &req.uri,
+                        version: req.version,
+                        headers: &req.headers,
+                        scheme,
+                    };
+                    let msg = Message {
+                        conn,
+                        endpoint: ep,
+                        now,
+                        req: Some(view),
+                        res: Some((res.status.as_u16(), &res.headers)),
+                    };
+                    let mut run = Run { msg, vars: &vars, logs: Vec::new() };
+                    if !run.matches(rule) {
+                        continue;
+                    }
+                    let mut changes = Some(actions::Changes::default());
+                    let mut verdict = None;
+                    for a in &rule.actions {
+                        if let Some(v) =
+                            a.run(&mut run, &rule.name, &mut changes, Some(res.status.as_u16()), mono)
+                        {
+                            verdict = Some(v);
+                            break;
+                        }
+                    }
+                    (verdict, changes.unwrap_or_default(), run.logs)
+                };
+                if !changes.is_empty() {
+                    changes.apply_response(res);
+                    vars = Vars::default();
+                }
+                logs.append(&mut l);
+                if let Some(v) = verdict {
+                    return (v, logs);
+                }
+            }
+        }
+        (Verdict::Continue, logs)
+    }
+}

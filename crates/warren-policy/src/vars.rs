@@ -1,0 +1,575 @@
+//! What expressions see: the `conn`, `req`, `res`, `endpoint` and `time` variables, built
+//! from the connection and the message only when a rule uses them, and the functions ngrok
+//! documents (`inCidrRange`, `isPrivateIp`, `getReqHeader`, ...).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use cel::objects::{Key, Map, Value};
+use cel::{Context, ExecutionError};
+use http::HeaderMap;
+
+/// The connection a request or connection arrived on.
+#[derive(Clone, Debug)]
+pub struct Conn {
+    /// The visitor's address.
+    pub client_ip: IpAddr,
+    /// The visitor's port.
+    pub client_port: u16,
+    /// The edge's address the visitor reached.
+    pub server_ip: IpAddr,
+    /// The edge's port the visitor reached.
+    pub server_port: u16,
+    /// TLS details, when the edge terminated TLS.
+    pub tls: Option<TlsInfo>,
+}
+
+/// The TLS connection, as the edge saw it.
+#[derive(Clone, Debug, Default)]
+pub struct TlsInfo {
+    /// `1.2` or `1.3`.
+    pub version: String,
+    /// The negotiated cipher suite.
+    pub cipher_suite: String,
+    /// The server name the visitor asked for.
+    pub sni: String,
+    /// The visitor's certificate, under mutual TLS.
+    pub client: Option<ClientCertInfo>,
+}
+
+/// A visitor's certificate.
+#[derive(Clone, Debug, Default)]
+pub struct ClientCertInfo {
+    /// Subject DN.
+    pub subject: String,
+    /// Issuer DN.
+    pub issuer: String,
+    /// Subject alternative names.
+    pub san: Vec<String>,
+    /// Serial number (hex).
+    pub serial_number: String,
+}
+
+/// The endpoint a policy belongs to.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointInfo {
+    /// Its id.
+    pub id: String,
+    /// Its public URL.
+    pub url: String,
+    /// `https`, `http`, `tcp` or `tls`.
+    pub proto: String,
+    /// Host name (or the tcp host).
+    pub host: String,
+    /// Public port.
+    pub port: u16,
+}
+
+/// Which top-level variables an expression reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Needs {
+    pub(crate) conn: bool,
+    pub(crate) req: bool,
+    pub(crate) res: bool,
+    pub(crate) endpoint: bool,
+    pub(crate) time: bool,
+}
+
+impl Needs {
+    pub(crate) fn of(program: &cel::Program) -> Needs {
+        let refs = program.references();
+        let vars = refs.variables();
+        let has = |n: &str| vars.contains(&n);
+        Needs {
+            conn: has("conn"),
+            req: has("req"),
+            res: has("res"),
+            endpoint: has("endpoint"),
+            time: has("time"),
+        }
+    }
+
+    pub(crate) fn union(self, o: Needs) -> Needs {
+        Needs {
+            conn: self.conn || o.conn,
+            req: self.req || o.req,
+            res: self.res || o.res,
+            endpoint: self.endpoint || o.endpoint,
+            time: self.time || o.time,
+        }
+    }
+}
+
+/// The message being evaluated.
+pub(crate) struct Message<'a> {
+    pub(crate) conn: &'a Conn,
+    pub(crate) endpoint: &'a EndpointInfo,
+    pub(crate) now: SystemTime,
+    pub(crate) req: Option<ReqView<'a>>,
+    pub(crate) res: Option<(u16, &'a HeaderMap)>,
+}
+
+/// A request's parts as expressions see them.
+pub(crate) struct ReqView<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) uri: &'a http::Uri,
+    pub(crate) version: http::Version,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) scheme: &'a str,
+}
+
+/// Variables built on first use and reused by every rule of one evaluation.
+#[derive(Default)]
+pub(crate) struct Vars {
+    conn: OnceLock<Value>,
+    req: OnceLock<Value>,
+    res: OnceLock<Value>,
+    endpoint: OnceLock<Value>,
+    time: OnceLock<Value>,
+}
+
+impl Vars {
+    /// A context holding the variables `needs` asks for.
+    pub(crate) fn context(&self, msg: &Message<'_>, needs: Needs) -> Context<'static, 'static> {
+        let mut ctx = root().new_inner_scope();
+        if needs.conn {
+            ctx.add_variable_from_value("conn", self.conn.get_or_init(|| conn_value(msg.conn)).clone());
+        }
+        if needs.req {
+            ctx.add_variable_from_value("req", self.req.get_or_init(|| req_value(msg)).clone());
+        }
+        if needs.res {
+            ctx.add_variable_from_value("res", self.res.get_or_init(|| res_value(msg)).clone());
+        }
+        if needs.endpoint {
+            ctx.add_variable_from_value(
+                "endpoint",
+                self.endpoint.get_or_init(|| endpoint_value(msg.endpoint)).clone(),
+            );
+        }
+        if needs.time {
+            ctx.add_variable_from_value("time", self.time.get_or_init(|| time_value(msg.now)).clone());
+        }
+        ctx
+    }
+}
+
+thread_local! {
+    /// The standard library plus ngrok's functions, built once per thread: every evaluation
+    /// adds its variables in a child scope of it.
+    static ROOT: &'static Context<'static, 'static> = {
+        let mut ctx = Context::default();
+        register(&mut ctx);
+        Box::leak(Box::new(ctx))
+    };
+}
+
+pub(crate) fn root() -> &'static Context<'static, 'static> {
+    ROOT.with(|r| *r)
+}
+
+fn s(v: impl Into<String>) -> Value {
+    Value::String(Arc::new(v.into()))
+}
+
+fn map(entries: Vec<(&'static str, Value)>) -> Value {
+    let m: HashMap<Key, Value> = entries.into_iter().map(|(k, v)| (Key::from(k), v)).collect();
+    Value::Map(Map { map: Arc::new(m) })
+}
+
+fn headers_value(h: &HeaderMap) -> Value {
+    let mut m: HashMap<Key, Vec<Value>> = HashMap::with_capacity(h.keys_len());
+    for (k, v) in h {
+        m.entry(Key::from(k.as_str())).or_default().push(s(String::from_utf8_lossy(v.as_bytes())));
+    }
+    let m: HashMap<Key, Value> = m.into_iter().map(|(k, v)| (k, Value::List(Arc::new(v)))).collect();
+    Value::Map(Map { map: Arc::new(m) })
+}
+
+fn conn_value(c: &Conn) -> Value {
+    let tls = match &c.tls {
+        None => Value::Null,
+        Some(t) => {
+            let client = match &t.client {
+                None => Value::Null,
+                Some(cc) => map(vec![
+                    ("subject", s(&cc.subject)),
+                    ("issuer", s(&cc.issuer)),
+                    ("san", Value::List(Arc::new(cc.san.iter().map(s).collect()))),
+                    ("serial_number", s(&cc.serial_number)),
+                ]),
+            };
+            map(vec![
+                ("version", s(&t.version)),
+                ("cipher_suite", s(&t.cipher_suite)),
+                ("sni", s(&t.sni)),
+                ("client", client),
+            ])
+        }
+    };
+    map(vec![
+        ("client_ip", s(c.client_ip.to_string())),
+        ("client_port", Value::Int(c.client_port.into())),
+        ("server_ip", s(c.server_ip.to_string())),
+        ("server_port", Value::Int(c.server_port.into())),
+        ("tls", tls),
+    ])
+}
+
+fn query_params(query: &str) -> Value {
+    let mut m: HashMap<Key, Vec<Value>> = HashMap::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        m.entry(Key::from(url_decode(k))).or_default().push(s(url_decode(v)));
+    }
+    let m: HashMap<Key, Value> = m.into_iter().map(|(k, v)| (k, Value::List(Arc::new(v)))).collect();
+    Value::Map(Map { map: Arc::new(m) })
+}
+
+fn cookies(h: &HeaderMap, name: http::HeaderName) -> Value {
+    let mut m: HashMap<Key, Vec<Value>> = HashMap::new();
+    for v in h.get_all(name) {
+        let Ok(text) = v.to_str() else { continue };
+        for part in text.split(';') {
+            let (k, v) = part.trim().split_once('=').unwrap_or((part.trim(), ""));
+            // Set-Cookie attributes (Path, HttpOnly) follow the first pair; only that one counts.
+            m.entry(Key::from(k)).or_default().push(s(v.trim_matches('"')));
+            if h.contains_key(http::header::SET_COOKIE) {
+                break;
+            }
+        }
+    }
+    let m: HashMap<Key, Value> = m.into_iter().map(|(k, v)| (k, Value::List(Arc::new(v)))).collect();
+    Value::Map(Map { map: Arc::new(m) })
+}
+
+fn req_value(msg: &Message<'_>) -> Value {
+    let Some(r) = &msg.req else { return Value::Null };
+    let host_header = r
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| r.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let (host, port) = match host_header.rsplit_once(':') {
+        Some((h, p))
+            if p.parse::<u16>().is_ok() && !h.ends_with(']')
+                || h.starts_with('[') && p.parse::<u16>().is_ok() =>
+        {
+            (h.to_owned(), p.parse::<i64>().unwrap_or(0))
+        }
+        _ => (host_header.to_owned(), if r.scheme == "https" { 443 } else { 80 }),
+    };
+    let path = r.uri.path();
+    let query = r.uri.query().unwrap_or("");
+    let raw = format!("{}://{host_header}{}", r.scheme, r.uri.path_and_query().map_or("/", |p| p.as_str()));
+    let ua = r.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_length = r
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
+        .unwrap_or(0);
+    let content_type = r.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let version = match r.version {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    map(vec![
+        ("method", s(r.method)),
+        ("host", s(host.clone())),
+        ("version", s(version)),
+        ("headers", headers_value(r.headers)),
+        ("cookies", cookies(r.headers, http::header::COOKIE)),
+        ("user_agent", map(vec![("raw", s(ua))])),
+        ("content_length", Value::Int(content_length)),
+        ("content_type", s(content_type)),
+        (
+            "url",
+            map(vec![
+                ("scheme", s(r.scheme)),
+                ("host", s(host)),
+                ("port", Value::Int(port)),
+                ("path", s(path)),
+                ("query", s(query)),
+                ("query_params", query_params(query)),
+                ("raw", s(raw)),
+            ]),
+        ),
+    ])
+}
+
+fn res_value(msg: &Message<'_>) -> Value {
+    let Some((status, headers)) = msg.res else { return Value::Null };
+    map(vec![
+        ("status_code", Value::Int(status.into())),
+        ("headers", headers_value(headers)),
+        ("cookies", cookies(headers, http::header::SET_COOKIE)),
+    ])
+}
+
+fn endpoint_value(e: &EndpointInfo) -> Value {
+    map(vec![
+        ("id", s(&e.id)),
+        ("url", s(&e.url)),
+        ("proto", s(&e.proto)),
+        ("host", s(&e.host)),
+        ("port", Value::Int(e.port.into())),
+    ])
+}
+
+fn time_value(now: SystemTime) -> Value {
+    let d = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let ts = chrono::DateTime::from_timestamp(d.as_secs() as i64, d.subsec_nanos()).unwrap_or_default();
+    map(vec![("now", Value::Timestamp(ts.fixed_offset()))])
+}
+
+/// ngrok's helpers that read the request take only the name; they are rewritten to calls
+/// that get the map as their first argument, so the functions themselves stay pure.
+pub(crate) fn rewrite_helpers(source: &str) -> String {
+    const HELPERS: [(&str, &str); 5] = [
+        ("getReqHeader(", "__values(req.headers, "),
+        ("hasReqHeader(", "__has(req.headers, "),
+        ("getQueryParam(", "__values(req.url.query_params, "),
+        ("getResHeader(", "__values(res.headers, "),
+        ("hasResHeader(", "__has(res.headers, "),
+    ];
+    let mut out = String::with_capacity(source.len() + 32);
+    let mut rest = source;
+    'scan: while !rest.is_empty() {
+        for (from, to) in HELPERS {
+            if rest.starts_with(from)
+                && !out.chars().last().is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
+            {
+                out.push_str(to);
+                rest = &rest[from.len()..];
+                continue 'scan;
+            }
+        }
+        let c = rest.chars().next().expect("not empty");
+        // Text inside string literals is copied as it is.
+        if c == '"' || c == '\'' {
+            let end = rest[1..].find(c).map_or(rest.len(), |i| i + 2);
+            out.push_str(&rest[..end]);
+            rest = &rest[end..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+fn register(ctx: &mut Context<'_, '_>) {
+    let _ = ctx.add_function(
+        "inCidrRange",
+        |ip: Arc<String>, cidr: Arc<String>| -> Result<bool, ExecutionError> {
+            in_cidr(&ip, &cidr).map_err(|e| ExecutionError::function_error("inCidrRange", e))
+        },
+    );
+    let _ = ctx.add_function(
+        "inCidrRanges",
+        |ip: Arc<String>, cidrs: Arc<Vec<Value>>| -> Result<bool, ExecutionError> {
+            for c in cidrs.iter() {
+                let Value::String(c) = c else {
+                    return Err(ExecutionError::function_error(
+                        "inCidrRanges",
+                        "the list must hold CIDR strings",
+                    ));
+                };
+                if in_cidr(&ip, c).map_err(|e| ExecutionError::function_error("inCidrRanges", e))? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        },
+    );
+    let _ = ctx.add_function("isPrivateIp", |ip: Arc<String>| -> Result<bool, ExecutionError> {
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| ExecutionError::function_error("isPrivateIp", format!("{ip:?} is not an IP")))?;
+        Ok(is_private(ip))
+    });
+    let _ = ctx.add_function("__values", |m: Value, name: Arc<String>| -> Value {
+        let Value::Map(m) = m else { return Value::List(Arc::new(Vec::new())) };
+        m.map
+            .get(&Key::from(name.to_ascii_lowercase()))
+            .or_else(|| m.map.get(&Key::from(name.as_str())))
+            .cloned()
+            .unwrap_or_else(|| Value::List(Arc::new(Vec::new())))
+    });
+    let _ = ctx.add_function("__has", |m: Value, name: Arc<String>| -> bool {
+        matches!(m, Value::Map(m) if m.map.contains_key(&Key::from(name.to_ascii_lowercase())))
+    });
+    let _ = ctx.add_function("urlEncode", |v: Arc<String>| -> String { url_encode(&v) });
+    let _ = ctx.add_function("urlDecode", |v: Arc<String>| -> String { url_decode(&v) });
+    let _ = ctx.add_function("b64encode", |v: Arc<String>| -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(v.as_bytes())
+    });
+    let _ = ctx.add_function("b64decode", |v: Arc<String>| -> cel::ResolveResult {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(v.as_bytes())
+            .map_err(|e| ExecutionError::function_error("b64decode", e))?;
+        let text = String::from_utf8(bytes).map_err(|e| ExecutionError::function_error("b64decode", e))?;
+        Ok(Value::String(Arc::new(text)))
+    });
+    let _ = ctx.add_function("sha256", |v: Arc<String>| -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(v.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    });
+    let _ = ctx.add_function("lower", |v: Arc<String>| -> String { v.to_lowercase() });
+    let _ = ctx.add_function("upper", |v: Arc<String>| -> String { v.to_uppercase() });
+    let _ = ctx.add_function("trim", |v: Arc<String>| -> String { v.trim().to_owned() });
+}
+
+/// True when `ip` is inside `cidr` (a bare IP is a /32 or /128).
+pub(crate) fn in_cidr(ip: &str, cidr: &str) -> Result<bool, String> {
+    let ip: IpAddr = ip.parse().map_err(|_| format!("{ip:?} is not an IP address"))?;
+    Ok(Cidr::parse(cidr)?.contains(ip))
+}
+
+/// A CIDR block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8`, `fd00::/8` or a bare address.
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (ip, bits) = match s.trim().split_once('/') {
+            Some((ip, b)) => (ip, Some(b)),
+            None => (s.trim(), None),
+        };
+        let net: IpAddr = ip.parse().map_err(|_| format!("{s:?} is not a CIDR block"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => b
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or_else(|| format!("{s:?} has an invalid prefix length"))?,
+        };
+        Ok(Cidr { net, bits })
+    }
+
+    /// True when `ip` is in the block (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(i) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.bits)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(i) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_private(IpAddr::V4(v4)),
+            None => {
+                v6.is_loopback()
+                    || (v6.segments()[0] & 0xfe00) == 0xfc00
+                    || (v6.segments()[0] & 0xffc0) == 0xfe80
+            }
+        },
+    }
+}
+
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub(crate) fn url_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers_are_rewritten_outside_string_literals_only() {
+        assert_eq!(
+            rewrite_helpers("getReqHeader('X-A')[0] == 'b'"),
+            "__values(req.headers, 'X-A')[0] == 'b'"
+        );
+        assert_eq!(rewrite_helpers("'getReqHeader(' == x"), "'getReqHeader(' == x");
+        assert_eq!(
+            rewrite_helpers("hasReqHeader(\"a\") && getQueryParam('q') == ['1']"),
+            "__has(req.headers, \"a\") && __values(req.url.query_params, 'q') == ['1']"
+        );
+        assert_eq!(rewrite_helpers("xgetReqHeader(1)"), "xgetReqHeader(1)");
+    }
+
+    #[test]
+    fn cidrs_match_v4_v6_and_mapped_addresses() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("fd00::/8").unwrap().contains("fd12::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("1.2.3.4").unwrap().contains("1.2.3.4".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nonsense/8").is_err());
+        assert!(is_private("192.168.1.1".parse().unwrap()) && is_private("fd00::1".parse().unwrap()));
+        assert!(!is_private("8.8.8.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn url_decoding_handles_escapes_and_plus() {
+        assert_eq!(url_decode("a%20b+c%2F"), "a b c/");
+        assert_eq!(url_decode("100%"), "100%");
+        assert_eq!(url_encode("a b/é"), "a%20b%2F%C3%A9");
+    }
+}

@@ -1,0 +1,400 @@
+//! The policy engine without sockets: documents compile or are refused with the rule and the
+//! problem, and each phase gives the verdict and changes ngrok's documentation describes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use warren_policy::{Chain, CompileEnv, Conn, EndpointInfo, Policy, PolicyError, Verdict};
+
+fn conn(ip: &str) -> Conn {
+    Conn {
+        client_ip: ip.parse().unwrap(),
+        client_port: 40000,
+        server_ip: "127.0.0.1".parse().unwrap(),
+        server_port: 443,
+        tls: None,
+    }
+}
+
+fn ep() -> EndpointInfo {
+    EndpointInfo {
+        id: "ep_1".into(),
+        url: "https://app.example.com".into(),
+        proto: "https".into(),
+        host: "app.example.com".into(),
+        port: 443,
+    }
+}
+
+fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+    let mut b = http::Request::builder().method(method).uri(uri).header("host", "app.example.com");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(()).unwrap().into_parts().0
+}
+
+fn chain(yaml: &str) -> Chain {
+    Chain(vec![Arc::new(
+        Policy::from_text(yaml, "https", &CompileEnv::default()).unwrap_or_else(|e| panic!("{e}")),
+    )])
+}
+
+fn on_request(c: &Chain, ip: &str, req: &mut http::request::Parts) -> Verdict {
+    c.on_http_request(&conn(ip), &ep(), "https", req, SystemTime::now(), Instant::now()).0
+}
+
+fn status(v: &Verdict) -> Option<u16> {
+    match v {
+        Verdict::Respond(r) => Some(r.status().as_u16()),
+        _ => None,
+    }
+}
+
+/// From ngrok's Traffic Policy documentation (restrict-ips, add-headers, remove-headers).
+const NGROK_EXAMPLE: &str = r#"
+on_http_request:
+  - expressions:
+      - "req.url.path.startsWith('/admin')"
+    actions:
+      - type: restrict-ips
+        config:
+          enforce: true
+          allow:
+            - "110.0.0.0/8"
+            - "220.12.0.0/16"
+  - actions:
+      - type: add-headers
+        config:
+          headers:
+            x-client-ip: "${conn.client_ip}"
+on_http_response:
+  - actions:
+      - type: remove-headers
+        config:
+          headers:
+            - server
+"#;
+
+#[test]
+fn ngroks_documentation_example_runs_unchanged() {
+    let c = chain(NGROK_EXAMPLE);
+    let mut req = request("GET", "/admin/users", &[]);
+    assert_eq!(status(&on_request(&c, "8.8.8.8", &mut req)), Some(403));
+    let mut req = request("GET", "/admin/users", &[]);
+    assert!(matches!(on_request(&c, "110.1.2.3", &mut req), Verdict::Continue));
+    assert_eq!(req.headers["x-client-ip"], "110.1.2.3");
+    let mut req = request("GET", "/public", &[]);
+    assert!(matches!(on_request(&c, "8.8.8.8", &mut req), Verdict::Continue));
+
+    let mut res = http::Response::builder()
+        .status(200)
+        .header("server", "leaky/1.0")
+        .header("x-kept", "1")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let req = request("GET", "/", &[]);
+    let (v, _) = c.on_http_response(
+        &conn("1.1.1.1"),
+        &ep(),
+        "https",
+        &req,
+        &mut res,
+        SystemTime::now(),
+        Instant::now(),
+    );
+    assert!(matches!(v, Verdict::Continue));
+    assert!(res.headers.get("server").is_none());
+    assert_eq!(res.headers["x-kept"], "1");
+}
+
+#[test]
+fn the_same_document_as_json_compiles() {
+    let json = r#"{"on_http_request":[{"name":"no deletes","expressions":["req.method == 'DELETE'"],"actions":[{"type":"deny","config":{"status_code":405}}]}]}"#;
+    let c = chain(json);
+    assert_eq!(status(&on_request(&c, "1.1.1.1", &mut request("DELETE", "/x", &[]))), Some(405));
+    assert!(matches!(on_request(&c, "1.1.1.1", &mut request("GET", "/x", &[])), Verdict::Continue));
+}
+
+fn refused(doc: &str) -> String {
+    match Policy::from_text(doc, "https", &CompileEnv::default()) {
+        Ok(_) => panic!("compiled: {doc}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn invalid_documents_are_refused_naming_the_rule_and_the_problem() {
+    let e = refused("on_http_request: [ {actions: ");
+    assert!(e.contains("invalid YAML"), "{e}");
+    let e = refused("on_http_request:\n  - name: mystery\n    actions:\n      - type: teleport\n");
+    assert!(e.contains("\"mystery\"") && e.contains("unknown action type \"teleport\""), "{e}");
+    let e = refused(
+        "on_http_request:\n  - actions:\n      - type: restrict-ips\n        config:\n          allow: [\"10.0.0.0/99\"]\n",
+    );
+    assert!(e.contains("on_http_request rule #1") && e.contains("10.0.0.0/99"), "{e}");
+    let e = refused(
+        "on_http_request:\n  - name: typed\n    expressions: [\"req.method > 5\"]\n    actions: [{type: deny}]\n",
+    );
+    assert!(e.contains("\"typed\"") && e.contains("cannot be evaluated"), "{e}");
+    let e = refused("on_http_request:\n  - expressions: [\"req.method\"]\n    actions: [{type: deny}]\n");
+    assert!(e.contains("must be true or false"), "{e}");
+    let e = refused(
+        "on_http_request:\n  - expressions: [\"req.methd == 'GET' &&\"]\n    actions: [{type: deny}]\n",
+    );
+    assert!(e.contains("does not parse"), "{e}");
+    let e =
+        refused("on_tcp_connect:\n  - expressions: [\"req.method == 'GET'\"]\n    actions: [{type: deny}]\n");
+    assert!(e.contains("not available in on_tcp_connect"), "{e}");
+    let e = refused(
+        "on_http_request:\n  - actions: [{type: verify-webhook, config: {provider: github, secret: x}}]\n",
+    );
+    assert!(e.contains("not supported by warren yet"), "{e}");
+    let e = refused("on_http_request:\n  - actions: [{type: deny, config: {status: 403}}]\n");
+    assert!(e.contains("unknown field"), "{e}");
+    assert!(matches!(
+        Policy::from_text("on_http_request: []\nbogus: 1\n", "https", &CompileEnv::default()),
+        Err(PolicyError::Syntax(_))
+    ));
+    let tcp =
+        Policy::from_text("on_http_request:\n  - actions: [{type: deny}]\n", "tcp", &CompileEnv::default())
+            .unwrap_err();
+    assert!(tcp.to_string().contains("only on_tcp_connect"), "{tcp}");
+}
+
+#[test]
+fn variables_and_functions_ngrok_documents_are_available() {
+    // Each expression must hold for the request below; a rule per expression adds a header.
+    let exprs = [
+        "conn.client_ip == '10.1.2.3'",
+        "conn.client_port == 40000",
+        "conn.server_port == 443",
+        "inCidrRange(conn.client_ip, '10.0.0.0/8')",
+        "inCidrRanges(conn.client_ip, ['192.168.0.0/16', '10.0.0.0/8'])",
+        "isPrivateIp(conn.client_ip)",
+        "req.method == 'POST'",
+        "req.host == 'app.example.com'",
+        "req.url.path == '/api/items'",
+        "req.url.query == 'q=shoes&page=2'",
+        "req.url.query_params['page'] == ['2']",
+        "req.url.scheme == 'https'",
+        "req.headers['x-api-key'][0] == 'k1'",
+        "req.cookies['session'][0] == 'abc'",
+        "req.user_agent.raw.startsWith('curl/')",
+        "getReqHeader('X-Api-Key') == ['k1']",
+        "hasReqHeader('x-api-key') && !hasReqHeader('x-missing')",
+        "getQueryParam('q') == ['shoes']",
+        "endpoint.host == 'app.example.com' && endpoint.proto == 'https'",
+        "time.now > timestamp('2020-01-01T00:00:00Z')",
+        "b64decode(b64encode('hi')) == 'hi' && urlDecode(urlEncode('a b')) == 'a b'",
+        "sha256('abc').startsWith('ba7816bf') && lower('AB') == 'ab'",
+        "req.url.path.matches('^/api/.*$') && req.url.path.contains('items')",
+    ];
+    let mut doc = String::from("on_http_request:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        doc.push_str(&format!(
+            "  - expressions: [{e:?}]\n    actions: [{{type: add-headers, config: {{headers: {{x-ok-{i}: \"1\"}}}}}}]\n"
+        ));
+    }
+    let c = chain(&doc);
+    let mut req = request(
+        "POST",
+        "/api/items?q=shoes&page=2",
+        &[("x-api-key", "k1"), ("cookie", "session=abc; theme=dark"), ("user-agent", "curl/8.0")],
+    );
+    assert!(matches!(on_request(&c, "10.1.2.3", &mut req), Verdict::Continue));
+    for (i, e) in exprs.iter().enumerate() {
+        assert!(req.headers.contains_key(format!("x-ok-{i}").as_str()), "expression {e:?} was not true");
+    }
+}
+
+#[test]
+fn tls_variables_are_seen_in_on_tcp_connect() {
+    let p = Policy::from_text(
+        "on_tcp_connect:\n  - expressions: [\"conn.tls.version == '1.2' || conn.tls.client.subject != 'CN=ok'\"]\n    actions: [{type: close-connection}]\n",
+        "tls",
+        &CompileEnv::default(),
+    )
+    .unwrap();
+    let c = Chain(vec![Arc::new(p)]);
+    let mut good = conn("1.1.1.1");
+    good.tls = Some(warren_policy::TlsInfo {
+        version: "1.3".into(),
+        sni: "x".into(),
+        client: Some(warren_policy::ClientCertInfo { subject: "CN=ok".into(), ..Default::default() }),
+        ..Default::default()
+    });
+    assert!(matches!(c.on_tcp_connect(&good, &ep(), SystemTime::now(), Instant::now()).0, Verdict::Continue));
+    let mut bad = good.clone();
+    bad.tls.as_mut().unwrap().version = "1.2".into();
+    assert!(matches!(c.on_tcp_connect(&bad, &ep(), SystemTime::now(), Instant::now()).0, Verdict::Close));
+}
+
+#[test]
+fn actions_allow_and_deny() {
+    // basic-auth
+    let c = chain(
+        "on_http_request:\n  - actions: [{type: basic-auth, config: {credentials: [\"alice:correct-horse\"], realm: shop}}]\n",
+    );
+    let v = on_request(&c, "1.1.1.1", &mut request("GET", "/", &[]));
+    match &v {
+        Verdict::Respond(r) => {
+            assert_eq!(r.status(), 401);
+            assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"shop\", charset=\"UTF-8\"");
+        }
+        other => panic!("{other:?}"),
+    }
+    let wrong = format!("Basic {}", base64_of("alice:wrong-horse"));
+    assert_eq!(
+        status(&on_request(&c, "1.1.1.1", &mut request("GET", "/", &[("authorization", &wrong)]))),
+        Some(401)
+    );
+    let right = format!("Basic {}", base64_of("alice:correct-horse"));
+    assert!(matches!(
+        on_request(&c, "1.1.1.1", &mut request("GET", "/", &[("authorization", &right)])),
+        Verdict::Continue
+    ));
+    assert!(
+        refused(
+            "on_http_request:\n  - actions: [{type: basic-auth, config: {credentials: [\"bob:short\"]}}]\n"
+        )
+        .contains("8 to 128")
+    );
+
+    // rate-limit by client IP
+    let c = chain(
+        "on_http_request:\n  - actions: [{type: rate-limit, config: {name: two, algorithm: sliding_window, capacity: 2, rate: 60s, bucket_key: [conn.client_ip]}}]\n",
+    );
+    let t = Instant::now();
+    let hit = |ip: &str, at: Duration| {
+        c.on_http_request(&conn(ip), &ep(), "https", &mut request("GET", "/", &[]), SystemTime::now(), t + at)
+            .0
+    };
+    assert!(matches!(hit("1.1.1.1", Duration::ZERO), Verdict::Continue));
+    assert!(matches!(hit("1.1.1.1", Duration::ZERO), Verdict::Continue));
+    match hit("1.1.1.1", Duration::from_secs(1)) {
+        Verdict::Respond(r) => {
+            assert_eq!(r.status(), 429);
+            assert!(r.headers().contains_key("retry-after"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(hit("2.2.2.2", Duration::from_secs(1)), Verdict::Continue), "another bucket");
+    assert!(matches!(hit("1.1.1.1", Duration::from_secs(121)), Verdict::Continue), "the window slid");
+
+    // url-rewrite, redirect, custom-response, remove-headers, deny, close-connection, log
+    let c = chain(
+        r#"
+on_http_request:
+  - name: old api
+    actions:
+      - type: url-rewrite
+        config: {from: "/v1/(.*)", to: "/v2/$1"}
+  - expressions: ["req.url.path == '/old'"]
+    actions:
+      - type: redirect
+        config: {to: "https://${req.host}/new", status_code: 301}
+  - expressions: ["req.url.path == '/teapot'"]
+    actions:
+      - type: custom-response
+        config: {status_code: 418, body: "short and stout from ${conn.client_ip}", headers: {content-type: text/plain}}
+  - expressions: ["req.url.path == '/gone'"]
+    actions: [{type: close-connection}]
+  - expressions: ["req.url.path.startsWith('/v2/')"]
+    actions:
+      - type: log
+        config: {metadata: {path: "${req.url.path}"}}
+      - type: remove-headers
+        config: {headers: [x-internal]}
+"#,
+    );
+    let mut req = request("GET", "/v1/users?id=3", &[("x-internal", "secret")]);
+    let (v, logs) =
+        c.on_http_request(&conn("1.1.1.1"), &ep(), "https", &mut req, SystemTime::now(), Instant::now());
+    assert!(matches!(v, Verdict::Continue));
+    assert_eq!(req.uri, "/v2/users?id=3");
+    assert!(req.headers.get("x-internal").is_none());
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0].metadata["path"], "/v2/users");
+    match on_request(&c, "1.1.1.1", &mut request("GET", "/old", &[])) {
+        Verdict::Respond(r) => {
+            assert_eq!(r.status(), 301);
+            assert_eq!(r.headers()["location"], "https://app.example.com/new");
+        }
+        other => panic!("{other:?}"),
+    }
+    match on_request(&c, "9.9.9.9", &mut request("GET", "/teapot", &[])) {
+        Verdict::Respond(r) => {
+            assert_eq!(r.status(), 418);
+            assert_eq!(r.body().as_ref(), b"short and stout from 9.9.9.9");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(on_request(&c, "1.1.1.1", &mut request("GET", "/gone", &[])), Verdict::Close));
+}
+
+#[test]
+fn the_account_policy_runs_first_and_an_endpoint_cannot_undo_it() {
+    let account = Policy::from_text(
+        "on_http_request:\n  - actions: [{type: restrict-ips, config: {deny: [\"6.6.6.0/24\"]}}]\n",
+        "https",
+        &CompileEnv::default(),
+    )
+    .unwrap();
+    let endpoint = Policy::from_text(
+        "on_http_request:\n  - actions: [{type: restrict-ips, config: {allow: [\"0.0.0.0/0\"]}}]\n",
+        "https",
+        &CompileEnv::default(),
+    )
+    .unwrap();
+    let c = Chain(vec![Arc::new(account), Arc::new(endpoint)]);
+    assert_eq!(status(&on_request(&c, "6.6.6.6", &mut request("GET", "/", &[]))), Some(403));
+    assert!(matches!(on_request(&c, "7.7.7.7", &mut request("GET", "/", &[])), Verdict::Continue));
+}
+
+#[test]
+fn stored_ip_policies_are_used_by_id() {
+    let mut env = CompileEnv::default();
+    env.ip_policies.insert("ipp_1".into(), (vec![warren_policy::Cidr::parse("10.0.0.0/8").unwrap()], vec![]));
+    let p = Policy::from_text(
+        "on_tcp_connect:\n  - actions: [{type: restrict-ips, config: {ip_policies: [ipp_1]}}]\n",
+        "tcp",
+        &env,
+    )
+    .unwrap();
+    let c = Chain(vec![Arc::new(p)]);
+    assert!(matches!(
+        c.on_tcp_connect(&conn("10.9.9.9"), &ep(), SystemTime::now(), Instant::now()).0,
+        Verdict::Continue
+    ));
+    assert!(matches!(
+        c.on_tcp_connect(&conn("11.9.9.9"), &ep(), SystemTime::now(), Instant::now()).0,
+        Verdict::Close
+    ));
+    let e = Policy::from_text(
+        "on_tcp_connect:\n  - actions: [{type: restrict-ips, config: {ip_policies: [ipp_nope]}}]\n",
+        "tcp",
+        &env,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("ipp_nope"), "{e}");
+}
+
+fn base64_of(s: &str) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &x)| acc | (u32::from(x) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
