@@ -206,7 +206,11 @@ pub(crate) fn compile_expr(source: &str, phase: Phase) -> Result<cel::Program, S
     let program = cel::Program::compile(&rewritten)
         .map_err(|e| format!("expression {source:?} does not parse: {e}"))?;
     let refs = program.references();
+    let bound = macro_variables(&rewritten);
     for v in refs.variables() {
+        if bound.iter().any(|b| b == v) {
+            continue;
+        }
         let known = match v {
             "conn" | "endpoint" | "time" => true,
             "req" => phase != Phase::TcpConnect,
@@ -222,6 +226,26 @@ pub(crate) fn compile_expr(source: &str, phase: Phase) -> Result<cel::Program, S
         }
     }
     Ok(program)
+}
+
+/// Names bound by comprehension macros (`list.exists(x, ...)`), which are not variables.
+fn macro_variables(source: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for m in ["exists(", "all(", "map(", "filter(", "exists_one("] {
+        let mut rest = source;
+        while let Some(i) = rest.find(m) {
+            let after = &rest[i + m.len()..];
+            let preceded_by_dot = rest[..i].ends_with('.');
+            if preceded_by_dot && let Some((name, _)) = after.split_once(',') {
+                let name = name.trim();
+                if !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+                    names.push(name.to_owned());
+                }
+            }
+            rest = after;
+        }
+    }
+    names
 }
 
 /// A sample message, to find type errors before the first visitor does.
@@ -297,9 +321,17 @@ fn check_bool(program: &cel::Program, source: &str, phase: Phase) -> Result<(), 
 }
 
 fn is_data_dependent(e: &cel::ExecutionError) -> bool {
+    use cel::objects::Value::Null;
+    // A missing map key reads as null; what is then done with it depends on the message.
     matches!(
         e,
-        cel::ExecutionError::NoSuchKey(_)
+        cel::ExecutionError::UnsupportedIndex(Null, _)
+            | cel::ExecutionError::UnsupportedBinaryOperator(_, Null, _)
+            | cel::ExecutionError::UnsupportedBinaryOperator(_, _, Null)
+            | cel::ExecutionError::ValuesNotComparable(Null, _)
+            | cel::ExecutionError::ValuesNotComparable(_, Null)
+            | cel::ExecutionError::UnsupportedTargetType { target: Null }
+            | cel::ExecutionError::NoSuchKey(_)
             | cel::ExecutionError::IndexOutOfBounds(_)
             | cel::ExecutionError::FunctionError { .. }
             | cel::ExecutionError::DivisionByZero(_)

@@ -120,7 +120,9 @@ pub(crate) struct ReqView<'a> {
     pub(crate) scheme: &'a str,
 }
 
-/// Variables built on first use and reused by every rule of one evaluation.
+/// Variables built on first use and reused by every rule of one evaluation. Putting a value
+/// into a CEL context converts it (maps deeply), so the context itself is kept and rebuilt
+/// only when a rule needs a variable it lacks.
 #[derive(Default)]
 pub(crate) struct Vars {
     conn: OnceLock<Value>,
@@ -128,11 +130,31 @@ pub(crate) struct Vars {
     res: OnceLock<Value>,
     endpoint: OnceLock<Value>,
     time: OnceLock<Value>,
+    ctx: std::cell::RefCell<Option<(Needs, std::rc::Rc<Context<'static>>)>>,
+}
+
+impl Needs {
+    fn covers(self, o: Needs) -> bool {
+        self.union(o) == self
+    }
 }
 
 impl Vars {
-    /// A context holding the variables `needs` asks for.
-    pub(crate) fn context(&self, msg: &Message<'_>, needs: Needs) -> Context<'static, 'static> {
+    /// A context holding (at least) the variables `needs` asks for.
+    pub(crate) fn context(&self, msg: &Message<'_>, needs: Needs) -> std::rc::Rc<Context<'static>> {
+        let mut cached = self.ctx.borrow_mut();
+        if let Some((have, ctx)) = cached.as_ref()
+            && have.covers(needs)
+        {
+            return ctx.clone();
+        }
+        let needs = cached.as_ref().map_or(needs, |(have, _)| have.union(needs));
+        let ctx = std::rc::Rc::new(self.build(msg, needs));
+        *cached = Some((needs, ctx.clone()));
+        ctx
+    }
+
+    fn build(&self, msg: &Message<'_>, needs: Needs) -> Context<'static> {
         let mut ctx = root().new_inner_scope();
         if needs.conn {
             ctx.add_variable_from_value("conn", self.conn.get_or_init(|| conn_value(msg.conn)).clone());
@@ -159,14 +181,14 @@ impl Vars {
 thread_local! {
     /// The standard library plus ngrok's functions, built once per thread: every evaluation
     /// adds its variables in a child scope of it.
-    static ROOT: &'static Context<'static, 'static> = {
+    static ROOT: &'static Context<'static> = {
         let mut ctx = Context::default();
         register(&mut ctx);
         Box::leak(Box::new(ctx))
     };
 }
 
-pub(crate) fn root() -> &'static Context<'static, 'static> {
+pub(crate) fn root() -> &'static Context<'static> {
     ROOT.with(|r| *r)
 }
 
@@ -362,7 +384,7 @@ pub(crate) fn rewrite_helpers(source: &str) -> String {
     out
 }
 
-fn register(ctx: &mut Context<'_, '_>) {
+fn register(ctx: &mut Context<'_>) {
     let _ = ctx.add_function(
         "inCidrRange",
         |ip: Arc<String>, cidr: Arc<String>| -> Result<bool, ExecutionError> {
@@ -392,13 +414,13 @@ fn register(ctx: &mut Context<'_, '_>) {
             .map_err(|_| ExecutionError::function_error("isPrivateIp", format!("{ip:?} is not an IP")))?;
         Ok(is_private(ip))
     });
-    let _ = ctx.add_function("__values", |m: Value, name: Arc<String>| -> Value {
-        let Value::Map(m) = m else { return Value::List(Arc::new(Vec::new())) };
-        m.map
+    let _ = ctx.add_function("__values", |m: Value, name: Arc<String>| -> cel::ResolveResult {
+        let Value::Map(m) = m else { return Ok(Value::List(Arc::new(Vec::new()))) };
+        Ok(m.map
             .get(&Key::from(name.to_ascii_lowercase()))
             .or_else(|| m.map.get(&Key::from(name.as_str())))
             .cloned()
-            .unwrap_or_else(|| Value::List(Arc::new(Vec::new())))
+            .unwrap_or_else(|| Value::List(Arc::new(Vec::new()))))
     });
     let _ = ctx.add_function("__has", |m: Value, name: Arc<String>| -> bool {
         matches!(m, Value::Map(m) if m.map.contains_key(&Key::from(name.to_ascii_lowercase())))
