@@ -173,6 +173,9 @@ pub struct EndpointConfig {
     /// Capture its HTTP requests for the inspector (http and https endpoints; ngrok's
     /// `--inspect`, on by default).
     pub inspect: bool,
+    /// The endpoint's traffic policy document (a JSON object, or YAML or JSON text), sent
+    /// with the Bind; the edge compiles and enforces it.
+    pub traffic_policy: Option<serde_json::Value>,
 }
 
 impl EndpointConfig {
@@ -195,6 +198,7 @@ impl EndpointConfig {
             tls_termination: None,
             name: String::new(),
             inspect: true,
+            traffic_policy: None,
         })
     }
 
@@ -213,6 +217,7 @@ impl EndpointConfig {
             tls_termination: None,
             name: String::new(),
             inspect: true,
+            traffic_policy: None,
         })
     }
 
@@ -236,7 +241,32 @@ impl EndpointConfig {
             tls_termination: termination,
             name: String::new(),
             inspect: true,
+            traffic_policy: None,
         })
+    }
+
+    /// Adds rules to the endpoint's traffic policy, before the rules it has (ngrok's older
+    /// flags, like `--cidr-allow`, become rules that run first).
+    pub fn prepend_policy(&mut self, rules: serde_json::Value) -> Result<(), String> {
+        let serde_json::Value::Object(extra) = rules else {
+            return Err("policy rules must be an object".into());
+        };
+        let mut doc = match self.traffic_policy.take() {
+            Some(serde_json::Value::Object(m)) => m,
+            None => serde_json::Map::new(),
+            Some(other) => return Err(format!("a traffic policy must be an object, not {other}")),
+        };
+        for (phase, list) in extra {
+            let serde_json::Value::Array(mut list) = list else {
+                return Err(format!("{phase} must be a list"));
+            };
+            if let Some(serde_json::Value::Array(existing)) = doc.remove(&phase) {
+                list.extend(existing);
+            }
+            doc.insert(phase, serde_json::Value::Array(list));
+        }
+        self.traffic_policy = Some(serde_json::Value::Object(doc));
+        Ok(())
     }
 
     pub(crate) fn verify_upstream_tls(&self) -> bool {
@@ -329,6 +359,102 @@ impl AgentConfig {
             }
             _ => Ok((s.to_owned(), 443)),
         }
+    }
+}
+
+/// Reads a traffic policy document (YAML or JSON) into the JSON object sent with a Bind;
+/// the edge checks its rules.
+pub fn policy_from_text(text: &str) -> Result<serde_json::Value, String> {
+    let v: serde_json::Value = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| format!("traffic policy: invalid JSON: {e}"))?
+    } else {
+        serde_saphyr::from_str(text).map_err(|e| format!("traffic policy: invalid YAML: {e}"))?
+    };
+    if !v.is_object() {
+        return Err("traffic policy: the document must be a mapping of phases".into());
+    }
+    Ok(v)
+}
+
+/// ngrok's older endpoint flags, as traffic policy rules that run before the endpoint's own.
+#[derive(Clone, Debug, Default)]
+pub struct LegacyFlags {
+    /// `--cidr-allow`.
+    pub cidr_allow: Vec<String>,
+    /// `--cidr-deny`.
+    pub cidr_deny: Vec<String>,
+    /// `--basic-auth user:password`.
+    pub basic_auth: Vec<String>,
+    /// `--request-header-add "name: value"`.
+    pub request_header_add: Vec<String>,
+    /// `--request-header-remove name`.
+    pub request_header_remove: Vec<String>,
+    /// `--response-header-add "name: value"`.
+    pub response_header_add: Vec<String>,
+    /// `--response-header-remove name`.
+    pub response_header_remove: Vec<String>,
+}
+
+impl LegacyFlags {
+    /// The rules, or `None` when no flag was given. `http` is false for tcp/tls endpoints,
+    /// where only the CIDR flags apply.
+    pub fn rules(&self, http: bool) -> Result<Option<serde_json::Value>, String> {
+        use serde_json::json;
+        let mut first = Vec::new();
+        let mut request = Vec::new();
+        let mut response = Vec::new();
+        if !self.cidr_allow.is_empty() || !self.cidr_deny.is_empty() {
+            first.push(json!({ "name": "--cidr-allow/--cidr-deny", "actions": [{ "type": "restrict-ips", "config": { "allow": self.cidr_allow, "deny": self.cidr_deny } }] }));
+        }
+        let header_pairs = |list: &[String],
+                            flag: &str|
+         -> Result<serde_json::Map<String, serde_json::Value>, String> {
+            let mut m = serde_json::Map::new();
+            for h in list {
+                let (k, v) = h.split_once(':').ok_or_else(|| format!("{flag} {h:?}: use \"name: value\""))?;
+                m.insert(k.trim().to_owned(), serde_json::Value::String(v.trim().to_owned()));
+            }
+            Ok(m)
+        };
+        let http_flags = !self.basic_auth.is_empty()
+            || !self.request_header_add.is_empty()
+            || !self.request_header_remove.is_empty()
+            || !self.response_header_add.is_empty()
+            || !self.response_header_remove.is_empty();
+        if http_flags && !http {
+            return Err("--basic-auth and the header flags are for http endpoints".into());
+        }
+        if !self.basic_auth.is_empty() {
+            request.push(json!({ "name": "--basic-auth", "actions": [{ "type": "basic-auth", "config": { "credentials": self.basic_auth } }] }));
+        }
+        if !self.request_header_remove.is_empty() {
+            request.push(json!({ "name": "--request-header-remove", "actions": [{ "type": "remove-headers", "config": { "headers": self.request_header_remove } }] }));
+        }
+        if !self.request_header_add.is_empty() {
+            let h = header_pairs(&self.request_header_add, "--request-header-add")?;
+            request.push(json!({ "name": "--request-header-add", "actions": [{ "type": "add-headers", "config": { "headers": h } }] }));
+        }
+        if !self.response_header_remove.is_empty() {
+            response.push(json!({ "name": "--response-header-remove", "actions": [{ "type": "remove-headers", "config": { "headers": self.response_header_remove } }] }));
+        }
+        if !self.response_header_add.is_empty() {
+            let h = header_pairs(&self.response_header_add, "--response-header-add")?;
+            response.push(json!({ "name": "--response-header-add", "actions": [{ "type": "add-headers", "config": { "headers": h } }] }));
+        }
+        if first.is_empty() && request.is_empty() && response.is_empty() {
+            return Ok(None);
+        }
+        let mut doc = serde_json::Map::new();
+        if http {
+            first.extend(request);
+            doc.insert("on_http_request".into(), serde_json::Value::Array(first));
+            if !response.is_empty() {
+                doc.insert("on_http_response".into(), serde_json::Value::Array(response));
+            }
+        } else {
+            doc.insert("on_tcp_connect".into(), serde_json::Value::Array(first));
+        }
+        Ok(Some(serde_json::Value::Object(doc)))
     }
 }
 

@@ -220,7 +220,6 @@ impl AgentFile {
                 return Err(err(format!("endpoint name {:?} is defined twice", ep.name)));
             }
             for (key, set) in [
-                ("traffic_policy", ep.traffic_policy.is_some()),
                 ("bindings", ep.bindings.is_some()),
                 ("description", !ep.description.is_empty()),
                 ("metadata", !ep.metadata.is_empty()),
@@ -320,8 +319,8 @@ pub fn endpoint_from_json(v: serde_json::Value) -> Result<EndpointConfig, String
     if ep.name.trim().is_empty() {
         return Err("invalid endpoint: name is empty".into());
     }
-    if ep.traffic_policy.is_some() || ep.bindings.is_some() {
-        return Err("invalid endpoint: traffic_policy and bindings are not supported yet".into());
+    if ep.bindings.is_some() {
+        return Err("invalid endpoint: bindings are not supported yet".into());
     }
     endpoint(&ep)
 }
@@ -337,6 +336,13 @@ fn value_text(v: &serde_json::Value) -> String {
 fn endpoint(ep: &EndpointBlock) -> Result<EndpointConfig, String> {
     let mut config = endpoint_kind(ep)?;
     config.name = ep.name.clone();
+    config.traffic_policy = match &ep.traffic_policy {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v @ serde_json::Value::Object(_)) => Some(v.clone()),
+        // A document given as text (YAML or JSON) inside the config.
+        Some(serde_json::Value::String(text)) => Some(crate::config::policy_from_text(text)?),
+        Some(other) => return Err(format!("traffic_policy must be a mapping, not {other}")),
+    };
     Ok(config)
 }
 

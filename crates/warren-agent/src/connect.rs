@@ -230,13 +230,21 @@ async fn session(
 /// Binds one endpoint on the session and records its URL.
 async fn bind(mux: &Mux, config: &AgentConfig, live: &LiveEndpoint) -> Result<(), String> {
     let ep = &live.config;
-    let opts = match ep.proto {
+    let mut opts = match ep.proto {
         EndpointProto::Tcp => {
             serde_json::json!({ "Addr": ep.url.strip_prefix("tcp://").unwrap_or(&ep.url) })
         }
         EndpointProto::Tls => serde_json::json!({ "URL": ep.url, "Hostname": host_of(&ep.url) }),
         _ => serde_json::json!({ "URL": ep.url, "Domain": host_of(&ep.url) }),
     };
+    if let Some(policy) = &ep.traffic_policy {
+        // ngrok's agents send the document as a JSON string.
+        let text = match policy {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        opts["TrafficPolicy"] = serde_json::Value::String(text);
+    }
     let bind = proto::Bind {
         client_id: live.id.clone(),
         proto: ep.proto.as_str().into(),

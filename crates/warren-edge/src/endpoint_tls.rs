@@ -159,32 +159,19 @@ impl EdgeTls {
 
 /// The `config` of every unconditional `terminate-tls` action in `on_tcp_connect`.
 fn terminate_tls_actions(policy: &Value) -> Result<Vec<serde_json::Map<String, Value>>, String> {
-    let parsed;
-    let policy = match policy {
-        Value::String(s) if s.trim().is_empty() => return Ok(Vec::new()),
-        Value::String(s) => {
-            parsed = serde_json::from_str::<Value>(s).map_err(|e| {
-                format!("the traffic policy is not JSON ({e}); this edge reads JSON policies for now")
-            })?;
-            &parsed
-        }
-        v => v,
-    };
+    // The document's syntax errors are reported by the policy compiler with the rest.
+    let Ok(doc) = warren_policy::Document::from_value(policy) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
-    let rules = policy.get("on_tcp_connect").and_then(Value::as_array).cloned().unwrap_or_default();
-    for rule in rules {
-        let conditional = rule.get("expressions").and_then(Value::as_array).is_some_and(|e| !e.is_empty());
-        for action in rule.get("actions").and_then(Value::as_array).into_iter().flatten() {
-            if action.get("type").and_then(Value::as_str) != Some("terminate-tls") {
-                continue;
-            }
+    for rule in &doc.on_tcp_connect {
+        let conditional = !rule.expressions.is_empty();
+        for action in rule.actions.iter().filter(|a| a.kind == "terminate-tls") {
             if conditional {
                 return Err("terminate-tls with expressions is not supported yet; put it in a rule without expressions".into());
             }
-            match action.get("config") {
-                None | Some(Value::Null) => out.push(serde_json::Map::new()),
-                Some(Value::Object(m)) => out.push(m.clone()),
-                Some(_) => return Err("terminate-tls: config must be an object".into()),
+            match &action.config {
+                Value::Null => out.push(serde_json::Map::new()),
+                Value::Object(m) => out.push(m.clone()),
+                _ => return Err("terminate-tls: config must be an object".into()),
             }
         }
     }

@@ -5,7 +5,6 @@
 //! visitors get one stream per concurrent request. Bodies stream in both directions; upgrades
 //! (WebSocket) are spliced once both sides agree.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -56,7 +55,10 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, sche
             let _ = tcp.set_nodelay(true);
             let Some(remote) = crate::client_addr::resolve(&shared, &mut tcp, peer).await else { return };
             match scheme {
-                Scheme::Http => serve(shared, tcp, remote, scheme, None).await,
+                Scheme::Http => {
+                    let local = tcp.local_addr().unwrap_or(remote);
+                    serve(shared, tcp, remote, local, scheme, None, None).await
+                }
                 Scheme::Https => front(shared, tcp, remote).await,
             }
             drop(permit);
@@ -92,7 +94,7 @@ async fn front(shared: Arc<Shared>, mut tcp: TcpStream, remote: SocketAddr) {
         return crate::session::serve_agent(shared, io, remote).await;
     }
     if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Tls, name.clone())) {
-        return crate::ingress_tcp::pass_tls(&shared, &ep, hello.buffered, tcp, remote).await;
+        return crate::ingress_tcp::pass_tls(&shared, &ep, hello.buffered, &name, tcp, remote).await;
     }
     // An endpoint with its own TLS settings (versions, mutual TLS) gets its own config.
     let acceptor =
@@ -100,12 +102,31 @@ async fn front(shared: Arc<Shared>, mut tcp: TcpStream, remote: SocketAddr) {
             Some(cfg) => tokio_rustls::TlsAcceptor::from(cfg),
             None => shared.https_tls.clone(),
         };
+    let local = tcp.local_addr().unwrap_or(remote);
     let io = crate::tls_front::Rewind::new(hello.buffered, tcp);
     match tokio::time::timeout(limit, acceptor.accept(io)).await {
         Ok(Ok(tls)) => {
-            let cert =
-                tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(ClientCert::parse);
-            serve(shared, tls, remote, Scheme::Https, cert).await
+            let c = tls.get_ref().1;
+            let cert = c.peer_certificates().and_then(|c| c.first()).and_then(ClientCert::parse);
+            let info = warren_policy::TlsInfo {
+                version: match c.protocol_version() {
+                    Some(rustls::ProtocolVersion::TLSv1_2) => "1.2".into(),
+                    Some(rustls::ProtocolVersion::TLSv1_3) => "1.3".into(),
+                    other => other.map(|v| format!("{v:?}")).unwrap_or_default(),
+                },
+                cipher_suite: c
+                    .negotiated_cipher_suite()
+                    .map(|s| format!("{:?}", s.suite()))
+                    .unwrap_or_default(),
+                sni: c.server_name().unwrap_or_default().to_owned(),
+                client: cert.as_ref().map(|cc| warren_policy::ClientCertInfo {
+                    subject: cc.subject.clone(),
+                    issuer: cc.issuer.clone(),
+                    san: cc.san.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+                    serial_number: cc.serial.clone(),
+                }),
+            };
+            serve(shared, tls, remote, local, Scheme::Https, cert, Some(info)).await
         }
         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "visitor TLS handshake failed"),
         Err(_) => tracing::debug!(%remote, "visitor TLS handshake timed out"),
@@ -115,7 +136,11 @@ async fn front(shared: Arc<Shared>, mut tcp: TcpStream, remote: SocketAddr) {
 /// One visitor connection.
 struct Visitor {
     remote: SocketAddr,
+    /// The edge's address the visitor reached.
+    local: SocketAddr,
     scheme: Scheme,
+    /// The TLS connection as policy expressions see it (`conn.tls`).
+    tls: Option<warren_policy::TlsInfo>,
     /// The verified client certificate (mutual TLS endpoints).
     client_cert: Option<ClientCert>,
     pool: Mutex<Vec<(Arc<Endpoint>, SendRequest<Incoming>)>>,
@@ -125,17 +150,21 @@ async fn serve<IO>(
     shared: Arc<Shared>,
     io: IO,
     remote: SocketAddr,
+    local: SocketAddr,
     scheme: Scheme,
     client_cert: Option<ClientCert>,
+    tls: Option<warren_policy::TlsInfo>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let visitor = Arc::new(Visitor { remote, scheme, client_cert, pool: Mutex::new(Vec::new()) });
+    let visitor = Arc::new(Visitor { remote, local, scheme, tls, client_cert, pool: Mutex::new(Vec::new()) });
     let svc = {
         let shared = shared.clone();
         service_fn(move |req| {
             let (shared, visitor) = (shared.clone(), visitor.clone());
-            async move { Ok::<_, Infallible>(handle(&shared, &visitor, req).await) }
+            // An error from the service makes hyper close the connection without an answer
+            // (the close-connection action).
+            async move { handle(&shared, &visitor, req).await }
         })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -150,17 +179,37 @@ async fn serve<IO>(
     }
 }
 
-async fn handle(shared: &Shared, visitor: &Visitor, req: Request<Incoming>) -> Response<Body> {
+/// The traffic policy closed the connection.
+#[derive(Debug)]
+struct ClosedByPolicy;
+
+impl std::fmt::Display for ClosedByPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection closed by the traffic policy")
+    }
+}
+
+impl std::error::Error for ClosedByPolicy {}
+
+async fn handle(
+    shared: &Shared,
+    visitor: &Visitor,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ClosedByPolicy> {
     if let Some(token) = req.uri().path().strip_prefix("/.well-known/acme-challenge/")
         && let Some(key_auth) = shared.challenges.http01(token)
     {
-        return Response::builder()
+        return Ok(Response::builder()
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(Full::new(Bytes::from(key_auth)).map_err(|never| match never {}).boxed())
-            .expect("valid challenge response");
+            .expect("valid challenge response"));
     }
     let Some(host) = request_host(&req) else {
-        return page(StatusCode::BAD_REQUEST, "The request has no Host header, so it cannot be routed.", "");
+        return Ok(page(
+            StatusCode::BAD_REQUEST,
+            "The request has no Host header, so it cannot be routed.",
+            "",
+        ));
     };
     let proto = match visitor.scheme {
         Scheme::Http => Proto::Http,
@@ -169,13 +218,13 @@ async fn handle(shared: &Shared, visitor: &Visitor, req: Request<Incoming>) -> R
     if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(proto, host.clone())) {
         let ip = crate::client_addr::forwarded_ip(shared, visitor.remote.ip(), req.headers());
         if !crate::ip_rules::visitor_allowed(shared, &ep.session.account_id, ip, &ep.url).await {
-            return page(
+            return Ok(page(
                 StatusCode::FORBIDDEN,
                 &format!("Requests from {ip} to {host} are not allowed by this endpoint's IP restrictions."),
                 codes::IP_RESTRICTED,
-            );
+            ));
         }
-        return proxy(visitor, &ep, &host, req).await;
+        return proxy(visitor, &ep, &host, ip, req).await;
     }
     if visitor.scheme == Scheme::Http
         && let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Https, host.clone()))
@@ -183,13 +232,13 @@ async fn handle(shared: &Shared, visitor: &Visitor, req: Request<Incoming>) -> R
         // https-only endpoint: send plain-http visitors to the same path over https.
         let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let location = format!("{}{pq}", ep.url);
-        return Response::builder()
+        return Ok(Response::builder()
             .status(StatusCode::PERMANENT_REDIRECT)
             .header(header::LOCATION, location)
             .body(empty())
-            .expect("valid redirect");
+            .expect("valid redirect"));
     }
-    page(
+    Ok(page(
         StatusCode::NOT_FOUND,
         &format!(
             "No endpoint is online at {host}. Start an agent for it, for example: warren http 8080 --url {}://{host}",
@@ -199,15 +248,16 @@ async fn handle(shared: &Shared, visitor: &Visitor, req: Request<Incoming>) -> R
             }
         ),
         codes::ENDPOINT_NOT_FOUND,
-    )
+    ))
 }
 
 async fn proxy(
     visitor: &Visitor,
     ep: &Arc<Endpoint>,
     host: &str,
+    client_ip: std::net::IpAddr,
     mut req: Request<Incoming>,
-) -> Response<Body> {
+) -> Result<Response<Body>, ClosedByPolicy> {
     let upgrade = is_upgrade(req.headers()) && req.version() <= Version::HTTP_11;
     let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -221,7 +271,40 @@ async fn proxy(
         parts.headers.insert(header::HOST, h.clone());
     }
     parts.uri = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
-    parts.version = Version::HTTP_11;
+    let visitor_version = std::mem::replace(&mut parts.version, Version::HTTP_11);
+    // The policy sees the visitor's request (its version, its headers), before warren adds
+    // the forwarding headers.
+    let scheme = match visitor.scheme {
+        Scheme::Http => "http",
+        Scheme::Https => "https",
+    };
+    let conn = (!ep.policy.is_empty()).then(|| {
+        let client = SocketAddr::new(client_ip, visitor.remote.port());
+        crate::policy::conn(client, visitor.local, visitor.tls.clone())
+    });
+    if let Some(conn) = &conn {
+        let (now, mono) = crate::policy::now();
+        parts.version = visitor_version;
+        let (verdict, logs) = ep.policy.on_http_request(conn, &ep.info, scheme, &mut parts, now, mono);
+        parts.version = Version::HTTP_11;
+        crate::policy::write_logs(&ep.url, logs);
+        match verdict {
+            warren_policy::Verdict::Continue => {}
+            warren_policy::Verdict::Respond(r) => {
+                return Ok(r.map(|b| Full::new(b).map_err(|never| match never {}).boxed()));
+            }
+            warren_policy::Verdict::Close => return Err(ClosedByPolicy),
+        }
+    }
+    // Response rules read the request as it was sent on.
+    let sent = (conn.is_some() && ep.policy.has_response_rules()).then(|| {
+        let mut r = Request::new(());
+        *r.method_mut() = parts.method.clone();
+        *r.uri_mut() = parts.uri.clone();
+        *r.version_mut() = visitor_version;
+        *r.headers_mut() = parts.headers.clone();
+        r.into_parts().0
+    });
     add_forwarded(&mut parts.headers, visitor, original_host.as_ref());
     let req = Request::from_parts(parts, body);
 
@@ -229,11 +312,11 @@ async fn proxy(
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(url = %ep.url, error = %e, "could not open a proxy stream");
-            return page(
+            return Ok(page(
                 StatusCode::BAD_GATEWAY,
                 &format!("The agent session serving {host} could not be reached."),
                 codes::SESSION_GONE,
-            );
+            ));
         }
     };
     let resp = sender.send_request(req).await;
@@ -247,11 +330,11 @@ async fn proxy(
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(url = %ep.url, error = %e, "proxied request failed");
-            return page(
+            return Ok(page(
                 StatusCode::BAD_GATEWAY,
                 &format!("The agent serving {host} ended the request without a response."),
                 codes::SESSION_GONE,
-            );
+            ));
         }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -266,7 +349,22 @@ async fn proxy(
     } else {
         strip_hop_by_hop(resp.headers_mut(), false);
     }
-    resp.map(|b| b.boxed())
+    if let (Some(conn), Some(sent)) = (&conn, &sent) {
+        let (mut res_parts, body) = resp.into_parts();
+        let (now, mono) = crate::policy::now();
+        let (verdict, logs) =
+            ep.policy.on_http_response(conn, &ep.info, scheme, sent, &mut res_parts, now, mono);
+        crate::policy::write_logs(&ep.url, logs);
+        return match verdict {
+            warren_policy::Verdict::Continue => Ok(Response::from_parts(res_parts, body.boxed())),
+            // The upstream's body is dropped unread; the agent's stream is reset with it.
+            warren_policy::Verdict::Respond(r) => {
+                Ok(r.map(|b| Full::new(b).map_err(|never| match never {}).boxed()))
+            }
+            warren_policy::Verdict::Close => Err(ClosedByPolicy),
+        };
+    }
+    Ok(resp.map(|b| b.boxed()))
 }
 
 /// A ready proxy stream from the visitor's pool, or a new one.

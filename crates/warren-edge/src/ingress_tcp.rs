@@ -26,6 +26,7 @@ pub(crate) async fn bind(
     session: &Arc<AgentSession>,
     client_id: &str,
     wanted: Option<u16>,
+    policy: warren_policy::Chain,
 ) -> Result<String, String> {
     let range = shared.config.tcp_ports.clone();
     let unavailable = |msg: String| proto::error_text(&msg, codes::TCP_ADDR_UNAVAILABLE);
@@ -79,14 +80,17 @@ pub(crate) async fn bind(
     };
     let port = listener.local_addr().map_err(|e| unavailable(e.to_string()))?.port();
     let url = format!("tcp://{}:{port}", shared.config.tcp_host);
+    let id = warren_store::generate_id("ep");
     let ep = Endpoint {
-        id: warren_store::generate_id("ep"),
+        info: crate::policy::endpoint_info(&id, &url, "tcp"),
+        id,
         session: session.clone(),
         client_id: client_id.to_owned(),
         proto: Proto::Tcp,
         url: url.clone(),
         key: EndpointKey::Port(port),
         tls: None,
+        policy,
     };
     let ep = shared
         .registry
@@ -112,11 +116,37 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ep: Arc<Endpoin
         tokio::spawn(async move {
             let Some(remote) = crate::client_addr::resolve(&shared, &mut tcp, peer).await else { return };
             // Refused visitors are closed before a proxy stream is opened.
-            if crate::ip_rules::visitor_allowed(&shared, &ep.session.account_id, remote.ip(), &ep.url).await {
+            if crate::ip_rules::visitor_allowed(&shared, &ep.session.account_id, remote.ip(), &ep.url).await
+                && connect_allowed(&ep, remote, tcp.local_addr().ok(), None)
+            {
                 proxy(tcp, remote, &ep).await;
             }
             drop(permit);
         });
+    }
+}
+
+/// Runs the endpoint's `on_tcp_connect` rules; false closes the connection.
+fn connect_allowed(
+    ep: &Endpoint,
+    remote: SocketAddr,
+    local: Option<SocketAddr>,
+    tls: Option<warren_policy::TlsInfo>,
+) -> bool {
+    if ep.policy.is_empty() {
+        return true;
+    }
+    let local = local.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let conn = crate::policy::conn(remote, local, tls);
+    let (now, mono) = crate::policy::now();
+    let (verdict, logs) = ep.policy.on_tcp_connect(&conn, &ep.info, now, mono);
+    crate::policy::write_logs(&ep.url, logs);
+    match verdict {
+        warren_policy::Verdict::Continue => true,
+        _ => {
+            tracing::debug!(url = %ep.url, %remote, "connection closed by the traffic policy");
+            false
+        }
     }
 }
 
@@ -141,11 +171,16 @@ pub(crate) async fn pass_tls(
     shared: &Arc<Shared>,
     ep: &Arc<Endpoint>,
     hello: Vec<u8>,
+    sni: &str,
     mut tcp: TcpStream,
     remote: SocketAddr,
 ) {
     use tokio::io::AsyncWriteExt;
     if !crate::ip_rules::visitor_allowed(shared, &ep.session.account_id, remote.ip(), &ep.url).await {
+        return;
+    }
+    let tls = warren_policy::TlsInfo { sni: sni.to_owned(), ..Default::default() };
+    if !connect_allowed(ep, remote, tcp.local_addr().ok(), Some(tls)) {
         return;
     }
     let mut stream = match ep.open_proxy_stream(remote).await {

@@ -36,6 +36,7 @@ mod ingress_http;
 mod ingress_tcp;
 mod ip_rules;
 mod node;
+mod policy;
 mod proxy_protocol;
 mod registry;
 pub mod sealed;

@@ -64,6 +64,10 @@ pub(crate) struct Endpoint {
     pub(crate) key: EndpointKey,
     /// An https endpoint's own TLS settings; `None` uses the edge's default.
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// Its traffic policies, run on every connection, request and response.
+    pub(crate) policy: warren_policy::Chain,
+    /// What policy expressions see as `endpoint.*`.
+    pub(crate) info: warren_policy::EndpointInfo,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -407,14 +407,24 @@ async fn bind_endpoint(
                     Some(t.server_config(crate::tls::provider(), shared.certs.clone()).map_err(invalid)?)
                 }
             };
+            let policy = crate::policy::compile_for_bind(
+                shared,
+                session,
+                proto.as_str(),
+                opts.traffic_policy.as_ref(),
+            )
+            .await?;
+            let id = warren_store::generate_id("ep");
             let ep = Endpoint {
-                id: warren_store::generate_id("ep"),
+                info: crate::policy::endpoint_info(&id, &url, proto.as_str()),
+                id,
                 session: session.clone(),
                 client_id: bind.client_id.clone(),
                 proto,
                 url: url.clone(),
                 key: EndpointKey::Host(proto, host.clone()),
                 tls,
+                policy,
             };
             let ep = shared.registry.bind(ep, max).map_err(|r| refused(r, &url))?;
             record_endpoint(shared, &ep).await?;
@@ -435,7 +445,9 @@ async fn bind_endpoint(
                 }
                 _ => {}
             }
-            ingress_tcp::bind(shared, session, &bind.client_id, wanted).await
+            let policy =
+                crate::policy::compile_for_bind(shared, session, "tcp", opts.traffic_policy.as_ref()).await?;
+            ingress_tcp::bind(shared, session, &bind.client_id, wanted, policy).await
         }
         "tls" => {
             let opts: proto::TlsOpts = serde_json::from_value(bind.opts.clone())
@@ -463,14 +475,19 @@ async fn bind_endpoint(
                 443 => format!("tls://{host}"),
                 p => format!("tls://{host}:{p}"),
             };
+            let policy =
+                crate::policy::compile_for_bind(shared, session, "tls", opts.traffic_policy.as_ref()).await?;
+            let id = warren_store::generate_id("ep");
             let ep = Endpoint {
-                id: warren_store::generate_id("ep"),
+                info: crate::policy::endpoint_info(&id, &url, "tls"),
+                id,
                 session: session.clone(),
                 client_id: bind.client_id.clone(),
                 proto: Proto::Tls,
                 url: url.clone(),
                 key: EndpointKey::Host(Proto::Tls, host),
                 tls: None,
+                policy,
             };
             let ep = shared.registry.bind(ep, max).map_err(|r| refused(r, &url))?;
             record_endpoint(shared, &ep).await?;

@@ -243,8 +243,8 @@ pub struct HttpOpts {
     pub auth: String,
     /// PROXY protocol version for the upstream (0, 1, 2).
     pub proxy_proto: i64,
-    /// Traffic policy document (a JSON string or object). The edge applies its
-    /// `terminate-tls` action; the rest is kept for the traffic policy work.
+    /// Traffic policy document (a JSON string or object), compiled when the endpoint is
+    /// bound; its `terminate-tls` action sets the endpoint's TLS.
     pub traffic_policy: Option<serde_json::Value>,
     /// Mutual TLS at the edge: `{"mutual_tls_ca": base64 of PEM CA certificates}`.
     #[serde(rename = "MutualTLSCA")]
@@ -264,6 +264,8 @@ pub struct TcpOpts {
     pub remote_port: u16,
     /// PROXY protocol version for the upstream.
     pub proxy_proto: i64,
+    /// Traffic policy document (a JSON string or object): `on_tcp_connect` rules.
+    pub traffic_policy: Option<serde_json::Value>,
 }
 
 /// The options of a tls endpoint that the edge reads.
@@ -283,6 +285,8 @@ pub struct TlsOpts {
     /// agents' keys).
     #[serde(rename = "TLSTermination")]
     pub tls_termination: Option<serde_json::Value>,
+    /// Traffic policy document (a JSON string or object): `on_tcp_connect` rules.
+    pub traffic_policy: Option<serde_json::Value>,
 }
 
 /// Edge → client: the reply to [`Bind`].

@@ -572,6 +572,21 @@ impl Store {
         Ok(rules)
     }
 
+    /// The rules of one policy as `(cidr, action)` text, for traffic policies that name it;
+    /// `NotFound` when the account has no such policy.
+    pub async fn ip_policy_cidrs(
+        &self,
+        account_id: &str,
+        id: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.get_ip_policy(account_id, id).await?;
+        Ok(with_db!(self.db, pool => {
+            sqlx::query("SELECT cidr, action FROM ip_policy_rules WHERE account_id = $1 AND ip_policy_id = $2")
+                .bind(account_id).bind(id).fetch_all(pool).await?
+                .iter().map(|row| (row.get::<String, _>(0), row.get::<String, _>(1))).collect::<Vec<_>>()
+        }))
+    }
+
     /// Whether `ip` passes the rules of `ip_policy_ids` taken together (see [`evaluate`]).
     pub async fn ip_policies_allow(
         &self,

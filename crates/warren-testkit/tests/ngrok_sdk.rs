@@ -173,3 +173,19 @@ async fn the_ngrok_sdk_connects_by_sni_on_the_shared_port_and_terminates_its_own
     within("echo", tls.read_exact(&mut back)).await.unwrap();
     assert_eq!(&back, b"through the SDK");
 }
+
+#[tokio::test]
+async fn an_invalid_traffic_policy_refuses_the_sdks_endpoint_with_the_reason() {
+    let edge = TestEdge::start().await;
+    let s = sdk_session(&edge, &edge.authtoken).await.unwrap();
+    let bad = r#"{"on_http_request":[{"name":"oops","expressions":["req.method > 5"],"actions":[{"type":"deny"}]}]}"#;
+    let err = s.http_endpoint().traffic_policy(bad).listen().await.err().expect("refused");
+    let text = format!("{err:?}");
+    assert!(text.contains("oops") && text.contains("cannot be evaluated"), "{text}");
+    // A valid one is enforced for the SDK's endpoint too.
+    let good = r#"{"on_http_request":[{"actions":[{"type":"custom-response","config":{"status_code":418,"body":"policy says hi"}}]}]}"#;
+    let _t =
+        s.http_endpoint().domain("sdkpolicy.warren.localhost").traffic_policy(good).listen().await.unwrap();
+    let (status, _, body) = https_get(&edge, "sdkpolicy.warren.localhost", "/").await;
+    assert_eq!((status.as_u16(), body.as_str()), (418, "policy says hi"));
+}

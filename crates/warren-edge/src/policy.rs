@@ -1,0 +1,94 @@
+//! Traffic policies at the edge: compiled when an endpoint is bound (a document that does not
+//! compile refuses the Bind with the rule and the problem), then run on every connection,
+//! request and response of the endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use warren_policy::{Chain, Cidr, CompileEnv, Document, EndpointInfo, LogEntry, Policy};
+use warren_proto::error_codes as codes;
+
+use crate::Shared;
+use crate::registry::AgentSession;
+
+/// Compiles the policy a Bind carries for an endpoint of `proto` (`https`, `http`, `tcp`,
+/// `tls`). The error is formatted for the client.
+pub(crate) async fn compile_for_bind(
+    shared: &Shared,
+    session: &AgentSession,
+    proto: &str,
+    raw: Option<&serde_json::Value>,
+) -> Result<Chain, String> {
+    let invalid = |msg: String| {
+        warren_proto::error_text(&format!("invalid traffic policy: {msg}"), codes::BIND_INVALID)
+    };
+    let mut chain = Vec::new();
+    if let Some(raw) = raw.filter(|v| !v.is_null()) {
+        let doc = Document::from_value(raw).map_err(|e| invalid(e.to_string()))?;
+        let mut env = CompileEnv::default();
+        for id in doc.ip_policy_ids() {
+            let rows = match shared.store.ip_policy_cidrs(&session.account_id, &id).await {
+                Ok(r) => r,
+                Err(warren_store::StoreError::NotFound(_)) => {
+                    return Err(invalid(format!(
+                        "restrict-ips names the IP policy {id:?}, which this account does not have"
+                    )));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "store failed while reading IP policies for a traffic policy");
+                    return Err(invalid("the edge could not read the IP policies; try again".into()));
+                }
+            };
+            let (mut allow, mut deny) = (Vec::new(), Vec::new());
+            for (cidr, action) in rows {
+                let Ok(c) = Cidr::parse(&cidr) else { continue };
+                if action == "allow" { allow.push(c) } else { deny.push(c) }
+            }
+            env.ip_policies.insert(id, (allow, deny));
+        }
+        let policy = Policy::compile(&doc, proto, &env).map_err(|e| invalid(e.to_string()))?;
+        if !policy.is_empty() {
+            chain.push(Arc::new(policy));
+        }
+    }
+    Ok(Chain(chain))
+}
+
+/// Builds what expressions see of the endpoint.
+pub(crate) fn endpoint_info(id: &str, url: &str, proto: &str) -> EndpointInfo {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_owned(), p.parse().unwrap_or(0)),
+        _ => (rest.to_owned(), if proto == "http" { 80 } else { 443 }),
+    };
+    EndpointInfo { id: id.to_owned(), url: url.to_owned(), proto: proto.to_owned(), host, port }
+}
+
+/// The connection as expressions see it.
+pub(crate) fn conn(
+    client: SocketAddr,
+    server: SocketAddr,
+    tls: Option<warren_policy::TlsInfo>,
+) -> warren_policy::Conn {
+    warren_policy::Conn {
+        client_ip: client.ip(),
+        client_port: client.port(),
+        server_ip: server.ip(),
+        server_port: server.port(),
+        tls,
+    }
+}
+
+/// Writes the `log` actions' output.
+pub(crate) fn write_logs(url: &str, logs: Vec<LogEntry>) {
+    for l in logs {
+        let metadata = serde_json::Value::Object(l.metadata);
+        tracing::info!(target: "warren::traffic_policy", endpoint = %url, rule = %l.rule, %metadata, "traffic policy log");
+    }
+}
+
+/// The wall clock and the monotonic clock, read once per phase.
+pub(crate) fn now() -> (SystemTime, Instant) {
+    (SystemTime::now(), Instant::now())
+}

@@ -1,0 +1,284 @@
+//! Traffic policies through a real tunnel: the agent sends the document with its Bind, the
+//! edge compiles it (or refuses the Bind, saying why) and applies it to every visitor.
+
+use std::sync::atomic::Ordering;
+
+use hyper::{Request, StatusCode};
+use warren_agent::{Agent, AgentError, EndpointConfig};
+use warren_testkit::*;
+
+async fn with_policy(
+    edge: &TestEdge,
+    up: &HttpUpstream,
+    name: &str,
+    policy: &str,
+) -> Result<Agent, AgentError> {
+    let mut ep = EndpointConfig::http(&up.url(), Some(&format!("https://{name}.warren.localhost"))).unwrap();
+    // As text, the way ngrok's SDKs send it: the edge parses it.
+    ep.traffic_policy = Some(serde_json::Value::String(policy.to_owned()));
+    let mut agent = Agent::start(edge.agent_with(ep));
+    within("bind", agent.wait_online()).await.map(|_| agent)
+}
+
+/// A request through the tunnel: status, headers, body.
+async fn get(
+    edge: &TestEdge,
+    name: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, hyper::HeaderMap, String) {
+    let host = format!("{name}.warren.localhost");
+    let tls = tls_connect(edge.https_addr(), &host, &edge.ca_pem, &[b"http/1.1"]).await;
+    let mut send = http1(tls).await;
+    let mut b = Request::get(path).header("host", format!("{host}:{}", edge.https_addr().port()));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let res = within("response", send.send_request(b.body(empty()).unwrap())).await.expect("response");
+    let (parts, body) = res.into_parts();
+    let text = String::from_utf8_lossy(&http_body_util::BodyExt::collect(body).await.unwrap().to_bytes())
+        .into_owned();
+    (parts.status, parts.headers, text)
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// From ngrok's documentation, unchanged.
+const NGROK_EXAMPLE: &str = r#"
+on_http_request:
+  - expressions:
+      - "req.url.path.startsWith('/admin')"
+    actions:
+      - type: restrict-ips
+        config:
+          enforce: true
+          allow:
+            - "110.0.0.0/8"
+            - "220.12.0.0/16"
+  - actions:
+      - type: add-headers
+        config:
+          headers:
+            x-client-ip: "${conn.client_ip}"
+on_http_response:
+  - actions:
+      - type: remove-headers
+        config:
+          headers:
+            - content-type
+"#;
+
+#[tokio::test]
+async fn ngroks_documentation_example_runs_through_the_tunnel() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let _agent = with_policy(&edge, &up, "docs", NGROK_EXAMPLE).await.expect("bound");
+    let (status, _, body) = get(&edge, "docs", "/admin/panel", &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "127.0.0.1 is not in the allow list: {body}");
+    assert_eq!(up.requests.load(Ordering::SeqCst), 0, "the upstream never saw it");
+    let (status, headers, body) = get(&edge, "docs", "/echo", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["headers"]["x-client-ip"], "127.0.0.1");
+    assert!(headers.get("content-type").is_none(), "removed by on_http_response");
+}
+
+#[tokio::test]
+async fn each_action_allows_and_denies_through_the_tunnel() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let policy = r#"
+on_http_request:
+  - name: admin needs a password
+    expressions: ["req.url.path.startsWith('/echo/admin')"]
+    actions:
+      - type: basic-auth
+        config: {credentials: ["alice:correct-horse-battery"]}
+  - name: no deletes
+    expressions: ["req.method == 'DELETE'"]
+    actions: [{type: deny, config: {status_code: 405}}]
+  - name: blocked network
+    expressions: ["hasReqHeader('x-pretend-blocked')"]
+    actions:
+      - type: restrict-ips
+        config: {deny: ["127.0.0.0/8"]}
+  - name: limit
+    expressions: ["req.url.path == '/limited'"]
+    actions:
+      - type: rate-limit
+        config: {name: two per minute, algorithm: sliding_window, capacity: 2, rate: 60s, bucket_key: [conn.client_ip]}
+      - type: custom-response
+        config: {status_code: 200, body: "within the limit"}
+  - name: old paths
+    actions:
+      - type: url-rewrite
+        config: {from: "/v1/([a-z]+)$", to: "/echo?item=$1"}
+  - expressions: ["req.url.path == '/moved'"]
+    actions:
+      - type: redirect
+        config: {to: "https://${req.host}/echo/new", status_code: 301}
+  - expressions: ["req.url.path == '/hangup'"]
+    actions: [{type: close-connection}]
+  - actions:
+      - type: log
+        config: {metadata: {path: "${req.url.path}"}}
+      - type: add-headers
+        config: {headers: {x-from-policy: "yes ${req.method}"}}
+      - type: remove-headers
+        config: {headers: [x-secret]}
+on_http_response:
+  - expressions: ["res.status_code == 200"]
+    actions:
+      - type: add-headers
+        config: {headers: {x-res-policy: "saw ${res.status_code}"}}
+"#;
+    let _agent = with_policy(&edge, &up, "acts", policy).await.expect("bound");
+
+    // basic-auth: refused without and with wrong credentials, allowed with the right ones.
+    let (status, headers, _) = get(&edge, "acts", "/echo/admin", &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers["www-authenticate"].to_str().unwrap().starts_with("Basic realm="));
+    let (status, _, _) =
+        get(&edge, "acts", "/echo/admin", &[("authorization", "Basic YWxpY2U6d3Jvbmc=")]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // alice:correct-horse-battery
+    let (status, _, _) =
+        get(&edge, "acts", "/echo/admin", &[("authorization", "Basic YWxpY2U6Y29ycmVjdC1ob3JzZS1iYXR0ZXJ5")])
+            .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // deny and restrict-ips.
+    let tls = tls_connect(edge.https_addr(), "acts.warren.localhost", &edge.ca_pem, &[b"http/1.1"]).await;
+    let mut send = http1(tls).await;
+    let req = Request::delete("/echo")
+        .header("host", format!("acts.warren.localhost:{}", edge.https_addr().port()))
+        .body(empty())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), StatusCode::METHOD_NOT_ALLOWED);
+    let (status, _, _) = get(&edge, "acts", "/echo", &[("x-pretend-blocked", "1")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // rate-limit: two allowed, the third refused with Retry-After.
+    for _ in 0..2 {
+        let (status, _, body) = get(&edge, "acts", "/limited", &[]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "within the limit"));
+    }
+    let (status, headers, _) = get(&edge, "acts", "/limited", &[]).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(headers.contains_key("retry-after"));
+
+    // url-rewrite, add-headers, remove-headers on the request; add-headers on the response.
+    let before = up.requests.load(Ordering::SeqCst);
+    let (status, headers, body) = get(&edge, "acts", "/v1/items", &[("x-secret", "hush")]).await;
+    assert_eq!(status, StatusCode::OK);
+    let echo = json(&body);
+    assert_eq!(echo["path"], "/echo?item=items");
+    assert_eq!(echo["headers"]["x-from-policy"], "yes GET");
+    assert!(echo["headers"].get("x-secret").is_none(), "{echo}");
+    assert_eq!(headers["x-res-policy"], "saw 200");
+    assert_eq!(up.requests.load(Ordering::SeqCst), before + 1);
+
+    // redirect and close-connection never reach the upstream.
+    let (status, headers, _) = get(&edge, "acts", "/moved", &[]).await;
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(headers["location"], format!("https://acts.warren.localhost/echo/new"));
+    let tls = tls_connect(edge.https_addr(), "acts.warren.localhost", &edge.ca_pem, &[b"http/1.1"]).await;
+    let mut send = http1(tls).await;
+    let req = Request::get("/hangup").header("host", "acts.warren.localhost").body(empty()).unwrap();
+    assert!(
+        within("closed", send.send_request(req)).await.is_err(),
+        "the connection is closed without an answer"
+    );
+    assert_eq!(up.requests.load(Ordering::SeqCst), before + 1);
+}
+
+#[tokio::test]
+async fn invalid_documents_refuse_the_bind_with_the_rule_and_the_problem() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let cases = [
+        ("on_http_request: [ {actions: ", "invalid YAML"),
+        (
+            "on_http_request:\n  - name: mystery\n    actions: [{type: teleport}]\n",
+            "unknown action type \"teleport\"",
+        ),
+        (
+            "on_http_request:\n  - name: nets\n    actions: [{type: restrict-ips, config: {allow: [\"10.0.0.0/99\"]}}]\n",
+            "10.0.0.0/99",
+        ),
+        (
+            "on_http_request:\n  - name: typed\n    expressions: [\"req.method > 5\"]\n    actions: [{type: deny}]\n",
+            "cannot be evaluated",
+        ),
+        (
+            "on_http_request:\n  - actions: [{type: restrict-ips, config: {ip_policies: [ipp_missing]}}]\n",
+            "ipp_missing",
+        ),
+    ];
+    for (i, (doc, want)) in cases.iter().enumerate() {
+        let err = with_policy(&edge, &up, &format!("bad{i}"), doc).await.err().expect("refused");
+        let AgentError::Bind(msg) = err else { panic!("{err:?}") };
+        assert!(msg.contains("invalid traffic policy") && msg.contains(want), "{doc}\n=> {msg}");
+    }
+}
+
+#[tokio::test]
+async fn on_tcp_connect_closes_refused_visitors_of_a_tcp_endpoint() {
+    let edge = TestEdge::start().await;
+    let (echo, _task) = tcp_echo().await;
+    for (deny, expect_echo) in [("127.0.0.0/8", false), ("10.0.0.0/8", true)] {
+        let mut ep = EndpointConfig::tcp(&echo.to_string(), None).unwrap();
+        let doc = format!(
+            "on_tcp_connect:\n  - actions: [{{type: restrict-ips, config: {{deny: [\"{deny}\"]}}}}]\n"
+        );
+        ep.traffic_policy = Some(warren_agent::config::policy_from_text(&doc).unwrap());
+        let mut agent = Agent::start(edge.agent_with(ep));
+        let url = within("tcp bind", agent.wait_online()).await.expect("bound")[0].clone();
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", url_port(&url))).await.unwrap();
+        if expect_echo {
+            assert_eq!(echo_roundtrip(&mut c, b"through").await, b"through");
+        } else {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = c.write_all(b"x").await;
+            let mut buf = [0u8; 1];
+            let n = within("closed by policy", c.read(&mut buf)).await.unwrap_or(0);
+            assert_eq!(n, 0, "the connection is closed");
+        }
+        agent.stop().await.unwrap();
+        edge.wait_sessions(0).await;
+    }
+}
+
+#[tokio::test]
+async fn ngroks_older_flags_become_rules() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let mut ep = EndpointConfig::http(&up.url(), Some("https://flags.warren.localhost")).unwrap();
+    let flags = warren_agent::config::LegacyFlags {
+        basic_auth: vec!["bob:sponge-cake-42".into()],
+        request_header_add: vec!["x-team: blue".into()],
+        response_header_remove: vec!["content-type".into()],
+        ..Default::default()
+    };
+    ep.prepend_policy(flags.rules(true).unwrap().unwrap()).unwrap();
+    let mut agent = Agent::start(edge.agent_with(ep));
+    within("bind", agent.wait_online()).await.expect("bound");
+    let (status, _, _) = get(&edge, "flags", "/echo", &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // bob:sponge-cake-42
+    let (status, headers, body) =
+        get(&edge, "flags", "/echo", &[("authorization", "Basic Ym9iOnNwb25nZS1jYWtlLTQy")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["headers"]["x-team"], "blue");
+    assert!(headers.get("content-type").is_none());
+
+    // --cidr-deny on a tcp endpoint becomes an on_tcp_connect rule.
+    let flags =
+        warren_agent::config::LegacyFlags { cidr_deny: vec!["127.0.0.1/32".into()], ..Default::default() };
+    let doc = flags.rules(false).unwrap().unwrap();
+    assert_eq!(doc["on_tcp_connect"][0]["actions"][0]["type"], "restrict-ips");
+    let flags =
+        warren_agent::config::LegacyFlags { basic_auth: vec!["a:bcdefghij".into()], ..Default::default() };
+    assert!(flags.rules(false).is_err(), "basic auth is for http endpoints");
+}
