@@ -138,6 +138,18 @@ impl Shared {
         sessions.len()
     }
 
+    /// Ends every live session of an account on this node; their agents reconnect (and rebind
+    /// under the account's current rules).
+    pub(crate) async fn end_sessions_of(&self, account_id: &str, why: &'static str) -> usize {
+        let sessions = self.registry.sessions_of(account_id);
+        for s in &sessions {
+            tracing::info!(session = %s.id, why, "ending session");
+            s.mux.close(warren_mux::ErrorCode::None, why);
+            self.end_session(&s.id).await;
+        }
+        sessions.len()
+    }
+
     /// Forgets a session here and in the store (idempotent; the connection is the caller's
     /// to close).
     pub(crate) async fn end_session(&self, id: &str) {

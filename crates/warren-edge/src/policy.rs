@@ -12,8 +12,8 @@ use warren_proto::error_codes as codes;
 use crate::Shared;
 use crate::registry::AgentSession;
 
-/// Compiles the policy a Bind carries for an endpoint of `proto` (`https`, `http`, `tcp`,
-/// `tls`). The error is formatted for the client.
+/// Compiles the account's policy and the one a Bind carries for an endpoint of `proto`
+/// (`https`, `http`, `tcp`, `tls`), the account's first. The error is formatted for the client.
 pub(crate) async fn compile_for_bind(
     shared: &Shared,
     session: &AgentSession,
@@ -24,35 +24,71 @@ pub(crate) async fn compile_for_bind(
         warren_proto::error_text(&format!("invalid traffic policy: {msg}"), codes::BIND_INVALID)
     };
     let mut chain = Vec::new();
+    let account_doc = match shared.store.account_traffic_policy(&session.account_id).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "store failed while reading the account's traffic policy");
+            return Err(invalid("the edge could not read the account's traffic policy; try again".into()));
+        }
+    };
+    if let Some((text, _)) = account_doc {
+        let doc = Document::parse(&text).map_err(|e| invalid(format!("the account's policy: {e}")))?;
+        let env = ip_policies(shared, &session.account_id, &doc).await.map_err(&invalid)?;
+        let policy = Policy::compile_for_account(&doc, proto, &env)
+            .map_err(|e| invalid(format!("the account's policy: {e}")))?;
+        if !policy.is_empty() {
+            chain.push(Arc::new(policy));
+        }
+    }
     if let Some(raw) = raw.filter(|v| !v.is_null()) {
         let doc = Document::from_value(raw).map_err(|e| invalid(e.to_string()))?;
-        let mut env = CompileEnv::default();
-        for id in doc.ip_policy_ids() {
-            let rows = match shared.store.ip_policy_cidrs(&session.account_id, &id).await {
-                Ok(r) => r,
-                Err(warren_store::StoreError::NotFound(_)) => {
-                    return Err(invalid(format!(
-                        "restrict-ips names the IP policy {id:?}, which this account does not have"
-                    )));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "store failed while reading IP policies for a traffic policy");
-                    return Err(invalid("the edge could not read the IP policies; try again".into()));
-                }
-            };
-            let (mut allow, mut deny) = (Vec::new(), Vec::new());
-            for (cidr, action) in rows {
-                let Ok(c) = Cidr::parse(&cidr) else { continue };
-                if action == "allow" { allow.push(c) } else { deny.push(c) }
-            }
-            env.ip_policies.insert(id, (allow, deny));
-        }
+        let env = ip_policies(shared, &session.account_id, &doc).await.map_err(&invalid)?;
         let policy = Policy::compile(&doc, proto, &env).map_err(|e| invalid(e.to_string()))?;
         if !policy.is_empty() {
             chain.push(Arc::new(policy));
         }
     }
     Ok(Chain(chain))
+}
+
+/// Checks an account-wide document for every kind of endpoint.
+pub(crate) async fn check_account_policy(
+    shared: &Shared,
+    account_id: &str,
+    text: &str,
+) -> Result<(), String> {
+    let doc = Document::parse(text).map_err(|e| e.to_string())?;
+    let env = ip_policies(shared, account_id, &doc).await?;
+    for proto in ["https", "tcp"] {
+        Policy::compile_for_account(&doc, proto, &env).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The stored IP policies a document's `restrict-ips` actions name.
+async fn ip_policies(shared: &Shared, account_id: &str, doc: &Document) -> Result<CompileEnv, String> {
+    let mut env = CompileEnv::default();
+    for id in doc.ip_policy_ids() {
+        let rows = match shared.store.ip_policy_cidrs(account_id, &id).await {
+            Ok(r) => r,
+            Err(warren_store::StoreError::NotFound(_)) => {
+                return Err(format!(
+                    "restrict-ips names the IP policy {id:?}, which this account does not have"
+                ));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store failed while reading IP policies for a traffic policy");
+                return Err("the edge could not read the IP policies; try again".into());
+            }
+        };
+        let (mut allow, mut deny) = (Vec::new(), Vec::new());
+        for (cidr, action) in rows {
+            let Ok(c) = Cidr::parse(&cidr) else { continue };
+            if action == "allow" { allow.push(c) } else { deny.push(c) }
+        }
+        env.ip_policies.insert(id, (allow, deny));
+    }
+    Ok(env)
 }
 
 /// Builds what expressions see of the endpoint.

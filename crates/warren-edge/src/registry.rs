@@ -148,6 +148,12 @@ impl Registry {
         self.lock().sessions.len()
     }
 
+    /// Live sessions of an account.
+    pub(crate) fn sessions_of(&self, account_id: &str) -> Vec<Arc<AgentSession>> {
+        let inner = self.lock();
+        inner.sessions.values().filter(|e| e.session.account_id == account_id).map(|e| e.session.clone()).collect()
+    }
+
     /// Live sessions that authenticated with the authtoken `credential_id`.
     pub(crate) fn sessions_using(&self, credential_id: &str) -> Vec<Arc<AgentSession>> {
         let inner = self.lock();

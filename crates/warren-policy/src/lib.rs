@@ -152,6 +152,17 @@ impl Policy {
         })
     }
 
+    /// Compiles an account-wide document for one endpoint: it applies to every kind of
+    /// endpoint, so phases the endpoint does not have (http phases on a tcp endpoint) are left
+    /// out instead of being an error.
+    pub fn compile_for_account(doc: &Document, proto: &str, env: &CompileEnv) -> Result<Policy, PolicyError> {
+        if matches!(proto, "http" | "https") {
+            return Policy::compile(doc, proto, env);
+        }
+        let tcp_only = Document { on_tcp_connect: doc.on_tcp_connect.clone(), ..Document::default() };
+        Policy::compile(&tcp_only, proto, env)
+    }
+
     /// Parses and compiles in one step.
     pub fn from_text(text: &str, proto: &str, env: &CompileEnv) -> Result<Policy, PolicyError> {
         Policy::compile(&Document::parse(text)?, proto, env)

@@ -21,3 +21,41 @@ impl Store {
         Ok((Account { id, name: name.to_owned() }, true))
     }
 }
+
+impl Store {
+    /// The account-wide traffic policy document and when it was set, if any.
+    pub async fn account_traffic_policy(
+        &self,
+        account_id: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        Ok(with_db!(self.db, pool => {
+            sqlx::query("SELECT document, updated_at FROM account_traffic_policies WHERE account_id = $1")
+                .bind(account_id).fetch_optional(pool).await?
+                .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+        }))
+    }
+
+    /// Sets the account-wide traffic policy (the caller has checked that it compiles).
+    pub async fn set_account_traffic_policy(
+        &self,
+        account_id: &str,
+        document: &str,
+    ) -> Result<String, StoreError> {
+        let now = now_rfc3339();
+        with_db!(self.db, pool => {
+            sqlx::query("INSERT INTO account_traffic_policies (account_id, document, updated_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (account_id) DO UPDATE SET document = excluded.document, updated_at = excluded.updated_at")
+                .bind(account_id).bind(document).bind(&now).execute(pool).await?;
+        });
+        Ok(now)
+    }
+
+    /// Removes the account-wide traffic policy; true if there was one.
+    pub async fn delete_account_traffic_policy(&self, account_id: &str) -> Result<bool, StoreError> {
+        let n = with_db!(self.db, pool => {
+            sqlx::query("DELETE FROM account_traffic_policies WHERE account_id = $1")
+                .bind(account_id).execute(pool).await?.rows_affected()
+        });
+        Ok(n > 0)
+    }
+}

@@ -304,6 +304,30 @@ async fn authtokens_carry_their_own_ip_policies() {
 }
 
 #[tokio::test]
+async fn an_account_has_at_most_one_traffic_policy_and_ip_policies_list_their_networks() {
+    on_both(|s| async move {
+        let acc = account(&s).await;
+        assert_eq!(s.account_traffic_policy(&acc.id).await.unwrap(), None);
+        s.set_account_traffic_policy(&acc.id, "on_http_request: []").await.unwrap();
+        s.set_account_traffic_policy(&acc.id, "on_tcp_connect: []").await.unwrap();
+        let (doc, at) = s.account_traffic_policy(&acc.id).await.unwrap().unwrap();
+        assert_eq!(doc, "on_tcp_connect: []");
+        assert!(at.ends_with('Z'));
+        assert!(s.delete_account_traffic_policy(&acc.id).await.unwrap());
+        assert!(!s.delete_account_traffic_policy(&acc.id).await.unwrap());
+
+        let office = s.create_ip_policy(&acc.id, "office", "").await.unwrap();
+        s.create_ip_policy_rule(&acc.id, &office.id, "192.0.2.0/24", "allow", "", "").await.unwrap();
+        s.create_ip_policy_rule(&acc.id, &office.id, "192.0.2.66/32", "deny", "", "").await.unwrap();
+        let mut rows = s.ip_policy_cidrs(&acc.id, &office.id).await.unwrap();
+        rows.sort();
+        assert_eq!(rows, [("192.0.2.0/24".into(), "allow".into()), ("192.0.2.66/32".into(), "deny".into())]);
+        assert!(matches!(s.ip_policy_cidrs(&acc.id, "ipp_nope").await, Err(StoreError::NotFound(_))));
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn reserved_domains_belong_to_one_account_and_cover_wildcards() {
     on_both(|s| async move {
         let acc = account(&s).await;

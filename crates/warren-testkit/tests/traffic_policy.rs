@@ -282,3 +282,67 @@ async fn ngroks_older_flags_become_rules() {
         warren_agent::config::LegacyFlags { basic_auth: vec!["a:bcdefghij".into()], ..Default::default() };
     assert!(flags.rules(false).is_err(), "basic auth is for http endpoints");
 }
+
+/// Waits for the agent to come back online after the edge restarted its session.
+async fn online_again(agent: &mut Agent) {
+    loop {
+        match within("back online", agent.next_status()).await {
+            warren_agent::Status::Online { .. } => return,
+            warren_agent::Status::Stopped(e) => panic!("agent stopped: {e:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_account_policy_applies_even_when_the_endpoint_policy_allows_everything() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let key = edge.api_key.clone();
+    let allow_all =
+        "on_http_request:\n  - actions: [{type: restrict-ips, config: {allow: [\"0.0.0.0/0\", \"::/0\"]}}]\n";
+    let mut agent = with_policy(&edge, &up, "guarded", allow_all).await.expect("bound");
+    assert_eq!(get(&edge, "guarded", "/", &[]).await.0, StatusCode::OK);
+
+    // Invalid account policies are refused with the problem.
+    let (status, _, body) = edge
+        .api("PUT", "/traffic_policy", Some(&key), Some(serde_json::json!({ "traffic_policy": "on_http_request:\n  - actions: [{type: teleport}]\n" })))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["msg"].as_str().unwrap().contains("teleport"), "{body}");
+
+    let deny_loopback = "on_http_request:\n  - name: company networks only\n    actions: [{type: restrict-ips, config: {deny: [\"127.0.0.0/8\"]}}]\non_tcp_connect:\n  - actions: [{type: restrict-ips, config: {deny: [\"127.0.0.0/8\"]}}]\n";
+    let (status, _, body) = edge
+        .api(
+            "PUT",
+            "/traffic_policy",
+            Some(&key),
+            Some(serde_json::json!({ "traffic_policy": deny_loopback })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The edge restarted the session; the agent rebinds under the account's policy.
+    online_again(&mut agent).await;
+    let (status, _, _) = get(&edge, "guarded", "/", &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "the account's deny wins over the endpoint's allow");
+    let (_, _, body) = edge.api("GET", "/traffic_policy", Some(&key), None).await;
+    assert_eq!(body["traffic_policy"], deny_loopback);
+
+    // It applies to tcp endpoints too (their on_tcp_connect rules).
+    let (echo, _task) = tcp_echo().await;
+    let mut tcp_agent = Agent::start(edge.agent_with(EndpointConfig::tcp(&echo.to_string(), None).unwrap()));
+    let url = within("tcp bind", tcp_agent.wait_online()).await.unwrap()[0].clone();
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", url_port(&url))).await.unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = c.write_all(b"x").await;
+        let mut buf = [0u8; 1];
+        assert_eq!(within("closed", c.read(&mut buf)).await.unwrap_or(0), 0);
+    }
+    tcp_agent.stop().await.unwrap();
+
+    let (status, _, _) = edge.api("DELETE", "/traffic_policy", Some(&key), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    online_again(&mut agent).await;
+    assert_eq!(get(&edge, "guarded", "/", &[]).await.0, StatusCode::OK);
+}

@@ -28,6 +28,7 @@ mod ip;
 mod openapi;
 mod reserved;
 mod sessions;
+mod traffic_policy;
 mod users;
 
 pub(crate) use auth::Principal;
@@ -78,6 +79,10 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .route("/endpoints", get(sessions::endpoints))
         .route("/endpoints/{id}", get(sessions::endpoint))
         .route("/tunnels", get(sessions::tunnels))
+        .route(
+            "/traffic_policy",
+            get(traffic_policy::get).put(traffic_policy::put).delete(traffic_policy::delete),
+        )
         .fallback(|| async { ApiError::not_found("no such API resource") })
         .layer(axum::middleware::from_fn_with_state(shared.clone(), auth::check))
         // After the auth layer, so the document needs no key: it holds no account data.
