@@ -6,10 +6,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use warren_agent::{Agent, AgentConfig, ConnectCas, EndpointConfig, Status};
+use warren_agent::{AgentConfig, ConnectCas, EndpointConfig};
 use warren_edge::EdgeConfig;
 
 mod api_cli;
+mod output;
+mod service;
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +25,10 @@ struct Cli {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, global = true, env = "WARREN_LOG")]
     log_level: Option<String>,
+    /// Where logs go: stdout, stderr, false, or a file. Agents on a terminal show the status
+    /// console instead of logs unless this is given.
+    #[arg(long, global = true, value_name = "stdout|stderr|false|FILE")]
+    log: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -81,6 +87,11 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Run the agent as a systemd service (Linux): install, start, stop, uninstall.
+    Service {
+        #[command(subcommand)]
+        action: service::ServiceAction,
+    },
     /// Expose a TLS service by name (`--url tls://app.example.com`): the edge routes by SNI
     /// and never decrypts. The upstream terminates TLS, or this agent does with --crt/--key.
     Tls {
@@ -120,6 +131,13 @@ enum ConfigAction {
     AddConnectUrl {
         /// host:port.
         url: String,
+        /// Config file (default: the per-user warren.yml).
+        #[arg(long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Open the config file in $VISUAL, $EDITOR or vi (created if missing, owner-only), then
+    /// check it.
+    Edit {
         /// Config file (default: the per-user warren.yml).
         #[arg(long = "config", value_name = "FILE")]
         config: Option<PathBuf>,
@@ -219,20 +237,59 @@ struct AgentArgs {
     /// Verify the upstream's TLS certificate (default: yes, unless the upstream is loopback).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     upstream_tls_verify: Option<bool>,
+    /// Where the request inspector and local API listen (`false` turns them off). When the
+    /// default is taken, the next free port up to 4049 is used, as ngrok does.
+    #[arg(long, default_value = "127.0.0.1:4040")]
+    web_addr: String,
+    /// The endpoint's traffic policy (ngrok's format, YAML or JSON).
+    #[arg(long, value_name = "FILE")]
+    traffic_policy_file: Option<PathBuf>,
+    /// Allow only these networks (CIDR; repeat). Becomes a restrict-ips rule.
+    #[arg(long, value_name = "CIDR")]
+    cidr_allow: Vec<String>,
+    /// Refuse these networks (CIDR; repeat). Becomes a restrict-ips rule.
+    #[arg(long, value_name = "CIDR")]
+    cidr_deny: Vec<String>,
+    /// Require HTTP basic auth, `user:password` (repeat for several users).
+    #[arg(long, value_name = "USER:PASSWORD")]
+    basic_auth: Vec<String>,
+    /// Add a header to requests, `"name: value"` (repeat).
+    #[arg(long, value_name = "HEADER")]
+    request_header_add: Vec<String>,
+    /// Remove a header from requests (repeat).
+    #[arg(long, value_name = "NAME")]
+    request_header_remove: Vec<String>,
+    /// Add a header to responses, `"name: value"` (repeat).
+    #[arg(long, value_name = "HEADER")]
+    response_header_add: Vec<String>,
+    /// Remove a header from responses (repeat).
+    #[arg(long, value_name = "NAME")]
+    response_header_remove: Vec<String>,
+    /// ngrok's OpenID Connect flag: not supported by warren yet (refused, so an endpoint is
+    /// never exposed without the protection asked for).
+    #[arg(long, value_name = "ISSUER")]
+    oidc: Option<String>,
+    /// ngrok's webhook verification flag: not supported by warren yet (refused).
+    #[arg(long, value_name = "PROVIDER")]
+    verify_webhook: Option<String>,
+    /// Capture HTTP requests for the inspector (`--inspect=false` to turn off).
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    inspect: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let agent_command = matches!(
+        cli.command,
+        Command::Http { .. } | Command::Tcp { .. } | Command::Tls { .. } | Command::Start { .. }
+    );
+    let console = agent_command && cli.log.is_none() && output::is_terminal();
     let default_level = match cli.command {
         Command::Edge(_) => "info",
+        _ if agent_command => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            cli.log_level.as_deref().unwrap_or(default_level),
-        ))
-        .with_writer(std::io::stderr)
-        .init();
+    output::init_logs(cli.log.as_deref(), console, cli.log_level.as_deref().unwrap_or(default_level))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         match cli.command {
@@ -242,7 +299,8 @@ fn main() -> anyhow::Result<()> {
                     EndpointConfig::http(&upstream, agent.url.as_deref()).map_err(anyhow::Error::msg)?;
                 ep.host_header = host_header;
                 ep.upstream_tls_verify = agent.upstream_tls_verify;
-                run_agent(agent, ep).await
+                ep.inspect = agent.inspect;
+                run_agent(agent, ep, console).await
             }
             Command::Api { resource, op, mut rest, api_key, api_url } => {
                 // `--api-key`/`--api-url` after the resource land in `rest`; take them out.
@@ -266,13 +324,14 @@ fn main() -> anyhow::Result<()> {
                 };
                 let ep = EndpointConfig::tls(&upstream, agent.url.as_deref(), termination)
                     .map_err(anyhow::Error::msg)?;
-                run_agent(agent, ep).await
+                run_agent(agent, ep, console).await
             }
-            Command::Start { names, all, config } => start(names, all, config).await,
+            Command::Start { names, all, config } => start(names, all, config, console).await,
             Command::Config { action } => config_command(action),
+            Command::Service { action } => service::run(action),
             Command::Tcp { upstream, agent } => {
                 let ep = EndpointConfig::tcp(&upstream, agent.url.as_deref()).map_err(anyhow::Error::msg)?;
-                run_agent(agent, ep).await
+                run_agent(agent, ep, console).await
             }
         }
     })
@@ -389,8 +448,32 @@ fn warn_if_root() {
     }
 }
 
-async fn run_agent(args: AgentArgs, endpoint: EndpointConfig) -> anyhow::Result<()> {
+async fn run_agent(args: AgentArgs, mut endpoint: EndpointConfig, console: bool) -> anyhow::Result<()> {
     warn_if_root();
+    if args.oidc.is_some() || args.verify_webhook.is_some() {
+        bail!(
+            "--oidc and --verify-webhook are not supported by warren yet; the endpoint was not started rather than exposed without them"
+        );
+    }
+    if let Some(file) = &args.traffic_policy_file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        endpoint.traffic_policy = Some(
+            warren_agent::config::policy_from_text(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?,
+        );
+    }
+    let legacy = warren_agent::config::LegacyFlags {
+        cidr_allow: args.cidr_allow.clone(),
+        cidr_deny: args.cidr_deny.clone(),
+        basic_auth: args.basic_auth.clone(),
+        request_header_add: args.request_header_add.clone(),
+        request_header_remove: args.request_header_remove.clone(),
+        response_header_add: args.response_header_add.clone(),
+        response_header_remove: args.response_header_remove.clone(),
+    };
+    if let Some(rules) = legacy.rules(endpoint.proto.is_http()).map_err(anyhow::Error::msg)? {
+        endpoint.prepend_policy(rules).map_err(anyhow::Error::msg)?;
+    }
     let Some(token) = args.authtoken.filter(|t| !t.is_empty()) else {
         bail!(
             "no authtoken: pass --authtoken or set WARREN_AUTHTOKEN (the edge printed one on its first start)"
@@ -405,11 +488,17 @@ async fn run_agent(args: AgentArgs, endpoint: EndpointConfig) -> anyhow::Result<
     };
     let mut config = AgentConfig::new(token, args.connect_url, cas);
     config.endpoints.push(endpoint);
-    run_agent_config(config).await
+    if args.web_addr != "false" {
+        let addr = warren_agent::config_file::web_addr(&serde_json::Value::String(args.web_addr.clone()))
+            .map_err(|e| anyhow::anyhow!("--web-addr: {}", e.trim_start_matches("agent.web_addr ")))?;
+        config.web_addr = addr;
+        config.web_addr_fallback = args.web_addr == "127.0.0.1:4040";
+    }
+    output::run_agent(config, console).await
 }
 
 /// `warren start NAME... | --all`: the named endpoints of the config files.
-async fn start(names: Vec<String>, all: bool, configs: Vec<PathBuf>) -> anyhow::Result<()> {
+async fn start(names: Vec<String>, all: bool, configs: Vec<PathBuf>, console: bool) -> anyhow::Result<()> {
     warn_if_root();
     if names.is_empty() && !all {
         bail!("name the endpoints to start (warren start web api) or pass --all");
@@ -423,10 +512,10 @@ async fn start(names: Vec<String>, all: bool, configs: Vec<PathBuf>) -> anyhow::
     if config.authtoken.is_empty() {
         bail!("no authtoken: set agent.authtoken (warren config add-authtoken TOKEN) or WARREN_AUTHTOKEN");
     }
-    run_agent_config(config).await
+    output::run_agent(config, console).await
 }
 
-/// `warren config check|add-authtoken|add-connect-url`.
+/// `warren config check|add-authtoken|add-connect-url|edit`.
 fn config_command(action: ConfigAction) -> anyhow::Result<()> {
     use warren_agent::config_file::{AgentFile, default_path, set_agent_key};
     let files = |c: Vec<PathBuf>| if c.is_empty() { vec![default_path()] } else { c };
@@ -455,46 +544,14 @@ fn config_command(action: ConfigAction) -> anyhow::Result<()> {
             set_agent_key(&file, "connect_url", &url)?;
             println!("connect_url saved to {}", file.display());
         }
-    }
-    Ok(())
-}
-
-async fn run_agent_config(config: AgentConfig) -> anyhow::Result<()> {
-    let shutdown = shutdown_signal();
-    let upstreams: Vec<String> = config.endpoints.iter().map(|e| e.upstream.to_string()).collect();
-    let mut agent = Agent::start(config);
-    let urls = agent.wait_online().await.map_err(anyhow::Error::msg)?;
-    for (u, up) in urls.iter().zip(&upstreams) {
-        println!("Forwarding {u} -> {up}");
-    }
-    let mut status = agent.status();
-    let watch_status = async {
-        loop {
-            if status.changed().await.is_err() {
-                return;
-            }
-            let s = status.borrow_and_update().clone();
-            match s {
-                Status::Reconnecting { error, delay } => eprintln!("reconnecting in {delay:.1?}: {error}"),
-                Status::Online { urls, .. } => eprintln!("online again: {}", urls.join(", ")),
-                _ => {}
-            }
-        }
-    };
-    tokio::select! {
-        _ = shutdown => {
-            agent.stop().await.map_err(anyhow::Error::msg)?;
-        }
-        _ = watch_status => {
-            agent.join().await.map_err(anyhow::Error::msg)?;
-        }
+        ConfigAction::Edit { config } => service::edit_config(config.unwrap_or_else(default_path))?,
     }
     Ok(())
 }
 
 /// Registers SIGINT/SIGTERM handlers now (so a signal that arrives during start-up is not
 /// lost to the default action) and resolves when one arrives.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");

@@ -18,14 +18,28 @@ struct Proc {
 
 impl Proc {
     fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args(args)
-            .env_remove("WARREN_AUTHTOKEN")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn warren");
-        let out = child.stdout.take().unwrap();
+        Proc::spawn_with(args, false)
+    }
+
+    /// Like [`Proc::spawn`], with the lines of stderr instead of stdout.
+    fn spawn_reading_stderr(args: &[&str]) -> Proc {
+        Proc::spawn_with(args, true)
+    }
+
+    fn spawn_with(args: &[&str], stderr: bool) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
+        cmd.args(args).env_remove("WARREN_AUTHTOKEN").stdin(Stdio::null());
+        if stderr {
+            cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        } else {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        }
+        let mut child = cmd.spawn().expect("spawn warren");
+        let out: Box<dyn Read + Send> = if stderr {
+            Box::new(child.stderr.take().unwrap())
+        } else {
+            Box::new(child.stdout.take().unwrap())
+        };
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
@@ -176,6 +190,9 @@ fn edge_and_agent_binaries_serve_curl_over_https_and_tcp() {
     let fwd = agent.line_with("Forwarding");
     let url = format!("https://bin.warren.localhost:{https_port}");
     assert!(fwd.contains(&url), "{fwd}");
+    // Not a terminal: plain lines, no escape sequences, and where the inspector is.
+    assert!(!fwd.contains('\x1b'), "{fwd:?}");
+    assert!(agent.line_with("Inspector").contains("http://127.0.0.1:"));
 
     for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
         let out = Command::new("curl")
@@ -240,6 +257,51 @@ fn edge_and_agent_binaries_serve_curl_over_https_and_tcp() {
     drop(agent);
     drop(tcp_agent);
 
+    // On a terminal the agent shows the status console instead of log lines: run it under
+    // `script`, which gives it a pseudo-terminal, and read the screen it draws.
+    let agent_line = format!(
+        "{} http {up} --url https://tty.warren.localhost --authtoken {token} --connect-url {connect} --connect-cas {ca} --web-addr 127.0.0.1:0",
+        env!("CARGO_BIN_EXE_warren")
+    );
+    let mut tty = Command::new("script")
+        .args(["-qfec", &agent_line, "/dev/null"])
+        .env("COLUMNS", "120")
+        .env("LINES", "30")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script (util-linux) runs the agent on a pseudo-terminal");
+    let mut out = tty.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let tty_url = format!("https://tty.warren.localhost:{https_port} -> http://localhost:{up}");
+    let mut screen = Vec::new();
+    while !String::from_utf8_lossy(&screen).contains(&tty_url) {
+        match rx.recv_timeout(WAIT) {
+            Ok(chunk) => screen.extend(chunk),
+            Err(_) => panic!("the console never showed the endpoint: {}", String::from_utf8_lossy(&screen)),
+        }
+    }
+    let text = String::from_utf8_lossy(&screen);
+    assert!(text.contains("\x1b[?1049h"), "the console takes the alternate screen: {text:?}");
+    for row in
+        ["Session Status", "online", "Web Interface", "http://127.0.0.1:", "Connections", "HTTP Requests"]
+    {
+        assert!(text.contains(row), "{row:?} missing from the console: {text}");
+    }
+    assert!(!text.contains("Forwarding https://tty"), "no log lines under the console");
+    let _ = tty.kill();
+    let _ = tty.wait();
+
     // The same through an ngrok-style config file: written with `warren config`, checked,
     // then started by name.
     let cfg = data.join("agent.yml");
@@ -283,6 +345,67 @@ fn edge_and_agent_binaries_serve_curl_over_https_and_tcp() {
     let line = again.line_with("Expose a local web server");
     assert!(line.contains("credentials.txt"), "{line}");
     assert!(again.terminate().success());
+}
+
+#[test]
+fn a_wrong_token_or_an_untrusted_edge_is_explained_with_what_to_do() {
+    // A real edge, so the refusal and the certificate are the edge's own.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut edge = Proc::spawn(&[
+        "edge",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--connect-addr",
+        "127.0.0.1:0",
+        "--https-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--no-api",
+    ]);
+    let line = edge.line_with("agents connect:");
+    let connect = after(&line, "agents connect:").split_whitespace().next().unwrap().to_owned();
+    let ca = after(&line, "(CA certificate:").trim_end_matches(')').to_owned();
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args([
+            "http",
+            "8080",
+            "--authtoken",
+            "cr_not_a_real_token",
+            "--connect-url",
+            &connect,
+            "--connect-cas",
+            &ca,
+        ])
+        .args(["--web-addr", "false"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ERR_NGROK_107") && err.contains("warren config add-authtoken"), "{err}");
+
+    // The public trust store does not know the edge's local CA: the agent retries, saying why
+    // and what to set.
+    let mut agent = Proc::spawn_reading_stderr(&[
+        "http",
+        "8080",
+        "--authtoken",
+        "cr_x",
+        "--connect-url",
+        &connect,
+        "--connect-cas",
+        "trusted",
+        "--web-addr",
+        "false",
+        "--log",
+        "stderr",
+    ]);
+    let line = agent.line_with("reconnecting");
+    assert!(line.contains("not trusted") && line.contains("connect_cas"), "{line}");
+    let _ = agent.terminate();
+    assert!(edge.terminate().success());
 }
 
 #[test]
