@@ -175,7 +175,6 @@ impl AgentFile {
         }
         let a = file.agent;
         for (key, set) in [
-            ("log", a.log.is_some()),
             ("log_format", a.log_format.is_some()),
             ("update_check", a.update_check.is_some()),
             ("update_channel", a.update_channel.is_some()),
@@ -205,6 +204,7 @@ impl AgentFile {
             connect_timeout,
             metadata,
             log_level,
+            log,
             web_addr,
             web_allow_hosts,
             inspect_db_size
@@ -232,6 +232,21 @@ impl AgentFile {
             self.endpoints.push((ep, name.to_owned()));
         }
         Ok(())
+    }
+
+    /// `agent.log` (`stdout`, `stderr`, `false` or a file) and `agent.log_level`, which
+    /// the binary applies before it starts the agent.
+    pub fn log(&self) -> (Option<String>, Option<String>) {
+        let log = self.agent.log.as_ref().map(|v| match v {
+            serde_json::Value::Bool(false) => "false".to_owned(),
+            other => value_text(other),
+        });
+        // ngrok's levels; `crit` has no tracing equivalent and maps to error.
+        let level = self.agent.log_level.as_ref().map(|l| match l.as_str() {
+            "crit" => "error".to_owned(),
+            other => other.to_owned(),
+        });
+        (log, level)
     }
 
     /// Endpoint names, in file order.
@@ -517,6 +532,7 @@ endpoints:
         f.merge("ngrok.yml", NGROK_EXAMPLE).unwrap();
         assert_eq!(f.endpoint_names(), ["basic", "ssh", "description"]);
         assert!(f.ignored.iter().any(|k| k.ends_with("agent.update_check")), "{:?}", f.ignored);
+        assert_eq!(f.log(), (Some("stdout".into()), Some("info".into())));
         assert!(!f.ignored.iter().any(|k| k.ends_with("agent.web_addr")), "{:?}", f.ignored);
         let cfg = f.agent_config(&[]).unwrap();
         assert_eq!(cfg.web_addr, Some("127.0.0.1:4040".parse().unwrap()));

@@ -283,13 +283,28 @@ fn main() -> anyhow::Result<()> {
         cli.command,
         Command::Http { .. } | Command::Tcp { .. } | Command::Tls { .. } | Command::Start { .. }
     );
-    let console = agent_command && cli.log.is_none() && output::is_terminal();
+    // `warren start` takes `agent.log` and `agent.log_level` from its config files; problems
+    // in the files are reported by `start` itself.
+    let (file_log, file_level) = match &cli.command {
+        Command::Start { config, .. } => {
+            let files = if config.is_empty() {
+                vec![warren_agent::config_file::default_path()]
+            } else {
+                config.clone()
+            };
+            warren_agent::config_file::AgentFile::load(&files).map(|f| f.log()).unwrap_or_default()
+        }
+        _ => (None, None),
+    };
+    let log = cli.log.clone().or(file_log);
+    let console = agent_command && log.is_none() && output::is_terminal();
     let default_level = match cli.command {
         Command::Edge(_) => "info",
         _ if agent_command => "info",
         _ => "warn",
     };
-    output::init_logs(cli.log.as_deref(), console, cli.log_level.as_deref().unwrap_or(default_level))?;
+    let level = cli.log_level.clone().or(file_level);
+    output::init_logs(log.as_deref(), console, level.as_deref().unwrap_or(default_level))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         match cli.command {
