@@ -393,6 +393,8 @@ pub struct LegacyFlags {
     pub response_header_add: Vec<String>,
     /// `--response-header-remove name`.
     pub response_header_remove: Vec<String>,
+    /// `--verify-webhook PROVIDER --verify-webhook-secret SECRET`.
+    pub verify_webhook: Option<(String, String)>,
 }
 
 impl LegacyFlags {
@@ -417,12 +419,16 @@ impl LegacyFlags {
             Ok(m)
         };
         let http_flags = !self.basic_auth.is_empty()
+            || self.verify_webhook.is_some()
             || !self.request_header_add.is_empty()
             || !self.request_header_remove.is_empty()
             || !self.response_header_add.is_empty()
             || !self.response_header_remove.is_empty();
         if http_flags && !http {
             return Err("--basic-auth and the header flags are for http endpoints".into());
+        }
+        if let Some((provider, secret)) = &self.verify_webhook {
+            request.push(json!({ "name": "--verify-webhook", "actions": [{ "type": "verify-webhook", "config": { "provider": provider, "secret": secret } }] }));
         }
         if !self.basic_auth.is_empty() {
             request.push(json!({ "name": "--basic-auth", "actions": [{ "type": "basic-auth", "config": { "credentials": self.basic_auth } }] }));

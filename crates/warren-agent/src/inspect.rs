@@ -58,6 +58,8 @@ pub struct Exchange {
     /// The exchange this one replays.
     pub replay_of: Option<String>,
     began: Instant,
+    /// Dropped from the store: bytes it still captures are not counted there any more.
+    evicted: std::sync::atomic::AtomicBool,
     data: Mutex<ExchangeData>,
 }
 
@@ -128,6 +130,7 @@ impl Inspector {
             started: SystemTime::now(),
             replay_of,
             began: Instant::now(),
+            evicted: std::sync::atomic::AtomicBool::new(false),
             data: Mutex::new(ExchangeData {
                 method: req.method().clone(),
                 uri: req.uri().path_and_query().map_or_else(|| "/".to_owned(), |p| p.to_string()),
@@ -170,7 +173,9 @@ impl Inspector {
     /// Forgets every exchange.
     pub fn clear(&self) {
         let mut store = self.lock();
-        store.entries.clear();
+        for e in store.entries.drain(..) {
+            e.evicted.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         store.bytes = 0;
         let seq = store.seq;
         drop(store);
@@ -199,15 +204,19 @@ impl Inspector {
     fn evict(&self, store: &mut Store) {
         while store.bytes > self.limit && store.entries.len() > 1 {
             if let Some(old) = store.entries.pop_front() {
+                old.evicted.store(true, std::sync::atomic::Ordering::Relaxed);
                 store.bytes = store.bytes.saturating_sub(old.size());
             }
         }
     }
 
-    /// Accounts for bytes kept after the exchange was added.
-    fn grew(&self, n: usize) {
+    /// Accounts for bytes `ex` kept after it was added (under the store's lock, so an
+    /// exchange being dropped from the store is never counted again).
+    fn grew(&self, ex: &Exchange, n: usize) {
         let mut store = self.lock();
-        store.bytes += n;
+        if !ex.evicted.load(std::sync::atomic::Ordering::Relaxed) {
+            store.bytes += n;
+        }
         self.evict(&mut store);
         let seq = store.seq;
         drop(store);
@@ -224,7 +233,7 @@ impl Exchange {
     /// Records the response head.
     pub fn respond(&self, inspector: &Inspector, status: StatusCode, version: Version, headers: &HeaderMap) {
         self.lock().response = Some((status, version, headers.clone()));
-        inspector.grew(headers_size(headers));
+        inspector.grew(self, headers_size(headers));
     }
 
     /// Records a failure (the upstream did not answer, the visitor went away).
@@ -312,7 +321,7 @@ impl<B> Tee<B> {
             n
         };
         if kept > 0 {
-            ins.grew(kept);
+            ins.grew(ex, kept);
         }
     }
 
@@ -339,7 +348,7 @@ impl<B> Tee<B> {
             }
         }
         if let Some(ins) = &self.track.inspector {
-            ins.grew(0);
+            ins.grew(ex, 0);
         }
     }
 }

@@ -366,7 +366,11 @@ async fn control(
             "the agent is not connected to the edge; try again when it is online",
         )
     };
-    shared.control.try_send(make(tx)).map_err(|_| unavailable())?;
+    // The session loop takes one change at a time, and only while it is online.
+    match tokio::time::timeout(CONTROL_TIMEOUT, shared.control.send(make(tx))).await {
+        Ok(Ok(())) => {}
+        _ => return Err(unavailable()),
+    }
     match tokio::time::timeout(CONTROL_TIMEOUT, rx).await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(e))) => Err(ApiError::new(StatusCode::BAD_GATEWAY, format!("the edge refused: {e}"))),

@@ -282,10 +282,36 @@ async fn proxy(
         let client = SocketAddr::new(client_ip, visitor.remote.port());
         crate::policy::conn(client, visitor.local, visitor.tls.clone())
     });
+    // verify-webhook reads the body: only then is it buffered (bounded), never otherwise.
+    let mut buffered = None;
+    let mut body = Some(body);
+    if let Some(limit) = conn.as_ref().and_then(|_| ep.policy.body_limit()) {
+        match read_limited(body.take().expect("not taken yet"), limit).await {
+            Ok(b) => buffered = Some(b),
+            Err(status) => {
+                let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    format!(
+                        "This endpoint verifies webhook signatures and takes bodies of at most {limit} bytes."
+                    )
+                } else {
+                    "The request body did not arrive in time.".to_owned()
+                };
+                return Ok(page(status, &msg, ""));
+            }
+        }
+    }
     if let Some(conn) = &conn {
         let (now, mono) = crate::policy::now();
         parts.version = visitor_version;
-        let (verdict, logs) = ep.policy.on_http_request(conn, &ep.info, scheme, &mut parts, now, mono);
+        let (verdict, logs) = ep.policy.on_http_request_with_body(
+            conn,
+            &ep.info,
+            scheme,
+            &mut parts,
+            buffered.as_deref(),
+            now,
+            mono,
+        );
         parts.version = Version::HTTP_11;
         crate::policy::write_logs(&ep.url, logs);
         match verdict {
@@ -306,30 +332,21 @@ async fn proxy(
         r.into_parts().0
     });
     add_forwarded(&mut parts.headers, visitor, original_host.as_ref());
-    let req = Request::from_parts(parts, body);
-
-    let mut sender = match take_sender(visitor, ep).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(url = %ep.url, error = %e, "could not open a proxy stream");
+    let resp = match (buffered, body) {
+        (Some(bytes), _) => send_buffered(visitor, ep, Request::from_parts(parts, Full::new(bytes))).await,
+        (None, Some(body)) => send_streaming(visitor, ep, Request::from_parts(parts, body)).await,
+        (None, None) => unreachable!("the body is either buffered or still streaming"),
+    };
+    let mut resp = match resp {
+        Ok(r) => r,
+        Err(Unreachable::Session) => {
             return Ok(page(
                 StatusCode::BAD_GATEWAY,
                 &format!("The agent session serving {host} could not be reached."),
                 codes::SESSION_GONE,
             ));
         }
-    };
-    let resp = sender.send_request(req).await;
-    {
-        let mut pool = visitor.pool.lock().expect("pool poisoned");
-        if pool.len() < POOL_PER_CONNECTION && !sender.is_closed() {
-            pool.push((ep.clone(), sender));
-        }
-    }
-    let mut resp = match resp {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!(url = %ep.url, error = %e, "proxied request failed");
+        Err(Unreachable::Request) => {
             return Ok(page(
                 StatusCode::BAD_GATEWAY,
                 &format!("The agent serving {host} ended the request without a response."),
@@ -365,6 +382,72 @@ async fn proxy(
         };
     }
     Ok(resp.map(|b| b.boxed()))
+}
+
+/// Why a request did not reach the agent.
+enum Unreachable {
+    /// No proxy stream could be opened.
+    Session,
+    /// The stream ended before a response.
+    Request,
+}
+
+/// Sends a streaming request over a pooled proxy stream.
+async fn send_streaming(
+    visitor: &Visitor,
+    ep: &Arc<Endpoint>,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, Unreachable> {
+    let mut sender = take_sender(visitor, ep).await.map_err(|e| {
+        tracing::debug!(url = %ep.url, error = %e, "could not open a proxy stream");
+        Unreachable::Session
+    })?;
+    let resp = sender.send_request(req).await;
+    {
+        let mut pool = visitor.pool.lock().expect("pool poisoned");
+        if pool.len() < POOL_PER_CONNECTION && !sender.is_closed() {
+            pool.push((ep.clone(), sender));
+        }
+    }
+    resp.map_err(|e| {
+        tracing::debug!(url = %ep.url, error = %e, "proxied request failed");
+        Unreachable::Request
+    })
+}
+
+/// Sends a request whose body was buffered (for `verify-webhook`) over a proxy stream of its
+/// own: webhooks are rare enough not to need the pool.
+async fn send_buffered(
+    visitor: &Visitor,
+    ep: &Arc<Endpoint>,
+    req: Request<Full<Bytes>>,
+) -> Result<Response<Incoming>, Unreachable> {
+    let stream = ep.open_proxy_stream(visitor.remote).await.map_err(|e| {
+        tracing::debug!(url = %ep.url, error = %e, "could not open a proxy stream");
+        Unreachable::Session
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| Unreachable::Session)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender.send_request(req).await.map_err(|e| {
+        tracing::debug!(url = %ep.url, error = %e, "proxied request failed");
+        Unreachable::Request
+    })
+}
+
+/// Reads a body of at most `limit` bytes within the header timeout.
+async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, StatusCode> {
+    let collect = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout(std::time::Duration::from_secs(30), collect).await {
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(StatusCode::PAYLOAD_TOO_LARGE),
+        Ok(Err(_)) => Err(StatusCode::BAD_REQUEST),
+        Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
+    }
 }
 
 /// A ready proxy stream from the visitor's pool, or a new one.

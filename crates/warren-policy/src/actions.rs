@@ -56,6 +56,11 @@ pub(crate) enum Action {
     },
     /// Applied by the edge's TLS front; accepted here so the document compiles.
     TerminateTls,
+    VerifyWebhook {
+        provider: crate::webhook::Provider,
+        secret: String,
+        enforce: bool,
+    },
 }
 
 /// Header and URI changes a rule made, applied after it ran.
@@ -266,6 +271,18 @@ struct DenyConfig {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct VerifyWebhookConfig {
+    provider: String,
+    secret: String,
+    #[serde(default = "yes")]
+    enforce: bool,
+    /// For the generic `hmac` provider: the header carrying the signature.
+    #[serde(default)]
+    header: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LogConfig {
     #[serde(default)]
     metadata: serde_json::Map<String, Json>,
@@ -468,7 +485,16 @@ impl Action {
                 only_in(kind, phase, &[TcpConnect])?;
                 Action::TerminateTls
             }
-            "verify-webhook" | "jwt-validation" | "openid-connect" | "oidc" | "oauth" | "saml" => {
+            "verify-webhook" => {
+                only_in(kind, phase, &[HttpRequest])?;
+                let c: VerifyWebhookConfig = config(&doc.config)?;
+                if c.secret.is_empty() {
+                    return Err("secret is empty".into());
+                }
+                let provider = crate::webhook::Provider::parse(&c.provider, c.header.as_deref())?;
+                Action::VerifyWebhook { provider, secret: c.secret, enforce: c.enforce }
+            }
+            "jwt-validation" | "openid-connect" | "oidc" | "oauth" | "saml" => {
                 return Err(format!(
                     "{kind} is not supported by warren yet; the endpoint is refused rather than left unprotected"
                 ));
@@ -676,6 +702,30 @@ impl Action {
                 None
             }
             Action::TerminateTls => None,
+            Action::VerifyWebhook { provider, secret, enforce } => {
+                let req = run.msg.req.as_ref()?;
+                let url = full_url(req);
+                let signed = crate::webhook::Signed {
+                    headers: req.headers,
+                    url: &url,
+                    body: run.msg.body.unwrap_or_default(),
+                    now: run.msg.now,
+                };
+                let result = match run.msg.body {
+                    None => Err("the request body was not available".to_owned()),
+                    Some(_) => crate::webhook::verify(provider, secret, &signed),
+                };
+                let Err(why) = result else { return None };
+                run.logs.push(LogEntry { rule: rule.to_owned(), metadata: note("verify-webhook", &why) });
+                if !*enforce {
+                    return None;
+                }
+                Some(response(
+                    403,
+                    "text/plain; charset=utf-8",
+                    format!("Webhook verification failed: {why}.\n"),
+                ))
+            }
         }
     }
 }

@@ -20,8 +20,10 @@ use bytes::Bytes;
 
 mod actions;
 pub mod document;
+mod fast;
 mod ratelimit;
 mod vars;
+pub mod webhook;
 
 pub use document::Document;
 pub use vars::{Cidr, ClientCertInfo, Conn, EndpointInfo, TlsInfo};
@@ -101,7 +103,13 @@ pub struct Policy {
     tcp: Vec<Rule>,
     req: Vec<Rule>,
     res: Vec<Rule>,
+    /// Some request rule reads the body (`verify-webhook`).
+    needs_body: bool,
 }
+
+/// The most of a request body buffered for `verify-webhook` (webhooks are small; a larger
+/// body is refused with 413).
+pub const BODY_LIMIT: usize = 1024 * 1024;
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,9 +123,16 @@ impl std::fmt::Debug for Policy {
 
 struct Rule {
     name: String,
-    exprs: Vec<(cel::Program, String)>,
+    exprs: Vec<Expression>,
     actions: Vec<Action>,
     needs: Needs,
+}
+
+/// One of a rule's expressions: the CEL program, and its translation for the fast path when
+/// it has one (see `fast`).
+struct Expression {
+    program: cel::Program,
+    fast: Option<fast::Fast>,
 }
 
 /// Policies run one after the other: the account's first, so an endpoint's own policy can
@@ -145,10 +160,14 @@ impl Policy {
                 )));
             }
         }
+        let req = compile_rules(&req_rules, Phase::HttpRequest, env)?;
+        let needs_body =
+            req.iter().any(|r| r.actions.iter().any(|a| matches!(a, Action::VerifyWebhook { .. })));
         Ok(Policy {
             tcp: compile_rules(&tcp_rules, Phase::TcpConnect, env)?,
-            req: compile_rules(&req_rules, Phase::HttpRequest, env)?,
+            req,
             res: compile_rules(&res_rules, Phase::HttpResponse, env)?,
+            needs_body,
         })
     }
 
@@ -193,8 +212,9 @@ fn compile_rules(
         for source in &r.expressions {
             let program = compile_expr(source, phase).map_err(&err)?;
             check_bool(&program, source, phase).map_err(&err)?;
+            let fast = fast_form(&program, phase);
             needs = needs.union(Needs::of(&program));
-            exprs.push((program, source.clone()));
+            exprs.push(Expression { program, fast });
         }
         if r.actions.is_empty() {
             return Err(err("a rule needs at least one action".into()));
@@ -279,6 +299,7 @@ fn sample<'a>(
             scheme: "https",
         }),
         res: (phase == Phase::HttpResponse).then_some((200, headers)),
+        body: None,
     }
 }
 
@@ -331,6 +352,44 @@ fn check_bool(program: &cel::Program, source: &str, phase: Phase) -> Result<(), 
     })
 }
 
+/// The expression's translation for the fast path, kept only when it gives CEL's answer on
+/// the sample message too.
+fn fast_form(program: &cel::Program, phase: Phase) -> Option<fast::Fast> {
+    let fast = fast::Fast::compile(program.expression())?;
+    let agrees = with_sample(phase, |msg| {
+        let vars = Vars::default();
+        let cel = matches!(
+            program.execute(&vars.context(msg, Needs::of(program))),
+            Ok(cel::objects::Value::Bool(true))
+        );
+        fast.eval(msg).is_none_or(|f| f == cel)
+    });
+    agrees.then_some(fast)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests set it to evaluate every expression with CEL.
+    static FORCE_CEL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the fast path off on this thread (tests compare both paths with it).
+#[cfg(test)]
+pub(crate) fn with_cel_only<T>(f: impl FnOnce() -> T) -> T {
+    FORCE_CEL.with(|c| c.set(true));
+    let out = f();
+    FORCE_CEL.with(|c| c.set(false));
+    out
+}
+
+fn fast_path_on() -> bool {
+    #[cfg(test)]
+    if FORCE_CEL.with(|c| c.get()) {
+        return false;
+    }
+    true
+}
+
 fn is_data_dependent(e: &cel::ExecutionError) -> bool {
     use cel::objects::Value::Null;
     // A missing map key reads as null; what is then done with it depends on the message.
@@ -358,12 +417,21 @@ struct Run<'m> {
 }
 
 impl Run<'_> {
+    /// True when every expression of the rule is true. Expressions with a fast form read the
+    /// message directly; CEL's variables are built only when CEL evaluates one of the others.
     fn matches(&self, rule: &Rule) -> bool {
-        if rule.exprs.is_empty() {
-            return true;
-        }
-        let ctx = self.vars.context(&self.msg, rule.needs);
-        rule.exprs.iter().all(|(p, _)| matches!(p.execute(&ctx), Ok(cel::objects::Value::Bool(true))))
+        rule.exprs.iter().all(|e| {
+            if fast_path_on()
+                && let Some(fast) = &e.fast
+                && let Some(result) = fast.eval(&self.msg)
+            {
+                return result;
+            }
+            // Built once for the rule (its actions use it too), on the first expression CEL
+            // evaluates.
+            let ctx = self.vars.context(&self.msg, rule.needs);
+            matches!(e.program.execute(&ctx), Ok(cel::objects::Value::Bool(true)))
+        })
     }
 }
 
@@ -386,7 +454,7 @@ impl Chain {
         now: SystemTime,
         mono: Instant,
     ) -> (Verdict, Vec<LogEntry>) {
-        let msg = Message { conn, endpoint: ep, now, req: None, res: None };
+        let msg = Message { conn, endpoint: ep, now, req: None, res: None, body: None };
         let vars = Vars::default();
         let mut run = Run { msg, vars: &vars, logs: Vec::new() };
         for policy in &self.0 {
@@ -415,6 +483,27 @@ impl Chain {
         now: SystemTime,
         mono: Instant,
     ) -> (Verdict, Vec<LogEntry>) {
+        self.on_http_request_with_body(conn, ep, scheme, req, None, now, mono)
+    }
+
+    /// The most of a request body the caller must buffer before `on_http_request` (for
+    /// `verify-webhook`); `None` when no rule reads the body, so it streams.
+    pub fn body_limit(&self) -> Option<usize> {
+        self.0.iter().any(|p| p.needs_body).then_some(BODY_LIMIT)
+    }
+
+    /// `on_http_request` with the buffered body (see [`Chain::body_limit`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_http_request_with_body(
+        &self,
+        conn: &Conn,
+        ep: &EndpointInfo,
+        scheme: &str,
+        req: &mut http::request::Parts,
+        body: Option<&[u8]>,
+        now: SystemTime,
+        mono: Instant,
+    ) -> (Verdict, Vec<LogEntry>) {
         let mut logs = Vec::new();
         // Variables are built once and rebuilt only after a rule changed the request.
         let mut vars = Vars::default();
@@ -429,7 +518,7 @@ impl Chain {
                         headers: &req.headers,
                         scheme,
                     };
-                    let msg = Message { conn, endpoint: ep, now, req: Some(view), res: None };
+                    let msg = Message { conn, endpoint: ep, now, req: Some(view), res: None, body };
                     let mut run = Run { msg, vars: &vars, logs: Vec::new() };
                     if !run.matches(rule) {
                         continue;
@@ -487,6 +576,7 @@ impl Chain {
                         now,
                         req: Some(view),
                         res: Some((res.status.as_u16(), &res.headers)),
+                        body: None,
                     };
                     let mut run = Run { msg, vars: &vars, logs: Vec::new() };
                     if !run.matches(rule) {

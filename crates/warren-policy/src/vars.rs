@@ -109,6 +109,8 @@ pub(crate) struct Message<'a> {
     pub(crate) now: SystemTime,
     pub(crate) req: Option<ReqView<'a>>,
     pub(crate) res: Option<(u16, &'a HeaderMap)>,
+    /// The request body, when the edge buffered it for `verify-webhook`.
+    pub(crate) body: Option<&'a [u8]>,
 }
 
 /// A request's parts as expressions see them.
@@ -204,7 +206,7 @@ fn map(entries: Vec<(&'static str, Value)>) -> Value {
 fn headers_value(h: &HeaderMap) -> Value {
     let mut m: HashMap<Key, Vec<Value>> = HashMap::with_capacity(h.keys_len());
     for (k, v) in h {
-        m.entry(Key::from(k.as_str())).or_default().push(s(String::from_utf8_lossy(v.as_bytes())));
+        m.entry(Key::from(k.as_str())).or_default().push(s(header_text(v)));
     }
     let m: HashMap<Key, Value> = m.into_iter().map(|(k, v)| (k, Value::List(Arc::new(v)))).collect();
     Value::Map(Map { map: Arc::new(m) })
@@ -242,66 +244,155 @@ fn conn_value(c: &Conn) -> Value {
 
 fn query_params(query: &str) -> Value {
     let mut m: HashMap<Key, Vec<Value>> = HashMap::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+    for (k, v) in QueryPairs::new(query) {
         m.entry(Key::from(url_decode(k))).or_default().push(s(url_decode(v)));
     }
     let m: HashMap<Key, Value> = m.into_iter().map(|(k, v)| (k, Value::List(Arc::new(v)))).collect();
     Value::Map(Map { map: Arc::new(m) })
 }
 
-fn cookies(h: &HeaderMap, name: http::HeaderName) -> Value {
-    let mut m: HashMap<Key, Vec<Value>> = HashMap::new();
-    for v in h.get_all(name) {
-        let Ok(text) = v.to_str() else { continue };
-        for part in text.split(';') {
-            let (k, v) = part.trim().split_once('=').unwrap_or((part.trim(), ""));
-            // Set-Cookie attributes (Path, HttpOnly) follow the first pair; only that one counts.
-            m.entry(Key::from(k)).or_default().push(s(v.trim_matches('"')));
-            if h.contains_key(http::header::SET_COOKIE) {
-                break;
+/// A query string's `key=value` pairs, still encoded, in order (empty pairs skipped).
+pub(crate) struct QueryPairs<'a>(std::str::Split<'a, char>);
+
+impl<'a> QueryPairs<'a> {
+    pub(crate) fn new(query: &'a str) -> QueryPairs<'a> {
+        QueryPairs(query.split('&'))
+    }
+}
+
+impl<'a> Iterator for QueryPairs<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<(&'a str, &'a str)> {
+        loop {
+            let pair = self.0.next()?;
+            if !pair.is_empty() {
+                return Some(pair.split_once('=').unwrap_or((pair, "")));
             }
         }
+    }
+}
+
+fn cookies(h: &HeaderMap, name: http::HeaderName) -> Value {
+    let mut m: HashMap<Key, Vec<Value>> = HashMap::new();
+    for (k, v) in CookiePairs::new(h, &name) {
+        m.entry(Key::from(k)).or_default().push(s(v));
     }
     let m: HashMap<Key, Value> = m.into_iter().map(|(k, v)| (k, Value::List(Arc::new(v)))).collect();
     Value::Map(Map { map: Arc::new(m) })
 }
 
-fn req_value(msg: &Message<'_>) -> Value {
-    let Some(r) = &msg.req else { return Value::Null };
+/// The `name=value` pairs of every `name` header (`cookie` or `set-cookie`), in order. Headers
+/// that are not text are skipped; when the message has a `set-cookie` header only the first
+/// pair of each value counts (the attributes, `Path` or `HttpOnly`, follow it).
+pub(crate) struct CookiePairs<'a> {
+    values: http::header::ValueIter<'a, http::HeaderValue>,
+    parts: Option<std::str::Split<'a, char>>,
+    first_only: bool,
+}
+
+impl<'a> CookiePairs<'a> {
+    pub(crate) fn new(h: &'a HeaderMap, name: &http::HeaderName) -> CookiePairs<'a> {
+        CookiePairs {
+            values: h.get_all(name).into_iter(),
+            parts: None,
+            first_only: h.contains_key(http::header::SET_COOKIE),
+        }
+    }
+}
+
+impl<'a> Iterator for CookiePairs<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<(&'a str, &'a str)> {
+        loop {
+            if let Some(parts) = &mut self.parts {
+                if let Some(part) = parts.next() {
+                    if self.first_only {
+                        self.parts = None;
+                    }
+                    let part = part.trim();
+                    let (k, v) = part.split_once('=').unwrap_or((part, ""));
+                    return Some((k, v.trim_matches('"')));
+                }
+                self.parts = None;
+            }
+            if let Ok(text) = self.values.next()?.to_str() {
+                self.parts = Some(text.split(';'));
+            }
+        }
+    }
+}
+
+/// A header value as expressions see it (bytes that are not UTF-8 replaced).
+pub(crate) fn header_text(v: &http::HeaderValue) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(v.as_bytes())
+}
+
+/// The `Host` header (or the URI's authority), the host without the port, and the port.
+pub(crate) fn host_parts<'a>(r: &ReqView<'a>) -> (&'a str, &'a str, i64) {
     let host_header = r
         .headers
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| r.uri.authority().map(|a| a.as_str()))
         .unwrap_or("");
-    let (host, port) = match host_header.rsplit_once(':') {
+    match host_header.rsplit_once(':') {
         Some((h, p))
             if p.parse::<u16>().is_ok() && !h.ends_with(']')
                 || h.starts_with('[') && p.parse::<u16>().is_ok() =>
         {
-            (h.to_owned(), p.parse::<i64>().unwrap_or(0))
+            (host_header, h, p.parse::<i64>().unwrap_or(0))
         }
-        _ => (host_header.to_owned(), if r.scheme == "https" { 443 } else { 80 }),
-    };
-    let path = r.uri.path();
-    let query = r.uri.query().unwrap_or("");
-    let raw = format!("{}://{host_header}{}", r.scheme, r.uri.path_and_query().map_or("/", |p| p.as_str()));
-    let ua = r.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let content_length = r
-        .headers
+        _ => (host_header, host_header, if r.scheme == "https" { 443 } else { 80 }),
+    }
+}
+
+/// `req.url.raw`.
+pub(crate) fn raw_url(r: &ReqView<'_>, host_header: &str) -> String {
+    format!("{}://{host_header}{}", r.scheme, r.uri.path_and_query().map_or("/", |p| p.as_str()))
+}
+
+/// `req.user_agent.raw`.
+pub(crate) fn user_agent<'a>(r: &ReqView<'a>) -> &'a str {
+    r.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// `req.content_length`.
+pub(crate) fn content_length(r: &ReqView<'_>) -> i64 {
+    r.headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
-        .unwrap_or(0);
-    let content_type = r.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let version = match r.version {
+        .unwrap_or(0)
+}
+
+/// `req.content_type`.
+pub(crate) fn content_type<'a>(r: &ReqView<'a>) -> &'a str {
+    r.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// `req.version`.
+pub(crate) fn version_text(r: &ReqView<'_>) -> &'static str {
+    match r.version {
         http::Version::HTTP_2 => "HTTP/2",
         http::Version::HTTP_10 => "HTTP/1.0",
         _ => "HTTP/1.1",
-    };
+    }
+}
+
+fn req_value(msg: &Message<'_>) -> Value {
+    let Some(r) = &msg.req else { return Value::Null };
+    let (host_header, host, port) = host_parts(r);
+    let path = r.uri.path();
+    let query = r.uri.query().unwrap_or("");
+    let raw = raw_url(r, host_header);
+    let ua = user_agent(r);
+    let content_length = content_length(r);
+    let content_type = content_type(r);
+    let version = version_text(r);
     map(vec![
         ("method", s(r.method)),
-        ("host", s(host.clone())),
+        ("host", s(host)),
         ("version", s(version)),
         ("headers", headers_value(r.headers)),
         ("cookies", cookies(r.headers, http::header::COOKIE)),
@@ -501,7 +592,7 @@ impl Cidr {
     }
 }
 
-fn is_private(ip: IpAddr) -> bool {
+pub(crate) fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             v4.is_private()

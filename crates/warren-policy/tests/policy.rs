@@ -149,9 +149,13 @@ fn invalid_documents_are_refused_naming_the_rule_and_the_problem() {
         refused("on_tcp_connect:\n  - expressions: [\"req.method == 'GET'\"]\n    actions: [{type: deny}]\n");
     assert!(e.contains("not available in on_tcp_connect"), "{e}");
     let e = refused(
-        "on_http_request:\n  - actions: [{type: verify-webhook, config: {provider: github, secret: x}}]\n",
+        "on_http_request:\n  - actions: [{type: jwt-validation, config: {issuer: {allow_list: [x]}}}]\n",
     );
     assert!(e.contains("not supported by warren yet"), "{e}");
+    let e = refused(
+        "on_http_request:\n  - actions: [{type: verify-webhook, config: {provider: acme-hooks, secret: x}}]\n",
+    );
+    assert!(e.contains("provider \"acme-hooks\" is not supported"), "{e}");
     let e = refused("on_http_request:\n  - actions: [{type: deny, config: {status: 403}}]\n");
     assert!(e.contains("unknown field"), "{e}");
     assert!(matches!(

@@ -346,3 +346,174 @@ async fn the_account_policy_applies_even_when_the_endpoint_policy_allows_everyth
     online_again(&mut agent).await;
     assert_eq!(get(&edge, "guarded", "/", &[]).await.0, StatusCode::OK);
 }
+
+/// A POST through the tunnel with the given headers and body.
+async fn post(
+    edge: &TestEdge,
+    name: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &'static [u8],
+) -> (StatusCode, String) {
+    let host = format!("{name}.warren.localhost");
+    let tls = tls_connect(edge.https_addr(), &host, &edge.ca_pem, &[b"http/1.1"]).await;
+    let mut send = http1(tls).await;
+    let mut b = Request::post(path).header("host", format!("{host}:{}", edge.https_addr().port()));
+    for (k, v) in headers {
+        b = b.header(*k, v);
+    }
+    let res = within("response", send.send_request(b.body(full(body)).unwrap())).await.expect("response");
+    let status = res.status();
+    let text =
+        String::from_utf8_lossy(&http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes())
+            .into_owned();
+    (status, text)
+}
+
+#[tokio::test]
+async fn verify_webhook_accepts_each_providers_signature_and_refuses_forgeries() {
+    use warren_policy::webhook::sign;
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let svix_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let policy = format!(
+        r#"
+on_http_request:
+  - expressions: ["req.url.path == '/upload' && getQueryParam('from') == ['github']"]
+    actions: [{{type: verify-webhook, config: {{provider: github, secret: gh-secret}}}}]
+  - expressions: ["getQueryParam('from') == ['stripe']"]
+    actions: [{{type: verify-webhook, config: {{provider: stripe, secret: whsec_stripe}}}}]
+  - expressions: ["getQueryParam('from') == ['slack']"]
+    actions: [{{type: verify-webhook, config: {{provider: slack, secret: slack-secret}}}}]
+  - expressions: ["getQueryParam('from') == ['twilio']"]
+    actions: [{{type: verify-webhook, config: {{provider: twilio, secret: twilio-token}}}}]
+  - expressions: ["getQueryParam('from') == ['svix']"]
+    actions: [{{type: verify-webhook, config: {{provider: svix, secret: "{svix_secret}"}}}}]
+  - expressions: ["getQueryParam('from') == ['hmac']"]
+    actions: [{{type: verify-webhook, config: {{provider: hmac, secret: shared, header: x-body-signature}}}}]
+"#
+    );
+    let _agent = with_policy(&edge, &up, "hooks", &policy).await.expect("bound");
+    let body: &'static [u8] = br#"{"event":"deploy","id":42}"#;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let accepted = |(status, text): (StatusCode, String)| {
+        assert_eq!(status, StatusCode::OK, "{text}");
+        assert!(
+            text.contains(&format!("\"bytes\":{}", body.len())),
+            "the upstream got the whole body: {text}"
+        );
+    };
+    let refused = |(status, text): (StatusCode, String)| {
+        assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+        assert!(text.contains("Webhook verification failed"), "{text}");
+    };
+
+    accepted(
+        post(
+            &edge,
+            "hooks",
+            "/upload?from=github",
+            &[("x-hub-signature-256", sign::github("gh-secret", body))],
+            body,
+        )
+        .await,
+    );
+    refused(
+        post(
+            &edge,
+            "hooks",
+            "/upload?from=github",
+            &[("x-hub-signature-256", sign::github("guess", body))],
+            body,
+        )
+        .await,
+    );
+    refused(post(&edge, "hooks", "/upload?from=github", &[], body).await);
+
+    accepted(
+        post(
+            &edge,
+            "hooks",
+            "/upload?from=stripe",
+            &[("stripe-signature", sign::stripe("whsec_stripe", now, body))],
+            body,
+        )
+        .await,
+    );
+    refused(
+        post(
+            &edge,
+            "hooks",
+            "/upload?from=stripe",
+            &[("stripe-signature", sign::stripe("whsec_stripe", now - 3600, body))],
+            body,
+        )
+        .await,
+    );
+
+    let slack = |ts: u64| {
+        vec![
+            ("x-slack-request-timestamp", ts.to_string()),
+            ("x-slack-signature", sign::slack("slack-secret", ts, body)),
+        ]
+    };
+    accepted(post(&edge, "hooks", "/upload?from=slack", &slack(now), body).await);
+    refused(post(&edge, "hooks", "/upload?from=slack", &slack(now - 3600), body).await);
+
+    let svix = |secret: &str| {
+        vec![
+            ("svix-id", "msg_1".to_owned()),
+            ("svix-timestamp", now.to_string()),
+            ("svix-signature", sign::svix(secret, "msg_1", now, body)),
+        ]
+    };
+    accepted(post(&edge, "hooks", "/upload?from=svix", &svix(svix_secret), body).await);
+    refused(post(&edge, "hooks", "/upload?from=svix", &svix("whsec_b3RoZXJzZWNyZXQ="), body).await);
+
+    accepted(
+        post(
+            &edge,
+            "hooks",
+            "/upload?from=hmac",
+            &[("x-body-signature", sign::hmac_sha256("shared", body))],
+            body,
+        )
+        .await,
+    );
+    refused(
+        post(
+            &edge,
+            "hooks",
+            "/upload?from=hmac",
+            &[("x-body-signature", sign::hmac_sha256("shared", b"other"))],
+            body,
+        )
+        .await,
+    );
+
+    // Twilio signs the URL it called plus the sorted form fields.
+    let form: &'static [u8] = b"To=%2B15551234567&Body=hello";
+    let url = format!("https://hooks.warren.localhost:{}/upload?from=twilio", edge.https_addr().port());
+    let sig = sign::twilio("twilio-token", &url, &[("To", "+15551234567"), ("Body", "hello")]);
+    let headers = vec![
+        ("content-type", "application/x-www-form-urlencoded".to_owned()),
+        ("x-twilio-signature", sig.clone()),
+    ];
+    let (status, text) = post(&edge, "hooks", "/upload?from=twilio", &headers, form).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (status, _) =
+        post(&edge, "hooks", "/upload?from=twilio", &headers, b"To=%2B15550000000&Body=hello").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a changed form field breaks the signature");
+
+    // Bodies over the limit are refused rather than buffered.
+    let big: &'static [u8] = Box::leak(vec![b'x'; warren_policy::BODY_LIMIT + 1].into_boxed_slice());
+    let (status, _) = post(
+        &edge,
+        "hooks",
+        "/upload?from=github",
+        &[("x-hub-signature-256", sign::github("gh-secret", big))],
+        big,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}

@@ -269,9 +269,13 @@ struct AgentArgs {
     /// never exposed without the protection asked for).
     #[arg(long, value_name = "ISSUER")]
     oidc: Option<String>,
-    /// ngrok's webhook verification flag: not supported by warren yet (refused).
-    #[arg(long, value_name = "PROVIDER")]
+    /// Verify webhook signatures from this provider (github, stripe, slack, twilio, svix,
+    /// hmac); needs --verify-webhook-secret. Becomes a verify-webhook rule.
+    #[arg(long, value_name = "PROVIDER", requires = "verify_webhook_secret")]
     verify_webhook: Option<String>,
+    /// The webhook's signing secret, for --verify-webhook.
+    #[arg(long, value_name = "SECRET", requires = "verify_webhook")]
+    verify_webhook_secret: Option<String>,
     /// Capture HTTP requests for the inspector (`--inspect=false` to turn off).
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     inspect: bool,
@@ -465,9 +469,9 @@ fn warn_if_root() {
 
 async fn run_agent(args: AgentArgs, mut endpoint: EndpointConfig, console: bool) -> anyhow::Result<()> {
     warn_if_root();
-    if args.oidc.is_some() || args.verify_webhook.is_some() {
+    if args.oidc.is_some() {
         bail!(
-            "--oidc and --verify-webhook are not supported by warren yet; the endpoint was not started rather than exposed without them"
+            "--oidc is not supported by warren yet; the endpoint was not started rather than exposed without it"
         );
     }
     if let Some(file) = &args.traffic_policy_file {
@@ -485,6 +489,7 @@ async fn run_agent(args: AgentArgs, mut endpoint: EndpointConfig, console: bool)
         request_header_remove: args.request_header_remove.clone(),
         response_header_add: args.response_header_add.clone(),
         response_header_remove: args.response_header_remove.clone(),
+        verify_webhook: args.verify_webhook.clone().zip(args.verify_webhook_secret.clone()),
     };
     if let Some(rules) = legacy.rules(endpoint.proto.is_http()).map_err(anyhow::Error::msg)? {
         endpoint.prepend_policy(rules).map_err(anyhow::Error::msg)?;
