@@ -25,7 +25,8 @@ token=$(sed -n 's/^ *authtoken: *//p' "$work/edge.log" | head -1)
 ca=$work/data/tls/ca.pem
 agent() { # log upstream args...
   local log=$1; shift
-  "$bin" "$@" --authtoken "$token" --connect-url "localhost:$connect" --connect-cas "$ca" >"$log" 2>&1 &
+  # No inspector: the figures are for the forwarding path (capture is measured separately).
+  "$bin" "$@" --authtoken "$token" --connect-url "localhost:$connect" --connect-cas "$ca" --web-addr false >"$log" 2>&1 &
   echo $!
 }
 a1=$(agent "$work/a1.log" tcp "$IPERF_PORT")
