@@ -346,7 +346,7 @@ type R<T> = Result<T, Fail>;
 #[derive(Clone, Debug)]
 enum Text<'a> {
     B(&'a str),
-    Ip(IpAddr),
+    Ip(&'a IpAddr),
     Own(String),
 }
 
@@ -407,7 +407,7 @@ impl<'a> Text<'a> {
 
     fn ip(&self) -> R<IpAddr> {
         match self {
-            Text::Ip(ip) => Ok(*ip),
+            Text::Ip(ip) => Ok(**ip),
             t => t.with(|s| s.parse::<IpAddr>().map_err(|_| Fail::Error)),
         }
     }
@@ -422,7 +422,7 @@ impl<'a> Text<'a> {
 
 /// A map of the message: the fixed ones (`conn`, `req`, `req.url`, ...) and the ones keyed
 /// by what the message holds (headers, query parameters, cookies).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 enum MapRef<'a> {
     Conn(&'a Conn),
     Tls(&'a TlsInfo),
@@ -439,7 +439,7 @@ enum MapRef<'a> {
 }
 
 /// A list: a literal, or the values of one key of a message's map.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 enum List<'a> {
     Empty,
     Consts(&'a [Const]),
@@ -451,7 +451,7 @@ enum List<'a> {
     Cookie(&'a HeaderMap, bool, Text<'a>),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 enum Val<'a> {
     Null,
     Bool(bool),
@@ -587,9 +587,9 @@ impl<'a> MapRef<'a> {
         let k = key.as_plain();
         Some(match self {
             MapRef::Conn(c) => match k {
-                "client_ip" => Val::Str(Text::Ip(c.client_ip)),
+                "client_ip" => Val::Str(Text::Ip(&c.client_ip)),
                 "client_port" => Val::Int(c.client_port.into()),
-                "server_ip" => Val::Str(Text::Ip(c.server_ip)),
+                "server_ip" => Val::Str(Text::Ip(&c.server_ip)),
                 "server_port" => Val::Int(c.server_port.into()),
                 "tls" => c.tls.as_ref().map_or(Val::Null, |t| Val::Map(MapRef::Tls(t))),
                 _ => return None,
@@ -952,5 +952,436 @@ fn lower_key<'a>(name: &Text<'a>) -> Text<'a> {
     match name {
         Text::B(s) if !s.bytes().any(|b| b.is_ascii_uppercase()) => Text::B(s),
         t => Text::Own(t.as_plain().to_ascii_lowercase()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Instant, SystemTime};
+
+    use super::*;
+    use crate::vars::{Needs, Vars};
+    use crate::{Chain, CompileEnv, Phase, Policy, Verdict, compile_expr};
+
+    /// A message's parts, owned.
+    struct Case {
+        conn: Conn,
+        ep: EndpointInfo,
+        method: &'static str,
+        uri: http::Uri,
+        headers: HeaderMap,
+        res: Option<(u16, HeaderMap)>,
+    }
+
+    impl Case {
+        fn new(ip: &str, method: &'static str, uri: &str, headers: &[(&str, &[u8])]) -> Case {
+            let mut h = HeaderMap::new();
+            for (k, v) in headers {
+                h.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    http::HeaderValue::from_bytes(v).unwrap(),
+                );
+            }
+            Case {
+                conn: Conn {
+                    client_ip: ip.parse().unwrap(),
+                    client_port: 40000,
+                    server_ip: "127.0.0.1".parse().unwrap(),
+                    server_port: 443,
+                    tls: None,
+                },
+                ep: EndpointInfo {
+                    id: "ep_1".into(),
+                    url: "https://app.example.com".into(),
+                    proto: "https".into(),
+                    host: "app.example.com".into(),
+                    port: 443,
+                },
+                method,
+                uri: uri.parse().unwrap(),
+                headers: h,
+                res: None,
+            }
+        }
+
+        fn with_tls(mut self) -> Case {
+            self.conn.tls = Some(TlsInfo {
+                version: "1.3".into(),
+                cipher_suite: "TLS13_AES_128_GCM_SHA256".into(),
+                sni: "app.example.com".into(),
+                client: Some(ClientCertInfo {
+                    subject: "CN=alice".into(),
+                    issuer: "CN=ca".into(),
+                    san: vec!["alice.example.com".into(), "alice@example.com".into()],
+                    serial_number: "0a".into(),
+                }),
+            });
+            self
+        }
+
+        fn with_response(mut self, status: u16, headers: &[(&str, &str)]) -> Case {
+            let mut h = HeaderMap::new();
+            for (k, v) in headers {
+                h.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            self.res = Some((status, h));
+            self
+        }
+
+        fn message(&self) -> Message<'_> {
+            Message {
+                conn: &self.conn,
+                endpoint: &self.ep,
+                now: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+                req: Some(ReqView {
+                    method: self.method,
+                    uri: &self.uri,
+                    version: http::Version::HTTP_11,
+                    headers: &self.headers,
+                    scheme: "https",
+                }),
+                res: self.res.as_ref().map(|(s, h)| (*s, h)),
+                body: None,
+            }
+        }
+    }
+
+    fn cases() -> Vec<Case> {
+        vec![
+            Case::new(
+                "198.51.100.23",
+                "GET",
+                "/products/42?ref=home",
+                &[
+                    ("host", b"app.example.com"),
+                    ("user-agent", b"Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0"),
+                    ("cookie", b"session=abc123; theme=dark"),
+                ],
+            ),
+            Case::new(
+                "10.1.2.3",
+                "DELETE",
+                "/admin/users?debug=1&q=a+b&q=c%20d&Mixed=1",
+                &[
+                    ("host", b"internal.example.com:8080"),
+                    ("user-agent", b"BadBot/1.0"),
+                    ("user-agent", b"curl/8"),
+                    ("x-api-version", b"1"),
+                    ("x-debug", b"yes"),
+                    ("x-multi", b"a1"),
+                    ("x-multi", b"b2"),
+                    ("content-length", b"250"),
+                    ("x-bin", b"\xff\xfe"),
+                ],
+            ),
+            Case::new(
+                "203.0.113.9",
+                "POST",
+                "/admin/login.php?debug=0&debug=1",
+                &[
+                    ("host", b"app.example.com"),
+                    ("x-api-version", b"2"),
+                    ("x-multi", b"a1"),
+                    ("x-blocked", b""),
+                ],
+            )
+            .with_tls(),
+            Case::new("::1", "HEAD", "/", &[("host", b"[::1]:443"), ("cookie", b"session=\"q\"; a")]),
+            Case::new(
+                "fd12::7",
+                "GET",
+                "/api/v2/items?debug=1",
+                &[("host", b"app.example.com"), ("x-debug", b"1"), ("user-agent", b"Mozilla BadBot")],
+            ),
+            Case::new("::ffff:192.168.1.5", "PUT", "/a%20b/c", &[("x-multi", b"a1"), ("x-multi", b"a2")]),
+            Case::new("172.16.0.1", "OPTIONS", "/?=&&k", &[("host", b"app.example.com")]).with_response(
+                503,
+                &[
+                    ("content-type", "text/html"),
+                    ("server", "nginx"),
+                    ("set-cookie", "id=1; Path=/"),
+                    ("set-cookie", "b=2; HttpOnly"),
+                ],
+            ),
+            Case::new("8.8.8.8", "GET", "/x", &[("host", b"app.example.com")])
+                .with_response(200, &[("content-type", "application/json")]),
+        ]
+    }
+
+    /// Expressions the fast path translates (and evaluates without CEL on every case).
+    const FAST: &[&str] = &[
+        "conn.client_port == 1",
+        "conn.client_port > 1024 && conn.server_port == 443",
+        "req.method == 'DELETE'",
+        "req.method != 'GET'",
+        "req.method in ['GET', 'HEAD']",
+        "req.method < 'H'",
+        "inCidrRange(conn.client_ip, '10.0.0.0/8')",
+        "inCidrRange(conn.client_ip, '192.168.0.0/16')",
+        "inCidrRanges(conn.client_ip, ['192.168.0.0/16', '172.16.0.0/12', 'fd00::/8'])",
+        "inCidrRanges(conn.client_ip, ['10.0.0.0/8', 'not-a-cidr'])",
+        "inCidrRanges(conn.client_ip, [])",
+        "inCidrRange(conn.client_ip, 'bogus')",
+        "!inCidrRange(conn.client_ip, 'bogus')",
+        "inCidrRange(req.method, '10.0.0.0/8') || true",
+        "isPrivateIp(conn.client_ip)",
+        "conn.client_ip == '10.1.2.3' || conn.client_ip == '::1'",
+        "conn.client_ip.startsWith('10.') || conn.client_ip.contains(':')",
+        "conn.client_ip == '::ffff:192.168.1.5'",
+        "hasReqHeader('x-blocked')",
+        "hasReqHeader('X-Blocked')",
+        "getReqHeader('user-agent').exists(u, u.contains('BadBot'))",
+        "getReqHeader('X-Multi').all(v, v.startsWith('a'))",
+        "getReqHeader('x-multi').exists_one(v, v.startsWith('a'))",
+        "getReqHeader('x-multi').size() == 2",
+        "req.headers['x-api-version'][0] == '1'",
+        "!(req.headers['x-api-version'][0] == '1')",
+        "req.headers['x-api-version'][0] == '1' || req.method == 'GET'",
+        "req.method == 'GET' || req.headers['x-api-version'][0] == '1'",
+        "req.method == 'POST' && req.headers['x-api-version'][0] == '1'",
+        "req.headers['x-api-version'][0] == '1' && false",
+        "!(req.headers['x-api-version'][0] == '2' || req.method == 'PUT')",
+        "!(req.method == 'PUT' || req.headers['x-api-version'][0] == '2')",
+        "!(req.headers['x-api-version'][0] == '1' && false)",
+        "!(req.headers['nope'][0] == 'x' && req.method == 'NOPE')",
+        "!(false && req.headers['nope'][0] == 'x')",
+        "!(req.headers['x-api-version'][0] == '1') || req.method == 'GET'",
+        "req.method == 'GET' || !(req.headers['x-api-version'][0] == '1')",
+        "req.headers['x-api-version'][0] == 1",
+        "req.headers['x-multi'] == ['a1', 'b2']",
+        "req.headers['x-multi'] != ['a1']",
+        "req.headers['x-multi'][1] == 'b2'",
+        "req.headers['x-multi'][5] == 'b2'",
+        "req.headers['X-Multi'] == null",
+        "size(req.headers['x-multi']) == 2",
+        "size(req.headers['x-bin'][0]) == 6",
+        "req.headers['x-bin'][0].startsWith('\u{fffd}')",
+        "'x-debug' in req.headers",
+        "has(req.headers.accept) || has(req.headers.host)",
+        "req.headers.host[0] == 'app.example.com'",
+        "'BadBot' in req.headers['user-agent'][0]",
+        "req.url.path.startsWith('/admin') && !inCidrRange(conn.client_ip, '203.0.113.0/24')",
+        "req.url.path.endsWith('.php')",
+        "req.url.path.matches('^/api/v[0-9]+/')",
+        "req.url.path.matches('(')",
+        "req.url.path == '/a%20b/c'",
+        "size(req.url.path) > 5",
+        "req.host == 'internal.example.com'",
+        "req.url.host == '[::1]' && req.url.port == 443",
+        "req.url.port == 8080",
+        "req.url.query == '' || req.url.query.contains('debug')",
+        "req.url.query_params['debug'] == ['1']",
+        "req.url.query_params['debug'][0] == '1'",
+        "hasReqHeader('x-debug') && req.url.query_params['debug'] == ['1']",
+        "getQueryParam('q') == ['a b', 'c d']",
+        "getQueryParam('MIXED') == ['1'] || getQueryParam('') == ['']",
+        "'debug' in req.url.query_params",
+        "req.cookies['session'][0] == 'abc123' || req.cookies['session'] == ['q']",
+        "'a' in req.cookies",
+        "req.url.raw.contains('?debug') || req.url.raw == 'https://[::1]:443/'",
+        "req.version == 'HTTP/1.1' && req.user_agent.raw.contains('curl') == false",
+        "req.content_length > 100",
+        "req.content_type == ''",
+        "lower(req.method) == 'delete' || upper(trim(' get ')) == req.method",
+        "req.method == 'GET' ? req.url.path == '/x' : req.headers['x-api-version'][0] == '2'",
+        "conn.tls.sni == 'app.example.com'",
+        "!(conn.tls.sni == 'x')",
+        "has(conn.tls) && has(conn.tls.client)",
+        "conn.tls.client.san.exists(s, s.endsWith('@example.com'))",
+        "'alice.example.com' in conn.tls.client.san",
+        "endpoint.host == 'app.example.com' && endpoint.port == 443 && endpoint.proto == 'https'",
+        "req.method == 'GET' || 'not a bool'",
+        "!(req.method == 'POST' || 'not a bool')",
+        "req.method == 'HEAD' && 'not a bool'",
+        "[1, 2].exists(x, x == 2) && [1, 2].all(x, x > 0)",
+        "getReqHeader('x-multi').exists(v, v == 'a2' || req.headers['nope'][0] == 'x')",
+        "req.method + req.url.path == 'GET/x'",
+        "size(req.headers) > 2",
+        "req.headers.size() == 1 || size(conn) == 5",
+        "req.headers.contains('host') && !conn.contains('nope')",
+        "req.headers.contains(1)",
+        "req.headers.contains(null)",
+    ];
+
+    /// Response-phase expressions the fast path translates.
+    const FAST_RES: &[&str] = &[
+        "res.status_code >= 500",
+        "res.headers['content-type'][0].startsWith('text/')",
+        "hasResHeader('server') && !hasResHeader('x-nope')",
+        "getResHeader('set-cookie').size() == 2",
+        "res.cookies['id'][0] == '1' && res.cookies['b'] == ['2']",
+        "req.method == 'OPTIONS' && res.status_code != 200",
+    ];
+
+    /// Expressions left to CEL (at compile time, or by the fast path at run time).
+    const CEL: &[&str] = &[
+        "time.now > timestamp('2020-01-01T00:00:00Z')",
+        "req.headers.exists(k, k.startsWith('x-'))",
+        "req.url.path.matches(req.method)",
+        "inCidrRange(conn.client_ip, req.method)",
+        "conn.client_port == 1u",
+        "size(req.url.query_params) > 0",
+        "req.headers == req.headers",
+        "getReqHeader('x-multi') + ['c'] == ['a1', 'c']",
+    ];
+
+    fn cel(source: &str, phase: Phase, msg: &Message<'_>) -> bool {
+        let program = compile_expr(source, phase).unwrap_or_else(|e| panic!("{e}"));
+        let vars = Vars::default();
+        let ctx = vars.context(msg, Needs::of(&program));
+        matches!(program.execute(&ctx), Ok(cel::objects::Value::Bool(true)))
+    }
+
+    fn fast(source: &str, phase: Phase) -> Option<Fast> {
+        Fast::compile(compile_expr(source, phase).unwrap_or_else(|e| panic!("{e}")).expression())
+    }
+
+    #[test]
+    fn the_fast_path_gives_cels_answers_errors_included() {
+        let cases = cases();
+        let mut seen = (0, 0);
+        for (list, phase) in [(FAST, Phase::HttpRequest), (FAST_RES, Phase::HttpResponse)] {
+            for source in list {
+                let f = fast(source, phase).unwrap_or_else(|| panic!("{source:?} has no fast form"));
+                for (i, case) in cases.iter().enumerate() {
+                    if phase == Phase::HttpResponse && case.res.is_none() {
+                        continue;
+                    }
+                    let msg = case.message();
+                    let got =
+                        f.eval(&msg).unwrap_or_else(|| panic!("{source:?} fell back to CEL on case {i}"));
+                    let want = cel(source, phase, &msg);
+                    assert_eq!(got, want, "{source:?} on case {i}");
+                    if want {
+                        seen.0 += 1;
+                    } else {
+                        seen.1 += 1;
+                    }
+                }
+            }
+        }
+        // Both answers occur often enough for the comparison to mean something.
+        assert!(seen.0 > 100 && seen.1 > 100, "{seen:?}");
+    }
+
+    #[test]
+    fn what_the_fast_path_does_not_know_is_left_to_cel() {
+        let cases = cases();
+        for source in CEL {
+            let f = fast(source, Phase::HttpRequest);
+            for case in &cases {
+                let msg = case.message();
+                assert_eq!(f.as_ref().and_then(|f| f.eval(&msg)), None, "{source:?}");
+            }
+        }
+        // Through a policy, they give CEL's answers.
+        let doc = CEL.iter().enumerate().map(|(i, e)| {
+            format!(
+                "  - expressions: [{e:?}]\n    actions: [{{type: deny, config: {{status_code: {}}}}}]\n",
+                400 + i
+            )
+        });
+        let chain = chain(&format!("on_http_request:\n{}", doc.collect::<String>()));
+        for case in &cases {
+            assert_eq!(outcome(&chain, case), crate::with_cel_only(|| outcome(&chain, case)));
+        }
+    }
+
+    fn chain(text: &str) -> Chain {
+        Chain(vec![Arc::new(Policy::from_text(text, "https", &CompileEnv::default()).unwrap())])
+    }
+
+    /// The status a chain answers with (0: go on) and the `x-seen` header it adds.
+    fn outcome(chain: &Chain, case: &Case) -> (u16, Option<http::HeaderValue>) {
+        let mut b = http::Request::builder().method(case.method).uri(case.uri.clone());
+        for (k, v) in &case.headers {
+            b = b.header(k, v);
+        }
+        let mut req = b.body(()).unwrap().into_parts().0;
+        let (v, _) =
+            chain.on_http_request(&case.conn, &case.ep, "https", &mut req, SystemTime::now(), Instant::now());
+        let v = match v {
+            Verdict::Respond(r) => r.status().as_u16(),
+            Verdict::Close => 1,
+            Verdict::Continue => 0,
+        };
+        (v, req.headers.get("x-seen").cloned())
+    }
+
+    const BENCH_POLICY: &str = r#"
+on_http_request:
+  - expressions: ["inCidrRange(conn.client_ip, '10.0.0.0/8')"]
+    actions: [{type: deny}]
+  - expressions: ["inCidrRanges(conn.client_ip, ['192.168.0.0/16', '172.16.0.0/12'])"]
+    actions: [{type: deny}]
+  - expressions: ["hasReqHeader('x-blocked')"]
+    actions: [{type: deny}]
+  - expressions: ["getReqHeader('user-agent').exists(u, u.contains('BadBot'))"]
+    actions: [{type: deny, config: {status_code: 401}}]
+  - expressions: ["req.method == 'DELETE'"]
+    actions: [{type: deny, config: {status_code: 405}}]
+  - expressions: ["req.url.path.startsWith('/admin')", "!inCidrRange(conn.client_ip, '203.0.113.0/24')"]
+    actions: [{type: deny, config: {status_code: 402}}]
+  - expressions: ["req.headers['x-api-version'][0] == '1'"]
+    actions: [{type: deny, config: {status_code: 410}}]
+  - expressions: ["req.host == 'internal.example.com'"]
+    actions: [{type: deny, config: {status_code: 409}}]
+  - expressions: ["conn.client_port == 1"]
+    actions: [{type: deny}]
+  - expressions: ["hasReqHeader('x-debug') && req.url.query_params['debug'] == ['1']"]
+    actions: [{type: deny, config: {status_code: 418}}]
+  - actions: [{type: add-headers, config: {headers: {x-seen: "${req.method} ${conn.client_ip}"}}}]
+"#;
+
+    #[test]
+    fn rules_with_fast_expressions_do_not_build_cel_variables() {
+        let policy = Policy::from_text(BENCH_POLICY, "https", &CompileEnv::default()).unwrap();
+        assert!(policy.req.iter().all(|r| r.exprs.iter().all(|e| e.fast.is_some())));
+        let case = Case::new(
+            "198.51.100.23",
+            "GET",
+            "/products/42?ref=home",
+            &[("host", b"app.example.com"), ("user-agent", b"Mozilla/5.0")],
+        );
+        let vars = Vars::default();
+        let run = crate::Run { msg: case.message(), vars: &vars, logs: Vec::new() };
+        for rule in &policy.req[..10] {
+            assert!(!run.matches(rule));
+        }
+        assert!(!vars.is_built(), "no rule evaluated with CEL");
+        // The last rule has no expression; its action reads variables, and builds them.
+        assert!(run.matches(&policy.req[10]));
+        assert!(!vars.is_built());
+    }
+
+    #[test]
+    fn a_policy_gives_the_same_verdicts_with_and_without_the_fast_path() {
+        let chain = chain(BENCH_POLICY);
+        let mut cases = cases();
+        for (ip, method, uri, headers) in [
+            ("8.8.8.8", "DELETE", "/", &[][..]),
+            ("8.8.8.8", "GET", "/admin", &[]),
+            ("203.0.113.1", "GET", "/admin", &[]),
+            ("8.8.8.8", "GET", "/", &[("x-api-version", &b"1"[..])]),
+            ("8.8.8.8", "GET", "/", &[("host", b"internal.example.com")]),
+            ("8.8.8.8", "GET", "/?debug=1", &[("x-debug", b"")]),
+            ("8.8.8.8", "GET", "/?debug=2", &[("x-debug", b"")]),
+        ] {
+            cases.push(Case::new(ip, method, uri, headers));
+        }
+        let mut statuses = Vec::new();
+        for case in &cases {
+            let fast = outcome(&chain, case);
+            let cel = crate::with_cel_only(|| outcome(&chain, case));
+            assert_eq!(fast, cel, "{} {}", case.method, case.uri);
+            statuses.push(fast.0);
+        }
+        statuses.sort_unstable();
+        statuses.dedup();
+        assert_eq!(statuses, [0, 401, 402, 403, 405, 409, 410, 418]);
     }
 }

@@ -9,6 +9,8 @@
 //! # Layout
 //! - [`document`]: the document as written (YAML or JSON).
 //! - `vars`: the variables and functions expressions see.
+//! - `fast`: expressions translated to read the message directly, so CEL's variables are
+//!   built only for expressions it cannot translate.
 //! - `actions`: each action's configuration, checked at compile time, and what it does.
 //! - `ratelimit`: sliding-window counters for `rate-limit`.
 

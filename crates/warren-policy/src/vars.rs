@@ -156,6 +156,12 @@ impl Vars {
         ctx
     }
 
+    /// True once a CEL context was built.
+    #[cfg(test)]
+    pub(crate) fn is_built(&self) -> bool {
+        self.ctx.borrow().is_some()
+    }
+
     fn build(&self, msg: &Message<'_>, needs: Needs) -> Context<'static> {
         let mut ctx = root().new_inner_scope();
         if needs.conn {
@@ -476,13 +482,10 @@ pub(crate) fn rewrite_helpers(source: &str) -> String {
 }
 
 fn register(ctx: &mut Context<'_>) {
-    let _ = ctx.add_function(
-        "inCidrRange",
-        |ip: Arc<String>, cidr: Arc<String>| -> Result<bool, ExecutionError> {
-            in_cidr(&ip, &cidr).map_err(|e| ExecutionError::function_error("inCidrRange", e))
-        },
-    );
-    let _ = ctx.add_function(
+    ctx.add_function("inCidrRange", |ip: Arc<String>, cidr: Arc<String>| -> Result<bool, ExecutionError> {
+        in_cidr(&ip, &cidr).map_err(|e| ExecutionError::function_error("inCidrRange", e))
+    });
+    ctx.add_function(
         "inCidrRanges",
         |ip: Arc<String>, cidrs: Arc<Vec<Value>>| -> Result<bool, ExecutionError> {
             for c in cidrs.iter() {
@@ -499,13 +502,13 @@ fn register(ctx: &mut Context<'_>) {
             Ok(false)
         },
     );
-    let _ = ctx.add_function("isPrivateIp", |ip: Arc<String>| -> Result<bool, ExecutionError> {
+    ctx.add_function("isPrivateIp", |ip: Arc<String>| -> Result<bool, ExecutionError> {
         let ip: IpAddr = ip
             .parse()
             .map_err(|_| ExecutionError::function_error("isPrivateIp", format!("{ip:?} is not an IP")))?;
         Ok(is_private(ip))
     });
-    let _ = ctx.add_function("__values", |m: Value, name: Arc<String>| -> cel::ResolveResult {
+    ctx.add_function("__values", |m: Value, name: Arc<String>| -> cel::ResolveResult {
         let Value::Map(m) = m else { return Ok(Value::List(Arc::new(Vec::new()))) };
         Ok(m.map
             .get(&Key::from(name.to_ascii_lowercase()))
@@ -513,16 +516,16 @@ fn register(ctx: &mut Context<'_>) {
             .cloned()
             .unwrap_or_else(|| Value::List(Arc::new(Vec::new()))))
     });
-    let _ = ctx.add_function("__has", |m: Value, name: Arc<String>| -> bool {
+    ctx.add_function("__has", |m: Value, name: Arc<String>| -> bool {
         matches!(m, Value::Map(m) if m.map.contains_key(&Key::from(name.to_ascii_lowercase())))
     });
-    let _ = ctx.add_function("urlEncode", |v: Arc<String>| -> String { url_encode(&v) });
-    let _ = ctx.add_function("urlDecode", |v: Arc<String>| -> String { url_decode(&v) });
-    let _ = ctx.add_function("b64encode", |v: Arc<String>| -> String {
+    ctx.add_function("urlEncode", |v: Arc<String>| -> String { url_encode(&v) });
+    ctx.add_function("urlDecode", |v: Arc<String>| -> String { url_decode(&v) });
+    ctx.add_function("b64encode", |v: Arc<String>| -> String {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(v.as_bytes())
     });
-    let _ = ctx.add_function("b64decode", |v: Arc<String>| -> cel::ResolveResult {
+    ctx.add_function("b64decode", |v: Arc<String>| -> cel::ResolveResult {
         use base64::Engine;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(v.as_bytes())
@@ -530,13 +533,13 @@ fn register(ctx: &mut Context<'_>) {
         let text = String::from_utf8(bytes).map_err(|e| ExecutionError::function_error("b64decode", e))?;
         Ok(Value::String(Arc::new(text)))
     });
-    let _ = ctx.add_function("sha256", |v: Arc<String>| -> String {
+    ctx.add_function("sha256", |v: Arc<String>| -> String {
         use sha2::Digest;
         sha2::Sha256::digest(v.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
     });
-    let _ = ctx.add_function("lower", |v: Arc<String>| -> String { v.to_lowercase() });
-    let _ = ctx.add_function("upper", |v: Arc<String>| -> String { v.to_uppercase() });
-    let _ = ctx.add_function("trim", |v: Arc<String>| -> String { v.trim().to_owned() });
+    ctx.add_function("lower", |v: Arc<String>| -> String { v.to_lowercase() });
+    ctx.add_function("upper", |v: Arc<String>| -> String { v.to_uppercase() });
+    ctx.add_function("trim", |v: Arc<String>| -> String { v.trim().to_owned() });
 }
 
 /// True when `ip` is inside `cidr` (a bare IP is a /32 or /128).
