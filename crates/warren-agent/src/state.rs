@@ -83,7 +83,9 @@ impl Shared {
         status: watch::Sender<Status>,
         control: mpsc::Sender<Control>,
     ) -> Arc<Shared> {
+        // Captures nobody can see are not kept: no web address, no inspector.
         let inspector = match config.inspect_db_size {
+            _ if config.web_addr.is_none() => None,
             n if n < 0 => None,
             0 => Some(Arc::new(Inspector::new(crate::inspect::DEFAULT_DB_SIZE))),
             n => Some(Arc::new(Inspector::new(usize::try_from(n).unwrap_or(usize::MAX)))),

@@ -9,7 +9,16 @@ use warren_agent::{Agent, EndpointConfig};
 use warren_testkit::*;
 
 async fn online(edge: &TestEdge, ep: EndpointConfig) -> (Agent, String) {
-    let mut agent = Agent::start(edge.agent_with(ep));
+    online_inspected(edge, ep, false).await
+}
+
+/// With `inspected`, the agent runs its inspector, so HTTP is parsed and captured on the way.
+async fn online_inspected(edge: &TestEdge, ep: EndpointConfig, inspected: bool) -> (Agent, String) {
+    let mut config = edge.agent_with(ep);
+    if inspected {
+        config.web_addr = Some("127.0.0.1:0".parse().unwrap());
+    }
+    let mut agent = Agent::start(config);
     let urls = within("agent online", agent.wait_online()).await.expect("agent online");
     (agent, urls[0].clone())
 }
@@ -148,12 +157,19 @@ async fn an_upstream_that_refuses_connections_gives_a_502_with_a_clear_body() {
 }
 
 #[tokio::test]
-async fn websocket_upgrade_passes_through() {
+async fn websocket_upgrade_passes_through_with_and_without_the_inspector() {
+    for inspected in [false, true] {
+        websocket_round_trips(inspected).await;
+    }
+}
+
+async fn websocket_round_trips(inspected: bool) {
     let edge = TestEdge::start().await;
     let (ws_addr, _ws) = ws_echo().await;
-    let (_agent, url) = online(
+    let (_agent, url) = online_inspected(
         &edge,
         EndpointConfig::http(&format!("http://{ws_addr}"), Some("https://ws.warren.localhost")).unwrap(),
+        inspected,
     )
     .await;
     let tls = tls_connect(edge.https_addr(), "ws.warren.localhost", &edge.ca_pem, &[b"http/1.1"]).await;
@@ -178,10 +194,24 @@ const HUNDRED_MB: u64 = 100 * 1024 * 1024;
 
 #[tokio::test]
 async fn a_100_mb_upload_and_download_stream_through_the_tunnel() {
+    big_transfers(false).await;
+}
+
+/// The inspector keeps only the first part of each body: 100 MB still stream through.
+#[tokio::test]
+async fn a_100_mb_upload_and_download_stream_through_an_inspected_endpoint() {
+    big_transfers(true).await;
+}
+
+async fn big_transfers(inspected: bool) {
     let edge = TestEdge::start().await;
     let up = HttpUpstream::start().await;
-    let (_agent, url) =
-        online(&edge, EndpointConfig::http(&up.url(), Some("https://big.warren.localhost")).unwrap()).await;
+    let (_agent, url) = online_inspected(
+        &edge,
+        EndpointConfig::http(&up.url(), Some("https://big.warren.localhost")).unwrap(),
+        inspected,
+    )
+    .await;
     let host = url_host(&url);
 
     // Upload over HTTP/1.1 (chunked, streamed from a generator: never held whole).
