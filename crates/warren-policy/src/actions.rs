@@ -140,7 +140,7 @@ impl Template {
                 (Part::Text(t), _) => out.push_str(t),
                 // An expression that fails at run time (a missing header) renders as empty.
                 (Part::Expr(e), Some(ctx)) => {
-                    if let Ok(v) = e.execute(ctx) {
+                    if let Ok(v) = crate::execute(e, ctx) {
                         out.push_str(&value_text(&v));
                     }
                 }
@@ -601,7 +601,7 @@ impl Action {
                     let ctx = run.vars.context(&run.msg, *needs);
                     bucket
                         .iter()
-                        .map(|p| p.execute(&ctx).map(|v| value_text(&v)).unwrap_or_default())
+                        .map(|p| crate::execute(p, &ctx).map(|v| value_text(&v)).unwrap_or_default())
                         .collect::<Vec<_>>()
                         .join("\u{1f}")
                 };

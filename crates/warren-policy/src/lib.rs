@@ -337,19 +337,41 @@ pub(crate) fn with_sample<T>(phase: Phase, f: impl FnOnce(&Message<'_>) -> T) ->
     f(&sample(&conn, &ep, &uri, &headers, phase))
 }
 
+/// Why an evaluation gave no value.
+pub(crate) enum Failure {
+    /// CEL's own error.
+    Cel(cel::ExecutionError),
+    /// The CEL library panicked (cel 0.11 has `todo!()`s for some type combinations).
+    Panic,
+}
+
+/// Runs a program; a panic inside the CEL library is an error like any other, so one
+/// visitor's request can never take down the task serving it, nor a Bind its RPC.
+pub(crate) fn execute(
+    program: &cel::Program,
+    ctx: &cel::Context<'_>,
+) -> Result<cel::objects::Value, Failure> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| program.execute(ctx)))
+        .map_err(|_| Failure::Panic)?
+        .map_err(Failure::Cel)
+}
+
 /// Evaluates the expression on a sample message: a wrong type or a missing function is an
 /// error now; a missing map key is not (it depends on the message).
 fn check_bool(program: &cel::Program, source: &str, phase: Phase) -> Result<(), String> {
     with_sample(phase, |msg| {
         let vars = Vars::default();
         let ctx = vars.context(msg, Needs::of(program));
-        match program.execute(&ctx) {
+        match execute(program, &ctx) {
             Ok(cel::objects::Value::Bool(_)) => Ok(()),
             Ok(other) => {
                 Err(format!("expression {source:?} must be true or false, but gives {:?}", other.type_of()))
             }
-            Err(e) if is_data_dependent(&e) => Ok(()),
-            Err(e) => Err(format!("expression {source:?} cannot be evaluated: {e}")),
+            Err(Failure::Cel(e)) if is_data_dependent(&e) => Ok(()),
+            Err(Failure::Cel(e)) => Err(format!("expression {source:?} cannot be evaluated: {e}")),
+            Err(Failure::Panic) => Err(format!(
+                "expression {source:?} cannot be evaluated (the CEL library failed on it; iterating a value that is not a list or map does this)"
+            )),
         }
     })
 }
@@ -361,7 +383,7 @@ fn fast_form(program: &cel::Program, phase: Phase) -> Option<fast::Fast> {
     let agrees = with_sample(phase, |msg| {
         let vars = Vars::default();
         let cel = matches!(
-            program.execute(&vars.context(msg, Needs::of(program))),
+            execute(program, &vars.context(msg, Needs::of(program))),
             Ok(cel::objects::Value::Bool(true))
         );
         fast.eval(msg).is_none_or(|f| f == cel)
@@ -432,7 +454,7 @@ impl Run<'_> {
             // Built once for the rule (its actions use it too), on the first expression CEL
             // evaluates.
             let ctx = self.vars.context(&self.msg, rule.needs);
-            matches!(e.program.execute(&ctx), Ok(cel::objects::Value::Bool(true)))
+            matches!(execute(&e.program, &ctx), Ok(cel::objects::Value::Bool(true)))
         })
     }
 }

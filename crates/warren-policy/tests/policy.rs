@@ -156,6 +156,11 @@ fn invalid_documents_are_refused_naming_the_rule_and_the_problem() {
         "on_http_request:\n  - actions: [{type: verify-webhook, config: {provider: acme-hooks, secret: x}}]\n",
     );
     assert!(e.contains("provider \"acme-hooks\" is not supported"), "{e}");
+    // cel 0.11 panics iterating a null; that is a refusal, not a crash.
+    let e = refused(
+        "on_http_request:\n  - expressions: [\"req.headers['nope'].exists(v, v == 'a')\"]\n    actions: [{type: deny}]\n",
+    );
+    assert!(e.contains("cannot be evaluated"), "{e}");
     let e = refused("on_http_request:\n  - actions: [{type: deny, config: {status: 403}}]\n");
     assert!(e.contains("unknown field"), "{e}");
     assert!(matches!(
