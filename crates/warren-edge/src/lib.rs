@@ -35,6 +35,7 @@ mod endpoint_tls;
 mod ingress_http;
 mod ingress_tcp;
 mod ip_rules;
+mod jwks;
 mod node;
 mod policy;
 mod proxy_protocol;
@@ -114,6 +115,8 @@ pub(crate) struct Shared {
     pub(crate) challenges: acme::Challenges,
     /// Wakes the certificate manager (a domain was reserved).
     pub(crate) acme_wake: tokio::sync::Notify,
+    /// Keys for `jwt-validation`, by JWKS URL.
+    pub(crate) jwks: jwks::JwksCache,
 }
 
 impl Shared {
@@ -219,12 +222,14 @@ impl Edge {
             master_key,
             challenges: acme::Challenges::default(),
             acme_wake: tokio::sync::Notify::new(),
+            jwks: jwks::JwksCache::default(),
             store,
             config,
             shutdown: rx,
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(node::run(shared.clone()));
+        tasks.spawn(jwks::run(shared.clone()));
         if let Some((cert, key)) = shared.config.tls_files.clone() {
             tasks.spawn(tls::watch_files(shared.certs.clone(), cert, key, shared.shutdown.clone()));
         }

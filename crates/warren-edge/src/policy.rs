@@ -65,9 +65,14 @@ pub(crate) async fn check_account_policy(
     Ok(())
 }
 
-/// The stored IP policies a document's `restrict-ips` actions name.
+/// The stored IP policies a document's `restrict-ips` actions name, and the keys its
+/// `jwt-validation` actions name.
 async fn ip_policies(shared: &Shared, account_id: &str, doc: &Document) -> Result<CompileEnv, String> {
     let mut env = CompileEnv::default();
+    for url in doc.jwks_urls() {
+        let set = shared.jwks.get(&url).await.map_err(|e| format!("jwt-validation: the keys at {url} could not be fetched: {e}"))?;
+        env.jwks.insert(url, set);
+    }
     for id in doc.ip_policy_ids() {
         let rows = match shared.store.ip_policy_cidrs(account_id, &id).await {
             Ok(r) => r,

@@ -61,6 +61,7 @@ pub(crate) enum Action {
         secret: String,
         enforce: bool,
     },
+    JwtValidation(Box<crate::jwt::Validator>),
 }
 
 /// Header and URI changes a rule made, applied after it ran.
@@ -494,7 +495,12 @@ impl Action {
                 let provider = crate::webhook::Provider::parse(&c.provider, c.header.as_deref())?;
                 Action::VerifyWebhook { provider, secret: c.secret, enforce: c.enforce }
             }
-            "jwt-validation" | "openid-connect" | "oidc" | "oauth" | "saml" => {
+            "jwt-validation" => {
+                only_in(kind, phase, &[HttpRequest])?;
+                let c: crate::jwt::Config = config(&doc.config)?;
+                Action::JwtValidation(Box::new(crate::jwt::Validator::compile(c, &env.jwks)?))
+            }
+            "openid-connect" | "oidc" | "oauth" | "saml" => {
                 return Err(format!(
                     "{kind} is not supported by warren yet; the endpoint is refused rather than left unprotected"
                 ));
@@ -702,6 +708,19 @@ impl Action {
                 None
             }
             Action::TerminateTls => None,
+            Action::JwtValidation(v) => {
+                let req = run.msg.req.as_ref()?;
+                let Err(why) = v.check(req.headers, run.msg.now) else { return None };
+                run.logs.push(LogEntry { rule: rule.to_owned(), metadata: note("jwt-validation", &why) });
+                let mut r = http::Response::new(Bytes::from(format!("A valid token is required: {why}.\n")));
+                *r.status_mut() = http::StatusCode::UNAUTHORIZED;
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+                r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+                Some(Verdict::Respond(r))
+            }
             Action::VerifyWebhook { provider, secret, enforce } => {
                 let req = run.msg.req.as_ref()?;
                 let url = full_url(req);

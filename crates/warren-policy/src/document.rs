@@ -77,6 +77,22 @@ impl Document {
         }
     }
 
+    /// The JWKS URLs that `jwt-validation` actions name, for the caller to fetch before
+    /// compiling.
+    pub fn jwks_urls(&self) -> Vec<String> {
+        let mut urls: Vec<String> = self
+            .on_http_request
+            .iter()
+            .chain(&self.inbound)
+            .flat_map(|r| &r.actions)
+            .filter(|a| a.kind == "jwt-validation")
+            .flat_map(|a| crate::jwt::Config::jwks_urls(&a.config))
+            .collect();
+        urls.sort();
+        urls.dedup();
+        urls
+    }
+
     /// The ids of stored IP policies that `restrict-ips` actions name, for the caller to look
     /// up before compiling.
     pub fn ip_policy_ids(&self) -> Vec<String> {

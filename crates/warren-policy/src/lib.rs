@@ -26,8 +26,10 @@ mod fast;
 mod ratelimit;
 mod vars;
 pub mod webhook;
+mod jwt;
 
 pub use document::Document;
+pub use jwt::Jwks;
 pub use vars::{Cidr, ClientCertInfo, Conn, EndpointInfo, TlsInfo};
 
 use actions::Action;
@@ -98,6 +100,8 @@ pub struct LogEntry {
 pub struct CompileEnv {
     /// IP policy id → (allow, deny).
     pub ip_policies: HashMap<String, (Vec<Cidr>, Vec<Cidr>)>,
+    /// JWKS URL → its keys, fetched by the caller (see [`Document::jwks_urls`]).
+    pub jwks: HashMap<String, Arc<Jwks>>,
 }
 
 /// A compiled policy.

@@ -517,3 +517,136 @@ on_http_request:
     .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+/// A JWKS endpoint on loopback serving one EC P-256 key, and a way to sign with it.
+struct Idp {
+    jwks_url: String,
+    key_pem: String,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Idp {
+    async fn start() -> Idp {
+        use base64::Engine as _;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let point = key.public_key_raw().to_vec();
+        assert_eq!((point.len(), point[0]), (65, 4), "an uncompressed P-256 point");
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwks = serde_json::json!({ "keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+            "x": b64(&point[1..33]), "y": b64(&point[33..]),
+        }]})
+        .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let jwks = jwks.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let body = jwks.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(full(body))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Idp { jwks_url: format!("http://{addr}/jwks.json"), key_pem: key.serialize_pem(), _task: task }
+    }
+
+    fn token(&self, claims: serde_json::Value) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("k1".into());
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(self.key_pem.as_bytes()).unwrap();
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn jwt_validation_accepts_valid_tokens_and_refuses_wrong_audience_expired_none_and_foreign_keys() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let idp = Idp::start().await;
+    let policy = format!(
+        r#"
+on_http_request:
+  - actions:
+      - type: jwt-validation
+        config:
+          issuer:
+            allow_list:
+              - value: https://idp.test
+          audience:
+            allow_list:
+              - value: api://warren
+          http:
+            tokens:
+              - type: jwt
+                method: header
+                name: Authorization
+                prefix: "Bearer "
+          jws:
+            allowed_algorithms: [ES256]
+            keys:
+              sources:
+                additional_jkus:
+                  - {}
+"#,
+        idp.jwks_url
+    );
+    let _agent = with_policy(&edge, &up, "jwt", &policy).await.expect("bound");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = |aud: &str, exp: u64| serde_json::json!({ "iss": "https://idp.test", "aud": aud, "sub": "user-1", "exp": exp });
+    let with = |t: &str| format!("Bearer {t}");
+
+    let good = idp.token(claims("api://warren", now + 300));
+    let (status, _, body) = get(&edge, "jwt", "/echo", &[("authorization", &with(&good))]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(json(&body)["headers"]["authorization"], with(&good), "the token goes on to the upstream");
+
+    let refused = |(status, headers, body): (StatusCode, hyper::HeaderMap, String), why: &str| {
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}: {body}");
+        assert_eq!(headers["www-authenticate"], "Bearer error=\"invalid_token\"", "{why}");
+    };
+    refused(get(&edge, "jwt", "/echo", &[]).await, "no token");
+    let wrong_aud = idp.token(claims("api://someone-else", now + 300));
+    refused(get(&edge, "jwt", "/echo", &[("authorization", &with(&wrong_aud))]).await, "wrong audience");
+    let expired = idp.token(claims("api://warren", now - 3600));
+    refused(get(&edge, "jwt", "/echo", &[("authorization", &with(&expired))]).await, "expired");
+    // alg: none, with the same claims and no signature.
+    use base64::Engine as _;
+    let b64 = |s: String| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#.into()),
+        b64(claims("api://warren", now + 300).to_string())
+    );
+    refused(get(&edge, "jwt", "/echo", &[("authorization", &with(&none))]).await, "alg none");
+    // Signed by a key the JWKS does not hold.
+    let other = Idp::start().await;
+    let forged = other.token(claims("api://warren", now + 300));
+    refused(get(&edge, "jwt", "/echo", &[("authorization", &with(&forged))]).await, "foreign key");
+
+    // Keys that cannot be fetched refuse the Bind.
+    let err = with_policy(&edge, &up, "jwt2", &policy.replace(&idp.jwks_url, "http://127.0.0.1:9/jwks.json"))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("could not be fetched"), "{err}");
+    let err =
+        with_policy(&edge, &up, "jwt3", &policy.replace(&idp.jwks_url, "http://idp.example.com/jwks.json"))
+            .await
+            .err()
+            .expect("refused");
+    assert!(err.to_string().contains("must be https"), "{err}");
+}
