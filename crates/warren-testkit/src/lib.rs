@@ -29,6 +29,7 @@ use warren_edge::{Edge, EdgeConfig};
 
 pub use tempfile::TempDir;
 
+pub mod oidc;
 pub mod webdriver;
 
 /// How long any single step of a test may take before the test fails instead of hanging.

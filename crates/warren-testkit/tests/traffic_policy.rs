@@ -650,3 +650,44 @@ on_http_request:
             .expect("refused");
     assert!(err.to_string().contains("must be https"), "{err}");
 }
+
+/// The same checks against a real identity provider's JWKS (npm oidc-provider): its access
+/// tokens for this API pass; its tokens for another audience, and an unsigned copy, do not.
+#[tokio::test]
+async fn jwt_validation_against_a_real_identity_providers_keys() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let op = warren_testkit::oidc::OidcProvider::start().await;
+    let policy = format!(
+        "on_http_request:\n  - actions:\n      - type: jwt-validation\n        config:\n          issuer: {{allow_list: [{{value: \"{}\"}}]}}\n          audience: {{allow_list: [{{value: \"api://warren\"}}]}}\n          jws:\n            allowed_algorithms: [RS256]\n            keys: {{sources: {{additional_jkus: [\"{}\"]}}}}\n",
+        op.issuer,
+        op.jwks_uri().await
+    );
+    let _agent = with_policy(&edge, &up, "idp", &policy).await.expect("bound");
+    let token = op.access_token("api://warren").await;
+    let (status, _, body) =
+        get(&edge, "idp", "/echo", &[("authorization", &format!("Bearer {token}"))]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let other = op.access_token("api://other").await;
+    let (status, _, _) = get(&edge, "idp", "/echo", &[("authorization", &format!("Bearer {other}"))]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a token for another audience");
+
+    // The provider's own claims, re-sent unsigned with alg none.
+    use base64::Engine as _;
+    let claims = token.split('.').nth(1).unwrap();
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"at+jwt"}"#);
+    let (status, _, _) =
+        get(&edge, "idp", "/echo", &[("authorization", &format!("Bearer {header}.{claims}."))]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "alg none");
+    // A tampered payload breaks the signature.
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&parts[1]).unwrap())
+            .unwrap();
+    payload["sub"] = "someone-else".into();
+    parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload.to_string());
+    let (status, _, _) =
+        get(&edge, "idp", "/echo", &[("authorization", &format!("Bearer {}", parts.join(".")))]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "tampered claims");
+}
