@@ -395,6 +395,82 @@ pub struct LegacyFlags {
     pub response_header_remove: Vec<String>,
     /// `--verify-webhook PROVIDER --verify-webhook-secret SECRET`.
     pub verify_webhook: Option<(String, String)>,
+    /// `--oidc ISSUER` and its companion flags.
+    pub oidc: Option<OidcFlags>,
+}
+
+/// ngrok's `--oidc*` flags.
+#[derive(Clone, Default)]
+pub struct OidcFlags {
+    /// `--oidc`: the issuer URL.
+    pub issuer: String,
+    /// `--oidc-client-id`.
+    pub client_id: String,
+    /// `--oidc-client-secret`.
+    pub client_secret: String,
+    /// `--oidc-scope` (repeat).
+    pub scopes: Vec<String>,
+    /// `--oidc-allow-email` (repeat): only these addresses get in.
+    pub allow_emails: Vec<String>,
+    /// `--oidc-allow-domain` (repeat): only addresses at these domains get in.
+    pub allow_domains: Vec<String>,
+}
+
+impl std::fmt::Debug for OidcFlags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcFlags")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"********")
+            .field("scopes", &self.scopes)
+            .field("allow_emails", &self.allow_emails)
+            .field("allow_domains", &self.allow_domains)
+            .finish()
+    }
+}
+
+impl OidcFlags {
+    /// An openid-connect rule, then (with allow lists) a rule refusing everyone else: it sees
+    /// the `Warren-Auth-User-Email` header the first rule set, which a visitor cannot forge.
+    fn rules(&self) -> Result<Vec<serde_json::Value>, String> {
+        use serde_json::json;
+        if self.client_id.is_empty() {
+            return Err("--oidc needs --oidc-client-id".into());
+        }
+        let mut config = json!({ "issuer_url": self.issuer, "client_id": self.client_id, "client_secret": self.client_secret });
+        if !self.scopes.is_empty() {
+            config["scopes"] = json!(self.scopes);
+        }
+        let mut rules =
+            vec![json!({ "name": "--oidc", "actions": [{ "type": "openid-connect", "config": config }] })];
+        if self.allow_emails.is_empty() && self.allow_domains.is_empty() {
+            return Ok(rules);
+        }
+        let quote = |s: &str| -> Result<String, String> {
+            if s.chars().any(|c| matches!(c, '\'' | '\\' | '"') || c.is_control()) {
+                return Err(format!(
+                    "--oidc-allow-email/--oidc-allow-domain {s:?}: not an address or a domain"
+                ));
+            }
+            Ok(format!("'{}'", s.to_lowercase()))
+        };
+        let mut allowed = Vec::new();
+        if !self.allow_emails.is_empty() {
+            let list = self.allow_emails.iter().map(|e| quote(e)).collect::<Result<Vec<_>, _>>()?;
+            allowed.push(format!("lower(e) in [{}]", list.join(", ")));
+        }
+        for d in &self.allow_domains {
+            allowed
+                .push(format!("lower(e).endsWith({})", quote(&format!("@{}", d.trim_start_matches('@')))?));
+        }
+        let expr = format!("!getReqHeader('warren-auth-user-email').exists(e, {})", allowed.join(" || "));
+        rules.push(json!({
+            "name": "--oidc-allow-email/--oidc-allow-domain",
+            "expressions": [expr],
+            "actions": [{ "type": "custom-response", "config": { "status_code": 403, "body": "Your account is not allowed to use this endpoint.\n" } }],
+        }));
+        Ok(rules)
+    }
 }
 
 impl LegacyFlags {
@@ -420,15 +496,19 @@ impl LegacyFlags {
         };
         let http_flags = !self.basic_auth.is_empty()
             || self.verify_webhook.is_some()
+            || self.oidc.is_some()
             || !self.request_header_add.is_empty()
             || !self.request_header_remove.is_empty()
             || !self.response_header_add.is_empty()
             || !self.response_header_remove.is_empty();
         if http_flags && !http {
-            return Err("--basic-auth and the header flags are for http endpoints".into());
+            return Err("--basic-auth, --oidc and the header flags are for http endpoints".into());
         }
         if let Some((provider, secret)) = &self.verify_webhook {
             request.push(json!({ "name": "--verify-webhook", "actions": [{ "type": "verify-webhook", "config": { "provider": provider, "secret": secret } }] }));
+        }
+        if let Some(oidc) = &self.oidc {
+            request.extend(oidc.rules()?);
         }
         if !self.basic_auth.is_empty() {
             request.push(json!({ "name": "--basic-auth", "actions": [{ "type": "basic-auth", "config": { "credentials": self.basic_auth } }] }));

@@ -320,6 +320,15 @@ async fn proxy(
                 return Ok(r.map(|b| Full::new(b).map_err(|never| match never {}).boxed()));
             }
             warren_policy::Verdict::Close => return Err(ClosedByPolicy),
+            warren_policy::Verdict::Exchange(exchange) => {
+                let answer = crate::idp::exchange(&exchange).await;
+                if let Err(e) = &answer {
+                    tracing::warn!(url = %ep.url, error = %e, "openid-connect: the code exchange failed");
+                }
+                let answer = answer.as_ref().map(|(status, body)| (*status, &body[..])).map_err(Clone::clone);
+                let r = exchange.finish(answer, std::time::SystemTime::now());
+                return Ok(r.map(|b| Full::new(b).map_err(|never| match never {}).boxed()));
+            }
         }
     }
     // Response rules read the request as it was sent on.
@@ -378,7 +387,8 @@ async fn proxy(
             warren_policy::Verdict::Respond(r) => {
                 Ok(r.map(|b| Full::new(b).map_err(|never| match never {}).boxed()))
             }
-            warren_policy::Verdict::Close => Err(ClosedByPolicy),
+            // openid-connect runs on requests only.
+            warren_policy::Verdict::Close | warren_policy::Verdict::Exchange(_) => Err(ClosedByPolicy),
         };
     }
     Ok(resp.map(|b| b.boxed()))

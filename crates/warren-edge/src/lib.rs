@@ -32,10 +32,10 @@ pub mod bootstrap;
 mod client_addr;
 pub mod config;
 mod endpoint_tls;
+mod idp;
 mod ingress_http;
 mod ingress_tcp;
 mod ip_rules;
-mod jwks;
 mod node;
 mod policy;
 mod proxy_protocol;
@@ -116,7 +116,7 @@ pub(crate) struct Shared {
     /// Wakes the certificate manager (a domain was reserved).
     pub(crate) acme_wake: tokio::sync::Notify,
     /// Keys for `jwt-validation`, by JWKS URL.
-    pub(crate) jwks: jwks::JwksCache,
+    pub(crate) idp: idp::IdpCache,
 }
 
 impl Shared {
@@ -222,14 +222,14 @@ impl Edge {
             master_key,
             challenges: acme::Challenges::default(),
             acme_wake: tokio::sync::Notify::new(),
-            jwks: jwks::JwksCache::default(),
+            idp: idp::IdpCache::default(),
             store,
             config,
             shutdown: rx,
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(node::run(shared.clone()));
-        tasks.spawn(jwks::run(shared.clone()));
+        tasks.spawn(idp::run(shared.clone()));
         if let Some((cert, key)) = shared.config.tls_files.clone() {
             tasks.spawn(tls::watch_files(shared.certs.clone(), cert, key, shared.shutdown.clone()));
         }

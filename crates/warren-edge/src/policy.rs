@@ -33,7 +33,7 @@ pub(crate) async fn compile_for_bind(
     };
     if let Some((text, _)) = account_doc {
         let doc = Document::parse(&text).map_err(|e| invalid(format!("the account's policy: {e}")))?;
-        let env = ip_policies(shared, &session.account_id, &doc).await.map_err(&invalid)?;
+        let env = compile_env(shared, &session.account_id, &doc).await.map_err(&invalid)?;
         let policy = Policy::compile_for_account(&doc, proto, &env)
             .map_err(|e| invalid(format!("the account's policy: {e}")))?;
         if !policy.is_empty() {
@@ -42,7 +42,7 @@ pub(crate) async fn compile_for_bind(
     }
     if let Some(raw) = raw.filter(|v| !v.is_null()) {
         let doc = Document::from_value(raw).map_err(|e| invalid(e.to_string()))?;
-        let env = ip_policies(shared, &session.account_id, &doc).await.map_err(&invalid)?;
+        let env = compile_env(shared, &session.account_id, &doc).await.map_err(&invalid)?;
         let policy = Policy::compile(&doc, proto, &env).map_err(|e| invalid(e.to_string()))?;
         if !policy.is_empty() {
             chain.push(Arc::new(policy));
@@ -58,20 +58,34 @@ pub(crate) async fn check_account_policy(
     text: &str,
 ) -> Result<(), String> {
     let doc = Document::parse(text).map_err(|e| e.to_string())?;
-    let env = ip_policies(shared, account_id, &doc).await?;
+    let env = compile_env(shared, account_id, &doc).await?;
     for proto in ["https", "tcp"] {
         Policy::compile_for_account(&doc, proto, &env).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
 
-/// The stored IP policies a document's `restrict-ips` actions name, and the keys its
-/// `jwt-validation` actions name.
-async fn ip_policies(shared: &Shared, account_id: &str, doc: &Document) -> Result<CompileEnv, String> {
-    let mut env = CompileEnv::default();
+/// What compiling a document needs from outside: the stored IP policies its `restrict-ips`
+/// actions name, the keys its `jwt-validation` actions name, the providers its
+/// `openid-connect` actions name, and the key session cookies are sealed under.
+async fn compile_env(shared: &Shared, account_id: &str, doc: &Document) -> Result<CompileEnv, String> {
+    let mut env =
+        CompileEnv { cookie_secret: Some(shared.master_key.cookie_secret()), ..CompileEnv::default() };
     for url in doc.jwks_urls() {
-        let set = shared.jwks.get(&url).await.map_err(|e| format!("jwt-validation: the keys at {url} could not be fetched: {e}"))?;
+        let set = shared
+            .idp
+            .get(&url)
+            .await
+            .map_err(|e| format!("jwt-validation: the keys at {url} could not be fetched: {e}"))?;
         env.jwks.insert(url, set);
+    }
+    for issuer in doc.oidc_issuers() {
+        let provider = shared
+            .idp
+            .provider(&issuer)
+            .await
+            .map_err(|e| format!("openid-connect: the provider {issuer} could not be discovered: {e}"))?;
+        env.oidc.insert(issuer, provider);
     }
     for id in doc.ip_policy_ids() {
         let rows = match shared.store.ip_policy_cidrs(account_id, &id).await {

@@ -151,7 +151,12 @@ impl Registry {
     /// Live sessions of an account.
     pub(crate) fn sessions_of(&self, account_id: &str) -> Vec<Arc<AgentSession>> {
         let inner = self.lock();
-        inner.sessions.values().filter(|e| e.session.account_id == account_id).map(|e| e.session.clone()).collect()
+        inner
+            .sessions
+            .values()
+            .filter(|e| e.session.account_id == account_id)
+            .map(|e| e.session.clone())
+            .collect()
     }
 
     /// Live sessions that authenticated with the authtoken `credential_id`.

@@ -31,8 +31,9 @@ pub enum SealError {
     Open,
 }
 
-/// The edge's master key. `Debug` never shows it.
-pub struct MasterKey(LessSafeKey);
+/// The edge's master key, and the secret derived from it for `openid-connect` session
+/// cookies (so cookies made by one node open on every node). `Debug` never shows either.
+pub struct MasterKey(LessSafeKey, [u8; 32]);
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,7 +77,19 @@ impl MasterKey {
             return Err(SealError::BadKey(format!("{} bytes", bytes.len())));
         }
         let key = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| SealError::BadKey("rejected".into()))?;
-        Ok(MasterKey(LessSafeKey::new(key)))
+        // A separate key, so a cookie can never be opened as a sealed row or the reverse.
+        let prk =
+            aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, b"warren master key").extract(bytes);
+        let mut cookie = [0u8; 32];
+        prk.expand(&[b"session cookies"], CookieLen)
+            .and_then(|okm| okm.fill(&mut cookie))
+            .map_err(|_| SealError::BadKey("key derivation failed".into()))?;
+        Ok(MasterKey(LessSafeKey::new(key), cookie))
+    }
+
+    /// The secret `openid-connect` seals its cookies under.
+    pub(crate) fn cookie_secret(&self) -> warren_policy::oidc::CookieSecret {
+        warren_policy::oidc::CookieSecret(self.1)
     }
 
     /// Seals `plaintext` for the row named `label`: version, nonce, ciphertext and tag.
@@ -111,6 +124,15 @@ impl MasterKey {
             .open_in_place(nonce, Aad::from(label.as_bytes()), &mut body)
             .map_err(|_| SealError::Open)?;
         Ok(plain.to_vec())
+    }
+}
+
+/// HKDF output length for the cookie secret.
+struct CookieLen;
+
+impl aws_lc_rs::hkdf::KeyType for CookieLen {
+    fn len(&self) -> usize {
+        32
     }
 }
 

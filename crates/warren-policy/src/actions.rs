@@ -62,13 +62,14 @@ pub(crate) enum Action {
         enforce: bool,
     },
     JwtValidation(Box<crate::jwt::Validator>),
+    OpenidConnect(std::sync::Arc<crate::oidc::Oidc>),
 }
 
 /// Header and URI changes a rule made, applied after it ran.
 #[derive(Default)]
 pub(crate) struct Changes {
-    remove: Vec<HeaderName>,
-    add: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) remove: Vec<HeaderName>,
+    pub(crate) add: Vec<(HeaderName, HeaderValue)>,
     uri: Option<http::Uri>,
 }
 
@@ -500,7 +501,13 @@ impl Action {
                 let c: crate::jwt::Config = config(&doc.config)?;
                 Action::JwtValidation(Box::new(crate::jwt::Validator::compile(c, &env.jwks)?))
             }
-            "openid-connect" | "oidc" | "oauth" | "saml" => {
+            "openid-connect" | "oidc" => {
+                only_in(kind, phase, &[HttpRequest])?;
+                let c: crate::oidc::Config = config(&doc.config)?;
+                let o = crate::oidc::Oidc::compile(c, &env.oidc, env.cookie_secret.as_ref())?;
+                Action::OpenidConnect(std::sync::Arc::new(o))
+            }
+            "oauth" | "saml" => {
                 return Err(format!(
                     "{kind} is not supported by warren yet; the endpoint is refused rather than left unprotected"
                 ));
@@ -528,7 +535,13 @@ impl Action {
             _ => {}
         }
         // The URL-matching actions read the request's URL.
-        if matches!(self, Action::UrlRewrite { .. } | Action::Redirect { .. } | Action::BasicAuth { .. }) {
+        if matches!(
+            self,
+            Action::UrlRewrite { .. }
+                | Action::Redirect { .. }
+                | Action::BasicAuth { .. }
+                | Action::OpenidConnect(_)
+        ) {
             n.req = true;
         }
         n
@@ -718,8 +731,16 @@ impl Action {
                     http::header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 );
-                r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
                 Some(Verdict::Respond(r))
+            }
+            Action::OpenidConnect(o) => {
+                let req = run.msg.req.as_ref()?;
+                let changes = changes.as_mut()?;
+                o.run(req, run.msg.endpoint, run.msg.now, changes)
             }
             Action::VerifyWebhook { provider, secret, enforce } => {
                 let req = run.msg.req.as_ref()?;

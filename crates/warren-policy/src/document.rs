@@ -93,6 +93,22 @@ impl Document {
         urls
     }
 
+    /// The issuers that `openid-connect` actions name, for the caller to discover (and fetch
+    /// the keys of) before compiling.
+    pub fn oidc_issuers(&self) -> Vec<String> {
+        let mut urls: Vec<String> = self
+            .on_http_request
+            .iter()
+            .chain(&self.inbound)
+            .flat_map(|r| &r.actions)
+            .filter(|a| matches!(a.kind.as_str(), "openid-connect" | "oidc"))
+            .filter_map(|a| crate::oidc::Config::issuer(&a.config))
+            .collect();
+        urls.sort();
+        urls.dedup();
+        urls
+    }
+
     /// The ids of stored IP policies that `restrict-ips` actions name, for the caller to look
     /// up before compiling.
     pub fn ip_policy_ids(&self) -> Vec<String> {

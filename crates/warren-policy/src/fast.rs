@@ -1307,6 +1307,7 @@ mod tests {
         let v = match v {
             Verdict::Respond(r) => r.status().as_u16(),
             Verdict::Close => 1,
+            Verdict::Exchange(_) => 2,
             Verdict::Continue => 0,
         };
         (v, req.headers.get("x-seen").cloned())

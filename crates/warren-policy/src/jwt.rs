@@ -212,34 +212,49 @@ impl Validator {
                     .then(|| v[prefix.len()..].trim())
             })
             .ok_or("no bearer token")?;
-        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
-        if !self.algorithms.contains(&header.alg) {
-            return Err(format!("algorithm {:?} is not allowed", header.alg));
-        }
-        let mut last = "no key matches the token".to_owned();
-        for set in &self.keys {
-            let set = set.set.read().unwrap_or_else(|e| e.into_inner());
-            for jwk in &set.keys {
-                if header.kid.is_some() && jwk.common.key_id != header.kid {
-                    continue;
-                }
-                let Ok(key) = DecodingKey::from_jwk(jwk) else { continue };
-                let mut v = Validation::new(header.alg);
-                v.algorithms = self.algorithms.clone();
-                // Expiry is checked below against the caller's clock.
-                v.validate_exp = false;
-                v.validate_nbf = false;
-                v.required_spec_claims.clear();
-                v.set_audience(&self.audiences);
-                v.set_issuer(&self.issuers);
-                match jsonwebtoken::decode::<serde_json::Value>(token, &key, &v) {
-                    Ok(data) => return times(data.claims, now),
-                    Err(e) => last = e.to_string(),
-                }
+        decode(token, &self.keys, &self.algorithms, &self.audiences, &self.issuers, now)
+    }
+}
+
+/// Checks a token's signature against `keys` (only the `algorithms` allowed), its audience
+/// and issuer against the lists, and its validity period against `now`; Ok with its claims.
+pub(crate) fn decode(
+    token: &str,
+    keys: &[Arc<Jwks>],
+    algorithms: &[Algorithm],
+    audiences: &[String],
+    issuers: &[String],
+    now: SystemTime,
+) -> Result<serde_json::Value, String> {
+    let header = jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
+    if !algorithms.contains(&header.alg) {
+        return Err(format!("algorithm {:?} is not allowed", header.alg));
+    }
+    let mut last = "no key matches the token".to_owned();
+    for set in keys {
+        let set = set.set.read().unwrap_or_else(|e| e.into_inner());
+        for jwk in &set.keys {
+            if header.kid.is_some() && jwk.common.key_id != header.kid {
+                continue;
+            }
+            let Ok(key) = DecodingKey::from_jwk(jwk) else { continue };
+            let mut v = Validation::new(header.alg);
+            // The token's own algorithm, checked against the allowed ones above: the JWT
+            // library refuses a list that mixes key families.
+            v.algorithms = vec![header.alg];
+            // Expiry is checked below against the caller's clock.
+            v.validate_exp = false;
+            v.validate_nbf = false;
+            v.required_spec_claims.clear();
+            v.set_audience(audiences);
+            v.set_issuer(issuers);
+            match jsonwebtoken::decode::<serde_json::Value>(token, &key, &v) {
+                Ok(data) => return times(data.claims, now),
+                Err(e) => last = e.to_string(),
             }
         }
-        Err(last)
     }
+    Err(last)
 }
 
 fn times(claims: serde_json::Value, now: SystemTime) -> Result<serde_json::Value, String> {

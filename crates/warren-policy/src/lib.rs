@@ -23,10 +23,11 @@ use bytes::Bytes;
 mod actions;
 pub mod document;
 mod fast;
+mod jwt;
+pub mod oidc;
 mod ratelimit;
 mod vars;
 pub mod webhook;
-mod jwt;
 
 pub use document::Document;
 pub use jwt::Jwks;
@@ -83,6 +84,15 @@ pub enum Verdict {
     Respond(http::Response<Bytes>),
     /// Close the connection without an answer.
     Close,
+    /// `openid-connect` needs the authorization code exchanged: the caller POSTs the request
+    /// and answers with what [`oidc::TokenRequest::finish`] makes of the reply.
+    Exchange(Box<oidc::TokenRequest>),
+}
+
+/// Compares secrets in constant time.
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 /// One `log` action's output.
@@ -102,6 +112,10 @@ pub struct CompileEnv {
     pub ip_policies: HashMap<String, (Vec<Cidr>, Vec<Cidr>)>,
     /// JWKS URL → its keys, fetched by the caller (see [`Document::jwks_urls`]).
     pub jwks: HashMap<String, Arc<Jwks>>,
+    /// Issuer URL → the provider, discovered by the caller (see [`Document::oidc_issuers`]).
+    pub oidc: HashMap<String, Arc<oidc::Provider>>,
+    /// What `openid-connect` seals its cookies under.
+    pub cookie_secret: Option<oidc::CookieSecret>,
 }
 
 /// A compiled policy.

@@ -149,9 +149,13 @@ fn invalid_documents_are_refused_naming_the_rule_and_the_problem() {
         refused("on_tcp_connect:\n  - expressions: [\"req.method == 'GET'\"]\n    actions: [{type: deny}]\n");
     assert!(e.contains("not available in on_tcp_connect"), "{e}");
     let e = refused(
-        "on_http_request:\n  - actions: [{type: openid-connect, config: {issuer_url: \"https://idp.example\"}}]\n",
+        "on_http_request:\n  - actions: [{type: saml, config: {idp_metadata_url: \"https://idp.example\"}}]\n",
     );
     assert!(e.contains("not supported by warren yet"), "{e}");
+    let e = refused(
+        "on_http_request:\n  - actions: [{type: openid-connect, config: {issuer_url: \"https://idp.example\", client_id: a}}]\n",
+    );
+    assert!(e.contains("https://idp.example could not be discovered"), "{e}");
     let e = refused(
         "on_http_request:\n  - actions: [{type: verify-webhook, config: {provider: acme-hooks, secret: x}}]\n",
     );

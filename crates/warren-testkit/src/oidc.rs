@@ -4,8 +4,10 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
+use std::net::SocketAddr;
+
 use http_body_util::BodyExt;
-use hyper::Request;
+use hyper::{HeaderMap, Request, StatusCode};
 
 /// The provider process; killed on drop.
 pub struct OidcProvider {
@@ -17,6 +19,12 @@ pub struct OidcProvider {
 impl OidcProvider {
     /// Starts the provider and waits until it listens.
     pub async fn start() -> OidcProvider {
+        OidcProvider::start_with_redirects(&[]).await
+    }
+
+    /// Starts it with the `warren-web` client (secret `web-secret`, authorization code flow)
+    /// registered for these redirect URIs.
+    pub async fn start_with_redirects(redirect_uris: &[&str]) -> OidcProvider {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/oidc");
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
@@ -26,43 +34,65 @@ impl OidcProvider {
         let mut child = Command::new("node")
             .arg("provider.mjs")
             .current_dir(&dir)
+            .env("OIDC_REDIRECT_URIS", redirect_uris.join(","))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("node (Node.js) runs the OIDC test peer");
         let out = child.stdout.take().expect("piped");
-        let issuer = tokio::task::spawn_blocking(move || {
-            BufReader::new(out)
-                .lines()
-                .map_while(Result::ok)
-                .find_map(|l| l.strip_prefix("issuer ").map(str::to_owned))
+        // The provider logs to stdout as it serves; the pipe is read to the end so it never
+        // writes into a closed pipe (Node.js dies of EPIPE).
+        let (tx, issuer) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(i) = line.strip_prefix("issuer ")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(i.to_owned());
+                }
+            }
         });
-        let issuer =
-            crate::within("the OIDC provider to listen", issuer).await.unwrap().expect("issuer line");
+        let issuer = crate::within("the OIDC provider to listen", issuer).await.expect("issuer line");
         OidcProvider { issuer, child }
     }
 
     /// The provider's JWKS URL, from its discovery document.
     pub async fn jwks_uri(&self) -> String {
-        let v = self.call("GET", "/.well-known/openid-configuration", None).await;
+        let v = self.call("GET", "/.well-known/openid-configuration", None, 0).await;
         v["jwks_uri"].as_str().expect("jwks_uri").to_owned()
     }
 
     /// An access token (a JWT) for `resource`, by the client credentials grant.
     pub async fn access_token(&self, resource: &str) -> String {
+        self.access_token_at(resource, 0).await
+    }
+
+    /// An access token minted with the provider's clock moved by `skew_secs` (negative: in
+    /// the past, so the token is already expired when it arrives).
+    pub async fn access_token_at(&self, resource: &str, skew_secs: i64) -> String {
         let form = format!(
             "grant_type=client_credentials&scope=api&resource={}",
             resource.replace(':', "%3A").replace('/', "%2F")
         );
-        let v = self.call("POST", "/token", Some(form)).await;
+        let v = self.call("POST", "/token", Some(form), skew_secs).await;
         v["access_token"].as_str().unwrap_or_else(|| panic!("no token: {v}")).to_owned()
     }
 
-    async fn call(&self, method: &str, path: &str, form: Option<String>) -> serde_json::Value {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        form: Option<String>,
+        skew_secs: i64,
+    ) -> serde_json::Value {
         let addr = self.issuer.trim_start_matches("http://").to_owned();
         let tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect to the OIDC provider");
         let mut send = crate::http1(tcp).await;
         let mut req = Request::builder().method(method).uri(path).header("host", &addr);
+        if skew_secs != 0 {
+            req = req.header("x-test-clock-skew", skew_secs.to_string());
+        }
         if form.is_some() {
             // warren-api:api-secret
             req = req
@@ -82,4 +112,194 @@ impl Drop for OidcProvider {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What a [`Browser`] got back.
+#[derive(Debug)]
+pub struct Page {
+    /// The URL that answered (after redirects, when followed).
+    pub url: String,
+    /// Its status.
+    pub status: StatusCode,
+    /// Its headers.
+    pub headers: HeaderMap,
+    /// Its body as text.
+    pub body: String,
+}
+
+/// A browser without JavaScript: it keeps cookies per host, follows redirects and submits
+/// forms, which is all the authorization-code flow needs. Hosts under `edge_suffix` are the
+/// edge's https endpoints (reached at the edge's https address, trusting its CA); anything
+/// else is plain http on loopback (the provider).
+pub struct Browser {
+    edge_https: SocketAddr,
+    ca_pem: Vec<u8>,
+    edge_suffix: String,
+    jar: Vec<(String, String, String)>,
+}
+
+impl Browser {
+    /// A browser for the edge's endpoints under `edge_suffix` (like `.warren.localhost`).
+    pub fn new(edge: &crate::TestEdge, edge_suffix: &str) -> Browser {
+        Browser {
+            edge_https: edge.https_addr(),
+            ca_pem: edge.ca_pem.clone(),
+            edge_suffix: edge_suffix.to_owned(),
+            jar: Vec::new(),
+        }
+    }
+
+    /// A cookie's value for a host.
+    pub fn cookie(&self, host: &str, name: &str) -> Option<String> {
+        self.jar.iter().find(|(h, n, _)| h == host && n == name).map(|(_, _, v)| v.clone())
+    }
+
+    /// Sets (or replaces) a cookie, as a visitor can.
+    pub fn set_cookie(&mut self, host: &str, name: &str, value: &str) {
+        self.jar.retain(|(h, n, _)| !(h == host && n == name));
+        self.jar.push((host.to_owned(), name.to_owned(), value.to_owned()));
+    }
+
+    /// Every cookie the browser holds for a host.
+    pub fn cookies(&self, host: &str) -> Vec<(String, String)> {
+        self.jar.iter().filter(|(h, _, _)| h == host).map(|(_, n, v)| (n.clone(), v.clone())).collect()
+    }
+
+    /// GET without following redirects.
+    pub async fn get(&mut self, url: &str, headers: &[(&str, &str)]) -> Page {
+        self.request("GET", url, headers, None).await
+    }
+
+    /// GET, following redirects (at most 20).
+    pub async fn open(&mut self, url: &str) -> Page {
+        let page = self.get(url, &[]).await;
+        self.follow(page).await
+    }
+
+    /// Follows a page's redirects (at most 20).
+    pub async fn follow(&mut self, mut page: Page) -> Page {
+        for _ in 0..20 {
+            if !page.status.is_redirection() {
+                return page;
+            }
+            let location = page.headers[hyper::header::LOCATION].to_str().expect("ASCII Location").to_owned();
+            let next = resolve(&page.url, &location);
+            page = self.get(&next, &[]).await;
+        }
+        panic!("more than 20 redirects, last at {}", page.url);
+    }
+
+    /// Submits the page's first form with its hidden inputs plus `fields`, and follows the
+    /// redirects that answer it.
+    pub async fn submit(&mut self, page: &Page, fields: &[(&str, &str)]) -> Page {
+        let form_start =
+            page.body.find("<form").unwrap_or_else(|| panic!("no form at {}: {}", page.url, page.body));
+        let form = &page.body[form_start..];
+        let form = &form[..form.find("</form>").unwrap_or(form.len())];
+        let action = attr(form, "action").map(|a| unescape(&a)).unwrap_or_else(|| page.url.clone());
+        let mut body = form_urlencoded::Serializer::new(String::new());
+        let mut rest = form;
+        while let Some(i) = rest.find("<input") {
+            let tag = &rest[i..rest[i..].find('>').map_or(rest.len(), |e| i + e)];
+            if let (Some(name), Some("hidden")) = (attr(tag, "name"), attr(tag, "type").as_deref()) {
+                body.append_pair(&name, &unescape(&attr(tag, "value").unwrap_or_default()));
+            }
+            rest = &rest[i + 6..];
+        }
+        for (k, v) in fields {
+            body.append_pair(k, v);
+        }
+        let url = resolve(&page.url, &action);
+        let answer = self
+            .request(
+                "POST",
+                &url,
+                &[("content-type", "application/x-www-form-urlencoded")],
+                Some(body.finish()),
+            )
+            .await;
+        self.follow(answer).await
+    }
+
+    async fn request(
+        &mut self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Page {
+        let uri: hyper::Uri = url.parse().unwrap_or_else(|e| panic!("{url}: {e}"));
+        let host = uri.host().expect("a host").to_owned();
+        let authority = uri.authority().expect("an authority").as_str().to_owned();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+            .header("host", &authority);
+        let cookies: Vec<String> = self.cookies(&host).iter().map(|(n, v)| format!("{n}={v}")).collect();
+        if !cookies.is_empty() {
+            req = req.header("cookie", cookies.join("; "));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(body.map_or_else(crate::empty, crate::full)).unwrap();
+        let res = if host.ends_with(&self.edge_suffix) {
+            let tls = crate::tls_connect(self.edge_https, &host, &self.ca_pem, &[b"http/1.1"]).await;
+            crate::within("the edge's answer", crate::http1(tls).await.send_request(req)).await
+        } else {
+            let port = uri.port_u16().unwrap_or(80);
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.expect("connect");
+            crate::within("the provider's answer", crate::http1(tcp).await.send_request(req)).await
+        }
+        .unwrap_or_else(|e| panic!("{method} {url}: {e:?}"));
+        let (parts, body) = res.into_parts();
+        for c in parts.headers.get_all(hyper::header::SET_COOKIE) {
+            self.store(&host, c.to_str().expect("ASCII Set-Cookie"));
+        }
+        let bytes = body.collect().await.expect("body").to_bytes();
+        Page {
+            url: url.to_owned(),
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    fn store(&mut self, host: &str, set_cookie: &str) {
+        let mut parts = set_cookie.split(';');
+        let Some((name, value)) = parts.next().and_then(|kv| kv.trim().split_once('=')) else { return };
+        let expired = parts.map(str::trim).any(|a| {
+            let a = a.to_ascii_lowercase();
+            a == "max-age=0" || (a.starts_with("expires=") && a.contains("1970"))
+        });
+        self.jar.retain(|(h, n, _)| !(h == host && n == name));
+        if !expired {
+            self.jar.push((host.to_owned(), name.to_owned(), value.to_owned()));
+        }
+    }
+}
+
+/// A link or form action relative to `base`.
+fn resolve(base: &str, target: &str) -> String {
+    if target.starts_with("http://") || target.starts_with("https://") {
+        return target.to_owned();
+    }
+    let scheme_end = base.find("://").expect("an absolute base") + 3;
+    let origin_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    format!("{}{}", &base[..origin_end], target)
+}
+
+fn attr(tag: &str, name: &str) -> Option<String> {
+    let key = format!(" {name}=\"");
+    let start = tag.find(&key)? + key.len();
+    let end = tag[start..].find('"')? + start;
+    Some(tag[start..end].to_owned())
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&amp;", "&")
+        .replace("&#x2F;", "/")
+        .replace("&#47;", "/")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
 }

@@ -281,6 +281,7 @@ async fn the_openapi_document_is_public_and_every_operation_in_it_is_routed() {
         "/reserved_addrs",
         "/ip_policies",
         "/tunnel_sessions",
+        "/traffic_policy",
     ] {
         assert!(paths.contains_key(resource), "{resource} documented");
     }

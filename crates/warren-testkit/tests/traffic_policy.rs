@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use hyper::{Request, StatusCode};
 use warren_agent::{Agent, AgentError, EndpointConfig};
+use warren_testkit::oidc::Browser;
 use warren_testkit::*;
 
 async fn with_policy(
@@ -669,6 +670,13 @@ async fn jwt_validation_against_a_real_identity_providers_keys() {
         get(&edge, "idp", "/echo", &[("authorization", &format!("Bearer {token}"))]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
+    // Minted by the provider an hour ago, so it expired well before it arrives.
+    let expired = op.access_token_at("api://warren", -3600).await;
+    let (status, _, body) =
+        get(&edge, "idp", "/echo", &[("authorization", &format!("Bearer {expired}"))]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "an expired token");
+    assert!(body.contains("expired"), "{body}");
+
     let other = op.access_token("api://other").await;
     let (status, _, _) = get(&edge, "idp", "/echo", &[("authorization", &format!("Bearer {other}"))]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "a token for another audience");
@@ -690,4 +698,177 @@ async fn jwt_validation_against_a_real_identity_providers_keys() {
     let (status, _, _) =
         get(&edge, "idp", "/echo", &[("authorization", &format!("Bearer {}", parts.join(".")))]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "tampered claims");
+}
+
+fn oidc_policy(issuer: &str, extra: &str) -> String {
+    format!(
+        "on_http_request:\n  - actions:\n      - type: openid-connect\n        config:\n          issuer_url: \"{issuer}\"\n          client_id: warren-web\n          client_secret: web-secret\n          scopes: [openid, profile, email]\n{extra}"
+    )
+}
+
+/// openid-connect against a real provider (npm oidc-provider): a visitor is sent to the
+/// provider, signs in with its login form, comes back with identity headers for the upstream;
+/// spoofed identity headers, a tampered cookie and a signed-out session do not get through.
+#[tokio::test]
+async fn openid_connect_signs_visitors_in_with_a_real_provider() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    // Endpoint URLs carry the edge's https port, and so do the callbacks.
+    let port = edge.https_addr().port();
+    let app = &format!("https://oidc.warren.localhost:{port}");
+    let app2 = &format!("https://oidc2.warren.localhost:{port}");
+    let app3 = &format!("https://oidc3.warren.localhost:{port}");
+    let app4 = &format!("https://oidc4.warren.localhost:{port}");
+    let callbacks: Vec<String> =
+        [app, app2, app3, app4].iter().map(|a| format!("{a}/warren/oidc/callback")).collect();
+    let callbacks: Vec<&str> = callbacks.iter().map(String::as_str).collect();
+    let op = warren_testkit::oidc::OidcProvider::start_with_redirects(&callbacks).await;
+    let _agent = with_policy(&edge, &up, "oidc", &oidc_policy(&op.issuer, "")).await.expect("bound");
+    let mut browser = Browser::new(&edge, ".warren.localhost");
+
+    // Not signed in: sent to the provider with PKCE, never to the upstream.
+    let first = browser.get(&format!("{app}/echo?x=1"), &[]).await;
+    assert_eq!(first.status, StatusCode::FOUND, "{}", first.body);
+    let location = first.headers["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&format!("{}/auth?", op.issuer)), "{location}");
+    for want in ["code_challenge_method=S256", "code_challenge=", "state=", "nonce=", "client_id=warren-web"]
+    {
+        assert!(location.contains(want), "{want} in {location}");
+    }
+    let login = browser.follow(first).await;
+    assert!(login.url.starts_with(&op.issuer), "at the provider: {}", login.url);
+    assert!(login.body.contains("name=\"password\""), "the provider's login form: {}", login.body);
+
+    // The provider's login form, then its consent form, then back through the callback.
+    let consent = browser.submit(&login, &[("login", "alice"), ("password", "wonderland")]).await;
+    let page =
+        if consent.url.starts_with(&op.issuer) { browser.submit(&consent, &[]).await } else { consent };
+    assert_eq!(page.status, StatusCode::OK, "{}: {}", page.url, page.body);
+    assert_eq!(page.url, format!("{app}/echo?x=1"), "back where the visitor was going");
+    let seen = json(&page.body);
+    assert_eq!(seen["headers"]["warren-auth-user-id"], "alice", "{seen}");
+    assert_eq!(seen["headers"]["warren-auth-user-email"], "alice@example.test");
+    assert_eq!(seen["headers"]["warren-auth-user-name"], "Test User alice");
+    assert_eq!(seen["headers"]["warren-auth-issuer"], op.issuer.as_str());
+    assert!(
+        !seen["headers"]["cookie"].as_str().unwrap_or("").contains("warren_oidc"),
+        "the session cookie stays at the edge: {seen}"
+    );
+    let session = browser.cookie("oidc.warren.localhost", "warren_oidc_session").expect("a session cookie");
+    assert!(!session.contains("alice"), "the cookie is encrypted");
+
+    // A visitor cannot claim to be someone else.
+    let spoofed = browser.get(&format!("{app}/echo"), &[("warren-auth-user-id", "mallory")]).await;
+    assert_eq!(spoofed.status, StatusCode::OK);
+    assert_eq!(json(&spoofed.body)["headers"]["warren-auth-user-id"], "alice");
+
+    // A tampered cookie is refused: back to the provider.
+    let mut bytes = session.into_bytes();
+    let i = bytes.len() / 2;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(bytes).unwrap();
+    let mut other = Browser::new(&edge, ".warren.localhost");
+    other.set_cookie("oidc.warren.localhost", "warren_oidc_session", &tampered);
+    let refused = other.get(&format!("{app}/echo"), &[]).await;
+    assert_eq!(refused.status, StatusCode::FOUND, "a tampered cookie: {}", refused.body);
+    assert!(refused.headers["location"].to_str().unwrap().starts_with(&op.issuer));
+    // The same cookie on another endpoint (with its own policy) is refused too.
+    let _agent2 =
+        with_policy(&edge, &up, "oidc2", &oidc_policy(&op.issuer, "          max_session_duration: 3s\n"))
+            .await
+            .expect("bound");
+    let session = browser.cookie("oidc.warren.localhost", "warren_oidc_session").unwrap();
+    other.set_cookie("oidc2.warren.localhost", "warren_oidc_session", &session);
+    let moved = other.get(&format!("{app2}/echo"), &[]).await;
+    assert_eq!(moved.status, StatusCode::FOUND, "a cookie moved to another endpoint: {}", moved.body);
+
+    // A callback this browser did not start is refused.
+    let forged = other.get(&format!("{app}/warren/oidc/callback?code=abc&state=def"), &[]).await;
+    assert_eq!(forged.status, StatusCode::BAD_REQUEST, "{}", forged.body);
+
+    // Signing out clears the session.
+    let out = browser.get(&format!("{app}/warren/logout"), &[]).await;
+    assert_eq!(out.status, StatusCode::OK);
+    assert!(browser.cookie("oidc.warren.localhost", "warren_oidc_session").is_none(), "cleared");
+    let after = browser.get(&format!("{app}/echo"), &[]).await;
+    assert_eq!(after.status, StatusCode::FOUND, "signed out: back to the provider");
+
+    // ngrok's older --oidc flags become the same rule, plus an allow list on the email the
+    // edge put in the identity header.
+    let flags = |domain: &str| warren_agent::config::LegacyFlags {
+        oidc: Some(warren_agent::config::OidcFlags {
+            issuer: op.issuer.clone(),
+            client_id: "warren-web".into(),
+            client_secret: "web-secret".into(),
+            allow_domains: vec![domain.into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut agents = Vec::new();
+    for (name, domain) in [("oidc3", "example.test"), ("oidc4", "example.org")] {
+        let mut ep =
+            EndpointConfig::http(&up.url(), Some(&format!("https://{name}.warren.localhost"))).unwrap();
+        ep.prepend_policy(flags(domain).rules(true).unwrap().unwrap()).unwrap();
+        let mut agent = Agent::start(edge.agent_with(ep));
+        within("bind", agent.wait_online()).await.expect("--oidc flags bind");
+        agents.push(agent);
+    }
+    let page =
+        sign_in(&mut browser, &op.issuer, &format!("https://oidc3.warren.localhost:{port}/echo")).await;
+    assert_eq!(page.status, StatusCode::OK, "alice@example.test is at an allowed domain: {}", page.body);
+    assert_eq!(json(&page.body)["headers"]["warren-auth-user-email"], "alice@example.test");
+    let page =
+        sign_in(&mut browser, &op.issuer, &format!("https://oidc4.warren.localhost:{port}/echo")).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN, "only example.org may enter: {}", page.body);
+
+    // A session ends after max_session_duration (3s here): accepted at first, then refused.
+    let page = sign_in(&mut browser, &op.issuer, &format!("{app2}/echo")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}: {}", page.url, page.body);
+    assert_eq!(page.url, format!("{app2}/echo"), "signed in at the second endpoint");
+    within("the 3 s session to expire", async {
+        loop {
+            let r = browser.get(&format!("{app2}/echo"), &[]).await;
+            if r.status == StatusCode::FOUND {
+                break;
+            }
+            assert_eq!(r.status, StatusCode::OK);
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+}
+
+/// Opens `url` and goes through the provider's login and consent forms as alice, as far as
+/// the provider asks for them (it remembers her after the first sign-in).
+async fn sign_in(browser: &mut Browser, issuer: &str, url: &str) -> warren_testkit::oidc::Page {
+    let mut page = browser.open(url).await;
+    for _ in 0..3 {
+        if !page.url.starts_with(issuer) {
+            return page;
+        }
+        page = if page.body.contains("name=\"password\"") {
+            browser.submit(&page, &[("login", "alice"), ("password", "wonderland")]).await
+        } else {
+            browser.submit(&page, &[]).await
+        };
+    }
+    page
+}
+
+/// Misconfigured openid-connect refuses the Bind with the reason.
+#[tokio::test]
+async fn openid_connect_config_errors_refuse_the_bind() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let op = warren_testkit::oidc::OidcProvider::start().await;
+    let unknown =
+        with_policy(&edge, &up, "o1", &oidc_policy(&op.issuer, "          idle_session_timeout: 5m\n"))
+            .await
+            .err()
+            .expect("refused");
+    assert!(unknown.to_string().contains("idle_session_timeout"), "{unknown}");
+    let nowhere =
+        with_policy(&edge, &up, "o2", &oidc_policy("http://127.0.0.1:9", "")).await.err().expect("refused");
+    assert!(nowhere.to_string().contains("could not be discovered"), "{nowhere}");
 }

@@ -265,10 +265,31 @@ struct AgentArgs {
     /// Remove a header from responses (repeat).
     #[arg(long, value_name = "NAME")]
     response_header_remove: Vec<String>,
-    /// ngrok's OpenID Connect flag: not supported by warren yet (refused, so an endpoint is
-    /// never exposed without the protection asked for).
-    #[arg(long, value_name = "ISSUER")]
+    /// Require visitors to sign in with this OpenID Connect provider (its issuer URL); needs
+    /// --oidc-client-id. Becomes an openid-connect rule.
+    #[arg(long, value_name = "ISSUER", requires = "oidc_client_id")]
     oidc: Option<String>,
+    /// The OAuth client id registered at the provider, for --oidc.
+    #[arg(long, value_name = "ID", requires = "oidc")]
+    oidc_client_id: Option<String>,
+    /// The client's secret, for --oidc (empty for a public client).
+    #[arg(
+        long,
+        value_name = "SECRET",
+        requires = "oidc",
+        env = "WARREN_OIDC_CLIENT_SECRET",
+        hide_env_values = true
+    )]
+    oidc_client_secret: Option<String>,
+    /// Scopes to ask for, for --oidc (repeat; default openid, profile, email).
+    #[arg(long, value_name = "SCOPE", requires = "oidc")]
+    oidc_scope: Vec<String>,
+    /// Let in only this email address, for --oidc (repeat).
+    #[arg(long, value_name = "EMAIL", requires = "oidc")]
+    oidc_allow_email: Vec<String>,
+    /// Let in only addresses at this domain, for --oidc (repeat).
+    #[arg(long, value_name = "DOMAIN", requires = "oidc")]
+    oidc_allow_domain: Vec<String>,
     /// Verify webhook signatures from this provider (github, stripe, slack, twilio, svix,
     /// hmac); needs --verify-webhook-secret. Becomes a verify-webhook rule.
     #[arg(long, value_name = "PROVIDER", requires = "verify_webhook_secret")]
@@ -469,11 +490,6 @@ fn warn_if_root() {
 
 async fn run_agent(args: AgentArgs, mut endpoint: EndpointConfig, console: bool) -> anyhow::Result<()> {
     warn_if_root();
-    if args.oidc.is_some() {
-        bail!(
-            "--oidc is not supported by warren yet; the endpoint was not started rather than exposed without it"
-        );
-    }
     if let Some(file) = &args.traffic_policy_file {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         endpoint.traffic_policy = Some(
@@ -490,6 +506,14 @@ async fn run_agent(args: AgentArgs, mut endpoint: EndpointConfig, console: bool)
         response_header_add: args.response_header_add.clone(),
         response_header_remove: args.response_header_remove.clone(),
         verify_webhook: args.verify_webhook.clone().zip(args.verify_webhook_secret.clone()),
+        oidc: args.oidc.clone().map(|issuer| warren_agent::config::OidcFlags {
+            issuer,
+            client_id: args.oidc_client_id.clone().unwrap_or_default(),
+            client_secret: args.oidc_client_secret.clone().unwrap_or_default(),
+            scopes: args.oidc_scope.clone(),
+            allow_emails: args.oidc_allow_email.clone(),
+            allow_domains: args.oidc_allow_domain.clone(),
+        }),
     };
     if let Some(rules) = legacy.rules(endpoint.proto.is_http()).map_err(anyhow::Error::msg)? {
         endpoint.prepend_policy(rules).map_err(anyhow::Error::msg)?;

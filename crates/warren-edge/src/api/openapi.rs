@@ -207,6 +207,21 @@ const RESOURCES: &[Resource] = &[
     },
 ];
 
+/// `/traffic_policy`: a single document per account (GET, PUT, DELETE at the path itself).
+const TRAFFIC_POLICY: Resource = Resource {
+    path: "/traffic_policy",
+    tag: "Traffic policy",
+    about: "The account-wide traffic policy (a warren addition): ngrok's Traffic Policy format, \
+            run before every endpoint's own policy so agents cannot undo it. Every role may read \
+            it; admins set and remove it. A change restarts the account's agent sessions, which \
+            bind again under it. A document that does not compile is refused with 400 and the reason.",
+    service: "TrafficPolicy",
+    noun: "the account's traffic policy",
+    schema: "TrafficPolicy",
+    list_key: "",
+    ops: &[],
+};
+
 /// The error responses every authenticated operation can give: (status, component, description).
 /// The version header, key and rate limit are checked before any handler, hence on every route.
 const ERRORS: [(&str, &str, &str); 5] = [
@@ -253,6 +268,43 @@ pub(crate) fn document() -> Value {
             schemas.insert(format!("{}List", r.service), list_schema(r));
         }
     }
+    // The account's traffic policy is one document, not a collection.
+    let r = &TRAFFIC_POLICY;
+    tags.push(json!({"name": r.tag, "description": r.about}));
+    let one = |method, verb, summary: &str, body: Option<&str>, status, reply: Option<&str>| Spec {
+        method,
+        path: r.path.to_owned(),
+        verb,
+        summary: summary.to_owned(),
+        body: body.map(str::to_owned),
+        status,
+        reply: reply.map(str::to_owned),
+        ..Spec::default()
+    };
+    let mut item = json!({});
+    item["get"] = operation(
+        r,
+        one("get", "Get", "Get the account's traffic policy", None, "200", Some(r.schema)),
+        &schemas,
+    );
+    item["put"] = operation(
+        r,
+        one(
+            "put",
+            "Replace",
+            "Set the account's traffic policy",
+            Some("TrafficPolicyUpdate"),
+            "200",
+            Some(r.schema),
+        ),
+        &schemas,
+    );
+    item["delete"] = operation(
+        r,
+        one("delete", "Delete", "Remove the account's traffic policy", None, "204", None),
+        &schemas,
+    );
+    paths.insert(r.path.to_owned(), item);
     tags.push(json!({"name": "OpenAPI", "description": "This document."}));
     paths.insert(
         "/openapi.json".to_owned(),
@@ -606,6 +658,26 @@ fn schemas() -> Map<String, Value> {
         })),
     );
     add("Ref", reference());
+    add(
+        "TrafficPolicy",
+        response(json!({
+            "uri": string(),
+            "traffic_policy": doc(nullable(), "The document as it was set (YAML or JSON text); null when none is set."),
+            "updated_at": doc(nullable(), "When it was last set (RFC 3339); null when none is set."),
+        })),
+    );
+    add(
+        "TrafficPolicyUpdate",
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["traffic_policy"],
+            "properties": {"traffic_policy": {
+                "description": "The document: YAML or JSON text, or a JSON object. At most 256 KiB.",
+                "oneOf": [{"type": "string"}, {"type": "object"}],
+            }},
+        }),
+    );
 
     add(
         "Credential",

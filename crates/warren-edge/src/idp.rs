@@ -1,31 +1,54 @@
-//! JWKS documents for `jwt-validation`: fetched when a policy naming them is bound, cached per
-//! URL, and refreshed in the background so rotated keys are picked up. Only https URLs (with
-//! publicly trusted certificates) are fetched, except on loopback, where a local identity
-//! provider may speak plain http.
+//! Identity providers, for `jwt-validation` and `openid-connect`: JWKS documents and OpenID
+//! discovery documents, fetched when a policy naming them is bound and cached per URL (keys
+//! are refreshed in the background so rotated keys are picked up), and the authorization-code
+//! exchange. Only https URLs (with publicly trusted certificates) are used, except on
+//! loopback, where a local identity provider may speak plain http.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use warren_policy::Jwks;
+use warren_policy::oidc::{Discovery, Provider, TokenRequest};
 
-/// The largest JWKS document read.
-const MAX_JWKS: usize = 256 * 1024;
+/// The largest JWKS or discovery document read.
+const MAX_DOCUMENT: usize = 256 * 1024;
 /// Time for one fetch.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often cached key sets are fetched again.
 pub(crate) const REFRESH: Duration = Duration::from_secs(300);
 
-/// Key sets by URL.
+/// Key sets and providers by URL.
 #[derive(Default)]
-pub(crate) struct JwksCache {
+pub(crate) struct IdpCache {
     sets: Mutex<HashMap<String, Arc<Jwks>>>,
+    providers: Mutex<HashMap<String, Arc<Provider>>>,
 }
 
-impl JwksCache {
+impl IdpCache {
+    /// The OpenID provider at `issuer_url`, discovered now unless cached, with its keys.
+    pub(crate) async fn provider(&self, issuer_url: &str) -> Result<Arc<Provider>, String> {
+        if let Some(p) = self.providers.lock().unwrap_or_else(|e| e.into_inner()).get(issuer_url) {
+            return Ok(p.clone());
+        }
+        let url = Discovery::url(issuer_url);
+        let body = fetch(&url).await?;
+        let discovery = Discovery::parse(issuer_url, &body)?;
+        for endpoint in [&discovery.authorization_endpoint, &discovery.token_endpoint] {
+            check_url(endpoint)?;
+        }
+        let keys = self.get(&discovery.jwks_uri).await?;
+        let provider = Arc::new(Provider::new(discovery, keys));
+        self.providers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(issuer_url.to_owned(), provider.clone());
+        Ok(provider)
+    }
+
     /// The keys at `url`, fetched now unless cached.
     pub(crate) async fn get(&self, url: &str) -> Result<Arc<Jwks>, String> {
         if let Some(set) = self.sets.lock().unwrap_or_else(|e| e.into_inner()).get(url) {
@@ -65,36 +88,76 @@ pub(crate) async fn run(shared: Arc<crate::Shared>) {
     loop {
         tokio::select! {
             _ = &mut stop => return,
-            _ = tokio::time::sleep(REFRESH) => shared.jwks.refresh().await,
+            _ = tokio::time::sleep(REFRESH) => shared.idp.refresh().await,
         }
     }
 }
 
-async fn fetch(url: &str) -> Result<Bytes, String> {
-    tokio::time::timeout(FETCH_TIMEOUT, fetch_inner(url))
+/// Performs an `openid-connect` code exchange: its status and body, or why it failed.
+pub(crate) async fn exchange(req: &TokenRequest) -> Result<(u16, Bytes), String> {
+    let post = Post { body: req.body.clone(), authorization: req.authorization.clone() };
+    let limit = warren_policy::oidc::MAX_TOKEN_RESPONSE;
+    tokio::time::timeout(FETCH_TIMEOUT, call(&req.url, Some(post), limit))
         .await
-        .map_err(|_| format!("fetching {url} timed out"))?
+        .map_err(|_| format!("{} did not answer in time", req.url))?
 }
 
-async fn fetch_inner(url: &str) -> Result<Bytes, String> {
+/// A form POST.
+struct Post {
+    body: String,
+    authorization: Option<String>,
+}
+
+/// GETs a document; anything but 2xx is an error.
+async fn fetch(url: &str) -> Result<Bytes, String> {
+    let (status, body) = tokio::time::timeout(FETCH_TIMEOUT, call(url, None, MAX_DOCUMENT))
+        .await
+        .map_err(|_| format!("fetching {url} timed out"))??;
+    if !(200..300).contains(&status) {
+        return Err(format!("{url} answered {status}"));
+    }
+    Ok(body)
+}
+
+/// https, or http on loopback.
+fn check_url(url: &str) -> Result<(http::Uri, String, bool), String> {
     let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
     let host = uri.host().ok_or_else(|| format!("{url} has no host"))?.trim_matches(['[', ']']).to_owned();
     let https = match uri.scheme_str() {
         Some("https") => true,
         Some("http") if is_loopback(&host) => false,
-        _ => return Err(format!("{url}: JWKS URLs must be https (plain http only on loopback)")),
+        _ => {
+            return Err(format!("{url}: identity provider URLs must be https (plain http only on loopback)"));
+        }
     };
+    Ok((uri, host, https))
+}
+
+async fn call(url: &str, post: Option<Post>, limit: usize) -> Result<(u16, Bytes), String> {
+    let (uri, host, https) = check_url(url)?;
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let tcp =
         tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("{url}: {e}"))?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let authority = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
-    let req = http::Request::get(path)
+    let mut req = http::Request::builder()
+        .uri(path)
         .header(http::header::HOST, authority)
         .header(http::header::ACCEPT, "application/json")
-        .header(http::header::USER_AGENT, concat!("warren/", env!("CARGO_PKG_VERSION")))
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
+        .header(http::header::USER_AGENT, concat!("warren/", env!("CARGO_PKG_VERSION")));
+    let body = match post {
+        Some(p) => {
+            req = req
+                .method(http::Method::POST)
+                .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+            if let Some(a) = p.authorization {
+                req = req.header(http::header::AUTHORIZATION, a);
+            }
+            Full::new(Bytes::from(p.body))
+        }
+        None => Full::new(Bytes::new()),
+    };
+    let req = req.body(body).map_err(|e| e.to_string())?;
     let resp = if https {
         let name =
             rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| format!("{url}: {e}"))?;
@@ -106,16 +169,14 @@ async fn fetch_inner(url: &str) -> Result<Bytes, String> {
     } else {
         send(TokioIo::new(tcp), req).await?
     };
-    if !resp.status().is_success() {
-        return Err(format!("{url} answered {}", resp.status()));
-    }
-    let body = Limited::new(resp.into_body(), MAX_JWKS).collect().await.map_err(|e| format!("{url}: {e}"))?;
-    Ok(body.to_bytes())
+    let status = resp.status().as_u16();
+    let body = Limited::new(resp.into_body(), limit).collect().await.map_err(|e| format!("{url}: {e}"))?;
+    Ok((status, body.to_bytes()))
 }
 
 async fn send<I>(
     io: I,
-    req: http::Request<Empty<Bytes>>,
+    req: http::Request<Full<Bytes>>,
 ) -> Result<http::Response<hyper::body::Incoming>, String>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
