@@ -307,6 +307,14 @@ impl Oidc {
             if self.allow_cors_preflight && is_preflight(req) {
                 return None;
             }
+            // Only a page the visitor navigates to can finish a sign-in: the images, scripts
+            // and fetches it loads get 401, and no login cookie each, which would otherwise
+            // pile up in the browser and in every request's Cookie header.
+            if req.headers.get("sec-fetch-mode").is_some_and(|m| m.as_bytes() != b"navigate") {
+                let mut r = page(401, "Sign-in required: open this site's page to sign in.");
+                r.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                return Some(crate::Verdict::Respond(r));
+            }
             return Some(self.login(req, ep, &host, secure, now_s));
         };
         let claims = [Some(&session.sub), session.email.as_ref(), session.name.as_ref(), Some(&session.iss)];
@@ -345,11 +353,7 @@ impl Oidc {
             state: random_token(),
             nonce: random_token(),
             verifier: random_token(),
-            return_to: if matches!(req.method, "GET" | "HEAD") {
-                req.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned()
-            } else {
-                "/".to_owned()
-            },
+            return_to: return_to(req),
             exp: now + LOGIN_TTL_SECS,
         };
         let challenge =
@@ -613,6 +617,14 @@ fn redirect_uri(req: &ReqView<'_>, ep: &EndpointInfo, host: &str) -> String {
         (_, p) => format!(":{p}"),
     };
     format!("{}://{host}{port}{CALLBACK_PATH}", req.scheme)
+}
+
+/// Where to send the visitor after signing in: the page they asked for, as a path on this
+/// host. A path starting with `//` or `/\` would be read by browsers as another site.
+fn return_to(req: &ReqView<'_>) -> String {
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let safe = target.starts_with('/') && !target.starts_with("//") && !target.starts_with("/\\");
+    if matches!(req.method, "GET" | "HEAD") && safe { target.to_owned() } else { "/".to_owned() }
 }
 
 fn is_preflight(req: &ReqView<'_>) -> bool {

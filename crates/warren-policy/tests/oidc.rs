@@ -231,6 +231,28 @@ fn the_code_flow_with_pkce_signs_in_and_passes_the_identity_on() {
     let mut req = get("/page", &[("cookie", &cookie)]);
     assert_eq!(respond(run_at(&c, "other.example.com", &mut req, now)).status(), 302, "another endpoint");
 
+    // Subresources of a page do not start sign-ins (no login cookie each); pages do.
+    let r = respond(run(&c, &mut get("/app.js", &[("sec-fetch-mode", "no-cors")]), now));
+    assert_eq!(r.status(), 401);
+    assert!(set_cookies(&r).is_empty());
+    let r = respond(run(&c, &mut get("/next", &[("sec-fetch-mode", "navigate")]), now));
+    assert_eq!(r.status(), 302);
+    // A path browsers would read as another site is not where the visitor is sent back to.
+    let c2 = idp.chain("");
+    for evil in ["//evil.example.com/x", "/\\evil.example.com/x"] {
+        let r = respond(run(&c2, &mut get(evil, &[]), now));
+        let state = query(r.headers()["location"].to_str().unwrap())["state"].clone();
+        let (name, value, _) = set_cookies(&r).pop().unwrap();
+        let cb = format!("/warren/oidc/callback?code=c&state={state}");
+        let Verdict::Exchange(t) = run(&c2, &mut get(&cb, &[("cookie", &format!("{name}={value}"))]), now)
+        else {
+            panic!("exchange")
+        };
+        let nonce = query(r.headers()["location"].to_str().unwrap())["nonce"].clone();
+        let done = finish(t, &idp.id_token(claims(&nonce, now)), now);
+        assert_eq!(done.headers()["location"], "/", "{evil}");
+    }
+
     // Logout clears it.
     let r = respond(run(&c, &mut get("/warren/logout", &[("cookie", &cookie)]), now));
     assert_eq!(r.status(), 200);
