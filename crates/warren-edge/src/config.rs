@@ -55,6 +55,11 @@ pub struct EdgeConfig {
     /// Where the master key that seals private keys lives (default `master.key` in the data
     /// directory; `WARREN_MASTER_KEY` overrides).
     pub master_key_file: Option<PathBuf>,
+    /// Let traffic policies fetch identity-provider documents (JWKS, OpenID discovery, the
+    /// token endpoint) over plain http on loopback. Off by default: on a shared edge it would
+    /// let any account make the edge call services on the edge's own loopback. For a local
+    /// identity provider in development and tests.
+    pub idp_allow_loopback_http: bool,
     /// Limits on every listener.
     pub limits: Limits,
 }
@@ -177,6 +182,7 @@ impl EdgeConfig {
             proxy_protocol: false,
             acme: None,
             master_key_file: None,
+            idp_allow_loopback_http: false,
             tls_files: None,
             limits: Limits::default(),
         }

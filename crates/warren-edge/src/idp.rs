@@ -1,8 +1,8 @@
 //! Identity providers, for `jwt-validation` and `openid-connect`: JWKS documents and OpenID
 //! discovery documents, fetched when a policy naming them is bound and cached per URL (keys
 //! are refreshed in the background so rotated keys are picked up), and the authorization-code
-//! exchange. Only https URLs (with publicly trusted certificates) are used, except on
-//! loopback, where a local identity provider may speak plain http.
+//! exchange. Only https URLs (with publicly trusted certificates) are used; plain http on
+//! loopback only when the edge is configured to allow it (a local identity provider).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,24 +21,38 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often cached key sets are fetched again.
 pub(crate) const REFRESH: Duration = Duration::from_secs(300);
 
+/// Code exchanges in flight at once, for every endpoint together: each one is a connection
+/// to a provider, started by a visitor.
+const MAX_EXCHANGES: usize = 64;
+
 /// Key sets and providers by URL.
-#[derive(Default)]
 pub(crate) struct IdpCache {
     sets: Mutex<HashMap<String, Arc<Jwks>>>,
     providers: Mutex<HashMap<String, Arc<Provider>>>,
+    allow_loopback_http: bool,
+    exchanges: tokio::sync::Semaphore,
 }
 
 impl IdpCache {
+    pub(crate) fn new(allow_loopback_http: bool) -> IdpCache {
+        IdpCache {
+            sets: Mutex::default(),
+            providers: Mutex::default(),
+            allow_loopback_http,
+            exchanges: tokio::sync::Semaphore::new(MAX_EXCHANGES),
+        }
+    }
+
     /// The OpenID provider at `issuer_url`, discovered now unless cached, with its keys.
     pub(crate) async fn provider(&self, issuer_url: &str) -> Result<Arc<Provider>, String> {
         if let Some(p) = self.providers.lock().unwrap_or_else(|e| e.into_inner()).get(issuer_url) {
             return Ok(p.clone());
         }
         let url = Discovery::url(issuer_url);
-        let body = fetch(&url).await?;
+        let body = fetch(&url, self.allow_loopback_http).await?;
         let discovery = Discovery::parse(issuer_url, &body)?;
         for endpoint in [&discovery.authorization_endpoint, &discovery.token_endpoint] {
-            check_url(endpoint)?;
+            check_url(endpoint, self.allow_loopback_http)?;
         }
         let keys = self.get(&discovery.jwks_uri).await?;
         let provider = Arc::new(Provider::new(discovery, keys));
@@ -54,7 +68,7 @@ impl IdpCache {
         if let Some(set) = self.sets.lock().unwrap_or_else(|e| e.into_inner()).get(url) {
             return Ok(set.clone());
         }
-        let body = fetch(url).await?;
+        let body = fetch(url, self.allow_loopback_http).await?;
         let set = Arc::new(Jwks::parse(&body)?);
         if set.is_empty() {
             return Err(format!("{url} holds no keys"));
@@ -73,7 +87,7 @@ impl IdpCache {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (url, set) in sets {
-            match fetch(&url).await.and_then(|b| set.replace(&b)) {
+            match fetch(&url, self.allow_loopback_http).await.and_then(|b| set.replace(&b)) {
                 Ok(()) => tracing::debug!(%url, keys = set.len(), "JWKS refreshed"),
                 Err(e) => tracing::warn!(%url, error = %e, "JWKS refresh failed; keeping the keys held"),
             }
@@ -93,13 +107,18 @@ pub(crate) async fn run(shared: Arc<crate::Shared>) {
     }
 }
 
-/// Performs an `openid-connect` code exchange: its status and body, or why it failed.
-pub(crate) async fn exchange(req: &TokenRequest) -> Result<(u16, Bytes), String> {
-    let post = Post { body: req.body.clone(), authorization: req.authorization.clone() };
-    let limit = warren_policy::oidc::MAX_TOKEN_RESPONSE;
-    tokio::time::timeout(FETCH_TIMEOUT, call(&req.url, Some(post), limit))
-        .await
-        .map_err(|_| format!("{} did not answer in time", req.url))?
+impl IdpCache {
+    /// Performs an `openid-connect` code exchange: its status and body, or why it failed.
+    pub(crate) async fn exchange(&self, req: &TokenRequest) -> Result<(u16, Bytes), String> {
+        let Ok(_permit) = self.exchanges.try_acquire() else {
+            return Err("too many sign-ins at once on this edge; try again".into());
+        };
+        let post = Post { body: req.body.clone(), authorization: req.authorization.clone() };
+        let limit = warren_policy::oidc::MAX_TOKEN_RESPONSE;
+        tokio::time::timeout(FETCH_TIMEOUT, call(&req.url, Some(post), limit, self.allow_loopback_http))
+            .await
+            .map_err(|_| format!("{} did not answer in time", req.url))?
+    }
 }
 
 /// A form POST.
@@ -109,8 +128,8 @@ struct Post {
 }
 
 /// GETs a document; anything but 2xx is an error.
-async fn fetch(url: &str) -> Result<Bytes, String> {
-    let (status, body) = tokio::time::timeout(FETCH_TIMEOUT, call(url, None, MAX_DOCUMENT))
+async fn fetch(url: &str, loopback: bool) -> Result<Bytes, String> {
+    let (status, body) = tokio::time::timeout(FETCH_TIMEOUT, call(url, None, MAX_DOCUMENT, loopback))
         .await
         .map_err(|_| format!("fetching {url} timed out"))??;
     if !(200..300).contains(&status) {
@@ -119,22 +138,23 @@ async fn fetch(url: &str) -> Result<Bytes, String> {
     Ok(body)
 }
 
-/// https, or http on loopback.
-fn check_url(url: &str) -> Result<(http::Uri, String, bool), String> {
+/// https, or (when `loopback` allows it) http on loopback.
+fn check_url(url: &str, loopback: bool) -> Result<(http::Uri, String, bool), String> {
     let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
     let host = uri.host().ok_or_else(|| format!("{url} has no host"))?.trim_matches(['[', ']']).to_owned();
     let https = match uri.scheme_str() {
         Some("https") => true,
-        Some("http") if is_loopback(&host) => false,
-        _ => {
+        Some("http") if loopback && is_loopback(&host) => false,
+        _ if loopback => {
             return Err(format!("{url}: identity provider URLs must be https (plain http only on loopback)"));
         }
+        _ => return Err(format!("{url}: identity provider URLs must be https")),
     };
     Ok((uri, host, https))
 }
 
-async fn call(url: &str, post: Option<Post>, limit: usize) -> Result<(u16, Bytes), String> {
-    let (uri, host, https) = check_url(url)?;
+async fn call(url: &str, post: Option<Post>, limit: usize, loopback: bool) -> Result<(u16, Bytes), String> {
+    let (uri, host, https) = check_url(url, loopback)?;
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let tcp =
         tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("{url}: {e}"))?;

@@ -224,7 +224,7 @@ async fn handle(
                 codes::IP_RESTRICTED,
             ));
         }
-        return proxy(visitor, &ep, &host, ip, req).await;
+        return proxy(shared, visitor, &ep, &host, ip, req).await;
     }
     if visitor.scheme == Scheme::Http
         && let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Https, host.clone()))
@@ -252,6 +252,7 @@ async fn handle(
 }
 
 async fn proxy(
+    shared: &Shared,
     visitor: &Visitor,
     ep: &Arc<Endpoint>,
     host: &str,
@@ -321,7 +322,7 @@ async fn proxy(
             }
             warren_policy::Verdict::Close => return Err(ClosedByPolicy),
             warren_policy::Verdict::Exchange(exchange) => {
-                let answer = crate::idp::exchange(&exchange).await;
+                let answer = shared.idp.exchange(&exchange).await;
                 if let Err(e) = &answer {
                     tracing::warn!(url = %ep.url, error = %e, "openid-connect: the code exchange failed");
                 }

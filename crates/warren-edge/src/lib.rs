@@ -222,7 +222,7 @@ impl Edge {
             master_key,
             challenges: acme::Challenges::default(),
             acme_wake: tokio::sync::Notify::new(),
-            idp: idp::IdpCache::default(),
+            idp: idp::IdpCache::new(config.idp_allow_loopback_http),
             store,
             config,
             shutdown: rx,

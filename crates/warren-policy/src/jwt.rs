@@ -245,7 +245,9 @@ pub(crate) fn decode(
             // Expiry is checked below against the caller's clock.
             v.validate_exp = false;
             v.validate_nbf = false;
-            v.required_spec_claims.clear();
+            // Present, not only right when present: a token without an audience would pass
+            // any audience list.
+            v.required_spec_claims = ["exp", "iss", "aud"].iter().map(|c| c.to_string()).collect();
             v.set_audience(audiences);
             v.set_issuer(issuers);
             match jsonwebtoken::decode::<serde_json::Value>(token, &key, &v) {
@@ -260,11 +262,11 @@ pub(crate) fn decode(
 fn times(claims: serde_json::Value, now: SystemTime) -> Result<serde_json::Value, String> {
     let now = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
     let exp = claims.get("exp").and_then(|v| v.as_u64()).ok_or("the token has no exp")?;
-    if now > exp + LEEWAY_SECS {
+    if now > exp.saturating_add(LEEWAY_SECS) {
         return Err("the token has expired".into());
     }
     if let Some(nbf) = claims.get("nbf").and_then(|v| v.as_u64())
-        && now + LEEWAY_SECS < nbf
+        && now.saturating_add(LEEWAY_SECS) < nbf
     {
         return Err("the token is not valid yet".into());
     }

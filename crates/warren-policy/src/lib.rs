@@ -125,6 +125,9 @@ pub struct Policy {
     res: Vec<Rule>,
     /// Some request rule reads the body (`verify-webhook`).
     needs_body: bool,
+    /// Some request rule is `openid-connect`: identity headers a visitor sends are removed
+    /// before any rule runs.
+    signs_in: bool,
 }
 
 /// The most of a request body buffered for `verify-webhook` (webhooks are small; a larger
@@ -146,6 +149,10 @@ struct Rule {
     exprs: Vec<Expression>,
     actions: Vec<Action>,
     needs: Needs,
+    /// It has an `openid-connect` action, which answers its callback and logout paths
+    /// whatever the rule's expressions say (a rule guarding `/private` must still finish the
+    /// sign-in it started).
+    signs_in: bool,
 }
 
 /// One of a rule's expressions: the CEL program, and its translation for the fast path when
@@ -183,11 +190,13 @@ impl Policy {
         let req = compile_rules(&req_rules, Phase::HttpRequest, env)?;
         let needs_body =
             req.iter().any(|r| r.actions.iter().any(|a| matches!(a, Action::VerifyWebhook { .. })));
+        let signs_in = req.iter().any(|r| r.signs_in);
         Ok(Policy {
             tcp: compile_rules(&tcp_rules, Phase::TcpConnect, env)?,
             req,
             res: compile_rules(&res_rules, Phase::HttpResponse, env)?,
             needs_body,
+            signs_in,
         })
     }
 
@@ -246,7 +255,8 @@ fn compile_rules(
             needs = needs.union(action.needs());
             actions.push(action);
         }
-        out.push(Rule { name: label, exprs, actions, needs });
+        let signs_in = actions.iter().any(|a| matches!(a, Action::OpenidConnect(_)));
+        out.push(Rule { name: label, exprs, actions, needs, signs_in });
     }
     Ok(out)
 }
@@ -547,6 +557,13 @@ impl Chain {
         mono: Instant,
     ) -> (Verdict, Vec<LogEntry>) {
         let mut logs = Vec::new();
+        // The upstream trusts these headers only because no visitor can send them: remove
+        // them before any rule (or a rule's other actions) can read them.
+        if self.0.iter().any(|p| p.signs_in) {
+            for name in oidc::forged_identity(&req.headers) {
+                req.headers.remove(name);
+            }
+        }
         // Variables are built once and rebuilt only after a rule changed the request.
         let mut vars = Vars::default();
         for policy in &self.0 {
@@ -562,7 +579,8 @@ impl Chain {
                     };
                     let msg = Message { conn, endpoint: ep, now, req: Some(view), res: None, body };
                     let mut run = Run { msg, vars: &vars, logs: Vec::new() };
-                    if !run.matches(rule) {
+                    let sign_in_path = rule.signs_in && oidc::is_reserved_path(req.uri.path());
+                    if !sign_in_path && !run.matches(rule) {
                         continue;
                     }
                     let mut changes = Some(actions::Changes::default());

@@ -45,6 +45,8 @@ pub const LOGOUT_PATH: &str = "/warren/logout";
 pub const IDENTITY_HEADERS: [&str; 4] =
     ["warren-auth-user-id", "warren-auth-user-email", "warren-auth-user-name", "warren-auth-issuer"];
 
+/// The longest path and query a visitor is sent back to after signing in (else `/`).
+const MAX_RETURN_TO: usize = 1024;
 /// How long a started sign-in may take.
 const LOGIN_TTL_SECS: u64 = 600;
 /// A session's length unless `max_session_duration` says otherwise (ngrok's default).
@@ -289,20 +291,20 @@ impl Oidc {
             CALLBACK_PATH => return Some(self.callback(req, ep, &cookies, &host, secure, now_s)),
             LOGOUT_PATH => {
                 let mut r = page(200, "You are signed out.");
-                append_cookie(&mut r, &clear_cookie(&self.session_cookie, "/", secure));
+                append_cookie(&mut r, &clear_cookie(&cookie_name(&self.session_cookie, secure), "/", secure));
                 return Some(crate::Verdict::Respond(r));
             }
             _ => {}
         }
+        let session_cookie = cookie_name(&self.session_cookie, secure);
         let session = cookies
             .iter()
-            .filter(|(n, _)| *n == self.session_cookie)
-            .find_map(|(_, v)| self.open::<Session>(&self.session_cookie, &host, v))
+            .filter(|(n, _)| *n == session_cookie)
+            .find_map(|(_, v)| self.open::<Session>(&session_cookie, &host, v))
             .filter(|s| s.exp > now_s);
-        // Whatever the visitor sent in these headers is not to be believed.
-        for h in IDENTITY_HEADERS {
-            changes.remove.push(HeaderName::from_static(h));
-        }
+        // Whatever the visitor sent in these headers is not to be believed (the chain removed
+        // them before any rule ran; this covers a request changed by an earlier rule).
+        changes.remove.extend(forged_identity(req.headers));
         let Some(session) = session else {
             if self.allow_cors_preflight && is_preflight(req) {
                 return None;
@@ -319,14 +321,18 @@ impl Oidc {
         };
         let claims = [Some(&session.sub), session.email.as_ref(), session.name.as_ref(), Some(&session.iss)];
         for (h, v) in IDENTITY_HEADERS.iter().zip(claims) {
-            if let Some(v) = v.and_then(|v| HeaderValue::from_str(v).ok()) {
+            // Raw UTF-8: names and addresses need not be ASCII.
+            if let Some(v) = v.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
                 changes.add.push((HeaderName::from_static(h), v));
             }
         }
         // The upstream gets the visitor's other cookies, not the session.
         let rest: Vec<String> = cookies
             .iter()
-            .filter(|(n, _)| *n != self.session_cookie && !n.starts_with(LOGIN_COOKIE))
+            .filter(|(n, _)| {
+                let n = n.strip_prefix(HOST_PREFIX).unwrap_or(n);
+                n != self.session_cookie && !n.starts_with(LOGIN_COOKIE)
+            })
             .map(|(n, v)| format!("{n}={v}"))
             .collect();
         if rest.len() != cookies.len() {
@@ -374,13 +380,13 @@ impl Oidc {
         let endpoint = &self.provider.discovery.authorization_endpoint;
         let sep = if endpoint.contains('?') { '&' } else { '?' };
         let location = format!("{endpoint}{sep}{}", q.finish());
-        let name = login_cookie(&pending.state);
+        let name = cookie_name(&login_cookie(&pending.state), secure);
         let sealed = self.seal(&name, host, &pending);
         let mut r = page(302, "Sign-in required; you are being redirected to the identity provider.");
         if let Ok(v) = HeaderValue::from_str(&location) {
             r.headers_mut().insert(http::header::LOCATION, v);
         }
-        append_cookie(&mut r, &set_cookie(&name, &sealed, CALLBACK_PATH, Some(LOGIN_TTL_SECS), secure));
+        append_cookie(&mut r, &set_cookie(&name, &sealed, login_path(secure), Some(LOGIN_TTL_SECS), secure));
         r.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         crate::Verdict::Respond(r)
     }
@@ -407,19 +413,10 @@ impl Oidc {
                 _ => {}
             }
         }
-        if let Some(e) = error {
-            return crate::Verdict::Respond(refuse(
-                403,
-                &format!("the identity provider refused the sign-in ({e})"),
-            ));
-        }
-        let (Some(code), Some(state)) = (code, state) else {
-            return crate::Verdict::Respond(refuse(
-                400,
-                "the identity provider's answer has no code or state",
-            ));
+        let Some(state) = state else {
+            return crate::Verdict::Respond(refuse(400, "the identity provider's answer has no state"));
         };
-        let name = login_cookie(&state);
+        let name = cookie_name(&login_cookie(&state), secure);
         let pending = cookies
             .iter()
             .filter(|(n, _)| *n == name)
@@ -430,6 +427,17 @@ impl Oidc {
                 400,
                 "this sign-in was not started in this browser or has expired; open the page again",
             ));
+        };
+        if let Some(e) = error {
+            // Only the error code (RFC 6749 4.1.2.1), never free text from the URL.
+            let code: String = e.chars().filter(|c| c.is_ascii_lowercase() || *c == '_').take(64).collect();
+            return crate::Verdict::Respond(refuse(
+                403,
+                &format!("the identity provider refused the sign-in ({code})"),
+            ));
+        }
+        let Some(code) = code else {
+            return crate::Verdict::Respond(refuse(400, "the identity provider's answer has no code"));
         };
         let redirect_uri = redirect_uri(req, ep, host);
         let mut form = form_urlencoded::Serializer::new(String::new());
@@ -523,33 +531,81 @@ impl TokenRequest {
         if !crate::ct_eq(nonce.as_bytes(), self.pending.nonce.as_bytes()) {
             return Err((401, String::from("the ID token was not issued for this sign-in (nonce mismatch)")));
         }
+        // OpenID Connect Core 3.1.3.7: with several audiences the token must name the party
+        // it was issued to, and when it names one, that must be this client.
+        let several = claims.get("aud").and_then(|a| a.as_array()).is_some_and(|a| a.len() > 1);
+        match claims.get("azp").and_then(|a| a.as_str()) {
+            Some(azp) if azp != self.oidc.client_id => {
+                return Err((401, format!("the ID token was issued to another client ({azp})")));
+            }
+            None if several => {
+                return Err((401, String::from("the ID token has several audiences and no azp")));
+            }
+            _ => {}
+        }
         let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        // An address the provider has not verified says nothing about who signed in.
+        let verified =
+            claims.get("email_verified").is_some_and(|v| v == &serde_json::Value::Bool(true) || v == "true");
         let sub = text("sub").ok_or_else(|| (401, String::from("the ID token has no subject")))?;
         let session = Session {
             sub,
-            email: text("email"),
+            email: text("email").filter(|_| verified),
             name: text("name"),
             iss: p.discovery.issuer.clone(),
             exp: unix(now) + self.oidc.max_session.as_secs(),
         };
         let o = &self.oidc;
-        let sealed = o.seal(&o.session_cookie, &self.cookie_host, &session);
+        let session_cookie = cookie_name(&o.session_cookie, self.secure);
+        let sealed = o.seal(&session_cookie, &self.cookie_host, &session);
         let mut r = page(302, "Signed in; you are being redirected.");
         if let Ok(v) = HeaderValue::from_str(&self.pending.return_to) {
             r.headers_mut().insert(http::header::LOCATION, v);
         }
         append_cookie(
             &mut r,
-            &set_cookie(&o.session_cookie, &sealed, "/", Some(o.max_session.as_secs()), self.secure),
+            &set_cookie(&session_cookie, &sealed, "/", Some(o.max_session.as_secs()), self.secure),
         );
-        append_cookie(&mut r, &clear_cookie(&login_cookie(&self.pending.state), CALLBACK_PATH, self.secure));
+        let login = cookie_name(&login_cookie(&self.pending.state), self.secure);
+        append_cookie(&mut r, &clear_cookie(&login, login_path(self.secure), self.secure));
         r.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok(r)
     }
 }
 
+/// The request's headers that claim to carry an identity: the [`IDENTITY_HEADERS`], also
+/// spelled with `_` for `-` (CGI-style servers read both the same way).
+pub(crate) fn forged_identity(headers: &http::HeaderMap) -> Vec<HeaderName> {
+    let forged = |n: &str| {
+        IDENTITY_HEADERS.iter().any(|h| {
+            h.len() == n.len() && h.bytes().zip(n.bytes()).all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+        })
+    };
+    headers.keys().filter(|n| forged(n.as_str())).cloned().collect()
+}
+
+/// The paths `openid-connect` answers itself.
+pub(crate) fn is_reserved_path(path: &str) -> bool {
+    path == CALLBACK_PATH || path == LOGOUT_PATH
+}
+
 /// Login cookies start with this, followed by part of their state.
 const LOGIN_COOKIE: &str = "warren_oidc_login_";
+
+/// On https endpoints cookie names carry this prefix, so browsers accept them only from this
+/// exact host, set with `Secure` and `Path=/` and no `Domain`: another endpoint under the same
+/// parent domain cannot plant a login or session cookie here (login CSRF, session fixation).
+const HOST_PREFIX: &str = "__Host-";
+
+fn cookie_name(base: &str, secure: bool) -> String {
+    if secure { format!("{HOST_PREFIX}{base}") } else { base.to_owned() }
+}
+
+/// `__Host-` cookies must have `Path=/`; on http endpoints the login cookie is kept to the
+/// callback path.
+fn login_path(secure: bool) -> &'static str {
+    if secure { "/" } else { CALLBACK_PATH }
+}
 
 /// Parameters of the authorization request the edge sets itself.
 const RESERVED_PARAMS: [&str; 8] = [
@@ -623,7 +679,11 @@ fn redirect_uri(req: &ReqView<'_>, ep: &EndpointInfo, host: &str) -> String {
 /// host. A path starting with `//` or `/\` would be read by browsers as another site.
 fn return_to(req: &ReqView<'_>) -> String {
     let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    let safe = target.starts_with('/') && !target.starts_with("//") && !target.starts_with("/\\");
+    // A long target would make the login cookie larger than browsers keep.
+    let safe = target.starts_with('/')
+        && !target.starts_with("//")
+        && !target.starts_with("/\\")
+        && target.len() <= MAX_RETURN_TO;
     if matches!(req.method, "GET" | "HEAD") && safe { target.to_owned() } else { "/".to_owned() }
 }
 

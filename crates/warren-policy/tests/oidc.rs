@@ -132,11 +132,9 @@ fn start(c: &Chain, now: SystemTime) -> (HashMap<String, String>, Box<TokenReque
     assert!(location.starts_with(&format!("{ISSUER}/authorize?")), "{location}");
     let params = query(&location);
     let (name, value, attrs) = set_cookies(&r).pop().expect("a login cookie");
-    assert!(
-        attrs.contains("Path=/warren/oidc/callback")
-            && attrs.contains("HttpOnly")
-            && attrs.contains("Secure")
-    );
+    // __Host- cookies: this host only, Secure, Path=/.
+    assert!(name.starts_with("__Host-warren_oidc_login_"), "{name}");
+    assert!(attrs.contains("Path=/;") && attrs.contains("HttpOnly") && attrs.contains("Secure"), "{attrs}");
     let callback = format!("/warren/oidc/callback?code=the-code&state={}", params["state"]);
     let cookie = format!("{name}={value}");
     match run(c, &mut get(&callback, &[("cookie", &cookie)]), now) {
@@ -148,7 +146,7 @@ fn start(c: &Chain, now: SystemTime) -> (HashMap<String, String>, Box<TokenReque
 fn claims(nonce: &str, now: SystemTime) -> serde_json::Value {
     let now = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
     serde_json::json!({
-        "iss": ISSUER, "aud": "app", "sub": "alice", "email": "alice@example.com", "name": "Alice",
+        "iss": ISSUER, "aud": "app", "sub": "alice", "email": "alice@example.com", "email_verified": true, "name": "Alice",
         "nonce": nonce, "iat": now, "exp": now + 300,
     })
 }
@@ -193,24 +191,31 @@ fn the_code_flow_with_pkce_signs_in_and_passes_the_identity_on() {
     assert_eq!(r.status(), 302);
     assert_eq!(r.headers()["location"], "/page?x=1", "back where the visitor was going");
     let cookies = set_cookies(&r);
-    let (_, session, attrs) = cookies.iter().find(|(n, _, _)| n == "warren_oidc_session").expect("session");
+    let (_, session, attrs) =
+        cookies.iter().find(|(n, _, _)| n == "__Host-warren_oidc_session").expect("session");
     assert!(
         attrs.contains("HttpOnly") && attrs.contains("Secure") && attrs.contains("SameSite=Lax"),
         "{attrs}"
     );
-    assert!(
-        cookies
-            .iter()
-            .any(|(n, v, a)| n.starts_with("warren_oidc_login_") && v.is_empty() && a.contains("Max-Age=0"))
-    );
+    assert!(cookies.iter().any(|(n, v, a)| n.starts_with("__Host-warren_oidc_login_")
+        && v.is_empty()
+        && a.contains("Max-Age=0")));
     assert!(!session.contains("alice"), "sealed");
 
     // Signed in: the identity goes to the upstream in headers; the visitor's own copies of
     // those headers and the session cookie do not.
-    let cookie = format!("theme=dark; warren_oidc_session={session}");
-    let mut req = get("/page", &[("cookie", &cookie), ("warren-auth-user-id", "mallory")]);
+    let cookie = format!("theme=dark; __Host-warren_oidc_session={session}");
+    let mut req = get(
+        "/page",
+        &[
+            ("cookie", &cookie),
+            ("warren-auth-user-id", "mallory"),
+            ("warren_auth_user_email", "m@evil.example"),
+        ],
+    );
     assert!(matches!(run(&c, &mut req, now), Verdict::Continue));
     assert_eq!(req.headers["warren-auth-user-id"], "alice");
+    assert!(req.headers.get("warren_auth_user_email").is_none(), "the _ spelling is removed too");
     assert_eq!(req.headers.get_all("warren-auth-user-id").iter().count(), 1);
     assert_eq!(req.headers["warren-auth-user-email"], "alice@example.com");
     assert_eq!(req.headers["warren-auth-user-name"], "Alice");
@@ -259,7 +264,7 @@ fn the_code_flow_with_pkce_signs_in_and_passes_the_identity_on() {
     assert!(
         set_cookies(&r)
             .iter()
-            .any(|(n, v, a)| n == "warren_oidc_session" && v.is_empty() && a.contains("Max-Age=0"))
+            .any(|(n, v, a)| n == "__Host-warren_oidc_session" && v.is_empty() && a.contains("Max-Age=0"))
     );
 }
 
@@ -271,9 +276,9 @@ fn max_session_duration_ends_sessions() {
     let (params, t) = start(&c, now);
     let r = finish(t, &idp.id_token(claims(&params["nonce"], now)), now);
     let (_, session, attrs) =
-        set_cookies(&r).into_iter().find(|(n, _, _)| n == "warren_oidc_session").unwrap();
+        set_cookies(&r).into_iter().find(|(n, _, _)| n == "__Host-warren_oidc_session").unwrap();
     assert!(attrs.contains("Max-Age=3600"), "{attrs}");
-    let cookie = format!("warren_oidc_session={session}");
+    let cookie = format!("__Host-warren_oidc_session={session}");
     assert!(matches!(
         run(&c, &mut get("/", &[("cookie", &cookie)]), now + Duration::from_secs(3599)),
         Verdict::Continue
@@ -291,7 +296,10 @@ fn bad_id_tokens_and_forged_callbacks_do_not_sign_in() {
     let now = SystemTime::now();
     let refused = |r: http::Response<bytes::Bytes>, status: u16, why: &str| {
         assert_eq!(r.status(), status, "{why}: {:?}", r.body());
-        assert!(set_cookies(&r).iter().all(|(n, _, _)| n != "warren_oidc_session"), "{why}: no session");
+        assert!(
+            set_cookies(&r).iter().all(|(n, _, _)| n != "__Host-warren_oidc_session"),
+            "{why}: no session"
+        );
     };
     type Change = Box<dyn Fn(&mut serde_json::Value)>;
     let cases: Vec<(&str, Change)> = vec![
@@ -299,6 +307,10 @@ fn bad_id_tokens_and_forged_callbacks_do_not_sign_in() {
         ("another audience", Box::new(|c| c["aud"] = "someone-else".into())),
         ("another issuer", Box::new(|c| c["iss"] = "https://evil.example.com".into())),
         ("expired", Box::new(|c| c["exp"] = (c["iat"].as_u64().unwrap() - 3600).into())),
+        ("no audience", Box::new(|c| drop(c.as_object_mut().unwrap().remove("aud")))),
+        ("no issuer", Box::new(|c| drop(c.as_object_mut().unwrap().remove("iss")))),
+        ("issued to another client", Box::new(|c| c["azp"] = "other-app".into())),
+        ("several audiences, no azp", Box::new(|c| c["aud"] = serde_json::json!(["app", "other-app"]))),
     ];
     for (why, change) in cases {
         let (params, t) = start(&c, now);
@@ -339,10 +351,16 @@ fn bad_id_tokens_and_forged_callbacks_do_not_sign_in() {
     let late = now + Duration::from_secs(601);
     let r = respond(run(&c, &mut get(&cb, &[("cookie", &format!("{name}={value}"))]), late));
     refused(r, 400, "an expired sign-in");
-    // The provider's error is shown as text, never markup.
-    let r = respond(run(&c, &mut get("/warren/oidc/callback?error=%3Cscript%3E", &[]), now));
+    // An error from the provider is shown only for a sign-in this browser started, and only
+    // as an error code.
+    let r = respond(run(&c, &mut get("/warren/oidc/callback?error=Your+account+is+suspended", &[]), now));
+    assert_eq!(r.status(), 400);
+    let cb = format!("/warren/oidc/callback?error=access_denied%3Cscript%3E+call+us&state={state1}");
+    let r = respond(run(&c, &mut get(&cb, &[("cookie", &format!("{name}={value}"))]), now));
     assert_eq!(r.status(), 403);
     assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+    let text = String::from_utf8_lossy(r.body()).into_owned();
+    assert!(text.contains("(access_deniedscriptcallus)") && !text.contains('<'), "{text}");
 }
 
 #[test]
@@ -367,4 +385,36 @@ fn config_errors_are_clear() {
     let other = serde_json::json!({"issuer": "https://evil.example.com", "authorization_endpoint": "x", "token_endpoint": "y", "jwks_uri": "z"});
     let err = Discovery::parse(ISSUER, other.to_string().as_bytes()).unwrap_err();
     assert!(err.contains("evil.example.com"), "{err}");
+}
+
+#[test]
+fn unverified_addresses_and_forged_headers_never_reach_the_upstream() {
+    let idp = Idp::new();
+    // Only /private signs in; the rest of the site is public, but identity headers sent by a
+    // visitor are removed there too.
+    let c = idp.chain("    expressions: [\"req.url.path.startsWith('/private')\"]\n");
+    let now = SystemTime::now();
+    let mut req = get("/public", &[("warren-auth-user-id", "mallory"), ("Warren_Auth_User_Email", "m@x")]);
+    assert!(matches!(run(&c, &mut req, now), Verdict::Continue));
+    assert!(
+        req.headers.get("warren-auth-user-id").is_none()
+            && req.headers.get("warren_auth_user_email").is_none()
+    );
+
+    let r = respond(run(&c, &mut get("/private", &[]), now));
+    let params = query(r.headers()["location"].to_str().unwrap());
+    let (name, value, _) = set_cookies(&r).pop().unwrap();
+    let cb = format!("/warren/oidc/callback?code=c&state={}", params["state"]);
+    let Verdict::Exchange(t) = run(&c, &mut get(&cb, &[("cookie", &format!("{name}={value}"))]), now) else {
+        panic!("exchange")
+    };
+    let mut cl = claims(&params["nonce"], now);
+    cl["email_verified"] = false.into();
+    let done = finish(t, &idp.id_token(cl), now);
+    let (_, session, _) =
+        set_cookies(&done).into_iter().find(|(n, _, _)| n == "__Host-warren_oidc_session").unwrap();
+    let mut req = get("/private", &[("cookie", &format!("__Host-warren_oidc_session={session}"))]);
+    assert!(matches!(run(&c, &mut req, now), Verdict::Continue));
+    assert_eq!(req.headers["warren-auth-user-id"], "alice");
+    assert!(req.headers.get("warren-auth-user-email").is_none(), "an unverified address is not passed on");
 }

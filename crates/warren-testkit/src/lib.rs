@@ -87,6 +87,8 @@ impl TestEdge {
         config.http_addr = Some(lo);
         config.api_addr = Some(lo);
         config.heartbeat_interval = Duration::from_secs(1);
+        // The tests' identity providers are local.
+        config.idp_allow_loopback_http = true;
         config.heartbeat_tolerance = Duration::from_secs(3);
         tweak(&mut config);
         let prepared = warren_edge::bootstrap::prepare(&config).await.expect("prepare data dir");

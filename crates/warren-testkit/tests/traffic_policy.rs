@@ -754,7 +754,8 @@ async fn openid_connect_signs_visitors_in_with_a_real_provider() {
         !seen["headers"]["cookie"].as_str().unwrap_or("").contains("warren_oidc"),
         "the session cookie stays at the edge: {seen}"
     );
-    let session = browser.cookie("oidc.warren.localhost", "warren_oidc_session").expect("a session cookie");
+    let session =
+        browser.cookie("oidc.warren.localhost", "__Host-warren_oidc_session").expect("a session cookie");
     assert!(!session.contains("alice"), "the cookie is encrypted");
 
     // A visitor cannot claim to be someone else.
@@ -768,7 +769,7 @@ async fn openid_connect_signs_visitors_in_with_a_real_provider() {
     bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(bytes).unwrap();
     let mut other = Browser::new(&edge, ".warren.localhost");
-    other.set_cookie("oidc.warren.localhost", "warren_oidc_session", &tampered);
+    other.set_cookie("oidc.warren.localhost", "__Host-warren_oidc_session", &tampered);
     let refused = other.get(&format!("{app}/echo"), &[]).await;
     assert_eq!(refused.status, StatusCode::FOUND, "a tampered cookie: {}", refused.body);
     assert!(refused.headers["location"].to_str().unwrap().starts_with(&op.issuer));
@@ -777,8 +778,8 @@ async fn openid_connect_signs_visitors_in_with_a_real_provider() {
         with_policy(&edge, &up, "oidc2", &oidc_policy(&op.issuer, "          max_session_duration: 3s\n"))
             .await
             .expect("bound");
-    let session = browser.cookie("oidc.warren.localhost", "warren_oidc_session").unwrap();
-    other.set_cookie("oidc2.warren.localhost", "warren_oidc_session", &session);
+    let session = browser.cookie("oidc.warren.localhost", "__Host-warren_oidc_session").unwrap();
+    other.set_cookie("oidc2.warren.localhost", "__Host-warren_oidc_session", &session);
     let moved = other.get(&format!("{app2}/echo"), &[]).await;
     assert_eq!(moved.status, StatusCode::FOUND, "a cookie moved to another endpoint: {}", moved.body);
 
@@ -789,7 +790,7 @@ async fn openid_connect_signs_visitors_in_with_a_real_provider() {
     // Signing out clears the session.
     let out = browser.get(&format!("{app}/warren/logout"), &[]).await;
     assert_eq!(out.status, StatusCode::OK);
-    assert!(browser.cookie("oidc.warren.localhost", "warren_oidc_session").is_none(), "cleared");
+    assert!(browser.cookie("oidc.warren.localhost", "__Host-warren_oidc_session").is_none(), "cleared");
     let after = browser.get(&format!("{app}/echo"), &[]).await;
     assert_eq!(after.status, StatusCode::FOUND, "signed out: back to the provider");
 
@@ -871,4 +872,10 @@ async fn openid_connect_config_errors_refuse_the_bind() {
     let nowhere =
         with_policy(&edge, &up, "o2", &oidc_policy("http://127.0.0.1:9", "")).await.err().expect("refused");
     assert!(nowhere.to_string().contains("could not be discovered"), "{nowhere}");
+
+    // Unless the edge allows it (a development setting), a policy cannot make the edge call
+    // plain http services on its own loopback.
+    let strict = TestEdge::start_with(|c| c.idp_allow_loopback_http = false).await;
+    let refused = with_policy(&strict, &up, "o3", &oidc_policy(&op.issuer, "")).await.err().expect("refused");
+    assert!(refused.to_string().contains("must be https"), "{refused}");
 }

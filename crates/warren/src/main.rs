@@ -210,6 +210,10 @@ struct EdgeArgs {
     /// data directory; WARREN_MASTER_KEY overrides). Every node sharing a database needs the same.
     #[arg(long, value_name = "FILE")]
     master_key_file: Option<PathBuf>,
+    /// Let traffic policies use identity providers over plain http on loopback (development
+    /// only: any account could make the edge call services on its loopback).
+    #[arg(long)]
+    idp_allow_loopback_http: bool,
     /// The edge's own certificate chain (PEM) for its base domain and connect hostnames,
     /// instead of the local CA's; reloaded when the file changes.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
@@ -424,6 +428,7 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
         config.acme = Some(acme);
     }
     config.master_key_file = args.master_key_file;
+    config.idp_allow_loopback_http = args.idp_allow_loopback_http;
     config.tls_files = args.tls_cert.zip(args.tls_key);
     config.validate().map_err(anyhow::Error::msg)?;
 

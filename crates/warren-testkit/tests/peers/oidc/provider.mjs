@@ -36,12 +36,12 @@ server.listen(0, '127.0.0.1', () => {
   }
   const provider = new Provider(issuer, {
     clients,
-    claims: { openid: ['sub'], email: ['email'], profile: ['name'] },
+    claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
     // The ID token carries the claims the scopes asked for (as Google's and Keycloak's do).
     conformIdTokenClaims: false,
     findAccount: (ctx, id) => ({
       accountId: id,
-      claims: () => ({ sub: id, email: `${id}@example.test`, name: `Test User ${id}` }),
+      claims: () => ({ sub: id, email: `${id}@example.test`, email_verified: true, name: `Test User ${id}` }),
     }),
     features: {
       devInteractions: { enabled: true },
