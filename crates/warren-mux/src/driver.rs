@@ -35,6 +35,8 @@ pub struct Stream {
 
 struct Shared {
     state: Mutex<State>,
+    /// The origin of the time given to the session.
+    started: std::time::Instant,
     transmit: Notify,
     closed: Notify,
     input_resume: Notify,
@@ -56,6 +58,7 @@ where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
     let shared = Arc::new(Shared {
+        started: std::time::Instant::now(),
         state: Mutex::new(State {
             session: Session::new(role, config),
             read_wakers: HashMap::new(),
@@ -121,6 +124,11 @@ impl Mux {
         }
     }
 
+    /// Records a measured round-trip time (receive windows are tuned with it).
+    pub fn set_rtt(&self, rtt: std::time::Duration) {
+        self.shared.lock().session.set_rtt(rtt.as_micros() as u64);
+    }
+
     /// True once the transport has closed.
     pub fn is_closed(&self) -> bool {
         self.shared.lock().finished
@@ -176,7 +184,9 @@ impl Stream {
 
 impl AsyncRead for Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let now = self.shared.started.elapsed().as_micros() as u64;
         let mut st = self.shared.lock();
+        st.session.set_time(now);
         let r = st.session.recv(self.id, buf.initialize_unfilled());
         let wakers = st.take_wakers();
         let out = match r {

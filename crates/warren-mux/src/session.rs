@@ -132,6 +132,10 @@ pub struct Session {
     local_goaway: bool,
     remote_goaway: Option<(StreamId, ErrorCode, Bytes)>,
     closed: Option<ErrorCode>,
+    /// The driver's clock, in microseconds from any origin (see [`Session::set_time`]).
+    now_us: u64,
+    /// The session's round-trip time, when the driver has measured it.
+    rtt_us: Option<u64>,
 }
 
 struct Stream {
@@ -147,6 +151,10 @@ struct Stream {
     recv_unacked: u32,
     /// The peer was left with less than a quarter of the window since the window last grew.
     peer_ran_dry: bool,
+    /// When the current window's worth of reads began, and how much has been read since:
+    /// a whole window read within two round trips means the window limits the flow.
+    round_start_us: u64,
+    round_bytes: u64,
     recv_fin: bool,
     send_credit: u32,
     send_fin: bool,
@@ -186,6 +194,8 @@ impl Session {
             local_goaway: false,
             remote_goaway: None,
             closed: None,
+            now_us: 0,
+            rtt_us: None,
         }
     }
 
@@ -551,7 +561,20 @@ impl Session {
         // window, not the reader, limits throughput. Grow it (bandwidth × delay). Checked when
         // the buffer empties, so it works whatever size the application's reads are.
         let max_window = self.config.max_window;
-        if s.recv_buffered == 0 && s.peer_ran_dry && s.recv_window < max_window {
+        // On a long link the peer's credit comes back a round trip late, so from here it never
+        // looks dry: then the clock tells. A whole window read within two round trips means
+        // the window, not the link's bandwidth, sets the pace (bandwidth × delay > window).
+        if s.round_bytes == 0 {
+            s.round_start_us = self.now_us;
+        }
+        s.round_bytes += n as u64;
+        let mut fast_round = false;
+        if s.round_bytes >= s.recv_window as u64 {
+            let elapsed = self.now_us.saturating_sub(s.round_start_us);
+            fast_round = self.rtt_us.is_some_and(|rtt| elapsed < 2 * rtt);
+            s.round_bytes = 0;
+        }
+        if (fast_round || (s.recv_buffered == 0 && s.peer_ran_dry)) && s.recv_window < max_window {
             let grown = s.recv_window.saturating_mul(2).min(max_window);
             s.recv_unacked += grown - s.recv_window;
             s.recv_window = grown;
@@ -576,6 +599,18 @@ impl Session {
     /// Bytes received and not yet read on a stream.
     pub fn buffered(&self, id: StreamId) -> usize {
         self.streams.get(&id).map_or(0, |s| s.recv_buffered)
+    }
+
+    /// Tells the session the time, in microseconds from any fixed origin. Window auto-tuning
+    /// reads it; the session never reads a clock itself.
+    pub fn set_time(&mut self, now_us: u64) {
+        self.now_us = now_us;
+    }
+
+    /// Tells the session its round-trip time (from heartbeats): receive windows grow while a
+    /// whole window is read within two round trips.
+    pub fn set_rtt(&mut self, rtt_us: u64) {
+        self.rtt_us = Some(rtt_us.max(1));
     }
 
     /// Current receive window of a stream (grows with auto-tuning).
@@ -745,6 +780,8 @@ impl Stream {
             recv_window: window,
             recv_unacked: 0,
             peer_ran_dry: false,
+            round_start_us: 0,
+            round_bytes: 0,
             recv_fin: false,
             send_credit,
             send_fin: false,

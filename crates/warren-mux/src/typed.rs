@@ -60,7 +60,10 @@ pub async fn run_heartbeats_with(
     let seed = RandomState::new();
     let mut n: u64 = 0;
     loop {
-        tokio::time::sleep(interval).await;
+        // The first round trip is measured at once: window tuning needs it.
+        if n > 0 {
+            tokio::time::sleep(interval).await;
+        }
         n += 1;
         let id = (seed.hash_one(n) as u32).to_be_bytes();
         let sent = tokio::time::Instant::now();
@@ -72,7 +75,11 @@ pub async fn run_heartbeats_with(
             Err(_) => return HeartbeatError::Timeout(tolerance),
             Ok(Err(e)) => return e.into(),
             Ok(Ok(_)) if echo != id => return HeartbeatError::Mismatch,
-            Ok(Ok(_)) => on_rtt(sent.elapsed()),
+            Ok(Ok(_)) => {
+                let rtt = sent.elapsed();
+                mux.set_rtt(rtt);
+                on_rtt(rtt);
+            }
         }
     }
 }

@@ -766,6 +766,81 @@ fn window_grows_for_a_reader_that_keeps_up() {
     }
 }
 
+/// A long link: the reader reads every frame as it arrives, so the credit it returns keeps
+/// the peer's credit (as seen from here) well above empty, yet the credit takes a round trip
+/// to arrive, so each round trip carries one window. The clock shows it: a whole window read
+/// within two round trips grows the window; a window read over more does not.
+fn long_link_rounds(rtt_us: u64, round_us: u64, spread: bool, rounds: usize) -> Vec<u32> {
+    let cfg = Config { max_window: 4 * 1024 * 1024, ..Config::default() };
+    let mut p = Pair::with_configs(Role::Client, cfg.clone(), cfg);
+    p.b.set_rtt(rtt_us);
+    let id = p.a.open().unwrap();
+    let (mut offset, mut received, mut now) = (0, 0, 0);
+    let mut windows = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..rounds {
+        // One round trip: the writer spends its credit; every frame is read on arrival; the
+        // reader's credit reaches the writer only at the end of the round.
+        let mut out = Vec::new();
+        loop {
+            offset += send_all_possible(&mut p.a, id, &pattern(9, offset, 1024 * 1024));
+            let Some(o) = p.a.poll_transmit() else { break };
+            out.extend_from_slice(&o);
+        }
+        let frames = out.len().div_ceil(16 * 1024) as u64;
+        // Either the window arrives in a burst and the rest of the round trip is waiting for
+        // credit, or it trickles in over the whole round (the link's bandwidth is the limit).
+        let step = if spread { round_us / frames } else { 10 };
+        for frame in out.chunks(16 * 1024) {
+            p.b.set_time(now);
+            deliver(&mut p.b, &mut p.b_in, frame, usize::MAX).unwrap();
+            accepts(&mut p.b);
+            while let Recv::Data(n) = p.b.recv(id, &mut buf).unwrap() {
+                received += n;
+            }
+            now += step;
+        }
+        if !spread {
+            now += round_us;
+        }
+        let back = p.b.poll_transmit().unwrap();
+        deliver(&mut p.a, &mut p.a_in, &back, usize::MAX).unwrap();
+        windows.push(p.b.recv_window(id).unwrap());
+    }
+    assert_eq!(received, offset);
+    windows
+}
+
+#[test]
+fn window_grows_on_a_long_link_by_the_clock() {
+    // 50 ms round trips, each carrying one window: the window keeps doubling up to the max.
+    let windows = long_link_rounds(50_000, 50_000, false, 12);
+    assert_eq!(windows[0], 2 * WINDOW as u32, "{windows:?}");
+    assert!(windows.windows(2).all(|w| w[0] <= w[1]), "{windows:?}");
+    assert_eq!(*windows.last().unwrap(), 4 * 1024 * 1024, "{windows:?}");
+    // Without a measured round trip, the same flow keeps its window (nothing to compare with).
+    let cfg = Config { max_window: 4 * 1024 * 1024, ..Config::default() };
+    let mut p = Pair::with_configs(Role::Client, cfg.clone(), cfg);
+    let id = p.a.open().unwrap();
+    assert_eq!(send_all_possible(&mut p.a, id, &pattern(9, 0, WINDOW)), WINDOW);
+    let out = p.a.poll_transmit().unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    for frame in out.chunks(16 * 1024) {
+        deliver(&mut p.b, &mut p.b_in, frame, usize::MAX).unwrap();
+        accepts(&mut p.b);
+        while let Recv::Data(_) = p.b.recv(id, &mut buf).unwrap() {}
+    }
+    assert_eq!(p.b.recv_window(id), Some(WINDOW as u32));
+}
+
+#[test]
+fn window_does_not_grow_when_a_window_takes_longer_than_two_round_trips() {
+    // The link is fast (1 ms round trips) but a window takes 5 ms to arrive: bandwidth, not
+    // the window, sets the pace, and a bigger window would only hold more memory.
+    let windows = long_link_rounds(1_000, 5_000, true, 6);
+    assert!(windows.iter().all(|w| *w == WINDOW as u32), "{windows:?}");
+}
+
 #[test]
 fn window_growth_is_bounded_by_a_max_window_that_is_not_a_power_of_two() {
     let max = 700 * 1024;
