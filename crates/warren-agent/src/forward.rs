@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warren_mux::Stream;
+use warren_mux::splice::ReadReady;
 use warren_proto::{ProxyHeader, error_codes as codes};
 
 use crate::config::{EndpointConfig, EndpointProto, UpstreamScheme};
@@ -29,8 +30,50 @@ use crate::state::{LiveEndpoint, Shared};
 /// Copy buffer per direction.
 const COPY_BUF: usize = 64 * 1024;
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+trait Io: ReadReady + AsyncWrite + Unpin + Send {}
+impl<T: ReadReady + AsyncWrite + Unpin + Send> Io for T {}
+
+/// An upstream that cannot say when it is readable without reading (TLS): the copy loop
+/// gives it a buffer at once.
+struct Eager<T>(T);
+
+impl<T: AsyncRead + Unpin> ReadReady for Eager<T> {
+    fn poll_read_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Eager<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Eager<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
 
 pub(crate) async fn forward(
     mut stream: Stream,
@@ -81,9 +124,7 @@ pub(crate) async fn forward(
         }
         _ => {
             let mut upstream = upstream;
-            if let Err(e) =
-                tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut upstream, COPY_BUF, COPY_BUF).await
-            {
+            if let Err(e) = warren_mux::splice::splice(&mut stream, &mut upstream).await {
                 tracing::debug!(error = %e, "proxy stream ended with an error");
             }
         }
@@ -105,7 +146,7 @@ async fn dial(ep: &EndpointConfig) -> Result<Box<dyn Io>, String> {
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS to {u} failed: {e}"))?;
-    Ok(Box::new(tls))
+    Ok(Box::new(Eager(tls)))
 }
 
 fn bad_gateway(ep: &EndpointConfig, err: &str) -> String {

@@ -159,8 +159,7 @@ async fn proxy(mut tcp: TcpStream, remote: SocketAddr, ep: &Endpoint) {
             return;
         }
     };
-    if let Err(e) = tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut stream, COPY_BUF, COPY_BUF).await
-    {
+    if let Err(e) = warren_mux::splice::splice(&mut tcp, &mut stream).await {
         tracing::debug!(url = %ep.url, %remote, error = %e, "tcp visitor connection ended with an error");
     }
 }
@@ -191,8 +190,7 @@ pub(crate) async fn pass_tls(
         return;
     }
     drop(hello);
-    if let Err(e) = tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut stream, COPY_BUF, COPY_BUF).await
-    {
+    if let Err(e) = warren_mux::splice::splice(&mut tcp, &mut stream).await {
         tracing::debug!(url = %ep.url, %remote, error = %e, "tls visitor connection ended with an error");
     }
 }

@@ -162,6 +162,17 @@ impl Stream {
         wakers.wake();
     }
 
+    /// Ready when a read would not wait (data, end of stream or an error), without reading:
+    /// lets a copy loop take a buffer only when there is something to put in it.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.shared.lock();
+        if st.session.readable(self.id) {
+            return Poll::Ready(Ok(()));
+        }
+        st.read_wakers.insert(self.id, cx.waker().clone());
+        Poll::Pending
+    }
+
     /// Reads the whole stream into a buffer, refusing more than `limit` bytes.
     pub async fn read_to_end_limited(&mut self, limit: usize) -> io::Result<Vec<u8>> {
         let mut buf = Vec::new();

@@ -6,10 +6,12 @@
 //! - [`driver`]: a thin tokio driver that owns a transport and exposes [`Stream`]s as
 //!   `AsyncRead + AsyncWrite`.
 //! - [`typed`]: typed streams and heartbeats on top of the driver.
+//! - [`splice`]: copying between a socket and a stream without buffers while idle.
 
 pub mod driver;
 pub mod frame;
 pub mod session;
+pub mod splice;
 pub mod typed;
 
 pub use driver::{Mux, Stream, start};

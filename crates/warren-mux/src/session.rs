@@ -52,7 +52,7 @@ impl Default for Config {
             initial_window: 256 * 1024,
             max_window: 16 * 1024 * 1024,
             max_frame_payload: 64 * 1024,
-            accept_backlog: 256,
+            accept_backlog: 4096,
             max_streams: 65_536,
             max_output: 512 * 1024,
             max_goaway_message: 64 * 1024,
@@ -594,6 +594,15 @@ impl Session {
             );
         }
         Ok(Recv::Data(n))
+    }
+
+    /// True when [`Session::recv`] would not return [`Recv::Pending`]: data, end of stream or
+    /// an error is waiting.
+    pub fn readable(&self, id: StreamId) -> bool {
+        match self.streams.get(&id) {
+            None => true,
+            Some(s) => s.recv_buffered > 0 || s.recv_fin || s.reset.is_some() || self.closed.is_some(),
+        }
     }
 
     /// Bytes received and not yet read on a stream.
