@@ -142,3 +142,46 @@ async fn reply_then_close_delivers_the_reply() {
     .await
     .expect("timed out");
 }
+
+/// A TCP socket spliced to a stream, as the edge and the agent forward: bytes both ways, each
+/// end's half-close reaching the other, and the byte counts returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splice_copies_both_ways_and_passes_half_closes_on() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (client, server) = pair();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The "visitor": sends 3 MiB, half-closes, then reads the echo to the end.
+        let visitor = tokio::spawn(async move {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let data = pattern(11, 3 * 1024 * 1024);
+            let (mut r, mut w) = tcp.split();
+            let send = async {
+                w.write_all(&data).await.unwrap();
+                w.shutdown().await.unwrap();
+            };
+            let mut got = Vec::new();
+            let recv = r.read_to_end(&mut got);
+            let (_, n) = tokio::join!(send, recv);
+            n.unwrap();
+            assert!(got == data, "the echo came back whole");
+        });
+        // The far end of the stream echoes until the half-close, then closes its side.
+        let echo = tokio::spawn(async move {
+            let mut s = server.accept().await.unwrap();
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).await.unwrap();
+            s.write_all(&all).await.unwrap();
+            s.shutdown().await.unwrap();
+            all.len()
+        });
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut stream = client.open().unwrap();
+        let (up, down) = warren_mux::splice::splice(&mut tcp, &mut stream).await.unwrap();
+        assert_eq!((up, down), (3 * 1024 * 1024, 3 * 1024 * 1024));
+        assert_eq!(echo.await.unwrap(), 3 * 1024 * 1024);
+        visitor.await.unwrap();
+    })
+    .await
+    .expect("timed out");
+}
