@@ -34,6 +34,10 @@ pub struct Config {
     /// The receive window may grow up to this when the reader keeps up but the window runs dry
     /// (bandwidth × delay larger than the window).
     pub max_window: u32,
+    /// What all of a session's grown windows may add up to beyond their initial size: a
+    /// grown window lets the peer send that much before the reader reads, so this bounds what
+    /// readers that stall after a fast start can make the session hold.
+    pub max_grown_windows: u64,
     /// Largest DATA payload this side sends in one frame.
     pub max_frame_payload: usize,
     /// Streams opened by the peer that wait for [`Session::accept`].
@@ -50,7 +54,9 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             initial_window: 256 * 1024,
-            max_window: 16 * 1024 * 1024,
+            // 64 MiB: one stream fills 10 Gbit/s at 50 ms RTT.
+            max_window: 64 * 1024 * 1024,
+            max_grown_windows: 256 * 1024 * 1024,
             max_frame_payload: 64 * 1024,
             accept_backlog: 4096,
             max_streams: 65_536,
@@ -136,6 +142,8 @@ pub struct Session {
     now_us: u64,
     /// The session's round-trip time, when the driver has measured it.
     rtt_us: Option<u64>,
+    /// Sum over streams of how far their windows grew (bounded by `max_grown_windows`).
+    grown_total: u64,
 }
 
 struct Stream {
@@ -196,6 +204,7 @@ impl Session {
             closed: None,
             now_us: 0,
             rtt_us: None,
+            grown_total: 0,
         }
     }
 
@@ -576,8 +585,12 @@ impl Session {
         }
         if (fast_round || (s.recv_buffered == 0 && s.peer_ran_dry)) && s.recv_window < max_window {
             let grown = s.recv_window.saturating_mul(2).min(max_window);
-            s.recv_unacked += grown - s.recv_window;
-            s.recv_window = grown;
+            let extra = (grown - s.recv_window) as u64;
+            if self.grown_total + extra <= self.config.max_grown_windows {
+                self.grown_total += extra;
+                s.recv_unacked += grown - s.recv_window;
+                s.recv_window = grown;
+            }
             s.peer_ran_dry = false;
         }
         // Credit goes back every half window, but at least every half *initial* window: some
@@ -774,7 +787,10 @@ impl Session {
         };
         let done = s.reset.is_some() || (s.recv_fin && s.send_fin && s.recv_buffered == 0);
         if s.released && done {
-            self.streams.remove(&id);
+            if let Some(s) = self.streams.remove(&id) {
+                let grown = s.recv_window.saturating_sub(self.config.initial_window) as u64;
+                self.grown_total = self.grown_total.saturating_sub(grown);
+            }
             self.blocked_on_output.retain(|b| *b != id);
         }
     }

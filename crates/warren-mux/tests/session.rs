@@ -771,7 +771,16 @@ fn window_grows_for_a_reader_that_keeps_up() {
 /// to arrive, so each round trip carries one window. The clock shows it: a whole window read
 /// within two round trips grows the window; a window read over more does not.
 fn long_link_rounds(rtt_us: u64, round_us: u64, spread: bool, rounds: usize) -> Vec<u32> {
-    let cfg = Config { max_window: 4 * 1024 * 1024, ..Config::default() };
+    long_link_rounds_with(
+        Config { max_window: 4 * 1024 * 1024, ..Config::default() },
+        rtt_us,
+        round_us,
+        spread,
+        rounds,
+    )
+}
+
+fn long_link_rounds_with(cfg: Config, rtt_us: u64, round_us: u64, spread: bool, rounds: usize) -> Vec<u32> {
     let mut p = Pair::with_configs(Role::Client, cfg.clone(), cfg);
     p.b.set_rtt(rtt_us);
     let id = p.a.open().unwrap();
@@ -831,6 +840,14 @@ fn window_grows_on_a_long_link_by_the_clock() {
         while let Recv::Data(_) = p.b.recv(id, &mut buf).unwrap() {}
     }
     assert_eq!(p.b.recv_window(id), Some(WINDOW as u32));
+}
+
+#[test]
+fn grown_windows_are_bounded_per_session() {
+    // A session may add only 768 KiB to its windows: 256 KiB -> 512 KiB -> 1 MiB, then no more.
+    let cfg = Config { max_window: 64 * 1024 * 1024, max_grown_windows: 768 * 1024, ..Config::default() };
+    let windows = long_link_rounds_with(cfg, 50_000, 50_000, false, 10);
+    assert_eq!(*windows.last().unwrap(), 1024 * 1024, "{windows:?}");
 }
 
 #[test]
