@@ -16,6 +16,26 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Buffer size while data flows.
 const BUF: usize = 64 * 1024;
+/// Idle buffers kept per thread for the next burst, so a small request costs neither an
+/// allocation nor zeroing 64 KiB (at most 16 × 64 KiB per runtime thread).
+const POOL: usize = 16;
+
+thread_local! {
+    static FREE: std::cell::RefCell<Vec<Box<[u8]>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_buf() -> Box<[u8]> {
+    FREE.with(|f| f.borrow_mut().pop()).unwrap_or_else(|| vec![0u8; BUF].into_boxed_slice())
+}
+
+fn give_back(buf: Box<[u8]>) {
+    FREE.with(|f| {
+        let mut f = f.borrow_mut();
+        if f.len() < POOL {
+            f.push(buf);
+        }
+    });
+}
 
 /// A reader that can say when a read would not wait, before it is given a buffer.
 pub trait ReadReady: AsyncRead + Unpin {
@@ -85,7 +105,7 @@ impl Direction {
             if self.pos == self.end && !self.read_done {
                 if self.buf.is_none() {
                     ready!(r.poll_read_ready(cx))?;
-                    self.buf = Some(vec![0u8; BUF].into_boxed_slice());
+                    self.buf = Some(take_buf());
                 }
                 let buf = self.buf.as_mut().expect("taken above");
                 let mut rb = ReadBuf::new(buf);
@@ -93,7 +113,9 @@ impl Direction {
                     Poll::Pending => {
                         // Idle: give the buffer back until the reader is ready again, and push
                         // out whatever the writer holds (a TLS writer buffers records).
-                        self.buf = None;
+                        if let Some(b) = self.buf.take() {
+                            give_back(b);
+                        }
                         let _ = Pin::new(&mut *w).poll_flush(cx)?;
                         return Poll::Pending;
                     }
@@ -102,7 +124,9 @@ impl Direction {
                         let n = rb.filled().len();
                         if n == 0 {
                             self.read_done = true;
-                            self.buf = None;
+                            if let Some(b) = self.buf.take() {
+                                give_back(b);
+                            }
                         } else {
                             self.pos = 0;
                             self.end = n;
@@ -124,6 +148,14 @@ impl Direction {
                 ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
                 self.done = true;
             }
+        }
+    }
+}
+
+impl Drop for Direction {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            give_back(b);
         }
     }
 }
