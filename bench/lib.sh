@@ -1,0 +1,151 @@
+# shellcheck shell=bash
+# Shared helpers for the bench/*.sh scripts (sourced, not run). Provides:
+#   $ROOT, $WARREN (release binary), $CACHE (rathole/bore from compare.sh), $WORK (temp dir)
+#   track PID...          stop PID at exit;    on_exit CMD   run CMD at exit (after that)
+#   need_tools CMD...      apt-get install the Debian packages that provide missing commands
+#   need_warren / need_rathole   exit with a clear message when the binary is missing
+#   freeport               a free TCP port on 127.0.0.1
+#   rss_kib PID            VmRSS of PID in KiB
+#   start_nginx PORT       nginx (1 worker) answering 200 "hello world" on 127.0.0.1:PORT
+#   start_warren           bench/warren-setup.sh with $IPERF_PORT/$HTTP_PORT; sets W_TCP, W_HTTP,
+#                          W_HTTP_ENDPOINT, W_HTTP_HOST, W_HTTPS_ENDPOINT, W_HTTPS_HOST, W_PIDS (array),
+#                          W_LOGS
+#   start_rathole PORT     rathole server+client (plain TCP transport, as compare.sh) forwarding
+#                          to 127.0.0.1:PORT; sets RH_ADDR (host:port), RH_PIDS (array)
+#   stop PID...            kill and reap
+#   wait_port HOST PORT    until something listens;   wait_for FILE PATTERN   until FILE has it
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WARREN=${WARREN_BIN:-$ROOT/target/release/warren}
+CACHE=${WARREN_BENCH_CACHE:-$HOME/.cache/warren-bench}
+WORK=$(mktemp -d)
+_PIDS=() _ON_EXIT=()
+track() { _PIDS+=("$@"); }
+on_exit() { _ON_EXIT+=("$1"); }
+_cleanup() {
+  local rc=$? c p
+  trap - EXIT INT TERM
+  for p in "${_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  for c in "${_ON_EXIT[@]}"; do eval "$c" 2>/dev/null || true; done
+  rm -rf "$WORK"
+  exit "$rc"
+}
+trap _cleanup EXIT
+trap 'exit 130' INT TERM
+
+need_tools() {
+  local miss=() t pkg
+  for t in "$@"; do
+    command -v "$t" >/dev/null && continue
+    case $t in nginx) pkg=nginx-light ;; h2load) pkg=nghttp2-client ;; ip|tc|ss) pkg=iproute2 ;;
+      ps|sysctl) pkg=procps ;; *) pkg=$t ;; esac
+    miss+=("$pkg")
+  done
+  if ((${#miss[@]})); then
+    echo "installing ${miss[*]} (apt-get)" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${miss[@]}" >/dev/null
+  fi
+}
+need_warren() {
+  [[ -x $WARREN ]] || { echo "no warren binary at $WARREN; build it first: cargo build --release -p warren" >&2; exit 1; }
+}
+have_rathole() { # true if rathole is installed, else explains how to get it
+  [[ -x $CACHE/bin/rathole ]] && return 0
+  echo "NOTE: no rathole in $CACHE/bin, so rathole is skipped; run ../shared/bench/compare.sh once" \
+    "(it installs rathole and bore with cargo install)" >&2
+  return 1
+}
+need_rathole() {
+  [[ -x $CACHE/bin/rathole ]] || {
+    echo "no rathole in $CACHE/bin; run ../shared/bench/compare.sh once (it installs rathole and bore with cargo install)" >&2
+    exit 1
+  }
+}
+freeport() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+wait_port() { # host port
+  local i
+  for i in $(seq 1 200); do
+    python3 -c "import socket,sys;socket.create_connection(('$1',$2),0.2).close()" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on $1:$2" >&2; return 1
+}
+wait_for() { # file pattern [tenths of a second]
+  local i
+  for i in $(seq 1 "${3:-300}"); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "timed out waiting for '$2' in $1:" >&2; tail -20 "$1" >&2; return 1
+}
+stop() {
+  local p
+  for p in "$@"; do kill "$p" 2>/dev/null || true; done
+  for p in "$@"; do wait "$p" 2>/dev/null || true; done
+}
+start_nginx() { # port [workers]
+  local port=$1 workers=${2:-1}
+  cat >"$WORK/nginx-$port.conf" <<EOF
+worker_processes $workers; daemon off; pid $WORK/nginx-$port.pid; error_log $WORK/nginx-$port.err;
+worker_rlimit_nofile 16384;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$port backlog=4096; location / { return 200 "hello world\n"; } } }
+EOF
+  nginx -c "$WORK/nginx-$port.conf" & track $!
+  wait_port 127.0.0.1 "$port"
+}
+start_warren() {
+  need_warren
+  local out
+  out=$(bash "$ROOT/bench/warren-setup.sh")
+  W_TCP=$(sed -n 's/^tcp=//p' <<<"$out")
+  W_HTTP=$(sed -n 's/^http=//p' <<<"$out")
+  W_HTTP_ENDPOINT=$(sed -n 's/^http_endpoint=\([^ ]*\) .*/\1/p' <<<"$out")
+  W_HTTP_HOST=$(sed -n 's/^http_endpoint=.* host=//p' <<<"$out")
+  W_HTTPS_ENDPOINT=$(sed -n 's/^https_endpoint=\([^ ]*\) .*/\1/p' <<<"$out")
+  W_HTTPS_HOST=$(sed -n 's/^https_endpoint=.* host=//p' <<<"$out")
+  W_LOGS=$(sed -n 's/^logs=//p' <<<"$out")
+  IFS=, read -r -a W_PIDS <<<"$(sed -n 's/^pids=//p' <<<"$out")"
+  track "${W_PIDS[@]}"
+  [[ -n $W_LOGS ]] && on_exit "rm -rf '$W_LOGS'"
+  wait_port "${W_TCP%:*}" "${W_TCP##*:}"
+}
+start_rathole() { # upstream-port
+  need_rathole
+  local up=$1 ctl svc
+  ctl=$(freeport) svc=$(freeport)
+  cat >"$WORK/rh-$svc-s.toml" <<EOF
+[server]
+bind_addr = "127.0.0.1:$ctl"
+[server.transport]
+type = "tcp"
+[server.services.t]
+token = "bench"
+bind_addr = "127.0.0.1:$svc"
+EOF
+  cat >"$WORK/rh-$svc-c.toml" <<EOF
+[client]
+remote_addr = "127.0.0.1:$ctl"
+[client.transport]
+type = "tcp"
+[client.services.t]
+token = "bench"
+local_addr = "127.0.0.1:$up"
+EOF
+  "$CACHE/bin/rathole" --server "$WORK/rh-$svc-s.toml" >"$WORK/rh-$svc-s.log" 2>&1 &
+  RH_PIDS=($!)
+  "$CACHE/bin/rathole" --client "$WORK/rh-$svc-c.toml" >"$WORK/rh-$svc-c.log" 2>&1 &
+  RH_PIDS+=($!)
+  track "${RH_PIDS[@]}"
+  RH_ADDR=127.0.0.1:$svc
+  wait_port 127.0.0.1 "$svc"
+  # the service port listens before the client's control channel is up; give it a moment
+  sleep 1
+}
+# raise the open-file limit as far as allowed (65536, or the hard limit if lower)
+raise_nofile() {
+  local want=${1:-65536} hard
+  hard=$(ulimit -Hn)
+  [[ $hard == unlimited ]] || ((hard >= want)) || want=$hard
+  ulimit -n "$want" 2>/dev/null || ulimit -n "$hard"
+  echo "open files limit: $(ulimit -n) (hard $(ulimit -Hn))"
+}
