@@ -63,6 +63,31 @@ impl Document {
         }
     }
 
+    /// The document as JSON with its secrets (`client_secret`, `secret`, `credentials`,
+    /// `server_private_key`) replaced by `********`, for readers who may see the policy but
+    /// not what it protects with. `None` when the text does not parse.
+    pub fn redacted(text: &str) -> Option<String> {
+        const SECRET_KEYS: [&str; 4] = ["client_secret", "secret", "credentials", "server_private_key"];
+        fn walk(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m.iter_mut() {
+                        if SECRET_KEYS.contains(&k.as_str()) {
+                            *v = serde_json::Value::String("********".into());
+                        } else {
+                            walk(v);
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+                _ => {}
+            }
+        }
+        let mut v: serde_json::Value = serde_saphyr::from_str(text).ok()?;
+        walk(&mut v);
+        Some(v.to_string())
+    }
+
     /// A document as ngrok's clients send it in a Bind: a JSON object, or a string holding
     /// YAML or JSON.
     pub fn from_value(v: &serde_json::Value) -> Result<Document, PolicyError> {

@@ -328,6 +328,43 @@ async fn the_account_policy_applies_even_when_the_endpoint_policy_allows_everyth
     assert_eq!(status, StatusCode::FORBIDDEN, "the account's deny wins over the endpoint's allow");
     let (_, _, body) = edge.api("GET", "/traffic_policy", Some(&key), None).await;
     assert_eq!(body["traffic_policy"], deny_loopback);
+    // Other roles read it too, but not the secrets in it.
+    let (s, _, user) = edge
+        .api(
+            "POST",
+            "/users",
+            Some(&key),
+            Some(serde_json::json!({"email": "dev@example.com", "role": "developer"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{user}");
+    let (s, _, dev) = edge
+        .api(
+            "POST",
+            "/api_keys",
+            Some(&key),
+            Some(serde_json::json!({"description": "dev", "owner_id": user["id"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{dev}");
+    let dev = dev["token"].as_str().unwrap().to_owned();
+    let (_, _, body) = edge.api("GET", "/traffic_policy", Some(&dev), None).await;
+    let seen = body["traffic_policy"].as_str().unwrap();
+    assert!(seen.contains("company networks only"), "{seen}");
+    let with_secret = deny_loopback.replace(
+        "on_tcp_connect:",
+        "  - expressions: [\"req.url.path.startsWith('/ops')\"]\n    actions: [{type: basic-auth, config: {credentials: [\"ops:very-secret-pw\"]}}]\non_tcp_connect:",
+    );
+    let (status, _, body) = edge
+        .api("PUT", "/traffic_policy", Some(&key), Some(serde_json::json!({ "traffic_policy": with_secret })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    online_again(&mut agent).await;
+    let (_, _, body) = edge.api("GET", "/traffic_policy", Some(&dev), None).await;
+    let seen = body["traffic_policy"].as_str().unwrap();
+    assert!(!seen.contains("very-secret-pw") && seen.contains("********"), "{seen}");
+    let (_, _, body) = edge.api("GET", "/traffic_policy", Some(&key), None).await;
+    assert!(body["traffic_policy"].as_str().unwrap().contains("very-secret-pw"), "admins see it as set");
 
     // It applies to tcp endpoints too (their on_tcp_connect rules).
     let (echo, _task) = tcp_echo().await;

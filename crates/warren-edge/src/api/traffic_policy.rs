@@ -1,6 +1,6 @@
 //! `/traffic_policy`: the account-wide traffic policy (a warren addition to ngrok's API).
 //! It runs before every endpoint's own policy, so an agent cannot undo it. Administrators set
-//! and remove it; every role may read it. A change restarts the account's agent sessions so
+//! and remove it; every role may read it (other roles with its secrets masked). A change restarts the account's agent sessions so
 //! every endpoint is bound again under it.
 
 use std::sync::Arc;
@@ -34,7 +34,14 @@ pub(crate) async fn get(
     Extension(p): Extension<Principal>,
 ) -> Result<Json<PolicyJson>, ApiError> {
     let current = shared.store.account_traffic_policy(&p.account_id).await?;
-    let (traffic_policy, updated_at) = current.map_or((None, None), |(d, u)| (Some(d), Some(u)));
+    let (mut traffic_policy, updated_at) = current.map_or((None, None), |(d, u)| (Some(d), Some(u)));
+    // The document may hold an OIDC client secret or basic-auth passwords: only admins (who
+    // can set it anyway) see it as written; other roles see it as JSON with those masked.
+    if p.role != warren_store::Role::Admin {
+        traffic_policy = traffic_policy.map(|t| {
+            warren_policy::Document::redacted(&t).unwrap_or_else(|| "(not shown: it holds secrets)".into())
+        });
+    }
     Ok(Json(PolicyJson { uri: "/traffic_policy", traffic_policy, updated_at }))
 }
 
