@@ -1,8 +1,11 @@
 //! Bulk throughput of one stream over loopback TCP (no TLS): raw TCP, the `muxado` crate, and
 //! warren-mux, side by side in one run. `cargo bench -p warren-mux`.
 //!
+//! Then the proxy copy loop: a visitor's socket copied into a stream the way the edge does it,
+//! with tokio's `copy_bidirectional` and with warren's `splice`.
+//!
 //! `WARREN_MUX_BENCH_BYTES` sets the transfer size (default 2 GiB); `WARREN_MUX_BENCH_ONLY`
-//! (`raw`, `muxado`, `warren`) runs one of them, for profiling.
+//! (`raw`, `muxado`, `warren`, `copy`, `splice`) runs one of them, for profiling.
 
 use std::future::Future;
 use std::io;
@@ -38,6 +41,12 @@ fn main() {
         }
         if run("warren") {
             report("warren-mux", total, warren(total).await);
+        }
+        if run("copy") {
+            report("proxy: copy_bidir.", total, proxied(total, false).await);
+        }
+        if run("splice") {
+            report("proxy: splice", total, proxied(total, true).await);
         }
     });
 }
@@ -129,6 +138,31 @@ async fn warren(total: u64) -> io::Result<Duration> {
         send(stream, total).await?;
         Ok(())
     };
+    let receiver = async move {
+        let s = server.accept().await.ok_or_else(|| io::Error::other("warren accept failed"))?;
+        drain(s).await
+    };
+    let r = timed(total, sender, receiver).await;
+    client.close(warren_mux::ErrorCode::None, "done");
+    r
+}
+
+/// visitor socket → (copy loop) → warren-mux stream → peer: the copy loop costs what this adds
+/// to `warren` above.
+async fn proxied(total: u64, splice: bool) -> io::Result<Duration> {
+    let (visitor, mut edge_side) = socket_pair().await?;
+    let (a, b) = socket_pair().await?;
+    let client = warren_mux::start(a, Role::Client, Config::default());
+    let server = warren_mux::start(b, Role::Server, Config::default());
+    let mut stream = client.open()?;
+    tokio::spawn(async move {
+        let _ = if splice {
+            warren_mux::splice::splice(&mut edge_side, &mut stream).await
+        } else {
+            tokio::io::copy_bidirectional_with_sizes(&mut edge_side, &mut stream, CHUNK, CHUNK).await
+        };
+    });
+    let sender = async move { send(visitor, total).await.map(drop) };
     let receiver = async move {
         let s = server.accept().await.ok_or_else(|| io::Error::other("warren accept failed"))?;
         drain(s).await
