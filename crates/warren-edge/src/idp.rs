@@ -86,12 +86,19 @@ impl IdpCache {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // All at once: a URL that answers slowly (each fetch may take up to FETCH_TIMEOUT)
+        // must not hold back the refresh of every other account's keys.
+        let mut fetches = tokio::task::JoinSet::new();
         for (url, set) in sets {
-            match fetch(&url, self.allow_loopback_http).await.and_then(|b| set.replace(&b)) {
-                Ok(()) => tracing::debug!(%url, keys = set.len(), "JWKS refreshed"),
-                Err(e) => tracing::warn!(%url, error = %e, "JWKS refresh failed; keeping the keys held"),
-            }
+            let loopback = self.allow_loopback_http;
+            fetches.spawn(async move {
+                match fetch(&url, loopback).await.and_then(|b| set.replace(&b)) {
+                    Ok(()) => tracing::debug!(%url, keys = set.len(), "JWKS refreshed"),
+                    Err(e) => tracing::warn!(%url, error = %e, "JWKS refresh failed; keeping the keys held"),
+                }
+            });
         }
+        while fetches.join_next().await.is_some() {}
     }
 }
 
