@@ -10,6 +10,7 @@
 #   start_warren           bench/warren-setup.sh with $IPERF_PORT/$HTTP_PORT; sets W_TCP, W_HTTP,
 #                          W_HTTP_ENDPOINT, W_HTTP_HOST, W_HTTPS_ENDPOINT, W_HTTPS_HOST, W_PIDS (array),
 #                          W_LOGS
+#   rathole_configs NAME CTL SVC UP   write rathole's server and client TOML (plain TCP transport)
 #   start_rathole PORT     rathole server+client (plain TCP transport, as compare.sh) forwarding
 #                          to 127.0.0.1:PORT; sets RH_ADDR (host:port), RH_PIDS (array)
 #   stop PID...            kill and reap
@@ -109,28 +110,31 @@ start_warren() {
   [[ -n $W_LOGS ]] && on_exit "rm -rf '$W_LOGS'"
   wait_port "${W_TCP%:*}" "${W_TCP##*:}"
 }
-start_rathole() { # upstream-port
-  need_rathole
-  local up=$1 ctl svc
-  ctl=$(freeport) svc=$(freeport)
-  cat >"$WORK/rh-$svc-s.toml" <<EOF
+rathole_configs() { # name control-addr service-addr upstream-addr: $WORK/name-s.toml, name-c.toml
+  cat >"$WORK/$1-s.toml" <<EOF
 [server]
-bind_addr = "127.0.0.1:$ctl"
+bind_addr = "$2"
 [server.transport]
 type = "tcp"
 [server.services.t]
 token = "bench"
-bind_addr = "127.0.0.1:$svc"
+bind_addr = "$3"
 EOF
-  cat >"$WORK/rh-$svc-c.toml" <<EOF
+  cat >"$WORK/$1-c.toml" <<EOF
 [client]
-remote_addr = "127.0.0.1:$ctl"
+remote_addr = "$2"
 [client.transport]
 type = "tcp"
 [client.services.t]
 token = "bench"
-local_addr = "127.0.0.1:$up"
+local_addr = "$4"
 EOF
+}
+start_rathole() { # upstream-port
+  need_rathole
+  local up=$1 ctl svc
+  ctl=$(freeport) svc=$(freeport)
+  rathole_configs "rh-$svc" "127.0.0.1:$ctl" "127.0.0.1:$svc" "127.0.0.1:$up"
   "$CACHE/bin/rathole" --server "$WORK/rh-$svc-s.toml" >"$WORK/rh-$svc-s.log" 2>&1 &
   RH_PIDS=($!)
   "$CACHE/bin/rathole" --client "$WORK/rh-$svc-c.toml" >"$WORK/rh-$svc-c.log" 2>&1 &

@@ -113,24 +113,7 @@ stop "$agent" "$edge"
 
 if have_rathole; then
   order+=(rathole)
-  cat >"$WORK/rh-s.toml" <<EOF
-[server]
-bind_addr = "$IPA:2333"
-[server.transport]
-type = "tcp"
-[server.services.t]
-token = "bench"
-bind_addr = "127.0.0.1:5300"
-EOF
-  cat >"$WORK/rh-c.toml" <<EOF
-[client]
-remote_addr = "$IPA:2333"
-[client.transport]
-type = "tcp"
-[client.services.t]
-token = "bench"
-local_addr = "127.0.0.1:5201"
-EOF
+  rathole_configs rh "$IPA:2333" 127.0.0.1:5300 127.0.0.1:5201
   ip netns exec "$A" "$CACHE/bin/rathole" --server "$WORK/rh-s.toml" >"$WORK/rh-s.log" 2>&1 & rs=$!; track $rs
   sleep 0.5
   ip netns exec "$B" "$CACHE/bin/rathole" --client "$WORK/rh-c.toml" >"$WORK/rh-c.log" 2>&1 & rc=$!; track $rc
