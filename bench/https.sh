@@ -11,6 +11,9 @@
 #   https-h2:   h2load -t2 -c64 -m10 -D5 --connect-to=127.0.0.1:PORT https://NAME:PORT/
 #   https-h1:   h2load --h1 -t2 -c64 -D5 --connect-to=127.0.0.1:PORT https://NAME:PORT/
 #   http-h1:    the same through the plain-http endpoint (no TLS), for reference
+# and, the issue's own command for the plain http endpoint (compare it with compare.sh's rathole
+# row of the same run-all.sh run):
+#   http-wrk:   wrk -t2 -c64 -d<seconds>s --latency -H "Host: NAME" http://127.0.0.1:PORT/
 # Reported: requests/s, latency per request (p50/p99 computed from h2load's --log-file; mean and
 # max as h2load prints them) and errors (failed + errored + timed-out requests; 4xx/5xx shown apart).
 # H2LOAD_SHOW=1 also prints h2load's own output.
@@ -27,7 +30,7 @@ while (($#)); do
   esac
 done
 source "$(dirname "$0")/lib.sh"
-need_tools h2load nginx
+need_tools h2load nginx wrk
 need_warren
 raise_nofile 65536 >/dev/null
 HTTP_PORT=$(freeport)
@@ -73,3 +76,13 @@ for s in "${order[@]}"; do
     "${P99[$s]:--}" "${MEAN[$s]:--}" "${MAX[$s]:--}" "${ERRS[$s]:--}" "${NON2XX[$s]:--}"
 done
 echo "errors = h2load's failed + errored + timed-out requests (a 4xx/5xx response counts as failed)"
+
+wrk_cmd=(wrk -t2 -c"$CLIENTS" -d"${SECS}s" --latency -H "Host: $W_HTTP_HOST" "http://127.0.0.1:$http_port/")
+out=$("${wrk_cmd[@]}" 2>&1 || true)
+echo "$out" >"$WORK/wrk-http.txt"
+echo
+echo "plain http endpoint with wrk; command (http-wrk): $(printf "%q " "${wrk_cmd[@]}")"
+printf '%-9s %10s %9s %9s %s\n' path req_per_s p50 p99 "errors (non-2xx/3xx, socket errors)"
+printf '%-9s %10s %9s %9s %s\n' http-wrk "$(sed -n 's/^Requests\/sec: *\([0-9]*\).*/\1/p' <<<"$out")" \
+  "$(awk '$1=="50%"{print $2}' <<<"$out")" "$(awk '$1=="99%"{print $2}' <<<"$out")" \
+  "$(grep -E 'Non-2xx|Socket errors' <<<"$out" | tr -s ' ' | paste -sd';' || true)"

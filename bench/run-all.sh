@@ -2,9 +2,10 @@
 # Runs every benchmark of issue #7 in order and keeps a log:
 #   compare.sh (../shared/bench/compare.sh --seconds 5 --warren-setup bench/warren-setup.sh,
 #   as docs/BENCHMARKS.md shows), then bench/conns.sh, connrate.sh, https.sh, netem.sh and
-#   overload.sh with their defaults.
+#   overload.sh with their defaults; netem-capped is netem.sh --rate-mbit 2000 (the link, not the
+#   CPU, is then the bottleneck).
 #
-#   bench/run-all.sh [--seconds N] [--counts LIST] [--only compare,conns,connrate,https,netem,overload]
+#   bench/run-all.sh [--seconds N] [--counts LIST] [--only compare,conns,connrate,https,netem,netem-capped,overload]
 #
 # --seconds N is passed to every benchmark (compare.sh keeps 5 unless given); --counts to conns.sh;
 # --only runs a subset (same order). Output goes to the terminal and to
@@ -13,7 +14,7 @@
 # for the peers, rathole and bore, which compare.sh installs into ~/.cache/warren-bench on first
 # use (with cargo install).
 set -euo pipefail
-SECS="" COUNTS="" ONLY=compare,conns,connrate,https,netem,overload
+SECS="" COUNTS="" ONLY=compare,conns,connrate,https,netem,netem-capped,overload
 while (($#)); do
   case $1 in
     --seconds) SECS=$2; shift 2 ;;
@@ -45,6 +46,7 @@ main() {
       compare) set -- bash "$compare" --seconds "${SECS:-5}" --warren-setup "$root/bench/warren-setup.sh" ;;
       conns) set -- bash bench/conns.sh ${COUNTS:+--counts "$COUNTS"} ;;
       connrate | https | netem | overload) set -- bash "bench/$b.sh" ${SECS:+--seconds "$SECS"} ;;
+      netem-capped) set -- bash bench/netem.sh --rate-mbit 2000 ${SECS:+--seconds "$SECS"} ;;
       *) echo "unknown benchmark: $b"; continue ;;
     esac
     echo "\$ ${*#bash }"
