@@ -17,9 +17,16 @@ fn every_bench_script_parses() {
         .filter(|p| p.extension().is_some_and(|x| x == "sh"))
         .collect();
     scripts.sort();
-    for want in
-        ["run-all.sh", "warren-setup.sh", "conns.sh", "connrate.sh", "https.sh", "netem.sh", "overload.sh"]
-    {
+    for want in [
+        "run-all.sh",
+        "warren-setup.sh",
+        "conns.sh",
+        "connrate.sh",
+        "https.sh",
+        "netem.sh",
+        "overload.sh",
+        "syscalls.sh",
+    ] {
         assert!(scripts.iter().any(|p| p.ends_with(want)), "bench/{want} is missing");
     }
     for s in &scripts {

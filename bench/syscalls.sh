@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# System calls per request in each warren process: perf stat counts the syscalls:sys_enter_*
+# tracepoints of the edge and of one agent while wrk drives requests through it.
+#
+#   bench/syscalls.sh [--seconds 5] [--endpoint tcp|http]
+#
+# tcp: wrk -t2 -c64 through the tcp endpoint (agent: the one for nginx's tcp endpoint);
+# http: the same through the plain http endpoint (Host routed at the edge). Reported: calls per
+# request (calls / requests wrk completed) for each counted syscall, edge and agent side by side.
+# What the numbers mean: on the visitor side one recvfrom and one sendto per request are the
+# floor; writev/recvfrom on the agent session are shared by every stream whose frames left or
+# arrived together; futex is a worker thread being woken.
+# Needs: root, perf (Debian linux-perf), wrk, nginx, target/release/warren.
+set -euo pipefail
+SECS=5 EP=tcp
+while (($#)); do
+  case $1 in
+    --seconds) SECS=$2; shift 2 ;;
+    --endpoint) EP=$2; shift 2 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+source "$(dirname "$0")/lib.sh"
+need_tools wrk nginx perf
+need_warren
+HTTP_PORT=$(freeport)
+start_nginx "$HTTP_PORT"
+export IPERF_PORT=$HTTP_PORT HTTP_PORT; start_warren
+# W_PIDS: edge, agent(tcp iperf), agent(tcp http), agent(http endpoint), agent(https endpoint)
+case $EP in
+  tcp) agent=${W_PIDS[2]}; url=$W_HTTP; hdr=() ;;
+  http) agent=${W_PIDS[3]}; url=$W_HTTP_ENDPOINT; hdr=(-H "Host: $W_HTTP_HOST") ;;
+  *) echo "--endpoint: tcp or http" >&2; exit 2 ;;
+esac
+sleep 1
+calls=(sendto recvfrom writev readv read write epoll_wait futex)
+ev=$(printf 'syscalls:sys_enter_%s,' "${calls[@]}"); ev=${ev%,}
+perf stat -x, -e "$ev" -p "${W_PIDS[0]}" -o "$WORK/edge.csv" -- sleep "$SECS" & p1=$!
+perf stat -x, -e "$ev" -p "$agent" -o "$WORK/agent.csv" -- sleep "$SECS" & p2=$!
+cmd=(wrk -t2 -c64 -d"${SECS}s" "${hdr[@]}" "$url")
+"${cmd[@]}" >"$WORK/wrk.txt" 2>&1
+wait "$p1" "$p2"
+reqs=$(awk '/requests in/{print $1}' "$WORK/wrk.txt")
+echo
+echo "system calls per request, $EP endpoint; command: $(printf '%q ' "${cmd[@]}")"
+echo "requests: $reqs ($(awk '/Requests\/sec/{print $2}' "$WORK/wrk.txt") req/s; perf stat runs as long as wrk)"
+printf '%-12s %8s %8s\n' syscall edge agent
+for c in "${calls[@]}"; do
+  e=$(awk -F, -v n="syscalls:sys_enter_$c" '$3==n{print $1}' "$WORK/edge.csv")
+  a=$(awk -F, -v n="syscalls:sys_enter_$c" '$3==n{print $1}' "$WORK/agent.csv")
+  printf '%-12s %8s %8s\n' "$c" "$(python3 -c "print(f'{${e:-0}/$reqs:.3f}')")" "$(python3 -c "print(f'{${a:-0}/$reqs:.3f}')")"
+done
