@@ -16,6 +16,9 @@ use crate::forward;
 use crate::state::{Control, LiveEndpoint, Shared};
 use crate::{AgentError, Status};
 
+/// Read buffer under the session's TLS: the agent holds one session, so 256 KiB is cheap.
+const SESSION_READ_BUF: usize = 256 * 1024;
+
 /// Why one session attempt ended.
 enum Ended {
     /// Retry after backoff.
@@ -100,6 +103,9 @@ async fn session(
             })?;
         let _ = tcp.set_nodelay(true);
         let connector = tokio_rustls::TlsConnector::from(edge_tls.clone());
+        // rustls asks the socket for at most one record (~16 KiB) per read; a buffer under it
+        // lets one syscall carry many records when the edge sends in bulk.
+        let tcp = tokio::io::BufReader::with_capacity(SESSION_READ_BUF, tcp);
         connector.connect(server_name.clone(), tcp).await.map_err(|e| tls_failure(host, port, &e))
     };
     let tls = match tokio::time::timeout(config.connect_timeout, dial).await {

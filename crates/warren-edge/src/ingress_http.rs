@@ -38,6 +38,13 @@ type Body = BoxBody<Bytes, hyper::Error>;
 /// Proxy streams kept per visitor connection for reuse.
 const POOL_PER_CONNECTION: usize = 32;
 
+// Named once: a `&str` name is parsed and validated again on every use.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, scheme: Scheme) {
     let stop = crate::shutting_down(shared.shutdown.clone());
     tokio::pin!(stop);
@@ -136,6 +143,9 @@ async fn front(shared: Arc<Shared>, mut tcp: TcpStream, remote: SocketAddr) {
 /// One visitor connection.
 struct Visitor {
     remote: SocketAddr,
+    /// `remote`'s address as a header value, formatted once per connection rather than per
+    /// request (it is the usual `X-Forwarded-For`).
+    remote_ip: HeaderValue,
     /// The edge's address the visitor reached.
     local: SocketAddr,
     scheme: Scheme,
@@ -157,7 +167,17 @@ async fn serve<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let visitor = Arc::new(Visitor { remote, local, scheme, tls, client_cert, pool: Mutex::new(Vec::new()) });
+    let remote_ip =
+        HeaderValue::from_str(&remote.ip().to_string()).expect("an IP address is a valid header value");
+    let visitor = Arc::new(Visitor {
+        remote,
+        remote_ip,
+        local,
+        scheme,
+        tls,
+        client_cert,
+        pool: Mutex::new(Vec::new()),
+    });
     let svc = {
         let shared = shared.clone();
         service_fn(move |req| {
@@ -526,8 +546,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     ] {
         h.remove(n);
     }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
+    h.remove(KEEP_ALIVE);
+    h.remove(PROXY_CONNECTION);
     if keep_upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
@@ -550,23 +570,24 @@ fn add_forwarded(h: &mut HeaderMap, visitor: &Visitor, host: Option<&HeaderValue
             }
         }
     }
-    let ip = visitor.remote.ip().to_string();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+    let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {}", visitor.remote.ip())).ok()
+        }
+        _ => Some(visitor.remote_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
+    if let Some(v) = xff {
+        h.insert(X_FORWARDED_FOR, v);
     }
     h.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(match visitor.scheme {
             Scheme::Http => "http",
             Scheme::Https => "https",
         }),
     );
     if let Some(host) = host {
-        h.insert("x-forwarded-host", host.clone());
+        h.insert(X_FORWARDED_HOST, host.clone());
     }
 }
 
