@@ -3,9 +3,10 @@
 #   compare.sh (../shared/bench/compare.sh --seconds 5 --warren-setup bench/warren-setup.sh,
 #   as docs/BENCHMARKS.md shows), then bench/conns.sh, connrate.sh, https.sh, netem.sh and
 #   overload.sh with their defaults; netem-capped is netem.sh --rate-mbit 2000 (the link, not the
-#   CPU, is then the bottleneck); syscalls is bench/syscalls.sh for the tcp and the http endpoint.
+#   CPU, is then the bottleneck); syscalls is bench/syscalls.sh for the tcp and the http endpoint;
+#   instructions is bench/instructions.sh (the edge's instructions per request, under callgrind).
 #
-#   bench/run-all.sh [--seconds N] [--counts LIST] [--only compare,conns,connrate,https,netem,netem-capped,overload,syscalls]
+#   bench/run-all.sh [--seconds N] [--counts LIST] [--only compare,conns,connrate,https,netem,netem-capped,overload,syscalls,instructions]
 #
 # --seconds N is passed to every benchmark (compare.sh keeps 5 unless given); --counts to conns.sh;
 # --only runs a subset (same order). Output goes to the terminal and to
@@ -14,7 +15,7 @@
 # for the peers, rathole and bore, which compare.sh installs into ~/.cache/warren-bench on first
 # use (with cargo install).
 set -euo pipefail
-SECS="" COUNTS="" ONLY=compare,conns,connrate,https,netem,netem-capped,overload,syscalls
+SECS="" COUNTS="" ONLY=compare,conns,connrate,https,netem,netem-capped,overload,syscalls,instructions
 while (($#)); do
   case $1 in
     --seconds) SECS=$2; shift 2 ;;
@@ -47,6 +48,7 @@ main() {
       conns) set -- bash bench/conns.sh ${COUNTS:+--counts "$COUNTS"} ;;
       connrate | https | netem | overload) set -- bash "bench/$b.sh" ${SECS:+--seconds "$SECS"} ;;
       netem-capped) set -- bash bench/netem.sh --rate-mbit 2000 ${SECS:+--seconds "$SECS"} ;;
+      instructions) set -- bash bench/instructions.sh ;;
       syscalls) set -- bash -c 'bash bench/syscalls.sh --endpoint tcp "$@" && bash bench/syscalls.sh --endpoint http "$@"' _ ${SECS:+--seconds "$SECS"} ;;
       *) echo "unknown benchmark: $b"; continue ;;
     esac

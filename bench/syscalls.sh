@@ -6,7 +6,9 @@
 #
 # tcp: wrk -t2 -c64 through the tcp endpoint (agent: the one for nginx's tcp endpoint);
 # http: the same through the plain http endpoint (Host routed at the edge). Reported: calls per
-# request (calls / requests wrk completed) for each counted syscall, edge and agent side by side.
+# request (calls / requests wrk completed) for each counted syscall, edge and agent side by side,
+# and the CPU time each process spent per request, in user space and in the kernel, in µs
+# (from /proc/PID/stat; the counting tracepoints add a little to the kernel's share).
 # What the numbers mean: on the visitor side one recvfrom and one sendto per request are the
 # floor; writev/recvfrom on the agent session are shared by every stream whose frames left or
 # arrived together; futex is a worker thread being woken.
@@ -38,13 +40,20 @@ ev=$(printf 'syscalls:sys_enter_%s,' "${calls[@]}"); ev=${ev%,}
 perf stat -x, -e "$ev" -p "${W_PIDS[0]}" -o "$WORK/edge.csv" -- sleep "$SECS" & p1=$!
 perf stat -x, -e "$ev" -p "$agent" -o "$WORK/agent.csv" -- sleep "$SECS" & p2=$!
 cmd=(wrk -t2 -c64 -d"${SECS}s" "${hdr[@]}" "$url")
+# utime and stime (fields 14 and 15 of /proc/PID/stat), in clock ticks
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+read -r eu0 es0 < <(cpu_ticks "${W_PIDS[0]}"); read -r au0 as0 < <(cpu_ticks "$agent")
 "${cmd[@]}" >"$WORK/wrk.txt" 2>&1
+read -r eu1 es1 < <(cpu_ticks "${W_PIDS[0]}"); read -r au1 as1 < <(cpu_ticks "$agent")
 wait "$p1" "$p2"
 reqs=$(awk '/requests in/{print $1}' "$WORK/wrk.txt")
 echo
 echo "system calls per request, $EP endpoint; command: $(printf '%q ' "${cmd[@]}")"
 echo "requests: $reqs ($(awk '/Requests\/sec/{print $2}' "$WORK/wrk.txt") req/s; perf stat runs as long as wrk)"
 printf '%-12s %8s %8s\n' syscall edge agent
+us_per_req() { python3 -c "print(f'{$1 * 1e6 / $(getconf CLK_TCK) / $reqs:.2f}')"; }
+printf '%-12s %8s %8s\n' cpu_user_us "$(us_per_req $((eu1 - eu0)))" "$(us_per_req $((au1 - au0)))"
+printf '%-12s %8s %8s\n' cpu_sys_us "$(us_per_req $((es1 - es0)))" "$(us_per_req $((as1 - as0)))"
 for c in "${calls[@]}"; do
   e=$(awk -F, -v n="syscalls:sys_enter_$c" '$3==n{print $1}' "$WORK/edge.csv")
   a=$(awk -F, -v n="syscalls:sys_enter_$c" '$3==n{print $1}' "$WORK/agent.csv")

@@ -505,11 +505,13 @@ async fn take_sender(
 
 /// The host a request is for, lower-cased and without port.
 fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let parsed;
     let raw = match req.uri().authority() {
-        Some(a) => a.host().to_owned(),
+        Some(a) => a.host(),
         None => {
             let h = req.headers().get(header::HOST)?.to_str().ok()?;
-            h.parse::<http::uri::Authority>().ok()?.host().to_owned()
+            parsed = h.parse::<http::uri::Authority>().ok()?;
+            parsed.host()
         }
     };
     let h = raw.trim_end_matches('.').to_ascii_lowercase();
@@ -526,34 +528,49 @@ fn is_upgrade(h: &HeaderMap) -> bool {
 /// Removes connection-specific headers (RFC 9110 §7.6.1), keeping `Upgrade` and
 /// `Connection: upgrade` when an upgrade is being negotiated.
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
-    for n in listed {
+    // One pass over the few names present finds what to remove. Removing every candidate by
+    // name hashed each of them, twice per request: ~4k instructions of the edge's ~47k per
+    // proxied request under callgrind.
+    let mut remove: Vec<HeaderName> = Vec::new();
+    for (name, value) in h.iter() {
+        if *name == header::CONNECTION {
+            let listed = value
+                .to_str()
+                .ok()
+                .into_iter()
+                .flat_map(|s| s.split(','))
+                .map(str::trim)
+                // `close` names no header, and the hop-by-hop names (`keep-alive`, `upgrade`)
+                // are found by the scan itself: only other names need parsing (which copies).
+                .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok());
+            remove.extend(listed.filter(|n| !(keep_upgrade && n == header::UPGRADE)));
+        }
+        if is_hop_by_hop(name) && !(keep_upgrade && name == header::UPGRADE) {
+            remove.push(name.clone());
+        }
+    }
+    for n in remove {
         h.remove(n);
     }
-    for n in [
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        header::UPGRADE,
         header::TE,
         header::TRAILER,
         header::TRANSFER_ENCODING,
         header::PROXY_AUTHORIZATION,
         header::PROXY_AUTHENTICATE,
-    ] {
-        h.remove(n);
-    }
-    h.remove(KEEP_ALIVE);
-    h.remove(PROXY_CONNECTION);
-    if keep_upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        h.remove(header::CONNECTION);
-        h.remove(header::UPGRADE);
-    }
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+    ]
+    .contains(n)
 }
 
 fn add_forwarded(h: &mut HeaderMap, visitor: &Visitor, host: Option<&HeaderValue>) {
@@ -620,6 +637,32 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_goes_and_upgrade_keeps_only_its_own() {
+        let mut h = HeaderMap::new();
+        for n in ["te", "trailer", "proxy-authorization", "proxy-authenticate", "proxy-connection", "upgrade"]
+        {
+            h.insert(n, HeaderValue::from_static("x"));
+        }
+        h.append(header::CONNECTION, HeaderValue::from_static("x-one"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-two"));
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.insert("x-two", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade, x-secret"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.len(), 2);
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
+use foldhash::fast::RandomState;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 
@@ -44,8 +45,8 @@ struct Shared {
 
 struct State {
     session: Session,
-    read_wakers: HashMap<StreamId, Waker>,
-    write_wakers: HashMap<StreamId, Waker>,
+    read_wakers: HashMap<StreamId, Waker, RandomState>,
+    write_wakers: HashMap<StreamId, Waker, RandomState>,
     accept_waker: Option<Waker>,
     transport_error: Option<io::ErrorKind>,
     shutdown_requested: bool,
@@ -61,8 +62,8 @@ where
         started: std::time::Instant::now(),
         state: Mutex::new(State {
             session: Session::new(role, config),
-            read_wakers: HashMap::new(),
-            write_wakers: HashMap::new(),
+            read_wakers: HashMap::default(),
+            write_wakers: HashMap::default(),
             accept_waker: None,
             transport_error: None,
             shutdown_requested: false,
@@ -195,12 +196,15 @@ impl Stream {
 
 impl AsyncRead for Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let now = self.shared.started.elapsed().as_micros() as u64;
         let mut st = self.shared.lock();
-        st.session.set_time(now);
         // Only as much of the caller's buffer as will be filled is initialized: hyper offers
         // large uninitialized buffers, and zeroing them on every read showed in profiles.
         let want = st.session.buffered(self.id).min(buf.remaining());
+        if want > 0 {
+            // Window tuning times the reads that consume data; hyper also polls idle streams
+            // (to notice a close), and those need no clock.
+            st.session.set_time(self.shared.started.elapsed().as_micros() as u64);
+        }
         let r = st.session.recv(self.id, buf.initialize_unfilled_to(want));
         let wakers = st.take_wakers();
         let out = match r {

@@ -26,6 +26,7 @@ fn every_bench_script_parses() {
         "netem.sh",
         "overload.sh",
         "syscalls.sh",
+        "instructions.sh",
     ] {
         assert!(scripts.iter().any(|p| p.ends_with(want)), "bench/{want} is missing");
     }
