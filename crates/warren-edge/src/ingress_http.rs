@@ -224,6 +224,15 @@ async fn handle(
             .body(Full::new(Bytes::from(key_auth)).map_err(|never| match never {}).boxed())
             .expect("valid challenge response"));
     }
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        // RFC 9112 §3.2: two Host lines make the target ambiguous, and routing by one while
+        // the upstream reads the other is how host confusion starts.
+        return Ok(page(
+            StatusCode::BAD_REQUEST,
+            "The request has more than one Host header, so it cannot be routed.",
+            "",
+        ));
+    }
     let Some(host) = request_host(&req) else {
         return Ok(page(
             StatusCode::BAD_REQUEST,
@@ -282,11 +291,13 @@ async fn proxy(
     let upgrade = is_upgrade(req.headers()) && req.version() <= Version::HTTP_11;
     let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    // The request-target's authority, when there is one, is what the request was routed by,
+    // so the upstream gets it as Host; a Host header beside it is ignored (RFC 9112 §3.2.2).
     let original_host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| parts.headers.get(header::HOST).cloned());
     strip_hop_by_hop(&mut parts.headers, upgrade);
     if let Some(h) = &original_host {
         parts.headers.insert(header::HOST, h.clone());

@@ -301,3 +301,49 @@ async fn a_tls_upstream_on_loopback_is_reached_and_verification_can_be_forced() 
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(body.to_lowercase().contains("certificate"), "{body}");
 }
+
+/// Sends `raw` to the edge's plain http port and returns everything it answers, up to the
+/// end of the first response (the connection is closed after it).
+async fn raw_exchange(edge: &TestEdge, raw: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(edge.http_addr()).await.expect("connect");
+    tcp.write_all(raw.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    within("response", tcp.read_to_end(&mut out)).await.expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn two_host_headers_are_refused_and_an_absolute_target_wins_over_host() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let (_agent, url) =
+        online(&edge, EndpointConfig::http(&up.url(), Some("http://plain.warren.localhost")).unwrap()).await;
+    let authority = url.trim_start_matches("http://");
+
+    // RFC 9112 §3.2: more than one Host line is a 400, whichever comes first.
+    for (first, second) in
+        [("plain.warren.localhost", "other.example"), ("other.example", "plain.warren.localhost")]
+    {
+        let answer = raw_exchange(
+            &edge,
+            &format!("GET /echo HTTP/1.1\r\nHost: {first}\r\nHost: {second}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("more than one Host header"), "{answer}");
+    }
+
+    // An absolute-form target is routed by its authority, and the upstream sees that authority
+    // as Host, not the Host header sent beside it (RFC 9112 §3.2.2).
+    let answer = raw_exchange(
+        &edge,
+        &format!("GET {url}/echo HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body = &answer[answer.find("\r\n\r\n").expect("a head") + 4..];
+    let echo = json(body.trim());
+    assert_eq!(echo["headers"]["host"], authority, "{answer}");
+    assert_eq!(echo["headers"]["x-forwarded-host"], authority, "{answer}");
+}
