@@ -10,9 +10,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use foldhash::fast::RandomState;
-
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use foldhash::fast::RandomState;
 
 use crate::frame::{
     ErrorCode, FrameType, HEADER_LEN, Header, HeaderError, MAX_STREAM_ID, MAX_WINDOW_INCREMENT, StreamId,
