@@ -137,6 +137,28 @@ pub struct Limits {
     pub max_endpoints_per_session: usize,
     /// API connections at once.
     pub max_api_connections: usize,
+    /// Streams an agent connection may hold open before its Auth succeeds (the Auth stream
+    /// and heartbeat streams need a few).
+    pub pre_auth_streams: usize,
+    /// Bytes an agent connection may have received and not yet read, over all its streams,
+    /// before its Auth succeeds.
+    pub pre_auth_buffer: usize,
+    /// Bytes an authenticated session may have received and not yet read, over all its
+    /// streams; a stream whose data would go beyond it is reset.
+    pub session_buffer: usize,
+    /// Time from accepting an http, https (after the TLS handshake) or API connection to
+    /// its first byte.
+    pub first_byte_timeout: Duration,
+    /// An http, https or API connection with no byte in either direction for this long is
+    /// closed (upgraded connections such as WebSockets included).
+    pub idle_timeout: Duration,
+    /// Visitor connections at once from one client address (before any PROXY header or
+    /// `X-Forwarded-For`: the socket's address), all ingresses together.
+    pub max_visitor_connections_per_ip: usize,
+    /// Connections at once on the agent listener from one address, authenticated or not.
+    pub max_agent_connections_per_ip: usize,
+    /// API connections at once from one address.
+    pub max_api_connections_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -150,6 +172,14 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(30),
             max_endpoints_per_session: 64,
             max_api_connections: 1024,
+            pre_auth_streams: 8,
+            pre_auth_buffer: 64 * 1024,
+            session_buffer: 256 * 1024 * 1024,
+            first_byte_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            max_visitor_connections_per_ip: 10_000,
+            max_agent_connections_per_ip: 1_000,
+            max_api_connections_per_ip: 64,
         }
     }
 }

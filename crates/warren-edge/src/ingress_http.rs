@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use warren_proto::error_codes as codes;
 
 use crate::Shared;
+use crate::deadline::Deadline;
 use crate::endpoint_tls::{CERT_HEADER_PREFIX, ClientCert};
 use crate::ingress_tcp::COPY_BUF;
 use crate::registry::{Endpoint, EndpointKey, Proto};
@@ -55,7 +56,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, sche
         };
         let (mut tcp, peer, permit) = tokio::select! {
             _ = &mut stop => return,
-            c = crate::accept_limited(&listener, &shared.visitor_limit, what) => c,
+            c = crate::conn_limit::accept(&listener, &shared.visitor_limit, what) => c,
         };
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -64,7 +65,9 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, sche
             match scheme {
                 Scheme::Http => {
                     let local = tcp.local_addr().unwrap_or(remote);
-                    serve(shared, tcp, remote, local, scheme, None, None).await
+                    let limits = &shared.config.limits;
+                    let io = Deadline::new(tcp, limits.first_byte_timeout, limits.idle_timeout);
+                    serve(shared, io, remote, local, scheme, None).await
                 }
                 Scheme::Https => front(shared, tcp, remote).await,
             }
@@ -94,8 +97,8 @@ async fn front(shared: Arc<Shared>, mut tcp: TcpStream, remote: SocketAddr) {
     }
     if shared.config.connect_hostnames.contains(&name) {
         // An agent session: it counts against the session limit, not only the visitor limit.
-        let Ok(_session_permit) = shared.session_limit.clone().try_acquire_owned() else {
-            return tracing::warn!(%remote, "session limit reached; closing");
+        let Ok(_session_permit) = shared.session_limit.try_acquire(remote.ip()) else {
+            return tracing::warn!(%remote, "session limit (in all or for this address) reached; closing");
         };
         let io = crate::tls_front::Rewind::new(hello.buffered, tcp);
         return crate::session::serve_agent(shared, io, remote).await;
@@ -103,17 +106,20 @@ async fn front(shared: Arc<Shared>, mut tcp: TcpStream, remote: SocketAddr) {
     if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Tls, name.clone())) {
         return crate::ingress_tcp::pass_tls(&shared, &ep, hello.buffered, &name, tcp, remote).await;
     }
-    // An endpoint with its own TLS settings (versions, mutual TLS) gets its own config.
-    let acceptor =
-        match shared.registry.lookup(&EndpointKey::Host(Proto::Https, name)).and_then(|e| e.tls.clone()) {
-            Some(cfg) => tokio_rustls::TlsAcceptor::from(cfg),
-            None => shared.https_tls.clone(),
-        };
+    // An endpoint with its own TLS settings (versions, mutual TLS) gets its own config. The
+    // connection remembers which config it was made with: requests on it reach only endpoints
+    // with that same config (see `handle`).
+    let endpoint_tls =
+        shared.registry.lookup(&EndpointKey::Host(Proto::Https, name)).and_then(|e| e.tls.clone());
+    let acceptor = match &endpoint_tls {
+        Some(cfg) => tokio_rustls::TlsAcceptor::from(cfg.clone()),
+        None => shared.https_tls.clone(),
+    };
     let local = tcp.local_addr().unwrap_or(remote);
     let io = crate::tls_front::Rewind::new(hello.buffered, tcp);
     match tokio::time::timeout(limit, acceptor.accept(io)).await {
-        Ok(Ok(tls)) => {
-            let c = tls.get_ref().1;
+        Ok(Ok(tls_io)) => {
+            let c = tls_io.get_ref().1;
             let cert = c.peer_certificates().and_then(|c| c.first()).and_then(ClientCert::parse);
             let info = warren_policy::TlsInfo {
                 version: match c.protocol_version() {
@@ -133,11 +139,24 @@ async fn front(shared: Arc<Shared>, mut tcp: TcpStream, remote: SocketAddr) {
                     serial_number: cc.serial.clone(),
                 }),
             };
-            serve(shared, tls, remote, local, Scheme::Https, cert, Some(info)).await
+            let tls = HttpsConn { config: endpoint_tls, client_cert: cert, info };
+            let limits = &shared.config.limits;
+            let io = Deadline::new(tls_io, limits.first_byte_timeout, limits.idle_timeout);
+            serve(shared, io, remote, local, Scheme::Https, Some(tls)).await
         }
         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "visitor TLS handshake failed"),
         Err(_) => tracing::debug!(%remote, "visitor TLS handshake timed out"),
     }
+}
+
+/// What an https visitor connection was accepted with.
+struct HttpsConn {
+    /// The endpoint TLS config the handshake used; `None` is the edge's default.
+    config: Option<Arc<rustls::ServerConfig>>,
+    /// The client certificate, checked as `config` asks (mutual TLS endpoints).
+    client_cert: Option<ClientCert>,
+    /// The connection as policy expressions see it (`conn.tls`).
+    info: warren_policy::TlsInfo,
 }
 
 /// One visitor connection.
@@ -149,10 +168,8 @@ struct Visitor {
     /// The edge's address the visitor reached.
     local: SocketAddr,
     scheme: Scheme,
-    /// The TLS connection as policy expressions see it (`conn.tls`).
-    tls: Option<warren_policy::TlsInfo>,
-    /// The verified client certificate (mutual TLS endpoints).
-    client_cert: Option<ClientCert>,
+    /// `None` for plain http.
+    tls: Option<HttpsConn>,
     pool: Mutex<Vec<(Arc<Endpoint>, SendRequest<Incoming>)>>,
 }
 
@@ -162,22 +179,13 @@ async fn serve<IO>(
     remote: SocketAddr,
     local: SocketAddr,
     scheme: Scheme,
-    client_cert: Option<ClientCert>,
-    tls: Option<warren_policy::TlsInfo>,
+    tls: Option<HttpsConn>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let remote_ip =
         HeaderValue::from_str(&remote.ip().to_string()).expect("an IP address is a valid header value");
-    let visitor = Arc::new(Visitor {
-        remote,
-        remote_ip,
-        local,
-        scheme,
-        tls,
-        client_cert,
-        pool: Mutex::new(Vec::new()),
-    });
+    let visitor = Arc::new(Visitor { remote, remote_ip, local, scheme, tls, pool: Mutex::new(Vec::new()) });
     let svc = {
         let shared = shared.clone();
         service_fn(move |req| {
@@ -245,6 +253,18 @@ async fn handle(
         Scheme::Https => Proto::Https,
     };
     if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(proto, host.clone())) {
+        if !same_tls(visitor.tls.as_ref().and_then(|t| t.config.as_ref()), ep.tls.as_ref()) {
+            // The handshake was made for another endpoint's TLS settings (another SNI, or
+            // a reused HTTP/2 connection): this endpoint's versions and client certificates
+            // were never checked. Clients retry on a connection of its own (RFC 9110 §15.5.20).
+            return Ok(page(
+                StatusCode::MISDIRECTED_REQUEST,
+                &format!(
+                    "{host} has its own TLS settings; connect with its name as the TLS server name (SNI)."
+                ),
+                codes::MISDIRECTED,
+            ));
+        }
         let ip = crate::client_addr::forwarded_ip(shared, visitor.remote.ip(), req.headers());
         if !crate::ip_rules::visitor_allowed(shared, &ep.session.account_id, ip, &ep.url).await {
             return Ok(page(
@@ -312,7 +332,7 @@ async fn proxy(
     };
     let conn = (!ep.policy.is_empty()).then(|| {
         let client = SocketAddr::new(client_ip, visitor.remote.port());
-        crate::policy::conn(client, visitor.local, visitor.tls.clone())
+        crate::policy::conn(client, visitor.local, visitor.tls.as_ref().map(|t| t.info.clone()))
     });
     // verify-webhook reads the body: only then is it buffered (bounded), never otherwise.
     let mut buffered = None;
@@ -529,6 +549,17 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
     (!h.is_empty()).then_some(h)
 }
 
+/// Whether a connection accepted with TLS config `conn` may carry requests for an endpoint
+/// whose config is `endpoint` (`None`: the edge's default). The same config, not an equal
+/// one: a rebind makes a new one, and older connections then get 421 and reconnect.
+fn same_tls(conn: Option<&Arc<rustls::ServerConfig>>, endpoint: Option<&Arc<rustls::ServerConfig>>) -> bool {
+    match (conn, endpoint) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
 fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE)
         && h.get_all(header::CONNECTION)
@@ -591,7 +622,9 @@ fn add_forwarded(h: &mut HeaderMap, visitor: &Visitor, host: Option<&HeaderValue
     for k in spoofed {
         h.remove(k);
     }
-    if let Some(cert) = &visitor.client_cert {
+    // `handle` has checked that the handshake used this endpoint's own TLS config, so the
+    // certificate was checked the way this endpoint asked.
+    if let Some(cert) = visitor.tls.as_ref().and_then(|t| t.client_cert.as_ref()) {
         for (name, value) in cert.headers() {
             if let Ok(v) = HeaderValue::from_str(value) {
                 h.insert(name, v);

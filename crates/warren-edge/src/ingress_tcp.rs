@@ -111,7 +111,7 @@ fn store_failed(e: warren_store::StoreError) -> String {
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ep: Arc<Endpoint>) {
     loop {
         let (mut tcp, peer, permit) =
-            crate::accept_limited(&listener, &shared.visitor_limit, "tcp endpoint").await;
+            crate::conn_limit::accept(&listener, &shared.visitor_limit, "tcp endpoint").await;
         let (shared, ep) = (shared.clone(), ep.clone());
         tokio::spawn(async move {
             let Some(remote) = crate::client_addr::resolve(&shared, &mut tcp, peer).await else { return };

@@ -31,6 +31,8 @@ pub mod api;
 pub mod bootstrap;
 mod client_addr;
 pub mod config;
+mod conn_limit;
+mod deadline;
 mod endpoint_tls;
 mod idp;
 mod ingress_http;
@@ -105,8 +107,11 @@ pub(crate) struct Shared {
     /// Public port of the http ingress, for URLs and redirects.
     pub(crate) http_port: Option<u16>,
     pub(crate) shutdown: watch::Receiver<bool>,
-    pub(crate) session_limit: Arc<tokio::sync::Semaphore>,
-    pub(crate) visitor_limit: Arc<tokio::sync::Semaphore>,
+    /// Agent connections, authenticated or not (the connect listener and the connect
+    /// hostnames on the shared TLS port).
+    pub(crate) session_limit: conn_limit::ConnLimit,
+    /// Visitor connections, every ingress together.
+    pub(crate) visitor_limit: conn_limit::ConnLimit,
     pub(crate) api_rate_limit: api::RateLimit,
     pub(crate) ip_rules: ip_rules::IpRules,
     /// Seals private keys before they reach the store.
@@ -214,8 +219,14 @@ impl Edge {
             certs,
             https_port: config.public_https_port.unwrap_or(https_addr.port()),
             http_port: http_addr.map(|a| config.public_http_port.unwrap_or(a.port())),
-            session_limit: Arc::new(tokio::sync::Semaphore::new(config.limits.max_sessions)),
-            visitor_limit: Arc::new(tokio::sync::Semaphore::new(config.limits.max_visitor_connections)),
+            session_limit: conn_limit::ConnLimit::new(
+                config.limits.max_sessions,
+                config.limits.max_agent_connections_per_ip,
+            ),
+            visitor_limit: conn_limit::ConnLimit::new(
+                config.limits.max_visitor_connections,
+                config.limits.max_visitor_connections_per_ip,
+            ),
             registry: registry::Registry::default(),
             api_rate_limit: api::RateLimit::new(config.api_rate_limit.0, config.api_rate_limit.1),
             ip_rules: ip_rules::IpRules::default(),
@@ -296,30 +307,6 @@ pub async fn run(
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, EdgeError> {
     TcpListener::bind(addr).await.map_err(|source| EdgeError::Bind { addr, source })
-}
-
-/// Accepts the next connection that gets a permit from `limit`. Accept errors (EMFILE and
-/// friends) back off briefly instead of spinning; connections over the limit are closed at
-/// once. Every listener uses this, so the limits behave the same everywhere.
-pub(crate) async fn accept_limited(
-    listener: &TcpListener,
-    limit: &Arc<tokio::sync::Semaphore>,
-    what: &str,
-) -> (tokio::net::TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit) {
-    loop {
-        let (tcp, remote) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, listener = what, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        match limit.clone().try_acquire_owned() {
-            Ok(permit) => return (tcp, remote, permit),
-            Err(_) => tracing::warn!(%remote, listener = what, "connection limit reached; closing"),
-        }
-    }
 }
 
 /// Resolves when the edge is shutting down.

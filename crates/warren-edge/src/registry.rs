@@ -101,6 +101,26 @@ impl Endpoint {
     }
 }
 
+/// The schemes whose endpoints are named by host.
+const HOST_PROTOS: [Proto; 3] = [Proto::Http, Proto::Https, Proto::Tls];
+
+/// Whether binding `host` for `proto` in `account` clashes with what is bound: a host belongs
+/// to one account across every scheme, and https and tls share the TLS port, so they never
+/// share a host.
+fn host_clash(
+    endpoints: &HashMap<EndpointKey, Arc<Endpoint>>,
+    proto: Proto,
+    host: &str,
+    account: &str,
+) -> bool {
+    HOST_PROTOS.iter().any(|other| {
+        endpoints.get(&EndpointKey::Host(*other, host.to_owned())).is_some_and(|held| {
+            held.session.account_id != account
+                || matches!((proto, *other), (Proto::Https, Proto::Tls) | (Proto::Tls, Proto::Https))
+        })
+    })
+}
+
 #[derive(Default)]
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
@@ -193,6 +213,11 @@ impl Registry {
         if endpoints.contains_key(&ep.key) {
             return Err(BindRefused::InUse);
         }
+        if let EndpointKey::Host(proto, host) = &ep.key
+            && host_clash(endpoints, *proto, host, &ep.session.account_id)
+        {
+            return Err(BindRefused::InUse);
+        }
         if entry.endpoints.contains_key(&ep.client_id) {
             return Err(BindRefused::DuplicateId);
         }
@@ -205,9 +230,25 @@ impl Registry {
         Ok(ep)
     }
 
-    /// Whether anything holds this key now (for choosing free names and ports).
+    /// Whether anything holds this key now (for choosing free names and ports); a host
+    /// counts as taken when any scheme holds it.
     pub(crate) fn is_taken(&self, key: &EndpointKey) -> bool {
-        self.lock().endpoints.contains_key(key)
+        let inner = self.lock();
+        match key {
+            EndpointKey::Host(_, host) => {
+                HOST_PROTOS.iter().any(|p| inner.endpoints.contains_key(&EndpointKey::Host(*p, host.clone())))
+            }
+            EndpointKey::Port(_) => inner.endpoints.contains_key(key),
+        }
+    }
+
+    /// The account holding `host` in any scheme on this node.
+    pub(crate) fn host_account(&self, host: &str) -> Option<String> {
+        let inner = self.lock();
+        HOST_PROTOS
+            .iter()
+            .find_map(|p| inner.endpoints.get(&EndpointKey::Host(*p, host.to_owned())))
+            .map(|e| e.session.account_id.clone())
     }
 
     /// Remembers a tcp listener task so it stops with the session.

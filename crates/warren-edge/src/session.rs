@@ -22,7 +22,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     loop {
         let (tcp, remote, permit) = tokio::select! {
             _ = &mut stop => return,
-            c = crate::accept_limited(&listener, &shared.session_limit, "agent listener") => c,
+            c = crate::conn_limit::accept(&listener, &shared.session_limit, "agent listener") => c,
         };
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -58,7 +58,14 @@ where
                 return;
             }
         };
-    let mux = warren_mux::start(tls, Role::Server, warren_mux::Config::default());
+    // Until Auth succeeds the peer is nobody: it may hold a few streams and a few KiB.
+    let limits = &shared.config.limits;
+    let pre_auth = warren_mux::Limits {
+        max_streams: limits.pre_auth_streams,
+        accept_backlog: limits.pre_auth_streams,
+        max_buffered: limits.pre_auth_buffer,
+    };
+    let mux = warren_mux::start(tls, Role::Server, warren_mux::Config::default().with_limits(pre_auth));
     let Some(session) = authenticate(&shared, &mux, remote).await else {
         // Let the error reply and GOAWAY drain before the transport closes.
         mux.close(ErrorCode::None, "authentication failed");
@@ -66,6 +73,10 @@ where
         return;
     };
     let session = Arc::new(session);
+    mux.set_limits(warren_mux::Limits {
+        max_buffered: limits.session_buffer,
+        ..warren_mux::Config::default().limits()
+    });
     let row = warren_store::TunnelSession {
         id: session.id.clone(),
         account_id: session.account_id.clone(),
@@ -97,6 +108,9 @@ where
             mux.close(ErrorCode::None, "heartbeat timeout");
         }
     }
+    // However it ended (the peer's GOAWAY, a heartbeat timeout, a stop), the transport goes
+    // too: a peer that sent GOAWAY and then nothing must not keep its socket.
+    mux.close(ErrorCode::None, "session ended");
     shared.end_session(&session.id).await;
     tracing::info!(session = %session.id, remote = %session.remote, "agent session ended");
 }
@@ -511,6 +525,10 @@ pub(crate) async fn record_endpoint(shared: &Shared, ep: &Endpoint) -> Result<()
         route_key: match &ep.key {
             EndpointKey::Host(proto, host) => format!("{}://{host}", proto.as_str()),
             EndpointKey::Port(_) => ep.url.clone(),
+        },
+        host: match &ep.key {
+            EndpointKey::Host(_, host) => host.clone(),
+            EndpointKey::Port(_) => String::new(),
         },
         created_at: warren_store::now_rfc3339(),
     };

@@ -21,6 +21,10 @@ use crate::session::{Config, Event, Recv, Role, Session, StreamError};
 /// Bytes the reader task asks the transport for at a time.
 const READ_CHUNK: usize = 256 * 1024;
 
+/// How long a closing session may take to hand its last frames (GOAWAY, error replies) to a
+/// peer that does not read them; then the transport is dropped regardless.
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A handle on a running session; cheap to clone. Dropping every handle does not close the
 /// session: call [`Mux::close`].
 #[derive(Clone)]
@@ -41,6 +45,11 @@ struct Shared {
     transmit: Notify,
     closed: Notify,
     input_resume: Notify,
+    /// Tells the reader to stop: the session has finished, so the transport's read half must
+    /// go even if the peer never sends another byte.
+    stop_reading: Notify,
+    /// Wakes writes in flight when a close deadline is set.
+    closing: Notify,
 }
 
 struct State {
@@ -50,6 +59,8 @@ struct State {
     accept_waker: Option<Waker>,
     transport_error: Option<io::ErrorKind>,
     shutdown_requested: bool,
+    /// When [`Mux::close`] was first called: writes end [`CLOSE_GRACE`] later.
+    close_deadline: Option<tokio::time::Instant>,
     finished: bool,
 }
 
@@ -67,11 +78,14 @@ where
             accept_waker: None,
             transport_error: None,
             shutdown_requested: false,
+            close_deadline: None,
             finished: false,
         }),
         transmit: Notify::new(),
         closed: Notify::new(),
         input_resume: Notify::new(),
+        stop_reading: Notify::new(),
+        closing: Notify::new(),
     });
     let (r, w) = tokio::io::split(io);
     tokio::spawn(reader(r, shared.clone()));
@@ -106,12 +120,26 @@ impl Mux {
     }
 
     /// Sends GOAWAY, flushes what is queued and closes the transport. Open streams fail.
+    /// A peer that does not read gets [`CLOSE_GRACE`] to take the last frames; then the
+    /// transport is dropped. Either way both halves of the transport go.
     pub fn close(&self, code: ErrorCode, message: &str) {
         let mut st = self.shared.lock();
         st.session.go_away(code, message.as_bytes());
         st.shutdown_requested = true;
+        st.close_deadline.get_or_insert_with(|| tokio::time::Instant::now() + CLOSE_GRACE);
         drop(st);
+        self.shared.closing.notify_waiters();
         self.shared.transmit.notify_one();
+    }
+
+    /// Replaces the stream and buffer limits (see [`crate::Session::set_limits`]).
+    pub fn set_limits(&self, limits: crate::Limits) {
+        self.shared.lock().session.set_limits(limits);
+    }
+
+    /// Bytes received on all streams and not yet read.
+    pub fn buffered(&self) -> usize {
+        self.shared.lock().session.buffered_total()
     }
 
     /// Waits until the transport has closed, for whatever reason.
@@ -328,6 +356,7 @@ impl State {
         }
         self.session.close(code);
         self.finished = true;
+        self.close_deadline.get_or_insert_with(|| tokio::time::Instant::now() + CLOSE_GRACE);
         let mut w = self.take_wakers();
         w.list.extend(self.read_wakers.drain().map(|(_, w)| w));
         w.list.extend(self.write_wakers.drain().map(|(_, w)| w));
@@ -343,7 +372,11 @@ async fn reader<R: AsyncRead>(r: R, shared: Arc<Shared>) {
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
-        let res = r.read_buf(&mut buf).await;
+        let res = tokio::select! {
+            res = r.read_buf(&mut buf) => res,
+            // The writer finished the session (closed, or the transport failed for writing).
+            _ = shared.stop_reading.notified() => return,
+        };
         let (wakers, done, resume) = {
             let mut st = shared.lock();
             let (wakers, done) = match res {
@@ -355,6 +388,7 @@ async fn reader<R: AsyncRead>(r: R, shared: Arc<Shared>) {
                         tracing::debug!(error = %e, "mux protocol error");
                         // handle_input queued a GOAWAY; let the writer flush it, then close.
                         st.shutdown_requested = true;
+                        st.close_deadline.get_or_insert_with(|| tokio::time::Instant::now() + CLOSE_GRACE);
                         let mut w = st.take_wakers();
                         w.transmit = true;
                         (w, true)
@@ -367,20 +401,26 @@ async fn reader<R: AsyncRead>(r: R, shared: Arc<Shared>) {
         if wakers.transmit || done {
             shared.transmit.notify_one();
         }
+        if done {
+            shared.closing.notify_waiters();
+        }
         wakers.wake();
         if done {
             shared.closed.notify_waiters();
             return;
         }
         if let Some(resume) = resume {
-            resume.await;
+            tokio::select! {
+                _ = resume => {}
+                _ = shared.stop_reading.notified() => return,
+            }
         }
     }
 }
 
 async fn writer<W: AsyncWrite>(w: W, shared: Arc<Shared>) {
     tokio::pin!(w);
-    loop {
+    let error = loop {
         let notified = shared.transmit.notified();
         let (out, shutdown, finished) = {
             let mut st = shared.lock();
@@ -393,11 +433,8 @@ async fn writer<W: AsyncWrite>(w: W, shared: Arc<Shared>) {
         };
         shared.input_resume.notify_one();
         if let Some(out) = out {
-            if let Err(e) = w.write_all(&out).await {
-                let wakers = { shared.lock().finish(ErrorCode::SessionClosed, Some(e.kind())) };
-                wakers.wake();
-                shared.closed.notify_waiters();
-                return;
+            if let Err(e) = before(&shared, w.write_all(&out)).await {
+                break Some(e.kind());
             }
             // Only flush once nothing more is queued, so bursts of small frames share one
             // TLS record and one syscall.
@@ -405,25 +442,50 @@ async fn writer<W: AsyncWrite>(w: W, shared: Arc<Shared>) {
             if more {
                 continue;
             }
-            if let Err(e) = w.flush().await {
-                let wakers = { shared.lock().finish(ErrorCode::SessionClosed, Some(e.kind())) };
-                wakers.wake();
-                shared.closed.notify_waiters();
-                return;
+            if let Err(e) = before(&shared, w.flush()).await {
+                break Some(e.kind());
             }
             continue;
         }
         if shutdown || finished {
-            let _ = w.shutdown().await;
-            let wakers = { shared.lock().finish(ErrorCode::SessionClosed, None) };
-            wakers.wake();
-            shared.closed.notify_waiters();
-            return;
+            let _ = before(&shared, w.shutdown()).await;
+            break None;
         }
+        // A close requested while this waits must not wait for the transmit notification
+        // alone: `close` sends one, so this wakes.
         notified.await;
         // Let the tasks that are ready now frame their data first: a burst from many streams
         // then leaves in one write (one TLS record, one syscall) instead of one each.
         tokio::task::yield_now().await;
+    };
+    let wakers = { shared.lock().finish(ErrorCode::SessionClosed, error) };
+    wakers.wake();
+    shared.closed.notify_waiters();
+    // The read half goes too, so the transport (and its socket) is dropped now, not when a
+    // silent peer finally sends something.
+    shared.stop_reading.notify_one();
+}
+
+/// Runs `io` to completion, or fails it with `TimedOut` once the session is closing and its
+/// grace period is over (a peer that stopped reading).
+async fn before<T>(shared: &Shared, io: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
+    tokio::select! {
+        r = io => r,
+        _ = close_deadline(shared) => {
+            Err(io::Error::new(io::ErrorKind::TimedOut, "the peer did not read in time"))
+        }
+    }
+}
+
+/// Resolves at the close deadline, once one is set.
+async fn close_deadline(shared: &Shared) {
+    loop {
+        let notified = shared.closing.notified();
+        let deadline = shared.lock().close_deadline;
+        if let Some(d) = deadline {
+            return tokio::time::sleep_until(d).await;
+        }
+        notified.await;
     }
 }
 

@@ -16,4 +16,4 @@ pub mod typed;
 
 pub use driver::{Mux, Stream, start};
 pub use frame::{ErrorCode, StreamId};
-pub use session::{Config, Event, Recv, Role, Session, SessionError, StreamError};
+pub use session::{Config, Event, Limits, Recv, Role, Session, SessionError, StreamError};

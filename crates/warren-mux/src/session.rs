@@ -49,6 +49,22 @@ pub struct Config {
     pub max_output: usize,
     /// Longest GOAWAY message accepted.
     pub max_goaway_message: usize,
+    /// Bytes received on all streams together and not yet read. Each stream's window bounds
+    /// what one stream can make the session hold; this bounds the sum over many streams that
+    /// are never read. A DATA frame beyond it resets its stream (ENHANCE_YOUR_CALM).
+    pub max_buffered: usize,
+}
+
+/// The limits a session can change while it runs: an edge starts a session with tight
+/// limits and widens them once the peer has authenticated ([`Session::set_limits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// See [`Config::max_streams`].
+    pub max_streams: usize,
+    /// See [`Config::accept_backlog`].
+    pub accept_backlog: usize,
+    /// See [`Config::max_buffered`].
+    pub max_buffered: usize,
 }
 
 impl Default for Config {
@@ -63,7 +79,28 @@ impl Default for Config {
             max_streams: 65_536,
             max_output: 512 * 1024,
             max_goaway_message: 64 * 1024,
+            // 1,024 streams with a whole initial window each.
+            max_buffered: 256 * 1024 * 1024,
         }
+    }
+}
+
+impl Config {
+    /// The limits part of the configuration.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_streams: self.max_streams,
+            accept_backlog: self.accept_backlog,
+            max_buffered: self.max_buffered,
+        }
+    }
+
+    /// This configuration with `limits` in place of its own.
+    pub fn with_limits(mut self, limits: Limits) -> Config {
+        self.max_streams = limits.max_streams;
+        self.accept_backlog = limits.accept_backlog;
+        self.max_buffered = limits.max_buffered;
+        self
     }
 }
 
@@ -147,6 +184,8 @@ pub struct Session {
     rtt_us: Option<u64>,
     /// Sum over streams of how far their windows grew (bounded by `max_grown_windows`).
     grown_total: u64,
+    /// Sum over streams of `recv_buffered` (bounded by `max_buffered`).
+    buffered_total: usize,
 }
 
 struct Stream {
@@ -208,7 +247,19 @@ impl Session {
             now_us: 0,
             rtt_us: None,
             grown_total: 0,
+            buffered_total: 0,
         }
+    }
+
+    /// Replaces the stream and buffer limits. Lowering them affects only what arrives next:
+    /// nothing already accepted or buffered is dropped.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.config = self.config.clone().with_limits(limits);
+    }
+
+    /// Bytes received on all streams and not yet read.
+    pub fn buffered_total(&self) -> usize {
+        self.buffered_total
     }
 
     /// The configuration in force.
@@ -271,6 +322,13 @@ impl Session {
                             return Ok(());
                         }
                         let n = input.len().min(remaining as usize);
+                        let mut discard = discard;
+                        if !discard && self.buffered_total + n > self.config.max_buffered {
+                            // Many streams that are never read: this one goes, the session
+                            // and its other streams stay.
+                            self.reset_stream(id, ErrorCode::EnhanceYourCalm, true);
+                            discard = true;
+                        }
                         if !discard {
                             self.on_data(id, &input[..n]);
                         }
@@ -421,6 +479,7 @@ impl Session {
         if let Some(s) = self.streams.get_mut(&id) {
             let was_empty = s.recv_buffered == 0;
             s.recv_buffered += chunk.len();
+            self.buffered_total += chunk.len();
             s.recv_buf.extend(chunk);
             if was_empty {
                 self.events.push_back(Event::Readable(id));
@@ -565,6 +624,7 @@ impl Session {
             s.recv_buf.shrink_to(s.recv_window as usize);
         }
         s.recv_buffered -= n;
+        self.buffered_total -= n;
         s.recv_unacked += n as u32;
         if s.recv_fin || s.reset.is_some() {
             return Ok(Recv::Data(n));
@@ -660,7 +720,8 @@ impl Session {
         };
         s.released = true;
         // Nobody will read what is still buffered (possible after the peer's FIN).
-        s.recv_buf.clear();
+        self.buffered_total -= s.recv_buffered;
+        s.recv_buf = VecDeque::new();
         s.recv_buffered = 0;
         if s.reset.is_none() {
             if !s.recv_fin && !s.send_fin {
@@ -695,6 +756,16 @@ impl Session {
             return;
         }
         self.closed = Some(code);
+        // Streams nobody accepted have no handle that would release them: they go now, with
+        // whatever they buffered.
+        for id in std::mem::take(&mut self.accept_queue) {
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.released = true;
+                self.buffered_total -= s.recv_buffered;
+                s.recv_buf = VecDeque::new();
+                s.recv_buffered = 0;
+            }
+        }
         let ids: Vec<StreamId> = self.streams.keys().copied().collect();
         for id in ids {
             if let Some(s) = self.streams.get_mut(&id) {
@@ -766,7 +837,8 @@ impl Session {
         };
         s.reset = Some(code);
         // Unread data will never be read; dropping it frees the memory now.
-        s.recv_buf.clear();
+        self.buffered_total -= s.recv_buffered;
+        s.recv_buf = VecDeque::new();
         s.recv_buffered = 0;
         let needs_syn = s.needs_syn;
         s.needs_syn = false;

@@ -185,3 +185,45 @@ async fn splice_copies_both_ways_and_passes_half_closes_on() {
     .await
     .expect("timed out");
 }
+
+/// A closed session lets go of its transport even when the peer neither sends nor reads:
+/// the socket of a peer that went silent after GOAWAY (or never read the last frames) is
+/// not kept.
+#[tokio::test(start_paused = true)]
+async fn a_silent_peer_loses_the_transport_once_the_session_closes() {
+    let (ours, mut peer) = tokio::io::duplex(1024);
+    let mux = warren_mux::start(ours, Role::Server, Config::default());
+    mux.close(ErrorCode::None, "bye");
+    mux.closed().await;
+    // Both halves are gone: the peer's writes fail. Before, the reader kept waiting for a
+    // byte that never came, and held the transport.
+    let mut failed = false;
+    for _ in 0..100 {
+        if peer.write_all(b"x").await.is_err() {
+            failed = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(failed, "the transport was dropped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_never_reads_loses_the_transport_after_the_close_grace() {
+    let (ours, mut peer) = tokio::io::duplex(64);
+    let mux = warren_mux::start(ours, Role::Server, Config::default());
+    let mut s = mux.open().unwrap();
+    // More than the pipe holds: the writer blocks on a peer that does not read.
+    tokio::spawn(async move {
+        let _ = s.write_all(&[0u8; 100_000]).await;
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start = tokio::time::Instant::now();
+    mux.close(ErrorCode::None, "bye");
+    mux.closed().await;
+    let waited = start.elapsed();
+    assert!(waited >= warren_mux::driver::CLOSE_GRACE, "it waited for the peer: {waited:?}");
+    assert!(waited < warren_mux::driver::CLOSE_GRACE + Duration::from_secs(1), "{waited:?}");
+    let mut rest = Vec::new();
+    peer.read_to_end(&mut rest).await.expect("what was written, then the end");
+}

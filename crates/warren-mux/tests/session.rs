@@ -4,7 +4,9 @@
 use bytes::BytesMut;
 use proptest::prelude::*;
 use warren_mux::frame::{FrameType, HEADER_LEN, Header, flags};
-use warren_mux::{Config, ErrorCode, Event, Recv, Role, Session, SessionError, StreamError, StreamId};
+use warren_mux::{
+    Config, ErrorCode, Event, Limits, Recv, Role, Session, SessionError, StreamError, StreamId,
+};
 
 const WINDOW: usize = 256 * 1024;
 
@@ -1325,12 +1327,82 @@ fn error_after_valid_frames_keeps_what_came_before() {
     input.extend_from_slice(&raw_data(flags::SYN, 1, b"good"));
     input.extend_from_slice(&[0xF0; 8]);
     assert!(s.handle_input(&mut input).is_err());
-    // The stream was announced before the error: its data is readable, then it fails.
+    // The stream arrived before the error, but nobody accepted it and nobody can now: it is
+    // gone with its data.
     assert_eq!(s.accept(), None, "the accept queue is cleared");
+    assert_eq!(s.stream_count(), 0);
+    assert_eq!(s.buffered_total(), 0);
+    assert_eq!(
+        read_available(&mut s, StreamId(1)),
+        (Vec::new(), Err(StreamError::SessionClosed(ErrorCode::Protocol)))
+    );
+}
+
+#[test]
+fn an_accepted_stream_keeps_its_data_after_the_session_fails() {
+    let mut s = Session::new(Role::Server, Config::default());
+    let mut input = BytesMut::new();
+    input.extend_from_slice(&raw_data(flags::SYN, 1, b"good"));
+    s.handle_input(&mut input).unwrap();
+    assert_eq!(s.accept(), Some(StreamId(1)));
+    input.extend_from_slice(&[0xF0; 8]);
+    assert!(s.handle_input(&mut input).is_err());
     assert_eq!(
         read_available(&mut s, StreamId(1)),
         (b"good".to_vec(), Err(StreamError::Reset(ErrorCode::Protocol)))
     );
+}
+
+/// Many streams, each within its window, that nobody reads: the session holds no more than
+/// `max_buffered` in all. The stream that would go beyond is reset; the others keep theirs.
+#[test]
+fn unread_streams_together_hold_at_most_max_buffered() {
+    let cfg = Config { max_buffered: 100_000, ..Config::default() };
+    let mut s = Session::new(Role::Server, cfg);
+    let chunk = vec![7u8; 30_000];
+    for id in [1u32, 3, 5, 7, 9] {
+        let mut input = BytesMut::from(&raw_data(flags::SYN, id, &chunk)[..]);
+        s.handle_input(&mut input).unwrap();
+    }
+    assert_eq!(s.buffered_total(), 90_000, "three streams fit, the fourth and fifth do not");
+    let fs = take_frames(&mut s);
+    let rsts: Vec<(u32, Vec<u8>)> =
+        fs.iter().filter(|f| f.0.ty == FrameType::Rst).map(|f| (f.0.stream_id.0, f.1.to_vec())).collect();
+    let calm = ErrorCode::EnhanceYourCalm.to_u32().to_be_bytes().to_vec();
+    assert_eq!(rsts, vec![(7, calm.clone()), (9, calm)]);
+    // Reading frees room for more.
+    let id = s.accept().unwrap();
+    assert_eq!(read_available(&mut s, id).0.len(), 30_000);
+    assert_eq!(s.buffered_total(), 60_000);
+    let mut input = BytesMut::from(&raw_data(flags::SYN, 11, &chunk)[..]);
+    s.handle_input(&mut input).unwrap();
+    assert_eq!(s.buffered_total(), 90_000);
+    // Closing the session frees what every stream held.
+    s.close(ErrorCode::None);
+    assert_eq!(s.buffered_total(), 0);
+}
+
+/// An edge starts with tight limits and widens them after Auth: what arrives next follows the
+/// new limits.
+#[test]
+fn limits_can_be_raised_while_the_session_runs() {
+    let tight = Limits { max_streams: 2, accept_backlog: 2, max_buffered: 1024 };
+    let mut s = Session::new(Role::Server, Config::default().with_limits(tight));
+    for id in [1u32, 3, 5] {
+        let mut input = BytesMut::from(&raw_data(flags::SYN, id, b"x")[..]);
+        s.handle_input(&mut input).unwrap();
+    }
+    assert_eq!(s.stream_count(), 2, "the third stream is refused");
+    let mut input = BytesMut::from(&raw_data(0, 1, &[0u8; 2000])[..]);
+    s.handle_input(&mut input).unwrap();
+    assert_eq!(s.buffered_total(), 1, "2,000 bytes beyond a 1 KiB budget reset stream 1");
+    s.set_limits(Config::default().limits());
+    for id in [7u32, 9, 11] {
+        let mut input = BytesMut::from(&raw_data(flags::SYN, id, &[0u8; 2000])[..]);
+        s.handle_input(&mut input).unwrap();
+    }
+    assert_eq!(s.stream_count(), 4);
+    assert_eq!(s.buffered_total(), 6001);
 }
 
 #[test]

@@ -27,3 +27,7 @@ pub const SESSION_GONE: &str = "ERR_NGROK_3004";
 pub const IP_RESTRICTED: &str = "ERR_WARREN_IP_RESTRICTED";
 /// The requested name or TCP address is reserved by another account (warren's code).
 pub const RESERVED_ELSEWHERE: &str = "ERR_WARREN_RESERVED";
+/// A request reached a connection whose TLS handshake was made for another endpoint's TLS
+/// settings (another SNI, or a reused connection); the visitor must connect again with the
+/// endpoint's own name (warren's code; HTTP 421).
+pub const MISDIRECTED: &str = "ERR_WARREN_MISDIRECTED";

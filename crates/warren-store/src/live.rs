@@ -46,8 +46,12 @@ pub struct LiveEndpoint {
     pub proto: String,
     /// The public URL.
     pub url: String,
-    /// What must be unique across nodes: `https://host`, `http://host` or the tcp URL.
+    /// What must be unique across nodes: `https://host`, `http://host`, `tls://host` or the
+    /// tcp URL.
     pub route_key: String,
+    /// The host name of an http, https or tls endpoint (empty for tcp): it belongs to one
+    /// account across every scheme, and https and tls never share one.
+    pub host: String,
     /// RFC 3339.
     pub created_at: String,
 }
@@ -72,7 +76,8 @@ impl SessionCommand {
 
 const SESSION_COLUMNS: &str =
     "id, account_id, node_id, credential_id, ip, agent_version, os, metadata, started_at";
-const ENDPOINT_COLUMNS: &str = "id, account_id, session_id, client_id, proto, url, created_at, route_key";
+const ENDPOINT_COLUMNS: &str =
+    "id, account_id, session_id, client_id, proto, url, created_at, route_key, host";
 
 fn session_row<R: Row>(r: &R) -> TunnelSession
 where
@@ -106,6 +111,7 @@ where
         url: r.get(5),
         created_at: r.get(6),
         route_key: r.get(7),
+        host: r.get(8),
     }
 }
 
@@ -190,15 +196,71 @@ impl Store {
         Ok(into_page(rows, limit))
     }
 
-    /// Records a bound endpoint. Its route key already held by any session on any node is a
-    /// [`StoreError::Conflict`].
+    /// Records a bound endpoint. Its route key already held by any session on any node, or
+    /// its host held by another account (in any scheme) or by the other of https and tls (they
+    /// share the TLS port), is a [`StoreError::Conflict`].
     pub async fn insert_endpoint(&self, e: &LiveEndpoint) -> Result<(), StoreError> {
-        with_db!(self.db, pool => {
-            sqlx::query("INSERT INTO endpoints (id, account_id, session_id, client_id, proto, url, created_at, route_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
-                .bind(&e.id).bind(&e.account_id).bind(&e.session_id).bind(&e.client_id).bind(&e.proto).bind(&e.url).bind(&e.created_at).bind(&e.route_key)
-                .execute(pool).await.map_err(crate::conflict("endpoint"))?;
-        });
+        // One statement checks and inserts. SQLite runs it under its single writer lock;
+        // PostgreSQL serialises binds of one host with an advisory lock held to commit, so
+        // the check of the second bind sees the first one's row.
+        const INSERT: &str = "INSERT INTO endpoints (id, account_id, session_id, client_id, proto, url, created_at, route_key, host) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE $9 = '' OR NOT EXISTS (\
+               SELECT 1 FROM endpoints WHERE host = $9 AND (account_id <> $2 \
+                 OR (proto = 'tls' AND $5 = 'https') OR (proto = 'https' AND $5 = 'tls')))";
+        let conflict = crate::conflict("endpoint");
+        let inserted = match &*self.db {
+            crate::Db::Sqlite(pool) => sqlx::query(INSERT)
+                .bind(&e.id)
+                .bind(&e.account_id)
+                .bind(&e.session_id)
+                .bind(&e.client_id)
+                .bind(&e.proto)
+                .bind(&e.url)
+                .bind(&e.created_at)
+                .bind(&e.route_key)
+                .bind(&e.host)
+                .execute(pool)
+                .await
+                .map_err(conflict)?
+                .rows_affected(),
+            crate::Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                if !e.host.is_empty() {
+                    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+                        .bind(&e.host)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let n = sqlx::query(INSERT)
+                    .bind(&e.id)
+                    .bind(&e.account_id)
+                    .bind(&e.session_id)
+                    .bind(&e.client_id)
+                    .bind(&e.proto)
+                    .bind(&e.url)
+                    .bind(&e.created_at)
+                    .bind(&e.route_key)
+                    .bind(&e.host)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(conflict)?
+                    .rows_affected();
+                tx.commit().await?;
+                n
+            }
+        };
+        if inserted == 0 {
+            return Err(StoreError::Conflict("endpoint host"));
+        }
         Ok(())
+    }
+
+    /// The account holding `host` in any scheme, on any node.
+    pub async fn host_holder(&self, host: &str) -> Result<Option<String>, StoreError> {
+        Ok(with_db!(self.db, pool => {
+            sqlx::query("SELECT account_id FROM endpoints WHERE host = $1 LIMIT 1").bind(host).fetch_optional(pool).await?
+                .map(|r| r.get::<String, _>(0))
+        }))
     }
 
     /// The session holding `route_key`, if any node serves it.

@@ -409,6 +409,7 @@ async fn live_sessions_and_endpoints_are_shared_and_go_with_their_node() {
             proto: "https".into(),
             url: format!("{url}:8443"),
             route_key: url.into(),
+            host: url.split_once("://").unwrap().1.into(),
             created_at: now_rfc3339(),
         };
         s.insert_endpoint(&ep("ep_1", "ts_1", "https://a.example.com")).await.unwrap();
@@ -441,6 +442,76 @@ async fn live_sessions_and_endpoints_are_shared_and_go_with_their_node() {
         // A node removed while paused comes back on its next heartbeat.
         s.touch_node("nd_a", 60).await.unwrap();
         s.insert_tunnel_session(&session("ts_3", "nd_a")).await.unwrap();
+    })
+    .await;
+}
+
+/// A host name belongs to one account across http, https and tls, and https and tls never
+/// share one, whichever node binds first; concurrent binds from two accounts leave the host
+/// with one of them only.
+#[tokio::test]
+async fn a_host_belongs_to_one_account_across_every_scheme() {
+    on_both(|s| async move {
+        let a = account(&s).await;
+        let (b, _) = s.ensure_account("other").await.unwrap();
+        s.register_node("nd_a").await.unwrap();
+        s.register_node("nd_b").await.unwrap();
+        for (id, acc, node) in [("ts_a", &a.id, "nd_a"), ("ts_b", &b.id, "nd_b")] {
+            let t = TunnelSession {
+                id: id.into(),
+                account_id: acc.clone(),
+                node_id: node.into(),
+                credential_id: "cr_x".into(),
+                ip: "192.0.2.1".into(),
+                agent_version: "1".into(),
+                os: "linux".into(),
+                metadata: String::new(),
+                started_at: now_rfc3339(),
+            };
+            s.insert_tunnel_session(&t).await.unwrap();
+        }
+        let ep = |id: &str, acc: &str, sess: &str, proto: &str, host: &str| LiveEndpoint {
+            id: id.into(),
+            account_id: acc.into(),
+            session_id: sess.into(),
+            client_id: format!("c{id}"),
+            proto: proto.into(),
+            url: format!("{proto}://{host}"),
+            route_key: format!("{proto}://{host}"),
+            host: host.into(),
+            created_at: now_rfc3339(),
+        };
+        s.insert_endpoint(&ep("ep_1", &a.id, "ts_a", "https", "victim.example.com")).await.unwrap();
+        for proto in ["tls", "http"] {
+            let r = s
+                .insert_endpoint(&ep(&format!("ep_b_{proto}"), &b.id, "ts_b", proto, "victim.example.com"))
+                .await;
+            assert!(matches!(r, Err(StoreError::Conflict(_))), "{proto} by another account: {r:?}");
+        }
+        let r = s.insert_endpoint(&ep("ep_2", &a.id, "ts_a", "tls", "victim.example.com")).await;
+        assert!(matches!(r, Err(StoreError::Conflict(_))), "https and tls share the TLS port: {r:?}");
+        s.insert_endpoint(&ep("ep_3", &a.id, "ts_a", "http", "victim.example.com")).await.unwrap();
+        assert_eq!(s.host_holder("victim.example.com").await.unwrap().as_deref(), Some(a.id.as_str()));
+        // Once A lets go of every scheme, B may have the name.
+        s.delete_endpoint("ts_a", "cep_1").await.unwrap();
+        s.delete_endpoint("ts_a", "cep_3").await.unwrap();
+        s.insert_endpoint(&ep("ep_4", &b.id, "ts_b", "tls", "victim.example.com")).await.unwrap();
+
+        // Both accounts race for fresh names in every scheme at once.
+        for round in 0..8 {
+            let host = format!("race{round}.example.com");
+            let tries = (0..12).map(|i| {
+                let (acc, sess) = if i % 2 == 0 { (&a.id, "ts_a") } else { (&b.id, "ts_b") };
+                let proto = ["http", "https", "tls"][i % 3];
+                let e = ep(&format!("ep_r{round}_{i}"), acc, sess, proto, &host);
+                let s = s.clone();
+                async move { s.insert_endpoint(&e).await.ok().map(|_| e.account_id) }
+            });
+            let winners: Vec<String> =
+                futures_util::future::join_all(tries).await.into_iter().flatten().collect();
+            assert!(!winners.is_empty(), "someone gets {host}");
+            assert!(winners.iter().all(|w| *w == winners[0]), "{host} went to one account only: {winners:?}");
+        }
     })
     .await;
 }

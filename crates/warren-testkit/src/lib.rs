@@ -266,6 +266,43 @@ impl TestEdge {
         (cred, token.0)
     }
 
+    /// An account named `name` (created if new) with an admin, a developer and a read-only
+    /// user, each holding an API key and an unrestricted authtoken: the fixture isolation
+    /// tests ask for in one line. `tenant("default")` adds the three users to the account the
+    /// edge created on its first start.
+    pub async fn tenant(&self, name: &str) -> Tenant {
+        let store = self.edge().store();
+        let (account, _) = store.ensure_account(name).await.expect("account");
+        let mut members = Vec::new();
+        for role in [warren_store::Role::Admin, warren_store::Role::Developer, warren_store::Role::ReadOnly] {
+            let email = format!("{}@{name}.example", role.as_str());
+            let user = store.create_user(&account.id, &email, role).await.expect("user");
+            let key = warren_store::NewApiKey {
+                description: format!("{email}'s key"),
+                owner_id: Some(user.id.clone()),
+                ..Default::default()
+            };
+            let (key, key_secret) = store.create_api_key(&account.id, &key).await.expect("API key");
+            let token = warren_store::NewCredential {
+                description: format!("{email}'s authtoken"),
+                owner_id: Some(user.id.clone()),
+                ..Default::default()
+            };
+            let (credential, token) = store.create_credential(&account.id, &token).await.expect("authtoken");
+            members.push(Member {
+                user_id: user.id,
+                email,
+                api_key_id: key.id,
+                api_key: key_secret.0,
+                credential_id: credential.id,
+                authtoken: token.0,
+            });
+        }
+        let mut m = members.into_iter();
+        let (admin, developer, read_only) = (m.next().unwrap(), m.next().unwrap(), m.next().unwrap());
+        Tenant { account_id: account.id, name: name.to_owned(), admin, developer, read_only }
+    }
+
     /// Stops the edge (closing every session) and starts it again on the same ports with the
     /// same data directory.
     pub async fn restart(&mut self) {
@@ -287,6 +324,47 @@ impl TestEdge {
     /// Keeps the temporary directory alive for as long as the edge.
     pub fn temp_dir(&self) -> &std::path::Path {
         self.dir.path()
+    }
+}
+
+/// One account of an isolation test: see [`TestEdge::tenant`].
+#[derive(Debug)]
+pub struct Tenant {
+    /// `acc_...`
+    pub account_id: String,
+    /// The account's name.
+    pub name: String,
+    /// A user with the admin role.
+    pub admin: Member,
+    /// A user with the developer role.
+    pub developer: Member,
+    /// A user with the read-only role.
+    pub read_only: Member,
+}
+
+/// A user of a [`Tenant`] and the secrets it holds.
+#[derive(Debug)]
+pub struct Member {
+    /// `usr_...`
+    pub user_id: String,
+    /// Its e-mail address.
+    pub email: String,
+    /// Its API key's id.
+    pub api_key_id: String,
+    /// Its API key (`Bearer`).
+    pub api_key: String,
+    /// Its authtoken's id.
+    pub credential_id: String,
+    /// Its authtoken (no ACL).
+    pub authtoken: String,
+}
+
+impl Tenant {
+    /// An agent configuration for `edge` that authenticates as this tenant's developer.
+    pub fn agent_config(&self, edge: &TestEdge) -> AgentConfig {
+        let mut c = edge.agent_config();
+        c.authtoken = self.developer.authtoken.clone();
+        c
     }
 }
 
@@ -689,11 +767,25 @@ impl RawSession {
 
     /// Binds an https endpoint for `host`.
     pub async fn bind_https(&self, id: &str, host: &str) -> warren_proto::BindResp {
+        self.bind(id, "https", serde_json::json!({ "Domain": host })).await
+    }
+
+    /// Binds an endpoint of protocol `proto` (`http`, `https`, `tcp`, `tls`) with `opts`.
+    pub async fn bind(&self, id: &str, proto: &str, opts: serde_json::Value) -> warren_proto::BindResp {
         let bind = serde_json::json!({
-            "Id": id, "Proto": "https", "ForwardsTo": "test", "Opts": { "Domain": host }, "Extra": {}
+            "Id": id, "Proto": proto, "ForwardsTo": "test", "Opts": opts, "Extra": {}
         });
         let reply = self.rpc_raw(1, bind.to_string().as_bytes()).await.expect("Bind reply");
         warren_proto::decode("BindResp", &reply).expect("BindResp JSON")
+    }
+
+    /// Dials the edge and authenticates with `token`, answering heartbeats; panics if Auth
+    /// fails.
+    pub async fn authenticated(edge: &TestEdge, token: &str) -> RawSession {
+        let s = RawSession::connect(edge, true).await;
+        let r = s.auth(token).await;
+        assert!(r.error.is_empty(), "Auth failed: {}", r.error);
+        s
     }
 }
 

@@ -17,9 +17,13 @@ use tokio::net::TcpStream;
 use warren_testkit::*;
 
 async fn sdk(edge: &TestEdge) -> ngrok::Session {
+    sdk_as(edge, &edge.authtoken).await
+}
+
+async fn sdk_as(edge: &TestEdge, authtoken: &str) -> ngrok::Session {
     within("sdk connect", async {
         ngrok::Session::builder()
-            .authtoken(edge.authtoken.clone())
+            .authtoken(authtoken.to_owned())
             .server_addr(edge.connect_url())
             .expect("server address")
             .ca_cert(Bytes::from(edge.ca_pem.clone()))
@@ -139,18 +143,75 @@ async fn get(
     client: Option<&(String, String, CertificateDer<'static>)>,
     headers: &[(&str, &str)],
 ) -> Result<(StatusCode, Value), String> {
-    let builder =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates({
-                let mut r = rustls::RootCertStore::empty();
-                for c in CertificateDer::pem_slice_iter(&edge.ca_pem) {
-                    r.add(c.unwrap()).unwrap();
-                }
-                r
-            });
-    let mut cfg = match client {
+    get_as(edge, Visit { sni: Some(name), host: name, client, headers, tls12_only: false }).await
+}
+
+/// How a visitor connects: the TLS server name (`None` sends none), the `Host` header, the
+/// client certificate and the TLS versions offered can all differ, as an attacker's would.
+struct Visit<'a> {
+    sni: Option<&'a str>,
+    host: &'a str,
+    client: Option<&'a (String, String, CertificateDer<'static>)>,
+    headers: &'a [(&'a str, &'a str)],
+    tls12_only: bool,
+}
+
+/// Accepts whatever certificate the edge shows: only for visits without SNI, whose
+/// certificate cannot name an IP address (the point of those tests is routing, not trust).
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+async fn get_as(edge: &TestEdge, v: Visit<'_>) -> Result<(StatusCode, Value), String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        if v.tls12_only { &[&rustls::version::TLS12] } else { rustls::DEFAULT_VERSIONS };
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .unwrap();
+    let builder = if v.sni.is_some() {
+        builder.with_root_certificates({
+            let mut r = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(&edge.ca_pem) {
+                r.add(c.unwrap()).unwrap();
+            }
+            r
+        })
+    } else {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+    };
+    let mut cfg = match v.client {
         None => builder.with_no_client_auth(),
         Some((chain, key, _)) => builder
             .with_client_auth_cert(
@@ -160,18 +221,23 @@ async fn get(
             .unwrap(),
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // An IP address as the server name: rustls sends no SNI for it.
+    let server = match v.sni {
+        Some(n) => ServerName::try_from(n.to_owned()).unwrap(),
+        None => ServerName::IpAddress(edge.https_addr().ip().into()),
+    };
     let tcp = TcpStream::connect(edge.https_addr()).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+        .connect(server, tcp)
         .await
         .map_err(|e| e.to_string())?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let mut req = Request::get("/").header("host", name);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
+    let mut req = Request::get("/").header("host", v.host);
+    for (k, val) in v.headers {
+        req = req.header(*k, *val);
     }
     let res = send.send_request(req.body(empty()).unwrap()).await.map_err(|e| e.to_string())?;
     let status = res.status();
@@ -255,4 +321,126 @@ async fn request_and_require_any_strategies_behave_as_named() {
     assert!(get(&edge, "any.warren.localhost", None, &[]).await.is_err());
     let (_, seen) = get(&edge, "any.warren.localhost", Some(&stranger), &[]).await.expect("any certificate");
     assert_eq!(seen["warren-client-cert-subject"], serde_json::json!(["CN=stranger.example"]));
+}
+
+/// The TLS settings of an endpoint bind to its name: a visitor who makes the handshake for
+/// another name (another endpoint's SNI, or none) and then asks for this endpoint by `Host`
+/// gets 421, never the upstream. Before, such a visitor got past mutual TLS and
+/// `min_version: 1.3`, and a `require-any` endpoint's SNI let a self-made certificate
+/// reach a mutual TLS endpoint's upstream as its client-certificate headers.
+#[tokio::test]
+async fn another_sni_never_skips_an_endpoints_tls_settings() {
+    let edge = TestEdge::start().await;
+    let ca = TestCa::new("victim clients");
+    let good = ca.leaf("employee.victim.example");
+    let forged = TestCa::new("self made").leaf("admin@victim-corp");
+    let sess = sdk(&edge).await;
+    let victim = sess
+        .http_endpoint()
+        .domain("victim.warren.localhost")
+        .mutual_tlsca(Bytes::from(ca.pem.clone()))
+        .listen()
+        .await
+        .expect("mutual TLS endpoint");
+    let v13 = sess
+        .http_endpoint()
+        .domain("modern.warren.localhost")
+        .traffic_policy(policy(serde_json::json!({"min_version": "1.3"})))
+        .listen()
+        .await
+        .expect("min_version 1.3 endpoint");
+    let plain = sess.http_endpoint().domain("plain.warren.localhost").listen().await.expect("plain endpoint");
+    let any = sess
+        .http_endpoint()
+        .domain("any.warren.localhost")
+        .traffic_policy(policy(serde_json::json!({"mutual_tls_verification_strategy": "require-any"})))
+        .listen()
+        .await
+        .expect("require-any endpoint");
+    for t in [victim, v13, plain, any] {
+        serve_headers(t);
+    }
+    let misdirected = |r: Result<(StatusCode, Value), String>, what: &str| {
+        let (status, body) = r.unwrap_or_else(|e| panic!("{what}: the handshake itself succeeds ({e})"));
+        assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{what}: {body}");
+        assert_eq!(body, Value::Null, "{what}: the upstream never answered");
+    };
+    let visit = |sni, host, client, tls12_only| Visit { sni, host, client, headers: &[], tls12_only };
+
+    // The mutual TLS endpoint through a plain endpoint's name, and through no name at all.
+    let r =
+        get_as(&edge, visit(Some("plain.warren.localhost"), "victim.warren.localhost", None, false)).await;
+    misdirected(r, "plain SNI, victim Host, no certificate");
+    let r = get_as(&edge, visit(None, "victim.warren.localhost", None, false)).await;
+    misdirected(r, "no SNI, victim Host");
+    // TLS 1.2 to a 1.3-only endpoint through another name.
+    let r = get_as(&edge, visit(Some("plain.warren.localhost"), "modern.warren.localhost", None, true)).await;
+    misdirected(r, "TLS 1.2 through a plain SNI to a min_version 1.3 endpoint");
+    // A self-made certificate accepted by the require-any endpoint, offered to the victim.
+    let r =
+        get_as(&edge, visit(Some("any.warren.localhost"), "victim.warren.localhost", Some(&forged), false))
+            .await;
+    misdirected(r, "require-any SNI with a forged certificate, victim Host");
+    // A certificate verified for the victim does not vouch for another endpoint either.
+    let r =
+        get_as(&edge, visit(Some("victim.warren.localhost"), "plain.warren.localhost", Some(&good), false))
+            .await;
+    misdirected(r, "victim SNI, plain Host");
+
+    // The ordinary ways still work: matching names, and names sharing the default settings.
+    let (s, seen) = get(&edge, "victim.warren.localhost", Some(&good), &[]).await.expect("own name");
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(seen["warren-client-cert-subject"], serde_json::json!(["CN=employee.victim.example"]));
+    let r = get_as(&edge, visit(Some("plain.warren.localhost"), "plain.warren.localhost", None, true)).await;
+    assert_eq!(r.expect("TLS 1.2 to a default endpoint").0, StatusCode::OK);
+    let r = get_as(&edge, visit(None, "plain.warren.localhost", None, false)).await;
+    assert_eq!(r.expect("no SNI to a default endpoint").0, StatusCode::OK);
+}
+
+/// Two accounts, each with its own mutual TLS endpoint and CA. Tenant A issues itself a
+/// certificate claiming to be B's administrator, makes the handshake for its own endpoint and
+/// asks for B's by `Host`: 421, and B's upstream never sees A's certificate.
+#[tokio::test]
+async fn one_tenant_cannot_forge_another_tenants_client_certificate_identity() {
+    let edge = TestEdge::start().await;
+    let (a, b) = (edge.tenant("tenant-a").await, edge.tenant("tenant-b").await);
+    let (ca_a, ca_b) = (TestCa::new("A's clients"), TestCa::new("B's clients"));
+    let forged = ca_a.leaf("admin.tenant-b.example");
+    let b_employee = ca_b.leaf("employee.b.example");
+    let (sess_a, sess_b) =
+        (sdk_as(&edge, &a.developer.authtoken).await, sdk_as(&edge, &b.developer.authtoken).await);
+    let ta = sess_a
+        .http_endpoint()
+        .domain("tenant-a.warren.localhost")
+        .mutual_tlsca(Bytes::from(ca_a.pem.clone()))
+        .listen()
+        .await
+        .expect("A's endpoint");
+    let tb = sess_b
+        .http_endpoint()
+        .domain("tenant-b.warren.localhost")
+        .mutual_tlsca(Bytes::from(ca_b.pem.clone()))
+        .listen()
+        .await
+        .expect("B's endpoint");
+    serve_headers(ta);
+    serve_headers(tb);
+
+    let (s, seen) =
+        get(&edge, "tenant-a.warren.localhost", Some(&forged), &[]).await.expect("A's own endpoint");
+    assert_eq!(s, StatusCode::OK, "A's certificate is good for A's endpoint: {seen}");
+    let attack = Visit {
+        sni: Some("tenant-a.warren.localhost"),
+        host: "tenant-b.warren.localhost",
+        client: Some(&forged),
+        headers: &[("warren-client-cert-subject", "CN=admin.tenant-b.example")],
+        tls12_only: false,
+    };
+    let (s, seen) = get_as(&edge, attack).await.expect("the handshake with A's endpoint succeeds");
+    assert_eq!(s, StatusCode::MISDIRECTED_REQUEST, "{seen}");
+    assert_eq!(seen, Value::Null, "B's upstream never answered");
+    let (s, seen) =
+        get(&edge, "tenant-b.warren.localhost", Some(&b_employee), &[]).await.expect("B's visitor");
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(seen["warren-client-cert-subject"], serde_json::json!(["CN=employee.b.example"]));
 }

@@ -96,17 +96,21 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
     let app = app(shared.clone());
-    let limit = Arc::new(tokio::sync::Semaphore::new(shared.config.limits.max_api_connections));
+    let limits = &shared.config.limits;
+    let limit =
+        crate::conn_limit::ConnLimit::new(limits.max_api_connections, limits.max_api_connections_per_ip);
     let stop = crate::shutting_down(shared.shutdown.clone());
     tokio::pin!(stop);
     loop {
         let (mut tcp, peer, permit) = tokio::select! {
             _ = &mut stop => return,
-            c = crate::accept_limited(&listener, &limit, "API listener") => c,
+            c = crate::conn_limit::accept(&listener, &limit, "API listener") => c,
         };
         let (shared, app) = (shared.clone(), app.clone());
         tokio::spawn(async move {
             let Some(remote) = crate::client_addr::resolve(&shared, &mut tcp, peer).await else { return };
+            let limits = &shared.config.limits;
+            let io = crate::deadline::Deadline::new(tcp, limits.first_byte_timeout, limits.idle_timeout);
             let app = app.layer(axum::Extension(axum::extract::ConnectInfo(remote)));
             let svc = hyper_util::service::TowerToHyperService::new(app);
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -114,7 +118,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(shared.config.limits.header_read_timeout);
-            let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
             tokio::pin!(conn);
             let stop = crate::shutting_down(shared.shutdown.clone());
             let result = tokio::select! {

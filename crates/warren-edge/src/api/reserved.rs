@@ -14,7 +14,7 @@ use warren_store::{ReservedAddr, ReservedDomain, StoreError};
 
 use super::{ApiError, PageQuery, Principal, check_body_id, next_page_uri, parse_body};
 use crate::Shared;
-use crate::registry::{EndpointKey, Proto};
+use crate::registry::EndpointKey;
 
 /// Ports tried when choosing a free one for a new reserved address.
 const PORT_TRIES: usize = 64;
@@ -130,12 +130,13 @@ pub(crate) async fn create_domain(
         return Err(ApiError::bad_request(format!("{domain} is the edge's own name and cannot be reserved")));
     }
     // A name online in another account's session now would change hands under it.
-    for proto in [Proto::Https, Proto::Http] {
-        if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(proto, domain.clone()))
-            && ep.session.account_id != p.account_id
-        {
-            return Err(ApiError::conflict(format!("{domain} is online in another account's session")));
-        }
+    let holder = match shared.registry.host_account(&domain) {
+        Some(a) => Some(a),
+        // Another node's sessions count as much as this one's.
+        None => shared.store.host_holder(&domain).await?,
+    };
+    if holder.is_some_and(|a| a != p.account_id) {
+        return Err(ApiError::conflict(format!("{domain} is online in another account's session")));
     }
     if let Some(cert_id) = &b.certificate_id {
         let c = shared.store.get_uploaded_certificate(&p.account_id, cert_id).await?;
