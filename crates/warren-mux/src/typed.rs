@@ -67,11 +67,14 @@ pub async fn run_heartbeats_with(
         n += 1;
         let id = (seed.hash_one(n) as u32).to_be_bytes();
         let sent = tokio::time::Instant::now();
-        if let Err(e) = s.write_all(&id).await {
-            return e.into();
-        }
         let mut echo = [0u8; 4];
-        match tokio::time::timeout(tolerance, s.read_exact(&mut echo)).await {
+        // The write counts against the tolerance too: a peer that stops reading fills the
+        // session's output, and then the heartbeat cannot even be sent.
+        let round = async {
+            s.write_all(&id).await?;
+            s.read_exact(&mut echo).await
+        };
+        match tokio::time::timeout(tolerance, round).await {
             Err(_) => return HeartbeatError::Timeout(tolerance),
             Ok(Err(e)) => return e.into(),
             Ok(Ok(_)) if echo != id => return HeartbeatError::Mismatch,

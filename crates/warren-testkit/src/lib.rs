@@ -29,6 +29,7 @@ use warren_edge::{Edge, EdgeConfig};
 
 pub use tempfile::TempDir;
 
+pub mod hostile;
 pub mod oidc;
 pub mod webdriver;
 

@@ -57,3 +57,201 @@ async fn a_live_name_belongs_to_one_account_in_every_scheme() {
     let r = raw_b.bind("b-tls-2", "tls", serde_json::json!({"Domain": "victim.warren.localhost"})).await;
     assert!(r.error.is_empty(), "free again: {r:?}");
 }
+
+/// A healthy agent whose endpoint must keep answering, quickly, while others attack.
+struct Bystander {
+    _agent: Agent,
+    _up: HttpUpstream,
+    host: String,
+}
+
+async fn bystander(edge: &TestEdge, name: &str) -> Bystander {
+    let up = HttpUpstream::start().await;
+    let url = format!("https://{name}.warren.localhost");
+    let mut agent = Agent::start(edge.agent_with(EndpointConfig::http(&up.url(), Some(&url)).unwrap()));
+    within("bystander online", agent.wait_online()).await.unwrap();
+    Bystander { _agent: agent, _up: up, host: format!("{name}.warren.localhost") }
+}
+
+/// The bystander answers, each request well under a second (requests on loopback take
+/// milliseconds; an edge stalled by an attack takes seconds).
+async fn still_serves(edge: &TestEdge, b: &Bystander) {
+    for _ in 0..5 {
+        let start = std::time::Instant::now();
+        let (status, _, body) = within("bystander served", https_get(edge, &b.host, "/")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from upstream"));
+        let took = start.elapsed();
+        assert!(took < std::time::Duration::from_secs(1), "the bystander waited {took:?}");
+    }
+}
+
+/// Before Auth a connection is nobody: it may hold a few streams and a few KiB. Each
+/// attacker opens stream 1 with half a stream type (so the edge waits on it). The first then
+/// opens 40 more small streams: those beyond the pre-Auth limit (8) are refused. The second
+/// opens 40 streams of 256 KiB each (within each stream's window): each is reset once its data
+/// goes beyond the pre-Auth buffer (64 KiB). At the Auth deadline both connections are dropped
+/// with everything they held. Before, the edge queued up to 4,096 such streams (about 1 GiB)
+/// and kept them past the deadline.
+#[tokio::test]
+async fn before_auth_a_connection_holds_a_few_streams_and_a_few_kib() {
+    let edge = TestEdge::start_with(|c| c.limits.auth_timeout = std::time::Duration::from_secs(2)).await;
+    let b = bystander(&edge, "calm-preauth").await;
+    let (mut many, mut big) =
+        (hostile::Hostile::connect(&edge).await, hostile::Hostile::connect(&edge).await);
+    let ids: Vec<u32> = (3..=81).step_by(2).collect();
+    let chunk = vec![0x55u8; 256 * 1024];
+    for h in [&mut many, &mut big] {
+        h.frame(hostile::ty::DATA, hostile::flag::SYN, 1, &[0, 0]).await.unwrap();
+    }
+    for id in &ids {
+        many.frame(hostile::ty::DATA, hostile::flag::SYN, *id, b"x").await.unwrap();
+        big.frame(hostile::ty::DATA, hostile::flag::SYN, *id, &chunk).await.unwrap();
+    }
+    let rst = |frames: &[hostile::Frame], code: u32| -> Vec<u32> {
+        frames
+            .iter()
+            .filter(|f| f.ty == hostile::ty::RST && f.error_code() == Some(code))
+            .map(|f| f.stream)
+            .collect()
+    };
+    let frames = many.until_closed().await;
+    let refused = rst(&frames, hostile::code::STREAM_REFUSED);
+    assert_eq!(refused, ids[7..], "7 streams beside stream 1 are held; the rest are refused");
+    assert!(frames.iter().any(|f| f.ty == hostile::ty::GOAWAY), "a GOAWAY says why it ended");
+    let frames = big.until_closed().await;
+    let calmed = rst(&frames, hostile::code::ENHANCE_YOUR_CALM);
+    assert_eq!(calmed, ids, "every 256 KiB stream went beyond the pre-Auth buffer and was reset");
+    many.assert_socket_dropped().await;
+    big.assert_socket_dropped().await;
+    still_serves(&edge, &b).await;
+}
+
+/// Every way a session can end lets go of its socket: a client that completes TLS and sends
+/// nothing, one whose Auth fails, and one that sends GOAWAY after Auth and then nothing.
+/// Before, the edge's reader kept waiting on each for a byte that never came.
+#[tokio::test]
+async fn every_session_end_closes_its_socket() {
+    let edge = TestEdge::start_with(|c| c.limits.auth_timeout = std::time::Duration::from_secs(1)).await;
+    let b = bystander(&edge, "calm-ends").await;
+
+    let mut silent = hostile::Hostile::connect(&edge).await;
+    silent.until_closed().await;
+    silent.assert_socket_dropped().await;
+
+    let mut wrong = hostile::Hostile::connect(&edge).await;
+    let r = wrong.auth(1, "cr_nobody_000000000000000000000000").await;
+    assert!(r.error.contains(codes::AUTHTOKEN_INVALID), "{r:?}");
+    wrong.until_closed().await;
+    wrong.assert_socket_dropped().await;
+
+    let mut leaver = hostile::Hostile::connect(&edge).await;
+    let r = leaver.auth(1, &edge.authtoken).await;
+    assert!(r.error.is_empty(), "{r:?}");
+    edge.wait_sessions(2).await;
+    let mut goaway = 0u32.to_be_bytes().to_vec();
+    goaway.extend_from_slice(&0u32.to_be_bytes());
+    leaver.frame(hostile::ty::GOAWAY, 0, 0, &goaway).await.unwrap();
+    leaver.until_closed().await;
+    leaver.assert_socket_dropped().await;
+    edge.wait_sessions(1).await;
+    still_serves(&edge, &b).await;
+}
+
+/// An agent that binds a name and then stops reading its connection: the edge's heartbeat
+/// cannot even be written once visitors' requests fill the session. The heartbeat tolerance
+/// still ends the session and frees the name. Before, the heartbeat write waited forever and
+/// the agent kept its name.
+#[tokio::test]
+async fn an_agent_that_stops_reading_loses_its_names_at_the_heartbeat_tolerance() {
+    let edge = TestEdge::start().await;
+    let b = bystander(&edge, "calm-reader").await;
+    let mut h = hostile::Hostile::connect(&edge).await;
+    assert!(h.auth(1, &edge.authtoken).await.error.is_empty());
+    let bind = serde_json::json!({ "Id": "frozen", "Proto": "https", "Opts": { "Domain": "frozen.warren.localhost" } });
+    h.open_rpc(3, 1, &bind).await.unwrap();
+    let reply: warren_proto::BindResp = warren_proto::decode("BindResp", &h.reply(3).await).unwrap();
+    assert!(reply.error.is_empty(), "{reply:?}");
+    // From now on the agent reads nothing. Visitors upload to it until the session's
+    // output and the socket buffers are full.
+    for _ in 0..64 {
+        let edge_addr = edge.https_addr();
+        let ca = edge.ca_pem.clone();
+        tokio::spawn(async move {
+            let tls = tls_connect(edge_addr, "frozen.warren.localhost", &ca, &[b"http/1.1"]).await;
+            let mut send = http1(tls).await;
+            let req = hyper::Request::post("/")
+                .header("host", "frozen.warren.localhost")
+                .body(pattern_body(1 << 20))
+                .unwrap();
+            let _ = send.send_request(req).await;
+        });
+    }
+    within("the frozen agent's name is freed", async {
+        loop {
+            let (status, _, _) = https_get(&edge, "frozen.warren.localhost", "/").await;
+            if status == StatusCode::NOT_FOUND {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    still_serves(&edge, &b).await;
+    drop(h);
+}
+
+/// A connection to the http, https or API listener that sends nothing is closed at the
+/// first-byte deadline (here 1 s). Before, such connections stayed open indefinitely.
+#[tokio::test]
+async fn connections_that_send_nothing_are_closed_at_the_first_byte_deadline() {
+    use tokio::io::AsyncReadExt;
+    let edge =
+        TestEdge::start_with(|c| c.limits.first_byte_timeout = std::time::Duration::from_secs(1)).await;
+    for addr in [edge.http_addr(), edge.api_addr()] {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = within("closed for silence", tcp.read(&mut buf)).await.unwrap_or(0);
+        assert_eq!(n, 0, "{addr}: closed without an answer");
+    }
+    let mut tls =
+        tls_connect(edge.https_addr(), "nobody.warren.localhost", &edge.ca_pem, &[b"http/1.1"]).await;
+    let mut buf = [0u8; 64];
+    let n = within("https closed for silence", tls.read(&mut buf)).await.unwrap_or(0);
+    assert_eq!(n, 0, "https: closed without an answer");
+}
+
+/// One address cannot take every API slot: idle connections from 127.0.0.2 fill that
+/// address's share, and an API call from 127.0.0.1 is still served. Before, 1,030 idle
+/// connections locked every caller out.
+#[tokio::test]
+async fn one_address_cannot_take_every_api_or_visitor_slot() {
+    use tokio::io::AsyncReadExt;
+    let edge = TestEdge::start_with(|c| {
+        c.limits.max_api_connections_per_ip = 4;
+        c.limits.max_visitor_connections_per_ip = 4;
+    })
+    .await;
+    let from = |ip: [u8; 4]| async move {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
+        s
+    };
+    for addr in [edge.api_addr(), edge.http_addr()] {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(from([127, 0, 0, 2]).await.connect(addr).await.unwrap());
+        }
+        let mut fifth = from([127, 0, 0, 2]).await.connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = within("the fifth is closed at once", fifth.read(&mut buf)).await.unwrap_or(0);
+        assert_eq!(n, 0, "{addr}: over the address's share");
+        if addr == edge.api_addr() {
+            let (status, _, body) = edge.api("GET", "/credentials", Some(&edge.api_key), None).await;
+            assert_eq!(status, StatusCode::OK, "another address is served: {body}");
+        } else {
+            let (status, _, _) = plain_get(addr, "anything.warren.localhost", "/").await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "another address is served");
+        }
+        drop(held);
+    }
+}
