@@ -27,7 +27,7 @@ pub(crate) enum Action {
     },
     RateLimit {
         window: SlidingWindow,
-        bucket: Vec<cel::Program>,
+        bucket: Vec<crate::cost::Compiled>,
         needs: Needs,
     },
     AddHeaders(Vec<(HeaderName, Template)>),
@@ -108,7 +108,7 @@ pub(crate) struct Template {
 
 enum Part {
     Text(String),
-    Expr(cel::Program),
+    Expr(crate::cost::Compiled),
 }
 
 impl Template {

@@ -41,10 +41,17 @@ impl Fast {
 
     /// True or false (an error is false), or `None` when CEL must evaluate the expression.
     pub(crate) fn eval(&self, msg: &Message<'_>) -> Option<bool> {
+        self.eval_metered(msg).unwrap_or(Some(false))
+    }
+
+    /// [`Fast::eval`], or `Err` when the message's step budget ran out: each comprehension
+    /// iteration costs a step, as in CEL.
+    pub(crate) fn eval_metered(&self, msg: &Message<'_>) -> Result<Option<bool>, crate::cost::Failure> {
         match eval(&self.0, msg, None) {
-            Ok(Val::Bool(b)) => Some(b),
-            Ok(_) | Err(Fail::Error) => Some(false),
-            Err(Fail::Unsupported) => None,
+            Ok(Val::Bool(b)) => Ok(Some(b)),
+            Ok(_) | Err(Fail::Error) => Ok(Some(false)),
+            Err(Fail::Unsupported) => Ok(None),
+            Err(Fail::Budget) => Err(crate::cost::Failure::Budget),
         }
     }
 }
@@ -337,6 +344,8 @@ enum Fail {
     Error,
     /// The fast path does not know: CEL must evaluate the expression.
     Unsupported,
+    /// The message's step budget ran out (see `cost.rs`).
+    Budget,
 }
 
 type R<T> = Result<T, Fail>;
@@ -936,6 +945,9 @@ fn eval<'a>(n: &'a Node, m: &'a Message<'a>, f: Option<&Frame<'_, 'a>>) -> R<Val
             };
             let mut frame = Frame { parent: f, accu, iter: None };
             for item in range.iter() {
+                if !crate::cost::spend(1) {
+                    return Err(Fail::Budget);
+                }
                 if !truth(&eval(&c.cond, m, Some(&frame))?)? {
                     break;
                 }
@@ -1349,7 +1361,7 @@ on_http_request:
             &[("host", b"app.example.com"), ("user-agent", b"Mozilla/5.0")],
         );
         let vars = Vars::default();
-        let run = crate::Run { msg: case.message(), vars: &vars, logs: Vec::new() };
+        let run = crate::Run::new(case.message(), &vars);
         for rule in &policy.req[..10] {
             assert!(!run.matches(rule));
         }

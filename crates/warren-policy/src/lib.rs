@@ -21,6 +21,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 
 mod actions;
+pub mod cost;
 pub mod document;
 mod fast;
 mod jwt;
@@ -34,6 +35,7 @@ pub use jwt::Jwks;
 pub use vars::{Cidr, ClientCertInfo, Conn, EndpointInfo, TlsInfo};
 
 use actions::Action;
+use cost::{Compiled, Failure};
 use vars::{Message, Needs, ReqView, Vars};
 
 /// Why a document cannot be used; the text names the rule and the problem.
@@ -158,7 +160,7 @@ struct Rule {
 /// One of a rule's expressions: the CEL program, and its translation for the fast path when
 /// it has one (see `fast`).
 struct Expression {
-    program: cel::Program,
+    program: Compiled,
     fast: Option<fast::Fast>,
 }
 
@@ -262,7 +264,7 @@ fn compile_rules(
 }
 
 /// Compiles one expression (after rewriting ngrok's request helpers).
-pub(crate) fn compile_expr(source: &str, phase: Phase) -> Result<cel::Program, String> {
+pub(crate) fn compile_expr(source: &str, phase: Phase) -> Result<Compiled, String> {
     let rewritten = vars::rewrite_helpers(source);
     let program = cel::Program::compile(&rewritten)
         .map_err(|e| format!("expression {source:?} does not parse: {e}"))?;
@@ -286,7 +288,7 @@ pub(crate) fn compile_expr(source: &str, phase: Phase) -> Result<cel::Program, S
             return Err(format!("expression {source:?} uses the unknown variable {v:?}{hint}"));
         }
     }
-    Ok(program)
+    Compiled::new(program, source)
 }
 
 /// Names bound by comprehension macros (`list.exists(x, ...)`), which are not variables.
@@ -365,28 +367,14 @@ pub(crate) fn with_sample<T>(phase: Phase, f: impl FnOnce(&Message<'_>) -> T) ->
     f(&sample(&conn, &ep, &uri, &headers, phase))
 }
 
-/// Why an evaluation gave no value.
-pub(crate) enum Failure {
-    /// CEL's own error.
-    Cel(cel::ExecutionError),
-    /// The CEL library panicked (cel 0.11 has `todo!()`s for some type combinations).
-    Panic,
-}
-
-/// Runs a program; a panic inside the CEL library is an error like any other, so one
-/// visitor's request can never take down the task serving it, nor a Bind its RPC.
-pub(crate) fn execute(
-    program: &cel::Program,
-    ctx: &cel::Context<'_>,
-) -> Result<cel::objects::Value, Failure> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| program.execute(ctx)))
-        .map_err(|_| Failure::Panic)?
-        .map_err(Failure::Cel)
+/// Runs a compiled expression within its step budget (see [`cost`]).
+pub(crate) fn execute(program: &Compiled, ctx: &cel::Context<'_>) -> Result<cel::objects::Value, Failure> {
+    program.execute(ctx)
 }
 
 /// Evaluates the expression on a sample message: a wrong type or a missing function is an
 /// error now; a missing map key is not (it depends on the message).
-fn check_bool(program: &cel::Program, source: &str, phase: Phase) -> Result<(), String> {
+fn check_bool(program: &Compiled, source: &str, phase: Phase) -> Result<(), String> {
     with_sample(phase, |msg| {
         let vars = Vars::default();
         let ctx = vars.context(msg, Needs::of(program));
@@ -400,13 +388,17 @@ fn check_bool(program: &cel::Program, source: &str, phase: Phase) -> Result<(), 
             Err(Failure::Panic) => Err(format!(
                 "expression {source:?} cannot be evaluated (the CEL library failed on it; iterating a value that is not a list or map does this)"
             )),
+            Err(Failure::Budget) => Err(format!(
+                "expression {source:?} takes more than {} steps on a small sample request",
+                cost::MAX_STEPS
+            )),
         }
     })
 }
 
 /// The expression's translation for the fast path, kept only when it gives CEL's answer on
 /// the sample message too.
-fn fast_form(program: &cel::Program, phase: Phase) -> Option<fast::Fast> {
+fn fast_form(program: &Compiled, phase: Phase) -> Option<fast::Fast> {
     let fast = fast::Fast::compile(program.expression())?;
     let agrees = with_sample(phase, |msg| {
         let vars = Vars::default();
@@ -466,6 +458,34 @@ struct Run<'m> {
     msg: Message<'m>,
     vars: &'m Vars,
     logs: Vec<LogEntry>,
+    /// An expression ran out of steps: the message is refused, whatever the rule was for.
+    over_budget: std::cell::Cell<bool>,
+}
+
+impl<'m> Run<'m> {
+    fn new(msg: Message<'m>, vars: &'m Vars) -> Run<'m> {
+        Run { msg, vars, logs: Vec::new(), over_budget: std::cell::Cell::new(false) }
+    }
+}
+
+/// What a message gets when an expression ran out of steps: a rule that could not be
+/// evaluated might have been the one denying it, so it never passes.
+fn over_budget(phase: Phase) -> Verdict {
+    match phase {
+        Phase::TcpConnect => Verdict::Close,
+        Phase::HttpRequest | Phase::HttpResponse => {
+            let body = format!(
+                "This endpoint's traffic policy needed more than {} steps for this request, so the request was refused.\n\nERR_WARREN_POLICY_BUDGET\n",
+                cost::MAX_STEPS
+            );
+            let r = http::Response::builder()
+                .status(http::StatusCode::INTERNAL_SERVER_ERROR)
+                .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(Bytes::from(body))
+                .expect("valid response");
+            Verdict::Respond(r)
+        }
+    }
 }
 
 impl Run<'_> {
@@ -475,14 +495,27 @@ impl Run<'_> {
         rule.exprs.iter().all(|e| {
             if fast_path_on()
                 && let Some(fast) = &e.fast
-                && let Some(result) = fast.eval(&self.msg)
             {
-                return result;
+                match fast.eval_metered(&self.msg) {
+                    Ok(Some(result)) => return result,
+                    Ok(None) => {}
+                    Err(_) => {
+                        self.over_budget.set(true);
+                        return false;
+                    }
+                }
             }
             // Built once for the rule (its actions use it too), on the first expression CEL
             // evaluates.
             let ctx = self.vars.context(&self.msg, rule.needs);
-            matches!(execute(&e.program, &ctx), Ok(cel::objects::Value::Bool(true)))
+            match execute(&e.program, &ctx) {
+                Ok(cel::objects::Value::Bool(b)) => b,
+                Err(Failure::Budget) => {
+                    self.over_budget.set(true);
+                    false
+                }
+                _ => false,
+            }
         })
     }
 }
@@ -508,10 +541,14 @@ impl Chain {
     ) -> (Verdict, Vec<LogEntry>) {
         let msg = Message { conn, endpoint: ep, now, req: None, res: None, body: None };
         let vars = Vars::default();
-        let mut run = Run { msg, vars: &vars, logs: Vec::new() };
+        let _budget = cost::Budget::start(cost::MAX_STEPS);
+        let mut run = Run::new(msg, &vars);
         for policy in &self.0 {
             for rule in &policy.tcp {
                 if !run.matches(rule) {
+                    if run.over_budget.get() {
+                        return (over_budget(Phase::TcpConnect), run.logs);
+                    }
                     continue;
                 }
                 for a in &rule.actions {
@@ -566,6 +603,7 @@ impl Chain {
         }
         // Variables are built once and rebuilt only after a rule changed the request.
         let mut vars = Vars::default();
+        let _budget = cost::Budget::start(cost::MAX_STEPS);
         for policy in &self.0 {
             for rule in &policy.req {
                 // The request may change between rules, so each rule sees it as it is now.
@@ -578,9 +616,13 @@ impl Chain {
                         scheme,
                     };
                     let msg = Message { conn, endpoint: ep, now, req: Some(view), res: None, body };
-                    let mut run = Run { msg, vars: &vars, logs: Vec::new() };
+                    let mut run = Run::new(msg, &vars);
                     let sign_in_path = rule.signs_in && oidc::is_reserved_path(req.uri.path());
                     if !sign_in_path && !run.matches(rule) {
+                        if run.over_budget.get() {
+                            logs.append(&mut run.logs);
+                            return (over_budget(Phase::HttpRequest), logs);
+                        }
                         continue;
                     }
                     let mut changes = Some(actions::Changes::default());
@@ -620,6 +662,7 @@ impl Chain {
     ) -> (Verdict, Vec<LogEntry>) {
         let mut logs = Vec::new();
         let mut vars = Vars::default();
+        let _budget = cost::Budget::start(cost::MAX_STEPS);
         for policy in &self.0 {
             for rule in &policy.res {
                 let (verdict, changes, mut l) = {
@@ -638,8 +681,12 @@ impl Chain {
                         res: Some((res.status.as_u16(), &res.headers)),
                         body: None,
                     };
-                    let mut run = Run { msg, vars: &vars, logs: Vec::new() };
+                    let mut run = Run::new(msg, &vars);
                     if !run.matches(rule) {
+                        if run.over_budget.get() {
+                            logs.append(&mut run.logs);
+                            return (over_budget(Phase::HttpResponse), logs);
+                        }
                         continue;
                     }
                     let mut changes = Some(actions::Changes::default());

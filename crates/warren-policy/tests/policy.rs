@@ -411,3 +411,26 @@ fn base64_of(s: &str) -> String {
     }
     out
 }
+
+/// Each message has a step budget over every expression evaluated for it, on the fast path
+/// and in CEL alike. A request that makes an expression run out of steps is refused with a
+/// 500, never let through as "no match" (here the rule denies, so "no match" would have
+/// passed the request on).
+#[test]
+fn a_request_that_exhausts_the_step_budget_is_refused_on_either_path() {
+    for expr in [
+        // Translated for the fast path.
+        "getReqHeader('x-v').exists(a, getReqHeader('x-v').exists(b, a == b + 'never'))",
+        // Only CEL evaluates map().
+        "hasReqHeader('x-v') && req.headers['x-v'].map(a, req.headers['x-v'].map(b, b + a)).size() == 0",
+    ] {
+        let c = chain(&format!(
+            "on_http_request:\n  - expressions: [\"{expr}\"]\n    actions: [{{type: deny, config: {{status_code: 403}}}}]\n"
+        ));
+        let few: Vec<(&str, &str)> = vec![("x-v", "a"); 3];
+        assert_eq!(status(&on_request(&c, "192.0.2.1", &mut request("GET", "/", &few))), None, "{expr}");
+        let many: Vec<(&str, &str)> = vec![("x-v", "a"); 150];
+        let v = on_request(&c, "192.0.2.1", &mut request("GET", "/", &many));
+        assert_eq!(status(&v), Some(500), "{expr}: {v:?}");
+    }
+}
