@@ -242,15 +242,6 @@ impl Registry {
         }
     }
 
-    /// The account holding `host` in any scheme on this node.
-    pub(crate) fn host_account(&self, host: &str) -> Option<String> {
-        let inner = self.lock();
-        HOST_PROTOS
-            .iter()
-            .find_map(|p| inner.endpoints.get(&EndpointKey::Host(*p, host.to_owned())))
-            .map(|e| e.session.account_id.clone())
-    }
-
     /// Remembers a tcp listener task so it stops with the session.
     pub(crate) fn add_listener(&self, session_id: &str, client_id: &str, h: AbortHandle) {
         match self.lock().sessions.get_mut(session_id) {

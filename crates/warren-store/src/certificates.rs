@@ -122,6 +122,8 @@ pub struct UploadedCertificate {
     pub key_sealed: Vec<u8>,
     /// RFC 3339.
     pub created_at: String,
+    /// The user who uploaded it; `None`: admins only.
+    pub owner_id: Option<String>,
 }
 
 impl std::fmt::Debug for UploadedCertificate {
@@ -130,12 +132,14 @@ impl std::fmt::Debug for UploadedCertificate {
     }
 }
 
-const UPLOAD_COLUMNS: &str = "id, account_id, description, metadata, chain_pem, key_sealed, created_at";
+const UPLOAD_COLUMNS: &str =
+    "id, account_id, description, metadata, chain_pem, key_sealed, created_at, owner_id";
 
 fn upload_row<R: Row>(r: &R) -> UploadedCertificate
 where
     usize: sqlx::ColumnIndex<R>,
     String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     Vec<u8>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     UploadedCertificate {
@@ -146,6 +150,7 @@ where
         chain_pem: r.get(4),
         key_sealed: r.get(5),
         created_at: r.get(6),
+        owner_id: r.get(7),
     }
 }
 
@@ -155,8 +160,8 @@ impl Store {
         crate::check_text("description", &c.description)?;
         crate::check_text("metadata", &c.metadata)?;
         with_db!(self.db, pool => {
-            sqlx::query("INSERT INTO uploaded_certificates (id, account_id, description, metadata, chain_pem, key_sealed, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-                .bind(&c.id).bind(&c.account_id).bind(&c.description).bind(&c.metadata).bind(&c.chain_pem).bind(&c.key_sealed).bind(&c.created_at)
+            sqlx::query("INSERT INTO uploaded_certificates (id, account_id, description, metadata, chain_pem, key_sealed, created_at, owner_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(&c.id).bind(&c.account_id).bind(&c.description).bind(&c.metadata).bind(&c.chain_pem).bind(&c.key_sealed).bind(&c.created_at).bind(&c.owner_id)
                 .execute(pool).await?;
         });
         Ok(())

@@ -76,6 +76,10 @@ pub enum StoreError {
     /// The row is still referenced; the message says by what.
     #[error("{0}")]
     InUse(String),
+    /// The name is another account's (a reservation or a live endpoint covers it, or it
+    /// covers one of theirs); the message says which.
+    #[error("{0}")]
+    Taken(String),
     /// A value is out of range; the message says which.
     #[error("invalid {0}")]
     Invalid(String),

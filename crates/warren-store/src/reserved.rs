@@ -21,6 +21,8 @@ pub struct ReservedDomain {
     pub metadata: String,
     /// RFC 3339.
     pub created_at: String,
+    /// The user who reserved it; `None`: admins only.
+    pub owner_id: Option<String>,
 }
 
 /// A TCP port an account owns on the edge's tcp host.
@@ -38,15 +40,18 @@ pub struct ReservedAddr {
     pub metadata: String,
     /// RFC 3339.
     pub created_at: String,
+    /// The user who reserved it; `None`: admins only.
+    pub owner_id: Option<String>,
 }
 
-const DOMAIN_COLUMNS: &str = "id, account_id, domain, description, metadata, created_at";
-const ADDR_COLUMNS: &str = "id, account_id, port, description, metadata, created_at";
+const DOMAIN_COLUMNS: &str = "id, account_id, domain, description, metadata, created_at, owner_id";
+const ADDR_COLUMNS: &str = "id, account_id, port, description, metadata, created_at, owner_id";
 
 fn domain_row<R: Row>(r: &R) -> ReservedDomain
 where
     usize: sqlx::ColumnIndex<R>,
     String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     ReservedDomain {
         id: r.get(0),
@@ -55,6 +60,7 @@ where
         description: r.get(3),
         metadata: r.get(4),
         created_at: r.get(5),
+        owner_id: r.get(6),
     }
 }
 
@@ -62,6 +68,7 @@ fn addr_row<R: Row>(r: &R) -> ReservedAddr
 where
     usize: sqlx::ColumnIndex<R>,
     String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     ReservedAddr {
@@ -71,6 +78,7 @@ where
         description: r.get(3),
         metadata: r.get(4),
         created_at: r.get(5),
+        owner_id: r.get(6),
     }
 }
 
@@ -108,14 +116,17 @@ pub fn normalize_domain(domain: &str) -> Result<String, StoreError> {
 }
 
 impl Store {
-    /// Reserves `domain` for the account. Another account's reservation of the same name is
-    /// a [`StoreError::Conflict`].
+    /// Reserves `domain` for the account on behalf of `owner`. A name that overlaps another
+    /// account's reservation (the same name, a wildcard covering it, or, for a wildcard, a
+    /// name under it) or another account's live endpoint (in any scheme) is
+    /// [`StoreError::Taken`]; the same name reserved again is a [`StoreError::Conflict`].
     pub async fn create_reserved_domain(
         &self,
         account_id: &str,
         domain: &str,
         description: &str,
         metadata: &str,
+        owner: Option<&str>,
     ) -> Result<ReservedDomain, StoreError> {
         check_text("description", description)?;
         check_text("metadata", metadata)?;
@@ -126,12 +137,23 @@ impl Store {
             description: description.to_owned(),
             metadata: metadata.to_owned(),
             created_at: now_rfc3339(),
+            owner_id: owner.map(str::to_owned),
         };
-        with_db!(self.db, pool => {
-            sqlx::query("INSERT INTO reserved_domains (id, account_id, domain, description, metadata, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(&d.id).bind(&d.account_id).bind(&d.domain).bind(&d.description).bind(&d.metadata).bind(&d.created_at)
-                .execute(pool).await.map_err(crate::conflict("reserved domain"))?;
-        });
+        // Check and insert under one writer: SQLite's (BEGIN IMMEDIATE), PostgreSQL's
+        // advisory lock for reservations, so two overlapping reservations cannot both pass.
+        match &*self.db {
+            crate::Db::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                overlap_check!(tx, &d).await?;
+                tx.commit().await?;
+            }
+            crate::Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(7261657365727665)").execute(&mut *tx).await?;
+                overlap_check!(tx, &d).await?;
+                tx.commit().await?;
+            }
+        }
         Ok(d)
     }
 
@@ -226,6 +248,7 @@ impl Store {
         port: u16,
         description: &str,
         metadata: &str,
+        owner: Option<&str>,
     ) -> Result<ReservedAddr, StoreError> {
         check_text("description", description)?;
         check_text("metadata", metadata)?;
@@ -239,10 +262,11 @@ impl Store {
             description: description.to_owned(),
             metadata: metadata.to_owned(),
             created_at: now_rfc3339(),
+            owner_id: owner.map(str::to_owned),
         };
         with_db!(self.db, pool => {
-            sqlx::query("INSERT INTO reserved_addrs (id, account_id, port, description, metadata, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(&a.id).bind(&a.account_id).bind(i64::from(a.port)).bind(&a.description).bind(&a.metadata).bind(&a.created_at)
+            sqlx::query("INSERT INTO reserved_addrs (id, account_id, port, description, metadata, created_at, owner_id) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                .bind(&a.id).bind(&a.account_id).bind(i64::from(a.port)).bind(&a.description).bind(&a.metadata).bind(&a.created_at).bind(&a.owner_id)
                 .execute(pool).await.map_err(crate::conflict("reserved address"))?;
         });
         Ok(a)
@@ -312,6 +336,85 @@ impl Store {
     }
 }
 
+/// The names whose reservation would cover `domain`: itself and each wildcard above it
+/// (`a.b.example.com`: `*.b.example.com`, `*.example.com`; never `*.com`).
+fn covering(domain: &str) -> Vec<String> {
+    let mut out = vec![domain.to_owned()];
+    let mut rest = domain.strip_prefix("*.").unwrap_or(domain);
+    if domain.starts_with("*.") {
+        // `*.b.example.com` is covered by `*.example.com`, not by itself again.
+        if let Some((_, parent)) = rest.split_once('.')
+            && parent.contains('.')
+        {
+            out.push(format!("*.{parent}"));
+        }
+        rest = rest.split_once('.').map_or("", |(_, p)| p);
+    }
+    while let Some((_, parent)) = rest.split_once('.') {
+        if parent.contains('.') {
+            let w = format!("*.{parent}");
+            if !out.contains(&w) {
+                out.push(w);
+            }
+        }
+        rest = parent;
+    }
+    out
+}
+
+/// Checks, inside the reservation's transaction `$tx`, that `$d` overlaps nothing of another
+/// account's; evaluates to `Result<(), StoreError>`. A macro rather than a generic function:
+/// its body is the same for both backends, and sqlx's generic executor bounds would make the
+/// future lose `Send`.
+macro_rules! overlap_check {
+    ($tx:expr, $d:expr) => {
+        async {
+            let d: &ReservedDomain = $d;
+            for name in covering(&d.domain) {
+                let other = sqlx::query("SELECT domain FROM reserved_domains WHERE domain = $1 AND account_id <> $2")
+                    .bind(&name).bind(&d.account_id).fetch_optional(&mut *$tx).await?
+                    .map(|r| r.get::<String, _>(0));
+                if let Some(other) = other {
+                    return Err(StoreError::Taken(format!(
+                        "{} is covered by another account's reservation {other}",
+                        d.domain
+                    )));
+                }
+            }
+            // Names are [a-z0-9.-] once normalised, so LIKE needs no escaping.
+            let under = d.domain.strip_prefix("*.").map(|parent| format!("%.{parent}"));
+            if let Some(pattern) = &under {
+                let inner = sqlx::query("SELECT domain FROM reserved_domains WHERE domain LIKE $1 AND account_id <> $2 LIMIT 1")
+                    .bind(pattern).bind(&d.account_id).fetch_optional(&mut *$tx).await?
+                    .map(|r| r.get::<String, _>(0));
+                if let Some(inner) = inner {
+                    return Err(StoreError::Taken(format!(
+                        "{} would cover another account's reservation {inner}",
+                        d.domain
+                    )));
+                }
+            }
+            let live = match &under {
+                Some(pattern) => sqlx::query("SELECT host FROM endpoints WHERE host LIKE $1 AND account_id <> $2 LIMIT 1").bind(pattern),
+                None => sqlx::query("SELECT host FROM endpoints WHERE host = $1 AND account_id <> $2 LIMIT 1").bind(&d.domain),
+            };
+            let live = live.bind(&d.account_id).fetch_optional(&mut *$tx).await?.map(|r| r.get::<String, _>(0));
+            if let Some(host) = live {
+                return Err(StoreError::Taken(format!(
+                    "{} would cover {host}, online in another account's session",
+                    d.domain
+                )));
+            }
+            sqlx::query("INSERT INTO reserved_domains (id, account_id, domain, description, metadata, created_at, owner_id) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                .bind(&d.id).bind(&d.account_id).bind(&d.domain).bind(&d.description)
+                .bind(&d.metadata).bind(&d.created_at).bind(&d.owner_id)
+                .execute(&mut *$tx).await.map_err(crate::conflict("reserved domain"))?;
+            Ok::<(), StoreError>(())
+        }
+    };
+}
+use overlap_check;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,5 +426,13 @@ mod tests {
         for bad in ["", "com", "*.com", "a.*.example.com", "-a.example.com", "a_b.example.com", "a..b"] {
             assert!(normalize_domain(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn a_name_is_covered_by_itself_and_each_wildcard_above_it() {
+        assert_eq!(covering("a.b.example.com"), ["a.b.example.com", "*.b.example.com", "*.example.com"]);
+        assert_eq!(covering("*.b.example.com"), ["*.b.example.com", "*.example.com"]);
+        assert_eq!(covering("*.example.com"), ["*.example.com"]);
+        assert_eq!(covering("example.com"), ["example.com"]);
     }
 }

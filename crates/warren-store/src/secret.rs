@@ -62,9 +62,12 @@ pub fn parse_token(kind: SecretKind, token: &str) -> Option<(&str, &str)> {
     let prefix = kind.prefix();
     let rest = token.strip_prefix(prefix)?.strip_prefix('_')?;
     let id_len = prefix.len() + 1 + ID_CHARS;
-    if rest.len() <= ID_CHARS + 1
-        || !rest[..ID_CHARS].bytes().all(|b| b.is_ascii_alphanumeric())
-        || rest.as_bytes()[ID_CHARS] != b'_'
+    // Bytes, not `str` slices: a token from the network may have a multi-byte character
+    // anywhere, and slicing inside one panics. Past these checks every cut is at an ASCII byte.
+    let bytes = rest.as_bytes();
+    if bytes.len() <= ID_CHARS + 1
+        || !bytes[..ID_CHARS].iter().all(|b| b.is_ascii_alphanumeric())
+        || bytes[ID_CHARS] != b'_'
     {
         return None;
     }
@@ -102,5 +105,20 @@ mod tests {
         assert_eq!(parse_token(SecretKind::Credential, "cr_short_x"), None);
         assert_eq!(parse_token(SecretKind::Credential, ""), None);
         assert_eq!(parse_token(SecretKind::Credential, &format!("{id}_")), None);
+    }
+
+    #[test]
+    fn non_ascii_tokens_are_refused_without_panicking() {
+        let (_, token, _) = new_secret(SecretKind::Credential);
+        for bad in [
+            "cr_ééééééééééééééééééééééééééé_x".to_owned(),
+            format!("cr_{}é_secret", "a".repeat(25)),
+            format!("cr_{}_sécret", "a".repeat(26)),
+            "cr_\u{1F600}".to_owned(),
+            token.replacen('_', "é", 2),
+        ] {
+            let parsed = parse_token(SecretKind::Credential, &bad);
+            assert!(parsed.is_none() || parsed.unwrap().1.contains('é'), "{bad:?}");
+        }
     }
 }

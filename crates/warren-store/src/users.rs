@@ -79,15 +79,37 @@ impl Store {
         self.get_user(account_id, id).await
     }
 
-    /// Removes a user; their authtokens and keys stay, without an owner.
-    pub async fn delete_user(&self, account_id: &str, id: &str) -> Result<(), StoreError> {
-        let n = with_db!(self.db, pool => {
-            sqlx::query("DELETE FROM users WHERE account_id = $1 AND id = $2")
-                .bind(account_id).bind(id).execute(pool).await?.rows_affected()
+    /// Removes a user and revokes what they held: their API keys and authtokens are deleted
+    /// with them (no key or token outlives its owner, and none is left without one, which
+    /// could read as more access than it had); their reservations and uploaded certificates
+    /// stay in the account, changeable by admins only. Returns the revoked authtokens' ids,
+    /// whose live sessions the caller ends.
+    pub async fn delete_user(&self, account_id: &str, id: &str) -> Result<Vec<String>, StoreError> {
+        const STEPS: [&str; 5] = [
+            "DELETE FROM api_keys WHERE account_id = $1 AND owner_id = $2",
+            "DELETE FROM credentials WHERE account_id = $1 AND owner_id = $2",
+            "UPDATE reserved_domains SET owner_id = NULL WHERE account_id = $1 AND owner_id = $2",
+            "UPDATE reserved_addrs SET owner_id = NULL WHERE account_id = $1 AND owner_id = $2",
+            "UPDATE uploaded_certificates SET owner_id = NULL WHERE account_id = $1 AND owner_id = $2",
+        ];
+        let (n, revoked) = with_db!(self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let revoked: Vec<String> = sqlx::query("SELECT id FROM credentials WHERE account_id = $1 AND owner_id = $2")
+                .bind(account_id).bind(id).fetch_all(&mut *tx).await?
+                .iter().map(|r| r.get::<String, _>(0)).collect();
+            for step in STEPS {
+                sqlx::query(step).bind(account_id).bind(id).execute(&mut *tx).await?;
+            }
+            let n = sqlx::query("DELETE FROM users WHERE account_id = $1 AND id = $2")
+                .bind(account_id).bind(id).execute(&mut *tx).await?.rows_affected();
+            if n > 0 {
+                tx.commit().await?;
+            }
+            (n, revoked)
         });
         if n == 0 {
             return Err(StoreError::NotFound("user"));
         }
-        Ok(())
+        Ok(revoked)
     }
 }

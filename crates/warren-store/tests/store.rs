@@ -165,11 +165,22 @@ async fn users_have_roles_and_unique_emails() {
         ));
         assert_eq!(s.set_user_role(&acc.id, &u.id, Role::ReadOnly).await.unwrap().role, Role::ReadOnly);
         assert_eq!(s.list_users(&acc.id, 10, None).await.unwrap().items.len(), 1);
-        // Deleting the owner keeps the token, without an owner.
+        // Removing a user revokes their authtokens and API keys; what they reserved stays,
+        // without an owner (admins only).
         let new = NewCredential { owner_id: Some(u.id.clone()), ..Default::default() };
-        let (cred, _) = s.create_credential(&acc.id, &new).await.unwrap();
-        s.delete_user(&acc.id, &u.id).await.unwrap();
-        assert_eq!(s.get_credential(&acc.id, &cred.id).await.unwrap().owner_id, None);
+        let (cred, token) = s.create_credential(&acc.id, &new).await.unwrap();
+        let key = NewApiKey { owner_id: Some(u.id.clone()), ..Default::default() };
+        let (key, key_secret) = s.create_api_key(&acc.id, &key).await.unwrap();
+        let kept = s.create_credential(&acc.id, &NewCredential::default()).await.unwrap().0;
+        let rd = s.create_reserved_domain(&acc.id, "mine.example.com", "", "", Some(&u.id)).await.unwrap();
+        assert_eq!(rd.owner_id.as_deref(), Some(u.id.as_str()));
+        assert_eq!(s.delete_user(&acc.id, &u.id).await.unwrap(), vec![cred.id.clone()]);
+        assert!(matches!(s.get_credential(&acc.id, &cred.id).await, Err(StoreError::NotFound(_))));
+        assert_eq!(s.verify_credential(&token.0).await.unwrap(), None);
+        assert!(matches!(s.get_api_key(&acc.id, &key.id).await, Err(StoreError::NotFound(_))));
+        assert_eq!(s.verify_api_key(&key_secret.0).await.unwrap(), None);
+        assert!(s.get_credential(&acc.id, &kept.id).await.is_ok(), "other tokens stay");
+        assert_eq!(s.get_reserved_domain(&acc.id, &rd.id).await.unwrap().owner_id, None);
         assert!(matches!(s.get_user(&acc.id, &u.id).await, Err(StoreError::NotFound(_))));
     })
     .await;
@@ -332,18 +343,22 @@ async fn reserved_domains_belong_to_one_account_and_cover_wildcards() {
     on_both(|s| async move {
         let acc = account(&s).await;
         let (other, _) = s.ensure_account("other").await.unwrap();
-        let app = s.create_reserved_domain(&acc.id, "App.Example.com.", "prod", "").await.unwrap();
+        let app = s.create_reserved_domain(&acc.id, "App.Example.com.", "prod", "", None).await.unwrap();
         assert!(app.id.starts_with("rd_"));
         assert_eq!(app.domain, "app.example.com");
         assert!(matches!(
-            s.create_reserved_domain(&other.id, "app.example.com", "", "").await,
+            s.create_reserved_domain(&other.id, "app.example.com", "", "", None).await,
+            Err(StoreError::Taken(_))
+        ));
+        assert!(matches!(
+            s.create_reserved_domain(&acc.id, "app.example.com", "", "", None).await,
             Err(StoreError::Conflict(_))
         ));
         assert!(matches!(
-            s.create_reserved_domain(&acc.id, "*.com", "", "").await,
+            s.create_reserved_domain(&acc.id, "*.com", "", "", None).await,
             Err(StoreError::Invalid(_))
         ));
-        let wild = s.create_reserved_domain(&other.id, "*.dev.example.com", "", "").await.unwrap();
+        let wild = s.create_reserved_domain(&other.id, "*.dev.example.com", "", "", None).await.unwrap();
         assert_eq!(s.domain_reservation("APP.example.com").await.unwrap().unwrap().id, app.id);
         assert_eq!(s.domain_reservation("a.b.dev.example.com").await.unwrap().unwrap().id, wild.id);
         assert_eq!(s.domain_reservation("dev.example.com").await.unwrap(), None);
@@ -365,10 +380,10 @@ async fn reserved_addrs_hold_one_port_each() {
     on_both(|s| async move {
         let acc = account(&s).await;
         let (other, _) = s.ensure_account("other").await.unwrap();
-        let a = s.create_reserved_addr(&acc.id, 20001, "ssh", "").await.unwrap();
+        let a = s.create_reserved_addr(&acc.id, 20001, "ssh", "", None).await.unwrap();
         assert!(a.id.starts_with("ra_"));
         assert!(matches!(
-            s.create_reserved_addr(&other.id, 20001, "", "").await,
+            s.create_reserved_addr(&other.id, 20001, "", "", None).await,
             Err(StoreError::Conflict(_))
         ));
         assert_eq!(s.port_reservation(20001).await.unwrap().unwrap().account_id, acc.id);
@@ -512,6 +527,64 @@ async fn a_host_belongs_to_one_account_across_every_scheme() {
             assert!(!winners.is_empty(), "someone gets {host}");
             assert!(winners.iter().all(|w| *w == winners[0]), "{host} went to one account only: {winners:?}");
         }
+    })
+    .await;
+}
+
+/// A reservation may not overlap another account's reservation or live name, at any depth:
+/// not the same name, not a name under another's wildcard, not a wildcard over another's
+/// name (reserved or online, in any scheme).
+#[tokio::test]
+async fn reservations_never_overlap_another_accounts_names() {
+    on_both(|s| async move {
+        let a = account(&s).await;
+        let (b, _) = s.ensure_account("b").await.unwrap();
+        s.create_reserved_domain(&a.id, "*.team.example.com", "", "", None).await.unwrap();
+        s.create_reserved_domain(&a.id, "*.shop.example.net", "", "", None).await.unwrap();
+        for inside in
+            ["app.team.example.com", "*.sub.team.example.com", "x.y.team.example.com", "pay.shop.example.net"]
+        {
+            let r = s.create_reserved_domain(&b.id, inside, "", "", None).await;
+            assert!(matches!(r, Err(StoreError::Taken(_))), "{inside}: {r:?}");
+        }
+        // A's own names under its wildcard are fine, and so are B's elsewhere.
+        s.create_reserved_domain(&a.id, "app.team.example.com", "", "", None).await.unwrap();
+        s.create_reserved_domain(&b.id, "team.example.com", "", "", None).await.unwrap();
+        s.create_reserved_domain(&b.id, "b.example.org", "", "", None).await.unwrap();
+        // A wildcard over another account's reservation.
+        let r = s.create_reserved_domain(&a.id, "*.example.org", "", "", None).await;
+        assert!(matches!(r, Err(StoreError::Taken(_))), "{r:?}");
+        // A wildcard over another account's live name, a tls endpoint included.
+        s.register_node("nd").await.unwrap();
+        let t = TunnelSession {
+            id: "ts_b".into(),
+            account_id: b.id.clone(),
+            node_id: "nd".into(),
+            credential_id: "cr_x".into(),
+            ip: "192.0.2.1".into(),
+            agent_version: String::new(),
+            os: String::new(),
+            metadata: String::new(),
+            started_at: now_rfc3339(),
+        };
+        s.insert_tunnel_session(&t).await.unwrap();
+        let e = LiveEndpoint {
+            id: "ep_b".into(),
+            account_id: b.id.clone(),
+            session_id: "ts_b".into(),
+            client_id: "c".into(),
+            proto: "tls".into(),
+            url: "tls://live.example.io".into(),
+            route_key: "tls://live.example.io".into(),
+            host: "live.example.io".into(),
+            created_at: now_rfc3339(),
+        };
+        s.insert_endpoint(&e).await.unwrap();
+        for over in ["*.example.io", "live.example.io"] {
+            let r = s.create_reserved_domain(&a.id, over, "", "", None).await;
+            assert!(matches!(r, Err(StoreError::Taken(_))), "{over}: {r:?}");
+        }
+        s.create_reserved_domain(&b.id, "*.example.io", "", "", None).await.unwrap();
     })
     .await;
 }

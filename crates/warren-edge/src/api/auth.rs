@@ -11,8 +11,7 @@ use warren_store::Role;
 use super::ApiError;
 use crate::Shared;
 
-/// Who is calling: the API key and the role it carries (its owner's; an account key without
-/// an owner acts as admin).
+/// Who is calling: the API key and the role it carries (its owner's).
 #[derive(Clone, Debug)]
 pub(crate) struct Principal {
     pub(crate) account_id: String,
@@ -119,14 +118,16 @@ pub(crate) async fn check(
             )));
         }
     }
+    // A key acts with its owner's role and never more: a key without a live owner (left
+    // from a version that kept the keys of removed users) does not work at all.
+    let gone = || ApiError::unauthorized("the API key's owner was removed, so the key no longer works");
     let role = match &key.owner_id {
         Some(uid) => match shared.store.get_user(&key.account_id, uid).await {
             Ok(u) => u.role,
-            // The owner was deleted: the key keeps no more than read access.
-            Err(warren_store::StoreError::NotFound(_)) => Role::ReadOnly,
+            Err(warren_store::StoreError::NotFound(_)) => return Err(gone()),
             Err(e) => return Err(e.into()),
         },
-        None => Role::Admin,
+        None => return Err(gone()),
     };
     if role == Role::ReadOnly && req.method() != Method::GET {
         return Err(ApiError::forbidden("this API key's role is read-only"));

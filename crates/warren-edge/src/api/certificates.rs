@@ -162,6 +162,7 @@ pub(crate) async fn create(
         metadata: b.metadata,
         chain_pem: b.certificate_pem,
         created_at: warren_store::now_rfc3339(),
+        owner_id: p.user_id.clone(),
     };
     shared.store.insert_uploaded_certificate(&c).await?;
     tracing::info!(certificate = %c.id, by = %p.key_id, "tls certificate uploaded");
@@ -203,6 +204,8 @@ pub(crate) async fn update(
 ) -> Result<Json<CertificateJson>, ApiError> {
     let b: UpdateBody = parse_body(&body)?;
     check_body_id(b.id.as_deref(), &id)?;
+    let current = shared.store.get_uploaded_certificate(&p.account_id, &id).await?;
+    p.require_owner_or_admin(current.owner_id.as_deref(), "a tls certificate")?;
     let c = shared
         .store
         .update_uploaded_certificate(&p.account_id, &id, b.description.as_deref(), b.metadata.as_deref())
@@ -215,6 +218,8 @@ pub(crate) async fn delete(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let current = shared.store.get_uploaded_certificate(&p.account_id, &id).await?;
+    p.require_owner_or_admin(current.owner_id.as_deref(), "a tls certificate")?;
     shared.store.delete_uploaded_certificate(&p.account_id, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -65,6 +65,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(what) => ApiError::conflict(format!("{what} already exists")),
             StoreError::Invalid(msg) => ApiError::bad_request(format!("invalid {msg}")),
             StoreError::InUse(msg) => ApiError::conflict(msg),
+            StoreError::Taken(msg) => ApiError::conflict(msg),
             other => {
                 tracing::error!(error = %other, "store failed during an API call");
                 ApiError::internal()

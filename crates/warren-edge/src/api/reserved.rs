@@ -130,21 +130,18 @@ pub(crate) async fn create_domain(
         return Err(ApiError::bad_request(format!("{domain} is the edge's own name and cannot be reserved")));
     }
     // A name online in another account's session now would change hands under it.
-    let holder = match shared.registry.host_account(&domain) {
-        Some(a) => Some(a),
-        // Another node's sessions count as much as this one's.
-        None => shared.store.host_holder(&domain).await?,
-    };
-    if holder.is_some_and(|a| a != p.account_id) {
-        return Err(ApiError::conflict(format!("{domain} is online in another account's session")));
-    }
+    // Overlaps with other accounts' reservations and live names (at any depth, any scheme,
+    // on any node) are refused by the store, under one writer.
     if let Some(cert_id) = &b.certificate_id {
         let c = shared.store.get_uploaded_certificate(&p.account_id, cert_id).await?;
         if !super::certificates::covers(&c.chain_pem, &domain) {
             return Err(ApiError::bad_request(format!("tls certificate {cert_id} does not cover {domain}")));
         }
     }
-    let d = shared.store.create_reserved_domain(&p.account_id, &domain, &b.description, &b.metadata).await?;
+    let d = shared
+        .store
+        .create_reserved_domain(&p.account_id, &domain, &b.description, &b.metadata, p.user_id.as_deref())
+        .await?;
     if let Some(cert_id) = &b.certificate_id {
         attach(&shared, &p, &d, cert_id).await?;
     }
@@ -197,6 +194,8 @@ pub(crate) async fn update_domain(
     if b.certificate_management_policy.is_some() {
         return Err(ApiError::bad_request("certificate_management_policy is not supported; omit it"));
     }
+    let current = shared.store.get_reserved_domain(&p.account_id, &id).await?;
+    p.require_owner_or_admin(current.owner_id.as_deref(), "a reserved domain")?;
     let d = shared
         .store
         .update_reserved_domain(&p.account_id, &id, b.description.as_deref(), b.metadata.as_deref())
@@ -216,6 +215,7 @@ pub(crate) async fn detach_certificate(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let d = shared.store.get_reserved_domain(&p.account_id, &id).await?;
+    p.require_owner_or_admin(d.owner_id.as_deref(), "a reserved domain")?;
     shared.store.set_domain_certificate(&p.account_id, &id, None).await?;
     forget_certificate(&shared, &d.domain).await?;
     shared.acme_wake.notify_one();
@@ -234,6 +234,7 @@ pub(crate) async fn delete_domain(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let d = shared.store.get_reserved_domain(&p.account_id, &id).await?;
+    p.require_owner_or_admin(d.owner_id.as_deref(), "a reserved domain")?;
     shared.store.delete_reserved_domain(&p.account_id, &id).await?;
     // A released name's certificate is no longer the account's to serve.
     forget_certificate(&shared, &d.domain).await?;
@@ -295,7 +296,11 @@ pub(crate) async fn create_addr(
         if shared.registry.is_taken(&EndpointKey::Port(port)) {
             continue;
         }
-        match shared.store.create_reserved_addr(&p.account_id, port, &b.description, &b.metadata).await {
+        match shared
+            .store
+            .create_reserved_addr(&p.account_id, port, &b.description, &b.metadata, p.user_id.as_deref())
+            .await
+        {
             Ok(a) => {
                 tracing::info!(reserved_addr = %a.id, port, by = %p.key_id, "tcp address reserved");
                 return Ok((StatusCode::CREATED, Json(addr_json(&shared, a))));
@@ -345,6 +350,8 @@ pub(crate) async fn update_addr(
 ) -> Result<Json<AddrJson>, ApiError> {
     let b: UpdateBody = parse_body(&body)?;
     check_body_id(b.id.as_deref(), &id)?;
+    let current = shared.store.get_reserved_addr(&p.account_id, &id).await?;
+    p.require_owner_or_admin(current.owner_id.as_deref(), "a reserved address")?;
     let a = shared
         .store
         .update_reserved_addr(&p.account_id, &id, b.description.as_deref(), b.metadata.as_deref())
@@ -357,6 +364,8 @@ pub(crate) async fn delete_addr(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let current = shared.store.get_reserved_addr(&p.account_id, &id).await?;
+    p.require_owner_or_admin(current.owner_id.as_deref(), "a reserved address")?;
     shared.store.delete_reserved_addr(&p.account_id, &id).await?;
     tracing::info!(reserved_addr = %id, by = %p.key_id, "reserved tcp address released");
     Ok(StatusCode::NO_CONTENT)

@@ -111,6 +111,11 @@ pub(crate) async fn delete(
     if p.user_id.as_deref() == Some(id.as_str()) {
         return Err(ApiError::bad_request("an admin cannot remove themselves; ask another admin"));
     }
-    shared.store.delete_user(&p.account_id, &id).await?;
+    let revoked = shared.store.delete_user(&p.account_id, &id).await?;
+    // Their authtokens went with them: so do the sessions those tokens started.
+    for credential in &revoked {
+        shared.end_sessions_using(credential, "the authtoken's owner was removed").await;
+    }
+    tracing::info!(user = %id, revoked_authtokens = revoked.len(), by = %p.key_id, "user removed with their keys and authtokens");
     Ok(StatusCode::NO_CONTENT)
 }

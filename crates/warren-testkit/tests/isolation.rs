@@ -1,0 +1,161 @@
+//! Isolation between accounts and between roles: what one tenant or one user may never do to
+//! another. Each test is an attack from the outside review, by another account or by a user
+//! of a lesser role, through the REST API and the agent protocol.
+
+use hyper::StatusCode;
+use serde_json::{Value, json};
+use warren_agent::{Agent, EndpointConfig};
+use warren_proto::error_codes as codes;
+use warren_testkit::*;
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))
+}
+
+/// An admin creates a read-only user with a key and an agent of theirs is online; the admin
+/// removes the user: the key stops working at once (it does not become an admin key, as it
+/// did when removal left it without an owner), the user's authtoken is revoked and the
+/// agent's session ends.
+#[tokio::test]
+async fn removing_a_user_revokes_their_keys_authtokens_and_sessions() {
+    let edge = TestEdge::start().await;
+    let t = edge.tenant("acme").await;
+    let reader = Some(t.read_only.api_key.as_str());
+    let (status, _, body) =
+        edge.api("POST", "/users", reader, Some(json!({"email": "x@acme.example", "role": "admin"}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    let up = HttpUpstream::start().await;
+    let mut config =
+        edge.agent_with(EndpointConfig::http(&up.url(), Some("https://reader.warren.localhost")).unwrap());
+    config.authtoken = t.read_only.authtoken.clone();
+    let mut agent = Agent::start(config);
+    within("the read-only user's agent is online", agent.wait_online()).await.unwrap();
+
+    let admin = Some(t.admin.api_key.as_str());
+    let (status, _, body) = edge.api("DELETE", &format!("/users/{}", t.read_only.user_id), admin, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    for (method, path, body) in [
+        ("POST", "/users", Some(json!({"email": "y@acme.example", "role": "admin"}))),
+        ("POST", "/api_keys", Some(json!({"description": "forever"}))),
+        ("GET", "/credentials", None),
+    ] {
+        let (status, _, answer) = edge.api(method, path, reader, body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} with the removed user's key: {answer}");
+    }
+    let (status, _, body) =
+        edge.api("GET", &format!("/credentials/{}", t.read_only.credential_id), admin, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "the authtoken went with its owner: {body}");
+    within("the session ends", async {
+        loop {
+            let (status, _, _) = https_get(&edge, "reader.warren.localhost", "/").await;
+            if status == StatusCode::NOT_FOUND {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let raw = RawSession::connect(&edge, true).await;
+    let r = raw.auth(&t.read_only.authtoken).await;
+    assert!(r.error.contains(codes::AUTHTOKEN_INVALID), "{r:?}");
+    drop(agent);
+}
+
+/// Account A reserves `*.team.<base>` and `*.shop.example.com`. Account B can reserve no
+/// name under them (at any depth), cannot bind one, and A's own binds work. A wildcard of A's
+/// over B's live `tls://` name is refused too. Before, B's reservations were all 201 and B's
+/// content was served under A's domain.
+#[tokio::test]
+async fn no_account_gets_a_name_inside_another_accounts_wildcard() {
+    let edge = TestEdge::start().await;
+    let (a, b) = (edge.tenant("a").await, edge.tenant("b").await);
+    let (ka, kb) = (Some(a.admin.api_key.as_str()), Some(b.admin.api_key.as_str()));
+    for d in ["*.team.warren.localhost", "*.shop.example.com"] {
+        let (status, _, body) = edge.api("POST", "/reserved_domains", ka, Some(json!({"domain": d}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{d}: {body}");
+    }
+    for d in [
+        "app.team.warren.localhost",
+        "*.sub.team.warren.localhost",
+        "pay.shop.example.com",
+        "a.b.team.warren.localhost",
+    ] {
+        let (status, _, body) = edge.api("POST", "/reserved_domains", kb, Some(json!({"domain": d}))).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{d}: {body}");
+        assert!(s(&body["msg"]).contains("another account"), "{body}");
+    }
+    let raw_b = RawSession::authenticated(&edge, &b.developer.authtoken).await;
+    for (proto, host) in [("https", "app.team.warren.localhost"), ("tls", "deep.x.team.warren.localhost")] {
+        let r = raw_b.bind(&format!("b-{proto}"), proto, json!({"Domain": host})).await;
+        assert!(r.error.contains(codes::RESERVED_ELSEWHERE), "{proto}://{host}: {r:?}");
+    }
+    let raw_a = RawSession::authenticated(&edge, &a.developer.authtoken).await;
+    let r = raw_a.bind("a-app", "https", json!({"Domain": "app.team.warren.localhost"})).await;
+    assert!(r.error.is_empty(), "A's own name: {r:?}");
+
+    let r = raw_b.bind("b-live", "tls", json!({"Domain": "live.b-side.warren.localhost"})).await;
+    assert!(r.error.is_empty(), "{r:?}");
+    let (status, _, body) =
+        edge.api("POST", "/reserved_domains", ka, Some(json!({"domain": "*.b-side.warren.localhost"}))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a wildcard over B's live tls name: {body}");
+}
+
+/// Developers may reserve and upload; they may change or release only what they made.
+/// An admin's reserved domain and uploaded certificate cannot be deleted, re-pointed or
+/// detached by a developer (before, a developer key could delete them, and re-point the
+/// domain to a certificate of its own). Another account sees none of them.
+#[tokio::test]
+async fn developers_change_only_their_own_reservations_and_certificates() {
+    let edge = TestEdge::start().await;
+    let (t, other) = (edge.tenant("corp").await, edge.tenant("elsewhere").await);
+    let (admin, dev) = (Some(t.admin.api_key.as_str()), Some(t.developer.api_key.as_str()));
+    let ca = TestCa::new("corp CA");
+    let upload = |name: &str| {
+        let (chain, key, _) = ca.leaf(name);
+        json!({"certificate_pem": chain, "private_key_pem": key})
+    };
+    let (status, _, cert) =
+        edge.api("POST", "/tls_certificates", admin, Some(upload("pay.corp.example"))).await;
+    assert_eq!(status, StatusCode::CREATED, "{cert}");
+    let body = json!({"domain": "pay.corp.example", "certificate_id": cert["id"]});
+    let (status, _, rd) = edge.api("POST", "/reserved_domains", admin, Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{rd}");
+    let (status, _, addr) = edge.api("POST", "/reserved_addrs", admin, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{addr}");
+
+    let (status, _, dev_cert) =
+        edge.api("POST", "/tls_certificates", dev, Some(upload("pay.corp.example"))).await;
+    assert_eq!(status, StatusCode::CREATED, "developers may upload: {dev_cert}");
+    let (rd_id, cert_id, addr_id) = (s(&rd["id"]), s(&cert["id"]), s(&addr["id"]));
+    for (method, path, body) in [
+        ("DELETE", format!("/reserved_domains/{rd_id}"), None),
+        ("PATCH", format!("/reserved_domains/{rd_id}"), Some(json!({"certificate_id": dev_cert["id"]}))),
+        ("PATCH", format!("/reserved_domains/{rd_id}"), Some(json!({"description": "mine now"}))),
+        ("DELETE", format!("/reserved_domains/{rd_id}/certificate"), None),
+        ("DELETE", format!("/tls_certificates/{cert_id}"), None),
+        ("PATCH", format!("/tls_certificates/{cert_id}"), Some(json!({"description": "mine now"}))),
+        ("DELETE", format!("/reserved_addrs/{addr_id}"), None),
+        ("PATCH", format!("/reserved_addrs/{addr_id}"), Some(json!({"description": "mine now"}))),
+    ] {
+        let (status, _, answer) = edge.api(method, &path, dev, body.clone()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "developer {method} {path}: {answer}");
+        let (status, _, answer) = edge.api(method, &path, Some(&other.admin.api_key), body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "another account's admin {method} {path}: {answer}");
+    }
+    let (_, _, still) = edge.api("GET", &format!("/reserved_domains/{rd_id}"), admin, None).await;
+    assert_eq!(still["certificate"]["id"], cert["id"], "unchanged: {still}");
+
+    // What the developer made is theirs to change and release.
+    let (status, _, own) =
+        edge.api("POST", "/reserved_domains", dev, Some(json!({"domain": "dev.corp.example"}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{own}");
+    let (status, _, _) = edge.api("DELETE", &format!("/reserved_domains/{}", s(&own["id"])), dev, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) =
+        edge.api("DELETE", &format!("/tls_certificates/{}", s(&dev_cert["id"])), dev, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // And the admin may change anything.
+    let (status, _, _) = edge.api("DELETE", &format!("/reserved_addrs/{addr_id}"), admin, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
