@@ -60,6 +60,10 @@ pub struct EdgeConfig {
     /// let any account make the edge call services on the edge's own loopback. For a local
     /// identity provider in development and tests.
     pub idp_allow_loopback_http: bool,
+    /// Let identity-provider fetches reach private, link-local and other non-public
+    /// addresses (an identity provider inside the operator's network). Off by default, for
+    /// the same reason.
+    pub idp_allow_private_networks: bool,
     /// Limits on every listener.
     pub limits: Limits,
 }
@@ -159,6 +163,9 @@ pub struct Limits {
     pub max_agent_connections_per_ip: usize,
     /// API connections at once from one address.
     pub max_api_connections_per_ip: usize,
+    /// Wrong API keys and authtokens one address may present per minute (both together);
+    /// then every attempt from it is refused until the minute is over.
+    pub max_auth_failures_per_ip: u32,
 }
 
 impl Default for Limits {
@@ -180,6 +187,7 @@ impl Default for Limits {
             max_visitor_connections_per_ip: 10_000,
             max_agent_connections_per_ip: 1_000,
             max_api_connections_per_ip: 64,
+            max_auth_failures_per_ip: 20,
         }
     }
 }
@@ -213,6 +221,7 @@ impl EdgeConfig {
             acme: None,
             master_key_file: None,
             idp_allow_loopback_http: false,
+            idp_allow_private_networks: false,
             tls_files: None,
             limits: Limits::default(),
         }

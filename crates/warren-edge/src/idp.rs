@@ -3,6 +3,14 @@
 //! are refreshed in the background so rotated keys are picked up), and the authorization-code
 //! exchange. Only https URLs (with publicly trusted certificates) are used; plain http on
 //! loopback only when the edge is configured to allow it (a local identity provider).
+//!
+//! The URLs come from tenants' policies, and the edge fetches them from inside the operator's
+//! network: a host that resolves to a loopback, private, link-local or otherwise
+//! non-public address is refused (after resolution, and the checked address is the one
+//! connected to, so a name cannot change its answer in between) unless the operator allows
+//! loopback (`--idp-allow-loopback-http`) or private networks (`--idp-allow-private-networks`).
+//! Why a fetch failed goes to the edge's log only: the agent learns that it failed, not
+//! whether a port is open, closed or filtered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,18 +37,33 @@ const MAX_EXCHANGES: usize = 64;
 pub(crate) struct IdpCache {
     sets: Mutex<HashMap<String, Arc<Jwks>>>,
     providers: Mutex<HashMap<String, Arc<Provider>>>,
-    allow_loopback_http: bool,
+    reach: Reach,
     exchanges: tokio::sync::Semaphore,
 }
 
+/// Which addresses identity-provider fetches may reach besides public ones.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Reach {
+    /// Loopback, over https or plain http (a local identity provider).
+    pub(crate) loopback: bool,
+    /// Private, link-local and other non-public ranges.
+    pub(crate) private: bool,
+}
+
 impl IdpCache {
-    pub(crate) fn new(allow_loopback_http: bool) -> IdpCache {
+    pub(crate) fn new(reach: Reach) -> IdpCache {
         IdpCache {
             sets: Mutex::default(),
             providers: Mutex::default(),
-            allow_loopback_http,
+            reach,
             exchanges: tokio::sync::Semaphore::new(MAX_EXCHANGES),
         }
+    }
+
+    /// Whether `url` may be fetched at all (its scheme and host, before any network): this
+    /// much may be told to the agent.
+    pub(crate) fn check(&self, url: &str) -> Result<(), String> {
+        check_url(url, self.reach).map(|_| ())
     }
 
     /// The OpenID provider at `issuer_url`, discovered now unless cached, with its keys.
@@ -49,10 +72,10 @@ impl IdpCache {
             return Ok(p.clone());
         }
         let url = Discovery::url(issuer_url);
-        let body = fetch(&url, self.allow_loopback_http).await?;
+        let body = fetch(&url, self.reach).await?;
         let discovery = Discovery::parse(issuer_url, &body)?;
         for endpoint in [&discovery.authorization_endpoint, &discovery.token_endpoint] {
-            check_url(endpoint, self.allow_loopback_http)?;
+            check_url(endpoint, self.reach)?;
         }
         let keys = self.get(&discovery.jwks_uri).await?;
         let provider = Arc::new(Provider::new(discovery, keys));
@@ -68,7 +91,7 @@ impl IdpCache {
         if let Some(set) = self.sets.lock().unwrap_or_else(|e| e.into_inner()).get(url) {
             return Ok(set.clone());
         }
-        let body = fetch(url, self.allow_loopback_http).await?;
+        let body = fetch(url, self.reach).await?;
         let set = Arc::new(Jwks::parse(&body)?);
         if set.is_empty() {
             return Err(format!("{url} holds no keys"));
@@ -90,7 +113,7 @@ impl IdpCache {
         // must not hold back the refresh of every other account's keys.
         let mut fetches = tokio::task::JoinSet::new();
         for (url, set) in sets {
-            let loopback = self.allow_loopback_http;
+            let loopback = self.reach;
             fetches.spawn(async move {
                 match fetch(&url, loopback).await.and_then(|b| set.replace(&b)) {
                     Ok(()) => tracing::debug!(%url, keys = set.len(), "JWKS refreshed"),
@@ -122,7 +145,7 @@ impl IdpCache {
         };
         let post = Post { body: req.body.clone(), authorization: req.authorization.clone() };
         let limit = warren_policy::oidc::MAX_TOKEN_RESPONSE;
-        tokio::time::timeout(FETCH_TIMEOUT, call(&req.url, Some(post), limit, self.allow_loopback_http))
+        tokio::time::timeout(FETCH_TIMEOUT, call(&req.url, Some(post), limit, self.reach))
             .await
             .map_err(|_| format!("{} did not answer in time", req.url))?
     }
@@ -135,7 +158,7 @@ struct Post {
 }
 
 /// GETs a document; anything but 2xx is an error.
-async fn fetch(url: &str, loopback: bool) -> Result<Bytes, String> {
+async fn fetch(url: &str, loopback: Reach) -> Result<Bytes, String> {
     let (status, body) = tokio::time::timeout(FETCH_TIMEOUT, call(url, None, MAX_DOCUMENT, loopback))
         .await
         .map_err(|_| format!("fetching {url} timed out"))??;
@@ -146,7 +169,8 @@ async fn fetch(url: &str, loopback: bool) -> Result<Bytes, String> {
 }
 
 /// https, or (when `loopback` allows it) http on loopback.
-fn check_url(url: &str, loopback: bool) -> Result<(http::Uri, String, bool), String> {
+fn check_url(url: &str, reach: Reach) -> Result<(http::Uri, String, bool), String> {
+    let loopback = reach.loopback;
     let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
     let host = uri.host().ok_or_else(|| format!("{url} has no host"))?.trim_matches(['[', ']']).to_owned();
     let https = match uri.scheme_str() {
@@ -160,11 +184,19 @@ fn check_url(url: &str, loopback: bool) -> Result<(http::Uri, String, bool), Str
     Ok((uri, host, https))
 }
 
-async fn call(url: &str, post: Option<Post>, limit: usize, loopback: bool) -> Result<(u16, Bytes), String> {
-    let (uri, host, https) = check_url(url, loopback)?;
+async fn call(url: &str, post: Option<Post>, limit: usize, reach: Reach) -> Result<(u16, Bytes), String> {
+    let (uri, host, https) = check_url(url, reach)?;
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let tcp =
-        tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("{url}: {e}"))?;
+    let lookup = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((lookup, port))
+        .await
+        .map_err(|e| format!("{url}: cannot resolve {host}: {e}"))?
+        .collect();
+    let addr = addrs.iter().copied().find(|a| reachable(a.ip(), reach).is_ok()).ok_or_else(|| {
+        let why = addrs.first().map_or("no address".into(), |a| reachable(a.ip(), reach).unwrap_err());
+        format!("{url}: refused: {host} resolves to {why}")
+    })?;
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("{url}: {e}"))?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let authority = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
     let mut req = http::Request::builder()
@@ -225,6 +257,82 @@ fn client_config() -> Arc<rustls::ClientConfig> {
     Arc::new(cfg)
 }
 
+/// Whether a fetch may connect to `ip`; the error names what kind of address it is.
+pub(crate) fn reachable(ip: std::net::IpAddr, reach: Reach) -> Result<(), String> {
+    use std::net::IpAddr;
+    let ip = ip.to_canonical();
+    if ip.is_loopback() {
+        return if reach.loopback { Ok(()) } else { Err(format!("{ip}, a loopback address")) };
+    }
+    let private = match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                // 100.64.0.0/10 (carrier-grade NAT), 0.0.0.0/8, 192.0.0.0/24, 198.18.0.0/15, 240.0.0.0/4.
+                || (o[0] == 100 && (o[1] & 0xC0) == 64)
+                || o[0] == 0
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (o[1] & 0xFE) == 18)
+                || o[0] >= 240
+        }
+        IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            v6.is_unspecified()
+                || v6.is_multicast()
+                // fc00::/7 unique local, fe80::/10 link-local, 2001:db8::/32 documentation.
+                || (seg[0] & 0xFE00) == 0xFC00
+                || (seg[0] & 0xFFC0) == 0xFE80
+                || (seg[0] == 0x2001 && seg[1] == 0x0DB8)
+        }
+    };
+    if private && !reach.private {
+        return Err(format!("{ip}, a private or non-public address"));
+    }
+    Ok(())
+}
+
 fn is_loopback(host: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_public_addresses_are_reachable_unless_allowed() {
+        let none = Reach::default();
+        for ip in [
+            "127.0.0.1",
+            "::1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+        ] {
+            assert!(reachable(ip.parse().unwrap(), none).is_err(), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:2800:220:1::1", "1.1.1.1"] {
+            assert!(reachable(ip.parse().unwrap(), none).is_ok(), "{ip}");
+        }
+        let lo = Reach { loopback: true, private: false };
+        assert!(reachable("127.0.0.1".parse().unwrap(), lo).is_ok());
+        assert!(reachable("10.0.0.1".parse().unwrap(), lo).is_err());
+        let private = Reach { loopback: false, private: true };
+        assert!(reachable("10.0.0.1".parse().unwrap(), private).is_ok());
+        assert!(reachable("127.0.0.1".parse().unwrap(), private).is_err());
+    }
 }

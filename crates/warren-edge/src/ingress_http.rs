@@ -241,6 +241,20 @@ async fn handle(
             "",
         ));
     }
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .or_else(|| req.headers().get(header::HOST).map(|h| h.as_bytes()));
+    if authority.is_some_and(|a| a.contains(&b'@')) {
+        // RFC 9110 §7.2: no user information in Host. `victim@secure` would be routed by one
+        // part and read by the upstream as another.
+        return Ok(page(
+            StatusCode::BAD_REQUEST,
+            "The request's Host has user information ('@'), which HTTP does not allow.",
+            "",
+        ));
+    }
     let Some(host) = request_host(&req) else {
         return Ok(page(
             StatusCode::BAD_REQUEST,

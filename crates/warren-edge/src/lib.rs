@@ -44,6 +44,7 @@ mod proxy_protocol;
 mod registry;
 pub mod sealed;
 mod session;
+mod throttle;
 pub mod tls;
 mod tls_front;
 
@@ -113,6 +114,8 @@ pub(crate) struct Shared {
     /// Visitor connections, every ingress together.
     pub(crate) visitor_limit: conn_limit::ConnLimit,
     pub(crate) api_rate_limit: api::RateLimit,
+    /// Wrong API keys and authtokens per client address.
+    pub(crate) auth_failures: throttle::FailureThrottle,
     pub(crate) ip_rules: ip_rules::IpRules,
     /// Seals private keys before they reach the store.
     pub(crate) master_key: sealed::MasterKey,
@@ -229,11 +232,18 @@ impl Edge {
             ),
             registry: registry::Registry::default(),
             api_rate_limit: api::RateLimit::new(config.api_rate_limit.0, config.api_rate_limit.1),
+            auth_failures: throttle::FailureThrottle::new(
+                config.limits.max_auth_failures_per_ip,
+                std::time::Duration::from_secs(60),
+            ),
             ip_rules: ip_rules::IpRules::default(),
             master_key,
             challenges: acme::Challenges::default(),
             acme_wake: tokio::sync::Notify::new(),
-            idp: idp::IdpCache::new(config.idp_allow_loopback_http),
+            idp: idp::IdpCache::new(idp::Reach {
+                loopback: config.idp_allow_loopback_http,
+                private: config.idp_allow_private_networks,
+            }),
             store,
             config,
             shutdown: rx,

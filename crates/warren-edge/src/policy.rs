@@ -65,6 +65,14 @@ pub(crate) async fn check_account_policy(
     Ok(())
 }
 
+/// The agent learns that a fetch failed, not why: the reason (connection refused, timed out,
+/// a private address) would let an authtoken holder map what the edge can reach. The edge's
+/// log has it.
+fn fetch_failed(account_id: &str, what: &str, url: &str, detail: &str) -> String {
+    tracing::warn!(account = %account_id, %url, error = %detail, "identity provider fetch failed");
+    format!("{what} {url} could not be fetched (the edge's log says why)")
+}
+
 /// What compiling a document needs from outside: the stored IP policies its `restrict-ips`
 /// actions name, the keys its `jwt-validation` actions name, the providers its
 /// `openid-connect` actions name, and the key session cookies are sealed under.
@@ -72,19 +80,21 @@ async fn compile_env(shared: &Shared, account_id: &str, doc: &Document) -> Resul
     let mut env =
         CompileEnv { cookie_secret: Some(shared.master_key.cookie_secret()), ..CompileEnv::default() };
     for url in doc.jwks_urls() {
+        shared.idp.check(&url).map_err(|e| format!("jwt-validation: {e}"))?;
         let set = shared
             .idp
             .get(&url)
             .await
-            .map_err(|e| format!("jwt-validation: the keys at {url} could not be fetched: {e}"))?;
+            .map_err(|e| fetch_failed(account_id, "jwt-validation: the keys at", &url, &e))?;
         env.jwks.insert(url, set);
     }
     for issuer in doc.oidc_issuers() {
+        shared.idp.check(&issuer).map_err(|e| format!("openid-connect: {e}"))?;
         let provider = shared
             .idp
             .provider(&issuer)
             .await
-            .map_err(|e| format!("openid-connect: the provider {issuer} could not be discovered: {e}"))?;
+            .map_err(|e| fetch_failed(account_id, "openid-connect: the provider", &issuer, &e))?;
         env.oidc.insert(issuer, provider);
     }
     for id in doc.ip_policy_ids() {

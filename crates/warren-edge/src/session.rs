@@ -180,9 +180,18 @@ async fn handle_auth(
         let _ = reply(&mut stream, &r).await;
         return None;
     }
+    if let Some(wait) = shared.auth_failures.blocked(remote.ip(), std::time::Instant::now()) {
+        let r = fail(
+            &format!("too many wrong authtokens or API keys from {}; try again in {wait} s", remote.ip()),
+            codes::AUTHTOKEN_INVALID,
+        );
+        let _ = reply(&mut stream, &r).await;
+        return None;
+    }
     let credential = match shared.store.verify_credential(token).await {
         Ok(Some(c)) => c,
         Ok(None) => {
+            shared.auth_failures.failed(remote.ip(), std::time::Instant::now());
             tracing::info!(%remote, "agent presented an invalid authtoken");
             let r = fail("the authtoken is invalid, revoked or expired", codes::AUTHTOKEN_INVALID);
             let _ = reply(&mut stream, &r).await;

@@ -2,19 +2,28 @@
 //! window's count weighted by how much of it still overlaps, per bucket key. Time comes in
 //! as an `Instant` from the caller.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Buckets kept at most; beyond this, buckets idle for two windows are dropped first, then
-/// the request is let through unlimited rather than letting memory grow without bound.
+/// Buckets kept at most; a new key beyond this replaces the least recently used bucket. No
+/// key is ever let through unlimited, and no request scans the buckets.
 const MAX_BUCKETS: usize = 100_000;
 
 /// Windows per bucket key.
 pub(crate) struct SlidingWindow {
     capacity: u64,
     window: Duration,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<Buckets>,
+}
+
+#[derive(Default)]
+struct Buckets {
+    by_key: HashMap<String, (Bucket, u64)>,
+    /// Last use → key, oldest first.
+    by_use: BTreeMap<u64, String>,
+    next_use: u64,
+    max: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -24,22 +33,41 @@ struct Bucket {
     previous: u64,
 }
 
+impl Buckets {
+    /// The bucket for `key`, marked as just used; a new one (evicting the least recently
+    /// used when full) if there was none.
+    fn touch(&mut self, key: &str, now: Instant) -> &mut Bucket {
+        let seq = self.next_use;
+        self.next_use += 1;
+        if let Some((_, used)) = self.by_key.get_mut(key) {
+            self.by_use.remove(used);
+            *used = seq;
+        } else {
+            if self.by_key.len() >= self.max
+                && let Some((_, oldest)) = self.by_use.pop_first()
+            {
+                self.by_key.remove(&oldest);
+            }
+            self.by_key.insert(key.to_owned(), (Bucket { start: now, current: 0, previous: 0 }, seq));
+        }
+        self.by_use.insert(seq, key.to_owned());
+        &mut self.by_key.get_mut(key).expect("just inserted").0
+    }
+}
+
 impl SlidingWindow {
     pub(crate) fn new(capacity: u64, window: Duration) -> SlidingWindow {
-        SlidingWindow { capacity, window, buckets: Mutex::default() }
+        SlidingWindow::with_max(capacity, window, MAX_BUCKETS)
+    }
+
+    fn with_max(capacity: u64, window: Duration, max: usize) -> SlidingWindow {
+        SlidingWindow { capacity, window, buckets: Mutex::new(Buckets { max, ..Buckets::default() }) }
     }
 
     /// Counts one request for `key`; `Err` holds how long until one would be allowed.
     pub(crate) fn hit(&self, key: &str, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if !buckets.contains_key(key) && buckets.len() >= MAX_BUCKETS {
-            let window = self.window;
-            buckets.retain(|_, b| now.saturating_duration_since(b.start) < window * 2);
-            if buckets.len() >= MAX_BUCKETS {
-                return Ok(());
-            }
-        }
-        let b = buckets.entry(key.to_owned()).or_insert(Bucket { start: now, current: 0, previous: 0 });
+        let b = buckets.touch(key, now);
         let elapsed = now.saturating_duration_since(b.start);
         if elapsed >= self.window * 2 {
             *b = Bucket { start: now, current: 0, previous: 0 };
@@ -84,5 +112,21 @@ mod tests {
         for _ in 0..3 {
             assert!(w.hit("a", t0 + Duration::from_secs(300)).is_ok());
         }
+    }
+
+    /// A flood of new keys (before: past 100,000 buckets every request was let through)
+    /// replaces the least recently used buckets; a key in use keeps its count.
+    #[test]
+    fn many_keys_evict_the_least_recently_used_and_never_open_the_limit() {
+        let w = SlidingWindow::with_max(1, Duration::from_secs(60), 3);
+        let t0 = Instant::now();
+        assert!(w.hit("victim-limited", t0).is_ok());
+        for i in 0..1000 {
+            // The limited key keeps being refused while other keys come and go.
+            assert!(w.hit("victim-limited", t0).is_err(), "round {i}");
+            assert!(w.hit(&format!("flood-{i}"), t0).is_ok());
+        }
+        let b = w.buckets.lock().unwrap();
+        assert_eq!((b.by_key.len(), b.by_use.len()), (3, 3));
     }
 }

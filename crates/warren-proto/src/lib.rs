@@ -483,17 +483,71 @@ pub enum ProtoError {
 /// ngrok clients write a request and wait for the reply without half-closing their side, so a
 /// message ends where its JSON value ends; peers that do half-close end it at end of stream.
 /// Both work: feed every read to [`MessageBuf::push`] and call [`MessageBuf::finish`] at EOF.
+///
+/// Each byte is looked at once: a small scanner follows strings and nesting to find where the
+/// value ends, and only then is it parsed. (Parsing the whole buffer on every read let a peer
+/// that drips its message one byte per frame make the edge do quadratic work.)
 #[derive(Debug)]
 pub struct MessageBuf {
     what: &'static str,
     limit: usize,
     buf: Vec<u8>,
+    scan: Scan,
+}
+
+/// Where the scanner is in the JSON value.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Bytes of `buf` already looked at.
+    seen: usize,
+    /// Open `{` and `[`.
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    /// The value started with `{` or `[` (anything else is parsed at end of stream).
+    nested: bool,
+}
+
+impl Scan {
+    /// Looks at `bytes` (the buffer from `self.seen` on); returns the buffer length at which
+    /// the top-level value ended, if it did.
+    fn advance(&mut self, bytes: &[u8]) -> Option<usize> {
+        for (i, &b) in bytes.iter().enumerate() {
+            let at = self.seen + i;
+            if self.in_string {
+                match (self.escaped, b) {
+                    (true, _) => self.escaped = false,
+                    (false, b'\\') => self.escaped = true,
+                    (false, b'"') => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => {
+                    self.nested = true;
+                    self.depth += 1;
+                }
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.nested && self.depth == 0 {
+                        self.seen = at + 1;
+                        return Some(at + 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.seen += bytes.len();
+        None
+    }
 }
 
 impl MessageBuf {
     /// A buffer for one `what` message of at most `limit` bytes.
     pub fn new(what: &'static str, limit: usize) -> MessageBuf {
-        MessageBuf { what, limit, buf: Vec::new() }
+        MessageBuf { what, limit, buf: Vec::new(), scan: Scan::default() }
     }
 
     /// Adds bytes; returns the message once a complete JSON value has arrived.
@@ -502,10 +556,10 @@ impl MessageBuf {
             return Err(ProtoError::Oversized { what: self.what, limit: self.limit });
         }
         self.buf.extend_from_slice(bytes);
-        match serde_json::from_slice::<T>(&self.buf) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.is_eof() => Ok(None),
-            Err(source) => Err(ProtoError::Json { what: self.what, source }),
+        let from = self.scan.seen;
+        match self.scan.advance(&self.buf[from..]) {
+            Some(end) => decode(self.what, &self.buf[..end]).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -568,10 +622,33 @@ mod tests {
         assert!(m.finish::<Unbind>().is_err(), "a truncated message is an error at EOF");
 
         let mut m = MessageBuf::new("Unbind", 64);
-        assert!(matches!(m.push::<Unbind>(b"{not json"), Err(ProtoError::Json { .. })));
+        assert!(matches!(m.push::<Unbind>(b"{not json}"), Err(ProtoError::Json { .. })));
+        let mut m = MessageBuf::new("Unbind", 64);
+        assert!(matches!(m.push::<Unbind>(b"nonsense "), Ok(None)));
+        assert!(m.finish::<Unbind>().is_err());
 
         let mut m = MessageBuf::new("Unbind", 8);
         assert!(matches!(m.push::<Unbind>(&[b' '; 9]), Err(ProtoError::Oversized { limit: 8, .. })));
+    }
+
+    /// Braces and quotes inside strings do not end the message; one byte at a time, the
+    /// message ends exactly at its last byte; bytes after it are not part of it.
+    #[test]
+    fn message_buf_follows_strings_and_nesting_a_byte_at_a_time() {
+        let msg =
+            br#" {"Version":["3"],"ClientId":"}{][\"x","Extra":{"AuthToken":"a{b","Metadata":"{"k":[1]}"}}"#;
+        let mut m = MessageBuf::new("Auth", 1024);
+        for (i, b) in msg.iter().enumerate() {
+            let got = m.push::<Auth>(std::slice::from_ref(b)).unwrap();
+            assert_eq!(got.is_some(), i == msg.len() - 1, "byte {i}");
+            if let Some(a) = got {
+                assert_eq!(a.client_id, r#"}{][\"x"#);
+                assert_eq!(a.extra.metadata, r#"{"k":[1]}"#);
+            }
+        }
+        let mut m = MessageBuf::new("Unbind", 64);
+        let u: Unbind = m.push(br#"{"Id":"a"}{"Id":"b"}"#).unwrap().unwrap();
+        assert_eq!(u.client_id, "a", "the first value is the message");
     }
 
     #[test]

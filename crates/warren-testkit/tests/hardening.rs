@@ -255,3 +255,77 @@ async fn one_address_cannot_take_every_api_or_visitor_slot() {
         drop(held);
     }
 }
+
+/// Wrong secrets are throttled per address: after 20 wrong API keys or authtokens in a
+/// minute, an address is refused even with a right one until the minute is over; other
+/// addresses are not affected. An authtoken with non-ASCII characters is one more wrong
+/// token (it used to panic the Auth task), and an Auth dripped one byte per frame works.
+#[tokio::test]
+async fn wrong_secrets_are_throttled_per_address_and_odd_tokens_are_just_wrong() {
+    let edge = TestEdge::start_with(|c| c.limits.max_auth_failures_per_ip = 5).await;
+    let mut odd = hostile::Hostile::connect(&edge).await;
+    let r = odd.auth(1, "cr_ééééééééééééééééééééééééééé_secret").await;
+    assert!(r.error.contains(codes::AUTHTOKEN_INVALID), "{r:?}");
+
+    // An Auth sent one byte per DATA frame is read once it is whole.
+    let mut drip = hostile::Hostile::connect(&edge).await;
+    let auth = serde_json::json!({ "Version": ["3"], "Extra": { "AuthToken": edge.authtoken } }).to_string();
+    drip.frame(hostile::ty::DATA, hostile::flag::SYN, 1, &0u32.to_be_bytes()).await.unwrap();
+    for b in auth.as_bytes() {
+        drip.frame(hostile::ty::DATA, 0, 1, std::slice::from_ref(b)).await.unwrap();
+    }
+    let reply: warren_proto::AuthResp =
+        warren_proto::decode("AuthResp", &within("dripped Auth", drip.reply(1)).await).unwrap();
+    assert!(reply.error.is_empty(), "{reply:?}");
+
+    // Four more wrong authtokens from 127.0.0.1 (five in all): the next attempt is refused
+    // even with the right token.
+    for _ in 0..4 {
+        let raw = RawSession::connect(&edge, true).await;
+        assert!(
+            raw.auth("cr_0000000000000000000000000_wrong").await.error.contains(codes::AUTHTOKEN_INVALID)
+        );
+    }
+    let raw = RawSession::connect(&edge, true).await;
+    let r = raw.auth(&edge.authtoken).await;
+    assert!(r.error.contains("too many wrong"), "{r:?}");
+    // The API shares the count: the right key from the same address gets 429.
+    let (status, _, body) = edge.api("GET", "/credentials", Some(&edge.api_key), None).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    // Another address is served.
+    let api_addr = edge.api_addr();
+    let api_from = |key: String| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(std::net::SocketAddr::from(([127, 0, 0, 3], 0))).unwrap();
+        let mut tcp = s.connect(api_addr).await.unwrap();
+        let req = format!(
+            "GET /credentials HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {key}\r\nNgrok-Version: 2\r\nConnection: close\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    let answer = within("API from 127.0.0.3", api_from(edge.api_key.clone())).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// A Host with user information is refused: `victim@secure` was routed by its host part
+/// and forwarded to the upstream as it was.
+#[tokio::test]
+async fn a_host_with_user_information_is_refused() {
+    let edge = TestEdge::start().await;
+    let b = bystander(&edge, "secure").await;
+    for host in ["victim@secure.warren.localhost", "secure.warren.localhost@evil.example"] {
+        let (status, _, body) = plain_get(edge.http_addr(), host, "/").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{host}: {body}");
+        let tls =
+            tls_connect(edge.https_addr(), "secure.warren.localhost", &edge.ca_pem, &[b"http/1.1"]).await;
+        let mut send = http1(tls).await;
+        let req = hyper::Request::get("/").header("host", host).body(empty()).unwrap();
+        let res = within("https answer", send.send_request(req)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{host} over https");
+    }
+    still_serves(&edge, &b).await;
+}

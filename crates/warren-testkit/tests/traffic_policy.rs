@@ -908,7 +908,7 @@ async fn openid_connect_config_errors_refuse_the_bind() {
     assert!(unknown.to_string().contains("idle_session_timeout"), "{unknown}");
     let nowhere =
         with_policy(&edge, &up, "o2", &oidc_policy("http://127.0.0.1:9", "")).await.err().expect("refused");
-    assert!(nowhere.to_string().contains("could not be discovered"), "{nowhere}");
+    assert!(nowhere.to_string().contains("could not be fetched"), "{nowhere}");
 
     // Unless the edge allows it (a development setting), a policy cannot make the edge call
     // plain http services on its own loopback.
@@ -968,4 +968,50 @@ async fn costly_expressions_are_refused_at_bind_or_cut_off_per_request() {
         assert!(body.contains("ERR_WARREN_POLICY_BUDGET"), "{body}");
     }
     assert_eq!(up.requests.load(Ordering::SeqCst), before, "none of them reached the upstream");
+}
+
+fn jwks_policy(url: &str) -> String {
+    format!(
+        "on_http_request:\n  - actions:\n      - type: jwt-validation\n        config:\n          issuer: {{allow_list: [{{value: \"https://issuer.example\"}}]}}\n          audience: {{allow_list: [{{value: \"api://warren\"}}]}}\n          jws:\n            allowed_algorithms: [RS256]\n            keys: {{sources: {{additional_jkus: [\"{url}\"]}}}}\n"
+    )
+}
+
+/// A tenant's policy names the URLs the edge fetches keys and discovery documents from, from
+/// inside the operator's network. Loopback, private and link-local addresses are refused
+/// (after resolution: `localhost` counts), and the agent is told only that the fetch failed:
+/// before, the Bind error told open, closed and filtered ports apart ("tls handshake eof",
+/// "Connection refused", "timed out"), a port scanner for any authtoken holder.
+#[tokio::test]
+async fn identity_provider_fetches_reach_no_internal_address_and_tell_nothing_about_ports() {
+    let up = HttpUpstream::start().await;
+    let strict = TestEdge::start_with(|c| c.idp_allow_loopback_http = false).await;
+    let open_port = strict.api_addr().port();
+    for url in [
+        format!("https://127.0.0.1:{open_port}/jwks"),
+        format!("https://localhost:{open_port}/jwks"),
+        "https://10.255.255.1/jwks".to_owned(),
+        "https://169.254.169.254/latest/meta-data".to_owned(),
+        "https://[::1]/jwks".to_owned(),
+    ] {
+        let err =
+            with_policy(&strict, &up, "ssrf", &jwks_policy(&url)).await.err().expect("refused").to_string();
+        // Exactly this, so nothing about the address or the port can be in it.
+        let generic = format!(
+            "endpoint refused: invalid traffic policy: jwt-validation: the keys at {url} could not be fetched (the edge's log says why) [ERR_NGROK_9010]"
+        );
+        assert_eq!(err, generic, "{url}");
+    }
+    // Where loopback is allowed (a development edge), an open port and a closed one still
+    // read the same to the agent.
+    let dev = TestEdge::start().await;
+    let closed = refused_addr().await;
+    let open = dev.api_addr();
+    let mut messages = Vec::new();
+    for addr in [open, closed] {
+        let url = format!("http://{addr}/jwks");
+        let err =
+            with_policy(&dev, &up, "scan", &jwks_policy(&url)).await.err().expect("refused").to_string();
+        messages.push(err.replace(&addr.to_string(), "ADDR"));
+    }
+    assert_eq!(messages[0], messages[1], "open and closed ports look alike");
 }

@@ -214,6 +214,10 @@ struct EdgeArgs {
     /// only: any account could make the edge call services on its loopback).
     #[arg(long)]
     idp_allow_loopback_http: bool,
+    /// Let traffic policies' identity providers be on private networks (10/8, 192.168/16,
+    /// link-local, ...): any account could make the edge call services there.
+    #[arg(long)]
+    idp_allow_private_networks: bool,
     /// The edge's own certificate chain (PEM) for its base domain and connect hostnames,
     /// instead of the local CA's; reloaded when the file changes.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
@@ -429,6 +433,7 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     }
     config.master_key_file = args.master_key_file;
     config.idp_allow_loopback_http = args.idp_allow_loopback_http;
+    config.idp_allow_private_networks = args.idp_allow_private_networks;
     config.tls_files = args.tls_cert.zip(args.tls_key);
     config.validate().map_err(anyhow::Error::msg)?;
 

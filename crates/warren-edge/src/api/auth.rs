@@ -91,6 +91,12 @@ pub(crate) async fn check(
     if version != Some("2") {
         return Err(ApiError::missing_version());
     }
+    let ip = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let ip = ip.unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+    let ip = crate::client_addr::forwarded_ip(&shared, ip, req.headers());
+    if let Some(wait) = shared.auth_failures.blocked(ip, Instant::now()) {
+        return Err(ApiError::rate_limited(wait));
+    }
     let key = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -98,15 +104,11 @@ pub(crate) async fn check(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or_else(|| ApiError::unauthorized("send the API key as Authorization: Bearer <key>"))?;
-    let key = shared
-        .store
-        .verify_api_key(key)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("the API key is invalid, deleted or expired"))?;
+    let Some(key) = shared.store.verify_api_key(key).await? else {
+        shared.auth_failures.failed(ip, Instant::now());
+        return Err(ApiError::unauthorized("the API key is invalid, deleted or expired"));
+    };
     shared.api_rate_limit.hit(&key.id, Instant::now()).map_err(ApiError::rate_limited)?;
-    let ip = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-    let ip = ip.unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
-    let ip = crate::client_addr::forwarded_ip(&shared, ip, req.headers());
     match shared.ip_rules.check(&shared.store, &key.account_id, "api", ip).await? {
         warren_store::IpDecision::Allow => {}
         warren_store::IpDecision::Deny { restriction, enforced: false } => {
