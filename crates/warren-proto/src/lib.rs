@@ -635,14 +635,13 @@ mod tests {
     /// message ends exactly at its last byte; bytes after it are not part of it.
     #[test]
     fn message_buf_follows_strings_and_nesting_a_byte_at_a_time() {
-        let msg =
-            br#" {"Version":["3"],"ClientId":"}{][\"x","Extra":{"AuthToken":"a{b","Metadata":"{"k":[1]}"}}"#;
+        let msg = br#" {"Version":["3"],"ClientId":"}{][\"x\\","Extra":{"AuthToken":"a{b","Metadata":"{\"k\":[1]}"}}"#;
         let mut m = MessageBuf::new("Auth", 1024);
         for (i, b) in msg.iter().enumerate() {
             let got = m.push::<Auth>(std::slice::from_ref(b)).unwrap();
             assert_eq!(got.is_some(), i == msg.len() - 1, "byte {i}");
             if let Some(a) = got {
-                assert_eq!(a.client_id, r#"}{][\"x"#);
+                assert_eq!(a.client_id, r#"}{]["x\"#);
                 assert_eq!(a.extra.metadata, r#"{"k":[1]}"#);
             }
         }
