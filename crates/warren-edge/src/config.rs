@@ -64,8 +64,35 @@ pub struct EdgeConfig {
     /// addresses (an identity provider inside the operator's network). Off by default, for
     /// the same reason.
     pub idp_allow_private_networks: bool,
+    /// When https responses carry `Strict-Transport-Security` (unless the upstream sends its
+    /// own).
+    pub hsts: Hsts,
     /// Limits on every listener.
     pub limits: Limits,
+}
+
+/// When the edge adds `Strict-Transport-Security` to https responses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hsts {
+    /// On names with a certificate of their own (ACME or uploaded: custom domains), which
+    /// browsers trust; not on names served with the edge's default certificate, which may
+    /// be a local CA's.
+    Auto {
+        /// `max-age`, in seconds.
+        max_age: u64,
+    },
+    /// On every https response.
+    Always {
+        /// `max-age`, in seconds.
+        max_age: u64,
+    },
+    /// Never.
+    Off,
+}
+
+impl Hsts {
+    /// One year, as browsers' preload lists ask.
+    pub const DEFAULT_MAX_AGE: u64 = 31_536_000;
 }
 
 /// Which ACME challenge the edge answers.
@@ -223,6 +250,7 @@ impl EdgeConfig {
             idp_allow_loopback_http: false,
             idp_allow_private_networks: false,
             tls_files: None,
+            hsts: Hsts::Auto { max_age: Hsts::DEFAULT_MAX_AGE },
             limits: Limits::default(),
         }
     }

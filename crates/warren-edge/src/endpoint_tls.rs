@@ -153,6 +153,7 @@ impl EdgeTls {
         };
         let mut cfg = builder.with_cert_resolver(certs);
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        cfg.ignore_client_order = true;
         Ok(Arc::new(cfg))
     }
 }

@@ -83,7 +83,16 @@ async fn front(shared: Arc<Shared>, mut tcp: TcpStream, remote: SocketAddr) {
     let limit = shared.config.limits.handshake_timeout;
     let hello = match tokio::time::timeout(limit, crate::tls_front::read_hello(&mut tcp)).await {
         Ok(Ok(h)) => h,
-        Ok(Err(e)) => return tracing::debug!(%remote, error = %e, "no usable ClientHello"),
+        Ok(Err(e)) => {
+            // An old or odd client learns why (a protocol_version alert for TLS 1.0/1.1).
+            if let crate::tls_front::HelloError::NotTls(_, alert) = &e
+                && !alert.is_empty()
+            {
+                use tokio::io::AsyncWriteExt;
+                let _ = tokio::time::timeout(limit, tcp.write_all(alert)).await;
+            }
+            return tracing::debug!(%remote, error = %e, "no usable ClientHello");
+        }
         Err(_) => return tracing::debug!(%remote, "ClientHello timed out"),
     };
     let name = hello.server_name.clone().unwrap_or_default();
@@ -440,6 +449,9 @@ async fn proxy(
         }
     } else {
         strip_hop_by_hop(resp.headers_mut(), false);
+        if visitor.scheme == Scheme::Https {
+            add_hsts(shared, host, resp.headers_mut());
+        }
     }
     if let (Some(conn), Some(sent)) = (&conn, &sent) {
         let (mut res_parts, body) = resp.into_parts();
@@ -663,6 +675,22 @@ fn add_forwarded(h: &mut HeaderMap, visitor: &Visitor, host: Option<&HeaderValue
     );
     if let Some(host) = host {
         h.insert(X_FORWARDED_HOST, host.clone());
+    }
+}
+
+/// `Strict-Transport-Security` on an https response, as the edge's `hsts` setting says,
+/// unless the upstream sent its own.
+fn add_hsts(shared: &Shared, host: &str, headers: &mut HeaderMap) {
+    let max_age = match shared.config.hsts {
+        crate::config::Hsts::Off => return,
+        crate::config::Hsts::Always { max_age } => max_age,
+        crate::config::Hsts::Auto { max_age } if shared.certs.has_own(host) => max_age,
+        crate::config::Hsts::Auto { .. } => return,
+    };
+    if !headers.contains_key(header::STRICT_TRANSPORT_SECURITY)
+        && let Ok(v) = HeaderValue::from_str(&format!("max-age={max_age}"))
+    {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, v);
     }
 }
 

@@ -48,7 +48,7 @@ mod throttle;
 pub mod tls;
 mod tls_front;
 
-pub use config::{EdgeConfig, Limits};
+pub use config::{EdgeConfig, Hsts, Limits};
 pub use warren_store::{Cidr, Store};
 
 /// Why the edge could not start or stopped.

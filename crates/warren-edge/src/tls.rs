@@ -145,6 +145,9 @@ pub fn server_config(certs: Arc<CertStore>, alpn: &[&[u8]]) -> Result<Arc<Server
         .with_no_client_auth()
         .with_cert_resolver(certs);
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // The edge's order of cipher suites, not the client's: a client that lists a weaker
+    // suite first still gets the strongest both support.
+    cfg.ignore_client_order = true;
     Ok(Arc::new(cfg))
 }
 
@@ -184,6 +187,12 @@ impl CertStore {
         key: PrivateKeyDer<'static>,
     ) -> Result<(), TlsError> {
         certified_key(chain, key).map(|_| ())
+    }
+
+    /// Whether `name` has a certificate of its own (ACME or uploaded), rather than the
+    /// edge's default.
+    pub fn has_own(&self, name: &str) -> bool {
+        self.by_name.read().unwrap_or_else(|e| e.into_inner()).contains_key(name)
     }
 
     /// Stops serving a name's own certificate; the default is served for it again.

@@ -33,9 +33,10 @@ pub(crate) enum HelloError {
     /// The socket failed or closed first.
     #[error("reading the ClientHello: {0}")]
     Io(#[from] io::Error),
-    /// Not TLS, or a malformed hello.
-    #[error("not a TLS ClientHello: {0}")]
-    NotTls(rustls::Error),
+    /// Not TLS, a malformed hello, or one the edge does not accept (TLS 1.0/1.1 only); the
+    /// alert to send the client, if any, says why.
+    #[error("not a usable TLS ClientHello: {0}")]
+    NotTls(rustls::Error, Vec<u8>),
     /// Longer than [`MAX_HELLO`].
     #[error("ClientHello longer than {MAX_HELLO} bytes")]
     TooLarge,
@@ -71,7 +72,11 @@ pub(crate) async fn read_hello<R: AsyncRead + Unpin>(io: &mut R) -> Result<Hello
                     buffered,
                 });
             }
-            Err((e, _alert)) => return Err(HelloError::NotTls(e)),
+            Err((e, mut alert)) => {
+                let mut bytes = Vec::new();
+                let _ = alert.write_all(&mut bytes);
+                return Err(HelloError::NotTls(e, bytes));
+            }
         }
     }
 }
@@ -181,7 +186,7 @@ mod tests {
     #[tokio::test]
     async fn garbage_and_truncated_hellos_are_refused() {
         let mut http = &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..];
-        assert!(matches!(read_hello(&mut http).await, Err(HelloError::NotTls(_))));
+        assert!(matches!(read_hello(&mut http).await, Err(HelloError::NotTls(..))));
         let hello = client_hello("a.example.com");
         let mut cut = &hello[..hello.len() / 2];
         assert!(matches!(read_hello(&mut cut).await, Err(HelloError::Io(_))));

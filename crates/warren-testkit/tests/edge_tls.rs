@@ -108,6 +108,15 @@ async fn min_version_1_3_refuses_tls_1_2_and_old_versions_are_never_accepted() {
         for name in ["v12.warren.localhost", "v13.warren.localhost"] {
             let (ok, out) = openssl_handshake(&edge, name, &[old, "-cipher", "DEFAULT@SECLEVEL=0"]).await;
             assert!(!ok, "{old} is never accepted ({name}):\n{out}");
+            // The client did offer the old version (it can: SECLEVEL=0), and the edge refused
+            // it; a client that could not even try would print "no protocols available".
+            assert!(!out.contains("no protocols available"), "openssl could not offer {old}:\n{out}");
+            let offered = if old == "-tls1" { "Protocol  : TLSv1\n" } else { "Protocol  : TLSv1.1\n" };
+            assert!(out.contains(offered), "the client offered {old}:\n{out}");
+            assert!(
+                out.contains("alert handshake failure") || out.contains("alert protocol version"),
+                "the edge refused it with an alert:\n{out}"
+            );
         }
     }
 }
@@ -443,4 +452,19 @@ async fn one_tenant_cannot_forge_another_tenants_client_certificate_identity() {
         get(&edge, "tenant-b.warren.localhost", Some(&b_employee), &[]).await.expect("B's visitor");
     assert_eq!(s, StatusCode::OK);
     assert_eq!(seen["warren-client-cert-subject"], serde_json::json!(["CN=employee.b.example"]));
+}
+
+/// The edge chooses the cipher suite by its own order: a client that lists a weaker suite
+/// first still gets the strongest both support.
+#[tokio::test]
+async fn the_edges_cipher_order_wins_over_the_clients() {
+    let edge = TestEdge::start().await;
+    let sess = sdk(&edge).await;
+    let t = sess.http_endpoint().domain("order.warren.localhost").listen().await.expect("endpoint");
+    serve_headers(t);
+    let weak_first = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384";
+    let (ok, out) =
+        openssl_handshake(&edge, "order.warren.localhost", &["-tls1_2", "-cipher", weak_first]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("Cipher is ECDHE-ECDSA-AES256-GCM-SHA384"), "the edge's first choice:\n{out}");
 }

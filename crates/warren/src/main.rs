@@ -214,6 +214,13 @@ struct EdgeArgs {
     /// only: any account could make the edge call services on its loopback).
     #[arg(long)]
     idp_allow_loopback_http: bool,
+    /// When https responses get Strict-Transport-Security (the upstream's own wins): `auto`
+    /// on names with their own certificate (ACME or uploaded), `always`, or `off`.
+    #[arg(long, value_name = "auto|always|off", default_value = "auto")]
+    hsts: String,
+    /// HSTS max-age in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = warren_edge::Hsts::DEFAULT_MAX_AGE)]
+    hsts_max_age: u64,
     /// Let traffic policies' identity providers be on private networks (10/8, 192.168/16,
     /// link-local, ...): any account could make the edge call services there.
     #[arg(long)]
@@ -434,6 +441,12 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     config.master_key_file = args.master_key_file;
     config.idp_allow_loopback_http = args.idp_allow_loopback_http;
     config.idp_allow_private_networks = args.idp_allow_private_networks;
+    config.hsts = match args.hsts.as_str() {
+        "auto" => warren_edge::Hsts::Auto { max_age: args.hsts_max_age },
+        "always" => warren_edge::Hsts::Always { max_age: args.hsts_max_age },
+        "off" => warren_edge::Hsts::Off,
+        other => anyhow::bail!("--hsts {other:?}: expected auto, always or off"),
+    };
     config.tls_files = args.tls_cert.zip(args.tls_key);
     config.validate().map_err(anyhow::Error::msg)?;
 
