@@ -31,42 +31,120 @@ pub(crate) enum Strategy {
     Request,
 }
 
-/// One endpoint's TLS settings.
+/// One endpoint's TLS settings: every layer that sets any (the account's traffic policy, the
+/// endpoint's own policy, the SDK's `MutualTLSCA`) holds, so the most restrictive wins.
 #[derive(Clone, Debug)]
 pub(crate) struct EdgeTls {
+    layers: Vec<Layer>,
+}
+
+/// The settings of one layer.
+#[derive(Clone, Debug, Default)]
+struct Layer {
     tls13_only: bool,
     tls12_only: bool,
     client_cas: Vec<CertificateDer<'static>>,
-    strategy: Strategy,
+    /// Set when the layer asks for client certificates (CAs, or a strategy).
+    strategy: Option<Strategy>,
 }
 
 impl EdgeTls {
-    /// The settings a Bind asks for; `None` when it asks for the defaults.
-    pub(crate) fn from_bind(opts: &warren_proto::HttpOpts) -> Result<Option<EdgeTls>, String> {
-        let mut tls = EdgeTls {
-            tls13_only: false,
-            tls12_only: false,
-            client_cas: Vec::new(),
-            strategy: Strategy::RequireAndVerify,
-        };
-        let mut any = false;
+    /// The settings a Bind asks for together with the account's, if its traffic policy has
+    /// `terminate-tls`; `None` when neither asks for anything.
+    pub(crate) fn for_bind(
+        opts: &warren_proto::HttpOpts,
+        account: Option<&warren_policy::Document>,
+    ) -> Result<Option<EdgeTls>, String> {
+        let mut layers = Vec::new();
+        if let Some(doc) = account {
+            for config in terminate_tls_actions(doc)? {
+                let mut l = Layer::default();
+                l.apply(&config).map_err(|e| format!("the account's traffic policy: {e}"))?;
+                layers.push(l);
+            }
+        }
         if let Some(m) = opts.mutual_tls_ca.as_ref().filter(|v| !v.is_null()) {
             let b64 = m.get("mutual_tls_ca").and_then(Value::as_str).unwrap_or("");
             let pem = base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .map_err(|e| format!("MutualTLSCA is not base64: {e}"))?;
-            tls.client_cas.extend(parse_cas(&pem)?);
-            any = true;
+            layers.push(Layer {
+                client_cas: parse_cas(&pem)?,
+                strategy: Some(Strategy::RequireAndVerify),
+                ..Layer::default()
+            });
         }
         if let Some(policy) = opts.traffic_policy.as_ref().filter(|v| !v.is_null()) {
-            for config in terminate_tls_actions(policy)? {
-                tls.apply(&config)?;
-                any = true;
+            // The document's syntax errors are reported by the policy compiler with the rest.
+            if let Ok(doc) = warren_policy::Document::from_value(policy) {
+                for config in terminate_tls_actions(&doc)? {
+                    let mut l = Layer::default();
+                    l.apply(&config)?;
+                    layers.push(l);
+                }
             }
         }
-        Ok(any.then_some(tls))
+        if layers.iter().any(|l| l.tls13_only) && layers.iter().any(|l| l.tls12_only) {
+            return Err(
+                "terminate-tls: one policy asks for TLS 1.3 at least and another for 1.2 at most".into()
+            );
+        }
+        Ok((!layers.is_empty()).then_some(EdgeTls { layers }))
     }
 
+    /// The rustls config for this endpoint, serving the edge's certificates.
+    pub(crate) fn server_config(
+        &self,
+        provider: Arc<CryptoProvider>,
+        certs: Arc<dyn ResolvesServerCert>,
+    ) -> Result<Arc<ServerConfig>, String> {
+        let tls13_only = self.layers.iter().any(|l| l.tls13_only);
+        let tls12_only = self.layers.iter().any(|l| l.tls12_only);
+        let versions: &[&'static rustls::SupportedProtocolVersion] = match (tls13_only, tls12_only) {
+            (true, _) => &[&rustls::version::TLS13],
+            (_, true) => &[&rustls::version::TLS12],
+            _ => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        };
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .map_err(|e| e.to_string())?;
+        // Each layer's requirement holds: a certificate is required when any layer requires
+        // one, and it must chain to the CAs of every layer that verifies.
+        let required = self
+            .layers
+            .iter()
+            .any(|l| matches!(l.strategy, Some(Strategy::RequireAndVerify | Strategy::RequireAny)));
+        let mut verifiers: Vec<Arc<dyn ClientCertVerifier>> = Vec::new();
+        for l in &self.layers {
+            match l.strategy {
+                None | Some(Strategy::RequireAny) => continue,
+                Some(_) if l.client_cas.is_empty() => {
+                    return Err("mutual TLS needs at least one CA certificate".into());
+                }
+                Some(_) => {}
+            }
+            let mut roots = RootCertStore::empty();
+            for ca in &l.client_cas {
+                roots.add(ca.clone()).map_err(|e| format!("unusable mutual TLS CA: {e}"))?;
+            }
+            let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            let b = if required { b } else { b.allow_unauthenticated() };
+            verifiers.push(b.build().map_err(|e| format!("mutual TLS: {e}"))?);
+        }
+        let builder = match (verifiers.len(), required) {
+            (0, false) => builder.with_no_client_auth(),
+            (0, true) => builder.with_client_cert_verifier(Arc::new(AnyClientCert(provider.clone()))),
+            (1, _) => builder.with_client_cert_verifier(verifiers.pop().expect("one")),
+            _ => builder.with_client_cert_verifier(Arc::new(AllOf(verifiers))),
+        };
+        let mut cfg = builder.with_cert_resolver(certs);
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        cfg.ignore_client_order = true;
+        Ok(Arc::new(cfg))
+    }
+}
+
+impl Layer {
     fn apply(&mut self, config: &serde_json::Map<String, Value>) -> Result<(), String> {
         for (key, value) in config {
             match key.as_str() {
@@ -90,16 +168,17 @@ impl EdgeTls {
                         )?;
                         self.client_cas.extend(parse_cas(pem.as_bytes())?);
                     }
+                    self.strategy.get_or_insert(Strategy::RequireAndVerify);
                 }
                 "mutual_tls_verification_strategy" => {
-                    self.strategy = match value.as_str() {
+                    self.strategy = Some(match value.as_str() {
                         Some("require-and-verify") => Strategy::RequireAndVerify,
                         Some("require-any") => Strategy::RequireAny,
                         Some("request") => Strategy::Request,
                         _ => {
                             return Err("terminate-tls: mutual_tls_verification_strategy must be require-and-verify, require-any or request".into());
                         }
-                    }
+                    })
                 }
                 "server_certificate" | "server_private_key" => {
                     return Err(format!(
@@ -114,54 +193,20 @@ impl EdgeTls {
         }
         Ok(())
     }
+}
 
-    /// The rustls config for this endpoint, serving the edge's certificates.
-    pub(crate) fn server_config(
-        &self,
-        provider: Arc<CryptoProvider>,
-        certs: Arc<dyn ResolvesServerCert>,
-    ) -> Result<Arc<ServerConfig>, String> {
-        let versions: &[&'static rustls::SupportedProtocolVersion] = match (self.tls13_only, self.tls12_only)
-        {
-            (true, _) => &[&rustls::version::TLS13],
-            (_, true) => &[&rustls::version::TLS12],
-            _ => &[&rustls::version::TLS13, &rustls::version::TLS12],
-        };
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(versions)
-            .map_err(|e| e.to_string())?;
-        let wants_client_certs = !self.client_cas.is_empty() || self.strategy == Strategy::RequireAny;
-        let builder = if !wants_client_certs {
-            builder.with_no_client_auth()
-        } else {
-            let verifier: Arc<dyn ClientCertVerifier> = match self.strategy {
-                Strategy::RequireAny => Arc::new(AnyClientCert(provider.clone())),
-                strategy => {
-                    if self.client_cas.is_empty() {
-                        return Err("mutual TLS needs at least one CA certificate".into());
-                    }
-                    let mut roots = RootCertStore::empty();
-                    for ca in &self.client_cas {
-                        roots.add(ca.clone()).map_err(|e| format!("unusable mutual TLS CA: {e}"))?;
-                    }
-                    let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-                    let b = if strategy == Strategy::Request { b.allow_unauthenticated() } else { b };
-                    b.build().map_err(|e| format!("mutual TLS: {e}"))?
-                }
-            };
-            builder.with_client_cert_verifier(verifier)
-        };
-        let mut cfg = builder.with_cert_resolver(certs);
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        cfg.ignore_client_order = true;
-        Ok(Arc::new(cfg))
-    }
+/// True when `doc` has a `terminate-tls` action anywhere (for endpoints that cannot honour
+/// one: the edge terminates TLS for https endpoints only).
+pub(crate) fn has_terminate_tls(doc: &warren_policy::Document) -> bool {
+    [&doc.on_tcp_connect, &doc.on_http_request, &doc.on_http_response]
+        .iter()
+        .any(|rules| rules.iter().any(|r| r.actions.iter().any(|a| a.kind == "terminate-tls")))
 }
 
 /// The `config` of every unconditional `terminate-tls` action in `on_tcp_connect`.
-fn terminate_tls_actions(policy: &Value) -> Result<Vec<serde_json::Map<String, Value>>, String> {
-    // The document's syntax errors are reported by the policy compiler with the rest.
-    let Ok(doc) = warren_policy::Document::from_value(policy) else { return Ok(Vec::new()) };
+fn terminate_tls_actions(
+    doc: &warren_policy::Document,
+) -> Result<Vec<serde_json::Map<String, Value>>, String> {
     let mut out = Vec::new();
     for rule in &doc.on_tcp_connect {
         let conditional = !rule.expressions.is_empty();
@@ -177,6 +222,59 @@ fn terminate_tls_actions(policy: &Value) -> Result<Vec<serde_json::Map<String, V
         }
     }
     Ok(out)
+}
+
+/// A client certificate must satisfy every verifier (each layer's CAs).
+#[derive(Debug)]
+struct AllOf(Vec<Arc<dyn ClientCertVerifier>>);
+
+impl ClientCertVerifier for AllOf {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.iter().any(|v| v.client_auth_mandatory())
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints are optional; a client with one certificate sends it either way.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        for v in &self.0 {
+            v.verify_client_cert(end_entity, intermediates, now)?;
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0[0].verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0[0].verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0[0].supported_verify_schemes()
+    }
 }
 
 /// CA certificates from PEM; each must be a CA (basicConstraints cA), as ngrok requires.

@@ -19,7 +19,7 @@ pub(crate) async fn compile_for_bind(
     session: &AgentSession,
     proto: &str,
     raw: Option<&serde_json::Value>,
-) -> Result<Chain, String> {
+) -> Result<ForBind, String> {
     let invalid = |msg: String| {
         warren_proto::error_text(&format!("invalid traffic policy: {msg}"), codes::BIND_INVALID)
     };
@@ -31,24 +31,46 @@ pub(crate) async fn compile_for_bind(
             return Err(invalid("the edge could not read the account's traffic policy; try again".into()));
         }
     };
+    let mut account = None;
     if let Some((text, _)) = account_doc {
         let doc = Document::parse(&text).map_err(|e| invalid(format!("the account's policy: {e}")))?;
+        if proto != "https" && crate::endpoint_tls::has_terminate_tls(&doc) {
+            // The account asks for TLS settings the edge can hold only where it terminates
+            // TLS; an endpoint that would escape them is refused, never bound without them.
+            return Err(invalid(format!(
+                "the account's policy has terminate-tls (TLS versions or mutual TLS at the edge), which a {proto} endpoint cannot honour: the edge terminates TLS for https endpoints only. Use an https endpoint, or ask an administrator"
+            )));
+        }
         let env = compile_env(shared, &session.account_id, &doc).await.map_err(&invalid)?;
         let policy = Policy::compile_for_account(&doc, proto, &env)
             .map_err(|e| invalid(format!("the account's policy: {e}")))?;
         if !policy.is_empty() {
             chain.push(Arc::new(policy));
         }
+        account = Some(doc);
     }
     if let Some(raw) = raw.filter(|v| !v.is_null()) {
         let doc = Document::from_value(raw).map_err(|e| invalid(e.to_string()))?;
+        if proto != "https" && crate::endpoint_tls::has_terminate_tls(&doc) {
+            return Err(invalid(format!(
+                "terminate-tls needs an https endpoint: the edge does not terminate TLS for {proto} endpoints (tls:// is passed through to the agent; terminate there with --crt/--key)"
+            )));
+        }
         let env = compile_env(shared, &session.account_id, &doc).await.map_err(&invalid)?;
         let policy = Policy::compile(&doc, proto, &env).map_err(|e| invalid(e.to_string()))?;
         if !policy.is_empty() {
             chain.push(Arc::new(policy));
         }
     }
-    Ok(Chain(chain))
+    Ok(ForBind { chain: Chain(chain), account })
+}
+
+/// What a Bind gets from the traffic policies.
+pub(crate) struct ForBind {
+    /// The account's and the endpoint's compiled policies, in that order.
+    pub(crate) chain: Chain,
+    /// The account's document, whose `terminate-tls` also applies to https endpoints.
+    pub(crate) account: Option<Document>,
 }
 
 /// Checks an account-wide document for every kind of endpoint.

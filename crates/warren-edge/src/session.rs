@@ -419,7 +419,16 @@ async fn bind_endpoint(
                     return Err(invalid("this edge has no plain http listener; use an https:// URL".into()));
                 }
             };
-            let tls = match crate::endpoint_tls::EdgeTls::from_bind(&opts).map_err(invalid)? {
+            let policy = crate::policy::compile_for_bind(
+                shared,
+                session,
+                proto.as_str(),
+                opts.traffic_policy.as_ref(),
+            )
+            .await?;
+            let tls = match crate::endpoint_tls::EdgeTls::for_bind(&opts, policy.account.as_ref())
+                .map_err(invalid)?
+            {
                 None => None,
                 Some(_) if proto == Proto::Http => {
                     return Err(invalid(
@@ -430,13 +439,7 @@ async fn bind_endpoint(
                     Some(t.server_config(crate::tls::provider(), shared.certs.clone()).map_err(invalid)?)
                 }
             };
-            let policy = crate::policy::compile_for_bind(
-                shared,
-                session,
-                proto.as_str(),
-                opts.traffic_policy.as_ref(),
-            )
-            .await?;
+            let policy = policy.chain;
             let id = warren_store::generate_id("ep");
             let ep = Endpoint {
                 info: crate::policy::endpoint_info(&id, &url, proto.as_str()),
@@ -469,7 +472,9 @@ async fn bind_endpoint(
                 _ => {}
             }
             let policy =
-                crate::policy::compile_for_bind(shared, session, "tcp", opts.traffic_policy.as_ref()).await?;
+                crate::policy::compile_for_bind(shared, session, "tcp", opts.traffic_policy.as_ref())
+                    .await?
+                    .chain;
             ingress_tcp::bind(shared, session, &bind.client_id, wanted, policy).await
         }
         "tls" => {
@@ -499,7 +504,9 @@ async fn bind_endpoint(
                 p => format!("tls://{host}:{p}"),
             };
             let policy =
-                crate::policy::compile_for_bind(shared, session, "tls", opts.traffic_policy.as_ref()).await?;
+                crate::policy::compile_for_bind(shared, session, "tls", opts.traffic_policy.as_ref())
+                    .await?
+                    .chain;
             let id = warren_store::generate_id("ep");
             let ep = Endpoint {
                 info: crate::policy::endpoint_info(&id, &url, "tls"),

@@ -468,3 +468,75 @@ async fn the_edges_cipher_order_wins_over_the_clients() {
     assert!(ok, "{out}");
     assert!(out.contains("Cipher is ECDHE-ECDSA-AES256-GCM-SHA384"), "the edge's first choice:\n{out}");
 }
+
+/// An account-wide `terminate-tls` holds on every https endpoint of the account, together
+/// with the endpoint's own settings (the most restrictive wins), and endpoints that could
+/// not honour it (plain http, tcp, tls passthrough) are refused. `terminate-tls` in a tcp or
+/// tls endpoint's own policy is refused too. Before, all of these were accepted and ignored.
+#[tokio::test]
+async fn an_account_wide_terminate_tls_holds_on_every_endpoint_or_refuses_it() {
+    let edge = TestEdge::start().await;
+    let ca = TestCa::new("account clients");
+    let good = ca.leaf("employee.example");
+    let policy = serde_json::json!({"on_tcp_connect": [{"actions": [{"type": "terminate-tls", "config": {
+        "min_version": "1.3", "mutual_tls_certificate_authorities": [ca.pem]}}]}]});
+    let (status, _, body) = edge
+        .api(
+            "PUT",
+            "/traffic_policy",
+            Some(&edge.api_key),
+            Some(serde_json::json!({"traffic_policy": policy.to_string()})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let sess = sdk(&edge).await;
+    let t = sess.http_endpoint().domain("acct-tls.warren.localhost").listen().await.expect("https endpoint");
+    serve_headers(t);
+    let name = "acct-tls.warren.localhost";
+    assert!(get(&edge, name, None, &[]).await.is_err(), "no client certificate: refused");
+    let tls12 = Visit { sni: Some(name), host: name, client: Some(&good), headers: &[], tls12_only: true };
+    assert!(get_as(&edge, tls12).await.is_err(), "TLS 1.2: refused");
+    let (s, seen) = get(&edge, name, Some(&good), &[]).await.expect("TLS 1.3 with the account's CA");
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(seen["warren-client-cert-subject"], serde_json::json!(["CN=employee.example"]));
+
+    // The endpoint may add a CA of its own: a certificate must then satisfy both.
+    let other = TestCa::new("endpoint clients");
+    let t = sess
+        .http_endpoint()
+        .domain("both.warren.localhost")
+        .mutual_tlsca(Bytes::from(other.pem.clone()))
+        .listen()
+        .await
+        .expect("https endpoint with its own CA");
+    serve_headers(t);
+    assert!(get(&edge, "both.warren.localhost", Some(&good), &[]).await.is_err(), "the account's CA alone");
+    let theirs = other.leaf("visitor.example");
+    assert!(
+        get(&edge, "both.warren.localhost", Some(&theirs), &[]).await.is_err(),
+        "the endpoint's CA alone"
+    );
+
+    for (proto, why) in [("http", "http"), ("tcp", "tcp"), ("tls", "tls")] {
+        let opts = match proto {
+            "tcp" => serde_json::json!({}),
+            _ => serde_json::json!({"Domain": format!("{proto}-escape.warren.localhost")}),
+        };
+        let raw = RawSession::authenticated(&edge, &edge.authtoken).await;
+        let r = raw.bind(&format!("escape-{proto}"), proto, opts).await;
+        assert!(r.error.contains("terminate-tls") && r.error.contains(why), "{proto}: {r:?}");
+    }
+    let (status, _, _) = edge.api("DELETE", "/traffic_policy", Some(&edge.api_key), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let own = serde_json::json!({"on_tcp_connect": [{"actions": [{"type": "terminate-tls", "config": {"min_version": "1.3"}}]}]});
+    let raw = RawSession::authenticated(&edge, &edge.authtoken).await;
+    let r = raw
+        .bind(
+            "tls-own",
+            "tls",
+            serde_json::json!({"Domain": "tls-own.warren.localhost", "TrafficPolicy": own.to_string()}),
+        )
+        .await;
+    assert!(r.error.contains("terminate-tls needs an https endpoint"), "{r:?}");
+}
