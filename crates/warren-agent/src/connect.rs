@@ -43,7 +43,7 @@ pub(crate) async fn run(
     if config.endpoints.is_empty() && config.web_addr.is_none() {
         return Err(AgentError::Config("no endpoints to start".into()));
     }
-    let mut resume_id = String::new();
+    let mut resume = Resume::default();
     let mut delay = config.reconnect_initial;
     let mut ever_online = false;
     loop {
@@ -54,7 +54,7 @@ pub(crate) async fn run(
             port,
             &edge_tls,
             &server_name,
-            &mut resume_id,
+            &mut resume,
             &mut stop,
             ever_online,
         );
@@ -83,6 +83,14 @@ pub(crate) async fn run(
 }
 
 #[allow(clippy::too_many_arguments)]
+/// What a reconnect presents to take the previous session over at once: its id and the
+/// cookie the edge gave it.
+#[derive(Default)]
+struct Resume {
+    id: String,
+    cookie: proto::Secret,
+}
+
 async fn session(
     shared: &Arc<Shared>,
     control: &mut mpsc::Receiver<Control>,
@@ -90,7 +98,7 @@ async fn session(
     port: u16,
     edge_tls: &Arc<rustls::ClientConfig>,
     server_name: &rustls::pki_types::ServerName<'static>,
-    resume_id: &mut String,
+    resume: &mut Resume,
     stop: &mut watch::Receiver<bool>,
     ever_online: bool,
 ) -> (Ended, bool) {
@@ -118,7 +126,7 @@ async fn session(
 
     let auth = proto::Auth {
         version: proto::VERSIONS.iter().map(|v| v.to_string()).collect(),
-        client_id: resume_id.clone(),
+        client_id: resume.id.clone(),
         extra: proto::AuthExtra {
             os: std::env::consts::OS.into(),
             arch: std::env::consts::ARCH.into(),
@@ -133,6 +141,7 @@ async fn session(
             stop_unsupported_error: Some(String::new()),
             restart_unsupported_error: Some(String::new()),
             update_unsupported_error: Some("warren agents are updated by their package manager".into()),
+            cookie: resume.cookie.clone(),
             ..Default::default()
         },
     };
@@ -152,7 +161,7 @@ async fn session(
             || resp.error.contains(codes::IP_RESTRICTED);
         return if fatal { (Ended::Fatal(AgentError::Auth(msg)), false) } else { (Ended::Retry(msg), false) };
     }
-    *resume_id = resp.client_id.clone();
+    *resume = Resume { id: resp.client_id.clone(), cookie: resp.extra.cookie.clone().unwrap_or_default() };
 
     shared.set_session(|s| {
         s.account = resp.extra.account_name.clone().unwrap_or_default();

@@ -20,6 +20,9 @@ pub(crate) struct AgentSession {
     pub(crate) credential: warren_store::Credential,
     /// What the agent said about itself in Auth, for the API.
     pub(crate) info: SessionInfo,
+    /// SHA-256 of the resume cookie the edge gave the agent: only its holder may take the
+    /// session over on reconnect.
+    pub(crate) resume_hash: [u8; 32],
 }
 
 /// Agent details shown by `/tunnel_sessions`.
@@ -99,6 +102,12 @@ impl Endpoint {
         s.write_all(&buf).await?;
         Ok(s)
     }
+}
+
+/// Whether `cookie` is the resume cookie whose hash is `hash` (constant time).
+pub(crate) fn cookie_matches(cookie: &str, hash: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    !cookie.is_empty() && hash.len() == 32 && bool::from(warren_store::hash_secret(cookie).ct_eq(hash))
 }
 
 /// The schemes whose endpoints are named by host.
@@ -190,10 +199,22 @@ impl Registry {
             .collect()
     }
 
-    /// The live session with this id, if it belongs to `account_id` (resume takes it over).
-    pub(crate) fn session_for_resume(&self, id: &str, account_id: &str) -> Option<Arc<AgentSession>> {
+    /// The live session with this id, if the same authtoken started it and `cookie` is the
+    /// one the edge gave it (resume takes it over).
+    pub(crate) fn session_for_resume(
+        &self,
+        id: &str,
+        credential_id: &str,
+        cookie: &str,
+    ) -> Option<Arc<AgentSession>> {
         let inner = self.lock();
-        inner.sessions.get(id).filter(|e| e.session.account_id == account_id).map(|e| e.session.clone())
+        inner
+            .sessions
+            .get(id)
+            .filter(|e| {
+                e.session.credential.id == credential_id && cookie_matches(cookie, &e.session.resume_hash)
+            })
+            .map(|e| e.session.clone())
     }
 
     /// A session of this node by id.

@@ -87,6 +87,7 @@ where
         os: session.info.os.clone(),
         metadata: session.info.metadata.clone(),
         started_at: session.info.started_at.clone(),
+        resume_hash: session.resume_hash.to_vec(),
     };
     if let Err(e) = shared.store.insert_tunnel_session(&row).await {
         tracing::error!(error = %e, "store failed while recording a session; closing it");
@@ -258,15 +259,20 @@ async fn handle_auth(
             }
         }
     }
-    // Resume: a reconnecting agent presents its previous session id. The old session is
-    // probably a dead connection the edge has not noticed yet; it is closed so its endpoints
-    // can be bound again at once instead of failing with "already bound".
-    if !auth.client_id.is_empty() {
-        if let Some(old) = shared.registry.session_for_resume(&auth.client_id, &credential.account_id) {
+    // Resume: a reconnecting agent presents its previous session id and the cookie the edge
+    // gave that session. The old session is probably a dead connection the edge has not
+    // noticed yet; it is closed so its endpoints can be bound again at once instead of
+    // failing with "already bound". Only the same authtoken with the session's own cookie
+    // may do this: a session id is visible to every API reader of the account.
+    let cookie = auth.extra.cookie.0.as_str();
+    if !auth.client_id.is_empty() && !cookie.is_empty() {
+        if let Some(old) = shared.registry.session_for_resume(&auth.client_id, &credential.id, cookie) {
             tracing::info!(session = %old.id, "agent resumed; closing its previous connection");
             old.mux.close(ErrorCode::None, "session resumed elsewhere");
             shared.end_session(&old.id).await;
         } else if let Ok(old) = shared.store.get_tunnel_session(&credential.account_id, &auth.client_id).await
+            && old.credential_id == credential.id
+            && crate::registry::cookie_matches(cookie, &old.resume_hash)
         {
             // Held by another node: free its names now and ask that node to close it.
             tracing::info!(session = %old.id, node = %old.node_id, "agent resumed from another node's session");
@@ -277,6 +283,13 @@ async fn handle_auth(
                 .await;
         }
     }
+    let new_cookie = {
+        use base64::Engine;
+        use rand::Rng;
+        let mut raw = [0u8; 32];
+        rand::rng().fill(&mut raw);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    };
     let id = warren_store::generate_id("ts");
     let resp = proto::AuthResp {
         version: version.into(),
@@ -285,7 +298,7 @@ async fn handle_auth(
         extra: proto::AuthRespExtra {
             version: Some(env!("CARGO_PKG_VERSION").into()),
             region: Some("local".into()),
-            cookie: None,
+            cookie: Some(proto::Secret(new_cookie.clone())),
             account_name: Some("default".into()),
             session_duration: None,
             plan_name: Some("warren".into()),
@@ -308,6 +321,7 @@ async fn handle_auth(
         remote,
         credential,
         info,
+        resume_hash: warren_store::hash_secret(&new_cookie),
     })
 }
 

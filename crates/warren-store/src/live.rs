@@ -29,6 +29,8 @@ pub struct TunnelSession {
     pub metadata: String,
     /// RFC 3339.
     pub started_at: String,
+    /// SHA-256 of the cookie the edge gave the session (empty: not resumable).
+    pub resume_hash: Vec<u8>,
 }
 
 /// A bound endpoint.
@@ -75,7 +77,7 @@ impl SessionCommand {
 }
 
 const SESSION_COLUMNS: &str =
-    "id, account_id, node_id, credential_id, ip, agent_version, os, metadata, started_at";
+    "id, account_id, node_id, credential_id, ip, agent_version, os, metadata, started_at, resume_hash";
 const ENDPOINT_COLUMNS: &str =
     "id, account_id, session_id, client_id, proto, url, created_at, route_key, host";
 
@@ -83,6 +85,7 @@ fn session_row<R: Row>(r: &R) -> TunnelSession
 where
     usize: sqlx::ColumnIndex<R>,
     String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     TunnelSession {
         id: r.get(0),
@@ -94,6 +97,7 @@ where
         os: r.get(6),
         metadata: r.get(7),
         started_at: r.get(8),
+        resume_hash: r.get(9),
     }
 }
 
@@ -154,9 +158,9 @@ impl Store {
     /// Records a new agent session.
     pub async fn insert_tunnel_session(&self, s: &TunnelSession) -> Result<(), StoreError> {
         with_db!(self.db, pool => {
-            sqlx::query("INSERT INTO tunnel_sessions (id, account_id, node_id, credential_id, ip, agent_version, os, metadata, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+            sqlx::query("INSERT INTO tunnel_sessions (id, account_id, node_id, credential_id, ip, agent_version, os, metadata, started_at, resume_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
                 .bind(&s.id).bind(&s.account_id).bind(&s.node_id).bind(&s.credential_id).bind(&s.ip)
-                .bind(&s.agent_version).bind(&s.os).bind(&s.metadata).bind(&s.started_at)
+                .bind(&s.agent_version).bind(&s.os).bind(&s.metadata).bind(&s.started_at).bind(&s.resume_hash)
                 .execute(pool).await?;
         });
         Ok(())

@@ -413,6 +413,7 @@ async fn live_sessions_and_endpoints_are_shared_and_go_with_their_node() {
             os: "linux".into(),
             metadata: String::new(),
             started_at: now_rfc3339(),
+            resume_hash: Vec::new(),
         };
         s.insert_tunnel_session(&session("ts_1", "nd_a")).await.unwrap();
         s.insert_tunnel_session(&session("ts_2", "nd_b")).await.unwrap();
@@ -482,6 +483,7 @@ async fn a_host_belongs_to_one_account_across_every_scheme() {
                 os: "linux".into(),
                 metadata: String::new(),
                 started_at: now_rfc3339(),
+                resume_hash: Vec::new(),
             };
             s.insert_tunnel_session(&t).await.unwrap();
         }
@@ -566,6 +568,7 @@ async fn reservations_never_overlap_another_accounts_names() {
             os: String::new(),
             metadata: String::new(),
             started_at: now_rfc3339(),
+            resume_hash: Vec::new(),
         };
         s.insert_tunnel_session(&t).await.unwrap();
         let e = LiveEndpoint {

@@ -159,3 +159,52 @@ async fn developers_change_only_their_own_reservations_and_certificates() {
     let (status, _, _) = edge.api("DELETE", &format!("/reserved_addrs/{addr_id}"), admin, None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 }
+
+/// Resuming a session (which closes it and hands its names over) needs the same authtoken
+/// and the cookie the edge gave that session, not just its id, which any API reader of the
+/// account sees. Before, a developer could take over another user's live endpoint this way.
+#[tokio::test]
+async fn only_the_holder_of_a_sessions_cookie_can_resume_it() {
+    let edge = TestEdge::start().await;
+    let t = edge.tenant("resume").await;
+    let mut victim = hostile::Hostile::connect(&edge).await;
+    let auth = victim.auth(1, &t.admin.authtoken).await;
+    assert!(auth.error.is_empty(), "{auth:?}");
+    let cookie = auth.extra.cookie.clone().expect("the edge gives a resume cookie").0;
+    let bind = json!({"Id": "v", "Proto": "https", "Opts": {"Domain": "victim-app.warren.localhost"}});
+    victim.open_rpc(3, 1, &bind).await.unwrap();
+    let r: warren_proto::BindResp = warren_proto::decode("BindResp", &victim.reply(3).await).unwrap();
+    assert!(r.error.is_empty(), "{r:?}");
+    let (_, _, sessions) = edge.api("GET", "/tunnel_sessions", Some(&t.developer.api_key), None).await;
+    assert!(
+        sessions.to_string().contains(&auth.client_id),
+        "the developer can see the session id: {sessions}"
+    );
+
+    // Another user's token with the id, with no cookie and with a made-up one.
+    for (token, cookie) in [
+        (&t.developer.authtoken, String::new()),
+        (&t.developer.authtoken, "made-up".to_owned()),
+        // The right cookie with another authtoken is not enough either.
+        (&t.developer.authtoken, cookie.clone()),
+    ] {
+        let raw = RawSession::connect(&edge, true).await;
+        let body = json!({"Version": ["3"], "ClientId": auth.client_id, "Extra": {"AuthToken": token, "Cookie": cookie}});
+        let reply = raw.rpc_raw(0, body.to_string().as_bytes()).await.unwrap();
+        let resp: warren_proto::AuthResp = warren_proto::decode("AuthResp", &reply).unwrap();
+        assert!(resp.error.is_empty(), "{resp:?}");
+        let r = raw.bind_https("steal", "victim-app.warren.localhost").await;
+        assert!(r.error.contains(codes::ENDPOINT_IN_USE), "the name stays the victim's: {r:?}");
+    }
+    // The attempts' sessions end; the victim's stays.
+    edge.wait_sessions(1).await;
+    // The victim's own reconnect, with its cookie, does take it over.
+    let raw = RawSession::connect(&edge, true).await;
+    let body = json!({"Version": ["3"], "ClientId": auth.client_id, "Extra": {"AuthToken": t.admin.authtoken, "Cookie": cookie}});
+    let reply = raw.rpc_raw(0, body.to_string().as_bytes()).await.unwrap();
+    let resp: warren_proto::AuthResp = warren_proto::decode("AuthResp", &reply).unwrap();
+    assert!(resp.error.is_empty(), "{resp:?}");
+    let r = raw.bind_https("back", "victim-app.warren.localhost").await;
+    assert!(r.error.is_empty(), "resumed: {r:?}");
+    victim.until_closed().await;
+}

@@ -127,10 +127,12 @@ async fn a_resuming_agent_takes_over_its_own_endpoints_at_once() {
     let auth = old.auth(&edge.authtoken).await;
     assert!(old.bind_https("ep0", "resume.warren.localhost").await.error.is_empty());
 
-    // The same client comes back on a new connection (network change) with its session id.
+    // The same client comes back on a new connection (network change) with its session id
+    // and the cookie the edge gave it.
     let new = RawSession::connect(&edge, true).await;
+    let cookie = auth.extra.cookie.expect("a resume cookie").0;
     let body = serde_json::json!({
-        "Version": ["3"], "ClientId": auth.client_id, "Extra": { "AuthToken": edge.authtoken }
+        "Version": ["3"], "ClientId": auth.client_id, "Extra": { "AuthToken": edge.authtoken, "Cookie": cookie }
     });
     let reply = new.rpc_raw(0, body.to_string().as_bytes()).await.unwrap();
     let resp: warren_proto::AuthResp = serde_json::from_slice(&reply).unwrap();

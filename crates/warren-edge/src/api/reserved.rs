@@ -55,6 +55,7 @@ fn domain_json(shared: &Shared, d: ReservedDomain, certificate_id: Option<String
 /// Attaches uploaded certificate `cert_id` to reserved domain `d` and serves it.
 async fn attach(shared: &Shared, p: &Principal, d: &ReservedDomain, cert_id: &str) -> Result<(), ApiError> {
     let c = shared.store.get_uploaded_certificate(&p.account_id, cert_id).await?;
+    p.require_owner_or_admin(c.owner_id.as_deref(), "a tls certificate (to attach it)")?;
     if !super::certificates::covers(&c.chain_pem, &d.domain) {
         return Err(ApiError::bad_request(format!("tls certificate {cert_id} does not cover {}", d.domain)));
     }
@@ -134,6 +135,7 @@ pub(crate) async fn create_domain(
     // on any node) are refused by the store, under one writer.
     if let Some(cert_id) = &b.certificate_id {
         let c = shared.store.get_uploaded_certificate(&p.account_id, cert_id).await?;
+        p.require_owner_or_admin(c.owner_id.as_deref(), "a tls certificate (to attach it)")?;
         if !super::certificates::covers(&c.chain_pem, &domain) {
             return Err(ApiError::bad_request(format!("tls certificate {cert_id} does not cover {domain}")));
         }
