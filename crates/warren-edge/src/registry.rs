@@ -23,6 +23,23 @@ pub(crate) struct AgentSession {
     /// SHA-256 of the resume cookie the edge gave the agent: only its holder may take the
     /// session over on reconnect.
     pub(crate) resume_hash: [u8; 32],
+    /// The bind rules the token's owner's authtokens stay within, as an admin set them.
+    pub(crate) owner_acl: Option<Vec<String>>,
+}
+
+impl AgentSession {
+    /// Whether this session may bind `host` (a name or `host:port`): its token's ACL and its
+    /// owner's ceiling both allow it.
+    pub(crate) fn may_bind(&self, host: &str) -> bool {
+        self.credential.allows_bind(host)
+            && self.owner_acl.as_ref().is_none_or(|ceiling| warren_store::acl_allows(ceiling, host))
+    }
+
+    /// Whether it may bind a name or port the edge chooses.
+    pub(crate) fn may_bind_any(&self) -> bool {
+        let unlimited = |acl: &[String]| acl.is_empty() || warren_store::acl_allows(acl, "*");
+        unlimited(&self.credential.acl) && self.owner_acl.as_deref().is_none_or(unlimited)
+    }
 }
 
 /// Agent details shown by `/tunnel_sessions`.

@@ -259,6 +259,41 @@ async fn handle_auth(
             }
         }
     }
+    // What the token's owner may do at most, as an admin set it: IP policies now, bind rules
+    // at each Bind.
+    let mut owner_acl = None;
+    if let Some(owner) = &credential.owner_id {
+        match shared.store.get_user(&credential.account_id, owner).await {
+            Ok(user) => {
+                if !user.authtoken_ip_policy_ids.is_empty() {
+                    let allowed = shared
+                        .store
+                        .ip_policies_allow(&credential.account_id, &user.authtoken_ip_policy_ids, remote.ip())
+                        .await;
+                    if !matches!(allowed, Ok(true)) {
+                        tracing::info!(%remote, user = %owner, "agent session refused by its user's IP policies");
+                        let r = fail(
+                            &format!(
+                                "authtokens of this user may not be used from {}; an administrator limits where",
+                                remote.ip()
+                            ),
+                            codes::IP_RESTRICTED,
+                        );
+                        let _ = reply(&mut stream, &r).await;
+                        return None;
+                    }
+                }
+                owner_acl = user.authtoken_acl;
+            }
+            Err(e) => {
+                // The owner is gone (its tokens go with it) or the store failed: no session.
+                tracing::warn!(error = %e, credential = %credential.id, "authtoken owner not readable; refusing");
+                let r = fail("the authtoken is invalid, revoked or expired", codes::AUTHTOKEN_INVALID);
+                let _ = reply(&mut stream, &r).await;
+                return None;
+            }
+        }
+    }
     // Resume: a reconnecting agent presents its previous session id and the cookie the edge
     // gave that session. The old session is probably a dead connection the edge has not
     // noticed yet; it is closed so its endpoints can be bound again at once instead of
@@ -322,6 +357,7 @@ async fn handle_auth(
         credential,
         info,
         resume_hash: warren_store::hash_secret(&new_cookie),
+        owner_acl,
     })
 }
 
@@ -413,15 +449,13 @@ async fn bind_endpoint(
             let host = requested_host(shared, &opts.url, &opts.domain, &opts.hostname, &opts.subdomain)?;
             let host = match host {
                 Some(h) => h,
-                None if session.credential.acl.is_empty() || session.credential.allows_bind("*") => {
-                    random_host(shared, proto).await?
-                }
+                None if session.may_bind_any() => random_host(shared, proto).await?,
                 None => {
-                    return Err(not_allowed(&session.credential, "a random name"));
+                    return Err(not_allowed(session, "a random name"));
                 }
             };
-            if !session.credential.allows_bind(&host) {
-                return Err(not_allowed(&session.credential, &host));
+            if !session.may_bind(&host) {
+                return Err(not_allowed(session, &host));
             }
             check_domain_reservation(shared, session, &host).await?;
             let url = match (proto, shared.https_port, shared.http_port) {
@@ -475,13 +509,12 @@ async fn bind_endpoint(
             let opts: proto::TcpOpts = serde_json::from_value(bind.opts.clone())
                 .map_err(|e| invalid(format!("invalid tcp options: {e}")))?;
             let wanted = requested_port(&opts).map_err(invalid)?;
-            let cred = &session.credential;
             match wanted {
-                Some(p) if !cred.allows_bind(&format!("{}:{p}", shared.config.tcp_host)) => {
-                    return Err(not_allowed(cred, &format!("{}:{p}", shared.config.tcp_host)));
+                Some(p) if !session.may_bind(&format!("{}:{p}", shared.config.tcp_host)) => {
+                    return Err(not_allowed(session, &format!("{}:{p}", shared.config.tcp_host)));
                 }
-                None if !cred.acl.is_empty() && !cred.allows_bind("*") => {
-                    return Err(not_allowed(cred, "a random tcp address"));
+                None if !session.may_bind_any() => {
+                    return Err(not_allowed(session, "a random tcp address"));
                 }
                 _ => {}
             }
@@ -504,13 +537,11 @@ async fn bind_endpoint(
             let host = requested_host(shared, &opts.url, &opts.domain, &opts.hostname, &opts.subdomain)?;
             let host = match host {
                 Some(h) => h,
-                None if session.credential.acl.is_empty() || session.credential.allows_bind("*") => {
-                    random_host(shared, Proto::Tls).await?
-                }
-                None => return Err(not_allowed(&session.credential, "a random name")),
+                None if session.may_bind_any() => random_host(shared, Proto::Tls).await?,
+                None => return Err(not_allowed(session, "a random name")),
             };
-            if !session.credential.allows_bind(&host) {
-                return Err(not_allowed(&session.credential, &host));
+            if !session.may_bind(&host) {
+                return Err(not_allowed(session, &host));
             }
             check_domain_reservation(shared, session, &host).await?;
             let url = match shared.https_port {
@@ -601,15 +632,21 @@ async fn holder_is_stale(shared: &Shared, route_key: &str) -> bool {
 }
 
 /// The authtoken's ACL does not cover `what`.
-fn not_allowed(cred: &warren_store::Credential, what: &str) -> String {
-    proto::error_text(
-        &format!(
+fn not_allowed(session: &AgentSession, what: &str) -> String {
+    let cred = &session.credential;
+    let msg = match &session.owner_acl {
+        Some(ceiling) if cred.acl.is_empty() || warren_store::acl_allows(&cred.acl, what) => format!(
+            "the authtoken {} may not bind {what}: its owner's authtokens may bind only: {} (an administrator sets this)",
+            cred.id,
+            ceiling.join(", ")
+        ),
+        _ => format!(
             "the authtoken {} may not bind {what}; its ACL allows only: {}",
             cred.id,
             cred.acl.join(", ")
         ),
-        codes::BIND_INVALID,
-    )
+    };
+    proto::error_text(&msg, codes::BIND_INVALID)
 }
 
 pub(crate) fn refused(r: BindRefused, url: &str) -> String {

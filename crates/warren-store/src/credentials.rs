@@ -79,6 +79,15 @@ impl Store {
         Ok((c, Token(token)))
     }
 
+    /// The ids of a user's authtokens.
+    pub async fn credentials_of(&self, account_id: &str, owner_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(with_db!(self.db, pool => {
+            sqlx::query("SELECT id FROM credentials WHERE account_id = $1 AND owner_id = $2")
+                .bind(account_id).bind(owner_id).fetch_all(pool).await?
+                .iter().map(|r| r.get::<String, _>(0)).collect::<Vec<_>>()
+        }))
+    }
+
     /// Looks a presented authtoken up by id and checks its secret. `None` when unknown or wrong.
     pub async fn verify_credential(&self, token: &str) -> Result<Option<Credential>, StoreError> {
         let Some((id, presented)) = parse_token(SecretKind::Credential, token) else {

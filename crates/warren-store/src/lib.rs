@@ -53,6 +53,7 @@ pub use ip::{
 pub use live::{LiveEndpoint, SessionCommand, TunnelSession};
 pub use model::{
     Account, ApiKey, Credential, CredentialUpdate, NewApiKey, NewCredential, Page, Role, Token, User,
+    acl_allows,
 };
 pub use reserved::{ReservedAddr, ReservedDomain, normalize_domain};
 pub use secret::{SecretKind, generate_id, hash_secret, parse_token};

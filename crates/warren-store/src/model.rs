@@ -57,6 +57,73 @@ pub struct User {
     pub role: Role,
     /// RFC 3339.
     pub created_at: String,
+    /// The bind rules every authtoken of theirs stays within (`None`: no ceiling); set by
+    /// admins.
+    pub authtoken_acl: Option<Vec<String>>,
+    /// IP policies every session of their authtokens must pass; set by admins.
+    pub authtoken_ip_policy_ids: Vec<String>,
+}
+
+impl User {
+    /// Whether the user's ceiling lets their authtokens bind `host`.
+    pub fn allows_bind(&self, host: &str) -> bool {
+        self.authtoken_acl.as_ref().is_none_or(|ceiling| acl_allows(ceiling, host))
+    }
+
+    /// Why `acl` is not within the user's ceiling, if it is not: every rule must be covered by
+    /// a rule of the ceiling (an empty ACL, which allows everything, is within no ceiling).
+    pub fn acl_outside_ceiling(&self, acl: &[String]) -> Option<String> {
+        let ceiling = self.authtoken_acl.as_ref()?;
+        if acl.is_empty() {
+            return Some(format!(
+                "an authtoken without acl rules may bind anything; this user's authtokens must stay within: {}",
+                ceiling.join(", ")
+            ));
+        }
+        let outside: Vec<&String> = acl.iter().filter(|r| !rule_within(r, ceiling)).collect();
+        (!outside.is_empty()).then(|| {
+            format!(
+                "acl rules {outside:?} go beyond what this user's authtokens may bind: {}",
+                ceiling.join(", ")
+            )
+        })
+    }
+}
+
+/// Whether bind rules `acl` let a token bind `host` (an empty list allows everything).
+pub fn acl_allows(acl: &[String], host: &str) -> bool {
+    if acl.is_empty() {
+        return true;
+    }
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    acl.iter().filter_map(|r| r.strip_prefix("bind:")).any(|rule| {
+        let rule = rule.trim().to_ascii_lowercase();
+        if rule == "*" {
+            return true;
+        }
+        match rule.strip_prefix("*.") {
+            Some(parent) => host.len() > parent.len() + 1 && host.ends_with(&format!(".{parent}")),
+            None => host == rule,
+        }
+    })
+}
+
+/// Whether bind rule `rule` allows nothing that `ceiling` does not.
+fn rule_within(rule: &str, ceiling: &[String]) -> bool {
+    let Some(r) = rule.strip_prefix("bind:").map(|r| r.trim().to_ascii_lowercase()) else { return false };
+    ceiling.iter().filter_map(|c| c.strip_prefix("bind:")).any(|c| {
+        let c = c.trim().to_ascii_lowercase();
+        if c == "*" || c == r {
+            return true;
+        }
+        match (c.strip_prefix("*."), r.strip_prefix("*.")) {
+            // `*.x` within `*.d`: x must be d or under it... only strictly under d, as `*.d`
+            // does not allow d itself.
+            (Some(parent), Some(inner)) => inner.ends_with(&format!(".{parent}")),
+            (Some(parent), None) => acl_allows(&[format!("bind:*.{parent}")], &r),
+            _ => false,
+        }
+    })
 }
 
 /// An authtoken's stored record.
@@ -85,20 +152,7 @@ impl Credential {
     /// a token without rules may bind anything; `bind:*.example.com` covers every name under
     /// example.com but not example.com itself.
     pub fn allows_bind(&self, host: &str) -> bool {
-        if self.acl.is_empty() {
-            return true;
-        }
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.acl.iter().filter_map(|r| r.strip_prefix("bind:")).any(|rule| {
-            let rule = rule.trim().to_ascii_lowercase();
-            if rule == "*" {
-                return true;
-            }
-            match rule.strip_prefix("*.") {
-                Some(parent) => host.len() > parent.len() + 1 && host.ends_with(&format!(".{parent}")),
-                None => host == rule,
-            }
-        })
+        acl_allows(&self.acl, host)
     }
 }
 

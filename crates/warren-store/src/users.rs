@@ -2,20 +2,25 @@ use sqlx::Row;
 
 use crate::{Page, Role, Store, StoreError, User, conflict, generate_id, into_page, now_rfc3339, page_limit};
 
-const COLUMNS: &str = "id, account_id, email, role, created_at";
+const COLUMNS: &str = "id, account_id, email, role, created_at, authtoken_acl, authtoken_ip_policy_ids";
 
 fn user<R: Row>(r: &R) -> User
 where
     usize: sqlx::ColumnIndex<R>,
     String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     let role: String = r.get(3);
+    let acl: Option<String> = r.get(5);
+    let policies: String = r.get(6);
     User {
         id: r.get(0),
         account_id: r.get(1),
         email: r.get(2),
         role: Role::parse(&role).unwrap_or(Role::ReadOnly),
         created_at: r.get(4),
+        authtoken_acl: acl.map(|a| serde_json::from_str(&a).unwrap_or_default()),
+        authtoken_ip_policy_ids: serde_json::from_str(&policies).unwrap_or_default(),
     }
 }
 
@@ -32,6 +37,8 @@ impl Store {
             email: email.to_owned(),
             role,
             created_at: now_rfc3339(),
+            authtoken_acl: None,
+            authtoken_ip_policy_ids: Vec::new(),
         };
         with_db!(self.db, pool => {
             sqlx::query("INSERT INTO users (id, account_id, email, role, created_at) VALUES ($1, $2, $3, $4, $5)")
@@ -65,6 +72,40 @@ impl Store {
                 .fetch_all(pool).await?.iter().map(user).collect::<Vec<_>>()
         });
         Ok(into_page(rows, limit))
+    }
+
+    /// Sets what the user's authtokens may do at most: `acl` (`Some(None)` removes the
+    /// ceiling) and the IP policies their sessions must pass; `None` keeps a field.
+    pub async fn set_user_limits(
+        &self,
+        account_id: &str,
+        id: &str,
+        acl: Option<Option<Vec<String>>>,
+        ip_policy_ids: Option<Vec<String>>,
+    ) -> Result<User, StoreError> {
+        if let Some(Some(a)) = &acl {
+            if a.is_empty() {
+                return Err(StoreError::Invalid(
+                    "authtoken_acl: an empty list would read as no limit; give bind rules, or null for no ceiling"
+                        .into(),
+                ));
+            }
+            crate::credentials::check_acl(a)?;
+        }
+        if let Some(p) = &ip_policy_ids {
+            self.check_policies_exist(account_id, p).await?;
+        }
+        let acl_json = acl.as_ref().map(|a| a.as_ref().map(|v| serde_json::to_string(v).expect("strings")));
+        let policies = ip_policy_ids.map(|p| serde_json::to_string(&p).expect("strings"));
+        let n = with_db!(self.db, pool => {
+            sqlx::query("UPDATE users SET authtoken_acl = CASE WHEN $1 THEN $2 ELSE authtoken_acl END, authtoken_ip_policy_ids = COALESCE($3, authtoken_ip_policy_ids) WHERE account_id = $4 AND id = $5")
+                .bind(acl_json.is_some()).bind(acl_json.flatten()).bind(policies).bind(account_id).bind(id)
+                .execute(pool).await?.rows_affected()
+        });
+        if n == 0 {
+            return Err(StoreError::NotFound("user"));
+        }
+        self.get_user(account_id, id).await
     }
 
     /// Changes a user's role.

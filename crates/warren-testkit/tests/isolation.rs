@@ -208,3 +208,66 @@ async fn only_the_holder_of_a_sessions_cookie_can_resume_it() {
     assert!(r.error.is_empty(), "resumed: {r:?}");
     victim.until_closed().await;
 }
+
+/// An admin limits what a developer's authtokens may do: bind rules they stay within and IP
+/// policies they must pass. The developer cannot create or change a token beyond that (before,
+/// `PATCH {"acl":[],"ip_policy_ids":[]}` lifted everything), and tokens made before the limit
+/// are held to it at Bind and at Auth. Only an admin widens it.
+#[tokio::test]
+async fn developers_cannot_lift_the_limits_an_admin_set_on_their_authtokens() {
+    let edge = TestEdge::start().await;
+    let t = edge.tenant("limits").await;
+    let (admin, dev) = (Some(t.admin.api_key.as_str()), Some(t.developer.api_key.as_str()));
+    let (_, _, policy) =
+        edge.api("POST", "/ip_policies", admin, Some(json!({"description": "office"}))).await;
+    let rule = json!({"ip_policy_id": policy["id"], "cidr": "127.0.0.0/8", "action": "allow"});
+    let (status, _, _) = edge.api("POST", "/ip_policy_rules", admin, Some(rule)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let limits =
+        json!({"authtoken_acl": ["bind:*.team.warren.localhost"], "authtoken_ip_policy_ids": [policy["id"]]});
+    let (status, _, user) =
+        edge.api("PATCH", &format!("/users/{}", t.developer.user_id), admin, Some(limits.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{user}");
+    assert_eq!(user["authtoken_acl"], json!(["bind:*.team.warren.localhost"]));
+    let (status, _, body) = edge
+        .api("PATCH", &format!("/users/{}", t.developer.user_id), dev, Some(json!({"authtoken_acl": null})))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "only admins change limits: {body}");
+
+    for (acl, policies) in [
+        (json!([]), json!([policy["id"]])),
+        (json!(["bind:*"]), json!([policy["id"]])),
+        (json!(["bind:other.warren.localhost"]), json!([policy["id"]])),
+        (json!(["bind:app.team.warren.localhost"]), json!([])),
+    ] {
+        let body = json!({"description": "wider", "acl": acl, "ip_policy_ids": policies});
+        let (status, _, answer) = edge.api("POST", "/credentials", dev, Some(body)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "create {acl} {policies}: {answer}");
+        let body = json!({"acl": acl, "ip_policy_ids": policies});
+        let (status, _, answer) =
+            edge.api("PATCH", &format!("/credentials/{}", t.developer.credential_id), dev, Some(body)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "update to {acl} {policies}: {answer}");
+    }
+    let body = json!({"acl": ["bind:app.team.warren.localhost"], "ip_policy_ids": [policy["id"]]});
+    let (status, _, made) = edge.api("POST", "/credentials", dev, Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "within the limits: {made}");
+
+    // The developer's older token, which has no ACL, is held to the limit at Bind.
+    let raw = RawSession::authenticated(&edge, &t.developer.authtoken).await;
+    let r = raw.bind_https("out", "elsewhere.warren.localhost").await;
+    assert!(r.error.contains("its owner's authtokens may bind only"), "{r:?}");
+    assert!(raw.bind_https("in", "api.team.warren.localhost").await.error.is_empty());
+    // And at Auth: a policy that does not allow loopback refuses the user's sessions.
+    let (_, _, strict) =
+        edge.api("POST", "/ip_policies", admin, Some(json!({"description": "nowhere"}))).await;
+    let rule = json!({"ip_policy_id": strict["id"], "cidr": "203.0.113.0/24", "action": "allow"});
+    edge.api("POST", "/ip_policy_rules", admin, Some(rule)).await;
+    let limits = json!({"authtoken_ip_policy_ids": [strict["id"]]});
+    let (status, _, _) =
+        edge.api("PATCH", &format!("/users/{}", t.developer.user_id), admin, Some(limits)).await;
+    assert_eq!(status, StatusCode::OK);
+    within("the session under the old limits ends", raw.mux.closed()).await;
+    let again = RawSession::connect(&edge, true).await;
+    let r = again.auth(&t.developer.authtoken).await;
+    assert!(r.error.contains(codes::IP_RESTRICTED), "{r:?}");
+}

@@ -80,6 +80,7 @@ pub(crate) async fn create(
         }
         (_, _) => p.user_id.clone(),
     };
+    within_ceiling(&shared, &p, &b.acl, &b.ip_policy_ids).await?;
     let new = NewCredential {
         description: b.description,
         metadata: b.metadata,
@@ -90,6 +91,32 @@ pub(crate) async fn create(
     let (c, token) = shared.store.create_credential(&p.account_id, &new).await?;
     tracing::info!(credential = %c.id, by = %p.key_id, "authtoken created");
     Ok((StatusCode::CREATED, Json(json(c, Some(token.0)))))
+}
+
+/// A caller other than an admin keeps their authtokens within what an admin allows them: the
+/// ACL within their ceiling, and every IP policy the admin requires. Admins are not limited.
+async fn within_ceiling(
+    shared: &Shared,
+    p: &Principal,
+    acl: &[String],
+    ip_policy_ids: &[String],
+) -> Result<(), ApiError> {
+    if p.role == Role::Admin {
+        return Ok(());
+    }
+    let Some(uid) = &p.user_id else { return Ok(()) };
+    let user = shared.store.get_user(&p.account_id, uid).await?;
+    if let Some(why) = user.acl_outside_ceiling(acl) {
+        return Err(ApiError::forbidden(format!("{why}; only an administrator can widen it")));
+    }
+    let missing: Vec<&String> =
+        user.authtoken_ip_policy_ids.iter().filter(|id| !ip_policy_ids.contains(id)).collect();
+    if !missing.is_empty() {
+        return Err(ApiError::forbidden(format!(
+            "this user's authtokens must keep the IP policies {missing:?}; only an administrator can lift them"
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) async fn get(
@@ -132,6 +159,11 @@ pub(crate) async fn update(
     p.require_owner_or_admin(current.owner_id.as_deref(), "an authtoken")?;
     let rules_change = b.acl.as_ref().is_some_and(|a| *a != current.acl)
         || b.ip_policy_ids.as_ref().is_some_and(|i| *i != current.ip_policy_ids);
+    if rules_change {
+        let acl = b.acl.as_ref().unwrap_or(&current.acl);
+        let policies = b.ip_policy_ids.as_ref().unwrap_or(&current.ip_policy_ids);
+        within_ceiling(&shared, &p, acl, policies).await?;
+    }
     let up = CredentialUpdate {
         description: b.description,
         metadata: b.metadata,

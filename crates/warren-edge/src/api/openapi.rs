@@ -758,10 +758,19 @@ fn schemas() -> Map<String, Value> {
             "email": string(),
             "role": role(),
             "created_at": time(),
+            "authtoken_acl": {"type": ["array", "null"], "items": string()},
+            "authtoken_ip_policy_ids": strings(),
         })),
     );
     add("UserCreate", request(&["email", "role"], json!({"email": string(), "role": role()})));
-    add("UserUpdate", request(&["role"], json!({"role": role()})));
+    add(
+        "UserUpdate",
+        update(json!({
+            "role": role(),
+            "authtoken_acl": {"type": ["array", "null"], "items": string()},
+            "authtoken_ip_policy_ids": strings(),
+        })),
+    );
 
     add(
         "IpPolicy",

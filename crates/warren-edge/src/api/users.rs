@@ -20,6 +20,10 @@ pub(crate) struct UserJson {
     email: String,
     role: &'static str,
     created_at: String,
+    /// The bind rules every authtoken of the user stays within (null: no ceiling).
+    authtoken_acl: Option<Vec<String>>,
+    /// IP policies every session of the user's authtokens must pass.
+    authtoken_ip_policy_ids: Vec<String>,
 }
 
 fn json(u: User) -> UserJson {
@@ -29,6 +33,8 @@ fn json(u: User) -> UserJson {
         email: u.email,
         role: u.role.as_str(),
         created_at: u.created_at,
+        authtoken_acl: u.authtoken_acl,
+        authtoken_ip_policy_ids: u.authtoken_ip_policy_ids,
     }
 }
 
@@ -48,7 +54,20 @@ struct CreateBody {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UpdateBody {
-    role: String,
+    role: Option<String>,
+    /// Absent: unchanged; null: no ceiling; a list: the ceiling.
+    #[serde(default, deserialize_with = "present")]
+    authtoken_acl: Option<Option<Vec<String>>>,
+    authtoken_ip_policy_ids: Option<Vec<String>>,
+}
+
+/// Tells an explicit `null` (`Some(None)`) from an absent field (`None`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 pub(crate) async fn create(
@@ -97,9 +116,25 @@ pub(crate) async fn update(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<UserJson>, ApiError> {
-    p.require_admin("changing roles")?;
+    p.require_admin("changing users")?;
     let b: UpdateBody = parse_body(&body)?;
-    Ok(Json(json(shared.store.set_user_role(&p.account_id, &id, role(&b.role)?).await?)))
+    let mut user = shared.store.get_user(&p.account_id, &id).await?;
+    if let Some(r) = &b.role {
+        user = shared.store.set_user_role(&p.account_id, &id, role(r)?).await?;
+    }
+    if b.authtoken_acl.is_some() || b.authtoken_ip_policy_ids.is_some() {
+        user = shared
+            .store
+            .set_user_limits(&p.account_id, &id, b.authtoken_acl, b.authtoken_ip_policy_ids)
+            .await?;
+        // Sessions were admitted under the old limits: their agents reconnect under the new.
+        let tokens = shared.store.credentials_of(&p.account_id, &id).await?;
+        for t in &tokens {
+            shared.end_sessions_using(t, "the user's authtoken limits changed; reconnect").await;
+        }
+        tracing::info!(user = %id, by = %p.key_id, "authtoken limits of a user changed");
+    }
+    Ok(Json(json(user)))
 }
 
 pub(crate) async fn delete(
