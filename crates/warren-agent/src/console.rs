@@ -287,6 +287,13 @@ fn pad(s: &str, w: usize) -> String {
     }
 }
 
+/// `s` with every character that could steer a terminal (escape sequences, other controls,
+/// bidirectional overrides) replaced by `?`: for line output of text that came from the edge
+/// or the network (URLs, error messages).
+pub fn terminal_safe(s: &str) -> String {
+    s.chars().map(|c| if unsafe_char(c) && c != '\n' { '?' } else { c }).collect()
+}
+
 /// Characters that could steer the terminal or reorder what the operator reads. Paths, reason
 /// phrases and account names come from the network, so an escape sequence in a request path
 /// would otherwise run in the operator's terminal.
@@ -673,5 +680,13 @@ mod tests {
         assert_eq!(size_from(Some("120".into()), None), None);
         assert_eq!(size_from(Some("0".into()), Some("40".into())), None);
         assert_eq!(size_from(Some("wide".into()), Some("40".into())), None);
+    }
+
+    #[test]
+    fn text_from_the_edge_cannot_steer_the_terminal() {
+        let hostile = "https://a.example\u{1b}]0;owned\u{7}\u{1b}[2J\u{202e}gpj.exe\r";
+        let safe = terminal_safe(hostile);
+        assert!(!safe.contains(['\u{1b}', '\u{7}', '\u{202e}', '\r']), "{safe:?}");
+        assert!(safe.starts_with("https://a.example?]0;owned"), "{safe:?}");
     }
 }

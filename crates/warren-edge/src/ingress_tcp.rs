@@ -26,7 +26,7 @@ pub(crate) async fn bind(
     session: &Arc<AgentSession>,
     client_id: &str,
     wanted: Option<u16>,
-    policy: warren_policy::Chain,
+    policy: crate::policy::ForBind,
 ) -> Result<String, String> {
     let range = shared.config.tcp_ports.clone();
     let unavailable = |msg: String| proto::error_text(&msg, codes::TCP_ADDR_UNAVAILABLE);
@@ -90,7 +90,8 @@ pub(crate) async fn bind(
         url: url.clone(),
         key: EndpointKey::Port(port),
         tls: None,
-        policy,
+        policy: policy.chain,
+        ip_policies: policy.ip_policies,
     };
     let ep = shared
         .registry

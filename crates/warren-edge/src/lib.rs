@@ -161,6 +161,29 @@ impl Shared {
         sessions.len()
     }
 
+    /// An IP policy's rules changed: cached restrictions are dropped, and every session of
+    /// the account that was admitted or bound under that policy (its authtoken's, its user's,
+    /// or a `restrict-ips` of its endpoints' traffic policies) restarts, so its agent
+    /// reconnects and binds under the new rules. Sessions on other nodes pick the change up
+    /// when they next reconnect.
+    pub(crate) async fn ip_policy_changed(&self, account_id: &str, policy_id: &str) {
+        self.ip_rules.invalidate(account_id);
+        for s in self.registry.sessions_of(account_id) {
+            let uses = s.credential.ip_policy_ids.iter().any(|p| p == policy_id)
+                || s.owner_ip_policy_ids.iter().any(|p| p == policy_id)
+                || self
+                    .registry
+                    .endpoints_of(&s.id)
+                    .iter()
+                    .any(|e| e.ip_policies.iter().any(|p| p == policy_id));
+            if uses {
+                tracing::info!(session = %s.id, policy = %policy_id, "IP policy changed; restarting the session");
+                s.mux.close(warren_mux::ErrorCode::None, "an IP policy it uses changed; reconnect");
+                self.end_session(&s.id).await;
+            }
+        }
+    }
+
     /// Forgets a session here and in the store (idempotent; the connection is the caller's
     /// to close).
     pub(crate) async fn end_session(&self, id: &str) {
@@ -173,7 +196,16 @@ impl Shared {
 
 impl Edge {
     /// Binds every listener and starts serving. Listeners on port 0 get a free port.
-    pub async fn start(config: EdgeConfig, store: Store, tls: tls::TlsMaterial) -> Result<Edge, EdgeError> {
+    pub async fn start(
+        mut config: EdgeConfig,
+        store: Store,
+        tls: tls::TlsMaterial,
+    ) -> Result<Edge, EdgeError> {
+        // Names compare lowercased everywhere else (SNI, Host, binds, reservations): the
+        // configured ones must too, or `Connect.Corp.Example` could be bound as an endpoint.
+        for name in config.connect_hostnames.iter_mut().chain(std::iter::once(&mut config.base_domain)) {
+            *name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+        }
         config.validate().map_err(EdgeError::Config)?;
         let connect = bind(config.connect_addr).await?;
         let https = bind(config.https_addr).await?;

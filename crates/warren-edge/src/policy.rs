@@ -32,6 +32,7 @@ pub(crate) async fn compile_for_bind(
         }
     };
     let mut account = None;
+    let mut endpoint_ip_policies = Vec::new();
     if let Some((text, _)) = account_doc {
         let doc = Document::parse(&text).map_err(|e| invalid(format!("the account's policy: {e}")))?;
         if proto != "https" && crate::endpoint_tls::has_terminate_tls(&doc) {
@@ -61,8 +62,11 @@ pub(crate) async fn compile_for_bind(
         if !policy.is_empty() {
             chain.push(Arc::new(policy));
         }
+        endpoint_ip_policies = doc.ip_policy_ids();
     }
-    Ok(ForBind { chain: Chain(chain), account })
+    let mut ip_policies = account.as_ref().map(|d| d.ip_policy_ids()).unwrap_or_default();
+    ip_policies.extend(endpoint_ip_policies);
+    Ok(ForBind { chain: Chain(chain), account, ip_policies })
 }
 
 /// What a Bind gets from the traffic policies.
@@ -71,6 +75,8 @@ pub(crate) struct ForBind {
     pub(crate) chain: Chain,
     /// The account's document, whose `terminate-tls` also applies to https endpoints.
     pub(crate) account: Option<Document>,
+    /// The IP policies both documents name.
+    pub(crate) ip_policies: Vec<String>,
 }
 
 /// Checks an account-wide document for every kind of endpoint.

@@ -25,6 +25,8 @@ pub(crate) struct AgentSession {
     pub(crate) resume_hash: [u8; 32],
     /// The bind rules the token's owner's authtokens stay within, as an admin set them.
     pub(crate) owner_acl: Option<Vec<String>>,
+    /// The IP policies the token's owner's sessions must pass, as an admin set them.
+    pub(crate) owner_ip_policy_ids: Vec<String>,
 }
 
 impl AgentSession {
@@ -88,6 +90,9 @@ pub(crate) struct Endpoint {
     pub(crate) policy: warren_policy::Chain,
     /// What policy expressions see as `endpoint.*`.
     pub(crate) info: warren_policy::EndpointInfo,
+    /// The IP policies its traffic policies (the account's and its own) name: a change to
+    /// their rules rebinds it.
+    pub(crate) ip_policies: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -232,6 +237,13 @@ impl Registry {
                 e.session.credential.id == credential_id && cookie_matches(cookie, &e.session.resume_hash)
             })
             .map(|e| e.session.clone())
+    }
+
+    /// The endpoints a session of this node holds.
+    pub(crate) fn endpoints_of(&self, session_id: &str) -> Vec<Arc<Endpoint>> {
+        let inner = self.lock();
+        let Some(entry) = inner.sessions.get(session_id) else { return Vec::new() };
+        entry.endpoints.values().filter_map(|k| inner.endpoints.get(k).cloned()).collect()
     }
 
     /// A session of this node by id.

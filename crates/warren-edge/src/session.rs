@@ -262,6 +262,7 @@ async fn handle_auth(
     // What the token's owner may do at most, as an admin set it: IP policies now, bind rules
     // at each Bind.
     let mut owner_acl = None;
+    let mut owner_ip_policy_ids = Vec::new();
     if let Some(owner) = &credential.owner_id {
         match shared.store.get_user(&credential.account_id, owner).await {
             Ok(user) => {
@@ -284,6 +285,7 @@ async fn handle_auth(
                     }
                 }
                 owner_acl = user.authtoken_acl;
+                owner_ip_policy_ids = user.authtoken_ip_policy_ids;
             }
             Err(e) => {
                 // The owner is gone (its tokens go with it) or the store failed: no session.
@@ -358,6 +360,7 @@ async fn handle_auth(
         info,
         resume_hash: warren_store::hash_secret(&new_cookie),
         owner_acl,
+        owner_ip_policy_ids,
     })
 }
 
@@ -487,7 +490,7 @@ async fn bind_endpoint(
                     Some(t.server_config(crate::tls::provider(), shared.certs.clone()).map_err(invalid)?)
                 }
             };
-            let policy = policy.chain;
+            let (policy, ip_policies) = (policy.chain, policy.ip_policies);
             let id = warren_store::generate_id("ep");
             let ep = Endpoint {
                 info: crate::policy::endpoint_info(&id, &url, proto.as_str()),
@@ -499,6 +502,7 @@ async fn bind_endpoint(
                 key: EndpointKey::Host(proto, host.clone()),
                 tls,
                 policy,
+                ip_policies,
             };
             let ep = shared.registry.bind(ep, max).map_err(|r| refused(r, &url))?;
             record_endpoint(shared, &ep).await?;
@@ -518,11 +522,9 @@ async fn bind_endpoint(
                 }
                 _ => {}
             }
-            let policy =
-                crate::policy::compile_for_bind(shared, session, "tcp", opts.traffic_policy.as_ref())
-                    .await?
-                    .chain;
-            ingress_tcp::bind(shared, session, &bind.client_id, wanted, policy).await
+            let for_bind =
+                crate::policy::compile_for_bind(shared, session, "tcp", opts.traffic_policy.as_ref()).await?;
+            ingress_tcp::bind(shared, session, &bind.client_id, wanted, for_bind).await
         }
         "tls" => {
             let opts: proto::TlsOpts = serde_json::from_value(bind.opts.clone())
@@ -548,10 +550,8 @@ async fn bind_endpoint(
                 443 => format!("tls://{host}"),
                 p => format!("tls://{host}:{p}"),
             };
-            let policy =
-                crate::policy::compile_for_bind(shared, session, "tls", opts.traffic_policy.as_ref())
-                    .await?
-                    .chain;
+            let for_bind =
+                crate::policy::compile_for_bind(shared, session, "tls", opts.traffic_policy.as_ref()).await?;
             let id = warren_store::generate_id("ep");
             let ep = Endpoint {
                 info: crate::policy::endpoint_info(&id, &url, "tls"),
@@ -562,7 +562,8 @@ async fn bind_endpoint(
                 url: url.clone(),
                 key: EndpointKey::Host(Proto::Tls, host),
                 tls: None,
-                policy,
+                policy: for_bind.chain,
+                ip_policies: for_bind.ip_policies,
             };
             let ep = shared.registry.bind(ep, max).map_err(|r| refused(r, &url))?;
             record_endpoint(shared, &ep).await?;

@@ -63,17 +63,41 @@ impl Document {
         }
     }
 
-    /// The document as JSON with its secrets (`client_secret`, `secret`, `credentials`,
-    /// `server_private_key`) replaced by `********`, for readers who may see the policy but
-    /// not what it protects with. `None` when the text does not parse.
+    /// The document as JSON with its secrets replaced by `********`, for readers who may see
+    /// the policy but not what it protects with: every value whose key names a secret
+    /// (`client_secret`, `secret`, `credentials`, `server_private_key`, anything with
+    /// `password`, `token`, `api_key`, `authorization`, `cookie`) and every header value.
+    /// `None` when the text does not parse.
     pub fn redacted(text: &str) -> Option<String> {
-        const SECRET_KEYS: [&str; 4] = ["client_secret", "secret", "credentials", "server_private_key"];
+        /// Keys whose values are secrets wherever they appear (matched as parts of the name).
+        const SECRET_PARTS: [&str; 9] = [
+            "secret",
+            "password",
+            "passwd",
+            "token",
+            "credential",
+            "private_key",
+            "api_key",
+            "authorization",
+            "cookie",
+        ];
+        const MASK: &str = "********";
+        fn secret_key(k: &str) -> bool {
+            let k = k.to_ascii_lowercase();
+            SECRET_PARTS.iter().any(|p| k.contains(p))
+        }
         fn walk(v: &mut serde_json::Value) {
             match v {
                 serde_json::Value::Object(m) => {
                     for (k, v) in m.iter_mut() {
-                        if SECRET_KEYS.contains(&k.as_str()) {
-                            *v = serde_json::Value::String("********".into());
+                        if secret_key(k) {
+                            *v = serde_json::Value::String(MASK.into());
+                        } else if k == "headers" && v.is_object() {
+                            // Header values (`add-headers`, `custom-response`) may be bearer
+                            // tokens or keys for the upstream: every value is masked, names kept.
+                            if let serde_json::Value::Object(h) = v {
+                                h.values_mut().for_each(|hv| *hv = serde_json::Value::String(MASK.into()));
+                            }
                         } else {
                             walk(v);
                         }
@@ -155,5 +179,33 @@ impl Document {
         ids.sort();
         ids.dedup();
         ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_masks_every_secret_and_header_value_and_keeps_the_shape() {
+        let doc = r#"
+on_http_request:
+  - actions:
+      - type: add-headers
+        config: {headers: {authorization: "Bearer upstream-token", x-api-key: "k-123", x-team: "blue"}}
+      - type: basic-auth
+        config: {credentials: ["alice:hunter2"]}
+      - type: openid-connect
+        config: {issuer_url: "https://idp.example", client_id: "warren", client_secret: "s3cret"}
+      - type: custom-response
+        config: {status_code: 200, headers: {set-cookie: "session=abc"}, body: "ok"}
+"#;
+        let out = Document::redacted(doc).unwrap();
+        for secret in ["upstream-token", "k-123", "blue", "hunter2", "s3cret", "session=abc"] {
+            assert!(!out.contains(secret), "{secret} leaked: {out}");
+        }
+        for kept in ["authorization", "x-api-key", "https://idp.example", "warren", "add-headers", "\"ok\""] {
+            assert!(out.contains(kept), "{kept} kept: {out}");
+        }
     }
 }

@@ -329,3 +329,16 @@ async fn a_host_with_user_information_is_refused() {
     }
     still_serves(&edge, &b).await;
 }
+
+/// Configured names compare like every other name: a connect hostname given in capitals is
+/// still the edge's own, so no account can bind or reserve it.
+#[tokio::test]
+async fn a_connect_hostname_in_capitals_is_still_the_edges_own() {
+    let edge = TestEdge::start_with(|c| c.connect_hostnames.push("Connect.Corp.Example".into())).await;
+    let raw = RawSession::authenticated(&edge, &edge.authtoken).await;
+    let r = raw.bind_https("steal", "connect.corp.example").await;
+    assert!(r.error.contains("connect hostname"), "{r:?}");
+    let body = serde_json::json!({"domain": "connect.corp.example"});
+    let (status, _, answer) = edge.api("POST", "/reserved_domains", Some(&edge.api_key), Some(body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+}

@@ -242,3 +242,53 @@ async fn visitors_from_outside_an_endpoints_restriction_are_refused_and_log_only
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     assert_eq!(echo_roundtrip(&mut conn, b"ping").await, b"ping");
 }
+
+/// Changing an IP policy's rules holds at once for what was admitted or bound under it: the
+/// sessions of authtokens that use the policy, and endpoints whose `restrict-ips` names it,
+/// are restarted and bound again under the new rules. Before, they kept the old rules until
+/// they happened to reconnect.
+#[tokio::test]
+async fn changing_a_policys_rules_rechecks_the_sessions_and_endpoints_that_use_it() {
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    let (_, _, pol) = edge.api("POST", "/ip_policies", key, Some(json!({"description": "office"}))).await;
+    let body = json!({"ip_policy_id": pol["id"], "cidr": "127.0.0.0/8", "action": "allow"});
+    let (s, _, rule) = edge.api("POST", "/ip_policy_rules", key, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{rule}");
+
+    // A visitor-side policy naming it.
+    let up = HttpUpstream::start().await;
+    let mut ep = EndpointConfig::http(&up.url(), Some("https://office.warren.localhost")).unwrap();
+    let policy = json!({"on_http_request": [{"actions": [{"type": "restrict-ips", "config": {"ip_policies": [pol["id"]]}}]}]});
+    ep.traffic_policy = Some(serde_json::Value::String(policy.to_string()));
+    let mut web = Agent::start(edge.agent_with(ep));
+    within("online", web.wait_online()).await.unwrap();
+    let (status, _, _) = https_get(&edge, "office.warren.localhost", "/").await;
+    assert_eq!(status, StatusCode::OK, "127.0.0.1 is in the policy");
+
+    // An authtoken restricted to it.
+    let body = json!({"description": "office only", "ip_policy_ids": [pol["id"]]});
+    let (_, _, cred) = edge.api("POST", "/credentials", key, Some(body)).await;
+    let raw = RawSession::connect(&edge, true).await;
+    assert!(raw.auth(cred["token"].as_str().unwrap()).await.error.is_empty());
+
+    // The office moves: loopback is no longer in the policy.
+    let body = json!({"cidr": "203.0.113.0/24"});
+    let (s, _, _) = edge
+        .api("PATCH", &format!("/ip_policy_rules/{}", rule["id"].as_str().unwrap()), key, Some(body))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    within("the token's session restarts", raw.mux.closed()).await;
+    let again = RawSession::connect(&edge, true).await;
+    assert!(again.auth(cred["token"].as_str().unwrap()).await.error.contains("ERR_WARREN_IP_RESTRICTED"));
+    within("the endpoint is bound again under the new rules", async {
+        loop {
+            let (status, _, _) = https_get(&edge, "office.warren.localhost", "/").await;
+            if status == StatusCode::FORBIDDEN {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}

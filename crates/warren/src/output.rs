@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::Context;
-use warren_agent::console::{self, Console};
+use warren_agent::console::{self, Console, terminal_safe};
 use warren_agent::{Agent, AgentConfig, AgentError, Status};
 use warren_proto::error_codes as codes;
 
@@ -55,7 +55,7 @@ async fn with_lines(mut agent: Agent, shutdown: impl std::future::Future<Output 
     let upstreams: Vec<String> =
         agent.shared().endpoints().iter().map(|e| e.config.upstream.to_string()).collect();
     for (u, up) in urls.iter().zip(&upstreams) {
-        println!("Forwarding {u} -> {up}");
+        println!("Forwarding {} -> {}", terminal_safe(u), terminal_safe(up));
     }
     if let Ok(Some(web)) = agent.web_addr() {
         println!("Inspector  http://{web}");
@@ -68,8 +68,10 @@ async fn with_lines(mut agent: Agent, shutdown: impl std::future::Future<Output 
             }
             let s = status.borrow_and_update().clone();
             match s {
-                Status::Reconnecting { error, delay } => eprintln!("reconnecting in {delay:.1?}: {error}"),
-                Status::Online { urls, .. } => eprintln!("online: {}", urls.join(", ")),
+                Status::Reconnecting { error, delay } => {
+                    eprintln!("reconnecting in {delay:.1?}: {}", terminal_safe(&error))
+                }
+                Status::Online { urls, .. } => eprintln!("online: {}", terminal_safe(&urls.join(", "))),
                 Status::Stopped(_) => return,
                 Status::Connecting => {}
             }
@@ -156,5 +158,6 @@ pub(crate) fn explain(e: AgentError) -> anyhow::Error {
         }
         AgentError::StoppedByEdge => "The edge's administrator stopped this agent's session.",
     };
-    anyhow::anyhow!("{e}\n{hint}")
+    // The error's text comes from the edge: no escape sequence of its reaches the terminal.
+    anyhow::anyhow!("{}\n{hint}", terminal_safe(&e.to_string()))
 }

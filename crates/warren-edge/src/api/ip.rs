@@ -213,7 +213,7 @@ pub(crate) async fn create_rule(
             &b.metadata,
         )
         .await?;
-    shared.ip_rules.invalidate(&p.account_id);
+    shared.ip_policy_changed(&p.account_id, &r.ip_policy_id).await;
     Ok((StatusCode::CREATED, Json(rule(r))))
 }
 
@@ -251,7 +251,7 @@ pub(crate) async fn update_rule(
         metadata: b.metadata,
     };
     let r = shared.store.update_ip_policy_rule(&p.account_id, &id, &up).await?;
-    shared.ip_rules.invalidate(&p.account_id);
+    shared.ip_policy_changed(&p.account_id, &r.ip_policy_id).await;
     Ok(Json(rule(r)))
 }
 
@@ -261,8 +261,9 @@ pub(crate) async fn delete_rule(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     p.require_admin("changing IP policies")?;
+    let r = shared.store.get_ip_policy_rule(&p.account_id, &id).await?;
     shared.store.delete_ip_policy_rule(&p.account_id, &id).await?;
-    shared.ip_rules.invalidate(&p.account_id);
+    shared.ip_policy_changed(&p.account_id, &r.ip_policy_id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
