@@ -104,13 +104,24 @@ pub(crate) async fn run(shared: Arc<Shared>, config: AcmeConfig) {
     tokio::pin!(stop);
     let mut account = None;
     let mut failures: HashMap<String, (u32, Instant)> = HashMap::new();
+    let mut orders = OrdersPerAccount::default();
     loop {
         match shared.store.all_reserved_domain_names().await {
             Ok(reserved) => {
-                // The edge's connect hostnames too: agents verify them like any site.
-                let connect = shared.config.connect_hostnames.iter().filter(|h| h.contains('.')).cloned();
-                let domains = reserved.into_iter().filter(|d| wants_certificate(&shared, d)).chain(connect);
-                for domain in domains {
+                // The edge's connect hostnames too: agents verify them like any site (they
+                // count against no account).
+                let connect = shared
+                    .config
+                    .connect_hostnames
+                    .iter()
+                    .filter(|h| h.contains('.'))
+                    .map(|h| (h.clone(), None));
+                let domains = reserved
+                    .into_iter()
+                    .filter(|(d, _)| wants_certificate(&shared, d))
+                    .map(|(d, account)| (d, Some(account)))
+                    .chain(connect);
+                for (domain, account_id) in domains {
                     if failures.get(&domain).is_some_and(|(_, retry_at)| Instant::now() < *retry_at) {
                         continue;
                     }
@@ -121,6 +132,12 @@ pub(crate) async fn run(shared: Arc<Shared>, config: AcmeConfig) {
                             tracing::warn!(%domain, error = %e, "could not read the stored certificate");
                             continue;
                         }
+                    }
+                    if let Some(a) = &account_id
+                        && !orders.take(a, config.orders_per_account_per_hour, Instant::now())
+                    {
+                        tracing::warn!(%domain, account = %a, "this account's certificate orders this hour are used up; later");
+                        continue;
                     }
                     match issue(&shared, &config, &mut account, &domain).await {
                         Ok(()) => {
@@ -142,6 +159,25 @@ pub(crate) async fn run(shared: Arc<Shared>, config: AcmeConfig) {
             _ = shared.acme_wake.notified() => {}
             _ = tokio::time::sleep(config.check_interval) => {}
         }
+    }
+}
+
+/// Certificate orders started per account in the current hour.
+#[derive(Default)]
+struct OrdersPerAccount(HashMap<String, (Instant, u32)>);
+
+impl OrdersPerAccount {
+    /// Counts an order for `account` if it has one left this hour.
+    fn take(&mut self, account: &str, per_hour: u32, now: Instant) -> bool {
+        let e = self.0.entry(account.to_owned()).or_insert((now, 0));
+        if now.saturating_duration_since(e.0) >= std::time::Duration::from_secs(3600) {
+            *e = (now, 0);
+        }
+        if e.1 >= per_hour {
+            return false;
+        }
+        e.1 += 1;
+        true
     }
 }
 
@@ -346,5 +382,20 @@ struct Fixed(Arc<rustls::sign::CertifiedKey>);
 impl rustls::server::ResolvesServerCert for Fixed {
     fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
         Some(self.0.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_account_gets_its_orders_per_hour() {
+        let mut o = OrdersPerAccount::default();
+        let t0 = Instant::now();
+        assert!(o.take("a", 2, t0) && o.take("a", 2, t0));
+        assert!(!o.take("a", 2, t0), "a's hour is used up");
+        assert!(o.take("b", 2, t0), "b has its own");
+        assert!(o.take("a", 2, t0 + std::time::Duration::from_secs(3600)), "a new hour");
     }
 }

@@ -64,6 +64,9 @@ pub struct EdgeConfig {
     /// addresses (an identity provider inside the operator's network). Off by default, for
     /// the same reason.
     pub idp_allow_private_networks: bool,
+    /// The DNS resolver asked for the TXT records that prove control of custom domains;
+    /// `None`: the first `nameserver` of `/etc/resolv.conf`.
+    pub dns_resolver: Option<SocketAddr>,
     /// When https responses carry `Strict-Transport-Security` (unless the upstream sends its
     /// own).
     pub hsts: Hsts,
@@ -120,6 +123,9 @@ pub struct AcmeConfig {
     pub renew_before: Duration,
     /// How often certificates are checked.
     pub check_interval: Duration,
+    /// Certificate orders one account's domains may start per hour, so that one account's
+    /// many reservations cannot use up the ACME server's rate limits for everyone.
+    pub orders_per_account_per_hour: u32,
 }
 
 impl AcmeConfig {
@@ -132,6 +138,7 @@ impl AcmeConfig {
             challenge: AcmeChallenge::Http01,
             renew_before: Duration::from_secs(30 * 86_400),
             check_interval: Duration::from_secs(3600),
+            orders_per_account_per_hour: 10,
         }
     }
 }
@@ -250,6 +257,7 @@ impl EdgeConfig {
             idp_allow_loopback_http: false,
             idp_allow_private_networks: false,
             tls_files: None,
+            dns_resolver: None,
             hsts: Hsts::Auto { max_age: Hsts::DEFAULT_MAX_AGE },
             limits: Limits::default(),
         }

@@ -33,6 +33,7 @@ mod client_addr;
 pub mod config;
 mod conn_limit;
 mod deadline;
+mod dns;
 mod endpoint_tls;
 mod idp;
 mod ingress_http;

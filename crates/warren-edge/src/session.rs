@@ -715,6 +715,13 @@ async fn check_domain_reservation(shared: &Shared, session: &AgentSession, host:
             &format!("{host} is reserved by another account (reservation {})", r.domain),
             codes::RESERVED_ELSEWHERE,
         )),
+        Some(r) if r.verified_at.is_none() => {
+            // The DNS record may have been created since: look once more now.
+            verify_domain(shared, r)
+                .await
+                .map(|_| ())
+                .map_err(|why| proto::error_text(&why, codes::DOMAIN_NOT_SERVED))
+        }
         Some(_) => Ok(()),
         None if under_domain(host, base) => Ok(()),
         None => Err(proto::error_text(
@@ -724,6 +731,39 @@ async fn check_domain_reservation(shared: &Shared, session: &AgentSession, host:
             ),
             codes::DOMAIN_NOT_SERVED,
         )),
+    }
+}
+
+/// Proves control of a reserved custom domain: its TXT record `_warren-challenge.<domain>`
+/// must hold the reservation's token. Returns the reservation, now verified, or what to do.
+pub(crate) async fn verify_domain(
+    shared: &Shared,
+    d: warren_store::ReservedDomain,
+) -> Result<warren_store::ReservedDomain, String> {
+    if d.verified_at.is_some() {
+        return Ok(d);
+    }
+    let name = d.challenge_name();
+    let how = format!(
+        "{} is reserved but its control is not proven yet: create a DNS TXT record {name} with the value {} (then bind again, or POST /reserved_domains/{}/verify)",
+        d.domain, d.verify_token, d.id
+    );
+    let Some(resolver) = shared.config.dns_resolver.or_else(crate::dns::system_resolver) else {
+        return Err(format!("{how}; this edge has no DNS resolver configured (--dns-resolver)"));
+    };
+    match crate::dns::txt(resolver, &name).await {
+        Ok(values) if values.iter().any(|v| v.trim() == d.verify_token) => {
+            shared.store.mark_domain_verified(&d.account_id, &d.id).await.map_err(|e| {
+                tracing::error!(error = %e, "store failed while recording a verified domain");
+                "the edge could not record the verification; try again".to_string()
+            })
+        }
+        Ok(values) if values.is_empty() => Err(format!("{how}; no TXT record was found")),
+        Ok(values) => Err(format!("{how}; the TXT records found hold other values ({})", values.len())),
+        Err(e) => {
+            tracing::warn!(domain = %d.domain, %resolver, error = %e, "TXT lookup failed");
+            Err(format!("{how}; the lookup failed: {e}"))
+        }
     }
 }
 

@@ -79,11 +79,12 @@ impl Store {
         }))
     }
 
-    /// Every reserved domain of every account (what the certificate manager looks after).
-    pub async fn all_reserved_domain_names(&self) -> Result<Vec<String>, StoreError> {
+    /// Every reserved domain of every account whose control is proven, with its account
+    /// (what the certificate manager looks after).
+    pub async fn all_reserved_domain_names(&self) -> Result<Vec<(String, String)>, StoreError> {
         Ok(with_db!(self.db, pool => {
-            sqlx::query("SELECT domain FROM reserved_domains ORDER BY domain").fetch_all(pool).await?
-                .iter().map(|r| r.get::<String, _>(0)).collect::<Vec<_>>()
+            sqlx::query("SELECT domain, account_id FROM reserved_domains WHERE verified_at IS NOT NULL ORDER BY domain").fetch_all(pool).await?
+                .iter().map(|r| (r.get::<String, _>(0), r.get::<String, _>(1))).collect::<Vec<_>>()
         }))
     }
 

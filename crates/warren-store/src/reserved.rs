@@ -23,6 +23,20 @@ pub struct ReservedDomain {
     pub created_at: String,
     /// The user who reserved it; `None`: admins only.
     pub owner_id: Option<String>,
+    /// What the TXT record `_warren-challenge.<domain>` must hold to prove control of the
+    /// domain (empty when nothing needs proving).
+    pub verify_token: String,
+    /// When control was proven (RFC 3339); `None` while pending: the name cannot be bound
+    /// and gets no certificate.
+    pub verified_at: Option<String>,
+}
+
+impl ReservedDomain {
+    /// The name of the TXT record that proves control: `_warren-challenge.` and the domain
+    /// (a wildcard's parent).
+    pub fn challenge_name(&self) -> String {
+        format!("_warren-challenge.{}", self.domain.strip_prefix("*.").unwrap_or(&self.domain))
+    }
 }
 
 /// A TCP port an account owns on the edge's tcp host.
@@ -44,7 +58,8 @@ pub struct ReservedAddr {
     pub owner_id: Option<String>,
 }
 
-const DOMAIN_COLUMNS: &str = "id, account_id, domain, description, metadata, created_at, owner_id";
+const DOMAIN_COLUMNS: &str =
+    "id, account_id, domain, description, metadata, created_at, owner_id, verify_token, verified_at";
 const ADDR_COLUMNS: &str = "id, account_id, port, description, metadata, created_at, owner_id";
 
 fn domain_row<R: Row>(r: &R) -> ReservedDomain
@@ -61,6 +76,8 @@ where
         metadata: r.get(4),
         created_at: r.get(5),
         owner_id: r.get(6),
+        verify_token: r.get(7),
+        verified_at: r.get(8),
     }
 }
 
@@ -116,7 +133,8 @@ pub fn normalize_domain(domain: &str) -> Result<String, StoreError> {
 }
 
 impl Store {
-    /// Reserves `domain` for the account on behalf of `owner`. A name that overlaps another
+    /// Reserves `domain` for the account on behalf of `owner`; `verified` says whether it
+    /// needs no proof of control (a name under the edge's own domain). A name that overlaps another
     /// account's reservation (the same name, a wildcard covering it, or, for a wildcard, a
     /// name under it) or another account's live endpoint (in any scheme) is
     /// [`StoreError::Taken`]; the same name reserved again is a [`StoreError::Conflict`].
@@ -127,17 +145,21 @@ impl Store {
         description: &str,
         metadata: &str,
         owner: Option<&str>,
+        verified: bool,
     ) -> Result<ReservedDomain, StoreError> {
         check_text("description", description)?;
         check_text("metadata", metadata)?;
+        let now = now_rfc3339();
         let d = ReservedDomain {
             id: generate_id("rd"),
             account_id: account_id.to_owned(),
             domain: normalize_domain(domain)?,
             description: description.to_owned(),
             metadata: metadata.to_owned(),
-            created_at: now_rfc3339(),
+            created_at: now.clone(),
             owner_id: owner.map(str::to_owned),
+            verify_token: if verified { String::new() } else { crate::secret::challenge_token() },
+            verified_at: verified.then_some(now),
         };
         // Check and insert under one writer: SQLite's (BEGIN IMMEDIATE), PostgreSQL's
         // advisory lock for reservations, so two overlapping reservations cannot both pass.
@@ -204,6 +226,19 @@ impl Store {
         if n == 0 {
             return Err(StoreError::NotFound("reserved domain"));
         }
+        self.get_reserved_domain(account_id, id).await
+    }
+
+    /// Records that control of a reserved domain was proven.
+    pub async fn mark_domain_verified(
+        &self,
+        account_id: &str,
+        id: &str,
+    ) -> Result<ReservedDomain, StoreError> {
+        with_db!(self.db, pool => {
+            sqlx::query("UPDATE reserved_domains SET verified_at = $1 WHERE account_id = $2 AND id = $3 AND verified_at IS NULL")
+                .bind(now_rfc3339()).bind(account_id).bind(id).execute(pool).await?;
+        });
         self.get_reserved_domain(account_id, id).await
     }
 
@@ -405,9 +440,9 @@ macro_rules! overlap_check {
                     d.domain
                 )));
             }
-            sqlx::query("INSERT INTO reserved_domains (id, account_id, domain, description, metadata, created_at, owner_id) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            sqlx::query("INSERT INTO reserved_domains (id, account_id, domain, description, metadata, created_at, owner_id, verify_token, verified_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
                 .bind(&d.id).bind(&d.account_id).bind(&d.domain).bind(&d.description)
-                .bind(&d.metadata).bind(&d.created_at).bind(&d.owner_id)
+                .bind(&d.metadata).bind(&d.created_at).bind(&d.owner_id).bind(&d.verify_token).bind(&d.verified_at)
                 .execute(&mut *$tx).await.map_err(crate::conflict("reserved domain"))?;
             Ok::<(), StoreError>(())
         }

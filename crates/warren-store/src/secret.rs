@@ -83,6 +83,11 @@ pub(crate) fn new_secret(kind: SecretKind) -> (String, String, [u8; 32]) {
     (id.clone(), format!("{id}_{secret}"), hash)
 }
 
+/// A token for a DNS TXT record: 32 random characters, letters and digits.
+pub(crate) fn challenge_token() -> String {
+    rand::rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect()
+}
+
 pub(crate) fn hash_matches(presented: &str, stored: &[u8]) -> bool {
     let h = hash_secret(presented);
     stored.len() == h.len() && bool::from(h.ct_eq(stored))

@@ -172,7 +172,8 @@ async fn users_have_roles_and_unique_emails() {
         let key = NewApiKey { owner_id: Some(u.id.clone()), ..Default::default() };
         let (key, key_secret) = s.create_api_key(&acc.id, &key).await.unwrap();
         let kept = s.create_credential(&acc.id, &NewCredential::default()).await.unwrap().0;
-        let rd = s.create_reserved_domain(&acc.id, "mine.example.com", "", "", Some(&u.id)).await.unwrap();
+        let rd =
+            s.create_reserved_domain(&acc.id, "mine.example.com", "", "", Some(&u.id), true).await.unwrap();
         assert_eq!(rd.owner_id.as_deref(), Some(u.id.as_str()));
         assert_eq!(s.delete_user(&acc.id, &u.id).await.unwrap(), vec![cred.id.clone()]);
         assert!(matches!(s.get_credential(&acc.id, &cred.id).await, Err(StoreError::NotFound(_))));
@@ -343,22 +344,24 @@ async fn reserved_domains_belong_to_one_account_and_cover_wildcards() {
     on_both(|s| async move {
         let acc = account(&s).await;
         let (other, _) = s.ensure_account("other").await.unwrap();
-        let app = s.create_reserved_domain(&acc.id, "App.Example.com.", "prod", "", None).await.unwrap();
+        let app =
+            s.create_reserved_domain(&acc.id, "App.Example.com.", "prod", "", None, true).await.unwrap();
         assert!(app.id.starts_with("rd_"));
         assert_eq!(app.domain, "app.example.com");
         assert!(matches!(
-            s.create_reserved_domain(&other.id, "app.example.com", "", "", None).await,
+            s.create_reserved_domain(&other.id, "app.example.com", "", "", None, true).await,
             Err(StoreError::Taken(_))
         ));
         assert!(matches!(
-            s.create_reserved_domain(&acc.id, "app.example.com", "", "", None).await,
+            s.create_reserved_domain(&acc.id, "app.example.com", "", "", None, true).await,
             Err(StoreError::Conflict(_))
         ));
         assert!(matches!(
-            s.create_reserved_domain(&acc.id, "*.com", "", "", None).await,
+            s.create_reserved_domain(&acc.id, "*.com", "", "", None, true).await,
             Err(StoreError::Invalid(_))
         ));
-        let wild = s.create_reserved_domain(&other.id, "*.dev.example.com", "", "", None).await.unwrap();
+        let wild =
+            s.create_reserved_domain(&other.id, "*.dev.example.com", "", "", None, true).await.unwrap();
         assert_eq!(s.domain_reservation("APP.example.com").await.unwrap().unwrap().id, app.id);
         assert_eq!(s.domain_reservation("a.b.dev.example.com").await.unwrap().unwrap().id, wild.id);
         assert_eq!(s.domain_reservation("dev.example.com").await.unwrap(), None);
@@ -541,20 +544,20 @@ async fn reservations_never_overlap_another_accounts_names() {
     on_both(|s| async move {
         let a = account(&s).await;
         let (b, _) = s.ensure_account("b").await.unwrap();
-        s.create_reserved_domain(&a.id, "*.team.example.com", "", "", None).await.unwrap();
-        s.create_reserved_domain(&a.id, "*.shop.example.net", "", "", None).await.unwrap();
+        s.create_reserved_domain(&a.id, "*.team.example.com", "", "", None, true).await.unwrap();
+        s.create_reserved_domain(&a.id, "*.shop.example.net", "", "", None, true).await.unwrap();
         for inside in
             ["app.team.example.com", "*.sub.team.example.com", "x.y.team.example.com", "pay.shop.example.net"]
         {
-            let r = s.create_reserved_domain(&b.id, inside, "", "", None).await;
+            let r = s.create_reserved_domain(&b.id, inside, "", "", None, true).await;
             assert!(matches!(r, Err(StoreError::Taken(_))), "{inside}: {r:?}");
         }
         // A's own names under its wildcard are fine, and so are B's elsewhere.
-        s.create_reserved_domain(&a.id, "app.team.example.com", "", "", None).await.unwrap();
-        s.create_reserved_domain(&b.id, "team.example.com", "", "", None).await.unwrap();
-        s.create_reserved_domain(&b.id, "b.example.org", "", "", None).await.unwrap();
+        s.create_reserved_domain(&a.id, "app.team.example.com", "", "", None, true).await.unwrap();
+        s.create_reserved_domain(&b.id, "team.example.com", "", "", None, true).await.unwrap();
+        s.create_reserved_domain(&b.id, "b.example.org", "", "", None, true).await.unwrap();
         // A wildcard over another account's reservation.
-        let r = s.create_reserved_domain(&a.id, "*.example.org", "", "", None).await;
+        let r = s.create_reserved_domain(&a.id, "*.example.org", "", "", None, true).await;
         assert!(matches!(r, Err(StoreError::Taken(_))), "{r:?}");
         // A wildcard over another account's live name, a tls endpoint included.
         s.register_node("nd").await.unwrap();
@@ -584,10 +587,10 @@ async fn reservations_never_overlap_another_accounts_names() {
         };
         s.insert_endpoint(&e).await.unwrap();
         for over in ["*.example.io", "live.example.io"] {
-            let r = s.create_reserved_domain(&a.id, over, "", "", None).await;
+            let r = s.create_reserved_domain(&a.id, over, "", "", None, true).await;
             assert!(matches!(r, Err(StoreError::Taken(_))), "{over}: {r:?}");
         }
-        s.create_reserved_domain(&b.id, "*.example.io", "", "", None).await.unwrap();
+        s.create_reserved_domain(&b.id, "*.example.io", "", "", None, true).await.unwrap();
     })
     .await;
 }

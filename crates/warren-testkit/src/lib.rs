@@ -68,6 +68,8 @@ pub struct TestEdge {
     pub ca_pem: Vec<u8>,
     /// Path of the CA certificate file.
     pub ca_path: std::path::PathBuf,
+    /// The DNS server the edge asks for TXT records (started when a test first needs one).
+    dns: std::sync::Mutex<Option<Dnsmasq>>,
     dir: TempDir,
 }
 
@@ -91,6 +93,9 @@ impl TestEdge {
         // The tests' identity providers are local.
         config.idp_allow_loopback_http = true;
         config.heartbeat_tolerance = Duration::from_secs(3);
+        // Custom domains are proven through TXT records served by a real DNS server on this
+        // port (started by `verify_custom_domain`).
+        config.dns_resolver = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())));
         tweak(&mut config);
         let prepared = warren_edge::bootstrap::prepare(&config).await.expect("prepare data dir");
         let first = prepared.first_start.expect("a new data dir is a first start");
@@ -109,6 +114,7 @@ impl TestEdge {
             api_key: first.api_key.0.clone(),
             ca_pem,
             ca_path,
+            dns: std::sync::Mutex::new(None),
             dir,
         }
     }
@@ -142,6 +148,7 @@ impl TestEdge {
             api_key: first.api_key.clone(),
             ca_pem,
             ca_path,
+            dns: std::sync::Mutex::new(None),
             dir,
         }
     }
@@ -302,6 +309,36 @@ impl TestEdge {
         let mut m = members.into_iter();
         let (admin, developer, read_only) = (m.next().unwrap(), m.next().unwrap(), m.next().unwrap());
         Tenant { account_id: account.id, name: name.to_owned(), admin, developer, read_only }
+    }
+
+    /// Proves control of a reserved custom domain the way an operator would: its TXT record
+    /// (from the reservation's `verification`) is published on the DNS server the edge asks,
+    /// and the edge is asked to check it. Panics if the edge does not then call it verified.
+    pub async fn verify_custom_domain(&self, reservation: &serde_json::Value) {
+        let v = &reservation["verification"];
+        let (name, value) = (v["txt_record_name"].as_str(), v["txt_record_value"].as_str());
+        let (Some(name), Some(value)) = (name, value) else { return };
+        let resolver = self.config.dns_resolver.expect("the test edge has a DNS resolver");
+        {
+            let mut dns = self.dns.lock().unwrap();
+            let mut records = dns.take().map(|d| d.records.clone()).unwrap_or_default();
+            records.push((name.to_owned(), value.to_owned()));
+            *dns = Some(Dnsmasq::start(resolver.port(), records));
+        }
+        let id = reservation["id"].as_str().expect("reservation id");
+        let path = format!("/reserved_domains/{id}/verify");
+        let answer = within("domain verified", async {
+            loop {
+                let (status, _, body) = self.api("POST", &path, Some(&self.api_key), None).await;
+                if status == StatusCode::OK {
+                    return body;
+                }
+                // dnsmasq may still be starting.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert_eq!(answer["verification"]["status"], "verified", "{answer}");
     }
 
     /// Stops the edge (closing every session) and starts it again on the same ports with the
@@ -839,6 +876,47 @@ impl TestCa {
             roots.add(c.expect("PEM")).expect("CA");
         }
         roots
+    }
+}
+
+/// Debian's dnsmasq as an authoritative answer for a few TXT records, on loopback: the DNS
+/// server of tests that prove control of a custom domain. Stopped when dropped.
+pub struct Dnsmasq {
+    child: std::process::Child,
+    records: Vec<(String, String)>,
+}
+
+impl Dnsmasq {
+    /// Serves `records` (name, TXT value) on 127.0.0.1:`port` (UDP).
+    pub fn start(port: u16, records: Vec<(String, String)>) -> Dnsmasq {
+        let mut cmd = std::process::Command::new("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            &format!("--port={port}"),
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--conf-file=/dev/null",
+            "--pid-file=",
+        ]);
+        for (name, value) in &records {
+            cmd.arg(format!("--txt-record={name},{value}"));
+        }
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq is installed (.ci/run installs dnsmasq-base)");
+        Dnsmasq { child, records }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

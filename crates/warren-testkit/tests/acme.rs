@@ -67,12 +67,19 @@ async fn issue_and_serve(challenge: AcmeChallenge, domain: &str, renew: bool) {
                 Duration::from_secs(30 * 86_400)
             },
             check_interval: Duration::from_secs(1),
+            orders_per_account_per_hour: 100,
         });
     })
     .await;
     let key = Some(edge.api_key.as_str());
     let (s, _, rd) = edge.api("POST", "/reserved_domains", key, Some(json!({"domain": domain}))).await;
     assert_eq!(s, StatusCode::CREATED, "{rd}");
+    // Until the account proves it controls the domain, no certificate is ordered for it
+    // (reserving woke the certificate manager, which checks every second here).
+    assert_eq!(rd["verification"]["status"], "pending", "{rd}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(edge.edge().store().get_certificate(domain).await.unwrap().is_none(), "no order while pending");
+    edge.verify_custom_domain(&rd).await;
 
     let first = wait_for_certificate(&edge, domain, None).await;
     assert_eq!(first.source, "acme");

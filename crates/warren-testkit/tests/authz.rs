@@ -160,6 +160,9 @@ const RULES: &[Rule] = &[
     ("PATCH",  "/reserved_domains/{id}",             T::Domain,         P::Describe,       [200, 200, 403, 403, 404, 401]),
     ("DELETE", "/reserved_domains/{id}",             T::Domain,         P::Nothing,        [204, 204, 403, 403, 404, 401]),
     ("DELETE", "/reserved_domains/{id}/certificate", T::DomainWithCert, P::Nothing,        [204, 204, 403, 403, 404, 401]),
+    // Checking a custom domain's TXT record: owner or admin; 409 here, as no DNS server
+    // publishes the record.
+    ("POST",   "/reserved_domains/{id}/verify",      T::Domain,         P::Nothing,        [409, 409, 403, 403, 404, 401]),
     // Uploaded certificates: developers upload; they change and delete only their own.
     ("GET",    "/tls_certificates",                  T::Certificate,    P::Nothing,        [200, 200, 200, 200, 200, 401]),
     ("POST",   "/tls_certificates",                  T::Nothing,        P::Certificate,    [201, 201, 201, 403, 201, 401]),

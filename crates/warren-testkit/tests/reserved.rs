@@ -132,9 +132,44 @@ async fn a_reserved_name_is_refused_to_other_accounts_and_a_custom_domain_needs_
     let err =
         within("not served", Agent::start(edge.agent_with(custom.clone())).wait_online()).await.unwrap_err();
     assert!(err.to_string().contains("ERR_NGROK_320") && err.to_string().contains("reserve"), "{err}");
-    let (s, _, _) =
+    let (s, _, rd) =
         edge.api("POST", "/reserved_domains", key, Some(json!({"domain": "shop.example.com"}))).await;
     assert_eq!(s, StatusCode::CREATED);
+    // Reserved is not enough: the account must show it controls the domain's DNS (a TXT
+    // record with the reservation's token), or any account could claim any domain.
+    let v = &rd["verification"];
+    assert_eq!(
+        (v["status"].as_str(), v["txt_record_name"].as_str()),
+        (Some("pending"), Some("_warren-challenge.shop.example.com")),
+        "{rd}"
+    );
+    let token = v["txt_record_value"].as_str().unwrap().to_owned();
+    assert!(token.len() >= 32, "{rd}");
+    let err =
+        within("pending", Agent::start(edge.agent_with(custom.clone())).wait_online()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("_warren-challenge.shop.example.com") && err.to_string().contains(&token),
+        "{err}"
+    );
+    // A TXT record with another value does not do.
+    let port = edge.config.dns_resolver.unwrap().port();
+    let wrong =
+        Dnsmasq::start(port, vec![("_warren-challenge.shop.example.com".into(), "not-the-token".into())]);
+    let verify = format!("/reserved_domains/{}/verify", rd["id"].as_str().unwrap());
+    let answer = within("wrong record checked", async {
+        loop {
+            let (s, _, body) = edge.api("POST", &verify, key, None).await;
+            assert_ne!(s, StatusCode::OK, "{body}");
+            if body["msg"].as_str().is_some_and(|m| m.contains("other values")) {
+                return body;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(answer["status_code"], 409, "{answer}");
+    drop(wrong);
+    edge.verify_custom_domain(&rd).await;
     let mut shop = Agent::start(edge.agent_with(custom));
     let urls = within("custom domain binds", shop.wait_online()).await.unwrap();
     assert!(urls[0].starts_with("http://shop.example.com"), "{urls:?}");

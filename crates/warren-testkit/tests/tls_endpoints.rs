@@ -279,6 +279,7 @@ async fn an_uploaded_certificate_is_served_for_its_reserved_domain_and_its_key_n
         .await;
     assert_eq!(s, StatusCode::CREATED, "{rd}");
     assert_eq!(rd["certificate"]["id"], id.as_str());
+    edge.verify_custom_domain(&rd).await;
 
     let up = HttpUpstream::start().await;
     let mut agent = Agent::start(
@@ -332,6 +333,7 @@ async fn hsts_is_sent_for_names_with_their_own_certificate() {
         let body = serde_json::json!({"domain": "hsts.example.com", "certificate_id": cert["id"]});
         let (s, _, rd) = edge.api("POST", "/reserved_domains", key, Some(body)).await;
         assert_eq!(s, StatusCode::CREATED, "{rd}");
+        edge.verify_custom_domain(&rd).await;
         let up = HttpUpstream::start().await;
         let mut a = Agent::start(
             edge.agent_with(EndpointConfig::http(&up.url(), Some("https://hsts.example.com")).unwrap()),

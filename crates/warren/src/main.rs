@@ -214,6 +214,10 @@ struct EdgeArgs {
     /// only: any account could make the edge call services on its loopback).
     #[arg(long)]
     idp_allow_loopback_http: bool,
+    /// The DNS resolver asked for TXT records proving control of custom domains (default: the
+    /// first nameserver of /etc/resolv.conf).
+    #[arg(long, value_name = "IP:PORT")]
+    dns_resolver: Option<std::net::SocketAddr>,
     /// When https responses get Strict-Transport-Security (the upstream's own wins): `auto`
     /// on names with their own certificate (ACME or uploaded), `always`, or `off`.
     #[arg(long, value_name = "auto|always|off", default_value = "auto")]
@@ -441,6 +445,7 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     config.master_key_file = args.master_key_file;
     config.idp_allow_loopback_http = args.idp_allow_loopback_http;
     config.idp_allow_private_networks = args.idp_allow_private_networks;
+    config.dns_resolver = args.dns_resolver;
     config.hsts = match args.hsts.as_str() {
         "auto" => warren_edge::Hsts::Auto { max_age: args.hsts_max_age },
         "always" => warren_edge::Hsts::Always { max_age: args.hsts_max_age },

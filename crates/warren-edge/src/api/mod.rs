@@ -62,6 +62,7 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
             get(reserved::get_domain).patch(reserved::update_domain).delete(reserved::delete_domain),
         )
         .route("/reserved_domains/{id}/certificate", axum::routing::delete(reserved::detach_certificate))
+        .route("/reserved_domains/{id}/verify", axum::routing::post(reserved::verify_domain))
         .route("/tls_certificates", get(certificates::list).post(certificates::create))
         .route(
             "/tls_certificates/{id}",

@@ -46,6 +46,9 @@ enum Op {
     Action(&'static str, &'static str, &'static str),
     /// DELETE `{path}/{id}/{segment}`, answering 204: (segment, operationId verb, summary).
     SubDelete(&'static str, &'static str, &'static str),
+    /// POST `{path}/{id}/{segment}` answering the item, 409 when it cannot be done:
+    /// (segment, operationId verb, summary).
+    ItemAction(&'static str, &'static str, &'static str),
 }
 
 const CRUD: &[Op] = &[Op::List, Op::Create, Op::Get, Op::Update, Op::Delete];
@@ -136,6 +139,11 @@ const RESOURCES: &[Resource] = &[
                 "certificate",
                 "DeleteCertificate",
                 "Detach a reserved domain's uploaded certificate (ACME's or the default takes over)",
+            ),
+            Op::ItemAction(
+                "verify",
+                "Verify",
+                "Check a custom domain's TXT record `_warren-challenge.<domain>` now (warren's addition); 409 says what was found",
             ),
         ],
     },
@@ -447,6 +455,16 @@ fn spec(r: &Resource, op: Op) -> Spec {
             verb,
             summary: summary.to_owned(),
             status: "204",
+            ..Spec::default()
+        },
+        Op::ItemAction(segment, verb, summary) => Spec {
+            method: "post",
+            path: format!("{item}/{segment}"),
+            verb,
+            summary: summary.to_owned(),
+            status: "200",
+            reply: Some(r.schema.to_owned()),
+            conflict: true,
             ..Spec::default()
         },
     }
@@ -888,6 +906,15 @@ fn schemas() -> Map<String, Value> {
                 "For a custom domain, the name its DNS CNAME must point at; null under the base domain.",
             ),
             "certificate": doc(json!({"allOf": [schema_ref("Ref")], "nullable": true}), "The uploaded certificate served for it."),
+            "verification": doc(
+                json!({"type": "object", "properties": {
+                    "status": one_of(&["verified", "pending"]),
+                    "txt_record_name": nullable(),
+                    "txt_record_value": nullable(),
+                    "verified_at": nullable(),
+                }}),
+                "Proof of control of a custom domain (warren's addition): until the TXT record holds the value, the name cannot be bound and gets no certificate.",
+            ),
         })),
     );
     add(

@@ -33,13 +33,34 @@ pub(crate) struct DomainJson {
     cname_target: Option<String>,
     /// The uploaded certificate served for it, if any.
     certificate: Option<super::Ref>,
+    /// Proof of control of a custom domain (warren's addition): until the TXT record holds
+    /// the value, the name cannot be bound and gets no certificate.
+    verification: Verification,
+}
+
+#[derive(Serialize)]
+struct Verification {
+    /// `verified` or `pending`.
+    status: &'static str,
+    /// The TXT record to create (null for names under the edge's base domain).
+    txt_record_name: Option<String>,
+    txt_record_value: Option<String>,
+    verified_at: Option<String>,
 }
 
 fn domain_json(shared: &Shared, d: ReservedDomain, certificate_id: Option<String>) -> DomainJson {
     let base = &shared.config.base_domain;
     let cname_target = (!crate::session::under_domain(d.domain.trim_start_matches("*."), base))
         .then(|| format!("{}.cname.{base}", d.id.to_ascii_lowercase().replace('_', "-")));
+    let needs_proof = !d.verify_token.is_empty();
+    let verification = Verification {
+        status: if d.verified_at.is_some() { "verified" } else { "pending" },
+        txt_record_name: needs_proof.then(|| d.challenge_name()),
+        txt_record_value: needs_proof.then(|| d.verify_token.clone()),
+        verified_at: d.verified_at.clone(),
+    };
     DomainJson {
+        verification,
         uri: format!("/reserved_domains/{}", d.id),
         id: d.id,
         created_at: d.created_at,
@@ -140,9 +161,18 @@ pub(crate) async fn create_domain(
             return Err(ApiError::bad_request(format!("tls certificate {cert_id} does not cover {domain}")));
         }
     }
+    // A name under the edge's own domain needs no proof; a custom domain does.
+    let own = crate::session::under_domain(domain.trim_start_matches("*."), base);
     let d = shared
         .store
-        .create_reserved_domain(&p.account_id, &domain, &b.description, &b.metadata, p.user_id.as_deref())
+        .create_reserved_domain(
+            &p.account_id,
+            &domain,
+            &b.description,
+            &b.metadata,
+            p.user_id.as_deref(),
+            own,
+        )
         .await?;
     if let Some(cert_id) = &b.certificate_id {
         attach(&shared, &p, &d, cert_id).await?;
@@ -205,6 +235,22 @@ pub(crate) async fn update_domain(
     if let Some(cert_id) = &b.certificate_id {
         attach(&shared, &p, &d, cert_id).await?;
     }
+    let cert = shared.store.domain_certificate_id(&p.account_id, &id).await?;
+    Ok(Json(domain_json(&shared, d, cert)))
+}
+
+/// `POST /reserved_domains/{id}/verify` (warren's addition): looks the domain's TXT record up
+/// now. 200 with the reservation once verified; 409 saying what was found otherwise.
+pub(crate) async fn verify_domain(
+    State(shared): State<Arc<Shared>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<DomainJson>, ApiError> {
+    let d = shared.store.get_reserved_domain(&p.account_id, &id).await?;
+    p.require_owner_or_admin(d.owner_id.as_deref(), "a reserved domain")?;
+    let d = crate::session::verify_domain(&shared, d).await.map_err(ApiError::conflict)?;
+    tracing::info!(reserved_domain = %d.id, domain = %d.domain, by = %p.key_id, "custom domain verified");
+    shared.acme_wake.notify_one();
     let cert = shared.store.domain_certificate_id(&p.account_id, &id).await?;
     Ok(Json(domain_json(&shared, d, cert)))
 }
