@@ -49,6 +49,21 @@ impl ApiError {
         e.retry_after = Some(retry_after);
         e
     }
+    /// An error of any status, with warren's code for it (`ERR_WARREN_<status>`).
+    pub(crate) fn from_status(status: StatusCode, msg: impl Into<String>) -> ApiError {
+        let code = match status.as_u16() {
+            400 => "ERR_WARREN_400",
+            401 => "ERR_WARREN_401",
+            403 => "ERR_WARREN_403",
+            404 => "ERR_WARREN_404",
+            405 => "ERR_WARREN_405",
+            409 => "ERR_WARREN_409",
+            413 => "ERR_WARREN_413",
+            415 => "ERR_WARREN_415",
+            _ => "ERR_WARREN_500",
+        };
+        ApiError::new(status, code, msg)
+    }
     pub(crate) fn internal() -> ApiError {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

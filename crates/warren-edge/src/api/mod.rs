@@ -88,7 +88,35 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .layer(axum::middleware::from_fn_with_state(shared.clone(), auth::check))
         // After the auth layer, so the document needs no key: it holds no account data.
         .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }))
+        .layer(axum::middleware::map_response(error_bodies_as_json))
         .with_state(shared)
+}
+
+/// Refusals made by axum itself (a body over the 2 MiB limit, a method not routed) get
+/// ngrok's error body like every other error, so API clients can read them.
+async fn error_bodies_as_json(resp: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let status = resp.status();
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let msg = match status {
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => "the request body is larger than 2 MiB".to_owned(),
+        axum::http::StatusCode::METHOD_NOT_ALLOWED => "this resource does not support that method".to_owned(),
+        s => s.canonical_reason().unwrap_or("error").to_ascii_lowercase(),
+    };
+    let mut out = ApiError::from_status(status, msg).into_response();
+    // Keep what the original said about methods (`Allow`) and retries.
+    for h in [axum::http::header::ALLOW, axum::http::header::RETRY_AFTER] {
+        if let Some(v) = resp.headers().get(&h) {
+            out.headers_mut().insert(h, v.clone());
+        }
+    }
+    out
 }
 
 /// Serves the API on `listener` until the edge shuts down. Each connection gets the client

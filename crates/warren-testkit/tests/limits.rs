@@ -1,0 +1,190 @@
+//! Every limit of docs/LIMITS.md, set low, and the refusal a peer gets when it crosses it.
+//! Limits shown elsewhere are named at the end of this file.
+
+use std::time::Duration;
+
+use hyper::StatusCode;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warren_agent::{Agent, EndpointConfig};
+use warren_testkit::*;
+
+/// Reads until the edge ends the connection; what it sent on the way.
+async fn until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    within("the edge closes the connection", async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    got
+}
+
+#[tokio::test]
+async fn max_sessions_closes_the_next_agent_connection_at_once() {
+    let edge = TestEdge::start_with(|c| c.limits.max_sessions = 2).await;
+    let _a = RawSession::authenticated(&edge, &edge.authtoken).await;
+    let _b = RawSession::authenticated(&edge, &edge.authtoken).await;
+    // The third TCP connection is closed before any TLS byte.
+    let mut third = TcpStream::connect(edge.config.connect_addr).await.unwrap();
+    assert!(until_closed(&mut third).await.is_empty());
+    edge.wait_sessions(2).await;
+}
+
+#[tokio::test]
+async fn max_visitor_connections_closes_the_next_visitor_at_once() {
+    let edge = TestEdge::start_with(|c| c.limits.max_visitor_connections = 2).await;
+    let held = [
+        TcpStream::connect(edge.http_addr()).await.unwrap(),
+        TcpStream::connect(edge.https_addr()).await.unwrap(),
+    ];
+    for addr in [edge.http_addr(), edge.https_addr()] {
+        let mut next = TcpStream::connect(addr).await.unwrap();
+        assert!(until_closed(&mut next).await.is_empty(), "{addr}");
+    }
+    drop(held);
+}
+
+#[tokio::test]
+async fn max_api_connections_closes_the_next_api_connection_at_once() {
+    let edge = TestEdge::start_with(|c| c.limits.max_api_connections = 2).await;
+    let held = [
+        TcpStream::connect(edge.api_addr()).await.unwrap(),
+        TcpStream::connect(edge.api_addr()).await.unwrap(),
+    ];
+    let mut next = TcpStream::connect(edge.api_addr()).await.unwrap();
+    assert!(until_closed(&mut next).await.is_empty());
+    drop(held);
+}
+
+#[tokio::test]
+async fn max_endpoints_per_session_refuses_the_next_bind() {
+    let edge = TestEdge::start_with(|c| c.limits.max_endpoints_per_session = 2).await;
+    let raw = RawSession::authenticated(&edge, &edge.authtoken).await;
+    assert!(raw.bind_https("a", "lim-a.warren.localhost").await.error.is_empty());
+    assert!(raw.bind_https("b", "lim-b.warren.localhost").await.error.is_empty());
+    let r = raw.bind_https("c", "lim-c.warren.localhost").await;
+    assert!(r.error.contains("endpoint limit") && r.error.contains("ERR_NGROK_9010"), "{r:?}");
+    // Unbinding one makes room.
+    let reply = raw.rpc_raw(2, br#"{"Id":"a"}"#).await.unwrap();
+    assert!(!String::from_utf8_lossy(&reply).contains("ERR_"), "{}", String::from_utf8_lossy(&reply));
+    assert!(raw.bind_https("c", "lim-c.warren.localhost").await.error.is_empty());
+}
+
+#[tokio::test]
+async fn the_handshake_timeout_closes_a_silent_or_stalled_handshake() {
+    let edge = TestEdge::start_with(|c| c.limits.handshake_timeout = Duration::from_secs(1)).await;
+    // Silent on the agent port and the https port.
+    for addr in [edge.config.connect_addr, edge.https_addr()] {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let start = std::time::Instant::now();
+        until_closed(&mut tcp).await;
+        assert!(start.elapsed() < Duration::from_secs(5), "{addr}: {:?}", start.elapsed());
+    }
+    // Half a ClientHello on the https port.
+    let mut tcp = TcpStream::connect(edge.https_addr()).await.unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]).await.unwrap();
+    until_closed(&mut tcp).await;
+}
+
+/// ClientHellos are read whole before routing, but never more than 64 KiB of one.
+#[tokio::test]
+async fn a_client_hello_beyond_64_kib_is_refused() {
+    let edge = TestEdge::start().await;
+    let mut tcp = TcpStream::connect(edge.https_addr()).await.unwrap();
+    // A handshake record that keeps going: header of a 16 KiB record, repeated.
+    let mut record = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0xFF, 0xFF, 0xFF];
+    record.resize(5 + 0x4000, 0x41);
+    for _ in 0..5 {
+        if tcp.write_all(&record).await.is_err() {
+            break;
+        }
+    }
+    until_closed(&mut tcp).await;
+}
+
+#[tokio::test]
+async fn the_rpc_timeout_answers_an_unfinished_request() {
+    let edge = TestEdge::start_with(|c| c.limits.rpc_timeout = Duration::from_secs(1)).await;
+    let mut h = hostile::Hostile::connect(&edge).await;
+    assert!(h.auth(1, &edge.authtoken).await.error.is_empty());
+    // A Bind that never ends.
+    let mut payload = 1u32.to_be_bytes().to_vec();
+    payload.extend_from_slice(br#"{"Id":"slow","Proto":"https","Opts":{"Domain":"#);
+    h.frame(hostile::ty::DATA, hostile::flag::SYN, 3, &payload).await.unwrap();
+    let reply = within("the RPC timeout", h.reply(3)).await;
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.contains("not completed in time") && text.contains("ERR_NGROK_9010"), "{text}");
+}
+
+#[tokio::test]
+async fn the_header_read_timeout_closes_a_visitor_that_never_finishes_its_headers() {
+    let edge = TestEdge::start_with(|c| c.limits.header_read_timeout = Duration::from_secs(1)).await;
+    let mut tcp = TcpStream::connect(edge.http_addr()).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: slow.warren.localhost\r\nX-Drip: ").await.unwrap();
+    let start = std::time::Instant::now();
+    until_closed(&mut tcp).await;
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+}
+
+#[tokio::test]
+async fn api_bodies_and_descriptions_have_their_limits() {
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    let long = "x".repeat(4097);
+    let (s, _, body) = edge.api("POST", "/credentials", key, Some(json!({"description": long}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["msg"].as_str().unwrap().contains("description"), "{body}");
+    let (s, _, body) = edge.api("POST", "/credentials", key, Some(json!({"metadata": long}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    let fits = "x".repeat(4096);
+    let (s, _, body) = edge.api("POST", "/credentials", key, Some(json!({"description": fits}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    // A request body beyond 2 MiB.
+    let huge = json!({"description": "x".repeat(3 * 1024 * 1024)}).to_string().into_bytes();
+    let (s, _, _) = edge.api_raw("POST", "/credentials", key, Some("2"), Some(huge)).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    // The account's traffic policy document beyond 256 KiB.
+    let doc = format!("# {}\non_http_request: []\n", "x".repeat(300 * 1024));
+    let (s, _, body) = edge.api("PUT", "/traffic_policy", key, Some(json!({"traffic_policy": doc}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn visitor_request_headers_beyond_256_kib_are_refused() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let mut agent = Agent::start(
+        edge.agent_with(EndpointConfig::http(&up.url(), Some("http://big.warren.localhost")).unwrap()),
+    );
+    within("online", agent.wait_online()).await.unwrap();
+    let mut tcp = TcpStream::connect(edge.http_addr()).await.unwrap();
+    let mut req = b"GET / HTTP/1.1\r\nHost: big.warren.localhost\r\n".to_vec();
+    for i in 0..300 {
+        req.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "a".repeat(1000)).as_bytes());
+    }
+    req.extend_from_slice(b"\r\n");
+    let _ = tcp.write_all(&req).await;
+    let got = until_closed(&mut tcp).await;
+    assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 431"), "{:?}", String::from_utf8_lossy(&got));
+    let (s, _, _) = plain_get(edge.http_addr(), "big.warren.localhost", "/").await;
+    assert_eq!(s, StatusCode::OK, "an ordinary request still passes");
+}
+
+// Shown in other files:
+// - auth_timeout, pre-Auth streams and buffer: hardening.rs (`every_session_end_closes_its_socket`,
+//   `before_auth_a_connection_holds_a_few_streams_and_a_few_kib`);
+// - first-byte and per-address limits, wrong-secret throttling: hardening.rs;
+// - RPC message size: bad_input.rs (`an_rpc_over_the_size_limit_is_refused`);
+// - muxado windows, backlog, stream counts, GOAWAY size: warren-mux tests/session.rs;
+// - session buffer: warren-mux `unread_streams_together_hold_at_most_max_buffered`;
+// - heartbeat tolerance: session.rs and hardening.rs;
+// - verify-webhook body: traffic_policy.rs; policy cost: traffic_policy.rs and warren-policy;
+// - API rate limit: api.rs; proxy header and PROXY protocol sizes: proxy_protocol.rs;
+// - inspector limits: inspector.rs.
