@@ -19,6 +19,7 @@ impl Db {
         let admin = std::env::var("WARREN_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
         if admin == "skip" {
+            eprintln!("SKIPPED: no PostgreSQL (WARREN_TEST_POSTGRES_URL=skip)");
             return None;
         }
         let name = warren_store::generate_id("warren_mn").to_lowercase();

@@ -174,6 +174,7 @@ async fn the_edge_runs_on_postgresql() {
     let url = std::env::var("WARREN_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     if url == "skip" {
+        eprintln!("SKIPPED: no PostgreSQL (WARREN_TEST_POSTGRES_URL=skip)");
         return;
     }
     // A database of its own, dropped at the end.
