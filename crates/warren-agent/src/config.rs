@@ -429,118 +429,40 @@ impl std::fmt::Debug for OidcFlags {
     }
 }
 
-impl OidcFlags {
-    /// An openid-connect rule, then (with allow lists) a rule refusing everyone else: it sees
-    /// the `Warren-Auth-User-Email` header the first rule set, which a visitor cannot forge.
-    fn rules(&self) -> Result<Vec<serde_json::Value>, String> {
-        use serde_json::json;
-        if self.client_id.is_empty() {
-            return Err("--oidc needs --oidc-client-id".into());
-        }
-        let mut config = json!({ "issuer_url": self.issuer, "client_id": self.client_id, "client_secret": self.client_secret });
-        if !self.scopes.is_empty() {
-            config["scopes"] = json!(self.scopes);
-        }
-        let mut rules =
-            vec![json!({ "name": "--oidc", "actions": [{ "type": "openid-connect", "config": config }] })];
-        if self.allow_emails.is_empty() && self.allow_domains.is_empty() {
-            return Ok(rules);
-        }
-        let quote = |s: &str| -> Result<String, String> {
-            if s.chars().any(|c| matches!(c, '\'' | '\\' | '"') || c.is_control()) {
-                return Err(format!(
-                    "--oidc-allow-email/--oidc-allow-domain {s:?}: not an address or a domain"
-                ));
-            }
-            Ok(format!("'{}'", s.to_lowercase()))
-        };
-        let mut allowed = Vec::new();
-        if !self.allow_emails.is_empty() {
-            let list = self.allow_emails.iter().map(|e| quote(e)).collect::<Result<Vec<_>, _>>()?;
-            allowed.push(format!("lower(e) in [{}]", list.join(", ")));
-        }
-        for d in &self.allow_domains {
-            allowed
-                .push(format!("lower(e).endsWith({})", quote(&format!("@{}", d.trim_start_matches('@')))?));
-        }
-        let expr = format!("!getReqHeader('warren-auth-user-email').exists(e, {})", allowed.join(" || "));
-        rules.push(json!({
-            "name": "--oidc-allow-email/--oidc-allow-domain",
-            "expressions": [expr],
-            "actions": [{ "type": "custom-response", "config": { "status_code": 403, "body": "Your account is not allowed to use this endpoint.\n" } }],
-        }));
-        Ok(rules)
-    }
-}
-
 impl LegacyFlags {
     /// The rules, or `None` when no flag was given. `http` is false for tcp/tls endpoints,
-    /// where only the CIDR flags apply.
+    /// where only the CIDR flags apply. The translation is warren-policy's, shared with the
+    /// options ngrok's SDKs send, so a flag and its SDK option mean the same thing.
     pub fn rules(&self, http: bool) -> Result<Option<serde_json::Value>, String> {
-        use serde_json::json;
-        let mut first = Vec::new();
-        let mut request = Vec::new();
-        let mut response = Vec::new();
-        if !self.cidr_allow.is_empty() || !self.cidr_deny.is_empty() {
-            first.push(json!({ "name": "--cidr-allow/--cidr-deny", "actions": [{ "type": "restrict-ips", "config": { "allow": self.cidr_allow, "deny": self.cidr_deny } }] }));
-        }
-        let header_pairs = |list: &[String],
-                            flag: &str|
-         -> Result<serde_json::Map<String, serde_json::Value>, String> {
-            let mut m = serde_json::Map::new();
-            for h in list {
-                let (k, v) = h.split_once(':').ok_or_else(|| format!("{flag} {h:?}: use \"name: value\""))?;
-                m.insert(k.trim().to_owned(), serde_json::Value::String(v.trim().to_owned()));
-            }
-            Ok(m)
+        let pairs = |list: &[String], flag: &str| -> Result<Vec<(String, String)>, String> {
+            list.iter()
+                .map(|h| {
+                    let (k, v) =
+                        h.split_once(':').ok_or_else(|| format!("{flag} {h:?}: use \"name: value\""))?;
+                    Ok((k.trim().to_owned(), v.trim().to_owned()))
+                })
+                .collect()
         };
-        let http_flags = !self.basic_auth.is_empty()
-            || self.verify_webhook.is_some()
-            || self.oidc.is_some()
-            || !self.request_header_add.is_empty()
-            || !self.request_header_remove.is_empty()
-            || !self.response_header_add.is_empty()
-            || !self.response_header_remove.is_empty();
-        if http_flags && !http {
-            return Err("--basic-auth, --oidc and the header flags are for http endpoints".into());
-        }
-        if let Some((provider, secret)) = &self.verify_webhook {
-            request.push(json!({ "name": "--verify-webhook", "actions": [{ "type": "verify-webhook", "config": { "provider": provider, "secret": secret } }] }));
-        }
-        if let Some(oidc) = &self.oidc {
-            request.extend(oidc.rules()?);
-        }
-        if !self.basic_auth.is_empty() {
-            request.push(json!({ "name": "--basic-auth", "actions": [{ "type": "basic-auth", "config": { "credentials": self.basic_auth } }] }));
-        }
-        if !self.request_header_remove.is_empty() {
-            request.push(json!({ "name": "--request-header-remove", "actions": [{ "type": "remove-headers", "config": { "headers": self.request_header_remove } }] }));
-        }
-        if !self.request_header_add.is_empty() {
-            let h = header_pairs(&self.request_header_add, "--request-header-add")?;
-            request.push(json!({ "name": "--request-header-add", "actions": [{ "type": "add-headers", "config": { "headers": h } }] }));
-        }
-        if !self.response_header_remove.is_empty() {
-            response.push(json!({ "name": "--response-header-remove", "actions": [{ "type": "remove-headers", "config": { "headers": self.response_header_remove } }] }));
-        }
-        if !self.response_header_add.is_empty() {
-            let h = header_pairs(&self.response_header_add, "--response-header-add")?;
-            response.push(json!({ "name": "--response-header-add", "actions": [{ "type": "add-headers", "config": { "headers": h } }] }));
-        }
-        if first.is_empty() && request.is_empty() && response.is_empty() {
-            return Ok(None);
-        }
-        let mut doc = serde_json::Map::new();
-        if http {
-            first.extend(request);
-            doc.insert("on_http_request".into(), serde_json::Value::Array(first));
-            if !response.is_empty() {
-                doc.insert("on_http_response".into(), serde_json::Value::Array(response));
-            }
-        } else {
-            doc.insert("on_tcp_connect".into(), serde_json::Value::Array(first));
-        }
-        Ok(Some(serde_json::Value::Object(doc)))
+        let legacy = warren_policy::legacy::Legacy {
+            cidr_allow: self.cidr_allow.clone(),
+            cidr_deny: self.cidr_deny.clone(),
+            basic_auth: self.basic_auth.clone(),
+            verify_webhook: self.verify_webhook.clone(),
+            oidc: self.oidc.as_ref().map(|o| warren_policy::legacy::Oidc {
+                issuer: o.issuer.clone(),
+                client_id: o.client_id.clone(),
+                client_secret: o.client_secret.clone(),
+                scopes: o.scopes.clone(),
+                allow_emails: o.allow_emails.clone(),
+                allow_domains: o.allow_domains.clone(),
+            }),
+            request_header_add: pairs(&self.request_header_add, "--request-header-add")?,
+            request_header_remove: self.request_header_remove.clone(),
+            response_header_add: pairs(&self.response_header_add, "--response-header-add")?,
+            response_header_remove: self.response_header_remove.clone(),
+            ..warren_policy::legacy::Legacy::default()
+        };
+        legacy.to_document(http)
     }
 }
 

@@ -26,6 +26,8 @@ pub mod config_file;
 mod connect;
 pub mod console;
 mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inspect;
 pub mod metrics;
 mod state;

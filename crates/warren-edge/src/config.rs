@@ -29,6 +29,9 @@ pub struct EdgeConfig {
     pub public_http_port: Option<u16>,
     /// The REST API listener (ngrok API v2 compatible); `None` disables it.
     pub api_addr: Option<SocketAddr>,
+    /// The API's public base URL (`https://api.tunnels.example.com`), for the absolute `uri`
+    /// and `next_page_uri` in answers; `None`: the scheme and `Host` of each request.
+    pub api_public_url: Option<String>,
     /// API requests allowed per key per window (ngrok: 120 per 60 s).
     pub api_rate_limit: (u32, Duration),
     /// Address tcp endpoints listen on.
@@ -243,6 +246,7 @@ impl EdgeConfig {
             http_addr: Some(SocketAddr::new(lo, 8080)),
             public_https_port: None,
             api_addr: Some(SocketAddr::new(lo, 8088)),
+            api_public_url: None,
             api_rate_limit: (120, Duration::from_secs(60)),
             public_http_port: None,
             tcp_bind_ip: lo,

@@ -27,6 +27,7 @@ pub(crate) async fn bind(
     client_id: &str,
     wanted: Option<u16>,
     policy: crate::policy::ForBind,
+    proxy_proto: u8,
 ) -> Result<String, String> {
     let range = shared.config.tcp_ports.clone();
     let unavailable = |msg: String| proto::error_text(&msg, codes::TCP_ADDR_UNAVAILABLE);
@@ -92,6 +93,7 @@ pub(crate) async fn bind(
         tls: None,
         policy: policy.chain,
         ip_policies: policy.ip_policies,
+        proxy_proto,
     };
     let ep = shared
         .registry
@@ -120,7 +122,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ep: Arc<Endpoin
             if crate::ip_rules::visitor_allowed(&shared, &ep.session.account_id, remote.ip(), &ep.url).await
                 && connect_allowed(&ep, remote, tcp.local_addr().ok(), None)
             {
-                proxy(tcp, remote, &ep).await;
+                let local = tcp.local_addr().unwrap_or(remote);
+                proxy(tcp, remote, local, &ep).await;
             }
             drop(permit);
         });
@@ -151,7 +154,8 @@ fn connect_allowed(
     }
 }
 
-async fn proxy(mut tcp: TcpStream, remote: SocketAddr, ep: &Endpoint) {
+async fn proxy(mut tcp: TcpStream, remote: SocketAddr, local: SocketAddr, ep: &Endpoint) {
+    use tokio::io::AsyncWriteExt;
     let _ = tcp.set_nodelay(true);
     let mut stream = match ep.open_proxy_stream(remote).await {
         Ok(s) => s,
@@ -160,6 +164,11 @@ async fn proxy(mut tcp: TcpStream, remote: SocketAddr, ep: &Endpoint) {
             return;
         }
     };
+    if ep.proxy_proto != 0
+        && stream.write_all(&crate::proxy_protocol::encode(ep.proxy_proto, remote, local)).await.is_err()
+    {
+        return;
+    }
     if let Err(e) = warren_mux::splice::splice(&mut tcp, &mut stream).await {
         tracing::debug!(url = %ep.url, %remote, error = %e, "tcp visitor connection ended with an error");
     }
@@ -183,10 +192,17 @@ pub(crate) async fn pass_tls(
     if !connect_allowed(ep, remote, tcp.local_addr().ok(), Some(tls)) {
         return;
     }
+    let local = tcp.local_addr().unwrap_or(remote);
     let mut stream = match ep.open_proxy_stream(remote).await {
         Ok(s) => s,
         Err(e) => return tracing::debug!(url = %ep.url, error = %e, "could not open proxy stream"),
     };
+    // The PROXY header, when asked for, comes before the TLS bytes it describes.
+    if ep.proxy_proto != 0
+        && stream.write_all(&crate::proxy_protocol::encode(ep.proxy_proto, remote, local)).await.is_err()
+    {
+        return;
+    }
     if stream.write_all(&hello).await.is_err() {
         return;
     }

@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 
 mod acme;
 pub mod api;
+mod bind_options;
 pub mod bootstrap;
 mod client_addr;
 pub mod config;
@@ -35,6 +36,8 @@ mod conn_limit;
 mod deadline;
 mod dns;
 mod endpoint_tls;
+#[doc(hidden)]
+pub mod fuzzing;
 mod idp;
 mod ingress_http;
 mod ingress_tcp;

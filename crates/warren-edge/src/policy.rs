@@ -18,6 +18,7 @@ pub(crate) async fn compile_for_bind(
     shared: &Shared,
     session: &AgentSession,
     proto: &str,
+    options: Option<&serde_json::Value>,
     raw: Option<&serde_json::Value>,
 ) -> Result<ForBind, String> {
     let invalid = |msg: String| {
@@ -50,6 +51,19 @@ pub(crate) async fn compile_for_bind(
         }
         account = Some(doc);
     }
+    // The SDK's middleware options, as rules (bind_options.rs): after the account's policy,
+    // before the endpoint's own.
+    if let Some(options) = options {
+        let doc =
+            Document::from_value(options).map_err(|e| invalid(format!("the endpoint's options: {e}")))?;
+        let env = compile_env(shared, &session.account_id, &doc).await.map_err(&invalid)?;
+        let policy = Policy::compile(&doc, proto, &env)
+            .map_err(|e| invalid(format!("the endpoint's options: {e}")))?;
+        if !policy.is_empty() {
+            chain.push(Arc::new(policy));
+        }
+        endpoint_ip_policies.extend(doc.ip_policy_ids());
+    }
     if let Some(raw) = raw.filter(|v| !v.is_null()) {
         let doc = Document::from_value(raw).map_err(|e| invalid(e.to_string()))?;
         if proto != "https" && crate::endpoint_tls::has_terminate_tls(&doc) {
@@ -62,7 +76,7 @@ pub(crate) async fn compile_for_bind(
         if !policy.is_empty() {
             chain.push(Arc::new(policy));
         }
-        endpoint_ip_policies = doc.ip_policy_ids();
+        endpoint_ip_policies.extend(doc.ip_policy_ids());
     }
     let mut ip_policies = account.as_ref().map(|d| d.ip_policy_ids()).unwrap_or_default();
     ip_policies.extend(endpoint_ip_policies);

@@ -112,6 +112,46 @@ pub(crate) fn parse_v2(head: &[u8; 16], body: &[u8]) -> Result<Option<SocketAddr
     }
 }
 
+/// The PROXY header (`version` 1 or 2) the edge puts before a tcp or tls endpoint's bytes
+/// when the agent asked for one (`ProxyProto`): the visitor `src` reached the edge at `dst`.
+/// Mixed families are written as IPv6 (IPv4-mapped).
+pub(crate) fn encode(version: u8, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let (src_ip, dst_ip) = match (src.ip().to_canonical(), dst.ip().to_canonical()) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (IpAddr::V4(a), IpAddr::V4(b)),
+        (a, b) => (IpAddr::V6(to_v6(a)), IpAddr::V6(to_v6(b))),
+    };
+    if version == 1 {
+        let family = if src_ip.is_ipv4() { "TCP4" } else { "TCP6" };
+        return format!("PROXY {family} {src_ip} {dst_ip} {} {}\r\n", src.port(), dst.port()).into_bytes();
+    }
+    let mut out = V2_SIGNATURE.to_vec();
+    out.push(0x21); // version 2, PROXY
+    match (src_ip, dst_ip) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            out.push(0x11);
+            out.extend_from_slice(&12u16.to_be_bytes());
+            out.extend_from_slice(&a.octets());
+            out.extend_from_slice(&b.octets());
+        }
+        (a, b) => {
+            out.push(0x21);
+            out.extend_from_slice(&36u16.to_be_bytes());
+            out.extend_from_slice(&to_v6(a).octets());
+            out.extend_from_slice(&to_v6(b).octets());
+        }
+    }
+    out.extend_from_slice(&src.port().to_be_bytes());
+    out.extend_from_slice(&dst.port().to_be_bytes());
+    out
+}
+
+fn to_v6(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
 /// Reads one v1 or v2 header, consuming exactly its bytes. `Ok(None)`: the header carries no
 /// client address; use the socket's.
 pub(crate) async fn read_header<R: AsyncRead + Unpin>(io: &mut R) -> Result<Option<SocketAddr>, ProxyError> {
@@ -218,6 +258,25 @@ mod tests {
             let n = bytes.len().min(16);
             head[..n].copy_from_slice(&bytes[..n]);
             let _ = parse_v2(&head, &bytes[n..]);
+        }
+    }
+
+    #[test]
+    fn headers_the_edge_writes_read_back_as_the_visitor() {
+        let cases: [(&str, &str); 3] = [
+            ("192.0.2.1:40000", "198.51.100.2:443"),
+            ("[2001:db8::1]:40000", "[2001:db8::2]:443"),
+            ("192.0.2.1:40000", "[2001:db8::2]:443"),
+        ];
+        for (src, dst) in cases {
+            let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+            let v1 = encode(1, src, dst);
+            let got = parse_v1(&v1).unwrap().unwrap();
+            assert_eq!((got.ip().to_canonical(), got.port()), (src.ip(), src.port()), "v1 {src}");
+            let v2 = encode(2, src, dst);
+            let head: [u8; 16] = v2[..16].try_into().unwrap();
+            let got = parse_v2(&head, &v2[16..]).unwrap().unwrap();
+            assert_eq!((got.ip().to_canonical(), got.port()), (src.ip(), src.port()), "v2 {src}");
         }
     }
 }

@@ -93,6 +93,9 @@ pub(crate) struct Endpoint {
     /// The IP policies its traffic policies (the account's and its own) name: a change to
     /// their rules rebinds it.
     pub(crate) ip_policies: Vec<String>,
+    /// PROXY protocol version put before each visitor connection's bytes (tcp and tls
+    /// endpoints whose agent asked for it; 0: none).
+    pub(crate) proxy_proto: u8,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -406,18 +406,27 @@ async fn serve_rpcs(shared: &Arc<Shared>, session: &Arc<AgentSession>) {
 }
 
 async fn handle_bind(shared: &Arc<Shared>, session: &Arc<AgentSession>, mut stream: Stream) {
-    let mut bind: proto::Bind = match read_request(shared, &mut stream, "Bind").await {
-        Ok(b) => b,
+    // Read as JSON first: the options are decoded per endpoint kind, and every key of the
+    // message that matches no field is refused when set (bind_options.rs).
+    let decoded = read_request::<serde_json::Value>(shared, &mut stream, "Bind").await.and_then(|raw| {
+        proto::fold::from_value::<proto::Bind>(raw.clone())
+            .map(|(bind, unknown)| (bind, raw, unknown))
+            .map_err(|e| proto::error_text(&format!("invalid Bind message: {e}"), codes::BIND_INVALID))
+    });
+    let (mut bind, raw, unknown) = match decoded {
+        Ok(d) => d,
         Err(text) => {
             let _ = reply(&mut stream, &proto::BindResp { error: text, ..Default::default() }).await;
             return;
         }
     };
+    // `Opts` is decoded per endpoint kind.
+    let unknown: Vec<String> = unknown.into_iter().filter(|p| !p.eq_ignore_ascii_case("Opts")).collect();
     // ngrok SDKs leave the Id empty and use the one the edge answers with for proxy streams.
     if bind.client_id.is_empty() {
         bind.client_id = warren_store::generate_id("ep");
     }
-    let resp = match bind_endpoint(shared, session, &bind).await {
+    let resp = match bind_endpoint(shared, session, &bind, &raw, &unknown).await {
         Ok(url) => proto::BindResp {
             client_id: bind.client_id.clone(),
             url,
@@ -438,6 +447,8 @@ async fn bind_endpoint(
     shared: &Arc<Shared>,
     session: &Arc<AgentSession>,
     bind: &proto::Bind,
+    raw: &serde_json::Value,
+    unknown: &[String],
 ) -> Result<String, String> {
     let invalid = |msg: String| proto::error_text(&msg, codes::BIND_INVALID);
     if bind.client_id.len() > 256 {
@@ -447,8 +458,9 @@ async fn bind_endpoint(
     match bind.proto.as_str() {
         "http" | "https" => {
             let proto = if bind.proto == "http" { Proto::Http } else { Proto::Https };
-            let opts: proto::HttpOpts = serde_json::from_value(bind.opts.clone())
-                .map_err(|e| invalid(format!("invalid {} options: {e}", bind.proto)))?;
+            let opts: proto::HttpOpts =
+                crate::bind_options::decode_opts(raw, &bind.proto).map_err(|e| invalid(e))?;
+            let extras = crate::bind_options::http(bind, &opts, raw, unknown).map_err(invalid)?;
             let host = requested_host(shared, &opts.url, &opts.domain, &opts.hostname, &opts.subdomain)?;
             let host = match host {
                 Some(h) => h,
@@ -474,6 +486,7 @@ async fn bind_endpoint(
                 shared,
                 session,
                 proto.as_str(),
+                extras.policy.as_ref(),
                 opts.traffic_policy.as_ref(),
             )
             .await?;
@@ -503,6 +516,7 @@ async fn bind_endpoint(
                 tls,
                 policy,
                 ip_policies,
+                proxy_proto: 0,
             };
             let ep = shared.registry.bind(ep, max).map_err(|r| refused(r, &url))?;
             record_endpoint(shared, &ep).await?;
@@ -510,8 +524,9 @@ async fn bind_endpoint(
             Ok(url)
         }
         "tcp" => {
-            let opts: proto::TcpOpts = serde_json::from_value(bind.opts.clone())
-                .map_err(|e| invalid(format!("invalid tcp options: {e}")))?;
+            let opts: proto::TcpOpts =
+                crate::bind_options::decode_opts(raw, "tcp").map_err(|e| invalid(e))?;
+            let extras = crate::bind_options::tcp(bind, &opts, raw, unknown).map_err(invalid)?;
             let wanted = requested_port(&opts).map_err(invalid)?;
             match wanted {
                 Some(p) if !session.may_bind(&format!("{}:{p}", shared.config.tcp_host)) => {
@@ -522,13 +537,20 @@ async fn bind_endpoint(
                 }
                 _ => {}
             }
-            let for_bind =
-                crate::policy::compile_for_bind(shared, session, "tcp", opts.traffic_policy.as_ref()).await?;
-            ingress_tcp::bind(shared, session, &bind.client_id, wanted, for_bind).await
+            let for_bind = crate::policy::compile_for_bind(
+                shared,
+                session,
+                "tcp",
+                extras.policy.as_ref(),
+                opts.traffic_policy.as_ref(),
+            )
+            .await?;
+            ingress_tcp::bind(shared, session, &bind.client_id, wanted, for_bind, extras.proxy_proto).await
         }
         "tls" => {
-            let opts: proto::TlsOpts = serde_json::from_value(bind.opts.clone())
-                .map_err(|e| invalid(format!("invalid tls options: {e}")))?;
+            let opts: proto::TlsOpts =
+                crate::bind_options::decode_opts(raw, "tls").map_err(|e| invalid(e))?;
+            let extras = crate::bind_options::tls(bind, &opts, raw, unknown).map_err(invalid)?;
             if opts.tls_termination.as_ref().is_some_and(|t| !t.is_null()) {
                 return Err(invalid(
                     "TLS termination at the edge with the agent's key is not supported: the edge never holds \
@@ -550,8 +572,14 @@ async fn bind_endpoint(
                 443 => format!("tls://{host}"),
                 p => format!("tls://{host}:{p}"),
             };
-            let for_bind =
-                crate::policy::compile_for_bind(shared, session, "tls", opts.traffic_policy.as_ref()).await?;
+            let for_bind = crate::policy::compile_for_bind(
+                shared,
+                session,
+                "tls",
+                extras.policy.as_ref(),
+                opts.traffic_policy.as_ref(),
+            )
+            .await?;
             let id = warren_store::generate_id("ep");
             let ep = Endpoint {
                 info: crate::policy::endpoint_info(&id, &url, "tls"),
@@ -564,6 +592,7 @@ async fn bind_endpoint(
                 tls: None,
                 policy: for_bind.chain,
                 ip_policies: for_bind.ip_policies,
+                proxy_proto: extras.proxy_proto,
             };
             let ep = shared.registry.bind(ep, max).map_err(|r| refused(r, &url))?;
             record_endpoint(shared, &ep).await?;

@@ -10,6 +10,8 @@
 
 pub mod driver;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod session;
 pub mod splice;
 pub mod typed;

@@ -24,7 +24,10 @@ mod actions;
 pub mod cost;
 pub mod document;
 mod fast;
+#[doc(hidden)]
+pub mod fuzzing;
 mod jwt;
+pub mod legacy;
 pub mod oidc;
 mod ratelimit;
 mod vars;

@@ -10,6 +10,9 @@
 use serde::{Deserialize, Serialize};
 
 pub mod error_codes;
+pub mod fold;
+#[doc(hidden)]
+pub mod fuzzing;
 
 /// The protocol versions the edge speaks, most preferred first.
 pub const VERSIONS: [&str; 2] = ["3", "2"];
@@ -147,6 +150,24 @@ pub struct AuthExtra {
     pub restart_unsupported_error: Option<String>,
     /// Null when the client cannot update on request; empty when it can.
     pub update_unsupported_error: Option<String>,
+    /// The agent's outbound proxy type (informational).
+    pub proxy_type: String,
+    /// The agent uses mutual TLS to the edge (informational).
+    #[serde(rename = "MutualTLS")]
+    pub mutual_tls: bool,
+    /// The agent runs as an OS service (informational).
+    pub service_run: bool,
+    /// The agent's config file version (informational).
+    pub config_version: String,
+    /// The agent binds a chosen interface (informational).
+    pub custom_interface: bool,
+    /// The agent trusts custom CAs (informational).
+    #[serde(rename = "CustomCAs")]
+    pub custom_cas: bool,
+    /// ngrok-go's "entirely unused" fingerprint.
+    pub fingerprint: Option<serde_json::Value>,
+    /// Extra legs of a multi-connection session (ngrok-go); warren sessions have one.
+    pub leg_number: u32,
 }
 
 /// Edge → client: the reply to [`Auth`].
@@ -225,8 +246,10 @@ pub struct BindExtra {
     pub pooling_enabled: bool,
 }
 
-/// The options of an http or https endpoint that the edge reads. Protocol 2 clients send
-/// `Hostname`/`Subdomain`; protocol 3 clients send `Domain` (and newer ones `URL`).
+/// The options of an http or https endpoint, every field ngrok's clients send (ngrok-rust
+/// 0.19, ngrok-go, agent 2.3.41). Protocol 2 clients send `Hostname`/`Subdomain`; protocol 3
+/// clients send `Domain` (and newer ones `URL`). The nested objects are the SDKs' middleware
+/// options; the edge turns each into Traffic Policy rules or refuses it by name.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct HttpOpts {
@@ -241,17 +264,135 @@ pub struct HttpOpts {
     pub subdomain: String,
     /// Basic auth `user:pass` (protocol 2).
     pub auth: String,
+    /// The agent rewrites `Host` itself (informational).
+    pub host_header_rewrite: bool,
+    /// The upstream's scheme (informational).
+    #[serde(rename = "LocalURLScheme")]
+    pub local_url_scheme: Option<String>,
     /// PROXY protocol version for the upstream (0, 1, 2).
     pub proxy_proto: i64,
-    /// Traffic policy document (a JSON string or object), compiled when the endpoint is
-    /// bound; its `terminate-tls` action sets the endpoint's TLS.
-    pub traffic_policy: Option<serde_json::Value>,
+    /// Compress responses at the edge (`{}` turns it on).
+    pub compression: Option<serde_json::Value>,
+    /// Stop sending requests while this share of them fail.
+    pub circuit_breaker: Option<serde_json::Value>,
+    /// CIDR allow and deny lists.
+    #[serde(rename = "IPRestriction")]
+    pub ip_restriction: Option<IpRestriction>,
+    /// Basic auth at the edge.
+    pub basic_auth: Option<BasicAuth>,
+    /// Sign-in with an ngrok-managed OAuth provider.
+    #[serde(rename = "OAuth")]
+    pub oauth: Option<serde_json::Value>,
+    /// Sign-in with an OpenID Connect provider.
+    #[serde(rename = "OIDC")]
+    pub oidc: Option<OidcOpts>,
+    /// Verify webhook signatures.
+    pub webhook_verification: Option<WebhookVerification>,
     /// Mutual TLS at the edge: `{"mutual_tls_ca": base64 of PEM CA certificates}`.
     #[serde(rename = "MutualTLSCA")]
     pub mutual_tls_ca: Option<serde_json::Value>,
+    /// Request headers to add and remove.
+    pub request_headers: Option<Headers>,
+    /// Response headers to add and remove.
+    pub response_headers: Option<Headers>,
+    /// Turn WebSocket connections into TCP for the upstream.
+    #[serde(rename = "WebsocketTCPConverter")]
+    pub websocket_tcp_converter: Option<serde_json::Value>,
+    /// User-Agent allow and deny regular expressions.
+    pub user_agent_filter: Option<UserAgentFilter>,
+    /// The legacy policy object (ngrok-go up to 1.9).
+    pub policy: Option<serde_json::Value>,
+    /// Traffic policy document (a JSON string or object), compiled when the endpoint is
+    /// bound; its `terminate-tls` action sets the endpoint's TLS.
+    pub traffic_policy: Option<serde_json::Value>,
 }
 
-/// The options of a tcp endpoint that the edge reads.
+/// `IPRestriction`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IpRestriction {
+    /// Networks allowed in.
+    pub allow_cidrs: Vec<String>,
+    /// Networks refused.
+    pub deny_cidrs: Vec<String>,
+}
+
+/// `BasicAuth`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BasicAuth {
+    /// Accepted credentials.
+    pub credentials: Vec<BasicCredential>,
+}
+
+/// One `BasicAuth` credential.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BasicCredential {
+    /// The user name.
+    pub username: String,
+    /// The password as given.
+    pub cleartext_password: Secret,
+    /// A hash of the password (base64); warren needs the cleartext one.
+    pub hashed_password: Option<serde_json::Value>,
+}
+
+/// `OIDC`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OidcOpts {
+    /// The provider.
+    pub issuer_url: String,
+    /// The client id.
+    pub client_id: String,
+    /// The client secret.
+    pub client_secret: Secret,
+    /// A secret sealed for ngrok's cloud; warren cannot open it.
+    pub sealed_client_secret: Option<serde_json::Value>,
+    /// Only these addresses get in.
+    pub allow_emails: Vec<String>,
+    /// Only addresses at these domains get in.
+    pub allow_domains: Vec<String>,
+    /// Scopes besides `openid`.
+    pub scopes: Vec<String>,
+}
+
+/// `WebhookVerification`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebhookVerification {
+    /// The provider (`github`, `stripe`, ...).
+    pub provider: String,
+    /// The signing secret.
+    pub secret: Secret,
+    /// A secret sealed for ngrok's cloud; warren cannot open it.
+    pub sealed_secret: Option<serde_json::Value>,
+}
+
+/// `RequestHeaders` / `ResponseHeaders`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Headers {
+    /// `name:value` pairs to add.
+    pub add: Vec<String>,
+    /// Names to remove.
+    pub remove: Vec<String>,
+    /// Parsed pairs to add (ngrok-go).
+    #[serde(rename = "addParsed")]
+    pub add_parsed: std::collections::BTreeMap<String, String>,
+}
+
+/// `UserAgentFilter`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UserAgentFilter {
+    /// Regular expressions; a visitor's User-Agent must match one.
+    pub allow: Vec<String>,
+    /// Regular expressions that are refused.
+    pub deny: Vec<String>,
+}
+
+/// The options of a tcp endpoint, every field ngrok's clients send.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct TcpOpts {
@@ -264,11 +405,16 @@ pub struct TcpOpts {
     pub remote_port: u16,
     /// PROXY protocol version for the upstream.
     pub proxy_proto: i64,
+    /// CIDR allow and deny lists.
+    #[serde(rename = "IPRestriction")]
+    pub ip_restriction: Option<IpRestriction>,
+    /// The legacy policy object (ngrok-go up to 1.9).
+    pub policy: Option<serde_json::Value>,
     /// Traffic policy document (a JSON string or object): `on_tcp_connect` rules.
     pub traffic_policy: Option<serde_json::Value>,
 }
 
-/// The options of a tls endpoint that the edge reads.
+/// The options of a tls endpoint, every field ngrok's clients send.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct TlsOpts {
@@ -281,10 +427,24 @@ pub struct TlsOpts {
     pub hostname: String,
     /// Requested label under the edge's base domain.
     pub subdomain: String,
+    /// PROXY protocol version for the upstream.
+    pub proxy_proto: i64,
+    /// The agent checks client certificates itself (informational).
+    #[serde(rename = "MutualTLSAtAgent")]
+    pub mutual_tls_at_agent: bool,
+    /// Client certificates checked at the edge (refused: the edge does not terminate tls
+    /// endpoints).
+    #[serde(rename = "MutualTLSAtEdge")]
+    pub mutual_tls_at_edge: Option<serde_json::Value>,
     /// Certificate and key for TLS termination at the edge (refused: the edge does not take
     /// agents' keys).
     #[serde(rename = "TLSTermination")]
     pub tls_termination: Option<serde_json::Value>,
+    /// CIDR allow and deny lists.
+    #[serde(rename = "IPRestriction")]
+    pub ip_restriction: Option<IpRestriction>,
+    /// The legacy policy object (ngrok-go up to 1.9).
+    pub policy: Option<serde_json::Value>,
     /// Traffic policy document (a JSON string or object): `on_tcp_connect` rules.
     pub traffic_policy: Option<serde_json::Value>,
 }
@@ -569,9 +729,22 @@ impl MessageBuf {
     }
 }
 
-/// Parses one JSON message, naming the message type in the error.
+/// Parses one JSON message, naming the message type in the error. Keys match fields in any
+/// case, as Go clients expect ([`fold`]); keys that match no field are ignored here (see
+/// [`decode_checked`]).
 pub fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, ProtoError> {
-    serde_json::from_slice(bytes).map_err(|source| ProtoError::Json { what, source })
+    decode_checked(what, bytes).map(|(t, _)| t)
+}
+
+/// [`decode`], also returning the paths of the keys that matched no field, for the caller to
+/// refuse what it would otherwise drop.
+pub fn decode_checked<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<(T, Vec<String>), ProtoError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|source| ProtoError::Json { what, source })?;
+    fold::from_value(value).map_err(|source| ProtoError::Json { what, source })
 }
 
 /// Serializes one JSON message.

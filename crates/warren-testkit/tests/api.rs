@@ -32,7 +32,9 @@ async fn credentials_crud_with_pagination() {
     let (s, _, created) = edge.api("POST", "/credentials", key, Some(body)).await;
     assert_eq!(s, StatusCode::CREATED, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
-    assert!(id.starts_with("cr_") && created["uri"] == format!("/credentials/{id}"));
+    assert!(
+        id.starts_with("cr_") && created["uri"] == format!("http://api.warren.localhost/credentials/{id}")
+    );
     let token = created["token"].as_str().unwrap().to_owned();
     assert!(token.starts_with(&format!("{id}_")));
     assert_eq!(created["acl"], json!(["bind:*.ci.warren.localhost"]));
@@ -71,7 +73,7 @@ async fn credentials_crud_with_pagination() {
     loop {
         let (s, _, page) = edge.api("GET", &path, key, None).await;
         assert_eq!(s, StatusCode::OK, "{page}");
-        assert_eq!(page["uri"], "/credentials");
+        assert_eq!(page["uri"], "http://api.warren.localhost/credentials", "absolute, as ngrok's");
         let items = page["credentials"].as_array().unwrap();
         assert!(items.len() <= 2);
         ids.extend(items.iter().map(|c| c["id"].as_str().unwrap().to_owned()));
@@ -304,4 +306,29 @@ async fn the_openapi_document_is_public_and_every_operation_in_it_is_routed() {
         }
     }
     assert!(checked >= 40, "only {checked} operations documented");
+}
+
+/// Every `uri` and `next_page_uri` is absolute, so API clients that follow them as given
+/// (PyPI `ngrok-api`) reach page two: built from `api_public_url` when set, else from the
+/// request's `Host`.
+#[tokio::test]
+async fn uris_are_absolute_from_the_public_url_or_the_host() {
+    let edge =
+        TestEdge::start_with(|c| c.api_public_url = Some("https://api.tunnels.example.com/".into())).await;
+    let key = Some(edge.api_key.as_str());
+    for _ in 0..3 {
+        edge.api("POST", "/ip_policies", key, Some(serde_json::json!({"description": "p"}))).await;
+    }
+    let (_, _, page) = edge.api("GET", "/ip_policies?limit=2", key, None).await;
+    assert_eq!(page["uri"], "https://api.tunnels.example.com/ip_policies");
+    let next = page["next_page_uri"].as_str().unwrap();
+    assert!(next.starts_with("https://api.tunnels.example.com/ip_policies?limit=2&before_id="), "{next}");
+    let item = &page["ip_policies"][0];
+    assert!(
+        item["uri"].as_str().unwrap().starts_with("https://api.tunnels.example.com/ip_policies/ipp_"),
+        "{item}"
+    );
+    let plain = TestEdge::start().await;
+    let (_, _, page) = plain.api("GET", "/credentials", Some(&plain.api_key), None).await;
+    assert_eq!(page["uri"], "http://api.warren.localhost/credentials", "from the Host header");
 }

@@ -189,3 +189,248 @@ async fn an_invalid_traffic_policy_refuses_the_sdks_endpoint_with_the_reason() {
     let (status, _, body) = https_get(&edge, "sdkpolicy.warren.localhost", "/").await;
     assert_eq!((status.as_u16(), body.as_str()), (418, "policy says hi"));
 }
+
+/// Serves every request on `tunnel` with `seen <header names>` of the request it got, and a
+/// `server: upstream` response header.
+fn serve_echo(mut tunnel: ngrok::tunnel::HttpTunnel) {
+    tokio::spawn(async move {
+        while let Ok(Some(conn)) = tunnel.try_next().await {
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                        let names: Vec<String> = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v.as_bytes())))
+                            .collect();
+                        let mut res = hyper::Response::new(full(format!("seen {}", names.join(" "))));
+                        res.headers_mut()
+                            .insert("server", hyper::header::HeaderValue::from_static("upstream"));
+                        res.headers_mut()
+                            .insert("x-secret-internal", hyper::header::HeaderValue::from_static("1"));
+                        Ok::<_, std::convert::Infallible>(res)
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(conn), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+/// A GET through the https endpoint `host` with extra request headers.
+async fn get_with(
+    edge: &TestEdge,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, hyper::HeaderMap, String) {
+    let tls = tls_connect(edge.https_addr(), host, &edge.ca_pem, &[b"http/1.1"]).await;
+    let mut send = http1(tls).await;
+    let mut req = hyper::Request::get("/").header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = within("answer", send.send_request(req.body(empty()).unwrap())).await.unwrap();
+    let (parts, body) = res.into_parts();
+    let text = String::from_utf8_lossy(&http_body_util::BodyExt::collect(body).await.unwrap().to_bytes())
+        .into_owned();
+    (parts.status, parts.headers, text)
+}
+
+/// Each endpoint option of ngrok's Rust SDK does what ngrok's cloud does with it: a visitor
+/// without the right credentials or address is refused, one with them gets through, the
+/// header options change the request and the response. Before, every one of them bound and
+/// the visitor got the upstream's 200 without credentials.
+#[tokio::test]
+async fn the_sdks_endpoint_options_are_enforced_at_the_edge() {
+    use base64::Engine as _;
+    let edge = TestEdge::start().await;
+    let sess = within("sdk connect", sdk_session(&edge, &edge.authtoken)).await.expect("SDK session");
+    let auth = sess
+        .http_endpoint()
+        .domain("opt-auth.warren.localhost")
+        .basic_auth("alice", "password123")
+        .listen()
+        .await
+        .unwrap();
+    let allow = sess
+        .http_endpoint()
+        .domain("opt-allow.warren.localhost")
+        .allow_cidr("10.0.0.0/8")
+        .listen()
+        .await
+        .unwrap();
+    let deny = sess
+        .http_endpoint()
+        .domain("opt-deny.warren.localhost")
+        .deny_cidr("127.0.0.0/8")
+        .listen()
+        .await
+        .unwrap();
+    let ok_net = sess
+        .http_endpoint()
+        .domain("opt-net.warren.localhost")
+        .allow_cidr("127.0.0.0/8")
+        .listen()
+        .await
+        .unwrap();
+    let hdrs = sess
+        .http_endpoint()
+        .domain("opt-hdr.warren.localhost")
+        .request_header("X-Added", "yes")
+        .remove_request_header("x-drop")
+        .response_header("x-from-edge", "1")
+        .remove_response_header("x-secret-internal")
+        .listen()
+        .await
+        .unwrap();
+    let ua = sess
+        .http_endpoint()
+        .domain("opt-ua.warren.localhost")
+        .deny_user_agent("(?i)badbot")
+        .listen()
+        .await
+        .unwrap();
+    let hook = sess
+        .http_endpoint()
+        .domain("opt-hook.warren.localhost")
+        .webhook_verification("github", "s3cret")
+        .listen()
+        .await
+        .unwrap();
+    for t in [auth, allow, deny, ok_net, hdrs, ua, hook] {
+        serve_echo(t);
+    }
+
+    let (s, h, _) = get_with(&edge, "opt-auth.warren.localhost", &[]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "basic auth without credentials");
+    assert!(h.contains_key("www-authenticate"));
+    let wrong = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("alice:nope"));
+    assert_eq!(
+        get_with(&edge, "opt-auth.warren.localhost", &[("authorization", &wrong)]).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let right = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("alice:password123"));
+    assert_eq!(
+        get_with(&edge, "opt-auth.warren.localhost", &[("authorization", &right)]).await.0,
+        StatusCode::OK
+    );
+
+    assert_eq!(
+        get_with(&edge, "opt-allow.warren.localhost", &[]).await.0,
+        StatusCode::FORBIDDEN,
+        "127.0.0.1 is not in 10/8"
+    );
+    assert_eq!(
+        get_with(&edge, "opt-deny.warren.localhost", &[]).await.0,
+        StatusCode::FORBIDDEN,
+        "127/8 is denied"
+    );
+    assert_eq!(get_with(&edge, "opt-net.warren.localhost", &[]).await.0, StatusCode::OK, "127/8 is allowed");
+
+    let (s, h, body) = get_with(&edge, "opt-hdr.warren.localhost", &[("x-drop", "gone")]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.contains("x-added=yes") && !body.contains("x-drop"), "{body}");
+    assert_eq!(h["x-from-edge"], "1");
+    assert!(!h.contains_key("x-secret-internal"), "removed from the response");
+
+    assert_eq!(
+        get_with(&edge, "opt-ua.warren.localhost", &[("user-agent", "BadBot/2")]).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        get_with(&edge, "opt-ua.warren.localhost", &[("user-agent", "curl/8")]).await.0,
+        StatusCode::OK
+    );
+
+    let (s, _, _) = get_with(&edge, "opt-hook.warren.localhost", &[]).await;
+    assert!(s.is_client_error(), "an unsigned webhook is refused: {s}");
+}
+
+/// Options the edge cannot honour refuse the Bind, naming the option and what to use instead.
+#[tokio::test]
+async fn sdk_options_the_edge_cannot_honour_are_refused_by_name() {
+    let edge = TestEdge::start().await;
+    let sess = within("sdk connect", sdk_session(&edge, &edge.authtoken)).await.expect("SDK session");
+    let err = sess
+        .http_endpoint()
+        .domain("opt-oauth.warren.localhost")
+        .oauth(ngrok::config::OauthOptions::new("google"))
+        .listen()
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("OAuth") && err.to_string().contains("OIDC"), "{err}");
+    let err = sess
+        .http_endpoint()
+        .domain("opt-c.warren.localhost")
+        .compression()
+        .listen()
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("Compression"), "{err}");
+    let err = sess
+        .http_endpoint()
+        .domain("opt-cb.warren.localhost")
+        .circuit_breaker(0.5)
+        .listen()
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("CircuitBreaker"), "{err}");
+    let err = sess
+        .http_endpoint()
+        .domain("opt-pool.warren.localhost")
+        .pooling_enabled(true)
+        .listen()
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("PoolingEnabled"), "{err}");
+    let err = sess
+        .http_endpoint()
+        .domain("opt-h2.warren.localhost")
+        .app_protocol("http2")
+        .listen()
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("http2"), "{err}");
+    // Nothing was left bound by the refused attempts.
+    let (s, _, _) = https_get(&edge, "opt-oauth.warren.localhost", "/").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+/// `proxy_proto` on a tcp endpoint: the upstream reads a PROXY header naming the visitor
+/// before the visitor's bytes.
+#[tokio::test]
+async fn a_tcp_endpoint_with_proxy_proto_tells_the_upstream_who_the_visitor_is() {
+    let edge = TestEdge::start().await;
+    let sess = within("sdk connect", sdk_session(&edge, &edge.authtoken)).await.expect("SDK session");
+    for (version, expect) in [
+        (ngrok::config::ProxyProto::V1, &b"PROXY TCP4 127.0.0.1 "[..]),
+        (ngrok::config::ProxyProto::V2, &b"\r\n\r\n\0\r\nQUIT\n"[..]),
+    ] {
+        let mut tunnel = sess.tcp_endpoint().proxy_proto(version).listen().await.expect("tcp endpoint");
+        let url = tunnel.url().to_owned();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            if let Ok(Some(mut conn)) = tunnel.try_next().await {
+                let mut got = vec![0u8; 64];
+                let mut n = 0;
+                while n < 20 {
+                    match conn.read(&mut got[n..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                }
+                let _ = tx.send(got[..n].to_vec());
+            }
+        });
+        let mut tcp = TcpStream::connect(("127.0.0.1", url_port(&url))).await.unwrap();
+        tcp.write_all(b"hello from the visitor, long enough").await.unwrap();
+        let got = within("upstream read", rx).await.unwrap();
+        assert!(got.starts_with(expect), "{version:?}: {:?}", String::from_utf8_lossy(&got));
+    }
+}

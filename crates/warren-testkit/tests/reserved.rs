@@ -31,14 +31,17 @@ async fn reserved_domains_crud_with_pagination_and_clear_errors() {
         let (s, _, d) = edge.api("POST", "/reserved_domains", key, Some(body)).await;
         assert_eq!(s, StatusCode::CREATED, "{d}");
         let id = d["id"].as_str().unwrap().to_owned();
-        assert!(id.starts_with("rd_") && d["uri"] == format!("/reserved_domains/{id}"), "{d}");
+        assert!(
+            id.starts_with("rd_") && d["uri"] == format!("http://api.warren.localhost/reserved_domains/{id}"),
+            "{d}"
+        );
         assert_eq!(d["cname_target"], Value::Null, "names under the base domain need no CNAME");
         ids.push(id);
     }
     // Pages of 2, newest first (ids sort by creation time), every id once.
     let (s, _, page) = edge.api("GET", "/reserved_domains?limit=2", key, None).await;
     assert_eq!(s, StatusCode::OK, "{page}");
-    assert_eq!(page["uri"], "/reserved_domains");
+    assert_eq!(page["uri"], "http://api.warren.localhost/reserved_domains");
     let ids_of = |p: &Value| -> Vec<String> {
         p["reserved_domains"]
             .as_array()
@@ -186,7 +189,10 @@ async fn reserved_addrs_are_chosen_by_the_edge_and_only_their_owner_binds_them()
         edge.api("POST", "/reserved_addrs", key, Some(json!({"description": "ssh", "region": ""}))).await;
     assert_eq!(s, StatusCode::CREATED, "{ra}");
     let id = ra["id"].as_str().unwrap().to_owned();
-    assert!(id.starts_with("ra_") && ra["uri"] == format!("/reserved_addrs/{id}"), "{ra}");
+    assert!(
+        id.starts_with("ra_") && ra["uri"] == format!("http://api.warren.localhost/reserved_addrs/{id}"),
+        "{ra}"
+    );
     let addr = ra["addr"].as_str().unwrap().to_owned();
     let port: u16 = addr.strip_prefix("localhost:").unwrap().parse().unwrap();
     assert!((43210..=43211).contains(&port), "{addr}");

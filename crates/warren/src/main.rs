@@ -214,6 +214,10 @@ struct EdgeArgs {
     /// only: any account could make the edge call services on its loopback).
     #[arg(long)]
     idp_allow_loopback_http: bool,
+    /// The API's public base URL (e.g. https://api.tunnels.example.com), for the absolute
+    /// `uri` and `next_page_uri` in its answers (default: the scheme and Host of each request).
+    #[arg(long, value_name = "URL")]
+    api_public_url: Option<String>,
     /// The DNS resolver asked for TXT records proving control of custom domains (default: the
     /// first nameserver of /etc/resolv.conf).
     #[arg(long, value_name = "IP:PORT")]
@@ -446,6 +450,7 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     config.idp_allow_loopback_http = args.idp_allow_loopback_http;
     config.idp_allow_private_networks = args.idp_allow_private_networks;
     config.dns_resolver = args.dns_resolver;
+    config.api_public_url = args.api_public_url;
     config.hsts = match args.hsts.as_str() {
         "auto" => warren_edge::Hsts::Auto { max_age: args.hsts_max_age },
         "always" => warren_edge::Hsts::Always { max_age: args.hsts_max_age },

@@ -89,7 +89,78 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         // After the auth layer, so the document needs no key: it holds no account data.
         .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }))
         .layer(axum::middleware::map_response(error_bodies_as_json))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), absolute_uris))
         .with_state(shared)
+}
+
+/// Every `uri` and `next_page_uri` in an answer is absolute, as ngrok's are: API clients
+/// (PyPI `ngrok-api`) follow `next_page_uri` as given. The base is `--api-public-url`, or the
+/// scheme and `Host` the request came with.
+async fn absolute_uris(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use http_body_util::BodyExt;
+    let base = match &shared.config.api_public_url {
+        Some(u) => Some(u.trim_end_matches('/').to_owned()),
+        None => request_base(&shared, &req),
+    };
+    let resp = next.run(req).await;
+    let Some(base) = base else { return resp };
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = body.collect().await.map(|c| c.to_bytes()) else {
+        return axum::response::Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return axum::response::Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    absolutize(&mut value, &base);
+    let out = serde_json::to_vec(&value).expect("JSON re-encodes");
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, axum::body::Body::from(out))
+}
+
+/// `scheme://host` of the request: `https` when a trusted proxy says so, and a `Host` made
+/// only of name characters (it is echoed into the answer).
+fn request_base(shared: &Shared, req: &axum::extract::Request) -> Option<String> {
+    let host = req.headers().get(axum::http::header::HOST)?.to_str().ok()?;
+    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)) {
+        return None;
+    }
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let proxied_https = peer.is_some_and(|ip| shared.config.is_trusted_proxy(ip))
+        && req
+            .headers()
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    Some(format!("{}://{host}", if proxied_https { "https" } else { "http" }))
+}
+
+fn absolutize(v: &mut serde_json::Value, base: &str) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m.iter_mut() {
+                match v {
+                    serde_json::Value::String(s)
+                        if (k == "uri" || k == "next_page_uri") && s.starts_with('/') =>
+                    {
+                        *s = format!("{base}{s}");
+                    }
+                    other => absolutize(other, base),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| absolutize(x, base)),
+        _ => {}
+    }
 }
 
 /// Refusals made by axum itself (a body over the 2 MiB limit, a method not routed) get

@@ -1,0 +1,317 @@
+//! Every option a Bind carries besides the name it asks for: each is acted on, or refused by
+//! name with what to use instead. Nothing a client sends is dropped: an SDK user who asks for
+//! basic auth or an IP allow-list gets it, or a Bind error, never a public endpoint.
+//!
+//! The SDKs' middleware options (basic auth, CIDR lists, OIDC, webhook verification, header
+//! changes, User-Agent filters, `IPPolicyRef`) become Traffic Policy rules through
+//! [`warren_policy::legacy`], the same translation as the agent's flags; they run after the
+//! account's policy and before the endpoint's own. Informational fields (the upstream's
+//! scheme, the agent's host-header rewrite, names and descriptions) are taken as given.
+
+use serde_json::Value;
+use warren_policy::legacy::{Legacy, Oidc, Spelling};
+use warren_proto::{Bind, HttpOpts, TcpOpts, TlsOpts};
+
+/// What the options add to an endpoint.
+#[derive(Debug, Default)]
+pub(crate) struct Extras {
+    /// The middleware options as a traffic policy document.
+    pub(crate) policy: Option<Value>,
+    /// PROXY protocol version to put before each connection's bytes (0: none).
+    pub(crate) proxy_proto: u8,
+}
+
+/// Why an option was refused: the option's name and what to do instead.
+fn refuse(option: &str, why: &str) -> String {
+    format!("the Bind option {option} is not supported by this edge: {why}")
+}
+
+/// A value that asks for nothing: what clients send for an option they do not use.
+fn unset(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        // `{}` is not unset: ngrok's `Compression: {}` turns compression on.
+        Value::Object(_) => false,
+    }
+}
+
+/// `v[key]`, the key matched in any case (as the message's keys were).
+fn get_ci<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {
+    v.as_object()?.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v)
+}
+
+/// Keys of the message that matched no field: refused when set, so an option this edge does
+/// not know never passes unnoticed. `unknown` are paths in `raw` (`Extra.Foo`, `Opts.Bar`).
+fn refuse_unknown(raw: &Value, unknown: &[String]) -> Result<(), String> {
+    for path in unknown {
+        let v = path.split('.').try_fold(raw, get_ci).unwrap_or(&Value::Null);
+        if !unset(v) {
+            return Err(refuse(path, "warren does not know this option, so it cannot honour it"));
+        }
+    }
+    Ok(())
+}
+
+/// The options of `raw_bind` decoded into `T`, keys matched in any case; an option `T` does
+/// not have is refused when set.
+pub(crate) fn decode_opts<T: serde::de::DeserializeOwned>(raw_bind: &Value, what: &str) -> Result<T, String> {
+    let opts = get_ci(raw_bind, "Opts").cloned().unwrap_or(Value::Null);
+    let opts = if opts.is_null() { Value::Object(Default::default()) } else { opts };
+    let (t, unknown) =
+        warren_proto::fold::from_value::<T>(opts).map_err(|e| format!("invalid {what} options: {e}"))?;
+    let unknown: Vec<String> = unknown.into_iter().map(|p| format!("Opts.{p}")).collect();
+    refuse_unknown(raw_bind, &unknown)?;
+    Ok(t)
+}
+
+/// The checks every endpoint kind shares: the Bind's own fields and `Extra`.
+fn common(bind: &Bind, unknown: &[String], raw_bind: &Value) -> Result<(), String> {
+    refuse_unknown(raw_bind, unknown)?;
+    match bind.forwards_proto.as_str() {
+        "" | "http1" => {}
+        "http2" => {
+            return Err(refuse(
+                "ForwardsProto http2",
+                "upstreams are reached over HTTP/1.1; serve HTTP/1.1 too, or use a tcp or tls endpoint",
+            ));
+        }
+        other => return Err(refuse(&format!("ForwardsProto {other:?}"), "use \"\" or http1")),
+    }
+    let e = &bind.extra;
+    if e.pooling_enabled {
+        return Err(refuse(
+            "Extra.PoolingEnabled",
+            "endpoint pooling is not available; each URL is served by one session",
+        ));
+    }
+    if let Some(b) = e.bindings.iter().find(|b| b.as_str() != "public") {
+        return Err(refuse(&format!("Extra.Bindings {b:?}"), "only public endpoints exist on this edge"));
+    }
+    if e.metadata.len() > 4096 || e.description.len() > 4096 || e.name.len() > 256 {
+        return Err(
+            "the Bind's Extra.Metadata and Extra.Description are limited to 4096 bytes, Extra.Name to 256"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+fn ip_policies(bind: &Bind) -> Vec<String> {
+    let r = bind.extra.ip_policy_ref.trim();
+    if r.is_empty() { Vec::new() } else { vec![r.to_owned()] }
+}
+
+fn proxy_proto(v: i64) -> Result<u8, String> {
+    match v {
+        0..=2 => Ok(v as u8),
+        _ => Err(refuse(&format!("ProxyProto {v}"), "the PROXY protocol versions are 1 and 2")),
+    }
+}
+
+/// An http or https endpoint's options.
+pub(crate) fn http(
+    bind: &Bind,
+    opts: &HttpOpts,
+    raw_bind: &Value,
+    unknown: &[String],
+) -> Result<Extras, String> {
+    common(bind, unknown, raw_bind)?;
+    let o = opts;
+    let set = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
+    if set(&o.compression) {
+        return Err(refuse(
+            "Compression",
+            "responses are passed on as the upstream sends them; compress in the upstream",
+        ));
+    }
+    if set(&o.circuit_breaker) {
+        return Err(refuse("CircuitBreaker", "there is no circuit breaker at the edge yet"));
+    }
+    if set(&o.oauth) {
+        return Err(refuse(
+            "OAuth",
+            "ngrok's managed OAuth providers do not exist on a self-hosted edge; use OIDC with your identity provider (the SDK's oidc(), or an openid-connect traffic policy action)",
+        ));
+    }
+    if set(&o.websocket_tcp_converter) {
+        return Err(refuse("WebsocketTCPConverter", "WebSockets are passed on as they are"));
+    }
+    if set(&o.policy) {
+        return Err(refuse(
+            "Policy",
+            "the legacy policy object is not read; send the document as TrafficPolicy",
+        ));
+    }
+    if o.proxy_proto != 0 {
+        return Err(refuse(
+            &format!("ProxyProto {}", o.proxy_proto),
+            "PROXY protocol to the upstream is for tcp and tls endpoints; http upstreams get X-Forwarded-For",
+        ));
+    }
+    let mut legacy = Legacy { spelling: Spelling::Bind, ip_policies: ip_policies(bind), ..Legacy::default() };
+    if let Some(r) = &o.ip_restriction {
+        legacy.cidr_allow = r.allow_cidrs.clone();
+        legacy.cidr_deny = r.deny_cidrs.clone();
+    }
+    if !o.auth.is_empty() {
+        if !o.auth.contains(':') {
+            return Err(refuse("Auth", "basic auth is given as user:password"));
+        }
+        legacy.basic_auth.push(o.auth.clone());
+    }
+    if let Some(b) = &o.basic_auth {
+        for c in &b.credentials {
+            if c.cleartext_password.0.is_empty() {
+                return Err(refuse(
+                    "BasicAuth.credentials.hashed_password",
+                    "the edge checks passwords it was given in cleartext; send cleartext_password",
+                ));
+            }
+            legacy.basic_auth.push(format!("{}:{}", c.username, c.cleartext_password.0));
+        }
+    }
+    if let Some(w) = &o.webhook_verification {
+        if w.secret.0.is_empty() {
+            return Err(refuse("WebhookVerification.sealed_secret", "send the secret itself"));
+        }
+        legacy.verify_webhook = Some((w.provider.clone(), w.secret.0.clone()));
+    }
+    if let Some(oidc) = &o.oidc {
+        if oidc.client_secret.0.is_empty() && oidc.sealed_client_secret.as_ref().is_some_and(|v| !unset(v)) {
+            return Err(refuse("OIDC.sealed_client_secret", "send client_secret itself"));
+        }
+        legacy.oidc = Some(Oidc {
+            issuer: oidc.issuer_url.clone(),
+            client_id: oidc.client_id.clone(),
+            client_secret: oidc.client_secret.0.clone(),
+            scopes: oidc.scopes.clone(),
+            allow_emails: oidc.allow_emails.clone(),
+            allow_domains: oidc.allow_domains.clone(),
+        });
+    }
+    let pairs = |h: &warren_proto::Headers, what: &str| -> Result<Vec<(String, String)>, String> {
+        let mut out = Vec::new();
+        for a in &h.add {
+            let (k, v) =
+                a.split_once(':').ok_or_else(|| refuse(what, &format!("{a:?} is not name:value")))?;
+            out.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+        out.extend(h.add_parsed.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(out)
+    };
+    if let Some(h) = &o.request_headers {
+        legacy.request_header_add = pairs(h, "RequestHeaders.add")?;
+        legacy.request_header_remove = h.remove.clone();
+    }
+    if let Some(h) = &o.response_headers {
+        legacy.response_header_add = pairs(h, "ResponseHeaders.add")?;
+        legacy.response_header_remove = h.remove.clone();
+    }
+    if let Some(u) = &o.user_agent_filter {
+        legacy.user_agent_allow = u.allow.clone();
+        legacy.user_agent_deny = u.deny.clone();
+    }
+    Ok(Extras { policy: legacy.to_document(true)?, proxy_proto: 0 })
+}
+
+/// A tcp endpoint's options.
+pub(crate) fn tcp(
+    bind: &Bind,
+    opts: &TcpOpts,
+    raw_bind: &Value,
+    unknown: &[String],
+) -> Result<Extras, String> {
+    common(bind, unknown, raw_bind)?;
+    if opts.policy.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(refuse(
+            "Policy",
+            "the legacy policy object is not read; send the document as TrafficPolicy",
+        ));
+    }
+    network_only(bind, opts.ip_restriction.as_ref(), proxy_proto(opts.proxy_proto)?)
+}
+
+/// A tls endpoint's options.
+pub(crate) fn tls(
+    bind: &Bind,
+    opts: &TlsOpts,
+    raw_bind: &Value,
+    unknown: &[String],
+) -> Result<Extras, String> {
+    common(bind, unknown, raw_bind)?;
+    if opts.policy.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(refuse(
+            "Policy",
+            "the legacy policy object is not read; send the document as TrafficPolicy",
+        ));
+    }
+    if opts.mutual_tls_at_edge.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(refuse(
+            "MutualTLSAtEdge",
+            "the edge passes tls endpoints' TLS through untouched, so it cannot check client certificates; check them at the agent or the upstream",
+        ));
+    }
+    network_only(bind, opts.ip_restriction.as_ref(), proxy_proto(opts.proxy_proto)?)
+}
+
+fn network_only(
+    bind: &Bind,
+    restriction: Option<&warren_proto::IpRestriction>,
+    proxy_proto: u8,
+) -> Result<Extras, String> {
+    let mut legacy = Legacy { spelling: Spelling::Bind, ip_policies: ip_policies(bind), ..Legacy::default() };
+    if let Some(r) = restriction {
+        legacy.cidr_allow = r.allow_cidrs.clone();
+        legacy.cidr_deny = r.deny_cidrs.clone();
+    }
+    Ok(Extras { policy: legacy.to_document(false)?, proxy_proto })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bind(json: Value) -> (Bind, Value, Vec<String>) {
+        let (b, unknown) = warren_proto::fold::from_value::<Bind>(json.clone()).unwrap();
+        (b, json, unknown)
+    }
+
+    #[test]
+    fn every_option_is_acted_on_or_refused_by_name() {
+        let (b, raw, unknown) =
+            bind(serde_json::json!({"Id": "", "Proto": "https", "Opts": {}, "Extra": {"Bindings": []}}));
+        let opts = |o: Value| warren_proto::fold::from_value::<HttpOpts>(o).unwrap().0;
+        let x = http(&b, &opts(serde_json::json!({"BasicAuth": {"credentials": [{"username": "alice", "cleartext_password": "password123"}]}, "IPRestriction": {"allow_cidrs": ["10.0.0.0/8"]}})), &raw, &unknown).unwrap();
+        let doc = x.policy.unwrap().to_string();
+        assert!(
+            doc.contains("basic-auth") && doc.contains("alice:password123") && doc.contains("restrict-ips"),
+            "{doc}"
+        );
+        for (o, name) in [
+            (serde_json::json!({"Compression": {}}), "Compression"),
+            (serde_json::json!({"CircuitBreaker": {"error_threshold": 0.5}}), "CircuitBreaker"),
+            (serde_json::json!({"OAuth": {"provider": "google"}}), "OAuth"),
+            (serde_json::json!({"WebsocketTCPConverter": {}}), "WebsocketTCPConverter"),
+            (serde_json::json!({"ProxyProto": 1}), "ProxyProto"),
+            (
+                serde_json::json!({"BasicAuth": {"credentials": [{"username": "a", "hashed_password": "eA=="}]}}),
+                "hashed_password",
+            ),
+        ] {
+            let e = http(&b, &opts(o.clone()), &raw, &unknown).unwrap_err();
+            assert!(e.contains(name), "{o}: {e}");
+        }
+        let (b2, raw2, unknown2) =
+            bind(serde_json::json!({"Proto": "https", "Extra": {"PoolingEnabled": true}}));
+        assert!(http(&b2, &HttpOpts::default(), &raw2, &unknown2).unwrap_err().contains("PoolingEnabled"));
+        let (b3, raw3, unknown3) =
+            bind(serde_json::json!({"Proto": "https", "Extra": {"Teleport": "yes", "LegacyUnset": ""}}));
+        assert!(http(&b3, &HttpOpts::default(), &raw3, &unknown3).unwrap_err().contains("Extra.Teleport"));
+        let (b4, raw4, unknown4) = bind(serde_json::json!({"Proto": "https", "ForwardsProto": "http2"}));
+        assert!(http(&b4, &HttpOpts::default(), &raw4, &unknown4).unwrap_err().contains("http2"));
+    }
+}
