@@ -85,3 +85,76 @@ async fn the_ngrok_python_sdk_binds_https_and_tcp_and_carries_traffic() {
     drop(child.stdin.take());
     let _ = within("python exits", child.wait()).await;
 }
+
+/// The outside review's steps with the Python SDK: each of basic_auth, allow_cidr, deny_cidr,
+/// oauth, webhook_verification and request_header used to bind, and a visitor from
+/// 127.0.0.1 without credentials got the upstream's 200 on every one. Now each is enforced
+/// (or, for OAuth, refused at Bind with what to use instead).
+#[tokio::test]
+async fn the_python_sdks_endpoint_options_are_enforced_or_refused() {
+    use base64::Engine as _;
+    let pythonpath = tokio::task::spawn_blocking(python_path).await.unwrap();
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ngrok_python_options.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .env("PYTHONPATH", &pythonpath)
+        .env("WARREN_CONNECT", edge.connect_url())
+        .env("WARREN_CA", &edge.ca_path)
+        .env("WARREN_TOKEN", &edge.authtoken)
+        .env("HTTP_UPSTREAM", up.addr.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut results = std::collections::HashMap::new();
+    for _ in 0..6 {
+        let line = within("python peer output", lines.next_line()).await.unwrap().expect("a line");
+        let mut parts = line.splitn(3, ' ');
+        let (verdict, name, rest) = (
+            parts.next().unwrap().to_owned(),
+            parts.next().unwrap().to_owned(),
+            parts.next().unwrap_or("").to_owned(),
+        );
+        results.insert(name, (verdict, rest));
+    }
+    let bound = |name: &str| {
+        let (v, rest) = &results[name];
+        assert_eq!(v, "BOUND", "{name}: {rest}");
+    };
+    for name in ["basic", "allow", "deny", "webhook", "header"] {
+        bound(name);
+    }
+    let (v, why) = &results["oauth"];
+    assert_eq!(v, "REFUSED", "oauth: {why}");
+    assert!(why.contains("OAuth") && why.contains("OIDC"), "{why}");
+
+    let host = |n: &str| format!("py-{n}.warren.localhost");
+    let (s, _, _) = https_get(&edge, &host("basic"), "/").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "no credentials");
+    let tls = tls_connect(edge.https_addr(), &host("basic"), &edge.ca_pem, &[b"http/1.1"]).await;
+    let mut send = http1(tls).await;
+    let auth = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("alice:password123"));
+    let req = hyper::Request::get("/")
+        .header("host", host("basic"))
+        .header("authorization", auth)
+        .body(empty())
+        .unwrap();
+    assert_eq!(within("with credentials", send.send_request(req)).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        https_get(&edge, &host("allow"), "/").await.0,
+        StatusCode::FORBIDDEN,
+        "127.0.0.1 is not in 10/8"
+    );
+    assert_eq!(https_get(&edge, &host("deny"), "/").await.0, StatusCode::FORBIDDEN, "127/8 is denied");
+    assert!(https_get(&edge, &host("webhook"), "/").await.0.is_client_error(), "an unsigned webhook");
+    let (s, _, body) = https_get(&edge, &host("header"), "/echo").await;
+    assert_eq!(s, StatusCode::OK);
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["headers"]["x-added"], "yes", "{seen}");
+    drop(child.stdin.take());
+    let _ = within("python exits", child.wait()).await;
+}
