@@ -332,3 +332,103 @@ async fn uris_are_absolute_from_the_public_url_or_the_host() {
     let (_, _, page) = plain.api("GET", "/credentials", Some(&plain.api_key), None).await;
     assert_eq!(page["uri"], "http://api.warren.localhost/credentials", "from the Host header");
 }
+
+/// A `PYTHONPATH` holding ngrok's API client (PyPI `ngrok-api`, whose module is also named
+/// `ngrok`, so it lives apart from the SDK), installed under the target directory if needed.
+fn ngrok_api_path() -> String {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-ngrok-api");
+    let dir_s = dir.to_string_lossy().into_owned();
+    let ok = || {
+        std::process::Command::new("python3")
+            .args(["-c", "import ngrok; ngrok.Client"])
+            .env("PYTHONPATH", &dir_s)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ok() {
+        let status = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+                &dir_s,
+                "ngrok-api==0.19.0",
+            ])
+            .status()
+            .expect("python3 with pip is needed for the API client test");
+        assert!(status.success() && ok(), "pip install ngrok-api failed");
+    }
+    dir_s
+}
+
+/// ngrok's official API client pages through every resource it knows and warren serves,
+/// two items a page: each list has more than one page, and the client follows
+/// `next_page_uri` to the end. Before, it stopped at page two ("No scheme supplied").
+#[tokio::test]
+async fn ngroks_api_client_pages_through_every_listable_resource() {
+    let pythonpath = tokio::task::spawn_blocking(ngrok_api_path).await.unwrap();
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    let post = |path: &'static str, body: serde_json::Value| edge.api("POST", path, key, Some(body));
+    let mut expected = std::collections::HashMap::new();
+    // Three of everything (the first start made one authtoken and one key already).
+    for i in 0..3 {
+        post("/credentials", serde_json::json!({"description": format!("c{i}")})).await;
+        post("/api_keys", serde_json::json!({"description": format!("k{i}")})).await;
+        let (_, _, p) = post("/ip_policies", serde_json::json!({"description": format!("p{i}")})).await;
+        post(
+            "/ip_policy_rules",
+            serde_json::json!({"ip_policy_id": p["id"], "cidr": format!("10.{i}.0.0/16"), "action": "allow"}),
+        )
+        .await;
+        post("/ip_restrictions", serde_json::json!({"type": "dashboard", "ip_policy_ids": [p["id"]]})).await;
+        post("/reserved_addrs", serde_json::json!({})).await;
+        post("/reserved_domains", serde_json::json!({"domain": format!("r{i}.warren.localhost")})).await;
+        let (chain, pem_key, _) = TestCa::new("api client test").leaf(&format!("r{i}.warren.localhost"));
+        post("/tls_certificates", serde_json::json!({"certificate_pem": chain, "private_key_pem": pem_key}))
+            .await;
+    }
+    for (res, n) in [
+        ("credentials", 4),
+        ("api_keys", 4),
+        ("ip_policies", 3),
+        ("ip_policy_rules", 3),
+        ("ip_restrictions", 3),
+        ("reserved_addrs", 3),
+        ("reserved_domains", 3),
+        ("tls_certificates", 3),
+        ("tunnel_sessions", 3),
+        ("endpoints", 3),
+        ("tunnels", 3),
+    ] {
+        expected.insert(res.to_owned(), n);
+    }
+    let mut sessions = Vec::new();
+    for i in 0..3 {
+        let raw = RawSession::authenticated(&edge, &edge.authtoken).await;
+        assert!(raw.bind_https("e", &format!("lst{i}.warren.localhost")).await.error.is_empty());
+        sessions.push(raw);
+    }
+    let out = tokio::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ngrok_api_client.py"))
+        .env("PYTHONPATH", &pythonpath)
+        .env("WARREN_API", format!("http://{}", edge.api_addr()))
+        .env("WARREN_API_KEY", &edge.api_key)
+        .output();
+    let out = within("the API client", out).await.expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let mut seen = 0;
+    for line in text.lines() {
+        let parts: Vec<&str> = line.splitn(3, ' ').collect();
+        assert_eq!(parts[0], "LIST", "{line}");
+        let count: usize = parts[2].parse().unwrap();
+        assert_eq!(count, expected[parts[1]], "{} listed in full through every page", parts[1]);
+        seen += 1;
+    }
+    assert_eq!(seen, expected.len(), "{text}");
+}
