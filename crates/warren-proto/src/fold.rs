@@ -7,7 +7,7 @@
 //! The keys of the message that matched no field are collected, so the caller can refuse
 //! what it would otherwise drop.
 
-use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer as _, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// Decodes `value` into `T`, matching struct fields case-insensitively. Returns the message
@@ -50,6 +50,13 @@ impl<'de> de::Deserializer<'de> for Folded<'_> {
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
         match self.value {
+            // Go reads `null` as the zero value: an empty list (ngrok-go sends `"Bindings": null`).
+            Value::Null => visitor.visit_seq(FoldedSeq {
+                items: Vec::new().into_iter(),
+                path: self.path,
+                index: 0,
+                unknown: self.unknown,
+            }),
             Value::Array(items) => {
                 let path = self.path;
                 visitor.visit_seq(FoldedSeq {
@@ -69,7 +76,12 @@ impl<'de> de::Deserializer<'de> for Folded<'_> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        let Value::Object(map) = self.value else { return self.value.deserialize_any(visitor) };
+        let map = match self.value {
+            Value::Object(map) => map,
+            // `null` for an object: all of its fields keep their zero values.
+            Value::Null => Map::new(),
+            other => return other.deserialize_any(visitor),
+        };
         let mut folded = Map::with_capacity(map.len());
         for (key, value) in map {
             let name = match fields.iter().find(|f| f.eq_ignore_ascii_case(&key)) {
@@ -93,9 +105,80 @@ impl<'de> de::Deserializer<'de> for Folded<'_> {
         })
     }
 
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self.value {
+            Value::Null => visitor.visit_str(""),
+            other => other.deserialize_any(visitor),
+        }
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self.value {
+            Value::Null => visitor.visit_bool(false),
+            other => other.deserialize_any(visitor),
+        }
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self.value {
+            Value::Null => Value::Object(Map::new()).deserialize_map(visitor),
+            other => other.deserialize_map(visitor),
+        }
+    }
+
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf unit
-        unit_struct tuple tuple_struct map enum identifier ignored_any
+        char bytes byte_buf unit unit_struct tuple tuple_struct enum identifier ignored_any
+    }
+
+    // Numbers: `null` is zero, as in Go.
+    fn deserialize_i8<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        self.number(v)
+    }
+    fn deserialize_i16<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        self.number(v)
+    }
+    fn deserialize_i32<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        self.number(v)
+    }
+    fn deserialize_i64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        self.number(v)
+    }
+    fn deserialize_i128<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        self.number(v)
+    }
+    fn deserialize_u8<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        self.number(v)
+    }
+    fn deserialize_u16<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        self.number(v)
+    }
+    fn deserialize_u32<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        self.number(v)
+    }
+    fn deserialize_u64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        self.number(v)
+    }
+    fn deserialize_u128<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        self.number(v)
+    }
+    fn deserialize_f32<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        self.number(v)
+    }
+    fn deserialize_f64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        self.number(v)
+    }
+}
+
+impl Folded<'_> {
+    fn number<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, serde_json::Error> {
+        match self.value {
+            Value::Null => visitor.visit_u64(0),
+            other => other.deserialize_any(visitor),
+        }
     }
 }
 
@@ -156,12 +239,12 @@ mod tests {
     fn keys_match_fields_in_any_case_and_the_rest_is_reported() {
         let go = serde_json::json!({
             "Version": ["2"], "ClientId": "",
-            "Extra": {"OS": "linux", "Authtoken": "tok", "Version": "2.3.41", "Fingerprint": null, "LegNumber": 0}
+            "Extra": {"OS": "linux", "Authtoken": "tok", "Version": "2.3.41", "Fingerprint": null, "Teleport": 1}, "Later": true
         });
         let (a, unknown): (Auth, _) = from_value(go).unwrap();
         assert_eq!(a.extra.authtoken.0, "tok");
         assert_eq!(a.extra.os, "linux");
-        assert_eq!(unknown, ["Extra.Fingerprint", "Extra.LegNumber"]);
+        assert_eq!(unknown, ["Later", "Extra.Teleport"]);
         let shouting = serde_json::json!({"VERSION": ["3"], "extra": {"authtoken": "t2", "os": "darwin"}});
         let (a, _): (Auth, _) = from_value(shouting).unwrap();
         assert_eq!(
@@ -175,6 +258,19 @@ mod tests {
         let both = serde_json::json!({"Extra": {"AuthToken": "a", "Authtoken": "b"}});
         let e = from_value::<Auth>(both).unwrap_err().to_string();
         assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn null_is_the_zero_value_as_in_go() {
+        let go = serde_json::json!({"Id": null, "Proto": "https", "Extra": {"Bindings": null, "PoolingEnabled": null, "Name": null}, "Opts": null});
+        let (b, _): (Bind, _) = from_value(go).unwrap();
+        assert!(b.client_id.is_empty() && b.extra.bindings.is_empty() && !b.extra.pooling_enabled);
+        let (a, _): (Auth, _) = from_value(
+            serde_json::json!({"Extra": {"HeartbeatInterval": null, "StopUnsupportedError": null}}),
+        )
+        .unwrap();
+        assert_eq!(a.extra.heartbeat_interval, 0);
+        assert_eq!(a.extra.stop_unsupported_error, None, "an Option stays None");
     }
 
     #[test]
