@@ -272,6 +272,7 @@ fn network_only(
 }
 
 /// What the edge does with a field a client sends.
+#[cfg(test)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Use {
     /// It changes what the edge does (names, security options, policies).
@@ -285,6 +286,7 @@ pub(crate) enum Use {
 /// Every field of every message ngrok's clients send, and what warren does with it (also in
 /// docs/COMPATIBILITY.md). A field added to a message type without a row here fails
 /// `every_field_of_every_message_is_classified`.
+#[cfg(test)]
 pub(crate) const FIELDS: &[(&str, &str, Use)] = &[
     ("Auth", "Version", Use::Acted),
     ("Auth", "ClientId", Use::Acted),
