@@ -61,7 +61,12 @@ pub fn session(data: &[u8]) {
                         let _ = s.close_write(id);
                         open.push(id);
                     }
-                    _ => s.reset(id, ErrorCode::StreamCancelled),
+                    // The application still holds the handle of a stream it reset: its drop
+                    // releases it later.
+                    _ => {
+                        s.reset(id, ErrorCode::StreamCancelled);
+                        open.push(id);
+                    }
                 }
             }
             9 => {

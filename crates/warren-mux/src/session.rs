@@ -476,7 +476,9 @@ impl Session {
     }
 
     fn on_data(&mut self, id: StreamId, chunk: &[u8]) {
-        if let Some(s) = self.streams.get_mut(&id) {
+        // A frame's data arrives in pieces; a stream reset or released between them keeps
+        // nothing of the rest.
+        if let Some(s) = self.streams.get_mut(&id).filter(|s| s.reset.is_none() && !s.released) {
             let was_empty = s.recv_buffered == 0;
             s.recv_buffered += chunk.len();
             self.buffered_total += chunk.len();

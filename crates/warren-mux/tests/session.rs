@@ -1382,6 +1382,23 @@ fn unread_streams_together_hold_at_most_max_buffered() {
     assert_eq!(s.buffered_total(), 0);
 }
 
+/// A frame's data arrives in pieces; when the application resets the stream between two
+/// pieces, the rest of the frame is not kept (found by the `mux_session` fuzzer).
+#[test]
+fn the_rest_of_a_frame_for_a_stream_reset_meanwhile_is_not_kept() {
+    let mut s = Session::new(Role::Server, Config::default());
+    let frame = raw_data(flags::SYN, 1, &[9u8; 1000]);
+    let mut input = BytesMut::from(&frame[..HEADER_LEN + 100]);
+    s.handle_input(&mut input).unwrap();
+    let id = s.accept().unwrap();
+    assert_eq!(s.buffered_total(), 100);
+    s.reset(id, ErrorCode::StreamCancelled);
+    assert_eq!(s.buffered_total(), 0);
+    input.extend_from_slice(&frame[HEADER_LEN + 100..]);
+    s.handle_input(&mut input).unwrap();
+    assert_eq!(s.buffered_total(), 0, "900 bytes kept for a stream nobody will read");
+}
+
 /// An edge starts with tight limits and widens them after Auth: what arrives next follows the
 /// new limits.
 #[test]
