@@ -32,6 +32,9 @@ pub const MAX_STEPS: u64 = 10_000;
 
 /// The name of the charging function; no policy may call it itself.
 pub(crate) const CHARGE: &str = "__warren_charge";
+/// Wraps what a macro iterates: anything but a list or map is an error CEL reports, where
+/// cel 0.11 would panic (`null.all(...)`, from a header that is not there, is the usual case).
+pub(crate) const ITERABLE: &str = "__warren_iterable";
 
 /// A compiled expression: the program as written (for its references and the fast path) and
 /// its metered form (what is evaluated).
@@ -121,6 +124,14 @@ pub(crate) fn spend(steps: u64) -> bool {
     })
 }
 
+/// The iteration guard, registered in every evaluation's context.
+pub(crate) fn iterable(v: Value) -> cel::ResolveResult {
+    match v {
+        Value::List(_) | Value::Map(_) => Ok(v),
+        other => Err(cel::ExecutionError::UnsupportedTargetType { target: other }),
+    }
+}
+
 /// The charging function, registered in every evaluation's context.
 pub(crate) fn charge(v: Value) -> cel::ResolveResult {
     let cost = 1 + match &v {
@@ -163,7 +174,12 @@ fn check(e: &IdedExpr, source: &str) -> Result<(), String> {
         return limit(format!("a string literal of {} bytes, at most {MAX_LITERAL}", shape.longest_literal));
     }
     if shape.calls_charge {
-        return Err(format!("expression {short:?} calls {CHARGE}, which is internal to warren"));
+        return Err(format!("expression {short:?} calls a function internal to warren"));
+    }
+    if shape.has_struct {
+        return Err(format!(
+            "expression {short:?} builds a message (Name{{field: ...}}), which policies cannot"
+        ));
     }
     Ok(())
 }
@@ -175,6 +191,7 @@ struct Shape {
     nesting: usize,
     longest_literal: usize,
     calls_charge: bool,
+    has_struct: bool,
 }
 
 impl Shape {
@@ -191,7 +208,7 @@ impl Shape {
                 }
             }
             Expr::Call(c) => {
-                self.calls_charge |= c.func_name == CHARGE;
+                self.calls_charge |= c.func_name == CHARGE || c.func_name == ITERABLE;
                 if let Some(t) = &c.target {
                     self.walk(t, depth);
                 }
@@ -223,6 +240,7 @@ impl Shape {
             }
             Expr::Select(s) => self.walk(&s.operand, depth),
             Expr::Struct(s) => {
+                self.has_struct = true;
                 for entry in &s.entries {
                     if let cel::common::ast::EntryExpr::StructField(f) = &entry.expr {
                         self.walk(&f.value, depth);
@@ -252,8 +270,13 @@ fn meter(mut e: IdedExpr) -> IdedExpr {
                 id: loop_step.id,
                 expr: Expr::Call(CallExpr { func_name: CHARGE.into(), target: None, args: vec![loop_step] }),
             };
+            let range = meter(c.iter_range);
+            let guarded = IdedExpr {
+                id: range.id,
+                expr: Expr::Call(CallExpr { func_name: ITERABLE.into(), target: None, args: vec![range] }),
+            };
             Expr::Comprehension(Box::new(ComprehensionExpr {
-                iter_range: meter(c.iter_range),
+                iter_range: guarded,
                 accu_init: meter(c.accu_init),
                 loop_cond: meter(c.loop_cond),
                 loop_step: charged,

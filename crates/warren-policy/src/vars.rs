@@ -483,6 +483,7 @@ pub(crate) fn rewrite_helpers(source: &str) -> String {
 
 fn register(ctx: &mut Context<'_>) {
     ctx.add_function(crate::cost::CHARGE, |v: Value| -> cel::ResolveResult { crate::cost::charge(v) });
+    ctx.add_function(crate::cost::ITERABLE, |v: Value| -> cel::ResolveResult { crate::cost::iterable(v) });
     ctx.add_function("inCidrRange", |ip: Arc<String>, cidr: Arc<String>| -> Result<bool, ExecutionError> {
         in_cidr(&ip, &cidr).map_err(|e| ExecutionError::function_error("inCidrRange", e))
     });

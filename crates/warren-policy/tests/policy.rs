@@ -160,11 +160,28 @@ fn invalid_documents_are_refused_naming_the_rule_and_the_problem() {
         "on_http_request:\n  - actions: [{type: verify-webhook, config: {provider: acme-hooks, secret: x}}]\n",
     );
     assert!(e.contains("provider \"acme-hooks\" is not supported"), "{e}");
-    // cel 0.11 panics iterating a null; that is a refusal, not a crash.
+    // cel 0.11 panics iterating anything but a list or map; warren guards every macro, so
+    // iterating a number is refused at Bind like any other type error...
     let e = refused(
-        "on_http_request:\n  - expressions: [\"req.headers['nope'].exists(v, v == 'a')\"]\n    actions: [{type: deny}]\n",
+        "on_http_request:\n  - expressions: [\"(1).all(v, v == 'a')\"]\n    actions: [{type: deny}]\n",
     );
     assert!(e.contains("cannot be evaluated"), "{e}");
+    // ...a message literal (cel 0.11 cannot evaluate them) is refused by its shape...
+    let e = refused("on_http_request:\n  - expressions: [\"Foo{a: 1} == 1\"]\n    actions: [{type: deny}]\n");
+    assert!(e.contains("builds a message"), "{e}");
+    // ...and iterating a header that is not there is no match, as a missing key is.
+    let c = chain(
+        "on_http_request:\n  - expressions: [\"req.headers['x-list'].exists(v, v == 'a')\"]\n    actions: [{type: deny}]\n",
+    );
+    assert_eq!(status(&on_request(&c, "198.51.100.7", &mut request("GET", "/", &[]))), None);
+    assert_eq!(
+        status(&on_request(
+            &c,
+            "198.51.100.7",
+            &mut request("GET", "/", &[("x-list", "b"), ("x-list", "a")])
+        )),
+        Some(403)
+    );
     let e = refused("on_http_request:\n  - actions: [{type: deny, config: {status: 403}}]\n");
     assert!(e.contains("unknown field"), "{e}");
     assert!(matches!(
