@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use warren_store::{Store, Token};
+use warren_store::{Account, Store, Token};
 
 use crate::tls::{self, TlsMaterial};
 use crate::{EdgeConfig, EdgeError};
@@ -16,6 +16,16 @@ pub struct FirstStart {
     pub api_key: Token,
     /// The owner-only file they were also written to.
     pub credentials_file: PathBuf,
+}
+
+/// An account made by [`create_account`]: its first admin's authtoken and API key, shown once.
+pub struct NewAccount {
+    /// The account.
+    pub account: Account,
+    /// The first admin's authtoken.
+    pub authtoken: Token,
+    /// The first admin's API key.
+    pub api_key: Token,
 }
 
 /// An edge's store and TLS material, ready to start.
@@ -32,26 +42,11 @@ pub struct Prepared {
 pub async fn prepare(config: &EdgeConfig) -> Result<Prepared, EdgeError> {
     let dir = &config.data_dir;
     create_private_dir(dir)?;
-    let store = match &config.database_url {
-        Some(url) => Store::open(&url.0).await?,
-        None => Store::open_sqlite(&dir.join("warren.db")).await?,
-    };
+    let store = open_store(config).await?;
     let tls = tls::ensure_local_ca(&dir.join("tls"), &config.certificate_names())?;
     let (account, created) = store.ensure_account("default").await?;
     let first_start = if created {
-        let admin = store.create_user(&account.id, "admin", warren_store::Role::Admin).await?;
-        let new = warren_store::NewCredential {
-            description: "initial authtoken".into(),
-            owner_id: Some(admin.id.clone()),
-            ..Default::default()
-        };
-        let (_, authtoken) = store.create_credential(&account.id, &new).await?;
-        let new = warren_store::NewApiKey {
-            description: "initial admin API key".into(),
-            owner_id: Some(admin.id),
-            ..Default::default()
-        };
-        let (_, api_key) = store.create_api_key(&account.id, &new).await?;
+        let NewAccount { authtoken, api_key, .. } = first_admin(&store, account, "admin").await?;
         let credentials_file = dir.join("credentials.txt");
         let text = format!(
             "# Created by the first `warren edge` start. Shown once; keep this file private.\nauthtoken: {}\napi_key: {}\n",
@@ -63,6 +58,43 @@ pub async fn prepare(config: &EdgeConfig) -> Result<Prepared, EdgeError> {
         None
     };
     Ok(Prepared { store, tls, first_start })
+}
+
+/// Opens the store an edge with `config` uses (creating the SQLite file in the data directory
+/// if needed), for the operator's `warren admin` commands.
+pub async fn open_store(config: &EdgeConfig) -> Result<Store, EdgeError> {
+    Ok(match &config.database_url {
+        Some(url) => Store::open(&url.0).await?,
+        None => {
+            create_private_dir(&config.data_dir)?;
+            Store::open_sqlite(&config.data_dir.join("warren.db")).await?
+        }
+    })
+}
+
+/// Creates a tenant: the account `name`, its first admin user `admin_email`, and an authtoken
+/// and an API key owned by that admin. Accounts see nothing of each other's users, tokens,
+/// keys, reservations or endpoints.
+pub async fn create_account(store: &Store, name: &str, admin_email: &str) -> Result<NewAccount, EdgeError> {
+    let account = store.create_account(name).await?;
+    first_admin(store, account, admin_email).await
+}
+
+async fn first_admin(store: &Store, account: Account, email: &str) -> Result<NewAccount, EdgeError> {
+    let admin = store.create_user(&account.id, email, warren_store::Role::Admin).await?;
+    let new = warren_store::NewCredential {
+        description: "initial authtoken".into(),
+        owner_id: Some(admin.id.clone()),
+        ..Default::default()
+    };
+    let (_, authtoken) = store.create_credential(&account.id, &new).await?;
+    let new = warren_store::NewApiKey {
+        description: "initial admin API key".into(),
+        owner_id: Some(admin.id),
+        ..Default::default()
+    };
+    let (_, api_key) = store.create_api_key(&account.id, &new).await?;
+    Ok(NewAccount { account, authtoken, api_key })
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), EdgeError> {

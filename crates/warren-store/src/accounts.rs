@@ -20,6 +20,32 @@ impl Store {
         });
         Ok((Account { id, name: name.to_owned() }, true))
     }
+
+    /// Creates the account named `name`; [`StoreError::Conflict`] if there is one already.
+    pub async fn create_account(&self, name: &str) -> Result<Account, StoreError> {
+        if name.trim().is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            return Err(StoreError::Invalid(
+                "account name: 1 to 64 characters, no control characters".into(),
+            ));
+        }
+        let id = generate_id("acc");
+        let inserted = with_db!(self.db, pool => {
+            sqlx::query("INSERT INTO accounts (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
+                .bind(&id).bind(name).bind(now_rfc3339()).execute(pool).await?.rows_affected()
+        });
+        if inserted == 0 {
+            return Err(StoreError::Conflict("an account with this name"));
+        }
+        Ok(Account { id, name: name.to_owned() })
+    }
+
+    /// Every account, by name.
+    pub async fn list_accounts(&self) -> Result<Vec<Account>, StoreError> {
+        Ok(with_db!(self.db, pool => {
+            sqlx::query("SELECT id, name FROM accounts ORDER BY name").fetch_all(pool).await?
+                .into_iter().map(|r| Account { id: r.get(0), name: r.get(1) }).collect()
+        }))
+    }
 }
 
 impl Store {

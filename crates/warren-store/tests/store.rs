@@ -50,6 +50,20 @@ where
         .unwrap();
 }
 
+#[tokio::test]
+async fn accounts_are_created_once_by_name_and_listed() {
+    on_both(|s| async move {
+        let acme = s.create_account("acme").await.unwrap();
+        assert!(matches!(s.create_account("acme").await, Err(StoreError::Conflict(_))));
+        for bad in ["", "  ", "tab\there", &"x".repeat(65)] {
+            assert!(matches!(s.create_account(bad).await, Err(StoreError::Invalid(_))), "{bad:?}");
+        }
+        let (default, _) = s.ensure_account("default").await.unwrap();
+        assert_eq!(s.list_accounts().await.unwrap(), [acme, default]);
+    })
+    .await;
+}
+
 async fn account(s: &Store) -> Account {
     let (a, created) = s.ensure_account("default").await.unwrap();
     assert!(created);

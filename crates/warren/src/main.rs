@@ -82,6 +82,12 @@ enum Command {
         #[arg(long = "config", value_name = "FILE")]
         config: Vec<PathBuf>,
     },
+    /// Operator commands on the edge's store (run where the edge's data directory or database
+    /// is reachable): `warren admin accounts create acme --admin-email ops@acme.example`.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// Check or edit the agent config file.
     Config {
         #[command(subcommand)]
@@ -108,6 +114,47 @@ enum Command {
         /// With --crt: require visitors' client certificates signed by these CAs (PEM).
         #[arg(long, requires = "crt")]
         mutual_tls_cas: Option<PathBuf>,
+    },
+}
+
+/// Where an edge keeps its store; `warren admin` opens the same one.
+#[derive(Args)]
+struct StoreArgs {
+    /// Data directory (store, certificates, credentials).
+    #[arg(long, env = "WARREN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keep the store in PostgreSQL (postgres://user:pass@host/db) instead of the SQLite file in
+    /// the data directory.
+    #[arg(long, env = "WARREN_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Accounts (tenants): each has its own users, authtokens, API keys, names and endpoints.
+    Accounts {
+        #[command(subcommand)]
+        action: AccountsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountsAction {
+    /// Create an account with a first admin user, and print that admin's authtoken and API key
+    /// (shown only now).
+    Create {
+        /// The account's name (unique on this edge).
+        name: String,
+        /// The first admin user's email.
+        #[arg(long, default_value = "admin")]
+        admin_email: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List the accounts.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -146,13 +193,8 @@ enum ConfigAction {
 
 #[derive(Args)]
 struct EdgeArgs {
-    /// Data directory (store, certificates, credentials).
-    #[arg(long, env = "WARREN_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Keep the store in PostgreSQL (postgres://user:pass@host/db) instead of the SQLite file in
-    /// the data directory.
-    #[arg(long, env = "WARREN_DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Endpoints get names under this domain (at least two labels).
     #[arg(long, default_value = "warren.localhost")]
     base_domain: String,
@@ -391,6 +433,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Start { names, all, config } => start(names, all, config, console).await,
             Command::Config { action } => config_command(action),
+            Command::Admin { action } => admin(action).await,
             Command::Service { action } => service::run(action),
             Command::Tcp { upstream, agent } => {
                 let ep = EndpointConfig::tcp(&upstream, agent.url.as_deref()).map_err(anyhow::Error::msg)?;
@@ -412,10 +455,9 @@ fn default_data_dir() -> PathBuf {
 
 async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
-    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
-    let mut config = EdgeConfig::local_default(data_dir.clone());
+    let data_dir = args.store.data_dir.clone().unwrap_or_else(default_data_dir);
+    let mut config = store_config(args.store);
     config.base_domain = args.base_domain.to_ascii_lowercase();
-    config.database_url = args.database_url.map(warren_edge::config::DatabaseUrl);
     config.connect_hostnames.extend(args.connect_hostnames);
     config.connect_addr = args.connect_addr;
     config.https_addr = args.https_addr;
@@ -509,6 +551,43 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     shutdown.await;
     eprintln!("shutting down");
     edge.shutdown().await;
+    Ok(())
+}
+
+/// An edge config with only the store's location set.
+fn store_config(args: StoreArgs) -> EdgeConfig {
+    let mut config = EdgeConfig::local_default(args.data_dir.unwrap_or_else(default_data_dir));
+    config.database_url = args.database_url.map(warren_edge::config::DatabaseUrl);
+    config
+}
+
+async fn admin(action: AdminAction) -> anyhow::Result<()> {
+    let AdminAction::Accounts { action } = action;
+    match action {
+        AccountsAction::Create { name, admin_email, store } => {
+            let store = warren_edge::bootstrap::open_store(&store_config(store))
+                .await
+                .context("opening the store")?;
+            let new = warren_edge::bootstrap::create_account(&store, &name, &admin_email)
+                .await
+                .with_context(|| format!("creating account {name:?}"))?;
+            println!(
+                "Created account {} ({}) with admin user {admin_email}.",
+                new.account.name, new.account.id
+            );
+            println!("Its authtoken and API key are shown only now:");
+            println!("  authtoken: {}", new.authtoken.0);
+            println!("  API key:   {}", new.api_key.0);
+        }
+        AccountsAction::List { store } => {
+            let store = warren_edge::bootstrap::open_store(&store_config(store))
+                .await
+                .context("opening the store")?;
+            for a in store.list_accounts().await? {
+                println!("{}\t{}", a.id, a.name);
+            }
+        }
+    }
     Ok(())
 }
 

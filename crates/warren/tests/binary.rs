@@ -423,3 +423,59 @@ fn the_agent_without_a_token_says_what_to_do() {
     let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
     assert_eq!(err.contains("running as root"), root, "{err}");
 }
+
+#[test]
+fn an_operator_creates_a_second_account_that_sees_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let warren = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_warren")).args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let create =
+        ["admin", "accounts", "create", "acme", "--admin-email", "ops@acme.example", "--data-dir", data_s];
+    let (ok, out, err) = warren(&create);
+    assert!(ok, "{err}");
+    let acme_key = after(out.lines().find(|l| l.contains("API key:")).unwrap(), "API key:").to_owned();
+    assert!(acme_key.starts_with("ak_"), "{out}");
+    assert!(out.contains("authtoken:") && out.contains("shown only now"), "{out}");
+    // The same name twice is refused, and nothing new is printed.
+    let (ok, out, err) = warren(&create);
+    assert!(!ok && err.contains("already exists") && !out.contains("API key"), "{out} {err}");
+
+    let mut edge = Proc::spawn(&[
+        "edge",
+        "--data-dir",
+        data_s,
+        "--connect-addr",
+        "127.0.0.1:0",
+        "--https-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--api-addr",
+        "127.0.0.1:0",
+    ]);
+    let api_line = edge.line_with("REST API:");
+    let api_url = after(&api_line, "REST API:").split_whitespace().next().unwrap().to_owned();
+    let default_key = after(&edge.line_with("API key:"), "API key:").to_owned();
+    let emails = |key: &str| -> Vec<String> {
+        let (ok, out, err) = warren(&["api", "users", "list", "--api-url", &api_url, "--api-key", key]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["users"].as_array().unwrap().iter().map(|u| u["email"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(emails(&acme_key), ["ops@acme.example"], "acme sees only its own users");
+    assert_eq!(emails(&default_key), ["admin"], "the default account does not see acme's");
+
+    let (ok, out, err) = warren(&["admin", "accounts", "list", "--data-dir", data_s]);
+    assert!(ok, "{err}");
+    let names: Vec<&str> = out.lines().filter_map(|l| l.split('\t').nth(1)).collect();
+    assert_eq!(names, ["acme", "default"], "{out}");
+    assert!(edge.terminate().success());
+}
