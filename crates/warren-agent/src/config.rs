@@ -397,6 +397,10 @@ pub struct LegacyFlags {
     pub verify_webhook: Option<(String, String)>,
     /// `--oidc ISSUER` and its companion flags.
     pub oidc: Option<OidcFlags>,
+    /// `--compression`.
+    pub compression: bool,
+    /// `--circuit-breaker ERROR_THRESHOLD`.
+    pub circuit_breaker: Option<f64>,
 }
 
 /// ngrok's `--oidc*` flags.
@@ -460,6 +464,8 @@ impl LegacyFlags {
             request_header_remove: self.request_header_remove.clone(),
             response_header_add: pairs(&self.response_header_add, "--response-header-add")?,
             response_header_remove: self.response_header_remove.clone(),
+            compression: self.compression,
+            circuit_breaker: self.circuit_breaker,
             ..warren_policy::legacy::Legacy::default()
         };
         legacy.to_document(http)

@@ -122,15 +122,6 @@ pub(crate) fn http(
     common(bind, unknown, raw_bind)?;
     let o = opts;
     let set = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
-    if set(&o.compression) {
-        return Err(refuse(
-            "Compression",
-            "responses are passed on as the upstream sends them; compress in the upstream",
-        ));
-    }
-    if set(&o.circuit_breaker) {
-        return Err(refuse("CircuitBreaker", "there is no circuit breaker at the edge yet"));
-    }
     if set(&o.oauth) {
         return Err(refuse(
             "OAuth",
@@ -153,6 +144,38 @@ pub(crate) fn http(
         ));
     }
     let mut legacy = Legacy { spelling: Spelling::Bind, ip_policies: ip_policies(bind), ..Legacy::default() };
+    if let Some(c) = o.compression.as_ref().filter(|v| !v.is_null()) {
+        // `{}` turns it on; it has no settings, so anything inside is something we would drop.
+        if let Some((k, _)) = c.as_object().and_then(|m| m.iter().find(|(_, v)| !unset(v))) {
+            return Err(refuse(&format!("Compression.{k}"), "compression has no settings here"));
+        }
+        if !c.is_object() {
+            return Err(refuse("Compression", "turn it on with {}"));
+        }
+        legacy.compression = true;
+    }
+    if let Some(c) = o.circuit_breaker.as_ref().filter(|v| !v.is_null()) {
+        let map =
+            c.as_object().ok_or_else(|| refuse("CircuitBreaker", "expected {\"error_threshold\": 0.5}"))?;
+        let mut threshold = None;
+        for (k, v) in map {
+            if k.eq_ignore_ascii_case("error_threshold") || k.eq_ignore_ascii_case("ErrorThreshold") {
+                threshold = Some(v.as_f64().ok_or_else(|| {
+                    refuse("CircuitBreaker.error_threshold", "it is a number between 0.0 and 1.0")
+                })?);
+            } else if !unset(v) {
+                return Err(refuse(&format!("CircuitBreaker.{k}"), "only error_threshold is read"));
+            }
+        }
+        let t = threshold.ok_or_else(|| refuse("CircuitBreaker", "error_threshold is missing"))?;
+        if !(0.0..=1.0).contains(&t) {
+            return Err(refuse(
+                &format!("CircuitBreaker.error_threshold {t}"),
+                "it is a share of failed requests, between 0.0 and 1.0 (ERR_NGROK_361)",
+            ));
+        }
+        legacy.circuit_breaker = Some(t);
+    }
     if let Some(r) = &o.ip_restriction {
         legacy.cidr_allow = r.allow_cidrs.clone();
         legacy.cidr_deny = r.deny_cidrs.clone();
@@ -334,8 +357,8 @@ pub(crate) const FIELDS: &[(&str, &str, Use)] = &[
     ("HttpOpts", "HostHeaderRewrite", Use::Informational),
     ("HttpOpts", "LocalURLScheme", Use::Informational),
     ("HttpOpts", "ProxyProto", Use::RefusedWhenSet),
-    ("HttpOpts", "Compression", Use::RefusedWhenSet),
-    ("HttpOpts", "CircuitBreaker", Use::RefusedWhenSet),
+    ("HttpOpts", "Compression", Use::Acted),
+    ("HttpOpts", "CircuitBreaker", Use::Acted),
     ("HttpOpts", "IPRestriction", Use::Acted),
     ("HttpOpts", "BasicAuth", Use::Acted),
     ("HttpOpts", "OAuth", Use::RefusedWhenSet),
@@ -440,9 +463,32 @@ mod tests {
             doc.contains("basic-auth") && doc.contains("alice:password123") && doc.contains("restrict-ips"),
             "{doc}"
         );
+        let x = http(
+            &b,
+            &opts(serde_json::json!({"Compression": {}, "CircuitBreaker": {"error_threshold": 0.25}})),
+            &raw,
+            &unknown,
+        )
+        .unwrap();
+        let doc = x.policy.unwrap().to_string();
+        assert!(
+            doc.contains("compress-response") && doc.contains("circuit-breaker") && doc.contains("0.25"),
+            "{doc}"
+        );
         for (o, name) in [
-            (serde_json::json!({"Compression": {}}), "Compression"),
-            (serde_json::json!({"CircuitBreaker": {"error_threshold": 0.5}}), "CircuitBreaker"),
+            (serde_json::json!({"Compression": {"level": 9}}), "Compression.level"),
+            (
+                serde_json::json!({"CircuitBreaker": {"error_threshold": 1.5}}),
+                "CircuitBreaker.error_threshold 1.5",
+            ),
+            (
+                serde_json::json!({"CircuitBreaker": {"error_threshold": "half"}}),
+                "CircuitBreaker.error_threshold",
+            ),
+            (
+                serde_json::json!({"CircuitBreaker": {"error_threshold": 0.5, "tripped": "5s"}}),
+                "CircuitBreaker.tripped",
+            ),
             (serde_json::json!({"OAuth": {"provider": "google"}}), "OAuth"),
             (serde_json::json!({"WebsocketTCPConverter": {}}), "WebsocketTCPConverter"),
             (serde_json::json!({"ProxyProto": 1}), "ProxyProto"),

@@ -203,6 +203,9 @@ pub struct Limits {
     /// Wrong API keys and authtokens one address may present per minute (both together);
     /// then every attempt from it is refused until the minute is over.
     pub max_auth_failures_per_ip: u32,
+    /// Responses `compress-response` compresses at once (each holds an encoder of up to about
+    /// 1 MiB); beyond it, responses pass uncompressed.
+    pub max_compressed_responses: usize,
 }
 
 impl Default for Limits {
@@ -225,6 +228,7 @@ impl Default for Limits {
             max_agent_connections_per_ip: 1_000,
             max_api_connections_per_ip: 64,
             max_auth_failures_per_ip: 20,
+            max_compressed_responses: 1024,
         }
     }
 }

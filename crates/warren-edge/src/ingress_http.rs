@@ -416,11 +416,17 @@ async fn proxy(
         r.into_parts().0
     });
     add_forwarded(&mut parts.headers, visitor, original_host.as_ref());
+    // Circuit breakers the request passed hear how it went, whatever the answer.
+    let tickets = parts.extensions.remove::<warren_policy::CircuitTickets>();
     let resp = match (buffered, body) {
         (Some(bytes), _) => send_buffered(visitor, ep, Request::from_parts(parts, Full::new(bytes))).await,
         (None, Some(body)) => send_streaming(visitor, ep, Request::from_parts(parts, body)).await,
         (None, None) => unreachable!("the body is either buffered or still streaming"),
     };
+    if let Some(t) = tickets {
+        let status = resp.as_ref().map_or(StatusCode::BAD_GATEWAY.as_u16(), |r| r.status().as_u16());
+        t.finish(status, crate::policy::now().1);
+    }
     let mut resp = match resp {
         Ok(r) => r,
         Err(Unreachable::Session) => {
@@ -460,7 +466,17 @@ async fn proxy(
             ep.policy.on_http_response(conn, &ep.info, scheme, sent, &mut res_parts, now, mono);
         crate::policy::write_logs(&ep.url, logs);
         return match verdict {
-            warren_policy::Verdict::Continue => Ok(Response::from_parts(res_parts, body.boxed())),
+            warren_policy::Verdict::Continue => {
+                let compress = res_parts.extensions.remove::<warren_policy::CompressResponse>();
+                let res = Response::from_parts(res_parts, body);
+                Ok(match compress {
+                    Some(c) => {
+                        crate::compress::apply(res, &c.0, &sent.method, &sent.headers, &shared.compressions)
+                            .map(|b| b.boxed())
+                    }
+                    None => res.map(|b| b.boxed()),
+                })
+            }
             // The upstream's body is dropped unread; the agent's stream is reset with it.
             warren_policy::Verdict::Respond(r) => {
                 Ok(r.map(|b| Full::new(b).map_err(|never| match never {}).boxed()))

@@ -31,6 +31,7 @@ pub mod api;
 mod bind_options;
 pub mod bootstrap;
 mod client_addr;
+mod compress;
 pub mod config;
 mod conn_limit;
 mod deadline;
@@ -129,6 +130,8 @@ pub(crate) struct Shared {
     pub(crate) acme_wake: tokio::sync::Notify,
     /// Keys for `jwt-validation`, by JWKS URL.
     pub(crate) idp: idp::IdpCache,
+    /// Encoders `compress-response` may hold at once.
+    pub(crate) compressions: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -280,6 +283,7 @@ impl Edge {
                 loopback: config.idp_allow_loopback_http,
                 private: config.idp_allow_private_networks,
             }),
+            compressions: Arc::new(tokio::sync::Semaphore::new(config.limits.max_compressed_responses)),
             store,
             config,
             shutdown: rx,

@@ -9,6 +9,7 @@ use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::Value as Json;
 
+use crate::breaker::{Breaker, CircuitTicket};
 use crate::ratelimit::SlidingWindow;
 use crate::vars::{Cidr, Needs};
 use crate::{CompileEnv, LogEntry, Phase, Run, Verdict, compile_expr};
@@ -63,6 +64,11 @@ pub(crate) enum Action {
     },
     JwtValidation(Box<crate::jwt::Validator>),
     OpenidConnect(std::sync::Arc<crate::oidc::Oidc>),
+    CircuitBreaker {
+        breaker: std::sync::Arc<Breaker>,
+        enforce: bool,
+    },
+    CompressResponse(Vec<crate::Encoding>),
 }
 
 /// Header and URI changes a rule made, applied after it ran.
@@ -71,11 +77,23 @@ pub(crate) struct Changes {
     pub(crate) remove: Vec<HeaderName>,
     pub(crate) add: Vec<(HeaderName, HeaderValue)>,
     uri: Option<http::Uri>,
+    /// Circuit breakers the request passed: their outcome is reported by the caller.
+    tickets: Vec<CircuitTicket>,
+    compress: Option<Vec<crate::Encoding>>,
 }
 
 impl Changes {
     pub(crate) fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.add.is_empty() && self.uri.is_none()
+        self.remove.is_empty()
+            && self.add.is_empty()
+            && self.uri.is_none()
+            && self.tickets.is_empty()
+            && self.compress.is_none()
+    }
+
+    /// True when the message the rules see changed (not only what the caller is told).
+    pub(crate) fn changes_message(&self) -> bool {
+        !self.remove.is_empty() || !self.add.is_empty() || self.uri.is_some()
     }
 
     pub(crate) fn apply_request(self, req: &mut http::request::Parts) {
@@ -88,6 +106,14 @@ impl Changes {
         if let Some(u) = self.uri {
             req.uri = u;
         }
+        if !self.tickets.is_empty() {
+            match req.extensions.get_mut::<crate::CircuitTickets>() {
+                Some(t) => t.0.extend(self.tickets),
+                None => {
+                    req.extensions.insert(crate::CircuitTickets(self.tickets));
+                }
+            }
+        }
     }
 
     pub(crate) fn apply_response(self, res: &mut http::response::Parts) {
@@ -96,6 +122,10 @@ impl Changes {
         }
         for (n, v) in self.add {
             res.headers.append(n, v);
+        }
+        // A later compress-response replaces an earlier one.
+        if let Some(c) = self.compress {
+            res.extensions.insert(crate::CompressResponse(c));
         }
     }
 }
@@ -290,8 +320,41 @@ struct LogConfig {
     metadata: serde_json::Map<String, Json>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CircuitBreakerConfig {
+    #[serde(default)]
+    error_threshold: Option<f64>,
+    #[serde(default)]
+    volume_threshold: Option<u64>,
+    #[serde(default)]
+    window_duration: Option<String>,
+    #[serde(default)]
+    tripped_duration: Option<String>,
+    #[serde(default)]
+    num_buckets: Option<u64>,
+    #[serde(default = "yes")]
+    enforce: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompressResponseConfig {
+    #[serde(default)]
+    algorithms: Option<Vec<String>>,
+}
+
 fn yes() -> bool {
     true
+}
+
+/// A duration setting of 1 s to 2 min (the circuit breaker's).
+fn breaker_duration(name: &str, given: Option<&str>) -> Result<Duration, String> {
+    let d = given.map(parse_duration).transpose()?.unwrap_or(Duration::from_secs(10));
+    if !(Duration::from_secs(1)..=Duration::from_secs(120)).contains(&d) {
+        return Err(format!("{name} must be between 1s and 2m"));
+    }
+    Ok(d)
 }
 
 fn config<T: serde::de::DeserializeOwned>(v: &Json) -> Result<T, String> {
@@ -507,6 +570,59 @@ impl Action {
                 let o = crate::oidc::Oidc::compile(c, &env.oidc, env.cookie_secret.as_ref())?;
                 Action::OpenidConnect(std::sync::Arc::new(o))
             }
+            "circuit-breaker" => {
+                only_in(kind, phase, &[HttpRequest])?;
+                let c: CircuitBreakerConfig = config(&doc.config)?;
+                let error_threshold = c.error_threshold.unwrap_or(0.5);
+                if !(0.0..=1.0).contains(&error_threshold) {
+                    return Err(format!(
+                        "error_threshold must be between 0.0 and 1.0, not {error_threshold}"
+                    ));
+                }
+                let volume_threshold = c.volume_threshold.unwrap_or(10);
+                if !(1..=2_000_000_000).contains(&volume_threshold) {
+                    return Err("volume_threshold must be between 1 and 2000000000".into());
+                }
+                if c.num_buckets.is_some_and(|n| n != u64::from(crate::breaker::BUCKETS)) {
+                    return Err(format!("num_buckets is fixed at {}", crate::breaker::BUCKETS));
+                }
+                let settings = crate::breaker::Settings {
+                    error_threshold,
+                    volume_threshold,
+                    window: breaker_duration("window_duration", c.window_duration.as_deref())?,
+                    tripped: breaker_duration("tripped_duration", c.tripped_duration.as_deref())?,
+                };
+                Action::CircuitBreaker {
+                    breaker: std::sync::Arc::new(Breaker::new(settings)),
+                    enforce: c.enforce,
+                }
+            }
+            "compress-response" => {
+                only_in(kind, phase, &[HttpResponse])?;
+                let c: CompressResponseConfig = config(&doc.config)?;
+                let names =
+                    c.algorithms.unwrap_or_else(|| vec!["gzip".into(), "deflate".into(), "br".into()]);
+                if names.is_empty() {
+                    return Err("algorithms is empty; leave it out for gzip, deflate and br".into());
+                }
+                let mut list = Vec::new();
+                for n in &names {
+                    let e = match n.as_str() {
+                        "gzip" => crate::Encoding::Gzip,
+                        "deflate" => crate::Encoding::Deflate,
+                        "br" => crate::Encoding::Br,
+                        "compress" => {
+                            return Err("algorithm \"compress\" (LZW) is not supported by warren, and no current browser asks for it; list gzip, deflate or br".into());
+                        }
+                        other => return Err(format!("unknown algorithm {other:?}; use gzip, deflate or br")),
+                    };
+                    if list.contains(&e) {
+                        return Err(format!("algorithm {n:?} is listed twice"));
+                    }
+                    list.push(e);
+                }
+                Action::CompressResponse(list)
+            }
             "oauth" | "saml" => {
                 return Err(format!(
                     "{kind} is not supported by warren yet; the endpoint is refused rather than left unprotected"
@@ -648,6 +764,39 @@ impl Action {
             }
             Action::RemoveHeaders(names) => {
                 changes.as_mut()?.remove.extend(names.iter().cloned());
+                None
+            }
+            Action::CircuitBreaker { breaker, enforce } => {
+                let ch = changes.as_mut()?;
+                if !*enforce {
+                    return None;
+                }
+                match breaker.admit(mono) {
+                    Ok(ticket) => {
+                        ch.tickets.push(ticket);
+                        None
+                    }
+                    Err(crate::breaker::Refused(wait)) => {
+                        run.logs.push(LogEntry {
+                            rule: rule.to_owned(),
+                            metadata: note("circuit-breaker", "open: request refused"),
+                        });
+                        let mut r = http::Response::new(Bytes::from_static(
+                            b"The upstream of this endpoint failed too often recently, so its circuit breaker is refusing requests for a while.\n\nERR_NGROK_3202\n",
+                        ));
+                        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                        r.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            HeaderValue::from_static("text/plain; charset=utf-8"),
+                        );
+                        r.headers_mut()
+                            .insert(http::header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+                        Some(Verdict::Respond(r))
+                    }
+                }
+            }
+            Action::CompressResponse(list) => {
+                changes.as_mut()?.compress = Some(list.clone());
                 None
             }
             Action::UrlRewrite { from, to } => {

@@ -33,6 +33,10 @@ pub struct Legacy {
     pub user_agent_allow: Vec<String>,
     /// User-Agent regular expressions that are refused.
     pub user_agent_deny: Vec<String>,
+    /// Compress responses (gzip, deflate or br, as the visitor accepts).
+    pub compression: bool,
+    /// Refuse requests (503) while this share of recent answers were errors.
+    pub circuit_breaker: Option<f64>,
     /// Where the option came from, for rule names (`--basic-auth` or `BasicAuth`).
     pub spelling: Spelling,
 }
@@ -92,12 +96,25 @@ impl Legacy {
             || !self.response_header_add.is_empty()
             || !self.response_header_remove.is_empty()
             || !self.user_agent_allow.is_empty()
-            || !self.user_agent_deny.is_empty();
+            || !self.user_agent_deny.is_empty()
+            || self.compression
+            || self.circuit_breaker.is_some();
         if http_only && !http {
             return Err(match self.spelling {
-                Spelling::Flags => "--basic-auth, --oidc and the header flags are for http endpoints".into(),
-                Spelling::Bind => "basic auth, OIDC, webhook verification, header and user-agent options are for http endpoints".into(),
+                Spelling::Flags => "--basic-auth, --oidc, --compression, --circuit-breaker and the header flags are for http endpoints".into(),
+                Spelling::Bind => "basic auth, OIDC, webhook verification, header, user-agent, compression and circuit breaker options are for http endpoints".into(),
             });
+        }
+        // ngrok applies the circuit breaker before the other modules: an open circuit refuses
+        // a request before anything else is spent on it.
+        if let Some(t) = self.circuit_breaker {
+            if !(0.0..=1.0).contains(&t) {
+                return Err(format!(
+                    "{}: the error threshold must be between 0.0 and 1.0, not {t}",
+                    self.name("--circuit-breaker", "CircuitBreaker")
+                ));
+            }
+            request.push(json!({ "name": self.name("--circuit-breaker", "CircuitBreaker"), "actions": [{ "type": "circuit-breaker", "config": { "error_threshold": t } }] }));
         }
         if let Some((provider, secret)) = &self.verify_webhook {
             request.push(json!({ "name": self.name("--verify-webhook", "WebhookVerification"), "actions": [{ "type": "verify-webhook", "config": { "provider": provider, "secret": secret } }] }));
@@ -127,6 +144,9 @@ impl Legacy {
         }
         if !self.response_header_add.is_empty() {
             response.push(json!({ "name": self.name("--response-header-add", "ResponseHeaders.add"), "actions": [{ "type": "add-headers", "config": { "headers": headers(&self.response_header_add) } }] }));
+        }
+        if self.compression {
+            response.push(json!({ "name": self.name("--compression", "Compression"), "actions": [{ "type": "compress-response", "config": {} }] }));
         }
         if first.is_empty() && request.is_empty() && response.is_empty() {
             return Ok(None);
@@ -236,13 +256,22 @@ mod tests {
             request_header_add: vec![("x-added".into(), "yes".into())],
             response_header_remove: vec!["server".into()],
             user_agent_deny: vec!["(?i)badbot".into()],
+            compression: true,
+            circuit_breaker: Some(0.5),
             spelling: Spelling::Bind,
             ..Legacy::default()
         };
         let doc = l.to_document(true).unwrap().unwrap();
-        let names: Vec<&str> =
-            doc["on_http_request"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["IPRestriction", "BasicAuth", "UserAgentFilter", "RequestHeaders.add"]);
+        let names = |phase: &str| -> Vec<String> {
+            doc[phase].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_owned()).collect()
+        };
+        assert_eq!(
+            names("on_http_request"),
+            ["IPRestriction", "CircuitBreaker", "BasicAuth", "UserAgentFilter", "RequestHeaders.add"]
+        );
+        assert_eq!(names("on_http_response"), ["ResponseHeaders.remove", "Compression"]);
+        let wide = Legacy { circuit_breaker: Some(1.5), ..Legacy::default() };
+        assert!(wide.to_document(true).unwrap_err().contains("between 0.0 and 1.0"));
         let text = doc.to_string();
         crate::Policy::from_text(&text, "https", &crate::CompileEnv::default()).unwrap();
         assert!(l.to_document(false).unwrap_err().contains("for http endpoints"));

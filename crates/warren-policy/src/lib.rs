@@ -21,6 +21,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 
 mod actions;
+mod breaker;
 pub mod cost;
 pub mod document;
 mod fast;
@@ -33,6 +34,7 @@ mod ratelimit;
 mod vars;
 pub mod webhook;
 
+pub use breaker::{CircuitTicket, CircuitTickets};
 pub use document::Document;
 pub use jwt::Jwks;
 pub use vars::{Cidr, ClientCertInfo, Conn, EndpointInfo, TlsInfo};
@@ -93,6 +95,34 @@ pub enum Verdict {
     /// and answers with what [`oidc::TokenRequest::finish`] makes of the reply.
     Exchange(Box<oidc::TokenRequest>),
 }
+
+/// A content coding `compress-response` may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// `gzip`.
+    Gzip,
+    /// `deflate` (the zlib format, as HTTP means it).
+    Deflate,
+    /// `br` (Brotli).
+    Br,
+}
+
+impl Encoding {
+    /// Its `Content-Encoding` token.
+    pub fn token(self) -> &'static str {
+        match self {
+            Encoding::Gzip => "gzip",
+            Encoding::Deflate => "deflate",
+            Encoding::Br => "br",
+        }
+    }
+}
+
+/// What `compress-response` asks of the caller, in the response's extensions after
+/// `on_http_response`: compress the body with the one of these the visitor prefers, when the
+/// visitor accepts one and the upstream did not encode the body already.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompressResponse(pub Vec<Encoding>);
 
 /// Compares secrets in constant time.
 pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
@@ -639,8 +669,11 @@ impl Chain {
                     (verdict, changes.unwrap_or_default(), run.logs)
                 };
                 if !changes.is_empty() {
+                    let rebuild = changes.changes_message();
                     changes.apply_request(req);
-                    vars = Vars::default();
+                    if rebuild {
+                        vars = Vars::default();
+                    }
                 }
                 logs.append(&mut l);
                 if let Some(v) = verdict {
@@ -705,8 +738,11 @@ impl Chain {
                     (verdict, changes.unwrap_or_default(), run.logs)
                 };
                 if !changes.is_empty() {
+                    let rebuild = changes.changes_message();
                     changes.apply_response(res);
-                    vars = Vars::default();
+                    if rebuild {
+                        vars = Vars::default();
+                    }
                 }
                 logs.append(&mut l);
                 if let Some(v) = verdict {

@@ -633,6 +633,10 @@ async fn upstream_handle(req: Request<Incoming>) -> Result<Response<Body>, Infal
         let n: u64 = n.parse().unwrap_or(0);
         return Ok(Response::builder().header("content-length", n).body(pattern_body(n)).unwrap());
     }
+    if let Some(code) = path.strip_prefix("/status/").and_then(|c| StatusCode::from_bytes(c.as_bytes()).ok())
+    {
+        return Ok(Response::builder().status(code).body(full(format!("upstream answered {code}"))).unwrap());
+    }
     Ok(Response::new(full("hello from upstream")))
 }
 

@@ -111,7 +111,7 @@ async fn the_python_sdks_endpoint_options_are_enforced_or_refused() {
         .expect("python3");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut results = std::collections::HashMap::new();
-    for _ in 0..6 {
+    for _ in 0..8 {
         let line = within("python peer output", lines.next_line()).await.unwrap().expect("a line");
         let mut parts = line.splitn(3, ' ');
         let (verdict, name, rest) = (
@@ -125,7 +125,7 @@ async fn the_python_sdks_endpoint_options_are_enforced_or_refused() {
         let (v, rest) = &results[name];
         assert_eq!(v, "BOUND", "{name}: {rest}");
     };
-    for name in ["basic", "allow", "deny", "webhook", "header"] {
+    for name in ["basic", "allow", "deny", "webhook", "header", "gzip", "breaker"] {
         bound(name);
     }
     let (v, why) = &results["oauth"];
@@ -155,6 +155,32 @@ async fn the_python_sdks_endpoint_options_are_enforced_or_refused() {
     assert_eq!(s, StatusCode::OK);
     let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(seen["headers"]["x-added"], "yes", "{seen}");
+
+    // compression(): brotli for a visitor that prefers it.
+    let tls = tls_connect(edge.https_addr(), &host("gzip"), &edge.ca_pem, &[b"http/1.1"]).await;
+    let mut send = http1(tls).await;
+    let req = hyper::Request::get("/echo")
+        .header("host", host("gzip"))
+        .header("accept-encoding", "gzip;q=0.5, br")
+        .body(empty())
+        .unwrap();
+    let res = within("compressed", send.send_request(req)).await.unwrap();
+    assert_eq!(res.headers()["content-encoding"], "br");
+    let bytes = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut brotli::Decompressor::new(&bytes[..], 4096), &mut text).unwrap();
+    let seen: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(seen["headers"]["accept-encoding"], "gzip;q=0.5, br", "{seen}");
+
+    // circuit_breaker(0.5): ten failures from the upstream, then the edge answers itself.
+    let before = up.requests.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..10 {
+        assert_eq!(https_get(&edge, &host("breaker"), "/status/502").await.0, StatusCode::BAD_GATEWAY);
+    }
+    let (s, _, body) = https_get(&edge, &host("breaker"), "/status/200").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("ERR_NGROK_3202"), "{body}");
+    assert_eq!(up.requests.load(std::sync::atomic::Ordering::SeqCst) - before, 10);
     drop(child.stdin.take());
     let _ = within("python exits", child.wait()).await;
 }

@@ -347,6 +347,92 @@ async fn the_sdks_endpoint_options_are_enforced_at_the_edge() {
     assert!(s.is_client_error(), "an unsigned webhook is refused: {s}");
 }
 
+/// `compression()` compresses what the visitor accepts (and nothing for a visitor that accepts
+/// nothing); `circuit_breaker(0.5)` answers 503 without reaching the upstream once half of
+/// the last 10 requests failed.
+#[tokio::test]
+async fn the_sdks_compression_and_circuit_breaker_act_at_the_edge() {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let edge = TestEdge::start().await;
+    let sess = within("sdk connect", sdk_session(&edge, &edge.authtoken)).await.expect("SDK session");
+    let gz = sess.http_endpoint().domain("opt-gz.warren.localhost").compression().listen().await.unwrap();
+    serve_echo(gz);
+    let (s, h, plain) = get_with(&edge, "opt-gz.warren.localhost", &[("x-long", &"a".repeat(2000))]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!h.contains_key("content-encoding"), "no Accept-Encoding, no compression");
+    let (s, h, bytes) = get_bytes(
+        &edge,
+        "opt-gz.warren.localhost",
+        &[("x-long", &"a".repeat(2000)), ("accept-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["content-encoding"], "gzip");
+    assert!(bytes.len() < plain.len() / 4, "{} of {}", bytes.len(), plain.len());
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("seen ") && text.contains(&"a".repeat(2000)), "{text}");
+    assert_eq!(text.len(), plain.len() + "accept-encoding=gzip ".len());
+
+    let failing =
+        sess.http_endpoint().domain("opt-cb.warren.localhost").circuit_breaker(0.5).listen().await.unwrap();
+    let reached = std::sync::Arc::new(AtomicUsize::new(0));
+    serve_status(failing, 500, reached.clone());
+    for i in 0..10 {
+        let (s, _, _) = get_with(&edge, "opt-cb.warren.localhost", &[]).await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "request {i} reaches the upstream");
+    }
+    let (s, h, body) = get_with(&edge, "opt-cb.warren.localhost", &[]).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("ERR_NGROK_3202") && h.contains_key("retry-after"), "{body}");
+    assert_eq!(reached.load(Ordering::SeqCst), 10, "the open breaker kept the request from the upstream");
+}
+
+/// A GET like [`get_with`] that returns the body's bytes as they came.
+async fn get_bytes(
+    edge: &TestEdge,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, hyper::HeaderMap, Vec<u8>) {
+    let tls = tls_connect(edge.https_addr(), host, &edge.ca_pem, &[b"http/1.1"]).await;
+    let mut send = http1(tls).await;
+    let mut req = hyper::Request::get("/").header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = within("answer", send.send_request(req.body(empty()).unwrap())).await.unwrap();
+    let (parts, body) = res.into_parts();
+    let bytes = http_body_util::BodyExt::collect(body).await.unwrap().to_bytes().to_vec();
+    (parts.status, parts.headers, bytes)
+}
+
+/// Answers every request on `tunnel` with `status`, counting them.
+fn serve_status(
+    mut tunnel: ngrok::tunnel::HttpTunnel,
+    status: u16,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    tokio::spawn(async move {
+        while let Ok(Some(conn)) = tunnel.try_next().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        let mut res = hyper::Response::new(full("upstream failed".to_owned()));
+                        *res.status_mut() = StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(res)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(conn), svc)
+                    .await;
+            });
+        }
+    });
+}
+
 /// Options the edge cannot honour refuse the Bind, naming the option and what to use instead.
 #[tokio::test]
 async fn sdk_options_the_edge_cannot_honour_are_refused_by_name() {
@@ -361,24 +447,17 @@ async fn sdk_options_the_edge_cannot_honour_are_refused_by_name() {
         .err()
         .expect("refused");
     assert!(err.to_string().contains("OAuth") && err.to_string().contains("OIDC"), "{err}");
-    let err = sess
-        .http_endpoint()
-        .domain("opt-c.warren.localhost")
-        .compression()
-        .listen()
-        .await
-        .err()
-        .expect("refused");
-    assert!(err.to_string().contains("Compression"), "{err}");
+    // A ratio out of range is refused with the field named; it never becomes a breaker that
+    // trips on every request, nor none at all.
     let err = sess
         .http_endpoint()
         .domain("opt-cb.warren.localhost")
-        .circuit_breaker(0.5)
+        .circuit_breaker(1.5)
         .listen()
         .await
         .err()
         .expect("refused");
-    assert!(err.to_string().contains("CircuitBreaker"), "{err}");
+    assert!(err.to_string().contains("CircuitBreaker.error_threshold 1.5"), "{err}");
     let err = sess
         .http_endpoint()
         .domain("opt-pool.warren.localhost")

@@ -1015,3 +1015,120 @@ async fn identity_provider_fetches_reach_no_internal_address_and_tell_nothing_ab
     }
     assert_eq!(messages[0], messages[1], "open and closed ports look alike");
 }
+
+/// A request through the tunnel, with the body's bytes as they came (compressed ones too).
+async fn get_bytes(
+    edge: &TestEdge,
+    name: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, hyper::HeaderMap, Vec<u8>) {
+    let host = format!("{name}.warren.localhost");
+    let tls = tls_connect(edge.https_addr(), &host, &edge.ca_pem, &[b"http/1.1"]).await;
+    let mut send = http1(tls).await;
+    let mut b = Request::get(path).header("host", &host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let res = within("response", send.send_request(b.body(empty()).unwrap())).await.expect("response");
+    let (parts, body) = res.into_parts();
+    (parts.status, parts.headers, http_body_util::BodyExt::collect(body).await.unwrap().to_bytes().to_vec())
+}
+
+fn gunzip(bytes: &[u8]) -> String {
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(bytes), &mut s).expect("gzip");
+    s
+}
+
+/// `compress-response` compresses what its rule matches with what the visitor prefers among
+/// the listed algorithms; `circuit-breaker` refuses requests without reaching the upstream
+/// once enough of them failed; ngrok's `--compression` flag is the same rule. Values the edge
+/// cannot act on refuse the Bind with the field named.
+#[tokio::test]
+async fn compress_response_and_circuit_breaker_act_and_bad_values_are_refused() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let doc = r#"
+on_http_response:
+  - expressions: ["res.headers['content-type'].exists(t, t.startsWith('application/json'))"]
+    actions:
+      - type: compress-response
+        config: {algorithms: [br, gzip]}
+"#;
+    let _agent = with_policy(&edge, &up, "squeeze", doc).await.expect("bound");
+    let long = "x".repeat(3000);
+    let (s, h, bytes) =
+        get_bytes(&edge, "squeeze", "/echo", &[("accept-encoding", "gzip"), ("x-long", &long)]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["content-encoding"], "gzip", "br is preferred but not accepted");
+    assert_eq!(h["vary"], "accept-encoding");
+    assert!(bytes.len() < 1000, "{} bytes", bytes.len());
+    assert_eq!(json(&gunzip(&bytes))["headers"]["x-long"], long.as_str());
+    let (_, h, _) = get_bytes(&edge, "squeeze", "/echo", &[("accept-encoding", "gzip, br")]).await;
+    assert_eq!(h["content-encoding"], "br", "equal q-values: the policy's order");
+    let (_, h, body) = get_bytes(&edge, "squeeze", "/", &[("accept-encoding", "gzip")]).await;
+    assert!(h.get("content-encoding").is_none(), "the rule matches JSON only");
+    assert_eq!(body, b"hello from upstream");
+
+    // Two failures in four requests reach the threshold: the fifth is refused at the edge.
+    let doc = r#"
+on_http_request:
+  - actions:
+      - type: circuit-breaker
+        config: {error_threshold: 0.5, volume_threshold: 4, tripped_duration: 1m}
+"#;
+    let _fuse = with_policy(&edge, &up, "fuse", doc).await.expect("bound");
+    let before = up.requests.load(Ordering::SeqCst);
+    for path in ["/status/500", "/echo", "/status/503", "/echo"] {
+        get_bytes(&edge, "fuse", path, &[]).await;
+    }
+    let (s, h, body) = get_bytes(&edge, "fuse", "/echo", &[]).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&body).contains("ERR_NGROK_3202"));
+    let wait: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((50..=60).contains(&wait), "retry after {wait}s of a 1m trip");
+    assert_eq!(
+        up.requests.load(Ordering::SeqCst) - before,
+        4,
+        "the refused request never reached the upstream"
+    );
+
+    // ngrok's --compression flag.
+    let mut ep = EndpointConfig::http(&up.url(), Some("https://zipflag.warren.localhost")).unwrap();
+    let flags = warren_agent::config::LegacyFlags { compression: true, ..Default::default() };
+    ep.prepend_policy(flags.rules(true).unwrap().unwrap()).unwrap();
+    let mut flagged = Agent::start(edge.agent_with(ep));
+    within("bind", flagged.wait_online()).await.expect("bound");
+    let (_, h, bytes) = get_bytes(&edge, "zipflag", "/", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(h["content-encoding"], "gzip");
+    assert_eq!(gunzip(&bytes), "hello from upstream");
+
+    for (doc, field) in [
+        (
+            r#"{"on_http_response":[{"actions":[{"type":"compress-response","config":{"algorithms":["compress"]}}]}]}"#,
+            "compress",
+        ),
+        (
+            r#"{"on_http_response":[{"actions":[{"type":"compress-response","config":{"algorithms":["zstd"]}}]}]}"#,
+            "zstd",
+        ),
+        (r#"{"on_http_request":[{"actions":[{"type":"compress-response"}]}]}"#, "on_http_response only"),
+        (
+            r#"{"on_http_request":[{"actions":[{"type":"circuit-breaker","config":{"error_threshold":1.5}}]}]}"#,
+            "error_threshold",
+        ),
+        (
+            r#"{"on_http_request":[{"actions":[{"type":"circuit-breaker","config":{"window_duration":"10m"}}]}]}"#,
+            "window_duration",
+        ),
+        (
+            r#"{"on_http_request":[{"actions":[{"type":"circuit-breaker","config":{"num_buckets":20}}]}]}"#,
+            "num_buckets",
+        ),
+        (r#"{"on_http_request":[{"actions":[{"type":"circuit-breaker","config":{"ratio":0.5}}]}]}"#, "ratio"),
+    ] {
+        let err = with_policy(&edge, &up, "refused", doc).await.err().expect("refused");
+        assert!(err.to_string().contains(field), "{doc}: {err}");
+    }
+}

@@ -330,6 +330,14 @@ struct AgentArgs {
     /// Remove a header from responses (repeat).
     #[arg(long, value_name = "NAME")]
     response_header_remove: Vec<String>,
+    /// Compress responses (gzip, deflate or br, as the visitor accepts). Becomes a
+    /// compress-response rule.
+    #[arg(long)]
+    compression: bool,
+    /// Refuse requests with 503 for a while when this share (0.0 to 1.0) of recent answers
+    /// were errors. Becomes a circuit-breaker rule.
+    #[arg(long, value_name = "ERROR_THRESHOLD")]
+    circuit_breaker: Option<f64>,
     /// Require visitors to sign in with this OpenID Connect provider (its issuer URL); needs
     /// --oidc-client-id. Becomes an openid-connect rule.
     #[arg(long, value_name = "ISSUER", requires = "oidc_client_id")]
@@ -618,6 +626,8 @@ async fn run_agent(args: AgentArgs, mut endpoint: EndpointConfig, console: bool)
         response_header_add: args.response_header_add.clone(),
         response_header_remove: args.response_header_remove.clone(),
         verify_webhook: args.verify_webhook.clone().zip(args.verify_webhook_secret.clone()),
+        compression: args.compression,
+        circuit_breaker: args.circuit_breaker,
         oidc: args.oidc.clone().map(|issuer| warren_agent::config::OidcFlags {
             issuer,
             client_id: args.oidc_client_id.clone().unwrap_or_default(),

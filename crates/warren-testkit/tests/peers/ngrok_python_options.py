@@ -1,6 +1,6 @@
 """The PyPI `ngrok` SDK's endpoint options against warren: each of the options the outside
-review tried (basic auth, allow/deny CIDR, OAuth, webhook verification, a request header)
-is bound with it and the result printed: `BOUND <name> <url>` or `REFUSED <name> <error>`.
+review tried (basic auth, allow/deny CIDR, OAuth, webhook verification, a request header),
+and compression and the circuit breaker, is bound with it and the result printed: `BOUND <name> <url>` or `REFUSED <name> <error>`.
 
 Environment: WARREN_CONNECT (host:port), WARREN_CA (PEM path), WARREN_TOKEN, HTTP_UPSTREAM
 (host:port). Keeps the session open until stdin closes.
@@ -31,6 +31,8 @@ async def main():
         ("oauth", lambda b: b.oauth("google")),
         ("webhook", lambda b: b.webhook_verification("github", "s3cret")),
         ("header", lambda b: b.request_header("X-Added", "yes")),
+        ("gzip", lambda b: b.compression()),
+        ("breaker", lambda b: b.circuit_breaker(0.5)),
     ]
     for name, option in cases:
         builder = session.http_endpoint().domain("py-%s.warren.localhost" % name)
