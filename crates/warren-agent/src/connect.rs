@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use warren_mux::{ErrorCode, Mux, Role, Stream};
@@ -82,7 +82,6 @@ pub(crate) async fn run(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 /// What a reconnect presents to take the previous session over at once: its id and the
 /// cookie the edge gave it.
 #[derive(Default)]
@@ -91,6 +90,7 @@ struct Resume {
     cookie: proto::Secret,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     shared: &Arc<Shared>,
     control: &mut mpsc::Receiver<Control>,
@@ -145,7 +145,8 @@ async fn session(
             ..Default::default()
         },
     };
-    let resp: proto::AuthResp = match rpc(&mux, StreamType::Auth, &auth, config.connect_timeout).await {
+    let resp: proto::AuthResp = match rpc(&mux, StreamType::Auth, "Auth", &auth, config.connect_timeout).await
+    {
         Ok(r) => r,
         Err(e) => {
             close("auth failed");
@@ -171,8 +172,9 @@ async fn session(
         if let Err(msg) = bind(&mux, config, &ep).await {
             close("bind failed");
             // On the first connect a refusal is the user's to fix; after that, an endpoint
-            // held by our own dying session frees up, so keep trying.
-            return if ever_online {
+            // held by our own dying session frees up, so keep trying. An edge that could not
+            // decide (its store failed) is asked again either way.
+            return if ever_online || msg.contains(codes::UNAVAILABLE) {
                 (Ended::Retry(msg), false)
             } else {
                 (Ended::Fatal(AgentError::Bind(msg)), false)
@@ -245,21 +247,30 @@ async fn session(
 /// Binds one endpoint on the session and records its URL.
 async fn bind(mux: &Mux, config: &AgentConfig, live: &LiveEndpoint) -> Result<(), String> {
     let ep = &live.config;
-    let mut opts = match ep.proto {
-        EndpointProto::Tcp => {
-            serde_json::json!({ "Addr": ep.url.strip_prefix("tcp://").unwrap_or(&ep.url) })
-        }
-        EndpointProto::Tls => serde_json::json!({ "URL": ep.url, "Hostname": host_of(&ep.url) }),
-        _ => serde_json::json!({ "URL": ep.url, "Domain": host_of(&ep.url) }),
+    // ngrok's agents send the document as a JSON string.
+    let traffic_policy = ep.traffic_policy.as_ref().map(|p| match p {
+        serde_json::Value::String(s) => serde_json::Value::String(s.clone()),
+        other => serde_json::Value::String(other.to_string()),
+    });
+    let opts = match ep.proto {
+        EndpointProto::Tcp => options(&proto::TcpOpts {
+            addr: ep.url.strip_prefix("tcp://").unwrap_or(&ep.url).to_owned(),
+            traffic_policy,
+            ..Default::default()
+        }),
+        EndpointProto::Tls => options(&proto::TlsOpts {
+            url: ep.url.clone(),
+            hostname: host_of(&ep.url),
+            traffic_policy,
+            ..Default::default()
+        }),
+        _ => options(&proto::HttpOpts {
+            url: ep.url.clone(),
+            domain: host_of(&ep.url),
+            traffic_policy,
+            ..Default::default()
+        }),
     };
-    if let Some(policy) = &ep.traffic_policy {
-        // ngrok's agents send the document as a JSON string.
-        let text = match policy {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        opts["TrafficPolicy"] = serde_json::Value::String(text);
-    }
     let bind = proto::Bind {
         client_id: live.id.clone(),
         proto: ep.proto.as_str().into(),
@@ -268,7 +279,7 @@ async fn bind(mux: &Mux, config: &AgentConfig, live: &LiveEndpoint) -> Result<()
         opts,
         extra: Default::default(),
     };
-    let resp: proto::BindResp = rpc(mux, StreamType::Bind, &bind, config.connect_timeout)
+    let resp: proto::BindResp = rpc(mux, StreamType::Bind, "Bind", &bind, config.connect_timeout)
         .await
         .map_err(|e| format!("bind did not complete: {e}"))?;
     if !resp.error.is_empty() {
@@ -282,7 +293,7 @@ async fn bind(mux: &Mux, config: &AgentConfig, live: &LiveEndpoint) -> Result<()
 /// Releases one endpoint on the session.
 async fn unbind(mux: &Mux, config: &AgentConfig, live: &LiveEndpoint) -> Result<(), String> {
     let req = proto::Unbind { client_id: live.id.clone() };
-    let resp: proto::UnbindResp = rpc(mux, StreamType::Unbind, &req, config.connect_timeout)
+    let resp: proto::UnbindResp = rpc(mux, StreamType::Unbind, "Unbind", &req, config.connect_timeout)
         .await
         .map_err(|e| format!("unbind did not complete: {e}"))?;
     if !resp.error.is_empty() {
@@ -367,43 +378,33 @@ async fn read_message<T: serde::de::DeserializeOwned>(
     stream: &mut Stream,
     what: &'static str,
 ) -> Result<T, String> {
-    let mut msg = proto::MessageBuf::new(what, proto::MAX_RPC_LEN);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return msg.finish().map_err(|e| e.to_string());
-        }
-        if let Some(v) = msg.push(&chunk[..n]).map_err(|e| e.to_string())? {
-            return Ok(v);
-        }
-    }
+    warren_mux::rpc::read_message(stream, what, proto::MAX_RPC_LEN).await.map_err(|e| e.to_string())
 }
 
 async fn drain_and_reply<T: serde::Serialize>(stream: &mut Stream, msg: &T) -> std::io::Result<()> {
     // The request body (Stop, Restart, Update) carries nothing the agent needs.
     let _ = read_message::<serde_json::Value>(stream, "command").await;
-    stream.write_all(&proto::encode(msg)).await?;
-    stream.shutdown().await
+    warren_mux::rpc::reply(stream, msg).await
 }
 
-/// One RPC: typed stream, JSON request, half-close, JSON reply to EOF.
+/// One RPC with the edge, within `timeout`.
 async fn rpc<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
     mux: &Mux,
     ty: StreamType,
+    what: &'static str,
     req: &Req,
     timeout: Duration,
 ) -> Result<Resp, String> {
-    let call = async {
-        let mut s = mux.open().map_err(|e| e.to_string())?;
-        let mut buf = ty.to_u32().to_be_bytes().to_vec();
-        buf.extend_from_slice(&proto::encode(req));
-        s.write_all(&buf).await.map_err(|e| e.to_string())?;
-        s.shutdown().await.map_err(|e| e.to_string())?;
-        let bytes = s.read_to_end_limited(proto::MAX_RPC_LEN).await.map_err(|e| e.to_string())?;
-        proto::decode("reply", &bytes).map_err(|e| e.to_string())
-    };
-    tokio::time::timeout(timeout, call).await.map_err(|_| "the edge did not answer in time".to_owned())?
+    warren_mux::rpc::call(mux, ty.to_u32(), what, req, proto::MAX_RPC_LEN, timeout).await.map_err(|e| match e
+    {
+        warren_mux::rpc::RpcError::Timeout(_) => "the edge did not answer in time".to_owned(),
+        e => e.to_string(),
+    })
+}
+
+/// An endpoint's options as the Bind carries them.
+fn options<T: serde::Serialize>(opts: &T) -> serde_json::Value {
+    serde_json::to_value(opts).expect("endpoint options serialize")
 }
 
 /// Why TLS with the edge failed, and what to change.
@@ -426,9 +427,9 @@ fn tls_failure(host: &str, port: u16, e: &std::io::Error) -> String {
 
 /// The error text without the code line, plus the code in brackets.
 fn clean(e: &str) -> String {
-    let code = e.lines().find(|l| l.trim_start().starts_with("ERR_NGROK_")).map(str::trim);
-    let msg: Vec<&str> =
-        e.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("ERR_NGROK_")).collect();
+    let is_code = |l: &str| l.starts_with("ERR_NGROK_") || l.starts_with("ERR_WARREN_");
+    let code = e.lines().map(str::trim).find(|l| is_code(l));
+    let msg: Vec<&str> = e.lines().map(str::trim).filter(|l| !l.is_empty() && !is_code(l)).collect();
     match code {
         Some(c) => format!("{} [{c}]", msg.join(" ")),
         None => msg.join(" "),

@@ -163,7 +163,7 @@ mod tests {
         let (mut peer, ours) = tokio::io::duplex(16);
         let mut d = Deadline::new(ours, Duration::from_secs(10), Duration::from_secs(60));
         peer.write_all(b"GET").await.unwrap();
-        d.read(&mut [0u8; 8]).await.unwrap();
+        assert_eq!(d.read(&mut [0u8; 8]).await.unwrap(), 3);
         let e = d.write_all(&[0u8; 1024]).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
     }

@@ -1,114 +1,28 @@
-//! tcp endpoints: one listener per endpoint on a port from the configured range; each visitor
-//! connection becomes one proxy stream, copied both ways with half-close passed through.
+//! tcp endpoints: one listener per endpoint on the port its Bind chose (`session/bind.rs`);
+//! each visitor connection becomes one proxy stream, copied both ways with half-close passed through.
 //! tls endpoints ride the same copy: the shared TLS port hands over the connection with its
 //! ClientHello ([`pass_tls`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rand::Rng;
 use tokio::net::{TcpListener, TcpStream};
-use warren_proto::{self as proto, error_codes as codes};
 
 use crate::Shared;
-use crate::registry::{AgentSession, Endpoint, EndpointKey, Proto};
-use crate::session::refused;
+use crate::registry::Endpoint;
 
 /// Copy buffer per direction; large enough that one visitor can fill the link.
 pub(crate) const COPY_BUF: usize = 64 * 1024;
 
-/// Random ports tried before giving up (the range may be nearly full).
-const RANDOM_TRIES: usize = 64;
-
-/// Binds a tcp endpoint on `wanted` or a random free port of the range. Returns the URL.
-pub(crate) async fn bind(
-    shared: &Arc<Shared>,
-    session: &Arc<AgentSession>,
-    client_id: &str,
-    wanted: Option<u16>,
-    policy: crate::policy::ForBind,
-    proxy_proto: u8,
-) -> Result<String, String> {
-    let range = shared.config.tcp_ports.clone();
-    let unavailable = |msg: String| proto::error_text(&msg, codes::TCP_ADDR_UNAVAILABLE);
-    let listener = match wanted {
-        Some(p) if !range.contains(&p) => {
-            return Err(unavailable(format!(
-                "port {p} is outside this edge's tcp range {}-{}",
-                range.start(),
-                range.end()
-            )));
-        }
-        Some(p) => {
-            match shared.store.port_reservation(p).await {
-                Ok(Some(r)) if r.account_id != session.account_id => {
-                    return Err(proto::error_text(
-                        &format!("tcp://{}:{p} is reserved by another account", shared.config.tcp_host),
-                        codes::RESERVED_ELSEWHERE,
-                    ));
-                }
-                Ok(_) => {}
-                Err(e) => return Err(store_failed(e)),
-            }
-            if shared.registry.is_taken(&EndpointKey::Port(p)) {
-                return Err(refused(
-                    crate::registry::BindRefused::InUse,
-                    &format!("tcp://{}:{p}", shared.config.tcp_host),
-                ));
-            }
-            TcpListener::bind(SocketAddr::new(shared.config.tcp_bind_ip, p))
-                .await
-                .map_err(|e| unavailable(format!("port {p} is not available: {e}")))?
-        }
-        None => {
-            let mut found = None;
-            for _ in 0..RANDOM_TRIES {
-                let p = rand::rng().random_range(range.clone());
-                if shared.registry.is_taken(&EndpointKey::Port(p)) {
-                    continue;
-                }
-                // Reserved ports are only ever bound by name, by their owner.
-                if shared.store.port_reservation(p).await.map_err(store_failed)?.is_some() {
-                    continue;
-                }
-                if let Ok(l) = TcpListener::bind(SocketAddr::new(shared.config.tcp_bind_ip, p)).await {
-                    found = Some(l);
-                    break;
-                }
-            }
-            found.ok_or_else(|| unavailable("no free port left in this edge's tcp range".into()))?
-        }
-    };
-    let port = listener.local_addr().map_err(|e| unavailable(e.to_string()))?.port();
-    let url = format!("tcp://{}:{port}", shared.config.tcp_host);
-    let id = warren_store::generate_id("ep");
-    let ep = Endpoint {
-        info: crate::policy::endpoint_info(&id, &url, "tcp"),
-        id,
-        session: session.clone(),
-        client_id: client_id.to_owned(),
-        proto: Proto::Tcp,
-        url: url.clone(),
-        key: EndpointKey::Port(port),
-        tls: None,
-        policy: policy.chain,
-        ip_policies: policy.ip_policies,
-        proxy_proto,
-    };
-    let ep = shared
-        .registry
-        .bind(ep, shared.config.limits.max_endpoints_per_session)
-        .map_err(|r| refused(r, &url))?;
-    crate::session::record_endpoint(shared, &ep).await?;
-    let task = tokio::spawn(accept_loop(shared.clone(), listener, ep));
-    shared.registry.add_listener(&session.id, client_id, task.abort_handle());
-    tracing::info!(session = %session.id, %url, "endpoint bound");
-    Ok(url)
-}
-
-fn store_failed(e: warren_store::StoreError) -> String {
-    tracing::error!(error = %e, "store failed while checking reserved addresses");
-    proto::error_text("the edge could not check reserved addresses; try again", codes::TCP_ADDR_UNAVAILABLE)
+/// Serves a bound tcp endpoint's listener (the Bind chose the port): every visitor
+/// connection becomes a proxy stream. The task ends when its handle is aborted, as the
+/// endpoint is released.
+pub(crate) fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    ep: Arc<Endpoint>,
+) -> tokio::task::AbortHandle {
+    tokio::spawn(accept_loop(shared, listener, ep)).abort_handle()
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ep: Arc<Endpoint>) {

@@ -135,6 +135,66 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// What an edge node's listeners and tasks share, for the public ports they serve on;
+    /// the sender stops them. The node is registered in the store.
+    pub(crate) async fn new(
+        config: EdgeConfig,
+        store: Store,
+        tls: &tls::TlsMaterial,
+        https_port: u16,
+        http_port: Option<u16>,
+    ) -> Result<(Arc<Shared>, watch::Sender<bool>), EdgeError> {
+        let certs = Arc::new(tls::CertStore::new(tls)?);
+        if let Some((cert, key)) = &config.tls_files {
+            let (chain, key) = tls::load_pem_files(cert, key)?;
+            certs.set_default(chain, key)?;
+        }
+        let master_key = sealed::MasterKey::load(
+            &config.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key")),
+        )?;
+        let node_id = warren_store::generate_id("nd");
+        store.register_node(&node_id).await?;
+        let (tx, rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            node_id,
+            connect_tls: tokio_rustls::TlsAcceptor::from(tls::server_config(certs.clone(), &[])?),
+            https_tls: tokio_rustls::TlsAcceptor::from(tls::server_config(
+                certs.clone(),
+                &[b"h2", b"http/1.1"],
+            )?),
+            certs,
+            https_port,
+            http_port,
+            session_limit: conn_limit::ConnLimit::new(
+                config.limits.max_sessions,
+                config.limits.max_agent_connections_per_ip,
+            ),
+            visitor_limit: conn_limit::ConnLimit::new(
+                config.limits.max_visitor_connections,
+                config.limits.max_visitor_connections_per_ip,
+            ),
+            registry: registry::Registry::default(),
+            api_rate_limit: api::RateLimit::new(config.api_rate_limit.0, config.api_rate_limit.1),
+            auth_failures: throttle::FailureThrottle::new(
+                config.limits.max_auth_failures_per_ip,
+                std::time::Duration::from_secs(60),
+            ),
+            ip_rules: ip_rules::IpRules::default(),
+            master_key,
+            challenges: acme::Challenges::default(),
+            acme_wake: tokio::sync::Notify::new(),
+            idp: idp::IdpCache::new(idp::Reach {
+                loopback: config.idp_allow_loopback_http,
+                private: config.idp_allow_private_networks,
+            }),
+            compressions: Arc::new(tokio::sync::Semaphore::new(config.limits.max_compressed_responses)),
+            store,
+            config,
+            shutdown: rx,
+        });
+        Ok((shared, tx))
+    }
+
     /// Deletes an authtoken and ends every live session that authenticated with it.
     pub(crate) async fn revoke_credential(
         &self,
@@ -240,54 +300,9 @@ impl Edge {
             }
             None => None,
         };
-        let certs = Arc::new(tls::CertStore::new(&tls)?);
-        if let Some((cert, key)) = &config.tls_files {
-            let (chain, key) = tls::load_pem_files(cert, key)?;
-            certs.set_default(chain, key)?;
-        }
-        let master_key = sealed::MasterKey::load(
-            &config.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key")),
-        )?;
-        let node_id = warren_store::generate_id("nd");
-        store.register_node(&node_id).await?;
-        let (tx, rx) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            node_id,
-            connect_tls: tokio_rustls::TlsAcceptor::from(tls::server_config(certs.clone(), &[])?),
-            https_tls: tokio_rustls::TlsAcceptor::from(tls::server_config(
-                certs.clone(),
-                &[b"h2", b"http/1.1"],
-            )?),
-            certs,
-            https_port: config.public_https_port.unwrap_or(https_addr.port()),
-            http_port: http_addr.map(|a| config.public_http_port.unwrap_or(a.port())),
-            session_limit: conn_limit::ConnLimit::new(
-                config.limits.max_sessions,
-                config.limits.max_agent_connections_per_ip,
-            ),
-            visitor_limit: conn_limit::ConnLimit::new(
-                config.limits.max_visitor_connections,
-                config.limits.max_visitor_connections_per_ip,
-            ),
-            registry: registry::Registry::default(),
-            api_rate_limit: api::RateLimit::new(config.api_rate_limit.0, config.api_rate_limit.1),
-            auth_failures: throttle::FailureThrottle::new(
-                config.limits.max_auth_failures_per_ip,
-                std::time::Duration::from_secs(60),
-            ),
-            ip_rules: ip_rules::IpRules::default(),
-            master_key,
-            challenges: acme::Challenges::default(),
-            acme_wake: tokio::sync::Notify::new(),
-            idp: idp::IdpCache::new(idp::Reach {
-                loopback: config.idp_allow_loopback_http,
-                private: config.idp_allow_private_networks,
-            }),
-            compressions: Arc::new(tokio::sync::Semaphore::new(config.limits.max_compressed_responses)),
-            store,
-            config,
-            shutdown: rx,
-        });
+        let https_port = config.public_https_port.unwrap_or(https_addr.port());
+        let http_port = http_addr.map(|a| config.public_http_port.unwrap_or(a.port()));
+        let (shared, tx) = Shared::new(config, store, &tls, https_port, http_port).await?;
         let mut tasks = JoinSet::new();
         tasks.spawn(node::run(shared.clone()));
         tasks.spawn(idp::run(shared.clone()));

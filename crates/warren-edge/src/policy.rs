@@ -6,30 +6,27 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use warren_policy::{Chain, Cidr, CompileEnv, Document, EndpointInfo, LogEntry, Policy};
-use warren_proto::error_codes as codes;
-
 use crate::Shared;
 use crate::registry::AgentSession;
+use crate::session::BindError;
+use warren_policy::{Chain, Cidr, CompileEnv, Document, EndpointInfo, LogEntry, Policy};
 
 /// Compiles the account's policy and the one a Bind carries for an endpoint of `proto`
-/// (`https`, `http`, `tcp`, `tls`), the account's first. The error is formatted for the client.
+/// (`https`, `http`, `tcp`, `tls`), the account's first.
 pub(crate) async fn compile_for_bind(
     shared: &Shared,
     session: &AgentSession,
     proto: &str,
     options: Option<&serde_json::Value>,
     raw: Option<&serde_json::Value>,
-) -> Result<ForBind, String> {
-    let invalid = |msg: String| {
-        warren_proto::error_text(&format!("invalid traffic policy: {msg}"), codes::BIND_INVALID)
-    };
+) -> Result<ForBind, BindError> {
+    let invalid = |msg: String| BindError::Invalid(format!("invalid traffic policy: {msg}"));
     let mut chain = Vec::new();
     let account_doc = match shared.store.account_traffic_policy(&session.account_id).await {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "store failed while reading the account's traffic policy");
-            return Err(invalid("the edge could not read the account's traffic policy; try again".into()));
+            return Err(BindError::Unavailable("read the account's traffic policy"));
         }
     };
     let mut account = None;

@@ -6,12 +6,15 @@
 //! - [`driver`]: a thin tokio driver that owns a transport and exposes [`Stream`]s as
 //!   `AsyncRead + AsyncWrite`.
 //! - [`typed`]: typed streams and heartbeats on top of the driver.
+//! - [`rpc`]: ngrok's JSON request and reply on a typed stream (messages from
+//!   `warren-proto`), for the edge, the agent and the testkit alike.
 //! - [`splice`]: copying between a socket and a stream without buffers while idle.
 
 pub mod driver;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod rpc;
 pub mod session;
 pub mod splice;
 pub mod typed;

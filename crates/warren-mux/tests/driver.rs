@@ -227,3 +227,54 @@ async fn a_peer_that_never_reads_loses_the_transport_after_the_close_grace() {
     let mut rest = Vec::new();
     peer.read_to_end(&mut rest).await.expect("what was written, then the end");
 }
+
+/// `rpc::call` against `rpc::read_message` + `rpc::reply`: the request arrives whole without a
+/// half-close (as ngrok clients send it), the reply comes back typed.
+#[tokio::test]
+async fn an_rpc_round_trips_a_typed_request_and_reply() {
+    use warren_mux::rpc;
+    let (client, server) = pair();
+    let answer = tokio::spawn(async move {
+        let mut s = server.accept().await.unwrap();
+        assert_eq!(warren_mux::typed::read_type(&mut s).await.unwrap(), 7);
+        let req: warren_proto::Unbind = rpc::read_message(&mut s, "Unbind", 1024).await.unwrap();
+        let resp = warren_proto::UnbindResp { error: format!("no endpoint {}", req.client_id) };
+        rpc::reply(&mut s, &resp).await.unwrap();
+    });
+    let req = warren_proto::Unbind { client_id: "ep_1".into() };
+    let resp: warren_proto::UnbindResp =
+        rpc::call(&client, 7, "Unbind", &req, 1024, TEST_TIMEOUT).await.unwrap();
+    assert_eq!(resp.error, "no endpoint ep_1");
+    answer.await.unwrap();
+}
+
+/// A request over the limit fails at once, naming the limit; a call the peer never answers
+/// fails at its timeout.
+#[tokio::test]
+async fn an_rpc_too_large_or_never_answered_fails_cleanly() {
+    use warren_mux::rpc;
+    let (client, server) = pair();
+    tokio::spawn(async move {
+        while let Some(mut s) = server.accept().await {
+            tokio::spawn(async move {
+                let ty = warren_mux::typed::read_type(&mut s).await.unwrap();
+                let r: Result<serde_json::Value, _> = rpc::read_message(&mut s, "Bind", 64).await;
+                if ty == 2 {
+                    // Read it, never answer.
+                    std::future::pending::<()>().await;
+                }
+                let text = match r {
+                    Ok(_) => "ok".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                let _ = rpc::reply(&mut s, &text).await;
+            });
+        }
+    });
+    let big = serde_json::json!({ "Id": "x".repeat(100) });
+    let said: String = rpc::call(&client, 1, "Bind", &big, 1024, TEST_TIMEOUT).await.unwrap();
+    assert!(said.contains("larger than the 64-byte limit"), "{said}");
+    let small = serde_json::json!({ "Id": "x" });
+    let r: Result<String, _> = rpc::call(&client, 2, "Bind", &small, 1024, Duration::from_millis(100)).await;
+    assert!(matches!(r, Err(rpc::RpcError::Timeout("Bind"))), "{r:?}");
+}

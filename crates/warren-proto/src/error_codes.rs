@@ -31,3 +31,6 @@ pub const RESERVED_ELSEWHERE: &str = "ERR_WARREN_RESERVED";
 /// settings (another SNI, or a reused connection); the visitor must connect again with the
 /// endpoint's own name (warren's code; HTTP 421).
 pub const MISDIRECTED: &str = "ERR_WARREN_MISDIRECTED";
+/// The edge could not complete the request because a part of it failed (its store); the
+/// client should try again (warren's code, so no client takes it for a refusal).
+pub const UNAVAILABLE: &str = "ERR_WARREN_UNAVAILABLE";

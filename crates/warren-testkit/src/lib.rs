@@ -799,26 +799,50 @@ impl RawSession {
 
     /// Authenticates with `token`, offering protocol version 3.
     pub async fn auth(&self, token: &str) -> warren_proto::AuthResp {
-        let auth = serde_json::json!({
-            "Version": ["3"], "ClientId": "",
-            "Extra": { "OS": "linux", "Arch": "x86_64", "AuthToken": token, "Version": "test", "ClientType": "raw-test" }
-        });
-        let reply = self.rpc_raw(0, auth.to_string().as_bytes()).await.expect("Auth reply");
-        warren_proto::decode("AuthResp", &reply).expect("AuthResp JSON")
+        let auth = warren_proto::Auth {
+            version: vec!["3".into()],
+            client_id: String::new(),
+            extra: warren_proto::AuthExtra {
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                authtoken: warren_proto::Secret(token.into()),
+                version: "test".into(),
+                client_type: "raw-test".into(),
+                ..Default::default()
+            },
+        };
+        self.call(warren_proto::StreamType::Auth, "Auth", &auth).await
     }
 
     /// Binds an https endpoint for `host`.
     pub async fn bind_https(&self, id: &str, host: &str) -> warren_proto::BindResp {
-        self.bind(id, "https", serde_json::json!({ "Domain": host })).await
+        let opts = warren_proto::HttpOpts { domain: host.into(), ..Default::default() };
+        self.bind(id, "https", serde_json::to_value(opts).expect("options")).await
     }
 
-    /// Binds an endpoint of protocol `proto` (`http`, `https`, `tcp`, `tls`) with `opts`.
+    /// Binds an endpoint of protocol `proto` (`http`, `https`, `tcp`, `tls`) with `opts`, which
+    /// may hold any keys (the options under test).
     pub async fn bind(&self, id: &str, proto: &str, opts: serde_json::Value) -> warren_proto::BindResp {
-        let bind = serde_json::json!({
-            "Id": id, "Proto": proto, "ForwardsTo": "test", "Opts": opts, "Extra": {}
-        });
-        let reply = self.rpc_raw(1, bind.to_string().as_bytes()).await.expect("Bind reply");
-        warren_proto::decode("BindResp", &reply).expect("BindResp JSON")
+        let bind = warren_proto::Bind {
+            client_id: id.into(),
+            proto: proto.into(),
+            forwards_to: "test".into(),
+            opts,
+            ..Default::default()
+        };
+        self.call(warren_proto::StreamType::Bind, "Bind", &bind).await
+    }
+
+    /// One RPC through the same helper the edge and the agent use; panics if it fails.
+    pub async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        ty: warren_proto::StreamType,
+        what: &'static str,
+        req: &Req,
+    ) -> Resp {
+        warren_mux::rpc::call(&self.mux, ty.to_u32(), what, req, warren_proto::MAX_RPC_LEN, STEP)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
     }
 
     /// Dials the edge and authenticates with `token`, answering heartbeats; panics if Auth

@@ -224,17 +224,8 @@ async fn get_with(
     host: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, hyper::HeaderMap, String) {
-    let tls = tls_connect(edge.https_addr(), host, &edge.ca_pem, &[b"http/1.1"]).await;
-    let mut send = http1(tls).await;
-    let mut req = hyper::Request::get("/").header("host", host);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let res = within("answer", send.send_request(req.body(empty()).unwrap())).await.unwrap();
-    let (parts, body) = res.into_parts();
-    let text = String::from_utf8_lossy(&http_body_util::BodyExt::collect(body).await.unwrap().to_bytes())
-        .into_owned();
-    (parts.status, parts.headers, text)
+    let (status, headers, bytes) = get_bytes(edge, host, headers).await;
+    (status, headers, String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Each endpoint option of ngrok's Rust SDK does what ngrok's cloud does with it: a visitor
@@ -496,7 +487,7 @@ async fn a_tcp_endpoint_with_proxy_proto_tells_the_upstream_who_the_visitor_is()
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             if let Ok(Some(mut conn)) = tunnel.try_next().await {
-                let mut got = vec![0u8; 64];
+                let mut got = [0u8; 64];
                 let mut n = 0;
                 while n < 20 {
                     match conn.read(&mut got[n..]).await {

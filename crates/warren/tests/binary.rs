@@ -129,26 +129,22 @@ fn after<'a>(line: &'a str, marker: &str) -> &'a str {
     line.split_once(marker).unwrap_or_else(|| panic!("{marker:?} in {line:?}")).1.trim()
 }
 
+/// `warren edge` on `data` with every listener on a free port.
+fn edge_on_port_zero(data: &str) -> Vec<&str> {
+    let mut args = vec!["edge", "--data-dir", data];
+    for flag in ["--connect-addr", "--https-addr", "--http-addr", "--api-addr"] {
+        args.extend([flag, "127.0.0.1:0"]);
+    }
+    args
+}
+
 #[test]
 fn edge_and_agent_binaries_serve_curl_over_https_and_tcp() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data_s = data.to_str().unwrap();
-    let edge_args = [
-        "edge",
-        "--data-dir",
-        data_s,
-        "--connect-addr",
-        "127.0.0.1:0",
-        "--https-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--api-addr",
-        "127.0.0.1:0",
-        "--tcp-ports",
-        "43000-43999",
-    ];
+    let mut edge_args = edge_on_port_zero(data_s);
+    edge_args.extend(["--tcp-ports", "43000-43999"]);
     let mut edge = Proc::spawn(&edge_args);
     // "  agents connect:  localhost:PORT (CA certificate: PATH)"
     let line = edge.line_with("agents connect:");
@@ -448,19 +444,7 @@ fn an_operator_creates_a_second_account_that_sees_only_itself() {
     let (ok, out, err) = warren(&create);
     assert!(!ok && err.contains("already exists") && !out.contains("API key"), "{out} {err}");
 
-    let mut edge = Proc::spawn(&[
-        "edge",
-        "--data-dir",
-        data_s,
-        "--connect-addr",
-        "127.0.0.1:0",
-        "--https-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--api-addr",
-        "127.0.0.1:0",
-    ]);
+    let mut edge = Proc::spawn(&edge_on_port_zero(data_s));
     let api_line = edge.line_with("REST API:");
     let api_url = after(&api_line, "REST API:").split_whitespace().next().unwrap().to_owned();
     let default_key = after(&edge.line_with("API key:"), "API key:").to_owned();
