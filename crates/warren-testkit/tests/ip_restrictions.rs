@@ -292,3 +292,48 @@ async fn changing_a_policys_rules_rechecks_the_sessions_and_endpoints_that_use_i
     })
     .await;
 }
+
+/// `Extra.IPPolicyRef` of a Bind, as ngrok-go sends it: visitors outside the policy are
+/// refused at the edge (before, it was read and dropped), those inside reach the agent.
+#[tokio::test]
+async fn a_binds_ip_policy_ref_refuses_visitors_outside_the_policy() {
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    let mut policies = Vec::new();
+    for cidr in ["10.0.0.0/8", "127.0.0.0/8"] {
+        let (_, _, pol) = edge.api("POST", "/ip_policies", key, Some(json!({"description": cidr}))).await;
+        let rule = json!({"ip_policy_id": pol["id"], "cidr": cidr, "action": "allow"});
+        let (s, _, _) = edge.api("POST", "/ip_policy_rules", key, Some(rule)).await;
+        assert_eq!(s, StatusCode::CREATED);
+        policies.push(pol["id"].as_str().unwrap().to_owned());
+    }
+    let raw = RawSession::authenticated(&edge, &edge.authtoken).await;
+    for (host, policy) in
+        [("ref-corp.warren.localhost", &policies[0]), ("ref-local.warren.localhost", &policies[1])]
+    {
+        let bind = warren_proto::Bind {
+            client_id: host.into(),
+            proto: "https".into(),
+            opts: json!({ "Domain": host }),
+            extra: warren_proto::BindExtra { ip_policy_ref: policy.clone(), ..Default::default() },
+            ..Default::default()
+        };
+        let r: warren_proto::BindResp = raw.call(warren_proto::StreamType::Bind, "Bind", &bind).await;
+        assert!(r.error.is_empty(), "{}", r.error);
+    }
+    let (s, _, body) = https_get(&edge, "ref-corp.warren.localhost", "/").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "127.0.0.1 is outside 10/8: {body}");
+    // Inside the policy the request goes on to the agent (this raw session does not serve
+    // it, so the edge answers 502 instead of 403).
+    let (s, _, body) = https_get(&edge, "ref-local.warren.localhost", "/").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{body}");
+    let unknown = warren_proto::Bind {
+        client_id: "x".into(),
+        proto: "https".into(),
+        opts: json!({ "Domain": "ref-x.warren.localhost" }),
+        extra: warren_proto::BindExtra { ip_policy_ref: "ipp_nope".into(), ..Default::default() },
+        ..Default::default()
+    };
+    let r: warren_proto::BindResp = raw.call(warren_proto::StreamType::Bind, "Bind", &unknown).await;
+    assert!(r.error.contains("ipp_nope"), "an unknown policy refuses the Bind: {}", r.error);
+}

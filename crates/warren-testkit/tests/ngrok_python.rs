@@ -97,6 +97,10 @@ async fn the_python_sdks_endpoint_options_are_enforced_or_refused() {
     let edge = TestEdge::start().await;
     let up = HttpUpstream::start().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ngrok_python_options.py");
+    let app = format!("https://py-oidc.warren.localhost:{}", edge.https_addr().port());
+    let op =
+        warren_testkit::oidc::OidcProvider::start_with_redirects(&[&format!("{app}/warren/oidc/callback")])
+            .await;
     let mut child = Command::new("python3")
         .arg(script)
         .env("PYTHONPATH", &pythonpath)
@@ -104,6 +108,7 @@ async fn the_python_sdks_endpoint_options_are_enforced_or_refused() {
         .env("WARREN_CA", &edge.ca_path)
         .env("WARREN_TOKEN", &edge.authtoken)
         .env("HTTP_UPSTREAM", up.addr.to_string())
+        .env("OIDC_ISSUER", &op.issuer)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -111,7 +116,7 @@ async fn the_python_sdks_endpoint_options_are_enforced_or_refused() {
         .expect("python3");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut results = std::collections::HashMap::new();
-    for _ in 0..8 {
+    for _ in 0..11 {
         let line = within("python peer output", lines.next_line()).await.unwrap().expect("a line");
         let mut parts = line.splitn(3, ' ');
         let (verdict, name, rest) = (
@@ -125,7 +130,7 @@ async fn the_python_sdks_endpoint_options_are_enforced_or_refused() {
         let (v, rest) = &results[name];
         assert_eq!(v, "BOUND", "{name}: {rest}");
     };
-    for name in ["basic", "allow", "deny", "webhook", "header", "gzip", "breaker"] {
+    for name in ["basic", "allow", "deny", "webhook", "header", "gzip", "breaker", "resp", "ua", "oidc"] {
         bound(name);
     }
     let (v, why) = &results["oauth"];
@@ -181,6 +186,29 @@ async fn the_python_sdks_endpoint_options_are_enforced_or_refused() {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body.contains("ERR_NGROK_3202"), "{body}");
     assert_eq!(up.requests.load(std::sync::atomic::Ordering::SeqCst) - before, 10);
+
+    // response_header / remove_response_header change the response.
+    let (s, h, _) = https_get(&edge, &host("resp"), "/echo").await;
+    assert_eq!((s, h.get("x-from-edge").map(|v| v.to_str().unwrap())), (StatusCode::OK, Some("1")));
+    assert!(h.get("content-type").is_none(), "the upstream's JSON content-type was removed: {h:?}");
+    // deny_user_agent refuses a matching agent only.
+    let tls = tls_connect(edge.https_addr(), &host("ua"), &edge.ca_pem, &[b"http/1.1"]).await;
+    let mut send = http1(tls).await;
+    let req = hyper::Request::get("/")
+        .header("host", host("ua"))
+        .header("user-agent", "BadBot/1")
+        .body(empty())
+        .unwrap();
+    assert_eq!(within("bad bot", send.send_request(req)).await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(https_get(&edge, &host("ua"), "/").await.0, StatusCode::OK);
+    // oidc: a visitor signs in at the provider and comes back as alice.
+    let mut browser = warren_testkit::oidc::Browser::new(&edge, ".warren.localhost");
+    let first = browser.get(&format!("{app}/echo"), &[]).await;
+    assert_eq!(first.status, StatusCode::FOUND, "not signed in: {}", first.body);
+    let page = browser.sign_in(&op.issuer, &format!("{app}/echo")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}: {}", page.url, page.body);
+    let seen: serde_json::Value = serde_json::from_str(&page.body).unwrap();
+    assert_eq!(seen["headers"]["warren-auth-user-email"], "alice@example.test", "{seen}");
     drop(child.stdin.take());
     let _ = within("python exits", child.wait()).await;
 }

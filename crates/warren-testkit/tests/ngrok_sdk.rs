@@ -380,6 +380,37 @@ async fn the_sdks_compression_and_circuit_breaker_act_at_the_edge() {
     assert_eq!(reached.load(Ordering::SeqCst), 10, "the open breaker kept the request from the upstream");
 }
 
+/// `oidc()` from ngrok's Rust SDK against a real OpenID Connect provider: a visitor is sent to
+/// sign in, comes back signed in with the identity the upstream reads, and one whose email the
+/// options do not allow is refused.
+#[tokio::test]
+async fn the_sdks_oidc_option_signs_visitors_in_at_the_edge() {
+    let edge = TestEdge::start().await;
+    let port = edge.https_addr().port();
+    let app = format!("https://opt-oidc.warren.localhost:{port}");
+    let narrow = format!("https://opt-oidc2.warren.localhost:{port}");
+    let callbacks = [format!("{app}/warren/oidc/callback"), format!("{narrow}/warren/oidc/callback")];
+    let op = warren_testkit::oidc::OidcProvider::start_with_redirects(&[&callbacks[0], &callbacks[1]]).await;
+    let sess = within("sdk connect", sdk_session(&edge, &edge.authtoken)).await.expect("SDK session");
+    let open = ngrok::config::OidcOptions::new(&op.issuer, "warren-web", "web-secret");
+    let t = sess.http_endpoint().domain("opt-oidc.warren.localhost").oidc(open).listen().await.unwrap();
+    serve_echo(t);
+    let mut only_bob = ngrok::config::OidcOptions::new(&op.issuer, "warren-web", "web-secret");
+    only_bob.allow_email("bob@example.test");
+    let t = sess.http_endpoint().domain("opt-oidc2.warren.localhost").oidc(only_bob).listen().await.unwrap();
+    serve_echo(t);
+
+    let mut browser = warren_testkit::oidc::Browser::new(&edge, ".warren.localhost");
+    let first = browser.get(&format!("{app}/"), &[]).await;
+    assert_eq!(first.status, StatusCode::FOUND, "not signed in: {}", first.body);
+    assert!(first.headers["location"].to_str().unwrap().starts_with(&op.issuer));
+    let page = browser.sign_in(&op.issuer, &format!("{app}/")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}: {}", page.url, page.body);
+    assert!(page.body.contains("warren-auth-user-email=alice@example.test"), "{}", page.body);
+    let refused = browser.sign_in(&op.issuer, &format!("{narrow}/")).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "alice is not on the list: {}", refused.body);
+}
+
 /// A GET like [`get_with`] that returns the body's bytes as they came.
 async fn get_bytes(
     edge: &TestEdge,

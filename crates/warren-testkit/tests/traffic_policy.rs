@@ -852,16 +852,14 @@ async fn openid_connect_signs_visitors_in_with_a_real_provider() {
         within("bind", agent.wait_online()).await.expect("--oidc flags bind");
         agents.push(agent);
     }
-    let page =
-        sign_in(&mut browser, &op.issuer, &format!("https://oidc3.warren.localhost:{port}/echo")).await;
+    let page = browser.sign_in(&op.issuer, &format!("https://oidc3.warren.localhost:{port}/echo")).await;
     assert_eq!(page.status, StatusCode::OK, "alice@example.test is at an allowed domain: {}", page.body);
     assert_eq!(json(&page.body)["headers"]["warren-auth-user-email"], "alice@example.test");
-    let page =
-        sign_in(&mut browser, &op.issuer, &format!("https://oidc4.warren.localhost:{port}/echo")).await;
+    let page = browser.sign_in(&op.issuer, &format!("https://oidc4.warren.localhost:{port}/echo")).await;
     assert_eq!(page.status, StatusCode::FORBIDDEN, "only example.org may enter: {}", page.body);
 
     // A session ends after max_session_duration (3s here): accepted at first, then refused.
-    let page = sign_in(&mut browser, &op.issuer, &format!("{app2}/echo")).await;
+    let page = browser.sign_in(&op.issuer, &format!("{app2}/echo")).await;
     assert_eq!(page.status, StatusCode::OK, "{}: {}", page.url, page.body);
     assert_eq!(page.url, format!("{app2}/echo"), "signed in at the second endpoint");
     within("the 3 s session to expire", async {
@@ -875,23 +873,6 @@ async fn openid_connect_signs_visitors_in_with_a_real_provider() {
         }
     })
     .await;
-}
-
-/// Opens `url` and goes through the provider's login and consent forms as alice, as far as
-/// the provider asks for them (it remembers her after the first sign-in).
-async fn sign_in(browser: &mut Browser, issuer: &str, url: &str) -> warren_testkit::oidc::Page {
-    let mut page = browser.open(url).await;
-    for _ in 0..3 {
-        if !page.url.starts_with(issuer) {
-            return page;
-        }
-        page = if page.body.contains("name=\"password\"") {
-            browser.submit(&page, &[("login", "alice"), ("password", "wonderland")]).await
-        } else {
-            browser.submit(&page, &[]).await
-        };
-    }
-    page
 }
 
 /// Misconfigured openid-connect refuses the Bind with the reason.

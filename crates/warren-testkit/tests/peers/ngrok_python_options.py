@@ -1,9 +1,10 @@
 """The PyPI `ngrok` SDK's endpoint options against warren: each of the options the outside
 review tried (basic auth, allow/deny CIDR, OAuth, webhook verification, a request header),
-and compression and the circuit breaker, is bound with it and the result printed: `BOUND <name> <url>` or `REFUSED <name> <error>`.
+and compression, the circuit breaker, response headers, a User-Agent filter and OIDC, is bound with it and the result printed: `BOUND <name> <url>` or `REFUSED <name> <error>`.
 
 Environment: WARREN_CONNECT (host:port), WARREN_CA (PEM path), WARREN_TOKEN, HTTP_UPSTREAM
-(host:port). Keeps the session open until stdin closes.
+(host:port), OIDC_ISSUER (an OpenID Connect provider whose client `warren-web` may return to
+py-oidc's callback). Keeps the session open until stdin closes.
 """
 
 import asyncio
@@ -33,6 +34,9 @@ async def main():
         ("header", lambda b: b.request_header("X-Added", "yes")),
         ("gzip", lambda b: b.compression()),
         ("breaker", lambda b: b.circuit_breaker(0.5)),
+        ("resp", lambda b: b.response_header("X-From-Edge", "1").remove_response_header("content-type")),
+        ("ua", lambda b: b.deny_user_agent("(?i)badbot")),
+        ("oidc", lambda b: b.oidc(os.environ["OIDC_ISSUER"], "warren-web", "web-secret", allow_emails=["alice@example.test"])),
     ]
     for name, option in cases:
         builder = session.http_endpoint().domain("py-%s.warren.localhost" % name)
