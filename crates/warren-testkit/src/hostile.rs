@@ -172,3 +172,52 @@ impl Hostile {
         assert!(dropped.is_ok(), "the edge still holds the connection's socket");
     }
 }
+
+/// A healthy agent whose endpoint must keep answering, quickly, while others attack.
+pub struct Bystander {
+    _agent: warren_agent::Agent,
+    _up: crate::HttpUpstream,
+    /// Its endpoint's host.
+    pub host: String,
+}
+
+impl Bystander {
+    /// An agent serving `https://<name>.warren.localhost` from an [`crate::HttpUpstream`].
+    pub async fn start(edge: &TestEdge, name: &str) -> Bystander {
+        let up = crate::HttpUpstream::start().await;
+        let url = format!("https://{name}.warren.localhost");
+        let ep = warren_agent::EndpointConfig::http(&up.url(), Some(&url)).expect("endpoint");
+        let mut agent = warren_agent::Agent::start(edge.agent_with(ep));
+        within("bystander online", agent.wait_online()).await.expect("bystander online");
+        Bystander { _agent: agent, _up: up, host: format!("{name}.warren.localhost") }
+    }
+
+    /// Asserts the endpoint answers, each request well under a second (requests on loopback
+    /// take milliseconds; an edge stalled by an attack takes seconds).
+    pub async fn still_serves(&self, edge: &TestEdge) {
+        for _ in 0..5 {
+            let start = std::time::Instant::now();
+            let (status, _, body) = within("bystander served", crate::https_get(edge, &self.host, "/")).await;
+            assert_eq!((status, body.as_str()), (hyper::StatusCode::OK, "hello from upstream"));
+            let took = start.elapsed();
+            assert!(took < Duration::from_secs(1), "the bystander waited {took:?}");
+        }
+    }
+}
+
+/// Reads until the edge ends the connection (or it fails); what the edge sent on the way.
+/// Fails the test if the edge never closes it.
+pub async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    within("the edge closes the connection", async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    got
+}

@@ -1,78 +1,40 @@
 //! Every listener faces the internet. Each bad peer here gets a clear error or a closed
 //! connection, and the edge and every other session keep working afterwards.
 
-use hyper::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use warren_agent::{Agent, EndpointConfig};
+use warren_testkit::hostile::{Bystander, read_until_closed};
 use warren_testkit::*;
-
-/// A healthy agent whose endpoint must keep answering while others misbehave.
-struct Bystander {
-    _agent: Agent,
-    _up: HttpUpstream,
-    host: String,
-}
-
-async fn bystander(edge: &TestEdge, name: &str) -> Bystander {
-    let up = HttpUpstream::start().await;
-    let url = format!("https://{name}.warren.localhost");
-    let mut agent = Agent::start(edge.agent_with(EndpointConfig::http(&up.url(), Some(&url)).unwrap()));
-    within("bystander online", agent.wait_online()).await.unwrap();
-    Bystander { _agent: agent, _up: up, host: format!("{name}.warren.localhost") }
-}
-
-async fn still_serves(edge: &TestEdge, b: &Bystander) {
-    let (status, _, body) = within("bystander still served", https_get(edge, &b.host, "/")).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, "hello from upstream");
-}
-
-/// Reads until the edge closes the connection; fails the test if it never does.
-async fn closed_by_edge<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    within("the edge closes the connection", async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    got
-}
 
 #[tokio::test]
 async fn garbage_and_plaintext_on_the_agent_port_are_dropped() {
     let edge = TestEdge::start().await;
-    let b = bystander(&edge, "calm1").await;
+    let b = Bystander::start(&edge, "calm1").await;
 
     let mut tcp = TcpStream::connect(edge.config.connect_addr).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    closed_by_edge(&mut tcp).await;
+    read_until_closed(&mut tcp).await;
 
     let mut tcp = TcpStream::connect(edge.config.connect_addr).await.unwrap();
     let garbage: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let _ = tcp.write_all(&garbage).await;
-    closed_by_edge(&mut tcp).await;
+    read_until_closed(&mut tcp).await;
 
-    still_serves(&edge, &b).await;
+    b.still_serves(&edge).await;
     assert_eq!(edge.edge().session_count(), 1);
 }
 
 #[tokio::test]
 async fn non_muxado_bytes_inside_tls_end_only_that_connection() {
     let edge = TestEdge::start().await;
-    let b = bystander(&edge, "calm2").await;
+    let b = Bystander::start(&edge, "calm2").await;
     let mut tls = tls_connect(edge.config.connect_addr, "localhost", &edge.ca_pem, &[]).await;
     // A frame header with an unknown frame type, then noise.
     tls.write_all(&[0x00, 0x00, 0x04, 0xF0, 0x00, 0x00, 0x00, 0x01, 1, 2, 3, 4]).await.unwrap();
     tls.write_all(&[0xAB; 1000]).await.unwrap();
     tls.flush().await.unwrap();
-    closed_by_edge(&mut tls).await;
-    still_serves(&edge, &b).await;
+    read_until_closed(&mut tls).await;
+    b.still_serves(&edge).await;
 }
 
 /// muxado frames by hand, for what no multiplexer would send.
@@ -130,7 +92,7 @@ mod raw {
 #[tokio::test]
 async fn a_data_frame_over_the_window_resets_that_stream_only() {
     let edge = TestEdge::start().await;
-    let b = bystander(&edge, "calm3").await;
+    let b = Bystander::start(&edge, "calm3").await;
     let mut tls = tls_connect(edge.config.connect_addr, "localhost", &edge.ca_pem, &[]).await;
 
     // Auth on stream 1, by hand.
@@ -177,13 +139,13 @@ async fn a_data_frame_over_the_window_resets_that_stream_only() {
         serde_json::from_slice(&within("BindResp", raw::reply(&mut tls, 5)).await).unwrap();
     assert!(resp.error.is_empty(), "{}", resp.error);
     assert_eq!(edge.edge().session_count(), 2);
-    still_serves(&edge, &b).await;
+    b.still_serves(&edge).await;
 }
 
 #[tokio::test]
 async fn an_rpc_over_the_size_limit_is_refused() {
     let edge = TestEdge::start().await;
-    let b = bystander(&edge, "calm4").await;
+    let b = Bystander::start(&edge, "calm4").await;
     // Before Auth, a message beyond the pre-Auth buffer (64 KiB) is either answered with the
     // limit, or, when it arrives faster than the edge reads, its stream is reset
     // (ENHANCE_YOUR_CALM); either way the connection is closed.
@@ -206,13 +168,13 @@ async fn an_rpc_over_the_size_limit_is_refused() {
     let resp: warren_proto::BindResp = serde_json::from_slice(&reply).unwrap();
     assert!(resp.error.contains("limit"), "{}", resp.error);
     assert!(raw.bind_https("ep0", "raw4.warren.localhost").await.error.is_empty());
-    still_serves(&edge, &b).await;
+    b.still_serves(&edge).await;
 }
 
 #[tokio::test]
 async fn invalid_json_in_rpcs_gets_a_clear_error() {
     let edge = TestEdge::start().await;
-    let b = bystander(&edge, "calm5").await;
+    let b = Bystander::start(&edge, "calm5").await;
 
     // Before Auth: the session is refused with a reason.
     let raw = RawSession::connect(&edge, true).await;
@@ -234,7 +196,7 @@ async fn invalid_json_in_rpcs_gets_a_clear_error() {
     let resp: warren_proto::BindResp = serde_json::from_slice(&reply).unwrap();
     assert!(resp.error.contains("invalid https options"), "{}", resp.error);
     assert!(raw.bind_https("ep0", "raw5.warren.localhost").await.error.is_empty());
-    still_serves(&edge, &b).await;
+    b.still_serves(&edge).await;
 }
 
 #[tokio::test]
@@ -262,22 +224,22 @@ async fn rpcs_before_auth_are_refused() {
 #[tokio::test]
 async fn garbage_on_the_visitor_ports_is_answered_or_dropped() {
     let edge = TestEdge::start().await;
-    let b = bystander(&edge, "calm7").await;
+    let b = Bystander::start(&edge, "calm7").await;
     // Not HTTP on the plain port: a 400 and a close.
     let mut tcp = TcpStream::connect(edge.http_addr()).await.unwrap();
     tcp.write_all(b"\x16\x03\x01 definitely not http\r\n\r\n").await.unwrap();
-    let got = closed_by_edge(&mut tcp).await;
+    let got = read_until_closed(&mut tcp).await;
     assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&got));
     // Not TLS on the https port.
     let mut tcp = TcpStream::connect(edge.https_addr()).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: calm7.warren.localhost\r\n\r\n").await.unwrap();
-    closed_by_edge(&mut tcp).await;
+    read_until_closed(&mut tcp).await;
     // Headers over the limit.
     let mut tcp = TcpStream::connect(edge.http_addr()).await.unwrap();
     let mut req = b"GET / HTTP/1.1\r\nHost: calm7.warren.localhost\r\nX-Big: ".to_vec();
     req.extend(std::iter::repeat_n(b'a', 1 << 20));
     let _ = tcp.write_all(&req).await;
-    let got = closed_by_edge(&mut tcp).await;
+    let got = read_until_closed(&mut tcp).await;
     assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 431"), "{:?}", String::from_utf8_lossy(&got));
-    still_serves(&edge, &b).await;
+    b.still_serves(&edge).await;
 }

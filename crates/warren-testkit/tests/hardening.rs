@@ -5,6 +5,7 @@
 use hyper::StatusCode;
 use warren_agent::{Agent, EndpointConfig};
 use warren_proto::error_codes as codes;
+use warren_testkit::hostile::Bystander;
 use warren_testkit::*;
 
 /// Account A's `https://victim` is online. Account B binds the same name as `tls://` and
@@ -58,33 +59,6 @@ async fn a_live_name_belongs_to_one_account_in_every_scheme() {
     assert!(r.error.is_empty(), "free again: {r:?}");
 }
 
-/// A healthy agent whose endpoint must keep answering, quickly, while others attack.
-struct Bystander {
-    _agent: Agent,
-    _up: HttpUpstream,
-    host: String,
-}
-
-async fn bystander(edge: &TestEdge, name: &str) -> Bystander {
-    let up = HttpUpstream::start().await;
-    let url = format!("https://{name}.warren.localhost");
-    let mut agent = Agent::start(edge.agent_with(EndpointConfig::http(&up.url(), Some(&url)).unwrap()));
-    within("bystander online", agent.wait_online()).await.unwrap();
-    Bystander { _agent: agent, _up: up, host: format!("{name}.warren.localhost") }
-}
-
-/// The bystander answers, each request well under a second (requests on loopback take
-/// milliseconds; an edge stalled by an attack takes seconds).
-async fn still_serves(edge: &TestEdge, b: &Bystander) {
-    for _ in 0..5 {
-        let start = std::time::Instant::now();
-        let (status, _, body) = within("bystander served", https_get(edge, &b.host, "/")).await;
-        assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from upstream"));
-        let took = start.elapsed();
-        assert!(took < std::time::Duration::from_secs(1), "the bystander waited {took:?}");
-    }
-}
-
 /// Before Auth a connection is nobody: it may hold a few streams and a few KiB. Each
 /// attacker opens stream 1 with half a stream type (so the edge waits on it). The first then
 /// opens 40 more small streams: those beyond the pre-Auth limit (8) are refused. The second
@@ -95,7 +69,7 @@ async fn still_serves(edge: &TestEdge, b: &Bystander) {
 #[tokio::test]
 async fn before_auth_a_connection_holds_a_few_streams_and_a_few_kib() {
     let edge = TestEdge::start_with(|c| c.limits.auth_timeout = std::time::Duration::from_secs(2)).await;
-    let b = bystander(&edge, "calm-preauth").await;
+    let b = Bystander::start(&edge, "calm-preauth").await;
     let (mut many, mut big) =
         (hostile::Hostile::connect(&edge).await, hostile::Hostile::connect(&edge).await);
     let ids: Vec<u32> = (3..=81).step_by(2).collect();
@@ -123,7 +97,7 @@ async fn before_auth_a_connection_holds_a_few_streams_and_a_few_kib() {
     assert_eq!(calmed, ids, "every 256 KiB stream went beyond the pre-Auth buffer and was reset");
     many.assert_socket_dropped().await;
     big.assert_socket_dropped().await;
-    still_serves(&edge, &b).await;
+    b.still_serves(&edge).await;
 }
 
 /// Every way a session can end lets go of its socket: a client that completes TLS and sends
@@ -132,7 +106,7 @@ async fn before_auth_a_connection_holds_a_few_streams_and_a_few_kib() {
 #[tokio::test]
 async fn every_session_end_closes_its_socket() {
     let edge = TestEdge::start_with(|c| c.limits.auth_timeout = std::time::Duration::from_secs(1)).await;
-    let b = bystander(&edge, "calm-ends").await;
+    let b = Bystander::start(&edge, "calm-ends").await;
 
     let mut silent = hostile::Hostile::connect(&edge).await;
     silent.until_closed().await;
@@ -154,7 +128,7 @@ async fn every_session_end_closes_its_socket() {
     leaver.until_closed().await;
     leaver.assert_socket_dropped().await;
     edge.wait_sessions(1).await;
-    still_serves(&edge, &b).await;
+    b.still_serves(&edge).await;
 }
 
 /// An agent that binds a name and then stops reading its connection: the edge's heartbeat
@@ -164,7 +138,7 @@ async fn every_session_end_closes_its_socket() {
 #[tokio::test]
 async fn an_agent_that_stops_reading_loses_its_names_at_the_heartbeat_tolerance() {
     let edge = TestEdge::start().await;
-    let b = bystander(&edge, "calm-reader").await;
+    let b = Bystander::start(&edge, "calm-reader").await;
     let mut h = hostile::Hostile::connect(&edge).await;
     assert!(h.auth(1, &edge.authtoken).await.error.is_empty());
     let bind = serde_json::json!({ "Id": "frozen", "Proto": "https", "Opts": { "Domain": "frozen.warren.localhost" } });
@@ -196,7 +170,7 @@ async fn an_agent_that_stops_reading_loses_its_names_at_the_heartbeat_tolerance(
         }
     })
     .await;
-    still_serves(&edge, &b).await;
+    b.still_serves(&edge).await;
     drop(h);
 }
 
@@ -316,7 +290,7 @@ async fn wrong_secrets_are_throttled_per_address_and_odd_tokens_are_just_wrong()
 #[tokio::test]
 async fn a_host_with_user_information_is_refused() {
     let edge = TestEdge::start().await;
-    let b = bystander(&edge, "secure").await;
+    let b = Bystander::start(&edge, "secure").await;
     for host in ["victim@secure.warren.localhost", "secure.warren.localhost@evil.example"] {
         let (status, _, body) = plain_get(edge.http_addr(), host, "/").await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{host}: {body}");
@@ -327,7 +301,7 @@ async fn a_host_with_user_information_is_refused() {
         let res = within("https answer", send.send_request(req)).await.unwrap();
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{host} over https");
     }
-    still_serves(&edge, &b).await;
+    b.still_serves(&edge).await;
 }
 
 /// Configured names compare like every other name: a connect hostname given in capitals is

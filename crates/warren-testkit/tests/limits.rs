@@ -5,26 +5,11 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use warren_agent::{Agent, EndpointConfig};
+use warren_testkit::hostile::read_until_closed;
 use warren_testkit::*;
-
-/// Reads until the edge ends the connection; what it sent on the way.
-async fn until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    within("the edge closes the connection", async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    got
-}
 
 #[tokio::test]
 async fn max_sessions_closes_the_next_agent_connection_at_once() {
@@ -33,7 +18,7 @@ async fn max_sessions_closes_the_next_agent_connection_at_once() {
     let _b = RawSession::authenticated(&edge, &edge.authtoken).await;
     // The third TCP connection is closed before any TLS byte.
     let mut third = TcpStream::connect(edge.config.connect_addr).await.unwrap();
-    assert!(until_closed(&mut third).await.is_empty());
+    assert!(read_until_closed(&mut third).await.is_empty());
     edge.wait_sessions(2).await;
 }
 
@@ -46,7 +31,7 @@ async fn max_visitor_connections_closes_the_next_visitor_at_once() {
     ];
     for addr in [edge.http_addr(), edge.https_addr()] {
         let mut next = TcpStream::connect(addr).await.unwrap();
-        assert!(until_closed(&mut next).await.is_empty(), "{addr}");
+        assert!(read_until_closed(&mut next).await.is_empty(), "{addr}");
     }
     drop(held);
 }
@@ -59,7 +44,7 @@ async fn max_api_connections_closes_the_next_api_connection_at_once() {
         TcpStream::connect(edge.api_addr()).await.unwrap(),
     ];
     let mut next = TcpStream::connect(edge.api_addr()).await.unwrap();
-    assert!(until_closed(&mut next).await.is_empty());
+    assert!(read_until_closed(&mut next).await.is_empty());
     drop(held);
 }
 
@@ -84,13 +69,13 @@ async fn the_handshake_timeout_closes_a_silent_or_stalled_handshake() {
     for addr in [edge.config.connect_addr, edge.https_addr()] {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         let start = std::time::Instant::now();
-        until_closed(&mut tcp).await;
+        read_until_closed(&mut tcp).await;
         assert!(start.elapsed() < Duration::from_secs(5), "{addr}: {:?}", start.elapsed());
     }
     // Half a ClientHello on the https port.
     let mut tcp = TcpStream::connect(edge.https_addr()).await.unwrap();
     tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]).await.unwrap();
-    until_closed(&mut tcp).await;
+    read_until_closed(&mut tcp).await;
 }
 
 /// ClientHellos are read whole before routing, but never more than 64 KiB of one.
@@ -106,7 +91,7 @@ async fn a_client_hello_beyond_64_kib_is_refused() {
             break;
         }
     }
-    until_closed(&mut tcp).await;
+    read_until_closed(&mut tcp).await;
 }
 
 #[tokio::test]
@@ -129,7 +114,7 @@ async fn the_header_read_timeout_closes_a_visitor_that_never_finishes_its_header
     let mut tcp = TcpStream::connect(edge.http_addr()).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: slow.warren.localhost\r\nX-Drip: ").await.unwrap();
     let start = std::time::Instant::now();
-    until_closed(&mut tcp).await;
+    read_until_closed(&mut tcp).await;
     assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
 }
 
@@ -171,7 +156,7 @@ async fn visitor_request_headers_beyond_256_kib_are_refused() {
     }
     req.extend_from_slice(b"\r\n");
     let _ = tcp.write_all(&req).await;
-    let got = until_closed(&mut tcp).await;
+    let got = read_until_closed(&mut tcp).await;
     assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 431"), "{:?}", String::from_utf8_lossy(&got));
     let (s, _, _) = plain_get(edge.http_addr(), "big.warren.localhost", "/").await;
     assert_eq!(s, StatusCode::OK, "an ordinary request still passes");
