@@ -100,6 +100,17 @@ fn common(bind: &Bind, unknown: &[String], raw_bind: &Value) -> Result<(), Strin
     Ok(())
 }
 
+/// ngrok-go up to 1.9 sent the policy as an object under `Policy`; warren reads only
+/// `TrafficPolicy`, so one that is set is refused rather than dropped.
+fn no_legacy_policy(policy: Option<&Value>) -> Result<(), String> {
+    match policy {
+        Some(v) if !v.is_null() => {
+            Err(refuse("Policy", "the legacy policy object is not read; send the document as TrafficPolicy"))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn ip_policies(bind: &Bind) -> Vec<String> {
     let r = bind.extra.ip_policy_ref.trim();
     if r.is_empty() { Vec::new() } else { vec![r.to_owned()] }
@@ -131,12 +142,7 @@ pub(crate) fn http(
     if set(&o.websocket_tcp_converter) {
         return Err(refuse("WebsocketTCPConverter", "WebSockets are passed on as they are"));
     }
-    if set(&o.policy) {
-        return Err(refuse(
-            "Policy",
-            "the legacy policy object is not read; send the document as TrafficPolicy",
-        ));
-    }
+    no_legacy_policy(o.policy.as_ref())?;
     if o.proxy_proto != 0 {
         return Err(refuse(
             &format!("ProxyProto {}", o.proxy_proto),
@@ -249,12 +255,7 @@ pub(crate) fn tcp(
     unknown: &[String],
 ) -> Result<Extras, String> {
     common(bind, unknown, raw_bind)?;
-    if opts.policy.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(refuse(
-            "Policy",
-            "the legacy policy object is not read; send the document as TrafficPolicy",
-        ));
-    }
+    no_legacy_policy(opts.policy.as_ref())?;
     network_only(bind, opts.ip_restriction.as_ref(), proxy_proto(opts.proxy_proto)?)
 }
 
@@ -266,12 +267,7 @@ pub(crate) fn tls(
     unknown: &[String],
 ) -> Result<Extras, String> {
     common(bind, unknown, raw_bind)?;
-    if opts.policy.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(refuse(
-            "Policy",
-            "the legacy policy object is not read; send the document as TrafficPolicy",
-        ));
-    }
+    no_legacy_policy(opts.policy.as_ref())?;
     if opts.mutual_tls_at_edge.as_ref().is_some_and(|v| !v.is_null()) {
         return Err(refuse(
             "MutualTLSAtEdge",
@@ -491,6 +487,7 @@ mod tests {
             ),
             (serde_json::json!({"OAuth": {"provider": "google"}}), "OAuth"),
             (serde_json::json!({"WebsocketTCPConverter": {}}), "WebsocketTCPConverter"),
+            (serde_json::json!({"Policy": {"inbound": []}}), "Policy"),
             (serde_json::json!({"ProxyProto": 1}), "ProxyProto"),
             (
                 serde_json::json!({"BasicAuth": {"credentials": [{"username": "a", "hashed_password": "eA=="}]}}),
@@ -508,5 +505,10 @@ mod tests {
         assert!(http(&b3, &HttpOpts::default(), &raw3, &unknown3).unwrap_err().contains("Extra.Teleport"));
         let (b4, raw4, unknown4) = bind(serde_json::json!({"Proto": "https", "ForwardsProto": "http2"}));
         assert!(http(&b4, &HttpOpts::default(), &raw4, &unknown4).unwrap_err().contains("http2"));
+        let legacy = Some(serde_json::json!({"inbound": []}));
+        let t = TcpOpts { policy: legacy.clone(), ..Default::default() };
+        assert!(tcp(&b, &t, &raw, &unknown).unwrap_err().contains("Policy"));
+        let t = TlsOpts { policy: legacy, ..Default::default() };
+        assert!(tls(&b, &t, &raw, &unknown).unwrap_err().contains("Policy"));
     }
 }
