@@ -39,6 +39,14 @@ impl Store {
         Ok(Account { id, name: name.to_owned() })
     }
 
+    /// The account with this id, if there is one.
+    pub async fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
+        Ok(with_db!(self.db, pool => {
+            sqlx::query("SELECT id, name FROM accounts WHERE id = $1").bind(id).fetch_optional(pool).await?
+                .map(|r| Account { id: r.get(0), name: r.get(1) })
+        }))
+    }
+
     /// Every account, by name.
     pub async fn list_accounts(&self) -> Result<Vec<Account>, StoreError> {
         Ok(with_db!(self.db, pool => {

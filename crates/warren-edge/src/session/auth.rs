@@ -91,6 +91,8 @@ pub(super) struct Admitted {
     /// The protocol version to answer in.
     pub(super) version: &'static str,
     pub(super) credential: Credential,
+    /// The name of the credential's account, told to the agent (ngrok's agent shows it).
+    pub(super) account_name: String,
     /// The bind rules an admin set for the token's owner, checked at each Bind.
     pub(super) owner_acl: Option<Vec<String>>,
     pub(super) owner_ip_policy_ids: Vec<String>,
@@ -172,7 +174,7 @@ async fn handle_auth(
             version: Some(env!("CARGO_PKG_VERSION").into()),
             region: Some("local".into()),
             cookie: Some(proto::Secret(cookie.clone())),
-            account_name: Some("default".into()),
+            account_name: Some(admitted.account_name.clone()),
             session_duration: None,
             plan_name: Some("warren".into()),
             banner: None,
@@ -275,7 +277,16 @@ pub(super) async fn decide(
         owner_acl = user.authtoken_acl;
         owner_ip_policy_ids = user.authtoken_ip_policy_ids;
     }
-    Ok(Admitted { version, credential, owner_acl, owner_ip_policy_ids })
+    let account_name = match shared.store.account(&credential.account_id).await {
+        Ok(Some(a)) => a.name,
+        // A credential outlives its account only if the store was edited by hand.
+        Ok(None) => return Err(AuthError::InvalidAuthtoken),
+        Err(e) => {
+            tracing::error!(error = %e, "store failed while reading an authtoken's account");
+            return Err(AuthError::Unavailable("the authtoken's account"));
+        }
+    };
+    Ok(Admitted { version, credential, account_name, owner_acl, owner_ip_policy_ids })
 }
 
 /// Resume: a reconnecting agent presents its previous session id and the cookie the edge

@@ -102,6 +102,11 @@ async fn auth_picks_the_clients_preferred_version_and_the_credential() {
     let a = auth::decide(&f.shared, &auth(&f.token, &["2", "3"]), remote()).await.unwrap();
     assert_eq!(a.version, "2", "the client's first choice that the edge speaks");
     assert_eq!(a.credential.account_id, f.account.id);
+    assert_eq!(a.account_name, "default", "the credential's own account, told to the agent");
+    let (other, _) = f.shared.store.ensure_account("other-team").await.unwrap();
+    let (_, token) = f.shared.store.create_credential(&other.id, &NewCredential::default()).await.unwrap();
+    let b = auth::decide(&f.shared, &auth(&token.0, &["3"]), remote()).await.unwrap();
+    assert_eq!((b.credential.account_id, b.account_name), (other.id, "other-team".to_owned()));
     let e = auth::decide(&f.shared, &auth(&f.token, &["1"]), remote()).await.unwrap_err();
     assert_eq!(e, AuthError::UnsupportedVersion(vec!["1".into()]));
     assert_eq!(e.code(), codes::UNSUPPORTED_VERSION);
