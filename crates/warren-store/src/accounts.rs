@@ -1,6 +1,7 @@
 use sqlx::Row;
 
-use crate::{Account, Store, StoreError, generate_id, now_rfc3339};
+use crate::events::AccountTrafficPolicy;
+use crate::{Account, Op, Store, StoreError, generate_id, now_rfc3339};
 
 impl Store {
     /// Returns the account named `name`, creating it if it does not exist; the flag is true
@@ -76,19 +77,28 @@ impl Store {
         document: &str,
     ) -> Result<String, StoreError> {
         let now = now_rfc3339();
-        with_db!(self.db, pool => {
+        let policy = AccountTrafficPolicy { document: document.to_owned(), updated_at: now.clone() };
+        audited!(self, tx, account_id, Op::Updated, |policy| {
             sqlx::query("INSERT INTO account_traffic_policies (account_id, document, updated_at) VALUES ($1, $2, $3) \
                          ON CONFLICT (account_id) DO UPDATE SET document = excluded.document, updated_at = excluded.updated_at")
-                .bind(account_id).bind(document).bind(&now).execute(pool).await?;
+                .bind(account_id).bind(document).bind(&now).execute(&mut *tx).await?;
+            policy
         });
         Ok(now)
     }
 
     /// Removes the account-wide traffic policy; true if there was one.
     pub async fn delete_account_traffic_policy(&self, account_id: &str) -> Result<bool, StoreError> {
+        let gone = AccountTrafficPolicy { document: String::new(), updated_at: now_rfc3339() };
         let n = with_db!(self.db, pool => {
-            sqlx::query("DELETE FROM account_traffic_policies WHERE account_id = $1")
-                .bind(account_id).execute(pool).await?.rows_affected()
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query("DELETE FROM account_traffic_policies WHERE account_id = $1")
+                .bind(account_id).execute(&mut *tx).await?.rows_affected();
+            if n > 0 {
+                insert_event!(self, tx, self.audit_event(account_id, Op::Deleted, &gone));
+                tx.commit().await?;
+            }
+            n
         });
         Ok(n > 0)
     }

@@ -3,7 +3,7 @@ use sqlx::Row;
 use crate::secret::{self, SecretKind};
 use crate::time::{now_secs, rfc3339};
 use crate::{
-    ApiKey, NewApiKey, Page, Store, StoreError, Token, into_page, now_rfc3339, page_limit, parse_token,
+    ApiKey, NewApiKey, Op, Page, Store, StoreError, Token, into_page, now_rfc3339, page_limit, parse_token,
 };
 
 const COLUMNS: &str = "id, account_id, description, metadata, owner_id, expires_at, created_at";
@@ -64,11 +64,12 @@ impl Store {
             expires_at: new.expires_at.clone(),
             created_at: now_rfc3339(),
         };
-        with_db!(self.db, pool => {
+        let k = audited!(self, tx, account_id, Op::Created, |k| {
             sqlx::query("INSERT INTO api_keys (id, account_id, description, metadata, owner_id, expires_at, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
                 .bind(&k.id).bind(&k.account_id).bind(&k.description).bind(&k.metadata).bind(&k.owner_id)
                 .bind(&k.expires_at).bind(&hash[..]).bind(&k.created_at)
-                .execute(pool).await?;
+                .execute(&mut *tx).await?;
+            k
         });
         Ok((k, Token(token)))
     }
@@ -123,13 +124,19 @@ impl Store {
 
     /// Deletes an API key; it stops working at once.
     pub async fn delete_api_key(&self, account_id: &str, id: &str) -> Result<(), StoreError> {
-        let n = with_db!(self.db, pool => {
-            sqlx::query("DELETE FROM api_keys WHERE account_id = $1 AND id = $2")
-                .bind(account_id).bind(id).execute(pool).await?.rows_affected()
+        let k = self.get_api_key(account_id, id).await?;
+        audited!(self, tx, account_id, Op::Deleted, |k| {
+            let n = sqlx::query("DELETE FROM api_keys WHERE account_id = $1 AND id = $2")
+                .bind(account_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("api key"));
+            }
+            k
         });
-        if n == 0 {
-            return Err(StoreError::NotFound("api key"));
-        }
         Ok(())
     }
 }
@@ -148,14 +155,21 @@ impl Store {
                 return Err(StoreError::Invalid(format!("{f}: at most 4096 bytes")));
             }
         }
-        let n = with_db!(self.db, pool => {
-            sqlx::query("UPDATE api_keys SET description = COALESCE($1, description), metadata = COALESCE($2, metadata) WHERE account_id = $3 AND id = $4")
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE account_id = $1 AND id = $2");
+        Ok(audited!(self, tx, account_id, Op::Updated, |k| {
+            let n = sqlx::query("UPDATE api_keys SET description = COALESCE($1, description), metadata = COALESCE($2, metadata) WHERE account_id = $3 AND id = $4")
                 .bind(&description).bind(&metadata).bind(account_id).bind(id)
-                .execute(pool).await?.rows_affected()
-        });
-        if n == 0 {
-            return Err(StoreError::NotFound("api key"));
-        }
-        self.get_api_key(account_id, id).await
+                .execute(&mut *tx).await?.rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("api key"));
+            }
+            api_key(
+                &sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(account_id)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?,
+            )
+        }))
     }
 }

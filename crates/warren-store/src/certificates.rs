@@ -4,7 +4,7 @@
 
 use sqlx::Row;
 
-use crate::{Store, StoreError, now_rfc3339};
+use crate::{Op, Store, StoreError, now_rfc3339};
 
 /// A certificate the edge serves for one domain.
 #[derive(Clone, PartialEq, Eq)]
@@ -106,8 +106,9 @@ impl Store {
     }
 }
 
-/// A certificate an operator uploaded; its key is sealed (label: the certificate's id).
-#[derive(Clone, PartialEq, Eq)]
+/// A certificate an operator uploaded; its key is sealed (label: the certificate's id). An
+/// event's copy of it leaves the key out.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UploadedCertificate {
     /// `cert_...`
     pub id: String,
@@ -120,6 +121,7 @@ pub struct UploadedCertificate {
     /// Leaf first.
     pub chain_pem: String,
     /// The private key, sealed by the edge's master key.
+    #[serde(skip)]
     pub key_sealed: Vec<u8>,
     /// RFC 3339.
     pub created_at: String,
@@ -160,10 +162,11 @@ impl Store {
     pub async fn insert_uploaded_certificate(&self, c: &UploadedCertificate) -> Result<(), StoreError> {
         crate::check_text("description", &c.description)?;
         crate::check_text("metadata", &c.metadata)?;
-        with_db!(self.db, pool => {
+        audited!(self, tx, &c.account_id, Op::Created, |created| {
             sqlx::query("INSERT INTO uploaded_certificates (id, account_id, description, metadata, chain_pem, key_sealed, created_at, owner_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
                 .bind(&c.id).bind(&c.account_id).bind(&c.description).bind(&c.metadata).bind(&c.chain_pem).bind(&c.key_sealed).bind(&c.created_at).bind(&c.owner_id)
-                .execute(pool).await?;
+                .execute(&mut *tx).await?;
+            c.clone()
         });
         Ok(())
     }
@@ -209,14 +212,22 @@ impl Store {
     ) -> Result<UploadedCertificate, StoreError> {
         description.map_or(Ok(()), |d| crate::check_text("description", d))?;
         metadata.map_or(Ok(()), |m| crate::check_text("metadata", m))?;
-        let n = with_db!(self.db, pool => {
-            sqlx::query("UPDATE uploaded_certificates SET description = COALESCE($1, description), metadata = COALESCE($2, metadata) WHERE account_id = $3 AND id = $4")
-                .bind(description).bind(metadata).bind(account_id).bind(id).execute(pool).await?.rows_affected()
-        });
-        if n == 0 {
-            return Err(StoreError::NotFound("tls certificate"));
-        }
-        self.get_uploaded_certificate(account_id, id).await
+        let sql =
+            format!("SELECT {UPLOAD_COLUMNS} FROM uploaded_certificates WHERE account_id = $1 AND id = $2");
+        Ok(audited!(self, tx, account_id, Op::Updated, |updated| {
+            let n = sqlx::query("UPDATE uploaded_certificates SET description = COALESCE($1, description), metadata = COALESCE($2, metadata) WHERE account_id = $3 AND id = $4")
+                .bind(description).bind(metadata).bind(account_id).bind(id).execute(&mut *tx).await?.rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("tls certificate"));
+            }
+            upload_row(
+                &sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(account_id)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?,
+            )
+        }))
     }
 
     /// Deletes an uploaded certificate; one still attached to a reserved domain is refused.
@@ -231,11 +242,20 @@ impl Store {
                 users.join(", ")
             )));
         }
-        let n = with_db!(self.db, pool => {
-            sqlx::query("DELETE FROM uploaded_certificates WHERE account_id = $1 AND id = $2")
-                .bind(account_id).bind(id).execute(pool).await?.rows_affected()
+        let old = self.get_uploaded_certificate(account_id, id).await?;
+        audited!(self, tx, account_id, Op::Deleted, |old| {
+            let n = sqlx::query("DELETE FROM uploaded_certificates WHERE account_id = $1 AND id = $2")
+                .bind(account_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("tls certificate"));
+            }
+            old
         });
-        if n == 0 { Err(StoreError::NotFound("tls certificate")) } else { Ok(()) }
+        Ok(())
     }
 
     /// Attaches (or with `None` detaches) an uploaded certificate to a reserved domain.
@@ -245,11 +265,32 @@ impl Store {
         reserved_domain_id: &str,
         certificate_id: Option<&str>,
     ) -> Result<(), StoreError> {
-        let n = with_db!(self.db, pool => {
-            sqlx::query("UPDATE reserved_domains SET certificate_id = $1 WHERE account_id = $2 AND id = $3")
-                .bind(certificate_id).bind(account_id).bind(reserved_domain_id).execute(pool).await?.rows_affected()
+        let sql = format!(
+            "SELECT {} FROM reserved_domains WHERE account_id = $1 AND id = $2",
+            crate::reserved::DOMAIN_COLUMNS
+        );
+        audited!(self, tx, account_id, Op::Updated, |d| {
+            let n = sqlx::query(
+                "UPDATE reserved_domains SET certificate_id = $1 WHERE account_id = $2 AND id = $3",
+            )
+            .bind(certificate_id)
+            .bind(account_id)
+            .bind(reserved_domain_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("reserved domain"));
+            }
+            crate::reserved::domain_row(
+                &sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(account_id)
+                    .bind(reserved_domain_id)
+                    .fetch_one(&mut *tx)
+                    .await?,
+            )
         });
-        if n == 0 { Err(StoreError::NotFound("reserved domain")) } else { Ok(()) }
+        Ok(())
     }
 
     /// The uploaded certificate attached to a reserved domain, if any.

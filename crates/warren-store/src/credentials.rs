@@ -2,7 +2,7 @@ use sqlx::Row;
 
 use crate::secret::{self, SecretKind};
 use crate::{
-    Credential, CredentialUpdate, NewCredential, Page, Store, StoreError, Token, check_text, into_page,
+    Credential, CredentialUpdate, NewCredential, Op, Page, Store, StoreError, Token, check_text, into_page,
     now_rfc3339, page_limit, parse_token,
 };
 
@@ -70,11 +70,12 @@ impl Store {
         };
         let acl = serde_json::to_string(&c.acl).expect("strings serialize");
         let policies = serde_json::to_string(&c.ip_policy_ids).expect("strings serialize");
-        with_db!(self.db, pool => {
+        let c = audited!(self, tx, account_id, Op::Created, |c| {
             sqlx::query("INSERT INTO credentials (id, account_id, description, metadata, acl, owner_id, secret_hash, created_at, ip_policy_ids) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
                 .bind(&c.id).bind(&c.account_id).bind(&c.description).bind(&c.metadata).bind(&acl)
                 .bind(&c.owner_id).bind(&hash[..]).bind(&c.created_at).bind(&policies)
-                .execute(pool).await?;
+                .execute(&mut *tx).await?;
+            c
         });
         Ok((c, Token(token)))
     }
@@ -154,26 +155,39 @@ impl Store {
         let acl = up.acl.as_ref().map(|a| serde_json::to_string(a).expect("strings serialize"));
         let policies =
             up.ip_policy_ids.as_ref().map(|p| serde_json::to_string(p).expect("strings serialize"));
-        let n = with_db!(self.db, pool => {
-            sqlx::query("UPDATE credentials SET description = COALESCE($1, description), metadata = COALESCE($2, metadata), acl = COALESCE($3, acl), ip_policy_ids = COALESCE($4, ip_policy_ids) WHERE account_id = $5 AND id = $6")
+        let sql = format!("SELECT {COLUMNS} FROM credentials WHERE account_id = $1 AND id = $2");
+        Ok(audited!(self, tx, account_id, Op::Updated, |updated| {
+            let n = sqlx::query("UPDATE credentials SET description = COALESCE($1, description), metadata = COALESCE($2, metadata), acl = COALESCE($3, acl), ip_policy_ids = COALESCE($4, ip_policy_ids) WHERE account_id = $5 AND id = $6")
                 .bind(&up.description).bind(&up.metadata).bind(&acl).bind(&policies).bind(account_id).bind(id)
-                .execute(pool).await?.rows_affected()
-        });
-        if n == 0 {
-            return Err(StoreError::NotFound("credential"));
-        }
-        self.get_credential(account_id, id).await
+                .execute(&mut *tx).await?.rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("credential"));
+            }
+            credential(
+                &sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(account_id)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?,
+            )
+        }))
     }
 
     /// Deletes an authtoken; it stops working at once (sessions using it are the edge's to end).
     pub async fn delete_credential(&self, account_id: &str, id: &str) -> Result<(), StoreError> {
-        let n = with_db!(self.db, pool => {
-            sqlx::query("DELETE FROM credentials WHERE account_id = $1 AND id = $2")
-                .bind(account_id).bind(id).execute(pool).await?.rows_affected()
+        let old = self.get_credential(account_id, id).await?;
+        audited!(self, tx, account_id, Op::Deleted, |old| {
+            let n = sqlx::query("DELETE FROM credentials WHERE account_id = $1 AND id = $2")
+                .bind(account_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("credential"));
+            }
+            old
         });
-        if n == 0 {
-            return Err(StoreError::NotFound("credential"));
-        }
         Ok(())
     }
 }

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use sqlx::Row;
 
-use crate::{Page, Store, StoreError, check_text, generate_id, into_page, now_rfc3339, page_limit};
+use crate::{Op, Page, Store, StoreError, check_text, generate_id, into_page, now_rfc3339, page_limit};
 
 /// An IPv4 or IPv6 network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`; a bare address
 /// is a /32 or /128).
@@ -67,7 +67,7 @@ fn bits(ip: IpAddr) -> u128 {
 }
 
 /// A named set of rules.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IpPolicy {
     /// `ipp_...`
     pub id: String,
@@ -80,7 +80,7 @@ pub struct IpPolicy {
 }
 
 /// One rule of a policy.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IpPolicyRule {
     /// `ipr_...`
     pub id: String,
@@ -99,7 +99,7 @@ pub struct IpPolicyRule {
 }
 
 /// Which policies guard one kind of access.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IpRestriction {
     /// `ipx_...`
     pub id: String,
@@ -261,9 +261,10 @@ impl Store {
             metadata: metadata.to_owned(),
             created_at: now_rfc3339(),
         };
-        with_db!(self.db, pool => {
+        let p = audited!(self, tx, account_id, Op::Created, |p| {
             sqlx::query("INSERT INTO ip_policies (id, account_id, description, metadata, created_at) VALUES ($1, $2, $3, $4, $5)")
-                .bind(&p.id).bind(account_id).bind(&p.description).bind(&p.metadata).bind(&p.created_at).execute(pool).await?;
+                .bind(&p.id).bind(account_id).bind(&p.description).bind(&p.metadata).bind(&p.created_at).execute(&mut *tx).await?;
+            p
         });
         Ok(p)
     }
@@ -304,14 +305,21 @@ impl Store {
     ) -> Result<IpPolicy, StoreError> {
         description.map_or(Ok(()), |d| check_text("description", d))?;
         metadata.map_or(Ok(()), |m| check_text("metadata", m))?;
-        let n = with_db!(self.db, pool => {
-            sqlx::query("UPDATE ip_policies SET description = COALESCE($1, description), metadata = COALESCE($2, metadata) WHERE account_id = $3 AND id = $4")
-                .bind(description).bind(metadata).bind(account_id).bind(id).execute(pool).await?.rows_affected()
-        });
-        if n == 0 {
-            return Err(StoreError::NotFound("ip policy"));
-        }
-        self.get_ip_policy(account_id, id).await
+        let sql = format!("SELECT {POLICY_COLUMNS} FROM ip_policies WHERE account_id = $1 AND id = $2");
+        Ok(audited!(self, tx, account_id, Op::Updated, |updated| {
+            let n = sqlx::query("UPDATE ip_policies SET description = COALESCE($1, description), metadata = COALESCE($2, metadata) WHERE account_id = $3 AND id = $4")
+                .bind(description).bind(metadata).bind(account_id).bind(id).execute(&mut *tx).await?.rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("ip policy"));
+            }
+            policy_row(
+                &sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(account_id)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?,
+            )
+        }))
     }
 
     /// Deletes a policy with its rules. A policy still applied by a restriction or an
@@ -324,11 +332,20 @@ impl Store {
                 users.join(", ")
             )));
         }
-        let n = with_db!(self.db, pool => {
-            sqlx::query("DELETE FROM ip_policies WHERE account_id = $1 AND id = $2")
-                .bind(account_id).bind(id).execute(pool).await?.rows_affected()
+        let old = self.get_ip_policy(account_id, id).await?;
+        audited!(self, tx, account_id, Op::Deleted, |old| {
+            let n = sqlx::query("DELETE FROM ip_policies WHERE account_id = $1 AND id = $2")
+                .bind(account_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("ip policy"));
+            }
+            old
         });
-        if n == 0 { Err(StoreError::NotFound("ip policy")) } else { Ok(()) }
+        Ok(())
     }
 
     /// Adds a rule to a policy.
@@ -354,10 +371,11 @@ impl Store {
             metadata: metadata.to_owned(),
             created_at: now_rfc3339(),
         };
-        with_db!(self.db, pool => {
+        let r = audited!(self, tx, account_id, Op::Created, |r| {
             sqlx::query("INSERT INTO ip_policy_rules (id, account_id, ip_policy_id, cidr, action, description, metadata, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
                 .bind(&r.id).bind(account_id).bind(&r.ip_policy_id).bind(&r.cidr).bind(&r.action).bind(&r.description).bind(&r.metadata).bind(&r.created_at)
-                .execute(pool).await?;
+                .execute(&mut *tx).await?;
+            r
         });
         Ok(r)
     }
@@ -400,24 +418,40 @@ impl Store {
         check_rule(cidr, up.action.as_deref().unwrap_or(&current.action))?;
         up.description.as_deref().map_or(Ok(()), |d| check_text("description", d))?;
         up.metadata.as_deref().map_or(Ok(()), |m| check_text("metadata", m))?;
-        let n = with_db!(self.db, pool => {
-            sqlx::query("UPDATE ip_policy_rules SET cidr = $1, action = COALESCE($2, action), description = COALESCE($3, description), metadata = COALESCE($4, metadata) WHERE account_id = $5 AND id = $6")
+        let sql = format!("SELECT {RULE_COLUMNS} FROM ip_policy_rules WHERE account_id = $1 AND id = $2");
+        Ok(audited!(self, tx, account_id, Op::Updated, |updated| {
+            let n = sqlx::query("UPDATE ip_policy_rules SET cidr = $1, action = COALESCE($2, action), description = COALESCE($3, description), metadata = COALESCE($4, metadata) WHERE account_id = $5 AND id = $6")
                 .bind(cidr).bind(&up.action).bind(&up.description).bind(&up.metadata).bind(account_id).bind(id)
-                .execute(pool).await?.rows_affected()
-        });
-        if n == 0 {
-            return Err(StoreError::NotFound("ip policy rule"));
-        }
-        self.get_ip_policy_rule(account_id, id).await
+                .execute(&mut *tx).await?.rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("ip policy rule"));
+            }
+            rule_row(
+                &sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(account_id)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?,
+            )
+        }))
     }
 
     /// Deletes a rule.
     pub async fn delete_ip_policy_rule(&self, account_id: &str, id: &str) -> Result<(), StoreError> {
-        let n = with_db!(self.db, pool => {
-            sqlx::query("DELETE FROM ip_policy_rules WHERE account_id = $1 AND id = $2")
-                .bind(account_id).bind(id).execute(pool).await?.rows_affected()
+        let old = self.get_ip_policy_rule(account_id, id).await?;
+        audited!(self, tx, account_id, Op::Deleted, |old| {
+            let n = sqlx::query("DELETE FROM ip_policy_rules WHERE account_id = $1 AND id = $2")
+                .bind(account_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("ip policy rule"));
+            }
+            old
         });
-        if n == 0 { Err(StoreError::NotFound("ip policy rule")) } else { Ok(()) }
+        Ok(())
     }
 
     /// Creates a restriction of `kind` applying `ip_policy_ids`.
@@ -451,10 +485,11 @@ impl Store {
             created_at: now_rfc3339(),
         };
         let ids = serde_json::to_string(&x.ip_policy_ids).expect("strings serialize");
-        with_db!(self.db, pool => {
+        let x = audited!(self, tx, account_id, Op::Created, |x| {
             sqlx::query("INSERT INTO ip_restrictions (id, account_id, type, enforced, ip_policy_ids, description, metadata, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
                 .bind(&x.id).bind(account_id).bind(&x.kind).bind(i64::from(enforced)).bind(&ids).bind(&x.description).bind(&x.metadata).bind(&x.created_at)
-                .execute(pool).await?;
+                .execute(&mut *tx).await?;
+            x
         });
         Ok(x)
     }
@@ -502,24 +537,41 @@ impl Store {
         up.description.as_deref().map_or(Ok(()), |d| check_text("description", d))?;
         up.metadata.as_deref().map_or(Ok(()), |m| check_text("metadata", m))?;
         let ids = up.ip_policy_ids.as_ref().map(|i| serde_json::to_string(i).expect("strings serialize"));
-        let n = with_db!(self.db, pool => {
-            sqlx::query("UPDATE ip_restrictions SET enforced = COALESCE($1, enforced), ip_policy_ids = COALESCE($2, ip_policy_ids), description = COALESCE($3, description), metadata = COALESCE($4, metadata) WHERE account_id = $5 AND id = $6")
+        let sql =
+            format!("SELECT {RESTRICTION_COLUMNS} FROM ip_restrictions WHERE account_id = $1 AND id = $2");
+        Ok(audited!(self, tx, account_id, Op::Updated, |updated| {
+            let n = sqlx::query("UPDATE ip_restrictions SET enforced = COALESCE($1, enforced), ip_policy_ids = COALESCE($2, ip_policy_ids), description = COALESCE($3, description), metadata = COALESCE($4, metadata) WHERE account_id = $5 AND id = $6")
                 .bind(up.enforced.map(i64::from)).bind(&ids).bind(&up.description).bind(&up.metadata).bind(account_id).bind(id)
-                .execute(pool).await?.rows_affected()
-        });
-        if n == 0 {
-            return Err(StoreError::NotFound("ip restriction"));
-        }
-        self.get_ip_restriction(account_id, id).await
+                .execute(&mut *tx).await?.rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("ip restriction"));
+            }
+            restriction_row(
+                &sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(account_id)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?,
+            )
+        }))
     }
 
     /// Deletes a restriction.
     pub async fn delete_ip_restriction(&self, account_id: &str, id: &str) -> Result<(), StoreError> {
-        let n = with_db!(self.db, pool => {
-            sqlx::query("DELETE FROM ip_restrictions WHERE account_id = $1 AND id = $2")
-                .bind(account_id).bind(id).execute(pool).await?.rows_affected()
+        let old = self.get_ip_restriction(account_id, id).await?;
+        audited!(self, tx, account_id, Op::Deleted, |old| {
+            let n = sqlx::query("DELETE FROM ip_restrictions WHERE account_id = $1 AND id = $2")
+                .bind(account_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("ip restriction"));
+            }
+            old
         });
-        if n == 0 { Err(StoreError::NotFound("ip restriction")) } else { Ok(()) }
+        Ok(())
     }
 
     /// Applies every restriction of `kind` to `ip`: the first one whose policies refuse the

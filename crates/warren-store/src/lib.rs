@@ -12,6 +12,8 @@
 //! - `reserved.rs`: reserved domains and TCP addresses.
 //! - `certificates.rs`: custom-domain certificates (keys sealed by the edge) and ACME accounts.
 //! - `live.rs`: edge nodes, their sessions and endpoints (shared by every node).
+//! - [`events`]: the outbox every change writes its audit event to, in the change's own
+//!   transaction; event destinations and subscriptions.
 //! - `secret.rs`: ids and tokens. `time.rs`: RFC 3339 timestamps.
 
 use std::path::Path;
@@ -33,10 +35,44 @@ macro_rules! with_db {
     };
 }
 
+/// Writes event `$ev` (an [`events::NewEvent`]) to the outbox inside transaction `$tx`, as
+/// the transaction's last statement. On PostgreSQL, writers of the outbox take one lock until
+/// they commit, so `seq` order is commit order and a delivery cursor never passes an event
+/// that commits later.
+macro_rules! insert_event {
+    ($store:expr, $tx:expr, $ev:expr) => {{
+        let ev: &$crate::events::NewEvent = &$ev;
+        if $store.backend() == "postgres" {
+            sqlx::query("SELECT pg_advisory_xact_lock(7305)").execute(&mut *$tx).await?;
+        }
+        sqlx::query("INSERT INTO event_outbox (id, account_id, event_type, created_at, principal, object_kind, object, traffic) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(&ev.id).bind(&ev.account_id).bind(&ev.event_type).bind(&ev.created_at)
+            .bind(&ev.principal).bind(ev.object_kind).bind(&ev.object).bind(i64::from(ev.traffic))
+            .execute(&mut *$tx).await?;
+    }};
+}
+
+/// Runs `$body` in a transaction on whichever pool the store has, with `$tx` bound to it, and
+/// ends it by writing the audit event `$op` of `$obj` (a [`events::Audited`] record of
+/// `$account`) and committing. `$body` returns early with `?` to roll back.
+macro_rules! audited {
+    ($store:expr, $tx:ident, $account:expr, $op:expr, |$obj:ident| $body:block) => {
+        with_db!($store.db, pool => {
+            let mut $tx = pool.begin().await?;
+            let $obj = $body;
+            let ev = $store.audit_event($account, $op, &$obj);
+            insert_event!($store, $tx, ev);
+            $tx.commit().await?;
+            $obj
+        })
+    };
+}
+
 mod accounts;
 mod api_keys;
 mod certificates;
 mod credentials;
+pub mod events;
 pub mod ip;
 mod live;
 pub mod model;
@@ -46,6 +82,9 @@ mod time;
 mod users;
 
 pub use certificates::{StoredCertificate, UploadedCertificate};
+pub use events::{
+    Actor, Audited, EventDestination, EventSource, EventSubscription, NewEventDestination, Op, StoredEvent,
+};
 pub use ip::{
     Cidr, CompiledRestriction, IpDecision, IpPolicy, IpPolicyRule, IpPolicyRuleUpdate, IpRestriction,
     IpRestrictionUpdate,
@@ -94,10 +133,12 @@ pub(crate) enum Db {
     Postgres(PgPool),
 }
 
-/// The store. Cloning shares the pool.
+/// The store. Cloning shares the pool. A store made with [`Store::acting_as`] names its actor
+/// in the audit event every change writes; otherwise the edge itself is named.
 #[derive(Clone)]
 pub struct Store {
     db: std::sync::Arc<Db>,
+    actor: Option<std::sync::Arc<Actor>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -132,14 +173,14 @@ impl Store {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Store { db: std::sync::Arc::new(Db::Sqlite(pool)) })
+        Ok(Store { db: std::sync::Arc::new(Db::Sqlite(pool)), actor: None })
     }
 
     /// Connects to PostgreSQL and runs migrations.
     pub async fn open_postgres(opts: PgConnectOptions) -> Result<Store, StoreError> {
         let pool = PgPoolOptions::new().max_connections(8).connect_with(opts).await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(Store { db: std::sync::Arc::new(Db::Postgres(pool)) })
+        Ok(Store { db: std::sync::Arc::new(Db::Postgres(pool)), actor: None })
     }
 
     /// `sqlite` or `postgres`.

@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// An account: the owner of users, credentials, keys and endpoints.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Account {
     /// `acc_...`
     pub id: String,
@@ -13,7 +13,8 @@ pub struct Account {
 }
 
 /// What a user may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// Everything, including users and API keys.
     Admin,
@@ -45,7 +46,7 @@ impl Role {
 }
 
 /// A person (or robot) in an account.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct User {
     /// `usr_...`
     pub id: String,
@@ -127,7 +128,7 @@ fn rule_within(rule: &str, ceiling: &[String]) -> bool {
 }
 
 /// An authtoken's stored record.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Credential {
     /// `cr_...`
     pub id: String,
@@ -185,7 +186,7 @@ pub struct CredentialUpdate {
 }
 
 /// An API key's stored record.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ApiKey {
     /// `ak_...`
     pub id: String,

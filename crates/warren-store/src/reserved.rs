@@ -3,11 +3,11 @@
 
 use sqlx::Row;
 
-use crate::{Page, Store, StoreError, check_text, generate_id, into_page, now_rfc3339, page_limit};
+use crate::{Op, Page, Store, StoreError, check_text, generate_id, into_page, now_rfc3339, page_limit};
 
 /// A domain an account owns: a name under the edge's base domain, or a custom domain whose
 /// DNS points at the edge. `*.example.com` reserves every name under example.com.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReservedDomain {
     /// `rd_...`
     pub id: String,
@@ -40,7 +40,7 @@ impl ReservedDomain {
 }
 
 /// A TCP port an account owns on the edge's tcp host.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReservedAddr {
     /// `ra_...`
     pub id: String,
@@ -58,11 +58,11 @@ pub struct ReservedAddr {
     pub owner_id: Option<String>,
 }
 
-const DOMAIN_COLUMNS: &str =
+pub(crate) const DOMAIN_COLUMNS: &str =
     "id, account_id, domain, description, metadata, created_at, owner_id, verify_token, verified_at";
 const ADDR_COLUMNS: &str = "id, account_id, port, description, metadata, created_at, owner_id";
 
-fn domain_row<R: Row>(r: &R) -> ReservedDomain
+pub(crate) fn domain_row<R: Row>(r: &R) -> ReservedDomain
 where
     usize: sqlx::ColumnIndex<R>,
     String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
@@ -167,12 +167,14 @@ impl Store {
             crate::Db::Sqlite(pool) => {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 overlap_check!(tx, &d).await?;
+                insert_event!(self, tx, self.audit_event(account_id, Op::Created, &d));
                 tx.commit().await?;
             }
             crate::Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 sqlx::query("SELECT pg_advisory_xact_lock(7261657365727665)").execute(&mut *tx).await?;
                 overlap_check!(tx, &d).await?;
+                insert_event!(self, tx, self.audit_event(account_id, Op::Created, &d));
                 tx.commit().await?;
             }
         }
@@ -219,14 +221,21 @@ impl Store {
     ) -> Result<ReservedDomain, StoreError> {
         description.map_or(Ok(()), |d| check_text("description", d))?;
         metadata.map_or(Ok(()), |m| check_text("metadata", m))?;
-        let n = with_db!(self.db, pool => {
-            sqlx::query("UPDATE reserved_domains SET description = COALESCE($1, description), metadata = COALESCE($2, metadata) WHERE account_id = $3 AND id = $4")
-                .bind(description).bind(metadata).bind(account_id).bind(id).execute(pool).await?.rows_affected()
-        });
-        if n == 0 {
-            return Err(StoreError::NotFound("reserved domain"));
-        }
-        self.get_reserved_domain(account_id, id).await
+        let sql = format!("SELECT {DOMAIN_COLUMNS} FROM reserved_domains WHERE account_id = $1 AND id = $2");
+        Ok(audited!(self, tx, account_id, Op::Updated, |updated| {
+            let n = sqlx::query("UPDATE reserved_domains SET description = COALESCE($1, description), metadata = COALESCE($2, metadata) WHERE account_id = $3 AND id = $4")
+                .bind(description).bind(metadata).bind(account_id).bind(id).execute(&mut *tx).await?.rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("reserved domain"));
+            }
+            domain_row(
+                &sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(account_id)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?,
+            )
+        }))
     }
 
     /// Records that control of a reserved domain was proven.
@@ -235,20 +244,38 @@ impl Store {
         account_id: &str,
         id: &str,
     ) -> Result<ReservedDomain, StoreError> {
-        with_db!(self.db, pool => {
+        let sql = format!("SELECT {DOMAIN_COLUMNS} FROM reserved_domains WHERE account_id = $1 AND id = $2");
+        Ok(audited!(self, tx, account_id, Op::Updated, |d| {
             sqlx::query("UPDATE reserved_domains SET verified_at = $1 WHERE account_id = $2 AND id = $3 AND verified_at IS NULL")
-                .bind(now_rfc3339()).bind(account_id).bind(id).execute(pool).await?;
-        });
-        self.get_reserved_domain(account_id, id).await
+                .bind(now_rfc3339()).bind(account_id).bind(id).execute(&mut *tx).await?;
+            match sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(account_id)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                Some(r) => domain_row(&r),
+                None => return Err(StoreError::NotFound("reserved domain")),
+            }
+        }))
     }
 
     /// Releases a reserved domain.
     pub async fn delete_reserved_domain(&self, account_id: &str, id: &str) -> Result<(), StoreError> {
-        let n = with_db!(self.db, pool => {
-            sqlx::query("DELETE FROM reserved_domains WHERE account_id = $1 AND id = $2")
-                .bind(account_id).bind(id).execute(pool).await?.rows_affected()
+        let old = self.get_reserved_domain(account_id, id).await?;
+        audited!(self, tx, account_id, Op::Deleted, |old| {
+            let n = sqlx::query("DELETE FROM reserved_domains WHERE account_id = $1 AND id = $2")
+                .bind(account_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("reserved domain"));
+            }
+            old
         });
-        if n == 0 { Err(StoreError::NotFound("reserved domain")) } else { Ok(()) }
+        Ok(())
     }
 
     /// The reservation covering `host`, in any account: the exact name first, then the
@@ -299,10 +326,11 @@ impl Store {
             created_at: now_rfc3339(),
             owner_id: owner.map(str::to_owned),
         };
-        with_db!(self.db, pool => {
+        let a = audited!(self, tx, account_id, Op::Created, |a| {
             sqlx::query("INSERT INTO reserved_addrs (id, account_id, port, description, metadata, created_at, owner_id) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                 .bind(&a.id).bind(&a.account_id).bind(i64::from(a.port)).bind(&a.description).bind(&a.metadata).bind(&a.created_at).bind(&a.owner_id)
-                .execute(pool).await.map_err(crate::conflict("reserved address"))?;
+                .execute(&mut *tx).await.map_err(crate::conflict("reserved address"))?;
+            a
         });
         Ok(a)
     }
@@ -343,23 +371,39 @@ impl Store {
     ) -> Result<ReservedAddr, StoreError> {
         description.map_or(Ok(()), |d| check_text("description", d))?;
         metadata.map_or(Ok(()), |m| check_text("metadata", m))?;
-        let n = with_db!(self.db, pool => {
-            sqlx::query("UPDATE reserved_addrs SET description = COALESCE($1, description), metadata = COALESCE($2, metadata) WHERE account_id = $3 AND id = $4")
-                .bind(description).bind(metadata).bind(account_id).bind(id).execute(pool).await?.rows_affected()
-        });
-        if n == 0 {
-            return Err(StoreError::NotFound("reserved address"));
-        }
-        self.get_reserved_addr(account_id, id).await
+        let sql = format!("SELECT {ADDR_COLUMNS} FROM reserved_addrs WHERE account_id = $1 AND id = $2");
+        Ok(audited!(self, tx, account_id, Op::Updated, |updated| {
+            let n = sqlx::query("UPDATE reserved_addrs SET description = COALESCE($1, description), metadata = COALESCE($2, metadata) WHERE account_id = $3 AND id = $4")
+                .bind(description).bind(metadata).bind(account_id).bind(id).execute(&mut *tx).await?.rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("reserved address"));
+            }
+            addr_row(
+                &sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(account_id)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?,
+            )
+        }))
     }
 
     /// Releases a reserved address.
     pub async fn delete_reserved_addr(&self, account_id: &str, id: &str) -> Result<(), StoreError> {
-        let n = with_db!(self.db, pool => {
-            sqlx::query("DELETE FROM reserved_addrs WHERE account_id = $1 AND id = $2")
-                .bind(account_id).bind(id).execute(pool).await?.rows_affected()
+        let old = self.get_reserved_addr(account_id, id).await?;
+        audited!(self, tx, account_id, Op::Deleted, |old| {
+            let n = sqlx::query("DELETE FROM reserved_addrs WHERE account_id = $1 AND id = $2")
+                .bind(account_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("reserved address"));
+            }
+            old
         });
-        if n == 0 { Err(StoreError::NotFound("reserved address")) } else { Ok(()) }
+        Ok(())
     }
 
     /// The reservation of `port`, in any account.

@@ -1,6 +1,8 @@
 use sqlx::Row;
 
-use crate::{Page, Role, Store, StoreError, User, conflict, generate_id, into_page, now_rfc3339, page_limit};
+use crate::{
+    Op, Page, Role, Store, StoreError, User, conflict, generate_id, into_page, now_rfc3339, page_limit,
+};
 
 const COLUMNS: &str = "id, account_id, email, role, created_at, authtoken_acl, authtoken_ip_policy_ids";
 
@@ -40,10 +42,19 @@ impl Store {
             authtoken_acl: None,
             authtoken_ip_policy_ids: Vec::new(),
         };
-        with_db!(self.db, pool => {
-            sqlx::query("INSERT INTO users (id, account_id, email, role, created_at) VALUES ($1, $2, $3, $4, $5)")
-                .bind(&u.id).bind(&u.account_id).bind(&u.email).bind(u.role.as_str()).bind(&u.created_at)
-                .execute(pool).await.map_err(conflict("user with this email"))?;
+        let u = audited!(self, tx, account_id, Op::Created, |u| {
+            sqlx::query(
+                "INSERT INTO users (id, account_id, email, role, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&u.id)
+            .bind(&u.account_id)
+            .bind(&u.email)
+            .bind(u.role.as_str())
+            .bind(&u.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(conflict("user with this email"))?;
+            u
         });
         Ok(u)
     }
@@ -97,27 +108,46 @@ impl Store {
         }
         let acl_json = acl.as_ref().map(|a| a.as_ref().map(|v| serde_json::to_string(v).expect("strings")));
         let policies = ip_policy_ids.map(|p| serde_json::to_string(&p).expect("strings"));
-        let n = with_db!(self.db, pool => {
-            sqlx::query("UPDATE users SET authtoken_acl = CASE WHEN $1 THEN $2 ELSE authtoken_acl END, authtoken_ip_policy_ids = COALESCE($3, authtoken_ip_policy_ids) WHERE account_id = $4 AND id = $5")
+        let sql = format!("SELECT {COLUMNS} FROM users WHERE account_id = $1 AND id = $2");
+        Ok(audited!(self, tx, account_id, Op::Updated, |updated| {
+            let n = sqlx::query("UPDATE users SET authtoken_acl = CASE WHEN $1 THEN $2 ELSE authtoken_acl END, authtoken_ip_policy_ids = COALESCE($3, authtoken_ip_policy_ids) WHERE account_id = $4 AND id = $5")
                 .bind(acl_json.is_some()).bind(acl_json.flatten()).bind(policies).bind(account_id).bind(id)
-                .execute(pool).await?.rows_affected()
-        });
-        if n == 0 {
-            return Err(StoreError::NotFound("user"));
-        }
-        self.get_user(account_id, id).await
+                .execute(&mut *tx).await?.rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("user"));
+            }
+            user(
+                &sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(account_id)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?,
+            )
+        }))
     }
 
     /// Changes a user's role.
     pub async fn set_user_role(&self, account_id: &str, id: &str, role: Role) -> Result<User, StoreError> {
-        let n = with_db!(self.db, pool => {
-            sqlx::query("UPDATE users SET role = $1 WHERE account_id = $2 AND id = $3")
-                .bind(role.as_str()).bind(account_id).bind(id).execute(pool).await?.rows_affected()
-        });
-        if n == 0 {
-            return Err(StoreError::NotFound("user"));
-        }
-        self.get_user(account_id, id).await
+        let sql = format!("SELECT {COLUMNS} FROM users WHERE account_id = $1 AND id = $2");
+        Ok(audited!(self, tx, account_id, Op::Updated, |updated| {
+            let n = sqlx::query("UPDATE users SET role = $1 WHERE account_id = $2 AND id = $3")
+                .bind(role.as_str())
+                .bind(account_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound("user"));
+            }
+            user(
+                &sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(account_id)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?,
+            )
+        }))
     }
 
     /// Removes a user and revokes what they held: their API keys and authtokens are deleted
@@ -133,7 +163,28 @@ impl Store {
             "UPDATE reserved_addrs SET owner_id = NULL WHERE account_id = $1 AND owner_id = $2",
             "UPDATE uploaded_certificates SET owner_id = NULL WHERE account_id = $1 AND owner_id = $2",
         ];
-        let (n, revoked) = with_db!(self.db, pool => {
+        let u = self.get_user(account_id, id).await?;
+        // What goes with the user, each with its own audit event.
+        let mut keys = Vec::new();
+        let mut page = self.list_api_keys(account_id, 100, None).await?;
+        loop {
+            keys.extend(page.items.iter().filter(|k| k.owner_id.as_deref() == Some(id)).cloned());
+            match (page.more, page.items.last()) {
+                (true, Some(last)) => {
+                    page = self.list_api_keys(account_id, 100, Some(&last.id.clone())).await?
+                }
+                _ => break,
+            }
+        }
+        let mut creds = Vec::new();
+        for cid in self.credentials_of(account_id, id).await? {
+            creds.push(self.get_credential(account_id, &cid).await?);
+        }
+        let mut events: Vec<crate::events::NewEvent> =
+            keys.iter().map(|k| self.audit_event(account_id, Op::Deleted, k)).collect();
+        events.extend(creds.iter().map(|c| self.audit_event(account_id, Op::Deleted, c)));
+        events.push(self.audit_event(account_id, Op::Deleted, &u));
+        let revoked = with_db!(self.db, pool => {
             let mut tx = pool.begin().await?;
             let revoked: Vec<String> = sqlx::query("SELECT id FROM credentials WHERE account_id = $1 AND owner_id = $2")
                 .bind(account_id).bind(id).fetch_all(&mut *tx).await?
@@ -143,14 +194,15 @@ impl Store {
             }
             let n = sqlx::query("DELETE FROM users WHERE account_id = $1 AND id = $2")
                 .bind(account_id).bind(id).execute(&mut *tx).await?.rows_affected();
-            if n > 0 {
-                tx.commit().await?;
+            if n == 0 {
+                return Err(StoreError::NotFound("user"));
             }
-            (n, revoked)
+            for ev in &events {
+                insert_event!(self, tx, *ev);
+            }
+            tx.commit().await?;
+            revoked
         });
-        if n == 0 {
-            return Err(StoreError::NotFound("user"));
-        }
         Ok(revoked)
     }
 }

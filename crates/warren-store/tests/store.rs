@@ -612,3 +612,117 @@ async fn reservations_never_overlap_another_accounts_names() {
     })
     .await;
 }
+
+/// Every change writes its audit event in its own transaction: in order, naming who acted,
+/// carrying the record (never a secret); a change that fails writes none.
+#[tokio::test]
+async fn changes_write_their_audit_events_with_the_actor_and_failures_write_none() {
+    on_both(|s| async move {
+        let acc = account(&s).await;
+        let other = s.create_account("other").await.unwrap();
+        let actor = Actor {
+            id: "ak_1".into(),
+            subject: "root@example.com".into(),
+            source: "api".into(),
+            role: "admin".into(),
+            ip: "192.0.2.7".into(),
+        };
+        let a = s.acting_as(actor.clone());
+        let (cred, token) = a.create_credential(&acc.id, &NewCredential::default()).await.unwrap();
+        let up = CredentialUpdate { description: Some("ci".into()), ..Default::default() };
+        a.update_credential(&acc.id, &cred.id, &up).await.unwrap();
+        let u = a.create_user(&acc.id, "dev@example.com", Role::Developer).await.unwrap();
+        // Fails on the unique email: no event.
+        assert!(a.create_user(&acc.id, "dev@example.com", Role::Admin).await.is_err());
+        // Fails on a missing row: no event.
+        assert!(a.delete_api_key(&acc.id, "ak_missing").await.is_err());
+        let new = NewApiKey { owner_id: Some(u.id.clone()), ..Default::default() };
+        let (key, _) = a.create_api_key(&acc.id, &new).await.unwrap();
+        let owned = NewCredential { owner_id: Some(u.id.clone()), ..Default::default() };
+        let (owned, _) = a.create_credential(&acc.id, &owned).await.unwrap();
+        a.delete_user(&acc.id, &u.id).await.unwrap();
+        // Another account's change is that account's event.
+        s.create_ip_policy(&other.id, "theirs", "").await.unwrap();
+
+        let events = s.events_after(&acc.id, 0, 100).await.unwrap();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(
+            types,
+            [
+                "tunnel_credential_created.v0",
+                "tunnel_credential_updated.v0",
+                "user_created.v0",
+                "api_key_created.v0",
+                "tunnel_credential_created.v0",
+                "api_key_deleted.v0",
+                "tunnel_credential_deleted.v0",
+                "user_deleted.v0",
+            ]
+        );
+        assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+        for e in &events {
+            assert_eq!(serde_json::from_str::<Actor>(&e.principal).unwrap(), actor);
+            assert!(!e.object.contains(&token.0[token.0.len() - 20..]), "no secret in an event");
+        }
+        let updated: serde_json::Value = serde_json::from_str(&events[1].object).unwrap();
+        assert_eq!(
+            (updated["id"].as_str(), updated["description"].as_str()),
+            (Some(cred.id.as_str()), Some("ci"))
+        );
+        assert!(events[5].object.contains(&key.id) && events[6].object.contains(&owned.id));
+        let theirs = s.events_after(&other.id, 0, 100).await.unwrap();
+        assert_eq!(theirs.len(), 1);
+        assert_eq!(serde_json::from_str::<Actor>(&theirs[0].principal).unwrap().id, "edge");
+    })
+    .await;
+}
+
+/// A destination starts at the outbox's head; its cursor moves only for the lease holder and
+/// only forwards; a parked event is set aside and the cursor passes it; a destination used by
+/// a subscription cannot be deleted.
+#[tokio::test]
+async fn event_destinations_lease_advance_park_and_are_kept_while_subscribed() {
+    on_both(|s| async move {
+        let acc = account(&s).await;
+        s.create_ip_policy(&acc.id, "before", "").await.unwrap();
+        let new = NewEventDestination { format: "json".into(), target: r#"{"file":{"name":"a.jsonl"}}"#.into(), ..Default::default() };
+        let d = s.create_event_destination(&acc.id, &new).await.unwrap();
+        let start = d.cursor;
+        assert!(s.events_after(&acc.id, start, 10).await.unwrap().iter().all(|e| e.event_type == "event_destination_created.v0"));
+        let src = EventSource { kind: "ip_policy_created.v0".into(), filter: String::new(), fields: vec![] };
+        let sub = s.create_event_subscription(&acc.id, "", "", std::slice::from_ref(&src), std::slice::from_ref(&d.id)).await.unwrap();
+        assert_eq!(s.subscribed_types(&acc.id).await.unwrap(), ["ip_policy_created.v0"]);
+        assert_eq!(s.destination_sources(&d.id).await.unwrap(), [src.clone()]);
+        let twice = [src.clone(), src.clone()];
+        assert!(matches!(s.create_event_subscription(&acc.id, "", "", &twice, &[]).await, Err(StoreError::Invalid(_))));
+        assert!(matches!(s.create_event_subscription(&acc.id, "", "", &[], &["ed_nope".into()]).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(s.delete_event_destination(&acc.id, &d.id).await, Err(StoreError::InUse(m)) if m.contains(&sub.id)));
+
+        // Node a holds the lease; node b gets nothing until it runs out.
+        assert_eq!(s.lease_event_destinations("a", 100, 130).await.unwrap().len(), 1);
+        assert!(s.lease_event_destinations("b", 110, 140).await.unwrap().is_empty());
+        let p = s.create_ip_policy(&acc.id, "after", "").await.unwrap();
+        let evs = s.events_after(&acc.id, start, 10).await.unwrap();
+        let last = evs.last().unwrap().clone();
+        assert_eq!(last.event_type, "ip_policy_created.v0");
+        assert!(last.object.contains(&p.id));
+        s.event_destination_advanced(&d.id, "b", last.seq, 1).await.unwrap();
+        assert_eq!(s.get_event_destination(&acc.id, &d.id).await.unwrap().cursor, start, "not b's to move");
+        assert_eq!(s.event_destination_failed(&d.id, "HTTP 500").await.unwrap(), 1);
+        assert_eq!(s.event_destination_failed(&d.id, "HTTP 500").await.unwrap(), 2);
+        s.park_event(&d.id, "a", &last, "HTTP 500", 2).await.unwrap();
+        let after = s.get_event_destination(&acc.id, &d.id).await.unwrap();
+        assert_eq!((after.cursor, after.attempts, after.last_error.as_str()), (last.seq, 0, "HTTP 500"));
+        assert_eq!(s.parked_events(&d.id).await.unwrap()[0].0, last.id);
+        s.event_destination_advanced(&d.id, "a", start, 0).await.unwrap();
+        assert_eq!(s.get_event_destination(&acc.id, &d.id).await.unwrap().cursor, last.seq, "never backwards");
+        // After the lease runs out, b takes over.
+        assert_eq!(s.lease_event_destinations("b", 131, 160).await.unwrap().len(), 1);
+
+        s.update_event_subscription(&acc.id, &sub.id, None, None, None, Some(&[])).await.unwrap();
+        s.delete_event_destination(&acc.id, &d.id).await.unwrap();
+        s.delete_event_subscription(&acc.id, &sub.id).await.unwrap();
+        assert!(s.subscribed_types(&acc.id).await.unwrap().is_empty());
+    })
+    .await;
+}
