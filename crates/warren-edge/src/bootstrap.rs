@@ -46,7 +46,12 @@ pub async fn prepare(config: &EdgeConfig) -> Result<Prepared, EdgeError> {
     let tls = tls::ensure_local_ca(&dir.join("tls"), &config.certificate_names())?;
     let (account, created) = store.ensure_account("default").await?;
     let first_start = if created {
-        let NewAccount { authtoken, api_key, .. } = first_admin(&store, account, "admin").await?;
+        let by = store.acting_as(warren_store::Actor {
+            id: "bootstrap".into(),
+            source: "bootstrap".into(),
+            ..Default::default()
+        });
+        let NewAccount { authtoken, api_key, .. } = first_admin(&by, account, "admin").await?;
         let credentials_file = dir.join("credentials.txt");
         let text = format!(
             "# Created by the first `warren edge` start. Shown once; keep this file private.\nauthtoken: {}\napi_key: {}\n",
@@ -76,8 +81,10 @@ pub async fn open_store(config: &EdgeConfig) -> Result<Store, EdgeError> {
 /// and an API key owned by that admin. Accounts see nothing of each other's users, tokens,
 /// keys, reservations or endpoints.
 pub async fn create_account(store: &Store, name: &str, admin_email: &str) -> Result<NewAccount, EdgeError> {
+    let store =
+        store.acting_as(warren_store::Actor { id: "cli".into(), source: "cli".into(), ..Default::default() });
     let account = store.create_account(name).await?;
-    first_admin(store, account, admin_email).await
+    first_admin(&store, account, admin_email).await
 }
 
 async fn first_admin(store: &Store, account: Account, email: &str) -> Result<NewAccount, EdgeError> {

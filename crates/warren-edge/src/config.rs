@@ -67,6 +67,11 @@ pub struct EdgeConfig {
     /// addresses (an identity provider inside the operator's network). Off by default, for
     /// the same reason.
     pub idp_allow_private_networks: bool,
+    /// Event delivery: where file destinations write (`None`: `<data_dir>/events`), and
+    /// which addresses webhook destinations may reach besides public ones (both off by
+    /// default, like identity-provider fetches: a tenant's webhook must not make the edge
+    /// call the operator's internal services).
+    pub events: EventsConfig,
     /// The DNS resolver asked for the TXT records that prove control of custom domains;
     /// `None`: the first `nameserver` of `/etc/resolv.conf`.
     pub dns_resolver: Option<SocketAddr>,
@@ -75,6 +80,17 @@ pub struct EdgeConfig {
     pub hsts: Hsts,
     /// Limits on every listener.
     pub limits: Limits,
+}
+
+/// Event delivery settings.
+#[derive(Clone, Debug, Default)]
+pub struct EventsConfig {
+    /// The directory file destinations write into (`None`: `<data_dir>/events`).
+    pub dir: Option<PathBuf>,
+    /// Webhooks may reach loopback (over https or plain http).
+    pub allow_loopback: bool,
+    /// Webhooks may reach private, link-local and other non-public addresses.
+    pub allow_private_networks: bool,
 }
 
 /// When the edge adds `Strict-Transport-Security` to https responses.
@@ -206,6 +222,12 @@ pub struct Limits {
     /// Responses `compress-response` compresses at once (each holds an encoder of up to about
     /// 1 MiB); beyond it, responses pass uncompressed.
     pub max_compressed_responses: usize,
+    /// Traffic events waiting to be written to the outbox (in memory) and waiting there for
+    /// delivery; beyond either, new traffic events are dropped and counted. Audit events are
+    /// never dropped.
+    pub max_queued_traffic_events: usize,
+    /// See `max_queued_traffic_events`.
+    pub max_pending_traffic_events: usize,
 }
 
 impl Default for Limits {
@@ -229,6 +251,8 @@ impl Default for Limits {
             max_api_connections_per_ip: 64,
             max_auth_failures_per_ip: 20,
             max_compressed_responses: 1024,
+            max_queued_traffic_events: 10_000,
+            max_pending_traffic_events: 1_000_000,
         }
     }
 }
@@ -264,6 +288,7 @@ impl EdgeConfig {
             master_key_file: None,
             idp_allow_loopback_http: false,
             idp_allow_private_networks: false,
+            events: EventsConfig::default(),
             tls_files: None,
             dns_resolver: None,
             hsts: Hsts::Auto { max_age: Hsts::DEFAULT_MAX_AGE },

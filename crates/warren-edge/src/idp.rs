@@ -41,7 +41,8 @@ pub(crate) struct IdpCache {
     exchanges: tokio::sync::Semaphore,
 }
 
-/// Which addresses identity-provider fetches may reach besides public ones.
+/// Which addresses identity-provider fetches (and event webhooks) may reach besides public
+/// ones.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Reach {
     /// Loopback, over https or plain http (a local identity provider).
@@ -143,7 +144,11 @@ impl IdpCache {
         let Ok(_permit) = self.exchanges.try_acquire() else {
             return Err("too many sign-ins at once on this edge; try again".into());
         };
-        let post = Post { body: req.body.clone(), authorization: req.authorization.clone() };
+        let post = Post {
+            body: Bytes::from(req.body.clone()),
+            content_type: "application/x-www-form-urlencoded",
+            headers: req.authorization.iter().map(|a| (http::header::AUTHORIZATION, a.clone())).collect(),
+        };
         let limit = warren_policy::oidc::MAX_TOKEN_RESPONSE;
         tokio::time::timeout(FETCH_TIMEOUT, call(&req.url, Some(post), limit, self.reach))
             .await
@@ -151,10 +156,11 @@ impl IdpCache {
     }
 }
 
-/// A form POST.
-struct Post {
-    body: String,
-    authorization: Option<String>,
+/// A POST: its body, content type and other headers.
+pub(crate) struct Post {
+    pub(crate) body: Bytes,
+    pub(crate) content_type: &'static str,
+    pub(crate) headers: Vec<(http::HeaderName, String)>,
 }
 
 /// GETs a document; anything but 2xx is an error.
@@ -169,7 +175,7 @@ async fn fetch(url: &str, loopback: Reach) -> Result<Bytes, String> {
 }
 
 /// https, or (when `loopback` allows it) http on loopback.
-fn check_url(url: &str, reach: Reach) -> Result<(http::Uri, String, bool), String> {
+pub(crate) fn check_url(url: &str, reach: Reach) -> Result<(http::Uri, String, bool), String> {
     let loopback = reach.loopback;
     let uri: http::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
     let host = uri.host().ok_or_else(|| format!("{url} has no host"))?.trim_matches(['[', ']']).to_owned();
@@ -177,14 +183,21 @@ fn check_url(url: &str, reach: Reach) -> Result<(http::Uri, String, bool), Strin
         Some("https") => true,
         Some("http") if loopback && is_loopback(&host) => false,
         _ if loopback => {
-            return Err(format!("{url}: identity provider URLs must be https (plain http only on loopback)"));
+            return Err(format!("{url}: must be https (plain http only on loopback)"));
         }
-        _ => return Err(format!("{url}: identity provider URLs must be https")),
+        _ => return Err(format!("{url}: must be https")),
     };
     Ok((uri, host, https))
 }
 
-async fn call(url: &str, post: Option<Post>, limit: usize, reach: Reach) -> Result<(u16, Bytes), String> {
+/// One request to `url` (a GET, or `post`), reading at most `limit` bytes of the answer. The
+/// address connected to is the one checked against `reach`. Used by event webhooks too.
+pub(crate) async fn call(
+    url: &str,
+    post: Option<Post>,
+    limit: usize,
+    reach: Reach,
+) -> Result<(u16, Bytes), String> {
     let (uri, host, https) = check_url(url, reach)?;
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let lookup = host.trim_start_matches('[').trim_end_matches(']');
@@ -206,13 +219,11 @@ async fn call(url: &str, post: Option<Post>, limit: usize, reach: Reach) -> Resu
         .header(http::header::USER_AGENT, concat!("warren/", env!("CARGO_PKG_VERSION")));
     let body = match post {
         Some(p) => {
-            req = req
-                .method(http::Method::POST)
-                .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-            if let Some(a) = p.authorization {
-                req = req.header(http::header::AUTHORIZATION, a);
+            req = req.method(http::Method::POST).header(http::header::CONTENT_TYPE, p.content_type);
+            for (name, value) in p.headers {
+                req = req.header(name, value);
             }
-            Full::new(Bytes::from(p.body))
+            Full::new(p.body)
         }
         None => Full::new(Bytes::new()),
     };

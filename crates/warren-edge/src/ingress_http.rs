@@ -296,7 +296,31 @@ async fn handle(
                 codes::IP_RESTRICTED,
             ));
         }
-        return proxy(shared, visitor, &ep, &host, ip, req).await;
+        let sink = shared
+            .events
+            .traffic_sink(&shared.store, &ep.session.account_id, crate::events::HTTP_REQUEST_COMPLETE)
+            .await;
+        let Some(sink) = sink else { return proxy(shared, visitor, &ep, &host, ip, req).await };
+        let scheme = match visitor.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        let client = SocketAddr::new(ip, visitor.remote.port());
+        let tls = visitor.tls.as_ref().map(|t| &t.info);
+        let pending = crate::events::PendingRequest::new(
+            sink,
+            &ep,
+            &req,
+            (scheme, &host),
+            (client, visitor.local, tls),
+        );
+        return match proxy(shared, visitor, &ep, &host, ip, req).await {
+            Ok(resp) => Ok(pending.complete(resp).map(|b| b.boxed())),
+            Err(closed) => {
+                pending.closed();
+                Err(closed)
+            }
+        };
     }
     if visitor.scheme == Scheme::Http
         && let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Https, host.clone()))

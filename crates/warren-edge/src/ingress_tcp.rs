@@ -37,7 +37,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ep: Arc<Endpoin
                 && connect_allowed(&ep, remote, tcp.local_addr().ok(), None)
             {
                 let local = tcp.local_addr().unwrap_or(remote);
-                proxy(tcp, remote, local, &ep).await;
+                let sink = closed_sink(&shared, &ep).await;
+                proxy(tcp, remote, local, &ep, sink).await;
             }
             drop(permit);
         });
@@ -68,7 +69,43 @@ fn connect_allowed(
     }
 }
 
-async fn proxy(mut tcp: TcpStream, remote: SocketAddr, local: SocketAddr, ep: &Endpoint) {
+/// Where the connection's `tcp_connection_closed.v0` goes, if the account takes them.
+async fn closed_sink(shared: &Shared, ep: &Endpoint) -> Option<crate::events::TrafficSink> {
+    shared
+        .events
+        .traffic_sink(&shared.store, &ep.session.account_id, crate::events::TCP_CONNECTION_CLOSED)
+        .await
+}
+
+/// Splices the visitor and the agent's stream; tells the sink, if any, when it ends.
+async fn splice_and_tell<S>(
+    tcp: &mut TcpStream,
+    stream: &mut S,
+    remote: SocketAddr,
+    local: SocketAddr,
+    ep: &Endpoint,
+    sink: Option<crate::events::TrafficSink>,
+) where
+    S: warren_mux::splice::ReadReady + tokio::io::AsyncWrite + Unpin,
+{
+    let start = std::time::SystemTime::now();
+    let copied = warren_mux::splice::splice(tcp, stream).await;
+    if let Err(e) = &copied {
+        tracing::debug!(url = %ep.url, %remote, error = %e, "visitor connection ended with an error");
+    }
+    if let Some(sink) = sink {
+        let (bytes_in, bytes_out) = copied.unwrap_or((0, 0));
+        crate::events::tcp_closed(&sink, ep, remote, local, start, bytes_in, bytes_out);
+    }
+}
+
+async fn proxy(
+    mut tcp: TcpStream,
+    remote: SocketAddr,
+    local: SocketAddr,
+    ep: &Endpoint,
+    sink: Option<crate::events::TrafficSink>,
+) {
     use tokio::io::AsyncWriteExt;
     let _ = tcp.set_nodelay(true);
     let mut stream = match ep.open_proxy_stream(remote).await {
@@ -83,9 +120,7 @@ async fn proxy(mut tcp: TcpStream, remote: SocketAddr, local: SocketAddr, ep: &E
     {
         return;
     }
-    if let Err(e) = warren_mux::splice::splice(&mut tcp, &mut stream).await {
-        tracing::debug!(url = %ep.url, %remote, error = %e, "tcp visitor connection ended with an error");
-    }
+    splice_and_tell(&mut tcp, &mut stream, remote, local, ep, sink).await;
 }
 
 /// Passes a TLS connection through to a tls endpoint's agent, ClientHello first; the edge
@@ -121,7 +156,6 @@ pub(crate) async fn pass_tls(
         return;
     }
     drop(hello);
-    if let Err(e) = warren_mux::splice::splice(&mut tcp, &mut stream).await {
-        tracing::debug!(url = %ep.url, %remote, error = %e, "tls visitor connection ended with an error");
-    }
+    let sink = closed_sink(shared, ep).await;
+    splice_and_tell(&mut tcp, &mut stream, remote, local, ep, sink).await;
 }

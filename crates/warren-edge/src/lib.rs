@@ -37,6 +37,7 @@ mod conn_limit;
 mod deadline;
 mod dns;
 mod endpoint_tls;
+mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 mod idp;
@@ -130,6 +131,8 @@ pub(crate) struct Shared {
     pub(crate) acme_wake: tokio::sync::Notify,
     /// Keys for `jwt-validation`, by JWKS URL.
     pub(crate) idp: idp::IdpCache,
+    /// Event subscriptions: the traffic event queue, delivery wake-ups.
+    pub(crate) events: events::Events,
     /// Encoders `compress-response` may hold at once.
     pub(crate) compressions: Arc<tokio::sync::Semaphore>,
 }
@@ -187,6 +190,7 @@ impl Shared {
                 loopback: config.idp_allow_loopback_http,
                 private: config.idp_allow_private_networks,
             }),
+            events: events::Events::new(&config.limits),
             compressions: Arc::new(tokio::sync::Semaphore::new(config.limits.max_compressed_responses)),
             store,
             config,
@@ -198,10 +202,11 @@ impl Shared {
     /// Deletes an authtoken and ends every live session that authenticated with it.
     pub(crate) async fn revoke_credential(
         &self,
+        by: &Store,
         account_id: &str,
         id: &str,
     ) -> Result<usize, warren_store::StoreError> {
-        self.store.delete_credential(account_id, id).await?;
+        by.delete_credential(account_id, id).await?;
         Ok(self.end_sessions_using(id, "authtoken revoked").await)
     }
 
@@ -302,10 +307,17 @@ impl Edge {
         };
         let https_port = config.public_https_port.unwrap_or(https_addr.port());
         let http_port = http_addr.map(|a| config.public_http_port.unwrap_or(a.port()));
+        // What was bound, not what was asked for (port 0): checks against the edge's own
+        // listeners (event webhooks) compare real ports.
+        config.connect_addr = connect_addr;
+        config.https_addr = https_addr;
+        config.http_addr = http_addr;
+        config.api_addr = api_addr;
         let (shared, tx) = Shared::new(config, store, &tls, https_port, http_port).await?;
         let mut tasks = JoinSet::new();
         tasks.spawn(node::run(shared.clone()));
         tasks.spawn(idp::run(shared.clone()));
+        tasks.spawn(events::run(shared.clone()));
         if let Some((cert, key)) = shared.config.tls_files.clone() {
             tasks.spawn(tls::watch_files(shared.certs.clone(), cert, key, shared.shutdown.clone()));
         }
@@ -347,7 +359,7 @@ impl Edge {
     /// endpoints go offline at once; the agents' reconnects are refused). Returns how many
     /// sessions were ended.
     pub async fn revoke_credential(&self, account_id: &str, id: &str) -> Result<usize, EdgeError> {
-        Ok(self.shared.revoke_credential(account_id, id).await?)
+        Ok(self.shared.revoke_credential(&self.shared.store, account_id, id).await?)
     }
 
     /// The store the edge uses.

@@ -24,6 +24,7 @@ mod actions;
 mod breaker;
 pub mod cost;
 pub mod document;
+mod event_filter;
 mod fast;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -33,6 +34,8 @@ pub mod oidc;
 mod ratelimit;
 mod vars;
 pub mod webhook;
+
+pub use event_filter::EventFilter;
 
 pub use breaker::{CircuitTicket, CircuitTickets};
 pub use document::Document;

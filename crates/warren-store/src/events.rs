@@ -423,7 +423,7 @@ impl Store {
         );
         let rows = with_db!(self.db, pool => {
             sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).bind(before_id.unwrap_or("")).bind(page_limit(limit)).fetch_all(pool).await?
-                .iter().map(|r| dest_row(r)).collect::<Vec<_>>()
+                .iter().map(dest_row).collect::<Vec<_>>()
         });
         Ok(into_page(rows, limit))
     }
@@ -713,7 +713,7 @@ impl Store {
             sqlx::query("UPDATE event_destinations SET lease_node = $1, lease_until = $2 WHERE lease_until < $3 OR lease_node = $1")
                 .bind(node).bind(until).bind(now).execute(pool).await?;
             sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(node).bind(until).fetch_all(pool).await?
-                .iter().map(|r| dest_row(r)).collect()
+                .iter().map(dest_row).collect()
         }))
     }
 

@@ -9,7 +9,7 @@ use crate::time::unix_now as now;
 use crate::{Page, Store, StoreError, generate_id, into_page, now_rfc3339, page_limit};
 
 /// An agent session as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TunnelSession {
     /// `ts_...`
     pub id: String,
@@ -29,8 +29,23 @@ pub struct TunnelSession {
     pub metadata: String,
     /// RFC 3339.
     pub started_at: String,
-    /// SHA-256 of the cookie the edge gave the session (empty: not resumable).
+    /// SHA-256 of the cookie the edge gave the session (empty: not resumable). Never in an
+    /// event.
+    #[serde(skip)]
     pub resume_hash: Vec<u8>,
+}
+
+/// `agent_session_start.v0` or `agent_session_stop.v0` of `s`, by the edge.
+fn session_event(s: &TunnelSession, start: bool) -> crate::events::NewEvent {
+    let mut ev = crate::events::NewEvent::rendered(
+        &s.account_id,
+        if start { "agent_session_start.v0" } else { "agent_session_stop.v0" },
+        &serde_json::Value::Null,
+        false,
+    );
+    ev.object_kind = "tunnel_session";
+    ev.object = serde_json::to_string(s).expect("JSON");
+    ev
 }
 
 /// A bound endpoint.
@@ -134,11 +149,22 @@ impl Store {
     /// removed. A node that finds itself removed (it was paused too long) re-registers.
     pub async fn touch_node(&self, node_id: &str, dead_after_secs: i64) -> Result<u64, StoreError> {
         let now = now();
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM tunnel_sessions WHERE node_id IN (SELECT id FROM edge_nodes WHERE last_seen < $1 AND id <> $2)"
+        );
         let (touched, purged) = with_db!(self.db, pool => {
             let touched = sqlx::query("UPDATE edge_nodes SET last_seen = $1 WHERE id = $2")
                 .bind(now).bind(node_id).execute(pool).await?.rows_affected();
+            // A dead node's sessions stop with it: each gets its stop event.
+            let mut tx = pool.begin().await?;
+            let lost: Vec<TunnelSession> = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(now - dead_after_secs).bind(node_id).fetch_all(&mut *tx).await?.iter().map(session_row).collect();
             let purged = sqlx::query("DELETE FROM edge_nodes WHERE last_seen < $1 AND id <> $2")
-                .bind(now - dead_after_secs).bind(node_id).execute(pool).await?.rows_affected();
+                .bind(now - dead_after_secs).bind(node_id).execute(&mut *tx).await?.rows_affected();
+            for s in &lost {
+                insert_event!(self, tx, session_event(s, false));
+            }
+            tx.commit().await?;
             (touched, purged)
         });
         if touched == 0 {
@@ -149,8 +175,16 @@ impl Store {
 
     /// Removes a node and its live rows (clean shutdown).
     pub async fn remove_node(&self, node_id: &str) -> Result<(), StoreError> {
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM tunnel_sessions WHERE node_id = $1");
         with_db!(self.db, pool => {
-            sqlx::query("DELETE FROM edge_nodes WHERE id = $1").bind(node_id).execute(pool).await?;
+            let mut tx = pool.begin().await?;
+            let held: Vec<TunnelSession> = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(node_id).fetch_all(&mut *tx).await?.iter().map(session_row).collect();
+            sqlx::query("DELETE FROM edge_nodes WHERE id = $1").bind(node_id).execute(&mut *tx).await?;
+            for s in &held {
+                insert_event!(self, tx, session_event(s, false));
+            }
+            tx.commit().await?;
         });
         Ok(())
     }
@@ -158,18 +192,28 @@ impl Store {
     /// Records a new agent session.
     pub async fn insert_tunnel_session(&self, s: &TunnelSession) -> Result<(), StoreError> {
         with_db!(self.db, pool => {
+            let mut tx = pool.begin().await?;
             sqlx::query("INSERT INTO tunnel_sessions (id, account_id, node_id, credential_id, ip, agent_version, os, metadata, started_at, resume_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
                 .bind(&s.id).bind(&s.account_id).bind(&s.node_id).bind(&s.credential_id).bind(&s.ip)
                 .bind(&s.agent_version).bind(&s.os).bind(&s.metadata).bind(&s.started_at).bind(&s.resume_hash)
-                .execute(pool).await?;
+                .execute(&mut *tx).await?;
+            insert_event!(self, tx, session_event(s, true));
+            tx.commit().await?;
         });
         Ok(())
     }
 
-    /// Forgets a session and its endpoints (idempotent).
+    /// Forgets a session and its endpoints (idempotent; the stop event is written once).
     pub async fn delete_tunnel_session(&self, id: &str) -> Result<(), StoreError> {
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM tunnel_sessions WHERE id = $1");
         with_db!(self.db, pool => {
-            sqlx::query("DELETE FROM tunnel_sessions WHERE id = $1").bind(id).execute(pool).await?;
+            let mut tx = pool.begin().await?;
+            let found = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(&mut *tx).await?.map(|r| session_row(&r));
+            if let Some(s) = found {
+                sqlx::query("DELETE FROM tunnel_sessions WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                insert_event!(self, tx, session_event(&s, false));
+                tx.commit().await?;
+            }
         });
         Ok(())
     }

@@ -92,6 +92,7 @@ impl TestEdge {
         config.heartbeat_interval = Duration::from_secs(1);
         // The tests' identity providers are local.
         config.idp_allow_loopback_http = true;
+        config.events.allow_loopback = true;
         config.heartbeat_tolerance = Duration::from_secs(3);
         // Custom domains are proven through TXT records served by a real DNS server on this
         // port (started by `verify_custom_domain`).

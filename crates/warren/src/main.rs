@@ -275,6 +275,17 @@ struct EdgeArgs {
     /// link-local, ...): any account could make the edge call services there.
     #[arg(long)]
     idp_allow_private_networks: bool,
+    /// Where file event destinations write (default: events/ in the data directory).
+    #[arg(long, value_name = "DIR")]
+    events_dir: Option<PathBuf>,
+    /// Let webhook event destinations reach loopback, over https or plain http (development
+    /// only: any account's admin could make the edge call services on its loopback).
+    #[arg(long)]
+    events_allow_loopback: bool,
+    /// Let webhook event destinations reach private networks (an in-house collector): any
+    /// account's admin could make the edge call services there.
+    #[arg(long)]
+    events_allow_private_networks: bool,
     /// The edge's own certificate chain (PEM) for its base domain and connect hostnames,
     /// instead of the local CA's; reloaded when the file changes.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
@@ -498,6 +509,11 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     }
     config.master_key_file = args.master_key_file;
     config.idp_allow_loopback_http = args.idp_allow_loopback_http;
+    config.events = warren_edge::config::EventsConfig {
+        dir: args.events_dir,
+        allow_loopback: args.events_allow_loopback,
+        allow_private_networks: args.events_allow_private_networks,
+    };
     config.idp_allow_private_networks = args.idp_allow_private_networks;
     config.dns_resolver = args.dns_resolver;
     config.api_public_url = args.api_public_url;

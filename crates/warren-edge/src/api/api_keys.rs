@@ -1,17 +1,14 @@
 //! `/api_keys`. The key is in the response to create only. Rotation: create a new key, move
 //! clients to it, delete the old one; the old one is refused on its next call.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, Path};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use warren_store::{ApiKey, NewApiKey, Role};
 
 use super::{ApiError, PageQuery, Principal, next_page_uri, parse_body};
-use crate::Shared;
 
 #[derive(Serialize)]
 pub(crate) struct ApiKeyJson {
@@ -25,7 +22,7 @@ pub(crate) struct ApiKeyJson {
     expires_at: Option<String>,
 }
 
-fn json(k: ApiKey, token: Option<String>) -> ApiKeyJson {
+pub(super) fn json(k: ApiKey, token: Option<String>) -> ApiKeyJson {
     ApiKeyJson {
         uri: format!("/api_keys/{}", k.id),
         id: k.id,
@@ -57,7 +54,6 @@ struct UpdateBody {
 }
 
 pub(crate) async fn create(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<ApiKeyJson>), ApiError> {
@@ -65,7 +61,7 @@ pub(crate) async fn create(
     // A key carries its owner's role: nobody may mint a key stronger than themselves.
     let owner_id = match (p.role, b.owner_id) {
         (Role::Admin, Some(o)) => {
-            shared.store.get_user(&p.account_id, &o).await?;
+            p.store.get_user(&p.account_id, &o).await?;
             Some(o)
         }
         (Role::Admin, None) => p.user_id.clone(),
@@ -76,17 +72,16 @@ pub(crate) async fn create(
     };
     let new =
         NewApiKey { description: b.description, metadata: b.metadata, owner_id, expires_at: b.expires_at };
-    let (k, token) = shared.store.create_api_key(&p.account_id, &new).await?;
+    let (k, token) = p.store.create_api_key(&p.account_id, &new).await?;
     tracing::info!(api_key = %k.id, by = %p.key_id, "API key created");
     Ok((StatusCode::CREATED, Json(json(k, Some(token.0)))))
 }
 
 pub(crate) async fn get(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<ApiKeyJson>, ApiError> {
-    Ok(Json(json(shared.store.get_api_key(&p.account_id, &id).await?, None)))
+    Ok(Json(json(p.store.get_api_key(&p.account_id, &id).await?, None)))
 }
 
 #[derive(Serialize)]
@@ -97,11 +92,10 @@ pub(crate) struct ListJson {
 }
 
 pub(crate) async fn list(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     q: PageQuery,
 ) -> Result<Json<ListJson>, ApiError> {
-    let page = shared.store.list_api_keys(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let page = p.store.list_api_keys(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/api_keys", &q, page.more, page.items.last().map(|k| k.id.as_str()));
     Ok(Json(ListJson {
         keys: page.items.into_iter().map(|k| json(k, None)).collect(),
@@ -111,25 +105,23 @@ pub(crate) async fn list(
 }
 
 pub(crate) async fn update(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<ApiKeyJson>, ApiError> {
     let b: UpdateBody = parse_body(&body)?;
-    let current = shared.store.get_api_key(&p.account_id, &id).await?;
+    let current = p.store.get_api_key(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "an API key")?;
-    Ok(Json(json(shared.store.update_api_key(&p.account_id, &id, b.description, b.metadata).await?, None)))
+    Ok(Json(json(p.store.update_api_key(&p.account_id, &id, b.description, b.metadata).await?, None)))
 }
 
 pub(crate) async fn delete(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let current = shared.store.get_api_key(&p.account_id, &id).await?;
+    let current = p.store.get_api_key(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "an API key")?;
-    shared.store.delete_api_key(&p.account_id, &id).await?;
+    p.store.delete_api_key(&p.account_id, &id).await?;
     tracing::info!(api_key = %id, by = %p.key_id, "API key deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -18,6 +18,9 @@ pub(crate) struct Principal {
     pub(crate) key_id: String,
     pub(crate) user_id: Option<String>,
     pub(crate) role: Role,
+    /// The store, acting as this caller: every change made through it names the key, its
+    /// user, role and address in its audit event.
+    pub(crate) store: warren_store::Store,
 }
 
 impl Principal {
@@ -123,24 +126,39 @@ pub(crate) async fn check(
     // A key acts with its owner's role and never more: a key without a live owner (left
     // from a version that kept the keys of removed users) does not work at all.
     let gone = || ApiError::unauthorized("the API key's owner was removed, so the key no longer works");
-    let role = match &key.owner_id {
+    let owner = match &key.owner_id {
         Some(uid) => match shared.store.get_user(&key.account_id, uid).await {
-            Ok(u) => u.role,
+            Ok(u) => u,
             Err(warren_store::StoreError::NotFound(_)) => return Err(gone()),
             Err(e) => return Err(e.into()),
         },
         None => return Err(gone()),
     };
+    let role = owner.role;
     if role == Role::ReadOnly && req.method() != Method::GET {
         return Err(ApiError::forbidden("this API key's role is read-only"));
     }
+    let store = shared.store.acting_as(warren_store::Actor {
+        id: key.id.clone(),
+        subject: owner.email,
+        source: "api".into(),
+        role: role.as_str().into(),
+        ip: ip.to_string(),
+    });
+    let changes = req.method() != Method::GET;
     req.extensions_mut().insert(Principal {
         account_id: key.account_id,
         key_id: key.id,
         user_id: key.owner_id,
         role,
+        store,
     });
-    Ok(next.run(req).await)
+    let resp = next.run(req).await;
+    if changes {
+        // Its audit event is in the outbox: deliver it now rather than at the next poll.
+        shared.events.wake();
+    }
+    Ok(resp)
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ fn leaf(chain_pem: &str) -> Result<Leaf, String> {
     })
 }
 
-fn json(c: UploadedCertificate) -> Result<CertificateJson, ApiError> {
+pub(super) fn json(c: UploadedCertificate) -> Result<CertificateJson, ApiError> {
     let l = leaf(&c.chain_pem).map_err(|e| {
         tracing::error!(certificate = %c.id, error = %e, "stored certificate does not parse");
         ApiError::internal()
@@ -164,17 +164,16 @@ pub(crate) async fn create(
         created_at: warren_store::now_rfc3339(),
         owner_id: p.user_id.clone(),
     };
-    shared.store.insert_uploaded_certificate(&c).await?;
+    p.store.insert_uploaded_certificate(&c).await?;
     tracing::info!(certificate = %c.id, by = %p.key_id, "tls certificate uploaded");
     Ok((StatusCode::CREATED, Json(json(c)?)))
 }
 
 pub(crate) async fn get(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<CertificateJson>, ApiError> {
-    Ok(Json(json(shared.store.get_uploaded_certificate(&p.account_id, &id).await?)?))
+    Ok(Json(json(p.store.get_uploaded_certificate(&p.account_id, &id).await?)?))
 }
 
 #[derive(Serialize)]
@@ -185,28 +184,25 @@ pub(crate) struct ListJson {
 }
 
 pub(crate) async fn list(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     q: PageQuery,
 ) -> Result<Json<ListJson>, ApiError> {
-    let page =
-        shared.store.list_uploaded_certificates(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let page = p.store.list_uploaded_certificates(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/tls_certificates", &q, page.more, page.items.last().map(|c| c.id.as_str()));
     let tls_certificates = page.items.into_iter().map(json).collect::<Result<_, _>>()?;
     Ok(Json(ListJson { tls_certificates, uri: "/tls_certificates", next_page_uri: next }))
 }
 
 pub(crate) async fn update(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<CertificateJson>, ApiError> {
     let b: UpdateBody = parse_body(&body)?;
     check_body_id(b.id.as_deref(), &id)?;
-    let current = shared.store.get_uploaded_certificate(&p.account_id, &id).await?;
+    let current = p.store.get_uploaded_certificate(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "a tls certificate")?;
-    let c = shared
+    let c = p
         .store
         .update_uploaded_certificate(&p.account_id, &id, b.description.as_deref(), b.metadata.as_deref())
         .await?;
@@ -214,13 +210,12 @@ pub(crate) async fn update(
 }
 
 pub(crate) async fn delete(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let current = shared.store.get_uploaded_certificate(&p.account_id, &id).await?;
+    let current = p.store.get_uploaded_certificate(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "a tls certificate")?;
-    shared.store.delete_uploaded_certificate(&p.account_id, &id).await?;
+    p.store.delete_uploaded_certificate(&p.account_id, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

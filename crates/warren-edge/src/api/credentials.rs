@@ -26,7 +26,7 @@ pub(crate) struct CredentialJson {
     ip_policy_ids: Vec<String>,
 }
 
-fn json(c: Credential, token: Option<String>) -> CredentialJson {
+pub(super) fn json(c: Credential, token: Option<String>) -> CredentialJson {
     CredentialJson {
         uri: format!("/credentials/{}", c.id),
         id: c.id,
@@ -64,14 +64,13 @@ struct UpdateBody {
 }
 
 pub(crate) async fn create(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<CredentialJson>), ApiError> {
     let b: CreateBody = parse_body(&body)?;
     let owner_id = match (p.role, b.owner_id) {
         (Role::Admin, Some(o)) => {
-            shared.store.get_user(&p.account_id, &o).await?;
+            p.store.get_user(&p.account_id, &o).await?;
             Some(o)
         }
         (Role::Admin, None) => None,
@@ -80,7 +79,7 @@ pub(crate) async fn create(
         }
         (_, _) => p.user_id.clone(),
     };
-    within_ceiling(&shared, &p, &b.acl, &b.ip_policy_ids).await?;
+    within_ceiling(&p, &b.acl, &b.ip_policy_ids).await?;
     let new = NewCredential {
         description: b.description,
         metadata: b.metadata,
@@ -88,24 +87,19 @@ pub(crate) async fn create(
         owner_id,
         ip_policy_ids: b.ip_policy_ids,
     };
-    let (c, token) = shared.store.create_credential(&p.account_id, &new).await?;
+    let (c, token) = p.store.create_credential(&p.account_id, &new).await?;
     tracing::info!(credential = %c.id, by = %p.key_id, "authtoken created");
     Ok((StatusCode::CREATED, Json(json(c, Some(token.0)))))
 }
 
 /// A caller other than an admin keeps their authtokens within what an admin allows them: the
 /// ACL within their ceiling, and every IP policy the admin requires. Admins are not limited.
-async fn within_ceiling(
-    shared: &Shared,
-    p: &Principal,
-    acl: &[String],
-    ip_policy_ids: &[String],
-) -> Result<(), ApiError> {
+async fn within_ceiling(p: &Principal, acl: &[String], ip_policy_ids: &[String]) -> Result<(), ApiError> {
     if p.role == Role::Admin {
         return Ok(());
     }
     let Some(uid) = &p.user_id else { return Ok(()) };
-    let user = shared.store.get_user(&p.account_id, uid).await?;
+    let user = p.store.get_user(&p.account_id, uid).await?;
     if let Some(why) = user.acl_outside_ceiling(acl) {
         return Err(ApiError::forbidden(format!("{why}; only an administrator can widen it")));
     }
@@ -120,11 +114,10 @@ async fn within_ceiling(
 }
 
 pub(crate) async fn get(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<CredentialJson>, ApiError> {
-    Ok(Json(json(shared.store.get_credential(&p.account_id, &id).await?, None)))
+    Ok(Json(json(p.store.get_credential(&p.account_id, &id).await?, None)))
 }
 
 #[derive(Serialize)]
@@ -135,11 +128,10 @@ pub(crate) struct ListJson {
 }
 
 pub(crate) async fn list(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     q: PageQuery,
 ) -> Result<Json<ListJson>, ApiError> {
-    let page = shared.store.list_credentials(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let page = p.store.list_credentials(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/credentials", &q, page.more, page.items.last().map(|c| c.id.as_str()));
     Ok(Json(ListJson {
         credentials: page.items.into_iter().map(|c| json(c, None)).collect(),
@@ -155,14 +147,14 @@ pub(crate) async fn update(
     body: Bytes,
 ) -> Result<Json<CredentialJson>, ApiError> {
     let b: UpdateBody = parse_body(&body)?;
-    let current = shared.store.get_credential(&p.account_id, &id).await?;
+    let current = p.store.get_credential(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "an authtoken")?;
     let rules_change = b.acl.as_ref().is_some_and(|a| *a != current.acl)
         || b.ip_policy_ids.as_ref().is_some_and(|i| *i != current.ip_policy_ids);
     if rules_change {
         let acl = b.acl.as_ref().unwrap_or(&current.acl);
         let policies = b.ip_policy_ids.as_ref().unwrap_or(&current.ip_policy_ids);
-        within_ceiling(&shared, &p, acl, policies).await?;
+        within_ceiling(&p, acl, policies).await?;
     }
     let up = CredentialUpdate {
         description: b.description,
@@ -170,7 +162,7 @@ pub(crate) async fn update(
         acl: b.acl,
         ip_policy_ids: b.ip_policy_ids,
     };
-    let updated = shared.store.update_credential(&p.account_id, &id, &up).await?;
+    let updated = p.store.update_credential(&p.account_id, &id, &up).await?;
     if rules_change {
         // Live sessions were admitted under the old rules; their agents reconnect under the new.
         let ended = shared.end_sessions_using(&id, "authtoken rules changed; reconnect").await;
@@ -184,9 +176,9 @@ pub(crate) async fn delete(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let current = shared.store.get_credential(&p.account_id, &id).await?;
+    let current = p.store.get_credential(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "an authtoken")?;
-    let ended = shared.revoke_credential(&p.account_id, &id).await?;
+    let ended = shared.revoke_credential(&p.store, &p.account_id, &id).await?;
     tracing::info!(credential = %id, by = %p.key_id, sessions_ended = ended, "authtoken deleted");
     Ok(StatusCode::NO_CONTENT)
 }

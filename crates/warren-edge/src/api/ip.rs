@@ -27,7 +27,7 @@ pub(crate) struct PolicyJson {
     metadata: String,
 }
 
-fn policy(p: IpPolicy) -> PolicyJson {
+pub(super) fn policy(p: IpPolicy) -> PolicyJson {
     PolicyJson {
         uri: format!("/ip_policies/{}", p.id),
         id: p.id,
@@ -49,7 +49,7 @@ pub(crate) struct RuleJson {
     action: String,
 }
 
-fn rule(r: IpPolicyRule) -> RuleJson {
+pub(super) fn rule(r: IpPolicyRule) -> RuleJson {
     RuleJson {
         uri: format!("/ip_policy_rules/{}", r.id),
         ip_policy: policy_ref(&r.ip_policy_id),
@@ -74,7 +74,7 @@ pub(crate) struct RestrictionJson {
     ip_policies: Vec<Ref>,
 }
 
-fn restriction(x: IpRestriction) -> RestrictionJson {
+pub(super) fn restriction(x: IpRestriction) -> RestrictionJson {
     RestrictionJson {
         uri: format!("/ip_restrictions/{}", x.id),
         ip_policies: x.ip_policy_ids.iter().map(|p| policy_ref(p)).collect(),
@@ -118,26 +118,23 @@ struct PolicyUpdate {
 }
 
 pub(crate) async fn create_policy(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<PolicyJson>), ApiError> {
     p.require_admin("changing IP policies")?;
     let b: PolicyCreate = parse_body(&body)?;
-    let created = shared.store.create_ip_policy(&p.account_id, &b.description, &b.metadata).await?;
+    let created = p.store.create_ip_policy(&p.account_id, &b.description, &b.metadata).await?;
     Ok((StatusCode::CREATED, Json(policy(created))))
 }
 
 pub(crate) async fn get_policy(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<PolicyJson>, ApiError> {
-    Ok(Json(policy(shared.store.get_ip_policy(&p.account_id, &id).await?)))
+    Ok(Json(policy(p.store.get_ip_policy(&p.account_id, &id).await?)))
 }
 
 pub(crate) async fn update_policy(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     body: Bytes,
@@ -145,10 +142,8 @@ pub(crate) async fn update_policy(
     p.require_admin("changing IP policies")?;
     let b: PolicyUpdate = parse_body(&body)?;
     check_body_id(b.id.as_deref(), &id)?;
-    let up = shared
-        .store
-        .update_ip_policy(&p.account_id, &id, b.description.as_deref(), b.metadata.as_deref())
-        .await?;
+    let up =
+        p.store.update_ip_policy(&p.account_id, &id, b.description.as_deref(), b.metadata.as_deref()).await?;
     Ok(Json(policy(up)))
 }
 
@@ -158,17 +153,16 @@ pub(crate) async fn delete_policy(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     p.require_admin("changing IP policies")?;
-    shared.store.delete_ip_policy(&p.account_id, &id).await?;
+    p.store.delete_ip_policy(&p.account_id, &id).await?;
     shared.ip_rules.invalidate(&p.account_id);
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub(crate) async fn list_policies(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     q: PageQuery,
 ) -> Result<Json<ListJson<PolicyJson>>, ApiError> {
-    let page = shared.store.list_ip_policies(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let page = p.store.list_ip_policies(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/ip_policies", &q, page.more, page.items.last().map(|x| x.id.as_str()));
     Ok(list("ip_policies", page.items.into_iter().map(policy).collect(), next))
 }
@@ -202,7 +196,7 @@ pub(crate) async fn create_rule(
 ) -> Result<(StatusCode, Json<RuleJson>), ApiError> {
     p.require_admin("changing IP policies")?;
     let b: RuleCreate = parse_body(&body)?;
-    let r = shared
+    let r = p
         .store
         .create_ip_policy_rule(
             &p.account_id,
@@ -218,19 +212,17 @@ pub(crate) async fn create_rule(
 }
 
 pub(crate) async fn get_rule(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<RuleJson>, ApiError> {
-    Ok(Json(rule(shared.store.get_ip_policy_rule(&p.account_id, &id).await?)))
+    Ok(Json(rule(p.store.get_ip_policy_rule(&p.account_id, &id).await?)))
 }
 
 pub(crate) async fn list_rules(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     q: PageQuery,
 ) -> Result<Json<ListJson<RuleJson>>, ApiError> {
-    let page = shared.store.list_ip_policy_rules(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let page = p.store.list_ip_policy_rules(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/ip_policy_rules", &q, page.more, page.items.last().map(|x| x.id.as_str()));
     Ok(list("ip_policy_rules", page.items.into_iter().map(rule).collect(), next))
 }
@@ -250,7 +242,7 @@ pub(crate) async fn update_rule(
         description: b.description,
         metadata: b.metadata,
     };
-    let r = shared.store.update_ip_policy_rule(&p.account_id, &id, &up).await?;
+    let r = p.store.update_ip_policy_rule(&p.account_id, &id, &up).await?;
     shared.ip_policy_changed(&p.account_id, &r.ip_policy_id).await;
     Ok(Json(rule(r)))
 }
@@ -261,8 +253,8 @@ pub(crate) async fn delete_rule(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     p.require_admin("changing IP policies")?;
-    let r = shared.store.get_ip_policy_rule(&p.account_id, &id).await?;
-    shared.store.delete_ip_policy_rule(&p.account_id, &id).await?;
+    let r = p.store.get_ip_policy_rule(&p.account_id, &id).await?;
+    p.store.delete_ip_policy_rule(&p.account_id, &id).await?;
     shared.ip_policy_changed(&p.account_id, &r.ip_policy_id).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -301,7 +293,7 @@ pub(crate) async fn create_restriction(
 ) -> Result<(StatusCode, Json<RestrictionJson>), ApiError> {
     p.require_admin("changing IP restrictions")?;
     let b: RestrictionCreate = parse_body(&body)?;
-    let x = shared
+    let x = p
         .store
         .create_ip_restriction(
             &p.account_id,
@@ -318,19 +310,17 @@ pub(crate) async fn create_restriction(
 }
 
 pub(crate) async fn get_restriction(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<RestrictionJson>, ApiError> {
-    Ok(Json(restriction(shared.store.get_ip_restriction(&p.account_id, &id).await?)))
+    Ok(Json(restriction(p.store.get_ip_restriction(&p.account_id, &id).await?)))
 }
 
 pub(crate) async fn list_restrictions(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     q: PageQuery,
 ) -> Result<Json<ListJson<RestrictionJson>>, ApiError> {
-    let page = shared.store.list_ip_restrictions(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let page = p.store.list_ip_restrictions(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/ip_restrictions", &q, page.more, page.items.last().map(|x| x.id.as_str()));
     Ok(list("ip_restrictions", page.items.into_iter().map(restriction).collect(), next))
 }
@@ -350,7 +340,7 @@ pub(crate) async fn update_restriction(
         description: b.description,
         metadata: b.metadata,
     };
-    let x = shared.store.update_ip_restriction(&p.account_id, &id, &up).await?;
+    let x = p.store.update_ip_restriction(&p.account_id, &id, &up).await?;
     shared.ip_rules.invalidate(&p.account_id);
     tracing::info!(restriction = %x.id, enforced = x.enforced, by = %p.key_id, "IP restriction changed");
     Ok(Json(restriction(x)))
@@ -362,7 +352,7 @@ pub(crate) async fn delete_restriction(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     p.require_admin("changing IP restrictions")?;
-    shared.store.delete_ip_restriction(&p.account_id, &id).await?;
+    p.store.delete_ip_restriction(&p.account_id, &id).await?;
     shared.ip_rules.invalidate(&p.account_id);
     Ok(StatusCode::NO_CONTENT)
 }

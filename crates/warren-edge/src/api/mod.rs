@@ -24,6 +24,7 @@ mod auth;
 mod certificates;
 mod credentials;
 mod error;
+mod events;
 mod ip;
 mod openapi;
 mod reserved;
@@ -34,6 +35,7 @@ mod users;
 pub(crate) use auth::Principal;
 pub use auth::RateLimit;
 pub use error::ApiError;
+pub(crate) use events::render_object;
 
 /// The API's routes over the edge's shared state.
 pub(crate) fn app(shared: Arc<Shared>) -> Router {
@@ -80,6 +82,23 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .route("/endpoints", get(sessions::endpoints))
         .route("/endpoints/{id}", get(sessions::endpoint))
         .route("/tunnels", get(sessions::tunnels))
+        .route("/event_destinations", get(events::list_destinations).post(events::create_destination))
+        .route(
+            "/event_destinations/{id}",
+            get(events::get_destination).patch(events::update_destination).delete(events::delete_destination),
+        )
+        .route("/event_subscriptions", get(events::list_subscriptions).post(events::create_subscription))
+        .route(
+            "/event_subscriptions/{id}",
+            get(events::get_subscription)
+                .patch(events::update_subscription)
+                .delete(events::delete_subscription),
+        )
+        .route("/event_subscriptions/{id}/sources", get(events::list_sources).post(events::create_source))
+        .route(
+            "/event_subscriptions/{id}/sources/{type}",
+            get(events::get_source).patch(events::update_source).delete(events::delete_source),
+        )
         .route(
             "/traffic_policy",
             get(traffic_policy::get).put(traffic_policy::put).delete(traffic_policy::delete),
@@ -144,7 +163,7 @@ fn request_base(shared: &Shared, req: &axum::extract::Request) -> Option<String>
     Some(format!("{}://{host}", if proxied_https { "https" } else { "http" }))
 }
 
-fn absolutize(v: &mut serde_json::Value, base: &str) {
+pub(crate) fn absolutize(v: &mut serde_json::Value, base: &str) {
     match v {
         serde_json::Value::Object(m) => {
             for (k, v) in m.iter_mut() {
@@ -298,5 +317,43 @@ fn check_body_id(body_id: Option<&str>, path_id: &str) -> Result<(), ApiError> {
             Err(ApiError::bad_request(format!("the body's id {b:?} differs from the path's {path_id:?}")))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Handlers change the account only through the caller's store (`p.store`), so every
+    /// audit event names who acted. The edge's own store (`shared.store`) may only read, or
+    /// keep the certificate cache, which is not an account change.
+    #[test]
+    fn handlers_write_only_as_the_caller() {
+        let files = [
+            ("api_keys.rs", include_str!("api_keys.rs")),
+            ("certificates.rs", include_str!("certificates.rs")),
+            ("credentials.rs", include_str!("credentials.rs")),
+            ("events.rs", include_str!("events.rs")),
+            ("ip.rs", include_str!("ip.rs")),
+            ("reserved.rs", include_str!("reserved.rs")),
+            ("sessions.rs", include_str!("sessions.rs")),
+            ("traffic_policy.rs", include_str!("traffic_policy.rs")),
+            ("users.rs", include_str!("users.rs")),
+        ];
+        for (name, text) in files {
+            let flat: String = text.split_whitespace().collect();
+            for verb in ["create_", "update_", "delete_", "set_", "insert_", "mark_", "detach", "attach"] {
+                let mut rest = flat.as_str();
+                while let Some(i) = rest.find("shared.store.") {
+                    let call = &rest[i + "shared.store.".len()..];
+                    let allowed =
+                        call.starts_with("put_certificate(") || call.starts_with("delete_certificate(");
+                    assert!(
+                        !call.starts_with(verb) || allowed,
+                        "{name}: shared.store.{} changes the account without naming the caller; use p.store",
+                        &call[..call.find('(').unwrap_or(call.len())]
+                    );
+                    rest = call;
+                }
+            }
+        }
     }
 }

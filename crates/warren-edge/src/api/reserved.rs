@@ -48,7 +48,7 @@ struct Verification {
     verified_at: Option<String>,
 }
 
-fn domain_json(shared: &Shared, d: ReservedDomain, certificate_id: Option<String>) -> DomainJson {
+pub(super) fn domain_json(shared: &Shared, d: ReservedDomain, certificate_id: Option<String>) -> DomainJson {
     let base = &shared.config.base_domain;
     let cname_target = (!crate::session::under_domain(d.domain.trim_start_matches("*."), base))
         .then(|| format!("{}.cname.{base}", d.id.to_ascii_lowercase().replace('_', "-")));
@@ -75,12 +75,12 @@ fn domain_json(shared: &Shared, d: ReservedDomain, certificate_id: Option<String
 
 /// Attaches uploaded certificate `cert_id` to reserved domain `d` and serves it.
 async fn attach(shared: &Shared, p: &Principal, d: &ReservedDomain, cert_id: &str) -> Result<(), ApiError> {
-    let c = shared.store.get_uploaded_certificate(&p.account_id, cert_id).await?;
+    let c = p.store.get_uploaded_certificate(&p.account_id, cert_id).await?;
     p.require_owner_or_admin(c.owner_id.as_deref(), "a tls certificate (to attach it)")?;
     if !super::certificates::covers(&c.chain_pem, &d.domain) {
         return Err(ApiError::bad_request(format!("tls certificate {cert_id} does not cover {}", d.domain)));
     }
-    shared.store.set_domain_certificate(&p.account_id, &d.id, Some(cert_id)).await?;
+    p.store.set_domain_certificate(&p.account_id, &d.id, Some(cert_id)).await?;
     super::certificates::serve_for_domain(shared, &c, &d.domain).await
 }
 
@@ -155,7 +155,7 @@ pub(crate) async fn create_domain(
     // Overlaps with other accounts' reservations and live names (at any depth, any scheme,
     // on any node) are refused by the store, under one writer.
     if let Some(cert_id) = &b.certificate_id {
-        let c = shared.store.get_uploaded_certificate(&p.account_id, cert_id).await?;
+        let c = p.store.get_uploaded_certificate(&p.account_id, cert_id).await?;
         p.require_owner_or_admin(c.owner_id.as_deref(), "a tls certificate (to attach it)")?;
         if !super::certificates::covers(&c.chain_pem, &domain) {
             return Err(ApiError::bad_request(format!("tls certificate {cert_id} does not cover {domain}")));
@@ -163,7 +163,7 @@ pub(crate) async fn create_domain(
     }
     // A name under the edge's own domain needs no proof; a custom domain does.
     let own = crate::session::under_domain(domain.trim_start_matches("*."), base);
-    let d = shared
+    let d = p
         .store
         .create_reserved_domain(
             &p.account_id,
@@ -188,8 +188,8 @@ pub(crate) async fn get_domain(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<DomainJson>, ApiError> {
-    let d = shared.store.get_reserved_domain(&p.account_id, &id).await?;
-    let cert = shared.store.domain_certificate_id(&p.account_id, &id).await?;
+    let d = p.store.get_reserved_domain(&p.account_id, &id).await?;
+    let cert = p.store.domain_certificate_id(&p.account_id, &id).await?;
     Ok(Json(domain_json(&shared, d, cert)))
 }
 
@@ -205,11 +205,11 @@ pub(crate) async fn list_domains(
     Extension(p): Extension<Principal>,
     q: PageQuery,
 ) -> Result<Json<DomainListJson>, ApiError> {
-    let page = shared.store.list_reserved_domains(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let page = p.store.list_reserved_domains(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/reserved_domains", &q, page.more, page.items.last().map(|d| d.id.as_str()));
     let mut reserved_domains = Vec::with_capacity(page.items.len());
     for d in page.items {
-        let cert = shared.store.domain_certificate_id(&p.account_id, &d.id).await?;
+        let cert = p.store.domain_certificate_id(&p.account_id, &d.id).await?;
         reserved_domains.push(domain_json(&shared, d, cert));
     }
     Ok(Json(DomainListJson { reserved_domains, uri: "/reserved_domains", next_page_uri: next }))
@@ -226,16 +226,16 @@ pub(crate) async fn update_domain(
     if b.certificate_management_policy.is_some() {
         return Err(ApiError::bad_request("certificate_management_policy is not supported; omit it"));
     }
-    let current = shared.store.get_reserved_domain(&p.account_id, &id).await?;
+    let current = p.store.get_reserved_domain(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "a reserved domain")?;
-    let d = shared
+    let d = p
         .store
         .update_reserved_domain(&p.account_id, &id, b.description.as_deref(), b.metadata.as_deref())
         .await?;
     if let Some(cert_id) = &b.certificate_id {
         attach(&shared, &p, &d, cert_id).await?;
     }
-    let cert = shared.store.domain_certificate_id(&p.account_id, &id).await?;
+    let cert = p.store.domain_certificate_id(&p.account_id, &id).await?;
     Ok(Json(domain_json(&shared, d, cert)))
 }
 
@@ -246,12 +246,12 @@ pub(crate) async fn verify_domain(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<DomainJson>, ApiError> {
-    let d = shared.store.get_reserved_domain(&p.account_id, &id).await?;
+    let d = p.store.get_reserved_domain(&p.account_id, &id).await?;
     p.require_owner_or_admin(d.owner_id.as_deref(), "a reserved domain")?;
     let d = crate::session::verify_domain(&shared, d).await.map_err(ApiError::conflict)?;
     tracing::info!(reserved_domain = %d.id, domain = %d.domain, by = %p.key_id, "custom domain verified");
     shared.acme_wake.notify_one();
-    let cert = shared.store.domain_certificate_id(&p.account_id, &id).await?;
+    let cert = p.store.domain_certificate_id(&p.account_id, &id).await?;
     Ok(Json(domain_json(&shared, d, cert)))
 }
 
@@ -262,9 +262,9 @@ pub(crate) async fn detach_certificate(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let d = shared.store.get_reserved_domain(&p.account_id, &id).await?;
+    let d = p.store.get_reserved_domain(&p.account_id, &id).await?;
     p.require_owner_or_admin(d.owner_id.as_deref(), "a reserved domain")?;
-    shared.store.set_domain_certificate(&p.account_id, &id, None).await?;
+    p.store.set_domain_certificate(&p.account_id, &id, None).await?;
     forget_certificate(&shared, &d.domain).await?;
     shared.acme_wake.notify_one();
     Ok(StatusCode::NO_CONTENT)
@@ -281,9 +281,9 @@ pub(crate) async fn delete_domain(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let d = shared.store.get_reserved_domain(&p.account_id, &id).await?;
+    let d = p.store.get_reserved_domain(&p.account_id, &id).await?;
     p.require_owner_or_admin(d.owner_id.as_deref(), "a reserved domain")?;
-    shared.store.delete_reserved_domain(&p.account_id, &id).await?;
+    p.store.delete_reserved_domain(&p.account_id, &id).await?;
     // A released name's certificate is no longer the account's to serve.
     forget_certificate(&shared, &d.domain).await?;
     tracing::info!(reserved_domain = %id, by = %p.key_id, "reserved domain released");
@@ -301,7 +301,7 @@ pub(crate) struct AddrJson {
     region: &'static str,
 }
 
-fn addr_json(shared: &Shared, a: ReservedAddr) -> AddrJson {
+pub(super) fn addr_json(shared: &Shared, a: ReservedAddr) -> AddrJson {
     AddrJson {
         uri: format!("/reserved_addrs/{}", a.id),
         addr: format!("{}:{}", shared.config.tcp_host, a.port),
@@ -344,7 +344,7 @@ pub(crate) async fn create_addr(
         if shared.registry.is_taken(&EndpointKey::Port(port)) {
             continue;
         }
-        match shared
+        match p
             .store
             .create_reserved_addr(&p.account_id, port, &b.description, &b.metadata, p.user_id.as_deref())
             .await
@@ -365,7 +365,7 @@ pub(crate) async fn get_addr(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<AddrJson>, ApiError> {
-    let a = shared.store.get_reserved_addr(&p.account_id, &id).await?;
+    let a = p.store.get_reserved_addr(&p.account_id, &id).await?;
     Ok(Json(addr_json(&shared, a)))
 }
 
@@ -381,7 +381,7 @@ pub(crate) async fn list_addrs(
     Extension(p): Extension<Principal>,
     q: PageQuery,
 ) -> Result<Json<AddrListJson>, ApiError> {
-    let page = shared.store.list_reserved_addrs(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let page = p.store.list_reserved_addrs(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/reserved_addrs", &q, page.more, page.items.last().map(|a| a.id.as_str()));
     Ok(Json(AddrListJson {
         reserved_addrs: page.items.into_iter().map(|a| addr_json(&shared, a)).collect(),
@@ -398,9 +398,9 @@ pub(crate) async fn update_addr(
 ) -> Result<Json<AddrJson>, ApiError> {
     let b: UpdateBody = parse_body(&body)?;
     check_body_id(b.id.as_deref(), &id)?;
-    let current = shared.store.get_reserved_addr(&p.account_id, &id).await?;
+    let current = p.store.get_reserved_addr(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "a reserved address")?;
-    let a = shared
+    let a = p
         .store
         .update_reserved_addr(&p.account_id, &id, b.description.as_deref(), b.metadata.as_deref())
         .await?;
@@ -408,13 +408,12 @@ pub(crate) async fn update_addr(
 }
 
 pub(crate) async fn delete_addr(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let current = shared.store.get_reserved_addr(&p.account_id, &id).await?;
+    let current = p.store.get_reserved_addr(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "a reserved address")?;
-    shared.store.delete_reserved_addr(&p.account_id, &id).await?;
+    p.store.delete_reserved_addr(&p.account_id, &id).await?;
     tracing::info!(reserved_addr = %id, by = %p.key_id, "reserved tcp address released");
     Ok(StatusCode::NO_CONTENT)
 }

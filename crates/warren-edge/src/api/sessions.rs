@@ -29,7 +29,7 @@ pub(crate) struct SessionJson {
     transport: &'static str,
 }
 
-fn session_json(s: TunnelSession) -> SessionJson {
+pub(super) fn session_json(s: TunnelSession) -> SessionJson {
     SessionJson {
         uri: format!("/tunnel_sessions/{}", s.id),
         credential: Ref::to("credentials", s.credential_id),
@@ -52,29 +52,27 @@ pub(crate) struct SessionList {
 }
 
 pub(crate) async fn list(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     q: PageQuery,
 ) -> Result<Json<SessionList>, ApiError> {
-    let page = shared.store.list_tunnel_sessions(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let page = p.store.list_tunnel_sessions(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/tunnel_sessions", &q, page.more, page.items.last().map(|s| s.id.as_str()));
     let tunnel_sessions = page.items.into_iter().map(session_json).collect();
     Ok(Json(SessionList { tunnel_sessions, uri: "/tunnel_sessions", next_page_uri: next }))
 }
 
 pub(crate) async fn get(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<SessionJson>, ApiError> {
-    Ok(Json(session_json(shared.store.get_tunnel_session(&p.account_id, &id).await?)))
+    Ok(Json(session_json(p.store.get_tunnel_session(&p.account_id, &id).await?)))
 }
 
 /// Stop or restart, as ngrok's API does: the agent is told and acts. A session held by
 /// another edge node is handed to that node through the store.
 async fn command(shared: &Shared, p: &Principal, id: &str, ty: StreamType) -> Result<StatusCode, ApiError> {
-    let row = shared.store.get_tunnel_session(&p.account_id, id).await?;
-    let owner = match shared.store.get_credential(&p.account_id, &row.credential_id).await {
+    let row = p.store.get_tunnel_session(&p.account_id, id).await?;
+    let owner = match p.store.get_credential(&p.account_id, &row.credential_id).await {
         Ok(c) => c.owner_id,
         Err(warren_store::StoreError::NotFound(_)) => None,
         Err(e) => return Err(e.into()),
@@ -83,7 +81,7 @@ async fn command(shared: &Shared, p: &Principal, id: &str, ty: StreamType) -> Re
     tracing::info!(session = %row.id, node = %row.node_id, by = %p.key_id, ?ty, "tunnel session command");
     if row.node_id != shared.node_id {
         let cmd = if ty == StreamType::Stop { SessionCommand::Stop } else { SessionCommand::Restart };
-        shared.store.queue_session_command(&row.node_id, &row.id, cmd).await?;
+        p.store.queue_session_command(&row.node_id, &row.id, cmd).await?;
         return Ok(StatusCode::NO_CONTENT);
     }
     let s = shared
@@ -143,22 +141,20 @@ pub(crate) struct EndpointList {
 }
 
 pub(crate) async fn endpoints(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     q: PageQuery,
 ) -> Result<Json<EndpointList>, ApiError> {
-    let page = shared.store.list_endpoints(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let page = p.store.list_endpoints(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/endpoints", &q, page.more, page.items.last().map(|e| e.id.as_str()));
     let endpoints = page.items.into_iter().map(endpoint_json).collect();
     Ok(Json(EndpointList { endpoints, uri: "/endpoints", next_page_uri: next }))
 }
 
 pub(crate) async fn endpoint(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<EndpointJson>, ApiError> {
-    Ok(Json(endpoint_json(shared.store.get_endpoint(&p.account_id, &id).await?)))
+    Ok(Json(endpoint_json(p.store.get_endpoint(&p.account_id, &id).await?)))
 }
 
 #[derive(Serialize)]
@@ -170,11 +166,10 @@ pub(crate) struct TunnelList {
 
 /// ngrok's older name for the same list.
 pub(crate) async fn tunnels(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     q: PageQuery,
 ) -> Result<Json<TunnelList>, ApiError> {
-    let page = shared.store.list_endpoints(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let page = p.store.list_endpoints(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/tunnels", &q, page.more, page.items.last().map(|e| e.id.as_str()));
     let tunnels = page.items.into_iter().map(endpoint_json).collect();
     Ok(Json(TunnelList { tunnels, uri: "/tunnels", next_page_uri: next }))

@@ -29,11 +29,8 @@ struct PutBody {
     traffic_policy: serde_json::Value,
 }
 
-pub(crate) async fn get(
-    State(shared): State<Arc<Shared>>,
-    Extension(p): Extension<Principal>,
-) -> Result<Json<PolicyJson>, ApiError> {
-    let current = shared.store.account_traffic_policy(&p.account_id).await?;
+pub(crate) async fn get(Extension(p): Extension<Principal>) -> Result<Json<PolicyJson>, ApiError> {
+    let current = p.store.account_traffic_policy(&p.account_id).await?;
     let (mut traffic_policy, updated_at) = current.map_or((None, None), |(d, u)| (Some(d), Some(u)));
     // The document may hold an OIDC client secret or basic-auth passwords: only admins (who
     // can set it anyway) see it as written; other roles see it as JSON with those masked.
@@ -63,7 +60,7 @@ pub(crate) async fn put(
     crate::policy::check_account_policy(&shared, &p.account_id, &text)
         .await
         .map_err(|e| ApiError::bad_request(format!("invalid traffic policy: {e}")))?;
-    let updated_at = shared.store.set_account_traffic_policy(&p.account_id, &text).await?;
+    let updated_at = p.store.set_account_traffic_policy(&p.account_id, &text).await?;
     let ended =
         shared.end_sessions_of(&p.account_id, "the account's traffic policy changed; reconnect").await;
     tracing::info!(by = %p.key_id, sessions_restarted = ended, "account traffic policy set");
@@ -75,7 +72,7 @@ pub(crate) async fn delete(
     Extension(p): Extension<Principal>,
 ) -> Result<StatusCode, ApiError> {
     p.require_admin("the account's traffic policy")?;
-    if !shared.store.delete_account_traffic_policy(&p.account_id).await? {
+    if !p.store.delete_account_traffic_policy(&p.account_id).await? {
         return Err(ApiError::not_found("this account has no traffic policy"));
     }
     let ended =

@@ -26,7 +26,7 @@ pub(crate) struct UserJson {
     authtoken_ip_policy_ids: Vec<String>,
 }
 
-fn json(u: User) -> UserJson {
+pub(super) fn json(u: User) -> UserJson {
     UserJson {
         uri: format!("/users/{}", u.id),
         id: u.id,
@@ -71,22 +71,20 @@ where
 }
 
 pub(crate) async fn create(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<UserJson>), ApiError> {
     p.require_admin("adding users")?;
     let b: CreateBody = parse_body(&body)?;
-    let u = shared.store.create_user(&p.account_id, &b.email, role(&b.role)?).await?;
+    let u = p.store.create_user(&p.account_id, &b.email, role(&b.role)?).await?;
     Ok((StatusCode::CREATED, Json(json(u))))
 }
 
 pub(crate) async fn get(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<UserJson>, ApiError> {
-    Ok(Json(json(shared.store.get_user(&p.account_id, &id).await?)))
+    Ok(Json(json(p.store.get_user(&p.account_id, &id).await?)))
 }
 
 #[derive(Serialize)]
@@ -97,11 +95,10 @@ pub(crate) struct ListJson {
 }
 
 pub(crate) async fn list(
-    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     q: PageQuery,
 ) -> Result<Json<ListJson>, ApiError> {
-    let page = shared.store.list_users(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
+    let page = p.store.list_users(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
     let next = next_page_uri("/users", &q, page.more, page.items.last().map(|u| u.id.as_str()));
     Ok(Json(ListJson {
         users: page.items.into_iter().map(json).collect(),
@@ -118,17 +115,15 @@ pub(crate) async fn update(
 ) -> Result<Json<UserJson>, ApiError> {
     p.require_admin("changing users")?;
     let b: UpdateBody = parse_body(&body)?;
-    let mut user = shared.store.get_user(&p.account_id, &id).await?;
+    let mut user = p.store.get_user(&p.account_id, &id).await?;
     if let Some(r) = &b.role {
-        user = shared.store.set_user_role(&p.account_id, &id, role(r)?).await?;
+        user = p.store.set_user_role(&p.account_id, &id, role(r)?).await?;
     }
     if b.authtoken_acl.is_some() || b.authtoken_ip_policy_ids.is_some() {
-        user = shared
-            .store
-            .set_user_limits(&p.account_id, &id, b.authtoken_acl, b.authtoken_ip_policy_ids)
-            .await?;
+        user =
+            p.store.set_user_limits(&p.account_id, &id, b.authtoken_acl, b.authtoken_ip_policy_ids).await?;
         // Sessions were admitted under the old limits: their agents reconnect under the new.
-        let tokens = shared.store.credentials_of(&p.account_id, &id).await?;
+        let tokens = p.store.credentials_of(&p.account_id, &id).await?;
         for t in &tokens {
             shared.end_sessions_using(t, "the user's authtoken limits changed; reconnect").await;
         }
@@ -146,7 +141,7 @@ pub(crate) async fn delete(
     if p.user_id.as_deref() == Some(id.as_str()) {
         return Err(ApiError::bad_request("an admin cannot remove themselves; ask another admin"));
     }
-    let revoked = shared.store.delete_user(&p.account_id, &id).await?;
+    let revoked = p.store.delete_user(&p.account_id, &id).await?;
     // Their authtokens went with them: so do the sessions those tokens started.
     for credential in &revoked {
         shared.end_sessions_using(credential, "the authtoken's owner was removed").await;

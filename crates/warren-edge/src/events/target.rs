@@ -1,0 +1,240 @@
+//! Where a destination delivers: a signed webhook or a JSON-lines file. Checked once, when
+//! the destination is created or changed; every key is known or refused by name.
+
+use serde_json::{Value, json};
+
+use crate::config::EdgeConfig;
+
+/// Largest file a file destination writes before rotating, by default.
+const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// Rotated files kept besides the current one, by default.
+const DEFAULT_MAX_FILES: u32 = 5;
+
+/// A destination's target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// POSTs batches of events as a JSON array, signed with HMAC-SHA256.
+    Webhook {
+        /// http(s) URL.
+        url: String,
+        /// The signing secret (only while creating; the store keeps it sealed).
+        secret: Option<String>,
+    },
+    /// Appends events as JSON lines to a file in the events directory.
+    File {
+        /// A plain file name.
+        name: String,
+        /// Rotate beyond this size.
+        max_bytes: u64,
+        /// Keep this many rotated files.
+        max_files: u32,
+    },
+}
+
+impl Target {
+    /// Parses and checks a target as an API client sends it.
+    pub(crate) fn parse(v: &Value, config: &EdgeConfig) -> Result<Target, String> {
+        let obj = v.as_object().ok_or("target must be an object with one of: webhook, file")?;
+        let set: Vec<(&String, &Value)> = obj.iter().filter(|(_, v)| !v.is_null()).collect();
+        let [(kind, body)] = set.as_slice() else {
+            return Err(format!(
+                "target must name exactly one of: webhook, file (it names {})",
+                if set.is_empty() {
+                    "none".to_owned()
+                } else {
+                    set.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")
+                }
+            ));
+        };
+        let body = body.as_object().ok_or_else(|| format!("target.{kind} must be an object"))?;
+        match kind.as_str() {
+            "webhook" => {
+                known_keys(kind, body, &["url", "secret"])?;
+                let url = body.get("url").and_then(Value::as_str).ok_or("target.webhook.url is required")?;
+                check_webhook_url(url, config)?;
+                let secret = match body.get("secret") {
+                    None | Some(Value::Null) => new_secret(),
+                    Some(Value::String(s)) if s.len() >= 16 && s.len() <= 256 => s.clone(),
+                    Some(_) => return Err(
+                        "target.webhook.secret: 16 to 256 characters, or leave it out for a generated one"
+                            .into(),
+                    ),
+                };
+                Ok(Target::Webhook { url: url.to_owned(), secret: Some(secret) })
+            }
+            "file" => {
+                known_keys(kind, body, &["name", "max_bytes", "max_files"])?;
+                let name = body.get("name").and_then(Value::as_str).ok_or("target.file.name is required")?;
+                check_file_name(name)?;
+                let max_bytes = match body.get("max_bytes") {
+                    None | Some(Value::Null) => DEFAULT_MAX_BYTES,
+                    Some(v) => v
+                        .as_u64()
+                        .filter(|n| (4096..=1 << 30).contains(n))
+                        .ok_or("target.file.max_bytes: 4096 to 1073741824")?,
+                };
+                let max_files = match body.get("max_files") {
+                    None | Some(Value::Null) => DEFAULT_MAX_FILES,
+                    Some(v) => v
+                        .as_u64()
+                        .filter(|n| (1..=100).contains(n))
+                        .ok_or("target.file.max_files: 1 to 100")? as u32,
+                };
+                Ok(Target::File { name: name.to_owned(), max_bytes, max_files })
+            }
+            "kinesis" | "firehose" | "cloudwatch_logs" | "datadog" | "azure_logs_ingestion" | "s3" => {
+                Err(format!(
+                    "target.{kind}: warren does not deliver to {kind}; use webhook (to a collector that forwards there) or file"
+                ))
+            }
+            other => Err(format!("target.{other} is not a destination warren knows; use webhook or file")),
+        }
+    }
+
+    /// Reads a target as the store keeps it.
+    pub(crate) fn from_stored(s: &str) -> Option<Target> {
+        let v: Value = serde_json::from_str(s).ok()?;
+        if let Some(w) = v.get("webhook") {
+            return Some(Target::Webhook { url: w.get("url")?.as_str()?.to_owned(), secret: None });
+        }
+        let f = v.get("file")?;
+        Some(Target::File {
+            name: f.get("name")?.as_str()?.to_owned(),
+            max_bytes: f.get("max_bytes")?.as_u64()?,
+            max_files: f.get("max_files")?.as_u64()? as u32,
+        })
+    }
+
+    /// The target as stored and shown: without the secret.
+    pub(crate) fn stored(&self) -> Value {
+        match self {
+            Target::Webhook { url, .. } => json!({"webhook": {"url": url}}),
+            Target::File { name, max_bytes, max_files } => {
+                json!({"file": {"name": name, "max_bytes": max_bytes, "max_files": max_files}})
+            }
+        }
+    }
+
+    /// The signing secret, while it is known.
+    pub(crate) fn secret(&self) -> Option<&str> {
+        match self {
+            Target::Webhook { secret, .. } => secret.as_deref(),
+            Target::File { .. } => None,
+        }
+    }
+}
+
+fn known_keys(kind: &str, body: &serde_json::Map<String, Value>, known: &[&str]) -> Result<(), String> {
+    match body.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => {
+            Err(format!("target.{kind}.{k} is not a setting warren knows; it knows {}", known.join(", ")))
+        }
+        None => Ok(()),
+    }
+}
+
+/// `whsec_` and 32 random bytes, base64url.
+fn new_secret() -> String {
+    use base64::Engine;
+    use rand::Rng;
+    let mut raw = [0u8; 32];
+    rand::rng().fill(&mut raw);
+    format!("whsec_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+}
+
+/// A plain file name: no directories, nothing hidden.
+fn check_file_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "target.file.name {name:?}: a plain file name (letters, digits, '.', '_', '-'; not starting with '.'); it is written in the edge's events directory"
+        ))
+    }
+}
+
+/// http(s), a host that is not one of the edge's own names or listeners (events about
+/// requests, sent as requests through the edge, would never end), and an address the
+/// operator lets webhooks reach.
+fn check_webhook_url(url: &str, config: &EdgeConfig) -> Result<(), String> {
+    let reach = crate::idp::Reach {
+        loopback: config.events.allow_loopback,
+        private: config.events.allow_private_networks,
+    };
+    let (uri, host, https) =
+        crate::idp::check_url(url, reach).map_err(|e| format!("target.webhook.url {e}"))?;
+    let host = host.to_ascii_lowercase();
+    let own_name = std::iter::once(config.base_domain.as_str())
+        .chain(config.connect_hostnames.iter().map(String::as_str))
+        .chain(std::iter::once(config.tcp_host.as_str()))
+        .any(|n| !n.is_empty() && (host == n || host.ends_with(&format!(".{n}"))));
+    if own_name {
+        return Err(format!(
+            "target.webhook.url {url}: {host} is this edge's own name; events would loop through it"
+        ));
+    }
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let listeners = [Some(config.connect_addr), Some(config.https_addr), config.http_addr, config.api_addr];
+    let local_host = host == "localhost"
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+    for l in listeners.into_iter().flatten() {
+        let same_ip = host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip == l.ip());
+        if l.port() == port && (same_ip || (local_host && (l.ip().is_loopback() || l.ip().is_unspecified())))
+        {
+            return Err(format!("target.webhook.url {url}: that is one of this edge's own listeners"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> EdgeConfig {
+        let mut c = EdgeConfig::local_default("/tmp/x".into());
+        c.events.allow_loopback = true;
+        c.https_addr = "127.0.0.1:8443".parse().unwrap();
+        c
+    }
+
+    #[test]
+    fn targets_are_checked_and_unknown_keys_refused_by_name() {
+        let c = config();
+        let t = Target::parse(&json!({"webhook": {"url": "http://127.0.0.1:9999/hook"}}), &c).unwrap();
+        assert!(t.secret().unwrap().starts_with("whsec_"));
+        assert_eq!(t.stored(), json!({"webhook": {"url": "http://127.0.0.1:9999/hook"}}));
+        assert_eq!(
+            Target::from_stored(&t.stored().to_string()),
+            Some(Target::Webhook { url: "http://127.0.0.1:9999/hook".into(), secret: None })
+        );
+        let f = Target::parse(&json!({"file": {"name": "audit.jsonl"}}), &c).unwrap();
+        assert_eq!(Target::from_stored(&f.stored().to_string()), Some(f));
+        for (bad, says) in [
+            (json!({"webhook": {"url": "ftp://127.0.0.1/x"}}), "must be https"),
+            (json!({"webhook": {"url": "http://10.0.0.1/x"}}), "must be https"),
+            (json!({"webhook": {"url": "https://app.warren.localhost/x"}}), "own name"),
+            (json!({"webhook": {"url": "http://127.0.0.1:8443/x"}}), "own listeners"),
+            (json!({"webhook": {"url": "http://localhost:8443/x"}}), "own"),
+            (json!({"webhook": {"url": "http://127.0.0.1:9999/x", "headers": {}}}), "webhook.headers"),
+            (json!({"webhook": {"url": "http://127.0.0.1:9999/x", "secret": "short"}}), "16 to 256"),
+            (json!({"file": {"name": "../etc/passwd"}}), "plain file name"),
+            (json!({"file": {"name": ".hidden"}}), "plain file name"),
+            (json!({"file": {"name": "a", "max_bytes": 10}}), "max_bytes"),
+            (json!({"kinesis": {"stream_arn": "x"}}), "does not deliver to kinesis"),
+            (json!({"webhook": {"url": "https://a.example"}, "file": {"name": "a"}}), "exactly one"),
+            (json!({}), "exactly one"),
+            (json!({"smoke_signal": {}}), "smoke_signal"),
+        ] {
+            let e = Target::parse(&bad, &c).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let mut strict = config();
+        strict.events.allow_loopback = false;
+        assert!(Target::parse(&json!({"webhook": {"url": "http://127.0.0.1:9999/x"}}), &strict).is_err());
+    }
+}

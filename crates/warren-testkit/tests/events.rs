@@ -1,0 +1,427 @@
+//! Event subscriptions end to end: audit events of API changes reach a webhook that checks
+//! their signatures, in order; a failing webhook is retried and shows its error; an event it
+//! refuses is parked and the rest flow; traffic events go through a CEL filter and a field
+//! selection to a rotating file; hostile destinations are refused.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use http_body_util::BodyExt;
+use hyper::StatusCode;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use warren_agent::{Agent, EndpointConfig};
+use warren_testkit::*;
+
+const SECRET: &str = "a-webhook-secret-for-tests";
+
+/// What the receiver answers: by default 204; `answer` can pick per batch.
+type Answer = Arc<dyn Fn(&[Value]) -> u16 + Send + Sync>;
+
+/// A webhook receiver that checks each batch's signature (independently of warren's code,
+/// with aws-lc-rs) and passes accepted batches' events on.
+struct Receiver {
+    addr: SocketAddr,
+    events: mpsc::UnboundedReceiver<Value>,
+    /// Every batch that arrived, accepted or not.
+    arrivals: Arc<Mutex<Vec<Vec<Value>>>>,
+}
+
+impl Receiver {
+    async fn start(answer: Answer) -> Receiver {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, events) = mpsc::unbounded_channel();
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let seen = arrivals.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let (tx, seen, answer) = (tx.clone(), seen.clone(), answer.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                        let (tx, seen, answer) = (tx.clone(), seen.clone(), answer.clone());
+                        async move {
+                            let sig =
+                                req.headers().get("warren-signature").map(|v| v.to_str().unwrap().to_owned());
+                            let count = req
+                                .headers()
+                                .get("warren-event-count")
+                                .map(|v| v.to_str().unwrap().to_owned());
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let sig = sig.expect("every delivery is signed");
+                            let (t, v1) = sig.split_once(",v1=").expect("t=...,v1=...");
+                            let t = t.strip_prefix("t=").unwrap();
+                            let key =
+                                aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, SECRET.as_bytes());
+                            let mut signed = format!("{t}.").into_bytes();
+                            signed.extend_from_slice(&body);
+                            let want: String = aws_lc_rs::hmac::sign(&key, &signed)
+                                .as_ref()
+                                .iter()
+                                .map(|b| format!("{b:02x}"))
+                                .collect();
+                            assert_eq!(v1, want, "signature over t.body");
+                            let age = warren_store::unix_now() - t.parse::<i64>().unwrap();
+                            assert!((0..60).contains(&age), "a fresh timestamp");
+                            let batch: Vec<Value> = serde_json::from_slice(&body).unwrap();
+                            assert_eq!(count, Some(batch.len().to_string()));
+                            seen.lock().unwrap().push(batch.clone());
+                            let status = answer(&batch);
+                            if (200..300).contains(&status) {
+                                for ev in batch {
+                                    let _ = tx.send(ev);
+                                }
+                            }
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder().status(status).body(empty()).unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Receiver { addr, events, arrivals }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    async fn next(&mut self) -> Value {
+        within("an event at the webhook", self.events.recv()).await.expect("receiver open")
+    }
+}
+
+fn ok() -> Answer {
+    Arc::new(|_| 204)
+}
+
+async fn subscribe(edge: &TestEdge, target: Value, sources: Value) -> (Value, Value) {
+    let key = Some(edge.api_key.as_str());
+    let (s, _, dest) =
+        edge.api("POST", "/event_destinations", key, Some(json!({"format": "json", "target": target}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{dest}");
+    let body = json!({"description": "security", "sources": sources, "destination_ids": [dest["id"]]});
+    let (s, _, sub) = edge.api("POST", "/event_subscriptions", key, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{sub}");
+    (dest, sub)
+}
+
+#[tokio::test]
+async fn audit_events_of_an_api_session_reach_a_signed_webhook_in_order() {
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    let mut rx = Receiver::start(ok()).await;
+    let sources: Vec<Value> = [
+        "ip_policy_created.v0",
+        "ip_policy_updated.v0",
+        "ip_policy_deleted.v0",
+        "tunnel_credential_created.v0",
+        "tunnel_credential_deleted.v0",
+        "agent_session_start.v0",
+    ]
+    .iter()
+    .map(|t| json!({"type": t}))
+    .collect();
+    let (dest, sub) =
+        subscribe(&edge, json!({"webhook": {"url": rx.url(), "secret": SECRET}}), json!(sources)).await;
+    assert_eq!(dest["target"]["webhook"]["secret"], SECRET, "shown on create");
+    assert_eq!(sub["sources"].as_array().unwrap().len(), 6);
+    let (_, _, got) =
+        edge.api("GET", &format!("/event_destinations/{}", dest["id"].as_str().unwrap()), key, None).await;
+    assert_eq!(got["target"]["webhook"].get("secret"), None, "never shown again: {got}");
+
+    // An API session: each change, in order; one type nobody subscribed to in between.
+    let (_, _, policy) = edge.api("POST", "/ip_policies", key, Some(json!({"description": "office"}))).await;
+    let pid = policy["id"].as_str().unwrap().to_owned();
+    edge.api("POST", "/users", key, Some(json!({"email": "x@example.com", "role": "developer"}))).await;
+    edge.api("PATCH", &format!("/ip_policies/{pid}"), key, Some(json!({"description": "office v2"}))).await;
+    let (_, _, cred) = edge.api("POST", "/credentials", key, Some(json!({"description": "ci"}))).await;
+    let token = cred["token"].as_str().unwrap().to_owned();
+    let cid = cred["id"].as_str().unwrap().to_owned();
+    edge.api("DELETE", &format!("/ip_policies/{pid}"), key, None).await;
+    edge.api("DELETE", &format!("/credentials/{cid}"), key, None).await;
+
+    let expect = [
+        ("ip_policy_created.v0", pid.as_str()),
+        ("ip_policy_updated.v0", pid.as_str()),
+        ("tunnel_credential_created.v0", cid.as_str()),
+        ("ip_policy_deleted.v0", pid.as_str()),
+        ("tunnel_credential_deleted.v0", cid.as_str()),
+    ];
+    let admin_key_id = edge.api_key.split('_').take(2).collect::<Vec<_>>().join("_");
+    for (ty, id) in expect {
+        let ev = rx.next().await;
+        assert_eq!((ev["event_type"].as_str(), ev["object"]["id"].as_str()), (Some(ty), Some(id)), "{ev}");
+        assert!(ev["event_id"].as_str().unwrap().starts_with("ev_"));
+        assert_eq!(ev["principal"]["id"], admin_key_id, "who did it: {ev}");
+        assert_eq!(ev["principal"]["source"], "api");
+        assert_eq!(ev["principal"]["role"], "admin");
+        assert_eq!(ev["principal"]["ip"], "127.0.0.1");
+        assert!(!ev.to_string().contains(&token[token.len() - 16..]), "no authtoken in any event");
+    }
+    let updated = rx
+        .arrivals
+        .lock()
+        .unwrap()
+        .iter()
+        .flatten()
+        .find(|e| e["event_type"] == "ip_policy_updated.v0")
+        .cloned()
+        .unwrap();
+    assert_eq!(updated["object"]["description"], "office v2", "the object as it was after the change");
+    assert_eq!(updated["object"]["uri"], format!("/ip_policies/{pid}"));
+
+    // An agent session starting, with its address and version.
+    let up = HttpUpstream::start().await;
+    let mut agent = Agent::start(edge.agent_with(EndpointConfig::http(&up.url(), None).unwrap()));
+    within("online", agent.wait_online()).await.unwrap();
+    let ev = rx.next().await;
+    assert_eq!(ev["event_type"], "agent_session_start.v0", "{ev}");
+    assert!(ev["object"]["id"].as_str().unwrap().starts_with("ts_"));
+    assert_eq!(ev["object"]["ip"], "127.0.0.1");
+    assert!(
+        rx.arrivals.lock().unwrap().iter().flatten().all(|e| e["event_type"] != "user_created.v0"),
+        "not subscribed"
+    );
+    // The count is recorded once the webhook has answered.
+    within("the delivery count", async {
+        loop {
+            let path = format!("/event_destinations/{}", dest["id"].as_str().unwrap());
+            let (_, _, got) = edge.api("GET", &path, key, None).await;
+            assert_eq!(got["delivery"]["last_error"], "", "{got}");
+            if got["delivery"]["delivered"].as_i64().unwrap() >= 6 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_webhook_is_retried_and_shows_why_and_a_refused_event_is_parked() {
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    // Down (500) for the first two tries; then it refuses (400) any batch holding the
+    // policy described "poison", and takes the rest.
+    let tries = Arc::new(Mutex::new(0));
+    let t = tries.clone();
+    let answer: Answer = Arc::new(move |batch: &[Value]| {
+        let mut n = t.lock().unwrap();
+        *n += 1;
+        if *n <= 2 {
+            return 500;
+        }
+        if batch.iter().any(|e| e["object"]["description"] == "poison") { 400 } else { 204 }
+    });
+    let mut rx = Receiver::start(answer).await;
+    let (dest, _) = subscribe(
+        &edge,
+        json!({"webhook": {"url": rx.url(), "secret": SECRET}}),
+        json!([{"type": "ip_policy_created.v0"}]),
+    )
+    .await;
+    let did = dest["id"].as_str().unwrap().to_owned();
+    edge.api("POST", "/ip_policies", key, Some(json!({"description": "first"}))).await;
+    // While it is down, the destination says why.
+    within("the error shows", async {
+        loop {
+            let (_, _, d) = edge.api("GET", &format!("/event_destinations/{did}"), key, None).await;
+            if d["delivery"]["last_error"].as_str().unwrap().contains("answered 500") {
+                assert!(d["delivery"]["attempts"].as_i64().unwrap() >= 1);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    edge.api("POST", "/ip_policies", key, Some(json!({"description": "poison"}))).await;
+    edge.api("POST", "/ip_policies", key, Some(json!({"description": "last"}))).await;
+    // Nothing lost to the outage, the refused one set aside, the rest in order.
+    assert_eq!(rx.next().await["object"]["description"], "first");
+    let last = rx.next().await;
+    assert_eq!(last["object"]["description"], "last", "{last}");
+    let (_, _, d) = edge.api("GET", &format!("/event_destinations/{did}"), key, None).await;
+    let parked = d["delivery"]["parked_events"].as_array().unwrap();
+    assert_eq!(parked.len(), 1, "{d}");
+    assert_eq!(parked[0]["event_type"], "ip_policy_created.v0");
+    assert!(parked[0]["error"].as_str().unwrap().contains("answered 400"), "{d}");
+    assert!(parked[0]["attempts"].as_i64().unwrap() >= 5);
+    // A destination still in use cannot be deleted.
+    let (s, _, e) = edge.api("DELETE", &format!("/event_destinations/{did}"), key, None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert!(e["msg"].as_str().unwrap().contains("used by event subscriptions"), "{e}");
+}
+
+#[tokio::test]
+async fn destinations_that_are_not_http_or_point_at_the_edge_or_elsewhere_are_refused_by_name() {
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    let api = edge.api_addr();
+    let https = edge.https_addr();
+    for (target, says) in [
+        (json!({"webhook": {"url": "file:///etc/passwd"}}), "is not a URL"),
+        (json!({"webhook": {"url": "ftp://example.com/x"}}), "must be https"),
+        (json!({"webhook": {"url": format!("http://127.0.0.1:{}/x", api.port())}}), "own listeners"),
+        (json!({"webhook": {"url": format!("http://localhost:{}/x", https.port())}}), "this edge's own"),
+        (json!({"webhook": {"url": "https://hooks.warren.localhost/x"}}), "own name"),
+        (json!({"webhook": {"url": "https://example.com/x", "retries": 3}}), "webhook.retries"),
+        (json!({"file": {"name": "../../warren.db"}}), "plain file name"),
+        (json!({"kinesis": {"stream_arn": "arn:aws:kinesis:x"}}), "does not deliver to kinesis"),
+    ] {
+        let (s, _, e) = edge.api("POST", "/event_destinations", key, Some(json!({"target": target}))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{target}: {e}");
+        assert!(e["msg"].as_str().unwrap().contains(says), "{target}: {e}");
+    }
+    let (s, _, e) = edge
+        .api(
+            "POST",
+            "/event_destinations",
+            key,
+            Some(json!({"format": "xml", "target": {"file": {"name": "a"}}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    let (s, _, e) = edge
+        .api("POST", "/event_subscriptions", key, Some(json!({"sources": [{"type": "everything.v0"}]})))
+        .await;
+    assert!(s == StatusCode::BAD_REQUEST && e["msg"].as_str().unwrap().contains("everything.v0"), "{e}");
+    let bad_filter =
+        json!({"sources": [{"type": "http_request_complete.v0", "filter": "req.method == 'GET'"}]});
+    let (s, _, e) = edge.api("POST", "/event_subscriptions", key, Some(bad_filter)).await;
+    assert!(s == StatusCode::BAD_REQUEST && e["msg"].as_str().unwrap().contains("unknown variable"), "{e}");
+    // Only admins manage them; every role reads them.
+    let (_, _, user) =
+        edge.api("POST", "/users", key, Some(json!({"email": "dev@example.com", "role": "developer"}))).await;
+    let (_, _, dev) = edge.api("POST", "/api_keys", key, Some(json!({"owner_id": user["id"]}))).await;
+    let dev = dev["token"].as_str().unwrap();
+    let (s, _, _) = edge
+        .api("POST", "/event_destinations", Some(dev), Some(json!({"target": {"file": {"name": "a"}}})))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, _) = edge.api("GET", "/event_subscriptions", Some(dev), None).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn traffic_events_pass_a_cel_filter_and_a_field_selection_into_a_rotating_file() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let (_, sub) = subscribe(
+        &edge,
+        json!({"file": {"name": "traffic.jsonl", "max_bytes": 4096, "max_files": 3}}),
+        json!([{
+            "type": "http_request_complete.v0",
+            "filter": "ev.http.response.status_code >= 400",
+            "fields": ["http.request.method", "http.request.url.path", "http.response.status_code", "conn.client_ip", "endpoint.url"],
+        }]),
+    )
+    .await;
+    let mut agent = Agent::start(edge.agent_with(EndpointConfig::http(&up.url(), None).unwrap()));
+    let urls = within("online", agent.wait_online()).await.unwrap();
+    let host = url_host(&urls[0]);
+    for i in 0..30 {
+        let (status, _, _) = https_get(&edge, &host, "/status/200").await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, _) = https_get(&edge, &host, &format!("/status/404?n={i}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let dir = edge.data_dir().join("events");
+    let read_all = || {
+        let mut lines = Vec::new();
+        for name in ["traffic.jsonl.3", "traffic.jsonl.2", "traffic.jsonl.1", "traffic.jsonl"] {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+            lines.extend(text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()));
+        }
+        lines
+    };
+    let events = within("30 events in the files", async {
+        loop {
+            let e = read_all();
+            if e.len() >= 30 {
+                return e;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(events.len(), 30, "only the 404s");
+    assert!(dir.join("traffic.jsonl.1").exists(), "rotated past 4096 bytes");
+    for ev in &events {
+        assert_eq!(ev["event_type"], "http_request_complete.v0");
+        assert!(ev.get("principal").is_none());
+        let o = &ev["object"];
+        assert_eq!(o["http"]["response"]["status_code"], 404, "{ev}");
+        assert_eq!(o["http"]["request"]["method"], "GET");
+        assert_eq!(o["http"]["request"]["url"]["path"], "/status/404");
+        assert_eq!(o["conn"]["client_ip"], "127.0.0.1");
+        assert_eq!(o["endpoint"]["url"], urls[0].as_str());
+        assert_eq!(o["http"]["request"].get("headers"), None, "only the selected fields: {ev}");
+        assert_eq!(o.get("tls"), None);
+    }
+    // Without a field selection, the whole object: body lengths and timings included.
+    let sid = sub["id"].as_str().unwrap();
+    let key = Some(edge.api_key.as_str());
+    let (s, _, src) = edge
+        .api(
+            "PATCH",
+            &format!("/event_subscriptions/{sid}/sources/http_request_complete.v0"),
+            key,
+            Some(json!({"fields": []})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{src}");
+    let (status, _, _) = https_get(&edge, &host, "/status/404").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let full = within("the 31st event", async {
+        loop {
+            let e = read_all();
+            if e.len() > 30 {
+                return e.last().unwrap().clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let o = &full["object"];
+    assert!(o["http"]["response"]["body_length"].as_u64().unwrap() > 0, "{full}");
+    assert!(o["http"]["response_time_ms"].is_u64());
+    assert_eq!(o["tls"]["version"], "1.3");
+    assert!(o["http"]["request"]["headers"]["host"].is_array());
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn tcp_connections_closing_are_events_with_their_byte_counts() {
+    let edge = TestEdge::start().await;
+    let mut rx = Receiver::start(ok()).await;
+    subscribe(
+        &edge,
+        json!({"webhook": {"url": rx.url(), "secret": SECRET}}),
+        json!([{"type": "tcp_connection_closed.v0"}]),
+    )
+    .await;
+    let (echo, _task) = tcp_echo().await;
+    let mut agent = Agent::start(edge.agent_with(EndpointConfig::tcp(&echo.to_string(), None).unwrap()));
+    let urls = within("online", agent.wait_online()).await.unwrap();
+    let port = url_port(&urls[0]);
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let back = echo_roundtrip(&mut tcp, &[7u8; 5000]).await;
+    assert_eq!(back.len(), 5000);
+    drop(tcp);
+    let ev = rx.next().await;
+    assert_eq!(ev["event_type"], "tcp_connection_closed.v0", "{ev}");
+    assert_eq!(ev["object"]["conn"]["bytes_in"], 5000, "{ev}");
+    assert_eq!(ev["object"]["conn"]["bytes_out"], 5000, "{ev}");
+    assert_eq!(ev["object"]["endpoint"]["url"], urls[0].as_str());
+    agent.stop().await.unwrap();
+}
