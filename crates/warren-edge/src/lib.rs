@@ -259,10 +259,12 @@ impl Shared {
     /// Forgets a session here and in the store (idempotent; the connection is the caller's
     /// to close).
     pub(crate) async fn end_session(&self, id: &str) {
-        self.registry.remove_session(id);
+        // The store first: once a session is gone from the registry its names are free, and
+        // a Bind elsewhere must not find them still recorded.
         if let Err(e) = self.store.delete_tunnel_session(id).await {
             tracing::warn!(session = %id, error = %e, "store failed while forgetting a session; the node's heartbeat will");
         }
+        self.registry.remove_session(id);
     }
 }
 

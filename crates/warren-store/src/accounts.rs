@@ -91,7 +91,7 @@ impl Store {
     pub async fn delete_account_traffic_policy(&self, account_id: &str) -> Result<bool, StoreError> {
         let gone = AccountTrafficPolicy { document: String::new(), updated_at: now_rfc3339() };
         let n = with_db!(self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(self, pool);
             let n = sqlx::query("DELETE FROM account_traffic_policies WHERE account_id = $1")
                 .bind(account_id).execute(&mut *tx).await?.rows_affected();
             if n > 0 {

@@ -183,7 +183,7 @@ impl Store {
             return Ok(());
         }
         with_db!(self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(self, pool);
             for ev in events {
                 insert_event!(self, tx, *ev);
             }
@@ -762,7 +762,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let error: String = error.chars().take(1024).collect();
         with_db!(self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(self, pool);
             sqlx::query("INSERT INTO event_parked (destination_id, seq, event_id, event_type, error, attempts, parked_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING")
                 .bind(destination_id).bind(event.seq).bind(&event.id).bind(&event.event_type).bind(&error).bind(attempts).bind(now_rfc3339())
                 .execute(&mut *tx).await?;

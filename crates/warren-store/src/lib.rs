@@ -35,6 +35,19 @@ macro_rules! with_db {
     };
 }
 
+/// Begins a transaction that will write. On SQLite it takes the write lock at once
+/// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and writes later fails at
+/// once with "database is locked" when another writer is active, instead of waiting.
+macro_rules! begin_write {
+    ($store:expr, $pool:expr) => {
+        if $store.backend() == "sqlite" {
+            $pool.begin_with("BEGIN IMMEDIATE").await?
+        } else {
+            $pool.begin().await?
+        }
+    };
+}
+
 /// Writes event `$ev` (an [`events::NewEvent`]) to the outbox inside transaction `$tx`, as
 /// the transaction's last statement. On PostgreSQL, writers of the outbox take one lock until
 /// they commit, so `seq` order is commit order and a delivery cursor never passes an event
@@ -58,7 +71,7 @@ macro_rules! insert_event {
 macro_rules! audited {
     ($store:expr, $tx:ident, $account:expr, $op:expr, |$obj:ident| $body:block) => {
         with_db!($store.db, pool => {
-            let mut $tx = pool.begin().await?;
+            let mut $tx = begin_write!($store, pool);
             let $obj = $body;
             let ev = $store.audit_event($account, $op, &$obj);
             insert_event!($store, $tx, ev);

@@ -156,7 +156,7 @@ impl Store {
             let touched = sqlx::query("UPDATE edge_nodes SET last_seen = $1 WHERE id = $2")
                 .bind(now).bind(node_id).execute(pool).await?.rows_affected();
             // A dead node's sessions stop with it: each gets its stop event.
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(self, pool);
             let lost: Vec<TunnelSession> = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(now - dead_after_secs).bind(node_id).fetch_all(&mut *tx).await?.iter().map(session_row).collect();
             let purged = sqlx::query("DELETE FROM edge_nodes WHERE last_seen < $1 AND id <> $2")
@@ -177,7 +177,7 @@ impl Store {
     pub async fn remove_node(&self, node_id: &str) -> Result<(), StoreError> {
         let sql = format!("SELECT {SESSION_COLUMNS} FROM tunnel_sessions WHERE node_id = $1");
         with_db!(self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(self, pool);
             let held: Vec<TunnelSession> = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(node_id).fetch_all(&mut *tx).await?.iter().map(session_row).collect();
             sqlx::query("DELETE FROM edge_nodes WHERE id = $1").bind(node_id).execute(&mut *tx).await?;
@@ -192,7 +192,7 @@ impl Store {
     /// Records a new agent session.
     pub async fn insert_tunnel_session(&self, s: &TunnelSession) -> Result<(), StoreError> {
         with_db!(self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(self, pool);
             sqlx::query("INSERT INTO tunnel_sessions (id, account_id, node_id, credential_id, ip, agent_version, os, metadata, started_at, resume_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
                 .bind(&s.id).bind(&s.account_id).bind(&s.node_id).bind(&s.credential_id).bind(&s.ip)
                 .bind(&s.agent_version).bind(&s.os).bind(&s.metadata).bind(&s.started_at).bind(&s.resume_hash)
@@ -207,7 +207,7 @@ impl Store {
     pub async fn delete_tunnel_session(&self, id: &str) -> Result<(), StoreError> {
         let sql = format!("SELECT {SESSION_COLUMNS} FROM tunnel_sessions WHERE id = $1");
         with_db!(self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(self, pool);
             let found = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(&mut *tx).await?.map(|r| session_row(&r));
             if let Some(s) = found {
                 sqlx::query("DELETE FROM tunnel_sessions WHERE id = $1").bind(id).execute(&mut *tx).await?;
@@ -272,7 +272,7 @@ impl Store {
                 .map_err(conflict)?
                 .rows_affected(),
             crate::Db::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
+                let mut tx = begin_write!(self, pool);
                 if !e.host.is_empty() {
                     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
                         .bind(&e.host)

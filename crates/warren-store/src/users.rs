@@ -185,7 +185,7 @@ impl Store {
         events.extend(creds.iter().map(|c| self.audit_event(account_id, Op::Deleted, c)));
         events.push(self.audit_event(account_id, Op::Deleted, &u));
         let revoked = with_db!(self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = begin_write!(self, pool);
             let revoked: Vec<String> = sqlx::query("SELECT id FROM credentials WHERE account_id = $1 AND owner_id = $2")
                 .bind(account_id).bind(id).fetch_all(&mut *tx).await?
                 .iter().map(|r| r.get::<String, _>(0)).collect();

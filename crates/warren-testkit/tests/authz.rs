@@ -76,6 +76,11 @@ enum Target {
     Endpoint,
     /// A's traffic policy is set; no id, and lists are checked for the name of its rule.
     AccountPolicy,
+    /// An event destination (a file) made by A's admin.
+    EventDestination,
+    /// An event subscription of A's admin, with an `ip_policy_created.v0` source (which
+    /// fills `{type}`) and no destination.
+    EventSubscription,
 }
 
 /// The JSON body sent with the call.
@@ -105,6 +110,14 @@ enum Payload {
     Addr,
     /// A traffic policy document that compiles.
     Policy,
+    /// A new file destination.
+    EventDestination,
+    /// A new subscription with one source.
+    EventSubscription,
+    /// A new source of another type.
+    EventSource,
+    /// A source's new filter.
+    SourceFilter,
 }
 
 type T = Target;
@@ -188,6 +201,22 @@ const RULES: &[Rule] = &[
     ("GET",    "/traffic_policy",                    T::AccountPolicy,  P::Nothing,        [200, 200, 200, 200, 200, 401]),
     ("PUT",    "/traffic_policy",                    T::Nothing,        P::Policy,         [200, 403, 403, 403, 200, 401]),
     ("DELETE", "/traffic_policy",                    T::AccountPolicy,  P::Nothing,        [204, 403, 403, 403, 404, 401]),
+    // Event destinations and subscriptions: every role reads; admins change.
+    ("GET",    "/event_destinations",                T::EventDestination,  P::Nothing,          [200, 200, 200, 200, 200, 401]),
+    ("POST",   "/event_destinations",                T::Nothing,           P::EventDestination, [201, 403, 403, 403, 201, 401]),
+    ("GET",    "/event_destinations/{id}",           T::EventDestination,  P::Nothing,          [200, 200, 200, 200, 404, 401]),
+    ("PATCH",  "/event_destinations/{id}",           T::EventDestination,  P::Describe,         [200, 403, 403, 403, 404, 401]),
+    ("DELETE", "/event_destinations/{id}",           T::EventDestination,  P::Nothing,          [204, 403, 403, 403, 404, 401]),
+    ("GET",    "/event_subscriptions",               T::EventSubscription, P::Nothing,          [200, 200, 200, 200, 200, 401]),
+    ("POST",   "/event_subscriptions",               T::Nothing,           P::EventSubscription,[201, 403, 403, 403, 201, 401]),
+    ("GET",    "/event_subscriptions/{id}",          T::EventSubscription, P::Nothing,          [200, 200, 200, 200, 404, 401]),
+    ("PATCH",  "/event_subscriptions/{id}",          T::EventSubscription, P::Describe,         [200, 403, 403, 403, 404, 401]),
+    ("DELETE", "/event_subscriptions/{id}",          T::EventSubscription, P::Nothing,          [204, 403, 403, 403, 404, 401]),
+    ("GET",    "/event_subscriptions/{id}/sources",  T::EventSubscription, P::Nothing,          [200, 200, 200, 200, 404, 401]),
+    ("POST",   "/event_subscriptions/{id}/sources",  T::EventSubscription, P::EventSource,      [201, 403, 403, 403, 404, 401]),
+    ("GET",    "/event_subscriptions/{id}/sources/{type}", T::EventSubscription, P::Nothing,    [200, 200, 200, 200, 404, 401]),
+    ("PATCH",  "/event_subscriptions/{id}/sources/{type}", T::EventSubscription, P::SourceFilter, [200, 403, 403, 403, 404, 401]),
+    ("DELETE", "/event_subscriptions/{id}/sources/{type}", T::EventSubscription, P::Nothing,    [204, 403, 403, 403, 404, 401]),
     // The OpenAPI document is public.
     ("GET",    "/openapi.json",                      T::Nothing,        P::Nothing,        [200, 200, 200, 200, 200, 200]),
 ];
@@ -290,7 +319,8 @@ async fn check(ctx: &Ctx<'_>, rule: &Rule, caller: Caller, want: u16) -> Result<
     let &(method, path, target, payload, _) = rule;
     let fixture = ctx.prepare(target, caller).await;
     let concrete = match (&fixture.id, path.contains("{id}")) {
-        (Some(id), true) => path.replace("{id}", id),
+        // `{type}`: the source every subscription target has.
+        (Some(id), true) => path.replace("{id}", id).replace("{type}", "ip_policy_created.v0"),
         (_, false) => path.to_owned(),
         (None, true) => panic!("the rule for {method} {path} needs a target with an id"),
     };
@@ -384,6 +414,14 @@ impl Ctx<'_> {
                 assert_eq!(status, StatusCode::OK, "setup: PUT /traffic_policy as {}: {answer}", admin.email);
                 return Fixture { id: None, marker: Some(marker), _session: None };
             }
+            Target::EventDestination => {
+                let body = json!({"target": {"file": {"name": format!("{}.jsonl", unique("authz"))}}});
+                self.create(admin, "/event_destinations", body).await
+            }
+            Target::EventSubscription => {
+                let body = json!({"description": "authz", "sources": [{"type": "ip_policy_created.v0"}]});
+                self.create(admin, "/event_subscriptions", body).await
+            }
             Target::Credential => {
                 let body = json!({"description": "authz", "owner_id": owner.user_id});
                 self.create(owner, "/credentials", body).await
@@ -460,6 +498,12 @@ impl Ctx<'_> {
             }
             Payload::Addr => json!({"description": "authz"}),
             Payload::Policy => json!({"traffic_policy": policy_doc(&unique("authz-policy-"))}),
+            Payload::EventDestination => {
+                json!({"target": {"file": {"name": format!("{}.jsonl", unique("new"))}}})
+            }
+            Payload::EventSubscription => json!({"sources": [{"type": "api_key_created.v0"}]}),
+            Payload::EventSource => json!({"type": "api_key_deleted.v0"}),
+            Payload::SourceFilter => json!({"filter": "ev.id != ''"}),
         };
         Some(body)
     }

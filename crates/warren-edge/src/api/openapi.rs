@@ -213,7 +213,44 @@ const RESOURCES: &[Resource] = &[
         list_key: "tunnels",
         ops: &[Op::List],
     },
+    Resource {
+        path: "/event_destinations",
+        tag: "Event destinations",
+        about: "Where events go: a webhook (signed with HMAC-SHA256) or a JSON-lines file in the \
+                edge's events directory (docs/EVENTS.md). A webhook's secret is in the response to \
+                create only. `delivery` shows how delivery goes. Every role may read them; admins \
+                change them.",
+        service: "EventDestinations",
+        noun: "an event destination",
+        schema: "EventDestination",
+        list_key: "event_destinations",
+        ops: &[Op::List, Op::Create, Op::Get, Op::Update, Op::DeleteInUse],
+    },
+    Resource {
+        path: "/event_subscriptions",
+        tag: "Event subscriptions",
+        about: "Which event types (sources, each with an optional CEL filter over `ev` and a field \
+                selection) go to which destinations. Every role may read them; admins change them.",
+        service: "EventSubscriptions",
+        noun: "an event subscription",
+        schema: "EventSubscription",
+        list_key: "event_subscriptions",
+        ops: CRUD,
+    },
 ];
+
+/// `/event_subscriptions/{id}/sources`: a subscription's sources one at a time, keyed by their
+/// event type (not paged: a subscription has a few).
+const EVENT_SOURCES: Resource = Resource {
+    path: "/event_subscriptions/{id}/sources",
+    tag: "Event sources",
+    about: "A subscription's sources, one at a time, by event type. Admins change them.",
+    service: "EventSources",
+    noun: "an event source",
+    schema: "EventSource",
+    list_key: "sources",
+    ops: &[],
+};
 
 /// `/traffic_policy`: a single document per account (GET, PUT, DELETE at the path itself).
 const TRAFFIC_POLICY: Resource = Resource {
@@ -313,6 +350,61 @@ pub(crate) fn document() -> Value {
         &schemas,
     );
     paths.insert(r.path.to_owned(), item);
+    // A subscription's sources.
+    let r = &EVENT_SOURCES;
+    tags.push(json!({"name": r.tag, "description": r.about}));
+    let one =
+        |method, path: &str, verb, summary: &str, body: Option<&str>, status, reply: Option<&str>| Spec {
+            method,
+            path: path.to_owned(),
+            verb,
+            summary: summary.to_owned(),
+            body: body.map(str::to_owned),
+            status,
+            reply: reply.map(str::to_owned),
+            ..Spec::default()
+        };
+    let item_path = format!("{}/{{type}}", r.path);
+    let mut list = json!({});
+    list["get"] = operation(
+        r,
+        one("get", r.path, "List", "List a subscription's sources", None, "200", Some("EventSourceList")),
+        &schemas,
+    );
+    let mut create = one(
+        "post",
+        r.path,
+        "Create",
+        "Add a source to a subscription",
+        Some("EventSourceCreate"),
+        "201",
+        Some(r.schema),
+    );
+    create.conflict = true;
+    list["post"] = operation(r, create, &schemas);
+    paths.insert(r.path.to_owned(), list);
+    let mut item = json!({});
+    item["get"] = operation(
+        r,
+        one("get", &item_path, "Get", "Get a source by its type", None, "200", Some(r.schema)),
+        &schemas,
+    );
+    item["patch"] = operation(
+        r,
+        one(
+            "patch",
+            &item_path,
+            "Update",
+            "Change a source's filter or fields",
+            Some("EventSourceUpdate"),
+            "200",
+            Some(r.schema),
+        ),
+        &schemas,
+    );
+    item["delete"] =
+        operation(r, one("delete", &item_path, "Delete", "Remove a source", None, "204", None), &schemas);
+    paths.insert(item_path, item);
     tags.push(json!({"name": "OpenAPI", "description": "This document."}));
     paths.insert(
         "/openapi.json".to_owned(),
@@ -477,6 +569,9 @@ fn operation(r: &Resource, s: Spec, schemas: &Map<String, Value>) -> Value {
     if s.path.contains("{id}") {
         parameters.push(parameter("Id"));
     }
+    if s.path.contains("{type}") {
+        parameters.push(parameter("EventType"));
+    }
     if s.paged {
         parameters.extend([parameter("Limit"), parameter("BeforeId")]);
     }
@@ -547,6 +642,13 @@ fn parameters() -> Value {
             "schema": {"type": "string", "enum": ["2"]},
         },
         "Id": {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+        "EventType": {
+            "name": "type",
+            "in": "path",
+            "required": true,
+            "description": "The source's event type, e.g. `http_request_complete.v0`.",
+            "schema": {"type": "string"},
+        },
         "Limit": {
             "name": "limit",
             "in": "query",
@@ -790,6 +892,111 @@ fn schemas() -> Map<String, Value> {
         })),
     );
 
+    let delivery = response(json!({
+        "delivered": {"type": "integer"},
+        "last_delivered_at": or_null(time()),
+        "attempts": doc(json!({"type": "integer"}), "Failed tries of the oldest undelivered event; 0 when all is well."),
+        "last_error": doc(string(), "Why the last try failed; empty after a success."),
+        "last_error_at": or_null(time()),
+        "parked_events": doc(
+            or_null(json!({"type": "array", "items": response(json!({
+                "event_id": string(), "event_type": string(), "error": string(),
+                "attempts": {"type": "integer"}, "parked_at": time(),
+            }))})),
+            "Events the destination refused too often, newest first; on a single destination only.",
+        ),
+    }));
+    let target = doc(
+        json!({"type": "object", "properties": {
+            "webhook": {"type": "object", "additionalProperties": false, "required": ["url"], "properties": {
+                "url": doc(string(), "https (plain http and non-public addresses only where the operator allows)."),
+                "secret": doc(nullable(), "The HMAC-SHA256 key, 16 to 256 characters; left out: generated. Shown once."),
+            }},
+            "file": {"type": "object", "additionalProperties": false, "required": ["name"], "properties": {
+                "name": doc(string(), "A plain file name in the edge's events directory."),
+                "max_bytes": {"type": "integer", "minimum": 4096, "maximum": 1_073_741_824, "default": 10_485_760},
+                "max_files": {"type": "integer", "minimum": 1, "maximum": 100, "default": 5},
+            }},
+        }}),
+        "Exactly one of `webhook` or `file`; ngrok's cloud targets are refused by name.",
+    );
+    add(
+        "EventDestination",
+        response(json!({
+            "id": string(),
+            "uri": string(),
+            "created_at": time(),
+            "description": string(),
+            "metadata": string(),
+            "format": one_of(&["json"]),
+            "target": target.clone(),
+            "delivery": delivery,
+        })),
+    );
+    let test_event = doc(or_null(boolean()), "Not supported: true is refused.");
+    add(
+        "EventDestinationCreate",
+        request(
+            &["target"],
+            json!({"description": string(), "metadata": string(), "format": one_of(&["", "json"]),
+                   "target": target.clone(), "verify_with_test_event": test_event.clone()}),
+        ),
+    );
+    add(
+        "EventDestinationUpdate",
+        update(
+            json!({"id": body_id(), "description": string(), "metadata": string(), "format": one_of(&["", "json"]),
+                      "target": target, "verify_with_test_event": test_event}),
+        ),
+    );
+    let source = |with_uri: bool| {
+        let mut props = json!({
+            "type": doc(string(), "An event type warren emits (docs/EVENTS.md)."),
+            "filter": doc(string(), "CEL over `ev`, the event's object; empty takes every event."),
+            "fields": doc(strings(), "Dotted fields of the object to keep; empty keeps all."),
+        });
+        if with_uri {
+            props["uri"] = string();
+        }
+        props
+    };
+    add("EventSource", response(source(true)));
+    let mut create_source = source(false);
+    create_source["subscription_id"] =
+        doc(nullable(), "ngrok's clients repeat the path's id here; it must match.");
+    add("EventSourceCreate", request(&["type"], create_source.clone()));
+    add("EventSourceUpdate", update(create_source));
+    add(
+        "EventSourceList",
+        response(json!({"uri": string(), "sources": {"type": "array", "items": schema_ref("EventSource")}})),
+    );
+    add(
+        "EventSubscription",
+        response(json!({
+            "id": string(),
+            "uri": string(),
+            "created_at": time(),
+            "description": string(),
+            "metadata": string(),
+            "sources": {"type": "array", "items": schema_ref("EventSource")},
+            "destinations": {"type": "array", "items": schema_ref("Ref")},
+        })),
+    );
+    let source_body = json!({"type": "array", "items": request(&["type"], source(false))});
+    add(
+        "EventSubscriptionCreate",
+        request(
+            &[],
+            json!({"description": string(), "metadata": string(), "sources": source_body.clone(), "destination_ids": strings()}),
+        ),
+    );
+    add(
+        "EventSubscriptionUpdate",
+        update(
+            json!({"id": body_id(), "description": string(), "metadata": string(), "sources": source_body,
+                      "destination_ids": strings()}),
+        ),
+    );
     add(
         "IpPolicy",
         response(json!({
