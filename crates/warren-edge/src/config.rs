@@ -47,6 +47,9 @@ pub struct EdgeConfig {
     /// Load balancers in front of the edge. Only from these peers does the edge believe
     /// `X-Forwarded-For` (API and http ingress) or a PROXY protocol header.
     pub trusted_proxies: Vec<warren_store::Cidr>,
+    /// Who may scrape `/metrics` on the API listener (the metrics describe every account, so
+    /// they are the operator's): loopback by default; empty turns `/metrics` off.
+    pub metrics_allow: Vec<warren_store::Cidr>,
     /// Connections from trusted proxies start with a PROXY protocol v1 or v2 header (on every
     /// listener: connect, https, http, tcp endpoints, API); it is required from them.
     pub proxy_protocol: bool,
@@ -283,6 +286,10 @@ impl EdgeConfig {
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_tolerance: Duration::from_secs(15),
             trusted_proxies: Vec::new(),
+            metrics_allow: ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .map(|c| warren_store::Cidr::parse(c).expect("loopback CIDRs parse"))
+                .collect(),
             proxy_protocol: false,
             acme: None,
             master_key_file: None,

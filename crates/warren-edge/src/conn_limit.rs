@@ -19,6 +19,7 @@ pub(crate) const KEEPALIVE_RETRIES: u32 = 6;
 
 /// The limits of one class of connections (visitors, agents, API calls).
 pub(crate) struct ConnLimit {
+    max: usize,
     total: Arc<Semaphore>,
     per_ip: Arc<PerIp>,
 }
@@ -43,6 +44,7 @@ impl ConnLimit {
     /// limit).
     pub(crate) fn new(total: usize, per_ip: usize) -> ConnLimit {
         ConnLimit {
+            max: total,
             total: Arc::new(Semaphore::new(total)),
             per_ip: Arc::new(PerIp { max: per_ip, counts: Mutex::new(HashMap::new()) }),
         }
@@ -53,6 +55,11 @@ impl ConnLimit {
         let ip_permit = self.per_ip.try_acquire(ip).ok_or(Refused::PerIp)?;
         let total = self.total.clone().try_acquire_owned().map_err(|_| Refused::Full)?;
         Ok(ConnPermit { _total: total, _ip: ip_permit })
+    }
+
+    /// Connections held now, from every address.
+    pub(crate) fn in_use(&self) -> usize {
+        self.max.saturating_sub(self.total.available_permits())
     }
 
     /// Connections from `ip` now.

@@ -300,7 +300,14 @@ async fn handle(
             .events
             .traffic_sink(&shared.store, &ep.session.account_id, crate::events::HTTP_REQUEST_COMPLETE)
             .await;
-        let Some(sink) = sink else { return proxy(shared, visitor, &ep, &host, ip, req).await };
+        let started = std::time::Instant::now();
+        let Some(sink) = sink else {
+            let r = proxy(shared, visitor, &ep, &host, ip, req).await;
+            if let Ok(resp) = &r {
+                ep.metrics.request(resp.status().as_u16(), started.elapsed());
+            }
+            return r;
+        };
         let scheme = match visitor.scheme {
             Scheme::Http => "http",
             Scheme::Https => "https",
@@ -315,7 +322,10 @@ async fn handle(
             (client, visitor.local, tls),
         );
         return match proxy(shared, visitor, &ep, &host, ip, req).await {
-            Ok(resp) => Ok(pending.complete(resp).map(|b| b.boxed())),
+            Ok(resp) => {
+                ep.metrics.request(resp.status().as_u16(), started.elapsed());
+                Ok(pending.complete(resp).map(|b| b.boxed()))
+            }
             Err(closed) => {
                 pending.closed();
                 Err(closed)
@@ -413,6 +423,7 @@ async fn proxy(
         );
         parts.version = Version::HTTP_11;
         crate::policy::write_logs(&ep.url, logs);
+        shared.metrics.verdict(&verdict);
         match verdict {
             warren_policy::Verdict::Continue => {}
             warren_policy::Verdict::Respond(r) => {
@@ -489,6 +500,7 @@ async fn proxy(
         let (verdict, logs) =
             ep.policy.on_http_response(conn, &ep.info, scheme, sent, &mut res_parts, now, mono);
         crate::policy::write_logs(&ep.url, logs);
+        shared.metrics.verdict(&verdict);
         return match verdict {
             warren_policy::Verdict::Continue => {
                 let compress = res_parts.extensions.remove::<warren_policy::CompressResponse>();

@@ -34,7 +34,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ep: Arc<Endpoin
             let Some(remote) = crate::client_addr::resolve(&shared, &mut tcp, peer).await else { return };
             // Refused visitors are closed before a proxy stream is opened.
             if crate::ip_rules::visitor_allowed(&shared, &ep.session.account_id, remote.ip(), &ep.url).await
-                && connect_allowed(&ep, remote, tcp.local_addr().ok(), None)
+                && connect_allowed(&shared, &ep, remote, tcp.local_addr().ok(), None)
             {
                 let local = tcp.local_addr().unwrap_or(remote);
                 let sink = closed_sink(&shared, &ep).await;
@@ -47,6 +47,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ep: Arc<Endpoin
 
 /// Runs the endpoint's `on_tcp_connect` rules; false closes the connection.
 fn connect_allowed(
+    shared: &Shared,
     ep: &Endpoint,
     remote: SocketAddr,
     local: Option<SocketAddr>,
@@ -60,6 +61,7 @@ fn connect_allowed(
     let (now, mono) = crate::policy::now();
     let (verdict, logs) = ep.policy.on_tcp_connect(&conn, &ep.info, now, mono);
     crate::policy::write_logs(&ep.url, logs);
+    shared.metrics.verdict(&verdict);
     match verdict {
         warren_policy::Verdict::Continue => true,
         _ => {
@@ -93,8 +95,9 @@ async fn splice_and_tell<S>(
     if let Err(e) = &copied {
         tracing::debug!(url = %ep.url, %remote, error = %e, "visitor connection ended with an error");
     }
+    let (bytes_in, bytes_out) = copied.unwrap_or((0, 0));
+    ep.metrics.connection(bytes_in, bytes_out);
     if let Some(sink) = sink {
-        let (bytes_in, bytes_out) = copied.unwrap_or((0, 0));
         crate::events::tcp_closed(&sink, ep, remote, local, start, bytes_in, bytes_out);
     }
 }
@@ -138,7 +141,7 @@ pub(crate) async fn pass_tls(
         return;
     }
     let tls = warren_policy::TlsInfo { sni: sni.to_owned(), ..Default::default() };
-    if !connect_allowed(ep, remote, tcp.local_addr().ok(), Some(tls)) {
+    if !connect_allowed(shared, ep, remote, tcp.local_addr().ok(), Some(tls)) {
         return;
     }
     let local = tcp.local_addr().unwrap_or(remote);

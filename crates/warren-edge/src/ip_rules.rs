@@ -96,6 +96,7 @@ pub(crate) async fn visitor_allowed(shared: &crate::Shared, account_id: &str, ip
             false
         }
         Err(e) => {
+            shared.metrics.store_errors.inc();
             tracing::error!(error = %e, "store failed while checking IP restrictions; refusing the visitor");
             false
         }

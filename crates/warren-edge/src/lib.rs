@@ -44,6 +44,7 @@ mod idp;
 mod ingress_http;
 mod ingress_tcp;
 mod ip_rules;
+mod metrics;
 mod node;
 mod policy;
 mod proxy_protocol;
@@ -131,6 +132,8 @@ pub(crate) struct Shared {
     pub(crate) acme_wake: tokio::sync::Notify,
     /// Keys for `jwt-validation`, by JWKS URL.
     pub(crate) idp: idp::IdpCache,
+    /// Prometheus metrics.
+    pub(crate) metrics: metrics::Metrics,
     /// Event subscriptions: the traffic event queue, delivery wake-ups.
     pub(crate) events: events::Events,
     /// Encoders `compress-response` may hold at once.
@@ -158,6 +161,7 @@ impl Shared {
         let node_id = warren_store::generate_id("nd");
         store.register_node(&node_id).await?;
         let (tx, rx) = watch::channel(false);
+        let metrics = metrics::Metrics::new();
         let shared = Arc::new(Shared {
             node_id,
             connect_tls: tokio_rustls::TlsAcceptor::from(tls::server_config(certs.clone(), &[])?),
@@ -190,7 +194,8 @@ impl Shared {
                 loopback: config.idp_allow_loopback_http,
                 private: config.idp_allow_private_networks,
             }),
-            events: events::Events::new(&config.limits),
+            events: events::Events::new(&config.limits, metrics.traffic_events_dropped.clone()),
+            metrics,
             compressions: Arc::new(tokio::sync::Semaphore::new(config.limits.max_compressed_responses)),
             store,
             config,
@@ -262,6 +267,7 @@ impl Shared {
         // The store first: once a session is gone from the registry its names are free, and
         // a Bind elsewhere must not find them still recorded.
         if let Err(e) = self.store.delete_tunnel_session(id).await {
+            self.metrics.store_errors.inc();
             tracing::warn!(session = %id, error = %e, "store failed while forgetting a session; the node's heartbeat will");
         }
         self.registry.remove_session(id);

@@ -96,6 +96,8 @@ pub(crate) struct Endpoint {
     /// PROXY protocol version put before each visitor connection's bytes (tcp and tls
     /// endpoints whose agent asked for it; 0: none).
     pub(crate) proxy_proto: u8,
+    /// Its counters and latency histogram.
+    pub(crate) metrics: crate::metrics::EndpointMetrics,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -200,6 +202,11 @@ impl Registry {
 
     pub(crate) fn session_count(&self) -> usize {
         self.lock().sessions.len()
+    }
+
+    /// Every bound endpoint's URL and protocol.
+    pub(crate) fn endpoint_urls(&self) -> Vec<(String, &'static str)> {
+        self.lock().endpoints.values().map(|e| (e.url.clone(), e.proto.as_str())).collect()
     }
 
     /// Live sessions of an account.

@@ -232,6 +232,10 @@ struct EdgeArgs {
     /// believed about the client's address, through X-Forwarded-For or a PROXY header.
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     trusted_proxies: Vec<String>,
+    /// Who may scrape /metrics on the API listener (CIDR; repeat for several). Default:
+    /// loopback only. `none` turns /metrics off.
+    #[arg(long = "metrics-allow", value_name = "CIDR")]
+    metrics_allow: Vec<String>,
     /// Trusted proxies send a PROXY protocol v1/v2 header on every connection (required).
     #[arg(long)]
     proxy_protocol: bool,
@@ -491,6 +495,14 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
         let parsed =
             warren_edge::Cidr::parse(cidr).map_err(|e| anyhow::anyhow!("--trusted-proxy {cidr}: {e}"))?;
         config.trusted_proxies.push(parsed);
+    }
+    if !args.metrics_allow.is_empty() {
+        config.metrics_allow.clear();
+        for cidr in args.metrics_allow.iter().filter(|c| c.as_str() != "none") {
+            let parsed =
+                warren_edge::Cidr::parse(cidr).map_err(|e| anyhow::anyhow!("--metrics-allow {cidr}: {e}"))?;
+            config.metrics_allow.push(parsed);
+        }
     }
     config.proxy_protocol = args.proxy_protocol;
     if let Some(dir) = args.acme_directory {

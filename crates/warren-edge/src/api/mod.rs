@@ -107,9 +107,27 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .layer(axum::middleware::from_fn_with_state(shared.clone(), auth::check))
         // After the auth layer, so the document needs no key: it holds no account data.
         .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }))
+        // The edge's metrics: every account's, so for the operator's scrapers only.
+        .route("/metrics", get(metrics))
         .layer(axum::middleware::map_response(error_bodies_as_json))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), absolute_uris))
         .with_state(shared)
+}
+
+/// `/metrics` in OpenMetrics text, to the addresses of `--metrics-allow` (the socket's,
+/// after a trusted proxy's PROXY header; never a forwarded header).
+async fn metrics(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !shared.config.metrics_allow.iter().any(|c| c.contains(peer.ip())) {
+        return ApiError::forbidden(format!("metrics are not served to {}; see --metrics-allow", peer.ip()))
+            .into_response();
+    }
+    let body = shared.metrics.render(&shared).await;
+    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+        .into_response()
 }
 
 /// Every `uri` and `next_page_uri` in an answer is absolute, as ngrok's are: API clients

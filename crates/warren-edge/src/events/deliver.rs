@@ -19,6 +19,7 @@ use warren_store::{EventDestination, EventSource, StoredEvent};
 
 use super::Target;
 use crate::Shared;
+use crate::metrics::label;
 
 /// How long a lease lasts; renewed every [`RENEW`].
 const LEASE: i64 = 30;
@@ -104,6 +105,7 @@ async fn deliver(shared: Arc<Shared>, d: EventDestination, alive: Arc<AtomicBool
             Ok(d) => d,
             Err(warren_store::StoreError::NotFound(_)) => break,
             Err(e) => {
+                shared.metrics.store_errors.inc();
                 tracing::warn!(destination = %id, error = %e, "store failed while reading an event destination");
                 tokio::time::sleep(backoff).await;
                 continue;
@@ -117,11 +119,17 @@ async fn deliver(shared: Arc<Shared>, d: EventDestination, alive: Arc<AtomicBool
         let events = match shared.store.events_after(&account, d.cursor, 500).await {
             Ok(e) => e,
             Err(e) => {
+                shared.metrics.store_errors.inc();
                 tracing::warn!(destination = %id, error = %e, "store failed while reading the event outbox");
                 tokio::time::sleep(backoff).await;
                 continue;
             }
         };
+        let lag = events.first().map_or(0, |e| {
+            let written = time_of(&e.created_at);
+            warren_store::unix_now().saturating_sub(written).max(0)
+        });
+        shared.metrics.event_lag_seconds.get_or_create(&label("destination", &id)).set(lag);
         if events.is_empty() {
             let wake = shared.events.wake.notified();
             tokio::select! {
@@ -150,19 +158,23 @@ async fn deliver(shared: Arc<Shared>, d: EventDestination, alive: Arc<AtomicBool
         match send(&shared, &d, &target, &envelopes).await {
             Ok(()) => {
                 let n = batch.len() as i64;
+                shared.metrics.events_delivered.get_or_create(&label("destination", &id)).inc_by(n as u64);
                 if let Err(e) = shared.store.event_destination_advanced(&id, &shared.node_id, upto, n).await {
+                    shared.metrics.store_errors.inc();
                     tracing::warn!(destination = %id, error = %e, "store failed while recording a delivery; it will be sent again");
                 }
                 backoff = Duration::from_secs(1);
                 alone = false;
             }
             Err(err) => {
+                shared.metrics.event_failures.get_or_create(&label("destination", &id)).inc();
                 let attempts = shared.store.event_destination_failed(&id, err.text()).await.unwrap_or(0);
                 tracing::info!(destination = %id, attempts, error = %err.text(), "event delivery failed; retrying");
                 if let SendError::Refused(why) = &err {
                     if alone && attempts >= MAX_REFUSALS {
                         let (ev, _) = &batch[0];
                         tracing::warn!(destination = %id, event = %ev.id, "event refused {attempts} times; parked");
+                        shared.metrics.events_parked.get_or_create(&label("destination", &id)).inc();
                         let _ = shared.store.park_event(&id, &shared.node_id, ev, why, attempts).await;
                         alone = false;
                         continue;
@@ -222,6 +234,20 @@ fn take(
         env["principal"] = serde_json::from_str(&ev.principal).unwrap_or(Value::Null);
     }
     Some(env)
+}
+
+/// Unix seconds of an RFC 3339 UTC time as the store writes them (`2026-12-03T08:04:18Z`).
+fn time_of(t: &str) -> i64 {
+    let n = |a: usize, b: usize| t.get(a..b).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+    let (y, m, d) = (n(0, 4), n(5, 7), n(8, 10));
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days * 86_400 + n(11, 13) * 3600 + n(14, 16) * 60 + n(17, 19)
 }
 
 /// Only the dotted `fields` of `object` (missing ones are left out).
@@ -376,6 +402,13 @@ fn append(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_times_read_back_as_unix_seconds() {
+        assert_eq!(time_of(&warren_store::rfc3339(1_700_000_000)), 1_700_000_000);
+        assert_eq!(time_of("1970-01-01T00:00:00Z"), 0);
+        assert_eq!(time_of("2024-02-29T12:00:00Z"), 1_709_208_000);
+    }
 
     #[test]
     fn fields_select_dotted_paths_and_skip_missing_ones() {

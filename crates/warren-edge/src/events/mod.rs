@@ -13,7 +13,6 @@
 //! cached set up and offers the event to a bounded queue.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,11 +49,15 @@ pub(crate) struct Events {
 type Subscribed = (Instant, Arc<Vec<String>>);
 
 impl Events {
-    pub(crate) fn new(limits: &crate::config::Limits) -> Events {
+    /// `dropped` counts traffic events there was no room for.
+    pub(crate) fn new(
+        limits: &crate::config::Limits,
+        dropped: prometheus_client::metrics::counter::Counter,
+    ) -> Events {
         let (traffic_tx, rx) = mpsc::channel(limits.max_queued_traffic_events.max(1));
         Events {
             wake: Notify::new(),
-            sink: TrafficSink { tx: traffic_tx, dropped: Arc::new(AtomicU64::new(0)) },
+            sink: TrafficSink { tx: traffic_tx, dropped },
             traffic_rx: Mutex::new(Some(rx)),
             subscribed: Mutex::default(),
         }
@@ -132,14 +135,15 @@ async fn write_traffic(shared: Arc<Shared>, mut rx: mpsc::Receiver<NewEvent>) {
             pending = (shared.store.pending_traffic_events().await.unwrap_or(pending.0), Instant::now());
         }
         if pending.0 >= max_pending {
-            shared.events.sink.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            shared.events.sink.dropped.inc_by(batch.len() as u64);
             batch.clear();
             continue;
         }
         pending.0 += batch.len() as i64;
         if let Err(e) = shared.store.record_events(&batch).await {
+            shared.metrics.store_errors.inc();
             tracing::warn!(error = %e, events = batch.len(), "store failed while writing traffic events; dropped");
-            shared.events.sink.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            shared.events.sink.dropped.inc_by(batch.len() as u64);
         }
         batch.clear();
         shared.events.wake();
@@ -152,6 +156,7 @@ async fn prune(shared: Arc<Shared>) {
     loop {
         let before = warren_store::rfc3339(warren_store::unix_now().saturating_sub(86_400) as u64);
         if let Err(e) = shared.store.prune_events(&before).await {
+            shared.metrics.store_errors.inc();
             tracing::warn!(error = %e, "store failed while pruning delivered events");
         }
         tokio::select! {

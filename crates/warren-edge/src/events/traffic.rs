@@ -4,8 +4,6 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
@@ -22,14 +20,14 @@ use crate::registry::Endpoint;
 #[derive(Clone)]
 pub(crate) struct TrafficSink {
     pub(super) tx: mpsc::Sender<NewEvent>,
-    pub(super) dropped: Arc<AtomicU64>,
+    pub(super) dropped: prometheus_client::metrics::counter::Counter,
 }
 
 impl TrafficSink {
     fn send(&self, account_id: &str, event_type: &str, object: &Value) {
         let ev = NewEvent::rendered(account_id, event_type, object, true);
         if self.tx.try_send(ev).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.inc();
         }
     }
 }

@@ -227,6 +227,7 @@ pub(super) async fn decide(
             return Err(AuthError::InvalidAuthtoken);
         }
         Err(e) => {
+            shared.metrics.store_errors.inc();
             tracing::error!(error = %e, "store failed while verifying an authtoken");
             return Err(AuthError::Unavailable("the authtoken"));
         }
@@ -241,6 +242,7 @@ pub(super) async fn decide(
             return Err(AuthError::IpRestriction { ip, restriction });
         }
         Err(e) => {
+            shared.metrics.store_errors.inc();
             tracing::error!(error = %e, "store failed while checking IP restrictions");
             return Err(AuthError::Unavailable("its IP restrictions"));
         }
@@ -251,6 +253,7 @@ pub(super) async fn decide(
             Ok(true) => {}
             Ok(false) => return Err(AuthError::TokenIpPolicy { credential: credential.id.clone(), ip }),
             Err(e) => {
+                shared.metrics.store_errors.inc();
                 tracing::error!(error = %e, "store failed while checking an authtoken's IP policies");
                 return Err(AuthError::Unavailable("its IP policies"));
             }
@@ -282,6 +285,7 @@ pub(super) async fn decide(
         // A credential outlives its account only if the store was edited by hand.
         Ok(None) => return Err(AuthError::InvalidAuthtoken),
         Err(e) => {
+            shared.metrics.store_errors.inc();
             tracing::error!(error = %e, "store failed while reading an authtoken's account");
             return Err(AuthError::Unavailable("the authtoken's account"));
         }

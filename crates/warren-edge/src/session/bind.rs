@@ -291,6 +291,7 @@ async fn tcp_listener(
 ) -> Result<TcpListener, BindError> {
     let range = shared.config.tcp_ports.clone();
     let store_failed = |e: warren_store::StoreError| {
+        shared.metrics.store_errors.inc();
         tracing::error!(error = %e, "store failed while checking reserved addresses");
         BindError::Unavailable("check reserved addresses")
     };
@@ -385,12 +386,14 @@ fn endpoint(
         policy: policy.chain,
         ip_policies: policy.ip_policies,
         proxy_proto,
+        metrics: crate::metrics::EndpointMetrics::default(),
     }
 }
 
 /// Puts a decided endpoint in the node's registry and the store.
-async fn register(shared: &Shared, ep: Endpoint) -> Result<Arc<Endpoint>, BindError> {
+async fn register(shared: &Shared, mut ep: Endpoint) -> Result<Arc<Endpoint>, BindError> {
     let url = ep.url.clone();
+    ep.metrics = shared.metrics.endpoint(&url);
     let ep = shared
         .registry
         .bind(ep, shared.config.limits.max_endpoints_per_session)
@@ -433,6 +436,7 @@ async fn record_endpoint(shared: &Shared, ep: &Endpoint) -> Result<(), BindError
             match e {
                 warren_store::StoreError::Conflict(_) => Err(BindError::InUse(ep.url.clone())),
                 e => {
+                    shared.metrics.store_errors.inc();
                     tracing::error!(error = %e, "store failed while recording an endpoint");
                     Err(BindError::Unavailable("record the endpoint"))
                 }
@@ -516,6 +520,7 @@ async fn check_domain_reservation(
 ) -> Result<(), BindError> {
     let base = &shared.config.base_domain;
     let reservation = shared.store.domain_reservation(host).await.map_err(|e| {
+        shared.metrics.store_errors.inc();
         tracing::error!(error = %e, "store failed while checking domain reservations");
         BindError::Unavailable("check domain reservations")
     })?;
@@ -557,6 +562,7 @@ pub(crate) async fn verify_domain(
     match crate::dns::txt(resolver, &name).await {
         Ok(values) if values.iter().any(|v| v.trim() == d.verify_token) => {
             shared.store.mark_domain_verified(&d.account_id, &d.id).await.map_err(|e| {
+                shared.metrics.store_errors.inc();
                 tracing::error!(error = %e, "store failed while recording a verified domain");
                 "the edge could not record the verification; try again".to_string()
             })
@@ -582,6 +588,7 @@ async fn random_host(shared: &Shared, proto: Proto) -> Result<String, BindError>
             Ok(None) => return Ok(host),
             Ok(Some(_)) => continue,
             Err(e) => {
+                shared.metrics.store_errors.inc();
                 tracing::error!(error = %e, "store failed while checking domain reservations");
                 return Err(BindError::Unavailable("check domain reservations"));
             }
@@ -612,6 +619,7 @@ pub(super) async fn handle_unbind(shared: &Arc<Shared>, session: &Arc<AgentSessi
     let resp = match read_request::<proto::Unbind>(shared, &mut stream, "Unbind").await {
         Ok(u) if shared.registry.unbind(&session.id, &u.client_id) => {
             if let Err(e) = shared.store.delete_endpoint(&session.id, &u.client_id).await {
+                shared.metrics.store_errors.inc();
                 tracing::warn!(error = %e, "store failed while forgetting an endpoint; it goes with its session");
             }
             proto::UnbindResp::default()
