@@ -343,7 +343,15 @@ impl Edge {
         if let Some(api) = api {
             tasks.spawn(api::serve(shared.clone(), api));
         }
-        tracing::info!(%connect_addr, %https_addr, ?http_addr, ?api_addr, "edge listening");
+        // Addresses printed plainly; a listener that is off is "off", not `None`.
+        let shown = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        tracing::info!(
+            %connect_addr,
+            %https_addr,
+            http_addr = %shown(http_addr),
+            api_addr = %shown(api_addr),
+            "edge listening"
+        );
         Ok(Edge { connect_addr, https_addr, http_addr, api_addr, shutdown: tx, tasks, shared })
     }
 

@@ -29,6 +29,9 @@ struct Cli {
     /// console instead of logs unless this is given.
     #[arg(long, global = true, value_name = "stdout|stderr|false|FILE")]
     log: Option<String>,
+    /// Log lines as text (`term` is ngrok's name for it) or one JSON object per line.
+    #[arg(long, global = true, env = "WARREN_LOG_FORMAT", default_value = "text", value_parser = ["text", "term", "json"])]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -417,7 +420,8 @@ fn main() -> anyhow::Result<()> {
         _ => "warn",
     };
     let level = cli.log_level.clone().or(file_level);
-    output::init_logs(log.as_deref(), console, level.as_deref().unwrap_or(default_level))?;
+    let json = cli.log_format == "json";
+    output::init_logs(log.as_deref(), console, level.as_deref().unwrap_or(default_level), json)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         match cli.command {

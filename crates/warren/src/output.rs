@@ -15,23 +15,30 @@ pub(crate) fn is_terminal() -> bool {
 }
 
 /// Sets up logging: `log` is `stdout`, `stderr`, `false` or a file; with none given, logs go
-/// to stderr, except under the console (which owns the screen), where they are off.
-pub(crate) fn init_logs(log: Option<&str>, console: bool, level: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::new(level);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match log {
-        Some("false") => {}
-        None if console => {}
-        Some("stdout") => builder.with_writer(std::io::stdout).init(),
-        None | Some("stderr") => builder.with_writer(std::io::stderr).init(),
+/// to stderr, except under the console (which owns the screen), where they are off. Colour
+/// only on a terminal; `json` writes one JSON object per line.
+pub(crate) fn init_logs(log: Option<&str>, console: bool, level: &str, json: bool) -> anyhow::Result<()> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let (writer, ansi) = match log {
+        Some("false") => return Ok(()),
+        None if console => return Ok(()),
+        Some("stdout") => (BoxMakeWriter::new(std::io::stdout), std::io::stdout().is_terminal()),
+        None | Some("stderr") => (BoxMakeWriter::new(std::io::stderr), std::io::stderr().is_terminal()),
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .with_context(|| format!("opening the log file {path}"))?;
-            builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
+            (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
         }
+    };
+    let filter = tracing_subscriber::EnvFilter::new(level);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    if json {
+        builder.json().init();
+    } else {
+        builder.with_ansi(ansi).init();
     }
     Ok(())
 }

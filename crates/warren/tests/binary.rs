@@ -595,3 +595,25 @@ fn events_written_before_a_kill_9_are_delivered_after_the_restart() {
     }
     drop(edge);
 }
+
+/// `--log-format json`: one JSON object per line, addresses printed plainly; ngrok's
+/// `logfmt`, which warren does not write, is refused by name.
+#[test]
+fn the_edge_logs_json_lines_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut args = vec!["--log-format", "json"];
+    args.extend(edge_on_port_zero(data.to_str().unwrap()));
+    let edge = Proc::spawn_reading_stderr(&args);
+    let line = edge.line_with("edge listening");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert_eq!(v["fields"]["message"], "edge listening");
+    let http = v["fields"]["http_addr"].as_str().unwrap();
+    assert!(http.parse::<std::net::SocketAddr>().is_ok(), "a plain address: {http}");
+    drop(edge);
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_warren")).args(["--log-format", "logfmt", "edge"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'logfmt'"));
+}
