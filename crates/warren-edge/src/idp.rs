@@ -200,16 +200,7 @@ pub(crate) async fn call(
 ) -> Result<(u16, Bytes), String> {
     let (uri, host, https) = check_url(url, reach)?;
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let lookup = host.trim_start_matches('[').trim_end_matches(']');
-    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((lookup, port))
-        .await
-        .map_err(|e| format!("{url}: cannot resolve {host}: {e}"))?
-        .collect();
-    let addr = addrs.iter().copied().find(|a| reachable(a.ip(), reach).is_ok()).ok_or_else(|| {
-        let why = addrs.first().map_or("no address".into(), |a| reachable(a.ip(), reach).unwrap_err());
-        format!("{url}: refused: {host} resolves to {why}")
-    })?;
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("{url}: {e}"))?;
+    let tcp = connect_checked(url, &host, port, reach).await?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let authority = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
     let mut req = http::Request::builder()
@@ -242,6 +233,26 @@ pub(crate) async fn call(
     let status = resp.status().as_u16();
     let body = Limited::new(resp.into_body(), limit).collect().await.map_err(|e| format!("{url}: {e}"))?;
     Ok((status, body.to_bytes()))
+}
+
+/// Resolves `host` and connects to the first address `reach` allows: the address checked is
+/// the one connected to, so a name cannot change its answer in between. `url` is for errors.
+pub(crate) async fn connect_checked(
+    url: &str,
+    host: &str,
+    port: u16,
+    reach: Reach,
+) -> Result<tokio::net::TcpStream, String> {
+    let lookup = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((lookup, port))
+        .await
+        .map_err(|e| format!("{url}: cannot resolve {host}: {e}"))?
+        .collect();
+    let addr = addrs.iter().copied().find(|a| reachable(a.ip(), reach).is_ok()).ok_or_else(|| {
+        let why = addrs.first().map_or("no address".into(), |a| reachable(a.ip(), reach).unwrap_err());
+        format!("{url}: refused: {host} resolves to {why}")
+    })?;
+    tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("{url}: {e}"))
 }
 
 async fn send<I>(

@@ -425,3 +425,131 @@ async fn tcp_connections_closing_are_events_with_their_byte_counts() {
     assert_eq!(ev["object"]["endpoint"]["url"], urls[0].as_str());
     agent.stop().await.unwrap();
 }
+
+/// `WARREN_TEST_NATS_URL` (default `nats://127.0.0.1:4222`), a NATS server with JetStream.
+fn nats_url() -> String {
+    std::env::var("WARREN_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A `PYTHONPATH` holding PyPI `nats-py`, NATS's own Python client, installed under the
+/// target directory if needed.
+fn nats_py_path() -> String {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-nats");
+    let dir_s = dir.to_string_lossy().into_owned();
+    let ok = || {
+        std::process::Command::new("python3")
+            .args(["-c", "import nats.js"])
+            .env("PYTHONPATH", &dir_s)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ok() {
+        let status = std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target", &dir_s])
+            .arg("nats-py==2.9.0")
+            .status()
+            .expect("python3 with pip is needed for the NATS test");
+        assert!(status.success() && ok(), "pip install nats-py failed");
+    }
+    dir_s
+}
+
+/// Audit events published to a NATS subject are stored by a JetStream stream, in order, and
+/// read back with NATS's own Python client; a subject no stream takes is an error shown on
+/// the destination, not a silent loss.
+#[tokio::test]
+async fn audit_events_reach_a_jetstream_stream_through_nats() {
+    let url = nats_url();
+    let host_port = url.trim_start_matches("nats://").to_owned();
+    if tokio::net::TcpStream::connect(&host_port).await.is_err() {
+        panic!("a NATS server with JetStream is needed at {url} (set WARREN_TEST_NATS_URL)");
+    }
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    let tag = warren_store::generate_id("t").to_lowercase();
+    let subject = format!("warren.test.{tag}");
+    let stream = format!("WARREN_{tag}").to_uppercase();
+    let script = r#"
+import asyncio, json, sys
+import nats
+async def main():
+    url, subject, stream, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(name=stream, subjects=[subject])
+    print("ready", flush=True)
+    sub = await js.pull_subscribe(subject, durable="reader")
+    got = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while len(got) < count and loop.time() < deadline:
+        try:
+            msgs = await sub.fetch(count - len(got), timeout=1)
+        except nats.errors.TimeoutError:
+            continue
+        for m in msgs:
+            got.append(json.loads(m.data))
+            await m.ack()
+    print(json.dumps(got), flush=True)
+    await js.delete_stream(stream)
+    await nc.close()
+asyncio.run(main())
+"#;
+    let mut reader = tokio::process::Command::new("python3")
+        .args(["-c", script, &url, &subject, &stream, "3"])
+        .env("PYTHONPATH", nats_py_path())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(reader.stdout.take().unwrap());
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    within("the stream is made", lines.read_line(&mut line)).await.unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    let target = json!({"nats": {"url": url, "subject": subject, "jetstream": true}});
+    let (_, sub) = subscribe(&edge, target, json!([{"type": "ip_policy_created.v0"}])).await;
+    // A second destination on a subject no stream takes.
+    let lost = json!({"nats": {"url": url, "subject": format!("{subject}.nobody")}});
+    let (s, _, lost) = edge.api("POST", "/event_destinations", key, Some(json!({"target": lost}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{lost}");
+    assert_eq!(lost["target"]["nats"]["jetstream"], true, "JetStream acknowledgements by default");
+    let mut dest_ids: Vec<Value> =
+        sub["destinations"].as_array().unwrap().iter().map(|d| d["id"].clone()).collect();
+    dest_ids.push(lost["id"].clone());
+    let sid = sub["id"].as_str().unwrap();
+    let (s, _, _) = edge
+        .api("PATCH", &format!("/event_subscriptions/{sid}"), key, Some(json!({"destination_ids": dest_ids})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (_, _, p) =
+            edge.api("POST", "/ip_policies", key, Some(json!({"description": format!("n{i}")}))).await;
+        ids.push(p["id"].as_str().unwrap().to_owned());
+    }
+    line.clear();
+    within("the events in the stream", lines.read_line(&mut line)).await.unwrap();
+    let got: Vec<Value> = serde_json::from_str(&line).unwrap();
+    let got_ids: Vec<&str> = got.iter().map(|e| e["object"]["id"].as_str().unwrap()).collect();
+    assert_eq!(got_ids, ids, "every event, in order");
+    assert!(
+        got.iter().all(|e| e["event_type"] == "ip_policy_created.v0" && e["principal"]["source"] == "api")
+    );
+    let lid = lost["id"].as_str().unwrap();
+    within("the error shows", async {
+        loop {
+            let (_, _, d) = edge.api("GET", &format!("/event_destinations/{lid}"), key, None).await;
+            if d["delivery"]["last_error"].as_str().unwrap().contains("no JetStream stream takes subject") {
+                assert_eq!(d["delivery"]["delivered"], 0);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let _ = reader.wait().await;
+}

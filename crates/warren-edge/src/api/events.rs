@@ -1,6 +1,6 @@
 //! `/event_destinations` and `/event_subscriptions` (with `/sources`), in ngrok's shapes.
 //! Admins change them; every role may read them. warren delivers to a signed webhook or a
-//! JSON-lines file in the edge's events directory; ngrok's cloud targets (kinesis, firehose,
+//! JSON-lines file in the edge's events directory, or a NATS subject (JetStream); ngrok's cloud targets (kinesis, firehose,
 //! cloudwatch_logs, datadog, azure_logs_ingestion) are refused by name. A webhook's signing
 //! secret is in the response to create (or to an update that sets a new one) only.
 //!
@@ -210,7 +210,7 @@ fn prepare_target(shared: &Shared, target: &serde_json::Value) -> Result<Prepare
     let (sealed, shown) = match t.secret() {
         Some(secret) => {
             let sealed = shared.master_key.seal(crate::events::SECRET_LABEL, secret.as_bytes());
-            (Some(sealed), Some(secret.to_owned()))
+            (Some(sealed), t.shows_secret().then(|| secret.to_owned()))
         }
         None => (None, None),
     };

@@ -216,8 +216,8 @@ const RESOURCES: &[Resource] = &[
     Resource {
         path: "/event_destinations",
         tag: "Event destinations",
-        about: "Where events go: a webhook (signed with HMAC-SHA256) or a JSON-lines file in the \
-                edge's events directory (docs/EVENTS.md). A webhook's secret is in the response to \
+        about: "Where events go: a webhook (signed with HMAC-SHA256), a NATS subject (JetStream) or \
+                a JSON-lines file in the edge's events directory (docs/EVENTS.md). A webhook's secret is in the response to \
                 create only. `delivery` shows how delivery goes. Every role may read them; admins \
                 change them.",
         service: "EventDestinations",
@@ -912,13 +912,19 @@ fn schemas() -> Map<String, Value> {
                 "url": doc(string(), "https (plain http and non-public addresses only where the operator allows)."),
                 "secret": doc(nullable(), "The HMAC-SHA256 key, 16 to 256 characters; left out: generated. Shown once."),
             }},
+            "nats": {"type": "object", "additionalProperties": false, "required": ["url", "subject"], "properties": {
+                "url": doc(string(), "nats://host[:port]; credentials go in `token`."),
+                "subject": doc(string(), "Dot-separated tokens, no wildcards."),
+                "jetstream": doc(json!({"type": "boolean", "default": true}), "Wait for a JetStream stream's acknowledgement of every event."),
+                "token": doc(nullable(), "A NATS auth token; kept sealed, never shown."),
+            }},
             "file": {"type": "object", "additionalProperties": false, "required": ["name"], "properties": {
                 "name": doc(string(), "A plain file name in the edge's events directory."),
                 "max_bytes": {"type": "integer", "minimum": 4096, "maximum": 1_073_741_824, "default": 10_485_760},
                 "max_files": {"type": "integer", "minimum": 1, "maximum": 100, "default": 5},
             }},
         }}),
-        "Exactly one of `webhook` or `file`; ngrok's cloud targets are refused by name.",
+        "Exactly one of `webhook`, `nats` or `file`; ngrok's cloud targets are refused by name.",
     );
     add(
         "EventDestination",

@@ -336,6 +336,27 @@ async fn send(
                 s => Err(SendError::Unavailable(format!("{url} answered {s}"))),
             }
         }
+        Target::Nats { url, subject, jetstream, .. } => {
+            let token = match d.secret_sealed.as_deref() {
+                Some(s) => Some(shared.master_key.open(super::SECRET_LABEL, s).map_err(|_| {
+                    SendError::Unavailable(
+                        "the NATS token cannot be opened with this edge's master key".into(),
+                    )
+                })?),
+                None => None,
+            };
+            let token = token.map(|t| String::from_utf8_lossy(&t).into_owned());
+            let messages: Vec<Vec<u8>> = batch.iter().map(|e| serde_json::to_vec(e).expect("JSON")).collect();
+            let reach = crate::idp::Reach {
+                loopback: shared.config.events.allow_loopback,
+                private: shared.config.events.allow_private_networks,
+            };
+            super::nats::publish(url, subject, token.as_deref(), *jetstream, &messages, reach).await.map_err(
+                |f| {
+                    if f.refused { SendError::Refused(f.why) } else { SendError::Unavailable(f.why) }
+                },
+            )
+        }
         Target::File { name, max_bytes, max_files } => {
             let dir =
                 shared.config.events.dir.clone().unwrap_or_else(|| shared.config.data_dir.join("events"));

@@ -3,7 +3,8 @@
 //! ingress), delivered to the destinations of the subscriptions that take them.
 //!
 //! - `types.rs`: every event type.
-//! - `target.rs`: a destination's target (webhook, file), checked once.
+//! - `target.rs`: a destination's target (webhook, nats, file), checked once; `nats.rs` the
+//!   NATS publisher.
 //! - `deliver.rs`: one task per destination this node holds the lease of, reading the outbox
 //!   behind the destination's cursor: filter, render, send, then move the cursor.
 //! - this file: [`Events`], the traffic event queue (bounded; full means dropped and
@@ -22,6 +23,7 @@ use warren_store::events::NewEvent;
 use crate::Shared;
 
 mod deliver;
+pub(crate) mod nats;
 mod target;
 mod traffic;
 mod types;

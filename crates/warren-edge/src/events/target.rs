@@ -20,6 +20,16 @@ pub(crate) enum Target {
         /// The signing secret (only while creating; the store keeps it sealed).
         secret: Option<String>,
     },
+    /// Publishes each event as a message on a NATS subject, acknowledged by JetStream when
+    /// `jetstream`.
+    Nats {
+        /// `nats://host[:port]`.
+        url: String,
+        subject: String,
+        jetstream: bool,
+        /// An auth token (only while creating; the store keeps it sealed).
+        token: Option<String>,
+    },
     /// Appends events as JSON lines to a file in the events directory.
     File {
         /// A plain file name.
@@ -34,11 +44,11 @@ pub(crate) enum Target {
 impl Target {
     /// Parses and checks a target as an API client sends it.
     pub(crate) fn parse(v: &Value, config: &EdgeConfig) -> Result<Target, String> {
-        let obj = v.as_object().ok_or("target must be an object with one of: webhook, file")?;
+        let obj = v.as_object().ok_or("target must be an object with one of: webhook, nats, file")?;
         let set: Vec<(&String, &Value)> = obj.iter().filter(|(_, v)| !v.is_null()).collect();
         let [(kind, body)] = set.as_slice() else {
             return Err(format!(
-                "target must name exactly one of: webhook, file (it names {})",
+                "target must name exactly one of: webhook, nats, file (it names {})",
                 if set.is_empty() {
                     "none".to_owned()
                 } else {
@@ -82,12 +92,34 @@ impl Target {
                 };
                 Ok(Target::File { name: name.to_owned(), max_bytes, max_files })
             }
+            "nats" => {
+                known_keys(kind, body, &["url", "subject", "jetstream", "token"])?;
+                let url = body.get("url").and_then(Value::as_str).ok_or("target.nats.url is required")?;
+                let (host, port) = super::nats::host_port(url).map_err(|e| format!("target.nats.url {e}"))?;
+                check_not_own(url, &host, port, config)?;
+                let subject =
+                    body.get("subject").and_then(Value::as_str).ok_or("target.nats.subject is required")?;
+                super::nats::check_subject(subject).map_err(|e| format!("target.nats.{e}"))?;
+                let jetstream = match body.get("jetstream") {
+                    None | Some(Value::Null) => true,
+                    Some(Value::Bool(b)) => *b,
+                    Some(_) => return Err("target.nats.jetstream: true or false".into()),
+                };
+                let token = match body.get("token") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(t)) if !t.is_empty() && t.len() <= 1024 => Some(t.clone()),
+                    Some(_) => return Err("target.nats.token: 1 to 1024 characters".into()),
+                };
+                Ok(Target::Nats { url: url.to_owned(), subject: subject.to_owned(), jetstream, token })
+            }
             "kinesis" | "firehose" | "cloudwatch_logs" | "datadog" | "azure_logs_ingestion" | "s3" => {
                 Err(format!(
-                    "target.{kind}: warren does not deliver to {kind}; use webhook (to a collector that forwards there) or file"
+                    "target.{kind}: warren does not deliver to {kind}; use webhook (to a collector that forwards there), nats or file"
                 ))
             }
-            other => Err(format!("target.{other} is not a destination warren knows; use webhook or file")),
+            other => {
+                Err(format!("target.{other} is not a destination warren knows; use webhook, nats or file"))
+            }
         }
     }
 
@@ -96,6 +128,14 @@ impl Target {
         let v: Value = serde_json::from_str(s).ok()?;
         if let Some(w) = v.get("webhook") {
             return Some(Target::Webhook { url: w.get("url")?.as_str()?.to_owned(), secret: None });
+        }
+        if let Some(n) = v.get("nats") {
+            return Some(Target::Nats {
+                url: n.get("url")?.as_str()?.to_owned(),
+                subject: n.get("subject")?.as_str()?.to_owned(),
+                jetstream: n.get("jetstream")?.as_bool()?,
+                token: None,
+            });
         }
         let f = v.get("file")?;
         Some(Target::File {
@@ -109,18 +149,28 @@ impl Target {
     pub(crate) fn stored(&self) -> Value {
         match self {
             Target::Webhook { url, .. } => json!({"webhook": {"url": url}}),
+            Target::Nats { url, subject, jetstream, .. } => {
+                json!({"nats": {"url": url, "subject": subject, "jetstream": jetstream}})
+            }
             Target::File { name, max_bytes, max_files } => {
                 json!({"file": {"name": name, "max_bytes": max_bytes, "max_files": max_files}})
             }
         }
     }
 
-    /// The signing secret, while it is known.
+    /// The secret to keep sealed (a webhook's signing secret, a NATS token), while known.
     pub(crate) fn secret(&self) -> Option<&str> {
         match self {
             Target::Webhook { secret, .. } => secret.as_deref(),
+            Target::Nats { token, .. } => token.as_deref(),
             Target::File { .. } => None,
         }
+    }
+
+    /// Whether the secret is shown once in the response (a generated webhook secret must
+    /// be; a NATS token the client gave is not echoed).
+    pub(crate) fn shows_secret(&self) -> bool {
+        matches!(self, Target::Webhook { .. })
     }
 }
 
@@ -167,6 +217,13 @@ fn check_webhook_url(url: &str, config: &EdgeConfig) -> Result<(), String> {
     };
     let (uri, host, https) =
         crate::idp::check_url(url, reach).map_err(|e| format!("target.webhook.url {e}"))?;
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    check_not_own(url, &host, port, config)
+}
+
+/// Refuses `host:port` when it is one of the edge's own names or listeners (events about
+/// requests, sent as requests through the edge, would never end).
+fn check_not_own(url: &str, host: &str, port: u16, config: &EdgeConfig) -> Result<(), String> {
     let host = host.to_ascii_lowercase();
     let own_name = std::iter::once(config.base_domain.as_str())
         .chain(config.connect_hostnames.iter().map(String::as_str))
@@ -174,10 +231,9 @@ fn check_webhook_url(url: &str, config: &EdgeConfig) -> Result<(), String> {
         .any(|n| !n.is_empty() && (host == n || host.ends_with(&format!(".{n}"))));
     if own_name {
         return Err(format!(
-            "target.webhook.url {url}: {host} is this edge's own name; events would loop through it"
+            "target url {url}: {host} is this edge's own name; events would loop through it"
         ));
     }
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let listeners = [Some(config.connect_addr), Some(config.https_addr), config.http_addr, config.api_addr];
     let local_host = host == "localhost"
         || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
@@ -185,7 +241,7 @@ fn check_webhook_url(url: &str, config: &EdgeConfig) -> Result<(), String> {
         let same_ip = host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip == l.ip());
         if l.port() == port && (same_ip || (local_host && (l.ip().is_loopback() || l.ip().is_unspecified())))
         {
-            return Err(format!("target.webhook.url {url}: that is one of this edge's own listeners"));
+            return Err(format!("target url {url}: that is one of this edge's own listeners"));
         }
     }
     Ok(())
@@ -226,6 +282,10 @@ mod tests {
             (json!({"file": {"name": ".hidden"}}), "plain file name"),
             (json!({"file": {"name": "a", "max_bytes": 10}}), "max_bytes"),
             (json!({"kinesis": {"stream_arn": "x"}}), "does not deliver to kinesis"),
+            (json!({"nats": {"url": "nats://u:p@127.0.0.1:4222", "subject": "a"}}), "token"),
+            (json!({"nats": {"url": "nats://127.0.0.1:4222", "subject": "a.*"}}), "wildcards"),
+            (json!({"nats": {"url": "nats://127.0.0.1:8443", "subject": "a"}}), "own listeners"),
+            (json!({"nats": {"url": "nats://127.0.0.1:4222"}}), "subject is required"),
             (json!({"webhook": {"url": "https://a.example"}, "file": {"name": "a"}}), "exactly one"),
             (json!({}), "exactly one"),
             (json!({"smoke_signal": {}}), "smoke_signal"),
