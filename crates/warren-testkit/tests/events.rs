@@ -553,3 +553,97 @@ asyncio.run(main())
     .await;
     let _ = reader.wait().await;
 }
+
+/// A `PYTHONPATH` holding PyPI `opentelemetry-proto` (OpenTelemetry's official protobuf
+/// types, with `protobuf`), installed under the target directory if needed.
+fn otel_proto_path() -> String {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-otel-proto");
+    let dir_s = dir.to_string_lossy().into_owned();
+    let ok = || {
+        std::process::Command::new("python3")
+            .args(["-c", "from opentelemetry.proto.collector.logs.v1 import logs_service_pb2"])
+            .env("PYTHONPATH", &dir_s)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ok() {
+        let status = std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target", &dir_s])
+            .arg("opentelemetry-proto==1.29.0")
+            .status()
+            .expect("python3 with pip is needed for the OTLP test");
+        assert!(status.success() && ok(), "pip install opentelemetry-proto failed");
+    }
+    dir_s
+}
+
+/// Traffic events reach an OTLP/HTTP logs receiver that decodes each request strictly into
+/// OpenTelemetry's own `ExportLogsServiceRequest` (unknown or mistyped fields fail).
+#[tokio::test]
+async fn traffic_events_reach_an_otlp_receiver_as_logs() {
+    let script = r#"
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from google.protobuf import json_format
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+class H(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        req = json_format.Parse(body, ExportLogsServiceRequest())
+        for rl in req.resource_logs:
+            service = {a.key: a.value.string_value for a in rl.resource.attributes}["service.name"]
+            for sl in rl.scope_logs:
+                for r in sl.log_records:
+                    attrs = {a.key: a.value.string_value for a in r.attributes}
+                    print(json.dumps({"path": self.path, "service": service, "scope": sl.scope.name,
+                        "time": r.time_unix_nano, "severity": r.severity_number, "attrs": attrs,
+                        "body": json.loads(r.body.string_value)}), flush=True)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+    def log_message(self, *a):
+        pass
+s = HTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+    let mut receiver = tokio::process::Command::new("python3")
+        .args(["-c", script])
+        .env("PYTHONPATH", otel_proto_path())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(receiver.stdout.take().unwrap()).lines();
+    let port: u16 = within("the receiver's port", lines.next_line()).await.unwrap().unwrap().parse().unwrap();
+
+    let edge = TestEdge::start().await;
+    let target = json!({"otlp": {"url": format!("http://127.0.0.1:{port}/v1/logs")}});
+    subscribe(&edge, target, json!([{"type": "http_request_complete.v0"}])).await;
+    let up = HttpUpstream::start().await;
+    let mut agent = Agent::start(edge.agent_with(EndpointConfig::http(&up.url(), None).unwrap()));
+    let urls = within("online", agent.wait_online()).await.unwrap();
+    let host = url_host(&urls[0]);
+    for path in ["/a", "/status/503"] {
+        https_get(&edge, &host, path).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let line = within("a log record", lines.next_line()).await.unwrap().unwrap();
+        got.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    for (rec, (path, status)) in got.iter().zip([("/a", 200), ("/status/503", 503)]) {
+        assert_eq!(rec["path"], "/v1/logs");
+        assert_eq!((rec["service"].as_str(), rec["scope"].as_str()), (Some("warren"), Some("warren.events")));
+        assert_eq!(rec["attrs"]["event.name"], "http_request_complete.v0", "{rec}");
+        assert_eq!(rec["attrs"]["event.id"], rec["body"]["event_id"]);
+        assert!(rec["time"].as_u64().unwrap() > 1_700_000_000 * 1_000_000_000);
+        assert_eq!(rec["body"]["object"]["http"]["request"]["url"]["path"], path);
+        assert_eq!(rec["body"]["object"]["http"]["response"]["status_code"], status);
+    }
+    agent.stop().await.unwrap();
+}

@@ -912,6 +912,9 @@ fn schemas() -> Map<String, Value> {
                 "url": doc(string(), "https (plain http and non-public addresses only where the operator allows)."),
                 "secret": doc(nullable(), "The HMAC-SHA256 key, 16 to 256 characters; left out: generated. Shown once."),
             }},
+            "otlp": {"type": "object", "additionalProperties": false, "required": ["url"], "properties": {
+                "url": doc(string(), "An OTLP/HTTP logs endpoint (…/v1/logs); the same address rules as webhooks."),
+            }},
             "nats": {"type": "object", "additionalProperties": false, "required": ["url", "subject"], "properties": {
                 "url": doc(string(), "nats://host[:port]; credentials go in `token`."),
                 "subject": doc(string(), "Dot-separated tokens, no wildcards."),
@@ -924,7 +927,7 @@ fn schemas() -> Map<String, Value> {
                 "max_files": {"type": "integer", "minimum": 1, "maximum": 100, "default": 5},
             }},
         }}),
-        "Exactly one of `webhook`, `nats` or `file`; ngrok's cloud targets are refused by name.",
+        "Exactly one of `webhook`, `otlp`, `nats` or `file`; ngrok's cloud targets are refused by name.",
     );
     add(
         "EventDestination",

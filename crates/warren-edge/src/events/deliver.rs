@@ -336,6 +336,31 @@ async fn send(
                 s => Err(SendError::Unavailable(format!("{url} answered {s}"))),
             }
         }
+        Target::Otlp { url } => {
+            let body = serde_json::to_vec(&otlp_logs(batch)).expect("JSON");
+            let post =
+                crate::idp::Post { body: body.into(), content_type: "application/json", headers: Vec::new() };
+            let reach = crate::idp::Reach {
+                loopback: shared.config.events.allow_loopback,
+                private: shared.config.events.allow_private_networks,
+            };
+            let answer =
+                tokio::time::timeout(WEBHOOK_TIMEOUT, crate::idp::call(url, Some(post), 64 * 1024, reach))
+                    .await
+                    .map_err(|_| {
+                        SendError::Unavailable(format!(
+                            "{url} did not answer within {} s",
+                            WEBHOOK_TIMEOUT.as_secs()
+                        ))
+                    })?
+                    .map_err(SendError::Unavailable)?;
+            match answer.0 {
+                200..=299 => Ok(()),
+                s @ (408 | 429) => Err(SendError::Unavailable(format!("{url} answered {s}"))),
+                s @ 400..=499 => Err(SendError::Refused(format!("{url} answered {s}"))),
+                s => Err(SendError::Unavailable(format!("{url} answered {s}"))),
+            }
+        }
         Target::Nats { url, subject, jetstream, .. } => {
             let token = match d.secret_sealed.as_deref() {
                 Some(s) => Some(shared.master_key.open(super::SECRET_LABEL, s).map_err(|_| {
@@ -373,6 +398,37 @@ async fn send(
                 .map_err(|e| SendError::Unavailable(format!("writing {shown}: {e}")))
         }
     }
+}
+
+/// A batch as an OTLP `ExportLogsServiceRequest` in OTLP/HTTP's JSON encoding: one log record
+/// per event, the envelope as its body (a JSON string), the event's type, id and account as
+/// attributes, and its time.
+fn otlp_logs(batch: &[&Value]) -> Value {
+    let attr =
+        |k: &str, v: &Value| json!({"key": k, "value": {"stringValue": v.as_str().unwrap_or_default()}});
+    let records: Vec<Value> = batch
+        .iter()
+        .map(|env| {
+            let nanos =
+                time_of(env["event_timestamp"].as_str().unwrap_or_default()).max(0) as u128 * 1_000_000_000;
+            json!({
+                "timeUnixNano": nanos.to_string(),
+                "observedTimeUnixNano": nanos.to_string(),
+                "severityNumber": 9,
+                "severityText": "INFO",
+                "body": {"stringValue": env.to_string()},
+                "attributes": [
+                    attr("event.name", &env["event_type"]),
+                    attr("event.id", &env["event_id"]),
+                    attr("warren.account_id", &env["account_id"]),
+                ],
+            })
+        })
+        .collect();
+    json!({"resourceLogs": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "warren"}}]},
+        "scopeLogs": [{"scope": {"name": "warren.events", "version": env!("CARGO_PKG_VERSION")}, "logRecords": records}],
+    }]})
 }
 
 /// HMAC-SHA256 of `"<t>.<body>"` under `secret`, in lowercase hex.

@@ -20,6 +20,11 @@ pub(crate) enum Target {
         /// The signing secret (only while creating; the store keeps it sealed).
         secret: Option<String>,
     },
+    /// POSTs batches as OpenTelemetry logs (OTLP/HTTP, JSON encoding) to a collector.
+    Otlp {
+        /// The logs endpoint, e.g. `https://collector:4318/v1/logs`.
+        url: String,
+    },
     /// Publishes each event as a message on a NATS subject, acknowledged by JetStream when
     /// `jetstream`.
     Nats {
@@ -44,11 +49,11 @@ pub(crate) enum Target {
 impl Target {
     /// Parses and checks a target as an API client sends it.
     pub(crate) fn parse(v: &Value, config: &EdgeConfig) -> Result<Target, String> {
-        let obj = v.as_object().ok_or("target must be an object with one of: webhook, nats, file")?;
+        let obj = v.as_object().ok_or("target must be an object with one of: webhook, otlp, nats, file")?;
         let set: Vec<(&String, &Value)> = obj.iter().filter(|(_, v)| !v.is_null()).collect();
         let [(kind, body)] = set.as_slice() else {
             return Err(format!(
-                "target must name exactly one of: webhook, nats, file (it names {})",
+                "target must name exactly one of: webhook, otlp, nats, file (it names {})",
                 if set.is_empty() {
                     "none".to_owned()
                 } else {
@@ -92,6 +97,12 @@ impl Target {
                 };
                 Ok(Target::File { name: name.to_owned(), max_bytes, max_files })
             }
+            "otlp" => {
+                known_keys(kind, body, &["url"])?;
+                let url = body.get("url").and_then(Value::as_str).ok_or("target.otlp.url is required")?;
+                check_webhook_url(url, config)?;
+                Ok(Target::Otlp { url: url.to_owned() })
+            }
             "nats" => {
                 known_keys(kind, body, &["url", "subject", "jetstream", "token"])?;
                 let url = body.get("url").and_then(Value::as_str).ok_or("target.nats.url is required")?;
@@ -114,12 +125,12 @@ impl Target {
             }
             "kinesis" | "firehose" | "cloudwatch_logs" | "datadog" | "azure_logs_ingestion" | "s3" => {
                 Err(format!(
-                    "target.{kind}: warren does not deliver to {kind}; use webhook (to a collector that forwards there), nats or file"
+                    "target.{kind}: warren does not deliver to {kind}; use webhook or otlp (to a collector that forwards there), nats or file"
                 ))
             }
-            other => {
-                Err(format!("target.{other} is not a destination warren knows; use webhook, nats or file"))
-            }
+            other => Err(format!(
+                "target.{other} is not a destination warren knows; use webhook, otlp, nats or file"
+            )),
         }
     }
 
@@ -128,6 +139,9 @@ impl Target {
         let v: Value = serde_json::from_str(s).ok()?;
         if let Some(w) = v.get("webhook") {
             return Some(Target::Webhook { url: w.get("url")?.as_str()?.to_owned(), secret: None });
+        }
+        if let Some(o) = v.get("otlp") {
+            return Some(Target::Otlp { url: o.get("url")?.as_str()?.to_owned() });
         }
         if let Some(n) = v.get("nats") {
             return Some(Target::Nats {
@@ -152,6 +166,7 @@ impl Target {
             Target::Nats { url, subject, jetstream, .. } => {
                 json!({"nats": {"url": url, "subject": subject, "jetstream": jetstream}})
             }
+            Target::Otlp { url } => json!({"otlp": {"url": url}}),
             Target::File { name, max_bytes, max_files } => {
                 json!({"file": {"name": name, "max_bytes": max_bytes, "max_files": max_files}})
             }
@@ -163,7 +178,7 @@ impl Target {
         match self {
             Target::Webhook { secret, .. } => secret.as_deref(),
             Target::Nats { token, .. } => token.as_deref(),
-            Target::File { .. } => None,
+            Target::File { .. } | Target::Otlp { .. } => None,
         }
     }
 
@@ -283,6 +298,8 @@ mod tests {
             (json!({"file": {"name": "a", "max_bytes": 10}}), "max_bytes"),
             (json!({"kinesis": {"stream_arn": "x"}}), "does not deliver to kinesis"),
             (json!({"nats": {"url": "nats://u:p@127.0.0.1:4222", "subject": "a"}}), "token"),
+            (json!({"otlp": {"url": "http://10.0.0.1:4318/v1/logs"}}), "must be https"),
+            (json!({"otlp": {"url": "http://127.0.0.1:4318/v1/logs", "headers": {}}}), "otlp.headers"),
             (json!({"nats": {"url": "nats://127.0.0.1:4222", "subject": "a.*"}}), "wildcards"),
             (json!({"nats": {"url": "nats://127.0.0.1:8443", "subject": "a"}}), "own listeners"),
             (json!({"nats": {"url": "nats://127.0.0.1:4222"}}), "subject is required"),
