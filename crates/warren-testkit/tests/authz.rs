@@ -237,10 +237,12 @@ async fn start_edge() -> TestEdge {
 async fn every_route_answers_every_caller_as_the_table_says() {
     let edge = start_edge().await;
     let ca = TestCa::new("authorization test CA");
+    let (_, _, doc) = edge.api_raw("GET", "/openapi.json", None, None, None).await;
     let mut failures = Vec::new();
     for (i, rule) in RULES.iter().enumerate() {
         let ctx = Ctx {
             edge: &edge,
+            doc: &doc,
             ca: &ca,
             a: edge.tenant(&format!("a{i}")).await,
             b: edge.tenant(&format!("b{i}")).await,
@@ -336,6 +338,9 @@ async fn check(ctx: &Ctx<'_>, rule: &Rule, caller: Caller, want: u16) -> Result<
     if status.as_u16() != want {
         return Err(format!("{who}: expected {want}, got {}: {answer}", status.as_u16()));
     }
+    if status.is_success() && !answer.is_null() {
+        matches_schema(ctx.doc, method, path, status.as_u16(), &answer).map_err(|e| format!("{who}: {e}"))?;
+    }
     let listed = method == "GET" && !path.contains("{id}") && status == StatusCode::OK;
     if let Some(marker) = fixture.marker.as_deref().filter(|_| listed) {
         let shown = answer.to_string().contains(marker);
@@ -364,6 +369,8 @@ async fn check(ctx: &Ctx<'_>, rule: &Rule, caller: Caller, want: u16) -> Result<
 /// The two accounts of one rule.
 struct Ctx<'a> {
     edge: &'a TestEdge,
+    /// The edge's `/openapi.json`, every answer's fields checked against it.
+    doc: &'a Value,
     ca: &'a TestCa,
     /// The account whose objects are acted on.
     a: Tenant,
@@ -586,4 +593,45 @@ fn unique_domain() -> String {
 fn policy_doc(name: &str) -> String {
     let deny = "actions: [{type: restrict-ips, config: {deny: [\"192.0.2.0/24\"]}}]";
     format!("on_http_request:\n  - name: {name}\n    {deny}\n")
+}
+
+/// The answer has exactly the fields the OpenAPI document gives the operation's response
+/// (and, for lists, each item those of the item schema): the hand-written schemas and the
+/// handlers' structs cannot drift apart.
+fn matches_schema(doc: &Value, method: &str, path: &str, status: u16, answer: &Value) -> Result<(), String> {
+    let op = &doc["paths"][path][method.to_ascii_lowercase()];
+    let schema = &op["responses"][status.to_string()]["content"]["application/json"]["schema"];
+    let resolve = |s: &Value| -> Value {
+        match s["$ref"].as_str() {
+            Some(r) => doc["components"]["schemas"][r.trim_start_matches("#/components/schemas/")].clone(),
+            None => s.clone(),
+        }
+    };
+    let schema = resolve(schema);
+    let Some(props) = schema["properties"].as_object() else { return Ok(()) };
+    let fields = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        k.sort();
+        k
+    };
+    let mut documented: Vec<String> = props.keys().cloned().collect();
+    documented.sort();
+    if fields(answer) != documented {
+        return Err(format!("fields {:?} but the OpenAPI schema documents {documented:?}", fields(answer)));
+    }
+    for (name, prop) in props {
+        let items = &prop["items"];
+        if prop["type"] == "array" && items.get("$ref").is_some() {
+            let item = resolve(items);
+            let Some(item_props) = item["properties"].as_object() else { continue };
+            let mut want: Vec<String> = item_props.keys().cloned().collect();
+            want.sort();
+            for element in answer[name].as_array().into_iter().flatten() {
+                if fields(element) != want {
+                    return Err(format!("{name}[]: fields {:?} but the OpenAPI schema documents {want:?}", fields(element)));
+                }
+            }
+        }
+    }
+    Ok(())
 }
