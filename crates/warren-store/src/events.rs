@@ -182,10 +182,28 @@ impl Store {
         if events.is_empty() {
             return Ok(());
         }
+        // Many rows per statement: each statement is a round trip to SQLite's worker thread,
+        // and traffic events come by the hundred.
         with_db!(self.db, pool => {
             let mut tx = begin_write!(self, pool);
-            for ev in events {
-                insert_event!(self, tx, *ev);
+            if self.backend() == "postgres" {
+                sqlx::query("SELECT pg_advisory_xact_lock(7305)").execute(&mut *tx).await?;
+            }
+            for chunk in events.chunks(64) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO event_outbox (id, account_id, event_type, created_at, principal, object_kind, object, traffic) ",
+                );
+                q.push_values(chunk, |mut row, ev| {
+                    row.push_bind(&ev.id)
+                        .push_bind(&ev.account_id)
+                        .push_bind(&ev.event_type)
+                        .push_bind(&ev.created_at)
+                        .push_bind(&ev.principal)
+                        .push_bind(ev.object_kind)
+                        .push_bind(&ev.object)
+                        .push_bind(i64::from(ev.traffic));
+                });
+                q.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });

@@ -628,7 +628,10 @@ fn matches_schema(doc: &Value, method: &str, path: &str, status: u16, answer: &V
             want.sort();
             for element in answer[name].as_array().into_iter().flatten() {
                 if fields(element) != want {
-                    return Err(format!("{name}[]: fields {:?} but the OpenAPI schema documents {want:?}", fields(element)));
+                    return Err(format!(
+                        "{name}[]: fields {:?} but the OpenAPI schema documents {want:?}",
+                        fields(element)
+                    ));
                 }
             }
         }

@@ -24,8 +24,10 @@ use crate::metrics::label;
 /// How long a lease lasts; renewed every [`RENEW`].
 const LEASE: i64 = 30;
 const RENEW: Duration = Duration::from_secs(5);
-/// Events sent in one batch at most.
+/// Events sent in one batch at most (webhook, OTLP, NATS).
 const MAX_BATCH: usize = 100;
+/// Events appended to a file in one write and one sync at most.
+const MAX_FILE_BATCH: usize = 500;
 /// Refusals of one event, alone, before it is parked.
 const MAX_REFUSALS: i64 = 5;
 /// Backoff between failed tries: from 1 s, doubling, at most this.
@@ -116,7 +118,7 @@ async fn deliver(shared: Arc<Shared>, d: EventDestination, alive: Arc<AtomicBool
             break;
         };
         let sources = shared.store.destination_sources(&id).await.unwrap_or_default();
-        let events = match shared.store.events_after(&account, d.cursor, 500).await {
+        let events = match shared.store.events_after(&account, d.cursor, MAX_FILE_BATCH as u32).await {
             Ok(e) => e,
             Err(e) => {
                 shared.metrics.store_errors.inc();
@@ -138,7 +140,13 @@ async fn deliver(shared: Arc<Shared>, d: EventDestination, alive: Arc<AtomicBool
             }
             continue;
         }
-        let limit = if alone { 1 } else { MAX_BATCH };
+        // A file takes a large batch in one write and one sync; remote destinations a
+        // request's worth.
+        let limit = match (&target, alone) {
+            (_, true) => 1,
+            (Target::File { .. }, false) => MAX_FILE_BATCH,
+            _ => MAX_BATCH,
+        };
         let mut batch: Vec<(&StoredEvent, Value)> = Vec::new();
         let mut upto = d.cursor;
         for ev in &events {
