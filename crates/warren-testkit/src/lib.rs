@@ -949,6 +949,23 @@ impl Drop for Dnsmasq {
     }
 }
 
+/// `n` consecutive ports free now, for an edge's tcp range in a test that needs a small one.
+pub fn free_port_range(n: u16) -> std::ops::RangeInclusive<u16> {
+    // 30000-32767: below the kernel's ephemeral ports (32768+), which another test's client
+    // socket could take at any moment, and above the edges' default tcp range (20000-29999),
+    // which other tests' random binds use.
+    let mut seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.subsec_nanos());
+    loop {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let start = 30000 + (seed >> 8) as u16 % (2767 - n);
+        let all_free = (start..start + n).all(|p| std::net::TcpListener::bind(("0.0.0.0", p)).is_ok());
+        if all_free {
+            return start..=start + n - 1;
+        }
+    }
+}
+
 /// A free loopback port for a process that cannot take port 0 (pebble): bound, read, and
 /// released, for TCP and UDP alike.
 pub fn free_port() -> u16 {

@@ -183,7 +183,9 @@ async fn a_reserved_name_is_refused_to_other_accounts_and_a_custom_domain_needs_
 #[tokio::test]
 async fn reserved_addrs_are_chosen_by_the_edge_and_only_their_owner_binds_them() {
     // Two ports: once one is reserved, random binds must take the other.
-    let edge = TestEdge::start_with(|c| c.tcp_ports = 43210..=43211).await;
+    let range = free_port_range(2);
+    let (low, high) = (*range.start(), *range.end());
+    let edge = TestEdge::start_with(|c| c.tcp_ports = range).await;
     let key = Some(edge.api_key.as_str());
     let (s, _, ra) =
         edge.api("POST", "/reserved_addrs", key, Some(json!({"description": "ssh", "region": ""}))).await;
@@ -195,8 +197,8 @@ async fn reserved_addrs_are_chosen_by_the_edge_and_only_their_owner_binds_them()
     );
     let addr = ra["addr"].as_str().unwrap().to_owned();
     let port: u16 = addr.strip_prefix("localhost:").unwrap().parse().unwrap();
-    assert!((43210..=43211).contains(&port), "{addr}");
-    let free = if port == 43210 { 43211 } else { 43210 };
+    assert!((low..=high).contains(&port), "{addr}");
+    let free = if port == low { high } else { low };
 
     let (echo, _task) = tcp_echo().await;
     for _ in 0..3 {
