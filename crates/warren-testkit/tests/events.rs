@@ -647,3 +647,52 @@ s.serve_forever()
     }
     agent.stop().await.unwrap();
 }
+
+/// A destination that accepts connections and never answers is retried with backoff and
+/// shows why; another destination of the same subscription gets every event meanwhile.
+#[tokio::test]
+async fn a_destination_that_never_answers_does_not_hold_up_another() {
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    // Accepts, reads, never writes; keeps every connection open.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_port = hole.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = hole.accept().await {
+            held.push(c);
+        }
+    });
+    let mut rx = Receiver::start(ok()).await;
+    let (good, sub) = subscribe(
+        &edge,
+        json!({"webhook": {"url": rx.url(), "secret": SECRET}}),
+        json!([{"type": "ip_policy_created.v0"}]),
+    )
+    .await;
+    let silent = json!({"target": {"webhook": {"url": format!("http://127.0.0.1:{hole_port}/hook")}}});
+    let (_, _, silent) = edge.api("POST", "/event_destinations", key, Some(silent)).await;
+    let sid = sub["id"].as_str().unwrap();
+    let both = json!({"destination_ids": [good["id"], silent["id"]]});
+    let (s, _, _) = edge.api("PATCH", &format!("/event_subscriptions/{sid}"), key, Some(both)).await;
+    assert_eq!(s, StatusCode::OK);
+    for i in 0..3 {
+        edge.api("POST", "/ip_policies", key, Some(json!({"description": format!("h{i}")}))).await;
+    }
+    for i in 0..3 {
+        assert_eq!(rx.next().await["object"]["description"], format!("h{i}"));
+    }
+    // The silent one times out (10 s) and says so.
+    let id = silent["id"].as_str().unwrap();
+    within("the timeout shows", async {
+        loop {
+            let (_, _, d) = edge.api("GET", &format!("/event_destinations/{id}"), key, None).await;
+            if d["delivery"]["last_error"].as_str().unwrap().contains("did not answer within 10 s") {
+                assert_eq!(d["delivery"]["delivered"], 0);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+}
