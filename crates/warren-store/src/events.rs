@@ -122,14 +122,21 @@ impl NewEvent {
         object: &serde_json::Value,
         traffic: bool,
     ) -> NewEvent {
+        NewEvent::rendered_text(account_id, event_type, object.to_string(), traffic)
+    }
+
+    /// [`NewEvent::rendered`] with the object already JSON text.
+    pub fn rendered_text(account_id: &str, event_type: &str, object: String, traffic: bool) -> NewEvent {
+        static EDGE: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| serde_json::to_string(&Actor::edge()).expect("JSON"));
         NewEvent {
             id: generate_id("ev"),
             account_id: account_id.to_owned(),
             event_type: event_type.to_owned(),
             created_at: now_rfc3339(),
-            principal: serde_json::to_string(&Actor::edge()).expect("JSON"),
+            principal: EDGE.clone(),
             object_kind: "rendered",
-            object: object.to_string(),
+            object,
             traffic,
         }
     }

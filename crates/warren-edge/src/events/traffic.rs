@@ -25,31 +25,58 @@ pub(crate) struct TrafficSink {
 
 impl TrafficSink {
     fn send(&self, account_id: &str, event_type: &str, object: &Value) {
-        let ev = NewEvent::rendered(account_id, event_type, object, true);
+        self.send_raw(account_id, event_type, object.to_string());
+    }
+
+    /// Offers an event whose object is already JSON text.
+    fn send_raw(&self, account_id: &str, event_type: &str, object: String) {
+        let ev = NewEvent::rendered_text(account_id, event_type, object, true);
         if self.tx.try_send(ev).is_err() {
             self.dropped.inc();
         }
     }
 }
 
-/// What is known of a request before it is proxied.
+/// What is known of a request before it is proxied: its parts as they are (cheap clones of
+/// shared buffers), turned into the event's JSON once, when the response ends, with no
+/// intermediate `Value` tree.
 pub(crate) struct PendingRequest {
     sink: TrafficSink,
     account_id: String,
-    object: Value,
+    endpoint: (String, String, &'static str),
+    session_id: String,
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: HeaderMap,
+    scheme: &'static str,
+    host: String,
+    client: SocketAddr,
+    local: SocketAddr,
+    tls: Option<(String, String, String)>,
+    start: SystemTime,
     started: Instant,
+    response: Option<(u16, HeaderMap)>,
 }
 
 /// Headers as ngrok's events show them: lowercase names, each with its list of values.
-fn headers(h: &HeaderMap) -> Value {
-    let mut m = serde_json::Map::new();
-    for (name, value) in h {
-        let list = m.entry(name.as_str().to_owned()).or_insert_with(|| json!([]));
-        if let Some(a) = list.as_array_mut() {
-            a.push(Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()));
+struct Headers<'a>(&'a HeaderMap);
+
+impl serde::Serialize for Headers<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Values<'a>(http::header::GetAll<'a, http::HeaderValue>);
+        impl serde::Serialize for Values<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(|v| String::from_utf8_lossy(v.as_bytes())))
+            }
         }
+        let mut m = s.serialize_map(Some(self.0.keys_len()))?;
+        for name in self.0.keys() {
+            m.serialize_entry(name.as_str(), &Values(self.0.get_all(name)))?;
+        }
+        m.end()
     }
-    Value::Object(m)
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -62,76 +89,166 @@ impl PendingRequest {
         sink: TrafficSink,
         ep: &Endpoint,
         req: &Request<B>,
-        (scheme, host): (&str, &str),
+        (scheme, host): (&'static str, &str),
         (client, local, tls): (SocketAddr, SocketAddr, Option<&warren_policy::TlsInfo>),
     ) -> PendingRequest {
-        let uri = req.uri();
-        let body_length = req
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        let path = uri.path();
-        let query = uri.query().unwrap_or("");
-        let object = json!({
-            "conn": {
-                "client_ip": client.ip().to_string(),
-                "client_port": client.port(),
-                "server_ip": local.ip().to_string(),
-                "server_port": local.port(),
-                "server_name": tls.map(|t| t.sni.as_str()).unwrap_or(host),
-                "start_ts": rfc3339(SystemTime::now()),
-            },
-            "endpoint": {"id": ep.id, "url": ep.url, "proto": scheme},
-            "tunnel_session": {"id": ep.session.id},
-            "http": {
-                "request": {
-                    "method": req.method().as_str(),
-                    "url": {
-                        "scheme": scheme,
-                        "host": host,
-                        "path": path,
-                        "query": query,
-                        "raw": format!("{scheme}://{host}{}", uri.path_and_query().map_or("/", |p| p.as_str())),
-                    },
-                    "headers": headers(req.headers()),
-                    "user_agent": req.headers().get(http::header::USER_AGENT).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default(),
-                    "body_length": body_length,
-                    "version": format!("{:?}", req.version()),
-                },
-            },
-            "tls": tls.map(|t| json!({"version": t.version, "cipher_suite": t.cipher_suite})),
-        });
-        PendingRequest { sink, account_id: ep.session.account_id.clone(), object, started: Instant::now() }
+        PendingRequest {
+            sink,
+            account_id: ep.session.account_id.clone(),
+            endpoint: (ep.id.clone(), ep.url.clone(), scheme),
+            session_id: ep.session.id.clone(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            scheme,
+            host: host.to_owned(),
+            client,
+            local,
+            tls: tls.map(|t| (t.version.clone(), t.cipher_suite.clone(), t.sni.clone())),
+            start: SystemTime::now(),
+            started: Instant::now(),
+            response: None,
+        }
     }
 
     /// Sends the event when `resp`'s body is done (or dropped).
     pub(crate) fn complete<B>(mut self, resp: Response<B>) -> Response<Counted<B>> {
         let (parts, body) = resp.into_parts();
-        self.object["http"]["response"] = json!({
-            "status_code": parts.status.as_u16(),
-            "headers": headers(&parts.headers),
-        });
+        self.response = Some((parts.status.as_u16(), parts.headers.clone()));
         Response::from_parts(parts, Counted { inner: body, bytes: 0, pending: Some(self) })
     }
 
     /// The request ended without a response from the edge (the policy closed the
-    /// connection).
-    pub(crate) fn closed(mut self) {
-        self.object["http"]["response"] = json!({"status_code": 0, "headers": {}, "body_length": 0});
+    /// connection): status 0.
+    pub(crate) fn closed(self) {
         self.finish(0);
     }
 
-    fn finish(mut self, bytes: u64) {
+    fn finish(self, bytes: u64) {
         let ms = self.started.elapsed().as_millis() as u64;
-        if let Some(r) = self.object["http"]["response"].as_object_mut() {
-            r.insert("body_length".into(), bytes.into());
-        }
-        self.object["http"]["response_time_ms"] = ms.into();
-        self.object["conn"]["end_ts"] = rfc3339(SystemTime::now()).into();
-        self.sink.send(&self.account_id, super::HTTP_REQUEST_COMPLETE, &self.object);
+        let empty = HeaderMap::new();
+        let (status, res_headers) = match &self.response {
+            Some((s, h)) => (*s, h),
+            None => (0, &empty),
+        };
+        let body_length = self
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let user_agent =
+            self.headers.get(http::header::USER_AGENT).map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let (scheme, host) = (self.scheme, self.host.as_str());
+        let pq = self.uri.path_and_query().map_or("/", |p| p.as_str());
+        let object = HttpEvent {
+            conn: Conn {
+                client_ip: self.client.ip(),
+                client_port: self.client.port(),
+                server_ip: self.local.ip(),
+                server_port: self.local.port(),
+                server_name: self.tls.as_ref().map_or(host, |t| t.2.as_str()),
+                start_ts: rfc3339(self.start),
+                end_ts: rfc3339(SystemTime::now()),
+            },
+            endpoint: EndpointRef { id: &self.endpoint.0, url: &self.endpoint.1, proto: self.endpoint.2 },
+            tunnel_session: Id { id: &self.session_id },
+            http: Http {
+                request: Req {
+                    method: self.method.as_str(),
+                    url: Url {
+                        scheme,
+                        host,
+                        path: self.uri.path(),
+                        query: self.uri.query().unwrap_or(""),
+                        raw: format!("{scheme}://{host}{pq}"),
+                    },
+                    headers: Headers(&self.headers),
+                    user_agent: user_agent.unwrap_or_default(),
+                    body_length,
+                    version: format!("{:?}", self.version),
+                },
+                response: Res { status_code: status, headers: Headers(res_headers), body_length: bytes },
+                response_time_ms: ms,
+            },
+            tls: self.tls.as_ref().map(|t| Tls { version: &t.0, cipher_suite: &t.1 }),
+        };
+        let object = serde_json::to_string(&object).expect("events serialize");
+        self.sink.send_raw(&self.account_id, super::HTTP_REQUEST_COMPLETE, object);
     }
+}
+
+/// `http_request_complete.v0`'s object, serialized straight to text.
+#[derive(serde::Serialize)]
+struct HttpEvent<'a> {
+    conn: Conn<'a>,
+    endpoint: EndpointRef<'a>,
+    tunnel_session: Id<'a>,
+    http: Http<'a>,
+    tls: Option<Tls<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct Conn<'a> {
+    client_ip: std::net::IpAddr,
+    client_port: u16,
+    server_ip: std::net::IpAddr,
+    server_port: u16,
+    server_name: &'a str,
+    start_ts: String,
+    end_ts: String,
+}
+
+#[derive(serde::Serialize)]
+struct EndpointRef<'a> {
+    id: &'a str,
+    url: &'a str,
+    proto: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct Id<'a> {
+    id: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct Http<'a> {
+    request: Req<'a>,
+    response: Res<'a>,
+    response_time_ms: u64,
+}
+
+#[derive(serde::Serialize)]
+struct Req<'a> {
+    method: &'a str,
+    url: Url<'a>,
+    headers: Headers<'a>,
+    user_agent: std::borrow::Cow<'a, str>,
+    body_length: u64,
+    version: String,
+}
+
+#[derive(serde::Serialize)]
+struct Url<'a> {
+    scheme: &'a str,
+    host: &'a str,
+    path: &'a str,
+    query: &'a str,
+    raw: String,
+}
+
+#[derive(serde::Serialize)]
+struct Res<'a> {
+    status_code: u16,
+    headers: Headers<'a>,
+    body_length: u64,
+}
+
+#[derive(serde::Serialize)]
+struct Tls<'a> {
+    version: &'a str,
+    cipher_suite: &'a str,
 }
 
 /// A response body that counts what it yields and sends the request's event when it ends.
