@@ -949,6 +949,38 @@ impl Drop for Dnsmasq {
     }
 }
 
+/// A `PYTHONPATH` (`dir`) under which `python3 -c "<import>"` works: PyPI's `pip_spec` is
+/// installed there first if needed. Test peers written in Python (ngrok's API client,
+/// Prometheus's parser, NATS's client, OpenTelemetry's types) come this way, pinned.
+pub fn python_packages(dir: &std::path::Path, import: &str, pip_spec: &str) -> String {
+    let dir_s = dir.to_string_lossy().into_owned();
+    let ok = || {
+        std::process::Command::new("python3")
+            .args(["-c", import])
+            .env("PYTHONPATH", &dir_s)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ok() {
+        let status = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+                &dir_s,
+                pip_spec,
+            ])
+            .status()
+            .unwrap_or_else(|e| panic!("python3 with pip is needed to install {pip_spec}: {e}"));
+        assert!(status.success() && ok(), "pip install {pip_spec} failed");
+    }
+    dir_s
+}
+
 /// `n` consecutive ports free now, for an edge's tcp range in a test that needs a small one.
 pub fn free_port_range(n: u16) -> std::ops::RangeInclusive<u16> {
     // 30000-32767: below the kernel's ephemeral ports (32768+), which another test's client

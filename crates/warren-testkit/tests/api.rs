@@ -334,35 +334,10 @@ async fn uris_are_absolute_from_the_public_url_or_the_host() {
 }
 
 /// A `PYTHONPATH` holding ngrok's API client (PyPI `ngrok-api`, whose module is also named
-/// `ngrok`, so it lives apart from the SDK), installed under the target directory if needed.
+/// `ngrok`, so it lives apart from the SDK).
 fn ngrok_api_path() -> String {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-ngrok-api");
-    let dir_s = dir.to_string_lossy().into_owned();
-    let ok = || {
-        std::process::Command::new("python3")
-            .args(["-c", "import ngrok; ngrok.Client"])
-            .env("PYTHONPATH", &dir_s)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ok() {
-        let status = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--target",
-                &dir_s,
-                "ngrok-api==0.19.0",
-            ])
-            .status()
-            .expect("python3 with pip is needed for the API client test");
-        assert!(status.success() && ok(), "pip install ngrok-api failed");
-    }
-    dir_s
+    python_packages(&dir, "import ngrok; ngrok.Client", "ngrok-api==0.19.0")
 }
 
 /// ngrok's official API client pages through every resource it knows and warren serves,

@@ -431,28 +431,10 @@ fn nats_url() -> String {
     std::env::var("WARREN_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
-/// A `PYTHONPATH` holding PyPI `nats-py`, NATS's own Python client, installed under the
-/// target directory if needed.
+/// `PYTHONPATH` for PyPI `nats-py`, NATS's own Python client.
 fn nats_py_path() -> String {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-nats");
-    let dir_s = dir.to_string_lossy().into_owned();
-    let ok = || {
-        std::process::Command::new("python3")
-            .args(["-c", "import nats.js"])
-            .env("PYTHONPATH", &dir_s)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ok() {
-        let status = std::process::Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target", &dir_s])
-            .arg("nats-py==2.9.0")
-            .status()
-            .expect("python3 with pip is needed for the NATS test");
-        assert!(status.success() && ok(), "pip install nats-py failed");
-    }
-    dir_s
+    python_packages(&dir, "import nats.js", "nats-py==2.9.0")
 }
 
 /// Audit events published to a NATS subject are stored by a JetStream stream, in order, and
@@ -554,28 +536,14 @@ asyncio.run(main())
     let _ = reader.wait().await;
 }
 
-/// A `PYTHONPATH` holding PyPI `opentelemetry-proto` (OpenTelemetry's official protobuf
-/// types, with `protobuf`), installed under the target directory if needed.
+/// `PYTHONPATH` for PyPI `opentelemetry-proto`, OpenTelemetry's official protobuf types.
 fn otel_proto_path() -> String {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-otel-proto");
-    let dir_s = dir.to_string_lossy().into_owned();
-    let ok = || {
-        std::process::Command::new("python3")
-            .args(["-c", "from opentelemetry.proto.collector.logs.v1 import logs_service_pb2"])
-            .env("PYTHONPATH", &dir_s)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ok() {
-        let status = std::process::Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target", &dir_s])
-            .arg("opentelemetry-proto==1.29.0")
-            .status()
-            .expect("python3 with pip is needed for the OTLP test");
-        assert!(status.success() && ok(), "pip install opentelemetry-proto failed");
-    }
-    dir_s
+    python_packages(
+        &dir,
+        "from opentelemetry.proto.collector.logs.v1 import logs_service_pb2",
+        "opentelemetry-proto==1.29.0",
+    )
 }
 
 /// Traffic events reach an OTLP/HTTP logs receiver that decodes each request strictly into

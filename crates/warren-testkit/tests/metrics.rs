@@ -8,28 +8,10 @@ use tokio::io::AsyncReadExt;
 use warren_agent::{Agent, EndpointConfig};
 use warren_testkit::*;
 
-/// A `PYTHONPATH` holding PyPI `prometheus-client`, installed under the target directory if
-/// needed.
+/// `PYTHONPATH` for PyPI `prometheus-client`, Prometheus's own parser.
 fn parser_path() -> String {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-prometheus-client");
-    let dir_s = dir.to_string_lossy().into_owned();
-    let ok = || {
-        std::process::Command::new("python3")
-            .args(["-c", "import prometheus_client.openmetrics.parser"])
-            .env("PYTHONPATH", &dir_s)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ok() {
-        let status = std::process::Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target", &dir_s])
-            .arg("prometheus-client==0.21.1")
-            .status()
-            .expect("python3 with pip is needed for the metrics test");
-        assert!(status.success() && ok(), "pip install prometheus-client failed");
-    }
-    dir_s
+    python_packages(&dir, "import prometheus_client.openmetrics.parser", "prometheus-client==0.21.1")
 }
 
 /// Every sample of `text` as `{name, labels, value}`, parsed by Prometheus's client. A text
