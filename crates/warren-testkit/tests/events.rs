@@ -295,6 +295,10 @@ async fn destinations_that_are_not_http_or_point_at_the_edge_or_elsewhere_are_re
         .api("POST", "/event_subscriptions", key, Some(json!({"sources": [{"type": "everything.v0"}]})))
         .await;
     assert!(s == StatusCode::BAD_REQUEST && e["msg"].as_str().unwrap().contains("everything.v0"), "{e}");
+    let bad_field =
+        json!({"sources": [{"type": "http_request_complete.v0", "fields": ["http.request.urlpath"]}]});
+    let (s, _, e) = edge.api("POST", "/event_subscriptions", key, Some(bad_field)).await;
+    assert!(s == StatusCode::BAD_REQUEST && e["msg"].as_str().unwrap().contains("urlpath"), "{e}");
     let bad_filter =
         json!({"sources": [{"type": "http_request_complete.v0", "filter": "req.method == 'GET'"}]});
     let (s, _, e) = edge.api("POST", "/event_subscriptions", key, Some(bad_filter)).await;

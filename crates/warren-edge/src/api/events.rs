@@ -371,6 +371,9 @@ fn check_source(b: SourceBody) -> Result<EventSource, ApiError> {
         warren_policy::EventFilter::compile(&b.filter)
             .map_err(|e| ApiError::bad_request(format!("source {}: {e}", b.kind)))?;
     }
+    if let Some(why) = b.fields.iter().find_map(|f| crate::events::unknown_field(&b.kind, f)) {
+        return Err(ApiError::bad_request(why));
+    }
     Ok(EventSource { kind: b.kind, filter: b.filter.trim().to_owned(), fields: b.fields })
 }
 

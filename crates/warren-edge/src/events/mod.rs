@@ -30,7 +30,7 @@ mod types;
 
 pub(crate) use target::Target;
 pub(crate) use traffic::{PendingRequest, TrafficSink, tcp_closed};
-pub(crate) use types::{EVENT_TYPES, HTTP_REQUEST_COMPLETE, TCP_CONNECTION_CLOSED};
+pub(crate) use types::{EVENT_TYPES, HTTP_REQUEST_COMPLETE, TCP_CONNECTION_CLOSED, unknown_field};
 
 /// The label a webhook's signing secret is sealed under.
 pub(crate) const SECRET_LABEL: &str = "event destination secret";
