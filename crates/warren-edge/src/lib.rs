@@ -217,6 +217,7 @@ impl Shared {
 
     /// Ends every live session that authenticated with credential `id`; returns how many.
     pub(crate) async fn end_sessions_using(&self, id: &str, why: &'static str) -> usize {
+        self.registry.rules_changed();
         let sessions = self.registry.sessions_using(id);
         for s in &sessions {
             tracing::info!(session = %s.id, credential = %id, why, "ending session");
@@ -229,6 +230,7 @@ impl Shared {
     /// Ends every live session of an account on this node; their agents reconnect (and rebind
     /// under the account's current rules).
     pub(crate) async fn end_sessions_of(&self, account_id: &str, why: &'static str) -> usize {
+        self.registry.rules_changed();
         let sessions = self.registry.sessions_of(account_id);
         for s in &sessions {
             tracing::info!(session = %s.id, why, "ending session");
@@ -245,6 +247,7 @@ impl Shared {
     /// when they next reconnect.
     pub(crate) async fn ip_policy_changed(&self, account_id: &str, policy_id: &str) {
         self.ip_rules.invalidate(account_id);
+        self.registry.rules_changed();
         for s in self.registry.sessions_of(account_id) {
             let uses = s.credential.ip_policy_ids.iter().any(|p| p == policy_id)
                 || s.owner_ip_policy_ids.iter().any(|p| p == policy_id)

@@ -166,6 +166,10 @@ pub(crate) struct Registry {
 struct Inner {
     endpoints: HashMap<EndpointKey, Arc<Endpoint>>,
     sessions: HashMap<String, SessionEntry>,
+    /// Counts changes to the rules sessions are admitted under (authtokens, IP policies,
+    /// restrictions). An Auth decided under one count and registered under another is
+    /// decided again: the change's sweep of live sessions may have run before it was here.
+    rules_epoch: u64,
 }
 
 struct SessionEntry {
@@ -194,10 +198,30 @@ impl Registry {
     }
 
     pub(crate) fn add_session(&self, session: Arc<AgentSession>) {
-        self.lock().sessions.insert(
+        self.add_session_decided_at(session, None);
+    }
+
+    /// Adds a session whose Auth was decided when the rules epoch was `decided_at`; returns
+    /// whether the rules changed since (then the caller decides again: a change's sweep of
+    /// live sessions may have missed it).
+    pub(crate) fn add_session_decided_at(&self, session: Arc<AgentSession>, decided_at: Option<u64>) -> bool {
+        let mut inner = self.lock();
+        inner.sessions.insert(
             session.id.clone(),
             SessionEntry { session, endpoints: HashMap::new(), listeners: HashMap::new() },
         );
+        decided_at.is_some_and(|e| e != inner.rules_epoch)
+    }
+
+    /// The rules epoch (see [`Registry::rules_changed`]).
+    pub(crate) fn rules_epoch(&self) -> u64 {
+        self.lock().rules_epoch
+    }
+
+    /// Marks that the rules sessions are admitted under changed. Call it after the change is
+    /// in the store and cached copies are dropped, and before sweeping live sessions.
+    pub(crate) fn rules_changed(&self) {
+        self.lock().rules_epoch += 1;
     }
 
     pub(crate) fn session_count(&self) -> usize {
@@ -268,7 +292,7 @@ impl Registry {
     /// Binds atomically: either the endpoint is now ours or nothing changed.
     pub(crate) fn bind(&self, ep: Endpoint, max: usize) -> Result<Arc<Endpoint>, BindRefused> {
         let mut inner = self.lock();
-        let Inner { endpoints, sessions } = &mut *inner;
+        let Inner { endpoints, sessions, .. } = &mut *inner;
         let entry = sessions.get_mut(&ep.session.id).ok_or(BindRefused::SessionGone)?;
         if endpoints.contains_key(&ep.key) {
             return Err(BindRefused::InUse);
@@ -315,7 +339,7 @@ impl Registry {
     /// Releases one endpoint of a session. Returns whether it existed.
     pub(crate) fn unbind(&self, session_id: &str, client_id: &str) -> bool {
         let mut inner = self.lock();
-        let Inner { endpoints, sessions } = &mut *inner;
+        let Inner { endpoints, sessions, .. } = &mut *inner;
         let Some(entry) = sessions.get_mut(session_id) else { return false };
         let Some(key) = entry.endpoints.remove(client_id) else { return false };
         endpoints.remove(&key);
@@ -328,7 +352,7 @@ impl Registry {
     /// Removes a session and everything it held.
     pub(crate) fn remove_session(&self, session_id: &str) {
         let mut inner = self.lock();
-        let Inner { endpoints, sessions } = &mut *inner;
+        let Inner { endpoints, sessions, .. } = &mut *inner;
         if let Some(entry) = sessions.remove(session_id) {
             for key in entry.endpoints.values() {
                 endpoints.remove(key);

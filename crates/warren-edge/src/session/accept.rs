@@ -62,7 +62,7 @@ where
         max_buffered: limits.pre_auth_buffer,
     };
     let mux = warren_mux::start(tls, Role::Server, warren_mux::Config::default().with_limits(pre_auth));
-    let Some(session) = super::auth::authenticate(&shared, &mux, remote).await else {
+    let Some((session, admission)) = super::auth::authenticate(&shared, &mux, remote).await else {
         // Let the error reply and GOAWAY drain before the transport closes.
         mux.close(ErrorCode::None, "authentication failed");
         let _ = tokio::time::timeout(Duration::from_secs(5), mux.closed()).await;
@@ -90,7 +90,13 @@ where
         mux.close(ErrorCode::Internal, "the edge could not record the session");
         return;
     }
-    shared.registry.add_session(session.clone());
+    let changed = shared.registry.add_session_decided_at(session.clone(), Some(admission.decided_at));
+    if !admission.answer(&shared, changed).await {
+        mux.close(ErrorCode::None, "authentication failed");
+        shared.end_session(&session.id).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), mux.closed()).await;
+        return;
+    }
     tracing::info!(session = %session.id, %remote, "agent session started");
 
     let heartbeats = {

@@ -98,13 +98,38 @@ pub(super) struct Admitted {
     pub(super) owner_ip_policy_ids: Vec<String>,
 }
 
-/// Waits for Auth within the auth timeout. Returns the session on success; on failure the
-/// error reply has been written.
+/// An Auth the edge admitted and has not answered yet: the answer goes out once the session
+/// is registered, so a change made after the agent hears "welcome" always finds the session.
+pub(super) struct Admission {
+    remote: SocketAddr,
+    auth: proto::Auth,
+    stream: Stream,
+    resp: proto::AuthResp,
+    /// The registry's rules epoch before the decision.
+    pub(super) decided_at: u64,
+}
+
+impl Admission {
+    /// Answers the agent. With `decide_again` (the rules changed while the session was being
+    /// registered) the Auth is decided once more first, and a refusal is answered instead.
+    /// Returns whether the agent was welcomed.
+    pub(super) async fn answer(mut self, shared: &Shared, decide_again: bool) -> bool {
+        if decide_again && let Err(e) = decide(shared, &self.auth, self.remote).await {
+            tracing::info!(remote = %self.remote, error = %e, "Auth refused: the rules changed while it was admitted");
+            let _ = reply(&mut self.stream, &proto::AuthResp { error: e.text(), ..Default::default() }).await;
+            return false;
+        }
+        reply(&mut self.stream, &self.resp).await.is_ok()
+    }
+}
+
+/// Waits for Auth within the auth timeout. Returns the admitted session, not yet answered;
+/// on failure the error reply has been written.
 pub(super) async fn authenticate(
     shared: &Arc<Shared>,
     mux: &Mux,
     remote: SocketAddr,
-) -> Option<AgentSession> {
+) -> Option<(AgentSession, Admission)> {
     let deadline = tokio::time::Instant::now() + shared.config.limits.auth_timeout;
     loop {
         let mut stream = match tokio::time::timeout_at(deadline, mux.accept()).await {
@@ -140,7 +165,8 @@ async fn handle_auth(
     mux: &Mux,
     mut stream: Stream,
     remote: SocketAddr,
-) -> Option<AgentSession> {
+) -> Option<(AgentSession, Admission)> {
+    let decided_at = shared.registry.rules_epoch();
     let decided = match read_request::<proto::Auth>(shared, &mut stream, "Auth").await {
         Ok(auth) => decide(shared, &auth, remote).await.map(|a| (auth, a)),
         Err(e) => Err(AuthError::Unreadable(e)),
@@ -180,16 +206,13 @@ async fn handle_auth(
             banner: None,
         },
     };
-    if reply(&mut stream, &resp).await.is_err() {
-        return None;
-    }
     let info = crate::registry::SessionInfo {
         started_at: warren_store::now_rfc3339(),
         agent_version: auth.extra.version.chars().take(64).collect(),
         os: auth.extra.os.chars().take(64).collect(),
         metadata: auth.extra.metadata.chars().take(4096).collect(),
     };
-    Some(AgentSession {
+    let session = AgentSession {
         id,
         mux: mux.clone(),
         account_id: admitted.credential.account_id.clone(),
@@ -199,7 +222,8 @@ async fn handle_auth(
         resume_hash: warren_store::hash_secret(&cookie),
         owner_acl: admitted.owner_acl,
         owner_ip_policy_ids: admitted.owner_ip_policy_ids,
-    })
+    };
+    Some((session, Admission { remote, auth, stream, resp, decided_at }))
 }
 
 /// Decides an Auth from the request, the address it came from and the edge's state: the

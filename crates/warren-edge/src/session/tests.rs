@@ -295,3 +295,29 @@ fn a_tcp_bind_reads_the_port_from_any_of_its_spellings() {
     assert!(bind::requested_port(&opts(json!({ "Addr": "x:0" }))).is_err());
     assert!(bind::requested_port(&opts(json!({ "Addr": "x:http" }))).is_err());
 }
+
+/// An Auth decided before an authtoken was revoked, and registered after the revocation swept
+/// the live sessions, is decided again before the agent is welcomed: the sweep could not see
+/// it, so the registry tells `accept.rs` the rules moved.
+#[tokio::test]
+async fn an_auth_registered_after_a_concurrent_revocation_is_decided_again() {
+    let f = fixture().await;
+    let decided_at = f.shared.registry.rules_epoch();
+    let (quiet, _pipe) = session(&f, &f.token).await;
+    assert!(
+        !f.shared.registry.add_session_decided_at(quiet, Some(decided_at)),
+        "nothing changed: answered as decided"
+    );
+
+    let decided_at = f.shared.registry.rules_epoch();
+    let (raced, _pipe2) = session(&f, &f.token).await;
+    f.shared.registry.remove_session(&raced.id);
+    let credential = raced.credential.id.clone();
+    // The revocation ends the sessions it finds; `raced` is between its decision and its
+    // registration, so it is not among them.
+    let store = f.shared.store.clone();
+    f.shared.revoke_credential(&store, &f.account.id, &credential).await.unwrap();
+    assert!(f.shared.registry.add_session_decided_at(raced, Some(decided_at)), "the rules moved meanwhile");
+    let again = auth::decide(&f.shared, &auth(&f.token, &["3"]), remote()).await;
+    assert_eq!(again.unwrap_err(), AuthError::InvalidAuthtoken);
+}
