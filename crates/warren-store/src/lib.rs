@@ -85,6 +85,7 @@ mod accounts;
 mod api_keys;
 mod certificates;
 mod credentials;
+pub mod dashboard;
 pub mod events;
 pub mod ip;
 mod live;
@@ -95,6 +96,7 @@ mod time;
 mod users;
 
 pub use certificates::{StoredCertificate, UploadedCertificate};
+pub use dashboard::{DashboardSession, SignIn};
 pub use events::{
     Actor, Audited, EventDestination, EventSource, EventSubscription, NewEventDestination, Op, StoredEvent,
 };

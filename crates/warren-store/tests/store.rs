@@ -726,3 +726,71 @@ async fn event_destinations_lease_advance_park_and_are_kept_while_subscribed() {
     })
     .await;
 }
+
+/// Dashboard passwords: stored as argon2id only, checked case-insensitively by e-mail, the
+/// fifth wrong one locks the user out (the right one is then refused too), setting a new one
+/// unlocks and signs out every session; sessions and one-time links work once and end with
+/// their user.
+#[tokio::test]
+async fn dashboard_passwords_lock_out_and_sessions_and_links_end_with_their_user() {
+    on_both(|s| async move {
+        let a = account(&s).await;
+        let u = s.create_user(&a.id, "Ops@Example.com", Role::Admin).await.unwrap();
+        assert!(!s.user_has_password(&a.id, &u.id).await.unwrap());
+        assert!(
+            matches!(s.check_password("ops@example.com", "").await.unwrap(), SignIn::Wrong),
+            "no password yet"
+        );
+        assert!(matches!(s.set_user_password(&a.id, &u.id, "short").await, Err(StoreError::Invalid(_))));
+        let pw = "correct horse battery staple";
+        s.set_user_password(&a.id, &u.id, pw).await.unwrap();
+        assert!(s.user_has_password(&a.id, &u.id).await.unwrap());
+        match s.check_password("OPS@example.com", pw).await.unwrap() {
+            SignIn::Ok(who) => assert_eq!(who.id, u.id),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(s.check_password("nobody@example.com", pw).await.unwrap(), SignIn::Wrong));
+
+        // A session, and the password change that ends it.
+        let cookie = s.create_dashboard_session(&u, "127.0.0.1", "password").await.unwrap();
+        let live = s.dashboard_session(&cookie.0).await.unwrap().expect("live");
+        assert_eq!(live.user.id, u.id);
+        assert!(live.csrf.len() >= 40);
+        assert!(s.dashboard_session("forged").await.unwrap().is_none());
+
+        for i in 1..dashboard::MAX_FAILED_SIGN_INS {
+            assert!(
+                matches!(s.check_password("ops@example.com", "wrong").await.unwrap(), SignIn::Wrong),
+                "{i}"
+            );
+        }
+        // A right password in between resets the count.
+        assert!(matches!(s.check_password("ops@example.com", pw).await.unwrap(), SignIn::Ok(_)));
+        for _ in 0..dashboard::MAX_FAILED_SIGN_INS {
+            s.check_password("ops@example.com", "wrong").await.unwrap();
+        }
+        match s.check_password("ops@example.com", pw).await.unwrap() {
+            SignIn::Locked { until } => assert!(until > unix_now() + dashboard::LOCKOUT_SECS - 60),
+            other => panic!("locked out even with the right password: {other:?}"),
+        }
+        let pw2 = "another long passphrase";
+        s.set_user_password(&a.id, &u.id, pw2).await.unwrap();
+        assert!(matches!(s.check_password("ops@example.com", pw2).await.unwrap(), SignIn::Ok(_)), "unlocked");
+        assert!(s.dashboard_session(&cookie.0).await.unwrap().is_none(), "a new password signs everyone out");
+
+        // Links: once only.
+        let link = s.create_sign_in_link(&a.id, &u.id).await.unwrap();
+        assert_eq!(s.use_sign_in_link(&link.0).await.unwrap().map(|u| u.id), Some(u.id.clone()));
+        assert!(s.use_sign_in_link(&link.0).await.unwrap().is_none(), "used");
+
+        // Deleting the user ends their sessions and links.
+        let cookie = s.create_dashboard_session(&u, "127.0.0.1", "password").await.unwrap();
+        let link = s.create_sign_in_link(&a.id, &u.id).await.unwrap();
+        s.create_user(&a.id, "other@example.com", Role::Admin).await.unwrap();
+        s.delete_user(&a.id, &u.id).await.unwrap();
+        assert!(s.dashboard_session(&cookie.0).await.unwrap().is_none());
+        assert!(s.use_sign_in_link(&link.0).await.unwrap().is_none());
+        s.end_dashboard_session(&cookie.0).await.unwrap();
+    })
+    .await;
+}
