@@ -14,6 +14,8 @@ pub struct FirstStart {
     pub authtoken: Token,
     /// The initial admin API key.
     pub api_key: Token,
+    /// A one-time dashboard sign-in link's secret for the admin (`/dashboard/sign-in/link/<it>`).
+    pub sign_in_link: Token,
     /// The owner-only file they were also written to.
     pub credentials_file: PathBuf,
 }
@@ -26,6 +28,8 @@ pub struct NewAccount {
     pub authtoken: Token,
     /// The first admin's API key.
     pub api_key: Token,
+    /// The first admin's user id.
+    pub admin_id: String,
 }
 
 /// An edge's store and TLS material, ready to start.
@@ -51,14 +55,15 @@ pub async fn prepare(config: &EdgeConfig) -> Result<Prepared, EdgeError> {
             source: "bootstrap".into(),
             ..Default::default()
         });
-        let NewAccount { authtoken, api_key, .. } = first_admin(&by, account, "admin").await?;
+        let NewAccount { authtoken, api_key, admin_id, account } = first_admin(&by, account, "admin").await?;
+        let sign_in_link = store.create_sign_in_link(&account.id, &admin_id).await?;
         let credentials_file = dir.join("credentials.txt");
         let text = format!(
             "# Created by the first `warren edge` start. Shown once; keep this file private.\nauthtoken: {}\napi_key: {}\n",
             authtoken.0, api_key.0
         );
         tls::write_private(&credentials_file, text.as_bytes())?;
-        Some(FirstStart { authtoken, api_key, credentials_file })
+        Some(FirstStart { authtoken, api_key, sign_in_link, credentials_file })
     } else {
         None
     };
@@ -87,8 +92,30 @@ pub async fn create_account(store: &Store, name: &str, admin_email: &str) -> Res
     first_admin(&store, account, admin_email).await
 }
 
+/// A one-time dashboard sign-in link's secret for the user `email` of account `account`
+/// (the operator's way in when nobody can sign in: `warren admin users sign-in-link`).
+pub async fn sign_in_link(store: &Store, account: &str, email: &str) -> Result<Token, EdgeError> {
+    let accounts = store.list_accounts().await?;
+    let a = accounts
+        .iter()
+        .find(|a| a.name == account)
+        .ok_or_else(|| EdgeError::Store(warren_store::StoreError::NotFound("account")))?;
+    let mut before: Option<String> = None;
+    loop {
+        let page = store.list_users(&a.id, 100, before.as_deref()).await?;
+        if let Some(u) = page.items.iter().find(|u| u.email.eq_ignore_ascii_case(email.trim())) {
+            return Ok(store.create_sign_in_link(&a.id, &u.id).await?);
+        }
+        match (page.more, page.items.last()) {
+            (true, Some(last)) => before = Some(last.id.clone()),
+            _ => return Err(EdgeError::Store(warren_store::StoreError::NotFound("user"))),
+        }
+    }
+}
+
 async fn first_admin(store: &Store, account: Account, email: &str) -> Result<NewAccount, EdgeError> {
     let admin = store.create_user(&account.id, email, warren_store::Role::Admin).await?;
+    let admin_id = admin.id.clone();
     let new = warren_store::NewCredential {
         description: "initial authtoken".into(),
         owner_id: Some(admin.id.clone()),
@@ -101,7 +128,7 @@ async fn first_admin(store: &Store, account: Account, email: &str) -> Result<New
         ..Default::default()
     };
     let (_, api_key) = store.create_api_key(&account.id, &new).await?;
-    Ok(NewAccount { account, authtoken, api_key })
+    Ok(NewAccount { account, authtoken, api_key, admin_id })
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), EdgeError> {

@@ -34,6 +34,7 @@ mod client_addr;
 mod compress;
 pub mod config;
 mod conn_limit;
+mod dashboard;
 mod deadline;
 mod dns;
 mod endpoint_tls;

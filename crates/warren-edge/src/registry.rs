@@ -197,6 +197,7 @@ impl Registry {
         self.inner.lock().expect("registry poisoned")
     }
 
+    #[cfg(test)]
     pub(crate) fn add_session(&self, session: Arc<AgentSession>) {
         self.add_session_decided_at(session, None);
     }

@@ -48,6 +48,19 @@ pub struct DashboardSession {
     pub expires_at: i64,
 }
 
+/// Whether a password may be set: [`PASSWORD_CHARS`] characters.
+pub fn check_password_rules(password: &str) -> Result<(), StoreError> {
+    if PASSWORD_CHARS.contains(&password.chars().count()) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "password: must be {} to {} characters",
+            PASSWORD_CHARS.start(),
+            PASSWORD_CHARS.end()
+        )))
+    }
+}
+
 fn token_hash(token: &str) -> String {
     Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -96,14 +109,7 @@ impl Store {
         id: &str,
         password: &str,
     ) -> Result<User, StoreError> {
-        let n = password.chars().count();
-        if !PASSWORD_CHARS.contains(&n) {
-            return Err(StoreError::Invalid(format!(
-                "password: must be {} to {} characters",
-                PASSWORD_CHARS.start(),
-                PASSWORD_CHARS.end()
-            )));
-        }
+        check_password_rules(password)?;
         let password = password.to_owned();
         let hash = tokio::task::spawn_blocking(move || {
             argon2().hash_password(password.as_bytes(), &salt()).map(|h| h.to_string())
@@ -253,11 +259,11 @@ impl Store {
 
     /// Whether a user has a dashboard password.
     pub async fn user_has_password(&self, account_id: &str, id: &str) -> Result<bool, StoreError> {
-        Ok(with_db!(self.db, pool => {
+        with_db!(self.db, pool => {
             sqlx::query("SELECT password_hash IS NOT NULL FROM users WHERE account_id = $1 AND id = $2")
                 .bind(account_id).bind(id).fetch_optional(pool).await?
                 .map(|r| r.get::<bool, _>(0))
         })
-        .ok_or(StoreError::NotFound("user"))?)
+        .ok_or(StoreError::NotFound("user"))
     }
 }

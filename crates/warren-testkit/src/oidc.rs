@@ -212,6 +212,33 @@ impl Browser {
     pub async fn submit(&mut self, page: &Page, fields: &[(&str, &str)]) -> Page {
         let form_start =
             page.body.find("<form").unwrap_or_else(|| panic!("no form at {}: {}", page.url, page.body));
+        self.submit_at(page, form_start, fields).await
+    }
+
+    /// Like [`Browser::submit`], for the form whose `action` is `action` (the first such).
+    pub async fn submit_form(&mut self, page: &Page, action: &str, fields: &[(&str, &str)]) -> Page {
+        let needle = format!("action=\"{action}\"");
+        let at = page
+            .body
+            .find(&needle)
+            .unwrap_or_else(|| panic!("no form to {action} at {}: {}", page.url, page.body));
+        let form_start = page.body[..at].rfind("<form").expect("the form's start");
+        self.submit_at(page, form_start, fields).await
+    }
+
+    /// Sends `body` as a form POST to `url` without following redirects (for forms the page
+    /// does not have: forged ones).
+    pub async fn post_form(&mut self, url: &str, body: &[(&str, &str)], headers: &[(&str, &str)]) -> Page {
+        let mut b = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in body {
+            b.append_pair(k, v);
+        }
+        let mut all = vec![("content-type", "application/x-www-form-urlencoded")];
+        all.extend_from_slice(headers);
+        self.request("POST", url, &all, Some(b.finish())).await
+    }
+
+    async fn submit_at(&mut self, page: &Page, form_start: usize, fields: &[(&str, &str)]) -> Page {
         let form = &page.body[form_start..];
         let form = &form[..form.find("</form>").unwrap_or(form.len())];
         let action = attr(form, "action").map(|a| unescape(&a)).unwrap_or_else(|| page.url.clone());

@@ -137,6 +137,25 @@ impl Browser {
         self.cmd(Method::POST, &format!("element/{}/value", e.0), json!({ "text": text })).await;
     }
 
+    /// The page as PNG bytes.
+    pub async fn screenshot(&self) -> Vec<u8> {
+        use base64::Engine;
+        let v = self.cmd(Method::GET, "screenshot", Value::Null).await;
+        base64::engine::general_purpose::STANDARD
+            .decode(v["value"].as_str().unwrap_or(""))
+            .expect("base64 PNG")
+    }
+
+    /// Writes a screenshot to `$WARREN_SCREENSHOTS/<name>.png` when that variable is set (to
+    /// refresh the pictures in the docs); otherwise does nothing.
+    pub async fn screenshot_for_docs(&self, name: &str) {
+        if let Ok(dir) = std::env::var("WARREN_SCREENSHOTS") {
+            let png = self.screenshot().await;
+            std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png)
+                .expect("write screenshot");
+        }
+    }
+
     async fn cmd(&self, method: Method, what: &str, body: Value) -> Value {
         let path = format!("/session/{}/{what}", self.session);
         let body = (method != Method::GET).then_some(body);

@@ -139,6 +139,30 @@ enum AdminAction {
         #[command(subcommand)]
         action: AccountsAction,
     },
+    /// Users of an account.
+    Users {
+        #[command(subcommand)]
+        action: UsersAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersAction {
+    /// Print a one-time dashboard sign-in link for a user (valid 24 hours, used once): the way
+    /// in for a user without a password, or when nobody can sign in.
+    SignInLink {
+        /// The user's e-mail.
+        #[arg(long)]
+        email: String,
+        /// The account's name.
+        #[arg(long, default_value = "default")]
+        account: String,
+        /// The dashboard's base URL, for the printed link.
+        #[arg(long, env = "WARREN_API_URL", default_value = "http://127.0.0.1:8088")]
+        dashboard_url: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -554,6 +578,7 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
         println!(
             "  REST API:        http://{api} (ngrok API v2: Authorization: Bearer <API key>, Ngrok-Version: 2)"
         );
+        println!("  dashboard:       http://{api}/dashboard/");
     }
     match &prepared.first_start {
         Some(first) => {
@@ -562,6 +587,12 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
             println!("(and saved, readable only by you, in {}):", first.credentials_file.display());
             println!("  authtoken: {}", first.authtoken.0);
             println!("  API key:   {}", first.api_key.0);
+            if let Some(api) = edge.api_addr {
+                println!(
+                    "Sign in to the dashboard once with this link (valid 24 hours), then set a password:"
+                );
+                println!("  http://{api}/dashboard/sign-in/link/{}", first.sign_in_link.0);
+            }
             println!();
             println!("Expose a local web server on port 3000 (in another terminal):");
             println!(
@@ -572,6 +603,14 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
         }
         None => {
             println!();
+            println!(
+                "Dashboard: sign in with your password, or get a one-time link with\n  warren admin users sign-in-link --email <you>{}",
+                if data_dir == default_data_dir() {
+                    String::new()
+                } else {
+                    format!(" --data-dir {}", data_dir.display())
+                }
+            );
             println!(
                 "Expose a local web server on port 3000 (the authtoken is in {}):",
                 data_dir.join("credentials.txt").display()
@@ -602,7 +641,20 @@ fn store_config(args: StoreArgs) -> EdgeConfig {
 }
 
 async fn admin(action: AdminAction) -> anyhow::Result<()> {
-    let AdminAction::Accounts { action } = action;
+    let action = match action {
+        AdminAction::Accounts { action } => action,
+        AdminAction::Users { action: UsersAction::SignInLink { email, account, dashboard_url, store } } => {
+            let store = warren_edge::bootstrap::open_store(&store_config(store))
+                .await
+                .context("opening the store")?;
+            let link = warren_edge::bootstrap::sign_in_link(&store, &account, &email)
+                .await
+                .with_context(|| format!("making a sign-in link for {email:?} of account {account:?}"))?;
+            println!("One-time sign-in link for {email} (valid 24 hours, works once):");
+            println!("  {}/dashboard/sign-in/link/{}", dashboard_url.trim_end_matches('/'), link.0);
+            return Ok(());
+        }
+    };
     match action {
         AccountsAction::Create { name, admin_email, store } => {
             let store = warren_edge::bootstrap::open_store(&store_config(store))

@@ -617,3 +617,78 @@ fn the_edge_logs_json_lines_when_asked() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("'logfmt'"));
 }
+
+/// Uses a one-time sign-in link with curl as a browser would (GET shows a button; POST with
+/// the form's token and its cookie signs in); returns the status and where it sends the browser.
+fn use_sign_in_link(link: &str, jar: &std::path::Path) -> (String, String) {
+    let page = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-c"])
+        .arg(jar)
+        .args(["-b"])
+        .arg(jar)
+        .arg(link)
+        .output()
+        .expect("curl");
+    let page = String::from_utf8_lossy(&page.stdout).into_owned();
+    let csrf = after(&page, "name=\"csrf\" value=\"").split('"').next().unwrap().to_owned();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-c"])
+        .arg(jar)
+        .args(["-b"])
+        .arg(jar)
+        .args(["--data", &format!("csrf={csrf}")])
+        .arg(link)
+        .output()
+        .expect("curl");
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, to) = out.split_once(' ').unwrap_or((&out, ""));
+    (status.to_owned(), to.to_owned())
+}
+
+#[test]
+fn the_first_start_prints_the_dashboard_and_a_sign_in_link_that_works_once_and_admin_makes_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let edge = Proc::spawn(&edge_on_port_zero(data_s));
+    let dashboard = after(&edge.line_with("dashboard:"), "dashboard:").to_owned();
+    assert!(dashboard.starts_with("http://127.0.0.1:") && dashboard.ends_with("/dashboard/"), "{dashboard}");
+    let link = edge.line_with("/dashboard/sign-in/link/").trim().to_owned();
+    assert!(link.starts_with(&dashboard), "{link}");
+    let (status, to) = use_sign_in_link(&link, &dir.path().join("jar1"));
+    assert_eq!((status.as_str(), to.ends_with("/dashboard/account")), ("303", true), "{to}");
+    let jar = std::fs::read_to_string(dir.path().join("jar1")).unwrap();
+    assert!(jar.contains("#HttpOnly_127.0.0.1") && jar.contains("warren_session"), "{jar}");
+    let (status, _) = use_sign_in_link(&link, &dir.path().join("jar2"));
+    assert_eq!(status, "401", "used once");
+
+    // The operator's way in later on.
+    let base = dashboard.trim_end_matches("/dashboard/");
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args([
+            "admin",
+            "users",
+            "sign-in-link",
+            "--email",
+            "admin",
+            "--data-dir",
+            data_s,
+            "--dashboard-url",
+            base,
+        ])
+        .output()
+        .expect("warren admin");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let link =
+        text.lines().find(|l| l.contains("/dashboard/sign-in/link/")).expect("a link").trim().to_owned();
+    let (status, _) = use_sign_in_link(&link, &dir.path().join("jar3"));
+    assert_eq!(status, "303", "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["admin", "users", "sign-in-link", "--email", "nobody", "--data-dir", data_s])
+        .output()
+        .expect("warren admin");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("user"), "says what was not found");
+    drop(edge);
+}

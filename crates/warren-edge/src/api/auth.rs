@@ -49,6 +49,16 @@ impl Principal {
     }
 }
 
+/// A signed-in dashboard user calling the API in-process: the dashboard's pages and actions
+/// are API calls, so they obey the same role rules and leave the same audit records.
+/// Clients cannot send it: it is a request extension, which nothing on the wire sets.
+#[derive(Clone, Debug)]
+pub(crate) struct DashboardCaller {
+    pub(crate) user: warren_store::User,
+    /// The browser's address (the dashboard checked its IP restrictions).
+    pub(crate) ip: std::net::IpAddr,
+}
+
 /// Requests per API key per window (ngrok: 120 per 60 s). A fixed window per key: cheap and
 /// enough to stop a runaway script.
 #[derive(Debug)]
@@ -90,6 +100,9 @@ pub(crate) async fn check(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    if let Some(caller) = req.extensions_mut().remove::<DashboardCaller>() {
+        return as_dashboard_user(&shared, caller, req, next).await;
+    }
     let version = req.headers().get("ngrok-version").and_then(|v| v.to_str().ok()).map(str::trim);
     if version != Some("2") {
         return Err(ApiError::missing_version());
@@ -156,6 +169,40 @@ pub(crate) async fn check(
     let resp = next.run(req).await;
     if changes {
         // Its audit event is in the outbox: deliver it now rather than at the next poll.
+        shared.events.wake();
+    }
+    Ok(resp)
+}
+
+/// The dashboard's calls: the session and the `dashboard` IP restrictions were checked by
+/// the dashboard; the role is the user's as the store has it now.
+async fn as_dashboard_user(
+    shared: &Shared,
+    caller: DashboardCaller,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let role = caller.user.role;
+    if role == Role::ReadOnly && req.method() != Method::GET {
+        return Err(ApiError::forbidden("your role is read-only"));
+    }
+    let store = shared.store.acting_as(warren_store::Actor {
+        id: caller.user.id.clone(),
+        subject: caller.user.email.clone(),
+        source: "dashboard".into(),
+        role: role.as_str().into(),
+        ip: caller.ip.to_string(),
+    });
+    let changes = req.method() != Method::GET;
+    req.extensions_mut().insert(Principal {
+        account_id: caller.user.account_id,
+        key_id: format!("dashboard:{}", caller.user.id),
+        user_id: Some(caller.user.id),
+        role,
+        store,
+    });
+    let resp = next.run(req).await;
+    if changes {
         shared.events.wake();
     }
     Ok(resp)

@@ -32,8 +32,8 @@ mod sessions;
 mod traffic_policy;
 mod users;
 
-pub(crate) use auth::Principal;
 pub use auth::RateLimit;
+pub(crate) use auth::{DashboardCaller, Principal};
 pub use error::ApiError;
 pub(crate) use events::render_object;
 
@@ -232,7 +232,8 @@ async fn error_bodies_as_json(resp: axum::response::Response) -> axum::response:
 pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-    let app = app(shared.clone());
+    // The dashboard's routes beside the API's (outside its layers: it answers in HTML).
+    let app = app(shared.clone()).merge(crate::dashboard::app(shared.clone()));
     let limits = &shared.config.limits;
     let limit =
         crate::conn_limit::ConnLimit::new(limits.max_api_connections, limits.max_api_connections_per_ip);

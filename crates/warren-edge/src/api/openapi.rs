@@ -882,11 +882,18 @@ fn schemas() -> Map<String, Value> {
             "authtoken_ip_policy_ids": strings(),
         })),
     );
-    add("UserCreate", request(&["email", "role"], json!({"email": string(), "role": role()})));
+    // `password` is warren's: the user's dashboard password (12 to 256 characters), stored
+    // as an argon2id hash and never returned.
+    let password = json!({"type": "string", "minLength": 12, "maxLength": 256, "writeOnly": true});
+    add(
+        "UserCreate",
+        request(&["email", "role"], json!({"email": string(), "role": role(), "password": password.clone()})),
+    );
     add(
         "UserUpdate",
         update(json!({
             "role": role(),
+            "password": password,
             "authtoken_acl": {"type": ["array", "null"], "items": string()},
             "authtoken_ip_policy_ids": strings(),
         })),

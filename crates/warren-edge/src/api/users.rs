@@ -49,12 +49,16 @@ fn role(s: &str) -> Result<Role, ApiError> {
 struct CreateBody {
     email: String,
     role: String,
+    /// warren's: a dashboard password, kept only as its argon2id hash.
+    password: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UpdateBody {
     role: Option<String>,
+    /// warren's: a new dashboard password; signs the user out of every dashboard session.
+    password: Option<String>,
     /// Absent: unchanged; null: no ceiling; a list: the ceiling.
     #[serde(default, deserialize_with = "present")]
     authtoken_acl: Option<Option<Vec<String>>>,
@@ -76,7 +80,14 @@ pub(crate) async fn create(
 ) -> Result<(StatusCode, Json<UserJson>), ApiError> {
     p.require_admin("adding users")?;
     let b: CreateBody = parse_body(&body)?;
-    let u = p.store.create_user(&p.account_id, &b.email, role(&b.role)?).await?;
+    if let Some(pw) = &b.password {
+        // Refused before the user exists, so a bad password leaves nothing behind.
+        warren_store::dashboard::check_password_rules(pw)?;
+    }
+    let mut u = p.store.create_user(&p.account_id, &b.email, role(&b.role)?).await?;
+    if let Some(pw) = &b.password {
+        u = p.store.set_user_password(&p.account_id, &u.id, pw).await?;
+    }
     Ok((StatusCode::CREATED, Json(json(u))))
 }
 
@@ -116,8 +127,15 @@ pub(crate) async fn update(
     p.require_admin("changing users")?;
     let b: UpdateBody = parse_body(&body)?;
     let mut user = p.store.get_user(&p.account_id, &id).await?;
+    if let Some(pw) = &b.password {
+        warren_store::dashboard::check_password_rules(pw)?;
+    }
     if let Some(r) = &b.role {
         user = p.store.set_user_role(&p.account_id, &id, role(r)?).await?;
+    }
+    if let Some(pw) = &b.password {
+        user = p.store.set_user_password(&p.account_id, &id, pw).await?;
+        tracing::info!(user = %id, by = %p.key_id, "dashboard password set");
     }
     if b.authtoken_acl.is_some() || b.authtoken_ip_policy_ids.is_some() {
         user =

@@ -1,0 +1,465 @@
+//! The dashboard, as a browser without JavaScript sees it (cookies, forms, redirects) and, at
+//! the end, in real Chromium: signing in (one-time link, password, lockout), handing out an
+//! authtoken that an agent then uses, the role rules, `dashboard` IP restrictions, and the
+//! hostile cases: forged CSRF tokens, other sites' forms, replayed sessions, open redirects,
+//! HTML in user-controlled fields.
+
+use hyper::StatusCode;
+use serde_json::{Value, json};
+use warren_agent::{Agent, EndpointConfig};
+use warren_testkit::oidc::{Browser, Page};
+use warren_testkit::*;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn url(edge: &TestEdge, path: &str) -> String {
+    format!("http://{}{path}", edge.api_addr())
+}
+
+fn browser(edge: &TestEdge) -> Browser {
+    Browser::new(edge, ".warren.localhost")
+}
+
+/// The admin the first start created: its id.
+async fn admin_id(edge: &TestEdge) -> String {
+    let (_, _, users) = edge.api("GET", "/users", Some(&edge.api_key), None).await;
+    users["users"].as_array().unwrap().iter().find(|u| u["email"] == "admin").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Gives a user a password through the API (`password` is warren's extension of `/users`).
+async fn set_password(edge: &TestEdge, user_id: &str, password: &str) {
+    let body = json!({ "password": password });
+    let (s, _, v) = edge.api("PATCH", &format!("/users/{user_id}"), Some(&edge.api_key), Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(!v.to_string().contains(password) && v.get("password").is_none(), "never answered: {v}");
+}
+
+async fn sign_in(b: &mut Browser, edge: &TestEdge, email: &str, password: &str) -> Page {
+    let page = b.open(&url(edge, "/dashboard/")).await;
+    assert!(page.url.contains("/dashboard/sign-in"), "not signed in yet: {}", page.url);
+    b.submit_form(&page, "/dashboard/sign-in", &[("email", email), ("password", password)]).await
+}
+
+/// The CSRF token in a page's forms.
+fn csrf(page: &Page) -> String {
+    let at = page.body.find("name=\"csrf\" value=\"").expect("a CSRF field") + "name=\"csrf\" value=\"".len();
+    page.body[at..at + page.body[at..].find('"').unwrap()].to_owned()
+}
+
+async fn count(edge: &TestEdge, collection: &str, key: &str) -> usize {
+    let (_, _, v) = edge.api("GET", collection, Some(&edge.api_key), None).await;
+    v[key].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn an_admin_signs_in_with_a_one_time_link_sets_a_password_and_hands_out_an_authtoken_that_works() {
+    let edge = TestEdge::start().await;
+    let link = warren_edge::bootstrap::sign_in_link(edge.edge().store(), "default", "admin").await.unwrap();
+    let link_url = url(&edge, &format!("/dashboard/sign-in/link/{}", link.0));
+    let mut b = browser(&edge);
+
+    // Opening the link signs nobody in (previews and prefetchers do that); its button does.
+    let page = b.open(&link_url).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(b.cookie("127.0.0.1", "warren_session").is_none());
+    let account = b.submit_form(&page, &format!("/dashboard/sign-in/link/{}", link.0), &[]).await;
+    assert!(account.url.ends_with("/dashboard/account"), "{}", account.url);
+    assert!(account.body.contains("you have none yet"), "{}", account.body);
+    // Used once.
+    let mut other = browser(&edge);
+    let again = other.open(&link_url).await;
+    let again = other.submit_form(&again, &format!("/dashboard/sign-in/link/{}", link.0), &[]).await;
+    assert_eq!(again.status, StatusCode::UNAUTHORIZED, "{}", again.body);
+
+    let differs = b
+        .submit_form(
+            &account,
+            "/dashboard/account",
+            &[("password", PASSWORD), ("password2", "something else")],
+        )
+        .await;
+    assert_eq!(differs.status, StatusCode::BAD_REQUEST);
+    let short =
+        b.submit_form(&account, "/dashboard/account", &[("password", "short"), ("password2", "short")]).await;
+    assert_eq!(short.status, StatusCode::BAD_REQUEST);
+    assert!(short.body.contains("12 to 256"), "{}", short.body);
+    let overview = b
+        .submit_form(&account, "/dashboard/account", &[("password", PASSWORD), ("password2", PASSWORD)])
+        .await;
+    assert_eq!(overview.status, StatusCode::OK);
+    assert!(overview.body.contains("<h1>Overview</h1>"), "{}", overview.body);
+
+    // Out, and in again with the password.
+    let signed_out = b.submit_form(&overview, "/dashboard/sign-out", &[]).await;
+    assert!(signed_out.url.contains("/dashboard/sign-in"), "{}", signed_out.url);
+    let overview = sign_in(&mut b, &edge, "admin", PASSWORD).await;
+    assert!(overview.body.contains("<h1>Overview</h1>"), "{}", overview.body);
+
+    // An authtoken, shown once with the command that uses it; HTML in its description is text.
+    let tokens = b.open(&url(&edge, "/dashboard/authtokens")).await;
+    let created = b
+        .submit_form(&tokens, "/dashboard/authtokens", &[("description", "<script>alert(1)</script> laptop")])
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert!(!created.body.contains("<script>alert"), "escaped");
+    assert!(created.body.contains("&lt;script&gt;alert(1)&lt;/script&gt; laptop"));
+    let secret_at = created.body.find("<pre id=\"secret\">").unwrap() + "<pre id=\"secret\">".len();
+    let token = created.body[secret_at..secret_at + created.body[secret_at..].find('<').unwrap()].to_owned();
+    assert!(token.starts_with("cr_"), "{token}");
+    assert!(created.body.contains(&format!("warren http 3000 --authtoken {token} --connect-url")));
+    assert!(created.body.contains(&format!("authtoken: {token}")), "the ngrok config lines");
+    // Shown once: the list has its id, never the token again.
+    let listed = b.open(&url(&edge, "/dashboard/authtokens")).await;
+    assert!(!listed.body.contains(&token));
+
+    // An agent brings an endpoint up with it; the endpoints page shows it.
+    let up = HttpUpstream::start().await;
+    let mut config =
+        edge.agent_with(EndpointConfig::http(&up.url(), Some("https://dash.warren.localhost")).unwrap());
+    config.authtoken = token.clone();
+    let mut agent = Agent::start(config);
+    within("online", agent.wait_online()).await.unwrap();
+    let endpoints = b.open(&url(&edge, "/dashboard/endpoints")).await;
+    assert!(endpoints.body.contains("https://dash.warren.localhost"), "{}", endpoints.body);
+    let sessions = b.open(&url(&edge, "/dashboard/sessions")).await;
+    assert_eq!(sessions.body.matches("<tr data-id=\"ts_").count(), 1, "{}", sessions.body);
+
+    // Revoking it ends the session.
+    let id = token[..token.rfind('_').unwrap()].to_owned();
+    let listed = b.open(&url(&edge, "/dashboard/authtokens")).await;
+    let after = b.submit_form(&listed, &format!("/dashboard/authtokens/{id}/delete"), &[]).await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert!(!after.body.contains(&format!("data-id=\"{id}\"")));
+    within("the session ends", edge.wait_sessions(0)).await;
+    let sessions = b.open(&url(&edge, "/dashboard/sessions")).await;
+    assert!(sessions.body.contains("None yet."), "{}", sessions.body);
+}
+
+#[tokio::test]
+async fn forged_foreign_and_replayed_requests_change_nothing() {
+    let edge = TestEdge::start().await;
+    set_password(&edge, &admin_id(&edge).await, PASSWORD).await;
+    let mut b = browser(&edge);
+    let overview = sign_in(&mut b, &edge, "admin", PASSWORD).await;
+    assert_eq!(overview.status, StatusCode::OK);
+    let csp = overview.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(overview.headers["cache-control"], "no-store");
+    let session = b.cookie("127.0.0.1", "warren_session").unwrap();
+    let page = b.open(&url(&edge, "/dashboard/authtokens")).await;
+    let token = csrf(&page);
+    let before = count(&edge, "/credentials", "credentials").await;
+    let create = url(&edge, "/dashboard/authtokens");
+
+    // No token, a wrong one, two of them.
+    for form in [
+        vec![("description", "x")],
+        vec![("csrf", "forged"), ("description", "x")],
+        vec![("csrf", "forged"), ("csrf", token.as_str()), ("description", "x")],
+    ] {
+        let p = b.post_form(&create, &form, &[]).await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN, "{form:?}: {}", p.body);
+    }
+    // The right token from another site's page.
+    let p = b
+        .post_form(&create, &[("csrf", &token), ("description", "x")], &[("origin", "http://evil.example")])
+        .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN, "{}", p.body);
+    // A field no form has is refused by name, not dropped.
+    let p = b.post_form(&create, &[("csrf", &token), ("owner_id", "usr_x")], &[]).await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST);
+    assert!(p.body.contains("unexpected field &quot;owner_id&quot;"), "{}", p.body);
+    assert_eq!(count(&edge, "/credentials", "credentials").await, before, "nothing was created");
+    // The token of one session does not work for another.
+    let mut other = browser(&edge);
+    sign_in(&mut other, &edge, "admin", PASSWORD).await;
+    let p = other.post_form(&create, &[("csrf", &token), ("description", "x")], &[]).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+
+    // Sign-in forms need their own cookie token too (no login CSRF).
+    let mut fresh = browser(&edge);
+    let p = fresh
+        .post_form(
+            &url(&edge, "/dashboard/sign-in"),
+            &[("csrf", "x"), ("email", "admin"), ("password", PASSWORD)],
+            &[],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    assert!(fresh.cookie("127.0.0.1", "warren_session").is_none());
+
+    // The return path after sign-in stays on the dashboard.
+    for next in ["//evil.example/x", "https://evil.example/", "/dashboard/../../x", "/dashboard/\\evil"] {
+        let mut c = browser(&edge);
+        let form = c.get(&url(&edge, &format!("/dashboard/sign-in?next={next}")), &[]).await;
+        let p = c
+            .post_form(
+                &url(&edge, "/dashboard/sign-in"),
+                &[
+                    ("csrf", &c.cookie("127.0.0.1", "warren_sign_in").unwrap()),
+                    ("next", next),
+                    ("email", "admin"),
+                    ("password", PASSWORD),
+                ],
+                &[],
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER, "{next}: {}", form.body);
+        assert_eq!(p.headers["location"], "/dashboard/", "{next}");
+        assert!(!form.body.contains("evil.example"), "not echoed: {next}");
+    }
+
+    // Signed out, the cookie is dead (a replay gets the sign-in page); a made-up one too.
+    let page = b.open(&url(&edge, "/dashboard/")).await;
+    b.submit_form(&page, "/dashboard/sign-out", &[]).await;
+    for cookie in [session.as_str(), "made-up"] {
+        b.set_cookie("127.0.0.1", "warren_session", cookie);
+        let p = b.get(&url(&edge, "/dashboard/authtokens"), &[]).await;
+        assert_eq!(p.status, StatusCode::SEE_OTHER);
+        assert!(p.headers["location"].to_str().unwrap().starts_with("/dashboard/sign-in"));
+    }
+    // The session cookie is HttpOnly and SameSite=Strict.
+    let mut c = browser(&edge);
+    let p = c.get(&url(&edge, "/dashboard/sign-in"), &[]).await;
+    let set = p.headers["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/dashboard"),
+        "{set}"
+    );
+}
+
+#[tokio::test]
+async fn read_only_users_see_no_forms_and_are_refused_when_posting_anyway() {
+    let edge = TestEdge::start().await;
+    let tenant = edge.tenant("default").await;
+    set_password(&edge, &tenant.read_only.user_id, PASSWORD).await;
+    set_password(&edge, &tenant.developer.user_id, PASSWORD).await;
+    let before = count(&edge, "/credentials", "credentials").await;
+
+    let mut b = browser(&edge);
+    sign_in(&mut b, &edge, &tenant.read_only.email, PASSWORD).await;
+    let page = b.open(&url(&edge, "/dashboard/authtokens")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains("id=\"create\"") && !page.body.contains("act-delete"), "{}", page.body);
+    let p = b
+        .post_form(&url(&edge, "/dashboard/authtokens"), &[("csrf", &csrf(&page)), ("description", "x")], &[])
+        .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN, "{}", p.body);
+    assert!(p.body.contains("read-only"), "{}", p.body);
+    let victim = &tenant.admin.credential_id;
+    let p = b
+        .post_form(
+            &url(&edge, &format!("/dashboard/authtokens/{victim}/delete")),
+            &[("csrf", &csrf(&page))],
+            &[],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    let p = b
+        .post_form(
+            &url(&edge, "/dashboard/traffic-policy"),
+            &[("csrf", &csrf(&page)), ("traffic_policy", "")],
+            &[],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    assert_eq!(count(&edge, "/credentials", "credentials").await, before);
+
+    // A developer: no user forms; adding one anyway is the API's 403.
+    let mut d = browser(&edge);
+    sign_in(&mut d, &edge, &tenant.developer.email, PASSWORD).await;
+    let page = d.open(&url(&edge, "/dashboard/users")).await;
+    assert!(!page.body.contains("id=\"create\""));
+    let p = d
+        .post_form(
+            &url(&edge, "/dashboard/users"),
+            &[("csrf", &csrf(&page)), ("email", "new@x"), ("role", "admin")],
+            &[],
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    assert!(p.body.contains("needs the admin role"), "{}", p.body);
+    // Their own authtoken: allowed, like the API.
+    let page = d.open(&url(&edge, "/dashboard/authtokens")).await;
+    let p = d.submit_form(&page, "/dashboard/authtokens", &[("description", "mine")]).await;
+    assert_eq!(p.status, StatusCode::CREATED, "{}", p.body);
+}
+
+#[tokio::test]
+async fn repeated_wrong_passwords_lock_the_user_out_and_a_new_password_lets_them_in() {
+    let edge = TestEdge::start().await;
+    let admin = admin_id(&edge).await;
+    set_password(&edge, &admin, PASSWORD).await;
+    for _ in 0..warren_store::dashboard::MAX_FAILED_SIGN_INS {
+        let mut b = browser(&edge);
+        let p = sign_in(&mut b, &edge, "admin", "guess guess guess").await;
+        assert_eq!(p.status, StatusCode::UNAUTHORIZED);
+        assert!(p.body.contains("Wrong e-mail or password."));
+    }
+    let mut b = browser(&edge);
+    let p = sign_in(&mut b, &edge, "admin", PASSWORD).await;
+    assert_eq!(p.status, StatusCode::LOCKED, "the right password does not help now");
+    assert!(p.body.contains("locked out until"), "{}", p.body);
+    assert!(b.cookie("127.0.0.1", "warren_session").is_none());
+    // An administrator (here through the API) sets a new one.
+    set_password(&edge, &admin, "a brand new passphrase").await;
+    let p = sign_in(&mut b, &edge, "admin", "a brand new passphrase").await;
+    assert_eq!(p.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_dashboard_ip_restriction_refuses_other_addresses_at_every_page_and_at_sign_in() {
+    let edge = TestEdge::start().await;
+    set_password(&edge, &admin_id(&edge).await, PASSWORD).await;
+    let key = Some(edge.api_key.as_str());
+    let mut b = browser(&edge);
+    sign_in(&mut b, &edge, "admin", PASSWORD).await;
+
+    let (_, _, pol) = edge.api("POST", "/ip_policies", key, Some(json!({"description": "office"}))).await;
+    let rule = json!({"ip_policy_id": pol["id"], "cidr": "203.0.113.0/24", "action": "allow"});
+    assert_eq!(edge.api("POST", "/ip_policy_rules", key, Some(rule)).await.0, StatusCode::CREATED);
+    let body = json!({"type": "dashboard", "ip_policy_ids": [pol["id"]], "enforced": true});
+    let (s, _, x) = edge.api("POST", "/ip_restrictions", key, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{x}");
+
+    for path in ["/dashboard/", "/dashboard/authtokens", "/dashboard/traffic-policy", "/dashboard/account"] {
+        let p = b.get(&url(&edge, path), &[]).await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN, "{path}");
+        assert!(p.body.contains("not available from 127.0.0.1"), "{}", p.body);
+    }
+    let mut c = browser(&edge);
+    let p = sign_in(&mut c, &edge, "admin", PASSWORD).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN, "{}", p.body);
+    assert!(c.cookie("127.0.0.1", "warren_session").is_none(), "no session was made");
+    // The API has its own restrictions: this one is not about it.
+    assert_eq!(edge.api("GET", "/credentials", key, None).await.0, StatusCode::OK);
+
+    // Log only: let through.
+    let (s, _, _) = edge
+        .api(
+            "PATCH",
+            &format!("/ip_restrictions/{}", x["id"].as_str().unwrap()),
+            key,
+            Some(json!({"enforced": false})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b.get(&url(&edge, "/dashboard/"), &[]).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_traffic_policy_editor_shows_the_apis_refusal_in_place_and_keeps_the_text() {
+    let edge = TestEdge::start().await;
+    set_password(&edge, &admin_id(&edge).await, PASSWORD).await;
+    let mut b = browser(&edge);
+    sign_in(&mut b, &edge, "admin", PASSWORD).await;
+    let page = b.open(&url(&edge, "/dashboard/traffic-policy")).await;
+    let bad = "on_http_request:\n  - actions:\n      - type: denny\n";
+    let p = b.submit_form(&page, "/dashboard/traffic-policy", &[("traffic_policy", bad)]).await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST, "{}", p.body);
+    assert!(p.body.contains("invalid traffic policy") && p.body.contains("denny"), "{}", p.body);
+    assert!(p.body.contains("type: denny"), "the text is kept as typed");
+    let (_, _, v) = edge.api("GET", "/traffic_policy", Some(&edge.api_key), None).await;
+    assert_eq!(v["traffic_policy"], Value::Null, "nothing saved");
+
+    let good = "on_http_request:\n  - actions:\n      - type: add-headers\n        config:\n          headers:\n            x-from: dashboard\n";
+    let p = b.submit_form(&p, "/dashboard/traffic-policy", &[("traffic_policy", good)]).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    assert!(p.body.contains("Saved."));
+    let (_, _, v) = edge.api("GET", "/traffic_policy", Some(&edge.api_key), None).await;
+    assert_eq!(v["traffic_policy"], good);
+}
+
+#[tokio::test]
+async fn passwords_through_the_api_are_checked_first_and_never_answered() {
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    let before = count(&edge, "/users", "users").await;
+    let (s, _, v) = edge
+        .api(
+            "POST",
+            "/users",
+            key,
+            Some(json!({"email": "a@x.example", "role": "developer", "password": "short"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(count(&edge, "/users", "users").await, before, "a refused password leaves no user behind");
+    let (s, _, v) = edge
+        .api(
+            "POST",
+            "/users",
+            key,
+            Some(json!({"email": "a@x.example", "role": "developer", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert!(v.get("password").is_none() && !v.to_string().contains(PASSWORD));
+    let mut b = browser(&edge);
+    assert_eq!(sign_in(&mut b, &edge, "a@x.example", PASSWORD).await.status, StatusCode::OK);
+}
+
+/// The same flow in real Chromium (no JavaScript on the pages, but a real cookie jar, real
+/// form handling and the real Content-Security-Policy): sign in, create an authtoken, see
+/// the endpoint an agent brings up with it, revoke it; a read-only user gets no forms.
+#[tokio::test]
+async fn in_chromium_an_admin_hands_out_an_authtoken_sees_its_endpoint_and_revokes_it() {
+    let edge = TestEdge::start().await;
+    set_password(&edge, &admin_id(&edge).await, PASSWORD).await;
+    let tenant = edge.tenant("default").await;
+    set_password(&edge, &tenant.read_only.user_id, PASSWORD).await;
+    let browser = webdriver::Browser::start().await;
+
+    browser.goto(&url(&edge, "/dashboard/")).await;
+    browser.wait_for_text("h1", "Sign in").await;
+    browser.screenshot_for_docs("sign-in").await;
+    let email = browser.find("#email").await.unwrap();
+    browser.type_into(&email, "admin").await;
+    browser.type_into(&browser.find("#password").await.unwrap(), PASSWORD).await;
+    browser.click(&browser.find("#submit").await.unwrap()).await;
+    browser.wait_for_text("h1", "Overview").await;
+
+    browser.goto(&url(&edge, "/dashboard/authtokens")).await;
+    browser.type_into(&browser.find("#f-description").await.unwrap(), "laptop").await;
+    browser.click(&browser.find("#create-submit").await.unwrap()).await;
+    let secret = browser.wait_for_text("#secret", "cr_").await;
+    let token = browser.text(&secret).await.trim().to_owned();
+    browser.screenshot_for_docs("authtoken-created").await;
+
+    let up = HttpUpstream::start().await;
+    let mut config =
+        edge.agent_with(EndpointConfig::http(&up.url(), Some("https://chromium.warren.localhost")).unwrap());
+    config.authtoken = token.clone();
+    let mut agent = Agent::start(config);
+    within("online", agent.wait_online()).await.unwrap();
+    browser.goto(&url(&edge, "/dashboard/")).await;
+    browser.wait_for_text("#endpoints", "https://chromium.warren.localhost").await;
+    browser.screenshot_for_docs("overview").await;
+    browser.goto(&url(&edge, "/dashboard/endpoints")).await;
+    browser.wait_for_text("#items", "https://chromium.warren.localhost").await;
+
+    let id = &token[..token.rfind('_').unwrap()];
+    browser.goto(&url(&edge, "/dashboard/authtokens")).await;
+    let revoke = browser.find(&format!("tr[data-id=\"{id}\"] .act-delete")).await.expect("a revoke button");
+    browser.click(&revoke).await;
+    browser.wait_for_text("h1", "Authtokens").await;
+    within("the session ends", edge.wait_sessions(0)).await;
+    browser.goto(&url(&edge, "/dashboard/sessions")).await;
+    browser.wait_for_text("#items", "None yet.").await;
+
+    // Read-only: no create form.
+    browser.click(&browser.find("#sign-out").await.unwrap()).await;
+    browser.wait_for_text("h1", "Sign in").await;
+    browser.type_into(&browser.find("#email").await.unwrap(), &tenant.read_only.email).await;
+    browser.type_into(&browser.find("#password").await.unwrap(), PASSWORD).await;
+    browser.click(&browser.find("#submit").await.unwrap()).await;
+    browser.wait_for_text("h1", "Overview").await;
+    browser.goto(&url(&edge, "/dashboard/authtokens")).await;
+    browser.wait_for_text("h1", "Authtokens").await;
+    assert!(browser.find("#create").await.is_none(), "no create form for read-only");
+    browser.wait_for_text(".role", "read-only").await;
+    browser.quit().await;
+}
