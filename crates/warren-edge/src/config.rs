@@ -66,6 +66,8 @@ pub struct EdgeConfig {
     /// let any account make the edge call services on the edge's own loopback. For a local
     /// identity provider in development and tests.
     pub idp_allow_loopback_http: bool,
+    /// Single sign-on to the dashboard; `None`: passwords and one-time links only.
+    pub dashboard_sso: Option<DashboardSso>,
     /// Let identity-provider fetches reach private, link-local and other non-public
     /// addresses (an identity provider inside the operator's network). Off by default, for
     /// the same reason.
@@ -162,6 +164,41 @@ impl AcmeConfig {
             check_interval: Duration::from_secs(3600),
             orders_per_account_per_hour: 10,
         }
+    }
+}
+
+/// A user's role (for the SSO default role).
+pub use warren_store::Role;
+
+/// Single sign-on to the dashboard with an OpenID Connect provider.
+#[derive(Clone, Debug)]
+pub struct DashboardSso {
+    /// The provider's issuer URL (its discovery document is read from there).
+    pub issuer_url: String,
+    /// The client registered at the provider; its redirect URI is
+    /// `<dashboard origin>/warren/oidc/callback`.
+    pub client_id: String,
+    /// The client's secret (empty for a public client); `Debug` hides it.
+    pub client_secret: SecretString,
+    /// The account whose users sign in this way (by name).
+    pub account: String,
+    /// E-mail domains allowed in; a verified e-mail elsewhere is refused.
+    pub allowed_domains: Vec<String>,
+    /// The role of users made at their first sign-in.
+    pub default_role: warren_store::Role,
+    /// Turns password sign-in off for everyone but the `break_glass` users.
+    pub required: bool,
+    /// E-mails that may still sign in with a password while SSO is required.
+    pub break_glass: Vec<String>,
+}
+
+/// A secret in the config; `Debug` shows only that there is one.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretString(pub String);
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"********\"" })
     }
 }
 
@@ -294,6 +331,7 @@ impl EdgeConfig {
             acme: None,
             master_key_file: None,
             idp_allow_loopback_http: false,
+            dashboard_sso: None,
             idp_allow_private_networks: false,
             events: EventsConfig::default(),
             tls_files: None,
@@ -326,6 +364,23 @@ impl EdgeConfig {
 
     /// Checks the configuration; the message names the offending setting.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(sso) = &self.dashboard_sso {
+            if !(sso.issuer_url.starts_with("https://") || sso.issuer_url.starts_with("http://")) {
+                return Err(format!("dashboard SSO issuer {:?} must be an http(s) URL", sso.issuer_url));
+            }
+            if sso.client_id.is_empty() {
+                return Err("dashboard SSO needs a client id".into());
+            }
+            if sso.allowed_domains.is_empty() {
+                return Err(
+                    "dashboard SSO needs at least one allowed e-mail domain (--dashboard-sso-domain); otherwise anyone the provider knows could sign in"
+                        .into(),
+                );
+            }
+            if let Some(d) = sso.allowed_domains.iter().find(|d| !is_valid_hostname(d)) {
+                return Err(format!("dashboard SSO domain {d:?} is not a domain name"));
+            }
+        }
         if !is_valid_hostname(&self.base_domain) {
             return Err(format!("base_domain {:?} is not a valid host name", self.base_domain));
         }
@@ -382,6 +437,34 @@ pub(crate) fn is_valid_hostname(h: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dashboard_sso_needs_a_client_and_an_allowed_domain_and_hides_its_secret() {
+        let mut c = EdgeConfig::local_default("/tmp/x".into());
+        let sso = DashboardSso {
+            issuer_url: "https://id.example.com".into(),
+            client_id: "dash".into(),
+            client_secret: SecretString("s3cret".into()),
+            account: "default".into(),
+            allowed_domains: vec!["example.com".into()],
+            default_role: Role::ReadOnly,
+            required: false,
+            break_glass: vec![],
+        };
+        c.dashboard_sso = Some(sso.clone());
+        assert_eq!(c.validate(), Ok(()));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        for (bad, says) in [
+            (DashboardSso { allowed_domains: vec![], ..sso.clone() }, "allowed e-mail domain"),
+            (DashboardSso { allowed_domains: vec!["not a domain".into()], ..sso.clone() }, "not a domain"),
+            (DashboardSso { client_id: String::new(), ..sso.clone() }, "client id"),
+            (DashboardSso { issuer_url: "id.example.com".into(), ..sso.clone() }, "http(s) URL"),
+        ] {
+            c.dashboard_sso = Some(bad);
+            let e = c.validate().unwrap_err();
+            assert!(e.contains(says), "{e}");
+        }
+    }
 
     #[test]
     fn host_names_are_validated() {

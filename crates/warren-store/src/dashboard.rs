@@ -257,6 +257,23 @@ impl Store {
         }
     }
 
+    /// The user of an account with this e-mail (compared without case), if any.
+    pub async fn find_user_by_email(
+        &self,
+        account_id: &str,
+        email: &str,
+    ) -> Result<Option<User>, StoreError> {
+        let id: Option<String> = with_db!(self.db, pool => {
+            sqlx::query("SELECT id FROM users WHERE account_id = $1 AND lower(email) = lower($2) ORDER BY id LIMIT 1")
+                .bind(account_id).bind(email.trim()).fetch_optional(pool).await?
+                .map(|r| r.get(0))
+        });
+        match id {
+            Some(id) => Ok(Some(self.get_user(account_id, &id).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Whether a user has a dashboard password.
     pub async fn user_has_password(&self, account_id: &str, id: &str) -> Result<bool, StoreError> {
         with_db!(self.db, pool => {

@@ -49,6 +49,11 @@ fn csrf(page: &Page) -> String {
     page.body[at..at + page.body[at..].find('"').unwrap()].to_owned()
 }
 
+/// `cr_<26 characters>` of `cr_<26 characters>_<secret>` (the secret may hold `_` too).
+fn token_id(token: &str) -> &str {
+    &token[..token.match_indices('_').nth(1).expect("an id and a secret").0]
+}
+
 async fn count(edge: &TestEdge, collection: &str, key: &str) -> usize {
     let (_, _, v) = edge.api("GET", collection, Some(&edge.api_key), None).await;
     v[key].as_array().map_or(0, Vec::len)
@@ -128,7 +133,7 @@ async fn an_admin_signs_in_with_a_one_time_link_sets_a_password_and_hands_out_an
     assert_eq!(sessions.body.matches("<tr data-id=\"ts_").count(), 1, "{}", sessions.body);
 
     // Revoking it ends the session.
-    let id = token[..token.rfind('_').unwrap()].to_owned();
+    let id = token_id(&token).to_owned();
     let listed = b.open(&url(&edge, "/dashboard/authtokens")).await;
     let after = b.submit_form(&listed, &format!("/dashboard/authtokens/{id}/delete"), &[]).await;
     assert_eq!(after.status, StatusCode::OK);
@@ -441,7 +446,7 @@ async fn in_chromium_an_admin_hands_out_an_authtoken_sees_its_endpoint_and_revok
     browser.goto(&url(&edge, "/dashboard/endpoints")).await;
     browser.wait_for_text("#items", "https://chromium.warren.localhost").await;
 
-    let id = &token[..token.rfind('_').unwrap()];
+    let id = token_id(&token);
     browser.goto(&url(&edge, "/dashboard/authtokens")).await;
     let revoke = browser.find(&format!("tr[data-id=\"{id}\"] .act-delete")).await.expect("a revoke button");
     browser.click(&revoke).await;
@@ -462,4 +467,96 @@ async fn in_chromium_an_admin_hands_out_an_authtoken_sees_its_endpoint_and_revok
     assert!(browser.find("#create").await.is_none(), "no create form for read-only");
     browser.wait_for_text(".role", "read-only").await;
     browser.quit().await;
+}
+
+/// Single sign-on against a real provider (npm `oidc-provider`): a verified e-mail in an
+/// allowed domain signs in, its user made on the spot with the default role; with SSO
+/// required, passwords work only for the break-glass admin; a domain not on the list is
+/// refused and no user is made.
+#[tokio::test]
+async fn single_sign_on_makes_allowed_users_just_in_time_and_refuses_other_domains() {
+    use warren_edge::config::{DashboardSso, Role, SecretString};
+    let (port, other_port) = (free_port(), free_port());
+    let callback = |p: u16| format!("http://127.0.0.1:{p}/warren/oidc/callback");
+    let op = oidc::OidcProvider::start_with_redirects(&[&callback(port), &callback(other_port)]).await;
+    let sso = |domains: &[&str]| DashboardSso {
+        issuer_url: op.issuer.clone(),
+        client_id: "warren-web".into(),
+        client_secret: SecretString("web-secret".into()),
+        account: "default".into(),
+        allowed_domains: domains.iter().map(|d| d.to_string()).collect(),
+        default_role: Role::ReadOnly,
+        required: true,
+        break_glass: vec!["admin".into()],
+    };
+    let edge = TestEdge::start_with(|c| {
+        c.api_addr = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        c.dashboard_sso = Some(sso(&["example.test"]));
+    })
+    .await;
+
+    let mut b = browser(&edge);
+    let start = b.open(&url(&edge, "/dashboard/")).await;
+    assert!(start.body.contains("href=\"/dashboard/sso\""), "the sign-in page offers SSO");
+    // The provider's login and consent as alice (alice@example.test, verified).
+    let page = b.sign_in(&op.issuer, &url(&edge, "/dashboard/sso")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}: {}", page.url, page.body);
+    assert!(page.body.contains("<h1>Overview</h1>"), "{}", page.body);
+    assert!(
+        page.body.contains("alice@example.test")
+            && page.body.contains("<span class=\"role\">read-only</span>")
+    );
+    assert!(b.cookie("127.0.0.1", "warren_oidc_dashboard").is_none(), "the flow's cookie is dropped");
+    let (_, _, users) = edge.api("GET", "/users", Some(&edge.api_key), None).await;
+    let alice =
+        users["users"].as_array().unwrap().iter().find(|u| u["email"] == "alice@example.test").cloned();
+    let alice = alice.expect("made just in time");
+    assert_eq!(alice["role"], "read-only");
+    // Signing in again finds the same user.
+    b.submit_form(&page, "/dashboard/sign-out", &[]).await;
+    let again = b.open(&url(&edge, "/dashboard/sso")).await;
+    let again = if again.url.starts_with(&op.issuer) {
+        b.sign_in(&op.issuer, &url(&edge, "/dashboard/sso")).await
+    } else {
+        again
+    };
+    assert!(again.body.contains("<h1>Overview</h1>"), "{}", again.body);
+    assert_eq!(count(&edge, "/users", "users").await, users["users"].as_array().unwrap().len());
+
+    // SSO required: a password is refused for alice, accepted for the break-glass admin.
+    set_password(&edge, alice["id"].as_str().unwrap(), PASSWORD).await;
+    set_password(&edge, &admin_id(&edge).await, PASSWORD).await;
+    let mut c = browser(&edge);
+    let p = sign_in(&mut c, &edge, "alice@example.test", PASSWORD).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN);
+    assert!(p.body.contains("Password sign-in is turned off"), "{}", p.body);
+    let mut d = browser(&edge);
+    assert_eq!(sign_in(&mut d, &edge, "admin", PASSWORD).await.status, StatusCode::OK, "break glass");
+
+    // A `dashboard` IP restriction holds for the whole flow, the provider's callback included.
+    let key = Some(edge.api_key.as_str());
+    let (_, _, pol) = edge.api("POST", "/ip_policies", key, Some(json!({"description": "office"}))).await;
+    let rule = json!({"ip_policy_id": pol["id"], "cidr": "203.0.113.0/24", "action": "allow"});
+    assert_eq!(edge.api("POST", "/ip_policy_rules", key, Some(rule)).await.0, StatusCode::CREATED);
+    let body = json!({"type": "dashboard", "ip_policy_ids": [pol["id"]], "enforced": true});
+    let (s, _, x) = edge.api("POST", "/ip_restrictions", key, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{x}");
+    for path in ["/dashboard/sso", "/warren/oidc/callback?state=s&code=c"] {
+        let p = browser(&edge).get(&url(&edge, path), &[]).await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN, "{path}: {}", p.body);
+    }
+
+    // Another edge allows only corp.example: alice is refused, nobody is made.
+    let other = TestEdge::start_with(|c| {
+        c.api_addr = Some(std::net::SocketAddr::from(([127, 0, 0, 1], other_port)));
+        c.dashboard_sso = Some(sso(&["corp.example"]));
+    })
+    .await;
+    let before = count(&other, "/users", "users").await;
+    let mut e = browser(&other);
+    let p = e.sign_in(&op.issuer, &url(&other, "/dashboard/sso")).await;
+    assert_eq!(p.status, StatusCode::FORBIDDEN, "{}", p.body);
+    assert!(p.body.contains("alice@example.test may not use this dashboard"), "{}", p.body);
+    assert!(e.cookie("127.0.0.1", "warren_session").is_none());
+    assert_eq!(count(&other, "/users", "users").await, before);
 }

@@ -306,6 +306,36 @@ struct EdgeArgs {
     /// link-local, ...): any account could make the edge call services there.
     #[arg(long)]
     idp_allow_private_networks: bool,
+    /// Single sign-on to the dashboard: the OpenID Connect provider's issuer URL. Register
+    /// `<dashboard origin>/warren/oidc/callback` as the client's redirect URI.
+    #[arg(long, requires_all = ["dashboard_sso_client_id", "dashboard_sso_domain"])]
+    dashboard_sso_issuer: Option<String>,
+    /// The dashboard's client id at the provider.
+    #[arg(long, requires = "dashboard_sso_issuer")]
+    dashboard_sso_client_id: Option<String>,
+    /// The client's secret.
+    #[arg(
+        long,
+        env = "WARREN_DASHBOARD_SSO_CLIENT_SECRET",
+        hide_env_values = true,
+        requires = "dashboard_sso_issuer"
+    )]
+    dashboard_sso_client_secret: Option<String>,
+    /// E-mail domain allowed to sign in with SSO (repeatable; required with SSO).
+    #[arg(long, requires = "dashboard_sso_issuer")]
+    dashboard_sso_domain: Vec<String>,
+    /// The account SSO users belong to.
+    #[arg(long, default_value = "default")]
+    dashboard_sso_account: String,
+    /// The role of users made at their first SSO sign-in.
+    #[arg(long, default_value = "read-only", value_parser = ["admin", "developer", "read-only"])]
+    dashboard_sso_role: String,
+    /// Turn password sign-in off for everyone but the --dashboard-break-glass users.
+    #[arg(long, requires = "dashboard_sso_issuer")]
+    dashboard_sso_required: bool,
+    /// An e-mail that may still sign in with a password while SSO is required (repeatable).
+    #[arg(long, requires = "dashboard_sso_required")]
+    dashboard_break_glass: Vec<String>,
     /// Where file event destinations write (default: events/ in the data directory).
     #[arg(long, value_name = "DIR")]
     events_dir: Option<PathBuf>,
@@ -555,6 +585,19 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
         allow_private_networks: args.events_allow_private_networks,
     };
     config.idp_allow_private_networks = args.idp_allow_private_networks;
+    config.dashboard_sso = args.dashboard_sso_issuer.map(|issuer_url| warren_edge::config::DashboardSso {
+        issuer_url,
+        client_id: args.dashboard_sso_client_id.unwrap_or_default(),
+        client_secret: warren_edge::config::SecretString(
+            args.dashboard_sso_client_secret.unwrap_or_default(),
+        ),
+        account: args.dashboard_sso_account,
+        allowed_domains: args.dashboard_sso_domain,
+        default_role: warren_edge::config::Role::parse(&args.dashboard_sso_role)
+            .unwrap_or(warren_edge::config::Role::ReadOnly),
+        required: args.dashboard_sso_required,
+        break_glass: args.dashboard_break_glass,
+    });
     config.dns_resolver = args.dns_resolver;
     config.api_public_url = args.api_public_url;
     config.hsts = match args.hsts.as_str() {

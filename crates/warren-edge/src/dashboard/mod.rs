@@ -31,6 +31,7 @@ use crate::Shared;
 mod html;
 mod pages;
 mod sign_in;
+mod sso;
 
 /// The session cookie's name.
 const COOKIE: &str = "warren_session";
@@ -44,11 +45,14 @@ pub(crate) struct Dash {
     shared: Arc<Shared>,
     /// The REST API's router, called in-process.
     api: Router,
+    /// Single sign-on, when the operator set it up.
+    sso: Option<sso::Sso>,
 }
 
 /// The dashboard's routes, to merge into the API listener's router.
 pub(crate) fn app(shared: Arc<Shared>) -> Router {
-    let dash = Arc::new(Dash { api: crate::api::app(shared.clone()), shared });
+    let sso = shared.config.dashboard_sso.clone().map(sso::Sso::new);
+    let dash = Arc::new(Dash { api: crate::api::app(shared.clone()), shared, sso });
     Router::new()
         .route("/", get(|| async { Redirect::to("/dashboard/") }))
         .route("/dashboard", get(|| async { Redirect::to("/dashboard/") }))
@@ -57,6 +61,9 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .route("/dashboard/sign-in", get(sign_in::form).post(sign_in::submit))
         .route("/dashboard/sign-in/link/{token}", get(sign_in::link_form).post(sign_in::link_use))
         .route("/dashboard/sign-out", post(sign_in::sign_out))
+        .route("/dashboard/sso", get(sso::sso))
+        // The path the `openid-connect` flow names as its redirect URI.
+        .route(warren_policy::oidc::CALLBACK_PATH, get(sso::sso))
         .route("/dashboard/account", get(sign_in::account).post(sign_in::set_password))
         .route("/dashboard/traffic-policy", get(pages::policy).post(pages::policy_save))
         .route("/dashboard/{page}", get(pages::list).post(pages::create))
@@ -98,20 +105,21 @@ impl Dash {
             Err(e) => return Err(store_failed(&e)),
         };
         let Some(s) = found else { return Err(to_sign_in()) };
-        self.check_ip(&s.user, ip).await?;
+        self.check_ip(&s.user.account_id, &s.user.id, ip).await?;
         Ok(Session { user: s.user, csrf: s.csrf, ip })
     }
 
-    /// The account's `dashboard` IP restrictions for a user at `ip`.
-    async fn check_ip(&self, user: &User, ip: IpAddr) -> Result<(), Response> {
-        match self.shared.ip_rules.check(&self.shared.store, &user.account_id, "dashboard", ip).await {
+    /// The account's `dashboard` IP restrictions for `who` (a user id, or what is signing
+    /// in) at `ip`.
+    async fn check_ip(&self, account_id: &str, who: &str, ip: IpAddr) -> Result<(), Response> {
+        match self.shared.ip_rules.check(&self.shared.store, account_id, "dashboard", ip).await {
             Ok(IpDecision::Allow) => Ok(()),
             Ok(IpDecision::Deny { restriction, enforced: false }) => {
-                tracing::warn!(%ip, %restriction, user = %user.id, "dashboard use from outside an IP restriction (log only; allowed)");
+                tracing::warn!(%ip, %restriction, user = %who, "dashboard use from outside an IP restriction (log only; allowed)");
                 Ok(())
             }
             Ok(IpDecision::Deny { restriction, .. }) => {
-                tracing::info!(%ip, %restriction, user = %user.id, "dashboard refused by an IP restriction");
+                tracing::info!(%ip, %restriction, user = %who, "dashboard refused by an IP restriction");
                 Err(html::page(
                     StatusCode::FORBIDDEN,
                     "Not from this address",
@@ -199,6 +207,14 @@ fn set_cookie(
         if secure { "; Secure" } else { "" }
     );
     HeaderValue::from_str(&v).expect("cookie text is ASCII")
+}
+
+/// Whether the browser reached the dashboard over https: `--api-public-url https://…`, or a
+/// trusted proxy's `X-Forwarded-Proto: https`.
+fn is_https(shared: &Shared, headers: &HeaderMap, peer: IpAddr) -> bool {
+    shared.config.api_public_url.as_deref().is_some_and(|u| u.starts_with("https://"))
+        || (shared.config.is_trusted_proxy(peer)
+            && headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")))
 }
 
 fn not_found() -> Response {

@@ -70,6 +70,16 @@ fn sign_in_page(
 ) -> Response {
     let token = pre_session_token();
     let mut body = message.map(|m| html::notice("error", &m)).unwrap_or_default();
+    if let Some(sso) = &dash.sso {
+        body.push_str(&format!(
+            "<p><a href=\"/dashboard/sso\" id=\"sso\" class=\"button\">Sign in with single sign-on</a></p>{}",
+            if sso.config.required {
+                "<p class=\"muted\">Password sign-in is turned off, except for break-glass administrators.</p>"
+            } else {
+                "<p class=\"muted\">Or with a password:</p>"
+            }
+        ));
+    }
     body.push_str(&format!(
         "<form method=\"post\" action=\"/dashboard/sign-in\" class=\"create\" id=\"sign-in\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{token}\"><input type=\"hidden\" name=\"next\" value=\"{}\">\
@@ -102,7 +112,7 @@ pub(super) async fn form(
 }
 
 /// Starts a session for `user` and sends the browser on.
-async fn start_session(
+pub(super) async fn start_session(
     dash: &Dash,
     headers: &HeaderMap,
     peer: SocketAddr,
@@ -111,7 +121,7 @@ async fn start_session(
     to: &str,
 ) -> Response {
     let ip = dash.client_ip(headers, Some(&ConnectInfo(peer)));
-    if let Err(refused) = dash.check_ip(user, ip).await {
+    if let Err(refused) = dash.check_ip(&user.account_id, &user.id, ip).await {
         return refused;
     }
     let token = match dash.shared.store.create_dashboard_session(user, &ip.to_string(), via).await {
@@ -148,6 +158,12 @@ pub(super) async fn submit(
     if let Some(wait) = dash.shared.auth_failures.blocked(ip, Instant::now()) {
         let msg = format!("Too many failed sign-ins from {}; try again in {wait} s.", esc(&ip.to_string()));
         return sign_in_page(&dash, &headers, peer, StatusCode::TOO_MANY_REQUESTS, &next, Some(msg));
+    }
+    if let Some(sso) = &dash.sso
+        && !sso.password_allowed(field(&form, "email"))
+    {
+        let msg = "Password sign-in is turned off here: sign in with single sign-on.".to_owned();
+        return sign_in_page(&dash, &headers, peer, StatusCode::FORBIDDEN, &next, Some(msg));
     }
     match dash.shared.store.check_password(field(&form, "email"), field(&form, "password")).await {
         Ok(SignIn::Ok(user)) => start_session(&dash, &headers, peer, &user, "password", &next).await,
