@@ -301,13 +301,14 @@ async fn handle(
             .traffic_sink(&shared.store, &ep.session.account_id, crate::events::HTTP_REQUEST_COMPLETE)
             .await;
         let started = std::time::Instant::now();
-        let Some(sink) = sink else {
+        let recent = shared.recent.watching().then(|| shared.recent.clone());
+        if sink.is_none() && recent.is_none() {
             let r = proxy(shared, visitor, &ep, &host, ip, req).await;
             if let Ok(resp) = &r {
                 ep.metrics.request(resp.status().as_u16(), started.elapsed());
             }
             return r;
-        };
+        }
         let scheme = match visitor.scheme {
             Scheme::Http => "http",
             Scheme::Https => "https",
@@ -315,7 +316,7 @@ async fn handle(
         let client = SocketAddr::new(ip, visitor.remote.port());
         let tls = visitor.tls.as_ref().map(|t| &t.info);
         let pending = crate::events::PendingRequest::new(
-            sink,
+            (sink, recent),
             &ep,
             &req,
             (scheme, &host),

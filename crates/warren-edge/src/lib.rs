@@ -49,6 +49,7 @@ mod metrics;
 mod node;
 mod policy;
 mod proxy_protocol;
+mod recent;
 mod registry;
 pub mod sealed;
 mod session;
@@ -139,6 +140,8 @@ pub(crate) struct Shared {
     pub(crate) events: events::Events,
     /// Encoders `compress-response` may hold at once.
     pub(crate) compressions: Arc<tokio::sync::Semaphore>,
+    /// The last requests of each account, while the dashboard's traffic view is watched.
+    pub(crate) recent: recent::RecentRequests,
 }
 
 impl Shared {
@@ -198,6 +201,7 @@ impl Shared {
             events: events::Events::new(&config.limits, metrics.traffic_events_dropped.clone()),
             metrics,
             compressions: Arc::new(tokio::sync::Semaphore::new(config.limits.max_compressed_responses)),
+            recent: recent::RecentRequests::default(),
             store,
             config,
             shutdown: rx,

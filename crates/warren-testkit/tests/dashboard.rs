@@ -560,3 +560,67 @@ async fn single_sign_on_makes_allowed_users_just_in_time_and_refuses_other_domai
     assert!(e.cookie("127.0.0.1", "warren_session").is_none());
     assert_eq!(count(&other, "/users", "users").await, before);
 }
+
+/// The live traffic view: requests of the viewer's account only, newest first, with every
+/// visitor-controlled field (path, user agent) escaped; nothing is recorded before someone
+/// opens it.
+#[tokio::test]
+async fn the_live_traffic_view_shows_the_accounts_requests_escaped_and_no_other_accounts() {
+    use http_body_util::BodyExt;
+    let edge = TestEdge::start().await;
+    set_password(&edge, &admin_id(&edge).await, PASSWORD).await;
+    let up = HttpUpstream::start().await;
+    let mut mine = Agent::start(
+        edge.agent_with(EndpointConfig::http(&up.url(), Some("https://live.warren.localhost")).unwrap()),
+    );
+    within("online", mine.wait_online()).await.unwrap();
+    let other = edge.tenant("other").await;
+    let mut config = other.agent_config(&edge);
+    config
+        .endpoints
+        .push(EndpointConfig::http(&up.url(), Some("https://elsewhere.warren.localhost")).unwrap());
+    let mut theirs = Agent::start(config);
+    within("online", theirs.wait_online()).await.unwrap();
+
+    let get = |host: &'static str, path: &'static str| {
+        let edge = &edge;
+        async move {
+            let tls = tls_connect(edge.https_addr(), host, &edge.ca_pem, &[b"http/1.1"]).await;
+            let mut send = http1(tls).await;
+            let req = hyper::Request::get(path)
+                .header("host", host)
+                .header("user-agent", "<img src=x onerror=alert(1)>")
+                .body(empty())
+                .unwrap();
+            let res = send.send_request(req).await.expect("response");
+            let status = res.status();
+            res.into_body().collect().await.expect("body");
+            status
+        }
+    };
+    // Before anyone watches: not recorded.
+    assert_eq!(get("live.warren.localhost", "/before").await, StatusCode::OK);
+
+    let mut b = browser(&edge);
+    sign_in(&mut b, &edge, "admin", PASSWORD).await;
+    let page = b.open(&url(&edge, "/dashboard/traffic")).await;
+    assert_eq!(page.headers["refresh"], "5");
+    assert!(page.body.contains("No requests since this view was opened."), "{}", page.body);
+
+    assert_eq!(get("live.warren.localhost", "/hello?x=%3Cb%3E").await, StatusCode::OK);
+    assert_eq!(get("elsewhere.warren.localhost", "/theirs").await, StatusCode::OK);
+    let page = within("the request to show", async {
+        loop {
+            let page = b.open(&url(&edge, "/dashboard/traffic")).await;
+            if page.body.contains("/hello?x=%3Cb%3E") {
+                return page;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(page.body.contains("https://live.warren.localhost"));
+    assert!(page.body.contains("&lt;img src=x onerror=alert(1)&gt;") && !page.body.contains("<img src=x"));
+    assert!(!page.body.contains("/before"), "recording starts when the view is opened");
+    assert!(!page.body.contains("elsewhere") && !page.body.contains("/theirs"), "another account's traffic");
+}

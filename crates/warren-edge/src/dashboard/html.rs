@@ -28,6 +28,7 @@ const NAV: &[(&str, &str)] = &[
     ("", "Overview"),
     ("sessions", "Agent sessions"),
     ("endpoints", "Endpoints"),
+    ("traffic", "Live traffic"),
     ("authtokens", "Authtokens"),
     ("api-keys", "API keys"),
     ("reserved-domains", "Domains"),
@@ -115,6 +116,7 @@ button{padding:.3rem .8rem;font:inherit;cursor:pointer}
 .secret pre{white-space:pre-wrap;word-break:break-all}.muted{color:#69708a}
 .cards{display:flex;gap:1rem;flex-wrap:wrap}.card{background:#fff;border:1px solid #e3e6ec;padding:.8rem 1.2rem;min-width:9rem}
 .card b{display:block;font-size:1.6rem}
+tr.e4 td{background:#fff6e5}tr.e5 td,tr.closed td{background:#fdecec}
 "#;
 
 #[cfg(test)]

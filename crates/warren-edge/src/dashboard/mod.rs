@@ -66,6 +66,7 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .route(warren_policy::oidc::CALLBACK_PATH, get(sso::sso))
         .route("/dashboard/account", get(sign_in::account).post(sign_in::set_password))
         .route("/dashboard/traffic-policy", get(pages::policy).post(pages::policy_save))
+        .route("/dashboard/traffic", get(pages::traffic))
         .route("/dashboard/{page}", get(pages::list).post(pages::create))
         .route("/dashboard/{page}/{id}/{action}", post(pages::act))
         .layer(axum::middleware::from_fn(headers_and_origin))

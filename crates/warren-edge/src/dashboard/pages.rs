@@ -810,3 +810,58 @@ pub(super) async fn policy_save(
     let updated = v.get("updated_at").and_then(Value::as_str).unwrap_or("");
     policy_page(&s, StatusCode::OK, text, &saved, updated)
 }
+
+/// `GET /dashboard/traffic`: the account's last requests, newest first, reloading every 5 s.
+/// Opening it starts recording (for [`crate::recent::WATCH`]); until then the proxy path
+/// records nothing.
+pub(super) async fn traffic(
+    State(dash): State<Arc<Dash>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let s = match signed_in(&dash, peer, &headers, "/dashboard/traffic").await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let recent = &dash.shared.recent;
+    recent.watch();
+    let rows = recent.last(&s.user.account_id);
+    let mut body = format!(
+        "<p class=\"muted\">The last {} requests to this account's endpoints, newest first; the page reloads every 5 seconds. \
+         Requests are recorded while this view is open (and {} minutes after), the fields are those of <code>http_request_complete</code> events.</p>\
+         <table id=\"traffic\"><thead><tr><th>Time</th><th>Endpoint</th><th>Request</th><th>Status</th><th>Duration</th><th>Bytes</th><th>Client</th><th>User agent</th></tr></thead><tbody>",
+        crate::recent::PER_ACCOUNT,
+        crate::recent::WATCH.as_secs() / 60
+    );
+    if rows.is_empty() {
+        body.push_str(
+            "<tr><td colspan=\"8\" class=\"muted\">No requests since this view was opened.</td></tr>",
+        );
+    }
+    for r in rows {
+        let secs = r.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let class = match r.status {
+            0 => "closed",
+            s if s >= 500 => "e5",
+            s if s >= 400 => "e4",
+            _ => "ok",
+        };
+        let _ = write!(
+            body,
+            "<tr class=\"{class}\"><td>{}</td><td><code>{}</code></td><td><code>{} {}</code></td><td>{}</td><td>{} ms</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&warren_store::rfc3339(secs)),
+            esc(&r.endpoint_url),
+            esc(&r.method),
+            esc(&r.path),
+            if r.status == 0 { "closed".to_owned() } else { r.status.to_string() },
+            r.duration_ms,
+            r.response_bytes,
+            esc(&r.client_ip.to_string()),
+            esc(&r.user_agent),
+        );
+    }
+    body.push_str("</tbody></table>");
+    let mut resp = html::page(StatusCode::OK, "Live traffic", Some(&s.viewer()), &body);
+    resp.headers_mut().insert(axum::http::header::REFRESH, axum::http::HeaderValue::from_static("5"));
+    resp
+}

@@ -41,7 +41,10 @@ impl TrafficSink {
 /// shared buffers), turned into the event's JSON once, when the response ends, with no
 /// intermediate `Value` tree.
 pub(crate) struct PendingRequest {
-    sink: TrafficSink,
+    /// Where the event goes, if the account subscribes to it.
+    sink: Option<TrafficSink>,
+    /// The dashboard's live view, if someone watches it.
+    recent: Option<crate::recent::RecentRequests>,
     account_id: String,
     endpoint: (String, String, &'static str),
     session_id: String,
@@ -86,7 +89,7 @@ fn rfc3339(t: SystemTime) -> String {
 impl PendingRequest {
     /// Captures the request as the visitor sent it.
     pub(crate) fn new<B>(
-        sink: TrafficSink,
+        (sink, recent): (Option<TrafficSink>, Option<crate::recent::RecentRequests>),
         ep: &Endpoint,
         req: &Request<B>,
         (scheme, host): (&'static str, &str),
@@ -94,6 +97,7 @@ impl PendingRequest {
     ) -> PendingRequest {
         PendingRequest {
             sink,
+            recent,
             account_id: ep.session.account_id.clone(),
             endpoint: (ep.id.clone(), ep.url.clone(), scheme),
             session_id: ep.session.id.clone(),
@@ -132,6 +136,25 @@ impl PendingRequest {
             Some((s, h)) => (*s, h),
             None => (0, &empty),
         };
+        if let Some(recent) = &self.recent {
+            let user_agent =
+                self.headers.get(http::header::USER_AGENT).map(|v| String::from_utf8_lossy(v.as_bytes()));
+            recent.record(
+                &self.account_id,
+                crate::recent::Recent {
+                    at: self.start,
+                    endpoint_url: self.endpoint.1.clone(),
+                    method: self.method.as_str().to_owned(),
+                    path: self.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+                    status,
+                    duration_ms: ms,
+                    client_ip: self.client.ip(),
+                    response_bytes: bytes,
+                    user_agent: user_agent.unwrap_or_default().into_owned(),
+                },
+            );
+        }
+        let Some(sink) = &self.sink else { return };
         let body_length = self
             .headers
             .get(http::header::CONTENT_LENGTH)
@@ -175,7 +198,7 @@ impl PendingRequest {
             tls: self.tls.as_ref().map(|t| Tls { version: &t.0, cipher_suite: &t.1 }),
         };
         let object = serde_json::to_string(&object).expect("events serialize");
-        self.sink.send_raw(&self.account_id, super::HTTP_REQUEST_COMPLETE, object);
+        sink.send_raw(&self.account_id, super::HTTP_REQUEST_COMPLETE, object);
     }
 }
 
