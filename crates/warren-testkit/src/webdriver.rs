@@ -103,8 +103,13 @@ impl Browser {
     pub async fn wait_for_text(&self, css: &str, text: &str) -> Element {
         crate::within(&format!("{css} containing {text:?}"), async {
             loop {
+                // A page being replaced (a form sent, a reload) leaves stale elements: not
+                // an error, just not there yet.
                 for e in self.find_all(css).await {
-                    if self.text(&e).await.contains(text) {
+                    let path = format!("/session/{}/element/{}/text", self.session, e.0);
+                    if let Ok(v) = self.call(Method::GET, &path, None).await
+                        && v["value"].as_str().unwrap_or("").contains(text)
+                    {
                         return e;
                     }
                 }

@@ -624,3 +624,49 @@ async fn the_live_traffic_view_shows_the_accounts_requests_escaped_and_no_other_
     assert!(!page.body.contains("/before"), "recording starts when the view is opened");
     assert!(!page.body.contains("elsewhere") && !page.body.contains("/theirs"), "another account's traffic");
 }
+
+/// Admins change a user's role and rotate an API key from the dashboard: the role holds at
+/// once (the user's next page), the rotated key stops working and its successor works.
+#[tokio::test]
+async fn admins_change_roles_and_rotate_api_keys() {
+    let edge = TestEdge::start().await;
+    let tenant = edge.tenant("default").await;
+    set_password(&edge, &admin_id(&edge).await, PASSWORD).await;
+    set_password(&edge, &tenant.read_only.user_id, PASSWORD).await;
+    let mut viewer = browser(&edge);
+    sign_in(&mut viewer, &edge, &tenant.read_only.email, PASSWORD).await;
+    let page = viewer.open(&url(&edge, "/dashboard/authtokens")).await;
+    assert!(!page.body.contains("id=\"create\""));
+
+    let mut b = browser(&edge);
+    sign_in(&mut b, &edge, "admin", PASSWORD).await;
+    let users = b.open(&url(&edge, "/dashboard/users")).await;
+    let me = tenant.read_only.user_id.as_str();
+    assert!(
+        !users.body.contains(&format!("/dashboard/users/{me}/read-only")),
+        "no button for the role they have"
+    );
+    let after = b.submit_form(&users, &format!("/dashboard/users/{me}/developer"), &[]).await;
+    assert_eq!(after.status, StatusCode::OK, "{}", after.body);
+    let page = viewer.open(&url(&edge, "/dashboard/authtokens")).await;
+    assert!(page.body.contains("id=\"create\""), "a developer now: {}", page.body);
+    assert!(page.body.contains("<span class=\"role\">developer</span>"));
+
+    // Rotation: the old key stops, the new one (shown once) works.
+    let old = tenant.developer.api_key.clone();
+    let keys = b.open(&url(&edge, "/dashboard/api-keys")).await;
+    let rotated = b
+        .submit_form(&keys, &format!("/dashboard/api-keys/{}/rotate", tenant.developer.api_key_id), &[])
+        .await;
+    assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.body);
+    let at = rotated.body.find("<pre id=\"secret\">").unwrap() + "<pre id=\"secret\">".len();
+    let new = rotated.body[at..at + rotated.body[at..].find('<').unwrap()].to_owned();
+    assert_eq!(edge.api("GET", "/credentials", Some(&old), None).await.0, StatusCode::UNAUTHORIZED);
+    let (s, _, v) = edge.api("GET", "/api_keys", Some(&new), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let successor =
+        v["keys"].as_array().unwrap().iter().find(|k| new.starts_with(k["id"].as_str().unwrap())).cloned();
+    let successor = successor.expect("the new key is listed");
+    assert_eq!(successor["owner_id"], tenant.developer.user_id.as_str(), "same owner: same rights, no more");
+    assert_eq!(successor["description"], format!("{}'s key", tenant.developer.email));
+}

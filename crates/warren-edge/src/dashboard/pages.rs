@@ -66,7 +66,9 @@ struct Resource {
     admin_only: bool,
     /// The label of the delete button, if rows can be deleted.
     delete: Option<&'static str>,
-    /// Row actions: (label, API path after `/{id}/`).
+    /// Row actions: (label, name). The name is the API path after `/{id}/` (a POST), except
+    /// for users (a role: PATCH `role`) and API keys (`rotate`: a new key, then the old one
+    /// deleted).
     actions: &'static [(&'static str, &'static str)],
     /// The field of a created object shown once (a token).
     secret: Option<&'static str>,
@@ -161,9 +163,9 @@ static RESOURCES: &[Resource] = &[
         ],
         admin_only: false,
         delete: Some("Delete"),
-        actions: &[],
+        actions: &[("Rotate", "rotate")],
         secret: Some("token"),
-        intro: "Keys for the REST API (Authorization: Bearer …). A key acts with its owner's role. To rotate one, create its successor, move your scripts over, then delete the old key.",
+        intro: "Keys for the REST API (Authorization: Bearer …). A key acts with its owner's role. Rotate makes a new key with the same description and owner, shows it once, and deletes the old one.",
     },
     Resource {
         slug: "reserved-domains",
@@ -306,7 +308,7 @@ static RESOURCES: &[Resource] = &[
         ],
         admin_only: true,
         delete: Some("Remove"),
-        actions: &[],
+        actions: &[("Make admin", "admin"), ("Make developer", "developer"), ("Make read-only", "read-only")],
         secret: None,
         intro: "Admins change everything; developers manage what they own; read-only users look.",
     },
@@ -479,8 +481,7 @@ async fn render(
     for (title, _, _) in r.columns {
         let _ = write!(body, "<th>{title}</th>");
     }
-    let row_actions = may_change && (r.delete.is_some() || !r.actions.is_empty())
-        || (!r.actions.is_empty() && s.user.role != warren_store::Role::ReadOnly);
+    let row_actions = may_change && (r.delete.is_some() || !r.actions.is_empty());
     if row_actions {
         body.push_str("<th></th>");
     }
@@ -497,7 +498,10 @@ async fn render(
         }
         if row_actions {
             body.push_str("<td>");
-            let mut buttons: Vec<(&str, &str)> = r.actions.to_vec();
+            // A user's role buttons leave out the role they have.
+            let role = row.get("role").and_then(Value::as_str);
+            let mut buttons: Vec<(&str, &str)> =
+                r.actions.iter().copied().filter(|(_, a)| Some(*a) != role).collect();
             if may_change && let Some(d) = r.delete {
                 buttons.push((d, "delete"));
             }
@@ -673,18 +677,57 @@ pub(super) async fn act(
     if !id_ok(&id) {
         return super::not_found();
     }
-    let (method, path) = if action == "delete" && r.delete.is_some() {
-        (Method::DELETE, format!("{}/{id}", r.api))
+    let (method, path, body) = if action == "delete" && r.delete.is_some() {
+        (Method::DELETE, format!("{}/{id}", r.api), None)
     } else if let Some((_, a)) = r.actions.iter().find(|(_, a)| *a == action) {
-        (Method::POST, format!("{}/{id}/{a}", r.api))
+        match r.slug {
+            "users" => (Method::PATCH, format!("{}/{id}", r.api), Some(serde_json::json!({ "role": a }))),
+            "api-keys" => return rotate(&dash, &s, r, &id).await,
+            _ => (Method::POST, format!("{}/{id}/{a}", r.api), None),
+        }
     } else {
         return super::not_found();
     };
-    let (status, answer) = dash.call(&s, method, &path, None).await;
+    let (status, answer) = dash.call(&s, method, &path, body).await;
     if !status.is_success() {
         return render(&dash, &s, r, None, status, &api_error(status, &answer), &[]).await;
     }
     Redirect::to(&format!("/dashboard/{}", r.slug)).into_response()
+}
+
+/// Rotates an API key: its successor (same description, metadata and owner) is made first
+/// and shown once, then the old key is deleted, each through the API as the signed-in user.
+async fn rotate(dash: &Dash, s: &Session, r: &Resource, id: &str) -> Response {
+    let (status, old) = dash.call(s, Method::GET, &format!("{}/{id}", r.api), None).await;
+    if !status.is_success() {
+        return render(dash, s, r, None, status, &api_error(status, &old), &[]).await;
+    }
+    let text = |k: &str| old.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let mut body = serde_json::json!({ "description": text("description"), "metadata": text("metadata") });
+    // The successor never outlives the key it replaces, nor belongs to someone else.
+    for k in ["owner_id", "expires_at"] {
+        if let Some(v) = old.get(k).filter(|v| v.is_string()) {
+            body[k] = v.clone();
+        }
+    }
+    let (status, created) = dash.call(s, Method::POST, r.api, Some(body)).await;
+    if !status.is_success() {
+        return render(dash, s, r, None, status, &api_error(status, &created), &[]).await;
+    }
+    let (status, answer) = dash.call(s, Method::DELETE, &format!("{}/{id}", r.api), None).await;
+    let token = created.get("token").and_then(Value::as_str).unwrap_or("");
+    let new_id = created.get("id").and_then(Value::as_str).unwrap_or("");
+    let mut shown = format!(
+        "<p>Rotated <code>{}</code>: its successor is <code>{}</code>. Copy it now: it is shown only this once.</p><pre id=\"secret\">{}</pre>",
+        esc(id),
+        esc(new_id),
+        esc(token)
+    );
+    if !status.is_success() {
+        let _ = write!(shown, "{}", api_error(status, &answer));
+        shown.push_str("<p>The old key could not be deleted; delete it by hand.</p>");
+    }
+    render(dash, s, r, None, StatusCode::CREATED, &html::notice("secret", &shown), &[]).await
 }
 
 /// `GET /dashboard/`: counts and what needs attention.
