@@ -84,6 +84,11 @@ impl EndpointMetrics {
         self.seconds.observe(elapsed.as_secs_f64());
     }
 
+    /// HTTP requests answered so far, and how many of them with a 5xx.
+    pub(crate) fn request_totals(&self) -> (u64, u64) {
+        (self.by_class.iter().map(Counter::get).sum(), self.by_class[4].get())
+    }
+
     /// A tcp or tls connection that carried `bytes_in` from the visitor and `bytes_out` to it.
     pub(crate) fn connection(&self, bytes_in: u64, bytes_out: u64) {
         self.connections.inc();

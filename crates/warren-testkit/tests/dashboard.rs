@@ -623,6 +623,12 @@ async fn the_live_traffic_view_shows_the_accounts_requests_escaped_and_no_other_
     assert!(page.body.contains("&lt;img src=x onerror=alert(1)&gt;") && !page.body.contains("<img src=x"));
     assert!(!page.body.contains("/before"), "recording starts when the view is opened");
     assert!(!page.body.contains("elsewhere") && !page.body.contains("/theirs"), "another account's traffic");
+
+    // The overview counts the account's requests (2 of ours, not theirs) and reloads itself.
+    let overview = b.open(&url(&edge, "/dashboard/")).await;
+    assert_eq!(overview.headers["refresh"], "10");
+    assert!(overview.body.contains("id=\"requests\"><b>2</b>"), "{}", overview.body);
+    assert!(overview.body.contains("id=\"errors\"><b>0</b>"), "{}", overview.body);
 }
 
 /// Admins change a user's role and rotate an API key from the dashboard: the role holds at
@@ -669,4 +675,80 @@ async fn admins_change_roles_and_rotate_api_keys() {
     let successor = successor.expect("the new key is listed");
     assert_eq!(successor["owner_id"], tenant.developer.user_id.as_str(), "same owner: same rights, no more");
     assert_eq!(successor["description"], format!("{}'s key", tenant.developer.email));
+}
+
+/// Single sign-on in real Chromium through npm `oidc-provider`'s own login and consent pages;
+/// then, in the same browser, a `dashboard` IP restriction that excludes it and repeated
+/// wrong passwords that lock a user out.
+#[tokio::test]
+async fn in_chromium_single_sign_on_works_and_lockout_and_ip_restrictions_refuse() {
+    use warren_edge::config::{DashboardSso, Role, SecretString};
+    let port = free_port();
+    let op =
+        oidc::OidcProvider::start_with_redirects(&[&format!("http://127.0.0.1:{port}/warren/oidc/callback")])
+            .await;
+    let edge = TestEdge::start_with(|c| {
+        c.api_addr = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        c.dashboard_sso = Some(DashboardSso {
+            issuer_url: op.issuer.clone(),
+            client_id: "warren-web".into(),
+            client_secret: SecretString("web-secret".into()),
+            account: "default".into(),
+            allowed_domains: vec!["example.test".into()],
+            default_role: Role::Developer,
+            required: false,
+            break_glass: vec![],
+        });
+    })
+    .await;
+    let tenant = edge.tenant("default").await;
+    set_password(&edge, &tenant.read_only.user_id, PASSWORD).await;
+    let browser = webdriver::Browser::start().await;
+
+    browser.goto(&url(&edge, "/dashboard/")).await;
+    browser.wait_for_text("h1", "Sign in").await;
+    browser.click(&browser.find("#sso").await.expect("an SSO button")).await;
+    // The provider's pages.
+    let login = crate::within("the provider's login form", async {
+        loop {
+            if let Some(e) = browser.find("input[name=login]").await {
+                return e;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    browser.type_into(&login, "carol").await;
+    browser.type_into(&browser.find("input[name=password]").await.unwrap(), "any password").await;
+    browser.click(&browser.find("button[type=submit]").await.unwrap()).await;
+    let consent = browser.wait_for_text("button[type=submit]", "Continue").await;
+    browser.click(&consent).await;
+    browser.wait_for_text("h1", "Overview").await;
+    browser.wait_for_text("#who", "carol@example.test").await;
+    browser.wait_for_text(".role", "developer").await;
+
+    // Locked out after repeated wrong passwords, in the browser too.
+    browser.click(&browser.find("#sign-out").await.unwrap()).await;
+    for _ in 0..warren_store::dashboard::MAX_FAILED_SIGN_INS {
+        browser.wait_for_text("h1", "Sign in").await;
+        browser.type_into(&browser.find("#email").await.unwrap(), &tenant.read_only.email).await;
+        browser.type_into(&browser.find("#password").await.unwrap(), "not the password").await;
+        browser.click(&browser.find("#submit").await.unwrap()).await;
+        browser.wait_for_text("#notice", "Wrong e-mail or password.").await;
+    }
+    browser.type_into(&browser.find("#email").await.unwrap(), &tenant.read_only.email).await;
+    browser.type_into(&browser.find("#password").await.unwrap(), PASSWORD).await;
+    browser.click(&browser.find("#submit").await.unwrap()).await;
+    browser.wait_for_text("#notice", "locked out until").await;
+
+    // Outside a dashboard IP restriction: refused, SSO included.
+    let key = Some(edge.api_key.as_str());
+    let (_, _, pol) = edge.api("POST", "/ip_policies", key, Some(json!({"description": "office"}))).await;
+    let rule = json!({"ip_policy_id": pol["id"], "cidr": "203.0.113.0/24", "action": "allow"});
+    assert_eq!(edge.api("POST", "/ip_policy_rules", key, Some(rule)).await.0, StatusCode::CREATED);
+    let body = json!({"type": "dashboard", "ip_policy_ids": [pol["id"]], "enforced": true});
+    assert_eq!(edge.api("POST", "/ip_restrictions", key, Some(body)).await.0, StatusCode::CREATED);
+    browser.goto(&url(&edge, "/dashboard/sso")).await;
+    browser.wait_for_text("#notice", "not available from 127.0.0.1").await;
+    browser.quit().await;
 }

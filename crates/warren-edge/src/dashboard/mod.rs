@@ -47,12 +47,15 @@ pub(crate) struct Dash {
     api: Router,
     /// Single sign-on, when the operator set it up.
     sso: Option<sso::Sso>,
+    /// Each account's request count at its last overview, for the rate between two.
+    rates: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
 }
 
 /// The dashboard's routes, to merge into the API listener's router.
 pub(crate) fn app(shared: Arc<Shared>) -> Router {
     let sso = shared.config.dashboard_sso.clone().map(sso::Sso::new);
-    let dash = Arc::new(Dash { api: crate::api::app(shared.clone()), shared, sso });
+    let dash =
+        Arc::new(Dash { api: crate::api::app(shared.clone()), shared, sso, rates: Default::default() });
     Router::new()
         .route("/", get(|| async { Redirect::to("/dashboard/") }))
         .route("/dashboard", get(|| async { Redirect::to("/dashboard/") }))

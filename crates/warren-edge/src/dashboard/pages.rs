@@ -748,10 +748,39 @@ pub(super) async fn overview(
     let (_, endpoints) = dash.call(&s, Method::GET, "/endpoints?limit=100", None).await;
     let (_, tokens) = dash.call(&s, Method::GET, "/credentials?limit=100", None).await;
     let (_, certs) = dash.call(&s, Method::GET, "/tls_certificates?limit=100", None).await;
+    // Requests of the account's endpoints held by this node, and the rate since the last
+    // overview of the account (the page reloads every 10 s).
+    let (mut requests, mut errors) = (0u64, 0u64);
+    for session in dash.shared.registry.sessions_of(&s.user.account_id) {
+        for ep in dash.shared.registry.endpoints_of(&session.id) {
+            let (n, e) = ep.metrics.request_totals();
+            requests += n;
+            errors += e;
+        }
+    }
+    let rate = {
+        let mut rates = dash.rates.lock().unwrap_or_else(|e| e.into_inner());
+        if rates.len() > 10_000 {
+            rates.clear();
+        }
+        let now = std::time::Instant::now();
+        let before = rates.insert(s.user.account_id.clone(), (now, requests));
+        match before {
+            Some((t, n)) if requests >= n && now > t => {
+                format!("{:.1}", (requests - n) as f64 / now.duration_since(t).as_secs_f64())
+            }
+            _ => "–".to_owned(),
+        }
+    };
     let mut body = format!(
         "<div class=\"cards\"><div class=\"card\" id=\"sessions-count\"><b>{}</b>agent sessions</div>\
          <div class=\"card\" id=\"endpoints-count\"><b>{}</b>endpoints</div>\
-         <div class=\"card\"><b>{}</b>authtokens</div></div>",
+         <div class=\"card\"><b>{}</b>authtokens</div>\
+         <div class=\"card\" id=\"requests\"><b>{requests}</b>requests</div>\
+         <div class=\"card\" id=\"errors\"><b>{errors}</b>5xx answers</div>\
+         <div class=\"card\" id=\"rate\"><b>{rate}</b>requests/s</div></div>\
+         <p class=\"muted\">Requests and errors: those of the endpoints bound on this edge node now, since they were bound; \
+         the rate is since this page last loaded. This page reloads every 10 seconds.</p>",
         count(&sessions, "tunnel_sessions"),
         count(&endpoints, "endpoints"),
         count(&tokens, "credentials"),
@@ -777,8 +806,10 @@ pub(super) async fn overview(
             show(at(c, "not_after"), Show::Text)
         );
     }
-    body.push_str("</tbody></table><p class=\"muted\">Request rates and errors: scrape <code>/metrics</code> (OpenMetrics).</p>");
-    html::page(StatusCode::OK, "Overview", Some(&s.viewer()), &body)
+    body.push_str("</tbody></table>");
+    let mut resp = html::page(StatusCode::OK, "Overview", Some(&s.viewer()), &body);
+    resp.headers_mut().insert(axum::http::header::REFRESH, axum::http::HeaderValue::from_static("10"));
+    resp
 }
 
 fn policy_page(s: &Session, status: StatusCode, text: &str, notice: &str, updated_at: &str) -> Response {
