@@ -142,6 +142,8 @@ pub(crate) struct Shared {
     pub(crate) compressions: Arc<tokio::sync::Semaphore>,
     /// The last requests of each account, while the dashboard's traffic view is watched.
     pub(crate) recent: recent::RecentRequests,
+    /// The CA file agents trust the edge with (the local CA's, or the operator's chain).
+    pub(crate) ca_cert_path: std::path::PathBuf,
 }
 
 impl Shared {
@@ -202,6 +204,7 @@ impl Shared {
             metrics,
             compressions: Arc::new(tokio::sync::Semaphore::new(config.limits.max_compressed_responses)),
             recent: recent::RecentRequests::default(),
+            ca_cert_path: tls.ca_cert_path.clone(),
             store,
             config,
             shutdown: rx,

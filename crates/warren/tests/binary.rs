@@ -662,6 +662,38 @@ fn the_first_start_prints_the_dashboard_and_a_sign_in_link_that_works_once_and_a
     let (status, _) = use_sign_in_link(&link, &dir.path().join("jar2"));
     assert_eq!(status, "401", "used once");
 
+    // Signed in: an authtoken made on the authtokens page, and the exact command the page
+    // shows, run as printed, brings an endpoint up.
+    let jar = dir.path().join("jar1");
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "30", "-c"])
+            .arg(&jar)
+            .arg("-b")
+            .arg(&jar)
+            .args(args)
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let page = curl(&[&format!("{dashboard}authtokens")]);
+    let csrf = after(&page, "name=\"csrf\" value=\"").split('"').next().unwrap().to_owned();
+    let created = curl(&[
+        "--data",
+        &format!("csrf={csrf}&description=from-the-dashboard"),
+        &format!("{dashboard}authtokens"),
+    ]);
+    let command = after(&created, "<pre id=\"command\">").split('<').next().unwrap().to_owned();
+    let args: Vec<&str> = command.split_whitespace().collect();
+    assert_eq!(&args[..3], ["warren", "http", "3000"], "{command}");
+    let up = http_upstream().to_string();
+    let mut agent_args = vec!["http", up.as_str(), "--url", "https://dash-bin.warren.localhost"];
+    agent_args.extend(&args[3..]);
+    let agent = Proc::spawn(&agent_args);
+    let fwd = agent.line_with("Forwarding");
+    assert!(fwd.contains("https://dash-bin.warren.localhost:"), "{fwd}");
+    drop(agent);
+
     // The operator's way in later on.
     let base = dashboard.trim_end_matches("/dashboard/");
     let out = Command::new(env!("CARGO_BIN_EXE_warren"))

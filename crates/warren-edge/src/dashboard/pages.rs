@@ -634,11 +634,13 @@ pub(super) async fn create(
         esc(secret)
     );
     if r.slug == "authtokens" {
-        let connect = connect_url(&dash);
+        let (connect, ca) = connect_url(&dash);
+        let cas = ca.as_deref().map(|c| format!(" --connect-cas {}", esc(c))).unwrap_or_default();
+        let root_cas = ca.as_deref().map(|c| format!("\n  root_cas: {}", esc(c))).unwrap_or_default();
         let _ = write!(
             shown,
-            "<p>Expose a local web server on port 3000 with it:</p><pre id=\"command\">warren http 3000 --authtoken {0} --connect-url {1} --connect-cas &lt;the edge's CA file&gt;</pre>\
-             <p>or, in an ngrok agent config file (v3):</p><pre id=\"ngrok-config\">version: 3\nagent:\n  authtoken: {0}\n  connect_url: {1}\n  root_cas: &lt;the edge's CA file&gt;</pre>",
+            "<p>Expose a local web server on port 3000 with it:</p><pre id=\"command\">warren http 3000 --authtoken {0} --connect-url {1}{cas}</pre>\
+             <p>or, in an ngrok agent config file (v3):</p><pre id=\"ngrok-config\">version: 3\nagent:\n  authtoken: {0}\n  connect_url: {1}{root_cas}</pre>",
             esc(secret),
             esc(&connect)
         );
@@ -651,11 +653,18 @@ pub(super) async fn create(
     render(&dash, &s, r, None, StatusCode::CREATED, &html::notice("secret", &shown), &[]).await
 }
 
-/// Where agents connect: the first connect hostname (or localhost) and the listener's port.
-fn connect_url(dash: &Dash) -> String {
+/// Where agents connect, as `warren edge` prints it: the first public connect hostname (or
+/// `localhost`: `*.localhost` names need not resolve on the agent's machine) and the
+/// listener's port; and the CA file to trust when the edge's certificate is its local CA's.
+fn connect_url(dash: &Dash) -> (String, Option<String>) {
     let config = &dash.shared.config;
-    let host = config.connect_hostnames.first().map_or("localhost", String::as_str);
-    format!("{host}:{}", config.connect_addr.port())
+    let host = config
+        .connect_hostnames
+        .iter()
+        .find(|h| !h.ends_with(".localhost"))
+        .map_or("localhost", String::as_str);
+    let ca = config.tls_files.is_none().then(|| dash.shared.ca_cert_path.display().to_string());
+    (format!("{host}:{}", config.connect_addr.port()), ca)
 }
 
 /// `POST /dashboard/{page}/{id}/{action}`: delete, stop, restart, through the API.
