@@ -81,6 +81,19 @@ pub struct Upstream {
     pub port: u16,
 }
 
+/// An endpoint URL names a host (and port), never a path: the edge routes by name, so a path
+/// would be dropped and every path of the name would reach the upstream.
+fn refuse_path(url: &str) -> Result<(), String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    match rest.find(['/', '?', '#']) {
+        Some(i) if &rest[i..] != "/" => Err(format!(
+            "--url {url:?} has a path or query ({:?}); endpoint URLs name a host only, and every path under it reaches the upstream",
+            &rest[i..]
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Upstream {
     /// Parses what `warren http|tcp` take: `8080`, `host:8080`, `http://host:8080`,
     /// `https://host:8443`, `tcp://host:22`. A bare port 443 means https, as in ngrok.
@@ -95,6 +108,11 @@ impl Upstream {
         let rest = rest.trim_end_matches('/');
         if rest.contains('/') {
             return Err(format!("upstream {s:?} must not have a path"));
+        }
+        if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) && rest.parse::<u16>().is_err() {
+            // A number is a port, never a host name: `warren http 99999` must not forward to a
+            // host called 99999.
+            return Err(format!("port {rest} in upstream {s:?} is out of range (1-65535)"));
         }
         let (host, port) = match rest.parse::<u16>() {
             Ok(p) => ("localhost".to_owned(), Some(p)),
@@ -182,6 +200,7 @@ impl EndpointConfig {
     /// `warren http <upstream> [--url U]`: https unless `U` starts with `http://`.
     pub fn http(upstream: &str, url: Option<&str>) -> Result<EndpointConfig, String> {
         let url = url.unwrap_or("").to_owned();
+        refuse_path(&url)?;
         let proto = if url.starts_with("http://") {
             EndpointProto::Http
         } else if url.is_empty() || url.starts_with("https://") || !url.contains("://") {
@@ -205,6 +224,7 @@ impl EndpointConfig {
     /// `warren tcp <upstream> [--url tcp://host:port]`.
     pub fn tcp(upstream: &str, url: Option<&str>) -> Result<EndpointConfig, String> {
         let url = url.unwrap_or("").to_owned();
+        refuse_path(&url)?;
         if !url.is_empty() && !url.starts_with("tcp://") {
             return Err(format!("--url {url:?} must be a tcp:// URL for a tcp endpoint"));
         }
@@ -229,6 +249,7 @@ impl EndpointConfig {
         termination: Option<Arc<rustls::ServerConfig>>,
     ) -> Result<EndpointConfig, String> {
         let url = url.unwrap_or("").to_owned();
+        refuse_path(&url)?;
         if !url.is_empty() && !url.starts_with("tls://") {
             return Err(format!("--url {url:?} must be a tls:// URL for a tls endpoint"));
         }
@@ -508,6 +529,24 @@ mod tests {
         assert!(Upstream::parse("x:notaport", false).is_err());
         assert!(Upstream::parse("db.internal", true).is_err());
         assert!(Upstream::parse("http://x:1/path", false).is_err());
+        for out_of_range in ["99999", "65536", "http://localhost:70000"] {
+            let e = Upstream::parse(out_of_range, false).unwrap_err();
+            assert!(e.contains("out of range") || e.contains("invalid port"), "{out_of_range}: {e}");
+        }
+        assert_eq!(Upstream::parse("65535", true).unwrap().port, 65535);
+    }
+
+    #[test]
+    fn endpoint_urls_with_a_path_or_query_are_refused_not_cut() {
+        for url in
+            ["https://x.example/path", "https://x.example/?a=1", "x.example/api", "https://x.example#f"]
+        {
+            let e = EndpointConfig::http("80", Some(url)).unwrap_err();
+            assert!(e.contains("has a path or query"), "{url}: {e}");
+        }
+        assert!(EndpointConfig::tcp("22", Some("tcp://x:1/db")).is_err());
+        assert!(EndpointConfig::tls("443", Some("tls://x.example/a"), None).is_err());
+        assert!(EndpointConfig::http("80", Some("https://x.example/")).is_ok(), "a bare / is no path");
     }
 
     #[test]

@@ -254,6 +254,20 @@ impl AgentFile {
         self.endpoints.iter().map(|(e, _)| e.name.as_str()).collect()
     }
 
+    /// An `agent:` setting as the files give it: `authtoken`, `connect_url`, `connect_cas` or
+    /// `api_key` (`None`: not set, or another key).
+    pub fn agent_setting(&self, key: &str) -> Option<&str> {
+        let a = &self.agent;
+        match key {
+            "authtoken" => a.authtoken.as_deref(),
+            "connect_url" => a.connect_url.as_deref(),
+            "connect_cas" => a.connect_cas.as_deref(),
+            "api_key" => a.api_key.as_deref(),
+            _ => None,
+        }
+        .filter(|v| !v.is_empty())
+    }
+
     /// The agent configuration for the endpoints `names` (all when `names` is empty), with
     /// the environment's overrides applied.
     pub fn agent_config(&self, names: &[String]) -> Result<AgentConfig, ConfigFileError> {

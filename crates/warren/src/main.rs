@@ -209,6 +209,23 @@ enum ConfigAction {
         #[arg(long = "config", value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Save how to trust the edge in the config file: `trusted` (public CAs), `host` (the
+    /// system store) or a PEM file (saved as an absolute path).
+    AddConnectCas {
+        /// trusted, host or FILE.
+        cas: String,
+        /// Config file (default: the per-user warren.yml).
+        #[arg(long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Save an API key in the config file, for `warren api`.
+    AddApiKey {
+        /// The API key.
+        key: String,
+        /// Config file (default: the per-user warren.yml).
+        #[arg(long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Open the config file in $VISUAL, $EDITOR or vi (created if missing, owner-only), then
     /// check it.
     Edit {
@@ -364,9 +381,14 @@ struct AgentArgs {
     /// Authtoken.
     #[arg(long, env = "WARREN_AUTHTOKEN", hide_env_values = true)]
     authtoken: Option<String>,
-    /// The edge's connect address, host:port.
-    #[arg(long, env = "WARREN_CONNECT_URL", default_value = "localhost:4443")]
-    connect_url: String,
+    /// The edge's connect address, host:port (default: the config file's, else localhost:4443).
+    #[arg(long, env = "WARREN_CONNECT_URL")]
+    connect_url: Option<String>,
+    /// Config file for the agent settings (authtoken, connect_url, connect_cas) not given as
+    /// flags or WARREN_* variables; repeat to merge several. Default: the per-user warren.yml,
+    /// when it exists.
+    #[arg(long = "config", value_name = "FILE")]
+    config: Vec<PathBuf>,
     /// How to trust the edge: `trusted` (public CAs), `host` (system store) or a PEM file.
     /// Defaults to the local edge's CA when that file exists, else `trusted`.
     #[arg(long, env = "WARREN_CONNECT_CAS")]
@@ -447,7 +469,19 @@ struct AgentArgs {
     inspect: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    // A user's mistake is one or two lines, with its causes, never a backtrace (even with
+    // RUST_BACKTRACE set: that is for panics, which still print theirs).
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let agent_command = matches!(
         cli.command,
@@ -492,8 +526,11 @@ fn main() -> anyhow::Result<()> {
                 // `--api-key`/`--api-url` after the resource land in `rest`; take them out.
                 let api_key = api_cli::take_flag(&mut rest, "--api-key").or(api_key);
                 let api_url = api_cli::take_flag(&mut rest, "--api-url").unwrap_or(api_url);
-                let Some(key) = api_key.filter(|k| !k.is_empty()) else {
-                    bail!("no API key: pass --api-key or set WARREN_API_KEY (the edge printed one on its first start)");
+                let from_file = || {
+                    agent_files(&[]).ok().flatten().and_then(|f| f.agent_setting("api_key").map(str::to_owned))
+                };
+                let Some(key) = api_key.filter(|k| !k.is_empty()).or_else(from_file) else {
+                    bail!("no API key: pass --api-key, set WARREN_API_KEY, or save one with `warren config add-api-key KEY` (the edge printed one on its first start)");
                 };
                 api_cli::run(&api_url, &key, &resource, &op, &rest).await
             }
@@ -767,19 +804,24 @@ async fn run_agent(args: AgentArgs, mut endpoint: EndpointConfig, console: bool)
     if let Some(rules) = legacy.rules(endpoint.proto.is_http()).map_err(anyhow::Error::msg)? {
         endpoint.prepend_policy(rules).map_err(anyhow::Error::msg)?;
     }
-    let Some(token) = args.authtoken.filter(|t| !t.is_empty()) else {
+    // Flags and WARREN_* variables first, then the config files, then the defaults.
+    let file = agent_files(&args.config)?;
+    let from_file = |key: &str| file.as_ref().and_then(|f| f.agent_setting(key)).map(str::to_owned);
+    let Some(token) = args.authtoken.filter(|t| !t.is_empty()).or_else(|| from_file("authtoken")) else {
         bail!(
-            "no authtoken: pass --authtoken or set WARREN_AUTHTOKEN (the edge printed one on its first start)"
+            "no authtoken: pass --authtoken, set WARREN_AUTHTOKEN, or save one with `warren config add-authtoken TOKEN` (the edge printed one on its first start)"
         );
     };
-    let cas = match args.connect_cas {
+    let connect_url = args
+        .connect_url
+        .filter(|u| !u.is_empty())
+        .or_else(|| from_file("connect_url"))
+        .unwrap_or_else(|| "localhost:4443".into());
+    let cas = match args.connect_cas.filter(|c| !c.is_empty()).or_else(|| from_file("connect_cas")) {
         Some(c) => ConnectCas::parse(&c),
-        None => {
-            let local = default_data_dir().join("tls/ca.pem");
-            if local.exists() { ConnectCas::Pem(local) } else { ConnectCas::Trusted }
-        }
+        None => local_edge_ca(),
     };
-    let mut config = AgentConfig::new(token, args.connect_url, cas);
+    let mut config = AgentConfig::new(token, connect_url, cas);
     config.endpoints.push(endpoint);
     if args.web_addr != "false" {
         let addr = warren_agent::config_file::web_addr(&serde_json::Value::String(args.web_addr.clone()))
@@ -788,6 +830,29 @@ async fn run_agent(args: AgentArgs, mut endpoint: EndpointConfig, console: bool)
         config.web_addr_fallback = args.web_addr == "127.0.0.1:4040";
     }
     output::run_agent(config, console).await
+}
+
+/// The config files `warren http|tcp|tls` read agent settings from: those named, or the
+/// per-user file when it exists (`None` when it does not). A file that is named but missing,
+/// or that does not parse, is an error.
+fn agent_files(named: &[PathBuf]) -> anyhow::Result<Option<warren_agent::config_file::AgentFile>> {
+    let files = if named.is_empty() {
+        let default = warren_agent::config_file::default_path();
+        if !default.exists() {
+            return Ok(None);
+        }
+        vec![default]
+    } else {
+        named.to_vec()
+    };
+    Ok(Some(warren_agent::config_file::AgentFile::load(&files)?))
+}
+
+/// The local edge's CA when this machine runs one (`warren edge` with the default data
+/// directory), else the public CAs.
+fn local_edge_ca() -> ConnectCas {
+    let local = default_data_dir().join("tls/ca.pem");
+    if local.exists() { ConnectCas::Pem(local) } else { ConnectCas::Trusted }
 }
 
 /// `warren start NAME... | --all`: the named endpoints of the config files.
@@ -801,7 +866,13 @@ async fn start(names: Vec<String>, all: bool, configs: Vec<PathBuf>, console: bo
     for key in &file.ignored {
         eprintln!("note: {key} is accepted but has no effect in warren yet");
     }
-    let config = file.agent_config(&names)?;
+    let mut config = file.agent_config(&names)?;
+    // As `warren http` does: with no connect_cas anywhere, trust the local edge's CA if any.
+    if file.agent_setting("connect_cas").is_none()
+        && std::env::var("WARREN_CONNECT_CAS").map_or(true, |v| v.is_empty())
+    {
+        config.connect_cas = local_edge_ca();
+    }
     if config.authtoken.is_empty() {
         bail!("no authtoken: set agent.authtoken (warren config add-authtoken TOKEN) or WARREN_AUTHTOKEN");
     }
@@ -831,6 +902,30 @@ fn config_command(action: ConfigAction) -> anyhow::Result<()> {
             let file = config.unwrap_or_else(default_path);
             set_agent_key(&file, "authtoken", &token)?;
             println!("authtoken saved to {}", file.display());
+        }
+        ConfigAction::AddConnectCas { cas, config } => {
+            let file = config.unwrap_or_else(default_path);
+            let value = match cas.as_str() {
+                "trusted" | "host" => cas.clone(),
+                path => {
+                    let p = std::path::Path::new(path);
+                    let pem = std::fs::read_to_string(p).with_context(|| format!("reading {path}"))?;
+                    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                        bail!("{path} holds no PEM certificate; expected trusted, host or a CA file");
+                    }
+                    std::fs::canonicalize(p)
+                        .with_context(|| format!("resolving {path}"))?
+                        .display()
+                        .to_string()
+                }
+            };
+            set_agent_key(&file, "connect_cas", &value)?;
+            println!("connect_cas {value} saved to {}", file.display());
+        }
+        ConfigAction::AddApiKey { key, config } => {
+            let file = config.unwrap_or_else(default_path);
+            set_agent_key(&file, "api_key", &key)?;
+            println!("api_key saved to {}", file.display());
         }
         ConfigAction::AddConnectUrl { url, config } => {
             let file = config.unwrap_or_else(default_path);

@@ -11,6 +11,18 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A child process whose stdout lines arrive on a channel; killed on drop.
+/// The binary, with the developer's own agent settings out of the way: no WARREN_* agent
+/// variables, and a per-user config directory that does not exist (a test that wants one
+/// sets `XDG_CONFIG_HOME`).
+fn warren() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
+    for v in ["WARREN_AUTHTOKEN", "WARREN_CONNECT_URL", "WARREN_CONNECT_CAS", "WARREN_API_KEY"] {
+        cmd.env_remove(v);
+    }
+    cmd.env("XDG_CONFIG_HOME", "/nonexistent/warren-tests");
+    cmd
+}
+
 struct Proc {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -27,8 +39,20 @@ impl Proc {
     }
 
     fn spawn_with(args: &[&str], stderr: bool) -> Proc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
-        cmd.args(args).env_remove("WARREN_AUTHTOKEN").stdin(Stdio::null());
+        Proc::spawn_full(args, stderr, &[])
+    }
+
+    /// Like [`Proc::spawn`], with extra environment variables.
+    fn spawn_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> Proc {
+        Proc::spawn_full(args, false, env)
+    }
+
+    fn spawn_full(args: &[&str], stderr: bool, env: &[(&str, &std::path::Path)]) -> Proc {
+        let mut cmd = warren();
+        cmd.args(args).stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         if stderr {
             cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         } else {
@@ -218,7 +242,7 @@ fn edge_and_agent_binaries_serve_curl_over_https_and_tcp() {
 
     // `warren api`, like `ngrok api`: make an ACL-limited token, list, delete.
     let api = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        let out = warren()
             .arg("api")
             .args(args)
             .args(["--api-url", &api_url, "--api-key", &api_key])
@@ -302,7 +326,7 @@ fn edge_and_agent_binaries_serve_curl_over_https_and_tcp() {
     // then started by name.
     let cfg = data.join("agent.yml");
     let cfg_s = cfg.to_str().unwrap();
-    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_warren")).args(args).output().unwrap();
+    let run = |args: &[&str]| warren().args(args).output().unwrap();
     assert!(run(&["config", "add-authtoken", &token, "--config", cfg_s]).status.success());
     assert!(run(&["config", "add-connect-url", &connect, "--config", cfg_s]).status.success());
     let mut text = std::fs::read_to_string(&cfg).unwrap();
@@ -363,7 +387,7 @@ fn a_wrong_token_or_an_untrusted_edge_is_explained_with_what_to_do() {
     let line = edge.line_with("agents connect:");
     let connect = after(&line, "agents connect:").split_whitespace().next().unwrap().to_owned();
     let ca = after(&line, "(CA certificate:").trim_end_matches(')').to_owned();
-    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+    let out = warren()
         .args([
             "http",
             "8080",
@@ -406,7 +430,7 @@ fn a_wrong_token_or_an_untrusted_edge_is_explained_with_what_to_do() {
 
 #[test]
 fn the_agent_without_a_token_says_what_to_do() {
-    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+    let out = warren()
         .args(["http", "8080", "--connect-cas", "trusted"])
         .env_remove("WARREN_AUTHTOKEN")
         .output()
@@ -426,7 +450,7 @@ fn an_operator_creates_a_second_account_that_sees_only_itself() {
     let data = dir.path().join("data");
     let data_s = data.to_str().unwrap();
     let warren = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_warren")).args(args).output().unwrap();
+        let out = warren().args(args).output().unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -545,7 +569,7 @@ fn events_written_before_a_kill_9_are_delivered_after_the_restart() {
         let mut all = vec!["api"];
         all.extend(args);
         all.extend(["--api-url", api_url, "--api-key", &key]);
-        let out = Command::new(env!("CARGO_BIN_EXE_warren")).args(&all).output().unwrap();
+        let out = warren().args(&all).output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
     };
@@ -612,8 +636,7 @@ fn the_edge_logs_json_lines_when_asked() {
     let http = v["fields"]["http_addr"].as_str().unwrap();
     assert!(http.parse::<std::net::SocketAddr>().is_ok(), "a plain address: {http}");
     drop(edge);
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_warren")).args(["--log-format", "logfmt", "edge"]).output().unwrap();
+    let out = warren().args(["--log-format", "logfmt", "edge"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("'logfmt'"));
 }
@@ -696,7 +719,7 @@ fn the_first_start_prints_the_dashboard_and_a_sign_in_link_that_works_once_and_a
 
     // The operator's way in later on.
     let base = dashboard.trim_end_matches("/dashboard/");
-    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+    let out = warren()
         .args([
             "admin",
             "users",
@@ -716,11 +739,76 @@ fn the_first_start_prints_the_dashboard_and_a_sign_in_link_that_works_once_and_a
         text.lines().find(|l| l.contains("/dashboard/sign-in/link/")).expect("a link").trim().to_owned();
     let (status, _) = use_sign_in_link(&link, &dir.path().join("jar3"));
     assert_eq!(status, "303", "{text}");
-    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+    let out = warren()
         .args(["admin", "users", "sign-in-link", "--email", "nobody", "--data-dir", data_s])
         .output()
         .expect("warren admin");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("user"), "says what was not found");
+    drop(edge);
+}
+
+/// An ngrok user's first day: the settings saved once with `warren config add-*`, then
+/// `warren http PORT` and `warren api` with no flags; mistakes are refused where typed, in one
+/// line, without a backtrace.
+#[test]
+fn saved_settings_serve_http_and_api_with_no_flags_and_typos_are_refused_where_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let edge = Proc::spawn(&edge_on_port_zero(data.to_str().unwrap()));
+    let line = edge.line_with("agents connect:");
+    let connect = after(&line, "agents connect:").split_whitespace().next().unwrap().to_owned();
+    let ca = after(&line, "(CA certificate:").trim_end_matches(')').to_owned();
+    let api_line = edge.line_with("REST API:");
+    let api_url = after(&api_line, "REST API:").split_whitespace().next().unwrap().to_owned();
+    let token = after(&edge.line_with("authtoken:"), "authtoken:").to_owned();
+    let api_key = after(&edge.line_with("API key:"), "API key:").to_owned();
+
+    let xdg = dir.path().join("config");
+    let run = |args: &[&str]| {
+        let out =
+            warren().args(args).env("XDG_CONFIG_HOME", &xdg).env("RUST_BACKTRACE", "1").output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for args in [
+        vec!["config", "add-authtoken", token.as_str()],
+        vec!["config", "add-connect-url", connect.as_str()],
+        vec!["config", "add-connect-cas", ca.as_str()],
+        vec!["config", "add-api-key", api_key.as_str()],
+    ] {
+        let (ok, out, err) = run(&args);
+        assert!(ok, "{args:?}: {out}{err}");
+    }
+    let saved = std::fs::read_to_string(xdg.join("warren/warren.yml")).unwrap();
+    assert!(saved.contains("connect_cas:") && saved.contains("api_key:"), "{saved}");
+
+    let up = http_upstream().to_string();
+    let agent = Proc::spawn_env(
+        &["http", &up, "--url", "https://flow.warren.localhost"],
+        &[("XDG_CONFIG_HOME", &xdg)],
+    );
+    let fwd = agent.line_with("Forwarding");
+    assert!(fwd.contains("https://flow.warren.localhost:"), "{fwd}");
+    drop(agent);
+    let (ok, out, err) = run(&["api", "credentials", "list", "--api-url", &api_url]);
+    assert!(ok && out.contains("initial authtoken"), "{out}{err}");
+
+    // Refused where typed: one clear line, no backtrace, nothing started.
+    for (args, says) in [
+        (vec!["http", "99999"], "out of range"),
+        (vec!["http", "3000", "--url", "https://x.warren.localhost/api"], "has a path or query"),
+        (vec!["config", "add-connect-cas", "/etc/hostname"], "no PEM certificate"),
+    ] {
+        let (ok, out, err) = run(&args);
+        assert!(!ok, "{args:?} succeeded: {out}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        let lower = err.to_lowercase();
+        assert!(!lower.contains("backtrace") && !lower.contains("panicked"), "{args:?}: {err}");
+        assert!(err.trim().lines().count() <= 2, "one or two lines: {err}");
+    }
     drop(edge);
 }
