@@ -194,6 +194,13 @@ pub struct EndpointConfig {
     /// The endpoint's traffic policy document (a JSON object, or YAML or JSON text), sent
     /// with the Bind; the edge compiles and enforces it.
     pub traffic_policy: Option<serde_json::Value>,
+    /// A name under the edge's base domain for the edge to complete (ngrok's `--subdomain`);
+    /// empty: the URL (or a random name) decides.
+    pub subdomain: String,
+    /// Free-form metadata, shown by the API (ngrok's `--metadata`).
+    pub metadata: String,
+    /// A description, shown by the API (ngrok's `--description`).
+    pub description: String,
 }
 
 impl EndpointConfig {
@@ -218,6 +225,9 @@ impl EndpointConfig {
             name: String::new(),
             inspect: true,
             traffic_policy: None,
+            subdomain: String::new(),
+            metadata: String::new(),
+            description: String::new(),
         })
     }
 
@@ -238,6 +248,9 @@ impl EndpointConfig {
             name: String::new(),
             inspect: true,
             traffic_policy: None,
+            subdomain: String::new(),
+            metadata: String::new(),
+            description: String::new(),
         })
     }
 
@@ -263,6 +276,9 @@ impl EndpointConfig {
             name: String::new(),
             inspect: true,
             traffic_policy: None,
+            subdomain: String::new(),
+            metadata: String::new(),
+            description: String::new(),
         })
     }
 

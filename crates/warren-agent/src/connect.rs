@@ -72,7 +72,12 @@ pub(crate) async fn run(
         };
         // Full jitter keeps a fleet of agents from reconnecting in lockstep after an edge restart.
         let sleep = delay.mul_f64(rand::rng().random_range(0.5..=1.0));
-        tracing::warn!(error = %error, retry_in = ?sleep, "session lost; reconnecting");
+        // "Lost" only once there was a session to lose.
+        if ever_online {
+            tracing::warn!(error = %error, retry_in = ?sleep, "session lost; reconnecting");
+        } else {
+            tracing::warn!(error = %error, retry_in = ?sleep, "cannot connect to the edge yet; retrying");
+        }
         status.send_replace(Status::Reconnecting { error, delay: sleep });
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
@@ -261,12 +266,14 @@ async fn bind(mux: &Mux, config: &AgentConfig, live: &LiveEndpoint) -> Result<()
         EndpointProto::Tls => options(&proto::TlsOpts {
             url: ep.url.clone(),
             hostname: host_of(&ep.url),
+            subdomain: ep.subdomain.clone(),
             traffic_policy,
             ..Default::default()
         }),
         _ => options(&proto::HttpOpts {
             url: ep.url.clone(),
             domain: host_of(&ep.url),
+            subdomain: ep.subdomain.clone(),
             traffic_policy,
             ..Default::default()
         }),
@@ -277,7 +284,12 @@ async fn bind(mux: &Mux, config: &AgentConfig, live: &LiveEndpoint) -> Result<()
         forwards_to: ep.upstream.to_string(),
         forwards_proto: String::new(),
         opts,
-        extra: Default::default(),
+        extra: proto::BindExtra {
+            name: live.name.clone(),
+            metadata: ep.metadata.clone(),
+            description: ep.description.clone(),
+            ..Default::default()
+        },
     };
     let resp: proto::BindResp = rpc(mux, StreamType::Bind, "Bind", &bind, config.connect_timeout)
         .await

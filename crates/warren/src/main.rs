@@ -376,8 +376,23 @@ struct EdgeArgs {
 #[derive(Args)]
 struct AgentArgs {
     /// The URL to ask for (https://name.<domain>, http://name.<domain>, tcp://host:port).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["domain", "subdomain"])]
     url: Option<String>,
+    /// ngrok's spelling of `--url https://DOMAIN` (`tls://DOMAIN` for tls endpoints).
+    #[arg(long, conflicts_with = "subdomain")]
+    domain: Option<String>,
+    /// A name under the edge's base domain (`--subdomain app`: https://app.<base domain>).
+    #[arg(long)]
+    subdomain: Option<String>,
+    /// The endpoint's name (shown by the inspector, the console and the local API).
+    #[arg(long)]
+    name: Option<String>,
+    /// Free-form metadata sent with the endpoint.
+    #[arg(long)]
+    metadata: Option<String>,
+    /// A description sent with the endpoint.
+    #[arg(long)]
+    description: Option<String>,
     /// Authtoken.
     #[arg(long, env = "WARREN_AUTHTOKEN", hide_env_values = true)]
     authtoken: Option<String>,
@@ -515,8 +530,8 @@ fn run_cli() -> anyhow::Result<()> {
         match cli.command {
             Command::Edge(args) => edge(*args).await,
             Command::Http { upstream, agent, host_header } => {
-                let mut ep =
-                    EndpointConfig::http(&upstream, agent.url.as_deref()).map_err(anyhow::Error::msg)?;
+                let url = endpoint_url(&agent, "https")?;
+                let mut ep = EndpointConfig::http(&upstream, url.as_deref()).map_err(anyhow::Error::msg)?;
                 ep.host_header = host_header;
                 ep.upstream_tls_verify = agent.upstream_tls_verify;
                 ep.inspect = agent.inspect;
@@ -545,8 +560,8 @@ fn run_cli() -> anyhow::Result<()> {
                     }
                     _ => None,
                 };
-                let ep = EndpointConfig::tls(&upstream, agent.url.as_deref(), termination)
-                    .map_err(anyhow::Error::msg)?;
+                let url = endpoint_url(&agent, "tls")?;
+                let ep = EndpointConfig::tls(&upstream, url.as_deref(), termination).map_err(anyhow::Error::msg)?;
                 run_agent(agent, ep, console).await
             }
             Command::Start { names, all, config } => start(names, all, config, console).await,
@@ -554,7 +569,8 @@ fn run_cli() -> anyhow::Result<()> {
             Command::Admin { action } => admin(action).await,
             Command::Service { action } => service::run(action),
             Command::Tcp { upstream, agent } => {
-                let ep = EndpointConfig::tcp(&upstream, agent.url.as_deref()).map_err(anyhow::Error::msg)?;
+                let url = endpoint_url(&agent, "tcp")?;
+                let ep = EndpointConfig::tcp(&upstream, url.as_deref()).map_err(anyhow::Error::msg)?;
                 run_agent(agent, ep, console).await
             }
         }
@@ -774,6 +790,22 @@ fn warn_if_root() {
 
 async fn run_agent(args: AgentArgs, mut endpoint: EndpointConfig, console: bool) -> anyhow::Result<()> {
     warn_if_root();
+    if let Some(sub) = &args.subdomain {
+        if sub.is_empty() || !sub.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            bail!(
+                "--subdomain {sub:?}: letters, digits and '-' only (one label; the edge adds its base domain)"
+            );
+        }
+        if endpoint.proto == warren_agent::config::EndpointProto::Tcp {
+            bail!(
+                "--subdomain is for http, https and tls endpoints; tcp endpoints get a port (--url tcp://host:port)"
+            );
+        }
+        endpoint.subdomain = sub.to_ascii_lowercase();
+    }
+    endpoint.name = args.name.clone().unwrap_or(endpoint.name);
+    endpoint.metadata = args.metadata.clone().unwrap_or_default();
+    endpoint.description = args.description.clone().unwrap_or_default();
     if let Some(file) = &args.traffic_policy_file {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         endpoint.traffic_policy = Some(
@@ -830,6 +862,20 @@ async fn run_agent(args: AgentArgs, mut endpoint: EndpointConfig, console: bool)
         config.web_addr_fallback = args.web_addr == "127.0.0.1:4040";
     }
     output::run_agent(config, console).await
+}
+
+/// `--url`, or ngrok's `--domain` as a URL of the command's scheme.
+fn endpoint_url(args: &AgentArgs, scheme: &str) -> anyhow::Result<Option<String>> {
+    match (&args.url, &args.domain) {
+        (_, Some(d)) if scheme == "tcp" => {
+            bail!("--domain {d:?} is for http and tls endpoints; a tcp endpoint takes --url tcp://host:port")
+        }
+        (_, Some(d)) if d.contains("://") || d.contains('/') => {
+            bail!("--domain {d:?} is a host name only (like app.example.com); use --url for a URL")
+        }
+        (_, Some(d)) => Ok(Some(format!("{scheme}://{d}"))),
+        (u, None) => Ok(u.clone()),
+    }
 }
 
 /// The config files `warren http|tcp|tls` read agent settings from: those named, or the

@@ -797,11 +797,29 @@ fn saved_settings_serve_http_and_api_with_no_flags_and_typos_are_refused_where_t
     let (ok, out, err) = run(&["api", "credentials", "list", "--api-url", &api_url]);
     assert!(ok && out.contains("initial authtoken"), "{out}{err}");
 
+    // ngrok's spellings: --domain, --subdomain (completed by the edge), --name, --metadata.
+    for (flags, url) in [
+        (vec!["--domain", "dom.warren.localhost"], "https://dom.warren.localhost:"),
+        (
+            vec!["--subdomain", "Sub", "--name", "web", "--metadata", "m", "--description", "d"],
+            "https://sub.warren.localhost:",
+        ),
+    ] {
+        let mut args = vec!["http", up.as_str()];
+        args.extend(flags.iter().copied());
+        let agent = Proc::spawn_env(&args, &[("XDG_CONFIG_HOME", &xdg)]);
+        let fwd = agent.line_with("Forwarding");
+        assert!(fwd.contains(url), "{flags:?}: {fwd}");
+    }
+
     // Refused where typed: one clear line, no backtrace, nothing started.
     for (args, says) in [
         (vec!["http", "99999"], "out of range"),
         (vec!["http", "3000", "--url", "https://x.warren.localhost/api"], "has a path or query"),
         (vec!["config", "add-connect-cas", "/etc/hostname"], "no PEM certificate"),
+        (vec!["tcp", "22", "--domain", "x.example.com"], "a tcp endpoint takes --url"),
+        (vec!["http", "80", "--domain", "https://x.example.com"], "host name only"),
+        (vec!["http", "80", "--subdomain", "a.b"], "one label"),
     ] {
         let (ok, out, err) = run(&args);
         assert!(!ok, "{args:?} succeeded: {out}");
