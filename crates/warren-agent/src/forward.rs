@@ -87,6 +87,11 @@ pub(crate) async fn forward(
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(upstream = %ep.upstream, error = %e, "upstream unreachable");
+            if live.inspected(shared) {
+                // The inspector and the console show the failed request, with why.
+                unreachable_http(stream, live, shared, header.client_addr.clone(), e).await;
+                return;
+            }
             if ep.proto.is_http() {
                 let _ = stream.write_all(bad_gateway(ep, &e).as_bytes()).await;
                 let _ = stream.shutdown().await;
@@ -147,6 +152,47 @@ async fn dial(ep: &EndpointConfig) -> Result<Box<dyn Io>, String> {
         .await
         .map_err(|e| format!("TLS to {u} failed: {e}"))?;
     Ok(Box::new(Eager(tls)))
+}
+
+/// Answers the requests of a proxy stream whose upstream could not be reached with 502,
+/// capturing each for the inspector with the error. The stream closes after the first answer
+/// (`Connection: close`), so the next request dials the upstream again.
+async fn unreachable_http(
+    stream: Stream,
+    live: &Arc<LiveEndpoint>,
+    shared: &Arc<Shared>,
+    client: String,
+    error: String,
+) {
+    let inspector = shared.inspector.clone();
+    let client: Arc<str> =
+        client.parse::<std::net::SocketAddr>().map_or(client, |a| a.ip().to_string()).into();
+    let live = live.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let track = begin(&live, inspector.clone(), &client, &req, None);
+        let ep = &live.config;
+        let body = format!(
+            "The endpoint is online but the agent could not reach its upstream {}.\n{error}\nMake sure the service is running and listening there.\n\n{}\n",
+            ep.upstream,
+            codes::UPSTREAM_UNREACHABLE
+        );
+        let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+        *r.status_mut() = StatusCode::BAD_GATEWAY;
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert("warren-error-code", HeaderValue::from_static(codes::UPSTREAM_UNREACHABLE));
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if let (Some(ex), Some(ins)) = (&track.exchange, &track.inspector) {
+            ex.respond(ins, r.status(), r.version(), r.headers());
+            ex.fail(format!("the upstream {} could not be reached: {error}", ep.upstream));
+        }
+        std::future::ready(Ok::<_, Infallible>(r.map(|b| Tee::new(b, track, Side::Response).boxed())))
+    });
+    if let Err(e) =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await
+    {
+        tracing::debug!(error = %e, "proxy stream ended with an error");
+    }
 }
 
 fn bad_gateway(ep: &EndpointConfig, err: &str) -> String {

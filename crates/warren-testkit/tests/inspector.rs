@@ -437,3 +437,23 @@ async fn the_inspector_page_in_headless_chromium_lists_shows_and_replays_request
     .await;
     browser.quit().await;
 }
+
+/// A request whose upstream cannot be reached is answered 502 and still shows in the
+/// inspector and the local API, with the status and the error.
+#[tokio::test]
+async fn a_request_the_upstream_cannot_take_is_recorded_with_its_error() {
+    let edge = TestEdge::start().await;
+    let down = refused_addr().await;
+    let ep = EndpointConfig::http(&down.to_string(), Some("https://down.warren.localhost")).unwrap();
+    let (_agent, _url, api) = inspected(&edge, ep, |_| {}).await;
+    let host = host_of(&edge, "down.warren.localhost");
+    let req = Request::get("/broken?x=1").header("host", &host).body(empty()).unwrap();
+    let (status, body) = visit(&edge, "down.warren.localhost", req).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("could not reach its upstream"), "{body}");
+    let list = complete_requests(api, 1).await;
+    let r = &list[0];
+    assert_eq!(r["request"]["uri"], "/broken?x=1", "{r}");
+    assert_eq!(r["response"]["status_code"], 502, "{r}");
+    assert!(r.to_string().contains("could not be reached"), "the error is recorded: {r}");
+}
