@@ -90,6 +90,7 @@ pub mod events;
 pub mod ip;
 mod live;
 pub mod model;
+mod names;
 mod reserved;
 mod secret;
 mod time;

@@ -794,3 +794,33 @@ async fn dashboard_passwords_lock_out_and_sessions_and_links_end_with_their_user
     })
     .await;
 }
+
+/// Kept random names: per authtoken and endpoint key, replaced on a new assignment, gone with
+/// the authtoken.
+#[tokio::test]
+async fn random_names_are_kept_per_authtoken_and_go_with_it() {
+    on_both(|s| async move {
+        let a = account(&s).await;
+        let (c, _) = s.create_credential(&a.id, &NewCredential::default()).await.unwrap();
+        let (d, _) = s.create_credential(&a.id, &NewCredential::default()).await.unwrap();
+        assert_eq!(s.assigned_name(&c.id, "https||http://localhost:3000").await.unwrap(), None);
+        s.assign_name(&c.id, "https||http://localhost:3000", "abc.warren.localhost").await.unwrap();
+        assert_eq!(
+            s.assigned_name(&c.id, "https||http://localhost:3000").await.unwrap().as_deref(),
+            Some("abc.warren.localhost")
+        );
+        assert_eq!(
+            s.assigned_name(&d.id, "https||http://localhost:3000").await.unwrap(),
+            None,
+            "per authtoken"
+        );
+        s.assign_name(&c.id, "https||http://localhost:3000", "xyz.warren.localhost").await.unwrap();
+        assert_eq!(
+            s.assigned_name(&c.id, "https||http://localhost:3000").await.unwrap().as_deref(),
+            Some("xyz.warren.localhost")
+        );
+        s.delete_credential(&a.id, &c.id).await.unwrap();
+        assert_eq!(s.assigned_name(&c.id, "https||http://localhost:3000").await.unwrap(), None);
+    })
+    .await;
+}

@@ -308,3 +308,41 @@ async fn after_a_silently_dropped_network_the_agent_resumes_with_the_same_urls_a
     assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from upstream"));
     edge.wait_sessions(1).await;
 }
+
+/// A random name is kept for the authtoken's endpoint (protocol, name, upstream): after an
+/// edge restart the agent gets its URL back, and so does the agent started again; another
+/// upstream, or another authtoken, gets a name of its own.
+#[tokio::test]
+async fn random_names_survive_an_edge_restart_and_an_agent_restart() {
+    let mut edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let random = || EndpointConfig::http(&up.url(), None).unwrap();
+    let mut agent = Agent::start(edge.agent_with(random()));
+    let first = within("online", agent.wait_online()).await.unwrap();
+    assert!(first[0].starts_with("https://") && first[0].contains(".warren.localhost"), "{first:?}");
+
+    edge.restart().await;
+    loop {
+        match within("status change", agent.next_status()).await {
+            Status::Online { urls, .. } => {
+                assert_eq!(urls, first, "the same random URL after the edge restarted");
+                break;
+            }
+            Status::Stopped(e) => panic!("agent stopped: {e:?}"),
+            _ => {}
+        }
+    }
+    within("stop", agent.stop()).await.unwrap();
+    edge.wait_sessions(0).await;
+    let mut again = Agent::start(edge.agent_with(random()));
+    assert_eq!(within("online", again.wait_online()).await.unwrap(), first, "and after the agent restarted");
+
+    let up2 = HttpUpstream::start().await;
+    let mut other = Agent::start(edge.agent_with(EndpointConfig::http(&up2.url(), None).unwrap()));
+    assert_ne!(within("online", other.wait_online()).await.unwrap(), first, "another upstream");
+    let (_, token) = edge.new_token(&[]).await;
+    let mut config = edge.agent_with(random());
+    config.authtoken = token;
+    let mut theirs = Agent::start(config);
+    assert_ne!(within("online", theirs.wait_online()).await.unwrap(), first, "another authtoken");
+}

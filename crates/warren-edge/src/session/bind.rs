@@ -167,8 +167,9 @@ async fn bind_http(
     let opts: proto::HttpOpts =
         crate::bind_options::decode_opts(raw, &bind.proto).map_err(BindError::Invalid)?;
     let extras = crate::bind_options::http(bind, &opts, raw, unknown).map_err(BindError::Invalid)?;
-    let host = named_host(shared, session, proto, [&opts.url, &opts.domain, &opts.hostname], &opts.subdomain)
-        .await?;
+    let host =
+        named_host(shared, session, proto, [&opts.url, &opts.domain, &opts.hostname], &opts.subdomain, bind)
+            .await?;
     let url = match (proto, shared.https_port, shared.http_port) {
         (Proto::Https, 443, _) => format!("https://{host}"),
         (Proto::Https, p, _) => format!("https://{host}:{p}"),
@@ -222,9 +223,15 @@ async fn bind_tls(
                 .into(),
         ));
     }
-    let host =
-        named_host(shared, session, Proto::Tls, [&opts.url, &opts.domain, &opts.hostname], &opts.subdomain)
-            .await?;
+    let host = named_host(
+        shared,
+        session,
+        Proto::Tls,
+        [&opts.url, &opts.domain, &opts.hostname],
+        &opts.subdomain,
+        bind,
+    )
+    .await?;
     let url = match shared.https_port {
         443 => format!("tls://{host}"),
         p => format!("tls://{host}:{p}"),
@@ -347,11 +354,12 @@ async fn named_host(
     proto: Proto,
     names: [&str; 3],
     subdomain: &str,
+    bind: &proto::Bind,
 ) -> Result<String, BindError> {
     let [url, domain, hostname] = names;
     let host = match requested_host(shared, url, domain, hostname, subdomain)? {
         Some(h) => h,
-        None if session.may_bind_any() => random_host(shared, proto).await?,
+        None if session.may_bind_any() => kept_random_host(shared, session, proto, bind).await?,
         None => return Err(not_allowed(session, "a random name")),
     };
     if !session.may_bind(&host) {
@@ -574,6 +582,46 @@ pub(crate) async fn verify_domain(
             Err(format!("{how}; the lookup failed: {e}"))
         }
     }
+}
+
+/// A random name that survives reconnects: the one this authtoken's endpoint (same protocol,
+/// name and upstream) was given before, if it is free and unreserved, else a new one, which
+/// is then kept. A store failure costs only the keeping, never the bind.
+async fn kept_random_host(
+    shared: &Shared,
+    session: &AgentSession,
+    proto: Proto,
+    bind: &proto::Bind,
+) -> Result<String, BindError> {
+    if bind.forwards_to.is_empty() && bind.extra.name.is_empty() {
+        // Nothing tells this endpoint from the token's others.
+        return random_host(shared, proto).await;
+    }
+    let key = format!("{}|{}|{}", proto.as_str(), bind.extra.name, bind.forwards_to);
+    let credential = &session.credential.id;
+    match shared.store.assigned_name(credential, &key).await {
+        Ok(Some(host))
+            if host.ends_with(&format!(".{}", shared.config.base_domain))
+                && !shared.registry.is_taken(&EndpointKey::Host(proto, host.clone()))
+                && matches!(shared.store.domain_reservation(&host).await, Ok(None)) =>
+        {
+            if let Err(e) = shared.store.assign_name(credential, &key, &host).await {
+                tracing::warn!(error = %e, "store failed while refreshing a kept name");
+            }
+            return Ok(host);
+        }
+        Ok(_) => {}
+        Err(e) => {
+            shared.metrics.store_errors.inc();
+            tracing::warn!(error = %e, "store failed while looking up a kept name; choosing a new one");
+        }
+    }
+    let host = random_host(shared, proto).await?;
+    if let Err(e) = shared.store.assign_name(credential, &key, &host).await {
+        shared.metrics.store_errors.inc();
+        tracing::warn!(error = %e, "store failed while keeping a random name");
+    }
+    Ok(host)
 }
 
 /// A random free name under the base domain that no account has reserved.
