@@ -5,7 +5,7 @@ use sqlx::Row;
 use crate::{Store, StoreError, unix_now};
 
 /// How long an assignment nobody uses is kept, in seconds.
-pub const NAME_KEPT_SECS: i64 = 7 * 24 * 60 * 60;
+pub(crate) const NAME_KEPT_SECS: i64 = 7 * 24 * 60 * 60;
 
 impl Store {
     /// The name last given to the endpoint `bind_key` of authtoken `credential_id`, if it was
