@@ -101,7 +101,9 @@ struct FileV3 {
     agent: AgentBlock,
     #[serde(default)]
     endpoints: Vec<EndpointBlock>,
-    tunnels: Option<serde_json::Value>,
+    /// ngrok's older `tunnels:` map, still read by its v3 agent.
+    #[serde(default)]
+    tunnels: std::collections::BTreeMap<String, crate::tunnels::TunnelBlock>,
 }
 
 /// Just enough to read the version first (v2 files have keys v3 does not know).
@@ -115,6 +117,8 @@ struct VersionOnly {
 pub struct AgentFile {
     agent: AgentBlock,
     endpoints: Vec<(EndpointBlock, String)>,
+    /// `tunnels:` entries: name, entry, file.
+    tunnels: Vec<(String, crate::tunnels::TunnelBlock, String)>,
     /// Keys that were accepted but have no effect in warren, as `file: key`.
     pub ignored: Vec<String>,
 }
@@ -167,12 +171,6 @@ impl AgentFile {
             }
         }
         let file: FileV3 = serde_saphyr::from_str(text).map_err(|e| err(e.to_string()))?;
-        if file.tunnels.is_some() {
-            return Err(err(
-                "`tunnels:` (the deprecated v2 syntax) is not read; list them under `endpoints:` with `name`, `url` and `upstream.url`"
-                    .into(),
-            ));
-        }
         let a = file.agent;
         for (key, set) in [
             ("log_format", a.log_format.is_some()),
@@ -231,6 +229,16 @@ impl AgentFile {
             }
             self.endpoints.push((ep, name.to_owned()));
         }
+        for (tunnel, t) in file.tunnels {
+            if self.endpoints.iter().any(|(e, _)| e.name == tunnel)
+                || self.tunnels.iter().any(|(n, _, _)| *n == tunnel)
+            {
+                return Err(err(format!("endpoint name {tunnel:?} is defined twice")));
+            }
+            // Checked now, so `config check` reports what `start` would refuse.
+            t.endpoint(&tunnel).map_err(|m| err(format!("tunnels.{tunnel}: {m}")))?;
+            self.tunnels.push((tunnel, t, name.to_owned()));
+        }
         Ok(())
     }
 
@@ -251,7 +259,8 @@ impl AgentFile {
 
     /// Endpoint names, in file order.
     pub fn endpoint_names(&self) -> Vec<&str> {
-        self.endpoints.iter().map(|(e, _)| e.name.as_str()).collect()
+        let tunnels = self.tunnels.iter().map(|(n, _, _)| n.as_str());
+        self.endpoints.iter().map(|(e, _)| e.name.as_str()).chain(tunnels).collect()
     }
 
     /// An `agent:` setting as the files give it: `authtoken`, `connect_url`, `connect_cas` or
@@ -301,7 +310,9 @@ impl AgentFile {
         cfg.web_allow_hosts = a.web_allow_hosts.clone().unwrap_or_default();
         cfg.inspect_db_size = a.inspect_db_size.unwrap_or(0);
         for n in names {
-            if !self.endpoints.iter().any(|(e, _)| &e.name == n) {
+            if !self.endpoints.iter().any(|(e, _)| &e.name == n)
+                && !self.tunnels.iter().any(|(t, _, _)| t == n)
+            {
                 return Err(no_file(&format!(
                     "no endpoint named {n:?}; the config defines: {}",
                     self.endpoint_names().join(", ")
@@ -313,6 +324,14 @@ impl AgentFile {
                 cfg.endpoints.push(endpoint(ep).map_err(|msg| ConfigFileError {
                     file: file.clone(),
                     msg: format!("endpoints[{}]: {msg}", ep.name),
+                })?);
+            }
+        }
+        for (tunnel, t, file) in &self.tunnels {
+            if names.is_empty() || names.contains(tunnel) {
+                cfg.endpoints.push(t.endpoint(tunnel).map_err(|msg| ConfigFileError {
+                    file: file.clone(),
+                    msg: format!("tunnels.{tunnel}: {msg}"),
                 })?);
             }
         }
@@ -594,6 +613,54 @@ endpoints:
         assert!(
             text.contains("version 2") && text.contains("connect_url") && text.contains("endpoints"),
             "{text}"
+        );
+    }
+
+    /// ngrok's documentation example of `tunnels:` in a version 3 file: each entry becomes an
+    /// endpoint, the older options their Traffic Policy rules; what warren does not do is
+    /// refused by key, with the file and line.
+    #[test]
+    fn v3_tunnels_run_as_endpoints_and_unknown_keys_are_refused_by_name() {
+        let text = "version: 3\nagent:\n  authtoken: x\n  connect_url: localhost:4443\ntunnels:\n  website:\n    addr: 8888\n    basic_auth:\n      - \"bob:bobpassword\"\n    schemes:\n      - https\n    host_header: \"myapp.dev\"\n    inspect: false\n    proto: http\n    domain: myapp.example.com\n    ip_restriction:\n      allow_cidrs: [10.0.0.0/8]\n  ssh-access:\n    addr: 22\n    proto: tcp\n    remote_addr: 1.tcp.example.com:12345\n  plain:\n    addr: 3000\n    proto: http\n    schemes: [http]\n    subdomain: Plain\nendpoints:\n  - name: api\n    upstream:\n      url: 8080\n";
+        let mut f = AgentFile::default();
+        f.merge("ngrok.yml", text).unwrap();
+        assert_eq!(f.endpoint_names(), ["api", "plain", "ssh-access", "website"]);
+        let cfg = f.agent_config(&[]).unwrap();
+        let by = |n: &str| cfg.endpoints.iter().find(|e| e.name == n).unwrap();
+        let web = by("website");
+        assert_eq!(
+            (web.proto, web.url.as_str()),
+            (crate::config::EndpointProto::Https, "https://myapp.example.com")
+        );
+        assert_eq!(web.upstream.port, 8888);
+        assert_eq!(web.host_header.as_deref(), Some("myapp.dev"));
+        assert!(!web.inspect);
+        let policy = web.traffic_policy.as_ref().expect("basic auth and the IP rule as policy").to_string();
+        assert!(
+            policy.contains("basic-auth") && policy.contains("restrict-ips") && policy.contains("10.0.0.0/8"),
+            "{policy}"
+        );
+        let ssh = by("ssh-access");
+        assert_eq!(
+            (ssh.proto, ssh.url.as_str()),
+            (crate::config::EndpointProto::Tcp, "tcp://1.tcp.example.com:12345")
+        );
+        let plain = by("plain");
+        assert_eq!((plain.proto, plain.subdomain.as_str()), (crate::config::EndpointProto::Http, "plain"));
+
+        for (bad, says) in [
+            ("    labels: [edge=x]\n", "labels"),
+            ("    schemes: [http, https]\n", "one of the two"),
+            ("    remote_addr: x:1\n", "remote_addr is for tcp"),
+            ("    crt: /nonexistent.pem\n", "crt and key are for tls"),
+        ] {
+            let text = format!("version: 3\ntunnels:\n  web:\n    proto: http\n    addr: 80\n{bad}");
+            let e = AgentFile::default().merge("ngrok.yml", &text).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains("ngrok.yml"), "{bad}: {e}");
+        }
+        let twice = "version: 3\ntunnels:\n  api:\n    proto: tcp\n    addr: 22\nendpoints:\n  - name: api\n    upstream:\n      url: 80\n";
+        assert!(
+            AgentFile::default().merge("x.yml", twice).unwrap_err().to_string().contains("defined twice")
         );
     }
 

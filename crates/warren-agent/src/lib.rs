@@ -32,6 +32,7 @@ pub mod inspect;
 pub mod metrics;
 mod state;
 mod tls;
+mod tunnels;
 pub mod web;
 
 pub use config::{AgentConfig, ConnectCas, EndpointConfig, EndpointProto, Upstream, UpstreamScheme};

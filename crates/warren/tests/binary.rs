@@ -817,6 +817,20 @@ fn saved_settings_serve_http_and_api_with_no_flags_and_typos_are_refused_where_t
         assert!(fwd.contains(url), "{flags:?}: {fwd}");
     }
 
+    // An ngrok v3 file with `tunnels:` (as most existing files are) starts as it is.
+    let ngrok_yml = dir.path().join("ngrok.yml");
+    std::fs::write(
+        &ngrok_yml,
+        format!(
+            "version: 3\nagent:\n  authtoken: {token}\n  connect_url: {connect}\n  connect_cas: {ca}\n  web_addr: false\ntunnels:\n  website:\n    proto: http\n    addr: {up}\n    domain: tunnels.warren.localhost\n    basic_auth: [\"bob:bobpassword\"]\n"
+        ),
+    )
+    .unwrap();
+    let started = Proc::spawn(&["start", "--all", "--config", ngrok_yml.to_str().unwrap()]);
+    let fwd = started.line_with("Forwarding");
+    assert!(fwd.contains("https://tunnels.warren.localhost:"), "{fwd}");
+    drop(started);
+
     // Refused where typed: one clear line, no backtrace, nothing started.
     for (args, says) in [
         (vec!["http", "99999"], "out of range"),
