@@ -49,7 +49,8 @@ impl EndpointProto {
         matches!(self, EndpointProto::Http | EndpointProto::Https)
     }
 
-    pub(crate) fn as_str(self) -> &'static str {
+    /// `https`, `http`, `tcp` or `tls`.
+    pub fn as_str(self) -> &'static str {
         match self {
             EndpointProto::Https => "https",
             EndpointProto::Http => "http",
@@ -235,6 +236,11 @@ impl EndpointConfig {
     pub fn tcp(upstream: &str, url: Option<&str>) -> Result<EndpointConfig, String> {
         let url = url.unwrap_or("").to_owned();
         refuse_path(&url)?;
+        if let Some((_, port)) = url.strip_prefix("tcp://").and_then(|a| a.rsplit_once(':'))
+            && !port.parse::<u16>().is_ok_and(|p| p != 0)
+        {
+            return Err(format!("--url {url:?}: the port must be 1 to 65535"));
+        }
         if !url.is_empty() && !url.starts_with("tcp://") {
             return Err(format!("--url {url:?} must be a tcp:// URL for a tcp endpoint"));
         }
@@ -595,4 +601,42 @@ mod tests {
         let c = AgentConfig::new("t", "edge.example.com", ConnectCas::Trusted);
         assert_eq!(c.connect_host_port().unwrap(), ("edge.example.com".into(), 443));
     }
+}
+
+/// Compiles an endpoint's traffic policy as the edge will (action types and configs, CEL
+/// expressions), before anything binds. What only the edge can know is stood in for: IP
+/// policies it names allow everything, key sets are empty, providers are described by their
+/// issuer URL alone. The edge compiles the real thing at Bind; this catches the mistakes a
+/// file can show on its own.
+pub fn check_policy(doc: &serde_json::Value, proto: &str) -> Result<(), String> {
+    use std::sync::Arc;
+    use warren_policy::{CompileEnv, Document, Policy};
+    let doc = Document::from_value(doc).map_err(|e| format!("traffic policy: {e}"))?;
+    let mut env = CompileEnv {
+        cookie_secret: Some(warren_policy::oidc::CookieSecret([7; 32])),
+        ..CompileEnv::default()
+    };
+    for id in doc.ip_policy_ids() {
+        env.ip_policies.insert(id, (Vec::new(), Vec::new()));
+    }
+    for url in doc.jwks_urls() {
+        let keys =
+            warren_policy::Jwks::parse(br#"{"keys":[]}"#).map_err(|e| format!("traffic policy: {e}"))?;
+        env.jwks.insert(url, Arc::new(keys));
+    }
+    for issuer in doc.oidc_issuers() {
+        let base = issuer.trim_end_matches('/');
+        let discovery = serde_json::json!({
+            "issuer": issuer,
+            "authorization_endpoint": format!("{base}/authorize"),
+            "token_endpoint": format!("{base}/token"),
+            "jwks_uri": format!("{base}/jwks"),
+        });
+        let d = warren_policy::oidc::Discovery::parse(&issuer, discovery.to_string().as_bytes())
+            .map_err(|e| format!("traffic policy: openid-connect {issuer}: {e}"))?;
+        let keys =
+            warren_policy::Jwks::parse(br#"{"keys":[]}"#).map_err(|e| format!("traffic policy: {e}"))?;
+        env.oidc.insert(issuer, Arc::new(warren_policy::oidc::Provider::new(d, Arc::new(keys))));
+    }
+    Policy::compile(&doc, proto, &env).map(|_| ()).map_err(|e| format!("traffic policy: {e}"))
 }

@@ -263,6 +263,24 @@ impl AgentFile {
         self.endpoints.iter().map(|(e, _)| e.name.as_str()).chain(tunnels).collect()
     }
 
+    /// A copy to check endpoints with (see [`AgentFile::fill_missing_agent_settings`]).
+    pub fn clone_for_check(&self) -> AgentFile {
+        AgentFile {
+            agent: self.agent.clone(),
+            endpoints: self.endpoints.clone(),
+            tunnels: self.tunnels.clone(),
+            ignored: vec![],
+        }
+    }
+
+    /// Sets a placeholder `connect_url` when none is given, so the endpoints can be checked
+    /// without one (`config check` of a file that relies on `WARREN_CONNECT_URL`).
+    pub fn fill_missing_agent_settings(&mut self) {
+        if self.agent.connect_url.is_none() {
+            self.agent.connect_url = Some("localhost:4443".into());
+        }
+    }
+
     /// An `agent:` setting as the files give it: `authtoken`, `connect_url`, `connect_cas` or
     /// `api_key` (`None`: not set, or another key).
     pub fn agent_setting(&self, key: &str) -> Option<&str> {
@@ -391,6 +409,9 @@ fn endpoint(ep: &EndpointBlock) -> Result<EndpointConfig, String> {
         Some(serde_json::Value::String(text)) => Some(crate::config::policy_from_text(text)?),
         Some(other) => return Err(format!("traffic_policy must be a mapping, not {other}")),
     };
+    if let Some(p) = &config.traffic_policy {
+        crate::config::check_policy(p, config.proto.as_str())?;
+    }
     Ok(config)
 }
 

@@ -200,6 +200,9 @@ impl TunnelBlock {
         if let Some(rules) = legacy.rules(ep.proto.is_http())? {
             ep.prepend_policy(rules)?;
         }
+        if let Some(p) = &ep.traffic_policy {
+            crate::config::check_policy(p, ep.proto.as_str())?;
+        }
         Ok(ep)
     }
 }

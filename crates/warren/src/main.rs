@@ -836,6 +836,14 @@ async fn run_agent(args: AgentArgs, mut endpoint: EndpointConfig, console: bool)
     if let Some(rules) = legacy.rules(endpoint.proto.is_http()).map_err(anyhow::Error::msg)? {
         endpoint.prepend_policy(rules).map_err(anyhow::Error::msg)?;
     }
+    if let Some(p) = &endpoint.traffic_policy {
+        let checked = warren_agent::config::check_policy(p, endpoint.proto.as_str());
+        match (&args.traffic_policy_file, checked) {
+            (_, Ok(())) => {}
+            (Some(file), Err(e)) => bail!("{}: {e}", file.display()),
+            (None, Err(e)) => bail!("{e}"),
+        }
+    }
     // Flags and WARREN_* variables first, then the config files, then the defaults.
     let file = agent_files(&args.config)?;
     let from_file = |key: &str| file.as_ref().and_then(|f| f.agent_setting(key)).map(str::to_owned);
@@ -935,6 +943,13 @@ fn config_command(action: ConfigAction) -> anyhow::Result<()> {
             let file = AgentFile::load(&files)?;
             for key in &file.ignored {
                 println!("note: {key} is accepted but has no effect in warren yet");
+            }
+            // Every endpoint as `start` would make it (URLs, upstreams, policies), so check
+            // and start agree; the edge's address and token may come from elsewhere.
+            if !file.endpoint_names().is_empty() {
+                let mut probe = file.clone_for_check();
+                probe.fill_missing_agent_settings();
+                probe.agent_config(&[])?;
             }
             let names = file.endpoint_names().join(", ");
             let shown: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();

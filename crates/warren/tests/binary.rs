@@ -849,3 +849,63 @@ fn saved_settings_serve_http_and_api_with_no_flags_and_typos_are_refused_where_t
     }
     drop(edge);
 }
+
+/// `warren config check` and `warren start` agree: what check calls valid, start takes; what
+/// check refuses, start refuses before binding anything, with the same words.
+#[test]
+fn config_check_and_start_agree_on_good_and_bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = "version: 3\nagent:\n  authtoken: x\n  connect_url: 127.0.0.1:1\n  connect_cas: trusted\n  web_addr: false\n";
+    let policy = |t: &str| {
+        format!(
+            "endpoints:\n  - name: web\n    upstream:\n      url: 80\n    traffic_policy:\n      on_http_request:\n        - actions:\n            - type: {t}\n"
+        )
+    };
+    let table = [
+        (
+            "endpoints:\n  - name: web\n    url: htps://x.example.com\n    upstream:\n      url: 80\n"
+                .to_owned(),
+            Some("htps"),
+        ),
+        (
+            "endpoints:\n  - name: db\n    url: tcp://localhost:99999\n    upstream:\n      url: 5432\n"
+                .to_owned(),
+            Some("1 to 65535"),
+        ),
+        ("endpoints:\n  - name: web\n    upstream:\n      url: 99999\n".to_owned(), Some("out of range")),
+        (policy("denny"), Some("denny")),
+        ("tunnels:\n  web:\n    proto: http\n    addr: 80\n    labels: [x]\n".to_owned(), Some("labels")),
+        (policy("deny"), None),
+        (
+            "tunnels:\n  web:\n    proto: http\n    addr: 80\n    basic_auth: [\"a:bcdefghi\"]\n".to_owned(),
+            None,
+        ),
+    ];
+    for (body, refused) in table {
+        let file = dir.path().join("c.yml");
+        std::fs::write(&file, format!("{head}{body}")).unwrap();
+        let check = warren().args(["config", "check", "--config"]).arg(&file).output().unwrap();
+        let check_err = String::from_utf8_lossy(&check.stderr).into_owned();
+        match refused {
+            None => assert!(check.status.success(), "{body}: {check_err}"),
+            Some(says) => {
+                assert!(!check.status.success() && check_err.contains(says), "{body}: {check_err}");
+                let start = warren()
+                    .args(["start", "--all", "--config"])
+                    .arg(&file)
+                    .stdin(Stdio::null())
+                    .output()
+                    .unwrap();
+                let start_err = String::from_utf8_lossy(&start.stderr).into_owned();
+                assert!(!start.status.success(), "{body}");
+                // (Less the warning a root user gets from every agent command.)
+                let start_err: Vec<&str> = start_err
+                    .trim()
+                    .lines()
+                    .filter(|l| !l.starts_with("warning: warren is running as root"))
+                    .collect();
+                assert_eq!(start_err.join("\n"), check_err.trim(), "{body}");
+            }
+        }
+    }
+}
