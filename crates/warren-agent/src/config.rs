@@ -531,6 +531,44 @@ pub(crate) fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::i
     f.sync_all()
 }
 
+/// Compiles an endpoint's traffic policy as the edge will (action types and configs, CEL
+/// expressions), before anything binds. What only the edge can know is stood in for: IP
+/// policies it names allow everything, key sets are empty, providers are described by their
+/// issuer URL alone. The edge compiles the real thing at Bind; this catches the mistakes a
+/// file can show on its own.
+pub fn check_policy(doc: &serde_json::Value, proto: &str) -> Result<(), String> {
+    use std::sync::Arc;
+    use warren_policy::{CompileEnv, Document, Policy};
+    let doc = Document::from_value(doc).map_err(|e| format!("traffic policy: {e}"))?;
+    let mut env = CompileEnv {
+        cookie_secret: Some(warren_policy::oidc::CookieSecret([7; 32])),
+        ..CompileEnv::default()
+    };
+    for id in doc.ip_policy_ids() {
+        env.ip_policies.insert(id, (Vec::new(), Vec::new()));
+    }
+    for url in doc.jwks_urls() {
+        let keys =
+            warren_policy::Jwks::parse(br#"{"keys":[]}"#).map_err(|e| format!("traffic policy: {e}"))?;
+        env.jwks.insert(url, Arc::new(keys));
+    }
+    for issuer in doc.oidc_issuers() {
+        let base = issuer.trim_end_matches('/');
+        let discovery = serde_json::json!({
+            "issuer": issuer,
+            "authorization_endpoint": format!("{base}/authorize"),
+            "token_endpoint": format!("{base}/token"),
+            "jwks_uri": format!("{base}/jwks"),
+        });
+        let d = warren_policy::oidc::Discovery::parse(&issuer, discovery.to_string().as_bytes())
+            .map_err(|e| format!("traffic policy: openid-connect {issuer}: {e}"))?;
+        let keys =
+            warren_policy::Jwks::parse(br#"{"keys":[]}"#).map_err(|e| format!("traffic policy: {e}"))?;
+        env.oidc.insert(issuer, Arc::new(warren_policy::oidc::Provider::new(d, Arc::new(keys))));
+    }
+    Policy::compile(&doc, proto, &env).map(|_| ()).map_err(|e| format!("traffic policy: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,42 +639,4 @@ mod tests {
         let c = AgentConfig::new("t", "edge.example.com", ConnectCas::Trusted);
         assert_eq!(c.connect_host_port().unwrap(), ("edge.example.com".into(), 443));
     }
-}
-
-/// Compiles an endpoint's traffic policy as the edge will (action types and configs, CEL
-/// expressions), before anything binds. What only the edge can know is stood in for: IP
-/// policies it names allow everything, key sets are empty, providers are described by their
-/// issuer URL alone. The edge compiles the real thing at Bind; this catches the mistakes a
-/// file can show on its own.
-pub fn check_policy(doc: &serde_json::Value, proto: &str) -> Result<(), String> {
-    use std::sync::Arc;
-    use warren_policy::{CompileEnv, Document, Policy};
-    let doc = Document::from_value(doc).map_err(|e| format!("traffic policy: {e}"))?;
-    let mut env = CompileEnv {
-        cookie_secret: Some(warren_policy::oidc::CookieSecret([7; 32])),
-        ..CompileEnv::default()
-    };
-    for id in doc.ip_policy_ids() {
-        env.ip_policies.insert(id, (Vec::new(), Vec::new()));
-    }
-    for url in doc.jwks_urls() {
-        let keys =
-            warren_policy::Jwks::parse(br#"{"keys":[]}"#).map_err(|e| format!("traffic policy: {e}"))?;
-        env.jwks.insert(url, Arc::new(keys));
-    }
-    for issuer in doc.oidc_issuers() {
-        let base = issuer.trim_end_matches('/');
-        let discovery = serde_json::json!({
-            "issuer": issuer,
-            "authorization_endpoint": format!("{base}/authorize"),
-            "token_endpoint": format!("{base}/token"),
-            "jwks_uri": format!("{base}/jwks"),
-        });
-        let d = warren_policy::oidc::Discovery::parse(&issuer, discovery.to_string().as_bytes())
-            .map_err(|e| format!("traffic policy: openid-connect {issuer}: {e}"))?;
-        let keys =
-            warren_policy::Jwks::parse(br#"{"keys":[]}"#).map_err(|e| format!("traffic policy: {e}"))?;
-        env.oidc.insert(issuer, Arc::new(warren_policy::oidc::Provider::new(d, Arc::new(keys))));
-    }
-    Policy::compile(&doc, proto, &env).map(|_| ()).map_err(|e| format!("traffic policy: {e}"))
 }
