@@ -26,6 +26,7 @@ pub mod cost;
 pub mod document;
 mod event_filter;
 mod fast;
+mod fields;
 #[doc(hidden)]
 pub mod fuzzing;
 mod jwt;
@@ -324,6 +325,7 @@ pub(crate) fn compile_expr(source: &str, phase: Phase) -> Result<Compiled, Strin
             return Err(format!("expression {source:?} uses the unknown variable {v:?}{hint}"));
         }
     }
+    fields::check(program.expression()).map_err(|e| format!("expression {source:?}: {e}"))?;
     Compiled::new(program, source)
 }
 

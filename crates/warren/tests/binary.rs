@@ -874,6 +874,10 @@ fn config_check_and_start_agree_on_good_and_bad_files() {
         ),
         ("endpoints:\n  - name: web\n    upstream:\n      url: 99999\n".to_owned(), Some("out of range")),
         (policy("denny"), Some("denny")),
+        (
+            "endpoints:\n  - name: web\n    upstream:\n      url: 80\n    traffic_policy:\n      on_http_request:\n        - expressions: [\"req.urlpath == '/'\"]\n          actions:\n            - type: deny\n".to_owned(),
+            Some("req has no field \"urlpath\""),
+        ),
         ("tunnels:\n  web:\n    proto: http\n    addr: 80\n    labels: [x]\n".to_owned(), Some("labels")),
         (policy("deny"), None),
         (
