@@ -391,6 +391,19 @@ pub fn endpoint_from_json(v: serde_json::Value) -> Result<EndpointConfig, String
     endpoint(&ep)
 }
 
+/// A tunnel from the local API's `POST /api/tunnels` (ngrok's deprecated but still used
+/// form): `name` plus the keys of a config file's `tunnels:` entry, as JSON.
+pub fn tunnel_from_json(v: serde_json::Value) -> Result<EndpointConfig, String> {
+    let serde_json::Value::Object(mut m) = v else { return Err("invalid tunnel: expected an object".into()) };
+    let name = match m.remove("name") {
+        Some(serde_json::Value::String(n)) if !n.trim().is_empty() => n,
+        _ => return Err("invalid tunnel: name is missing or empty".into()),
+    };
+    let t: crate::tunnels::TunnelBlock =
+        serde_json::from_value(serde_json::Value::Object(m)).map_err(|e| format!("invalid tunnel: {e}"))?;
+    t.endpoint(&name).map_err(|e| format!("invalid tunnel {name:?}: {e}"))
+}
+
 fn value_text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.trim().to_owned(),

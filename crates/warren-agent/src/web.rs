@@ -40,8 +40,8 @@ pub fn app(shared: Arc<Shared>, local: SocketAddr) -> Router {
         .route("/inspect/http", get(page))
         .route("/api", get(index))
         .route("/api/status", get(status))
-        .route("/api/tunnels", get(tunnels))
-        .route("/api/tunnels/{name}", get(tunnel))
+        .route("/api/tunnels", get(tunnels).post(create_tunnel))
+        .route("/api/tunnels/{name}", get(tunnel).delete(delete_endpoint))
         .route("/api/endpoints", get(endpoints).post(create_endpoint))
         .route("/api/endpoints/{name}", get(endpoint).delete(delete_endpoint))
         .route("/api/requests/http", get(requests).delete(clear_requests).post(replay))
@@ -334,10 +334,26 @@ fn find(shared: &Shared, name: &str) -> Result<Arc<LiveEndpoint>, ApiError> {
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(15);
 
 async fn create_endpoint(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult {
-    let value: Value = serde_json::from_slice(&body)
+    let live = start(&shared, &body, config_file::endpoint_from_json).await?;
+    Ok((StatusCode::CREATED, axum::Json(endpoint_json(&live, &shared))).into_response())
+}
+
+/// `POST /api/tunnels` as ngrok's agent takes it (`{"name", "proto", "addr", ...}`); the
+/// answer is the tunnel, with its public URL.
+async fn create_tunnel(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult {
+    let live = start(&shared, &body, config_file::tunnel_from_json).await?;
+    Ok((StatusCode::CREATED, axum::Json(tunnel_json(&live, &shared))).into_response())
+}
+
+/// Parses a body into an endpoint and binds it in the running session.
+async fn start(
+    shared: &Shared,
+    body: &[u8],
+    parse: fn(Value) -> Result<crate::config::EndpointConfig, String>,
+) -> Result<Arc<LiveEndpoint>, ApiError> {
+    let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")))?;
-    let config =
-        config_file::endpoint_from_json(value).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let config = parse(value).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     if shared.endpoint(&config.name).is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -345,8 +361,8 @@ async fn create_endpoint(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiR
         ));
     }
     let live = shared.new_endpoint(config);
-    control(&shared, |tx| Control::Add(live.clone(), tx)).await?;
-    Ok((StatusCode::CREATED, axum::Json(endpoint_json(&live, &shared))).into_response())
+    control(shared, |tx| Control::Add(live.clone(), tx)).await?;
+    Ok(live)
 }
 
 async fn delete_endpoint(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {

@@ -457,3 +457,56 @@ async fn a_request_the_upstream_cannot_take_is_recorded_with_its_error() {
     assert_eq!(r["response"]["status_code"], 502, "{r}");
     assert!(r.to_string().contains("could not be reached"), "the error is recorded: {r}");
 }
+
+/// ngrok's `POST /api/tunnels` and `DELETE /api/tunnels/NAME`, with ngrok's own body shape (a
+/// tunnel definition plus its name), as scripts and wrappers call them.
+#[tokio::test]
+async fn tunnels_are_started_and_stopped_through_the_local_api_in_ngroks_shape() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let ep = EndpointConfig::http(&up.url(), Some("https://base.warren.localhost")).unwrap();
+    let (_agent, _, api) = inspected(&edge, ep, |_| {}).await;
+    let body = json!({ "name": "scripted", "proto": "http", "addr": up.url(), "domain": "scripted.warren.localhost", "inspect": false });
+    let (status, created, _) = web(api, "POST", "/api/tunnels", Some(body), &[]).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["name"], "scripted");
+    assert_eq!(
+        created["public_url"],
+        format!("https://scripted.warren.localhost:{}", edge.https_addr().port())
+    );
+    assert_eq!(created["proto"], "https");
+    let (status, text) = visit(
+        &edge,
+        "scripted.warren.localhost",
+        Request::get("/").header("host", host_of(&edge, "scripted.warren.localhost")).body(empty()).unwrap(),
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "hello from upstream"));
+
+    // Keys warren does not act on are refused by name; a name is required.
+    let (status, e, _) = web(
+        api,
+        "POST",
+        "/api/tunnels",
+        Some(json!({ "name": "x", "proto": "http", "addr": "80", "labels": ["a"] })),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(e["msg"].as_str().unwrap().contains("labels"), "{e}");
+    let (status, _, _) =
+        web(api, "POST", "/api/tunnels", Some(json!({ "proto": "tcp", "addr": "22" })), &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let (status, _, _) = web(api, "DELETE", "/api/tunnels/scripted", None, &[]).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = visit(
+        &edge,
+        "scripted.warren.localhost",
+        Request::get("/").header("host", host_of(&edge, "scripted.warren.localhost")).body(empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = web(api, "GET", "/api/tunnels/scripted", None, &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
