@@ -174,6 +174,17 @@ pub(crate) async fn check(
     Ok(resp)
 }
 
+/// Who a change made from the dashboard names in its audit event.
+pub(crate) fn dashboard_actor(user: &warren_store::User, ip: std::net::IpAddr) -> warren_store::Actor {
+    warren_store::Actor {
+        id: user.id.clone(),
+        subject: user.email.clone(),
+        source: "dashboard".into(),
+        role: user.role.as_str().into(),
+        ip: ip.to_string(),
+    }
+}
+
 /// The dashboard's calls: the session and the `dashboard` IP restrictions were checked by
 /// the dashboard; the role is the user's as the store has it now.
 async fn as_dashboard_user(
@@ -186,13 +197,7 @@ async fn as_dashboard_user(
     if role == Role::ReadOnly && req.method() != Method::GET {
         return Err(ApiError::forbidden("your role is read-only"));
     }
-    let store = shared.store.acting_as(warren_store::Actor {
-        id: caller.user.id.clone(),
-        subject: caller.user.email.clone(),
-        source: "dashboard".into(),
-        role: role.as_str().into(),
-        ip: caller.ip.to_string(),
-    });
+    let store = shared.store.acting_as(dashboard_actor(&caller.user, caller.ip));
     let changes = req.method() != Method::GET;
     req.extensions_mut().insert(Principal {
         account_id: caller.user.account_id,

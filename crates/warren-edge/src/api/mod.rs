@@ -33,7 +33,7 @@ mod traffic_policy;
 mod users;
 
 pub use auth::RateLimit;
-pub(crate) use auth::{DashboardCaller, Principal};
+pub(crate) use auth::{DashboardCaller, Principal, dashboard_actor};
 pub use error::ApiError;
 pub(crate) use events::render_object;
 

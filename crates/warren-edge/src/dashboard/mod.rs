@@ -96,6 +96,18 @@ impl Dash {
         crate::client_addr::forwarded_ip(&self.shared, ip, req_headers)
     }
 
+    /// The session of a request from `peer`, or the answer to send instead (see
+    /// [`Dash::session`]).
+    async fn signed_in(
+        &self,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        path: &str,
+    ) -> Result<Session, Response> {
+        let ip = self.client_ip(headers, Some(&ConnectInfo(peer)));
+        self.session(headers, ip, path).await
+    }
+
     /// The session the request's cookie names, after the account's `dashboard` IP
     /// restrictions; otherwise the response to send (the sign-in page, or a refusal).
     async fn session(&self, headers: &HeaderMap, ip: IpAddr, path: &str) -> Result<Session, Response> {

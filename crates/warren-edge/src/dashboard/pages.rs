@@ -391,17 +391,6 @@ fn show(v: &Value, how: Show) -> String {
     }
 }
 
-/// The session, or the answer to send instead.
-async fn signed_in(
-    dash: &Dash,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    path: &str,
-) -> Result<Session, Response> {
-    let ip = dash.client_ip(headers, Some(&ConnectInfo(peer)));
-    dash.session(headers, ip, path).await
-}
-
 #[derive(serde::Deserialize)]
 pub(super) struct ListQuery {
     before_id: Option<String>,
@@ -541,7 +530,7 @@ pub(super) async fn list(
     Query(q): Query<ListQuery>,
 ) -> Response {
     let Some(r) = resource(&page) else { return super::not_found() };
-    let s = match signed_in(&dash, peer, &headers, &format!("/dashboard/{}", r.slug)).await {
+    let s = match dash.signed_in(peer, &headers, &format!("/dashboard/{}", r.slug)).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -602,7 +591,7 @@ pub(super) async fn create(
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
     let Some(r) = resource(&page) else { return super::not_found() };
-    let s = match signed_in(&dash, peer, &headers, &format!("/dashboard/{}", r.slug)).await {
+    let s = match dash.signed_in(peer, &headers, &format!("/dashboard/{}", r.slug)).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -676,7 +665,7 @@ pub(super) async fn act(
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
     let Some(r) = resource(&page) else { return super::not_found() };
-    let s = match signed_in(&dash, peer, &headers, &format!("/dashboard/{}", r.slug)).await {
+    let s = match dash.signed_in(peer, &headers, &format!("/dashboard/{}", r.slug)).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -745,7 +734,7 @@ pub(super) async fn overview(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let s = match signed_in(&dash, peer, &headers, "/dashboard/").await {
+    let s = match dash.signed_in(peer, &headers, "/dashboard/").await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -847,7 +836,7 @@ pub(super) async fn policy(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let s = match signed_in(&dash, peer, &headers, "/dashboard/traffic-policy").await {
+    let s = match dash.signed_in(peer, &headers, "/dashboard/traffic-policy").await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -868,7 +857,7 @@ pub(super) async fn policy_save(
     headers: HeaderMap,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    let s = match signed_in(&dash, peer, &headers, "/dashboard/traffic-policy").await {
+    let s = match dash.signed_in(peer, &headers, "/dashboard/traffic-policy").await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -902,7 +891,7 @@ pub(super) async fn traffic(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let s = match signed_in(&dash, peer, &headers, "/dashboard/traffic").await {
+    let s = match dash.signed_in(peer, &headers, "/dashboard/traffic").await {
         Ok(s) => s,
         Err(resp) => return resp,
     };

@@ -248,8 +248,7 @@ pub(super) async fn sign_out(
     headers: HeaderMap,
     Form(form): Fields,
 ) -> Response {
-    let ip = dash.client_ip(&headers, Some(&ConnectInfo(peer)));
-    let s = match dash.session(&headers, ip, "/dashboard/").await {
+    let s = match dash.signed_in(peer, &headers, "/dashboard/").await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -296,8 +295,7 @@ pub(super) async fn account(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let ip = dash.client_ip(&headers, Some(&ConnectInfo(peer)));
-    let s = match dash.session(&headers, ip, "/dashboard/account").await {
+    let s = match dash.signed_in(peer, &headers, "/dashboard/account").await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -313,8 +311,7 @@ pub(super) async fn set_password(
     headers: HeaderMap,
     Form(form): Fields,
 ) -> Response {
-    let ip = dash.client_ip(&headers, Some(&ConnectInfo(peer)));
-    let s = match dash.session(&headers, ip, "/dashboard/account").await {
+    let s = match dash.signed_in(peer, &headers, "/dashboard/account").await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -329,13 +326,7 @@ pub(super) async fn set_password(
     if pw != pw2 {
         return error(StatusCode::BAD_REQUEST, "The two passwords differ.");
     }
-    let by = dash.shared.store.acting_as(warren_store::Actor {
-        id: s.user.id.clone(),
-        subject: s.user.email.clone(),
-        source: "dashboard".into(),
-        role: s.user.role.as_str().into(),
-        ip: ip.to_string(),
-    });
+    let by = dash.shared.store.acting_as(crate::api::dashboard_actor(&s.user, s.ip));
     match by.set_user_password(&s.user.account_id, &s.user.id, pw).await {
         Ok(user) => {
             dash.shared.events.wake();
