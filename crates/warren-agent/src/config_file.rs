@@ -236,7 +236,11 @@ impl AgentFile {
                 return Err(err(format!("endpoint name {tunnel:?} is defined twice")));
             }
             // Checked now, so `config check` reports what `start` would refuse.
-            t.endpoint(&tunnel).map_err(|m| err(format!("tunnels.{tunnel}: {m}")))?;
+            let ep = t.endpoint(&tunnel).map_err(|m| err(format!("tunnels.{tunnel}: {m}")))?;
+            if !ep.metadata.is_empty() {
+                // Sent with the Bind, as endpoints' is; the edge does not show it yet.
+                self.ignored.push(format!("{name}: tunnels.{tunnel}.metadata"));
+            }
             self.tunnels.push((tunnel, t, name.to_owned()));
         }
         Ok(())

@@ -158,20 +158,21 @@ pub(crate) async fn check(
         role: role.as_str().into(),
         ip: ip.to_string(),
     });
+    let principal =
+        Principal { account_id: key.account_id, key_id: key.id, user_id: key.owner_id, role, store };
+    Ok(run_as(&shared, principal, req, next).await)
+}
+
+/// Runs the handler as `principal`; a change's audit event, already in the outbox, is
+/// delivered now rather than at the next poll.
+async fn run_as(shared: &Shared, principal: Principal, mut req: Request, next: Next) -> Response {
     let changes = req.method() != Method::GET;
-    req.extensions_mut().insert(Principal {
-        account_id: key.account_id,
-        key_id: key.id,
-        user_id: key.owner_id,
-        role,
-        store,
-    });
+    req.extensions_mut().insert(principal);
     let resp = next.run(req).await;
     if changes {
-        // Its audit event is in the outbox: deliver it now rather than at the next poll.
         shared.events.wake();
     }
-    Ok(resp)
+    resp
 }
 
 /// Who a change made from the dashboard names in its audit event.
@@ -190,7 +191,7 @@ pub(crate) fn dashboard_actor(user: &warren_store::User, ip: std::net::IpAddr) -
 async fn as_dashboard_user(
     shared: &Shared,
     caller: DashboardCaller,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let role = caller.user.role;
@@ -198,19 +199,14 @@ async fn as_dashboard_user(
         return Err(ApiError::forbidden("your role is read-only"));
     }
     let store = shared.store.acting_as(dashboard_actor(&caller.user, caller.ip));
-    let changes = req.method() != Method::GET;
-    req.extensions_mut().insert(Principal {
+    let principal = Principal {
         account_id: caller.user.account_id,
         key_id: format!("dashboard:{}", caller.user.id),
         user_id: Some(caller.user.id),
         role,
         store,
-    });
-    let resp = next.run(req).await;
-    if changes {
-        shared.events.wake();
-    }
-    Ok(resp)
+    };
+    Ok(run_as(shared, principal, req, next).await)
 }
 
 #[cfg(test)]
