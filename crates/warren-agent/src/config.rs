@@ -350,6 +350,10 @@ pub struct AgentConfig {
     pub web_allow_hosts: Vec<String>,
     /// Bytes of captured requests kept: 0 means 50 MB, negative turns inspection off.
     pub inspect_db_size: i64,
+    /// On the first connect, an endpoint the edge refuses is reported and dropped while the
+    /// others stay up (`warren start --keep-going`); otherwise the whole start fails and
+    /// nothing stays bound.
+    pub keep_going: bool,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -385,6 +389,7 @@ impl AgentConfig {
             web_addr_fallback: false,
             web_allow_hosts: Vec::new(),
             inspect_db_size: 0,
+            keep_going: false,
         }
     }
 
@@ -537,9 +542,20 @@ pub(crate) fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::i
 /// issuer URL alone. The edge compiles the real thing at Bind; this catches the mistakes a
 /// file can show on its own.
 pub fn check_policy(doc: &serde_json::Value, proto: &str) -> Result<(), String> {
+    check_policy_at(doc, proto).map_err(|p| p.msg)
+}
+
+/// [`check_policy`], saying where in the document the problem is, for callers that hold the
+/// text the user wrote (see [`crate::locate`]).
+pub fn check_policy_at(doc: &serde_json::Value, proto: &str) -> Result<(), crate::locate::PolicyProblem> {
     use std::sync::Arc;
     use warren_policy::{CompileEnv, Document, Policy};
-    let doc = Document::from_value(doc).map_err(|e| format!("traffic policy: {e}"))?;
+    let problem = |msg: String| crate::locate::PolicyProblem {
+        unknown_key: crate::locate::unknown_key(&msg),
+        msg,
+        path: Vec::new(),
+    };
+    let doc = Document::from_value(doc).map_err(|e| problem(format!("traffic policy: {e}")))?;
     let mut env = CompileEnv {
         cookie_secret: Some(warren_policy::oidc::CookieSecret([7; 32])),
         ..CompileEnv::default()
@@ -548,8 +564,8 @@ pub fn check_policy(doc: &serde_json::Value, proto: &str) -> Result<(), String> 
         env.ip_policies.insert(id, (Vec::new(), Vec::new()));
     }
     for url in doc.jwks_urls() {
-        let keys =
-            warren_policy::Jwks::parse(br#"{"keys":[]}"#).map_err(|e| format!("traffic policy: {e}"))?;
+        let keys = warren_policy::Jwks::parse(br#"{"keys":[]}"#)
+            .map_err(|e| problem(format!("traffic policy: {e}")))?;
         env.jwks.insert(url, Arc::new(keys));
     }
     for issuer in doc.oidc_issuers() {
@@ -561,12 +577,16 @@ pub fn check_policy(doc: &serde_json::Value, proto: &str) -> Result<(), String> 
             "jwks_uri": format!("{base}/jwks"),
         });
         let d = warren_policy::oidc::Discovery::parse(&issuer, discovery.to_string().as_bytes())
-            .map_err(|e| format!("traffic policy: openid-connect {issuer}: {e}"))?;
-        let keys =
-            warren_policy::Jwks::parse(br#"{"keys":[]}"#).map_err(|e| format!("traffic policy: {e}"))?;
+            .map_err(|e| problem(format!("traffic policy: openid-connect {issuer}: {e}")))?;
+        let keys = warren_policy::Jwks::parse(br#"{"keys":[]}"#)
+            .map_err(|e| problem(format!("traffic policy: {e}")))?;
         env.oidc.insert(issuer, Arc::new(warren_policy::oidc::Provider::new(d, Arc::new(keys))));
     }
-    Policy::compile(&doc, proto, &env).map(|_| ()).map_err(|e| format!("traffic policy: {e}"))
+    Policy::compile(&doc, proto, &env).map(|_| ()).map_err(|e| crate::locate::PolicyProblem {
+        msg: format!("traffic policy: {e}"),
+        path: crate::locate::error_path(&e),
+        unknown_key: None,
+    })
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{AgentConfig, ConnectCas, EndpointConfig};
+use crate::locate::Seg;
 
 /// A config file problem, with the file it is in.
 #[derive(Debug, thiserror::Error)]
@@ -213,16 +214,30 @@ impl AgentFile {
         for d in [&a.heartbeat_interval, &a.heartbeat_tolerance, &a.connect_timeout].into_iter().flatten() {
             parse_duration(d).map_err(err)?;
         }
-        for ep in file.endpoints {
+        // A policy problem is shown at its line in this file (checked now, before `start`
+        // binds anything; `endpoint` checks the policy with the flags' rules added too).
+        let located = |base: [Seg; 3], policy: &serde_json::Value, proto: &str, what: String| {
+            crate::config::check_policy_at(policy, proto).map_err(|p| ConfigFileError {
+                file: match p.position(text, &base) {
+                    Some((line, col)) => format!("{name}:{line}:{col}"),
+                    None => name.to_owned(),
+                },
+                msg: format!("{what}: {}", p.msg),
+            })
+        };
+        for (i, ep) in file.endpoints.into_iter().enumerate() {
             if self.endpoints.iter().any(|(e, _)| e.name == ep.name) {
                 return Err(err(format!("endpoint name {:?} is defined twice", ep.name)));
             }
-            for (key, set) in [
-                ("bindings", ep.bindings.is_some()),
-                ("description", !ep.description.is_empty()),
-                ("metadata", !ep.metadata.is_empty()),
-                ("pooling_enabled", ep.pooling_enabled.is_some()),
-            ] {
+            if let (Some(p @ serde_json::Value::Object(_)), Ok(kind)) =
+                (&ep.traffic_policy, endpoint_kind(&ep))
+            {
+                let base = [Seg::Key("endpoints".into()), Seg::Index(i), Seg::Key("traffic_policy".into())];
+                located(base, p, kind.proto.as_str(), format!("endpoints[{}]", ep.name))?;
+            }
+            for (key, set) in
+                [("bindings", ep.bindings.is_some()), ("pooling_enabled", ep.pooling_enabled.is_some())]
+            {
                 if set {
                     self.ignored.push(format!("{name}: endpoints[{}].{key}", ep.name));
                 }
@@ -235,12 +250,13 @@ impl AgentFile {
             {
                 return Err(err(format!("endpoint name {tunnel:?} is defined twice")));
             }
-            // Checked now, so `config check` reports what `start` would refuse.
-            let ep = t.endpoint(&tunnel).map_err(|m| err(format!("tunnels.{tunnel}: {m}")))?;
-            if !ep.metadata.is_empty() {
-                // Sent with the Bind, as endpoints' is; the edge does not show it yet.
-                self.ignored.push(format!("{name}: tunnels.{tunnel}.metadata"));
+            if let Some((p, proto)) = t.own_policy() {
+                let base =
+                    [Seg::Key("tunnels".into()), Seg::Key(tunnel.clone()), Seg::Key("traffic_policy".into())];
+                located(base, p, proto, format!("tunnels.{tunnel}"))?;
             }
+            // Checked now, so `config check` reports what `start` would refuse.
+            t.endpoint(&tunnel).map_err(|m| err(format!("tunnels.{tunnel}: {m}")))?;
             self.tunnels.push((tunnel, t, name.to_owned()));
         }
         Ok(())
@@ -419,6 +435,8 @@ fn value_text(v: &serde_json::Value) -> String {
 fn endpoint(ep: &EndpointBlock) -> Result<EndpointConfig, String> {
     let mut config = endpoint_kind(ep)?;
     config.name = ep.name.clone();
+    config.description = ep.description.clone();
+    config.metadata = ep.metadata.clone();
     config.traffic_policy = match &ep.traffic_policy {
         None | Some(serde_json::Value::Null) => None,
         Some(v @ serde_json::Value::Object(_)) => Some(v.clone()),

@@ -175,6 +175,11 @@ async fn session(
     });
     for ep in shared.endpoints() {
         if let Err(msg) = bind(&mux, config, &ep).await {
+            if config.keep_going && !ever_online && !msg.contains(codes::UNAVAILABLE) {
+                tracing::error!(endpoint = %ep.name, error = %clean(&msg), "endpoint refused; the others keep running");
+                shared.refuse(&ep, &clean(&msg));
+                continue;
+            }
             close("bind failed");
             // On the first connect a refusal is the user's to fix; after that, an endpoint
             // held by our own dying session frees up, so keep trying. An edge that could not
@@ -185,6 +190,14 @@ async fn session(
                 (Ended::Fatal(AgentError::Bind(msg)), false)
             };
         }
+    }
+    if shared.endpoints().is_empty() && !config.endpoints.is_empty() {
+        close("bind failed");
+        let why: Vec<String> = shared.refused().into_iter().map(|(n, m)| format!("{n}: {m}")).collect();
+        return (
+            Ended::Fatal(AgentError::Bind(format!("every endpoint was refused; {}", why.join("; ")))),
+            false,
+        );
     }
     shared.publish_online(&resp.client_id);
 

@@ -131,7 +131,9 @@ fn header(s: &Snapshot, width: usize) -> Vec<Line> {
     });
     lines.push(Line::default());
 
-    let kw = key_width(width);
+    // The key column gives way (down to its minimum) before a URL would be cut.
+    let longest_url = s.endpoints.iter().map(|e| e.url.chars().count()).max().unwrap_or(0);
+    let kw = key_width(width).min(width.saturating_sub(longest_url)).max(key_width(0));
     let status_color = if s.session_status.starts_with("online") {
         Some(GREEN)
     } else if s.session_status.starts_with("reconnecting") {
@@ -162,7 +164,15 @@ fn header(s: &Snapshot, width: usize) -> Vec<Line> {
     for (i, e) in s.endpoints.iter().enumerate() {
         let key = if i == 0 { "Forwarding" } else { "" };
         let url = if e.url.is_empty() { "(not bound yet)" } else { &e.url };
-        lines.push(Line::row(kw, key).span(format!("{url} -> {}", e.upstream), None));
+        let arrow = format!("-> {}", e.upstream);
+        // On a narrow terminal the upstream goes on its own line rather than being cut off:
+        // it is the half of the line the user typed and looks for.
+        if kw + url.chars().count() + 1 + arrow.chars().count() <= width {
+            lines.push(Line::row(kw, key).span(format!("{url} {arrow}"), None));
+        } else {
+            lines.push(Line::row(kw, key).span(url, None));
+            lines.push(Line::row(kw, "").span(arrow, None));
+        }
     }
     lines.push(Line::default());
 
@@ -552,6 +562,21 @@ mod tests {
             let visible = line.replace(GREEN, "").replace(YELLOW, "").replace(RED, "").replace(RESET, "");
             assert!(visible.chars().count() <= 40, "{line:?}");
         }
+    }
+
+    #[test]
+    fn at_80_columns_a_long_url_keeps_its_whole_upstream_on_the_next_line() {
+        let out = render(&snapshot(), 80, 40, false);
+        for line in out.lines() {
+            assert!(line.chars().count() <= 80, "{} chars: {line:?}", line.chars().count());
+        }
+        let lines: Vec<&str> = out.lines().collect();
+        let at = lines.iter().position(|l| l.starts_with("Forwarding")).unwrap();
+        assert!(lines[at].ends_with("https://a-very-long-subdomain-name.tunnel.example.com"), "{out}");
+        assert_eq!(lines[at + 1].trim(), "-> http://localhost:8080", "{out}");
+        // A line that fits stays one line.
+        assert!(lines[at + 2].trim() == "tcp://tunnel.example.com:20001 -> localhost:22", "{out}");
+        assert!(!out.contains('…'), "nothing is cut at 80 columns: {out}");
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inspect;
+pub mod locate;
 pub mod metrics;
 mod state;
 mod tls;
@@ -203,6 +204,10 @@ impl Agent {
             endpoints: endpoints
                 .iter()
                 .map(|e| console::EndpointLine { url: e.url(), upstream: e.config.upstream.to_string() })
+                .chain(shared.refused().into_iter().map(|(name, why)| console::EndpointLine {
+                    url: format!("{name} refused"),
+                    upstream: why,
+                }))
                 .collect(),
             conns,
             requests,

@@ -75,6 +75,8 @@ pub struct Shared {
     pub(crate) control: mpsc::Sender<Control>,
     session: Mutex<SessionInfo>,
     next_id: AtomicU64,
+    /// Endpoints the edge refused and `keep_going` dropped: (name, the edge's reason).
+    refused: Mutex<Vec<(String, String)>>,
 }
 
 impl Shared {
@@ -97,6 +99,7 @@ impl Shared {
             control,
             session: Mutex::default(),
             next_id: AtomicU64::new(0),
+            refused: Mutex::default(),
             config,
         });
         for (i, ep) in shared.config.endpoints.iter().enumerate() {
@@ -144,6 +147,18 @@ impl Shared {
 
     pub(crate) fn remove(&self, id: &str) {
         self.write().retain(|e| e.id != id);
+    }
+
+    /// Drops an endpoint the edge refused, keeping why (`keep_going`).
+    pub(crate) fn refuse(&self, ep: &LiveEndpoint, why: &str) {
+        self.remove(&ep.id);
+        self.refused.lock().unwrap_or_else(|e| e.into_inner()).push((ep.name.clone(), why.to_owned()));
+    }
+
+    /// The endpoints the edge refused and the agent dropped to keep the others up:
+    /// (name, the edge's reason).
+    pub fn refused(&self) -> Vec<(String, String)> {
+        self.refused.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The agent's status.

@@ -90,6 +90,15 @@ fn text(v: &serde_json::Value) -> String {
 }
 
 impl TunnelBlock {
+    /// The entry's own traffic policy when written as a mapping, with the protocol it is
+    /// compiled for: what can be checked with positions in the file.
+    pub(crate) fn own_policy(&self) -> Option<(&serde_json::Value, &str)> {
+        match &self.traffic_policy {
+            Some(v @ serde_json::Value::Object(_)) => Some((v, self.proto.as_str())),
+            _ => None,
+        }
+    }
+
     /// The endpoint this tunnel stands for.
     pub(crate) fn endpoint(&self, name: &str) -> Result<EndpointConfig, String> {
         let addr = text(&self.addr);

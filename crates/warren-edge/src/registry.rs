@@ -98,6 +98,8 @@ pub(crate) struct Endpoint {
     pub(crate) proxy_proto: u8,
     /// Its counters and latency histogram.
     pub(crate) metrics: crate::metrics::EndpointMetrics,
+    /// What the agent said about it (name, metadata, description, upstream), for the API.
+    pub(crate) details: warren_store::EndpointDetails,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

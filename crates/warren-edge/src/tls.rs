@@ -157,6 +157,8 @@ pub fn server_config(certs: Arc<CertStore>, alpn: &[&[u8]]) -> Result<Arc<Server
 #[derive(Debug)]
 pub struct CertStore {
     default: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    /// The DNS names the default certificate holds (lowercase; `*.` wildcards kept).
+    default_names: std::sync::RwLock<Vec<String>>,
     by_name: std::sync::RwLock<std::collections::HashMap<String, Arc<rustls::sign::CertifiedKey>>>,
 }
 
@@ -165,6 +167,7 @@ impl CertStore {
     pub fn new(m: &TlsMaterial) -> Result<CertStore, TlsError> {
         Ok(CertStore {
             default: std::sync::RwLock::new(Arc::new(certified_key(m.chain.clone(), m.key.clone_key())?)),
+            default_names: std::sync::RwLock::new(dns_names(&m.chain)),
             by_name: Default::default(),
         })
     }
@@ -176,9 +179,26 @@ impl CertStore {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<(), TlsError> {
+        let names = dns_names(&chain);
         let ck = Arc::new(certified_key(chain, key)?);
         *self.default.write().unwrap_or_else(|e| e.into_inner()) = ck;
+        *self.default_names.write().unwrap_or_else(|e| e.into_inner()) = names;
         Ok(())
+    }
+
+    /// Whether a visitor asking for `name` gets a certificate valid for it: the name's own,
+    /// or the default when one of its names (a `*.` wildcard covers one label) matches.
+    pub fn covers(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        self.has_own(&name)
+            || self.default_names.read().unwrap_or_else(|e| e.into_inner()).iter().any(|p| {
+                match p.strip_prefix("*.") {
+                    Some(parent) => {
+                        name.split_once('.').is_some_and(|(label, rest)| !label.is_empty() && rest == parent)
+                    }
+                    None => *p == name,
+                }
+            })
     }
 
     /// Checks that `key` belongs to the leaf of `chain` (and that rustls can use both).
@@ -211,6 +231,21 @@ impl CertStore {
         self.by_name.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_ascii_lowercase(), ck);
         Ok(())
     }
+}
+
+/// The DNS names in the leaf certificate's subject alternative names, lowercase.
+fn dns_names(chain: &[CertificateDer<'static>]) -> Vec<String> {
+    let Some(leaf) = chain.first() else { return Vec::new() };
+    let Ok((_, x)) = x509_parser::parse_x509_certificate(leaf) else { return Vec::new() };
+    let Ok(Some(san)) = x.subject_alternative_name() else { return Vec::new() };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn certified_key(

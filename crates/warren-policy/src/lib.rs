@@ -60,9 +60,22 @@ pub enum PolicyError {
         phase: &'static str,
         /// The rule's name, or its position.
         rule: String,
+        /// The rule's index in its phase (from 0), so callers can point into their own file.
+        index: usize,
+        /// The expression or action at fault, when it is one of them.
+        item: Option<RuleItem>,
         /// What is wrong.
         msg: String,
     },
+}
+
+/// The part of a rule an error is about, by index (from 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleItem {
+    /// `expressions[i]`.
+    Expression(usize),
+    /// `actions[i]`.
+    Action(usize),
 }
 
 /// Where a policy runs.
@@ -274,23 +287,26 @@ fn compile_rules(
     let mut out = Vec::with_capacity(rules.len());
     for (i, r) in rules.iter().enumerate() {
         let label = if r.name.is_empty() { format!("#{}", i + 1) } else { format!("{:?}", r.name) };
-        let err = |msg: String| PolicyError::Rule { phase: phase.name(), rule: label.clone(), msg };
+        let err = |item: Option<RuleItem>| {
+            let rule = label.clone();
+            move |msg: String| PolicyError::Rule { phase: phase.name(), rule, index: i, item, msg }
+        };
         let mut needs = Needs::default();
         let mut exprs = Vec::with_capacity(r.expressions.len());
-        for source in &r.expressions {
-            let program = compile_expr(source, phase).map_err(&err)?;
-            check_bool(&program, source, phase).map_err(&err)?;
+        for (j, source) in r.expressions.iter().enumerate() {
+            let program = compile_expr(source, phase).map_err(err(Some(RuleItem::Expression(j))))?;
+            check_bool(&program, source, phase).map_err(err(Some(RuleItem::Expression(j))))?;
             let fast = fast_form(&program, phase);
             needs = needs.union(Needs::of(&program));
             exprs.push(Expression { program, fast });
         }
         if r.actions.is_empty() {
-            return Err(err("a rule needs at least one action".into()));
+            return Err(err(None)("a rule needs at least one action".into()));
         }
         let mut actions = Vec::with_capacity(r.actions.len());
-        for a in &r.actions {
-            let action =
-                Action::compile(a, phase, env).map_err(|m| err(format!("action {}: {m}", a.kind)))?;
+        for (j, a) in r.actions.iter().enumerate() {
+            let action = Action::compile(a, phase, env)
+                .map_err(|m| err(Some(RuleItem::Action(j)))(format!("action {}: {m}", a.kind)))?;
             needs = needs.union(action.needs());
             actions.push(action);
         }

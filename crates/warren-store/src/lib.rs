@@ -105,7 +105,7 @@ pub use ip::{
     Cidr, CompiledRestriction, IpDecision, IpPolicy, IpPolicyRule, IpPolicyRuleUpdate, IpRestriction,
     IpRestrictionUpdate,
 };
-pub use live::{LiveEndpoint, SessionCommand, TunnelSession};
+pub use live::{EndpointDetails, LiveEndpoint, SessionCommand, TunnelSession};
 pub use model::{
     Account, ApiKey, Credential, CredentialUpdate, NewApiKey, NewCredential, Page, Role, Token, User,
     acl_allows,

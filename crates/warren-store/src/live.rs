@@ -71,6 +71,22 @@ pub struct LiveEndpoint {
     pub host: String,
     /// RFC 3339.
     pub created_at: String,
+    /// What the agent said about it in its Bind (ngrok's `Extra.Name`, `Metadata`,
+    /// `Description` and `ForwardsTo`).
+    pub details: EndpointDetails,
+}
+
+/// What an agent says about an endpoint it binds; shown, never acted on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointDetails {
+    /// The endpoint's name in the agent's config.
+    pub name: String,
+    /// Free-form metadata (at most 4 KiB).
+    pub metadata: String,
+    /// A description (at most 4 KiB).
+    pub description: String,
+    /// Where the agent forwards it (`ForwardsTo`).
+    pub upstream_url: String,
 }
 
 /// What another node is asked to do with one of its sessions.
@@ -93,8 +109,8 @@ impl SessionCommand {
 
 const SESSION_COLUMNS: &str =
     "id, account_id, node_id, credential_id, ip, agent_version, os, metadata, started_at, resume_hash";
-const ENDPOINT_COLUMNS: &str =
-    "id, account_id, session_id, client_id, proto, url, created_at, route_key, host";
+const ENDPOINT_COLUMNS: &str = "id, account_id, session_id, client_id, proto, url, created_at, route_key, host, \
+     name, metadata, description, upstream_url";
 
 fn session_row<R: Row>(r: &R) -> TunnelSession
 where
@@ -131,6 +147,12 @@ where
         created_at: r.get(6),
         route_key: r.get(7),
         host: r.get(8),
+        details: EndpointDetails {
+            name: r.get(9),
+            metadata: r.get(10),
+            description: r.get(11),
+            upstream_url: r.get(12),
+        },
     }
 }
 
@@ -251,8 +273,9 @@ impl Store {
         // One statement checks and inserts. SQLite runs it under its single writer lock;
         // PostgreSQL serialises binds of one host with an advisory lock held to commit, so
         // the check of the second bind sees the first one's row.
-        const INSERT: &str = "INSERT INTO endpoints (id, account_id, session_id, client_id, proto, url, created_at, route_key, host) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE $9 = '' OR NOT EXISTS (\
+        const INSERT: &str = "INSERT INTO endpoints (id, account_id, session_id, client_id, proto, url, created_at, route_key, host, \
+               name, metadata, description, upstream_url) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 WHERE $9 = '' OR NOT EXISTS (\
                SELECT 1 FROM endpoints WHERE host = $9 AND (account_id <> $2 \
                  OR (proto = 'tls' AND $5 = 'https') OR (proto = 'https' AND $5 = 'tls')))";
         let conflict = crate::conflict("endpoint");
@@ -267,6 +290,10 @@ impl Store {
                 .bind(&e.created_at)
                 .bind(&e.route_key)
                 .bind(&e.host)
+                .bind(&e.details.name)
+                .bind(&e.details.metadata)
+                .bind(&e.details.description)
+                .bind(&e.details.upstream_url)
                 .execute(pool)
                 .await
                 .map_err(conflict)?
@@ -289,6 +316,10 @@ impl Store {
                     .bind(&e.created_at)
                     .bind(&e.route_key)
                     .bind(&e.host)
+                    .bind(&e.details.name)
+                    .bind(&e.details.metadata)
+                    .bind(&e.details.description)
+                    .bind(&e.details.upstream_url)
                     .execute(&mut *tx)
                     .await
                     .map_err(conflict)?

@@ -448,8 +448,16 @@ async fn live_sessions_and_endpoints_are_shared_and_go_with_their_node() {
             route_key: url.into(),
             host: url.split_once("://").unwrap().1.into(),
             created_at: now_rfc3339(),
+            details: EndpointDetails {
+                name: "web".into(),
+                metadata: "{\"team\": \"α\"}".into(),
+                description: "the shop".into(),
+                upstream_url: "http://localhost:3000".into(),
+            },
         };
         s.insert_endpoint(&ep("ep_1", "ts_1", "https://a.example.com")).await.unwrap();
+        // What the agent said about it comes back as it was said.
+        assert_eq!(s.get_endpoint(&acc.id, "ep_1").await.unwrap().details, ep("", "", "https://x").details);
         assert!(matches!(
             s.insert_endpoint(&ep("ep_2", "ts_2", "https://a.example.com")).await,
             Err(StoreError::Conflict(_))
@@ -518,6 +526,7 @@ async fn a_host_belongs_to_one_account_across_every_scheme() {
             route_key: format!("{proto}://{host}"),
             host: host.into(),
             created_at: now_rfc3339(),
+            details: EndpointDetails::default(),
         };
         s.insert_endpoint(&ep("ep_1", &a.id, "ts_a", "https", "victim.example.com")).await.unwrap();
         for proto in ["tls", "http"] {
@@ -602,6 +611,7 @@ async fn reservations_never_overlap_another_accounts_names() {
             route_key: "tls://live.example.io".into(),
             host: "live.example.io".into(),
             created_at: now_rfc3339(),
+            details: EndpointDetails::default(),
         };
         s.insert_endpoint(&e).await.unwrap();
         for over in ["*.example.io", "live.example.io"] {

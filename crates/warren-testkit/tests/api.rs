@@ -43,7 +43,7 @@ async fn credentials_crud_with_pagination() {
     // The token works for an agent, inside its ACL.
     let up = HttpUpstream::start().await;
     let mut cfg =
-        edge.agent_with(EndpointConfig::http(&up.url(), Some("https://a.ci.warren.localhost")).unwrap());
+        edge.agent_with(EndpointConfig::http(&up.url(), Some("http://a.ci.warren.localhost")).unwrap());
     cfg.authtoken = token.clone();
     let mut agent = Agent::start(cfg);
     within("agent with API-made token", agent.wait_online()).await.unwrap();

@@ -23,7 +23,7 @@ async fn an_acl_restricted_token_binds_only_inside_its_acl() {
         cfg.authtoken = token.clone();
         Agent::start(cfg)
     };
-    for allowed in ["https://a.team.warren.localhost", "https://exact.warren.localhost"] {
+    for allowed in ["http://a.team.warren.localhost", "https://exact.warren.localhost"] {
         let mut a = start(Some(allowed), false);
         within("allowed bind", a.wait_online()).await.unwrap_or_else(|e| panic!("{allowed}: {e}"));
         a.stop().await.unwrap();

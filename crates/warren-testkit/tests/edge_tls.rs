@@ -540,3 +540,32 @@ async fn an_account_wide_terminate_tls_holds_on_every_endpoint_or_refuses_it() {
         .await;
     assert!(r.error.contains("terminate-tls needs an https endpoint"), "{r:?}");
 }
+
+/// An https endpoint gets only a name the edge can serve a valid certificate for: the base
+/// domain's wildcard covers one level, so `a.b.<base>` is refused naming the name to use
+/// instead, until a certificate of its own is attached. tls endpoints (the agent or upstream
+/// brings the certificate) and plain http endpoints may use such names.
+#[tokio::test]
+async fn an_https_name_no_certificate_covers_is_refused_until_one_does() {
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    let raw = RawSession::authenticated(&edge, &edge.authtoken).await;
+    let r = raw.bind_https("deep", "a.b.warren.localhost").await;
+    assert!(r.error.contains("not covered") && r.error.contains("use a-b.warren.localhost"), "{r:?}");
+    assert!(raw.bind_https("flat", "a-b.warren.localhost").await.error.is_empty());
+    let http = raw.bind("deep-http", "http", serde_json::json!({"Domain": "a.b.warren.localhost"})).await;
+    assert!(http.error.is_empty(), "{http:?}");
+    let tls = raw.bind("deep-tls", "tls", serde_json::json!({"Domain": "c.d.warren.localhost"})).await;
+    assert!(tls.error.is_empty(), "{tls:?}");
+
+    let ca = TestCa::new("deep CA");
+    let (chain, private_key, _) = ca.leaf("e.f.warren.localhost");
+    let upload = serde_json::json!({"certificate_pem": chain, "private_key_pem": private_key});
+    let (status, _, cert) = edge.api("POST", "/tls_certificates", key, Some(upload)).await;
+    assert_eq!(status, StatusCode::CREATED, "{cert}");
+    let body = serde_json::json!({"domain": "e.f.warren.localhost", "certificate_id": cert["id"]});
+    let (status, _, rd) = edge.api("POST", "/reserved_domains", key, Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{rd}");
+    let r = raw.bind_https("own", "e.f.warren.localhost").await;
+    assert!(r.error.is_empty(), "a name with its own certificate: {r:?}");
+}

@@ -18,13 +18,8 @@ pub(crate) fn plan(
     rest: &[String],
 ) -> anyhow::Result<(&'static str, String, Option<Value>)> {
     // ngrok spells resources with hyphens (`ngrok api reserved-domains`); the paths use `_`.
-    let resource = resource.replace('-', "_");
+    let resource = known_resource(resource)?;
     let resource = resource.as_str();
-    if resource.is_empty() || !resource.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
-        bail!(
-            "unknown resource {resource:?}; for example: credentials, api_keys, users, ip_policies, tunnel_sessions"
-        );
-    }
     let (id, flags) = match rest.first() {
         Some(first) if !first.starts_with("--") => (Some(first.as_str()), &rest[1..]),
         _ => (None, rest),
@@ -76,6 +71,136 @@ pub(crate) fn plan(
         "delete" => ("DELETE", format!("/{resource}/{}", need_id()?), None),
         "stop" | "restart" => ("POST", format!("/{resource}/{}/{op}", need_id()?), None),
         other => bail!("unknown operation {other:?}; use list, get, create, update, delete, stop or restart"),
+    })
+}
+
+/// The resources the API has (the first segment of each path of its OpenAPI document).
+fn resources(doc: &Value) -> Vec<String> {
+    let mut names: Vec<String> = doc["paths"]
+        .as_object()
+        .map(|p| p.keys().filter_map(|k| k.split('/').nth(1)).map(str::to_owned).collect())
+        .unwrap_or_default();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// `resource` in the API's spelling (ngrok's hyphens become `_`), or an error naming the
+/// nearest resource there is.
+fn known_resource(resource: &str) -> anyhow::Result<String> {
+    let wanted = resource.to_ascii_lowercase().replace('-', "_");
+    let all = resources(&warren_edge::api::openapi_document());
+    if all.contains(&wanted) {
+        return Ok(wanted);
+    }
+    let nearest = all
+        .iter()
+        .map(|r| (edit_distance(&wanted, r), r))
+        .filter(|(d, r)| *d <= 3.max(r.len() / 3))
+        .min_by_key(|(d, _)| *d);
+    match nearest {
+        Some((_, r)) => bail!("unknown resource {resource:?}; did you mean {r}?"),
+        None => bail!("unknown resource {resource:?}; the resources are: {}", all.join(", ")),
+    }
+}
+
+/// Levenshtein distance, for suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// `warren api RESOURCE OP --help`: the call it makes and the fields it takes, from the API's
+/// own OpenAPI document, so the help and the API cannot disagree.
+pub(crate) fn help(resource: &str, op: &str) -> anyhow::Result<String> {
+    let resource = known_resource(resource)?;
+    let doc = warren_edge::api::openapi_document();
+    let ops = available_ops(&doc, &resource);
+    let Some((method, path)) = op_route(&resource, op) else {
+        bail!("unknown operation {op:?} for {resource}; it has: {}", ops.join(", "));
+    };
+    let Some(operation) = doc["paths"][&path][method.to_ascii_lowercase()].as_object() else {
+        bail!("{resource} has no {op}; it has: {}", ops.join(", "));
+    };
+    let id = if path.contains("{id}") { " ID" } else { "" };
+    let mut out = format!(
+        "{}\n\nUsage: warren api {resource} {op}{id}{}\n  ({method} {})\n",
+        operation.get("summary").and_then(Value::as_str).unwrap_or_default(),
+        if operation.contains_key("requestBody") { " [--FIELD VALUE]... | --data JSON" } else { "" },
+        path.replace("{id}", "ID"),
+    );
+    let body = operation
+        .get("requestBody")
+        .and_then(|b| b["content"]["application/json"]["schema"]["$ref"].as_str())
+        .and_then(|r| r.rsplit('/').next())
+        .map(|name| &doc["components"]["schemas"][name]);
+    if let Some(schema) = body {
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        out.push_str("\nFields:\n");
+        if let Some(props) = schema["properties"].as_object() {
+            for (name, p) in props {
+                let kind = match p["type"].as_str() {
+                    Some("array") => "list: repeat the flag",
+                    Some("boolean") => "true or false",
+                    Some("integer") => "a number",
+                    Some("object") => "an object: use --data",
+                    _ => "text",
+                };
+                // ngrok's spelling; `_` works as well.
+                let flag = name.replace('_', "-");
+                let mut line = format!("  --{flag:<28} {kind}");
+                if required.contains(&name.as_str()) {
+                    line.push_str("; required");
+                }
+                if let Some(values) = p["enum"].as_array() {
+                    let v: Vec<&str> = values.iter().filter_map(Value::as_str).collect();
+                    line.push_str(&format!("; one of {}", v.join(", ")));
+                }
+                if let Some(d) = p["description"].as_str() {
+                    line.push_str(&format!(". {d}"));
+                }
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+    }
+    out.push_str(&format!("\nOperations on {resource}: {}\n", ops.join(", ")));
+    Ok(out)
+}
+
+/// The operations `warren api` can call on a resource.
+fn available_ops(doc: &Value, resource: &str) -> Vec<&'static str> {
+    ["list", "get", "create", "update", "delete", "stop", "restart"]
+        .into_iter()
+        .filter(|op| {
+            op_route(resource, op).is_some_and(|(m, p)| doc["paths"][&p][m.to_ascii_lowercase()].is_object())
+        })
+        .collect()
+}
+
+/// The method and path template (`{id}` for the id) an operation calls.
+fn op_route(resource: &str, op: &str) -> Option<(&'static str, String)> {
+    Some(match op {
+        "list" => ("GET", format!("/{resource}")),
+        "get" => ("GET", format!("/{resource}/{{id}}")),
+        "create" => ("POST", format!("/{resource}")),
+        "update" => ("PATCH", format!("/{resource}/{{id}}")),
+        "delete" => ("DELETE", format!("/{resource}/{{id}}")),
+        "stop" | "restart" => ("POST", format!("/{resource}/{{id}}/{op}")),
+        _ => return None,
     })
 }
 
@@ -163,5 +288,28 @@ mod tests {
         assert!(plan("credentials", "explode", &[]).is_err());
         assert!(plan("../etc", "list", &[]).is_err());
         assert!(plan("credentials", "create", &args(&["--description"])).is_err());
+        let typo = plan("credentails", "list", &[]).unwrap_err().to_string();
+        assert!(typo.contains("did you mean credentials?"), "{typo}");
+        let typo = plan("reserved-domain", "list", &[]).unwrap_err().to_string();
+        assert!(typo.contains("did you mean reserved_domains?"), "{typo}");
+        let far = plan("zzzz", "list", &[]).unwrap_err().to_string();
+        assert!(far.contains("the resources are:") && far.contains("ip_policies"), "{far}");
+    }
+
+    #[test]
+    fn help_lists_the_fields_of_the_operation_from_the_openapi_document() {
+        let h = help("credentials", "create").unwrap();
+        assert!(h.contains("Usage: warren api credentials create"), "{h}");
+        assert!(h.contains("(POST /credentials)"), "{h}");
+        assert!(h.contains("--acl") && h.contains("list: repeat the flag"), "{h}");
+        assert!(h.contains("--description"), "{h}");
+        let h = help("ip-policy-rules", "create").unwrap();
+        assert!(h.contains("--cidr") && h.contains("required"), "{h}");
+        let h = help("tunnel_sessions", "stop").unwrap();
+        assert!(h.contains("POST /tunnel_sessions/ID/stop") && !h.contains("Fields:"), "{h}");
+        // What a resource does not have is said, with what it has.
+        let e = help("endpoints", "create").unwrap_err().to_string();
+        assert!(e.contains("endpoints has no create; it has: list, get"), "{e}");
+        assert!(help("credentails", "create").unwrap_err().to_string().contains("did you mean credentials?"));
     }
 }

@@ -44,19 +44,23 @@ enum Command {
         upstream: String,
         #[command(flatten)]
         agent: AgentArgs,
-        /// Rewrite the Host header: `rewrite` for the upstream's host:port, or a value.
-        #[arg(long)]
-        host_header: Option<String>,
+        #[command(flatten)]
+        names: NameArgs,
+        #[command(flatten)]
+        http: Box<HttpArgs>,
     },
     /// Call the edge's REST API, like `ngrok api`: `warren api credentials create --description ci
     /// --acl bind:app.example.com`, `warren api tunnel_sessions list`, `warren api api_keys delete ID`.
+    #[command(disable_help_flag = true)]
     Api {
         /// credentials, api_keys, users, ip_policies, ip_policy_rules, ip_restrictions,
         /// reserved_domains, reserved_addrs, tunnel_sessions, endpoints, tunnels (ngrok's
         /// hyphenated spelling, like reserved-domains, works too).
-        resource: String,
+        #[arg(required_unless_present = "help")]
+        resource: Option<String>,
         /// list, get, create, update, delete, stop, restart.
-        op: String,
+        #[arg(required_unless_present = "help")]
+        op: Option<String>,
         /// An id, then fields as `--name value` (repeat for lists) or `--data JSON`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         rest: Vec<String>,
@@ -66,6 +70,9 @@ enum Command {
         /// Where the edge's API listens.
         #[arg(long, env = "WARREN_API_URL", default_value = "http://127.0.0.1:8088")]
         api_url: String,
+        /// Print help; after RESOURCE OP, the call it makes and the fields it takes.
+        #[arg(short = 'h', long, action = clap::ArgAction::SetTrue)]
+        help: bool,
     },
     /// Expose a local TCP service on a tcp endpoint.
     Tcp {
@@ -73,6 +80,12 @@ enum Command {
         upstream: String,
         #[command(flatten)]
         agent: AgentArgs,
+        /// Not for tcp (hidden): taken only to say what to use instead.
+        #[arg(long, hide = true)]
+        domain: Option<String>,
+        /// Not for tcp (hidden): taken only to say what to use instead.
+        #[arg(long, hide = true)]
+        subdomain: Option<String>,
     },
     /// Start endpoints from the config file(s) (ngrok agent config v3).
     Start {
@@ -81,6 +94,10 @@ enum Command {
         /// Start every endpoint in the config.
         #[arg(long)]
         all: bool,
+        /// When the edge refuses an endpoint, report it and keep the others up (default: the
+        /// start fails and nothing stays bound).
+        #[arg(long)]
+        keep_going: bool,
         /// Config file (repeat to merge several; default: the per-user warren.yml).
         #[arg(long = "config", value_name = "FILE")]
         config: Vec<PathBuf>,
@@ -108,6 +125,8 @@ enum Command {
         upstream: String,
         #[command(flatten)]
         agent: AgentArgs,
+        #[command(flatten)]
+        names: NameArgs,
         /// Certificate chain (PEM) to terminate TLS here instead of in the upstream.
         #[arg(long, requires = "key")]
         crt: Option<PathBuf>,
@@ -373,17 +392,13 @@ struct EdgeArgs {
     tls_key: Option<PathBuf>,
 }
 
+/// Flags every agent command (http, tcp, tls) takes.
 #[derive(Args)]
 struct AgentArgs {
-    /// The URL to ask for (https://name.<domain>, http://name.<domain>, tcp://host:port).
-    #[arg(long, conflicts_with_all = ["domain", "subdomain"])]
-    url: Option<String>,
-    /// ngrok's spelling of `--url https://DOMAIN` (`tls://DOMAIN` for tls endpoints).
-    #[arg(long, conflicts_with = "subdomain")]
-    domain: Option<String>,
-    /// A name under the edge's base domain (`--subdomain app`: https://app.<base domain>).
+    /// The URL to ask for (https://name.<domain>, http://name.<domain>, tls://name.<domain>,
+    /// tcp://host:port).
     #[arg(long)]
-    subdomain: Option<String>,
+    url: Option<String>,
     /// The endpoint's name (shown by the inspector, the console and the local API).
     #[arg(long)]
     name: Option<String>,
@@ -408,9 +423,6 @@ struct AgentArgs {
     /// Defaults to the local edge's CA when that file exists, else `trusted`.
     #[arg(long, env = "WARREN_CONNECT_CAS")]
     connect_cas: Option<String>,
-    /// Verify the upstream's TLS certificate (default: yes, unless the upstream is loopback).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    upstream_tls_verify: Option<bool>,
     /// Where the request inspector and local API listen (`false` turns them off). When the
     /// default is taken, the next free port up to 4049 is used, as ngrok does.
     #[arg(long, default_value = "127.0.0.1:4040")]
@@ -424,6 +436,28 @@ struct AgentArgs {
     /// Refuse these networks (CIDR; repeat). Becomes a restrict-ips rule.
     #[arg(long, value_name = "CIDR")]
     cidr_deny: Vec<String>,
+}
+
+/// ngrok's ways to name a host instead of a whole URL: http and tls endpoints only.
+#[derive(Args)]
+struct NameArgs {
+    /// ngrok's spelling of `--url https://DOMAIN` (`tls://DOMAIN` for tls endpoints).
+    #[arg(long, conflicts_with_all = ["url", "subdomain"])]
+    domain: Option<String>,
+    /// A name under the edge's base domain (`--subdomain app`: https://app.<base domain>).
+    #[arg(long, conflicts_with = "url")]
+    subdomain: Option<String>,
+}
+
+/// Flags that act on HTTP requests and responses: `warren http` only.
+#[derive(Args)]
+struct HttpArgs {
+    /// Rewrite the Host header: `rewrite` for the upstream's host:port, or a value.
+    #[arg(long)]
+    host_header: Option<String>,
+    /// Verify the upstream's TLS certificate (default: yes, unless the upstream is loopback).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    upstream_tls_verify: Option<bool>,
     /// Require HTTP basic auth, `user:password` (repeat for several users).
     #[arg(long, value_name = "USER:PASSWORD")]
     basic_auth: Vec<String>,
@@ -529,15 +563,26 @@ fn run_cli() -> anyhow::Result<()> {
     rt.block_on(async {
         match cli.command {
             Command::Edge(args) => edge(*args).await,
-            Command::Http { upstream, agent, host_header } => {
-                let url = endpoint_url(&agent, "https")?;
+            Command::Http { upstream, agent, names, http } => {
+                let url = endpoint_url(&agent, Some(&names), "https")?;
                 let mut ep = EndpointConfig::http(&upstream, url.as_deref()).map_err(anyhow::Error::msg)?;
-                ep.host_header = host_header;
-                ep.upstream_tls_verify = agent.upstream_tls_verify;
-                ep.inspect = agent.inspect;
-                run_agent(agent, ep, console).await
+                ep.host_header = http.host_header.clone();
+                ep.upstream_tls_verify = http.upstream_tls_verify;
+                ep.inspect = http.inspect;
+                run_agent(agent, Some(names), Some(*http), ep, console).await
             }
-            Command::Api { resource, op, mut rest, api_key, api_url } => {
+            Command::Api { resource, op, mut rest, api_key, api_url, help } => {
+                let help = help || rest.iter().any(|a| a == "--help" || a == "-h");
+                let (Some(resource), Some(op)) = (resource, op) else {
+                    use clap::CommandFactory;
+                    let mut cli = Cli::command();
+                    cli.find_subcommand_mut("api").map(|c| c.print_help()).transpose()?;
+                    return Ok(());
+                };
+                if help {
+                    print!("{}", api_cli::help(&resource, &op)?);
+                    return Ok(());
+                }
                 // `--api-key`/`--api-url` after the resource land in `rest`; take them out.
                 let api_key = api_cli::take_flag(&mut rest, "--api-key").or(api_key);
                 let api_url = api_cli::take_flag(&mut rest, "--api-url").unwrap_or(api_url);
@@ -549,7 +594,7 @@ fn run_cli() -> anyhow::Result<()> {
                 };
                 api_cli::run(&api_url, &key, &resource, &op, &rest).await
             }
-            Command::Tls { upstream, agent, crt, key, mutual_tls_cas } => {
+            Command::Tls { upstream, agent, names, crt, key, mutual_tls_cas } => {
                 let termination = match (crt, key) {
                     (Some(crt), Some(key)) => {
                         let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
@@ -560,18 +605,26 @@ fn run_cli() -> anyhow::Result<()> {
                     }
                     _ => None,
                 };
-                let url = endpoint_url(&agent, "tls")?;
+                let url = endpoint_url(&agent, Some(&names), "tls")?;
                 let ep = EndpointConfig::tls(&upstream, url.as_deref(), termination).map_err(anyhow::Error::msg)?;
-                run_agent(agent, ep, console).await
+                run_agent(agent, Some(names), None, ep, console).await
             }
-            Command::Start { names, all, config } => start(names, all, config, console).await,
+            Command::Start { names, all, config, keep_going } => {
+                start(names, all, config, keep_going, console).await
+            }
             Command::Config { action } => config_command(action),
             Command::Admin { action } => admin(action).await,
             Command::Service { action } => service::run(action),
-            Command::Tcp { upstream, agent } => {
-                let url = endpoint_url(&agent, "tcp")?;
+            Command::Tcp { upstream, agent, domain, subdomain } => {
+                if let Some(d) = domain {
+                    bail!("--domain {d:?} is for http and tls endpoints; a tcp endpoint takes --url tcp://host:port")
+                }
+                if subdomain.is_some() {
+                    bail!("--subdomain is for http and tls endpoints; a tcp endpoint takes --url tcp://host:port")
+                }
+                let url = endpoint_url(&agent, None, "tcp")?;
                 let ep = EndpointConfig::tcp(&upstream, url.as_deref()).map_err(anyhow::Error::msg)?;
-                run_agent(agent, ep, console).await
+                run_agent(agent, None, None, ep, console).await
             }
         }
     })
@@ -788,17 +841,18 @@ fn warn_if_root() {
     }
 }
 
-async fn run_agent(args: AgentArgs, mut endpoint: EndpointConfig, console: bool) -> anyhow::Result<()> {
+async fn run_agent(
+    args: AgentArgs,
+    names: Option<NameArgs>,
+    http: Option<HttpArgs>,
+    mut endpoint: EndpointConfig,
+    console: bool,
+) -> anyhow::Result<()> {
     warn_if_root();
-    if let Some(sub) = &args.subdomain {
+    if let Some(sub) = names.as_ref().and_then(|n| n.subdomain.as_ref()) {
         if sub.is_empty() || !sub.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             bail!(
                 "--subdomain {sub:?}: letters, digits and '-' only (one label; the edge adds its base domain)"
-            );
-        }
-        if endpoint.proto == warren_agent::config::EndpointProto::Tcp {
-            bail!(
-                "--subdomain is for http, https and tls endpoints; tcp endpoints get a port (--url tcp://host:port)"
             );
         }
         endpoint.subdomain = sub.to_ascii_lowercase();
@@ -808,31 +862,40 @@ async fn run_agent(args: AgentArgs, mut endpoint: EndpointConfig, console: bool)
     endpoint.description = args.description.clone().unwrap_or_default();
     if let Some(file) = &args.traffic_policy_file {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        endpoint.traffic_policy = Some(
-            warren_agent::config::policy_from_text(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?,
-        );
+        let doc = warren_agent::config::policy_from_text(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        // Checked alone first, so a problem is shown where it is in the user's own file.
+        if let Err(p) = warren_agent::config::check_policy_at(&doc, endpoint.proto.as_str()) {
+            match p.position(&text, &[]) {
+                Some((line, col)) => bail!("{}:{line}:{col}: {}", file.display(), p.msg),
+                None => bail!("{}: {}", file.display(), p.msg),
+            }
+        }
+        endpoint.traffic_policy = Some(doc);
     }
-    let legacy = warren_agent::config::LegacyFlags {
+    let mut legacy = warren_agent::config::LegacyFlags {
         cidr_allow: args.cidr_allow.clone(),
         cidr_deny: args.cidr_deny.clone(),
-        basic_auth: args.basic_auth.clone(),
-        request_header_add: args.request_header_add.clone(),
-        request_header_remove: args.request_header_remove.clone(),
-        response_header_add: args.response_header_add.clone(),
-        response_header_remove: args.response_header_remove.clone(),
-        verify_webhook: args.verify_webhook.clone().zip(args.verify_webhook_secret.clone()),
-        compression: args.compression,
-        circuit_breaker: args.circuit_breaker,
-        oidc: args.oidc.clone().map(|issuer| warren_agent::config::OidcFlags {
-            issuer,
-            client_id: args.oidc_client_id.clone().unwrap_or_default(),
-            client_secret: args.oidc_client_secret.clone().unwrap_or_default(),
-            scopes: args.oidc_scope.clone(),
-            allow_emails: args.oidc_allow_email.clone(),
-            allow_domains: args.oidc_allow_domain.clone(),
-        }),
+        ..Default::default()
     };
+    if let Some(http) = http {
+        legacy.basic_auth = http.basic_auth;
+        legacy.request_header_add = http.request_header_add;
+        legacy.request_header_remove = http.request_header_remove;
+        legacy.response_header_add = http.response_header_add;
+        legacy.response_header_remove = http.response_header_remove;
+        legacy.verify_webhook = http.verify_webhook.zip(http.verify_webhook_secret);
+        legacy.compression = http.compression;
+        legacy.circuit_breaker = http.circuit_breaker;
+        legacy.oidc = http.oidc.map(|issuer| warren_agent::config::OidcFlags {
+            issuer,
+            client_id: http.oidc_client_id.unwrap_or_default(),
+            client_secret: http.oidc_client_secret.unwrap_or_default(),
+            scopes: http.oidc_scope,
+            allow_emails: http.oidc_allow_email,
+            allow_domains: http.oidc_allow_domain,
+        });
+    }
     if let Some(rules) = legacy.rules(endpoint.proto.is_http()).map_err(anyhow::Error::msg)? {
         endpoint.prepend_policy(rules).map_err(anyhow::Error::msg)?;
     }
@@ -873,11 +936,8 @@ async fn run_agent(args: AgentArgs, mut endpoint: EndpointConfig, console: bool)
 }
 
 /// `--url`, or ngrok's `--domain` as a URL of the command's scheme.
-fn endpoint_url(args: &AgentArgs, scheme: &str) -> anyhow::Result<Option<String>> {
-    match (&args.url, &args.domain) {
-        (_, Some(d)) if scheme == "tcp" => {
-            bail!("--domain {d:?} is for http and tls endpoints; a tcp endpoint takes --url tcp://host:port")
-        }
+fn endpoint_url(args: &AgentArgs, names: Option<&NameArgs>, scheme: &str) -> anyhow::Result<Option<String>> {
+    match (&args.url, names.and_then(|n| n.domain.as_ref())) {
         (_, Some(d)) if d.contains("://") || d.contains('/') => {
             bail!("--domain {d:?} is a host name only (like app.example.com); use --url for a URL")
         }
@@ -910,7 +970,13 @@ fn local_edge_ca() -> ConnectCas {
 }
 
 /// `warren start NAME... | --all`: the named endpoints of the config files.
-async fn start(names: Vec<String>, all: bool, configs: Vec<PathBuf>, console: bool) -> anyhow::Result<()> {
+async fn start(
+    names: Vec<String>,
+    all: bool,
+    configs: Vec<PathBuf>,
+    keep_going: bool,
+    console: bool,
+) -> anyhow::Result<()> {
     warn_if_root();
     if names.is_empty() && !all {
         bail!("name the endpoints to start (warren start web api) or pass --all");
@@ -921,6 +987,7 @@ async fn start(names: Vec<String>, all: bool, configs: Vec<PathBuf>, console: bo
         eprintln!("note: {key} is accepted but has no effect in warren yet");
     }
     let mut config = file.agent_config(&names)?;
+    config.keep_going = keep_going;
     // As `warren http` does: with no connect_cas anywhere, trust the local edge's CA if any.
     if file.agent_setting("connect_cas").is_none()
         && std::env::var("WARREN_CONNECT_CAS").map_or(true, |v| v.is_empty())

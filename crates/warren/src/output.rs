@@ -64,6 +64,13 @@ async fn with_lines(mut agent: Agent, shutdown: impl std::future::Future<Output 
     for (u, up) in urls.iter().zip(&upstreams) {
         println!("Forwarding {} -> {}", terminal_safe(u), terminal_safe(up));
     }
+    for (name, why) in agent.shared().refused() {
+        println!(
+            "Refused    {}: {} (the others keep running: --keep-going)",
+            terminal_safe(&name),
+            terminal_safe(&why)
+        );
+    }
     if let Ok(Some(web)) = agent.web_addr() {
         println!("Inspector  http://{web}");
     }

@@ -815,6 +815,16 @@ fn saved_settings_serve_http_and_api_with_no_flags_and_typos_are_refused_where_t
         let agent = Proc::spawn_env(&args, &[("XDG_CONFIG_HOME", &xdg)]);
         let fwd = agent.line_with("Forwarding");
         assert!(fwd.contains(url), "{flags:?}: {fwd}");
+        if flags.contains(&"--metadata") {
+            // The edge shows what the agent said about the endpoint, as ngrok's API does.
+            let (ok, out, err) = run(&["api", "endpoints", "list", "--api-url", &api_url]);
+            let list: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
+            let ep =
+                list["endpoints"].as_array().unwrap().iter().find(|e| e["name"] == "web").unwrap().clone();
+            assert!(ok, "{err}");
+            assert_eq!((ep["metadata"].as_str(), ep["description"].as_str()), (Some("m"), Some("d")), "{ep}");
+            assert_eq!(ep["upstream_url"], format!("http://localhost:{up}"), "{ep}");
+        }
     }
 
     // An ngrok v3 file with `tunnels:` (as most existing files are) starts as it is.
@@ -830,6 +840,35 @@ fn saved_settings_serve_http_and_api_with_no_flags_and_typos_are_refused_where_t
     let fwd = started.line_with("Forwarding");
     assert!(fwd.contains("https://tunnels.warren.localhost:"), "{fwd}");
     drop(started);
+
+    // `start` with an endpoint the edge refuses: the whole start fails, or with --keep-going
+    // the refusal is reported and the others stay up.
+    let two = dir.path().join("two.yml");
+    std::fs::write(
+        &two,
+        format!(
+            "version: 3\nagent:\n  authtoken: {token}\n  connect_url: {connect}\n  connect_cas: {ca}\n  web_addr: false\nendpoints:\n  - name: shop\n    url: https://shop.example.com\n    upstream:\n      url: {up}\n  - name: web\n    url: https://kept.warren.localhost\n    upstream:\n      url: {up}\n"
+        ),
+    )
+    .unwrap();
+    let failed = warren()
+        .args(["start", "--all", "--config"])
+        .arg(&two)
+        .env("XDG_CONFIG_HOME", &xdg)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success() && err.contains("shop.example.com"), "{err}");
+    let kept = Proc::spawn_env(
+        &["start", "--all", "--keep-going", "--config", two.to_str().unwrap()],
+        &[("XDG_CONFIG_HOME", &xdg)],
+    );
+    let fwd = kept.line_with("Forwarding");
+    assert!(fwd.contains("https://kept.warren.localhost:"), "{fwd}");
+    let refused = kept.line_with("Refused");
+    assert!(refused.contains("shop:") && refused.contains("shop.example.com"), "{refused}");
+    drop(kept);
 
     // Refused where typed: one clear line, no backtrace, nothing started.
     for (args, says) in [
@@ -861,6 +900,7 @@ fn config_check_and_start_agree_on_good_and_bad_files() {
             "endpoints:\n  - name: web\n    upstream:\n      url: 80\n    traffic_policy:\n      on_http_request:\n        - actions:\n            - type: {t}\n"
         )
     };
+    let urlpath = "endpoints:\n  - name: web\n    upstream:\n      url: 80\n    traffic_policy:\n      on_http_request:\n        - expressions: [\"req.urlpath == '/'\"]\n          actions:\n            - type: deny\n".to_owned();
     let table = [
         (
             "endpoints:\n  - name: web\n    url: htps://x.example.com\n    upstream:\n      url: 80\n"
@@ -874,10 +914,7 @@ fn config_check_and_start_agree_on_good_and_bad_files() {
         ),
         ("endpoints:\n  - name: web\n    upstream:\n      url: 99999\n".to_owned(), Some("out of range")),
         (policy("denny"), Some("denny")),
-        (
-            "endpoints:\n  - name: web\n    upstream:\n      url: 80\n    traffic_policy:\n      on_http_request:\n        - expressions: [\"req.urlpath == '/'\"]\n          actions:\n            - type: deny\n".to_owned(),
-            Some("req has no field \"urlpath\""),
-        ),
+        (urlpath.clone(), Some("req has no field \"urlpath\"")),
         ("tunnels:\n  web:\n    proto: http\n    addr: 80\n    labels: [x]\n".to_owned(), Some("labels")),
         (policy("deny"), None),
         (
@@ -912,4 +949,61 @@ fn config_check_and_start_agree_on_good_and_bad_files() {
             }
         }
     }
+    // Policy problems point at the line of the user's own file, inline or in a policy file.
+    for (body, at) in [(policy("denny"), "c.yml:14:"), (urlpath, "c.yml:13:")] {
+        let file = dir.path().join("c.yml");
+        std::fs::write(&file, format!("{head}{body}")).unwrap();
+        let check = warren().args(["config", "check", "--config"]).arg(&file).output().unwrap();
+        let err = String::from_utf8_lossy(&check.stderr);
+        assert!(err.contains(at), "{at}: {err}");
+    }
+    let policy_file = dir.path().join("policy.yml");
+    std::fs::write(&policy_file, "on_http_request:\n  - name: ok\n    actions:\n      - type: deny\n  - actions:\n      - type: denny\n").unwrap();
+    let out = warren()
+        .args(["http", "80", "--authtoken", "x", "--traffic-policy-file"])
+        .arg(&policy_file)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("policy.yml:6:") && err.contains("denny"), "{err}");
+}
+
+/// Each agent command's help lists only the flags it takes (tcp has no HTTP flags and no
+/// host names), a flag of another command is refused by name, and `warren api RESOURCE OP
+/// --help` lists the operation's fields from the API's own description; a mistyped resource
+/// gets the nearest one.
+#[test]
+fn help_shows_each_commands_own_flags_and_api_help_lists_fields() {
+    let help = |args: &[&str]| {
+        let out = warren().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let http_only =
+        ["--basic-auth", "--oidc", "--request-header-add", "--compression", "--host-header", "--inspect"];
+    let http = help(&["http", "--help"]);
+    for flag in http_only.iter().chain(&["--domain", "--subdomain", "--url", "--cidr-allow"]) {
+        assert!(http.contains(flag), "http lacks {flag}: {http}");
+    }
+    let tcp = help(&["tcp", "--help"]);
+    for flag in http_only.iter().chain(&["--domain", "--subdomain"]) {
+        assert!(!tcp.contains(flag), "tcp offers {flag}: {tcp}");
+    }
+    assert!(tcp.contains("--url") && tcp.contains("--cidr-allow"), "{tcp}");
+    let tls = help(&["tls", "--help"]);
+    for flag in http_only {
+        assert!(!tls.contains(flag), "tls offers {flag}: {tls}");
+    }
+    assert!(tls.contains("--domain") && tls.contains("--crt"), "{tls}");
+    let out = warren().args(["tcp", "22", "--basic-auth", "a:bcdefghi"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("'--basic-auth'"), "{err}");
+
+    let api = help(&["api", "credentials", "create", "--help"]);
+    assert!(api.contains("Usage: warren api credentials create"), "{api}");
+    assert!(api.contains("--acl") && api.contains("--description"), "{api}");
+    let out = warren().args(["api", "credentails", "list", "--api-key", "x"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("did you mean credentials?"), "{err}");
 }

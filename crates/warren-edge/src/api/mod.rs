@@ -27,6 +27,12 @@ mod error;
 mod events;
 mod ip;
 mod openapi;
+
+/// The API's OpenAPI document (also served at `GET /openapi.json`), for clients such as
+/// `warren api`'s help that describe the operations without a running edge.
+pub fn openapi_document() -> serde_json::Value {
+    openapi::document()
+}
 mod reserved;
 mod sessions;
 mod traffic_policy;

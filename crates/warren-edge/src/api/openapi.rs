@@ -1258,10 +1258,14 @@ fn schemas() -> Map<String, Value> {
             "uri": string(),
             "created_at": time(),
             "url": string(),
-            "proto": one_of(&["http", "https", "tcp"]),
+            "proto": one_of(&["http", "https", "tcp", "tls"]),
             "public_url": string(),
             "type": one_of(&["ephemeral"]),
             "tunnel_session": schema_ref("Ref"),
+            "name": doc(string(), "The endpoint's name in the agent's config."),
+            "metadata": doc(string(), "What the agent sent as the endpoint's metadata (at most 4 KiB)."),
+            "description": doc(string(), "What the agent sent as the endpoint's description (at most 4 KiB)."),
+            "upstream_url": doc(string(), "Where the agent says it forwards the endpoint's traffic."),
         })),
     );
     s

@@ -118,10 +118,18 @@ pub(crate) struct EndpointJson {
     public_url: String,
     r#type: &'static str,
     tunnel_session: Ref,
+    name: String,
+    metadata: String,
+    description: String,
+    upstream_url: String,
 }
 
 fn endpoint_json(e: LiveEndpoint) -> EndpointJson {
     EndpointJson {
+        name: e.details.name,
+        metadata: e.details.metadata,
+        description: e.details.description,
+        upstream_url: e.details.upstream_url,
         uri: format!("/endpoints/{}", e.id),
         tunnel_session: Ref::to("tunnel_sessions", e.session_id),
         id: e.id,

@@ -366,6 +366,17 @@ async fn named_host(
         return Err(not_allowed(session, &host));
     }
     check_domain_reservation(shared, session, &host).await?;
+    // The edge terminates https: a name its certificates do not cover would only ever give
+    // visitors a certificate error. (tls endpoints bring their own certificate.)
+    let base = &shared.config.base_domain;
+    if proto == Proto::Https && under_domain(&host, base) && !shared.certs.covers(&host) {
+        let sub = &host[..host.len() - base.len() - 1];
+        return Err(BindError::DomainNotServed(format!(
+            "{host} is not covered by this edge's certificate, whose *.{base} covers one level below {base}: \
+             use {}.{base}, or upload a certificate for {host} and reserve the name with it",
+            sub.replace('.', "-")
+        )));
+    }
     Ok(host)
 }
 
@@ -395,6 +406,12 @@ fn endpoint(
         ip_policies: policy.ip_policies,
         proxy_proto,
         metrics: crate::metrics::EndpointMetrics::default(),
+        details: warren_store::EndpointDetails {
+            name: bind.extra.name.clone(),
+            metadata: bind.extra.metadata.clone(),
+            description: bind.extra.description.clone(),
+            upstream_url: bind.forwards_to.clone(),
+        },
     }
 }
 
@@ -430,6 +447,7 @@ async fn record_endpoint(shared: &Shared, ep: &Endpoint) -> Result<(), BindError
             EndpointKey::Port(_) => String::new(),
         },
         created_at: warren_store::now_rfc3339(),
+        details: ep.details.clone(),
     };
     let mut result = shared.store.insert_endpoint(&row).await;
     if matches!(result, Err(warren_store::StoreError::Conflict(_)))
