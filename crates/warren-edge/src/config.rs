@@ -262,12 +262,13 @@ pub struct Limits {
     /// Responses `compress-response` compresses at once (each holds an encoder of up to about
     /// 1 MiB); beyond it, responses pass uncompressed.
     pub max_compressed_responses: usize,
-    /// Traffic events waiting to be written to the outbox (in memory) and waiting there for
-    /// delivery; beyond either, new traffic events are dropped and counted. Audit events are
-    /// never dropped.
+    /// Traffic events waiting (in memory) to be routed to their destinations; beyond it, new
+    /// traffic events are dropped and counted. Audit events never wait here and are never
+    /// dropped.
     pub max_queued_traffic_events: usize,
-    /// See `max_queued_traffic_events`.
-    pub max_pending_traffic_events: usize,
+    /// Traffic events waiting (in memory) for one destination; beyond it, that destination's
+    /// new traffic events are dropped and counted, and no other destination is affected.
+    pub max_traffic_events_per_destination: usize,
 }
 
 impl Default for Limits {
@@ -292,7 +293,7 @@ impl Default for Limits {
             max_auth_failures_per_ip: 20,
             max_compressed_responses: 1024,
             max_queued_traffic_events: 10_000,
-            max_pending_traffic_events: 1_000_000,
+            max_traffic_events_per_destination: 5_000,
         }
     }
 }

@@ -241,13 +241,6 @@ impl Store {
         }))
     }
 
-    /// How many traffic events wait in the outbox (the edge stops adding at its limit).
-    pub async fn pending_traffic_events(&self) -> Result<i64, StoreError> {
-        Ok(with_db!(self.db, pool => {
-            sqlx::query("SELECT COUNT(*) FROM event_outbox WHERE traffic = 1").fetch_one(pool).await?.get::<i64, _>(0)
-        }))
-    }
-
     /// Removes events every destination of their account has handled and that are older
     /// than `before` (RFC 3339), and traffic events of accounts without destinations.
     /// Returns how many went.
@@ -686,6 +679,52 @@ impl Store {
                 .map(|r| EventSource { kind: r.get(0), filter: r.get(1), fields: serde_json::from_str(&r.get::<String, _>(2)).unwrap_or_default() })
                 .collect()
         }))
+    }
+
+    /// Every destination of `account_id` with the sources of the subscriptions that send to
+    /// it: what a node needs to deliver the traffic events it sees, from memory.
+    pub async fn event_routes(
+        &self,
+        account_id: &str,
+    ) -> Result<Vec<(EventDestination, Vec<EventSource>)>, StoreError> {
+        let sql = format!("SELECT {DEST_COLUMNS} FROM event_destinations WHERE account_id = $1 ORDER BY id");
+        let dests = with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(account_id).fetch_all(pool).await?
+                .iter().map(dest_row).collect::<Vec<_>>()
+        });
+        let mut out = Vec::with_capacity(dests.len());
+        for d in dests {
+            let sources = self.destination_sources(&d.id).await?;
+            if !sources.is_empty() {
+                out.push((d, sources));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counts traffic events a node delivered to `destination_id` (they bypass the outbox
+    /// and its cursor).
+    pub async fn traffic_events_delivered(
+        &self,
+        destination_id: &str,
+        delivered: i64,
+    ) -> Result<(), StoreError> {
+        with_db!(self.db, pool => {
+            sqlx::query("UPDATE event_destinations SET delivered = delivered + $1, last_delivered_at = $2 WHERE id = $3")
+                .bind(delivered).bind(now_rfc3339()).bind(destination_id).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Shows a failure to deliver traffic events on the destination, without counting it
+    /// against the outbox event at its cursor.
+    pub async fn traffic_events_failed(&self, destination_id: &str, error: &str) -> Result<(), StoreError> {
+        let error: String = error.chars().take(1024).collect();
+        with_db!(self.db, pool => {
+            sqlx::query("UPDATE event_destinations SET last_error = $1, last_error_at = $2 WHERE id = $3")
+                .bind(&error).bind(now_rfc3339()).bind(destination_id).execute(pool).await?;
+        });
+        Ok(())
     }
 
     /// The event types some subscription of `account_id` takes (and sends somewhere).

@@ -668,3 +668,97 @@ async fn a_destination_that_never_answers_does_not_hold_up_another() {
     })
     .await;
 }
+
+/// Traffic events leave from memory, one queue per destination: a destination that cannot be
+/// reached shows why on the resource and loses only its own events, while visitors are
+/// served and another destination of the same account gets every event, once, in the
+/// envelope the outbox path makes.
+#[tokio::test]
+async fn a_dead_traffic_destination_shows_why_and_the_others_get_every_event() {
+    // Each destination holds at most 30 waiting events: the dead one drops the rest.
+    let edge = TestEdge::start_with(|c| c.limits.max_traffic_events_per_destination = 30).await;
+    let key = Some(edge.api_key.as_str());
+    let up = HttpUpstream::start().await;
+    let closed = {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let sources = json!([{"type": "http_request_complete.v0"}]);
+    let (dead, _) = subscribe(
+        &edge,
+        json!({"webhook": {"url": format!("http://{closed}/hook"), "secret": SECRET}}),
+        sources.clone(),
+    )
+    .await;
+    let (alive, _) = subscribe(&edge, json!({"file": {"name": "alive.jsonl"}}), sources).await;
+    let mut agent = Agent::start(edge.agent_with(EndpointConfig::http(&up.url(), None).unwrap()));
+    let urls = within("online", agent.wait_online()).await.unwrap();
+    let host = url_host(&urls[0]);
+    for i in 0..50 {
+        let (status, _, _) = https_get(&edge, &host, &format!("/n/{i}")).await;
+        assert_eq!(status, StatusCode::OK, "visitors are served");
+    }
+    let file = edge.data_dir().join("events/alive.jsonl");
+    let events: Vec<Value> = within("50 events in the file", async {
+        loop {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            if text.lines().count() >= 50 {
+                return text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(events.len(), 50);
+    let ids: std::collections::HashSet<&str> =
+        events.iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 50, "each event once");
+    let mut paths: Vec<&str> =
+        events.iter().map(|e| e["object"]["http"]["request"]["url"]["path"].as_str().unwrap()).collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), 50, "every request");
+    for e in &events {
+        assert_eq!(e["event_type"], "http_request_complete.v0");
+        assert_eq!(e["account_id"], events[0]["account_id"]);
+        assert!(!e["account_id"].as_str().unwrap().is_empty(), "{e}");
+        assert!(e["event_timestamp"].as_str().unwrap().ends_with('Z'), "{e}");
+        assert!(e.get("principal").is_none(), "{e}");
+    }
+    let dead_id = dead["id"].as_str().unwrap();
+    let why = within("the dead destination shows its error", async {
+        loop {
+            let (_, _, d) = edge.api("GET", &format!("/event_destinations/{dead_id}"), key, None).await;
+            let e = d["delivery"]["last_error"].as_str().unwrap_or_default().to_owned();
+            if !e.is_empty() {
+                return e;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(why.starts_with("traffic events:"), "{why}");
+    let alive_id = alive["id"].as_str().unwrap();
+    let counted = within("the live destination's count", async {
+        loop {
+            let (_, _, d) = edge.api("GET", &format!("/event_destinations/{alive_id}"), key, None).await;
+            if d["delivery"]["delivered"].as_i64() == Some(50) {
+                return d;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(counted["delivery"]["last_error"], "", "{counted}");
+    // What the dead destination had no room for is counted, not kept.
+    let (_, _, metrics) = plain_get(edge.api_addr(), "api.warren.localhost", "/metrics").await;
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("warren_traffic_events_dropped_total "))
+        .unwrap_or_else(|| panic!("no dropped counter: {metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    // 50 events: 30 wait, one batch is in flight (a few, gathered for 5 ms), the rest dropped.
+    assert!((1.0..=20.0).contains(&dropped), "{dropped}");
+}

@@ -309,7 +309,8 @@ pub(crate) async fn update_destination(
             target.as_ref().map(|(t, s)| (t.as_str(), s.clone())),
         )
         .await?;
-    shared.events.wake();
+    // Also what this node's traffic event senders hold (target, secret).
+    shared.events.subscriptions_changed(&p.account_id);
     let parked = parked(&p, &id).await?;
     Ok(Json(destination_json(d, shown, Some(parked))))
 }

@@ -80,8 +80,32 @@ pub(super) async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// One event as it leaves: its envelope as JSON text, and what OTLP shows of it beside.
+pub(super) struct Outgoing {
+    /// The envelope (`event_id`, `event_type`, `event_timestamp`, `account_id`, `object`, ...).
+    pub(super) text: String,
+    pub(super) event_id: String,
+    pub(super) event_type: String,
+    pub(super) account_id: String,
+    /// RFC 3339.
+    pub(super) timestamp: String,
+}
+
+impl Outgoing {
+    fn from_envelope(env: &Value) -> Outgoing {
+        let s = |k: &str| env[k].as_str().unwrap_or_default().to_owned();
+        Outgoing {
+            text: env.to_string(),
+            event_id: s("event_id"),
+            event_type: s("event_type"),
+            account_id: s("account_id"),
+            timestamp: s("event_timestamp"),
+        }
+    }
+}
+
 /// Why a send failed.
-enum SendError {
+pub(super) enum SendError {
     /// The destination refused the content (HTTP 4xx other than 408 and 429).
     Refused(String),
     /// It could not be reached, or failed (5xx, 408, 429, timeouts, I/O).
@@ -89,7 +113,7 @@ enum SendError {
 }
 
 impl SendError {
-    fn text(&self) -> &str {
+    pub(super) fn text(&self) -> &str {
         match self {
             SendError::Refused(s) | SendError::Unavailable(s) => s,
         }
@@ -162,8 +186,8 @@ async fn deliver(shared: Arc<Shared>, d: EventDestination, alive: Arc<AtomicBool
             let _ = shared.store.event_destination_advanced(&id, &shared.node_id, upto, 0).await;
             continue;
         }
-        let envelopes: Vec<&Value> = batch.iter().map(|(_, e)| e).collect();
-        match send(&shared, &d, &target, &envelopes).await {
+        let envelopes: Vec<Outgoing> = batch.iter().map(|(_, e)| Outgoing::from_envelope(e)).collect();
+        match send(&shared, &d, &target, &envelopes, true).await {
             Ok(()) => {
                 let n = batch.len() as i64;
                 shared.metrics.events_delivered.get_or_create(&label("destination", &id)).inc_by(n as u64);
@@ -259,7 +283,7 @@ fn time_of(t: &str) -> i64 {
 }
 
 /// Only the dotted `fields` of `object` (missing ones are left out).
-fn select(object: &Value, fields: &[String]) -> Value {
+pub(super) fn select(object: &Value, fields: &[String]) -> Value {
     let mut out = json!({});
     for f in fields {
         let mut src = object;
@@ -295,11 +319,15 @@ fn select(object: &Value, fields: &[String]) -> Value {
     out
 }
 
-async fn send(
+/// Sends a batch to its destination. `durable`: a file is synced before this returns (the
+/// outbox's cursor moves only after); traffic events, which never wait in the outbox, leave
+/// that to the file system.
+pub(super) async fn send(
     shared: &Shared,
     d: &EventDestination,
     target: &Target,
-    batch: &[&Value],
+    batch: &[Outgoing],
+    durable: bool,
 ) -> Result<(), SendError> {
     match target {
         Target::Webhook { url, .. } => {
@@ -312,7 +340,7 @@ async fn send(
                         "the webhook's secret cannot be opened with this edge's master key".into(),
                     )
                 })?;
-            let body = serde_json::to_vec(batch).expect("JSON");
+            let body = json_array(batch);
             let t = warren_store::unix_now();
             let signature = sign(&secret, t, &body);
             let post = crate::idp::Post {
@@ -379,7 +407,7 @@ async fn send(
                 None => None,
             };
             let token = token.map(|t| String::from_utf8_lossy(&t).into_owned());
-            let messages: Vec<Vec<u8>> = batch.iter().map(|e| serde_json::to_vec(e).expect("JSON")).collect();
+            let messages: Vec<Vec<u8>> = batch.iter().map(|e| e.text.as_bytes().to_vec()).collect();
             let reach = crate::idp::Reach {
                 loopback: shared.config.events.allow_loopback,
                 private: shared.config.events.allow_private_networks,
@@ -394,13 +422,13 @@ async fn send(
             let dir =
                 shared.config.events.dir.clone().unwrap_or_else(|| shared.config.data_dir.join("events"));
             let (name, max_bytes, max_files) = (name.clone(), *max_bytes, *max_files);
-            let mut lines = Vec::new();
-            for env in batch {
-                serde_json::to_writer(&mut lines, env).expect("JSON");
+            let mut lines = Vec::with_capacity(batch.iter().map(|e| e.text.len() + 1).sum());
+            for e in batch {
+                lines.extend_from_slice(e.text.as_bytes());
                 lines.push(b'\n');
             }
             let shown = name.clone();
-            tokio::task::spawn_blocking(move || append(&dir, &name, &lines, max_bytes, max_files))
+            tokio::task::spawn_blocking(move || append(&dir, &name, &lines, max_bytes, max_files, durable))
                 .await
                 .map_err(|e| SendError::Unavailable(e.to_string()))?
                 .map_err(|e| SendError::Unavailable(format!("writing {shown}: {e}")))
@@ -408,27 +436,39 @@ async fn send(
     }
 }
 
+/// The batch's envelopes as one JSON array, without parsing them again.
+fn json_array(batch: &[Outgoing]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(2 + batch.iter().map(|e| e.text.len() + 1).sum::<usize>());
+    body.push(b'[');
+    for (i, e) in batch.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(e.text.as_bytes());
+    }
+    body.push(b']');
+    body
+}
+
 /// A batch as an OTLP `ExportLogsServiceRequest` in OTLP/HTTP's JSON encoding: one log record
 /// per event, the envelope as its body (a JSON string), the event's type, id and account as
 /// attributes, and its time.
-fn otlp_logs(batch: &[&Value]) -> Value {
-    let attr =
-        |k: &str, v: &Value| json!({"key": k, "value": {"stringValue": v.as_str().unwrap_or_default()}});
+fn otlp_logs(batch: &[Outgoing]) -> Value {
+    let attr = |k: &str, v: &str| json!({"key": k, "value": {"stringValue": v}});
     let records: Vec<Value> = batch
         .iter()
         .map(|env| {
-            let nanos =
-                time_of(env["event_timestamp"].as_str().unwrap_or_default()).max(0) as u128 * 1_000_000_000;
+            let nanos = time_of(&env.timestamp).max(0) as u128 * 1_000_000_000;
             json!({
                 "timeUnixNano": nanos.to_string(),
                 "observedTimeUnixNano": nanos.to_string(),
                 "severityNumber": 9,
                 "severityText": "INFO",
-                "body": {"stringValue": env.to_string()},
+                "body": {"stringValue": env.text},
                 "attributes": [
-                    attr("event.name", &env["event_type"]),
-                    attr("event.id", &env["event_id"]),
-                    attr("warren.account_id", &env["account_id"]),
+                    attr("event.name", &env.event_type),
+                    attr("event.id", &env.event_id),
+                    attr("warren.account_id", &env.account_id),
                 ],
             })
         })
@@ -450,22 +490,27 @@ pub(crate) fn sign(secret: &[u8], t: i64, body: &[u8]) -> String {
 }
 
 /// Appends `lines` (each ending in a newline) to `dir/name`, rotating it (`name.1`,
-/// `name.2`, ...) before a line that would take it past `max_bytes`, and syncs before
-/// returning.
+/// `name.2`, ...) before a line that would take it past `max_bytes`, and, when `durable`,
+/// syncs before returning.
 fn append(
     dir: &std::path::Path,
     name: &str,
     lines: &[u8],
     max_bytes: u64,
     max_files: u32,
+    durable: bool,
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(name);
     let open = || std::fs::OpenOptions::new().create(true).append(true).open(&path);
     let mut size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let mut f = open()?;
+    // One write per run of lines that fits before the next rotation, not one per line.
+    let mut run = 0..0;
     for line in lines.split_inclusive(|b| *b == b'\n') {
         if size > 0 && size + line.len() as u64 > max_bytes {
+            f.write_all(&lines[run.clone()])?;
+            run = run.end..run.end;
             f.sync_data()?;
             let _ = std::fs::remove_file(dir.join(format!("{name}.{max_files}")));
             for i in (1..max_files).rev() {
@@ -478,10 +523,11 @@ fn append(
             f = open()?;
             size = 0;
         }
-        f.write_all(line)?;
+        run.end += line.len();
         size += line.len() as u64;
     }
-    f.sync_data()
+    f.write_all(&lines[run])?;
+    if durable { f.sync_data() } else { Ok(()) }
 }
 
 #[cfg(test)]
@@ -509,10 +555,10 @@ mod tests {
     fn files_rotate_past_their_size_and_keep_max_files() {
         let dir = tempfile::tempdir().unwrap();
         for i in 0..8 {
-            append(dir.path(), "e.jsonl", format!("{{\"n\":{i}}}\n").as_bytes(), 10, 2).unwrap();
+            append(dir.path(), "e.jsonl", format!("{{\"n\":{i}}}\n").as_bytes(), 10, 2, true).unwrap();
         }
         // Several lines in one batch rotate between lines.
-        append(dir.path(), "e.jsonl", b"{\"n\":8}\n{\"n\":9}\n", 10, 2).unwrap();
+        append(dir.path(), "e.jsonl", b"{\"n\":8}\n{\"n\":9}\n", 10, 2, true).unwrap();
         let read = |n: &str| std::fs::read_to_string(dir.path().join(n)).unwrap_or_default();
         assert_eq!(read("e.jsonl"), "{\"n\":9}\n");
         assert_eq!(read("e.jsonl.1"), "{\"n\":8}\n");

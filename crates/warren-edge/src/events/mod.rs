@@ -7,6 +7,8 @@
 //!   NATS publisher.
 //! - `deliver.rs`: one task per destination this node holds the lease of, reading the outbox
 //!   behind the destination's cursor: filter, render, send, then move the cursor.
+//! - `traffic_out.rs`: traffic events, sent by the node that saw them from memory, never
+//!   through the outbox.
 //! - this file: [`Events`], the traffic event queue (bounded; full means dropped and
 //!   counted, never a slower visitor), and the tasks.
 //!
@@ -14,11 +16,11 @@
 //! cached set up and offers the event to a bounded queue.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc};
-use warren_store::events::NewEvent;
 
 use crate::Shared;
 
@@ -26,6 +28,7 @@ mod deliver;
 pub(crate) mod nats;
 mod target;
 mod traffic;
+mod traffic_out;
 mod types;
 
 pub(crate) use target::Target;
@@ -43,8 +46,11 @@ const SUBSCRIBED_TTL: Duration = Duration::from_secs(5);
 pub(crate) struct Events {
     wake: Notify,
     sink: TrafficSink,
-    traffic_rx: Mutex<Option<mpsc::Receiver<NewEvent>>>,
+    traffic_rx: Mutex<Option<mpsc::Receiver<traffic::TrafficEvent>>>,
     subscribed: Mutex<HashMap<String, Subscribed>>,
+    /// Moves on every change of subscriptions or destinations made on this node, so the
+    /// traffic event senders read their routes again at once.
+    routes_epoch: AtomicU64,
 }
 
 /// When an account's subscribed event types were read, and what they were.
@@ -62,7 +68,12 @@ impl Events {
             sink: TrafficSink { tx: traffic_tx, dropped },
             traffic_rx: Mutex::new(Some(rx)),
             subscribed: Mutex::default(),
+            routes_epoch: AtomicU64::new(0),
         }
+    }
+
+    fn routes_epoch(&self) -> u64 {
+        self.routes_epoch.load(Ordering::Acquire)
     }
 
     /// New events may be in the outbox: deliver now rather than at the next poll.
@@ -73,6 +84,7 @@ impl Events {
     /// An account's subscriptions changed on this node.
     pub(crate) fn subscriptions_changed(&self, account_id: &str) {
         self.subscribed.lock().unwrap_or_else(|e| e.into_inner()).remove(account_id);
+        self.routes_epoch.fetch_add(1, Ordering::AcqRel);
         self.wake();
     }
 
@@ -116,40 +128,14 @@ impl Events {
     }
 }
 
-/// Runs event delivery and the traffic event writer until the edge shuts down.
+/// Runs event delivery and the traffic event senders until the edge shuts down.
 pub(crate) async fn run(shared: Arc<Shared>) {
     let rx = shared.events.traffic_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(rx) = rx {
-        tokio::spawn(write_traffic(shared.clone(), rx));
+        tokio::spawn(traffic_out::run(shared.clone(), rx));
     }
     tokio::spawn(prune(shared.clone()));
     deliver::run(shared).await;
-}
-
-/// Moves traffic events from the queue to the outbox in batches, while the outbox holds
-/// fewer than the limit of undelivered traffic events.
-async fn write_traffic(shared: Arc<Shared>, mut rx: mpsc::Receiver<NewEvent>) {
-    let max_pending = shared.config.limits.max_pending_traffic_events as i64;
-    let mut pending = (0i64, Instant::now() - Duration::from_secs(60));
-    let mut batch = Vec::with_capacity(256);
-    while rx.recv_many(&mut batch, 256).await > 0 {
-        if pending.1.elapsed() > Duration::from_secs(2) {
-            pending = (shared.store.pending_traffic_events().await.unwrap_or(pending.0), Instant::now());
-        }
-        if pending.0 >= max_pending {
-            shared.events.sink.dropped.inc_by(batch.len() as u64);
-            batch.clear();
-            continue;
-        }
-        pending.0 += batch.len() as i64;
-        if let Err(e) = shared.store.record_events(&batch).await {
-            shared.metrics.store_errors.inc();
-            tracing::warn!(error = %e, events = batch.len(), "store failed while writing traffic events; dropped");
-            shared.events.sink.dropped.inc_by(batch.len() as u64);
-        }
-        batch.clear();
-        shared.events.wake();
-    }
 }
 
 /// Removes events every destination has handled, a day after they were written.

@@ -12,25 +12,34 @@ use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use warren_store::events::NewEvent;
 
 use crate::registry::Endpoint;
+
+/// A traffic event leaving the request path: the object is final JSON text; the id and the
+/// envelope are made off the request path (`traffic_out`).
+pub(crate) struct TrafficEvent {
+    pub(super) account_id: String,
+    pub(super) event_type: &'static str,
+    pub(super) at: SystemTime,
+    pub(super) object: String,
+}
 
 /// Where traffic events go: the bounded queue, and the count of those it had no room for.
 #[derive(Clone)]
 pub(crate) struct TrafficSink {
-    pub(super) tx: mpsc::Sender<NewEvent>,
+    pub(super) tx: mpsc::Sender<TrafficEvent>,
     pub(super) dropped: prometheus_client::metrics::counter::Counter,
 }
 
 impl TrafficSink {
-    fn send(&self, account_id: &str, event_type: &str, object: &Value) {
+    fn send(&self, account_id: &str, event_type: &'static str, object: &Value) {
         self.send_raw(account_id, event_type, object.to_string());
     }
 
     /// Offers an event whose object is already JSON text.
-    fn send_raw(&self, account_id: &str, event_type: &str, object: String) {
-        let ev = NewEvent::rendered_text(account_id, event_type, object, true);
+    fn send_raw(&self, account_id: &str, event_type: &'static str, object: String) {
+        let ev =
+            TrafficEvent { account_id: account_id.to_owned(), event_type, at: SystemTime::now(), object };
         if self.tx.try_send(ev).is_err() {
             self.dropped.inc();
         }

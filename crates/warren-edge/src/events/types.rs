@@ -99,6 +99,11 @@ const TCP_FIELDS: &[&str] = &[
 /// fixed set (a field, an object holding fields, or one header); a field that names nothing
 /// would silently select nothing, so it is refused. Audit objects are the API's resources,
 /// whose fields the API documents.
+/// Whether events of this type are traffic events (built by the ingress, never in the outbox).
+pub(crate) fn is_traffic(event_type: &str) -> bool {
+    event_type == HTTP_REQUEST_COMPLETE || event_type == TCP_CONNECTION_CLOSED
+}
+
 pub(crate) fn unknown_field(event_type: &str, field: &str) -> Option<String> {
     let known = match event_type {
         HTTP_REQUEST_COMPLETE => HTTP_FIELDS,
