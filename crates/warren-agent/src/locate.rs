@@ -59,6 +59,26 @@ impl PolicyProblem {
     }
 }
 
+/// The keys of a YAML document's top-level mapping, each with where it was written and its
+/// value: for files whose keys are checked one by one (the edge's config).
+pub fn top_level(text: &str) -> Result<Vec<(String, (u64, u64), serde_json::Value)>, String> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let root: Spanned<Node> = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    let values: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    let (Node::Map(keys), Some(values)) = (&root.value, values.as_object()) else {
+        return Err("expected a mapping of keys to values".into());
+    };
+    Ok(keys
+        .iter()
+        .map(|(k, _)| {
+            let v = values.get(&k.value.0).cloned().unwrap_or(serde_json::Value::Null);
+            (k.value.0.clone(), (k.referenced.line(), k.referenced.column()), v)
+        })
+        .collect())
+}
+
 /// The path from a `warren_policy` compile error: the phase, the rule and the item at fault.
 pub(crate) fn error_path(e: &warren_policy::PolicyError) -> Vec<Seg> {
     match e {

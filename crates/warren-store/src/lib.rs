@@ -142,6 +142,12 @@ pub enum StoreError {
     /// The URL names no supported database.
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
+    /// The store was written by a newer warren: its schema has migrations this binary does
+    /// not know, so nothing is changed.
+    #[error(
+        "the store was written by a newer warren (its schema has migration {0}, this binary knows up to {1}); run that version or newer, or restore a backup made for this one"
+    )]
+    Newer(i64, i64),
 }
 
 pub(crate) enum Db {
@@ -163,6 +169,20 @@ impl std::fmt::Debug for Store {
             Db::Sqlite(_) => "Store(sqlite)",
             Db::Postgres(_) => "Store(postgres)",
         })
+    }
+}
+
+/// A migration run's result, with a store newer than this binary told apart: its schema
+/// has a migration this binary does not have (sqlx refuses it before changing anything).
+fn migrate(
+    result: Result<(), sqlx::migrate::MigrateError>,
+    known: &sqlx::migrate::Migrator,
+) -> Result<(), StoreError> {
+    match result {
+        Err(sqlx::migrate::MigrateError::VersionMissing(v)) => {
+            Err(StoreError::Newer(v, known.iter().map(|m| m.version).max().unwrap_or(0)))
+        }
+        other => Ok(other?),
     }
 }
 
@@ -188,15 +208,43 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
-        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        let migrator = sqlx::migrate!("migrations/sqlite");
+        migrate(migrator.run(&pool).await, &migrator)?;
         Ok(Store { db: std::sync::Arc::new(Db::Sqlite(pool)), actor: None })
     }
 
     /// Connects to PostgreSQL and runs migrations.
     pub async fn open_postgres(opts: PgConnectOptions) -> Result<Store, StoreError> {
         let pool = PgPoolOptions::new().max_connections(8).connect_with(opts).await?;
-        sqlx::migrate!("migrations/postgres").run(&pool).await?;
+        let migrator = sqlx::migrate!("migrations/postgres");
+        migrate(migrator.run(&pool).await, &migrator)?;
         Ok(Store { db: std::sync::Arc::new(Db::Postgres(pool)), actor: None })
+    }
+
+    /// Writes a consistent copy of the whole store to `path` (a new file) while the edge
+    /// keeps running: SQLite's `VACUUM INTO`, one read transaction. Sealed keys are in it,
+    /// the master key that opens them is not. PostgreSQL stores are backed up with
+    /// `pg_dump`.
+    pub async fn backup_to(&self, path: &Path) -> Result<(), StoreError> {
+        match &*self.db {
+            Db::Sqlite(pool) => {
+                let target = path.to_str().ok_or_else(|| StoreError::Invalid("backup path: not UTF-8".into()))?;
+                sqlx::query("VACUUM INTO $1").bind(target).execute(pool).await?;
+                Ok(())
+            }
+            Db::Postgres(_) => Err(StoreError::Invalid(
+                "backup of a PostgreSQL store: use pg_dump (docs/DEPLOY.md); warren backs up the SQLite store".into(),
+            )),
+        }
+    }
+
+    /// The newest migration this binary knows, for `warren admin` and upgrade checks.
+    pub fn schema_version(&self) -> i64 {
+        let m = match &*self.db {
+            Db::Sqlite(_) => sqlx::migrate!("migrations/sqlite"),
+            Db::Postgres(_) => sqlx::migrate!("migrations/postgres"),
+        };
+        m.iter().map(|m| m.version).max().unwrap_or(0)
     }
 
     /// `sqlite` or `postgres`.

@@ -834,3 +834,24 @@ async fn random_names_are_kept_per_authtoken_and_go_with_it() {
     })
     .await;
 }
+
+/// A store written by a newer warren (its schema has a migration this binary does not know)
+/// is refused with what to do, and left as it was.
+#[tokio::test]
+async fn a_store_from_a_newer_version_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warren.db");
+    let s = Store::open_sqlite(&path).await.unwrap();
+    let known = s.schema_version();
+    s.close().await;
+    let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES ($1, 'from the future', 1, X'00', 0)")
+        .bind(known + 1000)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+    let err = Store::open_sqlite(&path).await.err().expect("refused");
+    assert!(matches!(err, StoreError::Newer(v, k) if v == known + 1000 && k == known), "{err}");
+    assert!(err.to_string().contains("written by a newer warren"), "{err}");
+}

@@ -10,6 +10,7 @@ use warren_agent::{AgentConfig, ConnectCas, EndpointConfig};
 use warren_edge::EdgeConfig;
 
 mod api_cli;
+mod edge_config;
 mod output;
 mod service;
 
@@ -37,6 +38,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run an edge. With no flags: everything on loopback, names under *.warren.localhost.
+    /// Every flag can also be a key of the --config file (flags win).
+    #[command(args_override_self = true)]
     Edge(Box<EdgeArgs>),
     /// Expose a local web server on an https endpoint (http only with an explicit http:// URL).
     Http {
@@ -163,6 +166,23 @@ enum AdminAction {
         #[command(subcommand)]
         action: UsersAction,
     },
+    /// Write a consistent copy of the store to FILE while the edge runs (SQLite; for
+    /// PostgreSQL use pg_dump). Sealed keys are in it; the master key is not: keep master.key
+    /// (or WARREN_MASTER_KEY) apart, and safe.
+    Backup {
+        /// The backup file to write (must not exist).
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Restore a backup made by `warren admin backup` into a data directory that has no store
+    /// yet, then open it (an older backup is brought up to this version's schema).
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -256,6 +276,15 @@ enum ConfigAction {
 
 #[derive(Args)]
 struct EdgeArgs {
+    /// A YAML file of settings: every flag below as a key (`connect_addr: 0.0.0.0:4443`,
+    /// `trusted_proxy: [10.0.0.0/8]`, `no_http: true`). Flags and WARREN_* variables win over
+    /// it; unknown keys and bad values are refused with file, line and column.
+    #[arg(long, value_name = "FILE", env = "WARREN_EDGE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Check the settings, the store, the certificate and key files and that every listener
+    /// can bind; report every problem, then exit (0 when there is none) without starting.
+    #[arg(long)]
+    check: bool,
     #[command(flatten)]
     store: StoreArgs,
     /// Endpoints get names under this domain (at least two labels).
@@ -531,7 +560,24 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run_cli() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut cli = Cli::parse_from(&argv);
+    // `warren edge --config FILE`: the file's settings go in front of the command line's.
+    if let Command::Edge(args) = &cli.command
+        && let Some(file) = args.config.clone()
+    {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        cmd.build();
+        let matches = cmd.clone().get_matches_from(&argv);
+        let (Some(edge), Some(edge_matches)) =
+            (cmd.find_subcommand("edge"), matches.subcommand_matches("edge"))
+        else {
+            unreachable!("the edge command was parsed");
+        };
+        let merged = edge_config::merged_args(&argv, edge, edge_matches, &file)?;
+        cli = Cli::try_parse_from(&merged).unwrap_or_else(|e| e.exit());
+    }
     let agent_command = matches!(
         cli.command,
         Command::Http { .. } | Command::Tcp { .. } | Command::Tls { .. } | Command::Start { .. }
@@ -713,6 +759,9 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
         other => anyhow::bail!("--hsts {other:?}: expected auto, always or off"),
     };
     config.tls_files = args.tls_cert.zip(args.tls_key);
+    if args.check {
+        return check_edge(&config).await;
+    }
     config.validate().map_err(anyhow::Error::msg)?;
 
     let prepared = warren_edge::bootstrap::prepare(&config).await.context("preparing the data directory")?;
@@ -782,6 +831,81 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `warren edge --check`: every problem the edge would meet at start, all at once: the
+/// settings, the store (opened as the edge opens it, so its migrations run), the certificate
+/// and key files, the master key against the keys it sealed, and the listeners' addresses.
+async fn check_edge(config: &EdgeConfig) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    if let Err(e) = config.validate() {
+        problems.push(e);
+    }
+    if let Some((cert, key)) = &config.tls_files {
+        let pair = warren_edge::tls::load_pem_files(cert, key).map_err(|e| e.to_string()).and_then(
+            |(chain, key)| {
+                warren_edge::tls::CertStore::check_pair(chain, key)
+                    .map_err(|e| format!("the key does not match the certificate ({e})"))
+            },
+        );
+        if let Err(e) = pair {
+            problems.push(format!("--tls-cert {} / --tls-key {}: {e}", cert.display(), key.display()));
+        }
+    }
+    if let Some(ca) = config.acme.as_ref().and_then(|a| a.directory_ca.as_ref()) {
+        if let Err(e) = std::fs::read(ca) {
+            problems.push(format!("--acme-directory-ca {}: {e}", ca.display()));
+        }
+    }
+    let key_file = config.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key"));
+    let master_key = if key_file.exists() || std::env::var_os("WARREN_MASTER_KEY").is_some() {
+        match warren_edge::sealed::MasterKey::load(&key_file) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                problems.push(format!("master key ({}): {e}", key_file.display()));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    match warren_edge::bootstrap::open_store(config).await {
+        Ok(store) => {
+            // A master key that cannot open what the store holds would fail every TLS
+            // handshake of those names: try one sealed key.
+            if let (Some(key), Ok(certs)) = (&master_key, store.all_certificates().await) {
+                if let Some(c) = certs.first() {
+                    if key.open(&c.domain, &c.key_sealed).is_err() {
+                        problems.push(format!(
+                            "master key ({}): it cannot open the keys in the store (the certificate of {} was sealed with another key)",
+                            key_file.display(),
+                            c.domain
+                        ));
+                    }
+                }
+            }
+        }
+        Err(e) => problems.push(format!("store: {e}")),
+    }
+    let listeners = [
+        ("--connect-addr", Some(config.connect_addr)),
+        ("--https-addr", Some(config.https_addr)),
+        ("--http-addr", config.http_addr),
+        ("--api-addr", config.api_addr),
+    ];
+    for (flag, addr) in listeners {
+        let Some(addr) = addr else { continue };
+        if addr.port() != 0 {
+            if let Err(e) = std::net::TcpListener::bind(addr) {
+                problems.push(format!("{flag} {addr}: cannot listen: {e}"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        println!("configuration OK: the store opens, the files load, and every listener can bind");
+        return Ok(());
+    }
+    bail!("{} problem(s):\n  {}", problems.len(), problems.join("\n  "));
+}
+
 /// An edge config with only the store's location set.
 fn store_config(args: StoreArgs) -> EdgeConfig {
     let mut config = EdgeConfig::local_default(args.data_dir.unwrap_or_else(default_data_dir));
@@ -792,6 +916,8 @@ fn store_config(args: StoreArgs) -> EdgeConfig {
 async fn admin(action: AdminAction) -> anyhow::Result<()> {
     let action = match action {
         AdminAction::Accounts { action } => action,
+        AdminAction::Backup { file, store } => return backup(file, store).await,
+        AdminAction::Restore { file, store } => return restore(file, store).await,
         AdminAction::Users { action: UsersAction::SignInLink { email, account, dashboard_url, store } } => {
             let store = warren_edge::bootstrap::open_store(&store_config(store))
                 .await
@@ -830,6 +956,82 @@ async fn admin(action: AdminAction) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `warren admin backup FILE`.
+async fn backup(file: PathBuf, store: StoreArgs) -> anyhow::Result<()> {
+    if file.exists() {
+        bail!("{} exists; a backup goes to a new file", file.display());
+    }
+    let config = store_config(store);
+    if config.database_url.is_none() && !config.data_dir.join("warren.db").exists() {
+        bail!(
+            "no store at {} (pass --data-dir or --database-url)",
+            config.data_dir.join("warren.db").display()
+        );
+    }
+    let store = warren_edge::bootstrap::open_store(&config).await.context("opening the store")?;
+    store.backup_to(&file).await.with_context(|| format!("writing {}", file.display()))?;
+    // The copy holds hashed tokens and sealed keys: readable by its owner only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    println!("backed up the store (schema {}) to {} ({size} bytes)", store.schema_version(), file.display());
+    println!(
+        "The master key is not in it: keep {} (or WARREN_MASTER_KEY) with it, apart and safe.",
+        config.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key")).display()
+    );
+    Ok(())
+}
+
+/// `warren admin restore FILE`.
+async fn restore(file: PathBuf, store: StoreArgs) -> anyhow::Result<()> {
+    let config = store_config(store);
+    if config.database_url.is_some() {
+        bail!(
+            "restoring into PostgreSQL: use pg_restore (docs/DEPLOY.md); warren restores SQLite backups into a data directory"
+        );
+    }
+    let target = config.data_dir.join("warren.db");
+    if target.exists() {
+        bail!(
+            "{} already has a store; restore into a data directory without one (--data-dir)",
+            config.data_dir.display()
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    std::fs::copy(&file, &target).with_context(|| format!("copying {}", file.display()))?;
+    match warren_edge::Store::open_sqlite(&target).await {
+        Ok(store) => {
+            store.close().await;
+            println!("restored {} into {}", file.display(), target.display());
+            println!(
+                "Copy the master key of the edge that made the backup to {} (or set WARREN_MASTER_KEY): the sealed keys need it.",
+                config
+                    .master_key_file
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("master.key"))
+                    .display()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&target);
+            for suffix in ["-wal", "-shm"] {
+                let _ = std::fs::remove_file(config.data_dir.join(format!("warren.db{suffix}")));
+            }
+            Err(anyhow::anyhow!("{} is not a store this warren can open: {e}", file.display()))
+        }
+    }
 }
 
 /// The agent needs no privileges; say so when it has them.

@@ -1,7 +1,8 @@
-//! `warren service install|start|stop|uninstall`: run the agent under systemd as an
-//! unprivileged dynamic user. The config files (owner-only: they hold the authtoken) are
-//! read by systemd as root and handed to the service as credentials (`LoadCredential=`), so
-//! the agent never needs to be able to read them itself. `warren config edit` is here too.
+//! `warren service install|start|stop|uninstall`: run the agent, or with `--edge` an edge,
+//! under systemd as an unprivileged dynamic user. The config files (owner-only: they hold the
+//! authtoken, or the edge's database URL and secrets) are read by systemd as root and handed
+//! to the service as credentials (`LoadCredential=`), so the service never needs to be able
+//! to read them itself. `warren config edit` is here too.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,13 +15,19 @@ const MARKER: &str = "# Written by `warren service install`";
 
 #[derive(Subcommand)]
 pub(crate) enum ServiceAction {
-    /// Write a systemd unit that runs `warren start --all` with these config files as an
-    /// unprivileged dynamic user, and enable it (needs root).
+    /// Write a systemd unit that runs `warren start --all` with these config files (with
+    /// --edge: `warren edge --config FILE`) as an unprivileged dynamic user, and enable it
+    /// (needs root).
     Install {
         /// Config file (repeat to merge several). systemd reads them as root and hands
         /// them to the service, so they can stay readable only by their owner.
         #[arg(long = "config", value_name = "FILE", required = true)]
         config: Vec<PathBuf>,
+        /// Install an edge: its data in /var/lib/NAME (StateDirectory), ports below 1024 with
+        /// CAP_NET_BIND_SERVICE and nothing else, SIGTERM to stop (the edge tells its agents
+        /// and finishes what it serves). Default name: warren-edge.
+        #[arg(long)]
+        edge: bool,
         /// Replace an existing unit file.
         #[arg(long)]
         force: bool,
@@ -83,7 +90,13 @@ pub(crate) fn run(action: ServiceAction) -> anyhow::Result<()> {
     }
     let ctl = Systemctl::from_env();
     match action {
-        ServiceAction::Install { config, force, unit } => install(&ctl, &config, force, &unit),
+        ServiceAction::Install { config, force, unit, edge: false } => install(&ctl, &config, force, &unit),
+        ServiceAction::Install { config, force, mut unit, edge: true } => {
+            if unit.name == "warren-agent" {
+                unit.name = "warren-edge".into();
+            }
+            install_edge(&ctl, &config, force, &unit)
+        }
         ServiceAction::Start { unit } => start_stop(&ctl, "start", &unit),
         ServiceAction::Stop { unit } => start_stop(&ctl, "stop", &unit),
         ServiceAction::Uninstall { unit } => uninstall(&ctl, &unit),
@@ -148,6 +161,118 @@ fn install(ctl: &Systemctl, configs: &[PathBuf], force: bool, unit: &UnitArgs) -
     println!("enabled {service}; start it with: warren service start --name {name}");
     println!("(logs: journalctl -u {service})");
     Ok(())
+}
+
+fn install_edge(ctl: &Systemctl, configs: &[PathBuf], force: bool, unit: &UnitArgs) -> anyhow::Result<()> {
+    let name = unit.name()?;
+    let path = unit.unit_path()?;
+    let [config] = configs else {
+        bail!("an edge takes one config file (--config /etc/warren/edge.yml)");
+    };
+    let abs = std::fs::canonicalize(config).with_context(|| format!("config file {}", config.display()))?;
+    // The service sees exactly this file: check it as `warren edge --config` will.
+    let text = std::fs::read_to_string(&abs).with_context(|| format!("reading {}", abs.display()))?;
+    let entries =
+        warren_agent::locate::top_level(&text).map_err(|e| anyhow::anyhow!("{}: {e}", abs.display()))?;
+    {
+        use clap::CommandFactory;
+        let mut cmd = crate::Cli::command();
+        cmd.build();
+        let argv: Vec<std::ffi::OsString> = ["warren", "edge"].iter().map(Into::into).collect();
+        let matches = cmd.clone().get_matches_from(&argv);
+        let edge = cmd.find_subcommand("edge").expect("edge command");
+        let edge_matches = matches.subcommand_matches("edge").expect("edge command");
+        crate::edge_config::merged_args(&argv, edge, edge_matches, &abs)?;
+    }
+    let state = format!("/var/lib/{name}");
+    if let Some((_, _, v)) = entries.iter().find(|(k, _, _)| k.replace('-', "_") == "data_dir") {
+        if v.as_str() != Some(state.as_str()) {
+            eprintln!(
+                "warning: the file's data_dir {v} is not used by the service: its data directory is {state} (systemd's StateDirectory, the only place it may write)"
+            );
+        }
+    }
+    let exe = std::env::current_exe().context("finding this executable's path")?;
+    warn_if_hidden(&exe, "the warren executable");
+    let text_of = |p: &Path| -> anyhow::Result<String> {
+        match p.to_str() {
+            Some(s) if !s.chars().any(char::is_control) => Ok(s.to_owned()),
+            _ => bail!("{}: systemd units need paths in UTF-8 without control characters", p.display()),
+        }
+    };
+    let text = edge_unit_text(name, &text_of(&exe)?, &text_of(&abs)?);
+    if !force && std::fs::symlink_metadata(&path).is_ok() {
+        bail!("{} already exists; pass --force to replace it", path.display());
+    }
+    write_unit(&path, &text).with_context(|| {
+        format!("writing {} (installing a system service needs root: try sudo)", path.display())
+    })?;
+    println!("wrote {}", path.display());
+    let service = format!("{name}.service");
+    ctl.run_all(
+        &[&["daemon-reload"], &["enable", &service]],
+        &format!("The unit file {} is written but not enabled", path.display()),
+    )?;
+    println!("enabled {service}; start it with: warren service start --name {name}");
+    println!("(logs: journalctl -u {service}; data: {state})");
+    Ok(())
+}
+
+/// Open files the edge may need: every visitor and agent connection is one (see
+/// docs/LIMITS.md for the connection limits), with room for the store and listeners.
+const EDGE_NOFILE: u32 = 1_048_576;
+
+/// The unit file for an edge service `name` running `exe` with the config file `config`.
+pub(crate) fn edge_unit_text(name: &str, exe: &str, config: &str) -> String {
+    let exec = format!("{} edge --config %d/edge.yml", exec_word(exe));
+    let description = format!("warren edge ({config})").replace('%', "%%");
+    let config = config.replace('%', "%%");
+    format!(
+        "{MARKER}; `warren service uninstall --name {name}` removes it.
+# The edge runs as an unprivileged dynamic user whose only writable place is its state
+# directory (the store, certificates and master key). systemd reads the config file as root
+# and hands it over as a credential in $CREDENTIALS_DIRECTORY (%d in ExecStart). The one
+# capability it keeps is binding ports below 1024 (80, 443).
+
+[Unit]
+Description={description}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=exec
+ExecStart={exec}
+LoadCredential=edge.yml:{config}
+Environment=WARREN_DATA_DIR=%S/{name}
+StateDirectory={name}
+StateDirectoryMode=0700
+DynamicUser=yes
+User={name}
+AmbientCapabilities=CAP_NET_BIND_SERVICE
+CapabilityBoundingSet=CAP_NET_BIND_SERVICE
+LimitNOFILE={EDGE_NOFILE}
+KillSignal=SIGTERM
+TimeoutStopSec=30s
+Restart=on-failure
+RestartSec=5s
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictNamespaces=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+
+[Install]
+WantedBy=multi-user.target
+"
+    )
 }
 
 fn start_stop(ctl: &Systemctl, verb: &str, unit: &UnitArgs) -> anyhow::Result<()> {

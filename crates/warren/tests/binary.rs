@@ -1007,3 +1007,153 @@ fn help_shows_each_commands_own_flags_and_api_help_lists_fields() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("did you mean credentials?"), "{err}");
 }
+
+/// `warren edge --config FILE`: the file's keys are the flags; a flag on the command line
+/// wins over the file; a file with mistakes is refused with every problem, each at its file,
+/// line and column, and nothing starts.
+#[test]
+fn the_edge_runs_from_a_config_file_and_flags_win_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("edge.yml");
+    std::fs::write(
+        &file,
+        format!(
+            "data_dir: {}\nbase_domain: from-file.localhost\nconnect_addr: 127.0.0.1:0\nhttps-addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\napi_addr: 127.0.0.1:0\ntrusted_proxy: [10.0.0.0/8, 192.168.0.0/16]\nhsts: always\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let edge = Proc::spawn(&["edge", "--config", file.to_str().unwrap(), "--base-domain", "flag.localhost"]);
+    let https = edge.line_with("https endpoints:");
+    assert!(https.contains("https://<name>.flag.localhost:"), "the flag wins: {https}");
+    assert!(data.join("warren.db").exists(), "data_dir from the file");
+    drop(edge);
+    let edge = Proc::spawn(&["edge", "--config", file.to_str().unwrap()]);
+    let https = edge.line_with("https endpoints:");
+    assert!(https.contains("https://<name>.from-file.localhost:"), "{https}");
+    drop(edge);
+
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(
+        &bad,
+        "conect_addr: 127.0.0.1:4443\nno_http: 3\nhttps_addr: nowhere\ntrusted_proxy: [{a: 1}]\n",
+    )
+    .unwrap();
+    let out = warren().args(["edge", "--config"]).arg(&bad).stdin(Stdio::null()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for says in [
+        "bad.yml:1:1: unknown key \"conect_addr\"; did you mean connect_addr?",
+        "bad.yml:2:1: no_http: expected true or false, found number",
+        "bad.yml:3:1: https_addr: ",
+        "bad.yml:4:1: trusted_proxy: expected a list of values",
+    ] {
+        assert!(err.contains(says), "{says:?} in {err}");
+    }
+    assert!(!err.to_lowercase().contains("backtrace"), "{err}");
+}
+
+/// `warren edge --check` reports every problem at once (a listener that cannot bind, a
+/// certificate that does not match its key) and starts nothing; a good config passes.
+#[test]
+fn edge_check_reports_every_problem_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let pem = |name: &str| {
+        let c = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        (c.cert.pem(), c.signing_key.serialize_pem())
+    };
+    let (cert_a, _) = pem("a.example");
+    let (_, key_b) = pem("b.example");
+    let (cert_f, key_f) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_f, cert_a).unwrap();
+    std::fs::write(&key_f, key_b).unwrap();
+    let mut args = edge_on_port_zero(data.to_str().unwrap());
+    args.extend([
+        "--api-addr",
+        &taken_addr,
+        "--tls-cert",
+        cert_f.to_str().unwrap(),
+        "--tls-key",
+        key_f.to_str().unwrap(),
+        "--check",
+    ]);
+    let out = warren().args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("2 problem(s)"), "{err}");
+    assert!(err.contains(&format!("--api-addr {taken_addr}: cannot listen")), "{err}");
+    assert!(err.contains("--tls-cert"), "{err}");
+
+    let mut args = edge_on_port_zero(data.to_str().unwrap());
+    args.push("--check");
+    let out = warren().args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+}
+
+/// `warren admin backup` copies the store of a running edge; `warren admin restore` puts it
+/// in a new data directory, where an edge (with the old master key) serves the same API key,
+/// authtokens and reservations. A second restore over it is refused.
+#[test]
+fn a_backup_of_a_running_edge_restores_elsewhere_with_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let run = |args: &[&str]| {
+        let out = warren().args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let edge = Proc::spawn(&edge_on_port_zero(a.to_str().unwrap()));
+    let api_url =
+        after(&edge.line_with("REST API:"), "REST API:").split_whitespace().next().unwrap().to_owned();
+    let key = after(&edge.line_with("API key:"), "API key:").to_owned();
+    let api = |url: &str, args: &[&str]| {
+        let mut all = vec!["api"];
+        all.extend_from_slice(args);
+        all.extend(["--api-url", url, "--api-key", &key]);
+        run(&all)
+    };
+    for i in 0..5 {
+        let (ok, _, err) = api(&api_url, &["credentials", "create", "--description", &format!("laptop-{i}")]);
+        assert!(ok, "{err}");
+    }
+    let (ok, _, err) = api(&api_url, &["reserved-domains", "create", "--domain", "kept.warren.localhost"]);
+    assert!(ok, "{err}");
+    let (_, before, _) = api(&api_url, &["credentials", "list"]);
+    let backup = dir.path().join("store.backup");
+    let (ok, out, err) =
+        run(&["admin", "backup", backup.to_str().unwrap(), "--data-dir", a.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("master key is not in it"), "{out}");
+    drop(edge);
+
+    let (ok, out, err) =
+        run(&["admin", "restore", backup.to_str().unwrap(), "--data-dir", b.to_str().unwrap()]);
+    assert!(ok && out.contains("restored"), "{out}{err}");
+    let (ok, _, err) =
+        run(&["admin", "restore", backup.to_str().unwrap(), "--data-dir", b.to_str().unwrap()]);
+    assert!(!ok && err.contains("already has a store"), "{err}");
+    std::fs::copy(a.join("master.key"), b.join("master.key")).unwrap();
+    let edge = Proc::spawn(&edge_on_port_zero(b.to_str().unwrap()));
+    let api_url =
+        after(&edge.line_with("REST API:"), "REST API:").split_whitespace().next().unwrap().to_owned();
+    let (ok, after_restore, err) = api(&api_url, &["credentials", "list"]);
+    assert!(ok, "the old API key works: {err}");
+    let ids = |text: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        v["credentials"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(ids(&after_restore), ids(&before));
+    assert_eq!(ids(&before).len(), 6, "the first start's authtoken and five more");
+    let (_, domains, _) = api(&api_url, &["reserved_domains", "list"]);
+    assert!(domains.contains("kept.warren.localhost"), "{domains}");
+    let (ok, _, err) = run(&["admin", "backup", backup.to_str().unwrap(), "--data-dir", b.to_str().unwrap()]);
+    assert!(!ok && err.contains("exists"), "{err}");
+}

@@ -142,3 +142,88 @@ fn config_edit_opens_the_editor_then_checks_the_file() {
     assert!(!out.status.success());
     assert!(text(&out).contains("colour"), "{}", text(&out));
 }
+
+/// `warren service install --edge`: a unit for `warren edge --config` as a dynamic user whose
+/// data lives in its StateDirectory, with only CAP_NET_BIND_SERVICE; the config file is
+/// checked first (an unknown key writes nothing).
+#[test]
+fn install_edge_writes_a_unit_that_binds_low_ports_with_one_capability() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("edge.yml");
+    std::fs::write(&cfg, "base_domain: tunnels.example.com\nhttps_addr: 0.0.0.0:443\nhttp_addr: 0.0.0.0:80\ndata_dir: /srv/elsewhere\n").unwrap();
+    let units = dir.path().join("units");
+    std::fs::create_dir(&units).unwrap();
+    let log = dir.path().join("systemctl.log");
+    let ctl = dir.path().join("systemctl");
+    script(&ctl, &format!("echo \"$@\" >> {}", log.display()));
+    let env = [("WARREN_SYSTEMCTL", ctl.to_str().unwrap())];
+    let unit_dir = units.to_str().unwrap();
+
+    let out = warren(
+        &["service", "install", "--edge", "--config", cfg.to_str().unwrap(), "--unit-dir", unit_dir],
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("data_dir \"/srv/elsewhere\" is not used"), "{}", text(&out));
+    let unit = std::fs::read_to_string(units.join("warren-edge.service")).unwrap();
+    let abs = std::fs::canonicalize(&cfg).unwrap();
+    for line in [
+        format!("LoadCredential=edge.yml:{}", abs.display()),
+        "DynamicUser=yes".into(),
+        "StateDirectory=warren-edge".into(),
+        "Environment=WARREN_DATA_DIR=%S/warren-edge".into(),
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE".into(),
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE".into(),
+        "LimitNOFILE=1048576".into(),
+        "KillSignal=SIGTERM".into(),
+        "NoNewPrivileges=yes".into(),
+        "ProtectSystem=strict".into(),
+    ] {
+        assert!(unit.lines().any(|l| l == line), "{line:?} missing from:\n{unit}");
+    }
+    let exec = unit.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
+    assert!(exec.ends_with(" edge --config %d/edge.yml"), "{exec}");
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(calls, "daemon-reload\nenable warren-edge.service\n");
+
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(&bad, "base_domian: x.example.com\n").unwrap();
+    let out = warren(
+        &[
+            "service",
+            "install",
+            "--edge",
+            "--config",
+            bad.to_str().unwrap(),
+            "--unit-dir",
+            unit_dir,
+            "--name",
+            "other",
+        ],
+        &env,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("bad.yml:1:1: unknown key \"base_domian\"; did you mean base_domain?"),
+        "{}",
+        text(&out)
+    );
+    assert!(!units.join("other.service").exists());
+    let out = warren(
+        &[
+            "service",
+            "install",
+            "--edge",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--unit-dir",
+            unit_dir,
+            "--name",
+            "two",
+        ],
+        &env,
+    );
+    assert!(!out.status.success() && text(&out).contains("one config file"), "{}", text(&out));
+}
