@@ -59,9 +59,12 @@ impl PolicyProblem {
     }
 }
 
+/// A top-level key, where it was written (line, column), and its value.
+pub type TopLevelKey = (String, (u64, u64), serde_json::Value);
+
 /// The keys of a YAML document's top-level mapping, each with where it was written and its
 /// value: for files whose keys are checked one by one (the edge's config).
-pub fn top_level(text: &str) -> Result<Vec<(String, (u64, u64), serde_json::Value)>, String> {
+pub fn top_level(text: &str) -> Result<Vec<TopLevelKey>, String> {
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }

@@ -851,7 +851,7 @@ async fn a_store_from_a_newer_version_is_refused_and_left_alone() {
         .await
         .unwrap();
     c.close().await.unwrap();
-    let err = Store::open_sqlite(&path).await.err().expect("refused");
+    let Err(err) = Store::open_sqlite(&path).await else { panic!("a newer store was opened") };
     assert!(matches!(err, StoreError::Newer(v, k) if v == known + 1000 && k == known), "{err}");
     assert!(err.to_string().contains("written by a newer warren"), "{err}");
 }

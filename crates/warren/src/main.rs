@@ -850,10 +850,10 @@ async fn check_edge(config: &EdgeConfig) -> anyhow::Result<()> {
             problems.push(format!("--tls-cert {} / --tls-key {}: {e}", cert.display(), key.display()));
         }
     }
-    if let Some(ca) = config.acme.as_ref().and_then(|a| a.directory_ca.as_ref()) {
-        if let Err(e) = std::fs::read(ca) {
-            problems.push(format!("--acme-directory-ca {}: {e}", ca.display()));
-        }
+    if let Some(ca) = config.acme.as_ref().and_then(|a| a.directory_ca.as_ref())
+        && let Err(e) = std::fs::read(ca)
+    {
+        problems.push(format!("--acme-directory-ca {}: {e}", ca.display()));
     }
     let key_file = config.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key"));
     let master_key = if key_file.exists() || std::env::var_os("WARREN_MASTER_KEY").is_some() {
@@ -871,16 +871,15 @@ async fn check_edge(config: &EdgeConfig) -> anyhow::Result<()> {
         Ok(store) => {
             // A master key that cannot open what the store holds would fail every TLS
             // handshake of those names: try one sealed key.
-            if let (Some(key), Ok(certs)) = (&master_key, store.all_certificates().await) {
-                if let Some(c) = certs.first() {
-                    if key.open(&c.domain, &c.key_sealed).is_err() {
-                        problems.push(format!(
-                            "master key ({}): it cannot open the keys in the store (the certificate of {} was sealed with another key)",
-                            key_file.display(),
-                            c.domain
-                        ));
-                    }
-                }
+            if let (Some(key), Ok(certs)) = (&master_key, store.all_certificates().await)
+                && let Some(c) = certs.first()
+                && key.open(&c.domain, &c.key_sealed).is_err()
+            {
+                problems.push(format!(
+                    "master key ({}): it cannot open the keys in the store (the certificate of {} was sealed with another key)",
+                    key_file.display(),
+                    c.domain
+                ));
             }
         }
         Err(e) => problems.push(format!("store: {e}")),
@@ -893,10 +892,10 @@ async fn check_edge(config: &EdgeConfig) -> anyhow::Result<()> {
     ];
     for (flag, addr) in listeners {
         let Some(addr) = addr else { continue };
-        if addr.port() != 0 {
-            if let Err(e) = std::net::TcpListener::bind(addr) {
-                problems.push(format!("{flag} {addr}: cannot listen: {e}"));
-            }
+        if addr.port() != 0
+            && let Err(e) = std::net::TcpListener::bind(addr)
+        {
+            problems.push(format!("{flag} {addr}: cannot listen: {e}"));
         }
     }
     if problems.is_empty() {

@@ -185,8 +185,10 @@ fn install_edge(ctl: &Systemctl, configs: &[PathBuf], force: bool, unit: &UnitAr
         crate::edge_config::merged_args(&argv, edge, edge_matches, &abs)?;
     }
     let state = format!("/var/lib/{name}");
-    if let Some((_, _, v)) = entries.iter().find(|(k, _, _)| k.replace('-', "_") == "data_dir") {
-        if v.as_str() != Some(state.as_str()) {
+    if let Some((_, _, v)) = entries.iter().find(|(k, _, _)| k.replace('-', "_") == "data_dir")
+        && v.as_str() != Some(state.as_str())
+    {
+        {
             eprintln!(
                 "warning: the file's data_dir {v} is not used by the service: its data directory is {state} (systemd's StateDirectory, the only place it may write)"
             );
