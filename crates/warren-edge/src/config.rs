@@ -269,6 +269,9 @@ pub struct Limits {
     /// Traffic events waiting (in memory) for one destination; beyond it, that destination's
     /// new traffic events are dropped and counted, and no other destination is affected.
     pub max_traffic_events_per_destination: usize,
+    /// At shutdown, how long visitors' requests and connections may take to finish after
+    /// the edge stops accepting new ones; then the agents' sessions are closed regardless.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -294,6 +297,7 @@ impl Default for Limits {
             max_compressed_responses: 1024,
             max_queued_traffic_events: 10_000,
             max_traffic_events_per_destination: 5_000,
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -211,7 +211,18 @@ async fn serve<IO>(
         .header_read_timeout(shared.config.limits.header_read_timeout)
         .max_buf_size(256 * 1024);
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
-    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    // At shutdown a connection finishes the request it is serving, then closes (HTTP/2:
+    // GOAWAY); an idle keep-alive connection closes at once.
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = crate::shutting_down(shared.shutdown.clone()) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%remote, error = %e, "visitor connection ended with an error");
     }
 }

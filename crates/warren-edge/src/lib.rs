@@ -371,9 +371,25 @@ impl Edge {
         self.shared.registry.session_count()
     }
 
-    /// Stops accepting, closes every agent session (GOAWAY) and waits for the listeners.
+    /// Stops accepting, lets visitors' requests in flight finish (HTTP connections close
+    /// after their current request; at most `limits.drain_timeout`), then closes every agent
+    /// session (GOAWAY, so agents reconnect, to another node if there is one) and waits for
+    /// the listeners.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        let drain = self.shared.config.limits.drain_timeout;
+        let started = std::time::Instant::now();
+        let busy = self.shared.visitor_limit.in_use();
+        if busy > 0 {
+            tracing::info!(connections = busy, timeout = ?drain, "draining visitor connections");
+        }
+        while self.shared.visitor_limit.in_use() > 0 && started.elapsed() < drain {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let left = self.shared.visitor_limit.in_use();
+        if left > 0 {
+            tracing::warn!(connections = left, "drain timeout: closing the visitor connections still open");
+        }
         self.shared.registry.close_all("edge shutting down");
         while self.tasks.join_next().await.is_some() {}
         // Its sessions and endpoints go with it, freeing their names for other nodes.

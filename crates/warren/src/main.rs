@@ -419,6 +419,10 @@ struct EdgeArgs {
     /// The private key (PEM) for --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// On SIGTERM or Ctrl-C: stop accepting, let requests in flight finish for up to this
+    /// long, then close the agents' sessions and exit.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    drain_timeout: u64,
 }
 
 /// Flags every agent command (http, tcp, tls) takes.
@@ -759,6 +763,7 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
         other => anyhow::bail!("--hsts {other:?}: expected auto, always or off"),
     };
     config.tls_files = args.tls_cert.zip(args.tls_key);
+    config.limits.drain_timeout = std::time::Duration::from_secs(args.drain_timeout);
     if args.check {
         return check_edge(&config).await;
     }

@@ -1157,3 +1157,73 @@ fn a_backup_of_a_running_edge_restores_elsewhere_with_every_row() {
     let (ok, _, err) = run(&["admin", "backup", backup.to_str().unwrap(), "--data-dir", b.to_str().unwrap()]);
     assert!(!ok && err.contains("exists"), "{err}");
 }
+
+/// SIGTERM drains: the edge stops accepting, a request in flight (its upstream answers after
+/// a second) still gets its whole answer, then the edge tells its agents and exits 0.
+#[test]
+fn sigterm_lets_a_request_in_flight_finish_then_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut edge = Proc::spawn(&edge_on_port_zero(data.to_str().unwrap()));
+    let line = edge.line_with("agents connect:");
+    let connect = after(&line, "agents connect:").split_whitespace().next().unwrap().to_owned();
+    let ca = after(&line, "(CA certificate:").trim_end_matches(')').to_owned();
+    let https_port = edge.line_with("https endpoints:").rsplit(':').next().unwrap().to_owned();
+    let token = after(&edge.line_with("authtoken:"), "authtoken:").to_owned();
+    // An upstream that says when a request arrived, then answers a second later.
+    let (arrived_tx, arrived) = mpsc::channel();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = l.local_addr().unwrap().port().to_string();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { return };
+            let arrived_tx = arrived_tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                let mut req = Vec::new();
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = arrived_tx.send(());
+                std::thread::sleep(Duration::from_secs(1));
+                let body = b"the slow answer";
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = c.write_all(head.as_bytes());
+                let _ = c.write_all(body);
+            });
+        }
+    });
+    let agent = Proc::spawn(&[
+        "http",
+        &up,
+        "--url",
+        "https://slow.warren.localhost",
+        "--authtoken",
+        &token,
+        "--connect-url",
+        &connect,
+        "--connect-cas",
+        &ca,
+        "--web-addr",
+        "false",
+    ]);
+    agent.line_with("Forwarding");
+    let curl = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--cacert", &ca])
+        .arg("--resolve")
+        .arg(format!("slow.warren.localhost:{https_port}:127.0.0.1"))
+        .arg(format!("https://slow.warren.localhost:{https_port}/"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    arrived.recv_timeout(WAIT).expect("the request reached the upstream");
+    let status = edge.terminate();
+    let out = curl.wait_with_output().unwrap();
+    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "the slow answer");
+    assert!(status.success(), "the edge exits 0 after draining: {status:?}");
+}
