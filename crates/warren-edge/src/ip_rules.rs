@@ -74,6 +74,11 @@ impl IpRules {
         Ok(warren_store::ip::decide(&restrictions, ip))
     }
 
+    /// Forgets every account's cached restrictions (a reload: read them again at once).
+    pub(crate) fn invalidate_all(&self) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Forgets the account's cached restrictions after a change.
     pub(crate) fn invalidate(&self, account_id: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());

@@ -366,6 +366,20 @@ impl Edge {
         Ok(Edge { connect_addr, https_addr, http_addr, api_addr, shutdown: tx, tasks, shared })
     }
 
+    /// Reloads what can change without dropping a connection (SIGHUP): the edge's own
+    /// certificate files (`--tls-cert`/`--tls-key`; a broken pair keeps the current one) and
+    /// the cached IP restrictions. Returns what was reloaded, for the log.
+    pub fn reload(&self) -> Result<Vec<&'static str>, EdgeError> {
+        self.shared.ip_rules.invalidate_all();
+        let mut done = vec!["IP restrictions"];
+        if let Some((cert, key)) = &self.shared.config.tls_files {
+            let (chain, key) = tls::load_pem_files(cert, key)?;
+            self.shared.certs.set_default(chain, key)?;
+            done.push("edge certificate");
+        }
+        Ok(done)
+    }
+
     /// Number of live agent sessions.
     pub fn session_count(&self) -> usize {
         self.shared.registry.session_count()

@@ -566,6 +566,8 @@ fn main() -> std::process::ExitCode {
 fn run_cli() -> anyhow::Result<()> {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let mut cli = Cli::parse_from(&argv);
+    // Whether the command line or WARREN_LOG set the log level (then a reload keeps it).
+    let log_level_pinned = cli.log_level.is_some();
     // `warren edge --config FILE`: the file's settings go in front of the command line's.
     if let Command::Edge(args) = &cli.command
         && let Some(file) = args.config.clone()
@@ -612,7 +614,7 @@ fn run_cli() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         match cli.command {
-            Command::Edge(args) => edge(*args).await,
+            Command::Edge(args) => edge(*args, log_level_pinned).await,
             Command::Http { upstream, agent, names, http } => {
                 let url = endpoint_url(&agent, Some(&names), "https")?;
                 let mut ep = EndpointConfig::http(&upstream, url.as_deref()).map_err(anyhow::Error::msg)?;
@@ -690,8 +692,15 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
-async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
+/// Runs an edge until SIGTERM or Ctrl-C; SIGHUP reloads what can be reloaded (the
+/// certificate files, IP restrictions, and the config file's `log_level` unless
+/// `--log-level`/`WARREN_LOG` set it: `log_level_pinned`).
+async fn edge(args: EdgeArgs, log_level_pinned: bool) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let config_file = args.config.clone();
     let data_dir = args.store.data_dir.clone().unwrap_or_else(default_data_dir);
     let mut config = store_config(args.store);
     config.base_domain = args.base_domain.to_ascii_lowercase();
@@ -830,10 +839,48 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
         config.base_domain,
         edge.https_addr.port()
     );
-    shutdown.await;
+    tokio::pin!(shutdown);
+    loop {
+        #[cfg(unix)]
+        let hup = hangup.recv();
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hup => {
+                let mut done: Vec<String> = Vec::new();
+                match edge.reload() {
+                    Ok(d) => done.extend(d.iter().map(|s| s.to_string())),
+                    Err(e) => eprintln!("reload: the certificate files are not usable ({e}); keeping the current certificate"),
+                }
+                if let (Some(file), false) = (&config_file, log_level_pinned) {
+                    match log_level_in(file) {
+                        Ok(Some(level)) => match output::set_log_level(&level) {
+                            Ok(()) => done.push(format!("log level {level}")),
+                            Err(e) => eprintln!("reload: log_level {level:?}: {e}"),
+                        },
+                        Ok(None) => {}
+                        Err(e) => eprintln!("reload: {e}"),
+                    }
+                }
+                eprintln!("reloaded: {}", done.join(", "));
+            }
+        }
+    }
     eprintln!("shutting down");
     edge.shutdown().await;
     Ok(())
+}
+
+/// The `log_level` key of an edge config file, read again (SIGHUP).
+fn log_level_in(file: &std::path::Path) -> anyhow::Result<Option<String>> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let keys =
+        warren_agent::locate::top_level(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    Ok(keys
+        .into_iter()
+        .find(|(k, _, _)| k.replace('-', "_") == "log_level")
+        .and_then(|(_, _, v)| v.as_str().map(str::to_owned)))
 }
 
 /// `warren edge --check`: every problem the edge would meet at start, all at once: the

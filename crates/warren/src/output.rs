@@ -34,13 +34,36 @@ pub(crate) fn init_logs(log: Option<&str>, console: bool, level: &str, json: boo
         }
     };
     let filter = tracing_subscriber::EnvFilter::new(level);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let builder = tracing_subscriber::fmt().with_writer(writer);
+    macro_rules! reloadable {
+        ($builder:expr) => {{
+            let builder = $builder.with_env_filter(filter).with_filter_reloading();
+            let handle = builder.reload_handle();
+            let _ = LOG_LEVEL.set(Box::new(move |level: &str| {
+                let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            }));
+            builder.init();
+        }};
+    }
     if json {
-        builder.json().init();
+        reloadable!(builder.json());
     } else {
-        builder.with_ansi(ansi).init();
+        reloadable!(builder.with_ansi(ansi));
     }
     Ok(())
+}
+
+/// Changes the log filter of the running process (the edge's SIGHUP).
+type SetLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+static LOG_LEVEL: std::sync::OnceLock<SetLevel> = std::sync::OnceLock::new();
+
+/// Sets the log filter (`info`, `debug`, a directive) from now on.
+pub(crate) fn set_log_level(level: &str) -> Result<(), String> {
+    match LOG_LEVEL.get() {
+        Some(set) => set(level),
+        None => Err("logging is off".into()),
+    }
 }
 
 /// Runs the agent until it stops or a signal arrives.

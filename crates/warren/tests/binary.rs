@@ -1227,3 +1227,32 @@ fn sigterm_lets_a_request_in_flight_finish_then_exits() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "the slow answer");
     assert!(status.success(), "the edge exits 0 after draining: {status:?}");
 }
+
+/// SIGHUP reloads without a restart: IP restrictions, and the config file's log level.
+#[test]
+fn sighup_reloads_the_log_level_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("edge.yml");
+    let write = |level: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "data_dir: {}\nconnect_addr: 127.0.0.1:0\nhttps_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\napi_addr: 127.0.0.1:0\nlog_level: {level}\n",
+                data.display()
+            ),
+        )
+        .unwrap()
+    };
+    write("info");
+    let edge = Proc::spawn_reading_stderr(&["edge", "--config", file.to_str().unwrap()]);
+    edge.line_with("edge listening");
+    write("debug");
+    let hup = |p: &Proc| Command::new("kill").args(["-HUP", &p.child.id().to_string()]).status().unwrap();
+    assert!(hup(&edge).success());
+    let reloaded = edge.line_with("reloaded:");
+    assert!(reloaded.contains("IP restrictions") && reloaded.contains("log level debug"), "{reloaded}");
+    // Still serving after the reload.
+    let mut edge = edge;
+    assert!(edge.child.try_wait().unwrap().is_none(), "the edge is still running");
+}
