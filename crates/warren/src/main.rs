@@ -793,6 +793,18 @@ async fn edge(args: EdgeArgs, log_level_pinned: bool) -> anyhow::Result<()> {
         println!("  dashboard:       http://{api}/dashboard/");
     }
     match &prepared.first_start {
+        // Under systemd, stdout goes to the journal, which keeps it and lets others read it:
+        // the secrets stay in the owner-only file.
+        Some(first) if stdout_is_the_journal() => {
+            println!(
+                "First start: created an authtoken, an admin API key and a dashboard sign-in link; they are not printed here (this output goes to the journal) but saved, readable only by the service, in {}",
+                first.credentials_file.display()
+            );
+            println!(
+                "Sign in to the dashboard with a one-time link: warren admin users sign-in-link --email admin --data-dir {}",
+                data_dir.display()
+            );
+        }
         Some(first) => {
             println!();
             println!("First start: created an authtoken and an admin API key. They are shown only now");
@@ -955,6 +967,21 @@ async fn check_edge(config: &EdgeConfig) -> anyhow::Result<()> {
         return Ok(());
     }
     bail!("{} problem(s):\n  {}", problems.len(), problems.join("\n  "));
+}
+
+/// Whether stdout is systemd's journal: `JOURNAL_STREAM` names its device and inode (the
+/// variable alone could be inherited by a process whose output goes elsewhere).
+fn stdout_is_the_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else { return false };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::metadata("/proc/self/fd/1") {
+            return m.dev().to_string() == dev && m.ino().to_string() == ino;
+        }
+    }
+    false
 }
 
 /// An edge config with only the store's location set.

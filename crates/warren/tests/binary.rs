@@ -1256,3 +1256,40 @@ fn sighup_reloads_the_log_level_from_the_config_file() {
     let mut edge = edge;
     assert!(edge.child.try_wait().unwrap().is_none(), "the edge is still running");
 }
+
+/// Under systemd (stdout to the journal, as `JOURNAL_STREAM` says by device and inode) the
+/// first start keeps its secrets out of the output and says where they are.
+#[test]
+fn a_first_start_under_systemd_prints_no_secret() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let journal = dir.path().join("journal");
+    let file = std::fs::File::create(&journal).unwrap();
+    let meta = file.metadata().unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let mut child = warren()
+        .args(edge_on_port_zero(data.to_str().unwrap()))
+        .env("JOURNAL_STREAM", &stream)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let out = loop {
+        let text = std::fs::read_to_string(&journal).unwrap_or_default();
+        if text.contains("Then visit it") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "the edge never finished starting: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let creds = std::fs::read_to_string(data.join("credentials.txt")).unwrap();
+    let token = creds.lines().find_map(|l| l.strip_prefix("authtoken: ")).unwrap();
+    let key = creds.lines().find_map(|l| l.strip_prefix("api_key: ")).unwrap();
+    assert!(!out.contains(token) && !out.contains(key) && !out.contains("sign-in/link/"), "{out}");
+    assert!(out.contains("not printed here") && out.contains("credentials.txt"), "{out}");
+}
