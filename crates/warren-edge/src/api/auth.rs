@@ -164,13 +164,17 @@ pub(crate) async fn check(
 }
 
 /// Runs the handler as `principal`; a change's audit event, already in the outbox, is
-/// delivered now rather than at the next poll.
+/// delivered now rather than at the next poll, and every change is one `info` log line
+/// (who, what, the answer; never a body, which may hold a secret).
 async fn run_as(shared: &Shared, principal: Principal, mut req: Request, next: Next) -> Response {
     let changes = req.method() != Method::GET;
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let (account, by) = (principal.account_id.clone(), principal.key_id.clone());
     req.extensions_mut().insert(principal);
     let resp = next.run(req).await;
     if changes {
         shared.events.wake();
+        tracing::info!(%method, %path, status = resp.status().as_u16(), account = %account, by = %by, "API change");
     }
     resp
 }
