@@ -135,32 +135,9 @@ fn install(ctl: &Systemctl, configs: &[PathBuf], force: bool, unit: &UnitArgs) -
 
     let exe = std::env::current_exe().context("finding this executable's path")?;
     warn_if_hidden(&exe, "the warren executable");
-    let text = {
-        let text_of = |p: &Path| -> anyhow::Result<String> {
-            match p.to_str() {
-                Some(s) if !s.chars().any(char::is_control) => Ok(s.to_owned()),
-                _ => bail!("{}: systemd units need paths in UTF-8 without control characters", p.display()),
-            }
-        };
-        let files: Vec<String> = files.iter().map(|f| text_of(f)).collect::<anyhow::Result<_>>()?;
-        unit_text(name, &text_of(&exe)?, &files)
-    };
-
-    if !force && std::fs::symlink_metadata(&path).is_ok() {
-        bail!("{} already exists; pass --force to replace it", path.display());
-    }
-    write_unit(&path, &text).with_context(|| {
-        format!("writing {} (installing a system service needs root: try sudo)", path.display())
-    })?;
-    println!("wrote {}", path.display());
-    let service = format!("{name}.service");
-    ctl.run_all(
-        &[&["daemon-reload"], &["enable", &service]],
-        &format!("The unit file {} is written but not enabled", path.display()),
-    )?;
-    println!("enabled {service}; start it with: warren service start --name {name}");
-    println!("(logs: journalctl -u {service})");
-    Ok(())
+    let files: Vec<String> = files.iter().map(|f| unit_path_text(f)).collect::<anyhow::Result<_>>()?;
+    let text = unit_text(name, &unit_path_text(&exe)?, &files);
+    write_and_enable(ctl, &path, name, &text, force)
 }
 
 fn install_edge(ctl: &Systemctl, configs: &[PathBuf], force: bool, unit: &UnitArgs) -> anyhow::Result<()> {
@@ -196,17 +173,26 @@ fn install_edge(ctl: &Systemctl, configs: &[PathBuf], force: bool, unit: &UnitAr
     }
     let exe = std::env::current_exe().context("finding this executable's path")?;
     warn_if_hidden(&exe, "the warren executable");
-    let text_of = |p: &Path| -> anyhow::Result<String> {
-        match p.to_str() {
-            Some(s) if !s.chars().any(char::is_control) => Ok(s.to_owned()),
-            _ => bail!("{}: systemd units need paths in UTF-8 without control characters", p.display()),
-        }
-    };
-    let text = edge_unit_text(name, &text_of(&exe)?, &text_of(&abs)?);
-    if !force && std::fs::symlink_metadata(&path).is_ok() {
+    let text = edge_unit_text(name, &unit_path_text(&exe)?, &unit_path_text(&abs)?);
+    write_and_enable(ctl, &path, name, &text, force)?;
+    println!("(data: {state})");
+    Ok(())
+}
+
+/// A path as a unit file may hold it: UTF-8 without control characters.
+fn unit_path_text(p: &Path) -> anyhow::Result<String> {
+    match p.to_str() {
+        Some(s) if !s.chars().any(char::is_control) => Ok(s.to_owned()),
+        _ => bail!("{}: systemd units need paths in UTF-8 without control characters", p.display()),
+    }
+}
+
+/// Writes the unit (refusing to replace one without `force`), reloads systemd and enables it.
+fn write_and_enable(ctl: &Systemctl, path: &Path, name: &str, text: &str, force: bool) -> anyhow::Result<()> {
+    if !force && std::fs::symlink_metadata(path).is_ok() {
         bail!("{} already exists; pass --force to replace it", path.display());
     }
-    write_unit(&path, &text).with_context(|| {
+    write_unit(path, text).with_context(|| {
         format!("writing {} (installing a system service needs root: try sudo)", path.display())
     })?;
     println!("wrote {}", path.display());
@@ -216,7 +202,7 @@ fn install_edge(ctl: &Systemctl, configs: &[PathBuf], force: bool, unit: &UnitAr
         &format!("The unit file {} is written but not enabled", path.display()),
     )?;
     println!("enabled {service}; start it with: warren service start --name {name}");
-    println!("(logs: journalctl -u {service}; data: {state})");
+    println!("(logs: journalctl -u {service})");
     Ok(())
 }
 

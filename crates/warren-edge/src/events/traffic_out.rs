@@ -148,7 +148,6 @@ fn dispatch(
     filters: &mut HashMap<String, Option<Arc<warren_policy::EventFilter>>>,
 ) {
     let mut parsed: Option<Option<Value>> = None;
-    let mut plain: Option<Arc<str>> = None;
     let id = warren_store::generate_id("ev");
     let timestamp =
         warren_store::rfc3339(ev.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
@@ -174,12 +173,8 @@ fn dispatch(
         let Some(source) = chosen else { continue };
         let text = if source.fields.is_empty() {
             // The common case: the object as the request path wrote it, inside its envelope,
-            // with no parsing.
-            plain
-                .get_or_insert_with(|| {
-                    envelope_text(&id, ev.event_type, &timestamp, &ev.account_id, &ev.object).into()
-                })
-                .to_string()
+            // with no parsing (built per route: one copy, as a shared copy would cost too).
+            envelope_text(&id, ev.event_type, &timestamp, &ev.account_id, &ev.object)
         } else {
             let object = parsed.get_or_insert_with(|| serde_json::from_str(&ev.object).ok());
             let Some(object) = object.as_ref() else { continue };
