@@ -354,6 +354,9 @@ pub struct AgentConfig {
     /// others stay up (`warren start --keep-going`); otherwise the whole start fails and
     /// nothing stays bound.
     pub keep_going: bool,
+    /// Resolvers that look the connect host up instead of the system's
+    /// (`agent.dns_resolver_ips`); empty: the system's.
+    pub dns_resolvers: Vec<std::net::SocketAddr>,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -390,6 +393,7 @@ impl AgentConfig {
             web_allow_hosts: Vec::new(),
             inspect_db_size: 0,
             keep_going: false,
+            dns_resolvers: Vec::new(),
         }
     }
 

@@ -181,7 +181,6 @@ impl AgentFile {
             ("console_ui_color", a.console_ui_color.is_some()),
             ("crl_noverify", a.crl_noverify.is_some()),
             ("remote_management", a.remote_management.is_some()),
-            ("dns_resolver_ips", a.dns_resolver_ips.is_some()),
             ("connect_interface", a.connect_interface.is_some()),
             ("proxy_url", a.proxy_url.is_some()),
         ] {
@@ -206,8 +205,12 @@ impl AgentFile {
             log,
             web_addr,
             web_allow_hosts,
-            inspect_db_size
+            inspect_db_size,
+            dns_resolver_ips
         );
+        for r in a.dns_resolver_ips.iter().flatten() {
+            crate::dns::parse_resolver(r).map_err(err)?;
+        }
         if let Some(w) = &a.web_addr {
             web_addr(w).map_err(err)?;
         }
@@ -347,6 +350,9 @@ impl AgentFile {
         }
         cfg.web_allow_hosts = a.web_allow_hosts.clone().unwrap_or_default();
         cfg.inspect_db_size = a.inspect_db_size.unwrap_or(0);
+        for r in a.dns_resolver_ips.iter().flatten() {
+            cfg.dns_resolvers.push(crate::dns::parse_resolver(r).map_err(|m| no_file(&m))?);
+        }
         for n in names {
             if !self.endpoints.iter().any(|(e, _)| &e.name == n)
                 && !self.tunnels.iter().any(|(t, _, _)| t == n)

@@ -109,11 +109,22 @@ async fn session(
 ) -> (Ended, bool) {
     let config = &shared.config;
     let dial = async {
-        let tcp = TcpStream::connect((host, port))
-            .await
-            .map_err(|e| {
-                format!("cannot reach the edge at {host}:{port}: {e}; check that the edge is running and that connect_url is its connect address")
-            })?;
+        let unreachable = |e: std::io::Error| {
+            format!(
+                "cannot reach the edge at {host}:{port}: {e}; check that the edge is running and that connect_url is its connect address"
+            )
+        };
+        let tcp = if config.dns_resolvers.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
+            TcpStream::connect((host, port)).await.map_err(unreachable)?
+        } else {
+            // dns_resolver_ips: the name is looked up there; the TLS name stays the host's.
+            let addrs: Vec<std::net::SocketAddr> = crate::dns::lookup(&config.dns_resolvers, host)
+                .await?
+                .into_iter()
+                .map(|ip| std::net::SocketAddr::new(ip, port))
+                .collect();
+            TcpStream::connect(&addrs[..]).await.map_err(unreachable)?
+        };
         let _ = tcp.set_nodelay(true);
         let connector = tokio_rustls::TlsConnector::from(edge_tls.clone());
         // rustls asks the socket for at most one record (~16 KiB) per read; a buffer under it

@@ -25,6 +25,7 @@ pub mod config;
 pub mod config_file;
 mod connect;
 pub mod console;
+pub mod dns;
 mod forward;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod dns;
 pub mod error_codes;
 pub mod fold;
 #[doc(hidden)]

@@ -1018,6 +1018,8 @@ pub struct Pebble {
     pub directory: String,
     /// The PEM file of pebble's own server certificate (trust it for the directory).
     pub server_ca: std::path::PathBuf,
+    /// pebble-challtestsrv's DNS server: every name has the address 127.0.0.1 there.
+    pub dns: SocketAddr,
     management: SocketAddr,
     server_ca_pem: Vec<u8>,
     children: Vec<std::process::Child>,
@@ -1067,6 +1069,7 @@ impl Pebble {
         let p = Pebble {
             directory: format!("https://127.0.0.1:{listen}/dir"),
             server_ca: ca_path,
+            dns: SocketAddr::from((Ipv4Addr::LOCALHOST, dns)),
             management: SocketAddr::from((Ipv4Addr::LOCALHOST, management)),
             server_ca_pem: server.pem.into_bytes(),
             children: vec![challtestsrv, pebble],

@@ -1373,3 +1373,137 @@ fn a_store_from_schema_16_opens_with_every_row_and_secret() {
     let second = agent(laptop_token, "http://a.fixture.warren.localhost");
     assert!(second.line_with("Forwarding").contains("http://a.fixture.warren.localhost:"));
 }
+
+/// docs/DEPLOY.md's recipe, on loopback: the edge runs from a config file with a public-style
+/// base domain (`tunnels.example.com`, names resolved by pebble-challtestsrv), an operator's
+/// wildcard certificate and ACME against pebble; `--check` passes; a user's ngrok-style agent
+/// config reaches it through its connect name on the shared TLS port (`dns_resolver_ips`); a
+/// visitor gets the app over https; a custom domain, once its TXT record proves control, gets
+/// a certificate from pebble and is served with it.
+#[test]
+fn the_deploy_recipe_runs_on_loopback_against_pebble() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (http, https) = (warren_testkit::free_port(), warren_testkit::free_port());
+    let pebble = rt.block_on(warren_testkit::Pebble::start(http, https));
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    let operator = warren_testkit::TestCa::new("operator CA");
+    let (chain, key, _) = operator.leaf_for(&["tunnels.example.com", "*.tunnels.example.com"]);
+    std::fs::write(path("fullchain.pem"), chain).unwrap();
+    std::fs::write(path("privkey.pem"), key).unwrap();
+    std::fs::write(path("operator-ca.pem"), &operator.pem).unwrap();
+    let txt_dns = warren_testkit::free_port();
+    let ports = warren_testkit::free_port_range(4);
+    let config = format!(
+        "data_dir: {data}\nbase_domain: tunnels.example.com\nconnect_hostname: [connect.tunnels.example.com]\n\
+         https_addr: 127.0.0.1:{https}\nhttp_addr: 127.0.0.1:{http}\nconnect_addr: 127.0.0.1:0\napi_addr: 127.0.0.1:0\n\
+         tcp_bind_ip: 127.0.0.1\ntcp_host: tunnels.example.com\ntcp_ports: {first}-{last}\n\
+         tls_cert: {cert}\ntls_key: {key}\nacme_directory: {dir}\nacme_directory_ca: {dir_ca}\nacme_email: ops@example.com\n\
+         dns_resolver: 127.0.0.1:{txt_dns}\nhsts: auto\ndrain_timeout: 5\nlog_level: info\nlog_format: json\n",
+        data = path("data").display(),
+        first = ports.start(),
+        last = ports.end(),
+        cert = path("fullchain.pem").display(),
+        key = path("privkey.pem").display(),
+        dir = pebble.directory,
+        dir_ca = pebble.server_ca.display(),
+    );
+    std::fs::write(path("edge.yml"), config).unwrap();
+    let edge_yml = path("edge.yml").to_str().unwrap().to_owned();
+    let check = warren().args(["edge", "--config", &edge_yml, "--check"]).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+
+    let edge = Proc::spawn(&["edge", "--config", &edge_yml]);
+    let api_url =
+        after(&edge.line_with("REST API:"), "REST API:").split_whitespace().next().unwrap().to_owned();
+    let token = after(&edge.line_with("authtoken:"), "authtoken:").to_owned();
+    let key = after(&edge.line_with("API key:"), "API key:").to_owned();
+
+    // The user's agent config, as the recipe gives it (the operator's CA stands in for a
+    // public one; challtestsrv for the public DNS).
+    let up = http_upstream().to_string();
+    let agent_yml = path("ngrok.yml");
+    let agent_config = |endpoint: &str| {
+        format!(
+            "version: 3\nagent:\n  authtoken: {token}\n  connect_url: connect.tunnels.example.com:{https}\n  connect_cas: {ca}\n  dns_resolver_ips: [\"{dns}\"]\n  web_addr: false\nendpoints:\n  - name: app\n    url: https://{endpoint}\n    upstream:\n      url: {up}\n",
+            ca = path("operator-ca.pem").display(),
+            dns = pebble.dns,
+        )
+    };
+    std::fs::write(&agent_yml, agent_config("app.tunnels.example.com")).unwrap();
+    let app = Proc::spawn(&["start", "--all", "--config", agent_yml.to_str().unwrap()]);
+    assert!(app.line_with("Forwarding").contains(&format!("https://app.tunnels.example.com:{https}")));
+    let curl = |host: &str, ca: &std::path::Path| {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(ca)
+            .arg("--resolve")
+            .arg(format!("{host}:{https}:127.0.0.1"))
+            .arg(format!("https://{host}:{https}/"))
+            .output()
+            .unwrap()
+    };
+    let out = curl("app.tunnels.example.com", &path("operator-ca.pem"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the binary test upstream");
+
+    // A custom domain: reserved, proven with its TXT record, then ACME from pebble.
+    let api = |args: &[&str]| {
+        let out = warren().args(args).args(["--api-url", &api_url, "--api-key", &key]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let rd = api(&["api", "reserved-domains", "create", "--domain", "shop.example.org"]);
+    let v = &rd["verification"];
+    let _txt = warren_testkit::Dnsmasq::start(
+        txt_dns,
+        vec![(v["txt_record_name"].as_str().unwrap().into(), v["txt_record_value"].as_str().unwrap().into())],
+    );
+    let verify = format!("{api_url}/reserved_domains/{}/verify", rd["id"].as_str().unwrap());
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-X",
+                "POST",
+                "-H",
+                &format!("Authorization: Bearer {key}"),
+                "-H",
+                "Ngrok-Version: 2",
+            ])
+            .arg(&verify)
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("\"verified\"") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never verified: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let shop_yml = path("shop.yml");
+    std::fs::write(&shop_yml, agent_config("shop.example.org")).unwrap();
+    let shop = Proc::spawn(&["start", "--all", "--config", shop_yml.to_str().unwrap()]);
+    shop.line_with("Forwarding");
+    let root = path("pebble-root.pem");
+    std::fs::write(&root, rt.block_on(pebble.issuing_root())).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let out = curl("shop.example.org", &root);
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the binary test upstream");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no certificate from pebble: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop((app, shop, edge));
+}
