@@ -185,6 +185,15 @@ impl Store {
         .ok_or(StoreError::NotFound("tls certificate"))
     }
 
+    /// Some uploaded certificate of any account, if there is one: for checking at start that
+    /// the master key opens what the store sealed.
+    pub async fn any_uploaded_certificate(&self) -> Result<Option<UploadedCertificate>, StoreError> {
+        let sql = format!("SELECT {UPLOAD_COLUMNS} FROM uploaded_certificates LIMIT 1");
+        Ok(with_db!(self.db, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).fetch_optional(pool).await?.map(|r| upload_row(&r))
+        }))
+    }
+
     /// An account's uploaded certificates, newest first.
     pub async fn list_uploaded_certificates(
         &self,

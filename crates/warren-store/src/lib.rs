@@ -120,6 +120,10 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database server cannot be reached or refuses the connection (where, and the
+    /// innermost reason: the operator's message, with no password from the URL).
+    #[error("cannot reach the database at {0}: {1}")]
+    Unreachable(String, String),
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -215,6 +219,19 @@ impl Store {
 
     /// Connects to PostgreSQL and runs migrations.
     pub async fn open_postgres(opts: PgConnectOptions) -> Result<Store, StoreError> {
+        // One connection first: a server that refuses or does not exist is said at once,
+        // rather than after the pool's acquire timeout.
+        match <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts).await {
+            Ok(c) => sqlx::Connection::close(c).await?,
+            Err(e) => {
+                let mut why: &dyn std::error::Error = &e;
+                while let Some(inner) = why.source() {
+                    why = inner;
+                }
+                let at = format!("{}:{}", opts.get_host(), opts.get_port());
+                return Err(StoreError::Unreachable(at, why.to_string()));
+            }
+        }
         let pool = PgPoolOptions::new().max_connections(8).connect_with(opts).await?;
         let migrator = sqlx::migrate!("migrations/postgres");
         migrate(migrator.run(&pool).await, &migrator)?;

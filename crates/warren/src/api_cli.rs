@@ -59,17 +59,47 @@ pub(crate) fn plan(
         None => (!body.is_empty()).then_some(Value::Object(body)),
     };
     let need_id = || id.with_context(|| format!("`{resource} {op}` needs an id"));
+    // Operations without a body take no fields, except a list's paging: a field they would
+    // not send is refused, not dropped.
+    let no_fields = |allowed: &[&str]| -> anyhow::Result<()> {
+        let given = body.as_ref().and_then(Value::as_object);
+        if let Some(k) = given.and_then(|m| m.keys().find(|k| !allowed.contains(&k.as_str()))) {
+            bail!("`{resource} {op}` takes no --{}", k.replace('_', "-"));
+        }
+        Ok(())
+    };
     Ok(match op {
-        "list" => ("GET", format!("/{resource}"), None),
-        "get" => ("GET", format!("/{resource}/{}", need_id()?), None),
+        "list" => {
+            no_fields(&["limit", "before_id"])?;
+            let mut path = format!("/{resource}");
+            let query: Vec<String> = ["limit", "before_id"]
+                .iter()
+                .filter_map(|k| body.as_ref()?.get(*k)?.as_str().map(|v| format!("{k}={v}")))
+                .collect();
+            if !query.is_empty() {
+                path = format!("{path}?{}", query.join("&"));
+            }
+            ("GET", path, None)
+        }
+        "get" => {
+            no_fields(&[])?;
+            ("GET", format!("/{resource}/{}", need_id()?), None)
+        }
         "create" => ("POST", format!("/{resource}"), Some(body.unwrap_or_else(|| Value::Object(Map::new())))),
         "update" => (
             "PATCH",
             format!("/{resource}/{}", need_id()?),
             Some(body.unwrap_or_else(|| Value::Object(Map::new()))),
         ),
-        "delete" => ("DELETE", format!("/{resource}/{}", need_id()?), None),
-        "stop" | "restart" => ("POST", format!("/{resource}/{}/{op}", need_id()?), None),
+        "delete" | "stop" | "restart" => {
+            no_fields(&[])?;
+            let id = need_id()?;
+            if op == "delete" {
+                ("DELETE", format!("/{resource}/{id}"), None)
+            } else {
+                ("POST", format!("/{resource}/{id}/{op}"), None)
+            }
+        }
         other => bail!("unknown operation {other:?}; use list, get, create, update, delete, stop or restart"),
     })
 }
@@ -176,6 +206,9 @@ pub(crate) fn help(resource: &str, op: &str) -> anyhow::Result<String> {
                 out.push('\n');
             }
         }
+    }
+    if op == "list" {
+        out.push_str("\nPaging (newest first): --limit N, --before-id ID (the last id of the page before)\n");
     }
     out.push_str(&format!("\nOperations on {resource}: {}\n", ops.join(", ")));
     Ok(out)
@@ -292,6 +325,11 @@ mod tests {
         assert!(typo.contains("did you mean credentials?"), "{typo}");
         let typo = plan("reserved-domain", "list", &[]).unwrap_err().to_string();
         assert!(typo.contains("did you mean reserved_domains?"), "{typo}");
+        let (_, p, _) = plan("credentials", "list", &args(&["--limit", "5", "--before-id", "cr_9"])).unwrap();
+        assert_eq!(p, "/credentials?limit=5&before_id=cr_9");
+        let dropped = plan("credentials", "list", &args(&["--description", "x"])).unwrap_err().to_string();
+        assert!(dropped.contains("takes no --description"), "{dropped}");
+        assert!(plan("api_keys", "delete", &args(&["ak_1", "--force", "true"])).is_err());
         let far = plan("zzzz", "list", &[]).unwrap_err().to_string();
         assert!(far.contains("the resources are:") && far.contains("ip_policies"), "{far}");
     }

@@ -779,6 +779,13 @@ async fn edge(args: EdgeArgs, log_level_pinned: bool) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
 
     let prepared = warren_edge::bootstrap::prepare(&config).await.context("preparing the data directory")?;
+    // Refused before anything listens, rather than failing every handshake later.
+    let key_file = config.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key"));
+    let master_key = warren_edge::sealed::MasterKey::load(&key_file)
+        .with_context(|| format!("the master key ({})", key_file.display()))?;
+    if let Some(problem) = master_key_problem(&key_file, &master_key, &prepared.store).await {
+        bail!("{problem}");
+    }
     let ca = prepared.tls.ca_cert_path.clone();
     let edge = warren_edge::Edge::start(config.clone(), prepared.store, prepared.tls).await?;
     let connect = format!("localhost:{}", edge.connect_addr.port());
@@ -935,15 +942,10 @@ async fn check_edge(config: &EdgeConfig) -> anyhow::Result<()> {
         Ok(store) => {
             // A master key that cannot open what the store holds would fail every TLS
             // handshake of those names: try one sealed key.
-            if let (Some(key), Ok(certs)) = (&master_key, store.all_certificates().await)
-                && let Some(c) = certs.first()
-                && key.open(&c.domain, &c.key_sealed).is_err()
+            if let Some(key) = &master_key
+                && let Some(problem) = master_key_problem(&key_file, key, &store).await
             {
-                problems.push(format!(
-                    "master key ({}): it cannot open the keys in the store (the certificate of {} was sealed with another key)",
-                    key_file.display(),
-                    c.domain
-                ));
+                problems.push(problem);
             }
         }
         Err(e) => problems.push(format!("store: {e}")),
@@ -967,6 +969,29 @@ async fn check_edge(config: &EdgeConfig) -> anyhow::Result<()> {
         return Ok(());
     }
     bail!("{} problem(s):\n  {}", problems.len(), problems.join("\n  "));
+}
+
+/// A master key that cannot open what the store holds would fail every TLS handshake of the
+/// names whose keys it sealed: tried on one sealed key.
+async fn master_key_problem(
+    key_file: &std::path::Path,
+    key: &warren_edge::sealed::MasterKey,
+    store: &warren_edge::Store,
+) -> Option<String> {
+    // An ACME certificate's key is sealed under its domain, an uploaded one's under its id.
+    let acme = store.all_certificates().await.ok()?.into_iter().next().map(|c| (c.domain, c.key_sealed));
+    let uploaded =
+        || async { store.any_uploaded_certificate().await.ok().flatten().map(|c| (c.id, c.key_sealed)) };
+    let (label, sealed) = match acme {
+        Some(found) => found,
+        None => uploaded().await?,
+    };
+    key.open(&label, &sealed).is_err().then(|| {
+        format!(
+            "master key ({}): it cannot open the keys in the store (that of certificate {label} was sealed with another key); use the master key of the edge that wrote the store (WARREN_MASTER_KEY or --master-key-file)",
+            key_file.display()
+        )
+    })
 }
 
 /// Whether stdout is systemd's journal: `JOURNAL_STREAM` names its device and inode (the
