@@ -91,7 +91,7 @@ pub(crate) fn plan(
             format!("/{resource}/{}", need_id()?),
             Some(body.unwrap_or_else(|| Value::Object(Map::new()))),
         ),
-        "delete" | "stop" | "restart" => {
+        "delete" | "stop" | "restart" | "verify" => {
             no_fields(&[])?;
             let id = need_id()?;
             if op == "delete" {
@@ -100,7 +100,11 @@ pub(crate) fn plan(
                 ("POST", format!("/{resource}/{id}/{op}"), None)
             }
         }
-        other => bail!("unknown operation {other:?}; use list, get, create, update, delete, stop or restart"),
+        other => {
+            bail!(
+                "unknown operation {other:?}; use list, get, create, update, delete, stop, restart or verify"
+            )
+        }
     })
 }
 
@@ -216,7 +220,7 @@ pub(crate) fn help(resource: &str, op: &str) -> anyhow::Result<String> {
 
 /// The operations `warren api` can call on a resource.
 fn available_ops(doc: &Value, resource: &str) -> Vec<&'static str> {
-    ["list", "get", "create", "update", "delete", "stop", "restart"]
+    ["list", "get", "create", "update", "delete", "stop", "restart", "verify"]
         .into_iter()
         .filter(|op| {
             op_route(resource, op).is_some_and(|(m, p)| doc["paths"][&p][m.to_ascii_lowercase()].is_object())
@@ -232,7 +236,7 @@ fn op_route(resource: &str, op: &str) -> Option<(&'static str, String)> {
         "create" => ("POST", format!("/{resource}")),
         "update" => ("PATCH", format!("/{resource}/{{id}}")),
         "delete" => ("DELETE", format!("/{resource}/{{id}}")),
-        "stop" | "restart" => ("POST", format!("/{resource}/{{id}}/{op}")),
+        "stop" | "restart" | "verify" => ("POST", format!("/{resource}/{{id}}/{op}")),
         _ => return None,
     })
 }
@@ -330,6 +334,12 @@ mod tests {
         let dropped = plan("credentials", "list", &args(&["--description", "x"])).unwrap_err().to_string();
         assert!(dropped.contains("takes no --description"), "{dropped}");
         assert!(plan("api_keys", "delete", &args(&["ak_1", "--force", "true"])).is_err());
+        assert_eq!(
+            plan("reserved-domains", "verify", &args(&["rd_1"])).unwrap().1,
+            "/reserved_domains/rd_1/verify"
+        );
+        let h = help("reserved_domains", "verify").unwrap();
+        assert!(h.contains("POST /reserved_domains/ID/verify"), "{h}");
         let far = plan("zzzz", "list", &[]).unwrap_err().to_string();
         assert!(far.contains("the resources are:") && far.contains("ip_policies"), "{far}");
     }

@@ -61,7 +61,7 @@ enum Command {
         /// hyphenated spelling, like reserved-domains, works too).
         #[arg(required_unless_present = "help")]
         resource: Option<String>,
-        /// list, get, create, update, delete, stop, restart.
+        /// list, get, create, update, delete, stop, restart, verify (a reserved domain's TXT record).
         #[arg(required_unless_present = "help")]
         op: Option<String>,
         /// An id, then fields as `--name value` (repeat for lists) or `--data JSON`.

@@ -230,6 +230,7 @@ Wants=network-online.target
 [Service]
 Type=exec
 ExecStart={exec}
+ExecReload=/bin/kill -HUP $MAINPID
 LoadCredential=edge.yml:{config}
 Environment=WARREN_DATA_DIR=%S/{name}
 StateDirectory={name}

@@ -1503,20 +1503,12 @@ fn the_deploy_recipe_runs_on_loopback_against_pebble() {
         txt_dns,
         vec![(v["txt_record_name"].as_str().unwrap().into(), v["txt_record_value"].as_str().unwrap().into())],
     );
-    let verify = format!("{api_url}/reserved_domains/{}/verify", rd["id"].as_str().unwrap());
+    // Verified as soon as dnsmasq answers (it may still be starting).
+    let rd_id = rd["id"].as_str().unwrap().to_owned();
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "-X",
-                "POST",
-                "-H",
-                &format!("Authorization: Bearer {key}"),
-                "-H",
-                "Ngrok-Version: 2",
-            ])
-            .arg(&verify)
+        let out = warren()
+            .args(["api", "reserved-domains", "verify", &rd_id, "--api-url", &api_url, "--api-key", &key])
             .output()
             .unwrap();
         if String::from_utf8_lossy(&out.stdout).contains("\"verified\"") {
@@ -1525,7 +1517,7 @@ fn the_deploy_recipe_runs_on_loopback_against_pebble() {
         assert!(
             std::time::Instant::now() < deadline,
             "never verified: {}",
-            String::from_utf8_lossy(&out.stdout)
+            String::from_utf8_lossy(&out.stderr)
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -176,6 +176,7 @@ fn install_edge_writes_a_unit_that_binds_low_ports_with_one_capability() {
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE".into(),
         "LimitNOFILE=1048576".into(),
         "KillSignal=SIGTERM".into(),
+        "ExecReload=/bin/kill -HUP $MAINPID".into(),
         "NoNewPrivileges=yes".into(),
         "ProtectSystem=strict".into(),
     ] {
