@@ -69,9 +69,8 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, sche
                     let io = Deadline::new(tcp, limits.first_byte_timeout, limits.idle_timeout);
                     serve(shared, io, remote, local, scheme, None).await
                 }
-                Scheme::Https => front(shared, tcp, remote).await,
+                Scheme::Https => front(shared, tcp, remote, permit).await,
             }
-            drop(permit);
         });
     }
 }
@@ -79,7 +78,12 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, sche
 /// The shared TLS port: the ClientHello's SNI picks the path before anything is terminated.
 /// A connect hostname is an agent session, a `tls://` endpoint's name is passed through, and
 /// everything else is https terminated here.
-async fn front(shared: Arc<Shared>, mut tcp: TcpStream, remote: SocketAddr) {
+async fn front(
+    shared: Arc<Shared>,
+    mut tcp: TcpStream,
+    remote: SocketAddr,
+    visitor_permit: crate::conn_limit::ConnPermit,
+) {
     let limit = shared.config.limits.handshake_timeout;
     let hello = match tokio::time::timeout(limit, crate::tls_front::read_hello(&mut tcp)).await {
         Ok(Ok(h)) => h,
@@ -109,6 +113,8 @@ async fn front(shared: Arc<Shared>, mut tcp: TcpStream, remote: SocketAddr) {
         let Ok(_session_permit) = shared.session_limit.try_acquire(remote.ip()) else {
             return tracing::warn!(%remote, "session limit (in all or for this address) reached; closing");
         };
+        // Not a visitor: a shutdown does not wait for it to drain (it is told last).
+        drop(visitor_permit);
         let io = crate::tls_front::Rewind::new(hello.buffered, tcp);
         return crate::session::serve_agent(shared, io, remote).await;
     }

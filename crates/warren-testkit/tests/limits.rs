@@ -173,3 +173,18 @@ async fn visitor_request_headers_beyond_256_kib_are_refused() {
 // - verify-webhook body: traffic_policy.rs; policy cost: traffic_policy.rs and warren-policy;
 // - API rate limit: api.rs; proxy header and PROXY protocol sizes: proxy_protocol.rs;
 // - inspector limits: inspector.rs.
+
+/// The drain at shutdown waits for visitors only: an agent session on the shared TLS port
+/// (by its connect name) is not a visitor, and is told last, so an edge with one stops at once
+/// rather than after `drain_timeout`.
+#[tokio::test]
+async fn the_shutdown_drain_does_not_wait_for_agent_sessions_on_the_shared_port() {
+    let mut edge = TestEdge::start_with(|c| {
+        c.limits.drain_timeout = Duration::from_secs(60);
+        c.limits.auth_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let session = tls_connect(edge.https_addr(), "connect.warren.localhost", &edge.ca_pem, &[]).await;
+    within("the edge stops without waiting for the agent session", edge.stop()).await;
+    drop(session);
+}
