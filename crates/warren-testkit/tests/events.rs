@@ -568,7 +568,8 @@ class H(BaseHTTPRequestHandler):
             for sl in rl.scope_logs:
                 for r in sl.log_records:
                     attrs = {a.key: a.value.string_value for a in r.attributes}
-                    print(json.dumps({"path": self.path, "service": service, "scope": sl.scope.name,
+                    print(json.dumps({"path": self.path, "auth": self.headers.get("Authorization"),
+                        "tenant": self.headers.get("X-Scope-OrgID"), "service": service, "scope": sl.scope.name,
                         "time": r.time_unix_nano, "severity": r.severity_number, "attrs": attrs,
                         "body": json.loads(r.body.string_value)}), flush=True)
         self.send_response(200)
@@ -594,8 +595,27 @@ s.serve_forever()
     let port: u16 = within("the receiver's port", lines.next_line()).await.unwrap().unwrap().parse().unwrap();
 
     let edge = TestEdge::start().await;
-    let target = json!({"otlp": {"url": format!("http://127.0.0.1:{port}/v1/logs")}});
-    subscribe(&edge, target, json!([{"type": "http_request_complete.v0"}])).await;
+    // A collector that wants a bearer token and a tenant: the values are kept sealed, shown
+    // masked, and sent with every batch.
+    let headers = json!({"Authorization": "Bearer otlp-collector-token", "X-Scope-OrgID": "team-a"});
+    let target = json!({"otlp": {"url": format!("http://127.0.0.1:{port}/v1/logs"), "headers": headers}});
+    let (dest, _) = subscribe(&edge, target, json!([{"type": "http_request_complete.v0"}])).await;
+    let shown = dest["target"]["otlp"]["headers"].clone();
+    assert_eq!(shown, json!({"authorization": "********", "x-scope-orgid": "********"}), "{dest}");
+    assert!(!dest.to_string().contains("otlp-collector-token"), "{dest}");
+    for bad in [
+        json!({"Host": "x"}),
+        json!({"Content-Type": "text/plain"}),
+        json!({"bad header": "x"}),
+        json!({"a": 1}),
+    ] {
+        let body =
+            json!({"target": {"otlp": {"url": format!("http://127.0.0.1:{port}/v1/logs"), "headers": bad}}});
+        let (s, _, e) =
+            edge.api("POST", "/event_destinations", Some(edge.api_key.as_str()), Some(body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {e}");
+        assert!(e["msg"].as_str().unwrap().contains("target.otlp.headers"), "{e}");
+    }
     let up = HttpUpstream::start().await;
     let mut agent = Agent::start(edge.agent_with(EndpointConfig::http(&up.url(), None).unwrap()));
     let urls = within("online", agent.wait_online()).await.unwrap();
@@ -610,6 +630,10 @@ s.serve_forever()
     }
     for (rec, (path, status)) in got.iter().zip([("/a", 200), ("/status/503", 503)]) {
         assert_eq!(rec["path"], "/v1/logs");
+        assert_eq!(
+            (rec["auth"].as_str(), rec["tenant"].as_str()),
+            (Some("Bearer otlp-collector-token"), Some("team-a"))
+        );
         assert_eq!((rec["service"].as_str(), rec["scope"].as_str()), (Some("warren"), Some("warren.events")));
         assert_eq!(rec["attrs"]["event.name"], "http_request_complete.v0", "{rec}");
         assert_eq!(rec["attrs"]["event.id"], rec["body"]["event_id"]);

@@ -921,6 +921,10 @@ fn schemas() -> Map<String, Value> {
             }},
             "otlp": {"type": "object", "additionalProperties": false, "required": ["url"], "properties": {
                 "url": doc(string(), "An OTLP/HTTP logs endpoint (…/v1/logs); the same address rules as webhooks."),
+                "headers": doc(
+                    json!({"type": "object", "additionalProperties": {"type": "string"}}),
+                    "Headers sent with every batch (a collector's Authorization, a tenant id), at most 16; kept sealed, shown with masked values.",
+                ),
             }},
             "nats": {"type": "object", "additionalProperties": false, "required": ["url", "subject"], "properties": {
                 "url": doc(string(), "nats://host[:port]; credentials go in `token`."),

@@ -372,10 +372,26 @@ pub(super) async fn send(
                 s => Err(SendError::Unavailable(format!("{url} answered {s}"))),
             }
         }
-        Target::Otlp { url } => {
+        Target::Otlp { url, .. } => {
             let body = serde_json::to_vec(&otlp_logs(batch)).expect("JSON");
-            let post =
-                crate::idp::Post { body: body.into(), content_type: "application/json", headers: Vec::new() };
+            // The collector's headers, kept sealed: opened for each batch, never logged.
+            let mut headers = Vec::new();
+            if let Some(sealed) = d.secret_sealed.as_deref() {
+                let opened = shared.master_key.open(super::SECRET_LABEL, sealed).map_err(|_| {
+                    SendError::Unavailable(
+                        "the OTLP headers cannot be opened with this edge's master key".into(),
+                    )
+                })?;
+                let map: serde_json::Map<String, Value> = serde_json::from_slice(&opened)
+                    .map_err(|_| SendError::Unavailable("the stored OTLP headers are unreadable".into()))?;
+                for (name, value) in map {
+                    if let (Ok(n), Some(v)) = (http::HeaderName::from_bytes(name.as_bytes()), value.as_str())
+                    {
+                        headers.push((n, v.to_owned()));
+                    }
+                }
+            }
+            let post = crate::idp::Post { body: body.into(), content_type: "application/json", headers };
             let reach = crate::idp::Reach {
                 loopback: shared.config.events.allow_loopback,
                 private: shared.config.events.allow_private_networks,

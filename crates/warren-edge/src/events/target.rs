@@ -24,6 +24,11 @@ pub(crate) enum Target {
     Otlp {
         /// The logs endpoint, e.g. `https://collector:4318/v1/logs`.
         url: String,
+        /// Names of the headers sent with every batch (a collector's `Authorization`, a
+        /// tenant header); shown, their values never.
+        header_names: Vec<String>,
+        /// The headers as a JSON object (only while creating; the store keeps it sealed).
+        headers: Option<String>,
     },
     /// Publishes each event as a message on a NATS subject, acknowledged by JetStream when
     /// `jetstream`.
@@ -98,10 +103,17 @@ impl Target {
                 Ok(Target::File { name: name.to_owned(), max_bytes, max_files })
             }
             "otlp" => {
-                known_keys(kind, body, &["url"])?;
+                known_keys(kind, body, &["url", "headers"])?;
                 let url = body.get("url").and_then(Value::as_str).ok_or("target.otlp.url is required")?;
                 check_webhook_url(url, config)?;
-                Ok(Target::Otlp { url: url.to_owned() })
+                let headers = match body.get("headers") {
+                    None | Some(Value::Null) => serde_json::Map::new(),
+                    Some(Value::Object(h)) => h.clone(),
+                    Some(_) => return Err("target.otlp.headers: an object of header names to values".into()),
+                };
+                let header_names = check_headers(&headers)?;
+                let headers = (!headers.is_empty()).then(|| Value::Object(headers).to_string());
+                Ok(Target::Otlp { url: url.to_owned(), header_names, headers })
             }
             "nats" => {
                 known_keys(kind, body, &["url", "subject", "jetstream", "token"])?;
@@ -141,7 +153,16 @@ impl Target {
             return Some(Target::Webhook { url: w.get("url")?.as_str()?.to_owned(), secret: None });
         }
         if let Some(o) = v.get("otlp") {
-            return Some(Target::Otlp { url: o.get("url")?.as_str()?.to_owned() });
+            let header_names = o
+                .get("headers")
+                .and_then(Value::as_object)
+                .map(|h| h.keys().cloned().collect())
+                .unwrap_or_default();
+            return Some(Target::Otlp {
+                url: o.get("url")?.as_str()?.to_owned(),
+                header_names,
+                headers: None,
+            });
         }
         if let Some(n) = v.get("nats") {
             return Some(Target::Nats {
@@ -166,7 +187,14 @@ impl Target {
             Target::Nats { url, subject, jetstream, .. } => {
                 json!({"nats": {"url": url, "subject": subject, "jetstream": jetstream}})
             }
-            Target::Otlp { url } => json!({"otlp": {"url": url}}),
+            Target::Otlp { url, header_names, .. } if header_names.is_empty() => {
+                json!({"otlp": {"url": url}})
+            }
+            Target::Otlp { url, header_names, .. } => {
+                let masked: serde_json::Map<String, Value> =
+                    header_names.iter().map(|n| (n.clone(), Value::String("********".into()))).collect();
+                json!({"otlp": {"url": url, "headers": masked}})
+            }
             Target::File { name, max_bytes, max_files } => {
                 json!({"file": {"name": name, "max_bytes": max_bytes, "max_files": max_files}})
             }
@@ -178,7 +206,8 @@ impl Target {
         match self {
             Target::Webhook { secret, .. } => secret.as_deref(),
             Target::Nats { token, .. } => token.as_deref(),
-            Target::File { .. } | Target::Otlp { .. } => None,
+            Target::Otlp { headers, .. } => headers.as_deref(),
+            Target::File { .. } => None,
         }
     }
 
@@ -187,6 +216,39 @@ impl Target {
     pub(crate) fn shows_secret(&self) -> bool {
         matches!(self, Target::Webhook { .. })
     }
+}
+
+/// Headers a destination may add: at most 16, valid names and values, none that HTTP or the
+/// edge itself sets. Returns the names, lowercase.
+fn check_headers(headers: &serde_json::Map<String, Value>) -> Result<Vec<String>, String> {
+    const RESERVED: [&str; 8] = [
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "upgrade",
+        "keep-alive",
+    ];
+    if headers.len() > 16 {
+        return Err("target.otlp.headers: at most 16".into());
+    }
+    let mut names = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        if http::HeaderName::from_bytes(lower.as_bytes()).is_err() || RESERVED.contains(&lower.as_str()) {
+            return Err(format!("target.otlp.headers: {name:?} is not a header a destination may set"));
+        }
+        match value {
+            Value::String(v) if v.len() <= 4096 && http::HeaderValue::from_str(v).is_ok() => {}
+            _ => {
+                return Err(format!("target.otlp.headers.{name}: a header value (text, at most 4096 bytes)"));
+            }
+        }
+        names.push(lower);
+    }
+    Ok(names)
 }
 
 fn known_keys(kind: &str, body: &serde_json::Map<String, Value>, known: &[&str]) -> Result<(), String> {
@@ -299,7 +361,10 @@ mod tests {
             (json!({"kinesis": {"stream_arn": "x"}}), "does not deliver to kinesis"),
             (json!({"nats": {"url": "nats://u:p@127.0.0.1:4222", "subject": "a"}}), "token"),
             (json!({"otlp": {"url": "http://10.0.0.1:4318/v1/logs"}}), "must be https"),
-            (json!({"otlp": {"url": "http://127.0.0.1:4318/v1/logs", "headers": {}}}), "otlp.headers"),
+            (
+                json!({"otlp": {"url": "http://127.0.0.1:4318/v1/logs", "headers": {"Host": "x"}}}),
+                "otlp.headers",
+            ),
             (json!({"nats": {"url": "nats://127.0.0.1:4222", "subject": "a.*"}}), "wildcards"),
             (json!({"nats": {"url": "nats://127.0.0.1:8443", "subject": "a"}}), "own listeners"),
             (json!({"nats": {"url": "nats://127.0.0.1:4222"}}), "subject is required"),
