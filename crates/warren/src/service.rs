@@ -206,6 +206,24 @@ fn write_and_enable(ctl: &Systemctl, path: &Path, name: &str, text: &str, force:
     Ok(())
 }
 
+/// The restart policy and sandbox every unit warren writes has (agent and edge alike).
+const SANDBOX: &str = "Restart=on-failure
+RestartSec=5s
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictNamespaces=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+";
+
 /// Open files the edge may need: every visitor and agent connection is one (see
 /// docs/LIMITS.md for the connection limits), with room for the store and listeners.
 const EDGE_NOFILE: u32 = 1_048_576;
@@ -242,22 +260,7 @@ CapabilityBoundingSet=CAP_NET_BIND_SERVICE
 LimitNOFILE={EDGE_NOFILE}
 KillSignal=SIGTERM
 TimeoutStopSec=30s
-Restart=on-failure
-RestartSec=5s
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
-RestrictNamespaces=yes
-LockPersonality=yes
-SystemCallArchitectures=native
-
+{SANDBOX}
 [Install]
 WantedBy=multi-user.target
 "
@@ -355,22 +358,7 @@ Type=exec
 ExecStart={exec}
 {creds}DynamicUser=yes
 User={name}
-Restart=on-failure
-RestartSec=5s
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
-RestrictNamespaces=yes
-LockPersonality=yes
-SystemCallArchitectures=native
-CapabilityBoundingSet=
+{SANDBOX}CapabilityBoundingSet=
 
 [Install]
 WantedBy=multi-user.target
