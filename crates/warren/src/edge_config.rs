@@ -1,7 +1,7 @@
 //! `warren edge --config FILE`: every `warren edge` flag as a key of a YAML file
 //! (`connect_addr: 0.0.0.0:4443`, `trusted_proxy: [10.0.0.0/8]`, `no_http: true`), so an edge
-//! runs as a service from one file. The file is read once, before the flags are parsed: its
-//! settings go in front of the command line's, so a flag or `WARREN_*` variable wins over the
+//! runs as a service from one file. The file is read once, before the flags are parsed: a key
+//! whose flag the command line or a `WARREN_*` variable set is skipped, so those win over the
 //! file (a repeatable flag given on the command line replaces the file's list). Keys are the
 //! flags' names, with `_` or `-`. Unknown keys, wrong types and values a flag would refuse are
 //! reported together, each with the file, line and column, and the edge does not start.
@@ -18,7 +18,7 @@ use serde_json::Value;
 /// do with them).
 const NOT_SETTINGS: [&str; 3] = ["config", "check", "help"];
 
-/// The command line with the file's settings put in front of the edge's own flags: `argv` is
+/// The command line with the file's settings added as flags it did not set: `argv` is
 /// the whole command line, `edge` the `warren edge` command (for its flags) and `matches`
 /// what the command line alone gave (to know which flags it set).
 pub(crate) fn merged_args(
@@ -121,11 +121,11 @@ pub(crate) fn merged_args(
     if !problems.is_empty() {
         bail!("{}", problems.join("\n"));
     }
-    // Right after the `edge` word: before the command line's own flags, which override.
-    let at = argv.iter().position(|a| a == "edge").map_or(argv.len(), |i| i + 1);
-    let mut out = argv[..at].to_vec();
+    // The edge takes no positional arguments, and no key the command line set is here, so
+    // the file's flags can simply follow (no need to find where `edge` was typed, which a
+    // global flag's value could also spell).
+    let mut out = argv.to_vec();
     out.extend(from_file);
-    out.extend_from_slice(&argv[at..]);
     Ok(out)
 }
 

@@ -568,7 +568,7 @@ fn run_cli() -> anyhow::Result<()> {
     let mut cli = Cli::parse_from(&argv);
     // Whether the command line or WARREN_LOG set the log level (then a reload keeps it).
     let log_level_pinned = cli.log_level.is_some();
-    // `warren edge --config FILE`: the file's settings go in front of the command line's.
+    // `warren edge --config FILE`: the file's settings, under the command line's.
     if let Command::Edge(args) = &cli.command
         && let Some(file) = args.config.clone()
     {
