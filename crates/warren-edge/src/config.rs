@@ -40,6 +40,13 @@ pub struct EdgeConfig {
     pub tcp_host: String,
     /// Ports tcp endpoints are allocated from.
     pub tcp_ports: RangeInclusive<u16>,
+    /// Where this node takes relay links from the other nodes of its cluster (needs
+    /// `database_url`); `None`: it neither relays nor is relayed to, and visitors reaching it
+    /// for another node's endpoints get 404.
+    pub cluster_addr: Option<SocketAddr>,
+    /// The address other nodes dial for `cluster_addr` (`host:port`), when that is not
+    /// what the listener bound (0.0.0.0, a NAT).
+    pub cluster_advertise: Option<String>,
     /// How often the edge sends heartbeats to each agent.
     pub heartbeat_interval: Duration,
     /// How long a heartbeat may go unanswered before the session is dropped.
@@ -325,6 +332,8 @@ impl EdgeConfig {
             tcp_bind_ip: lo,
             tcp_host: "localhost".into(),
             tcp_ports: 20000..=29999,
+            cluster_addr: None,
+            cluster_advertise: None,
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_tolerance: Duration::from_secs(15),
             trusted_proxies: Vec::new(),
@@ -405,6 +414,17 @@ impl EdgeConfig {
                 "tcp_ports {:?} must be a non-empty range of non-zero ports",
                 self.tcp_ports
             ));
+        }
+        if self.cluster_addr.is_some() && self.database_url.is_none() {
+            return Err(
+                "cluster_addr needs database_url: the nodes of a cluster share one PostgreSQL database"
+                    .into(),
+            );
+        }
+        if let Some(a) = &self.cluster_advertise
+            && (a.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()))
+        {
+            return Err(format!("cluster_advertise {a:?} is not host:port"));
         }
         if self.heartbeat_interval.is_zero() || self.heartbeat_tolerance.is_zero() {
             return Err("heartbeat interval and tolerance must be positive".into());

@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use warren_proto::error_codes as codes;
 
 use crate::Shared;
+use crate::cluster::RemoteRoute;
 use crate::deadline::Deadline;
 use crate::endpoint_tls::{CERT_HEADER_PREFIX, ClientCert};
 use crate::ingress_tcp::COPY_BUF;
@@ -67,7 +68,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, sche
                     let local = tcp.local_addr().unwrap_or(remote);
                     let limits = &shared.config.limits;
                     let io = Deadline::new(tcp, limits.first_byte_timeout, limits.idle_timeout);
-                    serve(shared, io, remote, local, scheme, None).await
+                    serve(shared, io, remote, local, scheme, None, false).await
                 }
                 Scheme::Https => front(shared, tcp, remote, permit).await,
             }
@@ -76,8 +77,9 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, sche
 }
 
 /// The shared TLS port: the ClientHello's SNI picks the path before anything is terminated.
-/// A connect hostname is an agent session, a `tls://` endpoint's name is passed through, and
-/// everything else is https terminated here.
+/// A connect hostname is an agent session, a `tls://` endpoint's name is passed through, a
+/// name another node of the cluster holds is relayed there whole, and everything else is
+/// https terminated here.
 async fn front(
     shared: Arc<Shared>,
     mut tcp: TcpStream,
@@ -118,9 +120,85 @@ async fn front(
         let io = crate::tls_front::Rewind::new(hello.buffered, tcp);
         return crate::session::serve_agent(shared, io, remote).await;
     }
+    let local = tcp.local_addr().unwrap_or(remote);
     if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Tls, name.clone())) {
-        return crate::ingress_tcp::pass_tls(&shared, &ep, hello.buffered, &name, tcp, remote).await;
+        return crate::ingress_tcp::pass_tls(&shared, &ep, hello.buffered, &name, tcp, remote, local).await;
     }
+    if shared.registry.lookup(&EndpointKey::Host(Proto::Https, name.clone())).is_none()
+        && let Some(cluster) = &shared.cluster
+        && let Some(route) = cluster
+            .routes
+            .lookup(&EndpointKey::Host(Proto::Tls, name.clone()))
+            .or_else(|| cluster.routes.lookup(&EndpointKey::Host(Proto::Https, name.clone())))
+    {
+        // Another node holds it: the connection goes there whole (its TLS settings, its
+        // certificate checks), ClientHello first.
+        use tokio::io::AsyncWriteExt;
+        let open = crate::cluster::RelayOpen::Tls {
+            endpoint_id: route.endpoint_id.clone(),
+            sni: name.clone(),
+            client: remote,
+            local,
+        };
+        let mut s = match cluster.open(&route, &open).await {
+            Ok(s) => s,
+            Err(e) => {
+                return tracing::debug!(%remote, sni = %name, error = %e, "could not relay a TLS visitor");
+            }
+        };
+        if s.write_all(&hello.buffered).await.is_ok() {
+            drop(hello);
+            let _ = warren_mux::splice::splice(&mut tcp, &mut s).await;
+        }
+        return;
+    }
+    let io = crate::tls_front::Rewind::new(hello.buffered, tcp);
+    terminate(shared, io, remote, local, name, false).await
+}
+
+/// A TLS connection another node relayed here (its SNI names an endpoint of this node):
+/// passed through or terminated as if it had reached this node's TLS port, but never handed
+/// to an agent session or relayed again.
+pub(crate) async fn front_relayed(
+    shared: Arc<Shared>,
+    mut s: warren_mux::Stream,
+    client: SocketAddr,
+    local: SocketAddr,
+    sni: &str,
+    endpoint_id: &str,
+) {
+    let limit = shared.config.limits.handshake_timeout;
+    let hello = match tokio::time::timeout(limit, crate::tls_front::read_hello(&mut s)).await {
+        Ok(Ok(h)) => h,
+        _ => return tracing::debug!(%client, "relayed visitor: no usable ClientHello"),
+    };
+    let name = hello.server_name.clone().unwrap_or_default();
+    if name != sni {
+        // The header named one endpoint and the hello another: serve neither.
+        return tracing::warn!(%client, header = %sni, hello = %name, "refused a relayed TLS visitor whose ClientHello names another endpoint");
+    }
+    if let Some(ep) =
+        shared.registry.lookup(&EndpointKey::Host(Proto::Tls, name.clone())).filter(|e| e.id == endpoint_id)
+    {
+        return crate::ingress_tcp::pass_tls(&shared, &ep, hello.buffered, &name, s, client, local).await;
+    }
+    let io = crate::tls_front::Rewind::new(hello.buffered, s);
+    terminate(shared, io, client, local, name, true).await
+}
+
+/// Terminates TLS with the SNI's endpoint's own settings (or the edge's default) and serves
+/// the https connection.
+async fn terminate<IO>(
+    shared: Arc<Shared>,
+    io: IO,
+    remote: SocketAddr,
+    local: SocketAddr,
+    name: String,
+    relayed: bool,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limit = shared.config.limits.handshake_timeout;
     // An endpoint with its own TLS settings (versions, mutual TLS) gets its own config. The
     // connection remembers which config it was made with: requests on it reach only endpoints
     // with that same config (see `handle`).
@@ -130,8 +208,6 @@ async fn front(
         Some(cfg) => tokio_rustls::TlsAcceptor::from(cfg.clone()),
         None => shared.https_tls.clone(),
     };
-    let local = tcp.local_addr().unwrap_or(remote);
-    let io = crate::tls_front::Rewind::new(hello.buffered, tcp);
     match tokio::time::timeout(limit, acceptor.accept(io)).await {
         Ok(Ok(tls_io)) => {
             let c = tls_io.get_ref().1;
@@ -157,11 +233,25 @@ async fn front(
             let tls = HttpsConn { config: endpoint_tls, client_cert: cert, info };
             let limits = &shared.config.limits;
             let io = Deadline::new(tls_io, limits.first_byte_timeout, limits.idle_timeout);
-            serve(shared, io, remote, local, Scheme::Https, Some(tls)).await
+            serve(shared, io, remote, local, Scheme::Https, Some(tls), relayed).await
         }
         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "visitor TLS handshake failed"),
         Err(_) => tracing::debug!(%remote, "visitor TLS handshake timed out"),
     }
+}
+
+/// HTTP/1.1 requests another node relayed here for one of this node's plain-http
+/// endpoints, served as if the visitor had reached this node's http listener.
+pub(crate) async fn serve_relayed(
+    shared: Arc<Shared>,
+    s: warren_mux::Stream,
+    client: SocketAddr,
+    local: SocketAddr,
+    _ep: Arc<Endpoint>,
+) {
+    let limits = &shared.config.limits;
+    let io = Deadline::new(s, limits.first_byte_timeout, limits.idle_timeout);
+    serve(shared, io, client, local, Scheme::Http, None, true).await
 }
 
 /// What an https visitor connection was accepted with.
@@ -185,7 +275,11 @@ struct Visitor {
     scheme: Scheme,
     /// `None` for plain http.
     tls: Option<HttpsConn>,
+    /// Another node relayed this connection: its requests are served here or not at all.
+    relayed: bool,
     pool: Mutex<Vec<(Arc<Endpoint>, SendRequest<Incoming>)>>,
+    /// Relay streams to other nodes (plain http to endpoints they hold), by route.
+    relay_pool: Mutex<Vec<(Arc<RemoteRoute>, SendRequest<Incoming>)>>,
 }
 
 async fn serve<IO>(
@@ -195,12 +289,22 @@ async fn serve<IO>(
     local: SocketAddr,
     scheme: Scheme,
     tls: Option<HttpsConn>,
+    relayed: bool,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let remote_ip =
         HeaderValue::from_str(&remote.ip().to_string()).expect("an IP address is a valid header value");
-    let visitor = Arc::new(Visitor { remote, remote_ip, local, scheme, tls, pool: Mutex::new(Vec::new()) });
+    let visitor = Arc::new(Visitor {
+        remote,
+        remote_ip,
+        local,
+        scheme,
+        tls,
+        relayed,
+        pool: Mutex::new(Vec::new()),
+        relay_pool: Mutex::new(Vec::new()),
+    });
     let svc = {
         let shared = shared.clone();
         service_fn(move |req| {
@@ -349,6 +453,28 @@ async fn handle(
                 Err(closed)
             }
         };
+    }
+    if let Some(cluster) = shared.cluster.as_ref().filter(|_| !visitor.relayed) {
+        if let Some(route) = cluster.routes.lookup(&EndpointKey::Host(proto, host.clone())) {
+            if visitor.scheme == Scheme::Https {
+                // The TLS handshake was made here, for another name; the endpoint's own
+                // node must make it (its certificate checks, its TLS versions).
+                return Ok(page(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    &format!(
+                        "{host} is served by another node; connect with its name as the TLS server name (SNI)."
+                    ),
+                    codes::MISDIRECTED,
+                ));
+            }
+            return Ok(relay_request(shared, cluster, visitor, &route, &host, req).await);
+        }
+        if visitor.scheme == Scheme::Http
+            && shared.registry.lookup(&EndpointKey::Host(Proto::Https, host.clone())).is_none()
+            && cluster.routes.lookup(&EndpointKey::Host(Proto::Https, host.clone())).is_some()
+        {
+            return Ok(https_redirect(shared, &host, &req));
+        }
     }
     if visitor.scheme == Scheme::Http
         && let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Https, host.clone()))
@@ -540,6 +666,121 @@ async fn proxy(
         };
     }
     Ok(resp.map(|b| b.boxed()))
+}
+
+/// Sends a plain-http request on to the node holding its endpoint, over a relay stream kept
+/// for this visitor connection; that node runs the endpoint's policies and adds the
+/// forwarding headers, so the request leaves here as the visitor sent it (hop-by-hop headers
+/// aside).
+async fn relay_request(
+    shared: &Shared,
+    cluster: &crate::cluster::Cluster,
+    visitor: &Visitor,
+    route: &Arc<RemoteRoute>,
+    host: &str,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let upgrade = is_upgrade(req.headers()) && req.version() <= Version::HTTP_11;
+    let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let original_host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| parts.headers.get(header::HOST).cloned());
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(h) = original_host {
+        parts.headers.insert(header::HOST, h);
+    }
+    parts.uri = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    parts.version = Version::HTTP_11;
+    let mut sender = match take_relay_sender(cluster, visitor, route, host).await {
+        Ok(s) => s,
+        Err(e) => {
+            shared.metrics.relay_failures.inc();
+            tracing::debug!(%host, node = %route.node_id, error = %e, "could not relay a request");
+            return page(
+                StatusCode::BAD_GATEWAY,
+                &format!("The edge node serving {host} could not be reached; try again."),
+                codes::SESSION_GONE,
+            );
+        }
+    };
+    let resp = sender.send_request(Request::from_parts(parts, body)).await;
+    {
+        let mut pool = visitor.relay_pool.lock().expect("pool poisoned");
+        if pool.len() < POOL_PER_CONNECTION && !sender.is_closed() {
+            pool.push((route.clone(), sender));
+        }
+    }
+    let mut resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(%host, node = %route.node_id, error = %e, "relayed request failed");
+            return page(
+                StatusCode::BAD_GATEWAY,
+                &format!("The edge node serving {host} ended the request without a response."),
+                codes::SESSION_GONE,
+            );
+        }
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(visitor_upgrade) = visitor_upgrade
+    {
+        let node_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let (Ok(v), Ok(u)) = tokio::join!(visitor_upgrade, node_upgrade) else { return };
+            let (mut v, mut u) = (TokioIo::new(v), TokioIo::new(u));
+            let _ = tokio::io::copy_bidirectional_with_sizes(&mut v, &mut u, COPY_BUF, COPY_BUF).await;
+        });
+    }
+    resp.map(|b| b.boxed())
+}
+
+/// A ready relay stream to `route`'s node from the visitor's pool, or a new one.
+async fn take_relay_sender(
+    cluster: &crate::cluster::Cluster,
+    visitor: &Visitor,
+    route: &Arc<RemoteRoute>,
+    host: &str,
+) -> Result<SendRequest<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
+    {
+        let mut pool = visitor.relay_pool.lock().expect("pool poisoned");
+        pool.retain(|(_, s)| !s.is_closed());
+        // The same route, not an equal one: a new view (the endpoint bound again) opens a
+        // new stream, checked by its holder.
+        if let Some(i) = pool.iter().position(|(r, s)| Arc::ptr_eq(r, route) && s.is_ready()) {
+            return Ok(pool.swap_remove(i).1);
+        }
+    }
+    let open = crate::cluster::RelayOpen::Http {
+        endpoint_id: route.endpoint_id.clone(),
+        host: host.to_owned(),
+        client: visitor.remote,
+        local: visitor.local,
+    };
+    let stream = cluster.open(route, &open).await?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "relay stream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// 308 to the same path over https, on this edge's https port.
+fn https_redirect<B>(shared: &Shared, host: &str, req: &Request<B>) -> Response<Body> {
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = match shared.https_port {
+        443 => format!("https://{host}{pq}"),
+        p => format!("https://{host}:{p}{pq}"),
+    };
+    Response::builder()
+        .status(StatusCode::PERMANENT_REDIRECT)
+        .header(header::LOCATION, location)
+        .body(empty())
+        .expect("valid redirect")
 }
 
 /// Why a request did not reach the agent.

@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpListener;
+use warren_mux::splice::ReadReady;
 
 use crate::Shared;
 use crate::registry::Endpoint;
@@ -38,6 +40,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ep: Arc<Endpoin
             {
                 let local = tcp.local_addr().unwrap_or(remote);
                 let sink = closed_sink(&shared, &ep).await;
+                let _ = tcp.set_nodelay(true);
                 proxy(tcp, remote, local, &ep, sink).await;
             }
             drop(permit);
@@ -80,15 +83,16 @@ async fn closed_sink(shared: &Shared, ep: &Endpoint) -> Option<crate::events::Tr
 }
 
 /// Splices the visitor and the agent's stream; tells the sink, if any, when it ends.
-async fn splice_and_tell<S>(
-    tcp: &mut TcpStream,
+async fn splice_and_tell<V, S>(
+    tcp: &mut V,
     stream: &mut S,
     remote: SocketAddr,
     local: SocketAddr,
     ep: &Endpoint,
     sink: Option<crate::events::TrafficSink>,
 ) where
-    S: warren_mux::splice::ReadReady + tokio::io::AsyncWrite + Unpin,
+    V: ReadReady + AsyncWrite + Unpin,
+    S: ReadReady + AsyncWrite + Unpin,
 {
     let start = std::time::SystemTime::now();
     let copied = warren_mux::splice::splice(tcp, stream).await;
@@ -102,15 +106,14 @@ async fn splice_and_tell<S>(
     }
 }
 
-async fn proxy(
-    mut tcp: TcpStream,
+async fn proxy<V: ReadReady + AsyncWrite + Unpin>(
+    mut tcp: V,
     remote: SocketAddr,
     local: SocketAddr,
     ep: &Endpoint,
     sink: Option<crate::events::TrafficSink>,
 ) {
     use tokio::io::AsyncWriteExt;
-    let _ = tcp.set_nodelay(true);
     let mut stream = match ep.open_proxy_stream(remote).await {
         Ok(s) => s,
         Err(e) => {
@@ -128,23 +131,23 @@ async fn proxy(
 
 /// Passes a TLS connection through to a tls endpoint's agent, ClientHello first; the edge
 /// never decrypts it.
-pub(crate) async fn pass_tls(
+pub(crate) async fn pass_tls<V: ReadReady + AsyncWrite + Unpin>(
     shared: &Arc<Shared>,
     ep: &Arc<Endpoint>,
     hello: Vec<u8>,
     sni: &str,
-    mut tcp: TcpStream,
+    mut tcp: V,
     remote: SocketAddr,
+    local: SocketAddr,
 ) {
     use tokio::io::AsyncWriteExt;
     if !crate::ip_rules::visitor_allowed(shared, &ep.session.account_id, remote.ip(), &ep.url).await {
         return;
     }
     let tls = warren_policy::TlsInfo { sni: sni.to_owned(), ..Default::default() };
-    if !connect_allowed(shared, ep, remote, tcp.local_addr().ok(), Some(tls)) {
+    if !connect_allowed(shared, ep, remote, Some(local), Some(tls)) {
         return;
     }
-    let local = tcp.local_addr().unwrap_or(remote);
     let mut stream = match ep.open_proxy_stream(remote).await {
         Ok(s) => s,
         Err(e) => return tracing::debug!(url = %ep.url, error = %e, "could not open proxy stream"),
@@ -161,4 +164,21 @@ pub(crate) async fn pass_tls(
     drop(hello);
     let sink = closed_sink(shared, ep).await;
     splice_and_tell(&mut tcp, &mut stream, remote, local, ep, sink).await;
+}
+
+/// A visitor connection another node relayed here for one of this node's tcp endpoints:
+/// checked and proxied as if it had reached the endpoint's own listener.
+pub(crate) async fn serve_relayed(
+    shared: Arc<Shared>,
+    s: warren_mux::Stream,
+    client: SocketAddr,
+    local: SocketAddr,
+    ep: Arc<Endpoint>,
+) {
+    if crate::ip_rules::visitor_allowed(&shared, &ep.session.account_id, client.ip(), &ep.url).await
+        && connect_allowed(&shared, &ep, client, Some(local), None)
+    {
+        let sink = closed_sink(&shared, &ep).await;
+        proxy(s, client, local, &ep, sink).await;
+    }
 }

@@ -13,6 +13,7 @@
 //! - `acme`: automatic certificates for reserved custom domains.
 //! - [`sealed`]: the master key that seals private keys at rest.
 //! - `node`: this node's heartbeat in the shared store, and commands from other nodes.
+//! - `cluster`: relaying visitors to the node that holds their endpoint.
 //! - `client_addr`, `proxy_protocol`: the client's real address behind trusted load balancers.
 //!
 //! [`Edge::start`] binds every listener and returns their addresses (tests use port 0);
@@ -31,6 +32,7 @@ pub mod api;
 mod bind_options;
 pub mod bootstrap;
 mod client_addr;
+mod cluster;
 mod compress;
 pub mod config;
 mod conn_limit;
@@ -95,6 +97,8 @@ pub struct Edge {
     pub http_addr: Option<SocketAddr>,
     /// The REST API, if enabled.
     pub api_addr: Option<SocketAddr>,
+    /// Where this node takes relay links from the cluster's other nodes, if it does.
+    pub cluster_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     shared: Arc<Shared>,
@@ -144,6 +148,8 @@ pub(crate) struct Shared {
     pub(crate) recent: recent::RecentRequests,
     /// The CA file agents trust the edge with (the local CA's, or the operator's chain).
     pub(crate) ca_cert_path: std::path::PathBuf,
+    /// This node's part in a cluster (`cluster_addr` set): relaying to the other nodes.
+    pub(crate) cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl Shared {
@@ -155,6 +161,7 @@ impl Shared {
         tls: &tls::TlsMaterial,
         https_port: u16,
         http_port: Option<u16>,
+        relay_addr: Option<String>,
     ) -> Result<(Arc<Shared>, watch::Sender<bool>), EdgeError> {
         let certs = Arc::new(tls::CertStore::new(tls)?);
         if let Some((cert, key)) = &config.tls_files {
@@ -165,7 +172,16 @@ impl Shared {
             &config.master_key_file.clone().unwrap_or_else(|| config.data_dir.join("master.key")),
         )?;
         let node_id = warren_store::generate_id("nd");
-        store.register_node(&node_id).await?;
+        let cluster = match relay_addr {
+            Some(addr) => {
+                let tls = cluster::ca::node_tls(&store, &master_key, &node_id)
+                    .await
+                    .map_err(|e| EdgeError::Config(e.to_string()))?;
+                Some(Arc::new(cluster::Cluster::new(tls, addr)))
+            }
+            None => None,
+        };
+        store.register_node(&node_id, cluster.as_ref().map_or("", |c| c.relay_addr.as_str())).await?;
         let (tx, rx) = watch::channel(false);
         let metrics = metrics::Metrics::new();
         let shared = Arc::new(Shared {
@@ -205,6 +221,7 @@ impl Shared {
             compressions: Arc::new(tokio::sync::Semaphore::new(config.limits.max_compressed_responses)),
             recent: recent::RecentRequests::default(),
             ca_cert_path: tls.ca_cert_path.clone(),
+            cluster,
             store,
             config,
             shutdown: rx,
@@ -324,6 +341,21 @@ impl Edge {
             }
             None => None,
         };
+        let cluster_listener = match config.cluster_addr {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let relay_addr = match (&cluster_listener, config.cluster_addr) {
+            (Some(l), Some(asked)) => {
+                let bound = l.local_addr().map_err(|source| EdgeError::Bind { addr: asked, source })?;
+                config.cluster_addr = Some(bound);
+                Some(
+                    cluster::advertised(bound, config.cluster_advertise.as_deref())
+                        .map_err(EdgeError::Config)?,
+                )
+            }
+            _ => None,
+        };
         let https_port = config.public_https_port.unwrap_or(https_addr.port());
         let http_port = http_addr.map(|a| config.public_http_port.unwrap_or(a.port()));
         // What was bound, not what was asked for (port 0): checks against the edge's own
@@ -332,8 +364,17 @@ impl Edge {
         config.https_addr = https_addr;
         config.http_addr = http_addr;
         config.api_addr = api_addr;
-        let (shared, tx) = Shared::new(config, store, &tls, https_port, http_port).await?;
+        let (shared, tx) = Shared::new(config, store, &tls, https_port, http_port, relay_addr).await?;
         let mut tasks = JoinSet::new();
+        if let (Some(c), Some(l)) = (shared.cluster.clone(), cluster_listener) {
+            tracing::info!(relay_addr = %c.relay_addr, "relaying visitors to and from the cluster's other nodes");
+            tasks.spawn(cluster::accept_loop(shared.clone(), c.clone(), l));
+            tasks.spawn(cluster::routes::run(shared.clone(), c));
+        } else if shared.config.database_url.is_some() {
+            tracing::info!(
+                "no cluster_addr: this node does not relay; visitors reaching it for endpoints other nodes hold get 404"
+            );
+        }
         tasks.spawn(node::run(shared.clone()));
         tasks.spawn(idp::run(shared.clone()));
         tasks.spawn(events::run(shared.clone()));
@@ -363,7 +404,8 @@ impl Edge {
             api_addr = %shown(api_addr),
             "edge listening"
         );
-        Ok(Edge { connect_addr, https_addr, http_addr, api_addr, shutdown: tx, tasks, shared })
+        let cluster_addr = shared.config.cluster_addr.filter(|_| shared.cluster.is_some());
+        Ok(Edge { connect_addr, https_addr, http_addr, api_addr, cluster_addr, shutdown: tx, tasks, shared })
     }
 
     /// Reloads what can change without dropping a connection (SIGHUP): the edge's own
@@ -405,6 +447,9 @@ impl Edge {
             tracing::warn!(connections = left, "drain timeout: closing the visitor connections still open");
         }
         self.shared.registry.close_all("edge shutting down");
+        if let Some(c) = &self.shared.cluster {
+            c.close_all();
+        }
         while self.tasks.join_next().await.is_some() {}
         // Its sessions and endpoints go with it, freeing their names for other nodes.
         if let Err(e) = self.shared.store.remove_node(&self.shared.node_id).await {
@@ -422,6 +467,24 @@ impl Edge {
     /// The store the edge uses.
     pub fn store(&self) -> &Store {
         &self.shared.store
+    }
+
+    /// This node's id in the shared store.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// The TLS client config this node dials other nodes with (its cluster certificate), for
+    /// tests that speak the relay protocol as a node would.
+    #[doc(hidden)]
+    pub fn cluster_client_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.shared.cluster.as_ref().map(|c| c.client_tls())
+    }
+
+    /// The server name a node dials `node_id` with.
+    #[doc(hidden)]
+    pub fn cluster_server_name(node_id: &str) -> rustls::pki_types::ServerName<'static> {
+        cluster::ca::server_name(node_id)
     }
 }
 

@@ -49,6 +49,8 @@ pub(crate) struct Metrics {
     certificate_expiry: Family<Labels, Gauge>,
     /// Store calls that failed where the edge had to go on without an answer.
     pub(crate) store_errors: Counter,
+    /// Visitors this node could not relay to the node holding their endpoint.
+    pub(crate) relay_failures: Counter,
     /// Endpoint URLs that have series, to drop those of endpoints that are gone.
     endpoint_urls: Mutex<HashSet<String>>,
 }
@@ -118,6 +120,7 @@ impl Metrics {
             traffic_events_dropped: Counter::default(),
             certificate_expiry: Family::default(),
             store_errors: Counter::default(),
+            relay_failures: Counter::default(),
             endpoint_urls: Mutex::default(),
             registry: Registry::default(),
         };
@@ -185,6 +188,11 @@ impl Metrics {
             m.certificate_expiry.clone(),
         );
         registry.register("store_errors", "Store calls that failed", m.store_errors.clone());
+        registry.register(
+            "relay_failures",
+            "Visitors that could not be relayed to the cluster node holding their endpoint",
+            m.relay_failures.clone(),
+        );
         let mut verdicts: [Counter; 4] = Default::default();
         for (slot, v) in verdicts.iter_mut().zip(["continue", "respond", "close", "sign_in"]) {
             let c = m.policy_verdicts.get_or_create(&label("verdict", v)).clone();

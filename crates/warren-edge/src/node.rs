@@ -30,7 +30,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             _ = &mut stop => return,
-            _ = beat.tick() => match shared.store.touch_node(&shared.node_id, DEAD_AFTER_SECS).await {
+            _ = beat.tick() => match shared.store.touch_node(&shared.node_id, shared.cluster.as_ref().map_or("", |c| c.relay_addr.as_str()), DEAD_AFTER_SECS).await {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(nodes = n, "removed edge nodes that stopped answering, with their sessions"),
                 Err(e) => tracing::warn!(error = %e, "node heartbeat failed"),

@@ -12,6 +12,7 @@
 //! - `reserved.rs`: reserved domains and TCP addresses.
 //! - `certificates.rs`: custom-domain certificates (keys sealed by the edge) and ACME accounts.
 //! - `live.rs`: edge nodes, their sessions and endpoints (shared by every node).
+//! - `cluster.rs`: the cluster CA, relay addresses and who holds which endpoint, for relaying.
 //! - [`events`]: the outbox every change writes its audit event to, in the change's own
 //!   transaction; event destinations and subscriptions.
 //! - `secret.rs`: ids and tokens. `time.rs`: RFC 3339 timestamps.
@@ -84,6 +85,7 @@ macro_rules! audited {
 mod accounts;
 mod api_keys;
 mod certificates;
+mod cluster;
 mod credentials;
 pub mod dashboard;
 pub mod events;
@@ -97,6 +99,7 @@ mod time;
 mod users;
 
 pub use certificates::{StoredCertificate, UploadedCertificate};
+pub use cluster::{ClusterCa, RemoteEndpoint};
 pub use dashboard::{DashboardSession, SignIn};
 pub use events::{
     Actor, Audited, EventDestination, EventSource, EventSubscription, NewEventDestination, Op, StoredEvent,

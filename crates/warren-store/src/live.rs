@@ -157,11 +157,11 @@ where
 }
 
 impl Store {
-    /// Records a node as up (at start).
-    pub async fn register_node(&self, node_id: &str) -> Result<(), StoreError> {
+    /// Records a node as up (at start), with where it takes relay links (empty: nowhere).
+    pub async fn register_node(&self, node_id: &str, relay_addr: &str) -> Result<(), StoreError> {
         with_db!(self.db, pool => {
-            sqlx::query("INSERT INTO edge_nodes (id, started_at, last_seen) VALUES ($1, $2, $3)")
-                .bind(node_id).bind(now_rfc3339()).bind(now()).execute(pool).await?;
+            sqlx::query("INSERT INTO edge_nodes (id, started_at, last_seen, relay_addr) VALUES ($1, $2, $3, $4)")
+                .bind(node_id).bind(now_rfc3339()).bind(now()).bind(relay_addr).execute(pool).await?;
         });
         Ok(())
     }
@@ -169,7 +169,12 @@ impl Store {
     /// Marks a node as still up, and removes nodes not seen for `dead_after_secs` with all
     /// their sessions, endpoints and commands (a node that crashed). Returns how many were
     /// removed. A node that finds itself removed (it was paused too long) re-registers.
-    pub async fn touch_node(&self, node_id: &str, dead_after_secs: i64) -> Result<u64, StoreError> {
+    pub async fn touch_node(
+        &self,
+        node_id: &str,
+        relay_addr: &str,
+        dead_after_secs: i64,
+    ) -> Result<u64, StoreError> {
         let now = now();
         let sql = format!(
             "SELECT {SESSION_COLUMNS} FROM tunnel_sessions WHERE node_id IN (SELECT id FROM edge_nodes WHERE last_seen < $1 AND id <> $2)"
@@ -190,7 +195,7 @@ impl Store {
             (touched, purged)
         });
         if touched == 0 {
-            self.register_node(node_id).await?;
+            self.register_node(node_id, relay_addr).await?;
         }
         Ok(purged)
     }

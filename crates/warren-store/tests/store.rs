@@ -423,8 +423,8 @@ async fn reserved_addrs_hold_one_port_each() {
 async fn live_sessions_and_endpoints_are_shared_and_go_with_their_node() {
     on_both(|s| async move {
         let acc = account(&s).await;
-        s.register_node("nd_a").await.unwrap();
-        s.register_node("nd_b").await.unwrap();
+        s.register_node("nd_a", "").await.unwrap();
+        s.register_node("nd_b", "").await.unwrap();
         let session = |id: &str, node: &str| TunnelSession {
             id: id.into(),
             account_id: acc.id.clone(),
@@ -479,14 +479,14 @@ async fn live_sessions_and_endpoints_are_shared_and_go_with_their_node() {
         s.delete_endpoint("ts_1", "cep_1").await.unwrap();
         assert_eq!(s.endpoint_holder("https://a.example.com").await.unwrap(), None);
         // Node b stops answering: node a's heartbeat removes it with its sessions and endpoints.
-        assert_eq!(s.touch_node("nd_a", -100).await.unwrap(), 1);
+        assert_eq!(s.touch_node("nd_a", "", -100).await.unwrap(), 1);
         let left = s.list_tunnel_sessions(&acc.id, 10, None).await.unwrap().items;
         assert_eq!(left.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["ts_1"]);
         assert_eq!(s.endpoint_holder("https://b.example.com").await.unwrap(), None);
         s.delete_tunnel_session("ts_1").await.unwrap();
         s.remove_node("nd_a").await.unwrap();
         // A node removed while paused comes back on its next heartbeat.
-        s.touch_node("nd_a", 60).await.unwrap();
+        s.touch_node("nd_a", "", 60).await.unwrap();
         s.insert_tunnel_session(&session("ts_3", "nd_a")).await.unwrap();
     })
     .await;
@@ -500,8 +500,8 @@ async fn a_host_belongs_to_one_account_across_every_scheme() {
     on_both(|s| async move {
         let a = account(&s).await;
         let (b, _) = s.ensure_account("other").await.unwrap();
-        s.register_node("nd_a").await.unwrap();
-        s.register_node("nd_b").await.unwrap();
+        s.register_node("nd_a", "").await.unwrap();
+        s.register_node("nd_b", "").await.unwrap();
         for (id, acc, node) in [("ts_a", &a.id, "nd_a"), ("ts_b", &b.id, "nd_b")] {
             let t = TunnelSession {
                 id: id.into(),
@@ -588,7 +588,7 @@ async fn reservations_never_overlap_another_accounts_names() {
         let r = s.create_reserved_domain(&a.id, "*.example.org", "", "", None, true).await;
         assert!(matches!(r, Err(StoreError::Taken(_))), "{r:?}");
         // A wildcard over another account's live name, a tls endpoint included.
-        s.register_node("nd").await.unwrap();
+        s.register_node("nd", "").await.unwrap();
         let t = TunnelSession {
             id: "ts_b".into(),
             account_id: b.id.clone(),

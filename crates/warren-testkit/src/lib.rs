@@ -108,6 +108,7 @@ impl TestEdge {
         config.https_addr = edge.https_addr;
         config.http_addr = edge.http_addr;
         config.api_addr = edge.api_addr;
+        config.cluster_addr = edge.cluster_addr;
         TestEdge {
             edge: Some(edge),
             config,
@@ -121,18 +122,29 @@ impl TestEdge {
     }
 
     /// Starts a second edge node on the same PostgreSQL database as `first` (which must use
-    /// one): it shares the accounts, tokens and keys, and has listeners and a CA of its own.
+    /// one): it shares the accounts, tokens and keys and the master key (as the nodes of a
+    /// cluster must), and has listeners and a CA of its own.
     pub async fn start_joining(first: &TestEdge) -> TestEdge {
+        TestEdge::start_joining_with(first, |_| {}).await
+    }
+
+    /// [`TestEdge::start_joining`] after `tweak` adjusts the configuration (which starts as
+    /// a copy of `first`'s, with port-0 listeners).
+    pub async fn start_joining_with(first: &TestEdge, tweak: impl FnOnce(&mut EdgeConfig)) -> TestEdge {
         let database_url = first.config.database_url.clone().expect("the first edge uses PostgreSQL");
         let dir = tempfile::tempdir().expect("temp dir");
         let lo = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let mut config = first.config.clone();
         config.data_dir = dir.path().join("data");
         config.database_url = Some(database_url);
+        config.master_key_file =
+            Some(first.config.master_key_file.clone().unwrap_or_else(|| first.data_dir().join("master.key")));
         config.connect_addr = lo;
         config.https_addr = lo;
         config.http_addr = Some(lo);
         config.api_addr = Some(lo);
+        config.cluster_addr = first.config.cluster_addr.map(|_| lo);
+        tweak(&mut config);
         let prepared = warren_edge::bootstrap::prepare(&config).await.expect("prepare data dir");
         assert!(prepared.first_start.is_none(), "the shared database already has its admin");
         let ca_path = prepared.tls.ca_cert_path.clone();
@@ -142,6 +154,7 @@ impl TestEdge {
         config.https_addr = edge.https_addr;
         config.http_addr = edge.http_addr;
         config.api_addr = edge.api_addr;
+        config.cluster_addr = edge.cluster_addr;
         TestEdge {
             edge: Some(edge),
             config,
@@ -404,6 +417,43 @@ impl Tenant {
         let mut c = edge.agent_config();
         c.authtoken = self.developer.authtoken.clone();
         c
+    }
+}
+
+/// A fresh PostgreSQL database for one test (`WARREN_TEST_POSTGRES_URL`, default the local
+/// server's `test` database; `skip` skips), dropped by [`TestPostgres::drop_db`].
+pub struct TestPostgres {
+    /// The database's URL.
+    pub url: String,
+    name: String,
+    admin: String,
+}
+
+impl TestPostgres {
+    /// Creates the database; `None` when the tests are told to skip PostgreSQL.
+    pub async fn create() -> Option<TestPostgres> {
+        use sqlx::Connection;
+        let admin = std::env::var("WARREN_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        if admin == "skip" {
+            eprintln!("SKIPPED: no PostgreSQL (WARREN_TEST_POSTGRES_URL=skip)");
+            return None;
+        }
+        let name = warren_store::generate_id("warren_mn").to_lowercase();
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL for a multi-node test");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
+        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+        Some(TestPostgres { url, name, admin })
+    }
+
+    /// Drops the database (every node on it must have stopped).
+    pub async fn drop_db(self) {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {} WITH (FORCE)", self.name)))
+            .execute(&mut conn)
+            .await
+            .unwrap();
     }
 }
 

@@ -6,42 +6,9 @@ use hyper::StatusCode;
 use warren_agent::{Agent, AgentError, EndpointConfig, Status};
 use warren_testkit::*;
 
-/// A fresh PostgreSQL database for this test, dropped by the guard (None: skipped).
-struct Db {
-    url: String,
-    name: String,
-    admin: String,
-}
-
-impl Db {
-    async fn create() -> Option<Db> {
-        use sqlx::Connection;
-        let admin = std::env::var("WARREN_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        if admin == "skip" {
-            eprintln!("SKIPPED: no PostgreSQL (WARREN_TEST_POSTGRES_URL=skip)");
-            return None;
-        }
-        let name = warren_store::generate_id("warren_mn").to_lowercase();
-        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL for the multi-node test");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
-        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-        Some(Db { url, name, admin })
-    }
-
-    async fn drop_db(self) {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {} WITH (FORCE)", self.name)))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
-}
-
 #[tokio::test]
 async fn two_nodes_share_names_sessions_and_commands_through_postgresql() {
-    let Some(db) = Db::create().await else { return };
+    let Some(db) = TestPostgres::create().await else { return };
     let url = db.url.clone();
     let mut a = TestEdge::start_with(|c| c.database_url = Some(warren_edge::config::DatabaseUrl(url))).await;
     let mut b = TestEdge::start_joining(&a).await;

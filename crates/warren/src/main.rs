@@ -320,6 +320,14 @@ struct EdgeArgs {
     /// Port range for tcp endpoints, as FIRST-LAST.
     #[arg(long, default_value = "20000-29999")]
     tcp_ports: String,
+    /// Take relay links from the other nodes of a cluster here (needs --database-url): a
+    /// visitor reaching any node is carried to the node holding its endpoint. See
+    /// docs/CLUSTER.md.
+    #[arg(long, env = "WARREN_CLUSTER_ADDR", value_name = "ADDR:PORT")]
+    cluster_addr: Option<SocketAddr>,
+    /// The address other nodes dial for --cluster-addr, when that is 0.0.0.0 or behind NAT.
+    #[arg(long, env = "WARREN_CLUSTER_ADVERTISE", value_name = "HOST:PORT")]
+    cluster_advertise: Option<String>,
     /// A load balancer in front of the edge (CIDR; repeat for several). Only these peers are
     /// believed about the client's address, through X-Forwarded-For or a PROXY header.
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
@@ -711,6 +719,8 @@ async fn edge(args: EdgeArgs, log_level_pinned: bool) -> anyhow::Result<()> {
     config.api_addr = (!args.no_api).then_some(args.api_addr);
     config.tcp_bind_ip = args.tcp_bind_ip;
     config.tcp_host = args.tcp_host;
+    config.cluster_addr = args.cluster_addr;
+    config.cluster_advertise = args.cluster_advertise;
     let (a, b) = args.tcp_ports.split_once('-').context("--tcp-ports must be FIRST-LAST")?;
     config.tcp_ports = a.trim().parse().context("--tcp-ports first port")?
         ..=b.trim().parse().context("--tcp-ports last port")?;

@@ -27,7 +27,7 @@ async fn fixture() -> Fixture {
     let config = EdgeConfig::local_default(dir.path().to_owned());
     let store = warren_store::Store::open_sqlite(&dir.path().join("warren.db")).await.unwrap();
     let tls = crate::tls::ensure_local_ca(&dir.path().join("tls"), &config.certificate_names()).unwrap();
-    let (shared, stop) = Shared::new(config, store, &tls, 443, Some(80)).await.unwrap();
+    let (shared, stop) = Shared::new(config, store, &tls, 443, Some(80), None).await.unwrap();
     let (account, _) = shared.store.ensure_account("default").await.unwrap();
     let (_, token) = shared.store.create_credential(&account.id, &NewCredential::default()).await.unwrap();
     Fixture { shared, account, token: token.0, _stop: stop, _dir: dir }

@@ -1,0 +1,192 @@
+//! This node's view of which other node holds which endpoint. The store moves a generation
+//! on every change to the endpoints table (a trigger, so cascaded deletes count too); the
+//! view reloads when it moved, checked every [`POLL`] or at once when a relay found the view
+//! stale. For every tcp endpoint another node holds, this node listens on the same port (on
+//! its own `tcp_bind_ip`) and relays each connection.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use super::{Cluster, RelayOpen};
+use crate::Shared;
+use crate::registry::{EndpointKey, Proto};
+
+/// How often the generation is checked.
+const POLL: Duration = Duration::from_millis(500);
+
+/// An endpoint another node holds.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct RemoteRoute {
+    /// Its id: the fencing token the holder checks.
+    pub(crate) endpoint_id: String,
+    pub(crate) node_id: String,
+    pub(crate) relay_addr: String,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    generation: Option<i64>,
+    routes: HashMap<EndpointKey, Arc<RemoteRoute>>,
+}
+
+/// Who holds what on other nodes.
+#[derive(Default)]
+pub(crate) struct RouteView {
+    now: RwLock<Arc<Snapshot>>,
+    wake: Notify,
+}
+
+impl RouteView {
+    /// The node holding `key`, if another node does (and relays).
+    pub(crate) fn lookup(&self, key: &EndpointKey) -> Option<Arc<RemoteRoute>> {
+        self.now.read().expect("routes poisoned").routes.get(key).cloned()
+    }
+
+    /// A relay found the view stale: reload now.
+    pub(crate) fn stale(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Parses a store route key (`https://host`, `http://host`, `tls://host`, `tcp://host:port`).
+pub(crate) fn parse_route_key(key: &str) -> Option<EndpointKey> {
+    let (scheme, rest) = key.split_once("://")?;
+    match scheme {
+        "http" => Some(EndpointKey::Host(Proto::Http, rest.to_owned())),
+        "https" => Some(EndpointKey::Host(Proto::Https, rest.to_owned())),
+        "tls" => Some(EndpointKey::Host(Proto::Tls, rest.to_owned())),
+        "tcp" => rest.rsplit_once(':')?.1.parse().ok().map(EndpointKey::Port),
+        _ => None,
+    }
+}
+
+/// Keeps the view current and the relaying tcp listeners in step with it, until shutdown.
+pub(crate) async fn run(shared: Arc<Shared>, cluster: Arc<Cluster>) {
+    let stop = crate::shutting_down(shared.shutdown.clone());
+    tokio::pin!(stop);
+    let mut listeners: HashMap<u16, tokio::task::AbortHandle> = HashMap::new();
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {}
+            _ = cluster.routes.wake.notified() => {}
+        }
+        if let Err(e) = refresh(&shared, &cluster, &mut listeners).await {
+            shared.metrics.store_errors.inc();
+            tracing::warn!(error = %e, "could not read the cluster's routes; keeping the last view");
+        }
+    }
+    for (_, l) in listeners {
+        l.abort();
+    }
+}
+
+async fn refresh(
+    shared: &Arc<Shared>,
+    cluster: &Arc<Cluster>,
+    listeners: &mut HashMap<u16, tokio::task::AbortHandle>,
+) -> Result<(), warren_store::StoreError> {
+    let generation = shared.store.route_generation().await?;
+    if cluster.routes.now.read().expect("routes poisoned").generation == Some(generation) {
+        return Ok(());
+    }
+    let mut routes = HashMap::new();
+    for r in shared.store.remote_endpoints(&shared.node_id).await? {
+        // A node that does not relay cannot be reached for its endpoints.
+        if r.relay_addr.is_empty() {
+            continue;
+        }
+        let Some(key) = parse_route_key(&r.route_key) else { continue };
+        routes.insert(
+            key,
+            Arc::new(RemoteRoute {
+                endpoint_id: r.endpoint_id,
+                node_id: r.node_id,
+                relay_addr: r.relay_addr,
+            }),
+        );
+    }
+    let ports: Vec<u16> = routes
+        .keys()
+        .filter_map(|k| match k {
+            EndpointKey::Port(p) => Some(*p),
+            EndpointKey::Host(..) => None,
+        })
+        .collect();
+    *cluster.routes.now.write().expect("routes poisoned") =
+        Arc::new(Snapshot { generation: Some(generation), routes });
+    listeners.retain(|port, handle| {
+        let keep = ports.contains(port) && !handle.is_finished();
+        if !keep {
+            handle.abort();
+        }
+        keep
+    });
+    for port in ports {
+        if listeners.contains_key(&port) {
+            continue;
+        }
+        let addr = std::net::SocketAddr::new(shared.config.tcp_bind_ip, port);
+        match TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::debug!(%addr, "relaying a tcp endpoint another node holds");
+                let h = tokio::spawn(relay_tcp(shared.clone(), cluster.clone(), l, port)).abort_handle();
+                listeners.insert(port, h);
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot listen for a tcp endpoint another node holds")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Accepts visitors on a port whose endpoint another node holds and relays each connection.
+async fn relay_tcp(shared: Arc<Shared>, cluster: Arc<Cluster>, listener: TcpListener, port: u16) {
+    loop {
+        let (mut tcp, peer, permit) =
+            crate::conn_limit::accept(&listener, &shared.visitor_limit, "relayed tcp endpoint").await;
+        let (shared, cluster) = (shared.clone(), cluster.clone());
+        tokio::spawn(async move {
+            let Some(client) = crate::client_addr::resolve(&shared, &mut tcp, peer).await else { return };
+            let Some(route) = cluster.routes.lookup(&EndpointKey::Port(port)) else { return };
+            let local = tcp.local_addr().unwrap_or(client);
+            let open = RelayOpen::Tcp { endpoint_id: route.endpoint_id.clone(), port, client, local };
+            match cluster.open(&route, &open).await {
+                Ok(mut s) => {
+                    let _ = tcp.set_nodelay(true);
+                    let _ = warren_mux::splice::splice(&mut tcp, &mut s).await;
+                }
+                Err(e) => tracing::debug!(port, %client, error = %e, "could not relay a tcp visitor"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_keys_parse_for_every_scheme() {
+        assert_eq!(
+            parse_route_key("https://a.example.com"),
+            Some(EndpointKey::Host(Proto::Https, "a.example.com".into()))
+        );
+        assert_eq!(
+            parse_route_key("tls://a.example.com"),
+            Some(EndpointKey::Host(Proto::Tls, "a.example.com".into()))
+        );
+        assert_eq!(parse_route_key("http://a"), Some(EndpointKey::Host(Proto::Http, "a".into())));
+        assert_eq!(parse_route_key("tcp://tcp.example.com:20001"), Some(EndpointKey::Port(20001)));
+        assert_eq!(parse_route_key("tcp://x:notaport"), None);
+        assert_eq!(parse_route_key("ftp://x"), None);
+    }
+}

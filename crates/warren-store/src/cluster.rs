@@ -1,0 +1,80 @@
+//! What the nodes of a cluster share to relay visitors to each other: the cluster CA their
+//! relay links trust, each node's relay address (on its `edge_nodes` row), and the view of
+//! which node holds which endpoint, with a generation that moves on every change to it.
+
+use sqlx::Row;
+
+use crate::{Store, StoreError, now_rfc3339};
+
+/// An endpoint held by a session of another node, as a relaying node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteEndpoint {
+    /// `ep_...`: the holder checks it on every relayed stream, so a stale view (the endpoint
+    /// was bound again, perhaps elsewhere) is refused rather than served by the wrong owner.
+    pub endpoint_id: String,
+    /// `https://host`, `http://host`, `tls://host` or the tcp URL.
+    pub route_key: String,
+    /// The node whose session holds it.
+    pub node_id: String,
+    /// Where that node takes relay links (`host:port`; empty: it does not relay).
+    pub relay_addr: String,
+}
+
+/// The cluster CA as stored: its certificate and its key, sealed by the edge.
+#[derive(Clone, Debug)]
+pub struct ClusterCa {
+    /// PEM.
+    pub cert_pem: String,
+    /// The key, sealed with the master key (never in plaintext here).
+    pub key_sealed: Vec<u8>,
+}
+
+impl Store {
+    /// The cluster CA, if a node made one.
+    pub async fn cluster_ca(&self) -> Result<Option<ClusterCa>, StoreError> {
+        Ok(with_db!(self.db, pool => {
+            sqlx::query("SELECT cert_pem, key_sealed FROM cluster_ca WHERE id = 1").fetch_optional(pool).await?
+                .map(|r| ClusterCa { cert_pem: r.get(0), key_sealed: r.get(1) })
+        }))
+    }
+
+    /// Stores `ca` as the cluster CA unless a node already did; returns the one that won,
+    /// so nodes starting at once agree on one CA.
+    pub async fn init_cluster_ca(&self, ca: &ClusterCa) -> Result<ClusterCa, StoreError> {
+        with_db!(self.db, pool => {
+            sqlx::query("INSERT INTO cluster_ca (id, cert_pem, key_sealed, created_at) VALUES (1, $1, $2, $3) ON CONFLICT (id) DO NOTHING")
+                .bind(&ca.cert_pem).bind(&ca.key_sealed).bind(now_rfc3339()).execute(pool).await?;
+        });
+        self.cluster_ca().await?.ok_or(StoreError::NotFound("cluster CA"))
+    }
+
+    /// A number that changes whenever any endpoint is bound, released or moved on any node.
+    pub async fn route_generation(&self) -> Result<i64, StoreError> {
+        Ok(with_db!(self.db, pool => {
+            sqlx::query("SELECT generation FROM route_generation WHERE id = 1").fetch_one(pool).await?.get::<i64, _>(0)
+        }))
+    }
+
+    /// Every endpoint held by a session of another node than `node_id`, with where that
+    /// node relays.
+    pub async fn remote_endpoints(&self, node_id: &str) -> Result<Vec<RemoteEndpoint>, StoreError> {
+        Ok(with_db!(self.db, pool => {
+            sqlx::query(
+                "SELECT e.id, e.route_key, s.node_id, n.relay_addr FROM endpoints e \
+                 JOIN tunnel_sessions s ON s.id = e.session_id JOIN edge_nodes n ON n.id = s.node_id \
+                 WHERE s.node_id <> $1",
+            )
+            .bind(node_id)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| RemoteEndpoint {
+                endpoint_id: r.get(0),
+                route_key: r.get(1),
+                node_id: r.get(2),
+                relay_addr: r.get(3),
+            })
+            .collect()
+        }))
+    }
+}

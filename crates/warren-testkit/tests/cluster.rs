@@ -1,0 +1,362 @@
+//! Two edge nodes on one PostgreSQL database, relaying to each other: a visitor who reaches
+//! either node gets the endpoint whichever node its agent is on, over https, http, tcp and
+//! tls, with the visitor's own address reaching the endpoint's node; relay links take only
+//! cluster certificates, and a relay stream with a stale fencing token is refused.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use http_body_util::BodyExt;
+use hyper::{Request, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use warren_agent::{Agent, EndpointConfig};
+use warren_testkit::*;
+
+/// Two nodes relaying to each other; node b's tcp endpoints listen on 127.0.0.2 so that both
+/// can listen on one machine.
+async fn two_nodes(db: &TestPostgres) -> (TestEdge, TestEdge) {
+    let url = db.url.clone();
+    let ports = free_port_range(8);
+    let a = TestEdge::start_with(|c| {
+        c.database_url = Some(warren_edge::config::DatabaseUrl(url));
+        c.cluster_addr = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        c.tcp_ports = ports;
+    })
+    .await;
+    let b = TestEdge::start_joining_with(&a, |c| c.tcp_bind_ip = Ipv4Addr::new(127, 0, 0, 2).into()).await;
+    (a, b)
+}
+
+/// A TCP connection to `addr` from `from` (a loopback address other than the nodes'), so the
+/// endpoint's node can tell the visitor's address from the relaying node's.
+async fn connect_from(from: Ipv4Addr, addr: SocketAddr) -> TcpStream {
+    let s = TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddr::from((from, 0))).unwrap();
+    s.connect(addr).await.expect("connect")
+}
+
+const VISITOR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+
+/// GET `path` over https to `addr` with SNI and Host `host`, trusting `ca_pem`, from
+/// [`VISITOR`]; `None` if the handshake fails (before the relaying node's view has the
+/// endpoint, its own certificate answers, which `ca_pem` does not trust).
+async fn https_get_via(
+    addr: SocketAddr,
+    host: &str,
+    ca_pem: &[u8],
+    path: &str,
+) -> Option<(StatusCode, String)> {
+    let tcp = connect_from(VISITOR, addr).await;
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    let tls =
+        tokio_rustls::TlsConnector::from(client_tls(ca_pem, &[b"http/1.1"])).connect(name, tcp).await.ok()?;
+    let mut send = http1(tls).await;
+    let res =
+        send.send_request(Request::get(path).header("host", host).body(empty()).unwrap()).await.unwrap();
+    let status = res.status();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+async fn plain_get_via(addr: SocketAddr, host: &str, path: &str) -> (StatusCode, hyper::HeaderMap, String) {
+    let tcp = connect_from(VISITOR, addr).await;
+    let mut send = http1(tcp).await;
+    let res =
+        send.send_request(Request::get(path).header("host", host).body(empty()).unwrap()).await.unwrap();
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A TLS echo server with a certificate for `name` from `ca`: what a tls endpoint's agent
+/// passes visitors through to.
+async fn tls_echo(ca: &TestCa, name: &str) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    let (cert, key, _) = ca.leaf(name);
+    let chain =
+        rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes()).map(|c| c.unwrap()).collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = tls.read(&mut buf).await {
+                    if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    let _ = tls.flush().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Retries `f` until it gives `Some` (the other node's view of the routes follows within a
+/// second).
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    within(what, async {
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_visitor_on_either_node_reaches_an_agent_on_the_other_over_every_scheme() {
+    let Some(db) = TestPostgres::create().await else { return };
+    let (mut a, mut b) = two_nodes(&db).await;
+    let up = HttpUpstream::start().await;
+    let (echo, _) = tcp_echo().await;
+    let passthrough_ca = TestCa::new("passthrough upstream CA");
+    let tls_up = tls_echo(&passthrough_ca, "pass.warren.localhost").await;
+
+    // One agent on node a with an endpoint of every scheme.
+    let mut cfg = a.agent_config();
+    cfg.endpoints = vec![
+        EndpointConfig::http(&up.url(), Some("https://app.warren.localhost")).unwrap(),
+        EndpointConfig::http(&up.url(), Some("http://plain.warren.localhost")).unwrap(),
+        EndpointConfig::tcp(&echo.to_string(), None).unwrap(),
+        EndpointConfig::tls(&tls_up.to_string(), Some("tls://pass.warren.localhost"), None).unwrap(),
+    ];
+    let mut on_a = Agent::start(cfg);
+    let urls = within("online on node a", on_a.wait_online()).await.unwrap();
+    let tcp_url = urls.iter().find(|u| u.starts_with("tcp://")).unwrap().clone();
+
+    // https through node b: the connection goes to node a whole (node a's certificate), and
+    // the upstream sees the visitor's address, not node b's.
+    let (status, body) = eventually("https through node b", || async {
+        https_get_via(b.https_addr(), "app.warren.localhost", &a.ca_pem, "/echo").await
+    })
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["headers"]["x-forwarded-for"], VISITOR.to_string(), "{echoed}");
+    assert_eq!(echoed["headers"]["x-forwarded-proto"], "https");
+
+    // Plain http through node b, request by request, with the visitor's address.
+    let (status, _, body) = plain_get_via(b.http_addr(), "plain.warren.localhost", "/echo").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["headers"]["x-forwarded-for"], VISITOR.to_string(), "{echoed}");
+    // An https-only endpoint of node a: node b sends plain-http visitors to https.
+    let (status, headers, _) = plain_get_via(b.http_addr(), "app.warren.localhost", "/x?y=1").await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        headers["location"],
+        format!("https://app.warren.localhost:{}/x?y=1", b.https_addr().port()).as_str()
+    );
+
+    // tcp: node b listens on the same port (on its own address) and relays.
+    let port = url_port(&tcp_url);
+    let mut tcp_visitor = connect_from(VISITOR, SocketAddr::from((Ipv4Addr::new(127, 0, 0, 2), port))).await;
+    assert_eq!(echo_roundtrip(&mut tcp_visitor, b"through node b").await, b"through node b");
+
+    // tls passthrough: the upstream's own certificate arrives through node b.
+    let tcp = connect_from(VISITOR, b.https_addr()).await;
+    let name = rustls::pki_types::ServerName::try_from("pass.warren.localhost").unwrap();
+    let pem = passthrough_ca.pem.as_bytes();
+    let mut pass = tokio_rustls::TlsConnector::from(client_tls(pem, &[]))
+        .connect(name, tcp)
+        .await
+        .expect("TLS to the upstream");
+    pass.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    pass.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"ping");
+
+    // And the other way: an agent on node b, a visitor on node a.
+    let mut on_b = Agent::start(
+        b.agent_with(EndpointConfig::http(&up.url(), Some("https://b-app.warren.localhost")).unwrap()),
+    );
+    within("online on node b", on_b.wait_online()).await.unwrap();
+    let (status, body) = eventually("https through node a", || async {
+        https_get_via(a.https_addr(), "b-app.warren.localhost", &b.ca_pem, "/").await
+    })
+    .await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from upstream"));
+
+    // An https request whose Host another node holds, on a connection made for another
+    // name, is misdirected (421): that node must make the handshake itself.
+    let tcp = connect_from(VISITOR, b.https_addr()).await;
+    let name = rustls::pki_types::ServerName::try_from("b-app.warren.localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client_tls(&b.ca_pem, &[b"http/1.1"]))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut send = http1(tls).await;
+    let res = send
+        .send_request(Request::get("/").header("host", "app.warren.localhost").body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::MISDIRECTED_REQUEST);
+    // Open visitor connections would hold node b's shutdown for its drain time.
+    drop((send, pass, tcp_visitor));
+
+    // Node b stops: node a forgets its endpoints, and visitors get node a's 404.
+    on_b.stop().await.unwrap();
+    b.stop().await;
+    eventually("node b's endpoint is gone from node a's view", || async {
+        let (s, _, _) = plain_get_via(a.http_addr(), "b-app.warren.localhost", "/").await;
+        (s == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    on_a.stop().await.unwrap();
+    a.stop().await;
+    db.drop_db().await;
+}
+
+/// A relay link presenting a certificate from another CA is refused; a node's own
+/// certificate gets a link, but a relay stream naming an endpoint by a stale id (the fencing
+/// token of an earlier bind) is refused, and so is one for an endpoint the node never held.
+#[tokio::test]
+async fn relay_links_take_only_cluster_certificates_and_stale_tokens_are_refused() {
+    let Some(db) = TestPostgres::create().await else { return };
+    let (mut a, mut b) = two_nodes(&db).await;
+    let relay = b.edge().cluster_addr.unwrap();
+    let b_name = warren_edge::Edge::cluster_server_name(b.edge().node_id());
+
+    // A stranger's certificate: no link.
+    let stranger = TestCa::new("not the cluster CA");
+    let (cert, key, _) = stranger.leaf("intruder.node.warren.invalid");
+    let config = {
+        use rustls::pki_types::pem::PemObject;
+        let chain =
+            rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes()).map(|c| c.unwrap()).collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServer))
+            .with_client_auth_cert(chain, key)
+            .unwrap()
+    };
+    let tcp = TcpStream::connect(relay).await.unwrap();
+    let refused = async {
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(b_name.clone(), tcp).await?;
+        // TLS 1.3: the client learns of the refused certificate on its first read.
+        tls.write_all(&[0u8; 12]).await?;
+        let mut buf = [0u8; 1];
+        tls.read_exact(&mut buf).await
+    };
+    assert!(within("a stranger's link is refused", refused).await.is_err());
+
+    // Node a's own certificate: a link, and raw relay streams on it.
+    let up = HttpUpstream::start().await;
+    let mut on_b = Agent::start(
+        b.agent_with(EndpointConfig::http(&up.url(), Some("http://fenced.warren.localhost")).unwrap()),
+    );
+    within("online on node b", on_b.wait_online()).await.unwrap();
+    let (_, _, list) = a.api("GET", "/endpoints", Some(&a.api_key), None).await;
+    let current = list["endpoints"][0]["id"].as_str().unwrap().to_owned();
+    let tcp = TcpStream::connect(relay).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(a.edge().cluster_client_tls().unwrap())
+        .connect(b_name, tcp)
+        .await
+        .unwrap();
+    let mux = warren_mux::start(tls, warren_mux::Role::Client, warren_mux::Config::default());
+    let open = |endpoint_id: &str| {
+        serde_json::json!({
+            "kind": "http", "endpoint_id": endpoint_id, "host": "fenced.warren.localhost",
+            "client": "203.0.113.7:4000", "local": "127.0.0.1:80",
+        })
+    };
+    let ack = |header: serde_json::Value| {
+        let mux = mux.clone();
+        async move {
+            let mut s = mux.open().unwrap();
+            let json = serde_json::to_vec(&header).unwrap();
+            s.write_all(&(json.len() as u32).to_be_bytes()).await.unwrap();
+            s.write_all(&json).await.unwrap();
+            let b = s.read_u8().await.unwrap();
+            (b, s)
+        }
+    };
+    assert_eq!(ack(open("ep_1xZAruLjR6ul1lri54M0swZW7i")).await.0, 1, "a stale fencing token is refused");
+    let mut unknown = open(&current);
+    unknown["host"] = "nobody.warren.localhost".into();
+    assert_eq!(ack(unknown).await.0, 1, "an endpoint the node does not hold is refused");
+    let mut extra = open(&current);
+    extra["admin"] = true.into();
+    let mut s = mux.open().unwrap();
+    let json = serde_json::to_vec(&extra).unwrap();
+    s.write_all(&(json.len() as u32).to_be_bytes()).await.unwrap();
+    s.write_all(&json).await.unwrap();
+    assert!(s.read_u8().await.is_err(), "a header with an unknown field gets no answer");
+
+    // The current token: accepted, and the request is served with the header's client.
+    let (b0, s) = ack(open(&current)).await;
+    assert_eq!(b0, 0);
+    let mut send = http1(s).await;
+    let res = send
+        .send_request(Request::get("/echo").header("host", "fenced.warren.localhost").body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: serde_json::Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["headers"]["x-forwarded-for"], "203.0.113.7");
+
+    on_b.stop().await.unwrap();
+    a.stop().await;
+    b.stop().await;
+    db.drop_db().await;
+}
+
+/// Accepts any server certificate: the stranger must be refused by the node, not by itself.
+#[derive(Debug)]
+struct AnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}
