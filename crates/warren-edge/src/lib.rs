@@ -150,6 +150,8 @@ pub(crate) struct Shared {
     pub(crate) ca_cert_path: std::path::PathBuf,
     /// This node's part in a cluster (`cluster_addr` set): relaying to the other nodes.
     pub(crate) cluster: Option<Arc<cluster::Cluster>>,
+    /// Whether the node's lease in the store is current (`/healthz`; see `node`).
+    pub(crate) lease_held: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -222,6 +224,7 @@ impl Shared {
             recent: recent::RecentRequests::default(),
             ca_cert_path: tls.ca_cert_path.clone(),
             cluster,
+            lease_held: std::sync::atomic::AtomicBool::new(true),
             store,
             config,
             shutdown: rx,

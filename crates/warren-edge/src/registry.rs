@@ -366,6 +366,14 @@ impl Registry {
         }
     }
 
+    /// Forgets every session and what it held (the node fenced itself).
+    pub(crate) fn remove_all(&self) {
+        let ids: Vec<String> = self.lock().sessions.keys().cloned().collect();
+        for id in ids {
+            self.remove_session(&id);
+        }
+    }
+
     /// Sends GOAWAY to every session (edge shutdown).
     pub(crate) fn close_all(&self, why: &str) {
         let sessions: Vec<Arc<AgentSession>> =

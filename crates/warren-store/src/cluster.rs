@@ -29,7 +29,37 @@ pub struct ClusterCa {
     pub key_sealed: Vec<u8>,
 }
 
+/// Announcements that the endpoints table changed (PostgreSQL's `LISTEN warren_routes`); on
+/// SQLite, one node, nothing is ever announced. Announcements made while the connection was
+/// down are lost: readers poll [`Store::route_generation`] as well.
+pub struct RouteChanges(Option<sqlx::postgres::PgListener>);
+
+impl RouteChanges {
+    /// Waits for the next announcement (reconnecting if the connection dropped).
+    pub async fn next(&mut self) -> Result<(), StoreError> {
+        match &mut self.0 {
+            Some(l) => {
+                l.recv().await?;
+                Ok(())
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
 impl Store {
+    /// Starts listening for changes to who holds which endpoint.
+    pub async fn route_changes(&self) -> Result<RouteChanges, StoreError> {
+        match &*self.db {
+            crate::Db::Postgres(pool) => {
+                let mut l = sqlx::postgres::PgListener::connect_with(pool).await?;
+                l.listen("warren_routes").await?;
+                Ok(RouteChanges(Some(l)))
+            }
+            crate::Db::Sqlite(_) => Ok(RouteChanges(None)),
+        }
+    }
+
     /// The cluster CA, if a node made one.
     pub async fn cluster_ca(&self) -> Result<Option<ClusterCa>, StoreError> {
         Ok(with_db!(self.db, pool => {

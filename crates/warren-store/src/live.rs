@@ -157,11 +157,24 @@ where
 }
 
 impl Store {
+    /// The database's clock, in Unix seconds. Node liveness is judged by it alone, so a node
+    /// whose own clock is off neither expires others early nor keeps itself alive.
+    async fn db_now(&self) -> Result<i64, StoreError> {
+        Ok(match &*self.db {
+            crate::Db::Sqlite(_) => now(),
+            crate::Db::Postgres(pool) => sqlx::query("SELECT CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)")
+                .fetch_one(pool)
+                .await?
+                .get::<i64, _>(0),
+        })
+    }
+
     /// Records a node as up (at start), with where it takes relay links (empty: nowhere).
     pub async fn register_node(&self, node_id: &str, relay_addr: &str) -> Result<(), StoreError> {
+        let now = self.db_now().await?;
         with_db!(self.db, pool => {
             sqlx::query("INSERT INTO edge_nodes (id, started_at, last_seen, relay_addr) VALUES ($1, $2, $3, $4)")
-                .bind(node_id).bind(now_rfc3339()).bind(now()).bind(relay_addr).execute(pool).await?;
+                .bind(node_id).bind(now_rfc3339()).bind(now).bind(relay_addr).execute(pool).await?;
         });
         Ok(())
     }
@@ -175,7 +188,7 @@ impl Store {
         relay_addr: &str,
         dead_after_secs: i64,
     ) -> Result<u64, StoreError> {
-        let now = now();
+        let now = self.db_now().await?;
         let sql = format!(
             "SELECT {SESSION_COLUMNS} FROM tunnel_sessions WHERE node_id IN (SELECT id FROM edge_nodes WHERE last_seen < $1 AND id <> $2)"
         );

@@ -1155,3 +1155,69 @@ impl Drop for Pebble {
         }
     }
 }
+
+/// A TCP load balancer (or a network path) a test controls: each connection goes to the
+/// first backend that accepts it; [`TcpProxy::cut`] drops every connection and refuses new
+/// ones, as a partition would, until [`TcpProxy::heal`].
+pub struct TcpProxy {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    backends: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+    cut: Arc<tokio::sync::watch::Sender<bool>>,
+    task: JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Starts on a free loopback port.
+    pub async fn start(backends: Vec<SocketAddr>) -> TcpProxy {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind proxy");
+        let addr = listener.local_addr().unwrap();
+        let backends = Arc::new(std::sync::Mutex::new(backends));
+        let cut = Arc::new(tokio::sync::watch::channel(false).0);
+        let (b, c) = (backends.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut visitor, _)) = listener.accept().await else { return };
+                if *c.borrow() {
+                    continue;
+                }
+                let (b, mut cut) = (b.clone(), c.subscribe());
+                tokio::spawn(async move {
+                    let list = b.lock().unwrap().clone();
+                    for backend in list {
+                        let Ok(mut up) = TcpStream::connect(backend).await else { continue };
+                        let _ = up.set_nodelay(true);
+                        let _ = visitor.set_nodelay(true);
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut visitor, &mut up) => {}
+                            _ = cut.wait_for(|c| *c) => {}
+                        }
+                        return;
+                    }
+                });
+            }
+        });
+        TcpProxy { addr, backends, cut, task }
+    }
+
+    /// Where new connections go from now on.
+    pub fn set_backends(&self, backends: Vec<SocketAddr>) {
+        *self.backends.lock().unwrap() = backends;
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        let _ = self.cut.send(true);
+    }
+
+    /// Takes connections again.
+    pub fn heal(&self) {
+        let _ = self.cut.send(false);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -360,3 +360,100 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
         rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// `url` with its `host:port` replaced by `addr` (to reach the database through a proxy).
+fn via(url: &str, addr: SocketAddr) -> String {
+    let (scheme_user, rest) = url.split_once('@').unwrap();
+    let (_, path) = rest.split_once('/').unwrap();
+    format!("{scheme_user}@{addr}/{path}")
+}
+
+async fn healthz(edge: &TestEdge) -> StatusCode {
+    let tcp = TcpStream::connect(edge.api_addr()).await.unwrap();
+    let mut send = http1(tcp).await;
+    send.send_request(Request::get("/healthz").header("host", "api").body(empty()).unwrap())
+        .await
+        .unwrap()
+        .status()
+}
+
+/// A node cut off from the database (a partition between it and PostgreSQL) fences itself:
+/// its `/healthz` turns 503 and it ends its agent sessions before its lease can lapse, so it
+/// never serves a name another node has been given. A load balancer that follows `/healthz`
+/// sends the agent's reconnect to the other node, where it resumes its endpoint, and
+/// visitors are served again; the cut-off node holds nothing.
+#[tokio::test]
+async fn a_node_cut_off_from_the_database_fences_itself_and_its_agent_resumes_on_another() {
+    let Some(db) = TestPostgres::create().await else { return };
+    let backend = db.url.split_once('@').unwrap().1.split_once('/').unwrap().0.to_owned();
+    let backend = tokio::net::lookup_host(backend).await.unwrap().next().unwrap();
+    let path_to_db = TcpProxy::start(vec![backend]).await;
+    // Both nodes serve one operator certificate, as a cluster behind one name does.
+    let operator = TestCa::new("operator CA");
+    let (chain, key, _) = operator.leaf_for(&["connect.warren.localhost", "*.warren.localhost", "localhost"]);
+    let files = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (files.path().join("chain.pem"), files.path().join("key.pem"));
+    std::fs::write(&cert_file, chain).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let (direct, proxied) = (db.url.clone(), via(&db.url, path_to_db.addr));
+    let ports = free_port_range(4);
+    let mut a = TestEdge::start_with(|c| {
+        c.database_url = Some(warren_edge::config::DatabaseUrl(proxied));
+        c.cluster_addr = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        c.tcp_ports = ports;
+        c.tls_files = Some((cert_file, key_file));
+    })
+    .await;
+    let mut b = TestEdge::start_joining_with(&a, |c| {
+        c.database_url = Some(warren_edge::config::DatabaseUrl(direct));
+        c.tcp_bind_ip = Ipv4Addr::new(127, 0, 0, 2).into();
+    })
+    .await;
+    let lb = TcpProxy::start(vec![a.config.connect_addr, b.config.connect_addr]).await;
+
+    let up = HttpUpstream::start().await;
+    let mut cfg =
+        a.agent_with(EndpointConfig::http(&up.url(), Some("https://fenced.warren.localhost")).unwrap());
+    cfg.connect_url = format!("localhost:{}", lb.addr.port());
+    cfg.connect_cas = warren_agent::ConnectCas::PemBytes(operator.pem.clone().into_bytes());
+    let mut agent = Agent::start(cfg);
+    within("online through the load balancer", agent.wait_online()).await.unwrap();
+    assert_eq!(a.edge().session_count(), 1, "the load balancer's first choice is node a");
+    eventually("served through node b", || async {
+        let r = https_get_via(b.https_addr(), "fenced.warren.localhost", operator.pem.as_bytes(), "/").await;
+        r.filter(|(s, _)| *s == StatusCode::OK)
+    })
+    .await;
+    assert_eq!(healthz(&a).await, StatusCode::OK);
+
+    let cut = std::time::Instant::now();
+    path_to_db.cut();
+    // The load balancer's health check takes node a out once it says it cannot serve.
+    eventually("node a's /healthz fails once it fences itself", || async {
+        (healthz(&a).await == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+    })
+    .await;
+    let fenced = cut.elapsed();
+    assert_eq!(a.edge().session_count(), 0, "a fenced node holds no sessions");
+    lb.set_backends(vec![b.config.connect_addr]);
+    eventually("served again, by the agent's new session on node b", || async {
+        if b.edge().session_count() != 1 {
+            return None;
+        }
+        let r = https_get_via(b.https_addr(), "fenced.warren.localhost", operator.pem.as_bytes(), "/").await;
+        r.filter(|(s, _)| *s == StatusCode::OK)
+    })
+    .await;
+    let back = cut.elapsed();
+    eprintln!(
+        "partition: node a fenced after {fenced:?}; the endpoint was served from node b after {back:?}"
+    );
+    // Node a's lease lapses 15 s after its last renewal: it fenced itself well before.
+    assert!(fenced < std::time::Duration::from_secs(13), "fenced after {fenced:?}");
+
+    agent.stop().await.unwrap();
+    b.stop().await;
+    path_to_db.heal();
+    a.stop().await;
+    db.drop_db().await;
+}

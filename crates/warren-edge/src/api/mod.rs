@@ -115,6 +115,8 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }))
         // The edge's metrics: every account's, so for the operator's scrapers only.
         .route("/metrics", get(metrics))
+        // For load balancers: says nothing about any account.
+        .route("/healthz", get(healthz))
         .layer(axum::middleware::map_response(error_bodies_as_json))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), absolute_uris))
         .with_state(shared)
@@ -134,6 +136,23 @@ async fn metrics(
     let body = shared.metrics.render(&shared).await;
     ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
         .into_response()
+}
+
+/// Readiness for a load balancer's health check: 200 while this node holds its lease in the
+/// store and is not shutting down, 503 otherwise (a node that lost the store has ended its
+/// agent sessions, and new ones would be refused; a draining node takes no new visitors).
+async fn healthz(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let unavailable = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    if *shared.shutdown.borrow() {
+        return (unavailable, "shutting down\n").into_response();
+    }
+    if !shared.lease_held.load(std::sync::atomic::Ordering::Relaxed) {
+        return (unavailable, "cannot renew this node's lease in the store\n").into_response();
+    }
+    "ok\n".into_response()
 }
 
 /// Every `uri` and `next_page_uri` in an answer is absolute, as ngrok's are: API clients

@@ -1,7 +1,7 @@
 //! This node's view of which other node holds which endpoint. The store moves a generation
 //! on every change to the endpoints table (a trigger, so cascaded deletes count too); the
-//! view reloads when it moved, checked every [`POLL`] or at once when a relay found the view
-//! stale. For every tcp endpoint another node holds, this node listens on the same port (on
+//! view reloads when it moved, checked at once when PostgreSQL announces a change (`LISTEN`),
+//! when a relay found the view stale, and every [`POLL`] in case an announcement was lost. For every tcp endpoint another node holds, this node listens on the same port (on
 //! its own `tcp_bind_ip`) and relays each connection.
 
 use std::collections::HashMap;
@@ -15,8 +15,8 @@ use super::{Cluster, RelayOpen};
 use crate::Shared;
 use crate::registry::{EndpointKey, Proto};
 
-/// How often the generation is checked.
-const POLL: Duration = Duration::from_millis(500);
+/// How often the generation is checked without an announcement.
+const POLL: Duration = Duration::from_secs(1);
 
 /// An endpoint another node holds.
 #[derive(Debug, PartialEq, Eq)]
@@ -69,6 +69,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cluster: Arc<Cluster>) {
     let stop = crate::shutting_down(shared.shutdown.clone());
     tokio::pin!(stop);
     let mut listeners: HashMap<u16, tokio::task::AbortHandle> = HashMap::new();
+    let announcements = tokio::spawn(listen(shared.clone(), cluster.clone()));
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -82,8 +83,27 @@ pub(crate) async fn run(shared: Arc<Shared>, cluster: Arc<Cluster>) {
             tracing::warn!(error = %e, "could not read the cluster's routes; keeping the last view");
         }
     }
+    announcements.abort();
     for (_, l) in listeners {
         l.abort();
+    }
+}
+
+/// Wakes the view on every announcement of a change.
+async fn listen(shared: Arc<Shared>, cluster: Arc<Cluster>) {
+    loop {
+        let mut changes = match shared.store.route_changes().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot listen for route changes; polling only, retrying");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
+        while changes.next().await.is_ok() {
+            cluster.routes.wake.notify_one();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
