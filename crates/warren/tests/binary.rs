@@ -1616,3 +1616,130 @@ fn bad_settings_stop_the_edge_at_start_with_one_clear_message() {
     let err = fails(&edge_on_port_zero(&d), &[("WARREN_MASTER_KEY", other)]);
     assert!(err.contains("cannot open the keys in the store"), "{err}");
 }
+
+/// One https request over a new connection to `addr` for `host`, trusting `ca_pem`: whether
+/// it got a 200, within two seconds.
+async fn served(addr: std::net::SocketAddr, host: &str, ca_pem: &[u8]) -> bool {
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned()).ok()?;
+        let tls = tokio_rustls::TlsConnector::from(warren_testkit::client_tls(ca_pem, &[b"http/1.1"]))
+            .connect(name, tcp)
+            .await
+            .ok()?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.ok()?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/").header("host", host).body(warren_testkit::empty()).ok()?;
+        let res = send.send_request(req).await.ok()?;
+        Some(res.status() == hyper::StatusCode::OK)
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten().unwrap_or(false)
+}
+
+/// Two real edge nodes on one PostgreSQL database behind a TCP load balancer, an agent
+/// connected through it, visitors on the other node: `kill -9` of the agent's node, and the
+/// agent is back on the surviving node (it resumes its endpoint there) within seconds; the
+/// window in which requests failed is measured and printed.
+#[test]
+fn kill_9_of_a_node_costs_its_agent_a_reconnect_to_the_other_node() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let Some(db) = rt.block_on(warren_testkit::TestPostgres::create()) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    let operator = warren_testkit::TestCa::new("operator CA");
+    let (chain, key, _) = operator.leaf_for(&["connect.warren.localhost", "*.warren.localhost", "localhost"]);
+    std::fs::write(path("chain.pem"), chain).unwrap();
+    std::fs::write(path("key.pem"), key).unwrap();
+    std::fs::write(path("operator-ca.pem"), &operator.pem).unwrap();
+    let node = |name: &str, extra: &[&str]| -> Proc {
+        let data = path(name).display().to_string();
+        let mut args: Vec<String> = edge_on_port_zero(&data).iter().map(|s| s.to_string()).collect();
+        for a in [
+            "--database-url",
+            &db.url,
+            "--cluster-addr",
+            "127.0.0.1:0",
+            "--tls-cert",
+            path("chain.pem").to_str().unwrap(),
+            "--tls-key",
+            path("key.pem").to_str().unwrap(),
+        ] {
+            args.push(a.to_owned());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Proc::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let addr_in = |p: &Proc, marker: &str| -> std::net::SocketAddr {
+        let line = p.line_with(marker);
+        let port: u16 = after(&line, marker)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        std::net::SocketAddr::from(([127, 0, 0, 1], port))
+    };
+    let mut a = node("a", &["--tcp-ports", "41000-41099"]);
+    let a_connect = addr_in(&a, "agents connect:");
+    let token = after(&a.line_with("authtoken:"), "authtoken:").to_owned();
+    let master = path("a/master.key").display().to_string();
+    let b = node("b", &["--tcp-ports", "41100-41199", "--master-key-file", &master]);
+    let b_connect = addr_in(&b, "agents connect:");
+    let b_https = addr_in(&b, "https endpoints:");
+
+    let lb = rt.block_on(warren_testkit::TcpProxy::start(vec![a_connect, b_connect]));
+    let up = http_upstream().to_string();
+    let lb_url = format!("localhost:{}", lb.addr.port());
+    let agent = Proc::spawn(&[
+        "http",
+        &up,
+        "--url",
+        "https://app.warren.localhost",
+        "--authtoken",
+        &token,
+        "--connect-url",
+        &lb_url,
+        "--connect-cas",
+        path("operator-ca.pem").to_str().unwrap(),
+        "--web-addr",
+        "false",
+        "--log",
+        "stdout",
+    ]);
+    agent.line_with("app.warren.localhost");
+    let ca = operator.pem.as_bytes();
+    rt.block_on(async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !served(b_https, "app.warren.localhost", ca).await {
+            assert!(std::time::Instant::now() < deadline, "never served through node b");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+
+    // Visitors keep coming through node b while node a dies.
+    let killed = std::time::Instant::now();
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    let (first_failure, back) = rt.block_on(async {
+        let mut first_failure = None;
+        loop {
+            let ok = served(b_https, "app.warren.localhost", ca).await;
+            if !ok && first_failure.is_none() {
+                first_failure = Some(killed.elapsed());
+            }
+            if ok && killed.elapsed() > Duration::from_millis(200) {
+                return (first_failure, killed.elapsed());
+            }
+            assert!(killed.elapsed() < Duration::from_secs(30), "the endpoint never came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    eprintln!("kill -9: first failed request at {first_failure:?}; served again from node b at {back:?}");
+    assert!(back < Duration::from_secs(10), "back after {back:?}");
+    drop((agent, b, lb));
+    rt.block_on(db.drop_db());
+}
