@@ -12,6 +12,8 @@ use base64::Engine;
 
 const VERSION: u8 = 1;
 
+/// The label the cluster CA's key is sealed under.
+pub const CLUSTER_CA_LABEL: &str = "cluster-ca";
 /// Why the master key could not be loaded or a value opened.
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {

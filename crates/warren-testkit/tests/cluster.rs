@@ -457,3 +457,28 @@ async fn a_node_cut_off_from_the_database_fences_itself_and_its_agent_resumes_on
     a.stop().await;
     db.drop_db().await;
 }
+
+/// A node whose master key is not the cluster's cannot open the cluster CA's key: it refuses
+/// to start, saying why, instead of joining with links no other node would accept.
+#[tokio::test]
+async fn a_node_with_another_master_key_is_refused_at_start() {
+    let Some(db) = TestPostgres::create().await else { return };
+    let (mut a, mut b) = two_nodes(&db).await;
+    b.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = a.config.clone();
+    config.data_dir = dir.path().join("data");
+    // A new data directory: its own master key is made at first use.
+    config.master_key_file = None;
+    for addr in [&mut config.connect_addr, &mut config.https_addr] {
+        *addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    }
+    config.http_addr = None;
+    config.api_addr = None;
+    config.cluster_addr = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    let prepared = warren_edge::bootstrap::prepare(&config).await.unwrap();
+    let err = warren_edge::Edge::start(config, prepared.store, prepared.tls).await.err().expect("refused");
+    assert!(err.to_string().contains("the same master key"), "{err}");
+    a.stop().await;
+    db.drop_db().await;
+}

@@ -965,6 +965,7 @@ async fn check_edge(config: &EdgeConfig) -> anyhow::Result<()> {
         ("--https-addr", Some(config.https_addr)),
         ("--http-addr", config.http_addr),
         ("--api-addr", config.api_addr),
+        ("--cluster-addr", config.cluster_addr),
     ];
     for (flag, addr) in listeners {
         let Some(addr) = addr else { continue };
@@ -988,6 +989,14 @@ async fn master_key_problem(
     key: &warren_edge::sealed::MasterKey,
     store: &warren_edge::Store,
 ) -> Option<String> {
+    if let Ok(Some(ca)) = store.cluster_ca().await
+        && key.open(warren_edge::sealed::CLUSTER_CA_LABEL, &ca.key_sealed).is_err()
+    {
+        return Some(format!(
+            "master key ({}): it cannot open the cluster CA's key in the store; every node of a cluster needs the same master key (WARREN_MASTER_KEY or --master-key-file)",
+            key_file.display()
+        ));
+    }
     // An ACME certificate's key is sealed under its domain, an uploaded one's under its id.
     let acme = store.all_certificates().await.ok()?.into_iter().next().map(|c| (c.domain, c.key_sealed));
     let uploaded =

@@ -15,9 +15,6 @@ use warren_store::{ClusterCa, Store};
 
 use crate::sealed::MasterKey;
 
-/// The seal label of the cluster CA's key.
-const SEAL_LABEL: &str = "cluster-ca";
-
 /// Why the cluster's TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CaError {
@@ -74,13 +71,15 @@ pub(crate) async fn node_tls(store: &Store, master: &MasterKey, node_id: &str) -
             let cert = ca_params().self_signed(&key)?;
             let fresh = ClusterCa {
                 cert_pem: cert.pem(),
-                key_sealed: master.seal(SEAL_LABEL, key.serialize_pem().as_bytes()),
+                key_sealed: master.seal(crate::sealed::CLUSTER_CA_LABEL, key.serialize_pem().as_bytes()),
             };
             // Another node may have won the race: use whichever CA was stored.
             store.init_cluster_ca(&fresh).await?
         }
     };
-    let key_pem = master.open(SEAL_LABEL, &stored.key_sealed).map_err(|_| CaError::WrongMasterKey)?;
+    let key_pem = master
+        .open(crate::sealed::CLUSTER_CA_LABEL, &stored.key_sealed)
+        .map_err(|_| CaError::WrongMasterKey)?;
     let key_pem = String::from_utf8(key_pem).map_err(|_| CaError::WrongMasterKey)?;
     let ca_key = KeyPair::from_pem(&key_pem)?;
     let ca_der = CertificateDer::pem_slice_iter(stored.cert_pem.as_bytes())
