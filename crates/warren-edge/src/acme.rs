@@ -7,6 +7,11 @@
 //!
 //! Challenges are answered by the ingress: HTTP-01 on the plain http port
 //! ([`Challenges::http01`]), TLS-ALPN-01 on the shared TLS port ([`Challenges::tls_alpn01`]).
+//!
+//! Several nodes on one database order each name once: a node orders only while it holds
+//! the name's lease in the store, and keeps its challenge answers there too, so whichever
+//! node the ACME server's validation reaches answers it. A certificate one node stores
+//! reaches the others at once (PostgreSQL announces it) or at the next poll.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +31,13 @@ use crate::config::{AcmeChallenge, AcmeConfig};
 const FIRST_BACKOFF: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 
+/// How long a node may take to finish an order before another node may start one.
+const ORDER_LEASE_SECS: i64 = 600;
+
+/// Store lookups of other nodes' challenge answers at once; further misses get no answer
+/// (a flood of made-up tokens costs the store at most this many queries in flight).
+const SHARED_LOOKUPS: usize = 4;
+
 /// Answers to challenges in flight, read by the ingress.
 #[derive(Default)]
 pub(crate) struct Challenges {
@@ -33,18 +45,74 @@ pub(crate) struct Challenges {
     http: Mutex<HashMap<String, String>>,
     /// TLS-ALPN-01: domain → the challenge certificate's TLS config.
     alpn: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
+    /// Bounds the store lookups for other nodes' answers (several nodes on one database).
+    lookups: LookupPermits,
+}
+
+struct LookupPermits(tokio::sync::Semaphore);
+
+impl Default for LookupPermits {
+    fn default() -> LookupPermits {
+        LookupPermits(tokio::sync::Semaphore::new(SHARED_LOOKUPS))
+    }
 }
 
 impl Challenges {
-    /// The body for `GET /.well-known/acme-challenge/{token}`.
-    pub(crate) fn http01(&self, token: &str) -> Option<String> {
-        self.http.lock().unwrap_or_else(|e| e.into_inner()).get(token).cloned()
+    /// The body for `GET /.well-known/acme-challenge/{token}`: this node's answer, or
+    /// another node's.
+    pub(crate) async fn http01(&self, shared: &Shared, token: &str) -> Option<String> {
+        if let Some(a) = self.http.lock().unwrap_or_else(|e| e.into_inner()).get(token).cloned() {
+            return Some(a);
+        }
+        self.from_other_nodes(shared, &format!("http:{token}")).await
     }
 
-    /// The TLS config answering an `acme-tls/1` handshake for `domain`.
-    pub(crate) fn tls_alpn01(&self, domain: &str) -> Option<Arc<rustls::ServerConfig>> {
-        self.alpn.lock().unwrap_or_else(|e| e.into_inner()).get(domain).cloned()
+    /// The TLS config answering an `acme-tls/1` handshake for `domain`: this node's, or one
+    /// made from another node's answer.
+    pub(crate) async fn tls_alpn01(
+        &self,
+        shared: &Shared,
+        domain: &str,
+    ) -> Option<Arc<rustls::ServerConfig>> {
+        if let Some(c) = self.alpn.lock().unwrap_or_else(|e| e.into_inner()).get(domain).cloned() {
+            return Some(c);
+        }
+        let digest = self.from_other_nodes(shared, &format!("alpn:{domain}")).await?;
+        let digest = hex_decode(&digest)?;
+        alpn_config(domain, &digest).ok()
     }
+
+    async fn from_other_nodes(&self, shared: &Shared, id: &str) -> Option<String> {
+        // Tokens are base64url (RFC 8555 §8.1), domains are names: anything else is not asked.
+        let plausible = id.len() <= 300
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if !several_nodes(shared) || !plausible {
+            return None;
+        }
+        let Ok(_permit) = self.lookups.0.try_acquire() else {
+            tracing::debug!(%id, "too many challenge lookups at once; not answered");
+            return None;
+        };
+        match shared.store.acme_challenge(id).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read another node's challenge answer");
+                None
+            }
+        }
+    }
+}
+
+/// Whether other nodes may share this node's database (then orders and answers go through it).
+fn several_nodes(shared: &Shared) -> bool {
+    shared.config.database_url.is_some()
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// How often a node picks up certificates stored by others (several nodes on one database:
@@ -89,12 +157,33 @@ pub(crate) async fn sync_once(shared: &Shared, installed: &mut Installed) {
 pub(crate) async fn sync(shared: Arc<Shared>, mut installed: Installed) {
     let stop = crate::shutting_down(shared.shutdown.clone());
     tokio::pin!(stop);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let announcements = several_nodes(&shared).then(|| tokio::spawn(listen(shared.clone(), wake.clone())));
     loop {
         tokio::select! {
-            _ = &mut stop => return,
+            _ = &mut stop => break,
             _ = tokio::time::sleep(SYNC_INTERVAL) => {}
+            _ = wake.notified() => {}
         }
         sync_once(&shared, &mut installed).await;
+    }
+    if let Some(a) = announcements {
+        a.abort();
+    }
+}
+
+/// Wakes the certificate sync whenever another node announces a certificate change.
+async fn listen(shared: Arc<Shared>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        match shared.store.listen(warren_store::Announcement::Certificates).await {
+            Ok(mut changes) => {
+                while changes.next().await.is_ok() {
+                    wake.notify_one();
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot listen for certificate changes; polling only"),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 
@@ -139,7 +228,27 @@ pub(crate) async fn run(shared: Arc<Shared>, config: AcmeConfig) {
                         tracing::warn!(%domain, account = %a, "this account's certificate orders this hour are used up; later");
                         continue;
                     }
-                    match issue(&shared, &config, &mut account, &domain).await {
+                    if several_nodes(&shared) {
+                        match shared.store.claim_acme_order(&domain, &shared.node_id, ORDER_LEASE_SECS).await
+                        {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                tracing::debug!(%domain, "another node is ordering this certificate");
+                                continue;
+                            }
+                            Err(e) => {
+                                tracing::warn!(%domain, error = %e, "could not claim the certificate order");
+                                continue;
+                            }
+                        }
+                    }
+                    let issued = issue(&shared, &config, &mut account, &domain).await;
+                    if several_nodes(&shared)
+                        && let Err(e) = shared.store.release_acme_order(&domain, &shared.node_id).await
+                    {
+                        tracing::debug!(%domain, error = %e, "could not release the certificate order; it lapses");
+                    }
+                    match issued {
                         Ok(()) => {
                             failures.remove(&domain);
                         }
@@ -287,6 +396,7 @@ async fn issue(
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(challenge.token.clone(), key_auth.as_str().to_owned());
                     answered.push(Answer::Http(challenge.token.clone()));
+                    share(shared, &format!("http:{}", challenge.token), key_auth.as_str()).await?;
                 }
                 AcmeChallenge::TlsAlpn01 => {
                     let cfg = alpn_config(domain, key_auth.digest().as_ref())?;
@@ -297,6 +407,8 @@ async fn issue(
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(domain.to_owned(), cfg);
                     answered.push(Answer::Alpn(domain.to_owned()));
+                    let hex: String = key_auth.digest().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+                    share(shared, &format!("alpn:{domain}"), &hex).await?;
                 }
             }
             challenge.set_ready().await.map_err(|e| format!("challenge: {e}"))?;
@@ -318,13 +430,18 @@ async fn issue(
     }
     .await;
     for a in answered {
-        match a {
+        let id = match a {
             Answer::Http(token) => {
                 shared.challenges.http.lock().unwrap_or_else(|e| e.into_inner()).remove(&token);
+                format!("http:{token}")
             }
             Answer::Alpn(d) => {
                 shared.challenges.alpn.lock().unwrap_or_else(|e| e.into_inner()).remove(&d);
+                format!("alpn:{d}")
             }
+        };
+        if several_nodes(shared) {
+            let _ = shared.store.delete_acme_challenge(&id).await;
         }
     }
     let (chain_pem, key_pem) = result?;
@@ -344,6 +461,18 @@ async fn issue(
     shared.store.put_certificate(&stored).await.map_err(|e| e.to_string())?;
     install(shared, domain, &stored.chain_pem, &stored.key_sealed)?;
     tracing::info!(%domain, not_after = stored.not_after, "certificate issued and served");
+    Ok(())
+}
+
+/// Keeps a challenge answer where the other nodes find it (several nodes only).
+async fn share(shared: &Shared, id: &str, answer: &str) -> AcmeResult<()> {
+    if several_nodes(shared) {
+        shared
+            .store
+            .put_acme_challenge(id, answer, ORDER_LEASE_SECS)
+            .await
+            .map_err(|e| format!("could not share the challenge answer: {e}"))?;
+    }
     Ok(())
 }
 

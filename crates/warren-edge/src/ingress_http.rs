@@ -105,7 +105,7 @@ async fn front(
     if hello.alpn.iter().any(|p| p == b"acme-tls/1") {
         // An ACME server validating TLS-ALPN-01: answer with the challenge certificate, or
         // with nothing for a name not being validated.
-        let Some(cfg) = shared.challenges.tls_alpn01(&name) else { return };
+        let Some(cfg) = shared.challenges.tls_alpn01(&shared, &name).await else { return };
         let io = crate::tls_front::Rewind::new(hello.buffered, tcp);
         let _ = tokio::time::timeout(limit, tokio_rustls::TlsAcceptor::from(cfg).accept(io)).await;
         return;
@@ -355,7 +355,7 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ClosedByPolicy> {
     if let Some(token) = req.uri().path().strip_prefix("/.well-known/acme-challenge/")
-        && let Some(key_auth) = shared.challenges.http01(token)
+        && let Some(key_auth) = shared.challenges.http01(shared, token).await
     {
         return Ok(Response::builder()
             .header(header::CONTENT_TYPE, "application/octet-stream")

@@ -29,12 +29,30 @@ pub struct ClusterCa {
     pub key_sealed: Vec<u8>,
 }
 
-/// Announcements that the endpoints table changed (PostgreSQL's `LISTEN warren_routes`); on
-/// SQLite, one node, nothing is ever announced. Announcements made while the connection was
-/// down are lost: readers poll [`Store::route_generation`] as well.
-pub struct RouteChanges(Option<sqlx::postgres::PgListener>);
+/// What another node may announce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Announcement {
+    /// An endpoint was bound, released or moved.
+    Routes,
+    /// A certificate was stored, replaced or removed.
+    Certificates,
+}
 
-impl RouteChanges {
+impl Announcement {
+    fn channel(self) -> &'static str {
+        match self {
+            Announcement::Routes => "warren_routes",
+            Announcement::Certificates => "warren_certificates",
+        }
+    }
+}
+
+/// Announcements of one kind from any node (PostgreSQL's `LISTEN`); on SQLite, one node,
+/// nothing is ever announced. Announcements made while the connection was down are lost:
+/// readers poll as well.
+pub struct Announcements(Option<sqlx::postgres::PgListener>);
+
+impl Announcements {
     /// Waits for the next announcement (reconnecting if the connection dropped).
     pub async fn next(&mut self) -> Result<(), StoreError> {
         match &mut self.0 {
@@ -48,16 +66,76 @@ impl RouteChanges {
 }
 
 impl Store {
-    /// Starts listening for changes to who holds which endpoint.
-    pub async fn route_changes(&self) -> Result<RouteChanges, StoreError> {
+    /// Starts listening for announcements of `what`.
+    pub async fn listen(&self, what: Announcement) -> Result<Announcements, StoreError> {
         match &*self.db {
             crate::Db::Postgres(pool) => {
                 let mut l = sqlx::postgres::PgListener::connect_with(pool).await?;
-                l.listen("warren_routes").await?;
-                Ok(RouteChanges(Some(l)))
+                l.listen(what.channel()).await?;
+                Ok(Announcements(Some(l)))
             }
-            crate::Db::Sqlite(_) => Ok(RouteChanges(None)),
+            crate::Db::Sqlite(_) => Ok(Announcements(None)),
         }
+    }
+
+    /// Takes the right to order a certificate for `domain` for `ttl_secs` (by the database's
+    /// clock) unless another node holds it; returns whether `node_id` now holds it.
+    pub async fn claim_acme_order(
+        &self,
+        domain: &str,
+        node_id: &str,
+        ttl_secs: i64,
+    ) -> Result<bool, StoreError> {
+        let now = self.db_now().await?;
+        let claimed = with_db!(self.db, pool => {
+            sqlx::query(
+                "INSERT INTO acme_orders (domain, node_id, expires_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (domain) DO UPDATE SET node_id = excluded.node_id, expires_at = excluded.expires_at \
+                 WHERE acme_orders.expires_at < $4 OR acme_orders.node_id = $2",
+            )
+            .bind(domain).bind(node_id).bind(now + ttl_secs).bind(now).execute(pool).await?.rows_affected()
+        });
+        Ok(claimed > 0)
+    }
+
+    /// Gives the right to order for `domain` back (the order finished, either way).
+    pub async fn release_acme_order(&self, domain: &str, node_id: &str) -> Result<(), StoreError> {
+        with_db!(self.db, pool => {
+            sqlx::query("DELETE FROM acme_orders WHERE domain = $1 AND node_id = $2")
+                .bind(domain).bind(node_id).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Keeps a challenge answer for `ttl_secs`, for any node to give (`id` says which
+    /// challenge: `http:TOKEN` or `alpn:DOMAIN`).
+    pub async fn put_acme_challenge(&self, id: &str, answer: &str, ttl_secs: i64) -> Result<(), StoreError> {
+        let expires = self.db_now().await? + ttl_secs;
+        with_db!(self.db, pool => {
+            sqlx::query("INSERT INTO acme_challenges (id, answer, expires_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (id) DO UPDATE SET answer = excluded.answer, expires_at = excluded.expires_at")
+                .bind(id).bind(answer).bind(expires).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Forgets a challenge answer (and any that expired).
+    pub async fn delete_acme_challenge(&self, id: &str) -> Result<(), StoreError> {
+        let now = self.db_now().await?;
+        with_db!(self.db, pool => {
+            sqlx::query("DELETE FROM acme_challenges WHERE id = $1 OR expires_at < $2")
+                .bind(id).bind(now).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// One challenge answer in flight.
+    pub async fn acme_challenge(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let now = self.db_now().await?;
+        Ok(with_db!(self.db, pool => {
+            sqlx::query("SELECT answer FROM acme_challenges WHERE id = $1 AND expires_at >= $2")
+                .bind(id).bind(now).fetch_optional(pool).await?.map(|r| r.get(0))
+        }))
     }
 
     /// The cluster CA, if a node made one.

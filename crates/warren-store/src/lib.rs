@@ -99,7 +99,7 @@ mod time;
 mod users;
 
 pub use certificates::{StoredCertificate, UploadedCertificate};
-pub use cluster::{ClusterCa, RemoteEndpoint, RouteChanges};
+pub use cluster::{Announcement, Announcements, ClusterCa, RemoteEndpoint};
 pub use dashboard::{DashboardSession, SignIn};
 pub use events::{
     Actor, Audited, EventDestination, EventSource, EventSubscription, NewEventDestination, Op, StoredEvent,

@@ -159,7 +159,7 @@ where
 impl Store {
     /// The database's clock, in Unix seconds. Node liveness is judged by it alone, so a node
     /// whose own clock is off neither expires others early nor keeps itself alive.
-    async fn db_now(&self) -> Result<i64, StoreError> {
+    pub(crate) async fn db_now(&self) -> Result<i64, StoreError> {
         Ok(match &*self.db {
             crate::Db::Sqlite(_) => now(),
             crate::Db::Postgres(pool) => sqlx::query("SELECT CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)")

@@ -909,3 +909,39 @@ async fn a_postgres_store_from_schema_15_opens_with_every_row_and_secret() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn one_node_at_a_time_may_order_a_certificate_and_answers_are_shared() {
+    on_both(|s| async move {
+        assert!(s.claim_acme_order("shop.example.com", "nd_a", 600).await.unwrap());
+        // Held: another node may not order, the holder may renew its claim.
+        assert!(!s.claim_acme_order("shop.example.com", "nd_b", 600).await.unwrap());
+        assert!(s.claim_acme_order("shop.example.com", "nd_a", 600).await.unwrap());
+        // Another name is free.
+        assert!(s.claim_acme_order("pay.example.com", "nd_b", 600).await.unwrap());
+        // Released, or lapsed: the next node may.
+        s.release_acme_order("shop.example.com", "nd_b").await.unwrap();
+        assert!(
+            !s.claim_acme_order("shop.example.com", "nd_b", 600).await.unwrap(),
+            "only its holder releases it"
+        );
+        s.release_acme_order("shop.example.com", "nd_a").await.unwrap();
+        assert!(s.claim_acme_order("shop.example.com", "nd_b", -5).await.unwrap());
+        assert!(
+            s.claim_acme_order("shop.example.com", "nd_a", 600).await.unwrap(),
+            "a lapsed claim is taken over"
+        );
+
+        s.put_acme_challenge("http:tok1", "tok1.thumb", 600).await.unwrap();
+        s.put_acme_challenge("alpn:shop.example.com", "00ff", 600).await.unwrap();
+        s.put_acme_challenge("http:old", "x", -5).await.unwrap();
+        assert_eq!(s.acme_challenge("http:tok1").await.unwrap().as_deref(), Some("tok1.thumb"));
+        assert_eq!(s.acme_challenge("alpn:shop.example.com").await.unwrap().as_deref(), Some("00ff"));
+        assert_eq!(s.acme_challenge("http:old").await.unwrap(), None, "an expired answer is not given");
+        assert_eq!(s.acme_challenge("http:nope").await.unwrap(), None);
+        s.delete_acme_challenge("http:tok1").await.unwrap();
+        assert_eq!(s.acme_challenge("http:tok1").await.unwrap(), None);
+        assert!(s.acme_challenge("alpn:shop.example.com").await.unwrap().is_some());
+    })
+    .await;
+}

@@ -482,3 +482,84 @@ async fn a_node_with_another_master_key_is_refused_at_start() {
     a.stop().await;
     db.drop_db().await;
 }
+
+/// Two nodes with ACME on one database: the node the reservation woke orders the
+/// certificate (holding the name's order lease), pebble's validation reaches the other node
+/// (it listens where pebble looks), which answers from the store, and that node serves the
+/// issued certificate within seconds (announced, not polled every 30 s).
+async fn a_certificate_ordered_by_one_node_is_validated_through_and_served_by_the_other(
+    challenge: warren_edge::config::AcmeChallenge,
+    domain: &str,
+) {
+    let Some(db) = TestPostgres::create().await else { return };
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(http, https).await;
+    let acme = |check_interval| warren_edge::config::AcmeConfig {
+        directory: pebble.directory.clone(),
+        directory_ca: Some(pebble.server_ca.clone()),
+        email: Some("ops@example.com".into()),
+        challenge,
+        renew_before: std::time::Duration::from_secs(30 * 86_400),
+        check_interval,
+        orders_per_account_per_hour: 100,
+    };
+    let url = db.url.clone();
+    let a_acme = acme(std::time::Duration::from_secs(1));
+    let mut a = TestEdge::start_with(|c| {
+        c.database_url = Some(warren_edge::config::DatabaseUrl(url));
+        c.cluster_addr = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        c.acme = Some(a_acme);
+    })
+    .await;
+    // Node b only checks at start: the reservation below wakes node a alone, so node a orders.
+    let b_acme = acme(std::time::Duration::from_secs(3600));
+    let mut b = TestEdge::start_joining_with(&a, |c| {
+        c.http_addr = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, http)));
+        c.https_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, https));
+        c.acme = Some(b_acme);
+        c.tcp_bind_ip = Ipv4Addr::new(127, 0, 0, 2).into();
+    })
+    .await;
+    let key = Some(a.api_key.as_str());
+    let (s, _, rd) =
+        a.api("POST", "/reserved_domains", key, Some(serde_json::json!({"domain": domain}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{rd}");
+    a.verify_custom_domain(&rd).await;
+
+    let root = pebble.issuing_root().await;
+    let stored = eventually("node a stores the certificate", || async {
+        a.edge().store().get_certificate(domain).await.unwrap()
+    })
+    .await;
+    assert_eq!(stored.source, "acme");
+    eventually("node b serves it", || async {
+        let tcp = TcpStream::connect(b.https_addr()).await.ok()?;
+        let name = rustls::pki_types::ServerName::try_from(domain.to_owned()).unwrap();
+        tokio_rustls::TlsConnector::from(client_tls(root.as_bytes(), &[b"http/1.1"]))
+            .connect(name, tcp)
+            .await
+            .ok()
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn an_http_01_challenge_of_one_node_is_answered_by_another() {
+    a_certificate_ordered_by_one_node_is_validated_through_and_served_by_the_other(
+        warren_edge::config::AcmeChallenge::Http01,
+        "shop.example.com",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_tls_alpn_01_challenge_of_one_node_is_answered_by_another() {
+    a_certificate_ordered_by_one_node_is_validated_through_and_served_by_the_other(
+        warren_edge::config::AcmeChallenge::TlsAlpn01,
+        "pay.example.com",
+    )
+    .await;
+}

@@ -92,7 +92,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cluster: Arc<Cluster>) {
 /// Wakes the view on every announcement of a change.
 async fn listen(shared: Arc<Shared>, cluster: Arc<Cluster>) {
     loop {
-        let mut changes = match shared.store.route_changes().await {
+        let mut changes = match shared.store.listen(warren_store::Announcement::Routes).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot listen for route changes; polling only, retrying");

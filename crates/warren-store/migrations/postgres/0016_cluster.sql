@@ -28,3 +28,29 @@ $$ LANGUAGE plpgsql;
 
 CREATE TRIGGER endpoints_changed AFTER INSERT OR UPDATE OR DELETE ON endpoints
     FOR EACH STATEMENT EXECUTE FUNCTION warren_routes_changed();
+
+-- One certificate order per name across the nodes: a node orders only while it holds the
+-- name's row here (a lease, judged by the database's clock), and any node answers the
+-- challenges of an order in flight from the answers kept here.
+CREATE TABLE acme_orders (
+    domain      TEXT PRIMARY KEY,
+    node_id     TEXT NOT NULL,
+    expires_at  BIGINT NOT NULL
+);
+
+CREATE TABLE acme_challenges (
+    id          TEXT PRIMARY KEY,
+    answer      TEXT NOT NULL,
+    expires_at  BIGINT NOT NULL
+);
+
+-- Certificates stored by one node reach the others at once (they also poll).
+CREATE FUNCTION warren_certificates_changed() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('warren_certificates', '');
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER tls_certificates_changed AFTER INSERT OR UPDATE OR DELETE ON tls_certificates
+    FOR EACH STATEMENT EXECUTE FUNCTION warren_certificates_changed();

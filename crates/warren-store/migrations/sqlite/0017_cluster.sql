@@ -23,3 +23,18 @@ CREATE TRIGGER endpoints_unbind AFTER DELETE ON endpoints
 BEGIN UPDATE route_generation SET generation = generation + 1 WHERE id = 1; END;
 CREATE TRIGGER endpoints_move AFTER UPDATE ON endpoints
 BEGIN UPDATE route_generation SET generation = generation + 1 WHERE id = 1; END;
+
+-- One certificate order per name across the nodes: a node orders only while it holds the
+-- name's row here (a lease, judged by the database's clock), and any node answers the
+-- challenges of an order in flight from the answers kept here.
+CREATE TABLE acme_orders (
+    domain      TEXT PRIMARY KEY,
+    node_id     TEXT NOT NULL,
+    expires_at  BIGINT NOT NULL
+);
+
+CREATE TABLE acme_challenges (
+    id          TEXT PRIMARY KEY,
+    answer      TEXT NOT NULL,
+    expires_at  BIGINT NOT NULL
+);
