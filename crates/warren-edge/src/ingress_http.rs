@@ -747,9 +747,11 @@ async fn take_relay_sender(
     {
         let mut pool = visitor.relay_pool.lock().expect("pool poisoned");
         pool.retain(|(_, s)| !s.is_closed());
-        // The same route, not an equal one: a new view (the endpoint bound again) opens a
-        // new stream, checked by its holder.
-        if let Some(i) = pool.iter().position(|(r, s)| Arc::ptr_eq(r, route) && s.is_ready()) {
+        // The same endpoint id (the fencing token): one bound again opens a new stream,
+        // checked by its holder.
+        if let Some(i) = pool.iter().position(|(r, s)| {
+            r.endpoint_id == route.endpoint_id && r.node_id == route.node_id && s.is_ready()
+        }) {
             return Ok(pool.swap_remove(i).1);
         }
     }

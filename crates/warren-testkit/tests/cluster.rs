@@ -563,3 +563,68 @@ async fn a_tls_alpn_01_challenge_of_one_node_is_answered_by_another() {
     )
     .await;
 }
+
+/// Three nodes, an agent on each with an endpoint of every scheme: a visitor on every node
+/// reaches every agent, over https, http, tcp and tls.
+#[tokio::test]
+async fn three_nodes_every_visitor_reaches_every_agent_over_every_scheme() {
+    let Some(db) = TestPostgres::create().await else { return };
+    let (mut a, mut b) = two_nodes(&db).await;
+    let mut c =
+        TestEdge::start_joining_with(&a, |c| c.tcp_bind_ip = Ipv4Addr::new(127, 0, 0, 4).into()).await;
+    let ips = [Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 4)];
+    let up = HttpUpstream::start().await;
+    let (echo, _) = tcp_echo().await;
+    let passthrough_ca = TestCa::new("passthrough upstream CA");
+    let mut agents = Vec::new();
+    let mut tcp_ports = Vec::new();
+    for (i, node) in [&a, &b, &c].into_iter().enumerate() {
+        let tls_up = tls_echo(&passthrough_ca, &format!("pass{i}.warren.localhost")).await;
+        let mut cfg = node.agent_config();
+        cfg.endpoints = vec![
+            EndpointConfig::http(&up.url(), Some(&format!("https://app{i}.warren.localhost"))).unwrap(),
+            EndpointConfig::http(&up.url(), Some(&format!("http://plain{i}.warren.localhost"))).unwrap(),
+            EndpointConfig::tcp(&echo.to_string(), None).unwrap(),
+            EndpointConfig::tls(&tls_up.to_string(), Some(&format!("tls://pass{i}.warren.localhost")), None)
+                .unwrap(),
+        ];
+        let mut agent = Agent::start(cfg);
+        let urls = within("agent online", agent.wait_online()).await.unwrap();
+        tcp_ports.push(url_port(urls.iter().find(|u| u.starts_with("tcp://")).unwrap()));
+        agents.push(agent);
+    }
+    let nodes = [&a, &b, &c];
+    for (v, visited) in nodes.iter().enumerate() {
+        for (i, holder) in nodes.iter().enumerate() {
+            let what = format!("node {v} serves node {i}'s endpoints");
+            let https_host = format!("app{i}.warren.localhost");
+            let (status, body) = eventually(&format!("{what} over https"), || async {
+                https_get_via(visited.https_addr(), &https_host, &holder.ca_pem, "/").await
+            })
+            .await;
+            assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from upstream"), "{what}");
+            let (status, _, body) =
+                plain_get_via(visited.http_addr(), &format!("plain{i}.warren.localhost"), "/").await;
+            assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from upstream"), "{what} over http");
+            let mut tcp = connect_from(VISITOR, SocketAddr::from((ips[v], tcp_ports[i]))).await;
+            assert_eq!(echo_roundtrip(&mut tcp, what.as_bytes()).await, what.as_bytes(), "{what} over tcp");
+            let tcp = connect_from(VISITOR, visited.https_addr()).await;
+            let name = rustls::pki_types::ServerName::try_from(format!("pass{i}.warren.localhost")).unwrap();
+            let mut pass = tokio_rustls::TlsConnector::from(client_tls(passthrough_ca.pem.as_bytes(), &[]))
+                .connect(name, tcp)
+                .await
+                .unwrap_or_else(|e| panic!("{what} over tls: {e}"));
+            pass.write_all(b"ping").await.unwrap();
+            let mut got = [0u8; 4];
+            pass.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"ping", "{what} over tls");
+        }
+    }
+    for agent in agents {
+        agent.stop().await.unwrap();
+    }
+    for n in [&mut a, &mut b, &mut c] {
+        n.stop().await;
+    }
+    db.drop_db().await;
+}

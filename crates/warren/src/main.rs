@@ -803,6 +803,9 @@ async fn edge(args: EdgeArgs, log_level_pinned: bool) -> anyhow::Result<()> {
     println!("  data directory:  {}", data_dir.display());
     println!("  agents connect:  {connect} (CA certificate: {})", ca.display());
     println!("  https endpoints: https://<name>.{}:{}", config.base_domain, edge.https_addr.port());
+    if let Some(http) = edge.http_addr {
+        println!("  http endpoints:  http://<name>.{}:{}", config.base_domain, http.port());
+    }
     if let Some(api) = edge.api_addr {
         println!(
             "  REST API:        http://{api} (ngrok API v2: Authorization: Bearer <API key>, Ngrok-Version: 2)"

@@ -24,6 +24,10 @@ pub(crate) use routes::RemoteRoute;
 /// How long dialling a peer may take (TCP and TLS).
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// After a failed dial, visitors for that peer fail at once for this long instead of each
+/// waiting for a dial of its own.
+const REDIAL_AFTER: Duration = Duration::from_secs(1);
+
 /// This node's part in the cluster.
 pub(crate) struct Cluster {
     tls: ca::NodeTls,
@@ -32,7 +36,7 @@ pub(crate) struct Cluster {
     /// Who holds what, on other nodes.
     pub(crate) routes: routes::RouteView,
     /// Links this node opened, by peer node id; each dialled at most once at a time.
-    links: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Mux>>>>>,
+    links: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Link>>>>,
     /// Links other nodes opened to this one, closed at shutdown.
     accepted: Mutex<Vec<Mux>>,
 }
@@ -75,8 +79,13 @@ impl Cluster {
         let slot =
             self.links.lock().expect("links poisoned").entry(route.node_id.clone()).or_default().clone();
         let mut slot = slot.lock().await;
-        if let Some(m) = slot.as_ref().filter(|m| !m.is_closed() && m.remote_goaway().is_none()) {
+        if let Some(m) = slot.mux.as_ref().filter(|m| !m.is_closed() && m.remote_goaway().is_none()) {
             return Ok(m.clone());
+        }
+        if let Some((at, why)) = &slot.failed
+            && at.elapsed() < REDIAL_AFTER
+        {
+            return Err(RelayError::Link(route.node_id.clone(), std::io::Error::other(why.clone())));
         }
         let link_err = |e| RelayError::Link(route.node_id.clone(), e);
         let dial = async {
@@ -87,12 +96,20 @@ impl Cluster {
             connector.connect(ca::server_name(&route.node_id), tcp).await
         };
         let tls = match tokio::time::timeout(DIAL_TIMEOUT, dial).await {
-            Ok(r) => r.map_err(link_err)?,
-            Err(_) => return Err(RelayError::Timeout(route.node_id.clone())),
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::warn!(node = %route.node_id, addr = %route.relay_addr, error = %e, "cannot dial a relay link");
+                slot.failed = Some((std::time::Instant::now(), e.to_string()));
+                return Err(link_err(e));
+            }
+            Err(_) => {
+                slot.failed = Some((std::time::Instant::now(), "dial timed out".into()));
+                return Err(RelayError::Timeout(route.node_id.clone()));
+            }
         };
         let mux = warren_mux::start(tls, Role::Client, warren_mux::Config::default());
         tracing::info!(node = %route.node_id, addr = %route.relay_addr, "relay link up");
-        *slot = Some(mux.clone());
+        *slot = Link { mux: Some(mux.clone()), failed: None };
         Ok(mux)
     }
 
@@ -104,12 +121,19 @@ impl Cluster {
         let links: Vec<_> = self.links.lock().expect("links poisoned").drain().map(|(_, s)| s).collect();
         for slot in links {
             if let Ok(s) = slot.try_lock()
-                && let Some(m) = s.as_ref()
+                && let Some(m) = s.mux.as_ref()
             {
                 m.close(warren_mux::ErrorCode::None, "edge node shutting down");
             }
         }
     }
+}
+
+/// A peer's link, or when dialling it last failed.
+#[derive(Default)]
+struct Link {
+    mux: Option<Mux>,
+    failed: Option<(std::time::Instant, String)>,
 }
 
 /// Takes relay links from other nodes until the edge shuts down.
