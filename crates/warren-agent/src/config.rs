@@ -202,6 +202,10 @@ pub struct EndpointConfig {
     pub metadata: String,
     /// A description, shown by the API (ngrok's `--description`).
     pub description: String,
+    /// Join the pool of endpoints on this URL (ngrok's `--pooling-enabled`,
+    /// `pooling_enabled`): other agents of the account that ask for it serve it too, and
+    /// visitors are spread across them.
+    pub pooling: bool,
 }
 
 impl EndpointConfig {
@@ -229,6 +233,7 @@ impl EndpointConfig {
             subdomain: String::new(),
             metadata: String::new(),
             description: String::new(),
+            pooling: false,
         })
     }
 
@@ -257,6 +262,7 @@ impl EndpointConfig {
             subdomain: String::new(),
             metadata: String::new(),
             description: String::new(),
+            pooling: false,
         })
     }
 
@@ -285,6 +291,7 @@ impl EndpointConfig {
             subdomain: String::new(),
             metadata: String::new(),
             description: String::new(),
+            pooling: false,
         })
     }
 

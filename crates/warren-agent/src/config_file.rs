@@ -238,12 +238,8 @@ impl AgentFile {
                 let base = [Seg::Key("endpoints".into()), Seg::Index(i), Seg::Key("traffic_policy".into())];
                 located(base, p, kind.proto.as_str(), format!("endpoints[{}]", ep.name))?;
             }
-            for (key, set) in
-                [("bindings", ep.bindings.is_some()), ("pooling_enabled", ep.pooling_enabled.is_some())]
-            {
-                if set {
-                    self.ignored.push(format!("{name}: endpoints[{}].{key}", ep.name));
-                }
+            if ep.bindings.is_some() {
+                self.ignored.push(format!("{name}: endpoints[{}].bindings", ep.name));
             }
             self.endpoints.push((ep, name.to_owned()));
         }
@@ -443,6 +439,7 @@ fn endpoint(ep: &EndpointBlock) -> Result<EndpointConfig, String> {
     config.name = ep.name.clone();
     config.description = ep.description.clone();
     config.metadata = ep.metadata.clone();
+    config.pooling = ep.pooling_enabled.unwrap_or(false);
     config.traffic_policy = match &ep.traffic_policy {
         None | Some(serde_json::Value::Null) => None,
         Some(v @ serde_json::Value::Object(_)) => Some(v.clone()),

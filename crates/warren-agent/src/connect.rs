@@ -16,6 +16,9 @@ use crate::forward;
 use crate::state::{Control, LiveEndpoint, Shared};
 use crate::{AgentError, Status};
 
+/// How long a stopping agent keeps serving the requests in flight on its pooled endpoints
+/// after leaving their pools.
+const POOL_DRAIN: Duration = Duration::from_secs(1);
 /// Read buffer under the session's TLS: the agent holds one session, so 256 KiB is cheap.
 const SESSION_READ_BUF: usize = 256 * 1024;
 
@@ -265,6 +268,15 @@ async fn session(
                 return (Ended::Retry(format!("heartbeat failed: {e}")), true);
             }
             _ = stopped(stop) => {
+                // Pooled endpoints leave their pools first: the edge sends new visitors to the
+                // other members while the requests already here finish.
+                let pooled: Vec<_> = shared.endpoints().into_iter().filter(|e| e.config.pooling).collect();
+                if !pooled.is_empty() {
+                    for ep in &pooled {
+                        let _ = unbind(&mux, config, ep).await;
+                    }
+                    tokio::time::sleep(POOL_DRAIN).await;
+                }
                 close("agent stopping");
                 let _ = tokio::time::timeout(Duration::from_secs(2), mux.closed()).await;
                 return (Ended::Stopped, true);
@@ -312,6 +324,7 @@ async fn bind(mux: &Mux, config: &AgentConfig, live: &LiveEndpoint) -> Result<()
             name: live.name.clone(),
             metadata: ep.metadata.clone(),
             description: ep.description.clone(),
+            pooling_enabled: ep.pooling,
             ..Default::default()
         },
     };

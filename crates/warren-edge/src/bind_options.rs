@@ -82,12 +82,6 @@ fn common(bind: &Bind, unknown: &[String], raw_bind: &Value) -> Result<(), Strin
         other => return Err(refuse(&format!("ForwardsProto {other:?}"), "use \"\" or http1")),
     }
     let e = &bind.extra;
-    if e.pooling_enabled {
-        return Err(refuse(
-            "Extra.PoolingEnabled",
-            "endpoint pooling is not available; each URL is served by one session",
-        ));
-    }
     if let Some(b) = e.bindings.iter().find(|b| b.as_str() != "public") {
         return Err(refuse(&format!("Extra.Bindings {b:?}"), "only public endpoints exist on this edge"));
     }
@@ -344,7 +338,7 @@ pub(crate) const FIELDS: &[(&str, &str, Use)] = &[
     ("BindExtra", "Metadata", Use::Informational),
     ("BindExtra", "Description", Use::Informational),
     ("BindExtra", "Bindings", Use::RefusedWhenSet),
-    ("BindExtra", "PoolingEnabled", Use::RefusedWhenSet),
+    ("BindExtra", "PoolingEnabled", Use::Acted),
     ("HttpOpts", "URL", Use::Acted),
     ("HttpOpts", "Domain", Use::Acted),
     ("HttpOpts", "Hostname", Use::Acted),
@@ -499,7 +493,7 @@ mod tests {
         }
         let (b2, raw2, unknown2) =
             bind(serde_json::json!({"Proto": "https", "Extra": {"PoolingEnabled": true}}));
-        assert!(http(&b2, &HttpOpts::default(), &raw2, &unknown2).unwrap_err().contains("PoolingEnabled"));
+        assert!(http(&b2, &HttpOpts::default(), &raw2, &unknown2).is_ok(), "pooling is acted on");
         let (b3, raw3, unknown3) =
             bind(serde_json::json!({"Proto": "https", "Extra": {"Teleport": "yes", "LegacyUnset": ""}}));
         assert!(http(&b3, &HttpOpts::default(), &raw3, &unknown3).unwrap_err().contains("Extra.Teleport"));

@@ -396,8 +396,20 @@ async fn handle(
         Scheme::Http => Proto::Http,
         Scheme::Https => Proto::Https,
     };
-    if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(proto, host.clone())) {
-        if !same_tls(visitor.tls.as_ref().and_then(|t| t.config.as_ref()), ep.tls.as_ref()) {
+    if let Some(mut ep) = shared.registry.lookup(&EndpointKey::Host(proto, host.clone())) {
+        let conn_tls = visitor.tls.as_ref().and_then(|t| t.config.as_ref());
+        if !same_tls(conn_tls, ep.tls.as_ref())
+            && let Some(member) = shared
+                .registry
+                .members(&EndpointKey::Host(proto, host.clone()))
+                .into_iter()
+                .find(|m| same_tls(conn_tls, m.tls.as_ref()))
+        {
+            // A pool whose members have TLS settings of their own: the connection stays with
+            // the member whose settings its handshake used.
+            ep = member;
+        }
+        if !same_tls(conn_tls, ep.tls.as_ref()) {
             // The handshake was made for another endpoint's TLS settings (another SNI, or
             // a reused HTTP/2 connection): this endpoint's versions and client certificates
             // were never checked. Clients retry on a connection of its own (RFC 9110 §15.5.20).

@@ -17,21 +17,19 @@ use crate::registry::Endpoint;
 pub(crate) const COPY_BUF: usize = 64 * 1024;
 
 /// Serves a bound tcp endpoint's listener (the Bind chose the port): every visitor
-/// connection becomes a proxy stream. The task ends when its handle is aborted, as the
-/// endpoint is released.
-pub(crate) fn serve(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    ep: Arc<Endpoint>,
-) -> tokio::task::AbortHandle {
-    tokio::spawn(accept_loop(shared, listener, ep)).abort_handle()
+/// connection becomes a proxy stream to the endpoint on that port (a pool's members in
+/// turn). The task ends when its handle is aborted, as the port's last endpoint is released.
+pub(crate) fn serve(shared: Arc<Shared>, listener: TcpListener, port: u16) -> tokio::task::AbortHandle {
+    tokio::spawn(accept_loop(shared, listener, port)).abort_handle()
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, ep: Arc<Endpoint>) {
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: u16) {
+    let key = crate::registry::EndpointKey::Port(port);
     loop {
         let (mut tcp, peer, permit) =
             crate::conn_limit::accept(&listener, &shared.visitor_limit, "tcp endpoint").await;
-        let (shared, ep) = (shared.clone(), ep.clone());
+        let Some(ep) = shared.registry.lookup(&key) else { continue };
+        let shared = shared.clone();
         tokio::spawn(async move {
             let Some(remote) = crate::client_addr::resolve(&shared, &mut tcp, peer).await else { return };
             // Refused visitors are closed before a proxy stream is opened.

@@ -100,6 +100,8 @@ pub(crate) struct Endpoint {
     pub(crate) metrics: crate::metrics::EndpointMetrics,
     /// What the agent said about it (name, metadata, description, upstream), for the API.
     pub(crate) details: warren_store::EndpointDetails,
+    /// A member of a pool: other pooled endpoints of the account may serve the same key.
+    pub(crate) pooled: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -145,18 +147,52 @@ const HOST_PROTOS: [Proto; 3] = [Proto::Http, Proto::Https, Proto::Tls];
 /// Whether binding `host` for `proto` in `account` clashes with what is bound: a host belongs
 /// to one account across every scheme, and https and tls share the TLS port, so they never
 /// share a host.
-fn host_clash(
-    endpoints: &HashMap<EndpointKey, Arc<Endpoint>>,
-    proto: Proto,
-    host: &str,
-    account: &str,
-) -> bool {
+fn host_clash(endpoints: &HashMap<EndpointKey, Pool>, proto: Proto, host: &str, account: &str) -> bool {
     HOST_PROTOS.iter().any(|other| {
         endpoints.get(&EndpointKey::Host(*other, host.to_owned())).is_some_and(|held| {
-            held.session.account_id != account
+            held.account() != account
                 || matches!((proto, *other), (Proto::Https, Proto::Tls) | (Proto::Tls, Proto::Https))
         })
     })
+}
+
+/// The endpoints serving one key: one, or the members of a pool (every one bound with
+/// pooling, all of one account). Visitors are spread across members in turn.
+struct Pool {
+    members: Vec<Arc<Endpoint>>,
+    next: usize,
+    /// A tcp endpoint's listener, shared by the pool; stopped with its last member.
+    listener: Option<AbortHandle>,
+}
+
+impl Pool {
+    fn account(&self) -> &str {
+        self.members.first().map_or("", |m| m.session.account_id.as_str())
+    }
+
+    fn pick(&mut self) -> Option<Arc<Endpoint>> {
+        match self.members.len() {
+            0 => None,
+            1 => Some(self.members[0].clone()),
+            n => {
+                self.next = self.next.wrapping_add(1);
+                Some(self.members[self.next % n].clone())
+            }
+        }
+    }
+
+    /// Removes `session`'s member `client_id`; true when the pool is now empty (its listener
+    /// stopped).
+    fn remove(&mut self, session: &str, client_id: &str) -> bool {
+        self.members.retain(|m| !(m.session.id == session && m.client_id == client_id));
+        if self.members.is_empty() {
+            if let Some(l) = self.listener.take() {
+                l.abort();
+            }
+            return true;
+        }
+        false
+    }
 }
 
 #[derive(Default)]
@@ -166,7 +202,7 @@ pub(crate) struct Registry {
 
 #[derive(Default)]
 struct Inner {
-    endpoints: HashMap<EndpointKey, Arc<Endpoint>>,
+    endpoints: HashMap<EndpointKey, Pool>,
     sessions: HashMap<String, SessionEntry>,
     /// Counts changes to the rules sessions are admitted under (authtokens, IP policies,
     /// restrictions). An Auth decided under one count and registered under another is
@@ -177,14 +213,12 @@ struct Inner {
 struct SessionEntry {
     session: Arc<AgentSession>,
     endpoints: HashMap<String, EndpointKey>,
-    /// tcp listener tasks by the endpoint's client id.
-    listeners: HashMap<String, AbortHandle>,
 }
 
 /// Why a bind was refused.
 #[derive(Debug)]
 pub(crate) enum BindRefused {
-    /// Another session holds it.
+    /// Another session holds it (and it is not a pool this bind may join).
     InUse,
     /// The session already has an endpoint with this id.
     DuplicateId,
@@ -209,10 +243,7 @@ impl Registry {
     /// live sessions may have missed it).
     pub(crate) fn add_session_decided_at(&self, session: Arc<AgentSession>, decided_at: Option<u64>) -> bool {
         let mut inner = self.lock();
-        inner.sessions.insert(
-            session.id.clone(),
-            SessionEntry { session, endpoints: HashMap::new(), listeners: HashMap::new() },
-        );
+        inner.sessions.insert(session.id.clone(), SessionEntry { session, endpoints: HashMap::new() });
         decided_at.is_some_and(|e| e != inner.rules_epoch)
     }
 
@@ -231,9 +262,14 @@ impl Registry {
         self.lock().sessions.len()
     }
 
-    /// Every bound endpoint's URL and protocol.
+    /// Every bound endpoint's URL and protocol (a pool's once).
     pub(crate) fn endpoint_urls(&self) -> Vec<(String, &'static str)> {
-        self.lock().endpoints.values().map(|e| (e.url.clone(), e.proto.as_str())).collect()
+        self.lock()
+            .endpoints
+            .values()
+            .filter_map(|p| p.members.first())
+            .map(|e| (e.url.clone(), e.proto.as_str()))
+            .collect()
     }
 
     /// Live sessions of an account.
@@ -280,7 +316,19 @@ impl Registry {
     pub(crate) fn endpoints_of(&self, session_id: &str) -> Vec<Arc<Endpoint>> {
         let inner = self.lock();
         let Some(entry) = inner.sessions.get(session_id) else { return Vec::new() };
-        entry.endpoints.values().filter_map(|k| inner.endpoints.get(k).cloned()).collect()
+        entry
+            .endpoints
+            .iter()
+            .filter_map(|(client_id, k)| {
+                inner
+                    .endpoints
+                    .get(k)?
+                    .members
+                    .iter()
+                    .find(|m| m.session.id == session_id && &m.client_id == client_id)
+                    .cloned()
+            })
+            .collect()
     }
 
     /// A session of this node by id.
@@ -288,8 +336,19 @@ impl Registry {
         self.lock().sessions.get(id).map(|e| e.session.clone())
     }
 
+    /// The endpoint serving `key`; for a pool, its members in turn.
     pub(crate) fn lookup(&self, key: &EndpointKey) -> Option<Arc<Endpoint>> {
-        self.lock().endpoints.get(key).cloned()
+        self.lock().endpoints.get_mut(key)?.pick()
+    }
+
+    /// The member of `key`'s endpoints with id `id` (a relayed visitor names it).
+    pub(crate) fn lookup_id(&self, key: &EndpointKey, id: &str) -> Option<Arc<Endpoint>> {
+        self.lock().endpoints.get(key)?.members.iter().find(|m| m.id == id).cloned()
+    }
+
+    /// The members serving `key` (one unless it is a pool).
+    pub(crate) fn members(&self, key: &EndpointKey) -> Vec<Arc<Endpoint>> {
+        self.lock().endpoints.get(key).map(|p| p.members.clone()).unwrap_or_default()
     }
 
     /// Binds atomically: either the endpoint is now ours or nothing changed.
@@ -297,8 +356,12 @@ impl Registry {
         let mut inner = self.lock();
         let Inner { endpoints, sessions, .. } = &mut *inner;
         let entry = sessions.get_mut(&ep.session.id).ok_or(BindRefused::SessionGone)?;
-        if endpoints.contains_key(&ep.key) {
-            return Err(BindRefused::InUse);
+        if let Some(pool) = endpoints.get(&ep.key) {
+            let joinable = ep.pooled
+                && pool.members.iter().all(|m| m.pooled && m.session.account_id == ep.session.account_id);
+            if !joinable {
+                return Err(BindRefused::InUse);
+            }
         }
         if let EndpointKey::Host(proto, host) = &ep.key
             && host_clash(endpoints, *proto, host, &ep.session.account_id)
@@ -313,7 +376,11 @@ impl Registry {
         }
         let ep = Arc::new(ep);
         entry.endpoints.insert(ep.client_id.clone(), ep.key.clone());
-        endpoints.insert(ep.key.clone(), ep.clone());
+        endpoints
+            .entry(ep.key.clone())
+            .or_insert_with(|| Pool { members: Vec::new(), next: 0, listener: None })
+            .members
+            .push(ep.clone());
         Ok(ep)
     }
 
@@ -329,12 +396,11 @@ impl Registry {
         }
     }
 
-    /// Remembers a tcp listener task so it stops with the session.
-    pub(crate) fn add_listener(&self, session_id: &str, client_id: &str, h: AbortHandle) {
-        match self.lock().sessions.get_mut(session_id) {
-            Some(e) if e.endpoints.contains_key(client_id) => {
-                e.listeners.insert(client_id.to_owned(), h);
-            }
+    /// Remembers a tcp endpoint's listener task so it stops with the last endpoint on its
+    /// port.
+    pub(crate) fn add_listener(&self, key: &EndpointKey, h: AbortHandle) {
+        match self.lock().endpoints.get_mut(key) {
+            Some(pool) if pool.listener.is_none() => pool.listener = Some(h),
             _ => h.abort(),
         }
     }
@@ -345,9 +411,8 @@ impl Registry {
         let Inner { endpoints, sessions, .. } = &mut *inner;
         let Some(entry) = sessions.get_mut(session_id) else { return false };
         let Some(key) = entry.endpoints.remove(client_id) else { return false };
-        endpoints.remove(&key);
-        if let Some(l) = entry.listeners.remove(client_id) {
-            l.abort();
+        if endpoints.get_mut(&key).is_some_and(|p| p.remove(session_id, client_id)) {
+            endpoints.remove(&key);
         }
         true
     }
@@ -357,11 +422,10 @@ impl Registry {
         let mut inner = self.lock();
         let Inner { endpoints, sessions, .. } = &mut *inner;
         if let Some(entry) = sessions.remove(session_id) {
-            for key in entry.endpoints.values() {
-                endpoints.remove(key);
-            }
-            for l in entry.listeners.into_values() {
-                l.abort();
+            for (client_id, key) in &entry.endpoints {
+                if endpoints.get_mut(key).is_some_and(|p| p.remove(session_id, client_id)) {
+                    endpoints.remove(key);
+                }
             }
         }
     }

@@ -74,6 +74,8 @@ pub struct LiveEndpoint {
     /// What the agent said about it in its Bind (ngrok's `Extra.Name`, `Metadata`,
     /// `Description` and `ForwardsTo`).
     pub details: EndpointDetails,
+    /// One member of a pool: other pooled endpoints of the same account may share its URL.
+    pub pooled: bool,
 }
 
 /// What an agent says about an endpoint it binds; shown, never acted on.
@@ -110,7 +112,7 @@ impl SessionCommand {
 const SESSION_COLUMNS: &str =
     "id, account_id, node_id, credential_id, ip, agent_version, os, metadata, started_at, resume_hash";
 const ENDPOINT_COLUMNS: &str = "id, account_id, session_id, client_id, proto, url, created_at, route_key, host, \
-     name, metadata, description, upstream_url";
+     name, metadata, description, upstream_url, pooled";
 
 fn session_row<R: Row>(r: &R) -> TunnelSession
 where
@@ -136,6 +138,7 @@ fn endpoint_row<R: Row>(r: &R) -> LiveEndpoint
 where
     usize: sqlx::ColumnIndex<R>,
     String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    bool: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     LiveEndpoint {
         id: r.get(0),
@@ -153,6 +156,7 @@ where
             description: r.get(11),
             upstream_url: r.get(12),
         },
+        pooled: r.get(13),
     }
 }
 
@@ -284,18 +288,21 @@ impl Store {
         Ok(into_page(rows, limit))
     }
 
-    /// Records a bound endpoint. Its route key already held by any session on any node, or
-    /// its host held by another account (in any scheme) or by the other of https and tls (they
-    /// share the TLS port), is a [`StoreError::Conflict`].
+    /// Records a bound endpoint. Its route key already held by any session on any node
+    /// (unless both are pooled endpoints of one account), or its host held by another account
+    /// (in any scheme) or by the other of https and tls (they share the TLS port), is a
+    /// [`StoreError::Conflict`].
     pub async fn insert_endpoint(&self, e: &LiveEndpoint) -> Result<(), StoreError> {
         // One statement checks and inserts. SQLite runs it under its single writer lock;
         // PostgreSQL serialises binds of one host with an advisory lock held to commit, so
         // the check of the second bind sees the first one's row.
         const INSERT: &str = "INSERT INTO endpoints (id, account_id, session_id, client_id, proto, url, created_at, route_key, host, \
-               name, metadata, description, upstream_url) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 WHERE $9 = '' OR NOT EXISTS (\
+               name, metadata, description, upstream_url, pooled) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 WHERE ($9 = '' OR NOT EXISTS (\
                SELECT 1 FROM endpoints WHERE host = $9 AND (account_id <> $2 \
-                 OR (proto = 'tls' AND $5 = 'https') OR (proto = 'https' AND $5 = 'tls')))";
+                 OR (proto = 'tls' AND $5 = 'https') OR (proto = 'https' AND $5 = 'tls')))) \
+             AND NOT EXISTS (SELECT 1 FROM endpoints WHERE route_key = $8 \
+               AND ($14 = FALSE OR pooled = FALSE OR account_id <> $2))";
         let conflict = crate::conflict("endpoint");
         let inserted = match &*self.db {
             crate::Db::Sqlite(pool) => sqlx::query(INSERT)
@@ -312,6 +319,7 @@ impl Store {
                 .bind(&e.details.metadata)
                 .bind(&e.details.description)
                 .bind(&e.details.upstream_url)
+                .bind(e.pooled)
                 .execute(pool)
                 .await
                 .map_err(conflict)?
@@ -324,6 +332,12 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                 }
+                // Pooled and unpooled binds of one route key (tcp ones have no host) are
+                // decided one at a time too.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 8))")
+                    .bind(&e.route_key)
+                    .execute(&mut *tx)
+                    .await?;
                 let n = sqlx::query(INSERT)
                     .bind(&e.id)
                     .bind(&e.account_id)
@@ -338,6 +352,7 @@ impl Store {
                     .bind(&e.details.metadata)
                     .bind(&e.details.description)
                     .bind(&e.details.upstream_url)
+                    .bind(e.pooled)
                     .execute(&mut *tx)
                     .await
                     .map_err(conflict)?

@@ -455,6 +455,7 @@ async fn live_sessions_and_endpoints_are_shared_and_go_with_their_node() {
                 description: "the shop".into(),
                 upstream_url: "http://localhost:3000".into(),
             },
+            pooled: false,
         };
         s.insert_endpoint(&ep("ep_1", "ts_1", "https://a.example.com")).await.unwrap();
         // What the agent said about it comes back as it was said.
@@ -528,6 +529,7 @@ async fn a_host_belongs_to_one_account_across_every_scheme() {
             host: host.into(),
             created_at: now_rfc3339(),
             details: EndpointDetails::default(),
+            pooled: false,
         };
         s.insert_endpoint(&ep("ep_1", &a.id, "ts_a", "https", "victim.example.com")).await.unwrap();
         for proto in ["tls", "http"] {
@@ -613,6 +615,7 @@ async fn reservations_never_overlap_another_accounts_names() {
             host: "live.example.io".into(),
             created_at: now_rfc3339(),
             details: EndpointDetails::default(),
+            pooled: false,
         };
         s.insert_endpoint(&e).await.unwrap();
         for over in ["*.example.io", "live.example.io"] {
@@ -942,6 +945,63 @@ async fn one_node_at_a_time_may_order_a_certificate_and_answers_are_shared() {
         s.delete_acme_challenge("http:tok1").await.unwrap();
         assert_eq!(s.acme_challenge("http:tok1").await.unwrap(), None);
         assert!(s.acme_challenge("alpn:shop.example.com").await.unwrap().is_some());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pooled_endpoints_of_one_account_share_a_url_and_nothing_else_joins_them() {
+    on_both(|s| async move {
+        let a = account(&s).await;
+        let (b, _) = s.ensure_account("other").await.unwrap();
+        s.register_node("nd_a", "").await.unwrap();
+        for (id, acc) in [("ts_a1", &a.id), ("ts_a2", &a.id), ("ts_a3", &a.id), ("ts_b", &b.id)] {
+            let t = TunnelSession {
+                id: id.into(),
+                account_id: acc.clone(),
+                node_id: "nd_a".into(),
+                credential_id: "cr_x".into(),
+                ip: "192.0.2.1".into(),
+                agent_version: "1".into(),
+                os: "linux".into(),
+                metadata: String::new(),
+                started_at: now_rfc3339(),
+                resume_hash: Vec::new(),
+            };
+            s.insert_tunnel_session(&t).await.unwrap();
+        }
+        let ep = |id: &str, acc: &str, sess: &str, route: &str, pooled: bool| LiveEndpoint {
+            id: id.into(),
+            account_id: acc.into(),
+            session_id: sess.into(),
+            client_id: format!("c{id}"),
+            proto: route.split_once("://").unwrap().0.into(),
+            url: route.into(),
+            route_key: route.into(),
+            host: if route.starts_with("tcp") {
+                String::new()
+            } else {
+                route.split_once("://").unwrap().1.into()
+            },
+            created_at: now_rfc3339(),
+            details: EndpointDetails::default(),
+            pooled,
+        };
+        for route in ["https://pool.example.com", "tcp://localhost:20007"] {
+            s.insert_endpoint(&ep(&format!("ep_1{route}"), &a.id, "ts_a1", route, true)).await.unwrap();
+            s.insert_endpoint(&ep(&format!("ep_2{route}"), &a.id, "ts_a2", route, true)).await.unwrap();
+            // A member that did not ask for pooling, or another account's, is refused.
+            let r = s.insert_endpoint(&ep(&format!("ep_3{route}"), &a.id, "ts_a3", route, false)).await;
+            assert!(matches!(r, Err(StoreError::Conflict(_))), "{route}: {r:?}");
+            let r = s.insert_endpoint(&ep(&format!("ep_b{route}"), &b.id, "ts_b", route, true)).await;
+            assert!(matches!(r, Err(StoreError::Conflict(_))), "{route}: {r:?}");
+        }
+        // An unpooled endpoint cannot be joined, even by a pooled bind of its own account.
+        s.insert_endpoint(&ep("ep_solo", &a.id, "ts_a1", "https://solo.example.com", false)).await.unwrap();
+        let r = s.insert_endpoint(&ep("ep_join", &a.id, "ts_a2", "https://solo.example.com", true)).await;
+        assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+        let list = s.list_endpoints(&a.id, 100, None).await.unwrap().items;
+        assert_eq!(list.iter().filter(|e| e.pooled).count(), 4);
     })
     .await;
 }

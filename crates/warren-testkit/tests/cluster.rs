@@ -628,3 +628,63 @@ async fn three_nodes_every_visitor_reaches_every_agent_over_every_scheme() {
     }
     db.drop_db().await;
 }
+
+/// A pool whose members are on two nodes: each of those nodes serves its own member, and a
+/// third node, holding none, relays its visitors to the members in turn.
+#[tokio::test]
+async fn a_pool_spans_nodes_and_a_node_without_a_member_relays_to_each() {
+    let Some(db) = TestPostgres::create().await else { return };
+    let (mut a, mut b) = two_nodes(&db).await;
+    let mut c =
+        TestEdge::start_joining_with(&a, |c| c.tcp_bind_ip = Ipv4Addr::new(127, 0, 0, 4).into()).await;
+    let url = "http://pooled.warren.localhost";
+    let mut agents = Vec::new();
+    for (node, body) in [(&a, "on a"), (&b, "on b")] {
+        let up = {
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else { return };
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(
+                            move |_r: Request<hyper::body::Incoming>| async move {
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(full(body)))
+                            },
+                        );
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                            .await;
+                    });
+                }
+            });
+            addr
+        };
+        let mut ep = EndpointConfig::http(&up.to_string(), Some(url)).unwrap();
+        ep.pooling = true;
+        let mut agent = Agent::start(node.agent_with(ep));
+        within("member online", agent.wait_online()).await.unwrap();
+        agents.push(agent);
+    }
+    let (_, _, own) = plain_get_via(a.http_addr(), "pooled.warren.localhost", "/").await;
+    assert_eq!(own, "on a", "node a serves its own member");
+    let seen = eventually("node c relays to both members", || async {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..8 {
+            let (s, _, body) = plain_get_via(c.http_addr(), "pooled.warren.localhost", "/").await;
+            if s == StatusCode::OK {
+                seen.insert(body);
+            }
+        }
+        (seen.len() == 2).then_some(seen)
+    })
+    .await;
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["on a", "on b"]);
+    for agent in agents {
+        agent.stop().await.unwrap();
+    }
+    for n in [&mut a, &mut b, &mut c] {
+        n.stop().await;
+    }
+    db.drop_db().await;
+}

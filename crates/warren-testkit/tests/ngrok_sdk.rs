@@ -482,15 +482,6 @@ async fn sdk_options_the_edge_cannot_honour_are_refused_by_name() {
     assert!(err.to_string().contains("CircuitBreaker.error_threshold 1.5"), "{err}");
     let err = sess
         .http_endpoint()
-        .domain("opt-pool.warren.localhost")
-        .pooling_enabled(true)
-        .listen()
-        .await
-        .err()
-        .expect("refused");
-    assert!(err.to_string().contains("PoolingEnabled"), "{err}");
-    let err = sess
-        .http_endpoint()
         .domain("opt-h2.warren.localhost")
         .app_protocol("http2")
         .listen()

@@ -449,6 +449,10 @@ struct AgentArgs {
     /// A description sent with the endpoint.
     #[arg(long)]
     description: Option<String>,
+    /// Join the pool of endpoints on this URL: other agents of the account that pass it too
+    /// serve the same URL, and visitors are spread across them (give a fixed --url).
+    #[arg(long)]
+    pooling_enabled: bool,
     /// Authtoken.
     #[arg(long, env = "WARREN_AUTHTOKEN", hide_env_values = true)]
     authtoken: Option<String>,
@@ -1187,6 +1191,7 @@ async fn run_agent(
     endpoint.name = args.name.clone().unwrap_or(endpoint.name);
     endpoint.metadata = args.metadata.clone().unwrap_or_default();
     endpoint.description = args.description.clone().unwrap_or_default();
+    endpoint.pooling = args.pooling_enabled;
     if let Some(file) = &args.traffic_policy_file {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let doc = warren_agent::config::policy_from_text(&text)

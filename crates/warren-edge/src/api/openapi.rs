@@ -1270,6 +1270,7 @@ fn schemas() -> Map<String, Value> {
             "metadata": doc(string(), "What the agent sent as the endpoint's metadata (at most 4 KiB)."),
             "description": doc(string(), "What the agent sent as the endpoint's description (at most 4 KiB)."),
             "upstream_url": doc(string(), "Where the agent says it forwards the endpoint's traffic."),
+            "pooling_enabled": doc(boolean(), "A member of a pool: the endpoints listed with the same URL serve it together."),
         })),
     );
     s

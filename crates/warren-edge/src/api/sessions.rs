@@ -122,10 +122,12 @@ pub(crate) struct EndpointJson {
     metadata: String,
     description: String,
     upstream_url: String,
+    pooling_enabled: bool,
 }
 
 fn endpoint_json(e: LiveEndpoint) -> EndpointJson {
     EndpointJson {
+        pooling_enabled: e.pooled,
         name: e.details.name,
         metadata: e.details.metadata,
         description: e.details.description,

@@ -164,20 +164,19 @@ pub(crate) async fn serve_stream(shared: Arc<Shared>, mut s: Stream, peer: Strin
         Ok(Err(e)) => return tracing::warn!(%peer, error = %e, "refused a relay stream with a bad header"),
         Err(_) => return tracing::warn!(%peer, "a relay stream sent no header in time"),
     };
-    let key = match &open {
-        RelayOpen::Tls { sni, .. } => {
-            let tls = EndpointKey::Host(Proto::Tls, sni.clone());
-            if shared.registry.lookup(&tls).is_some() {
-                tls
-            } else {
-                EndpointKey::Host(Proto::Https, sni.clone())
-            }
+    let id = open.endpoint_id();
+    let found = match &open {
+        RelayOpen::Tls { sni, .. } => shared
+            .registry
+            .lookup_id(&EndpointKey::Host(Proto::Tls, sni.clone()), id)
+            .or_else(|| shared.registry.lookup_id(&EndpointKey::Host(Proto::Https, sni.clone()), id)),
+        RelayOpen::Http { host, .. } => {
+            shared.registry.lookup_id(&EndpointKey::Host(Proto::Http, host.clone()), id)
         }
-        RelayOpen::Http { host, .. } => EndpointKey::Host(Proto::Http, host.clone()),
-        RelayOpen::Tcp { port, .. } => EndpointKey::Port(*port),
+        RelayOpen::Tcp { port, .. } => shared.registry.lookup_id(&EndpointKey::Port(*port), id),
     };
-    let Some(ep) = shared.registry.lookup(&key).filter(|e| e.id == open.endpoint_id()) else {
-        tracing::warn!(%peer, endpoint = %open.endpoint_id(), ?key, "refused a relay stream for an endpoint this node does not hold");
+    let Some(ep) = found else {
+        tracing::warn!(%peer, endpoint = %id, "refused a relay stream for an endpoint this node does not hold");
         return refuse(s, Ack::NotHere).await;
     };
     let client = open.client();

@@ -30,7 +30,8 @@ pub(crate) struct RemoteRoute {
 #[derive(Default)]
 struct Snapshot {
     generation: Option<i64>,
-    routes: HashMap<EndpointKey, Arc<RemoteRoute>>,
+    /// Several for a pool whose members are on other nodes.
+    routes: HashMap<EndpointKey, Vec<Arc<RemoteRoute>>>,
 }
 
 /// Who holds what on other nodes.
@@ -38,12 +39,21 @@ struct Snapshot {
 pub(crate) struct RouteView {
     now: RwLock<Arc<Snapshot>>,
     wake: Notify,
+    /// Spreads visitors across a pool's members on other nodes.
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 impl RouteView {
-    /// The node holding `key`, if another node does (and relays).
+    /// An endpoint serving `key` on another node (one of a pool's members in turn), if
+    /// another node holds it (and relays).
     pub(crate) fn lookup(&self, key: &EndpointKey) -> Option<Arc<RemoteRoute>> {
-        self.now.read().expect("routes poisoned").routes.get(key).cloned()
+        let snap = self.now.read().expect("routes poisoned").clone();
+        let members = snap.routes.get(key)?;
+        match members.len() {
+            0 => None,
+            1 => Some(members[0].clone()),
+            n => Some(members[self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n].clone()),
+        }
     }
 
     /// A relay found the view stale: reload now.
@@ -116,27 +126,25 @@ async fn refresh(
     if cluster.routes.now.read().expect("routes poisoned").generation == Some(generation) {
         return Ok(());
     }
-    let mut routes = HashMap::new();
+    let mut routes: HashMap<EndpointKey, Vec<Arc<RemoteRoute>>> = HashMap::new();
     for r in shared.store.remote_endpoints(&shared.node_id).await? {
         // A node that does not relay cannot be reached for its endpoints.
         if r.relay_addr.is_empty() {
             continue;
         }
         let Some(key) = parse_route_key(&r.route_key) else { continue };
-        routes.insert(
-            key,
-            Arc::new(RemoteRoute {
-                endpoint_id: r.endpoint_id,
-                node_id: r.node_id,
-                relay_addr: r.relay_addr,
-            }),
-        );
+        routes.entry(key).or_default().push(Arc::new(RemoteRoute {
+            endpoint_id: r.endpoint_id,
+            node_id: r.node_id,
+            relay_addr: r.relay_addr,
+        }));
     }
     let ports: Vec<u16> = routes
         .keys()
         .filter_map(|k| match k {
-            EndpointKey::Port(p) => Some(*p),
-            EndpointKey::Host(..) => None,
+            // A port this node serves itself (a pool with a member here) has its listener.
+            EndpointKey::Port(p) if !shared.registry.is_taken(k) => Some(*p),
+            _ => None,
         })
         .collect();
     *cluster.routes.now.write().expect("routes poisoned") =

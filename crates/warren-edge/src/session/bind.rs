@@ -278,14 +278,26 @@ async fn bind_tcp(
         opts.traffic_policy.as_ref(),
     )
     .await?;
-    let listener = tcp_listener(shared, session, wanted).await?;
-    let port = listener.local_addr().map_err(|e| BindError::AddrUnavailable(e.to_string()))?.port();
+    // A pooled bind of a port this node already serves joins that port's pool (the store
+    // and the registry check it is a pool of this account); its listener is the pool's.
+    let joining =
+        wanted.filter(|p| bind.extra.pooling_enabled && shared.registry.is_taken(&EndpointKey::Port(*p)));
+    let (listener, port) = match joining {
+        Some(p) => (None, p),
+        None => {
+            let l = tcp_listener(shared, session, wanted).await?;
+            let port = l.local_addr().map_err(|e| BindError::AddrUnavailable(e.to_string()))?.port();
+            (Some(l), port)
+        }
+    };
     let url = format!("tcp://{tcp_host}:{port}");
-    let ep =
-        endpoint(session, bind, Proto::Tcp, &url, EndpointKey::Port(port), None, policy, extras.proxy_proto);
-    let ep = register(shared, ep).await?;
-    let task = crate::ingress_tcp::serve(shared.clone(), listener, ep);
-    shared.registry.add_listener(&session.id, &bind.client_id, task);
+    let key = EndpointKey::Port(port);
+    let ep = endpoint(session, bind, Proto::Tcp, &url, key.clone(), None, policy, extras.proxy_proto);
+    register(shared, ep).await?;
+    if let Some(listener) = listener {
+        let task = crate::ingress_tcp::serve(shared.clone(), listener, port);
+        shared.registry.add_listener(&key, task);
+    }
     Ok(url)
 }
 
@@ -412,6 +424,7 @@ fn endpoint(
             description: bind.extra.description.clone(),
             upstream_url: bind.forwards_to.clone(),
         },
+        pooled: bind.extra.pooling_enabled,
     }
 }
 
@@ -448,6 +461,7 @@ async fn record_endpoint(shared: &Shared, ep: &Endpoint) -> Result<(), BindError
         },
         created_at: warren_store::now_rfc3339(),
         details: ep.details.clone(),
+        pooled: ep.pooled,
     };
     let mut result = shared.store.insert_endpoint(&row).await;
     if matches!(result, Err(warren_store::StoreError::Conflict(_)))
