@@ -364,6 +364,46 @@ pub struct AgentConfig {
     /// Resolvers that look the connect host up instead of the system's
     /// (`agent.dns_resolver_ips`); empty: the system's.
     pub dns_resolvers: Vec<std::net::SocketAddr>,
+    /// High availability (`--ha`): a second session, dialled to another address of the
+    /// connect host when it has several (or through a balancer that spreads connections),
+    /// serves every endpoint too, each endpoint joining a pool; losing one edge node then
+    /// loses no endpoint. Endpoints need fixed URLs.
+    pub ha: bool,
+    /// Which of the connect host's addresses this session dials first (the `ha` companion
+    /// session: the next one).
+    pub dial_rotation: usize,
+    /// What an `ha` agent's two sessions know of each other (set by [`crate::Agent::start`]).
+    pub ha_peer: Option<std::sync::Arc<HaPeer>>,
+}
+
+/// Where each of an `ha` agent's two sessions is: the second moves when it finds itself on
+/// the same edge node as the first (the first keeps serving meanwhile).
+#[derive(Debug, Default)]
+pub struct HaPeer {
+    nodes: std::sync::Mutex<[Option<String>; 2]>,
+    /// Addresses the second session has moved past.
+    moves: std::sync::atomic::AtomicUsize,
+}
+
+impl HaPeer {
+    /// Session `which` (0 or 1) is now on `node` (`None`: not connected).
+    pub(crate) fn set(&self, which: usize, node: Option<String>) {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())[which % 2] = node;
+    }
+
+    /// Whether both sessions are on one node.
+    pub(crate) fn colocated(&self) -> bool {
+        let n = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        n[0].is_some() && n[0] == n[1]
+    }
+
+    pub(crate) fn moved(&self) {
+        self.moves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn moves(&self) -> usize {
+        self.moves.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl fmt::Debug for AgentConfig {
@@ -401,6 +441,9 @@ impl AgentConfig {
             inspect_db_size: 0,
             keep_going: false,
             dns_resolvers: Vec::new(),
+            ha: false,
+            dial_rotation: 0,
+            ha_peer: None,
         }
     }
 

@@ -16,6 +16,12 @@ use crate::forward;
 use crate::state::{Control, LiveEndpoint, Shared};
 use crate::{AgentError, Status};
 
+/// How often the second session of an `ha` agent checks that it is not on the first one's
+/// edge node.
+const HA_PLACEMENT_CHECK: Duration = Duration::from_millis(250);
+
+/// Checks in a row that must find both sessions on one node before the second moves (1 s).
+const HA_MOVE_AFTER_CHECKS: u32 = 4;
 /// How long a stopping agent keeps serving the requests in flight on its pooled endpoints
 /// after leaving their pools.
 const POOL_DRAIN: Duration = Duration::from_secs(1);
@@ -62,6 +68,9 @@ pub(crate) async fn run(
             ever_online,
         );
         let ended = attempt.await;
+        if let Some(p) = &config.ha_peer {
+            p.set(config.dial_rotation, None);
+        }
         let error = match ended {
             (Ended::Stopped, _) => return Ok(()),
             (Ended::Fatal(e), _) => return Err(e),
@@ -117,17 +126,25 @@ async fn session(
                 "cannot reach the edge at {host}:{port}: {e}; check that the edge is running and that connect_url is its connect address"
             )
         };
-        let tcp = if config.dns_resolvers.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
-            TcpStream::connect((host, port)).await.map_err(unreachable)?
-        } else {
-            // dns_resolver_ips: the name is looked up there; the TLS name stays the host's.
-            let addrs: Vec<std::net::SocketAddr> = crate::dns::lookup(&config.dns_resolvers, host)
-                .await?
-                .into_iter()
-                .map(|ip| std::net::SocketAddr::new(ip, port))
-                .collect();
-            TcpStream::connect(&addrs[..]).await.map_err(unreachable)?
-        };
+        let mut addrs: Vec<std::net::SocketAddr> =
+            if config.dns_resolvers.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
+                tokio::net::lookup_host((host, port)).await.map_err(unreachable)?.collect()
+            } else {
+                // dns_resolver_ips: the name is looked up there; the TLS name stays the host's.
+                crate::dns::lookup(&config.dns_resolvers, host)
+                    .await?
+                    .into_iter()
+                    .map(|ip| std::net::SocketAddr::new(ip, port))
+                    .collect()
+            };
+        // An `ha` companion starts with another address than the first session, so the two
+        // land on different edge nodes when the name has one address per node.
+        if !addrs.is_empty() {
+            let moves = config.ha_peer.as_ref().map_or(0, |p| p.moves());
+            let turn = (config.dial_rotation + moves) % addrs.len();
+            addrs.rotate_left(turn);
+        }
+        let tcp = TcpStream::connect(&addrs[..]).await.map_err(unreachable)?;
         let _ = tcp.set_nodelay(true);
         let connector = tokio_rustls::TlsConnector::from(edge_tls.clone());
         // rustls asks the socket for at most one record (~16 KiB) per read; a buffer under it
@@ -187,6 +204,14 @@ async fn session(
         s.account = resp.extra.account_name.clone().unwrap_or_default();
         s.region = resp.extra.region.clone().unwrap_or_default();
     });
+    if let Some(peer) = &config.ha_peer {
+        peer.set(config.dial_rotation, resp.extra.node.clone());
+    }
+    // Only the second session of an `ha` agent moves; the first stays where it is.
+    let mover = config.ha_peer.clone().filter(|_| config.dial_rotation % 2 == 1);
+    let mut placement = tokio::time::interval(HA_PLACEMENT_CHECK);
+    let mut colocated_for = 0u32;
+    placement.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for ep in shared.endpoints() {
         if let Err(msg) = bind(&mux, config, &ep).await {
             if config.keep_going && !ever_online && !msg.contains(codes::UNAVAILABLE) {
@@ -267,19 +292,56 @@ async fn session(
                 close("heartbeat timeout");
                 return (Ended::Retry(format!("heartbeat failed: {e}")), true);
             }
-            _ = stopped(stop) => {
-                // Pooled endpoints leave their pools first: the edge sends new visitors to the
-                // other members while the requests already here finish.
-                let pooled: Vec<_> = shared.endpoints().into_iter().filter(|e| e.config.pooling).collect();
-                if !pooled.is_empty() {
-                    for ep in &pooled {
-                        let _ = unbind(&mux, config, ep).await;
-                    }
-                    tokio::time::sleep(POOL_DRAIN).await;
+            _ = placement.tick(), if mover.is_some() => {
+                // Both sessions on one node: losing it would lose both. The first session
+                // serves while this one connects again, to the next address or through the
+                // balancer to another node. Only once they have been together for a while:
+                // every node must first see the first session's endpoints where they are now.
+                colocated_for = if mover.as_ref().is_some_and(|p| p.colocated()) { colocated_for + 1 } else { 0 };
+                if colocated_for < HA_MOVE_AFTER_CHECKS {
+                    continue;
                 }
+                if let Some(p) = &mover {
+                    p.moved();
+                    p.set(config.dial_rotation, None);
+                }
+                leave_pools(&shared, &mux, config).await;
+                close("moving to another edge node");
+                return (Ended::Retry("this agent's two sessions were on one edge node; moving".into()), true);
+            }
+            _ = stopped(stop) => {
+                leave_pools(&shared, &mux, config).await;
                 close("agent stopping");
                 let _ = tokio::time::timeout(Duration::from_secs(2), mux.closed()).await;
                 return (Ended::Stopped, true);
+            }
+        }
+    }
+}
+
+/// Pooled endpoints leave their pools before the session closes: the edge sends new visitors
+/// to the other members while the requests already here finish ([`POOL_DRAIN`]).
+async fn leave_pools(shared: &Arc<Shared>, mux: &Mux, config: &AgentConfig) {
+    let pooled: Vec<_> = shared.endpoints().into_iter().filter(|e| e.config.pooling).collect();
+    if pooled.is_empty() {
+        return;
+    }
+    for ep in &pooled {
+        let _ = unbind(mux, config, ep).await;
+    }
+    // Requests the edge sent before the Unbind reached it still open streams: keep taking
+    // them until the drain ends.
+    let drain = tokio::time::sleep(POOL_DRAIN);
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            _ = &mut drain => return,
+            s = mux.accept() => {
+                let Some(stream) = s else { return };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let _ = handle_stream(stream, &shared).await;
+                });
             }
         }
     }

@@ -89,13 +89,29 @@ pub struct Agent {
     shared: Arc<Shared>,
     web: Result<Option<SocketAddr>, String>,
     background: Vec<JoinHandle<()>>,
+    /// `ha`'s second session, which serves the same endpoints (pooled) from its own.
+    companion: Option<Box<Agent>>,
 }
 
 impl Agent {
     /// Starts the agent in the background: the session, and the inspector and local API
     /// when `web_addr` is set (a web address that cannot be bound is reported by
     /// [`Agent::web_addr`], and the agent runs without it).
-    pub fn start(config: AgentConfig) -> Agent {
+    pub fn start(mut config: AgentConfig) -> Agent {
+        let companion = config.ha.then(|| {
+            // Both sessions serve every endpoint: each joins the pool on its URL.
+            for ep in &mut config.endpoints {
+                ep.pooling = true;
+            }
+            config.ha_peer = Some(Arc::new(config::HaPeer::default()));
+            let mut second = config.clone();
+            second.ha = false;
+            second.dial_rotation = config.dial_rotation + 1;
+            // The first session's inspector and local API show the agent.
+            second.web_addr = None;
+            second.inspect_db_size = -1;
+            Box::new(Agent::start(second))
+        });
         let (status_tx, status) = watch::channel(Status::Connecting);
         let (stop, stop_rx) = watch::channel(false);
         // One change at a time: the API waits for each answer.
@@ -133,7 +149,7 @@ impl Agent {
             run_shared.status.send_replace(Status::Stopped(r.clone().err()));
             r
         });
-        Agent { status, stop, task, shared, web, background }
+        Agent { status, stop, task, shared, web, background, companion }
     }
 
     /// Where the inspector and local API listen: `Ok(None)` when turned off, `Err` when the
@@ -249,7 +265,21 @@ impl Agent {
     /// Stops the agent (the session is closed with GOAWAY) and waits for it.
     pub async fn stop(mut self) -> Result<(), AgentError> {
         let _ = self.stop.send(true);
-        (&mut self.task).await.unwrap_or(Ok(()))
+        // Both sessions stop at once (the companion has no companion of its own).
+        let mut companion = self.companion.take();
+        if let Some(c) = &companion {
+            let _ = c.stop.send(true);
+        }
+        let r = (&mut self.task).await.unwrap_or(Ok(()));
+        if let Some(c) = &mut companion {
+            let _ = (&mut c.task).await;
+        }
+        r
+    }
+
+    /// `ha`'s second session, if this agent has one.
+    pub fn companion(&mut self) -> Option<&mut Agent> {
+        self.companion.as_deref_mut()
     }
 
     /// Runs until the agent stops by itself (fatal error or stopped by the edge).

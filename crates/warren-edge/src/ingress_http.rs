@@ -134,15 +134,21 @@ async fn front(
         // Another node holds it: the connection goes there whole (its TLS settings, its
         // certificate checks), ClientHello first.
         use tokio::io::AsyncWriteExt;
-        let open = crate::cluster::RelayOpen::Tls {
-            endpoint_id: route.endpoint_id.clone(),
+        let key = if cluster.routes.lookup(&EndpointKey::Host(Proto::Tls, name.clone())).is_some() {
+            EndpointKey::Host(Proto::Tls, name.clone())
+        } else {
+            EndpointKey::Host(Proto::Https, name.clone())
+        };
+        let header = |r: &RemoteRoute| crate::cluster::RelayOpen::Tls {
+            endpoint_id: r.endpoint_id.clone(),
             sni: name.clone(),
             client: remote,
             local,
         };
-        let mut s = match cluster.open(&route, &open).await {
-            Ok(s) => s,
+        let mut s = match cluster.open_any(&key, route, header).await {
+            Ok((s, _)) => s,
             Err(e) => {
+                shared.metrics.relay_failures.inc();
                 return tracing::debug!(%remote, sni = %name, error = %e, "could not relay a TLS visitor");
             }
         };
@@ -280,7 +286,14 @@ struct Visitor {
     pool: Mutex<Vec<(Arc<Endpoint>, SendRequest<Incoming>)>>,
     /// Relay streams to other nodes (plain http to endpoints they hold), by route.
     relay_pool: Mutex<Vec<(Arc<RemoteRoute>, SendRequest<Incoming>)>>,
+    /// Whether a request has arrived on the connection (see [`FIRST_REQUEST_GRACE`]).
+    asked: std::sync::atomic::AtomicBool,
 }
+
+/// At shutdown, how long a connection that has not sent its first request yet may still send
+/// it: the client opened it to send one, and closing it at once would fail that request
+/// (a kept-alive connection that is idle after a request closes at once, as HTTP allows).
+const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn serve<IO>(
     shared: Arc<Shared>,
@@ -304,10 +317,12 @@ async fn serve<IO>(
         relayed,
         pool: Mutex::new(Vec::new()),
         relay_pool: Mutex::new(Vec::new()),
+        asked: std::sync::atomic::AtomicBool::new(false),
     });
     let svc = {
-        let shared = shared.clone();
+        let (shared, visitor) = (shared.clone(), visitor.clone());
         service_fn(move |req| {
+            visitor.asked.store(true, std::sync::atomic::Ordering::Relaxed);
             let (shared, visitor) = (shared.clone(), visitor.clone());
             // An error from the service makes hyper close the connection without an answer
             // (the close-connection action).
@@ -324,12 +339,29 @@ async fn serve<IO>(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     // At shutdown a connection finishes the request it is serving, then closes (HTTP/2:
-    // GOAWAY); an idle keep-alive connection closes at once.
+    // GOAWAY); an idle keep-alive connection closes at once, a new one once its first
+    // request came or its grace ended.
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = crate::shutting_down(shared.shutdown.clone()) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+            let grace = tokio::time::Instant::now() + FIRST_REQUEST_GRACE;
+            let mut ended = None;
+            while !visitor.asked.load(std::sync::atomic::Ordering::Relaxed) && tokio::time::Instant::now() < grace {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        ended = Some(r);
+                        break;
+                    }
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
+                }
+            }
+            match ended {
+                Some(r) => r,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
         }
     };
     if let Err(e) = result {
@@ -479,7 +511,8 @@ async fn handle(
                     codes::MISDIRECTED,
                 ));
             }
-            return Ok(relay_request(shared, cluster, visitor, &route, &host, req).await);
+            let key = EndpointKey::Host(proto, host.clone());
+            return Ok(relay_request(shared, cluster, visitor, &key, route, &host, req).await);
         }
         if visitor.scheme == Scheme::Http
             && shared.registry.lookup(&EndpointKey::Host(Proto::Https, host.clone())).is_none()
@@ -688,7 +721,8 @@ async fn relay_request(
     shared: &Shared,
     cluster: &crate::cluster::Cluster,
     visitor: &Visitor,
-    route: &Arc<RemoteRoute>,
+    key: &EndpointKey,
+    route: Arc<RemoteRoute>,
     host: &str,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
@@ -706,11 +740,11 @@ async fn relay_request(
     }
     parts.uri = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
     parts.version = Version::HTTP_11;
-    let mut sender = match take_relay_sender(cluster, visitor, route, host).await {
+    let (route, mut sender) = match take_relay_sender(cluster, visitor, key, route, host).await {
         Ok(s) => s,
         Err(e) => {
             shared.metrics.relay_failures.inc();
-            tracing::debug!(%host, node = %route.node_id, error = %e, "could not relay a request");
+            tracing::debug!(%host, error = %e, "could not relay a request");
             return page(
                 StatusCode::BAD_GATEWAY,
                 &format!("The edge node serving {host} could not be reached; try again."),
@@ -749,13 +783,15 @@ async fn relay_request(
     resp.map(|b| b.boxed())
 }
 
-/// A ready relay stream to `route`'s node from the visitor's pool, or a new one.
+/// A ready relay stream to `route`'s node from the visitor's pool, or a new one (to the
+/// next holder of `key` if that node refuses), with the route it goes to.
 async fn take_relay_sender(
     cluster: &crate::cluster::Cluster,
     visitor: &Visitor,
-    route: &Arc<RemoteRoute>,
+    key: &EndpointKey,
+    route: Arc<RemoteRoute>,
     host: &str,
-) -> Result<SendRequest<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(Arc<RemoteRoute>, SendRequest<Incoming>), Box<dyn std::error::Error + Send + Sync>> {
     {
         let mut pool = visitor.relay_pool.lock().expect("pool poisoned");
         pool.retain(|(_, s)| !s.is_closed());
@@ -764,23 +800,23 @@ async fn take_relay_sender(
         if let Some(i) = pool.iter().position(|(r, s)| {
             r.endpoint_id == route.endpoint_id && r.node_id == route.node_id && s.is_ready()
         }) {
-            return Ok(pool.swap_remove(i).1);
+            return Ok(pool.swap_remove(i));
         }
     }
-    let open = crate::cluster::RelayOpen::Http {
-        endpoint_id: route.endpoint_id.clone(),
+    let header = |r: &RemoteRoute| crate::cluster::RelayOpen::Http {
+        endpoint_id: r.endpoint_id.clone(),
         host: host.to_owned(),
         client: visitor.remote,
         local: visitor.local,
     };
-    let stream = cluster.open(route, &open).await?;
+    let (stream, route) = cluster.open_any(key, route, header).await?;
     let (sender, conn) = hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "relay stream connection ended with an error");
         }
     });
-    Ok(sender)
+    Ok((route, sender))
 }
 
 /// 308 to the same path over https, on this edge's https port.

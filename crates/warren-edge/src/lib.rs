@@ -371,8 +371,9 @@ impl Edge {
         let mut tasks = JoinSet::new();
         if let (Some(c), Some(l)) = (shared.cluster.clone(), cluster_listener) {
             tracing::info!(relay_addr = %c.relay_addr, "relaying visitors to and from the cluster's other nodes");
+            let relay_listeners = cluster::routes::load(&shared, &c).await;
             tasks.spawn(cluster::accept_loop(shared.clone(), c.clone(), l));
-            tasks.spawn(cluster::routes::run(shared.clone(), c));
+            tasks.spawn(cluster::routes::run(shared.clone(), c, relay_listeners));
         } else if shared.config.database_url.is_some() {
             tracing::info!(
                 "no cluster_addr: this node does not relay; visitors reaching it for endpoints other nodes hold get 404"

@@ -204,6 +204,10 @@ pub struct AuthRespExtra {
     pub plan_name: Option<String>,
     /// Message for the user.
     pub banner: Option<String>,
+    /// warren's addition: the edge node holding the session, so an agent with two sessions
+    /// (`--ha`) keeps them on different nodes. ngrok's clients ignore it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Client → edge: bind an endpoint. `Opts` depends on `Proto` and is kept as raw JSON so the

@@ -1157,8 +1157,9 @@ impl Drop for Pebble {
 }
 
 /// A TCP load balancer (or a network path) a test controls: each connection goes to the
-/// first backend that accepts it; [`TcpProxy::cut`] drops every connection and refuses new
-/// ones, as a partition would, until [`TcpProxy::heal`].
+/// first backend that accepts it ([`TcpProxy::start`]) or to the backends in turn, skipping
+/// those that refuse ([`TcpProxy::round_robin`]); [`TcpProxy::cut`] drops every connection
+/// and refuses new ones, as a partition would, until [`TcpProxy::heal`].
 pub struct TcpProxy {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -1168,8 +1169,18 @@ pub struct TcpProxy {
 }
 
 impl TcpProxy {
-    /// Starts on a free loopback port.
+    /// Starts on a free loopback port; connections go to the first backend that accepts.
     pub async fn start(backends: Vec<SocketAddr>) -> TcpProxy {
+        TcpProxy::run(backends, false).await
+    }
+
+    /// Starts on a free loopback port; connections go to the backends in turn.
+    pub async fn round_robin(backends: Vec<SocketAddr>) -> TcpProxy {
+        TcpProxy::run(backends, true).await
+    }
+
+    async fn run(backends: Vec<SocketAddr>, rotate: bool) -> TcpProxy {
+        let turn = Arc::new(AtomicUsize::new(0));
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind proxy");
         let addr = listener.local_addr().unwrap();
         let backends = Arc::new(std::sync::Mutex::new(backends));
@@ -1182,8 +1193,13 @@ impl TcpProxy {
                     continue;
                 }
                 let (b, mut cut) = (b.clone(), c.subscribe());
+                let first = if rotate { turn.fetch_add(1, Ordering::Relaxed) } else { 0 };
                 tokio::spawn(async move {
-                    let list = b.lock().unwrap().clone();
+                    let mut list = b.lock().unwrap().clone();
+                    if !list.is_empty() {
+                        let n = first % list.len();
+                        list.rotate_left(n);
+                    }
                     for backend in list {
                         let Ok(mut up) = TcpStream::connect(backend).await else { continue };
                         let _ = up.set_nodelay(true);

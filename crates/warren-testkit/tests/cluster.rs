@@ -688,3 +688,149 @@ async fn a_pool_spans_nodes_and_a_node_without_a_member_relays_to_each() {
     }
     db.drop_db().await;
 }
+
+/// Three nodes restarted one after another under steady requests, the way an operator rolls
+/// an upgrade (take the node out of the balancer, restart it, put it back), with an agent
+/// using `ha` (two sessions, on two nodes, both serving the endpoint as a pool): no request
+/// fails.
+#[tokio::test]
+async fn a_rolling_restart_of_every_node_fails_no_request_of_an_ha_agent() {
+    let Some(db) = TestPostgres::create().await else { return };
+    let operator = TestCa::new("operator CA");
+    let (chain, key, _) = operator.leaf_for(&["connect.warren.localhost", "*.warren.localhost", "localhost"]);
+    let files = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (files.path().join("chain.pem"), files.path().join("key.pem"));
+    std::fs::write(&cert_file, chain).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let url = db.url.clone();
+    let mut a = TestEdge::start_with(|c| {
+        c.database_url = Some(warren_edge::config::DatabaseUrl(url));
+        c.cluster_addr = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        c.tls_files = Some((cert_file, key_file));
+    })
+    .await;
+    let mut b = TestEdge::start_joining(&a).await;
+    let mut c = TestEdge::start_joining(&a).await;
+    let connects: Vec<SocketAddr> = [&a, &b, &c].iter().map(|n| n.config.connect_addr).collect();
+    let https: Vec<SocketAddr> = [&a, &b, &c].iter().map(|n| n.https_addr()).collect();
+    let agent_lb = TcpProxy::round_robin(connects.clone()).await;
+    let visitor_lb = TcpProxy::round_robin(https.clone()).await;
+
+    let up = HttpUpstream::start().await;
+    let mut cfg = a.agent_with(EndpointConfig::http(&up.url(), Some("https://ha.warren.localhost")).unwrap());
+    cfg.connect_url = format!("localhost:{}", agent_lb.addr.port());
+    cfg.connect_cas = warren_agent::ConnectCas::PemBytes(operator.pem.clone().into_bytes());
+    cfg.ha = true;
+    let mut agent = Agent::start(cfg);
+    within("online", agent.wait_online()).await.unwrap();
+    within("the second session online", agent.companion().unwrap().wait_online()).await.unwrap();
+    let sessions = |nodes: [&TestEdge; 3]| nodes.iter().map(|n| n.edge().session_count()).collect::<Vec<_>>();
+    assert_eq!(
+        sessions([&a, &b, &c]).iter().filter(|n| **n == 1).count(),
+        2,
+        "two nodes hold a session each"
+    );
+
+    let get = {
+        let (lb, ca) = (visitor_lb.addr, operator.pem.clone());
+        move || {
+            let ca = ca.clone();
+            async move {
+                let Ok(tcp) = TcpStream::connect(lb).await else {
+                    eprintln!("failed: connect");
+                    return false;
+                };
+                let name = rustls::pki_types::ServerName::try_from("ha.warren.localhost").unwrap();
+                let tls = match tokio_rustls::TlsConnector::from(client_tls(ca.as_bytes(), &[b"http/1.1"]))
+                    .connect(name, tcp)
+                    .await
+                {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("failed: tls: {e}");
+                        return false;
+                    }
+                };
+                let mut send = http1(tls).await;
+                let req = Request::get("/").header("host", "ha.warren.localhost").body(empty()).unwrap();
+                match send.send_request(req).await {
+                    Ok(res) => {
+                        let status = res.status();
+                        let body = res.into_body().collect().await.map(|b| b.to_bytes());
+                        if status != StatusCode::OK {
+                            eprintln!("failed: {status} {body:?}");
+                        }
+                        status == StatusCode::OK && body.is_ok()
+                    }
+                    Err(e) => {
+                        eprintln!("failed: {e}");
+                        false
+                    }
+                }
+            }
+        }
+    };
+    eventually("served through every node", || async {
+        let mut all = true;
+        for _ in 0..6 {
+            all &= get().await;
+        }
+        all.then_some(())
+    })
+    .await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) =
+        (Arc::new(std::sync::atomic::AtomicUsize::new(0)), Arc::new(std::sync::atomic::AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..3 {
+        let (stop, ok, failed, get) = (stop.clone(), ok.clone(), failed.clone(), get.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let counter = if get().await { &ok } else { &failed };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    let started = std::time::Instant::now();
+    for i in 0..3 {
+        let others =
+            |v: &[SocketAddr]| v.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| *a).collect();
+        agent_lb.set_backends(others(&connects));
+        visitor_lb.set_backends(others(&https));
+        // The balancer's deregistration delay: connections it already made reach the node.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let node = [&mut a, &mut b, &mut c].into_iter().nth(i).unwrap();
+        node.restart().await;
+        agent_lb.set_backends(connects.clone());
+        visitor_lb.set_backends(https.clone());
+        // The agent has its two sessions again, on two nodes, both serving, before the next
+        // node goes.
+        within("two sessions again, on two nodes", async {
+            loop {
+                let placed = sessions([&a, &b, &c]);
+                let (_, _, list) = a.api("GET", "/endpoints", Some(&a.api_key), None).await;
+                let members = list["endpoints"].as_array().map_or(0, Vec::len);
+                if placed.iter().filter(|n| **n == 1).count() == 2 && members == 2 {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let (ok, failed) =
+        (ok.load(std::sync::atomic::Ordering::Relaxed), failed.load(std::sync::atomic::Ordering::Relaxed));
+    eprintln!("rolling restart of 3 nodes in {:?}: {ok} requests served, {failed} failed", started.elapsed());
+    assert_eq!(failed, 0, "{ok} requests served");
+    assert!(ok > 30, "{ok}");
+    agent.stop().await.unwrap();
+    for n in [&mut a, &mut b, &mut c] {
+        n.stop().await;
+    }
+    db.drop_db().await;
+}

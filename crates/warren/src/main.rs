@@ -453,6 +453,11 @@ struct AgentArgs {
     /// serve the same URL, and visitors are spread across them (give a fixed --url).
     #[arg(long)]
     pooling_enabled: bool,
+    /// High availability: a second session, to another edge node when the connect address
+    /// has one address per node or a balancer spreads connections, serves the endpoint too
+    /// (pooled), so losing a node loses nothing. Needs a fixed --url.
+    #[arg(long)]
+    ha: bool,
     /// Authtoken.
     #[arg(long, env = "WARREN_AUTHTOKEN", hide_env_values = true)]
     authtoken: Option<String>,
@@ -1256,7 +1261,11 @@ async fn run_agent(
         Some(c) => ConnectCas::parse(&c),
         None => local_edge_ca(),
     };
+    if args.ha && endpoint.url.is_empty() {
+        bail!("--ha needs a fixed --url: both sessions bind the same URL");
+    }
     let mut config = AgentConfig::new(token, connect_url, cas);
+    config.ha = args.ha;
     config.endpoints.push(endpoint);
     if args.web_addr != "false" {
         let addr = warren_agent::config_file::web_addr(&serde_json::Value::String(args.web_addr.clone()))

@@ -24,6 +24,9 @@ pub(crate) use routes::RemoteRoute;
 /// How long dialling a peer may take (TCP and TLS).
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Holders tried for one visitor before it is refused.
+pub(crate) const OPEN_ATTEMPTS: usize = 3;
+
 /// After a failed dial, visitors for that peer fail at once for this long instead of each
 /// waiting for a dial of its own.
 const REDIAL_AFTER: Duration = Duration::from_secs(1);
@@ -73,6 +76,36 @@ impl Cluster {
             _ => {}
         }
         r
+    }
+
+    /// Like [`Cluster::open`], trying the next holder of `key` (a pool's other members, or a
+    /// view reloaded since) when one refuses or cannot be reached: nothing of the visitor's
+    /// has been sent until a stream is accepted. At most [`OPEN_ATTEMPTS`] holders.
+    pub(crate) async fn open_any(
+        &self,
+        key: &crate::registry::EndpointKey,
+        first: Arc<RemoteRoute>,
+        header: impl Fn(&RemoteRoute) -> RelayOpen,
+    ) -> Result<(warren_mux::Stream, Arc<RemoteRoute>), RelayError> {
+        let mut route = first;
+        let mut tried: Vec<(String, String)> = Vec::new();
+        loop {
+            match self.open(&route, &header(&route)).await {
+                Ok(s) => return Ok((s, route)),
+                Err(e) => {
+                    tried.push((route.node_id.clone(), route.endpoint_id.clone()));
+                    let next = (0..OPEN_ATTEMPTS).find_map(|_| {
+                        self.routes
+                            .lookup(key)
+                            .filter(|r| !tried.iter().any(|(n, id)| *n == r.node_id && *id == r.endpoint_id))
+                    });
+                    match next {
+                        Some(r) if tried.len() < OPEN_ATTEMPTS => route = r,
+                        _ => return Err(e),
+                    }
+                }
+            }
+        }
     }
 
     async fn link(&self, route: &RemoteRoute) -> Result<Mux, RelayError> {

@@ -165,6 +165,19 @@ pub(crate) async fn serve_stream(shared: Arc<Shared>, mut s: Stream, peer: Strin
         Err(_) => return tracing::warn!(%peer, "a relay stream sent no header in time"),
     };
     let id = open.endpoint_id();
+    let client = open.client();
+    // The permit first, then the shutdown check: a drain that began before the check sees
+    // the permit and waits for this visitor, one that begins after it is refused here.
+    let Ok(permit) = shared.visitor_limit.try_acquire(client.ip()) else {
+        tracing::warn!(%peer, %client, "visitor connection limit reached; refused a relayed visitor");
+        return refuse(s, Ack::Busy).await;
+    };
+    if *shared.shutdown.borrow() {
+        // Draining: new visitors go to the endpoint's other holders (a pool's members
+        // elsewhere); those already here finish.
+        tracing::debug!(%peer, endpoint = %id, "shutting down; refused a relay stream");
+        return refuse(s, Ack::NotHere).await;
+    }
     let found = match &open {
         RelayOpen::Tls { sni, .. } => shared
             .registry
@@ -178,11 +191,6 @@ pub(crate) async fn serve_stream(shared: Arc<Shared>, mut s: Stream, peer: Strin
     let Some(ep) = found else {
         tracing::warn!(%peer, endpoint = %id, "refused a relay stream for an endpoint this node does not hold");
         return refuse(s, Ack::NotHere).await;
-    };
-    let client = open.client();
-    let Ok(permit) = shared.visitor_limit.try_acquire(client.ip()) else {
-        tracing::warn!(%peer, %client, "visitor connection limit reached; refused a relayed visitor");
-        return refuse(s, Ack::Busy).await;
     };
     if s.write_all(&[Ack::Accepted as u8]).await.is_err() {
         return;

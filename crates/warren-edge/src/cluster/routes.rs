@@ -74,11 +74,23 @@ pub(crate) fn parse_route_key(key: &str) -> Option<EndpointKey> {
     }
 }
 
+/// The tcp ports this node listens on for endpoints other nodes hold.
+pub(crate) type RelayListeners = HashMap<u16, tokio::task::AbortHandle>;
+
+/// Loads the view once (the edge awaits it before it listens, so a node that just started
+/// relays its first visitors instead of answering 404).
+pub(crate) async fn load(shared: &Arc<Shared>, cluster: &Arc<Cluster>) -> RelayListeners {
+    let mut listeners = RelayListeners::new();
+    if let Err(e) = refresh(shared, cluster, &mut listeners).await {
+        tracing::warn!(error = %e, "could not read the cluster's routes at start; retrying");
+    }
+    listeners
+}
+
 /// Keeps the view current and the relaying tcp listeners in step with it, until shutdown.
-pub(crate) async fn run(shared: Arc<Shared>, cluster: Arc<Cluster>) {
+pub(crate) async fn run(shared: Arc<Shared>, cluster: Arc<Cluster>, mut listeners: RelayListeners) {
     let stop = crate::shutting_down(shared.shutdown.clone());
     tokio::pin!(stop);
-    let mut listeners: HashMap<u16, tokio::task::AbortHandle> = HashMap::new();
     let announcements = tokio::spawn(listen(shared.clone(), cluster.clone()));
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -183,15 +195,20 @@ async fn relay_tcp(shared: Arc<Shared>, cluster: Arc<Cluster>, listener: TcpList
         let (shared, cluster) = (shared.clone(), cluster.clone());
         tokio::spawn(async move {
             let Some(client) = crate::client_addr::resolve(&shared, &mut tcp, peer).await else { return };
-            let Some(route) = cluster.routes.lookup(&EndpointKey::Port(port)) else { return };
+            let key = EndpointKey::Port(port);
+            let Some(route) = cluster.routes.lookup(&key) else { return };
             let local = tcp.local_addr().unwrap_or(client);
-            let open = RelayOpen::Tcp { endpoint_id: route.endpoint_id.clone(), port, client, local };
-            match cluster.open(&route, &open).await {
-                Ok(mut s) => {
+            let header =
+                |r: &RemoteRoute| RelayOpen::Tcp { endpoint_id: r.endpoint_id.clone(), port, client, local };
+            match cluster.open_any(&key, route, header).await {
+                Ok((mut s, _)) => {
                     let _ = tcp.set_nodelay(true);
                     let _ = warren_mux::splice::splice(&mut tcp, &mut s).await;
                 }
-                Err(e) => tracing::debug!(port, %client, error = %e, "could not relay a tcp visitor"),
+                Err(e) => {
+                    shared.metrics.relay_failures.inc();
+                    tracing::debug!(port, %client, error = %e, "could not relay a tcp visitor");
+                }
             }
             drop(permit);
         });

@@ -199,6 +199,7 @@ async fn handle_auth(
         extra: proto::AuthRespExtra {
             version: Some(env!("CARGO_PKG_VERSION").into()),
             region: Some("local".into()),
+            node: Some(shared.node_id.clone()),
             cookie: Some(proto::Secret(cookie.clone())),
             account_name: Some(admitted.account_name.clone()),
             session_duration: None,
