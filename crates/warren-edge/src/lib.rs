@@ -53,6 +53,7 @@ mod policy;
 mod proxy_protocol;
 mod recent;
 mod registry;
+mod rules;
 pub mod sealed;
 mod session;
 mod throttle;
@@ -243,8 +244,16 @@ impl Shared {
         Ok(self.end_sessions_using(id, "authtoken revoked").await)
     }
 
-    /// Ends every live session that authenticated with credential `id`; returns how many.
+    /// Ends every live session that authenticated with credential `id`, on every node;
+    /// returns how many on this one.
     pub(crate) async fn end_sessions_using(&self, id: &str, why: &'static str) -> usize {
+        let n = self.end_sessions_using_here(id, why).await;
+        rules::announce(self, rules::RulesChanged::Credential { id: id.to_owned() }).await;
+        n
+    }
+
+    /// [`Shared::end_sessions_using`] on this node only.
+    pub(crate) async fn end_sessions_using_here(&self, id: &str, why: &'static str) -> usize {
         self.registry.rules_changed();
         let sessions = self.registry.sessions_using(id);
         for s in &sessions {
@@ -255,9 +264,16 @@ impl Shared {
         sessions.len()
     }
 
-    /// Ends every live session of an account on this node; their agents reconnect (and rebind
-    /// under the account's current rules).
+    /// Ends every live session of an account, on every node; their agents reconnect (and
+    /// rebind under the account's current rules). Returns how many on this node.
     pub(crate) async fn end_sessions_of(&self, account_id: &str, why: &'static str) -> usize {
+        let n = self.end_sessions_of_here(account_id, why).await;
+        rules::announce(self, rules::RulesChanged::Account { account_id: account_id.to_owned() }).await;
+        n
+    }
+
+    /// [`Shared::end_sessions_of`] on this node only.
+    pub(crate) async fn end_sessions_of_here(&self, account_id: &str, why: &'static str) -> usize {
         self.registry.rules_changed();
         let sessions = self.registry.sessions_of(account_id);
         for s in &sessions {
@@ -271,9 +287,18 @@ impl Shared {
     /// An IP policy's rules changed: cached restrictions are dropped, and every session of
     /// the account that was admitted or bound under that policy (its authtoken's, its user's,
     /// or a `restrict-ips` of its endpoints' traffic policies) restarts, so its agent
-    /// reconnects and binds under the new rules. Sessions on other nodes pick the change up
-    /// when they next reconnect.
+    /// reconnects and binds under the new rules. Every other node is told and does the same.
     pub(crate) async fn ip_policy_changed(&self, account_id: &str, policy_id: &str) {
+        self.ip_policy_changed_here(account_id, policy_id).await;
+        let change = rules::RulesChanged::IpPolicy {
+            account_id: account_id.to_owned(),
+            policy_id: policy_id.to_owned(),
+        };
+        rules::announce(self, change).await;
+    }
+
+    /// [`Shared::ip_policy_changed`] on this node only.
+    pub(crate) async fn ip_policy_changed_here(&self, account_id: &str, policy_id: &str) {
         self.ip_rules.invalidate(account_id);
         self.registry.rules_changed();
         for s in self.registry.sessions_of(account_id) {
@@ -380,6 +405,9 @@ impl Edge {
             );
         }
         tasks.spawn(node::run(shared.clone()));
+        if shared.config.database_url.is_some() {
+            tasks.spawn(rules::run(shared.clone()));
+        }
         tasks.spawn(idp::run(shared.clone()));
         tasks.spawn(events::run(shared.clone()));
         if let Some((cert, key)) = shared.config.tls_files.clone() {

@@ -36,6 +36,9 @@ pub enum Announcement {
     Routes,
     /// A certificate was stored, replaced or removed.
     Certificates,
+    /// A change to the rules sessions were admitted under (an authtoken revoked or
+    /// restricted, an IP policy's rules, the account's policy): the payload says which.
+    Rules,
 }
 
 impl Announcement {
@@ -43,6 +46,7 @@ impl Announcement {
         match self {
             Announcement::Routes => "warren_routes",
             Announcement::Certificates => "warren_certificates",
+            Announcement::Rules => "warren_rules",
         }
     }
 }
@@ -53,13 +57,11 @@ impl Announcement {
 pub struct Announcements(Option<sqlx::postgres::PgListener>);
 
 impl Announcements {
-    /// Waits for the next announcement (reconnecting if the connection dropped).
-    pub async fn next(&mut self) -> Result<(), StoreError> {
+    /// Waits for the next announcement (reconnecting if the connection dropped) and returns
+    /// its payload.
+    pub async fn next(&mut self) -> Result<String, StoreError> {
         match &mut self.0 {
-            Some(l) => {
-                l.recv().await?;
-                Ok(())
-            }
+            Some(l) => Ok(l.recv().await?.payload().to_owned()),
             None => std::future::pending().await,
         }
     }
@@ -76,6 +78,15 @@ impl Store {
             }
             crate::Db::Sqlite(_) => Ok(Announcements(None)),
         }
+    }
+
+    /// Tells every node listening for `what` (PostgreSQL's `NOTIFY`; nothing on SQLite, one
+    /// node). `payload` is at most a few hundred bytes.
+    pub async fn announce(&self, what: Announcement, payload: &str) -> Result<(), StoreError> {
+        if let crate::Db::Postgres(pool) = &*self.db {
+            sqlx::query("SELECT pg_notify($1, $2)").bind(what.channel()).bind(payload).execute(pool).await?;
+        }
+        Ok(())
     }
 
     /// Takes the right to order a certificate for `domain` for `ttl_secs` (by the database's

@@ -1048,12 +1048,13 @@ pub fn free_port_range(n: u16) -> std::ops::RangeInclusive<u16> {
     }
 }
 
-/// A free loopback port for a process that cannot take port 0 (pebble): bound, read, and
-/// released, for TCP and UDP alike.
+/// A free loopback port for a process that cannot take port 0 (pebble, dnsmasq), free for
+/// TCP and UDP alike. Not one of the kernel's ephemeral ports: a port given out as free and
+/// used only later (a DNS server started when a test first needs it) could meanwhile be any
+/// test's client socket.
 pub fn free_port() -> u16 {
     loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = tcp.local_addr().unwrap().port();
+        let port = *free_port_range(1).start();
         if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }

@@ -74,3 +74,68 @@ async fn two_nodes_share_names_sessions_and_commands_through_postgresql() {
     a.stop().await;
     db.drop_db().await;
 }
+
+/// A change made through one node's API acts on the sessions of every node at once: an IP
+/// policy rule added through node b restarts node a's session that uses the policy, and an
+/// authtoken revoked through node b ends node a's session that authenticated with it (its
+/// agent's reconnect is then refused).
+#[tokio::test]
+async fn rules_changed_through_one_node_act_on_the_sessions_of_the_others() {
+    let Some(db) = TestPostgres::create().await else { return };
+    let url = db.url.clone();
+    let mut a = TestEdge::start_with(|c| c.database_url = Some(warren_edge::config::DatabaseUrl(url))).await;
+    let mut b = TestEdge::start_joining(&a).await;
+    let key = Some(b.api_key.as_str());
+    let up = HttpUpstream::start().await;
+
+    // A token held to an IP policy, its agent on node a.
+    let (s, _, policy) =
+        b.api("POST", "/ip_policies", key, Some(serde_json::json!({"description": "office"}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{policy}");
+    let policy_id = policy["id"].as_str().unwrap().to_owned();
+    let rule = serde_json::json!({"ip_policy_id": policy_id, "cidr": "127.0.0.0/8", "action": "allow"});
+    let (s, _, _) = b.api("POST", "/ip_policy_rules", key, Some(rule)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let body = serde_json::json!({"description": "laptop", "ip_policy_ids": [policy_id]});
+    let (s, _, cred) = b.api("POST", "/credentials", key, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{cred}");
+    let mut cfg =
+        a.agent_with(EndpointConfig::http(&up.url(), Some("https://rules.warren.localhost")).unwrap());
+    cfg.authtoken = cred["token"].as_str().unwrap().to_owned();
+    let mut agent = Agent::start(cfg);
+    within("online on node a", agent.wait_online()).await.unwrap();
+    let first = a.edge().session_count();
+    assert_eq!(first, 1);
+
+    // A rule added through node b: node a restarts the session, the agent comes back.
+    let rule = serde_json::json!({"ip_policy_id": policy_id, "cidr": "10.0.0.0/8", "action": "allow"});
+    let (s, _, _) = b.api("POST", "/ip_policy_rules", key, Some(rule)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    within("node a restarts the session", async {
+        loop {
+            if let Status::Reconnecting { .. } = agent.next_status().await {
+                return;
+            }
+        }
+    })
+    .await;
+    within("back online", agent.wait_online()).await.unwrap();
+
+    // The token revoked through node b: node a ends the session, and the agent is refused.
+    let id = cred["id"].as_str().unwrap();
+    let (s, _, _) = b.api("DELETE", &format!("/credentials/{id}"), key, None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let stopped = within("node a ends the revoked token's session", async {
+        loop {
+            if let Status::Stopped(e) = agent.next_status().await {
+                return e;
+            }
+        }
+    })
+    .await;
+    assert!(matches!(stopped, Some(AgentError::Auth(_))), "{stopped:?}");
+    a.wait_sessions(0).await;
+    a.stop().await;
+    b.stop().await;
+    db.drop_db().await;
+}
