@@ -279,6 +279,10 @@ pub struct Limits {
     /// At shutdown, how long visitors' requests and connections may take to finish after
     /// the edge stops accepting new ones; then the agents' sessions are closed regardless.
     pub drain_timeout: Duration,
+    /// At shutdown, how long the edge keeps serving, with `/healthz` failing, before it stops
+    /// accepting: a balancer's health checks take the node out first, so no connection is
+    /// sent into a closing socket. 0: stop accepting at once.
+    pub shutdown_delay: Duration,
 }
 
 impl Default for Limits {
@@ -305,6 +309,7 @@ impl Default for Limits {
             max_queued_traffic_events: 10_000,
             max_traffic_events_per_destination: 5_000,
             drain_timeout: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }

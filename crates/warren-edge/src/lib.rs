@@ -153,6 +153,9 @@ pub(crate) struct Shared {
     pub(crate) cluster: Option<Arc<cluster::Cluster>>,
     /// Whether the node's lease in the store is current (`/healthz`; see `node`).
     pub(crate) lease_held: std::sync::atomic::AtomicBool,
+    /// The edge is about to shut down (`limits.shutdown_delay`): still serving, but
+    /// `/healthz` fails.
+    pub(crate) leaving: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -226,6 +229,7 @@ impl Shared {
             ca_cert_path: tls.ca_cert_path.clone(),
             cluster,
             lease_held: std::sync::atomic::AtomicBool::new(true),
+            leaving: std::sync::atomic::AtomicBool::new(false),
             store,
             config,
             shutdown: rx,
@@ -459,11 +463,19 @@ impl Edge {
         self.shared.registry.session_count()
     }
 
-    /// Stops accepting, lets visitors' requests in flight finish (HTTP connections close
-    /// after their current request; at most `limits.drain_timeout`), then closes every agent
+    /// Fails `/healthz` for `limits.shutdown_delay` while still serving, then stops
+    /// accepting, lets visitors' requests in flight finish (HTTP connections close after
+    /// their current request; at most `limits.drain_timeout`), then closes every agent
     /// session (GOAWAY, so agents reconnect, to another node if there is one) and waits for
     /// the listeners.
     pub async fn shutdown(mut self) {
+        let delay = self.shared.config.limits.shutdown_delay;
+        if !delay.is_zero() {
+            // Balancers see /healthz fail and take this node out while it still serves.
+            self.shared.leaving.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(?delay, "failing health checks before closing the listeners");
+            tokio::time::sleep(delay).await;
+        }
         let _ = self.shutdown.send(true);
         let drain = self.shared.config.limits.drain_timeout;
         let started = std::time::Instant::now();

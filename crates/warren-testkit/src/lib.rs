@@ -366,6 +366,13 @@ impl TestEdge {
         self.edge = Some(edge);
     }
 
+    /// Starts stopping the edge (as SIGTERM does) and returns at once; the handle ends when
+    /// the edge has stopped.
+    pub fn begin_stop(&mut self) -> JoinHandle<()> {
+        let edge = self.edge.take().expect("edge is running");
+        tokio::spawn(edge.shutdown())
+    }
+
     /// Stops the edge.
     pub async fn stop(&mut self) {
         if let Some(e) = self.edge.take() {

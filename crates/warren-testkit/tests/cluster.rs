@@ -834,3 +834,31 @@ async fn a_rolling_restart_of_every_node_fails_no_request_of_an_ha_agent() {
     }
     db.drop_db().await;
 }
+
+/// With a shutdown delay, a node told to stop first fails `/healthz` while it still serves
+/// visitors (a balancer takes it out meanwhile), then stops accepting.
+#[tokio::test]
+async fn a_shutdown_delay_fails_health_checks_while_the_node_still_serves() {
+    let mut edge =
+        TestEdge::start_with(|c| c.limits.shutdown_delay = std::time::Duration::from_millis(1500)).await;
+    let up = HttpUpstream::start().await;
+    let mut agent = Agent::start(
+        edge.agent_with(EndpointConfig::http(&up.url(), Some("https://leaving.warren.localhost")).unwrap()),
+    );
+    within("online", agent.wait_online()).await.unwrap();
+    assert_eq!(healthz(&edge).await, StatusCode::OK);
+    let stopping = edge.begin_stop();
+    eventually("/healthz fails first", || async {
+        (healthz(&edge).await == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+    })
+    .await;
+    let (status, _, body) = https_get(&edge, "leaving.warren.localhost", "/").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "hello from upstream"),
+        "still served while leaving"
+    );
+    within("the edge stops", stopping).await.unwrap();
+    assert!(TcpStream::connect(edge.https_addr()).await.is_err(), "no longer accepting");
+    agent.stop().await.unwrap();
+}

@@ -431,6 +431,10 @@ struct EdgeArgs {
     /// long, then close the agents' sessions and exit.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     drain_timeout: u64,
+    /// On SIGTERM or Ctrl-C, first keep serving for this long with /healthz answering 503, so
+    /// a load balancer's health checks take the node out before it stops accepting.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    shutdown_delay: u64,
 }
 
 /// Flags every agent command (http, tcp, tls) takes.
@@ -792,6 +796,7 @@ async fn edge(args: EdgeArgs, log_level_pinned: bool) -> anyhow::Result<()> {
     };
     config.tls_files = args.tls_cert.zip(args.tls_key);
     config.limits.drain_timeout = std::time::Duration::from_secs(args.drain_timeout);
+    config.limits.shutdown_delay = std::time::Duration::from_secs(args.shutdown_delay);
     if args.check {
         return check_edge(&config).await;
     }

@@ -146,7 +146,7 @@ async fn healthz(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let unavailable = axum::http::StatusCode::SERVICE_UNAVAILABLE;
-    if *shared.shutdown.borrow() {
+    if *shared.shutdown.borrow() || shared.leaving.load(std::sync::atomic::Ordering::Relaxed) {
         return (unavailable, "shutting down\n").into_response();
     }
     if !shared.lease_held.load(std::sync::atomic::Ordering::Relaxed) {
