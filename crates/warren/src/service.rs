@@ -259,7 +259,8 @@ AmbientCapabilities=CAP_NET_BIND_SERVICE
 CapabilityBoundingSet=CAP_NET_BIND_SERVICE
 LimitNOFILE={EDGE_NOFILE}
 KillSignal=SIGTERM
-TimeoutStopSec=30s
+# The edge exits by itself after shutdown_delay + drain_timeout; systemd waits that long.
+TimeoutStopSec=300s
 {SANDBOX}
 [Install]
 WantedBy=multi-user.target
