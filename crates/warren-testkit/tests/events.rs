@@ -28,6 +28,8 @@ struct Receiver {
     events: mpsc::UnboundedReceiver<Value>,
     /// Every batch that arrived, accepted or not.
     arrivals: Arc<Mutex<Vec<Vec<Value>>>>,
+    /// The headers of every batch that arrived.
+    headers: Arc<Mutex<Vec<hyper::HeaderMap>>>,
 }
 
 impl Receiver {
@@ -36,15 +38,19 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let (tx, events) = mpsc::unbounded_channel();
         let arrivals = Arc::new(Mutex::new(Vec::new()));
-        let seen = arrivals.clone();
+        let headers = Arc::new(Mutex::new(Vec::new()));
+        let (seen, seen_headers) = (arrivals.clone(), headers.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { return };
-                let (tx, seen, answer) = (tx.clone(), seen.clone(), answer.clone());
+                let (tx, seen, answer, seen_headers) =
+                    (tx.clone(), seen.clone(), answer.clone(), seen_headers.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                        let (tx, seen, answer) = (tx.clone(), seen.clone(), answer.clone());
+                        let (tx, seen, answer, seen_headers) =
+                            (tx.clone(), seen.clone(), answer.clone(), seen_headers.clone());
                         async move {
+                            seen_headers.lock().unwrap().push(req.headers().clone());
                             let sig =
                                 req.headers().get("warren-signature").map(|v| v.to_str().unwrap().to_owned());
                             let count = req
@@ -87,7 +93,7 @@ impl Receiver {
                 });
             }
         });
-        Receiver { addr, events, arrivals }
+        Receiver { addr, events, arrivals, headers }
     }
 
     fn url(&self) -> String {
@@ -785,4 +791,39 @@ async fn a_dead_traffic_destination_shows_why_and_the_others_get_every_event() {
         .unwrap();
     // 50 events: 30 wait, one batch is in flight (a few, gathered for 5 ms), the rest dropped.
     assert!((1.0..=20.0).contains(&dropped), "{dropped}");
+}
+
+/// A webhook destination's own headers (a receiver's `Authorization`, a tenant id) go with
+/// every signed batch; they are sealed like the secret, shown masked, and the signature's own
+/// headers cannot be set.
+#[tokio::test]
+async fn a_webhook_gets_its_own_headers_with_every_signed_batch() {
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    let mut rx = Receiver::start(ok()).await;
+    let headers = json!({"Authorization": "Bearer receiver-token", "X-Tenant": "blue"});
+    let target = json!({"webhook": {"url": rx.url(), "secret": SECRET, "headers": headers}});
+    let (dest, _) = subscribe(&edge, target, json!([{"type": "ip_policy_created.v0"}])).await;
+    assert_eq!(
+        dest["target"]["webhook"]["headers"],
+        json!({"authorization": "********", "x-tenant": "********"})
+    );
+    let id = dest["id"].as_str().unwrap();
+    let (_, _, got) = edge.api("GET", &format!("/event_destinations/{id}"), key, None).await;
+    assert!(!got.to_string().contains("receiver-token"), "never shown: {got}");
+    edge.api("POST", "/ip_policies", key, Some(json!({"description": "office"}))).await;
+    let ev = rx.next().await;
+    assert_eq!(ev["event_type"], "ip_policy_created.v0");
+    let h = rx.headers.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(h["authorization"], "Bearer receiver-token");
+    assert_eq!(h["x-tenant"], "blue");
+    assert!(h["warren-signature"].to_str().unwrap().starts_with("t="), "still signed");
+    for bad in
+        [json!({"Warren-Signature": "t=1,v1=00"}), json!({"Content-Length": "1"}), json!({"X-Bad": "a\nb"})]
+    {
+        let body = json!({"target": {"webhook": {"url": rx.url(), "headers": bad}}});
+        let (s, _, e) = edge.api("POST", "/event_destinations", key, Some(body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {e}");
+        assert!(e["msg"].as_str().unwrap().contains("target.webhook.headers"), "{e}");
+    }
 }

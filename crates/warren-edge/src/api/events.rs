@@ -210,7 +210,7 @@ fn prepare_target(shared: &Shared, target: &serde_json::Value) -> Result<Prepare
     let (sealed, shown) = match t.secret() {
         Some(secret) => {
             let sealed = shared.master_key.seal(crate::events::SECRET_LABEL, secret.as_bytes());
-            (Some(sealed), t.shows_secret().then(|| secret.to_owned()))
+            (Some(sealed), t.shown_secret().map(str::to_owned))
         }
         None => (None, None),
     };

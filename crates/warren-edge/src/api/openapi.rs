@@ -918,6 +918,10 @@ fn schemas() -> Map<String, Value> {
             "webhook": {"type": "object", "additionalProperties": false, "required": ["url"], "properties": {
                 "url": doc(string(), "https (plain http and non-public addresses only where the operator allows)."),
                 "secret": doc(nullable(), "The HMAC-SHA256 key, 16 to 256 characters; left out: generated. Shown once."),
+                "headers": doc(
+                    json!({"type": "object", "additionalProperties": {"type": "string"}}),
+                    "Headers sent with every batch (a receiver's Authorization), at most 16, none of HTTP's own or Warren-*; kept sealed with the secret, shown with masked values.",
+                ),
             }},
             "otlp": {"type": "object", "additionalProperties": false, "required": ["url"], "properties": {
                 "url": doc(string(), "An OTLP/HTTP logs endpoint (…/v1/logs); the same address rules as webhooks."),

@@ -331,26 +331,31 @@ pub(super) async fn send(
 ) -> Result<(), SendError> {
     match target {
         Target::Webhook { url, .. } => {
-            let secret = d
+            let opened = d
                 .secret_sealed
                 .as_deref()
                 .and_then(|s| shared.master_key.open(super::SECRET_LABEL, s).ok())
+                .and_then(|s| String::from_utf8(s).ok())
                 .ok_or_else(|| {
                     SendError::Unavailable(
                         "the webhook's secret cannot be opened with this edge's master key".into(),
                     )
                 })?;
+            // The receiver's own headers, kept sealed with the secret: never logged.
+            let (secret, extra) = super::target::webhook_secret(&opened);
             let body = json_array(batch);
             let t = warren_store::unix_now();
-            let signature = sign(&secret, t, &body);
-            let post = crate::idp::Post {
-                body: body.into(),
-                content_type: "application/json",
-                headers: vec![
-                    (http::HeaderName::from_static("warren-signature"), format!("t={t},v1={signature}")),
-                    (http::HeaderName::from_static("warren-event-count"), batch.len().to_string()),
-                ],
-            };
+            let signature = sign(secret.as_bytes(), t, &body);
+            let mut headers = vec![
+                (http::HeaderName::from_static("warren-signature"), format!("t={t},v1={signature}")),
+                (http::HeaderName::from_static("warren-event-count"), batch.len().to_string()),
+            ];
+            for (name, value) in extra {
+                if let Ok(n) = http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                    headers.push((n, value));
+                }
+            }
+            let post = crate::idp::Post { body: body.into(), content_type: "application/json", headers };
             let reach = crate::idp::Reach {
                 loopback: shared.config.events.allow_loopback,
                 private: shared.config.events.allow_private_networks,

@@ -19,6 +19,11 @@ pub(crate) enum Target {
         url: String,
         /// The signing secret (only while creating; the store keeps it sealed).
         secret: Option<String>,
+        /// Names of the headers sent with every batch (a receiver's `Authorization`); shown,
+        /// their values never.
+        header_names: Vec<String>,
+        /// The headers as a JSON object (only while creating; sealed with the secret).
+        headers: Option<String>,
     },
     /// POSTs batches as OpenTelemetry logs (OTLP/HTTP, JSON encoding) to a collector.
     Otlp {
@@ -69,7 +74,7 @@ impl Target {
         let body = body.as_object().ok_or_else(|| format!("target.{kind} must be an object"))?;
         match kind.as_str() {
             "webhook" => {
-                known_keys(kind, body, &["url", "secret"])?;
+                known_keys(kind, body, &["url", "secret", "headers"])?;
                 let url = body.get("url").and_then(Value::as_str).ok_or("target.webhook.url is required")?;
                 check_webhook_url(url, config)?;
                 let secret = match body.get("secret") {
@@ -80,7 +85,10 @@ impl Target {
                             .into(),
                     ),
                 };
-                Ok(Target::Webhook { url: url.to_owned(), secret: Some(secret) })
+                let headers = header_object(kind, body)?;
+                let header_names = check_headers(kind, &headers)?;
+                let headers = (!headers.is_empty()).then(|| Value::Object(headers).to_string());
+                Ok(Target::Webhook { url: url.to_owned(), secret: Some(secret), header_names, headers })
             }
             "file" => {
                 known_keys(kind, body, &["name", "max_bytes", "max_files"])?;
@@ -106,12 +114,8 @@ impl Target {
                 known_keys(kind, body, &["url", "headers"])?;
                 let url = body.get("url").and_then(Value::as_str).ok_or("target.otlp.url is required")?;
                 check_webhook_url(url, config)?;
-                let headers = match body.get("headers") {
-                    None | Some(Value::Null) => serde_json::Map::new(),
-                    Some(Value::Object(h)) => h.clone(),
-                    Some(_) => return Err("target.otlp.headers: an object of header names to values".into()),
-                };
-                let header_names = check_headers(&headers)?;
+                let headers = header_object(kind, body)?;
+                let header_names = check_headers(kind, &headers)?;
                 let headers = (!headers.is_empty()).then(|| Value::Object(headers).to_string());
                 Ok(Target::Otlp { url: url.to_owned(), header_names, headers })
             }
@@ -150,17 +154,17 @@ impl Target {
     pub(crate) fn from_stored(s: &str) -> Option<Target> {
         let v: Value = serde_json::from_str(s).ok()?;
         if let Some(w) = v.get("webhook") {
-            return Some(Target::Webhook { url: w.get("url")?.as_str()?.to_owned(), secret: None });
+            return Some(Target::Webhook {
+                url: w.get("url")?.as_str()?.to_owned(),
+                secret: None,
+                header_names: header_names(w),
+                headers: None,
+            });
         }
         if let Some(o) = v.get("otlp") {
-            let header_names = o
-                .get("headers")
-                .and_then(Value::as_object)
-                .map(|h| h.keys().cloned().collect())
-                .unwrap_or_default();
             return Some(Target::Otlp {
                 url: o.get("url")?.as_str()?.to_owned(),
-                header_names,
+                header_names: header_names(o),
                 headers: None,
             });
         }
@@ -183,7 +187,12 @@ impl Target {
     /// The target as stored and shown: without the secret.
     pub(crate) fn stored(&self) -> Value {
         match self {
-            Target::Webhook { url, .. } => json!({"webhook": {"url": url}}),
+            Target::Webhook { url, header_names, .. } if header_names.is_empty() => {
+                json!({"webhook": {"url": url}})
+            }
+            Target::Webhook { url, header_names, .. } => {
+                json!({"webhook": {"url": url, "headers": masked(header_names)}})
+            }
             Target::Nats { url, subject, jetstream, .. } => {
                 json!({"nats": {"url": url, "subject": subject, "jetstream": jetstream}})
             }
@@ -191,9 +200,7 @@ impl Target {
                 json!({"otlp": {"url": url}})
             }
             Target::Otlp { url, header_names, .. } => {
-                let masked: serde_json::Map<String, Value> =
-                    header_names.iter().map(|n| (n.clone(), Value::String("********".into()))).collect();
-                json!({"otlp": {"url": url, "headers": masked}})
+                json!({"otlp": {"url": url, "headers": masked(header_names)}})
             }
             Target::File { name, max_bytes, max_files } => {
                 json!({"file": {"name": name, "max_bytes": max_bytes, "max_files": max_files}})
@@ -201,26 +208,73 @@ impl Target {
         }
     }
 
-    /// The secret to keep sealed (a webhook's signing secret, a NATS token), while known.
-    pub(crate) fn secret(&self) -> Option<&str> {
+    /// What to keep sealed, while known: a webhook's signing secret (with its headers, as
+    /// `{"secret": ..., "headers": {...}}`, when it has any), a NATS token, an OTLP
+    /// destination's headers.
+    pub(crate) fn secret(&self) -> Option<String> {
         match self {
-            Target::Webhook { secret, .. } => secret.as_deref(),
-            Target::Nats { token, .. } => token.as_deref(),
-            Target::Otlp { headers, .. } => headers.as_deref(),
+            Target::Webhook { secret: Some(s), headers: Some(h), .. } => {
+                let headers: Value = serde_json::from_str(h).expect("checked headers are JSON");
+                Some(json!({"secret": s, "headers": headers}).to_string())
+            }
+            Target::Webhook { secret, .. } => secret.clone(),
+            Target::Nats { token, .. } => token.clone(),
+            Target::Otlp { headers, .. } => headers.clone(),
             Target::File { .. } => None,
         }
     }
 
-    /// Whether the secret is shown once in the response (a generated webhook secret must
-    /// be; a NATS token the client gave is not echoed).
-    pub(crate) fn shows_secret(&self) -> bool {
-        matches!(self, Target::Webhook { .. })
+    /// The secret shown once in the response: a webhook's signing secret (generated ones
+    /// must be); a NATS token or headers the client gave are not echoed.
+    pub(crate) fn shown_secret(&self) -> Option<&str> {
+        match self {
+            Target::Webhook { secret, .. } => secret.as_deref(),
+            _ => None,
+        }
     }
 }
 
+/// A webhook's sealed secret, opened: the signing secret and the headers to send. Sealed
+/// secrets from before webhooks had headers are the bare signing secret.
+pub(crate) fn webhook_secret(opened: &str) -> (String, Vec<(String, String)>) {
+    if let Ok(Value::Object(o)) = serde_json::from_str::<Value>(opened)
+        && let Some(Value::String(secret)) = o.get("secret")
+    {
+        let headers = o
+            .get("headers")
+            .and_then(Value::as_object)
+            .map(|h| h.iter().filter_map(|(n, v)| Some((n.clone(), v.as_str()?.to_owned()))).collect())
+            .unwrap_or_default();
+        return (secret.clone(), headers);
+    }
+    (opened.to_owned(), Vec::new())
+}
+
+fn header_object(
+    kind: &str,
+    body: &serde_json::Map<String, Value>,
+) -> Result<serde_json::Map<String, Value>, String> {
+    match body.get("headers") {
+        None | Some(Value::Null) => Ok(serde_json::Map::new()),
+        Some(Value::Object(h)) => Ok(h.clone()),
+        Some(_) => Err(format!("target.{kind}.headers: an object of header names to values")),
+    }
+}
+
+fn header_names(target: &Value) -> Vec<String> {
+    target.get("headers").and_then(Value::as_object).map(|h| h.keys().cloned().collect()).unwrap_or_default()
+}
+
+fn masked(names: &[String]) -> serde_json::Map<String, Value> {
+    names.iter().map(|n| (n.clone(), Value::String("********".into()))).collect()
+}
+
+impl Target {}
+
 /// Headers a destination may add: at most 16, valid names and values, none that HTTP or the
-/// edge itself sets. Returns the names, lowercase.
-fn check_headers(headers: &serde_json::Map<String, Value>) -> Result<Vec<String>, String> {
+/// edge itself sets (a webhook's `Warren-*` signature headers included). Returns the names,
+/// lowercase.
+fn check_headers(kind: &str, headers: &serde_json::Map<String, Value>) -> Result<Vec<String>, String> {
     const RESERVED: [&str; 8] = [
         "host",
         "content-length",
@@ -232,18 +286,23 @@ fn check_headers(headers: &serde_json::Map<String, Value>) -> Result<Vec<String>
         "keep-alive",
     ];
     if headers.len() > 16 {
-        return Err("target.otlp.headers: at most 16".into());
+        return Err(format!("target.{kind}.headers: at most 16"));
     }
     let mut names = Vec::with_capacity(headers.len());
     for (name, value) in headers {
         let lower = name.to_ascii_lowercase();
-        if http::HeaderName::from_bytes(lower.as_bytes()).is_err() || RESERVED.contains(&lower.as_str()) {
-            return Err(format!("target.otlp.headers: {name:?} is not a header a destination may set"));
+        if http::HeaderName::from_bytes(lower.as_bytes()).is_err()
+            || RESERVED.contains(&lower.as_str())
+            || lower.starts_with("warren-")
+        {
+            return Err(format!("target.{kind}.headers: {name:?} is not a header a destination may set"));
         }
         match value {
             Value::String(v) if v.len() <= 4096 && http::HeaderValue::from_str(v).is_ok() => {}
             _ => {
-                return Err(format!("target.otlp.headers.{name}: a header value (text, at most 4096 bytes)"));
+                return Err(format!(
+                    "target.{kind}.headers.{name}: a header value (text, at most 4096 bytes)"
+                ));
             }
         }
         names.push(lower);
@@ -343,8 +402,28 @@ mod tests {
         assert_eq!(t.stored(), json!({"webhook": {"url": "http://127.0.0.1:9999/hook"}}));
         assert_eq!(
             Target::from_stored(&t.stored().to_string()),
-            Some(Target::Webhook { url: "http://127.0.0.1:9999/hook".into(), secret: None })
+            Some(Target::Webhook {
+                url: "http://127.0.0.1:9999/hook".into(),
+                secret: None,
+                header_names: vec![],
+                headers: None
+            })
         );
+        // Headers: sealed with the secret, shown masked, the signature's own refused.
+        let h = json!({"webhook": {"url": "http://127.0.0.1:9999/h", "secret": "0123456789abcdef", "headers": {"Authorization": "Bearer t"}}});
+        let t = Target::parse(&h, &c).unwrap();
+        assert_eq!(t.stored()["webhook"]["headers"], json!({"authorization": "********"}));
+        let (secret, headers) = webhook_secret(&t.secret().unwrap());
+        assert_eq!(
+            (secret.as_str(), headers),
+            ("0123456789abcdef", vec![("Authorization".into(), "Bearer t".into())])
+        );
+        assert_eq!(
+            webhook_secret("whsec_old"),
+            ("whsec_old".into(), vec![]),
+            "a secret sealed before headers"
+        );
+        assert_eq!(t.shown_secret(), Some("0123456789abcdef"));
         let f = Target::parse(&json!({"file": {"name": "audit.jsonl"}}), &c).unwrap();
         assert_eq!(Target::from_stored(&f.stored().to_string()), Some(f));
         for (bad, says) in [
@@ -353,7 +432,11 @@ mod tests {
             (json!({"webhook": {"url": "https://app.warren.localhost/x"}}), "own name"),
             (json!({"webhook": {"url": "http://127.0.0.1:8443/x"}}), "own listeners"),
             (json!({"webhook": {"url": "http://localhost:8443/x"}}), "own"),
-            (json!({"webhook": {"url": "http://127.0.0.1:9999/x", "headers": {}}}), "webhook.headers"),
+            (json!({"webhook": {"url": "http://127.0.0.1:9999/x", "headers": []}}), "webhook.headers"),
+            (
+                json!({"webhook": {"url": "http://127.0.0.1:9999/x", "headers": {"Warren-Signature": "t=1,v1=0"}}}),
+                "webhook.headers",
+            ),
             (json!({"webhook": {"url": "http://127.0.0.1:9999/x", "secret": "short"}}), "16 to 256"),
             (json!({"file": {"name": "../etc/passwd"}}), "plain file name"),
             (json!({"file": {"name": ".hidden"}}), "plain file name"),
