@@ -827,3 +827,136 @@ async fn a_webhook_gets_its_own_headers_with_every_signed_batch() {
         assert!(e["msg"].as_str().unwrap().contains("target.webhook.headers"), "{e}");
     }
 }
+
+/// A NATS server that requires TLS: a `tls://` destination trusting the server's own CA
+/// (`tls_ca`) delivers into a JetStream stream (read back over TLS with NATS's Python
+/// client); a `nats://` destination to it is refused with the reason shown, never sent in
+/// the clear; a `tls_ca` for a plain URL or that holds no certificate is refused at create.
+#[tokio::test]
+async fn audit_events_reach_jetstream_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("NATS CA");
+    let (cert, key_pem, _) = ca.leaf("127.0.0.1");
+    let (cert_file, key_file, ca_file) =
+        (dir.path().join("c.pem"), dir.path().join("k.pem"), dir.path().join("ca.pem"));
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key_pem).unwrap();
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let port = free_port();
+    let bin = if std::path::Path::new("/usr/sbin/nats-server").exists() {
+        "/usr/sbin/nats-server"
+    } else {
+        "nats-server"
+    };
+    let mut server = tokio::process::Command::new(bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir.path().join("js"))
+        .args(["--tls", "--tlscert"])
+        .arg(&cert_file)
+        .arg("--tlskey")
+        .arg(&key_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nats-server is installed (.ci/run installs it)");
+    within("nats-server listens", async {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    let url = format!("tls://127.0.0.1:{port}");
+    let subject = "warren.tls.audit";
+    let script = r#"
+import asyncio, json, ssl, sys
+import nats
+async def main():
+    url, cafile, subject, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    nc = await nats.connect(url, tls=ssl.create_default_context(cafile=cafile))
+    js = nc.jetstream()
+    await js.add_stream(name="WARREN_TLS", subjects=[subject])
+    print("ready", flush=True)
+    sub = await js.pull_subscribe(subject, durable="reader")
+    got = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while len(got) < count and loop.time() < deadline:
+        try:
+            msgs = await sub.fetch(count - len(got), timeout=1)
+        except nats.errors.TimeoutError:
+            continue
+        for m in msgs:
+            got.append(json.loads(m.data))
+            await m.ack()
+    print(json.dumps(got), flush=True)
+    await nc.close()
+asyncio.run(main())
+"#;
+    let mut reader = tokio::process::Command::new("python3")
+        .args(["-c", script, &url, ca_file.to_str().unwrap(), subject, "2"])
+        .env("PYTHONPATH", nats_py_path())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(reader.stdout.take().unwrap());
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    within("the stream is made over TLS", lines.read_line(&mut line)).await.unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    for (bad, says) in [
+        (
+            json!({"url": format!("nats://127.0.0.1:{port}"), "subject": subject, "tls_ca": ca.pem}),
+            "only for a tls://",
+        ),
+        (json!({"url": url, "subject": subject, "tls_ca": "not PEM"}), "tls_ca"),
+    ] {
+        let (s, _, e) =
+            edge.api("POST", "/event_destinations", key, Some(json!({"target": {"nats": bad}}))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+        assert!(e["msg"].as_str().unwrap().contains(says), "{e}");
+    }
+    let target = json!({"nats": {"url": url, "subject": subject, "tls_ca": ca.pem}});
+    let (dest, sub) = subscribe(&edge, target, json!([{"type": "ip_policy_created.v0"}])).await;
+    assert_eq!(dest["target"]["nats"]["tls_ca"], ca.pem.as_str(), "a CA is not secret: shown");
+    // The same server behind nats://: refused, not spoken to in the clear.
+    let plain = json!({"nats": {"url": format!("nats://127.0.0.1:{port}"), "subject": subject}});
+    let (s, _, plain) = edge.api("POST", "/event_destinations", key, Some(json!({"target": plain}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{plain}");
+    let ids = json!([dest["id"], plain["id"]]);
+    let sid = sub["id"].as_str().unwrap();
+    let (s, _, _) = edge
+        .api("PATCH", &format!("/event_subscriptions/{sid}"), key, Some(json!({"destination_ids": ids})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    let mut created = Vec::new();
+    for i in 0..2 {
+        let (_, _, p) =
+            edge.api("POST", "/ip_policies", key, Some(json!({"description": format!("tls{i}")}))).await;
+        created.push(p["id"].as_str().unwrap().to_owned());
+    }
+    line.clear();
+    within("the events in the stream", lines.read_line(&mut line)).await.unwrap();
+    let got: Vec<Value> = serde_json::from_str(&line).unwrap();
+    let got_ids: Vec<&str> = got.iter().map(|e| e["object"]["id"].as_str().unwrap()).collect();
+    assert_eq!(got_ids, created, "every event, in order, over TLS");
+    let pid = plain["id"].as_str().unwrap();
+    within("the plain destination shows why", async {
+        loop {
+            let (_, _, d) = edge.api("GET", &format!("/event_destinations/{pid}"), key, None).await;
+            if d["delivery"]["last_error"].as_str().unwrap().contains("requires TLS; use tls://") {
+                assert_eq!(d["delivery"]["delivered"], 0);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let _ = reader.wait().await;
+    let _ = server.kill().await;
+}

@@ -931,10 +931,11 @@ fn schemas() -> Map<String, Value> {
                 ),
             }},
             "nats": {"type": "object", "additionalProperties": false, "required": ["url", "subject"], "properties": {
-                "url": doc(string(), "nats://host[:port]; credentials go in `token`."),
+                "url": doc(string(), "nats://host[:port], or tls://host[:port] for TLS; credentials go in `token`."),
                 "subject": doc(string(), "Dot-separated tokens, no wildcards."),
                 "jetstream": doc(json!({"type": "boolean", "default": true}), "Wait for a JetStream stream's acknowledgement of every event."),
                 "token": doc(nullable(), "A NATS auth token; kept sealed, never shown."),
+                "tls_ca": doc(nullable(), "PEM certificates to trust for a tls:// server (a private CA); left out: the public roots."),
             }},
             "file": {"type": "object", "additionalProperties": false, "required": ["name"], "properties": {
                 "name": doc(string(), "A plain file name in the edge's events directory."),

@@ -418,7 +418,7 @@ pub(super) async fn send(
                 s => Err(SendError::Unavailable(format!("{url} answered {s}"))),
             }
         }
-        Target::Nats { url, subject, jetstream, .. } => {
+        Target::Nats { url, subject, jetstream, tls_ca, .. } => {
             let token = match d.secret_sealed.as_deref() {
                 Some(s) => Some(shared.master_key.open(super::SECRET_LABEL, s).map_err(|_| {
                     SendError::Unavailable(
@@ -433,11 +433,16 @@ pub(super) async fn send(
                 loopback: shared.config.events.allow_loopback,
                 private: shared.config.events.allow_private_networks,
             };
-            super::nats::publish(url, subject, token.as_deref(), *jetstream, &messages, reach).await.map_err(
-                |f| {
-                    if f.refused { SendError::Refused(f.why) } else { SendError::Unavailable(f.why) }
-                },
-            )
+            let to = super::nats::Publish {
+                url,
+                subject,
+                token: token.as_deref(),
+                jetstream: *jetstream,
+                tls_ca: tls_ca.as_deref(),
+            };
+            super::nats::publish(&to, &messages, reach).await.map_err(|f| {
+                if f.refused { SendError::Refused(f.why) } else { SendError::Unavailable(f.why) }
+            })
         }
         Target::File { name, max_bytes, max_files } => {
             let dir =

@@ -3,6 +3,9 @@
 //! batch, one message per event. With `jetstream`, every message must be acknowledged by the
 //! stream that takes the subject (at-least-once); otherwise a PING answered by PONG after the
 //! PUBs says the server has them (core NATS: subscribers online at that moment get them).
+//! `tls://host:port` upgrades the connection to TLS after the server's INFO, as NATS does,
+//! and verifies the server against the public roots or the destination's own CA; a server
+//! that requires TLS behind a `nats://` URL is refused, never spoken to in the clear.
 
 use std::time::Duration;
 
@@ -25,15 +28,23 @@ fn unavailable(why: impl Into<String>) -> Failed {
     Failed { refused: false, why: why.into() }
 }
 
-/// `nats://host[:port]` → (host, port).
+/// Whether the URL asks for TLS (`tls://`).
+pub(crate) fn is_tls(url: &str) -> bool {
+    url.starts_with("tls://")
+}
+
+/// `nats://host[:port]` or `tls://host[:port]` → (host, port).
 pub(crate) fn host_port(url: &str) -> Result<(String, u16), String> {
-    let rest = url.strip_prefix("nats://").ok_or_else(|| format!("{url}: a NATS URL starts with nats://"))?;
+    let rest = url
+        .strip_prefix("nats://")
+        .or_else(|| url.strip_prefix("tls://"))
+        .ok_or_else(|| format!("{url}: a NATS URL starts with nats:// (or tls:// for TLS)"))?;
     let rest = rest.trim_end_matches('/');
     if rest.contains('@') {
         return Err(format!("{url}: put credentials in `token`, not in the URL (it is shown by the API)"));
     }
     if rest.contains('/') || rest.contains('?') {
-        return Err(format!("{url}: a NATS URL is nats://host[:port]"));
+        return Err(format!("{url}: a NATS URL is nats://host[:port] or tls://host[:port]"));
     }
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
@@ -60,38 +71,102 @@ pub(crate) fn check_subject(subject: &str) -> Result<(), String> {
     }
 }
 
-/// Publishes each of `messages` to `subject`.
+/// Where to publish, and how.
+pub(super) struct Publish<'a> {
+    pub(super) url: &'a str,
+    pub(super) subject: &'a str,
+    pub(super) token: Option<&'a str>,
+    pub(super) jetstream: bool,
+    /// PEM certificates to trust for `tls://` instead of the public roots.
+    pub(super) tls_ca: Option<&'a str>,
+}
+
+/// Publishes each of `messages` to the subject.
 pub(super) async fn publish(
-    url: &str,
-    subject: &str,
-    token: Option<&str>,
-    jetstream: bool,
+    to: &Publish<'_>,
     messages: &[Vec<u8>],
     reach: crate::idp::Reach,
 ) -> Result<(), Failed> {
-    tokio::time::timeout(TIMEOUT, publish_inner(url, subject, token, jetstream, messages, reach))
+    tokio::time::timeout(TIMEOUT, publish_inner(to, messages, reach))
         .await
-        .map_err(|_| unavailable(format!("{url} did not confirm within {} s", TIMEOUT.as_secs())))?
+        .map_err(|_| unavailable(format!("{} did not confirm within {} s", to.url, TIMEOUT.as_secs())))?
+}
+
+/// A TLS client config trusting `ca_pem`'s certificates, or the public roots.
+pub(crate) fn tls_config(ca_pem: Option<&str>) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let roots = match ca_pem {
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let c = c.map_err(|e| format!("tls_ca: {e}"))?;
+                roots.add(c).map_err(|e| format!("tls_ca: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("tls_ca: no PEM certificate in it".into());
+            }
+            roots
+        }
+        None => rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
+    };
+    let cfg = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(cfg))
 }
 
 async fn publish_inner(
-    url: &str,
-    subject: &str,
-    token: Option<&str>,
-    jetstream: bool,
+    to: &Publish<'_>,
     messages: &[Vec<u8>],
     reach: crate::idp::Reach,
 ) -> Result<(), Failed> {
+    let url = to.url;
     let (host, port) = host_port(url).map_err(unavailable)?;
     let tcp = crate::idp::connect_checked(url, &host, port, reach).await.map_err(unavailable)?;
     let _ = tcp.set_nodelay(true);
-    let (r, mut w) = tcp.into_split();
-    let mut r = BufReader::new(r);
-    let info = read_line(&mut r).await?;
+    // NATS sends INFO in the clear, then the client starts TLS when either side wants it.
+    let mut plain = BufReader::new(tcp);
+    let info = read_line(&mut plain).await?;
     let info: serde_json::Value = info
         .strip_prefix("INFO ")
         .and_then(|j| serde_json::from_str(j).ok())
         .ok_or_else(|| unavailable(format!("{url} is not a NATS server")))?;
+    let server_wants_tls = info["tls_required"].as_bool().unwrap_or(false);
+    if is_tls(url) {
+        if !plain.buffer().is_empty() {
+            return Err(unavailable(format!("{url}: the server sent more than INFO before TLS")));
+        }
+        let tcp = plain.into_inner();
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|_| unavailable(format!("{url}: {host} is not a TLS server name")))?;
+        let cfg = tls_config(to.tls_ca).map_err(unavailable)?;
+        let tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| unavailable(format!("{url}: TLS: {e}")))?;
+        converse(tls, &info, to, messages).await
+    } else if server_wants_tls {
+        Err(unavailable(format!("{url}: the server requires TLS; use tls://{host}:{port}")))
+    } else {
+        converse(plain.into_inner(), &info, to, messages).await
+    }
+}
+
+/// The protocol after INFO, on the plain or TLS connection.
+async fn converse<S>(
+    stream: S,
+    info: &serde_json::Value,
+    to: &Publish<'_>,
+    messages: &[Vec<u8>],
+) -> Result<(), Failed>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (url, subject, token, jetstream) = (to.url, to.subject, to.token, to.jetstream);
+    let (r, mut w) = tokio::io::split(stream);
+    let mut r = BufReader::new(r);
     let max_payload = info["max_payload"].as_u64().unwrap_or(1024 * 1024) as usize;
     let mut connect = serde_json::json!({
         "verbose": false, "pedantic": false, "name": "warren-events", "lang": "rust",
@@ -193,6 +268,9 @@ mod tests {
         assert_eq!(host_port("nats://nats.internal").unwrap(), ("nats.internal".into(), 4222));
         assert_eq!(host_port("nats://[::1]:4223").unwrap(), ("::1".into(), 4223));
         assert!(host_port("nats://u:p@host").unwrap_err().contains("token"));
+        assert_eq!(host_port("tls://nats.internal:4443").unwrap(), ("nats.internal".into(), 4443));
+        assert!(is_tls("tls://a") && !is_tls("nats://a"));
+        assert!(tls_config(Some("not a certificate")).is_err());
         assert!(host_port("http://host").is_err());
         assert!(check_subject("warren.events").is_ok());
         for bad in ["", "a..b", "a.*", "a.>", "a b", ".a"] {

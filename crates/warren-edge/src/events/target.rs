@@ -44,6 +44,9 @@ pub(crate) enum Target {
         jetstream: bool,
         /// An auth token (only while creating; the store keeps it sealed).
         token: Option<String>,
+        /// PEM certificates to trust for a `tls://` server (a private CA); `None`: the
+        /// public roots.
+        tls_ca: Option<String>,
     },
     /// Appends events as JSON lines to a file in the events directory.
     File {
@@ -120,7 +123,7 @@ impl Target {
                 Ok(Target::Otlp { url: url.to_owned(), header_names, headers })
             }
             "nats" => {
-                known_keys(kind, body, &["url", "subject", "jetstream", "token"])?;
+                known_keys(kind, body, &["url", "subject", "jetstream", "token", "tls_ca"])?;
                 let url = body.get("url").and_then(Value::as_str).ok_or("target.nats.url is required")?;
                 let (host, port) = super::nats::host_port(url).map_err(|e| format!("target.nats.url {e}"))?;
                 check_not_own(url, &host, port, config)?;
@@ -137,7 +140,24 @@ impl Target {
                     Some(Value::String(t)) if !t.is_empty() && t.len() <= 1024 => Some(t.clone()),
                     Some(_) => return Err("target.nats.token: 1 to 1024 characters".into()),
                 };
-                Ok(Target::Nats { url: url.to_owned(), subject: subject.to_owned(), jetstream, token })
+                let tls_ca = match body.get("tls_ca") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(pem)) if super::nats::is_tls(url) && pem.len() <= 64 * 1024 => {
+                        super::nats::tls_config(Some(pem)).map_err(|e| format!("target.nats.{e}"))?;
+                        Some(pem.clone())
+                    }
+                    Some(Value::String(_)) if !super::nats::is_tls(url) => {
+                        return Err("target.nats.tls_ca: only for a tls:// URL".into());
+                    }
+                    Some(_) => return Err("target.nats.tls_ca: PEM certificates (at most 64 KiB)".into()),
+                };
+                Ok(Target::Nats {
+                    url: url.to_owned(),
+                    subject: subject.to_owned(),
+                    jetstream,
+                    token,
+                    tls_ca,
+                })
             }
             "kinesis" | "firehose" | "cloudwatch_logs" | "datadog" | "azure_logs_ingestion" | "s3" => {
                 Err(format!(
@@ -174,6 +194,7 @@ impl Target {
                 subject: n.get("subject")?.as_str()?.to_owned(),
                 jetstream: n.get("jetstream")?.as_bool()?,
                 token: None,
+                tls_ca: n.get("tls_ca").and_then(Value::as_str).map(str::to_owned),
             });
         }
         let f = v.get("file")?;
@@ -193,8 +214,11 @@ impl Target {
             Target::Webhook { url, header_names, .. } => {
                 json!({"webhook": {"url": url, "headers": masked(header_names)}})
             }
-            Target::Nats { url, subject, jetstream, .. } => {
+            Target::Nats { url, subject, jetstream, tls_ca: None, .. } => {
                 json!({"nats": {"url": url, "subject": subject, "jetstream": jetstream}})
+            }
+            Target::Nats { url, subject, jetstream, tls_ca: Some(ca), .. } => {
+                json!({"nats": {"url": url, "subject": subject, "jetstream": jetstream, "tls_ca": ca}})
             }
             Target::Otlp { url, header_names, .. } if header_names.is_empty() => {
                 json!({"otlp": {"url": url}})
