@@ -238,9 +238,6 @@ impl AgentFile {
                 let base = [Seg::Key("endpoints".into()), Seg::Index(i), Seg::Key("traffic_policy".into())];
                 located(base, p, kind.proto.as_str(), format!("endpoints[{}]", ep.name))?;
             }
-            if ep.bindings.is_some() {
-                self.ignored.push(format!("{name}: endpoints[{}].bindings", ep.name));
-            }
             self.endpoints.push((ep, name.to_owned()));
         }
         for (tunnel, t) in file.tunnels {
@@ -407,9 +404,6 @@ pub fn endpoint_from_json(v: serde_json::Value) -> Result<EndpointConfig, String
     if ep.name.trim().is_empty() {
         return Err("invalid endpoint: name is empty".into());
     }
-    if ep.bindings.is_some() {
-        return Err("invalid endpoint: bindings are not supported yet".into());
-    }
     endpoint(&ep)
 }
 
@@ -436,6 +430,21 @@ fn value_text(v: &serde_json::Value) -> String {
 
 fn endpoint(ep: &EndpointBlock) -> Result<EndpointConfig, String> {
     let mut config = endpoint_kind(ep)?;
+    // The URL says which: NAME.internal is internal, anything else public.
+    let internal =
+        config.url.split("://").nth(1).is_some_and(|h| h.trim_end_matches('/').ends_with(".internal"));
+    match ep.bindings.as_deref() {
+        None | Some([]) => {}
+        Some([b]) if b == "internal" && internal => {}
+        Some([b]) if b == "public" && !internal => {}
+        Some([b]) if b == "internal" => {
+            return Err(format!("bindings [internal] needs a url ending in .internal, not {:?}", config.url));
+        }
+        Some([b]) if b == "public" => {
+            return Err(format!("{:?} is an internal name: its binding is internal", config.url));
+        }
+        Some(other) => return Err(format!("bindings {other:?}: one of public or internal")),
+    }
     config.name = ep.name.clone();
     config.description = ep.description.clone();
     config.metadata = ep.metadata.clone();

@@ -82,8 +82,11 @@ fn common(bind: &Bind, unknown: &[String], raw_bind: &Value) -> Result<(), Strin
         other => return Err(refuse(&format!("ForwardsProto {other:?}"), "use \"\" or http1")),
     }
     let e = &bind.extra;
-    if let Some(b) = e.bindings.iter().find(|b| b.as_str() != "public") {
-        return Err(refuse(&format!("Extra.Bindings {b:?}"), "only public endpoints exist on this edge"));
+    if let Some(b) = e.bindings.iter().find(|b| !matches!(b.as_str(), "public" | "internal")) {
+        return Err(refuse(&format!("Extra.Bindings {b:?}"), "endpoints here are public or internal"));
+    }
+    if e.bindings.len() > 1 {
+        return Err(refuse("Extra.Bindings", "one binding per endpoint: public or internal"));
     }
     if e.metadata.len() > 4096 || e.description.len() > 4096 || e.name.len() > 256 {
         return Err(

@@ -37,6 +37,13 @@ pub(crate) enum Scheme {
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
+/// How many endpoints one request may pass through with `forward-internal`.
+const MAX_FORWARDS: u8 = 4;
+
+/// How many times a request was forwarded to an internal endpoint so far.
+#[derive(Clone, Copy)]
+struct ForwardDepth(u8);
+
 /// Proxy streams kept per visitor connection for reuse.
 const POOL_PER_CONNECTION: usize = 32;
 
@@ -619,6 +626,49 @@ async fn proxy(
                 return Ok(r.map(|b| Full::new(b).map_err(|never| match never {}).boxed()));
             }
             warren_policy::Verdict::Close => return Err(ClosedByPolicy),
+            warren_policy::Verdict::ForwardInternal(f) => {
+                let proto = if f.scheme == "https" { Proto::Https } else { Proto::Http };
+                let name = crate::registry::internal_host(&f.host, &ep.session.account_id);
+                let depth = parts.extensions.get::<ForwardDepth>().map_or(0, |d| d.0);
+                match shared.registry.lookup(&EndpointKey::Host(proto, name)) {
+                    Some(_) if depth >= MAX_FORWARDS => {
+                        return Ok(page(
+                            StatusCode::LOOP_DETECTED,
+                            &format!(
+                                "forward-internal went through {MAX_FORWARDS} endpoints; the policies loop."
+                            ),
+                            "",
+                        ));
+                    }
+                    Some(_) if buffered.is_some() => {
+                        return Ok(page(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "forward-internal cannot follow verify-webhook on one request.",
+                            "",
+                        ));
+                    }
+                    Some(target) => {
+                        // The internal endpoint takes the request as the visitor sent it and
+                        // runs its own policy; its answer is the answer.
+                        parts.extensions.insert(ForwardDepth(depth + 1));
+                        parts.version = visitor_version;
+                        let body = body.take().expect("the body is still streaming");
+                        let req = Request::from_parts(parts, body);
+                        return Box::pin(proxy(shared, visitor, &target, &f.host, client_ip, req)).await;
+                    }
+                    None if f.continue_on_error => {}
+                    None => {
+                        return Ok(page(
+                            StatusCode::BAD_GATEWAY,
+                            &format!(
+                                "No internal endpoint {}://{} is online in this account.",
+                                f.scheme, f.host
+                            ),
+                            codes::ENDPOINT_NOT_FOUND,
+                        ));
+                    }
+                }
+            }
             warren_policy::Verdict::Exchange(exchange) => {
                 let answer = shared.idp.exchange(&exchange).await;
                 if let Err(e) = &answer {
@@ -706,8 +756,10 @@ async fn proxy(
             warren_policy::Verdict::Respond(r) => {
                 Ok(r.map(|b| Full::new(b).map_err(|never| match never {}).boxed()))
             }
-            // openid-connect runs on requests only.
-            warren_policy::Verdict::Close | warren_policy::Verdict::Exchange(_) => Err(ClosedByPolicy),
+            // openid-connect and forward-internal run on requests only.
+            warren_policy::Verdict::Close
+            | warren_policy::Verdict::Exchange(_)
+            | warren_policy::Verdict::ForwardInternal(_) => Err(ClosedByPolicy),
         };
     }
     Ok(resp.map(|b| b.boxed()))

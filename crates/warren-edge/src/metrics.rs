@@ -39,7 +39,7 @@ pub(crate) struct Metrics {
     bytes: Family<Labels, Counter>,
     /// Verdicts of traffic policies: `continue`, `respond`, `close`, `sign_in`.
     policy_verdicts: Family<Labels, Counter>,
-    verdicts: [Counter; 4],
+    verdicts: [Counter; 5],
     pub(crate) events_delivered: Family<Labels, Counter>,
     pub(crate) event_failures: Family<Labels, Counter>,
     pub(crate) events_parked: Family<Labels, Counter>,
@@ -193,8 +193,10 @@ impl Metrics {
             "Visitors that could not be relayed to the cluster node holding their endpoint",
             m.relay_failures.clone(),
         );
-        let mut verdicts: [Counter; 4] = Default::default();
-        for (slot, v) in verdicts.iter_mut().zip(["continue", "respond", "close", "sign_in"]) {
+        let mut verdicts: [Counter; 5] = Default::default();
+        for (slot, v) in
+            verdicts.iter_mut().zip(["continue", "respond", "close", "sign_in", "forward_internal"])
+        {
             let c = m.policy_verdicts.get_or_create(&label("verdict", v)).clone();
             *slot = c;
         }
@@ -208,6 +210,7 @@ impl Metrics {
             warren_policy::Verdict::Respond(_) => 1,
             warren_policy::Verdict::Close => 2,
             warren_policy::Verdict::Exchange(_) => 3,
+            warren_policy::Verdict::ForwardInternal(_) => 4,
         };
         self.verdicts[i].inc();
     }

@@ -135,6 +135,18 @@ impl Endpoint {
     }
 }
 
+/// The registry's (and the store's) name for internal endpoint `host` (`NAME.internal`) of
+/// `account`: internal names belong to their account, so two accounts may each have
+/// `api.internal`, and no visitor's Host or SNI can name one (`@` is refused in both).
+pub(crate) fn internal_host(host: &str, account: &str) -> String {
+    format!("{host}@{account}")
+}
+
+/// Whether `host` names an internal endpoint (`NAME.internal`).
+pub(crate) fn is_internal(host: &str) -> bool {
+    host.ends_with(".internal")
+}
+
 /// Whether `cookie` is the resume cookie whose hash is `hash` (constant time).
 pub(crate) fn cookie_matches(cookie: &str, hash: &[u8]) -> bool {
     use subtle::ConstantTimeEq;

@@ -69,6 +69,7 @@ pub(crate) enum Action {
         enforce: bool,
     },
     CompressResponse(Vec<crate::Encoding>),
+    ForwardInternal(crate::ForwardInternal),
 }
 
 /// Header and URI changes a rule made, applied after it ran.
@@ -285,6 +286,16 @@ struct RedirectConfig {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ForwardInternalConfig {
+    url: String,
+    #[serde(default)]
+    binding: Option<String>,
+    #[serde(default)]
+    on_error: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CustomResponseConfig {
     #[serde(default)]
     status_code: Option<u16>,
@@ -384,6 +395,40 @@ fn header_templates(
             Ok((name, Template::compile(&text, phase)?))
         })
         .collect()
+}
+
+/// `forward-internal`'s target: `http(s)://NAME.internal` (a port or path is refused: the
+/// internal endpoint is named by its URL), binding `internal`, `on_error` `halt` or
+/// `continue`.
+fn forward_internal(c: &ForwardInternalConfig) -> Result<crate::ForwardInternal, String> {
+    let (scheme, rest) =
+        c.url.split_once("://").ok_or_else(|| format!("url {:?}: http(s)://NAME.internal", c.url))?;
+    let scheme = match scheme {
+        "http" => "http",
+        "https" => "https",
+        other => {
+            return Err(format!(
+                "url {:?}: scheme {other} (internal endpoints here are http or https)",
+                c.url
+            ));
+        }
+    };
+    let host = rest.trim_end_matches('/').to_ascii_lowercase();
+    let label_ok =
+        |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !host.ends_with(".internal") || !host.split('.').all(label_ok) {
+        return Err(format!("url {:?}: an internal endpoint's URL, http(s)://NAME.internal", c.url));
+    }
+    match c.binding.as_deref() {
+        None | Some("internal") => {}
+        Some(b) => return Err(format!("binding {b:?}: forward-internal reaches internal endpoints only")),
+    }
+    let continue_on_error = match c.on_error.as_deref() {
+        None | Some("halt") => false,
+        Some("continue") => true,
+        Some(o) => return Err(format!("on_error {o:?}: halt or continue")),
+    };
+    Ok(crate::ForwardInternal { scheme, host, continue_on_error })
 }
 
 fn only_in(kind: &str, phase: Phase, allowed: &[Phase]) -> Result<(), String> {
@@ -513,6 +558,11 @@ impl Action {
                     status,
                     headers: header_templates(&c.headers, phase)?,
                 }
+            }
+            "forward-internal" => {
+                only_in(kind, phase, &[HttpRequest])?;
+                let c: ForwardInternalConfig = config(&doc.config)?;
+                Action::ForwardInternal(forward_internal(&c)?)
             }
             "custom-response" => {
                 only_in(kind, phase, &[HttpRequest, HttpResponse])?;
@@ -844,6 +894,7 @@ impl Action {
                 }
                 Some(Verdict::Respond(r))
             }
+            Action::ForwardInternal(f) => Some(Verdict::ForwardInternal(f.clone())),
             Action::CustomResponse { status, body, headers } => {
                 let mut r = http::Response::new(Bytes::from(body.render(run)));
                 *r.status_mut() = http::StatusCode::from_u16(*status).unwrap_or(http::StatusCode::OK);

@@ -1320,6 +1320,7 @@ mod tests {
             Verdict::Respond(r) => r.status().as_u16(),
             Verdict::Close => 1,
             Verdict::Exchange(_) => 2,
+            Verdict::ForwardInternal(_) => 3,
             Verdict::Continue => 0,
         };
         (v, req.headers.get("x-seen").cloned())

@@ -111,6 +111,20 @@ pub enum Verdict {
     /// `openid-connect` needs the authorization code exchanged: the caller POSTs the request
     /// and answers with what [`oidc::TokenRequest::finish`] makes of the reply.
     Exchange(Box<oidc::TokenRequest>),
+    /// `forward-internal`: the request goes to an internal endpoint of the same account.
+    ForwardInternal(ForwardInternal),
+}
+
+/// Where `forward-internal` sends a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardInternal {
+    /// `http` or `https`: which of the internal endpoints named `host`.
+    pub scheme: &'static str,
+    /// The internal endpoint's host, ending in `.internal`.
+    pub host: String,
+    /// `on_error: continue`: when no such endpoint is online, the request goes on to this
+    /// endpoint's own upstream instead of failing.
+    pub continue_on_error: bool,
 }
 
 /// A content coding `compress-response` may use.

@@ -143,7 +143,10 @@ pub(super) async fn sso(
     let respond = |r: axum::http::Response<bytes::Bytes>| r.map(Body::from).into_response();
     match verdict {
         warren_policy::Verdict::Respond(r) => respond(r),
-        warren_policy::Verdict::Close => refused(StatusCode::FORBIDDEN, "The sign-in was refused."),
+        // The sign-in policy is the openid-connect action alone: it never forwards.
+        warren_policy::Verdict::Close | warren_policy::Verdict::ForwardInternal(_) => {
+            refused(StatusCode::FORBIDDEN, "The sign-in was refused.")
+        }
         warren_policy::Verdict::Exchange(exchange) => {
             let answer = dash.shared.idp.exchange(&exchange).await;
             if let Err(e) = &answer {

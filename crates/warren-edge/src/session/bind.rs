@@ -170,7 +170,14 @@ async fn bind_http(
     let host =
         named_host(shared, session, proto, [&opts.url, &opts.domain, &opts.hostname], &opts.subdomain, bind)
             .await?;
+    let internal = crate::registry::is_internal(&host);
+    if internal && bind.extra.bindings.iter().any(|b| b == "public") {
+        return Err(BindError::Invalid(format!(
+            "{host} is an internal name; its binding is internal (leave bindings out)"
+        )));
+    }
     let url = match (proto, shared.https_port, shared.http_port) {
+        _ if internal => format!("{}://{host}", proto.as_str()),
         (Proto::Https, 443, _) => format!("https://{host}"),
         (Proto::Https, p, _) => format!("https://{host}:{p}"),
         (_, _, Some(80)) => format!("http://{host}"),
@@ -198,11 +205,19 @@ async fn bind_http(
                 "TLS settings need an https endpoint; this one is plain http".into(),
             ));
         }
+        Some(_) if internal => {
+            return Err(BindError::Invalid(format!(
+                "{host} is internal: no visitor's TLS reaches it, so it has no TLS settings of its own"
+            )));
+        }
         Some(t) => {
             Some(t.server_config(crate::tls::provider(), shared.certs.clone()).map_err(BindError::Invalid)?)
         }
     };
-    let key = EndpointKey::Host(proto, host);
+    let key = match internal {
+        true => EndpointKey::Host(proto, crate::registry::internal_host(&host, &session.account_id)),
+        false => EndpointKey::Host(proto, host),
+    };
     register(shared, endpoint(session, bind, proto, &url, key, tls, policy, 0)).await?;
     Ok(url)
 }
@@ -261,6 +276,11 @@ async fn bind_tcp(
 ) -> Result<String, BindError> {
     let opts: proto::TcpOpts = crate::bind_options::decode_opts(raw, "tcp").map_err(BindError::Invalid)?;
     let extras = crate::bind_options::tcp(bind, &opts, raw, unknown).map_err(BindError::Invalid)?;
+    if opts.addr.contains(".internal") || bind.extra.bindings.iter().any(|b| b == "internal") {
+        return Err(BindError::Invalid(
+            "internal endpoints here are http or https (reached with forward-internal), not tcp".into(),
+        ));
+    }
     let wanted = requested_port(&opts).map_err(BindError::Invalid)?;
     let tcp_host = &shared.config.tcp_host;
     match wanted {
@@ -376,6 +396,20 @@ async fn named_host(
     };
     if !session.may_bind(&host) {
         return Err(not_allowed(session, &host));
+    }
+    if crate::registry::is_internal(&host) {
+        // Internal: the account's own name, reached only through forward-internal.
+        return match proto {
+            Proto::Http | Proto::Https => Ok(host),
+            _ => Err(BindError::Invalid(format!(
+                "{host}: internal endpoints here are http or https (reached with forward-internal)"
+            ))),
+        };
+    }
+    if bind.extra.bindings.iter().any(|b| b == "internal") {
+        return Err(BindError::Invalid(format!(
+            "binding internal needs a URL ending in .internal (like https://api.internal), not {host}"
+        )));
     }
     check_domain_reservation(shared, session, &host).await?;
     // The edge terminates https: a name its certificates do not cover would only ever give

@@ -1,0 +1,165 @@
+//! Internal endpoints (`https://NAME.internal`): bound like any endpoint, reachable only
+//! through the `forward-internal` action of an endpoint of the same account, never from the
+//! internet; each account's internal names are its own.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use hyper::{Request, StatusCode};
+use tokio::net::TcpListener;
+use warren_agent::{Agent, EndpointConfig};
+use warren_testkit::*;
+
+/// An HTTP/1.1 upstream answering `body` and the path it was asked for.
+async fn named_upstream(body: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                    let text = format!("{body} {}", req.uri().path());
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(full(text)))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn front(upstream: SocketAddr, url: &str, policy: &str) -> EndpointConfig {
+    let mut ep = EndpointConfig::http(&upstream.to_string(), Some(url)).unwrap();
+    ep.traffic_policy = Some(serde_json::Value::String(policy.to_owned()));
+    ep
+}
+
+const FORWARD_API: &str = r#"
+on_http_request:
+  - expressions: ["req.url.path.startsWith('/api')"]
+    actions:
+      - type: forward-internal
+        config:
+          url: https://api.internal
+"#;
+
+#[tokio::test]
+async fn an_internal_endpoint_is_reached_only_through_forward_internal_of_its_own_account() {
+    let edge = TestEdge::start().await;
+    let (api, web) = (named_upstream("internal api").await, named_upstream("front").await);
+    let mut internal = Agent::start(
+        edge.agent_with(EndpointConfig::http(&api.to_string(), Some("https://api.internal")).unwrap()),
+    );
+    let urls = within("internal endpoint online", internal.wait_online()).await.unwrap();
+    assert_eq!(urls, ["https://api.internal"]);
+    let mut front_agent =
+        Agent::start(edge.agent_with(front(web, "https://shop.warren.localhost", FORWARD_API)));
+    within("front online", front_agent.wait_online()).await.unwrap();
+
+    // Through the front endpoint's policy: /api goes to the internal endpoint, the rest to
+    // the front's own upstream.
+    let (s, _, body) = https_get(&edge, "shop.warren.localhost", "/api/orders").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "internal api /api/orders"));
+    let (s, _, body) = https_get(&edge, "shop.warren.localhost", "/").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "front /"));
+
+    // Never from outside: not by Host on either listener, not by SNI, not with the account id.
+    let (s, _, _) = plain_get(edge.http_addr(), "api.internal", "/").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let tls = tls_connect(edge.https_addr(), "shop.warren.localhost", &edge.ca_pem, &[b"http/1.1"]).await;
+    let mut send = http1(tls).await;
+    for host in ["api.internal", "api.internal@acc_x"] {
+        let res =
+            send.send_request(Request::get("/").header("host", host).body(empty()).unwrap()).await.unwrap();
+        assert!(
+            res.status() == StatusCode::NOT_FOUND || res.status() == StatusCode::BAD_REQUEST,
+            "{host}: {}",
+            res.status()
+        );
+    }
+
+    // Another account: its policy cannot reach this account's api.internal (502: none online in
+    // its account), and it may have an api.internal of its own.
+    let other = edge.tenant("other").await;
+    let mut cfg = other.agent_config(&edge);
+    cfg.endpoints = vec![front(web, "https://elsewhere.warren.localhost", FORWARD_API)];
+    let mut other_front = Agent::start(cfg);
+    within("other front online", other_front.wait_online()).await.unwrap();
+    let (s, _, body) = https_get(&edge, "elsewhere.warren.localhost", "/api/orders").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(!body.contains("internal api"), "{body}");
+    let theirs = named_upstream("their api").await;
+    let mut cfg = other.agent_config(&edge);
+    cfg.endpoints = vec![EndpointConfig::http(&theirs.to_string(), Some("https://api.internal")).unwrap()];
+    let mut other_internal = Agent::start(cfg);
+    within("their own api.internal", other_internal.wait_online()).await.unwrap();
+    let (s, _, body) = https_get(&edge, "elsewhere.warren.localhost", "/api/x").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "their api /api/x"));
+    let (_, _, body) = https_get(&edge, "shop.warren.localhost", "/api/x").await;
+    assert_eq!(body, "internal api /api/x", "each account reaches its own");
+
+    for a in [internal, front_agent, other_front, other_internal] {
+        a.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn forward_internal_halts_or_continues_when_the_internal_endpoint_is_offline() {
+    let edge = TestEdge::start().await;
+    let web = named_upstream("front").await;
+    let continuing = r#"
+on_http_request:
+  - actions:
+      - type: forward-internal
+        config:
+          url: https://missing.internal
+          on_error: continue
+"#;
+    let mut a = Agent::start(edge.agent_with(front(web, "https://halt.warren.localhost", FORWARD_API)));
+    within("online", a.wait_online()).await.unwrap();
+    let mut b = Agent::start(edge.agent_with(front(web, "https://go-on.warren.localhost", continuing)));
+    within("online", b.wait_online()).await.unwrap();
+    let (s, _, body) = https_get(&edge, "halt.warren.localhost", "/api/x").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    assert!(body.contains("No internal endpoint https://api.internal is online"), "{body}");
+    let (s, _, body) = https_get(&edge, "go-on.warren.localhost", "/x").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "front /x"));
+
+    // Refused where they make no sense, by name.
+    for (url, policy, says) in [
+        (
+            "https://pub.warren.localhost",
+            "on_http_request:\n  - actions:\n      - type: forward-internal\n        config:\n          url: https://api.example.com\n",
+            "NAME.internal",
+        ),
+        (
+            "https://pub2.warren.localhost",
+            "on_http_request:\n  - actions:\n      - type: forward-internal\n        config:\n          url: https://api.internal\n          on_error: retry\n",
+            "on_error",
+        ),
+        (
+            "https://pub3.warren.localhost",
+            "on_http_response:\n  - actions:\n      - type: forward-internal\n        config:\n          url: https://api.internal\n",
+            "on_http_request",
+        ),
+    ] {
+        let err = within("refused", Agent::start(edge.agent_with(front(web, url, policy))).wait_online())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(says), "{url}: {err}");
+    }
+    let err = within(
+        "a tcp internal endpoint is refused",
+        Agent::start(
+            edge.agent_with(EndpointConfig::tcp(&web.to_string(), Some("tcp://db.internal:5432")).unwrap()),
+        )
+        .wait_online(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("internal"), "{err}");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
