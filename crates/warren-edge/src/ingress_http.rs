@@ -559,24 +559,9 @@ async fn proxy(
     ep: &Arc<Endpoint>,
     host: &str,
     client_ip: std::net::IpAddr,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<Body>, ClosedByPolicy> {
-    let upgrade = is_upgrade(req.headers()) && req.version() <= Version::HTTP_11;
-    let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    // The request-target's authority, when there is one, is what the request was routed by,
-    // so the upstream gets it as Host; a Host header beside it is ignored (RFC 9112 §3.2.2).
-    let original_host = parts
-        .uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        .or_else(|| parts.headers.get(header::HOST).cloned());
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    if let Some(h) = &original_host {
-        parts.headers.insert(header::HOST, h.clone());
-    }
-    parts.uri = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
-    let visitor_version = std::mem::replace(&mut parts.version, Version::HTTP_11);
+    let Onward { mut parts, body, visitor_upgrade, original_host, visitor_version } = onward(req);
     // The policy sees the visitor's request (its version, its headers), before warren adds
     // the forwarding headers.
     let scheme = match visitor.scheme {
@@ -720,12 +705,7 @@ async fn proxy(
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(visitor_upgrade) = visitor_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                let (Ok(v), Ok(u)) = tokio::join!(visitor_upgrade, upstream_upgrade) else { return };
-                let (mut v, mut u) = (TokioIo::new(v), TokioIo::new(u));
-                let _ = tokio::io::copy_bidirectional_with_sizes(&mut v, &mut u, COPY_BUF, COPY_BUF).await;
-            });
+            splice_upgrades(visitor_upgrade, &mut resp);
         }
     } else {
         strip_hop_by_hop(resp.headers_mut(), false);
@@ -776,22 +756,9 @@ async fn relay_request(
     key: &EndpointKey,
     route: Arc<RemoteRoute>,
     host: &str,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<Body> {
-    let upgrade = is_upgrade(req.headers()) && req.version() <= Version::HTTP_11;
-    let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    let original_host = parts
-        .uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        .or_else(|| parts.headers.get(header::HOST).cloned());
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    if let Some(h) = original_host {
-        parts.headers.insert(header::HOST, h);
-    }
-    parts.uri = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
-    parts.version = Version::HTTP_11;
+    let Onward { parts, body, visitor_upgrade, .. } = onward(req);
     let (route, mut sender) = match take_relay_sender(cluster, visitor, key, route, host).await {
         Ok(s) => s,
         Err(e) => {
@@ -825,14 +792,53 @@ async fn relay_request(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(visitor_upgrade) = visitor_upgrade
     {
-        let node_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            let (Ok(v), Ok(u)) = tokio::join!(visitor_upgrade, node_upgrade) else { return };
-            let (mut v, mut u) = (TokioIo::new(v), TokioIo::new(u));
-            let _ = tokio::io::copy_bidirectional_with_sizes(&mut v, &mut u, COPY_BUF, COPY_BUF).await;
-        });
+        splice_upgrades(visitor_upgrade, &mut resp);
     }
     resp.map(|b| b.boxed())
+}
+
+/// A visitor's request made ready to send on (to an agent, or to the node holding the
+/// endpoint).
+struct Onward {
+    parts: http::request::Parts,
+    body: Incoming,
+    /// The visitor's side of an upgrade (WebSocket) it asked for.
+    visitor_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// What the request was routed by.
+    original_host: Option<HeaderValue>,
+    visitor_version: Version,
+}
+
+/// Hop-by-hop headers removed (`Upgrade` kept when one is asked for), the Host the request
+/// was routed by, a path-only target, HTTP/1.1.
+fn onward(mut req: Request<Incoming>) -> Onward {
+    let upgrade = is_upgrade(req.headers()) && req.version() <= Version::HTTP_11;
+    let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    // The request-target's authority, when there is one, is what the request was routed by,
+    // so the upstream gets it as Host; a Host header beside it is ignored (RFC 9112 §3.2.2).
+    let original_host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| parts.headers.get(header::HOST).cloned());
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(h) = &original_host {
+        parts.headers.insert(header::HOST, h.clone());
+    }
+    parts.uri = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    let visitor_version = std::mem::replace(&mut parts.version, Version::HTTP_11);
+    Onward { parts, body, visitor_upgrade, original_host, visitor_version }
+}
+
+/// Once both sides have switched protocols, copies between them.
+fn splice_upgrades(visitor: hyper::upgrade::OnUpgrade, resp: &mut Response<Incoming>) {
+    let other = hyper::upgrade::on(resp);
+    tokio::spawn(async move {
+        let (Ok(v), Ok(u)) = tokio::join!(visitor, other) else { return };
+        let (mut v, mut u) = (TokioIo::new(v), TokioIo::new(u));
+        let _ = tokio::io::copy_bidirectional_with_sizes(&mut v, &mut u, COPY_BUF, COPY_BUF).await;
+    });
 }
 
 /// A ready relay stream to `route`'s node from the visitor's pool, or a new one (to the

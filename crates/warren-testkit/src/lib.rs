@@ -698,6 +698,26 @@ async fn upstream_handle(req: Request<Incoming>) -> Result<Response<Body>, Infal
     Ok(Response::new(full("hello from upstream")))
 }
 
+/// An HTTP/1.1 upstream answering every request with `"{name} {path}"`, so that a test sees
+/// which of several upstreams served a request, and for what.
+pub async fn named_upstream(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind named upstream");
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                    Ok::<_, Infallible>(Response::new(full(format!("{name} {}", req.uri().path()))))
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+            });
+        }
+    });
+    addr
+}
+
 /// The same server as [`HttpUpstream`] behind TLS with a self-signed certificate for
 /// `localhost` and 127.0.0.1, as local dev servers often are.
 pub async fn https_upstream() -> (SocketAddr, JoinHandle<()>) {

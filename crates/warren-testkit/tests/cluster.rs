@@ -665,26 +665,7 @@ async fn a_pool_spans_nodes_and_a_node_without_a_member_relays_to_each() {
     let url = "http://pooled.warren.localhost";
     let mut agents = Vec::new();
     for (node, body) in [(&a, "on a"), (&b, "on b")] {
-        let up = {
-            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            tokio::spawn(async move {
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else { return };
-                    tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(
-                            move |_r: Request<hyper::body::Incoming>| async move {
-                                Ok::<_, std::convert::Infallible>(hyper::Response::new(full(body)))
-                            },
-                        );
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                            .await;
-                    });
-                }
-            });
-            addr
-        };
+        let up = named_upstream(body).await;
         let mut ep = EndpointConfig::http(&up.to_string(), Some(url)).unwrap();
         ep.pooling = true;
         let mut agent = Agent::start(node.agent_with(ep));
@@ -692,7 +673,7 @@ async fn a_pool_spans_nodes_and_a_node_without_a_member_relays_to_each() {
         agents.push(agent);
     }
     let (_, _, own) = plain_get_via(a.http_addr(), "pooled.warren.localhost", "/").await;
-    assert_eq!(own, "on a", "node a serves its own member");
+    assert_eq!(own, "on a /", "node a serves its own member");
     let seen = eventually("node c relays to both members", || async {
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..8 {
@@ -704,7 +685,7 @@ async fn a_pool_spans_nodes_and_a_node_without_a_member_relays_to_each() {
         (seen.len() == 2).then_some(seen)
     })
     .await;
-    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["on a", "on b"]);
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["on a /", "on b /"]);
     for agent in agents {
         agent.stop().await.unwrap();
     }

@@ -447,27 +447,16 @@ fn nats_py_path() -> String {
     python_packages(&dir, "import nats.js", "nats-py==2.9.0")
 }
 
-/// Audit events published to a NATS subject are stored by a JetStream stream, in order, and
-/// read back with NATS's own Python client; a subject no stream takes is an error shown on
-/// the destination, not a silent loss.
-#[tokio::test]
-async fn audit_events_reach_a_jetstream_stream_through_nats() {
-    let url = nats_url();
-    let host_port = url.trim_start_matches("nats://").to_owned();
-    if tokio::net::TcpStream::connect(&host_port).await.is_err() {
-        panic!("a NATS server with JetStream is needed at {url} (set WARREN_TEST_NATS_URL)");
-    }
-    let edge = TestEdge::start().await;
-    let key = Some(edge.api_key.as_str());
-    let tag = warren_store::generate_id("t").to_lowercase();
-    let subject = format!("warren.test.{tag}");
-    let stream = format!("WARREN_{tag}").to_uppercase();
-    let script = r#"
-import asyncio, json, sys
+/// Makes a JetStream stream for a subject, prints `ready`, then reads `count` events from it
+/// and prints them as one JSON array (NATS's own Python client). Arguments: URL, CA file for
+/// TLS (`-`: none), subject, stream, count.
+const JETSTREAM_READER: &str = r#"
+import asyncio, json, ssl, sys
 import nats
 async def main():
-    url, subject, stream, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    nc = await nats.connect(url)
+    url, cafile, subject, stream, count = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+    tls = ssl.create_default_context(cafile=cafile) if cafile != "-" else None
+    nc = await nats.connect(url, tls=tls)
     js = nc.jetstream()
     await js.add_stream(name=stream, subjects=[subject])
     print("ready", flush=True)
@@ -488,8 +477,24 @@ async def main():
     await nc.close()
 asyncio.run(main())
 "#;
+
+/// Audit events published to a NATS subject are stored by a JetStream stream, in order, and
+/// read back with NATS's own Python client; a subject no stream takes is an error shown on
+/// the destination, not a silent loss.
+#[tokio::test]
+async fn audit_events_reach_a_jetstream_stream_through_nats() {
+    let url = nats_url();
+    let host_port = url.trim_start_matches("nats://").to_owned();
+    if tokio::net::TcpStream::connect(&host_port).await.is_err() {
+        panic!("a NATS server with JetStream is needed at {url} (set WARREN_TEST_NATS_URL)");
+    }
+    let edge = TestEdge::start().await;
+    let key = Some(edge.api_key.as_str());
+    let tag = warren_store::generate_id("t").to_lowercase();
+    let subject = format!("warren.test.{tag}");
+    let stream = format!("WARREN_{tag}").to_uppercase();
     let mut reader = tokio::process::Command::new("python3")
-        .args(["-c", script, &url, &subject, &stream, "3"])
+        .args(["-c", JETSTREAM_READER, &url, "-", &subject, &stream, "3"])
         .env("PYTHONPATH", nats_py_path())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -870,33 +875,8 @@ async fn audit_events_reach_jetstream_over_tls() {
     let key = Some(edge.api_key.as_str());
     let url = format!("tls://127.0.0.1:{port}");
     let subject = "warren.tls.audit";
-    let script = r#"
-import asyncio, json, ssl, sys
-import nats
-async def main():
-    url, cafile, subject, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    nc = await nats.connect(url, tls=ssl.create_default_context(cafile=cafile))
-    js = nc.jetstream()
-    await js.add_stream(name="WARREN_TLS", subjects=[subject])
-    print("ready", flush=True)
-    sub = await js.pull_subscribe(subject, durable="reader")
-    got = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while len(got) < count and loop.time() < deadline:
-        try:
-            msgs = await sub.fetch(count - len(got), timeout=1)
-        except nats.errors.TimeoutError:
-            continue
-        for m in msgs:
-            got.append(json.loads(m.data))
-            await m.ack()
-    print(json.dumps(got), flush=True)
-    await nc.close()
-asyncio.run(main())
-"#;
     let mut reader = tokio::process::Command::new("python3")
-        .args(["-c", script, &url, ca_file.to_str().unwrap(), subject, "2"])
+        .args(["-c", JETSTREAM_READER, &url, ca_file.to_str().unwrap(), subject, "WARREN_TLS", "2"])
         .env("PYTHONPATH", nats_py_path())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)

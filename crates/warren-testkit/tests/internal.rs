@@ -2,33 +2,11 @@
 //! through the `forward-internal` action of an endpoint of the same account, never from the
 //! internet; each account's internal names are its own.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use hyper::{Request, StatusCode};
-use tokio::net::TcpListener;
 use warren_agent::{Agent, EndpointConfig};
 use warren_testkit::*;
-
-/// An HTTP/1.1 upstream answering `body` and the path it was asked for.
-async fn named_upstream(body: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
-                    let text = format!("{body} {}", req.uri().path());
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(full(text)))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
 
 fn front(upstream: SocketAddr, url: &str, policy: &str) -> EndpointConfig {
     let mut ep = EndpointConfig::http(&upstream.to_string(), Some(url)).unwrap();

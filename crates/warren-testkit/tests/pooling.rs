@@ -16,28 +16,6 @@ use tokio::net::{TcpListener, TcpStream};
 use warren_agent::{Agent, EndpointConfig};
 use warren_testkit::*;
 
-/// An HTTP/1.1 upstream answering every request with `body` (so a test sees which member
-/// served it).
-async fn named_upstream(body: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| async move {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(full(body)))
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 /// A TCP upstream that writes `name` to every connection and closes it.
 async fn named_tcp(name: &'static [u8]) -> SocketAddr {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
@@ -81,7 +59,7 @@ async fn pooled_agents_share_a_url_and_one_leaves_without_a_failed_request() {
     within("second member online", second.wait_online()).await.unwrap();
     let seen = bodies(&edge, "pool.warren.localhost", 10).await;
     assert!(
-        seen.iter().any(|b| b == "one") && seen.iter().any(|b| b == "two"),
+        seen.iter().any(|b| b == "one /") && seen.iter().any(|b| b == "two /"),
         "both members serve: {seen:?}"
     );
 
@@ -134,7 +112,7 @@ async fn pooled_agents_share_a_url_and_one_leaves_without_a_failed_request() {
     }
     assert_eq!(failed.load(Ordering::Relaxed), 0, "{} requests succeeded", ok.load(Ordering::Relaxed));
     assert!(ok.load(Ordering::Relaxed) > 20);
-    assert!(bodies(&edge, "pool.warren.localhost", 6).await.iter().all(|b| b == "one"));
+    assert!(bodies(&edge, "pool.warren.localhost", 6).await.iter().all(|b| b == "one /"));
     first.stop().await.unwrap();
 }
 
@@ -211,6 +189,6 @@ async fn the_ngrok_sdk_joins_a_pool_with_pooling_enabled() {
         }
     });
     let seen = bodies(&edge, "sdk-pool.warren.localhost", 10).await;
-    assert!(seen.iter().any(|b| b == "warren agent") && seen.iter().any(|b| b == "ngrok sdk"), "{seen:?}");
+    assert!(seen.iter().any(|b| b == "warren agent /") && seen.iter().any(|b| b == "ngrok sdk"), "{seen:?}");
     agent.stop().await.unwrap();
 }
