@@ -1080,9 +1080,17 @@ pub fn free_port_range(n: u16) -> std::ops::RangeInclusive<u16> {
 /// used only later (a DNS server started when a test first needs it) could meanwhile be any
 /// test's client socket.
 pub fn free_port() -> u16 {
+    // 10000-19999: below the edges' default tcp range (20000-29999) and the band
+    // `free_port_range` gives out (30000-32767), so that neither hands out what the other
+    // did; processes bind these ports a while after they are chosen.
+    let mut seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(11, |d| d.subsec_nanos());
     loop {
-        let port = *free_port_range(1).start();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let port = 10_000 + (seed >> 8) as u16 % 10_000;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
             return port;
         }
     }
