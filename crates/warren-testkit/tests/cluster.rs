@@ -9,7 +9,7 @@ use std::sync::Arc;
 use http_body_util::BodyExt;
 use hyper::{Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 use warren_agent::{Agent, EndpointConfig};
 use warren_testkit::*;
 
@@ -72,38 +72,20 @@ async fn plain_get_via(addr: SocketAddr, host: &str, path: &str) -> (StatusCode,
 /// A TLS echo server with a certificate for `name` from `ca`: what a tls endpoint's agent
 /// passes visitors through to.
 async fn tls_echo(ca: &TestCa, name: &str) -> SocketAddr {
-    use rustls::pki_types::pem::PemObject;
     let (cert, key, _) = ca.leaf(name);
-    let chain =
-        rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes()).map(|c| c.unwrap()).collect();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let config =
-        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = tls.read(&mut buf).await {
-                    if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                    let _ = tls.flush().await;
-                }
-            });
-        }
-    });
-    addr
+    tls_echo_upstream(&cert, &key).await
+}
+
+/// The certificate every node of a cluster serves, as an operator's files: its CA, the
+/// directory holding the files (kept for the test's length), the chain and the key.
+fn operator_certificate() -> (TestCa, tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let operator = TestCa::new("operator CA");
+    let (chain, key, _) = operator.leaf_for(&["connect.warren.localhost", "*.warren.localhost", "localhost"]);
+    let files = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (files.path().join("chain.pem"), files.path().join("key.pem"));
+    std::fs::write(&cert_file, chain).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    (operator, files, cert_file, key_file)
 }
 
 /// Retries `f` until it gives `Some` (the other node's view of the routes follows within a
@@ -259,7 +241,9 @@ async fn relay_links_take_only_cluster_certificates_and_stale_tokens_are_refused
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServer))
+            .with_custom_certificate_verifier(Arc::new(AnyServerCert(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))))
             .with_client_auth_cert(chain, key)
             .unwrap()
     };
@@ -343,42 +327,6 @@ async fn relay_links_take_only_cluster_certificates_and_stale_tokens_are_refused
     db.drop_db().await;
 }
 
-/// Accepts any server certificate: the stranger must be refused by the node, not by itself.
-#[derive(Debug)]
-struct AnyServer;
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// `url` with its `host:port` replaced by `addr` (to reach the database through a proxy).
 fn via(url: &str, addr: SocketAddr) -> String {
     let (scheme_user, rest) = url.split_once('@').unwrap();
@@ -407,12 +355,7 @@ async fn a_node_cut_off_from_the_database_fences_itself_and_its_agent_resumes_on
     let backend = tokio::net::lookup_host(backend).await.unwrap().next().unwrap();
     let path_to_db = TcpProxy::start(vec![backend]).await;
     // Both nodes serve one operator certificate, as a cluster behind one name does.
-    let operator = TestCa::new("operator CA");
-    let (chain, key, _) = operator.leaf_for(&["connect.warren.localhost", "*.warren.localhost", "localhost"]);
-    let files = tempfile::tempdir().unwrap();
-    let (cert_file, key_file) = (files.path().join("chain.pem"), files.path().join("key.pem"));
-    std::fs::write(&cert_file, chain).unwrap();
-    std::fs::write(&key_file, key).unwrap();
+    let (operator, _files, cert_file, key_file) = operator_certificate();
     let (direct, proxied) = (db.url.clone(), via(&db.url, path_to_db.addr));
     let ports = free_port_range(4);
     let mut a = TestEdge::start_with(|c| {
@@ -710,12 +653,7 @@ async fn a_pool_spans_nodes_and_a_node_without_a_member_relays_to_each() {
 #[tokio::test]
 async fn a_rolling_restart_of_every_node_fails_no_request_of_an_ha_agent() {
     let Some(db) = TestPostgres::create().await else { return };
-    let operator = TestCa::new("operator CA");
-    let (chain, key, _) = operator.leaf_for(&["connect.warren.localhost", "*.warren.localhost", "localhost"]);
-    let files = tempfile::tempdir().unwrap();
-    let (cert_file, key_file) = (files.path().join("chain.pem"), files.path().join("key.pem"));
-    std::fs::write(&cert_file, chain).unwrap();
-    std::fs::write(&key_file, key).unwrap();
+    let (operator, _files, cert_file, key_file) = operator_certificate();
     let url = db.url.clone();
     let mut a = TestEdge::start_with(|c| {
         c.database_url = Some(warren_edge::config::DatabaseUrl(url));

@@ -165,43 +165,6 @@ struct Visit<'a> {
     tls12_only: bool,
 }
 
-/// Accepts whatever certificate the edge shows: only for visits without SNI, whose
-/// certificate cannot name an IP address (the point of those tests is routing, not trust).
-#[derive(Debug)]
-struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 async fn get_as(edge: &TestEdge, v: Visit<'_>) -> Result<(StatusCode, Value), String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let versions: &[&rustls::SupportedProtocolVersion] =
@@ -218,7 +181,9 @@ async fn get_as(edge: &TestEdge, v: Visit<'_>) -> Result<(StatusCode, Value), St
             r
         })
     } else {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        // Visits without SNI: the certificate cannot name an IP address, and these tests are
+        // about routing, not trust.
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
     };
     let mut cfg = match v.client {
         None => builder.with_no_client_auth(),

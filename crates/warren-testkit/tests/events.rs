@@ -478,6 +478,40 @@ async def main():
 asyncio.run(main())
 "#;
 
+/// [`JETSTREAM_READER`] running: its stream made, its events to come.
+struct JetStreamReader {
+    child: tokio::process::Child,
+    lines: tokio::io::BufReader<tokio::process::ChildStdout>,
+}
+
+impl JetStreamReader {
+    async fn start(url: &str, cafile: &str, subject: &str, stream: &str, count: usize) -> JetStreamReader {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("python3")
+            .args(["-c", JETSTREAM_READER, url, cafile, subject, stream, &count.to_string()])
+            .env("PYTHONPATH", nats_py_path())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        within("the stream is made", lines.read_line(&mut line)).await.unwrap();
+        assert_eq!(line.trim(), "ready");
+        JetStreamReader { child, lines }
+    }
+
+    /// The events it read, in order.
+    async fn events(&mut self) -> Vec<Value> {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        within("the events in the stream", self.lines.read_line(&mut line)).await.unwrap();
+        let got = serde_json::from_str(&line).unwrap();
+        let _ = self.child.wait().await;
+        got
+    }
+}
+
 /// Audit events published to a NATS subject are stored by a JetStream stream, in order, and
 /// read back with NATS's own Python client; a subject no stream takes is an error shown on
 /// the destination, not a silent loss.
@@ -493,18 +527,7 @@ async fn audit_events_reach_a_jetstream_stream_through_nats() {
     let tag = warren_store::generate_id("t").to_lowercase();
     let subject = format!("warren.test.{tag}");
     let stream = format!("WARREN_{tag}").to_uppercase();
-    let mut reader = tokio::process::Command::new("python3")
-        .args(["-c", JETSTREAM_READER, &url, "-", &subject, &stream, "3"])
-        .env("PYTHONPATH", nats_py_path())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(reader.stdout.take().unwrap());
-    use tokio::io::AsyncBufReadExt;
-    let mut line = String::new();
-    within("the stream is made", lines.read_line(&mut line)).await.unwrap();
-    assert_eq!(line.trim(), "ready");
+    let mut reader = JetStreamReader::start(&url, "-", &subject, &stream, 3).await;
 
     let target = json!({"nats": {"url": url, "subject": subject, "jetstream": true}});
     let (_, sub) = subscribe(&edge, target, json!([{"type": "ip_policy_created.v0"}])).await;
@@ -528,9 +551,7 @@ async fn audit_events_reach_a_jetstream_stream_through_nats() {
             edge.api("POST", "/ip_policies", key, Some(json!({"description": format!("n{i}")}))).await;
         ids.push(p["id"].as_str().unwrap().to_owned());
     }
-    line.clear();
-    within("the events in the stream", lines.read_line(&mut line)).await.unwrap();
-    let got: Vec<Value> = serde_json::from_str(&line).unwrap();
+    let got = reader.events().await;
     let got_ids: Vec<&str> = got.iter().map(|e| e["object"]["id"].as_str().unwrap()).collect();
     assert_eq!(got_ids, ids, "every event, in order");
     assert!(
@@ -548,7 +569,6 @@ async fn audit_events_reach_a_jetstream_stream_through_nats() {
         }
     })
     .await;
-    let _ = reader.wait().await;
 }
 
 /// `PYTHONPATH` for PyPI `opentelemetry-proto`, OpenTelemetry's official protobuf types.
@@ -875,18 +895,7 @@ async fn audit_events_reach_jetstream_over_tls() {
     let key = Some(edge.api_key.as_str());
     let url = format!("tls://127.0.0.1:{port}");
     let subject = "warren.tls.audit";
-    let mut reader = tokio::process::Command::new("python3")
-        .args(["-c", JETSTREAM_READER, &url, ca_file.to_str().unwrap(), subject, "WARREN_TLS", "2"])
-        .env("PYTHONPATH", nats_py_path())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(reader.stdout.take().unwrap());
-    use tokio::io::AsyncBufReadExt;
-    let mut line = String::new();
-    within("the stream is made over TLS", lines.read_line(&mut line)).await.unwrap();
-    assert_eq!(line.trim(), "ready");
+    let mut reader = JetStreamReader::start(&url, ca_file.to_str().unwrap(), subject, "WARREN_TLS", 2).await;
 
     for (bad, says) in [
         (
@@ -920,9 +929,7 @@ async fn audit_events_reach_jetstream_over_tls() {
             edge.api("POST", "/ip_policies", key, Some(json!({"description": format!("tls{i}")}))).await;
         created.push(p["id"].as_str().unwrap().to_owned());
     }
-    line.clear();
-    within("the events in the stream", lines.read_line(&mut line)).await.unwrap();
-    let got: Vec<Value> = serde_json::from_str(&line).unwrap();
+    let got = reader.events().await;
     let got_ids: Vec<&str> = got.iter().map(|e| e["object"]["id"].as_str().unwrap()).collect();
     assert_eq!(got_ids, created, "every event, in order, over TLS");
     let pid = plain["id"].as_str().unwrap();
@@ -937,6 +944,5 @@ async fn audit_events_reach_jetstream_over_tls() {
         }
     })
     .await;
-    let _ = reader.wait().await;
     let _ = server.kill().await;
 }

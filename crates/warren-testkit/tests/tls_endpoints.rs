@@ -3,13 +3,12 @@
 //! the edge's), agents reach their session through a connect hostname, and every other name
 //! is https terminated at the edge.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use hyper::StatusCode;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use warren_agent::{Agent, EndpointConfig};
 use warren_testkit::*;
 
@@ -17,34 +16,6 @@ use rustls::pki_types::pem::PemObject;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-/// A TLS echo server with `chain`/`key`, as an upstream that terminates TLS itself.
-async fn tls_echo_upstream(chain: &str, key: &str) -> SocketAddr {
-    let certs = CertificateDer::pem_slice_iter(chain.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
-    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let (mut r, mut w) = tokio::io::split(tls);
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
 }
 
 /// A visitor's TLS connection to the edge's shared port for `name`, trusting `roots` only,
