@@ -426,6 +426,11 @@ impl EdgeConfig {
                     .into(),
             );
         }
+        if self.cluster_advertise.is_some() && self.cluster_addr.is_none() {
+            return Err(
+                "cluster_advertise needs cluster_addr: it is the address other nodes dial for it".into()
+            );
+        }
         if let Some(a) = &self.cluster_advertise
             && (a.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()))
         {
@@ -533,5 +538,16 @@ mod tests {
         let mut c = EdgeConfig::local_default("/tmp/x".into());
         c.base_domain = "localhost".into();
         assert!(c.validate().unwrap_err().contains("two labels"));
+        // Cluster settings that would do nothing are refused by name.
+        let mut c = EdgeConfig::local_default("/tmp/x".into());
+        c.cluster_addr = Some("127.0.0.1:0".parse().unwrap());
+        assert!(c.validate().unwrap_err().contains("cluster_addr needs database_url"));
+        let mut c = EdgeConfig::local_default("/tmp/x".into());
+        c.cluster_advertise = Some("10.0.0.1:7443".into());
+        assert!(c.validate().unwrap_err().contains("cluster_advertise needs cluster_addr"));
+        c.database_url = Some(DatabaseUrl("postgres://db/w".into()));
+        c.cluster_addr = Some("0.0.0.0:7443".parse().unwrap());
+        c.cluster_advertise = Some("no-port".into());
+        assert!(c.validate().unwrap_err().contains("not host:port"));
     }
 }
