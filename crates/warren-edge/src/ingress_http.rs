@@ -460,50 +460,7 @@ async fn handle(
                 codes::MISDIRECTED,
             ));
         }
-        let ip = crate::client_addr::forwarded_ip(shared, visitor.remote.ip(), req.headers());
-        if !crate::ip_rules::visitor_allowed(shared, &ep.session.account_id, ip, &ep.url).await {
-            return Ok(page(
-                StatusCode::FORBIDDEN,
-                &format!("Requests from {ip} to {host} are not allowed by this endpoint's IP restrictions."),
-                codes::IP_RESTRICTED,
-            ));
-        }
-        let sink = shared
-            .events
-            .traffic_sink(&shared.store, &ep.session.account_id, crate::events::HTTP_REQUEST_COMPLETE)
-            .await;
-        let started = std::time::Instant::now();
-        let recent = shared.recent.watching().then(|| shared.recent.clone());
-        if sink.is_none() && recent.is_none() {
-            let r = proxy(shared, visitor, &ep, &host, ip, req).await;
-            if let Ok(resp) = &r {
-                ep.metrics.request(resp.status().as_u16(), started.elapsed());
-            }
-            return r;
-        }
-        let scheme = match visitor.scheme {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        };
-        let client = SocketAddr::new(ip, visitor.remote.port());
-        let tls = visitor.tls.as_ref().map(|t| &t.info);
-        let pending = crate::events::PendingRequest::new(
-            (sink, recent),
-            &ep,
-            &req,
-            (scheme, &host),
-            (client, visitor.local, tls),
-        );
-        return match proxy(shared, visitor, &ep, &host, ip, req).await {
-            Ok(resp) => {
-                ep.metrics.request(resp.status().as_u16(), started.elapsed());
-                Ok(pending.complete(resp).map(|b| b.boxed()))
-            }
-            Err(closed) => {
-                pending.closed();
-                Err(closed)
-            }
-        };
+        return serve_at(shared, visitor, Serving::Agent(ep), host, req).await;
     }
     if let Some(cluster) = shared.cluster.as_ref().filter(|_| !visitor.relayed) {
         if let Some(route) = cluster.routes.lookup(&EndpointKey::Host(proto, host.clone())) {
@@ -528,12 +485,24 @@ async fn handle(
             return Ok(https_redirect(shared, &host, &req));
         }
     }
+    if let Some(c) = shared.cloud.lookup(&EndpointKey::Host(proto, host.clone())) {
+        return serve_at(shared, visitor, Serving::Cloud(c), host, req).await;
+    }
+    let https_url = || {
+        shared
+            .registry
+            .lookup(&EndpointKey::Host(Proto::Https, host.clone()))
+            .map(|ep| ep.url.clone())
+            .or_else(|| {
+                shared.cloud.lookup(&EndpointKey::Host(Proto::Https, host.clone())).map(|c| c.url.clone())
+            })
+    };
     if visitor.scheme == Scheme::Http
-        && let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Https, host.clone()))
+        && let Some(url) = https_url()
     {
         // https-only endpoint: send plain-http visitors to the same path over https.
         let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let location = format!("{}{pq}", ep.url);
+        let location = format!("{url}{pq}");
         return Ok(Response::builder()
             .status(StatusCode::PERMANENT_REDIRECT)
             .header(header::LOCATION, location)
@@ -553,10 +522,123 @@ async fn handle(
     ))
 }
 
+/// What serves a request: an agent's endpoint, or a cloud endpoint (its policy answers).
+enum Serving {
+    Agent(Arc<Endpoint>),
+    Cloud(Arc<crate::cloud::CloudEndpoint>),
+}
+
+impl Serving {
+    fn account_id(&self) -> &str {
+        match self {
+            Serving::Agent(e) => &e.session.account_id,
+            Serving::Cloud(c) => &c.account_id,
+        }
+    }
+
+    fn url(&self) -> &str {
+        match self {
+            Serving::Agent(e) => &e.url,
+            Serving::Cloud(c) => &c.url,
+        }
+    }
+
+    fn policy(&self) -> &warren_policy::Chain {
+        match self {
+            Serving::Agent(e) => &e.policy,
+            Serving::Cloud(c) => &c.policy,
+        }
+    }
+
+    fn info(&self) -> &warren_policy::EndpointInfo {
+        match self {
+            Serving::Agent(e) => &e.info,
+            Serving::Cloud(c) => &c.info,
+        }
+    }
+
+    fn metrics(&self) -> &crate::metrics::EndpointMetrics {
+        match self {
+            Serving::Agent(e) => &e.metrics,
+            Serving::Cloud(c) => &c.metrics,
+        }
+    }
+
+    fn served(&self) -> crate::events::Served<'_> {
+        match self {
+            Serving::Agent(e) => crate::events::Served {
+                account_id: &e.session.account_id,
+                id: &e.id,
+                url: &e.url,
+                session_id: &e.session.id,
+            },
+            Serving::Cloud(c) => {
+                crate::events::Served { account_id: &c.account_id, id: &c.id, url: &c.url, session_id: "" }
+            }
+        }
+    }
+}
+
+/// Serves a request at this node's endpoint `ep` for `host`: the visitor IP restrictions,
+/// then the policies and the agent (or the cloud endpoint's policy alone), with the
+/// request's metrics and traffic event.
+async fn serve_at(
+    shared: &Shared,
+    visitor: &Visitor,
+    ep: Serving,
+    host: String,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ClosedByPolicy> {
+    let ip = crate::client_addr::forwarded_ip(shared, visitor.remote.ip(), req.headers());
+    if !crate::ip_rules::visitor_allowed(shared, ep.account_id(), ip, ep.url()).await {
+        return Ok(page(
+            StatusCode::FORBIDDEN,
+            &format!("Requests from {ip} to {host} are not allowed by this endpoint's IP restrictions."),
+            codes::IP_RESTRICTED,
+        ));
+    }
+    let sink = shared
+        .events
+        .traffic_sink(&shared.store, ep.account_id(), crate::events::HTTP_REQUEST_COMPLETE)
+        .await;
+    let started = std::time::Instant::now();
+    let recent = shared.recent.watching().then(|| shared.recent.clone());
+    if sink.is_none() && recent.is_none() {
+        let r = proxy(shared, visitor, &ep, &host, ip, req).await;
+        if let Ok(resp) = &r {
+            ep.metrics().request(resp.status().as_u16(), started.elapsed());
+        }
+        return r;
+    }
+    let scheme = match visitor.scheme {
+        Scheme::Http => "http",
+        Scheme::Https => "https",
+    };
+    let client = SocketAddr::new(ip, visitor.remote.port());
+    let tls = visitor.tls.as_ref().map(|t| &t.info);
+    let pending = crate::events::PendingRequest::new(
+        (sink, recent),
+        ep.served(),
+        &req,
+        (scheme, &host),
+        (client, visitor.local, tls),
+    );
+    match proxy(shared, visitor, &ep, &host, ip, req).await {
+        Ok(resp) => {
+            ep.metrics().request(resp.status().as_u16(), started.elapsed());
+            Ok(pending.complete(resp).map(|b| b.boxed()))
+        }
+        Err(closed) => {
+            pending.closed();
+            Err(closed)
+        }
+    }
+}
+
 async fn proxy(
     shared: &Shared,
     visitor: &Visitor,
-    ep: &Arc<Endpoint>,
+    serving: &Serving,
     host: &str,
     client_ip: std::net::IpAddr,
     req: Request<Incoming>,
@@ -568,14 +650,15 @@ async fn proxy(
         Scheme::Http => "http",
         Scheme::Https => "https",
     };
-    let conn = (!ep.policy.is_empty()).then(|| {
+    let policy = serving.policy();
+    let conn = (!policy.is_empty()).then(|| {
         let client = SocketAddr::new(client_ip, visitor.remote.port());
         crate::policy::conn(client, visitor.local, visitor.tls.as_ref().map(|t| t.info.clone()))
     });
     // verify-webhook reads the body: only then is it buffered (bounded), never otherwise.
     let mut buffered = None;
     let mut body = Some(body);
-    if let Some(limit) = conn.as_ref().and_then(|_| ep.policy.body_limit()) {
+    if let Some(limit) = conn.as_ref().and_then(|_| policy.body_limit()) {
         match read_limited(body.take().expect("not taken yet"), limit).await {
             Ok(b) => buffered = Some(b),
             Err(status) => {
@@ -593,9 +676,9 @@ async fn proxy(
     if let Some(conn) = &conn {
         let (now, mono) = crate::policy::now();
         parts.version = visitor_version;
-        let (verdict, logs) = ep.policy.on_http_request_with_body(
+        let (verdict, logs) = policy.on_http_request_with_body(
             conn,
-            &ep.info,
+            serving.info(),
             scheme,
             &mut parts,
             buffered.as_deref(),
@@ -603,7 +686,7 @@ async fn proxy(
             mono,
         );
         parts.version = Version::HTTP_11;
-        crate::policy::write_logs(&ep.url, logs);
+        crate::policy::write_logs(serving.url(), logs);
         shared.metrics.verdict(&verdict);
         match verdict {
             warren_policy::Verdict::Continue => {}
@@ -613,7 +696,7 @@ async fn proxy(
             warren_policy::Verdict::Close => return Err(ClosedByPolicy),
             warren_policy::Verdict::ForwardInternal(f) => {
                 let proto = if f.scheme == "https" { Proto::Https } else { Proto::Http };
-                let name = crate::registry::internal_host(&f.host, &ep.session.account_id);
+                let name = crate::registry::internal_host(&f.host, serving.account_id());
                 let depth = parts.extensions.get::<ForwardDepth>().map_or(0, |d| d.0);
                 match shared.registry.lookup(&EndpointKey::Host(proto, name)) {
                     Some(_) if depth >= MAX_FORWARDS => {
@@ -639,6 +722,7 @@ async fn proxy(
                         parts.version = visitor_version;
                         let body = body.take().expect("the body is still streaming");
                         let req = Request::from_parts(parts, body);
+                        let target = Serving::Agent(target);
                         return Box::pin(proxy(shared, visitor, &target, &f.host, client_ip, req)).await;
                     }
                     None if f.continue_on_error => {}
@@ -657,7 +741,7 @@ async fn proxy(
             warren_policy::Verdict::Exchange(exchange) => {
                 let answer = shared.idp.exchange(&exchange).await;
                 if let Err(e) = &answer {
-                    tracing::warn!(url = %ep.url, error = %e, "openid-connect: the code exchange failed");
+                    tracing::warn!(url = %serving.url(), error = %e, "openid-connect: the code exchange failed");
                 }
                 let answer = answer.as_ref().map(|(status, body)| (*status, &body[..])).map_err(Clone::clone);
                 let r = exchange.finish(answer, std::time::SystemTime::now());
@@ -665,8 +749,24 @@ async fn proxy(
             }
         }
     }
+    let ep = match serving {
+        Serving::Agent(ep) => ep,
+        Serving::Cloud(c) => {
+            // Nothing in the policy answered, and there is no agent to ask (ngrok refuses
+            // such a policy where it can tell at create; a rule's condition can still miss).
+            return Ok(page(
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "The traffic policy of cloud endpoint {} ended without answering this request (it needs a terminating action: custom-response, deny, redirect or forward-internal).",
+                    c.id
+                ),
+                codes::CLOUD_POLICY_NON_TERMINATING,
+            ));
+        }
+    };
+    let policy = &ep.policy;
     // Response rules read the request as it was sent on.
-    let sent = (conn.is_some() && ep.policy.has_response_rules()).then(|| {
+    let sent = (conn.is_some() && policy.has_response_rules()).then(|| {
         let mut r = Request::new(());
         *r.method_mut() = parts.method.clone();
         *r.uri_mut() = parts.uri.clone();

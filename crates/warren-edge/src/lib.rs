@@ -32,6 +32,7 @@ pub mod api;
 mod bind_options;
 pub mod bootstrap;
 mod client_addr;
+mod cloud;
 mod cluster;
 mod compress;
 pub mod config;
@@ -112,6 +113,8 @@ pub(crate) struct Shared {
     pub(crate) config: EdgeConfig,
     pub(crate) store: Store,
     pub(crate) registry: registry::Registry,
+    /// Cloud endpoints (no agent), every account's, compiled.
+    pub(crate) cloud: cloud::CloudEndpoints,
     pub(crate) connect_tls: tokio_rustls::TlsAcceptor,
     /// The https default: TLS 1.2–1.3, no client certificates.
     pub(crate) https_tls: tokio_rustls::TlsAcceptor,
@@ -209,6 +212,7 @@ impl Shared {
                 config.limits.max_visitor_connections_per_ip,
             ),
             registry: registry::Registry::default(),
+            cloud: cloud::CloudEndpoints::default(),
             api_rate_limit: api::RateLimit::new(config.api_rate_limit.0, config.api_rate_limit.1),
             auth_failures: throttle::FailureThrottle::new(
                 config.limits.max_auth_failures_per_ip,
@@ -279,6 +283,8 @@ impl Shared {
     /// [`Shared::end_sessions_of`] on this node only.
     pub(crate) async fn end_sessions_of_here(&self, account_id: &str, why: &'static str) -> usize {
         self.registry.rules_changed();
+        // The account's cloud endpoints run its policy too: compiled again under the new one.
+        cloud::reload(self, Some(account_id)).await;
         let sessions = self.registry.sessions_of(account_id);
         for s in &sessions {
             tracing::info!(session = %s.id, why, "ending session");
@@ -305,6 +311,8 @@ impl Shared {
     pub(crate) async fn ip_policy_changed_here(&self, account_id: &str, policy_id: &str) {
         self.ip_rules.invalidate(account_id);
         self.registry.rules_changed();
+        // Their restrict-ips may name it.
+        cloud::reload(self, Some(account_id)).await;
         for s in self.registry.sessions_of(account_id) {
             let uses = s.credential.ip_policy_ids.iter().any(|p| p == policy_id)
                 || s.owner_ip_policy_ids.iter().any(|p| p == policy_id)
@@ -319,6 +327,14 @@ impl Shared {
                 self.end_session(&s.id).await;
             }
         }
+    }
+
+    /// The account's cloud endpoints changed (through the API): served as they are now here,
+    /// and every other node is told to do the same.
+    pub(crate) async fn cloud_endpoints_changed(&self, account_id: &str) {
+        cloud::reload(self, Some(account_id)).await;
+        rules::announce(self, rules::RulesChanged::CloudEndpoints { account_id: account_id.to_owned() })
+            .await;
     }
 
     /// Forgets a session here and in the store (idempotent; the connection is the caller's
@@ -397,6 +413,8 @@ impl Edge {
         config.http_addr = http_addr;
         config.api_addr = api_addr;
         let (shared, tx) = Shared::new(config, store, &tls, https_port, http_port, relay_addr).await?;
+        // Before any listener: a cloud endpoint answers its first visitor.
+        cloud::reload(&shared, None).await;
         let mut tasks = JoinSet::new();
         if let (Some(c), Some(l)) = (shared.cluster.clone(), cluster_listener) {
             tracing::info!(relay_addr = %c.relay_addr, "relaying visitors to and from the cluster's other nodes");

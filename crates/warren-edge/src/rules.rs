@@ -1,5 +1,6 @@
 //! A change to the rules sessions were admitted under, made through one node's API (an
-//! authtoken revoked or restricted, an IP policy's rules, the account's traffic policy), acts
+//! authtoken revoked or restricted, an IP policy's rules, the account's traffic policy, its
+//! cloud endpoints), acts
 //! on the sessions of every node: the node that made it announces it (PostgreSQL `NOTIFY`),
 //! and every other node ends or restarts its own sessions the change concerns, within a
 //! moment. On SQLite there is one node and nothing to announce.
@@ -35,6 +36,11 @@ pub(crate) enum RulesChanged {
         /// `ipp_...`
         policy_id: String,
     },
+    /// The account's cloud endpoints changed: every node serves them as they are now.
+    CloudEndpoints {
+        /// `acc_...`
+        account_id: String,
+    },
 }
 
 /// An announcement on the wire: who made the change, and the change.
@@ -67,6 +73,10 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         let listening = async {
             match shared.store.listen(Announcement::Rules).await {
                 Ok(mut changes) => {
+                    // Changes announced while this node was not listening were missed:
+                    // cloud endpoints are read again whole (sessions meet the rules
+                    // when they next bind).
+                    crate::cloud::reload(&shared, None).await;
                     while let Ok(payload) = changes.next().await {
                         match serde_json::from_str::<Announced>(&payload) {
                             Ok(a) if a.node != shared.node_id => apply(&shared, a.change).await,
@@ -106,6 +116,7 @@ async fn apply(shared: &Shared, change: RulesChanged) {
         RulesChanged::IpPolicy { account_id, policy_id } => {
             shared.ip_policy_changed_here(&account_id, &policy_id).await;
         }
+        RulesChanged::CloudEndpoints { account_id } => crate::cloud::reload(shared, Some(&account_id)).await,
     }
 }
 

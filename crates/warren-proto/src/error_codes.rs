@@ -34,3 +34,5 @@ pub const MISDIRECTED: &str = "ERR_WARREN_MISDIRECTED";
 /// The edge could not complete the request because a part of it failed (its store); the
 /// client should try again (warren's code, so no client takes it for a refusal).
 pub const UNAVAILABLE: &str = "ERR_WARREN_UNAVAILABLE";
+/// A cloud endpoint's traffic policy reached its end without answering the request.
+pub const CLOUD_POLICY_NON_TERMINATING: &str = "ERR_NGROK_6029";

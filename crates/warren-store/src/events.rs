@@ -90,6 +90,7 @@ audited_kinds! {
     EventDestination => "event_destination", "event_destination";
     EventSubscription => "event_subscription", "event_subscription";
     AccountTrafficPolicy => "traffic_policy", "traffic_policy";
+    crate::CloudEndpoint => "cloud_endpoint", "endpoint";
 }
 
 /// The account-wide traffic policy, as its audit events carry it.

@@ -85,6 +85,7 @@ macro_rules! audited {
 mod accounts;
 mod api_keys;
 mod certificates;
+mod cloud;
 mod cluster;
 mod credentials;
 pub mod dashboard;
@@ -99,6 +100,7 @@ mod time;
 mod users;
 
 pub use certificates::{StoredCertificate, UploadedCertificate};
+pub use cloud::{CloudEndpoint, CloudEndpointChange, CloudEndpointSpec};
 pub use cluster::{Announcement, Announcements, ClusterCa, RemoteEndpoint};
 pub use dashboard::{DashboardSession, SignIn};
 pub use events::{

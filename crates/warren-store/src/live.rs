@@ -302,7 +302,9 @@ impl Store {
                SELECT 1 FROM endpoints WHERE host = $9 AND (account_id <> $2 \
                  OR (proto = 'tls' AND $5 = 'https') OR (proto = 'https' AND $5 = 'tls')))) \
              AND NOT EXISTS (SELECT 1 FROM endpoints WHERE route_key = $8 \
-               AND ($14 = FALSE OR pooled = FALSE OR account_id <> $2))";
+               AND ($14 = FALSE OR pooled = FALSE OR account_id <> $2)) \
+             AND ($9 = '' OR NOT EXISTS (SELECT 1 FROM cloud_endpoints WHERE host = $9 \
+               AND (account_id <> $2 OR proto = $5 OR (proto = 'https' AND $5 = 'tls'))))";
         let conflict = crate::conflict("endpoint");
         let inserted = match &*self.db {
             crate::Db::Sqlite(pool) => sqlx::query(INSERT)

@@ -74,6 +74,8 @@ enum Target {
     Session,
     /// An https endpoint bound by such a session.
     Endpoint,
+    /// A cloud endpoint made by A's admin.
+    CloudEndpoint,
     /// A's traffic policy is set; no id, and lists are checked for the name of its rule.
     AccountPolicy,
     /// An event destination (a file) made by A's admin.
@@ -112,6 +114,8 @@ enum Payload {
     Policy,
     /// A new file destination.
     EventDestination,
+    /// A new cloud endpoint on a fresh name.
+    CloudEndpoint,
     /// A new subscription with one source.
     EventSubscription,
     /// A new source of another type.
@@ -195,6 +199,10 @@ const RULES: &[Rule] = &[
     ("POST",   "/tunnel_sessions/{id}/restart",      T::Session,        P::Nothing,        [204, 204, 403, 403, 404, 401]),
     ("GET",    "/endpoints",                         T::Endpoint,       P::Nothing,        [200, 200, 200, 200, 200, 401]),
     ("GET",    "/endpoints/{id}",                    T::Endpoint,       P::Nothing,        [200, 200, 200, 200, 404, 401]),
+    // Cloud endpoints: admins make, change and delete them (every role reads them).
+    ("POST",   "/endpoints",                         T::Nothing,        P::CloudEndpoint,  [201, 403, 403, 403, 201, 401]),
+    ("PATCH",  "/endpoints/{id}",                    T::CloudEndpoint,  P::Describe,       [200, 403, 403, 403, 404, 401]),
+    ("DELETE", "/endpoints/{id}",                    T::CloudEndpoint,  P::Nothing,        [204, 403, 403, 403, 404, 401]),
     ("GET",    "/tunnels",                           T::Endpoint,       P::Nothing,        [200, 200, 200, 200, 200, 401]),
     // The account's traffic policy: every role reads; admins set and remove. Another account's
     // admin acts on its own account's policy (which it has not set: DELETE is 404).
@@ -429,6 +437,13 @@ impl Ctx<'_> {
                 let body = json!({"description": "authz", "sources": [{"type": "ip_policy_created.v0"}]});
                 self.create(admin, "/event_subscriptions", body).await
             }
+            Target::CloudEndpoint => {
+                let body = json!({
+                    "url": format!("https://{}.warren.localhost", unique("cloud")),
+                    "traffic_policy": "on_http_request:\n  - actions:\n      - type: deny\n",
+                });
+                self.create(admin, "/endpoints", body).await
+            }
             Target::Credential => {
                 let body = json!({"description": "authz", "owner_id": owner.user_id});
                 self.create(owner, "/credentials", body).await
@@ -508,6 +523,10 @@ impl Ctx<'_> {
             Payload::EventDestination => {
                 json!({"target": {"file": {"name": format!("{}.jsonl", unique("new"))}}})
             }
+            Payload::CloudEndpoint => json!({
+                "url": format!("https://{}.warren.localhost", unique("cloud")),
+                "traffic_policy": "on_http_request:\n  - actions:\n      - type: deny\n",
+            }),
             Payload::EventSubscription => json!({"sources": [{"type": "api_key_created.v0"}]}),
             Payload::EventSource => json!({"type": "api_key_deleted.v0"}),
             Payload::SourceFilter => json!({"filter": "ev.id != ''"}),

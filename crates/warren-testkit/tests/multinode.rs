@@ -139,3 +139,70 @@ async fn rules_changed_through_one_node_act_on_the_sessions_of_the_others() {
     b.stop().await;
     db.drop_db().await;
 }
+
+/// Polls `host` on `edge` until the https answer's body is `want`.
+async fn until_body(edge: &TestEdge, host: &str, want: &str) {
+    within(&format!("{host} answers {want:?}"), async {
+        loop {
+            let (_, _, body) = https_get(edge, host, "/").await;
+            if body == want {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cloud_endpoint_made_through_one_node_is_served_changed_and_deleted_on_every_node() {
+    let Some(db) = TestPostgres::create().await else { return };
+    let url = db.url.clone();
+    let a = TestEdge::start_with(|c| c.database_url = Some(warren_edge::config::DatabaseUrl(url))).await;
+    let b = TestEdge::start_joining(&a).await;
+    let answer = |text: &str| {
+        format!(
+            "on_http_request:\n  - actions:\n      - type: custom-response\n        config:\n          content: {text}\n"
+        )
+    };
+    let key = Some(a.api_key.as_str());
+    let (s, _, ep) = a
+        .api("POST", "/endpoints", key, Some(serde_json::json!({"url": "https://everywhere.warren.localhost", "traffic_policy": answer("v1")})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{ep}");
+    let id = ep["id"].as_str().unwrap().to_owned();
+    let (_, _, body) = https_get(&a, "everywhere.warren.localhost", "/").await;
+    assert_eq!(body, "v1", "served at once by the node that made it");
+    until_body(&b, "everywhere.warren.localhost", "v1").await;
+
+    // The name is the cloud endpoint's on node b too: an agent there is refused.
+    let up = HttpUpstream::start().await;
+    let ep_cfg = EndpointConfig::http(&up.url(), Some("https://everywhere.warren.localhost")).unwrap();
+    let err =
+        within("refused on node b", Agent::start(b.agent_with(ep_cfg)).wait_online()).await.unwrap_err();
+    assert!(err.to_string().contains("ERR_NGROK_334"), "{err}");
+
+    let (s, _, _) = a
+        .api(
+            "PATCH",
+            &format!("/endpoints/{id}"),
+            key,
+            Some(serde_json::json!({"traffic_policy": answer("v2")})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    until_body(&b, "everywhere.warren.localhost", "v2").await;
+
+    let (s, _, _) = b.api("DELETE", &format!("/endpoints/{id}"), Some(b.api_key.as_str()), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    within("gone on node a", async {
+        loop {
+            let (s, _, _) = https_get(&a, "everywhere.warren.localhost", "/").await;
+            if s == StatusCode::NOT_FOUND {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}

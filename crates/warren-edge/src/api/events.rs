@@ -141,6 +141,8 @@ pub(crate) fn render_object(shared: &Shared, kind: &str, record: &str) -> Option
         "reserved_addr" => serde_json::to_value(super::reserved::addr_json(shared, to(record)?)),
         "tls_certificate" => serde_json::to_value(super::certificates::json(to(record)?).ok()?),
         "tunnel_session" => serde_json::to_value(super::sessions::session_json(to(record)?)),
+        // Events carry the policy with its secrets masked, as non-admins see it.
+        "cloud_endpoint" => serde_json::to_value(super::endpoints::cloud_json(to(record)?, false)),
         "event_destination" => serde_json::to_value(destination_json(to(record)?, None, None)),
         "event_subscription" => serde_json::to_value(subscription_json(to(record)?)),
         "traffic_policy" => {

@@ -23,6 +23,7 @@ mod api_keys;
 mod auth;
 mod certificates;
 mod credentials;
+mod endpoints;
 mod error;
 mod events;
 mod ip;
@@ -85,9 +86,9 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .route("/tunnel_sessions/{id}", get(sessions::get))
         .route("/tunnel_sessions/{id}/stop", post(sessions::stop))
         .route("/tunnel_sessions/{id}/restart", post(sessions::restart))
-        .route("/endpoints", get(sessions::endpoints))
-        .route("/endpoints/{id}", get(sessions::endpoint))
-        .route("/tunnels", get(sessions::tunnels))
+        .route("/endpoints", get(endpoints::list).post(endpoints::create))
+        .route("/endpoints/{id}", get(endpoints::get).patch(endpoints::update).delete(endpoints::delete))
+        .route("/tunnels", get(endpoints::tunnels))
         .route("/event_destinations", get(events::list_destinations).post(events::create_destination))
         .route(
             "/event_destinations/{id}",

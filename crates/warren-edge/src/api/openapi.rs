@@ -196,12 +196,15 @@ const RESOURCES: &[Resource] = &[
     Resource {
         path: "/endpoints",
         tag: "Endpoints",
-        about: "What the live sessions have bound, on every edge node sharing the database.",
+        about: "Every endpoint of the account: what agents have bound on every edge node sharing the \
+                database (type `ephemeral`, read-only here), and cloud endpoints (type `cloud`), which \
+                live on the edge without an agent and answer with their traffic policy alone. Admins \
+                create, change and delete cloud endpoints (docs/ENDPOINTS.md).",
         service: "Endpoints",
         noun: "an endpoint",
         schema: "Endpoint",
         list_key: "endpoints",
-        ops: &[Op::List, Op::Get],
+        ops: CRUD,
     },
     Resource {
         path: "/tunnels",
@@ -1266,16 +1269,52 @@ fn schemas() -> Map<String, Value> {
             "id": string(),
             "uri": string(),
             "created_at": time(),
+            "updated_at": time(),
             "url": string(),
+            "public_url": doc(string(), "ngrok's older name for `url`."),
             "proto": one_of(&["http", "https", "tcp", "tls"]),
-            "public_url": string(),
-            "type": one_of(&["ephemeral"]),
-            "tunnel_session": schema_ref("Ref"),
+            "host": string(),
+            "port": json!({"type": "integer"}),
+            "hostport": string(),
+            "type": one_of(&["ephemeral", "cloud"]),
+            "tunnel_session": doc(or_null(schema_ref("Ref")), "The agent session serving it; null for a cloud endpoint."),
             "name": doc(string(), "The endpoint's name in the agent's config."),
-            "metadata": doc(string(), "What the agent sent as the endpoint's metadata (at most 4 KiB)."),
-            "description": doc(string(), "What the agent sent as the endpoint's description (at most 4 KiB)."),
+            "metadata": doc(string(), "Free-form metadata (at most 4 KiB)."),
+            "description": doc(string(), "A description (at most 4 KiB)."),
             "upstream_url": doc(string(), "Where the agent says it forwards the endpoint's traffic."),
             "pooling_enabled": doc(boolean(), "A member of a pool: the endpoints listed with the same URL serve it together."),
+            "bindings": doc(strings(), "`public`, or `internal` for an internal endpoint (`NAME.internal`)."),
+            "traffic_policy": doc(nullable(), "A cloud endpoint's policy (secrets masked for roles other than admin); null for an agent's endpoint."),
+        })),
+    );
+    add(
+        "EndpointCreate",
+        doc(
+            request(
+                &["url", "traffic_policy"],
+                json!({
+                    "url": doc(string(), "`https://NAME` or `http://NAME`: a name under the edge's base domain or a reserved domain of the account."),
+                    "type": doc(one_of(&["cloud"]), "Only cloud endpoints are made through the API (the default)."),
+                    "traffic_policy": doc(string(), "The policy document (YAML or JSON text, or an object); on_http_request must have a terminating action."),
+                    "description": string(),
+                    "metadata": string(),
+                    "bindings": doc(strings(), "`[\"public\"]` (the default); internal cloud endpoints are refused."),
+                    "pooling_enabled": doc(boolean(), "Must be false or left out: cloud endpoints do not join pools here."),
+                }),
+            ),
+            "A cloud endpoint.",
+        ),
+    );
+    add(
+        "EndpointUpdate",
+        update(json!({
+            "id": body_id(),
+            "url": string(),
+            "traffic_policy": string(),
+            "description": string(),
+            "metadata": string(),
+            "bindings": strings(),
+            "pooling_enabled": boolean(),
         })),
     );
     s

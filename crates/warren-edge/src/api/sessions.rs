@@ -1,6 +1,5 @@
-//! `/tunnel_sessions` (live agent sessions: list, get, stop, restart), `/endpoints` and
-//! `/tunnels` (what those sessions have bound). Read from the store, so any edge node
-//! answers for the sessions of every node sharing its database.
+//! `/tunnel_sessions`: live agent sessions (list, get, stop, restart). Read from the store,
+//! so any edge node answers for the sessions of every node sharing its database.
 
 use std::sync::Arc;
 
@@ -10,7 +9,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use warren_proto::StreamType;
 
-use warren_store::{LiveEndpoint, SessionCommand, TunnelSession};
+use warren_store::{SessionCommand, TunnelSession};
 
 use super::{ApiError, PageQuery, Principal, Ref, next_page_uri};
 use crate::Shared;
@@ -106,81 +105,4 @@ pub(crate) async fn restart(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     command(&shared, &p, &id, StreamType::Restart).await
-}
-
-#[derive(Serialize)]
-pub(crate) struct EndpointJson {
-    id: String,
-    uri: String,
-    created_at: String,
-    url: String,
-    proto: String,
-    public_url: String,
-    r#type: &'static str,
-    tunnel_session: Ref,
-    name: String,
-    metadata: String,
-    description: String,
-    upstream_url: String,
-    pooling_enabled: bool,
-}
-
-fn endpoint_json(e: LiveEndpoint) -> EndpointJson {
-    EndpointJson {
-        pooling_enabled: e.pooled,
-        name: e.details.name,
-        metadata: e.details.metadata,
-        description: e.details.description,
-        upstream_url: e.details.upstream_url,
-        uri: format!("/endpoints/{}", e.id),
-        tunnel_session: Ref::to("tunnel_sessions", e.session_id),
-        id: e.id,
-        created_at: e.created_at,
-        public_url: e.url.clone(),
-        url: e.url,
-        proto: e.proto,
-        r#type: "ephemeral",
-    }
-}
-
-#[derive(Serialize)]
-pub(crate) struct EndpointList {
-    endpoints: Vec<EndpointJson>,
-    uri: &'static str,
-    next_page_uri: Option<String>,
-}
-
-pub(crate) async fn endpoints(
-    Extension(p): Extension<Principal>,
-    q: PageQuery,
-) -> Result<Json<EndpointList>, ApiError> {
-    let page = p.store.list_endpoints(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
-    let next = next_page_uri("/endpoints", &q, page.more, page.items.last().map(|e| e.id.as_str()));
-    let endpoints = page.items.into_iter().map(endpoint_json).collect();
-    Ok(Json(EndpointList { endpoints, uri: "/endpoints", next_page_uri: next }))
-}
-
-pub(crate) async fn endpoint(
-    Extension(p): Extension<Principal>,
-    Path(id): Path<String>,
-) -> Result<Json<EndpointJson>, ApiError> {
-    Ok(Json(endpoint_json(p.store.get_endpoint(&p.account_id, &id).await?)))
-}
-
-#[derive(Serialize)]
-pub(crate) struct TunnelList {
-    tunnels: Vec<EndpointJson>,
-    uri: &'static str,
-    next_page_uri: Option<String>,
-}
-
-/// ngrok's older name for the same list.
-pub(crate) async fn tunnels(
-    Extension(p): Extension<Principal>,
-    q: PageQuery,
-) -> Result<Json<TunnelList>, ApiError> {
-    let page = p.store.list_endpoints(&p.account_id, q.limit(), q.before_id.as_deref()).await?;
-    let next = next_page_uri("/tunnels", &q, page.more, page.items.last().map(|e| e.id.as_str()));
-    let tunnels = page.items.into_iter().map(endpoint_json).collect();
-    Ok(Json(TunnelList { tunnels, uri: "/tunnels", next_page_uri: next }))
 }

@@ -32,7 +32,7 @@ mod traffic_out;
 mod types;
 
 pub(crate) use target::Target;
-pub(crate) use traffic::{PendingRequest, TrafficSink, tcp_closed};
+pub(crate) use traffic::{PendingRequest, Served, TrafficSink, tcp_closed};
 pub(crate) use types::{EVENT_TYPES, HTTP_REQUEST_COMPLETE, TCP_CONNECTION_CLOSED, unknown_field};
 
 /// The label a webhook's signing secret is sealed under.

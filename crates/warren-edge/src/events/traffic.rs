@@ -95,11 +95,21 @@ fn rfc3339(t: SystemTime) -> String {
     warren_store::rfc3339(t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
 }
 
+/// What served a request, as its event names it.
+pub(crate) struct Served<'a> {
+    pub(crate) account_id: &'a str,
+    /// `ep_...`
+    pub(crate) id: &'a str,
+    pub(crate) url: &'a str,
+    /// The agent session's id; empty for a cloud endpoint.
+    pub(crate) session_id: &'a str,
+}
+
 impl PendingRequest {
     /// Captures the request as the visitor sent it.
     pub(crate) fn new<B>(
         (sink, recent): (Option<TrafficSink>, Option<crate::recent::RecentRequests>),
-        ep: &Endpoint,
+        ep: Served<'_>,
         req: &Request<B>,
         (scheme, host): (&'static str, &str),
         (client, local, tls): (SocketAddr, SocketAddr, Option<&warren_policy::TlsInfo>),
@@ -107,9 +117,9 @@ impl PendingRequest {
         PendingRequest {
             sink,
             recent,
-            account_id: ep.session.account_id.clone(),
-            endpoint: (ep.id.clone(), ep.url.clone(), scheme),
-            session_id: ep.session.id.clone(),
+            account_id: ep.account_id.to_owned(),
+            endpoint: (ep.id.to_owned(), ep.url.to_owned(), scheme),
+            session_id: ep.session_id.to_owned(),
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),

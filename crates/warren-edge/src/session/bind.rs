@@ -190,7 +190,7 @@ async fn bind_http(
     };
     let policy = crate::policy::compile_for_bind(
         shared,
-        session,
+        &session.account_id,
         proto.as_str(),
         extras.policy.as_ref(),
         opts.traffic_policy.as_ref(),
@@ -253,7 +253,7 @@ async fn bind_tls(
     };
     let policy = crate::policy::compile_for_bind(
         shared,
-        session,
+        &session.account_id,
         "tls",
         extras.policy.as_ref(),
         opts.traffic_policy.as_ref(),
@@ -292,7 +292,7 @@ async fn bind_tcp(
     }
     let policy = crate::policy::compile_for_bind(
         shared,
-        session,
+        &session.account_id,
         "tcp",
         extras.policy.as_ref(),
         opts.traffic_policy.as_ref(),
@@ -411,7 +411,7 @@ async fn named_host(
             "binding internal needs a URL ending in .internal (like https://api.internal), not {host}"
         )));
     }
-    check_domain_reservation(shared, session, &host).await?;
+    check_domain_reservation(shared, &session.account_id, &host).await?;
     // The edge terminates https: a name its certificates do not cover would only ever give
     // visitors a certificate error. (tls endpoints bring their own certificate.)
     let base = &shared.config.base_domain;
@@ -587,9 +587,9 @@ pub(crate) fn under_domain(host: &str, domain: &str) -> bool {
 
 /// A name reserved by another account is refused; a name outside the base domain (a custom
 /// domain) must be reserved by the session's own account first, and its control proven.
-async fn check_domain_reservation(
+pub(crate) async fn check_domain_reservation(
     shared: &Shared,
-    session: &AgentSession,
+    account_id: &str,
     host: &str,
 ) -> Result<(), BindError> {
     let base = &shared.config.base_domain;
@@ -599,7 +599,7 @@ async fn check_domain_reservation(
         BindError::Unavailable("check domain reservations")
     })?;
     match reservation {
-        Some(r) if r.account_id != session.account_id => Err(BindError::ReservedElsewhere(format!(
+        Some(r) if r.account_id != account_id => Err(BindError::ReservedElsewhere(format!(
             "{host} is reserved by another account (reservation {})",
             r.domain
         ))),
@@ -695,7 +695,7 @@ async fn random_host(shared: &Shared, proto: Proto) -> Result<String, BindError>
     for _ in 0..16 {
         let label: String = (0..10).map(|_| (b'a' + rand::rng().random_range(0..26)) as char).collect();
         let host = format!("{label}.{}", shared.config.base_domain);
-        if shared.registry.is_taken(&EndpointKey::Host(proto, host.clone())) {
+        if shared.registry.is_taken(&EndpointKey::Host(proto, host.clone())) || shared.cloud.has_host(&host) {
             continue;
         }
         match shared.store.domain_reservation(&host).await {

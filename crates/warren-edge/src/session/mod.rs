@@ -20,7 +20,7 @@ mod bind;
 mod rpc;
 
 pub(crate) use accept::{accept_loop, serve_agent};
-pub(crate) use bind::{BindError, under_domain, verify_domain};
+pub(crate) use bind::{BindError, check_domain_reservation, under_domain, verify_domain};
 pub(crate) use rpc::command_agent;
 
 #[cfg(test)]
