@@ -206,6 +206,11 @@ pub struct EndpointConfig {
     /// `pooling_enabled`): other agents of the account that ask for it serve it too, and
     /// visitors are spread across them.
     pub pooling: bool,
+    /// Speak HTTP/2 to the upstream (ngrok's `upstream.protocol: http2`,
+    /// `--upstream-protocol http2`): prior knowledge (h2c) to an `http://` upstream, ALPN
+    /// `h2` over TLS to an `https://` one. The edge sends the requests as HTTP/2, so gRPC and
+    /// trailers pass through. http and https endpoints only.
+    pub upstream_http2: bool,
 }
 
 impl EndpointConfig {
@@ -234,6 +239,7 @@ impl EndpointConfig {
             metadata: String::new(),
             description: String::new(),
             pooling: false,
+            upstream_http2: false,
         })
     }
 
@@ -263,6 +269,7 @@ impl EndpointConfig {
             metadata: String::new(),
             description: String::new(),
             pooling: false,
+            upstream_http2: false,
         })
     }
 
@@ -292,6 +299,7 @@ impl EndpointConfig {
             metadata: String::new(),
             description: String::new(),
             pooling: false,
+            upstream_http2: false,
         })
     }
 

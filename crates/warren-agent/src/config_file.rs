@@ -464,14 +464,19 @@ fn endpoint(ep: &EndpointBlock) -> Result<EndpointConfig, String> {
 
 fn endpoint_kind(ep: &EndpointBlock) -> Result<EndpointConfig, String> {
     let upstream = value_text(&ep.upstream.url);
-    if ep.upstream.protocol.as_deref().is_some_and(|p| p != "http1") {
-        return Err("upstream.protocol: only http1 is supported by warren so far".into());
-    }
+    let http2 = match ep.upstream.protocol.as_deref() {
+        None | Some("http1") => false,
+        Some("http2") => true,
+        Some(other) => return Err(format!("upstream.protocol {other:?}: one of http1 or http2")),
+    };
     if ep.upstream.proxy_protocol.is_some_and(|p| p != 0) {
         return Err("upstream.proxy_protocol is not supported by warren so far".into());
     }
     let url = ep.url.trim();
     let scheme = url.split_once("://").map(|(s, _)| s);
+    if http2 && matches!(scheme, Some("tcp" | "tls")) {
+        return Err(format!("upstream.protocol http2 is for http and https endpoints, not {url}"));
+    }
     match scheme {
         Some("tcp") => EndpointConfig::tcp(&upstream, Some(url)),
         Some("tls") => {
@@ -507,7 +512,9 @@ fn endpoint_kind(ep: &EndpointBlock) -> Result<EndpointConfig, String> {
                 None if !url.is_empty() => format!("https://{url}"),
                 _ => url.to_owned(),
             };
-            EndpointConfig::http(&upstream, (!url.is_empty()).then_some(url.as_str()))
+            let mut config = EndpointConfig::http(&upstream, (!url.is_empty()).then_some(url.as_str()))?;
+            config.upstream_http2 = http2;
+            Ok(config)
         }
         Some(other) => Err(format!("url scheme {other:?}: use https, http, tcp or tls")),
     }
@@ -672,6 +679,27 @@ endpoints:
         );
         let bad_duration = "version: 3\nagent:\n  heartbeat_interval: soon\n";
         assert!(AgentFile::default().merge("c.yml", bad_duration).unwrap_err().to_string().contains("soon"));
+    }
+
+    #[test]
+    fn upstream_protocol_http2_is_taken_for_http_endpoints_and_refused_elsewhere() {
+        let file = |url: &str, protocol: &str| {
+            format!(
+                "version: 3\nagent:\n  authtoken: x\n  connect_url: localhost:4443\nendpoints:\n  - name: api\n    url: {url}\n    upstream:\n      url: 8080\n      protocol: {protocol}\n"
+            )
+        };
+        let load = |text: String| {
+            let mut f = AgentFile::default();
+            f.merge("ngrok.yml", &text).map_err(|e| e.to_string())?;
+            f.agent_config(&[]).map_err(|e| e.to_string())
+        };
+        let cfg = load(file("https://grpc.example.com", "http2")).unwrap();
+        assert!(cfg.endpoints[0].upstream_http2);
+        assert!(!load(file("https://web.example.com", "http1")).unwrap().endpoints[0].upstream_http2);
+        let e = load(file("https://grpc.example.com", "http3")).unwrap_err();
+        assert!(e.contains("http3") && e.contains("http2"), "{e}");
+        let e = load(file("tcp://1.tcp.example.com:20000", "http2")).unwrap_err();
+        assert!(e.contains("http and https"), "{e}");
     }
 
     #[test]

@@ -350,6 +350,11 @@ async fn leave_pools(shared: &Arc<Shared>, mux: &Mux, config: &AgentConfig) {
 /// Binds one endpoint on the session and records its URL.
 async fn bind(mux: &Mux, config: &AgentConfig, live: &LiveEndpoint) -> Result<(), String> {
     let ep = &live.config;
+    if ep.upstream_http2 && (!ep.proto.is_http() || ep.host_header.is_some()) {
+        return Err(
+            "upstream http2 is for http and https endpoints, and cannot rewrite the Host header (host_header)".into(),
+        );
+    }
     // ngrok's agents send the document as a JSON string.
     let traffic_policy = ep.traffic_policy.as_ref().map(|p| match p {
         serde_json::Value::String(s) => serde_json::Value::String(s.clone()),
@@ -380,7 +385,7 @@ async fn bind(mux: &Mux, config: &AgentConfig, live: &LiveEndpoint) -> Result<()
         client_id: live.id.clone(),
         proto: ep.proto.as_str().into(),
         forwards_to: ep.upstream.to_string(),
-        forwards_proto: String::new(),
+        forwards_proto: if ep.upstream_http2 { "http2".into() } else { String::new() },
         opts,
         extra: proto::BindExtra {
             name: live.name.clone(),

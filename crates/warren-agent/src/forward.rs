@@ -103,7 +103,9 @@ pub(crate) async fn forward(
         }
     };
     tracing::debug!(visitor = %header.client_addr, upstream = %ep.upstream, "proxying");
-    if ep.proto.is_http() && (ep.host_header.is_some() || live.inspected(shared)) {
+    // HTTP/2 to the upstream: the edge's HTTP/2 goes through as it is (the inspector does
+    // not capture these requests; docs/ENDPOINTS.md).
+    if ep.proto.is_http() && !ep.upstream_http2 && (ep.host_header.is_some() || live.inspected(shared)) {
         proxy_http(stream, upstream, live.clone(), shared, header.client_addr.clone()).await;
         return;
     }
@@ -147,10 +149,13 @@ async fn dial(ep: &EndpointConfig) -> Result<Box<dyn Io>, String> {
     }
     let name = rustls::pki_types::ServerName::try_from(u.host.clone())
         .map_err(|_| format!("invalid upstream host {}", u.host))?;
-    let tls = tokio_rustls::TlsConnector::from(crate::tls::upstream_config(ep.verify_upstream_tls()))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS to {u} failed: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(crate::tls::upstream_config(
+        ep.verify_upstream_tls(),
+        ep.upstream_http2,
+    ))
+    .connect(name, tcp)
+    .await
+    .map_err(|e| format!("TLS to {u} failed: {e}"))?;
     Ok(Box::new(Eager(tls)))
 }
 

@@ -100,7 +100,7 @@ pub fn agent_termination(
 
 /// The config for an https upstream: verified against public CAs, or not verified at all
 /// (loopback upstreams by default, or `--upstream-tls-verify=false`).
-pub(crate) fn upstream_config(verify: bool) -> Arc<ClientConfig> {
+pub(crate) fn upstream_config(verify: bool, http2: bool) -> Arc<ClientConfig> {
     let mut cfg = if verify {
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -111,7 +111,8 @@ pub(crate) fn upstream_config(verify: bool) -> Arc<ClientConfig> {
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
             .with_no_client_auth()
     };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // An http2 upstream is offered h2 only: the bytes on the proxy stream are HTTP/2.
+    cfg.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
     Arc::new(cfg)
 }
 

@@ -73,13 +73,15 @@ fn common(bind: &Bind, unknown: &[String], raw_bind: &Value) -> Result<(), Strin
     refuse_unknown(raw_bind, unknown)?;
     match bind.forwards_proto.as_str() {
         "" | "http1" => {}
+        // The edge speaks HTTP/2 (prior knowledge) on the proxy streams of such an endpoint.
+        "http2" if matches!(bind.proto.as_str(), "http" | "https") => {}
         "http2" => {
             return Err(refuse(
-                "ForwardsProto http2",
-                "upstreams are reached over HTTP/1.1; serve HTTP/1.1 too, or use a tcp or tls endpoint",
+                &format!("ForwardsProto http2 on a {} endpoint", bind.proto),
+                "it is for http and https endpoints; a tcp or tls endpoint carries any protocol as it is",
             ));
         }
-        other => return Err(refuse(&format!("ForwardsProto {other:?}"), "use \"\" or http1")),
+        other => return Err(refuse(&format!("ForwardsProto {other:?}"), "use \"\", http1 or http2")),
     }
     let e = &bind.extra;
     if let Some(b) = e.bindings.iter().find(|b| !matches!(b.as_str(), "public" | "internal")) {
@@ -332,7 +334,7 @@ pub(crate) const FIELDS: &[(&str, &str, Use)] = &[
     ("Bind", "Id", Use::Acted),
     ("Bind", "Proto", Use::Acted),
     ("Bind", "ForwardsTo", Use::Informational),
-    ("Bind", "ForwardsProto", Use::RefusedWhenSet),
+    ("Bind", "ForwardsProto", Use::Acted),
     ("Bind", "Opts", Use::Acted),
     ("Bind", "Extra", Use::Acted),
     ("BindExtra", "Name", Use::Informational),
@@ -501,7 +503,9 @@ mod tests {
             bind(serde_json::json!({"Proto": "https", "Extra": {"Teleport": "yes", "LegacyUnset": ""}}));
         assert!(http(&b3, &HttpOpts::default(), &raw3, &unknown3).unwrap_err().contains("Extra.Teleport"));
         let (b4, raw4, unknown4) = bind(serde_json::json!({"Proto": "https", "ForwardsProto": "http2"}));
-        assert!(http(&b4, &HttpOpts::default(), &raw4, &unknown4).unwrap_err().contains("http2"));
+        assert!(http(&b4, &HttpOpts::default(), &raw4, &unknown4).is_ok(), "http2 upstreams are spoken to");
+        let (b5, raw5, unknown5) = bind(serde_json::json!({"Proto": "https", "ForwardsProto": "http3"}));
+        assert!(http(&b5, &HttpOpts::default(), &raw5, &unknown5).unwrap_err().contains("http3"));
         let legacy = Some(serde_json::json!({"inbound": []}));
         let t = TcpOpts { policy: legacy.clone(), ..Default::default() };
         assert!(tcp(&b, &t, &raw, &unknown).unwrap_err().contains("Policy"));

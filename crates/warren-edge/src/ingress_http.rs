@@ -15,6 +15,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::http2::SendRequest as H2Sender;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -291,6 +292,9 @@ struct Visitor {
     /// Another node relayed this connection: its requests are served here or not at all.
     relayed: bool,
     pool: Mutex<Vec<(Arc<Endpoint>, SendRequest<Incoming>)>>,
+    /// HTTP/2 connections to endpoints whose upstream speaks it, one per endpoint, shared by
+    /// the connection's concurrent requests.
+    h2_pool: Mutex<Vec<(Arc<Endpoint>, H2Sender<Incoming>)>>,
     /// Relay streams to other nodes (plain http to endpoints they hold), by route.
     relay_pool: Mutex<Vec<(Arc<RemoteRoute>, SendRequest<Incoming>)>>,
     /// Whether a request has arrived on the connection (see [`FIRST_REQUEST_GRACE`]).
@@ -323,6 +327,7 @@ async fn serve<IO>(
         tls,
         relayed,
         pool: Mutex::new(Vec::new()),
+        h2_pool: Mutex::new(Vec::new()),
         relay_pool: Mutex::new(Vec::new()),
         asked: std::sync::atomic::AtomicBool::new(false),
     });
@@ -643,7 +648,8 @@ async fn proxy(
     client_ip: std::net::IpAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ClosedByPolicy> {
-    let Onward { mut parts, body, visitor_upgrade, original_host, visitor_version } = onward(req);
+    let Onward { mut parts, body, visitor_upgrade, original_host, visitor_version, te_trailers } =
+        onward(req);
     // The policy sees the visitor's request (its version, its headers), before warren adds
     // the forwarding headers.
     let scheme = match visitor.scheme {
@@ -775,6 +781,9 @@ async fn proxy(
         r.into_parts().0
     });
     add_forwarded(&mut parts.headers, visitor, original_host.as_ref());
+    if ep.upstream_h2 && te_trailers {
+        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     // Circuit breakers the request passed hear how it went, whatever the answer.
     let tickets = parts.extensions.remove::<warren_policy::CircuitTickets>();
     let resp = match (buffered, body) {
@@ -907,6 +916,9 @@ struct Onward {
     /// What the request was routed by.
     original_host: Option<HeaderValue>,
     visitor_version: Version,
+    /// The visitor sent `TE: trailers` (gRPC does): hop-by-hop, but an HTTP/2 upstream is
+    /// told again, as HTTP/2 allows.
+    te_trailers: bool,
 }
 
 /// Hop-by-hop headers removed (`Upgrade` kept when one is asked for), the Host the request
@@ -922,13 +934,17 @@ fn onward(mut req: Request<Incoming>) -> Onward {
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| parts.headers.get(header::HOST).cloned());
+    let te_trailers =
+        parts.headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+        });
     strip_hop_by_hop(&mut parts.headers, upgrade);
     if let Some(h) = &original_host {
         parts.headers.insert(header::HOST, h.clone());
     }
     parts.uri = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
     let visitor_version = std::mem::replace(&mut parts.version, Version::HTTP_11);
-    Onward { parts, body, visitor_upgrade, original_host, visitor_version }
+    Onward { parts, body, visitor_upgrade, original_host, visitor_version, te_trailers }
 }
 
 /// Once both sides have switched protocols, copies between them.
@@ -1005,6 +1021,9 @@ async fn send_streaming(
     ep: &Arc<Endpoint>,
     req: Request<Incoming>,
 ) -> Result<Response<Incoming>, Unreachable> {
+    if ep.upstream_h2 {
+        return send_h2(visitor, ep, req).await;
+    }
     let mut sender = take_sender(visitor, ep).await.map_err(|e| {
         tracing::debug!(url = %ep.url, error = %e, "could not open a proxy stream");
         Unreachable::Session
@@ -1029,6 +1048,13 @@ async fn send_buffered(
     ep: &Arc<Endpoint>,
     req: Request<Full<Bytes>>,
 ) -> Result<Response<Incoming>, Unreachable> {
+    if ep.upstream_h2 {
+        let mut sender = h2_handshake(visitor, ep).await?;
+        return sender.send_request(as_h2(req)).await.map_err(|e| {
+            tracing::debug!(url = %ep.url, error = %e, "proxied request failed");
+            Unreachable::Request
+        });
+    }
     let stream = ep.open_proxy_stream(visitor.remote).await.map_err(|e| {
         tracing::debug!(url = %ep.url, error = %e, "could not open a proxy stream");
         Unreachable::Session
@@ -1044,6 +1070,75 @@ async fn send_buffered(
         tracing::debug!(url = %ep.url, error = %e, "proxied request failed");
         Unreachable::Request
     })
+}
+
+/// Sends a request on the visitor connection's HTTP/2 connection to `ep` (made on first
+/// use): requests of one visitor connection share it, each an HTTP/2 stream.
+async fn send_h2(
+    visitor: &Visitor,
+    ep: &Arc<Endpoint>,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, Unreachable> {
+    let pooled = {
+        let mut pool = visitor.h2_pool.lock().expect("pool poisoned");
+        pool.retain(|(_, s)| !s.is_closed());
+        pool.iter().find(|(e, _)| Arc::ptr_eq(e, ep)).map(|(_, s)| s.clone())
+    };
+    let mut sender = match pooled {
+        Some(s) => s,
+        None => {
+            let s = h2_handshake(visitor, ep).await?;
+            visitor.h2_pool.lock().expect("pool poisoned").push((ep.clone(), s.clone()));
+            s
+        }
+    };
+    sender.send_request(as_h2(req)).await.map_err(|e| {
+        tracing::debug!(url = %ep.url, error = %e, "proxied request failed");
+        Unreachable::Request
+    })
+}
+
+/// An HTTP/2 connection (prior knowledge) over a new proxy stream to `ep`.
+async fn h2_handshake<B>(visitor: &Visitor, ep: &Arc<Endpoint>) -> Result<H2Sender<B>, Unreachable>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = ep.open_proxy_stream(visitor.remote).await.map_err(|e| {
+        tracing::debug!(url = %ep.url, error = %e, "could not open a proxy stream");
+        Unreachable::Session
+    })?;
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| {
+            tracing::debug!(url = %ep.url, error = %e, "HTTP/2 handshake on a proxy stream failed");
+            Unreachable::Session
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "HTTP/2 proxy stream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// A request as HTTP/2 carries it: the Host as `:authority` (with `:scheme` http, as for
+/// cleartext HTTP/2 with prior knowledge), the version 2.
+fn as_h2<B>(mut req: Request<B>) -> Request<B> {
+    let host = req.headers_mut().remove(header::HOST);
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let mut uri = Uri::builder().scheme("http");
+    if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
+        uri = uri.authority(h);
+    }
+    if let Ok(u) = uri.path_and_query(pq).build() {
+        *req.uri_mut() = u;
+    }
+    *req.version_mut() = Version::HTTP_2;
+    req
 }
 
 /// Reads a body of at most `limit` bytes within the header timeout.

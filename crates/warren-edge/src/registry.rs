@@ -102,6 +102,9 @@ pub(crate) struct Endpoint {
     pub(crate) details: warren_store::EndpointDetails,
     /// A member of a pool: other pooled endpoints of the account may serve the same key.
     pub(crate) pooled: bool,
+    /// Its agent asked for HTTP/2 to the upstream (`ForwardsProto: http2`): requests go on
+    /// its proxy streams as HTTP/2 with prior knowledge.
+    pub(crate) upstream_h2: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

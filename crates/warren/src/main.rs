@@ -509,6 +509,10 @@ struct HttpArgs {
     /// Rewrite the Host header: `rewrite` for the upstream's host:port, or a value.
     #[arg(long)]
     host_header: Option<String>,
+    /// The protocol spoken to the upstream: http1 (default) or http2 (h2c to an http://
+    /// upstream, h2 over TLS to an https:// one; for gRPC).
+    #[arg(long, value_name = "PROTOCOL", value_parser = ["http1", "http2"])]
+    upstream_protocol: Option<String>,
     /// Verify the upstream's TLS certificate (default: yes, unless the upstream is loopback).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     upstream_tls_verify: Option<bool>,
@@ -640,6 +644,7 @@ fn run_cli() -> anyhow::Result<()> {
                 let url = endpoint_url(&agent, Some(&names), "https")?;
                 let mut ep = EndpointConfig::http(&upstream, url.as_deref()).map_err(anyhow::Error::msg)?;
                 ep.host_header = http.host_header.clone();
+                ep.upstream_http2 = http.upstream_protocol.as_deref() == Some("http2");
                 ep.upstream_tls_verify = http.upstream_tls_verify;
                 ep.inspect = http.inspect;
                 run_agent(agent, Some(names), Some(*http), ep, console).await

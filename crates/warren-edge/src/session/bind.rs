@@ -459,6 +459,7 @@ fn endpoint(
             upstream_url: bind.forwards_to.clone(),
         },
         pooled: bind.extra.pooling_enabled,
+        upstream_h2: bind.forwards_proto == "http2",
     }
 }
 

@@ -1,0 +1,121 @@
+//! Upstreams that speak HTTP/2 (`upstream.protocol: http2`, `--upstream-protocol http2`, the
+//! SDKs' `app_protocol("http2")`): the edge sends requests on the proxy streams as HTTP/2 with
+//! prior knowledge, so a real gRPC server (PyPI `grpcio`) answers unary, server-streaming and
+//! failing calls of a real gRPC client, trailers included, through an https endpoint.
+//!
+//! `.ci/run` installs grpcio; when it is missing this test installs it under the target
+//! directory (never system-wide) so that `cargo nextest run` works on a fresh machine too.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use ngrok::prelude::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use warren_agent::{Agent, EndpointConfig};
+use warren_testkit::*;
+
+const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/grpc_peer.py");
+
+/// A `PYTHONPATH` under which `import grpc` works, installing grpcio there if needed.
+fn python_path() -> String {
+    let ok = |pp: &str| {
+        std::process::Command::new("python3")
+            .args(["-c", "import grpc"])
+            .env("PYTHONPATH", pp)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if ok("") {
+        return String::new();
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-grpcio");
+    let dir_s = dir.to_string_lossy().into_owned();
+    if !ok(&dir_s) {
+        let status = std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--target", &dir_s, "grpcio==1.76.0"])
+            .status()
+            .expect("python3 with pip is needed for the gRPC test");
+        assert!(status.success(), "pip install grpcio failed; run .ci/run or `pip install grpcio`");
+        assert!(ok(&dir_s), "grpcio installed but cannot be imported");
+    }
+    dir_s
+}
+
+/// The gRPC server, and the port it serves h2c on.
+async fn grpc_server(pythonpath: &str) -> (Child, u16) {
+    let mut child = Command::new("python3")
+        .args([PEER, "server"])
+        .env("PYTHONPATH", pythonpath)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = within("gRPC server up", lines.next_line()).await.unwrap().expect("PORT line");
+    let port = line.strip_prefix("PORT ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+    (child, port)
+}
+
+/// Runs the gRPC client against `host` on the edge's https listener; its output lines.
+async fn grpc_client(edge: &TestEdge, pythonpath: &str, host: &str) -> Vec<String> {
+    let out = within(
+        "gRPC client",
+        Command::new("python3")
+            .args([PEER, "client"])
+            .env("PYTHONPATH", pythonpath)
+            .env("WARREN_ADDR", edge.https_addr().to_string())
+            .env("WARREN_HOST", host)
+            .env("WARREN_CA", &edge.ca_path)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "client failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout.lines().map(str::to_owned).collect()
+}
+
+const EXPECTED: [&str; 3] = ["UNARY echo:hello done", "STREAM 50 part-49", "FAIL NOT_FOUND no such thing"];
+
+#[tokio::test]
+async fn grpc_calls_go_through_an_https_endpoint_to_an_http2_upstream_with_warrens_agent() {
+    let pythonpath = tokio::task::spawn_blocking(python_path).await.unwrap();
+    let edge = TestEdge::start().await;
+    let (_server, port) = grpc_server(&pythonpath).await;
+    let mut ep =
+        EndpointConfig::http(&format!("http://127.0.0.1:{port}"), Some("https://grpc.warren.localhost"))
+            .unwrap();
+    ep.upstream_http2 = true;
+    let mut agent = Agent::start(edge.agent_with(ep));
+    within("online", agent.wait_online()).await.unwrap();
+    assert_eq!(grpc_client(&edge, &pythonpath, "grpc.warren.localhost").await, EXPECTED);
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn grpc_calls_go_through_an_endpoint_of_ngroks_rust_sdk_with_app_protocol_http2() {
+    let pythonpath = tokio::task::spawn_blocking(python_path).await.unwrap();
+    let edge = TestEdge::start().await;
+    let (_server, port) = grpc_server(&pythonpath).await;
+    let sess = ngrok::Session::builder()
+        .authtoken(edge.authtoken.clone())
+        .server_addr(edge.connect_url())
+        .expect("server address")
+        .ca_cert(bytes::Bytes::from(edge.ca_pem.clone()))
+        .connect()
+        .await
+        .expect("SDK session");
+    let to: url::Url = format!("http://127.0.0.1:{port}").parse().unwrap();
+    let _fwd = within(
+        "sdk listen",
+        sess.http_endpoint().domain("sdkgrpc.warren.localhost").app_protocol("http2").listen_and_forward(to),
+    )
+    .await
+    .expect("https endpoint");
+    assert_eq!(grpc_client(&edge, &pythonpath, "sdkgrpc.warren.localhost").await, EXPECTED);
+}
