@@ -6,7 +6,9 @@
 //! master key before they are stored and never leave the edge.
 //!
 //! Challenges are answered by the ingress: HTTP-01 on the plain http port
-//! ([`Challenges::http01`]), TLS-ALPN-01 on the shared TLS port ([`Challenges::tls_alpn01`]).
+//! ([`Challenges::http01`]), TLS-ALPN-01 on the shared TLS port ([`Challenges::tls_alpn01`]);
+//! wildcard reservations (`*.example.com`), which ACME validates only with DNS-01, by a TXT
+//! record published with RFC 2136 updates when `dns01` is configured (`dns01.rs`).
 //!
 //! Several nodes on one database order each name once: a node orders only while it holds
 //! the name's lease in the store, and keeps its challenge answers there too, so whichever
@@ -207,7 +209,7 @@ pub(crate) async fn run(shared: Arc<Shared>, config: AcmeConfig) {
                     .map(|h| (h.clone(), None));
                 let domains = reserved
                     .into_iter()
-                    .filter(|(d, _)| wants_certificate(&shared, d))
+                    .filter(|(d, _)| wants_certificate(&shared, &config, d))
                     .map(|(d, account)| (d, Some(account)))
                     .chain(connect);
                 for (domain, account_id) in domains {
@@ -290,10 +292,13 @@ impl OrdersPerAccount {
     }
 }
 
-/// Custom domains only: names under the base domain have the edge's wildcard, and wildcard
-/// reservations need DNS-01, which the edge does not answer.
-fn wants_certificate(shared: &Shared, domain: &str) -> bool {
-    !domain.starts_with("*.") && !crate::session::under_domain(domain, &shared.config.base_domain)
+/// Custom domains, and wildcard reservations when DNS-01 is configured: names one level under
+/// the base domain have the edge's own wildcard.
+fn wants_certificate(shared: &Shared, config: &AcmeConfig, domain: &str) -> bool {
+    match domain.strip_prefix("*.") {
+        Some(parent) => config.dns01.is_some() && parent != shared.config.base_domain,
+        None => !crate::session::under_domain(domain, &shared.config.base_domain),
+    }
 }
 
 async fn due(shared: &Shared, config: &AcmeConfig, domain: &str) -> Result<bool, warren_store::StoreError> {
@@ -379,14 +384,24 @@ async fn issue(
                 AuthorizationStatus::Valid => continue,
                 other => return Err(format!("authorization is {other:?}")),
             }
-            let ty = match config.challenge {
-                AcmeChallenge::Http01 => ChallengeType::Http01,
-                AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+            let dns01 = config.dns01.as_ref().filter(|_| authz.identifier().wildcard);
+            let ty = match (dns01, config.challenge) {
+                (Some(_), _) => ChallengeType::Dns01,
+                (None, AcmeChallenge::Http01) => ChallengeType::Http01,
+                (None, AcmeChallenge::TlsAlpn01) => ChallengeType::TlsAlpn01,
             };
             let wanted = format!("{ty:?}");
             let mut challenge =
                 authz.challenge(ty).ok_or_else(|| format!("the server offers no {wanted} challenge"))?;
             let key_auth = challenge.key_authorization();
+            if let Some(d) = dns01 {
+                let value = key_auth.dns_value();
+                crate::dns01::update(d, domain, &value, true).await?;
+                answered.push(Answer::Dns(value.clone()));
+                crate::dns01::wait_visible(d, domain, &value).await?;
+                challenge.set_ready().await.map_err(|e| format!("challenge: {e}"))?;
+                continue;
+            }
             match config.challenge {
                 AcmeChallenge::Http01 => {
                     shared
@@ -431,6 +446,14 @@ async fn issue(
     .await;
     for a in answered {
         let id = match a {
+            Answer::Dns(value) => {
+                if let Some(d) = &config.dns01
+                    && let Err(e) = crate::dns01::update(d, domain, &value, false).await
+                {
+                    tracing::warn!(%domain, error = %e, "could not delete the DNS-01 record; it is left in the zone");
+                }
+                continue;
+            }
             Answer::Http(token) => {
                 shared.challenges.http.lock().unwrap_or_else(|e| e.into_inner()).remove(&token);
                 format!("http:{token}")
@@ -479,6 +502,8 @@ async fn share(shared: &Shared, id: &str, answer: &str) -> AcmeResult<()> {
 enum Answer {
     Http(String),
     Alpn(String),
+    /// A published TXT record's value.
+    Dns(String),
 }
 
 /// The TLS-ALPN-01 answer (RFC 8737): a self-signed certificate for `domain` carrying the

@@ -157,6 +157,75 @@ pub struct AcmeConfig {
     /// Certificate orders one account's domains may start per hour, so that one account's
     /// many reservations cannot use up the ACME server's rate limits for everyone.
     pub orders_per_account_per_hour: u32,
+    /// DNS-01 through RFC 2136 dynamic updates: with it, wildcard reservations
+    /// (`*.example.com`) get their certificates too (ACME issues wildcards only for DNS-01).
+    pub dns01: Option<Dns01Config>,
+}
+
+/// Where and how the edge publishes DNS-01 answers (`_acme-challenge.<domain>` TXT records):
+/// RFC 2136 updates, signed with TSIG, sent over TCP to the zone's primary server.
+#[derive(Clone, Debug)]
+pub struct Dns01Config {
+    /// The primary server that takes updates.
+    pub server: std::net::SocketAddr,
+    /// The zone updated; `None`: the reserved domain without its `*.` (set it when the names
+    /// are deeper in the zone, e.g. zone `example.com` for `*.apps.example.com`).
+    pub zone: Option<String>,
+    /// The TSIG key's name, as the server knows it.
+    pub key_name: String,
+    /// `hmac-sha256` or `hmac-sha512`.
+    pub algorithm: TsigAlgorithm,
+    /// The key's secret (the server's `secret`, base64-decoded).
+    pub secret: SecretBytes,
+}
+
+/// TSIG algorithms the edge signs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TsigAlgorithm {
+    /// `hmac-sha256` (RFC 8945's mandatory one).
+    HmacSha256,
+    /// `hmac-sha512`.
+    HmacSha512,
+}
+
+impl TsigAlgorithm {
+    /// Parses `hmac-sha256` or `hmac-sha512`.
+    pub fn parse(s: &str) -> Result<TsigAlgorithm, String> {
+        match s.trim_end_matches('.').to_ascii_lowercase().as_str() {
+            "hmac-sha256" => Ok(TsigAlgorithm::HmacSha256),
+            "hmac-sha512" => Ok(TsigAlgorithm::HmacSha512),
+            other => Err(format!("TSIG algorithm {other:?}: use hmac-sha256 or hmac-sha512")),
+        }
+    }
+
+    /// Its name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            TsigAlgorithm::HmacSha256 => "hmac-sha256",
+            TsigAlgorithm::HmacSha512 => "hmac-sha512",
+        }
+    }
+}
+
+/// Secret bytes, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl SecretBytes {
+    /// Decodes a base64 secret (as `named.conf` and `tsig-keygen` write them).
+    pub fn from_base64(text: &str) -> Result<SecretBytes, String> {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map(SecretBytes)
+            .map_err(|e| format!("not base64: {e}"))
+    }
+}
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretBytes(********)")
+    }
 }
 
 impl AcmeConfig {
@@ -170,6 +239,7 @@ impl AcmeConfig {
             renew_before: Duration::from_secs(30 * 86_400),
             check_interval: Duration::from_secs(3600),
             orders_per_account_per_hour: 10,
+            dns01: None,
         }
     }
 }

@@ -55,6 +55,22 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// The name a visitor's `host` is served under: `host` itself when an endpoint (here, on
+/// another node, or a cloud endpoint) has it, else the most specific wildcard name one has
+/// (`*.b.example.com` before `*.example.com`), else `host`. An exact name always wins over a
+/// wildcard, as with ngrok.
+pub(crate) fn route_name(shared: &Shared, host: &str) -> String {
+    let cluster = shared.cluster.as_ref().map(|c| &c.routes);
+    if !shared.registry.has_wildcards() && !cluster.is_some_and(|r| r.has_wildcards()) {
+        return host.to_owned();
+    }
+    let held = |name: &str| shared.registry.has_host(name) || cluster.is_some_and(|r| r.has_host(name));
+    if held(host) || shared.cloud.has_host(host) {
+        return host.to_owned();
+    }
+    crate::registry::wildcards_for(host).find(|w| held(w)).unwrap_or_else(|| host.to_owned())
+}
+
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, scheme: Scheme) {
     let stop = crate::shutting_down(shared.shutdown.clone());
     tokio::pin!(stop);
@@ -129,23 +145,24 @@ async fn front(
         return crate::session::serve_agent(shared, io, remote).await;
     }
     let local = tcp.local_addr().unwrap_or(remote);
-    if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Tls, name.clone())) {
+    let route_name = route_name(&shared, &name);
+    if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Tls, route_name.clone())) {
         return crate::ingress_tcp::pass_tls(&shared, &ep, hello.buffered, &name, tcp, remote, local).await;
     }
-    if shared.registry.lookup(&EndpointKey::Host(Proto::Https, name.clone())).is_none()
+    if shared.registry.lookup(&EndpointKey::Host(Proto::Https, route_name.clone())).is_none()
         && let Some(cluster) = &shared.cluster
         && let Some(route) = cluster
             .routes
-            .lookup(&EndpointKey::Host(Proto::Tls, name.clone()))
-            .or_else(|| cluster.routes.lookup(&EndpointKey::Host(Proto::Https, name.clone())))
+            .lookup(&EndpointKey::Host(Proto::Tls, route_name.clone()))
+            .or_else(|| cluster.routes.lookup(&EndpointKey::Host(Proto::Https, route_name.clone())))
     {
         // Another node holds it: the connection goes there whole (its TLS settings, its
         // certificate checks), ClientHello first.
         use tokio::io::AsyncWriteExt;
-        let key = if cluster.routes.lookup(&EndpointKey::Host(Proto::Tls, name.clone())).is_some() {
-            EndpointKey::Host(Proto::Tls, name.clone())
+        let key = if cluster.routes.lookup(&EndpointKey::Host(Proto::Tls, route_name.clone())).is_some() {
+            EndpointKey::Host(Proto::Tls, route_name.clone())
         } else {
-            EndpointKey::Host(Proto::Https, name.clone())
+            EndpointKey::Host(Proto::Https, route_name.clone())
         };
         let header = |r: &RemoteRoute| crate::cluster::RelayOpen::Tls {
             endpoint_id: r.endpoint_id.clone(),
@@ -191,8 +208,10 @@ pub(crate) async fn front_relayed(
         // The header named one endpoint and the hello another: serve neither.
         return tracing::warn!(%client, header = %sni, hello = %name, "refused a relayed TLS visitor whose ClientHello names another endpoint");
     }
-    if let Some(ep) =
-        shared.registry.lookup(&EndpointKey::Host(Proto::Tls, name.clone())).filter(|e| e.id == endpoint_id)
+    if let Some(ep) = shared
+        .registry
+        .lookup(&EndpointKey::Host(Proto::Tls, route_name(&shared, &name)))
+        .filter(|e| e.id == endpoint_id)
     {
         return crate::ingress_tcp::pass_tls(&shared, &ep, hello.buffered, &name, s, client, local).await;
     }
@@ -216,8 +235,10 @@ async fn terminate<IO>(
     // An endpoint with its own TLS settings (versions, mutual TLS) gets its own config. The
     // connection remembers which config it was made with: requests on it reach only endpoints
     // with that same config (see `handle`).
-    let endpoint_tls =
-        shared.registry.lookup(&EndpointKey::Host(Proto::Https, name)).and_then(|e| e.tls.clone());
+    let endpoint_tls = shared
+        .registry
+        .lookup(&EndpointKey::Host(Proto::Https, route_name(&shared, &name)))
+        .and_then(|e| e.tls.clone());
     let acceptor = match &endpoint_tls {
         Some(cfg) => tokio_rustls::TlsAcceptor::from(cfg.clone()),
         None => shared.https_tls.clone(),
@@ -440,12 +461,14 @@ async fn handle(
         Scheme::Http => Proto::Http,
         Scheme::Https => Proto::Https,
     };
-    if let Some(mut ep) = shared.registry.lookup(&EndpointKey::Host(proto, host.clone())) {
+    // What the endpoint maps hold: the host, or the wildcard name that serves it.
+    let name = route_name(shared, &host);
+    if let Some(mut ep) = shared.registry.lookup(&EndpointKey::Host(proto, name.clone())) {
         let conn_tls = visitor.tls.as_ref().and_then(|t| t.config.as_ref());
         if !same_tls(conn_tls, ep.tls.as_ref())
             && let Some(member) = shared
                 .registry
-                .members(&EndpointKey::Host(proto, host.clone()))
+                .members(&EndpointKey::Host(proto, name.clone()))
                 .into_iter()
                 .find(|m| same_tls(conn_tls, m.tls.as_ref()))
         {
@@ -468,7 +491,7 @@ async fn handle(
         return serve_at(shared, visitor, Serving::Agent(ep), host, req).await;
     }
     if let Some(cluster) = shared.cluster.as_ref().filter(|_| !visitor.relayed) {
-        if let Some(route) = cluster.routes.lookup(&EndpointKey::Host(proto, host.clone())) {
+        if let Some(route) = cluster.routes.lookup(&EndpointKey::Host(proto, name.clone())) {
             if visitor.scheme == Scheme::Https {
                 // The TLS handshake was made here, for another name; the endpoint's own
                 // node must make it (its certificate checks, its TLS versions).
@@ -480,12 +503,12 @@ async fn handle(
                     codes::MISDIRECTED,
                 ));
             }
-            let key = EndpointKey::Host(proto, host.clone());
+            let key = EndpointKey::Host(proto, name.clone());
             return Ok(relay_request(shared, cluster, visitor, &key, route, &host, req).await);
         }
         if visitor.scheme == Scheme::Http
-            && shared.registry.lookup(&EndpointKey::Host(Proto::Https, host.clone())).is_none()
-            && cluster.routes.lookup(&EndpointKey::Host(Proto::Https, host.clone())).is_some()
+            && shared.registry.lookup(&EndpointKey::Host(Proto::Https, name.clone())).is_none()
+            && cluster.routes.lookup(&EndpointKey::Host(Proto::Https, name.clone())).is_some()
         {
             return Ok(https_redirect(shared, &host, &req));
         }
@@ -496,7 +519,7 @@ async fn handle(
     let https_url = || {
         shared
             .registry
-            .lookup(&EndpointKey::Host(Proto::Https, host.clone()))
+            .lookup(&EndpointKey::Host(Proto::Https, name.clone()))
             .map(|ep| ep.url.clone())
             .or_else(|| {
                 shared.cloud.lookup(&EndpointKey::Host(Proto::Https, host.clone())).map(|c| c.url.clone())
@@ -1325,6 +1348,14 @@ fn page(status: StatusCode, msg: &str, code: &str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wildcards_are_tried_most_specific_first_and_never_under_a_tld() {
+        let w: Vec<String> = crate::registry::wildcards_for("x.a.b.example.com").collect();
+        assert_eq!(w, ["*.a.b.example.com", "*.b.example.com", "*.example.com"]);
+        assert_eq!(crate::registry::wildcards_for("example.com").count(), 0);
+        assert_eq!(crate::registry::wildcards_for("localhost").count(), 0);
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed() {

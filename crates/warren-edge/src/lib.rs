@@ -40,6 +40,7 @@ mod conn_limit;
 mod dashboard;
 mod deadline;
 mod dns;
+mod dns01;
 mod endpoint_tls;
 mod events;
 #[doc(hidden)]

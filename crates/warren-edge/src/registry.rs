@@ -213,6 +213,26 @@ impl Pool {
 #[derive(Default)]
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
+    /// How many keys are wildcard names (`*.example.com`), so that visitors' hosts are
+    /// matched against wildcards only when there are some.
+    wildcards: std::sync::atomic::AtomicUsize,
+}
+
+/// The wildcard names that could serve `host`, most specific first: `a.b.example.com` →
+/// `*.b.example.com`, `*.example.com` (a wildcard matches names any number of labels below
+/// it, as ngrok's do; never a bare TLD).
+pub(crate) fn wildcards_for(host: &str) -> impl Iterator<Item = String> + '_ {
+    let mut rest = host;
+    std::iter::from_fn(move || {
+        let (_, parent) = rest.split_once('.')?;
+        rest = parent;
+        parent.contains('.').then(|| format!("*.{parent}"))
+    })
+}
+
+/// Whether `host` is a wildcard name.
+pub(crate) fn is_wildcard(host: &str) -> bool {
+    host.starts_with("*.")
 }
 
 #[derive(Default)]
@@ -351,6 +371,24 @@ impl Registry {
         self.lock().sessions.get(id).map(|e| e.session.clone())
     }
 
+    /// A key no endpoint serves any more.
+    fn forget_key(&self, key: &EndpointKey) {
+        if matches!(key, EndpointKey::Host(_, h) if is_wildcard(h)) {
+            self.wildcards.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Whether any endpoint here has a wildcard name.
+    pub(crate) fn has_wildcards(&self) -> bool {
+        self.wildcards.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
+    /// Whether an endpoint here is named `host`, in any scheme.
+    pub(crate) fn has_host(&self, host: &str) -> bool {
+        let inner = self.lock();
+        HOST_PROTOS.iter().any(|p| inner.endpoints.contains_key(&EndpointKey::Host(*p, host.to_owned())))
+    }
+
     /// The endpoint serving `key`; for a pool, its members in turn.
     pub(crate) fn lookup(&self, key: &EndpointKey) -> Option<Arc<Endpoint>> {
         self.lock().endpoints.get_mut(key)?.pick()
@@ -391,6 +429,9 @@ impl Registry {
         }
         let ep = Arc::new(ep);
         entry.endpoints.insert(ep.client_id.clone(), ep.key.clone());
+        if !endpoints.contains_key(&ep.key) && matches!(&ep.key, EndpointKey::Host(_, h) if is_wildcard(h)) {
+            self.wildcards.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         endpoints
             .entry(ep.key.clone())
             .or_insert_with(|| Pool { members: Vec::new(), next: 0, listener: None })
@@ -428,6 +469,7 @@ impl Registry {
         let Some(key) = entry.endpoints.remove(client_id) else { return false };
         if endpoints.get_mut(&key).is_some_and(|p| p.remove(session_id, client_id)) {
             endpoints.remove(&key);
+            self.forget_key(&key);
         }
         true
     }
@@ -440,6 +482,7 @@ impl Registry {
             for (client_id, key) in &entry.endpoints {
                 if endpoints.get_mut(key).is_some_and(|p| p.remove(session_id, client_id)) {
                     endpoints.remove(key);
+                    self.forget_key(key);
                 }
             }
         }

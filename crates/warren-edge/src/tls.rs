@@ -191,6 +191,7 @@ impl CertStore {
     pub fn covers(&self, name: &str) -> bool {
         let name = name.to_ascii_lowercase();
         self.has_own(&name)
+            || wildcard_of(&name).is_some_and(|w| self.has_own(&w))
             || self.default_names.read().unwrap_or_else(|e| e.into_inner()).iter().any(|p| {
                 match p.strip_prefix("*.") {
                     Some(parent) => {
@@ -258,11 +259,22 @@ fn certified_key(
     Ok(ck)
 }
 
+/// The wildcard name whose certificate covers `name` (one label: `a.example.com` →
+/// `*.example.com`), for a name with at least two labels left after it.
+fn wildcard_of(name: &str) -> Option<String> {
+    let (label, parent) = name.split_once('.')?;
+    (!label.is_empty() && parent.contains('.')).then(|| format!("*.{parent}"))
+}
+
 impl rustls::server::ResolvesServerCert for CertStore {
     fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
         if let Some(name) = hello.server_name() {
+            let name = name.to_ascii_lowercase();
             let by_name = self.by_name.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(ck) = by_name.get(&name.to_ascii_lowercase()) {
+            // The name's own certificate, else a wildcard certificate of its parent (an
+            // issued `*.example.com` for `a.example.com`), else the default.
+            if let Some(ck) = by_name.get(&name).or_else(|| wildcard_of(&name).and_then(|w| by_name.get(&w)))
+            {
                 return Some(ck.clone());
             }
         }

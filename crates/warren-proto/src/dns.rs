@@ -1,6 +1,10 @@
 //! DNS messages without I/O: a query for one name and type, and the records of that type in
 //! its answer. The edge asks for TXT records (proof of control of a custom domain); the agent
 //! for A and AAAA records (`dns_resolver_ips`). Each driver sends one UDP datagram and waits.
+//!
+//! Also RFC 2136 dynamic updates of one TXT record (the edge's DNS-01 answers for wildcard
+//! certificates), signed with TSIG (RFC 8945): the MAC itself is computed by the caller, so
+//! this crate holds no cryptography.
 
 use std::net::IpAddr;
 
@@ -11,6 +15,11 @@ pub const TYPE_TXT: u16 = 16;
 /// IPv6 address records.
 pub const TYPE_AAAA: u16 = 28;
 const CLASS_IN: u16 = 1;
+const CLASS_NONE: u16 = 254;
+const CLASS_ANY: u16 = 255;
+const TYPE_SOA: u16 = 6;
+const TYPE_TSIG: u16 = 250;
+const OPCODE_UPDATE: u16 = 5;
 
 /// A standard query (recursion desired) for the records of type `qtype` of `name`.
 pub fn query(id: u16, name: &str, qtype: u16) -> Result<Vec<u8>, String> {
@@ -98,6 +107,138 @@ pub fn parse_addrs(msg: &[u8], id: u16, qtype: u16) -> Result<Vec<IpAddr>, Strin
     Ok(out)
 }
 
+/// `name` in wire form, lowercase (TSIG's canonical form), at most 255 bytes.
+fn wire_name(name: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(name.len() + 2);
+    for label in name.trim_end_matches('.').split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(format!("{name:?} is not a DNS name"));
+        }
+        out.push(label.len() as u8);
+        out.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
+    }
+    out.push(0);
+    if out.len() > 255 {
+        return Err(format!("{name:?} is longer than a DNS name may be"));
+    }
+    Ok(out)
+}
+
+/// An RFC 2136 update of zone `zone` that adds (`add`) or deletes the TXT record `name` with
+/// the single string `value` (at most 255 bytes), TTL `ttl`. Unsigned: see [`tsig_sign`].
+pub fn txt_update(
+    id: u16,
+    zone: &str,
+    name: &str,
+    value: &str,
+    ttl: u32,
+    add: bool,
+) -> Result<Vec<u8>, String> {
+    if value.len() > 255 {
+        return Err("a TXT string is at most 255 bytes".into());
+    }
+    let mut m = Vec::with_capacity(64 + zone.len() + name.len() + value.len());
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&(OPCODE_UPDATE << 11).to_be_bytes());
+    // One zone, no prerequisites, one update, no additional records (yet).
+    m.extend_from_slice(&[0, 1, 0, 0, 0, 1, 0, 0]);
+    m.extend_from_slice(&wire_name(zone)?);
+    m.extend_from_slice(&TYPE_SOA.to_be_bytes());
+    m.extend_from_slice(&CLASS_IN.to_be_bytes());
+    m.extend_from_slice(&wire_name(name)?);
+    m.extend_from_slice(&TYPE_TXT.to_be_bytes());
+    // RFC 2136 §2.5.1 adds with the zone's class; §2.5.4 deletes one record with class NONE
+    // and TTL 0.
+    m.extend_from_slice(&(if add { CLASS_IN } else { CLASS_NONE }).to_be_bytes());
+    m.extend_from_slice(&(if add { ttl } else { 0 }).to_be_bytes());
+    m.extend_from_slice(&(value.len() as u16 + 1).to_be_bytes());
+    m.push(value.len() as u8);
+    m.extend_from_slice(value.as_bytes());
+    Ok(m)
+}
+
+/// A TSIG key's name and algorithm (`hmac-sha256.`, `hmac-sha512.`).
+#[derive(Clone, Copy, Debug)]
+pub struct Tsig<'a> {
+    /// The key's name, as the server knows it.
+    pub key_name: &'a str,
+    /// The algorithm's name.
+    pub algorithm: &'a str,
+    /// Seconds since the Unix epoch, as the signer's clock says.
+    pub time_signed: u64,
+    /// Clock difference the server may allow, in seconds (RFC 8945 recommends 300).
+    pub fudge: u16,
+}
+
+/// Signs `msg` (a complete message without a TSIG record) with TSIG, RFC 8945 §4.3: `mac`
+/// computes the keyed hash of what it is given. Returns the message with the TSIG record
+/// appended and the additional count raised, and the MAC (to check the answer's).
+pub fn tsig_sign(
+    msg: &[u8],
+    t: &Tsig<'_>,
+    mac: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    if msg.len() < 12 {
+        return Err("not a DNS message".into());
+    }
+    let key = wire_name(t.key_name)?;
+    let alg = wire_name(t.algorithm)?;
+    let time = t.time_signed.to_be_bytes();
+    // The TSIG variables: key name, class, TTL, algorithm, time signed (48 bits), fudge,
+    // error, other data length.
+    let mut vars = Vec::with_capacity(key.len() + alg.len() + 20);
+    vars.extend_from_slice(&key);
+    vars.extend_from_slice(&CLASS_ANY.to_be_bytes());
+    vars.extend_from_slice(&0u32.to_be_bytes());
+    vars.extend_from_slice(&alg);
+    vars.extend_from_slice(&time[2..8]);
+    vars.extend_from_slice(&t.fudge.to_be_bytes());
+    vars.extend_from_slice(&[0, 0, 0, 0]);
+    let mut signed = msg.to_vec();
+    signed.extend_from_slice(&vars);
+    let digest = mac(&signed);
+    let mut out = msg.to_vec();
+    let arcount = u16::from_be_bytes([out[10], out[11]]).checked_add(1).ok_or("too many records")?;
+    out[10..12].copy_from_slice(&arcount.to_be_bytes());
+    let mut rdata = Vec::with_capacity(alg.len() + 16 + digest.len());
+    rdata.extend_from_slice(&alg);
+    rdata.extend_from_slice(&time[2..8]);
+    rdata.extend_from_slice(&t.fudge.to_be_bytes());
+    rdata.extend_from_slice(&(digest.len() as u16).to_be_bytes());
+    rdata.extend_from_slice(&digest);
+    rdata.extend_from_slice(&msg[0..2]);
+    rdata.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(&key);
+    out.extend_from_slice(&TYPE_TSIG.to_be_bytes());
+    out.extend_from_slice(&CLASS_ANY.to_be_bytes());
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    out.extend_from_slice(&rdata);
+    Ok((out, digest))
+}
+
+/// Whether the answer to update `id` reports success; otherwise what the server said.
+pub fn update_result(msg: &[u8], id: u16) -> Result<(), String> {
+    if msg.len() < 12 || u16::from_be_bytes([msg[0], msg[1]]) != id {
+        return Err("malformed DNS answer".into());
+    }
+    let flags = u16::from_be_bytes([msg[2], msg[3]]);
+    if flags & 0x8000 == 0 || (flags >> 11) & 0xF != OPCODE_UPDATE {
+        return Err("malformed DNS answer".into());
+    }
+    match flags & 0x000F {
+        0 => Ok(()),
+        5 => Err("the server refused the update (REFUSED: is the key allowed to update this zone?)".into()),
+        9 => {
+            Err("the server says it is not authoritative for the zone, or the key was not accepted (NOTAUTH)"
+                .into())
+        }
+        10 => Err("the name is not in the zone (NOTZONE)".into()),
+        2 => Err("the server failed (SERVFAIL)".into()),
+        rcode => Err(format!("the server answered the update with error code {rcode}")),
+    }
+}
+
 /// The offset after the (possibly compressed) name at `at`.
 fn skip_name(msg: &[u8], mut at: usize) -> Option<usize> {
     loop {
@@ -114,6 +255,43 @@ fn skip_name(msg: &[u8], mut at: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signed_txt_update_has_the_zone_the_record_and_a_tsig_over_both() {
+        let m = txt_update(0x1234, "example.test", "_acme-challenge.Example.test", "tok", 60, true).unwrap();
+        // Header: id, opcode UPDATE, one zone, one update.
+        assert_eq!(&m[..12], &[0x12, 0x34, 0x28, 0, 0, 1, 0, 0, 0, 1, 0, 0]);
+        assert!(m.ends_with(&[0, 16, 0, 1, 0, 0, 0, 60, 0, 4, 3, b't', b'o', b'k']));
+        let delete = txt_update(1, "example.test", "_acme-challenge.example.test", "tok", 60, false).unwrap();
+        assert!(delete.ends_with(&[0, 16, 0, 254, 0, 0, 0, 0, 0, 4, 3, b't', b'o', b'k']));
+        let t = Tsig {
+            key_name: "warren-key",
+            algorithm: "hmac-sha256",
+            time_signed: 0x0102_0304_0506,
+            fudge: 300,
+        };
+        let mut seen = Vec::new();
+        let (signed, mac) = tsig_sign(&m, &t, |b| {
+            seen = b.to_vec();
+            vec![0xAB; 32]
+        })
+        .unwrap();
+        assert_eq!(mac, vec![0xAB; 32]);
+        assert!(seen.starts_with(&m), "the MAC covers the message");
+        assert!(seen.ends_with(&[1, 2, 3, 4, 5, 6, 1, 44, 0, 0, 0, 0]), "then time, fudge, error, other");
+        assert_eq!(&signed[10..12], &[0, 1], "one additional record: the TSIG");
+        assert!(signed.starts_with(&m[..10]));
+        assert!(signed.ends_with(&[0x12, 0x34, 0, 0, 0, 0]), "original id, no error, no other data");
+        assert!(txt_update(1, "z", "n", &"x".repeat(256), 60, true).is_err());
+        assert!(txt_update(1, "z", "a..b", "x", 60, true).is_err());
+        // Answers: success, and a refusal read out.
+        let mut ok = m[..12].to_vec();
+        ok[2] |= 0x80;
+        assert_eq!(update_result(&ok, 0x1234), Ok(()));
+        ok[3] = 5;
+        assert!(update_result(&ok, 0x1234).unwrap_err().contains("REFUSED"));
+        assert!(update_result(&ok, 0x9999).is_err(), "another id");
+    }
 
     /// An answer as a resolver sends it: the question, a CNAME, then a TXT record of two
     /// strings, names compressed.

@@ -30,6 +30,8 @@ use warren_edge::{Edge, EdgeConfig};
 pub use tempfile::TempDir;
 
 pub mod hostile;
+mod named;
+pub use named::TestNamed;
 pub mod oidc;
 pub mod webdriver;
 
@@ -1183,6 +1185,16 @@ pub struct Pebble {
 impl Pebble {
     /// Starts challtestsrv and pebble; returns once pebble accepts connections.
     pub async fn start(http_port: u16, tls_port: u16) -> Pebble {
+        Pebble::start_resolving_with(http_port, tls_port, None).await
+    }
+
+    /// Starts pebble resolving names with `dns` (a real DNS server, e.g. [`TestNamed`], for
+    /// DNS-01), or with a challtestsrv answering 127.0.0.1 for every name when `None`.
+    pub async fn start_resolving_with(
+        http_port: u16,
+        tls_port: u16,
+        dns_server: Option<SocketAddr>,
+    ) -> Pebble {
         let dir = tempfile::tempdir().expect("temp dir");
         let server = TestCa::new("pebble test server CA");
         let (chain, key, _) = server.leaf("127.0.0.1");
@@ -1207,26 +1219,33 @@ impl Pebble {
                 .spawn()
                 .expect("pebble is installed (Debian package pebble; .ci/run installs it)")
         };
-        let dns_addr = format!("127.0.0.1:{dns}");
-        let challtestsrv = spawn(
-            std::process::Command::new("pebble-challtestsrv")
-                .args(["-dns01", &dns_addr, "-http01", "", "-https01", "", "-tlsalpn01", ""])
-                .args(["-management", &format!("127.0.0.1:{}", free_port()), "-defaultIPv4", "127.0.0.1"])
-                .args(["-defaultIPv6", ""]),
-        );
+        let dns_addr = match dns_server {
+            Some(d) => d.to_string(),
+            None => format!("127.0.0.1:{dns}"),
+        };
+        let mut children = Vec::new();
+        if dns_server.is_none() {
+            children.push(spawn(
+                std::process::Command::new("pebble-challtestsrv")
+                    .args(["-dns01", &dns_addr, "-http01", "", "-https01", "", "-tlsalpn01", ""])
+                    .args(["-management", &format!("127.0.0.1:{}", free_port()), "-defaultIPv4", "127.0.0.1"])
+                    .args(["-defaultIPv6", ""]),
+            ));
+        }
         let pebble = spawn(
             std::process::Command::new("pebble")
                 .args(["-config", config_path.to_str().unwrap(), "-dnsserver", &dns_addr])
                 .env("PEBBLE_VA_NOSLEEP", "1")
                 .env("PEBBLE_WFE_NONCEREJECT", "0"),
         );
+        children.push(pebble);
         let p = Pebble {
             directory: format!("https://127.0.0.1:{listen}/dir"),
             server_ca: ca_path,
-            dns: SocketAddr::from((Ipv4Addr::LOCALHOST, dns)),
+            dns: dns_addr.parse().expect("address"),
             management: SocketAddr::from((Ipv4Addr::LOCALHOST, management)),
             server_ca_pem: server.pem.into_bytes(),
-            children: vec![challtestsrv, pebble],
+            children,
             _dir: dir,
         };
         for addr in [SocketAddr::from((Ipv4Addr::LOCALHOST, listen)), p.management] {

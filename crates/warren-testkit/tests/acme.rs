@@ -68,6 +68,7 @@ async fn issue_and_serve(challenge: AcmeChallenge, domain: &str, renew: bool) {
             },
             check_interval: Duration::from_secs(1),
             orders_per_account_per_hour: 100,
+            dns01: None,
         });
     })
     .await;
@@ -142,4 +143,95 @@ async fn pebble_issues_a_certificate_through_http_01_and_curl_gets_the_content()
 #[tokio::test]
 async fn pebble_issues_through_tls_alpn_01_and_the_certificate_is_renewed() {
     issue_and_serve(AcmeChallenge::TlsAlpn01, "store.example.org", true).await;
+}
+
+/// The TXT strings of `name` at `server` (UDP).
+async fn txt_at(server: std::net::SocketAddr, name: &str) -> Vec<String> {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.connect(server).await.unwrap();
+    let q = warren_proto::dns::query(7, name, warren_proto::dns::TYPE_TXT).unwrap();
+    socket.send(&q).await.unwrap();
+    let mut buf = vec![0; 4096];
+    let n = within("DNS answer", socket.recv(&mut buf)).await.unwrap();
+    warren_proto::dns::parse_txt(&buf[..n], 7).unwrap()
+}
+
+#[tokio::test]
+async fn a_wildcard_reservation_gets_its_certificate_through_dns_01_and_one_agent_serves_every_name() {
+    // A real DNS server for the zone, taking the edge's RFC 2136 updates; pebble validates
+    // DNS-01 against it.
+    let named = TestNamed::start("example.com").await;
+    let pebble = Pebble::start_resolving_with(free_port(), free_port(), Some(named.addr)).await;
+    let (directory, directory_ca) = (pebble.directory.clone(), pebble.server_ca.clone());
+    let dns01 = warren_edge::config::Dns01Config {
+        server: named.addr,
+        zone: None,
+        key_name: named.key_name.clone(),
+        algorithm: warren_edge::config::TsigAlgorithm::HmacSha256,
+        secret: warren_edge::config::SecretBytes(named.secret.clone()),
+    };
+    let edge = TestEdge::start_with(move |c| {
+        c.acme = Some(AcmeConfig {
+            directory,
+            directory_ca: Some(directory_ca),
+            email: None,
+            challenge: AcmeChallenge::Http01,
+            renew_before: Duration::from_secs(30 * 86_400),
+            check_interval: Duration::from_secs(1),
+            orders_per_account_per_hour: 100,
+            dns01: Some(dns01),
+        });
+    })
+    .await;
+    let key = Some(edge.api_key.as_str());
+
+    // A wildcard endpoint needs the wildcard reservation first.
+    let up = HttpUpstream::start().await;
+    let wildcard = || EndpointConfig::http(&up.url(), Some("https://*.example.com")).unwrap();
+    let err = within("refused", Agent::start(edge.agent_with(wildcard())).wait_online()).await.unwrap_err();
+    assert!(err.to_string().contains("reserve *.example.com first"), "{err}");
+
+    let (s, _, rd) =
+        edge.api("POST", "/reserved_domains", key, Some(json!({"domain": "*.example.com"}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{rd}");
+    edge.verify_custom_domain(&rd).await;
+    let cert = wait_for_certificate(&edge, "*.example.com", None).await;
+    assert_eq!(cert.source, "acme");
+    // The challenge's record was taken out of the zone again.
+    assert_eq!(txt_at(named.addr, "_acme-challenge.example.com").await, Vec::<String>::new());
+
+    let mut agent = Agent::start(edge.agent_with(wildcard()));
+    let urls = within("wildcard online", agent.wait_online()).await.unwrap();
+    assert_eq!(urls, [format!("https://*.example.com:{}", edge.https_addr().port())]);
+    let root = edge.temp_dir().join("pebble-root.pem");
+    std::fs::write(&root, pebble.issuing_root().await).unwrap();
+    for host in ["a.example.com", "b.example.com"] {
+        let (ok, out) = curl(host, edge.https_addr().port(), &root).await;
+        assert!(ok && out == "hello from upstream", "{host}, trusting only pebble's root: {out}");
+    }
+
+    // The most specific endpoint wins: an exact name below the wildcard is its own.
+    let exact_up = named_upstream("exact").await;
+    let mut exact =
+        Agent::start(edge.agent_with(
+            EndpointConfig::http(&exact_up.to_string(), Some("https://shop.example.com")).unwrap(),
+        ));
+    within("exact online", exact.wait_online()).await.unwrap();
+    let (ok, out) = curl("shop.example.com", edge.https_addr().port(), &root).await;
+    assert!(ok && out == "exact /", "the exact endpoint, under the wildcard certificate: {out}");
+    let (ok, out) = curl("a.example.com", edge.https_addr().port(), &root).await;
+    assert!(ok && out == "hello from upstream", "{out}");
+    exact.stop().await.unwrap();
+    let (ok, out) = curl("shop.example.com", edge.https_addr().port(), &root).await;
+    assert!(ok && out == "hello from upstream", "back to the wildcard once the exact one left: {out}");
+
+    // No other account binds a name under it, exact or wildcard.
+    let other = edge.tenant("other").await;
+    for url in ["https://c.example.com", "https://*.c.example.com"] {
+        let mut cfg = other.agent_config(&edge);
+        cfg.endpoints = vec![EndpointConfig::http(&up.url(), Some(url)).unwrap()];
+        let err = within("refused", Agent::start(cfg).wait_online()).await.unwrap_err();
+        assert!(err.to_string().contains("ERR_"), "{url}: {err}");
+    }
+    agent.stop().await.unwrap();
 }

@@ -463,6 +463,7 @@ async fn a_certificate_ordered_by_one_node_is_validated_through_and_served_by_th
         renew_before: std::time::Duration::from_secs(30 * 86_400),
         check_interval,
         orders_per_account_per_hour: 100,
+        dns01: None,
     };
     let url = db.url.clone();
     let a_acme = acme(std::time::Duration::from_secs(1));

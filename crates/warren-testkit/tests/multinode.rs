@@ -58,7 +58,18 @@ async fn two_nodes_share_names_sessions_and_commands_through_postgresql() {
     .await;
     assert!(matches!(stopped, Some(AgentError::StoppedByEdge)), "{stopped:?}");
 
-    // The name is free for node b now.
+    // The name is free for node b once node a has ended the session (it tells the agent
+    // first, then forgets the session and its endpoints in the database).
+    within("node a forgot the stopped session", async {
+        loop {
+            let (_, _, sessions) = b.api("GET", "/tunnel_sessions", key, None).await;
+            if sessions["tunnel_sessions"].as_array().is_some_and(|l| l.is_empty()) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     let mut on_b = Agent::start(b.agent_with(ep.clone()));
     within("online on node b", on_b.wait_online()).await.unwrap();
     let (s, _, body) = https_get(&b, "shared.warren.localhost", "/").await;

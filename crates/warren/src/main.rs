@@ -352,6 +352,22 @@ struct EdgeArgs {
     /// The ACME challenge to answer: http-01 (on the http port) or tls-alpn-01 (on the TLS port).
     #[arg(long, default_value = "http-01", requires = "acme_directory")]
     acme_challenge: String,
+    /// Answer DNS-01 (needed for wildcard reservations, `*.example.com`) by RFC 2136 updates
+    /// to this primary DNS server (host:port), signed with the TSIG key below.
+    #[arg(long, value_name = "HOST:PORT", requires_all = ["acme_directory", "acme_dns_tsig_key", "acme_dns_tsig_secret_file"])]
+    acme_dns_server: Option<String>,
+    /// The zone the DNS-01 records go in (default: the reserved domain without `*.`).
+    #[arg(long, value_name = "ZONE", requires = "acme_dns_server")]
+    acme_dns_zone: Option<String>,
+    /// The TSIG key's name, as the DNS server knows it.
+    #[arg(long, value_name = "NAME", requires = "acme_dns_server")]
+    acme_dns_tsig_key: Option<String>,
+    /// The TSIG algorithm: hmac-sha256 or hmac-sha512.
+    #[arg(long, value_name = "ALGORITHM", default_value = "hmac-sha256", requires = "acme_dns_server")]
+    acme_dns_tsig_algorithm: String,
+    /// A file holding the TSIG key's secret, base64 (as in named.conf's `secret`).
+    #[arg(long, value_name = "FILE", requires = "acme_dns_server")]
+    acme_dns_tsig_secret_file: Option<PathBuf>,
     /// The file holding the master key that seals private keys (default: master.key in the
     /// data directory; WARREN_MASTER_KEY overrides). Every node sharing a database needs the same.
     #[arg(long, value_name = "FILE")]
@@ -768,6 +784,26 @@ async fn edge(args: EdgeArgs, log_level_pinned: bool) -> anyhow::Result<()> {
             "tls-alpn-01" => warren_edge::config::AcmeChallenge::TlsAlpn01,
             other => bail!("--acme-challenge {other:?}: use http-01 or tls-alpn-01"),
         };
+        if let Some(server) = &args.acme_dns_server {
+            let server = tokio::net::lookup_host(server)
+                .await
+                .with_context(|| format!("--acme-dns-server {server}"))?
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("--acme-dns-server {server}: no address"))?;
+            let file = args.acme_dns_tsig_secret_file.clone().expect("required by clap");
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let secret = warren_edge::config::SecretBytes::from_base64(&text)
+                .map_err(|e| anyhow::anyhow!("{}: the TSIG secret is {e}", file.display()))?;
+            acme.dns01 = Some(warren_edge::config::Dns01Config {
+                server,
+                zone: args.acme_dns_zone.clone(),
+                key_name: args.acme_dns_tsig_key.clone().expect("required by clap"),
+                algorithm: warren_edge::config::TsigAlgorithm::parse(&args.acme_dns_tsig_algorithm)
+                    .map_err(|e| anyhow::anyhow!("--acme-dns-tsig-algorithm: {e}"))?,
+                secret,
+            });
+        }
         config.acme = Some(acme);
     }
     config.master_key_file = args.master_key_file;

@@ -178,14 +178,18 @@ pub(crate) async fn serve_stream(shared: Arc<Shared>, mut s: Stream, peer: Strin
         tracing::debug!(%peer, endpoint = %id, "shutting down; refused a relay stream");
         return refuse(s, Ack::NotHere).await;
     }
+    // A wildcard endpoint serves the visitor's name under its wildcard name.
     let found = match &open {
-        RelayOpen::Tls { sni, .. } => shared
-            .registry
-            .lookup_id(&EndpointKey::Host(Proto::Tls, sni.clone()), id)
-            .or_else(|| shared.registry.lookup_id(&EndpointKey::Host(Proto::Https, sni.clone()), id)),
-        RelayOpen::Http { host, .. } => {
-            shared.registry.lookup_id(&EndpointKey::Host(Proto::Http, host.clone()), id)
+        RelayOpen::Tls { sni, .. } => {
+            let name = crate::ingress_http::route_name(&shared, sni);
+            shared
+                .registry
+                .lookup_id(&EndpointKey::Host(Proto::Tls, name.clone()), id)
+                .or_else(|| shared.registry.lookup_id(&EndpointKey::Host(Proto::Https, name), id))
         }
+        RelayOpen::Http { host, .. } => shared
+            .registry
+            .lookup_id(&EndpointKey::Host(Proto::Http, crate::ingress_http::route_name(&shared, host)), id),
         RelayOpen::Tcp { port, .. } => shared.registry.lookup_id(&EndpointKey::Port(*port), id),
     };
     let Some(ep) = found else {

@@ -30,6 +30,8 @@ pub(crate) struct RemoteRoute {
 #[derive(Default)]
 struct Snapshot {
     generation: Option<i64>,
+    /// Some key is a wildcard name.
+    wildcards: bool,
     /// Several for a pool whose members are on other nodes.
     routes: HashMap<EndpointKey, Vec<Arc<RemoteRoute>>>,
 }
@@ -54,6 +56,19 @@ impl RouteView {
             1 => Some(members[0].clone()),
             n => Some(members[self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n].clone()),
         }
+    }
+
+    /// Whether another node holds an endpoint named `host`, in any scheme.
+    pub(crate) fn has_host(&self, host: &str) -> bool {
+        let snap = self.now.read().expect("routes poisoned").clone();
+        [Proto::Http, Proto::Https, Proto::Tls]
+            .into_iter()
+            .any(|p| snap.routes.contains_key(&EndpointKey::Host(p, host.to_owned())))
+    }
+
+    /// Whether another node holds an endpoint with a wildcard name.
+    pub(crate) fn has_wildcards(&self) -> bool {
+        self.now.read().expect("routes poisoned").wildcards
     }
 
     /// A relay found the view stale: reload now.
@@ -159,8 +174,13 @@ async fn refresh(
             _ => None,
         })
         .collect();
-    *cluster.routes.now.write().expect("routes poisoned") =
-        Arc::new(Snapshot { generation: Some(generation), routes });
+    *cluster.routes.now.write().expect("routes poisoned") = Arc::new(Snapshot {
+        generation: Some(generation),
+        wildcards: routes
+            .keys()
+            .any(|k| matches!(k, EndpointKey::Host(_, h) if crate::registry::is_wildcard(h))),
+        routes,
+    });
     listeners.retain(|port, handle| {
         let keep = ports.contains(port) && !handle.is_finished();
         if !keep {

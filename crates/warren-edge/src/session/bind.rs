@@ -412,10 +412,34 @@ async fn named_host(
         )));
     }
     check_domain_reservation(shared, &session.account_id, &host).await?;
+    let wildcard = crate::registry::is_wildcard(&host);
+    if wildcard {
+        // Every name below it is the account's: only a wildcard reservation of its own says
+        // so (other accounts can then reserve or bind none of them).
+        let reserved = shared.store.domain_reservation(&host).await.map_err(|e| {
+            shared.metrics.store_errors.inc();
+            tracing::error!(error = %e, "store failed while checking domain reservations");
+            BindError::Unavailable("check domain reservations")
+        })?;
+        if !reserved
+            .as_ref()
+            .is_some_and(|r| r.account_id == session.account_id && r.domain.starts_with("*."))
+        {
+            return Err(BindError::DomainNotServed(format!(
+                "{host} is a wildcard endpoint: reserve {host} first (warren api reserved-domains create --domain '{host}')"
+            )));
+        }
+    }
     // The edge terminates https: a name its certificates do not cover would only ever give
-    // visitors a certificate error. (tls endpoints bring their own certificate.)
+    // visitors a certificate error. (tls endpoints bring their own certificate; a wildcard
+    // reservation gets its certificate through DNS-01 when the edge has it.)
     let base = &shared.config.base_domain;
-    if proto == Proto::Https && under_domain(&host, base) && !shared.certs.covers(&host) {
+    let dns01 = shared.config.acme.as_ref().is_some_and(|a| a.dns01.is_some());
+    if proto == Proto::Https
+        && under_domain(&host, base)
+        && !shared.certs.covers(&host)
+        && !(wildcard && dns01)
+    {
         let sub = &host[..host.len() - base.len() - 1];
         return Err(BindError::DomainNotServed(format!(
             "{host} is not covered by this edge's certificate, whose *.{base} covers one level below {base}: \
@@ -568,8 +592,13 @@ pub(super) fn requested_host(
         (None, true) => return Ok(None),
     };
     let host = host.trim_end_matches('.').to_owned();
-    if !crate::config::is_valid_hostname(&host) {
-        return Err(BindError::Invalid(format!("{host:?} is not a valid host name")));
+    // A wildcard name (`*.example.com`) serves every name below it that no endpoint has
+    // exactly; `*` only as the whole leftmost label, never straight under a TLD.
+    let named = host.strip_prefix("*.").unwrap_or(&host);
+    if !crate::config::is_valid_hostname(named) || (named.len() < host.len() && !named.contains('.')) {
+        return Err(BindError::Invalid(format!(
+            "{host:?} is not a valid host name (a wildcard is `*.` before a domain, like *.example.com)"
+        )));
     }
     if shared.config.connect_hostnames.contains(&host) {
         return Err(BindError::Invalid(format!(
