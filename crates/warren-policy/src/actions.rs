@@ -70,6 +70,234 @@ pub(crate) enum Action {
     },
     CompressResponse(Vec<crate::Encoding>),
     ForwardInternal(crate::ForwardInternal),
+    /// `set-vars`: each `(name, value)` in order.
+    SetVars(Vec<(std::sync::Arc<String>, VarValue)>),
+}
+
+/// The most variables the set-vars actions of one phase of one policy may set (checked at
+/// compile time: the names are in the document).
+pub(crate) const MAX_VARS: usize = 64;
+/// The longest string (or bytes) a variable may hold. A literal longer than this is refused at
+/// compile time; a value that renders longer at run time refuses the message (see
+/// [`too_big`]), since leaving the variable unset or cut could change what later rules decide.
+pub(crate) const MAX_VAR_BYTES: usize = 16 * 1024;
+
+/// A set-vars value as written: constants are built once, at compile time.
+pub(crate) enum VarValue {
+    Const(cel::objects::Value),
+    /// Exactly `${expr}`: the expression's value, of its own type.
+    Expr(crate::cost::Compiled, Needs),
+    /// A string with `${...}` in it: always a string.
+    Text(Template),
+    List(Vec<VarValue>),
+    Map(Vec<(cel::objects::Key, VarValue)>),
+}
+
+/// Why a set-vars value could not be made.
+enum VarFailure {
+    /// An expression failed: the variable is left unset.
+    Error,
+    /// The message's step budget ran out.
+    Budget,
+    /// A string over [`MAX_VAR_BYTES`].
+    TooBig,
+}
+
+impl VarValue {
+    fn compile(v: &Json, phase: Phase, at: &str) -> Result<VarValue, String> {
+        use cel::objects::Value;
+        let too_long = |len: usize| {
+            format!("{at}: a string of {len} bytes; a variable's value is at most {MAX_VAR_BYTES} bytes")
+        };
+        Ok(match v {
+            Json::Null => VarValue::Const(Value::Null),
+            Json::Bool(b) => VarValue::Const(Value::Bool(*b)),
+            Json::Number(n) => VarValue::Const(match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                (Some(i), _, _) => Value::Int(i),
+                (None, Some(u), _) => Value::UInt(u),
+                (_, _, Some(f)) => Value::Float(f),
+                _ => return Err(format!("{at}: {n} is not a number CEL has")),
+            }),
+            Json::String(s) if !s.contains("${") => {
+                if s.len() > MAX_VAR_BYTES {
+                    return Err(too_long(s.len()));
+                }
+                VarValue::Const(Value::String(std::sync::Arc::new(s.clone())))
+            }
+            Json::String(s) => {
+                let whole = s
+                    .strip_prefix("${")
+                    .filter(|inner| inner.ends_with('}') && closing_brace(inner) == Some(inner.len() - 1))
+                    .map(|inner| &inner[..inner.len() - 1]);
+                match whole {
+                    Some(expr) => {
+                        let program = compile_expr(expr, phase).map_err(|e| format!("{at}: {e}"))?;
+                        let needs = Needs::of(&program);
+                        VarValue::Expr(program, needs)
+                    }
+                    None => {
+                        let t = Template::compile(s, phase).map_err(|e| format!("{at}: {e}"))?;
+                        if t.literal_len() > MAX_VAR_BYTES {
+                            return Err(too_long(t.literal_len()));
+                        }
+                        VarValue::Text(t)
+                    }
+                }
+            }
+            Json::Array(items) => {
+                let items = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| VarValue::compile(x, phase, &format!("{at}[{i}]")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if items.iter().all(|x| matches!(x, VarValue::Const(_))) {
+                    let values = items
+                        .into_iter()
+                        .map(|x| match x {
+                            VarValue::Const(v) => v,
+                            _ => unreachable!("all constants"),
+                        })
+                        .collect();
+                    VarValue::Const(Value::List(std::sync::Arc::new(values)))
+                } else {
+                    VarValue::List(items)
+                }
+            }
+            Json::Object(entries) => {
+                let entries = entries
+                    .iter()
+                    .map(|(k, x)| {
+                        let key = cel::objects::Key::from(k.as_str());
+                        Ok((key, VarValue::compile(x, phase, &format!("{at}.{k}"))?))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                if entries.iter().all(|(_, x)| matches!(x, VarValue::Const(_))) {
+                    let map = entries
+                        .into_iter()
+                        .map(|(k, x)| match x {
+                            VarValue::Const(v) => (k, v),
+                            _ => unreachable!("all constants"),
+                        })
+                        .collect();
+                    VarValue::Const(Value::Map(cel::objects::Map { map: std::sync::Arc::new(map) }))
+                } else {
+                    VarValue::Map(entries)
+                }
+            }
+        })
+    }
+
+    fn needs(&self) -> Needs {
+        match self {
+            VarValue::Const(_) => Needs::default(),
+            VarValue::Expr(_, n) => *n,
+            VarValue::Text(t) => t.needs,
+            VarValue::List(items) => items.iter().fold(Needs::default(), |n, x| n.union(x.needs())),
+            VarValue::Map(entries) => entries.iter().fold(Needs::default(), |n, (_, x)| n.union(x.needs())),
+        }
+    }
+
+    fn eval(&self, run: &Run<'_>) -> Result<cel::objects::Value, VarFailure> {
+        use cel::objects::Value;
+        let checked = |v: Value| match &v {
+            Value::String(s) if s.len() > MAX_VAR_BYTES => Err(VarFailure::TooBig),
+            Value::Bytes(b) if b.len() > MAX_VAR_BYTES => Err(VarFailure::TooBig),
+            _ => Ok(v),
+        };
+        match self {
+            VarValue::Const(v) => Ok(v.clone()),
+            VarValue::Expr(program, needs) => {
+                let ctx = run.vars.context(&run.msg, *needs);
+                match crate::execute(program, &ctx) {
+                    Ok(v) => checked(v),
+                    Err(crate::cost::Failure::Budget) => Err(VarFailure::Budget),
+                    Err(_) => Err(VarFailure::Error),
+                }
+            }
+            VarValue::Text(t) => {
+                let (text, budget) = t.render_metered(run);
+                if budget {
+                    return Err(VarFailure::Budget);
+                }
+                checked(Value::String(std::sync::Arc::new(text)))
+            }
+            VarValue::List(items) => {
+                let values = items.iter().map(|x| x.eval(run)).collect::<Result<Vec<_>, _>>()?;
+                Ok(Value::List(std::sync::Arc::new(values)))
+            }
+            VarValue::Map(entries) => {
+                let map = entries
+                    .iter()
+                    .map(|(k, x)| Ok((k.clone(), x.eval(run)?)))
+                    .collect::<Result<std::collections::HashMap<_, _>, VarFailure>>()?;
+                Ok(Value::Map(cel::objects::Map { map: std::sync::Arc::new(map) }))
+            }
+        }
+    }
+}
+
+/// `set-vars`' config: `vars`, a list of maps of exactly one key each, `- name: value`.
+fn set_vars(config: &Json, phase: Phase) -> Result<Vec<(std::sync::Arc<String>, VarValue)>, String> {
+    let shape = "a list of maps of one key each, `- name: value`";
+    let obj = match config {
+        Json::Object(o) => o,
+        Json::Null => return Err(format!("vars is required: {shape}")),
+        other => return Err(format!("invalid config: expected a map with vars, not {}", brief(other))),
+    };
+    if let Some(k) = obj.keys().find(|k| *k != "vars") {
+        return Err(format!("invalid config: unknown field `{k}`, expected `vars`"));
+    }
+    let items = match obj.get("vars") {
+        None => return Err(format!("vars is required: {shape}")),
+        Some(Json::Array(items)) => items,
+        Some(other) => return Err(format!("vars must be {shape}, not {}", brief(other))),
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let (name, value) = match item {
+            Json::Object(m) if m.len() == 1 => m.iter().next().expect("one entry"),
+            other => {
+                return Err(format!(
+                    "vars[{i}] must be a map of exactly one key (the variable's name) to its value, not {}",
+                    brief(other)
+                ));
+            }
+        };
+        let ident = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ident {
+            return Err(format!(
+                "vars[{i}]: {name:?} is not a variable name (a letter or _, then letters, digits or _)"
+            ));
+        }
+        let value = VarValue::compile(value, phase, &format!("vars[{i}].{name}"))?;
+        out.push((std::sync::Arc::new(name.clone()), value));
+    }
+    Ok(out)
+}
+
+/// A config value in an error message, cut short.
+fn brief(v: &Json) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(120) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text,
+    }
+}
+
+/// What a message gets when a set-vars value is over [`MAX_VAR_BYTES`]: refused, as when the
+/// step budget runs out.
+fn too_big(phase: Phase, name: &str) -> Verdict {
+    match phase {
+        Phase::TcpConnect => Verdict::Close,
+        Phase::HttpRequest | Phase::HttpResponse => response(
+            500,
+            "text/plain; charset=utf-8",
+            format!(
+                "This endpoint's traffic policy set the variable {name} to a value over {MAX_VAR_BYTES} bytes for this request, so the request was refused.\n\nERR_WARREN_POLICY_VARS\n"
+            ),
+        ),
+    }
 }
 
 /// Header and URI changes a rule made, applied after it ran.
@@ -164,23 +392,34 @@ impl Template {
         Ok(Template { parts, needs })
     }
 
+    /// The bytes of its text outside `${...}`.
+    fn literal_len(&self) -> usize {
+        self.parts.iter().map(|p| if let Part::Text(t) = p { t.len() } else { 0 }).sum()
+    }
+
     fn render(&self, run: &Run<'_>) -> String {
+        self.render_metered(run).0
+    }
+
+    /// The text, and whether an expression ran out of the message's step budget.
+    fn render_metered(&self, run: &Run<'_>) -> (String, bool) {
         let mut out = String::new();
+        let mut over_budget = false;
         let ctx = (!self.parts.iter().all(|p| matches!(p, Part::Text(_))))
             .then(|| run.vars.context(&run.msg, self.needs));
         for p in &self.parts {
             match (p, &ctx) {
                 (Part::Text(t), _) => out.push_str(t),
                 // An expression that fails at run time (a missing header) renders as empty.
-                (Part::Expr(e), Some(ctx)) => {
-                    if let Ok(v) = crate::execute(e, ctx) {
-                        out.push_str(&value_text(&v));
-                    }
-                }
+                (Part::Expr(e), Some(ctx)) => match crate::execute(e, ctx) {
+                    Ok(v) => out.push_str(&value_text(&v)),
+                    Err(crate::cost::Failure::Budget) => over_budget = true,
+                    Err(_) => {}
+                },
                 (Part::Expr(_), None) => {}
             }
         }
-        out
+        (out, over_budget)
     }
 }
 
@@ -673,6 +912,7 @@ impl Action {
                 }
                 Action::CompressResponse(list)
             }
+            "set-vars" => Action::SetVars(set_vars(&doc.config, phase)?),
             "oauth" | "saml" => {
                 return Err(format!(
                     "{kind} is not supported by warren yet; the endpoint is refused rather than left unprotected"
@@ -698,6 +938,9 @@ impl Action {
                 headers.iter().for_each(|(_, t)| add(t));
             }
             Action::Log { metadata } => metadata.iter().for_each(|(_, t)| add(t)),
+            Action::SetVars(items) => {
+                return items.iter().fold(Needs::default(), |n, (_, v)| n.union(v.needs()));
+            }
             _ => {}
         }
         // The URL-matching actions read the request's URL.
@@ -713,16 +956,29 @@ impl Action {
         n
     }
 
+    /// The variables a set-vars action sets.
+    pub(crate) fn var_names(&self) -> Vec<std::sync::Arc<String>> {
+        match self {
+            Action::SetVars(items) => items.iter().map(|(n, _)| n.clone()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Runs the action; `Some` ends the chain. `changes` is `None` in `on_tcp_connect`.
     pub(crate) fn run(
         &self,
         run: &mut Run<'_>,
         rule: &str,
         changes: &mut Option<Changes>,
-        _status: Option<u16>,
+        res_status: Option<u16>,
         mono: Instant,
     ) -> Option<Verdict> {
         let http = changes.is_some();
+        let phase = match (http, res_status) {
+            (false, _) => Phase::TcpConnect,
+            (true, None) => Phase::HttpRequest,
+            (true, Some(_)) => Phase::HttpResponse,
+        };
         match self {
             Action::RestrictIps { allow, deny, enforce } => {
                 let ip = run.msg.conn.client_ip;
@@ -921,6 +1177,27 @@ impl Action {
                 None
             }
             Action::TerminateTls => None,
+            Action::SetVars(items) => {
+                for (name, value) in items {
+                    // Each assignment costs a step, whatever its value.
+                    if !crate::cost::spend(1) {
+                        return Some(crate::over_budget(phase));
+                    }
+                    match value.eval(run) {
+                        Ok(v) => {
+                            run.vars.set_user_var(name, Some(v));
+                            // The names are counted at compile time.
+                            debug_assert!(run.vars.user_var_count() <= MAX_VARS);
+                        }
+                        // An expression that fails at run time (a missing header) leaves the
+                        // variable unset: reading it fails as a missing key does.
+                        Err(VarFailure::Error) => run.vars.set_user_var(name, None),
+                        Err(VarFailure::Budget) => return Some(crate::over_budget(phase)),
+                        Err(VarFailure::TooBig) => return Some(too_big(phase, name)),
+                    }
+                }
+                None
+            }
             Action::JwtValidation(v) => {
                 let req = run.msg.req.as_ref()?;
                 let Err(why) = v.check(req.headers, run.msg.now) else { return None };

@@ -31,6 +31,7 @@ mod fields;
 pub mod fuzzing;
 mod jwt;
 pub mod legacy;
+pub(crate) mod macros;
 pub mod oidc;
 mod ratelimit;
 mod vars;
@@ -299,6 +300,8 @@ fn compile_rules(
     env: &CompileEnv,
 ) -> Result<Vec<Rule>, PolicyError> {
     let mut out = Vec::with_capacity(rules.len());
+    // The names set-vars actions set in this phase: at most MAX_VARS.
+    let mut var_names = std::collections::HashSet::new();
     for (i, r) in rules.iter().enumerate() {
         let label = if r.name.is_empty() { format!("#{}", i + 1) } else { format!("{:?}", r.name) };
         let err = |item: Option<RuleItem>| {
@@ -322,6 +325,15 @@ fn compile_rules(
             let action = Action::compile(a, phase, env)
                 .map_err(|m| err(Some(RuleItem::Action(j)))(format!("action {}: {m}", a.kind)))?;
             needs = needs.union(action.needs());
+            var_names.extend(action.var_names());
+            if var_names.len() > actions::MAX_VARS {
+                return Err(err(Some(RuleItem::Action(j)))(format!(
+                    "action {}: the {} phase's set-vars actions set more than {} variables",
+                    a.kind,
+                    phase.name(),
+                    actions::MAX_VARS
+                )));
+            }
             actions.push(action);
         }
         let signs_in = actions.iter().any(|a| matches!(a, Action::OpenidConnect(_)));
@@ -335,6 +347,7 @@ pub(crate) fn compile_expr(source: &str, phase: Phase) -> Result<Compiled, Strin
     let rewritten = vars::rewrite_helpers(source);
     let program = cel::Program::compile(&rewritten)
         .map_err(|e| format!("expression {source:?} does not parse: {e}"))?;
+    macros::check_calls(program.expression()).map_err(|e| format!("expression {source:?} {e}"))?;
     let refs = program.references();
     let bound = macro_variables(&rewritten);
     for v in refs.variables() {
@@ -342,7 +355,8 @@ pub(crate) fn compile_expr(source: &str, phase: Phase) -> Result<Compiled, Strin
             continue;
         }
         let known = match v {
-            "conn" | "endpoint" | "time" => true,
+            // `vars` is what set-vars actions set (an empty map before any did).
+            "conn" | "endpoint" | "time" | "vars" => true,
             "req" => phase != Phase::TcpConnect,
             "res" => phase == Phase::HttpResponse,
             _ => false,
@@ -612,6 +626,8 @@ impl Chain {
         let _budget = cost::Budget::start(cost::MAX_STEPS);
         let mut run = Run::new(msg, &vars);
         for policy in &self.0 {
+            // set-vars variables are the policy's own.
+            vars.clear_user_vars();
             for rule in &policy.tcp {
                 if !run.matches(rule) {
                     if run.over_budget.get() {
@@ -673,6 +689,7 @@ impl Chain {
         let mut vars = Vars::default();
         let _budget = cost::Budget::start(cost::MAX_STEPS);
         for policy in &self.0 {
+            vars.clear_user_vars();
             for rule in &policy.req {
                 // The request may change between rules, so each rule sees it as it is now.
                 let (verdict, changes, mut l) = {
@@ -707,7 +724,7 @@ impl Chain {
                     let rebuild = changes.changes_message();
                     changes.apply_request(req);
                     if rebuild {
-                        vars = Vars::default();
+                        vars = std::mem::take(&mut vars).keeping_user_vars();
                     }
                 }
                 logs.append(&mut l);
@@ -735,6 +752,7 @@ impl Chain {
         let mut vars = Vars::default();
         let _budget = cost::Budget::start(cost::MAX_STEPS);
         for policy in &self.0 {
+            vars.clear_user_vars();
             for rule in &policy.res {
                 let (verdict, changes, mut l) = {
                     let view = ReqView {
@@ -776,7 +794,7 @@ impl Chain {
                     let rebuild = changes.changes_message();
                     changes.apply_response(res);
                     if rebuild {
-                        vars = Vars::default();
+                        vars = std::mem::take(&mut vars).keeping_user_vars();
                     }
                 }
                 logs.append(&mut l);

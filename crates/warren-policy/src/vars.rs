@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
+use cel::extractors::This;
 use cel::objects::{Key, Map, Value};
 use cel::{Context, ExecutionError};
 use http::HeaderMap;
@@ -75,6 +76,8 @@ pub(crate) struct Needs {
     pub(crate) res: bool,
     pub(crate) endpoint: bool,
     pub(crate) time: bool,
+    /// `vars`, what `set-vars` actions set.
+    pub(crate) vars: bool,
 }
 
 impl Needs {
@@ -88,6 +91,7 @@ impl Needs {
             res: has("res"),
             endpoint: has("endpoint"),
             time: has("time"),
+            vars: has("vars"),
         }
     }
 
@@ -98,6 +102,7 @@ impl Needs {
             res: self.res || o.res,
             endpoint: self.endpoint || o.endpoint,
             time: self.time || o.time,
+            vars: self.vars || o.vars,
         }
     }
 }
@@ -125,6 +130,11 @@ pub(crate) struct ReqView<'a> {
 /// Variables built on first use and reused by every rule of one evaluation. Putting a value
 /// into a CEL context converts it (maps deeply), so the context itself is kept and rebuilt
 /// only when a rule needs a variable it lacks.
+///
+/// `vars` holds what `set-vars` actions set, in one phase of one policy: it outlives a
+/// rebuild after a rule changed the message ([`Vars::keeping_user_vars`]), and setting one
+/// updates the cached context in place (or, when an evaluation still holds that context,
+/// drops it so the next one is made from the values already built).
 #[derive(Default)]
 pub(crate) struct Vars {
     conn: OnceLock<Value>,
@@ -132,6 +142,8 @@ pub(crate) struct Vars {
     res: OnceLock<Value>,
     endpoint: OnceLock<Value>,
     time: OnceLock<Value>,
+    /// `None` until a set-vars action sets one (so a phase without any allocates nothing).
+    user: std::cell::RefCell<Option<Arc<HashMap<Key, Value>>>>,
     ctx: std::cell::RefCell<Option<(Needs, std::rc::Rc<Context<'static>>)>>,
 }
 
@@ -154,6 +166,58 @@ impl Vars {
         let ctx = std::rc::Rc::new(self.build(msg, needs));
         *cached = Some((needs, ctx.clone()));
         ctx
+    }
+
+    /// Sets (`Some`) or removes (`None`) the variable `vars.<name>`.
+    pub(crate) fn set_user_var(&self, name: &Arc<String>, value: Option<Value>) {
+        let mut user = self.user.borrow_mut();
+        let mut cached = self.ctx.borrow_mut();
+        // The cached context holds the map too. When nothing else holds that context, it is
+        // kept and only its `vars` replaced (the map is then changed in place, not copied);
+        // otherwise it is dropped, and the next one is made from the values already built.
+        let ctx = match cached.take() {
+            Some((have, ctx)) if have.vars => {
+                let mut ctx = std::rc::Rc::try_unwrap(ctx).ok();
+                if let Some(c) = &mut ctx {
+                    c.add_variable_from_value("vars", Value::Null);
+                }
+                ctx.map(|c| (have, c))
+            }
+            other => {
+                *cached = other;
+                None
+            }
+        };
+        let map = Arc::make_mut(user.get_or_insert_with(Arc::default));
+        match value {
+            Some(v) => map.insert(Key::String(name.clone()), v),
+            None => map.remove(&Key::String(name.clone())),
+        };
+        if let Some((have, mut ctx)) = ctx {
+            ctx.add_variable_from_value("vars", user_value(&user));
+            *cached = Some((have, std::rc::Rc::new(ctx)));
+        }
+    }
+
+    /// How many variables `set-vars` actions set.
+    pub(crate) fn user_var_count(&self) -> usize {
+        self.user.borrow().as_ref().map_or(0, |m| m.len())
+    }
+
+    /// Forgets every `vars.<name>` (a new policy of the chain starts).
+    pub(crate) fn clear_user_vars(&self) {
+        if self.user.borrow_mut().take().is_none() {
+            return;
+        }
+        let mut cached = self.ctx.borrow_mut();
+        if cached.as_ref().is_some_and(|(have, _)| have.vars) {
+            *cached = None;
+        }
+    }
+
+    /// New variables for a message a rule changed, with `vars` kept.
+    pub(crate) fn keeping_user_vars(self) -> Vars {
+        Vars { user: self.user, ..Vars::default() }
     }
 
     /// True once a CEL context was built.
@@ -182,8 +246,15 @@ impl Vars {
         if needs.time {
             ctx.add_variable_from_value("time", self.time.get_or_init(|| time_value(msg.now)).clone());
         }
+        if needs.vars {
+            ctx.add_variable_from_value("vars", user_value(&self.user.borrow()));
+        }
         ctx
     }
+}
+
+fn user_value(user: &Option<Arc<HashMap<Key, Value>>>) -> Value {
+    Value::Map(Map { map: user.clone().unwrap_or_default() })
 }
 
 thread_local! {
@@ -446,31 +517,54 @@ fn time_value(now: SystemTime) -> Value {
 }
 
 /// ngrok's helpers that read the request take only the name; they are rewritten to calls
-/// that get the map as their first argument, so the functions themselves stay pure.
+/// that get the map as their first argument, so the functions themselves stay pure. ngrok's
+/// namespaced macros (`base64.encode(`, `hash.sha256(`, ...: [`crate::macros::NAMESPACED`])
+/// become calls of the functions that implement them. Only a name not preceded by an
+/// identifier character or `.` is rewritten, and never inside a string literal.
 pub(crate) fn rewrite_helpers(source: &str) -> String {
-    const HELPERS: [(&str, &str); 5] = [
+    const HELPERS: [(&str, &str); 8] = [
         ("getReqHeader(", "__values(req.headers, "),
         ("hasReqHeader(", "__has(req.headers, "),
         ("getQueryParam(", "__values(req.url.query_params, "),
+        ("hasQueryParam(", "__has_key(req.url.query_params, "),
+        ("getReqCookie(", "__cookie(req.cookies, "),
+        ("hasReqCookie(", "__has_key(req.cookies, "),
         ("getResHeader(", "__values(res.headers, "),
         ("hasResHeader(", "__has(res.headers, "),
     ];
     let mut out = String::with_capacity(source.len() + 32);
     let mut rest = source;
     'scan: while !rest.is_empty() {
-        for (from, to) in HELPERS {
-            if rest.starts_with(from)
-                && !out.chars().last().is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.')
-            {
+        let at_name_start = !out.chars().last().is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.');
+        if at_name_start {
+            for (from, to) in HELPERS {
+                if rest.starts_with(from) {
+                    out.push_str(to);
+                    rest = &rest[from.len()..];
+                    continue 'scan;
+                }
+            }
+            if let Some((to, len)) = namespaced_call(rest) {
                 out.push_str(to);
-                rest = &rest[from.len()..];
+                out.push('(');
+                rest = &rest[len..];
                 continue 'scan;
             }
         }
         let c = rest.chars().next().expect("not empty");
         // Text inside string literals is copied as it is.
         if c == '"' || c == '\'' {
-            let end = rest[1..].find(c).map_or(rest.len(), |i| i + 2);
+            let raw = out.ends_with(['r', 'R']);
+            let mut end = rest.len();
+            let mut chars = rest.char_indices().skip(1);
+            while let Some((i, d)) = chars.next() {
+                if d == '\\' && !raw {
+                    chars.next();
+                } else if d == c {
+                    end = i + 1;
+                    break;
+                }
+            }
             out.push_str(&rest[..end]);
             rest = &rest[end..];
             continue;
@@ -479,6 +573,30 @@ pub(crate) fn rewrite_helpers(source: &str) -> String {
         rest = &rest[c.len_utf8()..];
     }
     out
+}
+
+/// `namespace.function(` (spaces allowed around the `.` and before the `(`) at the start of
+/// `s`, when ngrok documents it: the function that implements it, and the length matched.
+fn namespaced_call(s: &str) -> Option<(&'static str, usize)> {
+    fn ident(s: &str) -> &str {
+        let end = s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(s.len());
+        &s[..end]
+    }
+    fn skip_space(s: &str, i: usize) -> usize {
+        i + (s[i..].len() - s[i..].trim_start().len())
+    }
+    let ns = ident(s);
+    if ns.is_empty() || !crate::macros::NAMESPACED.iter().any(|(n, _, _)| *n == ns) {
+        return None;
+    }
+    let mut i = skip_space(s, ns.len());
+    s[i..].starts_with('.').then_some(())?;
+    i = skip_space(s, i + 1);
+    let f = ident(&s[i..]);
+    i = skip_space(s, i + f.len());
+    s[i..].starts_with('(').then_some(())?;
+    let (_, _, to) = crate::macros::NAMESPACED.iter().find(|(n, name, _)| *n == ns && *name == f)?;
+    Some((to, i + 1))
 }
 
 fn register(ctx: &mut Context<'_>) {
@@ -521,6 +639,22 @@ fn register(ctx: &mut Context<'_>) {
     ctx.add_function("__has", |m: Value, name: Arc<String>| -> bool {
         matches!(m, Value::Map(m) if m.map.contains_key(&Key::from(name.to_ascii_lowercase())))
     });
+    // `hasQueryParam`, `hasReqCookie`: names as they are written.
+    ctx.add_function("__has_key", |m: Value, name: Arc<String>| -> bool {
+        matches!(m, Value::Map(m) if m.map.contains_key(&Key::String(name)))
+    });
+    // `getReqCookie(name)`: the first cookie of that name, `{name, value}`, or null.
+    ctx.add_function("__cookie", |m: Value, name: Arc<String>| -> cel::ResolveResult {
+        let Value::Map(m) = m else { return Ok(Value::Null) };
+        let first = match m.map.get(&Key::String(name.clone())) {
+            Some(Value::List(l)) => l.first().cloned(),
+            _ => None,
+        };
+        Ok(match first {
+            Some(value) => map(vec![("name", Value::String(name)), ("value", value)]),
+            None => Value::Null,
+        })
+    });
     ctx.add_function("urlEncode", |v: Arc<String>| -> String { url_encode(&v) });
     ctx.add_function("urlDecode", |v: Arc<String>| -> String { url_decode(&v) });
     ctx.add_function("b64encode", |v: Arc<String>| -> String {
@@ -535,13 +669,12 @@ fn register(ctx: &mut Context<'_>) {
         let text = String::from_utf8(bytes).map_err(|e| ExecutionError::function_error("b64decode", e))?;
         Ok(Value::String(Arc::new(text)))
     });
-    ctx.add_function("sha256", |v: Arc<String>| -> String {
-        use sha2::Digest;
-        sha2::Sha256::digest(v.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-    });
-    ctx.add_function("lower", |v: Arc<String>| -> String { v.to_lowercase() });
-    ctx.add_function("upper", |v: Arc<String>| -> String { v.to_uppercase() });
-    ctx.add_function("trim", |v: Arc<String>| -> String { v.trim().to_owned() });
+    // `lower(s)` or `s.lower()`.
+    ctx.add_function("lower", |This(v): This<Arc<String>>| -> String { v.to_lowercase() });
+    ctx.add_function("upper", |This(v): This<Arc<String>>| -> String { v.to_uppercase() });
+    ctx.add_function("trim", |This(v): This<Arc<String>>| -> String { v.trim().to_owned() });
+    // ngrok's macros, `sha256` among them.
+    crate::macros::register(ctx);
 }
 
 /// True when `ip` is inside `cidr` (a bare IP is a /32 or /128).
@@ -667,6 +800,37 @@ mod tests {
             "__has(req.headers, \"a\") && __values(req.url.query_params, 'q') == ['1']"
         );
         assert_eq!(rewrite_helpers("xgetReqHeader(1)"), "xgetReqHeader(1)");
+    }
+
+    #[test]
+    fn setting_a_variable_updates_the_cached_context_and_keeps_the_built_values() {
+        let program = cel::Program::compile("vars.x").unwrap();
+        let needs = Needs { vars: true, req: true, ..Needs::default() };
+        crate::with_sample(crate::Phase::HttpRequest, |msg| {
+            let vars = Vars::default();
+            let x = Arc::new("x".to_owned());
+            let held = vars.context(msg, needs);
+            assert!(program.execute(&held).is_err(), "nothing set yet");
+            // A context an evaluation still holds is left as it was; the next one sees the
+            // new value, from the values already built.
+            vars.set_user_var(&x, Some(Value::Int(1)));
+            assert!(program.execute(&held).is_err());
+            let req_before = vars.req.get().cloned();
+            drop(held);
+            assert_eq!(program.execute(&vars.context(msg, needs)).unwrap(), Value::Int(1));
+            assert_eq!(vars.req.get().cloned(), req_before);
+            // With no other holder the cached context is changed in place.
+            vars.set_user_var(&x, Some(Value::Int(2)));
+            assert_eq!(program.execute(&vars.context(msg, needs)).unwrap(), Value::Int(2));
+            vars.set_user_var(&x, None);
+            assert!(program.execute(&vars.context(msg, needs)).is_err());
+            vars.set_user_var(&x, Some(Value::Int(3)));
+            let kept = vars.keeping_user_vars();
+            assert_eq!(program.execute(&kept.context(msg, needs)).unwrap(), Value::Int(3));
+            kept.clear_user_vars();
+            assert_eq!(kept.user_var_count(), 0);
+            assert!(program.execute(&kept.context(msg, needs)).is_err());
+        });
     }
 
     #[test]

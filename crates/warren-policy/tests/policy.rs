@@ -451,3 +451,365 @@ fn a_request_that_exhausts_the_step_budget_is_refused_on_either_path() {
         assert_eq!(status(&v), Some(500), "{expr}: {v:?}");
     }
 }
+
+fn on_response(c: &Chain, req: &http::request::Parts) -> (Verdict, http::response::Parts) {
+    let mut res = http::Response::builder().status(200).body(()).unwrap().into_parts().0;
+    let (v, _) = c.on_http_response(
+        &conn("1.1.1.1"),
+        &ep(),
+        "https",
+        req,
+        &mut res,
+        SystemTime::now(),
+        Instant::now(),
+    );
+    (v, res)
+}
+
+fn body(v: &Verdict) -> String {
+    match v {
+        Verdict::Respond(r) => String::from_utf8(r.body().to_vec()).unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// ngrok's set-vars example (https://ngrok.com/docs/traffic-policy/actions/set-vars), as
+/// written there.
+#[test]
+fn set_vars_runs_ngroks_example_unchanged() {
+    let c = chain(
+        r#"
+on_http_request:
+  - actions:
+      - type: set-vars
+        config:
+          vars:
+            - variable_a: Hello,
+            - variable_b: World!
+  - actions:
+      - type: custom-response
+        config:
+          status_code: 200
+          headers:
+            content-type: text/plain
+          body: ${vars.variable_a} ${vars.variable_b}
+"#,
+    );
+    let v = on_request(&c, "1.1.1.1", &mut request("GET", "/", &[]));
+    assert_eq!(status(&v), Some(200));
+    assert_eq!(body(&v), "Hello, World!");
+    // The same as JSON.
+    let c = chain(
+        r#"{"on_http_request":[{"actions":[{"type":"set-vars","config":{"vars":[{"variable_a":"Hello,"},{"variable_b":"World!"}]}}]},{"actions":[{"type":"custom-response","config":{"status_code":200,"body":"${vars.variable_a} ${vars.variable_b}"}}]}]}"#,
+    );
+    assert_eq!(body(&on_request(&c, "1.1.1.1", &mut request("GET", "/", &[]))), "Hello, World!");
+}
+
+#[test]
+fn set_vars_values_keep_their_types() {
+    let c = chain(
+        r#"
+on_http_request:
+  - actions:
+      - type: set-vars
+        config:
+          vars:
+            - sample_bool: true
+            - sample_list: [first, 2, 3.5]
+            - sample_map: {key: value}
+            - sample_nested_map: {key: [a, b]}
+            - sample_null: null
+            - sample_int: ${int(50.5)}
+            - sample_uint: ${uint(1.5) + 10u}
+            - sum: ${1 + 2}
+            - computed_bool: ${req.method == 'GET'}
+            - message: Your IP is ${conn.client_ip}!
+            - mixed: "${1 + 2}"
+            - mixed_text: "n=${1 + 2}"
+            - nested:
+                ip: ${conn.client_ip}
+                port: ${conn.client_port}
+                tags: [a, "${req.method}", {deep: "${req.url.path}"}]
+  - expressions:
+      - vars.sample_bool == true
+      - vars.computed_bool
+      - vars.sample_list[0] == 'first' && vars.sample_list[1] == 2 && vars.sample_list[2] == 3.5
+      - vars.sample_map.key == 'value' && vars.sample_nested_map.key[1] == 'b'
+      - vars.sample_null == null
+      - vars.sample_int == 50 && vars.sample_int + 1 == 51
+      - vars.sample_uint == 11u
+      - vars.sum + 1 == 4 && vars.mixed == 3
+      - vars.mixed_text == 'n=3'
+      - vars.message == 'Your IP is 10.1.2.3!'
+      - vars.nested.ip == '10.1.2.3' && vars.nested.port == 40000
+      - vars.nested.tags[1] == 'GET' && vars.nested.tags[2].deep == '/items'
+    actions:
+      - type: custom-response
+        config:
+          body: ${vars.sample_list[0]} ${vars.sample_map.key} ${vars.sample_nested_map.key[1]} ${vars.sum}
+"#,
+    );
+    let v = on_request(&c, "10.1.2.3", &mut request("GET", "/items", &[]));
+    assert_eq!(body(&v), "first value b 3");
+}
+
+#[test]
+fn set_vars_are_set_in_order_and_may_be_reassigned() {
+    let c = chain(
+        r#"
+on_http_request:
+  - actions:
+      - type: set-vars
+        config:
+          vars:
+            - models: ${[1, 2, 3, 4]}
+            - models: ${vars.models.filter(m, m > 1)}
+      - type: set-vars
+        config:
+          vars:
+            - models: ${vars.models.map(m, m * 10)}
+            - count: ${size(vars.models)}
+  - name: a later rule sees them
+    actions:
+      - type: set-vars
+        config:
+          vars:
+            - models: ${vars.models + [50]}
+            - greeting: hello
+            - greeting: ${vars.greeting + ' world'}
+  - expressions: ["vars.models == [20, 30, 40, 50] && vars.count == 3"]
+    actions:
+      - type: custom-response
+        config: {body: "${vars.greeting}"}
+"#,
+    );
+    assert_eq!(body(&on_request(&c, "1.1.1.1", &mut request("GET", "/", &[]))), "hello world");
+}
+
+#[test]
+fn set_vars_survive_a_rule_that_changes_the_request() {
+    let c = chain(
+        r#"
+on_http_request:
+  - actions:
+      - type: set-vars
+        config: {vars: [{who: "${req.headers['x-user'][0]}"}]}
+      - type: add-headers
+        config: {headers: {x-seen: "${vars.who}"}}
+      - type: remove-headers
+        config: {headers: [x-user]}
+  - expressions: ["vars.who == 'ann' && !hasReqHeader('x-user') && req.headers['x-seen'] == ['ann']"]
+    actions:
+      - type: custom-response
+        config: {body: "still ${vars.who}"}
+"#,
+    );
+    let v = on_request(&c, "1.1.1.1", &mut request("GET", "/", &[("x-user", "ann")]));
+    assert_eq!(body(&v), "still ann");
+}
+
+#[test]
+fn set_vars_are_scoped_to_their_phase_and_policy() {
+    let c = chain(
+        r#"
+on_http_request:
+  - expressions: ["size(vars) == 0 && !has(vars.x)"]
+    actions:
+      - type: set-vars
+        config: {vars: [{x: request}]}
+      - type: add-headers
+        config: {headers: {x-request-saw: "${vars.x}"}}
+on_http_response:
+  - expressions: ["vars.x == 'request'"]
+    actions:
+      - type: add-headers
+        config: {headers: {x-leaked: "1"}}
+  - expressions: ["size(vars) == 0"]
+    actions:
+      - type: set-vars
+        config: {vars: [{x: response}]}
+      - type: add-headers
+        config: {headers: {x-response-saw: "${vars.x}"}}
+"#,
+    );
+    let mut req = request("GET", "/", &[]);
+    assert!(matches!(on_request(&c, "1.1.1.1", &mut req), Verdict::Continue));
+    assert_eq!(req.headers["x-request-saw"], "request");
+    let (v, res) = on_response(&c, &req);
+    assert!(matches!(v, Verdict::Continue));
+    assert!(res.headers.get("x-leaked").is_none());
+    assert_eq!(res.headers["x-response-saw"], "response");
+    // A second request starts with nothing set.
+    let mut again = request("GET", "/", &[]);
+    on_request(&c, "1.1.1.1", &mut again);
+    assert_eq!(again.headers["x-request-saw"], "request");
+
+    // Each policy of a chain has its own: the endpoint's does not see the account's.
+    let account = Policy::from_text(
+        "on_http_request:\n  - actions: [{type: set-vars, config: {vars: [{tier: gold}]}}]\n",
+        "https",
+        &CompileEnv::default(),
+    )
+    .unwrap();
+    let endpoint = Policy::from_text(
+        "on_http_request:\n  - expressions: [\"has(vars.tier)\"]\n    actions: [{type: deny}]\n",
+        "https",
+        &CompileEnv::default(),
+    )
+    .unwrap();
+    let c = Chain(vec![Arc::new(account), Arc::new(endpoint)]);
+    assert!(matches!(on_request(&c, "1.1.1.1", &mut request("GET", "/", &[])), Verdict::Continue));
+
+    // on_tcp_connect has them too.
+    let p = Policy::from_text(
+        "on_tcp_connect:\n  - actions: [{type: set-vars, config: {vars: [{local: \"${inCidrRange(conn.client_ip, '10.0.0.0/8')}\"}]}}]\n  - expressions: [\"!vars.local\"]\n    actions: [{type: close-connection}]\n",
+        "tcp",
+        &CompileEnv::default(),
+    )
+    .unwrap();
+    let c = Chain(vec![Arc::new(p)]);
+    let tcp = |ip: &str| c.on_tcp_connect(&conn(ip), &ep(), SystemTime::now(), Instant::now()).0;
+    assert!(matches!(tcp("10.9.9.9"), Verdict::Continue));
+    assert!(matches!(tcp("8.8.8.8"), Verdict::Close));
+}
+
+/// Reading a variable that is not set fails as a missing map key does: the rule does not
+/// match, and in `${...}` it renders as nothing. A value whose expression fails leaves its
+/// variable unset (even one set before).
+#[test]
+fn unset_variables_behave_as_missing_keys() {
+    let c = chain(
+        r#"
+on_http_request:
+  - expressions: ["vars.nope == 'x' || vars.nope != 'x'"]
+    actions: [{type: deny}]
+  - actions:
+      - type: set-vars
+        config:
+          vars:
+            - key: from before
+            - key: ${req.headers['x-missing'][0]}
+            - text: "[${req.headers['x-missing'][0]}]"
+  - expressions: ["has(vars.key)"]
+    actions: [{type: deny}]
+  - actions:
+      - type: custom-response
+        config: {body: "<${vars.nope}> ${vars.text}"}
+"#,
+    );
+    assert_eq!(body(&on_request(&c, "1.1.1.1", &mut request("GET", "/", &[]))), "<> []");
+}
+
+#[test]
+fn malformed_set_vars_configs_are_refused_naming_the_item() {
+    let doc = |config: &str| {
+        format!("on_http_request:\n  - actions:\n      - type: set-vars\n        config: {config}\n")
+    };
+    let e = refused(&doc("{vars: [{a: 1}, {b: 2, c: 3}]}"));
+    assert!(e.contains("action set-vars") && e.contains("vars[1] must be a map of exactly one key"), "{e}");
+    let e = refused(&doc("{vars: [{}]}"));
+    assert!(e.contains("vars[0] must be a map of exactly one key"), "{e}");
+    let e = refused(&doc("{vars: [plain]}"));
+    assert!(e.contains("vars[0] must be a map of exactly one key") && e.contains("\"plain\""), "{e}");
+    let e = refused(&doc("{vars: {a: 1}}"));
+    assert!(e.contains("vars must be a list of maps of one key each"), "{e}");
+    let e = refused(&doc("{vars: [{1abc: 1}]}"));
+    assert!(e.contains("vars[0]: \"1abc\" is not a variable name"), "{e}");
+    let e = refused(&doc("{vars: [{a-b: 1}]}"));
+    assert!(e.contains("\"a-b\" is not a variable name"), "{e}");
+    let e = refused(&doc("{}"));
+    assert!(e.contains("vars is required"), "{e}");
+    let e = refused("on_http_request:\n  - actions: [{type: set-vars}]\n");
+    assert!(e.contains("vars is required"), "{e}");
+    let e = refused(&doc("{vars: [], extra: 1}"));
+    assert!(e.contains("unknown field `extra`"), "{e}");
+    let e = refused(&doc("{vars: [{a: \"${req.nope}\"}]}"));
+    assert!(e.contains("vars[0].a") && e.contains("req has no field \"nope\""), "{e}");
+    let e = refused(&doc("{vars: [{a: {b: [\"x ${unknown.thing} y\"]}}]}"));
+    assert!(e.contains("vars[0].a.b[0]") && e.contains("unknown variable \"unknown\""), "{e}");
+    let e = refused(&doc("{vars: [{a: \"${req.method\"}]}"));
+    assert!(e.contains("unclosed"), "{e}");
+    // vars.* is open: any name parses, only the run decides.
+    chain(
+        "on_http_request:\n  - expressions: [\"vars.anything.deeper == 1\"]\n    actions: [{type: deny}]\n",
+    );
+}
+
+#[test]
+fn set_vars_limits() {
+    // At most 64 names per phase of a policy, counted over every set-vars action...
+    let names =
+        |from: usize, to: usize| (from..to).map(|i| format!("{{v{i}: {i}}}")).collect::<Vec<_>>().join(", ");
+    let one = |from: usize, to: usize| {
+        format!("  - actions: [{{type: set-vars, config: {{vars: [{}]}}}}]\n", names(from, to))
+    };
+    chain(&format!("on_http_request:\n{}", one(0, 64)));
+    let e = refused(&format!("on_http_request:\n{}", one(0, 65)));
+    assert!(e.contains("more than 64 variables"), "{e}");
+    let e = refused(&format!("on_http_request:\n{}{}", one(0, 40), one(30, 70)));
+    assert!(e.contains("on_http_request rule #2") && e.contains("more than 64 variables"), "{e}");
+    // ...and reassigning one name does not count again.
+    let same = (0..100).map(|i| format!("{{v: {i}}}")).collect::<Vec<_>>().join(", ");
+    chain(&format!("on_http_request:\n  - actions: [{{type: set-vars, config: {{vars: [{same}]}}}}]\n"));
+    // Each phase has its own 64.
+    chain(&format!("on_http_request:\n{}on_http_response:\n{}", one(0, 64), one(64, 128)));
+
+    // A string of more than 16 KiB: a literal is refused...
+    let big = "a".repeat(16 * 1024 + 1);
+    let e = refused(&format!(
+        "on_http_request:\n  - actions: [{{type: set-vars, config: {{vars: [{{big: {big}}}]}}}}]\n"
+    ));
+    assert!(e.contains("vars[0].big: a string of 16385 bytes") && e.contains("at most 16384"), "{e}");
+    let e = refused(&format!(
+        "on_http_request:\n  - actions: [{{type: set-vars, config: {{vars: [{{big: \"{big}${{req.method}}\"}}]}}}}]\n"
+    ));
+    assert!(e.contains("at most 16384"), "{e}");
+    // ...and a value that renders longer refuses the request (leaving the variable unset
+    // or cut could change what a later rule decides).
+    let c = chain(
+        "on_http_request:\n  - actions: [{type: set-vars, config: {vars: [{h: \"${req.headers['x-big'][0]}\"}, {t: \"<${req.headers['x-big'][0]}>\"}]}}]\n  - expressions: [\"vars.h.size() > 0\"]\n    actions: [{type: deny, config: {status_code: 403}}]\n",
+    );
+    let fits = "b".repeat(16 * 1024 - 2);
+    assert_eq!(status(&on_request(&c, "1.1.1.1", &mut request("GET", "/", &[("x-big", &fits)]))), Some(403));
+    let over = "b".repeat(16 * 1024 + 1);
+    let v = on_request(&c, "1.1.1.1", &mut request("GET", "/", &[("x-big", &over)]));
+    assert_eq!(status(&v), Some(500));
+    assert!(body(&v).contains("ERR_WARREN_POLICY_VARS") && body(&v).contains("variable h"), "{}", body(&v));
+    // A template that renders longer (here by 2 bytes).
+    let edge = "b".repeat(16 * 1024 - 1);
+    let v = on_request(&c, "1.1.1.1", &mut request("GET", "/", &[("x-big", &edge)]));
+    assert!(body(&v).contains("variable t"), "{}", body(&v));
+    // In on_tcp_connect the connection is closed.
+    let chunk = "c".repeat(4000);
+    let p = Policy::from_text(
+        &format!("on_tcp_connect:\n  - actions: [{{type: set-vars, config: {{vars: [{{s: \"${{'{chunk}' + '{chunk}' + '{chunk}' + '{chunk}' + '{chunk}'}}\"}}]}}}}]\n"),
+        "tcp",
+        &CompileEnv::default(),
+    )
+    .unwrap();
+    let c = Chain(vec![Arc::new(p)]);
+    assert!(matches!(
+        c.on_tcp_connect(&conn("1.1.1.1"), &ep(), SystemTime::now(), Instant::now()).0,
+        Verdict::Close
+    ));
+}
+
+/// set-vars expressions draw on the message's step budget like any other.
+#[test]
+fn set_vars_expressions_count_in_the_step_budget() {
+    let c = chain(
+        "on_http_request:\n  - actions: [{type: set-vars, config: {vars: [{x: \"${req.headers['x-v'].map(a, req.headers['x-v'].map(b, b + a))}\"}]}}]\n  - actions: [{type: custom-response, config: {body: \"${size(vars.x)}\"}}]\n",
+    );
+    let few: Vec<(&str, &str)> = vec![("x-v", "a"); 3];
+    assert_eq!(body(&on_request(&c, "192.0.2.1", &mut request("GET", "/", &few))), "3");
+    let many: Vec<(&str, &str)> = vec![("x-v", "a"); 150];
+    let v = on_request(&c, "192.0.2.1", &mut request("GET", "/", &many));
+    assert_eq!(status(&v), Some(500));
+    assert!(body(&v).contains("ERR_WARREN_POLICY_BUDGET"), "{}", body(&v));
+    // Each assignment costs a step, so even constants run out.
+    let many_items = (0..12_000).map(|_| "{v: 1}").collect::<Vec<_>>().join(", ");
+    let c = chain(&format!(
+        "on_http_request:\n  - actions: [{{type: set-vars, config: {{vars: [{many_items}]}}}}]\n"
+    ));
+    assert_eq!(status(&on_request(&c, "192.0.2.1", &mut request("GET", "/", &[]))), Some(500));
+}

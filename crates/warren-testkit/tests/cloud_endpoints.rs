@@ -336,3 +336,43 @@ async fn a_name_is_one_endpoints_across_agents_cloud_endpoints_and_accounts() {
     assert_eq!(s, StatusCode::CONFLICT, "{b}");
     theirs.stop().await.unwrap();
 }
+
+/// ngrok's set-vars example, as its docs write it, on a cloud endpoint: copied policies run.
+#[tokio::test]
+async fn ngroks_set_vars_example_runs_on_a_cloud_endpoint() {
+    let edge = TestEdge::start().await;
+    let policy = r#"
+on_http_request:
+  - actions:
+      - type: set-vars
+        config:
+          vars:
+            - variable_a: Hello,
+            - variable_b: World!
+            - path_hash: "${hash.sha256(req.url.path)}"
+  - expressions: ["vars.variable_a == 'Hello,' && req.url.path == '/hash'"]
+    actions:
+      - type: custom-response
+        config:
+          status_code: 200
+          body: ${vars.path_hash}
+  - actions:
+      - type: custom-response
+        config:
+          status_code: 200
+          headers:
+            content-type: text/plain
+          body: ${vars.variable_a} ${vars.variable_b}
+"#;
+    let (s, b) = create(
+        &edge,
+        &edge.api_key,
+        json!({"url": "https://vars.warren.localhost", "traffic_policy": policy}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, _, body) = https_get(&edge, "vars.warren.localhost", "/").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "Hello, World!"));
+    let (_, _, body) = https_get(&edge, "vars.warren.localhost", "/hash").await;
+    assert_eq!(body, "43768ac6bb873d1e462724604250fd700a9f0d2f264006c24223bedc00496c91", "sha256 of /hash");
+}
