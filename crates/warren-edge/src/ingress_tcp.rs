@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use warren_mux::splice::ReadReady;
 
 use crate::Shared;
-use crate::registry::Endpoint;
+use crate::registry::{Endpoint, EndpointKey, Proto};
 
 /// Copy buffer per direction; large enough that one visitor can fill the link.
 pub(crate) const COPY_BUF: usize = 64 * 1024;
@@ -34,7 +34,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: u16) {
             let Some(remote) = crate::client_addr::resolve(&shared, &mut tcp, peer).await else { return };
             // Refused visitors are closed before a proxy stream is opened.
             if crate::ip_rules::visitor_allowed(&shared, &ep.session.account_id, remote.ip(), &ep.url).await
-                && connect_allowed(&shared, &ep, remote, tcp.local_addr().ok(), None)
+                && let Some(ep) = connect_target(&shared, ep, remote, tcp.local_addr().ok(), None)
             {
                 let local = tcp.local_addr().unwrap_or(remote);
                 let sink = closed_sink(&shared, &ep).await;
@@ -46,30 +46,51 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: u16) {
     }
 }
 
-/// Runs the endpoint's `on_tcp_connect` rules; false closes the connection.
-fn connect_allowed(
+/// How many endpoints one connection may pass through with `forward-internal`.
+const MAX_FORWARDS: usize = 4;
+
+/// Runs the endpoint's `on_tcp_connect` rules and says which endpoint serves the connection:
+/// this one, an internal endpoint of the same account that `forward-internal` named (whose
+/// own rules then run), or none (the connection is closed).
+fn connect_target(
     shared: &Shared,
-    ep: &Endpoint,
+    mut ep: Arc<Endpoint>,
     remote: SocketAddr,
     local: Option<SocketAddr>,
     tls: Option<warren_policy::TlsInfo>,
-) -> bool {
-    if ep.policy.is_empty() {
-        return true;
-    }
+) -> Option<Arc<Endpoint>> {
     let local = local.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let conn = crate::policy::conn(remote, local, tls);
-    let (now, mono) = crate::policy::now();
-    let (verdict, logs) = ep.policy.on_tcp_connect(&conn, &ep.info, now, mono);
-    crate::policy::write_logs(&ep.url, logs);
-    shared.metrics.verdict(&verdict);
-    match verdict {
-        warren_policy::Verdict::Continue => true,
-        _ => {
-            tracing::debug!(url = %ep.url, %remote, "connection closed by the traffic policy");
-            false
+    for _ in 0..=MAX_FORWARDS {
+        if ep.policy.is_empty() {
+            return Some(ep);
+        }
+        let conn = crate::policy::conn(remote, local, tls.clone());
+        let (now, mono) = crate::policy::now();
+        let (verdict, logs) = ep.policy.on_tcp_connect(&conn, &ep.info, now, mono);
+        crate::policy::write_logs(&ep.url, logs);
+        shared.metrics.verdict(&verdict);
+        match verdict {
+            warren_policy::Verdict::Continue => return Some(ep),
+            warren_policy::Verdict::ForwardInternal(f) => {
+                let proto = if f.scheme == "tls" { Proto::Tls } else { Proto::Tcp };
+                let name = crate::registry::internal_host(&f.host, &ep.session.account_id);
+                match shared.registry.lookup(&EndpointKey::Host(proto, name)) {
+                    Some(target) => ep = target,
+                    None if f.continue_on_error => return Some(ep),
+                    None => {
+                        tracing::debug!(url = %ep.url, %remote, target = %f.host, "forward-internal: no such internal endpoint online; connection closed");
+                        return None;
+                    }
+                }
+            }
+            _ => {
+                tracing::debug!(url = %ep.url, %remote, "connection closed by the traffic policy");
+                return None;
+            }
         }
     }
+    tracing::warn!(url = %ep.url, %remote, "forward-internal went through {MAX_FORWARDS} endpoints; the policies loop");
+    None
 }
 
 /// Where the connection's `tcp_connection_closed.v0` goes, if the account takes them.
@@ -143,9 +164,8 @@ pub(crate) async fn pass_tls<V: ReadReady + AsyncWrite + Unpin>(
         return;
     }
     let tls = warren_policy::TlsInfo { sni: sni.to_owned(), ..Default::default() };
-    if !connect_allowed(shared, ep, remote, Some(local), Some(tls)) {
-        return;
-    }
+    let Some(ep) = connect_target(shared, ep.clone(), remote, Some(local), Some(tls)) else { return };
+    let ep = &ep;
     let mut stream = match ep.open_proxy_stream(remote).await {
         Ok(s) => s,
         Err(e) => return tracing::debug!(url = %ep.url, error = %e, "could not open proxy stream"),
@@ -174,7 +194,7 @@ pub(crate) async fn serve_relayed(
     ep: Arc<Endpoint>,
 ) {
     if crate::ip_rules::visitor_allowed(&shared, &ep.session.account_id, client.ip(), &ep.url).await
-        && connect_allowed(&shared, &ep, client, Some(local), None)
+        && let Some(ep) = connect_target(&shared, ep, client, Some(local), None)
     {
         let sink = closed_sink(&shared, &ep).await;
         proxy(s, client, local, &ep, sink).await;

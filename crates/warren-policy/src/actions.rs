@@ -636,28 +636,53 @@ fn header_templates(
         .collect()
 }
 
-/// `forward-internal`'s target: `http(s)://NAME.internal` (a port or path is refused: the
-/// internal endpoint is named by its URL), binding `internal`, `on_error` `halt` or
-/// `continue`.
-fn forward_internal(c: &ForwardInternalConfig) -> Result<crate::ForwardInternal, String> {
+/// `forward-internal`'s target: `http(s)://NAME.internal` from `on_http_request`,
+/// `tcp://NAME.internal:PORT` or `tls://NAME.internal[:443]` from `on_tcp_connect` (a path is
+/// refused: the internal endpoint is named by its URL), binding `internal`, `on_error` `halt`
+/// or `continue`.
+fn forward_internal(c: &ForwardInternalConfig, phase: Phase) -> Result<crate::ForwardInternal, String> {
     let (scheme, rest) =
         c.url.split_once("://").ok_or_else(|| format!("url {:?}: http(s)://NAME.internal", c.url))?;
-    let scheme = match scheme {
-        "http" => "http",
-        "https" => "https",
-        other => {
+    let scheme = match (scheme, phase) {
+        ("http", Phase::HttpRequest) => "http",
+        ("https", Phase::HttpRequest) => "https",
+        ("tcp", Phase::TcpConnect) => "tcp",
+        ("tls", Phase::TcpConnect) => "tls",
+        (s @ ("http" | "https"), _) => {
+            return Err(format!("url {:?}: an {s} internal endpoint is reached from on_http_request", c.url));
+        }
+        (s @ ("tcp" | "tls"), _) => {
+            return Err(format!("url {:?}: a {s} internal endpoint is reached from on_tcp_connect", c.url));
+        }
+        (other, _) => {
             return Err(format!(
-                "url {:?}: scheme {other} (internal endpoints here are http or https)",
+                "url {:?}: scheme {other} (internal endpoints here are http, https, tcp or tls)",
                 c.url
             ));
         }
     };
-    let host = rest.trim_end_matches('/').to_ascii_lowercase();
+    let rest = rest.trim_end_matches('/').to_ascii_lowercase();
+    // tcp names a port; tls defaults to 443 (the only port tls endpoints have here).
+    let (name, port) = match (scheme, rest.rsplit_once(':')) {
+        ("tcp", Some((n, p))) => (n.to_owned(), p.parse::<u16>().ok().filter(|p| *p != 0)),
+        ("tcp", None) => (rest.clone(), None),
+        ("tls", Some((n, "443"))) => (n.to_owned(), Some(443)),
+        ("tls", None) => (rest.clone(), Some(443)),
+        (_, _) => (rest.clone(), None),
+    };
     let label_ok =
         |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if !host.ends_with(".internal") || !host.split('.').all(label_ok) {
-        return Err(format!("url {:?}: an internal endpoint's URL, http(s)://NAME.internal", c.url));
+    if !name.ends_with(".internal") || !name.split('.').all(label_ok) {
+        return Err(format!("url {:?}: an internal endpoint's URL, {scheme}://NAME.internal", c.url));
     }
+    let host = match scheme {
+        "tcp" => {
+            let port = port.ok_or_else(|| format!("url {:?}: tcp://NAME.internal:PORT", c.url))?;
+            format!("{name}:{port}")
+        }
+        "tls" if port.is_none() => return Err(format!("url {:?}: tls://NAME.internal (port 443)", c.url)),
+        _ => name,
+    };
     match c.binding.as_deref() {
         None | Some("internal") => {}
         Some(b) => return Err(format!("binding {b:?}: forward-internal reaches internal endpoints only")),
@@ -799,9 +824,9 @@ impl Action {
                 }
             }
             "forward-internal" => {
-                only_in(kind, phase, &[HttpRequest])?;
+                only_in(kind, phase, &[HttpRequest, TcpConnect])?;
                 let c: ForwardInternalConfig = config(&doc.config)?;
-                Action::ForwardInternal(forward_internal(&c)?)
+                Action::ForwardInternal(forward_internal(&c, phase)?)
             }
             "custom-response" => {
                 only_in(kind, phase, &[HttpRequest, HttpResponse])?;

@@ -119,9 +119,10 @@ pub enum Verdict {
 /// Where `forward-internal` sends a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ForwardInternal {
-    /// `http` or `https`: which of the internal endpoints named `host`.
+    /// `http`, `https` (from `on_http_request`), `tcp` or `tls` (from `on_tcp_connect`):
+    /// which of the internal endpoints named `host`.
     pub scheme: &'static str,
-    /// The internal endpoint's host, ending in `.internal`.
+    /// The internal endpoint's host, ending in `.internal`; for `tcp`, `host:port`.
     pub host: String,
     /// `on_error: continue`: when no such endpoint is online, the request goes on to this
     /// endpoint's own upstream instead of failing.
@@ -258,8 +259,16 @@ impl Policy {
         let needs_body =
             req.iter().any(|r| r.actions.iter().any(|a| matches!(a, Action::VerifyWebhook { .. })));
         let signs_in = req.iter().any(|r| r.signs_in);
+        let tcp = compile_rules(&tcp_rules, Phase::TcpConnect, env)?;
+        if http && tcp.iter().any(|r| r.actions.iter().any(|a| matches!(a, Action::ForwardInternal(_)))) {
+            // The edge terminates an http(s) endpoint's connections itself: requests, not
+            // connections, are forwarded (from on_http_request).
+            return Err(PolicyError::Syntax(format!(
+                "forward-internal in on_tcp_connect needs a tcp or tls endpoint; a {proto} endpoint forwards requests from on_http_request"
+            )));
+        }
         Ok(Policy {
-            tcp: compile_rules(&tcp_rules, Phase::TcpConnect, env)?,
+            tcp,
             req,
             res: compile_rules(&res_rules, Phase::HttpResponse, env)?,
             needs_body,

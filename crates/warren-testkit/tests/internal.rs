@@ -129,15 +129,134 @@ on_http_request:
         assert!(err.to_string().contains(says), "{url}: {err}");
     }
     let err = within(
-        "a tcp internal endpoint is refused",
-        Agent::start(
-            edge.agent_with(EndpointConfig::tcp(&web.to_string(), Some("tcp://db.internal:5432")).unwrap()),
-        )
-        .wait_online(),
+        "a tcp internal endpoint without a port is refused",
+        Agent::start(edge.agent_with(EndpointConfig::tcp(&web.to_string(), Some("tcp://db.internal")).unwrap()))
+            .wait_online(),
     )
     .await
     .unwrap_err();
-    assert!(err.to_string().contains("internal"), "{err}");
+    assert!(err.to_string().contains("tcp://NAME.internal:PORT"), "{err}");
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+}
+
+/// A TCP upstream that writes `name` to every connection and closes it.
+async fn named_tcp(name: &'static [u8]) -> SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let _ = s.write_all(name).await;
+        }
+    });
+    addr
+}
+
+/// Connects to `port`, writes `ping` and reads to the end.
+async fn ping(port: u16) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let _ = s.write_all(b"ping").await;
+    let _ = s.shutdown().await;
+    let mut got = Vec::new();
+    let _ = within("answer", s.read_to_end(&mut got)).await;
+    got
+}
+
+fn forwarding(upstream: SocketAddr, target: &str, on_error: &str) -> EndpointConfig {
+    let mut ep = EndpointConfig::tcp(&upstream.to_string(), None).unwrap();
+    ep.traffic_policy = Some(serde_json::Value::String(format!(
+        "on_tcp_connect:\n  - actions:\n      - type: forward-internal\n        config:\n          url: {target}\n          on_error: {on_error}\n"
+    )));
+    ep
+}
+
+#[tokio::test]
+async fn tcp_and_tls_connections_reach_internal_endpoints_only_through_on_tcp_connect() {
+    let edge = TestEdge::start().await;
+    let (echo, _echo) = tcp_echo().await;
+    let mut db = Agent::start(
+        edge.agent_with(EndpointConfig::tcp(&echo.to_string(), Some("tcp://db.internal:5432")).unwrap()),
+    );
+    let urls = within("internal tcp online", db.wait_online()).await.unwrap();
+    assert_eq!(urls, ["tcp://db.internal:5432"]);
+
+    // A public tcp endpoint whose policy forwards every connection to it.
+    let own = named_tcp(b"front").await;
+    let mut front = Agent::start(edge.agent_with(forwarding(own, "tcp://db.internal:5432", "halt")));
+    let front_url = within("front online", front.wait_online()).await.unwrap().remove(0);
+    assert_eq!(ping(url_port(&front_url)).await, b"ping", "the internal endpoint's echo answers");
+
+    // Another port of the same name is another endpoint: none online, so halt closes and
+    // continue goes to the front's own upstream.
+    let mut halting = Agent::start(edge.agent_with(forwarding(own, "tcp://db.internal:6543", "halt")));
+    let halting_url = within("online", halting.wait_online()).await.unwrap().remove(0);
+    assert_eq!(ping(url_port(&halting_url)).await, b"");
+    let mut going_on = Agent::start(edge.agent_with(forwarding(own, "tcp://db.internal:6543", "continue")));
+    let going_on_url = within("online", going_on.wait_online()).await.unwrap().remove(0);
+    assert_eq!(ping(url_port(&going_on_url)).await, b"front");
+
+    // Another account's endpoint with the same policy reaches nothing of this account.
+    let other = edge.tenant("other").await;
+    let mut cfg = other.agent_config(&edge);
+    cfg.endpoints = vec![forwarding(own, "tcp://db.internal:5432", "halt")];
+    let mut theirs = Agent::start(cfg);
+    let their_url = within("their front online", theirs.wait_online()).await.unwrap().remove(0);
+    assert_eq!(ping(url_port(&their_url)).await, b"", "closed: no db.internal in their account");
+
+    // tls: a public passthrough endpoint hands the visitor's TLS to an internal tls endpoint,
+    // whose upstream holds the public name's certificate.
+    let ca = TestCa::new("internal upstream CA");
+    let (chain, key, _) = ca.leaf("front.warren.localhost");
+    let secure = tls_echo_upstream(&chain, &key).await;
+    let mut internal_tls =
+        Agent::start(edge.agent_with(
+            EndpointConfig::tls(&secure.to_string(), Some("tls://secure.internal"), None).unwrap(),
+        ));
+    assert_eq!(
+        within("internal tls online", internal_tls.wait_online()).await.unwrap(),
+        ["tls://secure.internal"]
+    );
+    let mut public =
+        EndpointConfig::tls(&own.to_string(), Some("tls://front.warren.localhost"), None).unwrap();
+    public.traffic_policy = Some(serde_json::Value::String(
+        "on_tcp_connect:\n  - actions:\n      - type: forward-internal\n        config:\n          url: tls://secure.internal\n".into(),
+    ));
+    let mut public_agent = Agent::start(edge.agent_with(public));
+    within("public tls online", public_agent.wait_online()).await.unwrap();
+    let mut tls = tls_connect(edge.https_addr(), "front.warren.localhost", ca.pem.as_bytes(), &[]).await;
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tls.write_all(b"over tls").await.unwrap();
+        let mut back = [0u8; 8];
+        within("tls echo", tls.read_exact(&mut back)).await.unwrap();
+        assert_eq!(&back, b"over tls");
+    }
+
+    for a in [db, front, halting, going_on, theirs, internal_tls, public_agent] {
+        a.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn forward_internal_is_refused_where_it_cannot_work() {
+    let edge = TestEdge::start().await;
+    let web = named_upstream("web").await;
+    for (ep, says) in [
+        // Requests are forwarded from on_http_request; a connection to an http endpoint is the edge's.
+        (
+            front(
+                web,
+                "https://a.warren.localhost",
+                "on_tcp_connect:\n  - actions:\n      - type: forward-internal\n        config:\n          url: tcp://db.internal:5432\n",
+            ),
+            "tcp or tls endpoint",
+        ),
+        (forwarding(web, "https://api.internal", "halt"), "on_http_request"),
+        (forwarding(web, "tcp://db.internal", "halt"), "PORT"),
+    ] {
+        let err = within("refused", Agent::start(edge.agent_with(ep)).wait_online()).await.unwrap_err();
+        assert!(err.to_string().contains(says), "{says}: {err}");
+    }
 }

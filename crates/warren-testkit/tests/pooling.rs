@@ -192,3 +192,39 @@ async fn the_ngrok_sdk_joins_a_pool_with_pooling_enabled() {
     assert!(seen.iter().any(|b| b == "warren agent /") && seen.iter().any(|b| b == "ngrok sdk"), "{seen:?}");
     agent.stop().await.unwrap();
 }
+
+/// Under `wrk`'s load (16 kept-alive connections), one of two pooled members leaves: no
+/// request fails (no socket error, no non-2xx answer) and the other member takes the rest.
+#[tokio::test]
+async fn a_pooled_member_leaves_under_wrk_load_without_a_failed_request() {
+    let edge = TestEdge::start().await;
+    let url = "http://wrkpool.warren.localhost";
+    let (a, b) = (HttpUpstream::start().await, HttpUpstream::start().await);
+    let mut first = Agent::start(edge.agent_with(pooled(EndpointConfig::http(&a.url(), Some(url)).unwrap())));
+    within("first member online", first.wait_online()).await.unwrap();
+    let mut second =
+        Agent::start(edge.agent_with(pooled(EndpointConfig::http(&b.url(), Some(url)).unwrap())));
+    within("second member online", second.wait_online()).await.unwrap();
+    let target = format!("http://{}/", edge.http_addr());
+    let wrk = tokio::process::Command::new("wrk")
+        .args(["-t2", "-c16", "-d4s", "-H", "Host: wrkpool.warren.localhost", &target])
+        .kill_on_drop(true)
+        .output();
+    let wrk = tokio::spawn(wrk);
+    // Both members are serving wrk's requests before the second one leaves.
+    within("both members under load", async {
+        while a.requests.load(Ordering::Relaxed) < 200 || b.requests.load(Ordering::Relaxed) < 200 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    within("the second member leaves", second.stop()).await.unwrap();
+    let (a_at_leave, b_at_leave) = (a.requests.load(Ordering::Relaxed), b.requests.load(Ordering::Relaxed));
+    let out = within("wrk done", wrk).await.unwrap().expect("wrk is installed (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("Socket errors") && !text.contains("Non-2xx"), "failed requests:\n{text}");
+    assert!(a.requests.load(Ordering::Relaxed) > a_at_leave + 100, "the first member took the rest:\n{text}");
+    assert_eq!(b.requests.load(Ordering::Relaxed), b_at_leave, "nothing reached the member that left");
+    first.stop().await.unwrap();
+}

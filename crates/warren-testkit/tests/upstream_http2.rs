@@ -1,7 +1,8 @@
 //! Upstreams that speak HTTP/2 (`upstream.protocol: http2`, `--upstream-protocol http2`, the
 //! SDKs' `app_protocol("http2")`): the edge sends requests on the proxy streams as HTTP/2 with
 //! prior knowledge, so a real gRPC server (PyPI `grpcio`) answers unary, server-streaming and
-//! failing calls of a real gRPC client, trailers included, through an https endpoint.
+//! failing calls of a real gRPC client, trailers included, through an https endpoint of
+//! warren's agent, of ngrok's Rust SDK and of ngrok's Python SDK.
 //!
 //! `.ci/run` installs grpcio; when it is missing this test installs it under the target
 //! directory (never system-wide) so that `cargo nextest run` works on a fresh machine too.
@@ -17,11 +18,12 @@ use warren_testkit::*;
 
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/grpc_peer.py");
 
-/// A `PYTHONPATH` under which `import grpc` works, installing grpcio there if needed.
+/// A `PYTHONPATH` under which `import grpc, ngrok` works (grpcio, and ngrok's Python SDK),
+/// installing them there if needed.
 fn python_path() -> String {
     let ok = |pp: &str| {
         std::process::Command::new("python3")
-            .args(["-c", "import grpc"])
+            .args(["-c", "import grpc, ngrok"])
             .env("PYTHONPATH", pp)
             .stderr(Stdio::null())
             .status()
@@ -30,11 +32,11 @@ fn python_path() -> String {
     if ok("") {
         return String::new();
     }
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-grpcio");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-grpcio-ngrok");
     let dir_s = dir.to_string_lossy().into_owned();
     if !ok(&dir_s) {
         let status = std::process::Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--target", &dir_s, "grpcio==1.76.0"])
+            .args(["-m", "pip", "install", "--quiet", "--target", &dir_s, "grpcio==1.76.0", "ngrok==1.4.0"])
             .status()
             .expect("python3 with pip is needed for the gRPC test");
         assert!(status.success(), "pip install grpcio failed; run .ci/run or `pip install grpcio`");
@@ -118,4 +120,28 @@ async fn grpc_calls_go_through_an_endpoint_of_ngroks_rust_sdk_with_app_protocol_
     .await
     .expect("https endpoint");
     assert_eq!(grpc_client(&edge, &pythonpath, "sdkgrpc.warren.localhost").await, EXPECTED);
+}
+
+#[tokio::test]
+async fn grpc_calls_go_through_an_endpoint_of_ngroks_python_sdk_with_app_protocol_http2() {
+    let pythonpath = tokio::task::spawn_blocking(python_path).await.unwrap();
+    let edge = TestEdge::start().await;
+    let (_server, port) = grpc_server(&pythonpath).await;
+    let mut sdk = Command::new("python3")
+        .args([PEER, "sdk"])
+        .env("PYTHONPATH", &pythonpath)
+        .env("WARREN_CONNECT", edge.connect_url())
+        .env("WARREN_CA", &edge.ca_path)
+        .env("WARREN_TOKEN", &edge.authtoken)
+        .env("WARREN_HOST", "pygrpc.warren.localhost")
+        .env("UPSTREAM", format!("127.0.0.1:{port}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let mut lines = BufReader::new(sdk.stdout.take().unwrap()).lines();
+    let line = within("Python SDK endpoint", lines.next_line()).await.unwrap().expect("URL line");
+    assert!(line.starts_with("URL https://pygrpc.warren.localhost"), "{line}");
+    assert_eq!(grpc_client(&edge, &pythonpath, "pygrpc.warren.localhost").await, EXPECTED);
 }

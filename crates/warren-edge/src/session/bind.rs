@@ -247,7 +247,9 @@ async fn bind_tls(
         bind,
     )
     .await?;
+    let internal = crate::registry::is_internal(&host);
     let url = match shared.https_port {
+        _ if internal => format!("tls://{host}"),
         443 => format!("tls://{host}"),
         p => format!("tls://{host}:{p}"),
     };
@@ -259,7 +261,11 @@ async fn bind_tls(
         opts.traffic_policy.as_ref(),
     )
     .await?;
-    let key = EndpointKey::Host(Proto::Tls, host);
+    let key = match internal {
+        // Reached only through forward-internal: the SNI of no visitor names it.
+        true => EndpointKey::Host(Proto::Tls, crate::registry::internal_host(&host, &session.account_id)),
+        false => EndpointKey::Host(Proto::Tls, host),
+    };
     register(shared, endpoint(session, bind, Proto::Tls, &url, key, None, policy, extras.proxy_proto))
         .await?;
     Ok(url)
@@ -276,10 +282,44 @@ async fn bind_tcp(
 ) -> Result<String, BindError> {
     let opts: proto::TcpOpts = crate::bind_options::decode_opts(raw, "tcp").map_err(BindError::Invalid)?;
     let extras = crate::bind_options::tcp(bind, &opts, raw, unknown).map_err(BindError::Invalid)?;
-    if opts.addr.contains(".internal") || bind.extra.bindings.iter().any(|b| b == "internal") {
-        return Err(BindError::Invalid(
-            "internal endpoints here are http or https (reached with forward-internal), not tcp".into(),
-        ));
+    let addr =
+        if opts.addr.is_empty() { opts.url.strip_prefix("tcp://").unwrap_or(&opts.url) } else { &opts.addr };
+    if let Some((name, port)) = addr.rsplit_once(':').filter(|(n, _)| crate::registry::is_internal(n)) {
+        // `tcp://NAME.internal:PORT`: no listener; reached only through forward-internal in
+        // on_tcp_connect of an endpoint of the same account.
+        let name = name.to_ascii_lowercase();
+        let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+            BindError::Invalid(format!("invalid internal tcp address {addr:?}; expected NAME.internal:PORT"))
+        })?;
+        if !crate::config::is_valid_hostname(&name) {
+            return Err(BindError::Invalid(format!("{name:?} is not a valid host name")));
+        }
+        if bind.extra.bindings.iter().any(|b| b == "public") {
+            return Err(BindError::Invalid(format!("{name} is an internal name; its binding is internal")));
+        }
+        if !session.may_bind(&name) {
+            return Err(not_allowed(session, &name));
+        }
+        let policy = crate::policy::compile_for_bind(
+            shared,
+            &session.account_id,
+            "tcp",
+            extras.policy.as_ref(),
+            opts.traffic_policy.as_ref(),
+        )
+        .await?;
+        let hostport = format!("{name}:{port}");
+        let url = format!("tcp://{hostport}");
+        let key =
+            EndpointKey::Host(Proto::Tcp, crate::registry::internal_host(&hostport, &session.account_id));
+        register(shared, endpoint(session, bind, Proto::Tcp, &url, key, None, policy, extras.proxy_proto))
+            .await?;
+        return Ok(url);
+    }
+    if addr.contains(".internal") || bind.extra.bindings.iter().any(|b| b == "internal") {
+        return Err(BindError::Invalid(format!(
+            "an internal tcp endpoint is tcp://NAME.internal:PORT, not {addr:?}"
+        )));
     }
     let wanted = requested_port(&opts).map_err(BindError::Invalid)?;
     let tcp_host = &shared.config.tcp_host;
@@ -400,9 +440,9 @@ async fn named_host(
     if crate::registry::is_internal(&host) {
         // Internal: the account's own name, reached only through forward-internal.
         return match proto {
-            Proto::Http | Proto::Https => Ok(host),
-            _ => Err(BindError::Invalid(format!(
-                "{host}: internal endpoints here are http or https (reached with forward-internal)"
+            Proto::Http | Proto::Https | Proto::Tls => Ok(host),
+            Proto::Tcp => Err(BindError::Invalid(format!(
+                "{host}: an internal tcp endpoint is tcp://NAME.internal:PORT"
             ))),
         };
     }

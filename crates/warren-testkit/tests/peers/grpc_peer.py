@@ -6,6 +6,10 @@ on 127.0.0.1 and prints `PORT <port>`. Methods (raw bytes, no generated code):
 - `Stream` (unary-stream): the request is a count N; answers N messages `part-<i>`,
 - `Fail` (unary-unary): ends with status NOT_FOUND and details `no such thing`.
 
+`grpc_peer.py sdk`: serves the server's port through ngrok's Python SDK (PyPI `ngrok`) with
+`app_protocol("http2")` on WARREN_HOST (WARREN_CONNECT, WARREN_CA, WARREN_TOKEN, UPSTREAM);
+prints `URL <url>` and keeps the session until stdin closes.
+
 `grpc_peer.py client`: calls them through the edge over TLS (WARREN_ADDR, WARREN_HOST as the
 TLS server name and :authority, WARREN_CA) and prints one line per call:
 `UNARY <answer> <x-trailer>`, `STREAM <count> <last>`, `FAIL <code name> <details>`.
@@ -70,5 +74,27 @@ def client():
             print("FAIL %s %s" % (e.code().name, e.details()), flush=True)
 
 
+def sdk():
+    import asyncio
+
+    import ngrok
+
+    async def main():
+        with open(os.environ["WARREN_CA"], "rb") as f:
+            ca = f.read()
+        builder = ngrok.SessionBuilder().authtoken(os.environ["WARREN_TOKEN"])
+        session = await builder.server_addr(os.environ["WARREN_CONNECT"]).ca_cert(bytearray(ca)).connect()
+        listener = (
+            await session.http_endpoint()
+            .domain(os.environ["WARREN_HOST"])
+            .app_protocol("http2")
+            .listen_and_forward("http://" + os.environ["UPSTREAM"])
+        )
+        print("URL " + listener.url(), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+    asyncio.run(main())
+
+
 if __name__ == "__main__":
-    {"server": serve, "client": client}[sys.argv[1]]()
+    {"server": serve, "client": client, "sdk": sdk}[sys.argv[1]]()
