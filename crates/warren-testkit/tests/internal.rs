@@ -130,8 +130,10 @@ on_http_request:
     }
     let err = within(
         "a tcp internal endpoint without a port is refused",
-        Agent::start(edge.agent_with(EndpointConfig::tcp(&web.to_string(), Some("tcp://db.internal")).unwrap()))
-            .wait_online(),
+        Agent::start(
+            edge.agent_with(EndpointConfig::tcp(&web.to_string(), Some("tcp://db.internal")).unwrap()),
+        )
+        .wait_online(),
     )
     .await
     .unwrap_err();

@@ -47,9 +47,15 @@ fn python_path() -> String {
 
 /// The gRPC server, and the port it serves h2c on.
 async fn grpc_server(pythonpath: &str) -> (Child, u16) {
+    grpc_server_with(pythonpath, &[]).await
+}
+
+/// The gRPC server with `env` (TLS_CERT and TLS_KEY for TLS), and its port.
+async fn grpc_server_with(pythonpath: &str, env: &[(&str, &std::path::Path)]) -> (Child, u16) {
     let mut child = Command::new("python3")
         .args([PEER, "server"])
         .env("PYTHONPATH", pythonpath)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -144,4 +150,27 @@ async fn grpc_calls_go_through_an_endpoint_of_ngroks_python_sdk_with_app_protoco
     let line = within("Python SDK endpoint", lines.next_line()).await.unwrap().expect("URL line");
     assert!(line.starts_with("URL https://pygrpc.warren.localhost"), "{line}");
     assert_eq!(grpc_client(&edge, &pythonpath, "pygrpc.warren.localhost").await, EXPECTED);
+}
+
+#[tokio::test]
+async fn grpc_calls_reach_an_http2_upstream_over_tls_with_alpn_h2() {
+    let pythonpath = tokio::task::spawn_blocking(python_path).await.unwrap();
+    let edge = TestEdge::start().await;
+    let ca = TestCa::new("gRPC upstream CA");
+    let (chain, key, _) = ca.leaf("localhost");
+    let (cert_path, key_path) = (edge.temp_dir().join("grpc-cert.pem"), edge.temp_dir().join("grpc-key.pem"));
+    std::fs::write(&cert_path, chain).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let (_server, port) =
+        grpc_server_with(&pythonpath, &[("TLS_CERT", cert_path.as_path()), ("TLS_KEY", key_path.as_path())])
+            .await;
+    // A loopback upstream's certificate is not verified by default (as ngrok's agent does).
+    let mut ep =
+        EndpointConfig::http(&format!("https://127.0.0.1:{port}"), Some("https://grpctls.warren.localhost"))
+            .unwrap();
+    ep.upstream_http2 = true;
+    let mut agent = Agent::start(edge.agent_with(ep));
+    within("online", agent.wait_online()).await.unwrap();
+    assert_eq!(grpc_client(&edge, &pythonpath, "grpctls.warren.localhost").await, EXPECTED);
+    agent.stop().await.unwrap();
 }

@@ -356,8 +356,11 @@ mod tests {
         let h = help("tunnel_sessions", "stop").unwrap();
         assert!(h.contains("POST /tunnel_sessions/ID/stop") && !h.contains("Fields:"), "{h}");
         // What a resource does not have is said, with what it has.
-        let e = help("endpoints", "create").unwrap_err().to_string();
-        assert!(e.contains("endpoints has no create; it has: list, get"), "{e}");
+        let e = help("tunnels", "create").unwrap_err().to_string();
+        assert!(e.contains("tunnels has no create; it has: list"), "{e}");
+        // Cloud endpoints are made from the command line like any resource.
+        let h = help("endpoints", "create").unwrap();
+        assert!(h.contains("--url") && h.contains("--traffic-policy") && h.contains("required"), "{h}");
         assert!(help("credentails", "create").unwrap_err().to_string().contains("did you mean credentials?"));
     }
 }

@@ -1,7 +1,7 @@
 """A real gRPC server and client (PyPI `grpcio`) for the upstream HTTP/2 tests.
 
-`grpc_peer.py server`: serves `warren.test.Echo` over cleartext HTTP/2 (h2c, prior knowledge)
-on 127.0.0.1 and prints `PORT <port>`. Methods (raw bytes, no generated code):
+`grpc_peer.py server`: serves `warren.test.Echo` over cleartext HTTP/2 (h2c, prior knowledge),
+or over TLS when TLS_CERT and TLS_KEY name PEM files, on 127.0.0.1 and prints `PORT <port>`. Methods (raw bytes, no generated code):
 - `Unary` (unary-unary): answers `echo:<request>` with trailing metadata `x-trailer: done`,
 - `Stream` (unary-stream): the request is a count N; answers N messages `part-<i>`,
 - `Fail` (unary-unary): ends with status NOT_FOUND and details `no such thing`.
@@ -44,7 +44,13 @@ def serve():
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
+    if os.environ.get("TLS_CERT"):
+        # HTTP/2 over TLS (ALPN h2), with the test's certificate.
+        with open(os.environ["TLS_CERT"], "rb") as c, open(os.environ["TLS_KEY"], "rb") as k:
+            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+        port = server.add_secure_port("127.0.0.1:0", creds)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print("PORT %d" % port, flush=True)
     # Runs until the test closes stdin.
