@@ -34,6 +34,9 @@ pub(crate) struct CloudEndpoint {
 #[derive(Default)]
 pub(crate) struct CloudEndpoints {
     by_key: RwLock<HashMap<EndpointKey, Arc<CloudEndpoint>>>,
+    /// Reloads run one at a time: one that read the store earlier never replaces what a
+    /// later one read.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl CloudEndpoints {
@@ -44,9 +47,12 @@ impl CloudEndpoints {
 
     /// Whether any cloud endpoint has `host` (in any scheme).
     pub(crate) fn has_host(&self, host: &str) -> bool {
-        [Proto::Http, Proto::Https]
-            .into_iter()
-            .any(|p| self.lookup(&EndpointKey::Host(p, host.to_owned())).is_some())
+        self.has_host_in(host, &[Proto::Http, Proto::Https])
+    }
+
+    /// Whether a cloud endpoint has `host` in one of `protos`.
+    pub(crate) fn has_host_in(&self, host: &str, protos: &[Proto]) -> bool {
+        protos.iter().any(|p| self.lookup(&EndpointKey::Host(*p, host.to_owned())).is_some())
     }
 
     /// Replaces what `account` (every account: `None`) serves with `now`.
@@ -180,6 +186,7 @@ async fn compile(
 /// them in place of what this node had. One that no longer compiles (the account's policy
 /// changed under it) is left out and logged; the others are served.
 pub(crate) async fn reload(shared: &Shared, account: Option<&str>) {
+    let _one_at_a_time = shared.cloud.reloading.lock().await;
     let rows = match shared.store.all_cloud_endpoints(account).await {
         Ok(r) => r,
         Err(e) => {

@@ -309,6 +309,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Endpoints one session may bind.
     pub max_endpoints_per_session: usize,
+    /// Cloud endpoints one account may have (every node compiles and holds each).
+    pub max_cloud_endpoints_per_account: usize,
     /// API connections at once.
     pub max_api_connections: usize,
     /// Streams an agent connection may hold open before its Auth succeeds (the Auth stream
@@ -365,6 +367,7 @@ impl Default for Limits {
             rpc_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
             max_endpoints_per_session: 64,
+            max_cloud_endpoints_per_account: 200,
             max_api_connections: 1024,
             pre_auth_streams: 8,
             pre_auth_buffer: 64 * 1024,

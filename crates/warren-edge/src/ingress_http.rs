@@ -55,21 +55,26 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The name a visitor's `host` is served under: `host` itself when an endpoint (here, on
-/// another node, or a cloud endpoint) has it, else the most specific wildcard name one has
+/// The name a visitor's `host` is served under, among endpoints of `protos`: `host` itself
+/// when an endpoint (here, on another node, or a cloud endpoint) has it, else the most specific wildcard name one has
 /// (`*.b.example.com` before `*.example.com`), else `host`. An exact name always wins over a
 /// wildcard, as with ngrok.
-pub(crate) fn route_name(shared: &Shared, host: &str) -> String {
+pub(crate) fn route_name(shared: &Shared, host: &str, protos: &[Proto]) -> String {
     let cluster = shared.cluster.as_ref().map(|c| &c.routes);
     if !shared.registry.has_wildcards() && !cluster.is_some_and(|r| r.has_wildcards()) {
         return host.to_owned();
     }
-    let held = |name: &str| shared.registry.has_host(name) || cluster.is_some_and(|r| r.has_host(name));
-    if held(host) || shared.cloud.has_host(host) {
+    let held = |name: &str| {
+        shared.registry.has_host_in(name, protos) || cluster.is_some_and(|r| r.has_host_in(name, protos))
+    };
+    if held(host) || shared.cloud.has_host_in(host, protos) {
         return host.to_owned();
     }
     crate::registry::wildcards_for(host).find(|w| held(w)).unwrap_or_else(|| host.to_owned())
 }
+
+/// What the shared TLS port serves by name.
+const TLS_PROTOS: [Proto; 2] = [Proto::Tls, Proto::Https];
 
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, scheme: Scheme) {
     let stop = crate::shutting_down(shared.shutdown.clone());
@@ -145,7 +150,7 @@ async fn front(
         return crate::session::serve_agent(shared, io, remote).await;
     }
     let local = tcp.local_addr().unwrap_or(remote);
-    let route_name = route_name(&shared, &name);
+    let route_name = route_name(&shared, &name, &TLS_PROTOS);
     if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Tls, route_name.clone())) {
         return crate::ingress_tcp::pass_tls(&shared, &ep, hello.buffered, &name, tcp, remote, local).await;
     }
@@ -210,7 +215,7 @@ pub(crate) async fn front_relayed(
     }
     if let Some(ep) = shared
         .registry
-        .lookup(&EndpointKey::Host(Proto::Tls, route_name(&shared, &name)))
+        .lookup(&EndpointKey::Host(Proto::Tls, route_name(&shared, &name, &TLS_PROTOS)))
         .filter(|e| e.id == endpoint_id)
     {
         return crate::ingress_tcp::pass_tls(&shared, &ep, hello.buffered, &name, s, client, local).await;
@@ -237,7 +242,7 @@ async fn terminate<IO>(
     // with that same config (see `handle`).
     let endpoint_tls = shared
         .registry
-        .lookup(&EndpointKey::Host(Proto::Https, route_name(&shared, &name)))
+        .lookup(&EndpointKey::Host(Proto::Https, route_name(&shared, &name, &TLS_PROTOS)))
         .and_then(|e| e.tls.clone());
     let acceptor = match &endpoint_tls {
         Some(cfg) => tokio_rustls::TlsAcceptor::from(cfg.clone()),
@@ -462,7 +467,9 @@ async fn handle(
         Scheme::Https => Proto::Https,
     };
     // What the endpoint maps hold: the host, or the wildcard name that serves it.
-    let name = route_name(shared, &host);
+    // A plain-http visitor may be sent to an https-only endpoint of the name.
+    let protos: &[Proto] = if proto == Proto::Http { &[Proto::Http, Proto::Https] } else { &[Proto::Https] };
+    let name = route_name(shared, &host, protos);
     if let Some(mut ep) = shared.registry.lookup(&EndpointKey::Host(proto, name.clone())) {
         let conn_tls = visitor.tls.as_ref().and_then(|t| t.config.as_ref());
         if !same_tls(conn_tls, ep.tls.as_ref())
@@ -803,6 +810,13 @@ async fn proxy(
         *r.headers_mut() = parts.headers.clone();
         r.into_parts().0
     });
+    if ep.upstream_h2 && visitor_upgrade.is_some() {
+        return Ok(page(
+            StatusCode::NOT_IMPLEMENTED,
+            &format!("{host} speaks HTTP/2 to its upstream, which carries no protocol upgrade (WebSocket)."),
+            "",
+        ));
+    }
     add_forwarded(&mut parts.headers, visitor, original_host.as_ref());
     if ep.upstream_h2 && te_trailers {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -1111,8 +1125,18 @@ async fn send_h2(
         Some(s) => s,
         None => {
             let s = h2_handshake(visitor, ep).await?;
-            visitor.h2_pool.lock().expect("pool poisoned").push((ep.clone(), s.clone()));
-            s
+            let mut pool = visitor.h2_pool.lock().expect("pool poisoned");
+            // Concurrent first requests may each have made one: the first one kept serves
+            // the rest of the connection, and the pool stays bounded.
+            match pool.iter().find(|(e, p)| Arc::ptr_eq(e, ep) && !p.is_closed()) {
+                Some((_, kept)) => kept.clone(),
+                None => {
+                    if pool.len() < POOL_PER_CONNECTION {
+                        pool.push((ep.clone(), s.clone()));
+                    }
+                    s
+                }
+            }
         }
     };
     sender.send_request(as_h2(req)).await.map_err(|e| {

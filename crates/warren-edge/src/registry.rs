@@ -383,10 +383,10 @@ impl Registry {
         self.wildcards.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
-    /// Whether an endpoint here is named `host`, in any scheme.
-    pub(crate) fn has_host(&self, host: &str) -> bool {
+    /// Whether an endpoint here is named `host` in one of `protos`.
+    pub(crate) fn has_host_in(&self, host: &str, protos: &[Proto]) -> bool {
         let inner = self.lock();
-        HOST_PROTOS.iter().any(|p| inner.endpoints.contains_key(&EndpointKey::Host(*p, host.to_owned())))
+        protos.iter().any(|p| inner.endpoints.contains_key(&EndpointKey::Host(*p, host.to_owned())))
     }
 
     /// The endpoint serving `key`; for a pool, its members in turn.

@@ -77,6 +77,9 @@ pub(crate) enum Action {
 /// The most variables the set-vars actions of one phase of one policy may set (checked at
 /// compile time: the names are in the document).
 pub(crate) const MAX_VARS: usize = 64;
+/// Assignments the set-vars actions of one phase of a policy may make (a name set again
+/// counts again).
+pub(crate) const MAX_ASSIGNMENTS: usize = 256;
 /// The longest string (or bytes) a variable may hold. A literal longer than this is refused at
 /// compile time; a value that renders longer at run time refuses the message (see
 /// [`too_big`]), since leaving the variable unset or cut could change what later rules decide.
@@ -199,10 +202,11 @@ impl VarValue {
 
     fn eval(&self, run: &Run<'_>) -> Result<cel::objects::Value, VarFailure> {
         use cel::objects::Value;
-        let checked = |v: Value| match &v {
-            Value::String(s) if s.len() > MAX_VAR_BYTES => Err(VarFailure::TooBig),
-            Value::Bytes(b) if b.len() > MAX_VAR_BYTES => Err(VarFailure::TooBig),
-            _ => Ok(v),
+        // Every value is measured whole (a list holding one variable twice counts it twice),
+        // so no variable built from others can grow past the limit, however they nest.
+        let checked = |v: Value| match deep_size(&v, 0) {
+            Some(n) if n <= MAX_VAR_BYTES => Ok(v),
+            _ => Err(VarFailure::TooBig),
         };
         match self {
             VarValue::Const(v) => Ok(v.clone()),
@@ -234,6 +238,49 @@ impl VarValue {
             }
         }
     }
+}
+
+/// Deepest nesting of lists and maps a variable may hold.
+const MAX_VAR_DEPTH: usize = 16;
+
+/// A value's size as a variable counts it: the bytes of its strings and keys, 8 per other
+/// scalar and per element; `None` past [`MAX_VAR_BYTES`] or [`MAX_VAR_DEPTH`] (the walk stops
+/// there, so a value shared many times over is never walked whole).
+fn deep_size(v: &cel::objects::Value, depth: usize) -> Option<usize> {
+    use cel::objects::{Key, Value};
+    if depth > MAX_VAR_DEPTH {
+        return None;
+    }
+    let n = match v {
+        Value::String(s) => s.len(),
+        Value::Bytes(b) => b.len(),
+        Value::List(l) => {
+            let mut n = 8usize;
+            for x in l.iter() {
+                n = n.checked_add(8 + deep_size(x, depth + 1)?)?;
+                if n > MAX_VAR_BYTES {
+                    return None;
+                }
+            }
+            n
+        }
+        Value::Map(m) => {
+            let mut n = 8usize;
+            for (k, x) in m.map.iter() {
+                let key = match k {
+                    Key::String(s) => s.len(),
+                    _ => 8,
+                };
+                n = n.checked_add(8 + key + deep_size(x, depth + 1)?)?;
+                if n > MAX_VAR_BYTES {
+                    return None;
+                }
+            }
+            n
+        }
+        _ => 8,
+    };
+    (n <= MAX_VAR_BYTES).then_some(n)
 }
 
 /// `set-vars`' config: `vars`, a list of maps of exactly one key each, `- name: value`.
@@ -441,18 +488,53 @@ fn closing_brace(s: &str) -> Option<usize> {
     None
 }
 
+/// Longest text one interpolated expression renders to; the rest is cut (a list can hold one
+/// variable many times over, and rendering must not follow it whole).
+pub(crate) const MAX_RENDERED: usize = 64 * 1024;
+
 fn value_text(v: &cel::objects::Value) -> String {
+    let mut out = String::new();
+    push_text(&mut out, v, 0);
+    out
+}
+
+/// Appends `v`'s text to `out`, stopping at [`MAX_RENDERED`] bytes of it.
+fn push_text(out: &mut String, v: &cel::objects::Value, depth: usize) {
     use cel::objects::Value;
+    let room = MAX_RENDERED.saturating_sub(out.len());
+    if room == 0 || depth > MAX_VAR_DEPTH {
+        return;
+    }
+    let mut push = |t: &str| {
+        let mut end = t.len().min(room);
+        while !t.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.push_str(&t[..end]);
+    };
     match v {
-        Value::String(s) => s.to_string(),
-        Value::Int(i) => i.to_string(),
-        Value::UInt(u) => u.to_string(),
-        Value::Float(f) => f.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Null => String::new(),
-        Value::List(l) => l.iter().map(value_text).collect::<Vec<_>>().join(","),
-        Value::Timestamp(t) => t.to_rfc3339(),
-        other => format!("{other:?}"),
+        Value::String(s) => push(s),
+        Value::Int(i) => push(&i.to_string()),
+        Value::UInt(u) => push(&u.to_string()),
+        Value::Float(f) => push(&f.to_string()),
+        Value::Bool(b) => push(&b.to_string()),
+        Value::Null => {}
+        Value::List(l) => {
+            for (i, x) in l.iter().enumerate() {
+                if out.len() >= MAX_RENDERED {
+                    return;
+                }
+                if i > 0 {
+                    out.push(',');
+                }
+                push_text(out, x, depth + 1);
+            }
+        }
+        Value::Timestamp(t) => push(&t.to_rfc3339()),
+        other => {
+            let t = format!("{other:?}");
+            push(&t)
+        }
     }
 }
 

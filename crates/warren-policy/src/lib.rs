@@ -309,8 +309,10 @@ fn compile_rules(
     env: &CompileEnv,
 ) -> Result<Vec<Rule>, PolicyError> {
     let mut out = Vec::with_capacity(rules.len());
-    // The names set-vars actions set in this phase: at most MAX_VARS.
+    // The names set-vars actions set in this phase: at most MAX_VARS; and the assignments
+    // (a name may be set again): at most MAX_ASSIGNMENTS.
     let mut var_names = std::collections::HashSet::new();
+    let mut assignments = 0usize;
     for (i, r) in rules.iter().enumerate() {
         let label = if r.name.is_empty() { format!("#{}", i + 1) } else { format!("{:?}", r.name) };
         let err = |item: Option<RuleItem>| {
@@ -334,7 +336,17 @@ fn compile_rules(
             let action = Action::compile(a, phase, env)
                 .map_err(|m| err(Some(RuleItem::Action(j)))(format!("action {}: {m}", a.kind)))?;
             needs = needs.union(action.needs());
-            var_names.extend(action.var_names());
+            let names = action.var_names();
+            assignments += names.len();
+            if assignments > actions::MAX_ASSIGNMENTS {
+                return Err(err(Some(RuleItem::Action(j)))(format!(
+                    "action {}: the {} phase's set-vars actions make more than {} assignments",
+                    a.kind,
+                    phase.name(),
+                    actions::MAX_ASSIGNMENTS
+                )));
+            }
+            var_names.extend(names);
             if var_names.len() > actions::MAX_VARS {
                 return Err(err(Some(RuleItem::Action(j)))(format!(
                     "action {}: the {} phase's set-vars actions set more than {} variables",

@@ -486,6 +486,10 @@ fn json_encode(v: &Value, out: &mut String, depth: usize) -> Result<(), String> 
     if depth > JSON_DEPTH {
         return Err(format!("nested more than {JSON_DEPTH} deep"));
     }
+    // A value may hold one variable many times over: the text is bounded as it is written.
+    if out.len() > crate::actions::MAX_RENDERED {
+        return Err(format!("the JSON text is longer than {} bytes", crate::actions::MAX_RENDERED));
+    }
     let quote = |out: &mut String, t: &str| out.push_str(&serde_json::Value::from(t).to_string());
     match v {
         Value::Null => out.push_str("null"),

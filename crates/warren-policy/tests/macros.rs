@@ -256,3 +256,41 @@ fn unknown_functions_are_refused_by_name_never_silently_false() {
     // A comprehension's variable is not a namespace.
     assert!(holds("['a'].exists(hash, hash.startsWith('a'))"));
 }
+
+/// A variable built from others cannot outgrow the limit however it nests (each value is
+/// measured whole, shared parts counted every time), and rendering stays bounded.
+#[test]
+fn doubling_variables_are_refused_before_they_grow() {
+    let mut vars = String::from("            - v0: \"");
+    vars.push_str(&"x".repeat(4096));
+    vars.push_str("\"\n");
+    for i in 1..40 {
+        vars.push_str(&format!("            - v{i}: \"${{[vars.v{p}, vars.v{p}]}}\"\n", p = i - 1));
+    }
+    let doc = format!(
+        "on_http_request:\n  - actions:\n      - type: set-vars\n        config:\n          vars:\n{vars}      - type: custom-response\n        config:\n          body: \"${{vars.v39}}\"\n"
+    );
+    let c = compile(&doc).expect("compiles");
+    let started = Instant::now();
+    let mut req = request("/", &[]);
+    let status =
+        match c.on_http_request(&conn(), &ep(), "https", &mut req, SystemTime::now(), Instant::now()).0 {
+            Verdict::Respond(r) => r.status().as_u16(),
+            other => panic!("{other:?}"),
+        };
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "bounded work");
+    assert_eq!(status, 500, "refused: a variable over the limit");
+}
+
+#[test]
+fn reassigning_one_name_many_times_is_capped_at_compile() {
+    let mut vars = String::new();
+    for _ in 0..300 {
+        vars.push_str("            - a: \"${[vars.a]}\"\n");
+    }
+    let doc = format!(
+        "on_http_request:\n  - actions:\n      - type: set-vars\n        config:\n          vars:\n{vars}"
+    );
+    let e = compile(&doc).err().expect("refused");
+    assert!(e.contains("assignments"), "{e}");
+}

@@ -94,14 +94,24 @@ macro_rules! route_free {
             if let Some(url) = agent {
                 return Err(StoreError::Taken(format!("{url} is online from an agent")));
             }
+            // Checked here too, under the reservations' lock: a reservation made at the same
+            // moment cannot pass as well.
+            for name in crate::reserved::covering(host) {
+                let other = sqlx::query("SELECT domain FROM reserved_domains WHERE domain = $1 AND account_id <> $2")
+                    .bind(&name).bind(account).fetch_optional(&mut *$tx).await?
+                    .map(|r| r.get::<String, _>(0));
+                if let Some(other) = other {
+                    return Err(StoreError::Taken(format!("{host} is covered by another account's reservation {other}")));
+                }
+            }
             Ok(())
         }
     };
 }
 
 /// Runs `$body` in a write transaction `$tx` on either backend, holding on PostgreSQL the
-/// lock `insert_endpoint` takes for each of `$hosts` first, then writes audit event `$op` of
-/// the body's value and commits.
+/// reservations' lock and the lock `insert_endpoint` takes for each of `$hosts` first (on
+/// SQLite the one writer's), then writes audit event `$op` of the body's value and commits.
 macro_rules! with_hosts_locked {
     ($store:expr, $tx:ident, $account:expr, $hosts:expr, $op:expr, |$obj:ident| $body:block) => {
         match &*$store.db {
@@ -114,6 +124,8 @@ macro_rules! with_hosts_locked {
             }
             crate::Db::Postgres(pool) => {
                 let mut $tx = pool.begin().await?;
+                // The reservations' lock first (as reserving takes it), then the hosts'.
+                sqlx::query("SELECT pg_advisory_xact_lock(7261657365727665)").execute(&mut *$tx).await?;
                 let mut hosts: Vec<&str> = $hosts;
                 hosts.sort_unstable();
                 hosts.dedup();
@@ -140,6 +152,7 @@ impl Store {
         account_id: &str,
         spec: &CloudEndpointSpec,
         owner: Option<&str>,
+        max_per_account: usize,
     ) -> Result<CloudEndpoint, StoreError> {
         check_text("description", &spec.description)?;
         check_text("metadata", &spec.metadata)?;
@@ -161,6 +174,17 @@ impl Store {
             "INSERT INTO cloud_endpoints ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         );
         Ok(with_hosts_locked!(self, tx, account_id, vec![e.host.as_str()], Op::Created, |e| {
+            // Counted under the lock every writer of cloud endpoints takes first.
+            let have: i64 = sqlx::query("SELECT COUNT(*) FROM cloud_endpoints WHERE account_id = $1")
+                .bind(account_id)
+                .fetch_one(&mut *tx)
+                .await?
+                .get(0);
+            if usize::try_from(have).unwrap_or(usize::MAX) >= max_per_account {
+                return Err(StoreError::Invalid(format!(
+                    "cloud endpoint: an account has at most {max_per_account}"
+                )));
+            }
             route_free!(tx, account_id, &e.id, &e.proto, &e.host).await?;
             sqlx::query(sqlx::AssertSqlSafe(insert.as_str()))
                 .bind(&e.id)

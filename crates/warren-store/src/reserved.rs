@@ -417,7 +417,7 @@ impl Store {
 
 /// The names whose reservation would cover `domain`: itself and each wildcard above it
 /// (`a.b.example.com`: `*.b.example.com`, `*.example.com`; never `*.com`).
-fn covering(domain: &str) -> Vec<String> {
+pub(crate) fn covering(domain: &str) -> Vec<String> {
     let mut out = vec![domain.to_owned()];
     let mut rest = domain.strip_prefix("*.").unwrap_or(domain);
     if domain.starts_with("*.") {
@@ -481,6 +481,17 @@ macro_rules! overlap_check {
             if let Some(host) = live {
                 return Err(StoreError::Taken(format!(
                     "{} would cover {host}, online in another account's session",
+                    d.domain
+                )));
+            }
+            let cloud = match &under {
+                Some(pattern) => sqlx::query("SELECT host FROM cloud_endpoints WHERE host LIKE $1 AND account_id <> $2 LIMIT 1").bind(pattern),
+                None => sqlx::query("SELECT host FROM cloud_endpoints WHERE host = $1 AND account_id <> $2 LIMIT 1").bind(&d.domain),
+            };
+            let cloud = cloud.bind(&d.account_id).fetch_optional(&mut *$tx).await?.map(|r| r.get::<String, _>(0));
+            if let Some(host) = cloud {
+                return Err(StoreError::Taken(format!(
+                    "{} would cover {host}, another account's cloud endpoint",
                     d.domain
                 )));
             }

@@ -376,3 +376,43 @@ on_http_request:
     let (_, _, body) = https_get(&edge, "vars.warren.localhost", "/hash").await;
     assert_eq!(body, "43768ac6bb873d1e462724604250fd700a9f0d2f264006c24223bedc00496c91", "sha256 of /hash");
 }
+
+/// A reservation never covers another account's cloud endpoint, and an account has at most
+/// `max_cloud_endpoints_per_account` of them.
+#[tokio::test]
+async fn reservations_and_the_per_account_limit_hold_for_cloud_endpoints() {
+    let edge = TestEdge::start_with(|c| c.limits.max_cloud_endpoints_per_account = 2).await;
+    let key = edge.api_key.clone();
+    let policy = "on_http_request:\n  - actions:\n      - type: deny\n";
+    // (Plain http: the edge's certificate covers one level below its domain.)
+    for name in ["one", "x.team"] {
+        let url = format!("http://{name}.warren.localhost");
+        let (s, b) = create(&edge, &key, json!({"url": url, "traffic_policy": policy})).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
+    let (s, b) =
+        create(&edge, &key, json!({"url": "https://three.warren.localhost", "traffic_policy": policy})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(b["msg"].as_str().unwrap().contains("at most 2"), "{b}");
+
+    // Another account can neither reserve the cloud endpoint's name nor a wildcard over it.
+    let other = edge.tenant("other").await;
+    for domain in ["x.team.warren.localhost", "*.team.warren.localhost"] {
+        let (s, _, b) = edge
+            .api("POST", "/reserved_domains", Some(&other.admin.api_key), Some(json!({"domain": domain})))
+            .await;
+        assert_eq!(s, StatusCode::CONFLICT, "{domain}: {b}");
+    }
+    // And a name another account reserved takes no cloud endpoint of this one.
+    let (s, _, b) = edge
+        .api(
+            "POST",
+            "/reserved_domains",
+            Some(&other.admin.api_key),
+            Some(json!({"domain": "*.held.warren.localhost"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, _, _) = edge.api("DELETE", "/endpoints/x", Some(&key), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

@@ -314,7 +314,15 @@ pub(crate) async fn create(
         description: b.description.unwrap_or_default(),
         metadata: b.metadata.unwrap_or_default(),
     };
-    let e = p.store.create_cloud_endpoint(&p.account_id, &spec, p.user_id.as_deref()).await?;
+    let e = p
+        .store
+        .create_cloud_endpoint(
+            &p.account_id,
+            &spec,
+            p.user_id.as_deref(),
+            shared.config.limits.max_cloud_endpoints_per_account,
+        )
+        .await?;
     tracing::info!(endpoint = %e.id, url = %e.url, by = %p.key_id, "cloud endpoint created");
     shared.cloud_endpoints_changed(&p.account_id).await;
     Ok((StatusCode::CREATED, Json(cloud_json(e, true))))

@@ -58,12 +58,10 @@ impl RouteView {
         }
     }
 
-    /// Whether another node holds an endpoint named `host`, in any scheme.
-    pub(crate) fn has_host(&self, host: &str) -> bool {
+    /// Whether another node holds an endpoint named `host` in one of `protos`.
+    pub(crate) fn has_host_in(&self, host: &str, protos: &[Proto]) -> bool {
         let snap = self.now.read().expect("routes poisoned").clone();
-        [Proto::Http, Proto::Https, Proto::Tls]
-            .into_iter()
-            .any(|p| snap.routes.contains_key(&EndpointKey::Host(p, host.to_owned())))
+        protos.iter().any(|p| snap.routes.contains_key(&EndpointKey::Host(*p, host.to_owned())))
     }
 
     /// Whether another node holds an endpoint with a wildcard name.

@@ -739,6 +739,7 @@ async fn kept_random_host(
         Ok(Some(host))
             if host.ends_with(&format!(".{}", shared.config.base_domain))
                 && !shared.registry.is_taken(&EndpointKey::Host(proto, host.clone()))
+                && !shared.cloud.has_host(&host)
                 && matches!(shared.store.domain_reservation(&host).await, Ok(None)) =>
         {
             if let Err(e) = shared.store.assign_name(credential, &key, &host).await {
