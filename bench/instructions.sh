@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions the edge executes per proxied request, counted by valgrind's callgrind.
 #
-#   bench/instructions.sh [--requests 20000]
+#   bench/instructions.sh [--requests 20000] [--events]
 #
 # Unlike the wall-clock figures, which move by ±15 % on a shared 2-core machine, the count is
 # repeatable: the same binary gave 939.0 and 939.5 million instructions for the same 20,000
@@ -12,13 +12,16 @@
 # h2load --h1 -c8 sends 2,000 requests to warm up, then the counters are zeroed, N requests are
 # sent and the counters dumped: first through the tcp endpoint, then through the plain http
 # endpoint (Host routed at the edge). Reported: instructions per request over all the edge's
-# threads. The dumps are kept in bench/results/ for callgrind_annotate (not tracked).
+# threads. With --events, the http endpoint is counted once more with a subscription that
+# takes every request's http_request_complete.v0 to a file destination (issue #18's case): the
+# difference is what a traffic event costs, delivery to the file included. The dumps are kept in bench/results/ for callgrind_annotate (not tracked).
 # Needs: valgrind, h2load (nghttp2-client), nginx, target/release/warren.
 set -euo pipefail
-N=20000
+N=20000 EVENTS=0
 while (($#)); do
   case $1 in
     --requests) N=$2; shift 2 ;;
+    --events) EVENTS=1; shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -71,3 +74,13 @@ printf '%-14s %12s %10s   %s\n' endpoint instructions per_req dump
 count tcp "$W_HTTP"
 host=${W_HTTP_HOST} addr=${W_HTTP_ENDPOINT#http://}
 count http "--connect-to=${addr%/}" "http://$host/"
+if ((EVENTS)); then
+  api=$(sed -n 's/.*REST API: *\([^ ]*\).*/\1/p' "$W_LOGS/edge.log" | head -1)
+  key=$(sed -n 's/^ *api_key: *//p; s/.*API key: *//p' "$W_LOGS/edge.log" | head -1)
+  call() { curl -sf -X "$1" "$api$2" -H "Authorization: Bearer $key" -H "Ngrok-Version: 2" \
+    -H "Content-Type: application/json" ${3:+--data "$3"}; }
+  dest=$(call POST /event_destinations '{"target": {"file": {"name": "bench.jsonl", "max_bytes": 1073741824, "max_files": 1}}}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  call POST /event_subscriptions "{\"sources\": [{\"type\": \"http_request_complete.v0\"}], \"destination_ids\": [\"$dest\"]}" >/dev/null
+  count http+events "--connect-to=${addr%/}" "http://$host/"
+fi
