@@ -21,7 +21,7 @@ pub(crate) async fn compile_for_bind(
 ) -> Result<ForBind, BindError> {
     let invalid = |msg: String| BindError::Invalid(format!("invalid traffic policy: {msg}"));
     let mut chain = Vec::new();
-    let account_doc = match shared.store.account_traffic_policy(&account_id).await {
+    let account_doc = match shared.store.account_traffic_policy(account_id).await {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "store failed while reading the account's traffic policy");
@@ -39,7 +39,7 @@ pub(crate) async fn compile_for_bind(
                 "the account's policy has terminate-tls (TLS versions or mutual TLS at the edge), which a {proto} endpoint cannot honour: the edge terminates TLS for https endpoints only. Use an https endpoint, or ask an administrator"
             )));
         }
-        let env = compile_env(shared, &account_id, &doc).await.map_err(&invalid)?;
+        let env = compile_env(shared, account_id, &doc).await.map_err(&invalid)?;
         let policy = Policy::compile_for_account(&doc, proto, &env)
             .map_err(|e| invalid(format!("the account's policy: {e}")))?;
         if !policy.is_empty() {
@@ -52,7 +52,7 @@ pub(crate) async fn compile_for_bind(
     if let Some(options) = options {
         let doc =
             Document::from_value(options).map_err(|e| invalid(format!("the endpoint's options: {e}")))?;
-        let env = compile_env(shared, &account_id, &doc).await.map_err(&invalid)?;
+        let env = compile_env(shared, account_id, &doc).await.map_err(&invalid)?;
         let policy = Policy::compile(&doc, proto, &env)
             .map_err(|e| invalid(format!("the endpoint's options: {e}")))?;
         if !policy.is_empty() {
@@ -67,7 +67,7 @@ pub(crate) async fn compile_for_bind(
                 "terminate-tls needs an https endpoint: the edge does not terminate TLS for {proto} endpoints (tls:// is passed through to the agent; terminate there with --crt/--key)"
             )));
         }
-        let env = compile_env(shared, &account_id, &doc).await.map_err(&invalid)?;
+        let env = compile_env(shared, account_id, &doc).await.map_err(&invalid)?;
         let policy = Policy::compile(&doc, proto, &env).map_err(|e| invalid(e.to_string()))?;
         if !policy.is_empty() {
             chain.push(Arc::new(policy));

@@ -531,6 +531,11 @@ fn append(
     let open = || std::fs::OpenOptions::new().create(true).append(true).open(&path);
     let mut size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let mut f = open()?;
+    if size + lines.len() as u64 <= max_bytes {
+        // The usual batch: it all fits, one write, no need to find where its lines end.
+        f.write_all(lines)?;
+        return if durable { f.sync_data() } else { Ok(()) };
+    }
     // One write per run of lines that fits before the next rotation, not one per line.
     let mut run = 0..0;
     for line in lines.split_inclusive(|b| *b == b'\n') {
