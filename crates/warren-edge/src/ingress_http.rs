@@ -59,18 +59,19 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// when an endpoint (here, on another node, or a cloud endpoint) has it, else the most specific wildcard name one has
 /// (`*.b.example.com` before `*.example.com`), else `host`. An exact name always wins over a
 /// wildcard, as with ngrok.
-pub(crate) fn route_name(shared: &Shared, host: &str, protos: &[Proto]) -> String {
+pub(crate) fn route_name<'a>(shared: &Shared, host: &'a str, protos: &[Proto]) -> std::borrow::Cow<'a, str> {
+    use std::borrow::Cow;
     let cluster = shared.cluster.as_ref().map(|c| &c.routes);
     if !shared.registry.has_wildcards() && !cluster.is_some_and(|r| r.has_wildcards()) {
-        return host.to_owned();
+        return Cow::Borrowed(host);
     }
     let held = |name: &str| {
         shared.registry.has_host_in(name, protos) || cluster.is_some_and(|r| r.has_host_in(name, protos))
     };
     if held(host) || shared.cloud.has_host_in(host, protos) {
-        return host.to_owned();
+        return Cow::Borrowed(host);
     }
-    crate::registry::wildcards_for(host).find(|w| held(w)).unwrap_or_else(|| host.to_owned())
+    crate::registry::wildcards_for(host).find(|w| held(w)).map_or(Cow::Borrowed(host), Cow::Owned)
 }
 
 /// What the shared TLS port serves by name.
@@ -151,23 +152,23 @@ async fn front(
     }
     let local = tcp.local_addr().unwrap_or(remote);
     let route_name = route_name(&shared, &name, &TLS_PROTOS);
-    if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Tls, route_name.clone())) {
+    if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Tls, route_name.to_string())) {
         return crate::ingress_tcp::pass_tls(&shared, &ep, hello.buffered, &name, tcp, remote, local).await;
     }
-    if shared.registry.lookup(&EndpointKey::Host(Proto::Https, route_name.clone())).is_none()
+    if shared.registry.lookup(&EndpointKey::Host(Proto::Https, route_name.to_string())).is_none()
         && let Some(cluster) = &shared.cluster
         && let Some(route) = cluster
             .routes
-            .lookup(&EndpointKey::Host(Proto::Tls, route_name.clone()))
-            .or_else(|| cluster.routes.lookup(&EndpointKey::Host(Proto::Https, route_name.clone())))
+            .lookup(&EndpointKey::Host(Proto::Tls, route_name.to_string()))
+            .or_else(|| cluster.routes.lookup(&EndpointKey::Host(Proto::Https, route_name.to_string())))
     {
         // Another node holds it: the connection goes there whole (its TLS settings, its
         // certificate checks), ClientHello first.
         use tokio::io::AsyncWriteExt;
-        let key = if cluster.routes.lookup(&EndpointKey::Host(Proto::Tls, route_name.clone())).is_some() {
-            EndpointKey::Host(Proto::Tls, route_name.clone())
+        let key = if cluster.routes.lookup(&EndpointKey::Host(Proto::Tls, route_name.to_string())).is_some() {
+            EndpointKey::Host(Proto::Tls, route_name.to_string())
         } else {
-            EndpointKey::Host(Proto::Https, route_name.clone())
+            EndpointKey::Host(Proto::Https, route_name.to_string())
         };
         let header = |r: &RemoteRoute| crate::cluster::RelayOpen::Tls {
             endpoint_id: r.endpoint_id.clone(),
@@ -215,7 +216,7 @@ pub(crate) async fn front_relayed(
     }
     if let Some(ep) = shared
         .registry
-        .lookup(&EndpointKey::Host(Proto::Tls, route_name(&shared, &name, &TLS_PROTOS)))
+        .lookup(&EndpointKey::Host(Proto::Tls, route_name(&shared, &name, &TLS_PROTOS).into_owned()))
         .filter(|e| e.id == endpoint_id)
     {
         return crate::ingress_tcp::pass_tls(&shared, &ep, hello.buffered, &name, s, client, local).await;
@@ -242,7 +243,7 @@ async fn terminate<IO>(
     // with that same config (see `handle`).
     let endpoint_tls = shared
         .registry
-        .lookup(&EndpointKey::Host(Proto::Https, route_name(&shared, &name, &TLS_PROTOS)))
+        .lookup(&EndpointKey::Host(Proto::Https, route_name(&shared, &name, &TLS_PROTOS).into_owned()))
         .and_then(|e| e.tls.clone());
     let acceptor = match &endpoint_tls {
         Some(cfg) => tokio_rustls::TlsAcceptor::from(cfg.clone()),
@@ -470,12 +471,12 @@ async fn handle(
     // A plain-http visitor may be sent to an https-only endpoint of the name.
     let protos: &[Proto] = if proto == Proto::Http { &[Proto::Http, Proto::Https] } else { &[Proto::Https] };
     let name = route_name(shared, &host, protos);
-    if let Some(mut ep) = shared.registry.lookup(&EndpointKey::Host(proto, name.clone())) {
+    if let Some(mut ep) = shared.registry.lookup(&EndpointKey::Host(proto, name.to_string())) {
         let conn_tls = visitor.tls.as_ref().and_then(|t| t.config.as_ref());
         if !same_tls(conn_tls, ep.tls.as_ref())
             && let Some(member) = shared
                 .registry
-                .members(&EndpointKey::Host(proto, name.clone()))
+                .members(&EndpointKey::Host(proto, name.to_string()))
                 .into_iter()
                 .find(|m| same_tls(conn_tls, m.tls.as_ref()))
         {
@@ -498,7 +499,7 @@ async fn handle(
         return serve_at(shared, visitor, Serving::Agent(ep), host, req).await;
     }
     if let Some(cluster) = shared.cluster.as_ref().filter(|_| !visitor.relayed) {
-        if let Some(route) = cluster.routes.lookup(&EndpointKey::Host(proto, name.clone())) {
+        if let Some(route) = cluster.routes.lookup(&EndpointKey::Host(proto, name.to_string())) {
             if visitor.scheme == Scheme::Https {
                 // The TLS handshake was made here, for another name; the endpoint's own
                 // node must make it (its certificate checks, its TLS versions).
@@ -510,12 +511,12 @@ async fn handle(
                     codes::MISDIRECTED,
                 ));
             }
-            let key = EndpointKey::Host(proto, name.clone());
+            let key = EndpointKey::Host(proto, name.to_string());
             return Ok(relay_request(shared, cluster, visitor, &key, route, &host, req).await);
         }
         if visitor.scheme == Scheme::Http
-            && shared.registry.lookup(&EndpointKey::Host(Proto::Https, name.clone())).is_none()
-            && cluster.routes.lookup(&EndpointKey::Host(Proto::Https, name.clone())).is_some()
+            && shared.registry.lookup(&EndpointKey::Host(Proto::Https, name.to_string())).is_none()
+            && cluster.routes.lookup(&EndpointKey::Host(Proto::Https, name.to_string())).is_some()
         {
             return Ok(https_redirect(shared, &host, &req));
         }
@@ -526,7 +527,7 @@ async fn handle(
     let https_url = || {
         shared
             .registry
-            .lookup(&EndpointKey::Host(Proto::Https, name.clone()))
+            .lookup(&EndpointKey::Host(Proto::Https, name.to_string()))
             .map(|ep| ep.url.clone())
             .or_else(|| {
                 shared.cloud.lookup(&EndpointKey::Host(Proto::Https, host.clone())).map(|c| c.url.clone())

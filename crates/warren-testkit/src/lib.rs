@@ -1097,7 +1097,7 @@ impl Drop for Dnsmasq {
 }
 
 /// A `PYTHONPATH` (`dir`) under which `python3 -c "<import>"` works: PyPI's `pip_spec` is
-/// installed there first if needed. Test peers written in Python (ngrok's API client,
+/// installed there first if needed (several specs separated by spaces). Test peers written in Python (ngrok's API client,
 /// Prometheus's parser, NATS's client, OpenTelemetry's types) come this way, pinned.
 pub fn python_packages(dir: &std::path::Path, import: &str, pip_spec: &str) -> String {
     let dir_s = dir.to_string_lossy().into_owned();
@@ -1111,16 +1111,8 @@ pub fn python_packages(dir: &std::path::Path, import: &str, pip_spec: &str) -> S
     };
     if !ok() {
         let status = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--target",
-                &dir_s,
-                pip_spec,
-            ])
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target", &dir_s])
+            .args(pip_spec.split_whitespace())
             .status()
             .unwrap_or_else(|e| panic!("python3 with pip is needed to install {pip_spec}: {e}"));
         assert!(status.success() && ok(), "pip install {pip_spec} failed");

@@ -21,28 +21,8 @@ const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/grpc_peer.p
 /// A `PYTHONPATH` under which `import grpc, ngrok` works (grpcio, and ngrok's Python SDK),
 /// installing them there if needed.
 fn python_path() -> String {
-    let ok = |pp: &str| {
-        std::process::Command::new("python3")
-            .args(["-c", "import grpc, ngrok"])
-            .env("PYTHONPATH", pp)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if ok("") {
-        return String::new();
-    }
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-grpcio-ngrok");
-    let dir_s = dir.to_string_lossy().into_owned();
-    if !ok(&dir_s) {
-        let status = std::process::Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--target", &dir_s, "grpcio==1.76.0", "ngrok==1.4.0"])
-            .status()
-            .expect("python3 with pip is needed for the gRPC test");
-        assert!(status.success(), "pip install grpcio failed; run .ci/run or `pip install grpcio`");
-        assert!(ok(&dir_s), "grpcio installed but cannot be imported");
-    }
-    dir_s
+    python_packages(&dir, "import grpc, ngrok", "grpcio==1.76.0 ngrok==1.4.0")
 }
 
 /// The gRPC server, and the port it serves h2c on.

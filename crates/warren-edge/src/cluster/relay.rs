@@ -181,14 +181,18 @@ pub(crate) async fn serve_stream(shared: Arc<Shared>, mut s: Stream, peer: Strin
     // A wildcard endpoint serves the visitor's name under its wildcard name.
     let found = match &open {
         RelayOpen::Tls { sni, .. } => {
-            let name = crate::ingress_http::route_name(&shared, sni, &[Proto::Tls, Proto::Https]);
+            let name =
+                crate::ingress_http::route_name(&shared, sni, &[Proto::Tls, Proto::Https]).into_owned();
             shared
                 .registry
                 .lookup_id(&EndpointKey::Host(Proto::Tls, name.clone()), id)
                 .or_else(|| shared.registry.lookup_id(&EndpointKey::Host(Proto::Https, name), id))
         }
         RelayOpen::Http { host, .. } => shared.registry.lookup_id(
-            &EndpointKey::Host(Proto::Http, crate::ingress_http::route_name(&shared, host, &[Proto::Http])),
+            &EndpointKey::Host(
+                Proto::Http,
+                crate::ingress_http::route_name(&shared, host, &[Proto::Http]).into_owned(),
+            ),
             id,
         ),
         RelayOpen::Tcp { port, .. } => shared.registry.lookup_id(&EndpointKey::Port(*port), id),
