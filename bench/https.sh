@@ -11,6 +11,11 @@
 #   https-h2:   h2load -t2 -c64 -m10 -D5 --connect-to=127.0.0.1:PORT https://NAME:PORT/
 #   https-h1:   h2load --h1 -t2 -c64 -D5 --connect-to=127.0.0.1:PORT https://NAME:PORT/
 #   http-h1:    the same through the plain-http endpoint (no TLS), for reference
+#   nginx-h2, nginx-h1: the https-h2 and https-h1 commands against nginx terminating TLS and
+#               proxying straight to the same upstream, with no tunnel (2 workers, HTTP/2,
+#               upstream keepalive, keepalive_requests high enough that h2load is never cut
+#               off): the limit for "TLS at the edge, then forward" (issue #22's target: warren
+#               >= 0.8x on HTTP/1.1 and >= 1.0x on h2, p99 no higher)
 # and, the issue's own command for the plain http endpoint (compare it with compare.sh's rathole
 # row of the same run-all.sh run):
 #   http-wrk:   wrk -t2 -c64 -d<seconds>s --latency -H "Host: NAME" http://127.0.0.1:PORT/
@@ -40,11 +45,31 @@ export IPERF_PORT=$HTTP_PORT HTTP_PORT; start_warren
 https_port=${W_HTTPS_HOST##*:} http_port=${W_HTTP_HOST##*:}
 sleep 1
 
+# nginx as the TLS-terminating reverse proxy to compare with (same certificate kind: a
+# self-signed ECDSA P-256 one, as the edge's local CA issues).
+NGINX_TLS_PORT=$(freeport)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=$W_HTTPS_HOST" \
+  -keyout "$WORK/proxy.key" -out "$WORK/proxy.crt" 2>/dev/null
+cat >"$WORK/nginx-proxy.conf" <<EOF
+worker_processes 2; daemon off; pid $WORK/nginx-proxy.pid; error_log $WORK/nginx-proxy.err;
+worker_rlimit_nofile 16384;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 1000000; http2_max_requests 1000000;
+  upstream up { server 127.0.0.1:$HTTP_PORT; keepalive 64; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:$NGINX_TLS_PORT ssl http2 backlog=4096;
+    ssl_certificate $WORK/proxy.crt; ssl_certificate_key $WORK/proxy.key;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+EOF
+nginx -c "$WORK/nginx-proxy.conf" 2>/dev/null & track $!
+wait_port 127.0.0.1 "$NGINX_TLS_PORT"
+
 declare -A CMD
-order=(https-h2 https-h1 http-h1)
+order=(https-h2 https-h1 http-h1 nginx-h2 nginx-h1)
 CMD[https-h2]="h2load -t2 -c$CLIENTS -m$STREAMS -D$SECS --connect-to=127.0.0.1:$https_port https://$W_HTTPS_HOST/"
 CMD[https-h1]="h2load --h1 -t2 -c$CLIENTS -D$SECS --connect-to=127.0.0.1:$https_port https://$W_HTTPS_HOST/"
 CMD[http-h1]="h2load --h1 -t2 -c$CLIENTS -D$SECS --connect-to=127.0.0.1:$http_port http://$W_HTTP_HOST/"
+CMD[nginx-h2]="h2load -t2 -c$CLIENTS -m$STREAMS -D$SECS --connect-to=127.0.0.1:$NGINX_TLS_PORT https://$W_HTTPS_HOST/"
+CMD[nginx-h1]="h2load --h1 -t2 -c$CLIENTS -D$SECS --connect-to=127.0.0.1:$NGINX_TLS_PORT https://$W_HTTPS_HOST/"
 pct() { # log-file -> "p50 p99" in ms, over successful requests
   python3 - "$1" <<'EOF'
 import sys
@@ -76,6 +101,8 @@ for s in "${order[@]}"; do
     "${P99[$s]:--}" "${MEAN[$s]:--}" "${MAX[$s]:--}" "${ERRS[$s]:--}" "${NON2XX[$s]:--}"
 done
 echo "errors = h2load's failed + errored + timed-out requests (a 4xx/5xx response counts as failed)"
+ratio() { [[ -n ${RPS[$1]} && -n ${RPS[$2]} ]] && python3 -c "print(f'{${RPS[$1]}/${RPS[$2]}:.2f}')" || echo -; }
+echo "warren / nginx (TLS-terminating reverse proxy, no tunnel): h2 $(ratio https-h2 nginx-h2)x (p99 ${P99[https-h2]:--} vs ${P99[nginx-h2]:--}), HTTP/1.1 $(ratio https-h1 nginx-h1)x (p99 ${P99[https-h1]:--} vs ${P99[nginx-h1]:--})"
 
 wrk_cmd=(wrk -t2 -c"$CLIENTS" -d"${SECS}s" --latency -H "Host: $W_HTTP_HOST" "http://127.0.0.1:$http_port/")
 out=$("${wrk_cmd[@]}" 2>&1 || true)
