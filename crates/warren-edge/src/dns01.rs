@@ -1,7 +1,8 @@
 //! DNS-01 answers published with RFC 2136 dynamic updates: the TXT record
 //! `_acme-challenge.<domain>` is added before the challenge is declared ready and deleted
 //! after, by updates signed with TSIG and sent over TCP to the zone's primary server (the
-//! messages are built without I/O by `warren_proto::dns`).
+//! messages are built without I/O by `warren_proto::dns`); an answer counts only when its own
+//! TSIG verifies.
 
 use std::time::Duration;
 
@@ -35,12 +36,22 @@ pub(crate) async fn update(cfg: &Dns01Config, domain: &str, value: &str, add: bo
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let tsig =
         dns::Tsig { key_name: &cfg.key_name, algorithm: cfg.algorithm.name(), time_signed: now, fudge: 300 };
-    let (signed, _) = dns::tsig_sign(&msg, &tsig, |bytes| mac(cfg, bytes))?;
+    let (signed, request_mac) = dns::tsig_sign(&msg, &tsig, |bytes| mac(cfg, bytes))?;
     let answer = tokio::time::timeout(UPDATE_TIMEOUT, exchange(cfg, &signed))
         .await
         .map_err(|_| format!("{} did not answer the update within {UPDATE_TIMEOUT:?}", cfg.server))??;
-    dns::update_result(&answer, id)
-        .map_err(|e| format!("updating {name} in zone {zone} at {}: {e}", cfg.server))
+    let failed = |e: String| format!("updating {name} in zone {zone} at {}: {e}", cfg.server);
+    // The answer is believed only when the server signed it with the key (RFC 8945 §5.3):
+    // otherwise anyone on the path could say the record was published.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    match dns::tsig_answer_mac(&answer, &request_mac, &cfg.key_name, now, |bytes| mac(cfg, bytes)) {
+        Ok((want, got)) if bool::from(subtle::ConstantTimeEq::ct_eq(want.as_slice(), got.as_slice())) => {
+            dns::update_result(&answer, id).map_err(failed)
+        }
+        Ok(_) => Err(failed("the answer's signature does not match the key".into())),
+        // Unsigned or refused: the server's own reason first, when it gave one.
+        Err(e) => Err(failed(dns::update_result(&answer, id).err().unwrap_or(e))),
+    }
 }
 
 /// Waits until the server answers `name` with `value` (the update is served), within

@@ -217,6 +217,98 @@ pub fn tsig_sign(
     Ok((out, digest))
 }
 
+/// The MAC an answer's TSIG record must carry (RFC 8945 §5.3): `mac` applied to the request's
+/// MAC (with its length), the answer without its TSIG record, and the record's variables.
+/// Returns what to compare with the answer's own MAC, and that MAC, when the answer is signed
+/// with `key_name`; the time checks are the caller's (`now`, the record's time and fudge).
+pub fn tsig_answer_mac(
+    answer: &[u8],
+    request_mac: &[u8],
+    key_name: &str,
+    now: u64,
+    mac: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let bad = || "malformed DNS answer".to_string();
+    if answer.len() < 12 {
+        return Err(bad());
+    }
+    let count = |at: usize| u16::from_be_bytes([answer[at], answer[at + 1]]) as usize;
+    let (qd, an, ns, ar) = (count(4), count(6), count(8), count(10));
+    if ar == 0 {
+        return Err("the answer is not signed (no TSIG record): the server did not take the key".into());
+    }
+    let mut at = 12;
+    for _ in 0..qd {
+        at = skip_name(answer, at).ok_or_else(bad)? + 4;
+    }
+    for _ in 0..an + ns + ar - 1 {
+        at = skip_name(answer, at).ok_or_else(bad)?;
+        let len =
+            u16::from_be_bytes([*answer.get(at + 8).ok_or_else(bad)?, *answer.get(at + 9).ok_or_else(bad)?]);
+        at += 10 + len as usize;
+    }
+    // The last record: the TSIG, its owner the key's name (never compressed).
+    let tsig_at = at;
+    let owner = wire_name(key_name)?;
+    let name_end = skip_name(answer, at).ok_or_else(bad)?;
+    let seen = answer.get(at..name_end).ok_or_else(bad)?;
+    if !seen.eq_ignore_ascii_case(&owner) {
+        return Err("the answer is signed with another key".into());
+    }
+    at = name_end;
+    let head = answer.get(at..at + 10).ok_or_else(bad)?;
+    if u16::from_be_bytes([head[0], head[1]]) != TYPE_TSIG {
+        return Err("the answer's last record is not its TSIG".into());
+    }
+    let rdata =
+        answer.get(at + 10..at + 10 + u16::from_be_bytes([head[8], head[9]]) as usize).ok_or_else(bad)?;
+    let alg_end = skip_name(rdata, 0).ok_or_else(bad)?;
+    let alg = &rdata[..alg_end];
+    let fixed = rdata.get(alg_end..alg_end + 10).ok_or_else(bad)?;
+    let time = u64::from_be_bytes([0, 0, fixed[0], fixed[1], fixed[2], fixed[3], fixed[4], fixed[5]]);
+    let fudge = u16::from_be_bytes([fixed[6], fixed[7]]);
+    let mac_len = u16::from_be_bytes([fixed[8], fixed[9]]) as usize;
+    let their_mac = rdata.get(alg_end + 10..alg_end + 10 + mac_len).ok_or_else(bad)?.to_vec();
+    let rest = rdata.get(alg_end + 10 + mac_len..).ok_or_else(bad)?;
+    if rest.len() < 6 {
+        return Err(bad());
+    }
+    let error = u16::from_be_bytes([rest[2], rest[3]]);
+    let other_len = u16::from_be_bytes([rest[4], rest[5]]) as usize;
+    let other = rest.get(6..6 + other_len).ok_or_else(bad)?;
+    if error != 0 {
+        return Err(format!(
+            "the server refused the signature (TSIG error {error}: {})",
+            match error {
+                16 => "BADSIG, the secret differs",
+                17 => "BADKEY, the server does not know the key",
+                18 => "BADTIME, the clocks differ by more than the fudge",
+                _ => "see RFC 8945",
+            }
+        ));
+    }
+    if now.abs_diff(time) > u64::from(fudge) {
+        return Err("the answer's signature is from another time (BADTIME)".into());
+    }
+    // Signed: the request's MAC, the answer as it was before its TSIG (id as sent, one
+    // additional record fewer), then the variables.
+    let mut signed = Vec::with_capacity(2 + request_mac.len() + answer.len());
+    signed.extend_from_slice(&(request_mac.len() as u16).to_be_bytes());
+    signed.extend_from_slice(request_mac);
+    let mut msg = answer[..tsig_at].to_vec();
+    msg[0..2].copy_from_slice(&rest[0..2]);
+    msg[10..12].copy_from_slice(&((ar - 1) as u16).to_be_bytes());
+    signed.extend_from_slice(&msg);
+    signed.extend_from_slice(&owner);
+    signed.extend_from_slice(&CLASS_ANY.to_be_bytes());
+    signed.extend_from_slice(&0u32.to_be_bytes());
+    signed.extend_from_slice(&alg.to_ascii_lowercase());
+    signed.extend_from_slice(&fixed[0..8]);
+    signed.extend_from_slice(&rest[2..6]);
+    signed.extend_from_slice(other);
+    Ok((mac(&signed), their_mac))
+}
+
 /// Whether the answer to update `id` reports success; otherwise what the server said.
 pub fn update_result(msg: &[u8], id: u16) -> Result<(), String> {
     if msg.len() < 12 || u16::from_be_bytes([msg[0], msg[1]]) != id {
@@ -255,6 +347,67 @@ fn skip_name(msg: &[u8], mut at: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in keyed hash for tests (FNV-1a over key and message).
+    fn fake_mac(key: &[u8], b: &[u8]) -> Vec<u8> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &c in key.iter().chain(b) {
+            h = (h ^ u64::from(c)).wrapping_mul(0x100_0000_01b3);
+        }
+        h.to_be_bytes().to_vec()
+    }
+
+    #[test]
+    fn an_answers_tsig_is_checked_against_the_requests_mac() {
+        let t = Tsig { key_name: "warren-key", algorithm: "hmac-sha256", time_signed: 1_000_000, fudge: 300 };
+        let request =
+            txt_update(0x4242, "example.test", "_acme-challenge.example.test", "v", 60, true).unwrap();
+        let (_, request_mac) = tsig_sign(&request, &t, |b| fake_mac(b"k", b)).unwrap();
+        // The server's answer: the header flipped to a response, signed over the request's MAC.
+        let mut answer = request[..12].to_vec();
+        answer[2] |= 0x80;
+        answer[5] = 0; // no zone section echoed, for brevity
+        answer[9] = 0;
+        let mut prefix = (request_mac.len() as u16).to_be_bytes().to_vec();
+        prefix.extend_from_slice(&request_mac);
+        let server = Tsig { time_signed: 1_000_010, ..t };
+        let sign = |key: &'static [u8]| {
+            let p = prefix.clone();
+            move |b: &[u8]| {
+                let mut all = p.clone();
+                all.extend_from_slice(b);
+                fake_mac(key, &all)
+            }
+        };
+        let (signed, _) = tsig_sign(&answer, &server, sign(b"k")).unwrap();
+        let (want, got) =
+            tsig_answer_mac(&signed, &request_mac, "warren-key", 1_000_020, |b| fake_mac(b"k", b)).unwrap();
+        assert_eq!(want, got, "a good signature verifies");
+        // Another secret, a changed byte, another key's name, a stale time: refused.
+        let (bad, _) = tsig_sign(&answer, &server, sign(b"other")).unwrap();
+        let (want, got) =
+            tsig_answer_mac(&bad, &request_mac, "warren-key", 1_000_020, |b| fake_mac(b"k", b)).unwrap();
+        assert_ne!(want, got);
+        let mut tampered = signed.clone();
+        tampered[3] ^= 0x01;
+        let (want, got) =
+            tsig_answer_mac(&tampered, &request_mac, "warren-key", 1_000_020, |b| fake_mac(b"k", b)).unwrap();
+        assert_ne!(want, got);
+        assert!(
+            tsig_answer_mac(&signed, &request_mac, "other-key", 1_000_020, |b| fake_mac(b"k", b)).is_err()
+        );
+        assert!(
+            tsig_answer_mac(&signed, &request_mac, "warren-key", 1_001_000, |b| fake_mac(b"k", b)).is_err()
+        );
+        assert!(
+            tsig_answer_mac(&answer, &request_mac, "warren-key", 1_000_020, |b| fake_mac(b"k", b)).is_err(),
+            "unsigned"
+        );
+        for cut in 0..signed.len() {
+            let _ =
+                tsig_answer_mac(&signed[..cut], &request_mac, "warren-key", 1_000_020, |b| fake_mac(b"k", b));
+        }
+    }
 
     #[test]
     fn a_signed_txt_update_has_the_zone_the_record_and_a_tsig_over_both() {
