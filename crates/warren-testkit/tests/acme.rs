@@ -222,6 +222,8 @@ async fn a_wildcard_reservation_gets_its_certificate_through_dns_01_and_one_agen
     let (ok, out) = curl("a.example.com", edge.https_addr().port(), &root).await;
     assert!(ok && out == "hello from upstream", "{out}");
     exact.stop().await.unwrap();
+    // Once the edge has let go of the exact endpoint's session, the wildcard serves the name.
+    edge.wait_sessions(1).await;
     let (ok, out) = curl("shop.example.com", edge.https_addr().port(), &root).await;
     assert!(ok && out == "hello from upstream", "back to the wildcard once the exact one left: {out}");
 

@@ -154,3 +154,29 @@ async fn grpc_calls_reach_an_http2_upstream_over_tls_with_alpn_h2() {
     assert_eq!(grpc_client(&edge, &pythonpath, "grpctls.warren.localhost").await, EXPECTED);
     agent.stop().await.unwrap();
 }
+
+/// An upgrade (WebSocket) cannot ride HTTP/2 to the upstream: it is refused with 501 and a
+/// reason, not a confusing 502.
+#[tokio::test]
+async fn an_upgrade_to_an_http2_upstream_endpoint_is_refused_with_501() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let mut ep = EndpointConfig::http(&up.url(), Some("https://h2ws.warren.localhost")).unwrap();
+    ep.upstream_http2 = true;
+    let mut agent = Agent::start(edge.agent_with(ep));
+    within("online", agent.wait_online()).await.unwrap();
+    let tls = tls_connect(edge.https_addr(), "h2ws.warren.localhost", &edge.ca_pem, &[b"http/1.1"]).await;
+    let mut send = http1(tls).await;
+    let req = hyper::Request::get("/ws")
+        .header("host", "h2ws.warren.localhost")
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(empty())
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(res.status(), hyper::StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(up.requests.load(std::sync::atomic::Ordering::Relaxed), 0, "nothing reached the upstream");
+    agent.stop().await.unwrap();
+}
