@@ -262,3 +262,61 @@ async fn forward_internal_is_refused_where_it_cannot_work() {
         assert!(err.to_string().contains(says), "{says}: {err}");
     }
 }
+
+/// ngrok's Rust SDK binds an internal endpoint with `binding("internal")`, as ngrok's docs
+/// show; a public endpoint of warren's agent reaches it with forward-internal, and a binding
+/// that does not match its name is refused.
+#[tokio::test]
+async fn the_ngrok_sdk_binds_an_internal_endpoint_with_binding_internal() {
+    use futures_util::TryStreamExt;
+    use ngrok::prelude::*;
+    let edge = TestEdge::start().await;
+    let sess = ngrok::Session::builder()
+        .authtoken(edge.authtoken.clone())
+        .server_addr(edge.connect_url())
+        .expect("server address")
+        .ca_cert(bytes::Bytes::from(edge.ca_pem.clone()))
+        .connect()
+        .await
+        .expect("SDK session");
+    let mut tunnel =
+        within("sdk internal", sess.http_endpoint().domain("sdkapi.internal").binding("internal").listen())
+            .await
+            .expect("internal endpoint");
+    assert_eq!(tunnel.url(), "https://sdkapi.internal");
+    tokio::spawn(async move {
+        while let Ok(Some(conn)) = tunnel.try_next().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let body = format!("sdk internal {}", req.uri().path());
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from(body),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(conn), svc)
+                    .await;
+            });
+        }
+    });
+    let web = named_upstream("front").await;
+    let policy = "on_http_request:\n  - actions:\n      - type: forward-internal\n        config:\n          url: https://sdkapi.internal\n";
+    let mut front_agent =
+        Agent::start(edge.agent_with(front(web, "https://viasdk.warren.localhost", policy)));
+    within("front online", front_agent.wait_online()).await.unwrap();
+    let (s, _, body) = https_get(&edge, "viasdk.warren.localhost", "/orders").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "sdk internal /orders"));
+    // Never from outside, and a public name with binding internal is refused.
+    let (s, _, _) = plain_get(edge.http_addr(), "sdkapi.internal", "/").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let err = sess
+        .http_endpoint()
+        .domain("pub.warren.localhost")
+        .binding("internal")
+        .listen()
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains(".internal"), "{err}");
+    front_agent.stop().await.unwrap();
+}
