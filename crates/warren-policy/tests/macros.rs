@@ -6,34 +6,20 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use warren_policy::{Chain, CompileEnv, Conn, EndpointInfo, Policy, Verdict};
+use warren_policy::{Chain, CompileEnv, Policy, Verdict};
 
-fn conn() -> Conn {
-    Conn {
-        client_ip: "10.1.2.3".parse().unwrap(),
-        client_port: 40000,
-        server_ip: "127.0.0.1".parse().unwrap(),
-        server_port: 443,
-        tls: None,
-    }
+mod common;
+
+fn conn() -> warren_policy::Conn {
+    common::conn("10.1.2.3")
 }
 
-fn ep() -> EndpointInfo {
-    EndpointInfo {
-        id: "ep_1".into(),
-        url: "https://app.example.com".into(),
-        proto: "https".into(),
-        host: "app.example.com".into(),
-        port: 443,
-    }
+fn ep() -> warren_policy::EndpointInfo {
+    common::ep()
 }
 
 fn request(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
-    let mut b = http::Request::builder().method("GET").uri(uri).header("host", "app.example.com");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(()).unwrap().into_parts().0
+    common::request("GET", uri, headers)
 }
 
 fn compile(yaml: &str) -> Result<Chain, String> {

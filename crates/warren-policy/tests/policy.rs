@@ -4,35 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use warren_policy::{Chain, CompileEnv, Conn, EndpointInfo, Policy, PolicyError, Verdict};
+use warren_policy::{Chain, CompileEnv, Policy, PolicyError, Verdict};
 
-fn conn(ip: &str) -> Conn {
-    Conn {
-        client_ip: ip.parse().unwrap(),
-        client_port: 40000,
-        server_ip: "127.0.0.1".parse().unwrap(),
-        server_port: 443,
-        tls: None,
-    }
-}
-
-fn ep() -> EndpointInfo {
-    EndpointInfo {
-        id: "ep_1".into(),
-        url: "https://app.example.com".into(),
-        proto: "https".into(),
-        host: "app.example.com".into(),
-        port: 443,
-    }
-}
-
-fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
-    let mut b = http::Request::builder().method(method).uri(uri).header("host", "app.example.com");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(()).unwrap().into_parts().0
-}
+mod common;
+use common::{conn, ep, request};
 
 fn chain(yaml: &str) -> Chain {
     Chain(vec![Arc::new(
