@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: [`EdgeConfig`], parsed and validated once.
+//! - `admin`: the one change path: every change to an account (store write with its audit
+//!   event, then the caches and sessions it reaches, on every node).
 //! - [`bootstrap`]: the embedded default (data directory, local CA, first authtoken and key).
 //! - [`tls`]: certificates and rustls configs.
 //! - `endpoint_tls`: per-endpoint TLS versions and mutual TLS at the edge.
@@ -28,6 +30,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 mod acme;
+mod admin;
 pub mod api;
 mod bind_options;
 pub mod bootstrap;
@@ -240,102 +243,6 @@ impl Shared {
             shutdown: rx,
         });
         Ok((shared, tx))
-    }
-
-    /// Deletes an authtoken and ends every live session that authenticated with it.
-    pub(crate) async fn revoke_credential(
-        &self,
-        by: &Store,
-        account_id: &str,
-        id: &str,
-    ) -> Result<usize, warren_store::StoreError> {
-        by.delete_credential(account_id, id).await?;
-        Ok(self.end_sessions_using(id, "authtoken revoked").await)
-    }
-
-    /// Ends every live session that authenticated with credential `id`, on every node;
-    /// returns how many on this one.
-    pub(crate) async fn end_sessions_using(&self, id: &str, why: &'static str) -> usize {
-        let n = self.end_sessions_using_here(id, why).await;
-        rules::announce(self, rules::RulesChanged::Credential { id: id.to_owned() }).await;
-        n
-    }
-
-    /// [`Shared::end_sessions_using`] on this node only.
-    pub(crate) async fn end_sessions_using_here(&self, id: &str, why: &'static str) -> usize {
-        self.registry.rules_changed();
-        let sessions = self.registry.sessions_using(id);
-        for s in &sessions {
-            tracing::info!(session = %s.id, credential = %id, why, "ending session");
-            s.mux.close(warren_mux::ErrorCode::None, why);
-            self.end_session(&s.id).await;
-        }
-        sessions.len()
-    }
-
-    /// Ends every live session of an account, on every node; their agents reconnect (and
-    /// rebind under the account's current rules). Returns how many on this node.
-    pub(crate) async fn end_sessions_of(&self, account_id: &str, why: &'static str) -> usize {
-        let n = self.end_sessions_of_here(account_id, why).await;
-        rules::announce(self, rules::RulesChanged::Account { account_id: account_id.to_owned() }).await;
-        n
-    }
-
-    /// [`Shared::end_sessions_of`] on this node only.
-    pub(crate) async fn end_sessions_of_here(&self, account_id: &str, why: &'static str) -> usize {
-        self.registry.rules_changed();
-        // The account's cloud endpoints run its policy too: compiled again under the new one.
-        cloud::reload(self, Some(account_id)).await;
-        let sessions = self.registry.sessions_of(account_id);
-        for s in &sessions {
-            tracing::info!(session = %s.id, why, "ending session");
-            s.mux.close(warren_mux::ErrorCode::None, why);
-            self.end_session(&s.id).await;
-        }
-        sessions.len()
-    }
-
-    /// An IP policy's rules changed: cached restrictions are dropped, and every session of
-    /// the account that was admitted or bound under that policy (its authtoken's, its user's,
-    /// or a `restrict-ips` of its endpoints' traffic policies) restarts, so its agent
-    /// reconnects and binds under the new rules. Every other node is told and does the same.
-    pub(crate) async fn ip_policy_changed(&self, account_id: &str, policy_id: &str) {
-        self.ip_policy_changed_here(account_id, policy_id).await;
-        let change = rules::RulesChanged::IpPolicy {
-            account_id: account_id.to_owned(),
-            policy_id: policy_id.to_owned(),
-        };
-        rules::announce(self, change).await;
-    }
-
-    /// [`Shared::ip_policy_changed`] on this node only.
-    pub(crate) async fn ip_policy_changed_here(&self, account_id: &str, policy_id: &str) {
-        self.ip_rules.invalidate(account_id);
-        self.registry.rules_changed();
-        // Their restrict-ips may name it.
-        cloud::reload(self, Some(account_id)).await;
-        for s in self.registry.sessions_of(account_id) {
-            let uses = s.credential.ip_policy_ids.iter().any(|p| p == policy_id)
-                || s.owner_ip_policy_ids.iter().any(|p| p == policy_id)
-                || self
-                    .registry
-                    .endpoints_of(&s.id)
-                    .iter()
-                    .any(|e| e.ip_policies.iter().any(|p| p == policy_id));
-            if uses {
-                tracing::info!(session = %s.id, policy = %policy_id, "IP policy changed; restarting the session");
-                s.mux.close(warren_mux::ErrorCode::None, "an IP policy it uses changed; reconnect");
-                self.end_session(&s.id).await;
-            }
-        }
-    }
-
-    /// The account's cloud endpoints changed (through the API): served as they are now here,
-    /// and every other node is told to do the same.
-    pub(crate) async fn cloud_endpoints_changed(&self, account_id: &str) {
-        cloud::reload(self, Some(account_id)).await;
-        rules::announce(self, rules::RulesChanged::CloudEndpoints { account_id: account_id.to_owned() })
-            .await;
     }
 
     /// Forgets a session here and in the store (idempotent; the connection is the caller's

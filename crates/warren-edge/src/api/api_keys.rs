@@ -1,14 +1,17 @@
 //! `/api_keys`. The key is in the response to create only. Rotation: create a new key, move
 //! clients to it, delete the old one; the old one is refused on its next call.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Extension, Path};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use warren_store::{ApiKey, NewApiKey, Role};
 
 use super::{ApiError, PageQuery, Principal, next_page_uri, parse_body};
+use crate::Shared;
 
 #[derive(Serialize)]
 pub(crate) struct ApiKeyJson {
@@ -54,6 +57,7 @@ struct UpdateBody {
 }
 
 pub(crate) async fn create(
+    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<ApiKeyJson>), ApiError> {
@@ -72,7 +76,7 @@ pub(crate) async fn create(
     };
     let new =
         NewApiKey { description: b.description, metadata: b.metadata, owner_id, expires_at: b.expires_at };
-    let (k, token) = p.store.create_api_key(&p.account_id, &new).await?;
+    let (k, token) = shared.admin(&p).create_api_key(&new).await?;
     tracing::info!(api_key = %k.id, by = %p.key_id, "API key created");
     Ok((StatusCode::CREATED, Json(json(k, Some(token.0)))))
 }
@@ -105,6 +109,7 @@ pub(crate) async fn list(
 }
 
 pub(crate) async fn update(
+    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     body: Bytes,
@@ -112,16 +117,17 @@ pub(crate) async fn update(
     let b: UpdateBody = parse_body(&body)?;
     let current = p.store.get_api_key(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "an API key")?;
-    Ok(Json(json(p.store.update_api_key(&p.account_id, &id, b.description, b.metadata).await?, None)))
+    Ok(Json(json(shared.admin(&p).update_api_key(&id, b.description, b.metadata).await?, None)))
 }
 
 pub(crate) async fn delete(
+    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let current = p.store.get_api_key(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "an API key")?;
-    p.store.delete_api_key(&p.account_id, &id).await?;
+    shared.admin(&p).delete_api_key(&id).await?;
     tracing::info!(api_key = %id, by = %p.key_id, "API key deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -164,7 +164,7 @@ pub(crate) async fn create(
         created_at: warren_store::now_rfc3339(),
         owner_id: p.user_id.clone(),
     };
-    p.store.insert_uploaded_certificate(&c).await?;
+    shared.admin(&p).insert_uploaded_certificate(&c).await?;
     tracing::info!(certificate = %c.id, by = %p.key_id, "tls certificate uploaded");
     Ok((StatusCode::CREATED, Json(json(c)?)))
 }
@@ -194,6 +194,7 @@ pub(crate) async fn list(
 }
 
 pub(crate) async fn update(
+    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     body: Bytes,
@@ -202,20 +203,19 @@ pub(crate) async fn update(
     check_body_id(b.id.as_deref(), &id)?;
     let current = p.store.get_uploaded_certificate(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "a tls certificate")?;
-    let c = p
-        .store
-        .update_uploaded_certificate(&p.account_id, &id, b.description.as_deref(), b.metadata.as_deref())
-        .await?;
+    let c =
+        shared.admin(&p).update_uploaded_certificate(&id, b.description.as_deref(), b.metadata.as_deref()).await?;
     Ok(Json(json(c)?))
 }
 
 pub(crate) async fn delete(
+    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let current = p.store.get_uploaded_certificate(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "a tls certificate")?;
-    p.store.delete_uploaded_certificate(&p.account_id, &id).await?;
+    shared.admin(&p).delete_uploaded_certificate(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -64,6 +64,7 @@ struct UpdateBody {
 }
 
 pub(crate) async fn create(
+    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<CredentialJson>), ApiError> {
@@ -87,7 +88,7 @@ pub(crate) async fn create(
         owner_id,
         ip_policy_ids: b.ip_policy_ids,
     };
-    let (c, token) = p.store.create_credential(&p.account_id, &new).await?;
+    let (c, token) = shared.admin(&p).create_credential(&new).await?;
     tracing::info!(credential = %c.id, by = %p.key_id, "authtoken created");
     Ok((StatusCode::CREATED, Json(json(c, Some(token.0)))))
 }
@@ -162,11 +163,9 @@ pub(crate) async fn update(
         acl: b.acl,
         ip_policy_ids: b.ip_policy_ids,
     };
-    let updated = p.store.update_credential(&p.account_id, &id, &up).await?;
+    let (updated, restarted) = shared.admin(&p).update_credential(&current, &up).await?;
     if rules_change {
-        // Live sessions were admitted under the old rules; their agents reconnect under the new.
-        let ended = shared.end_sessions_using(&id, "authtoken rules changed; reconnect").await;
-        tracing::info!(credential = %id, by = %p.key_id, sessions_restarted = ended, "authtoken rules changed");
+        tracing::info!(credential = %id, by = %p.key_id, sessions_restarted = restarted, "authtoken rules changed");
     }
     Ok(Json(json(updated, None)))
 }
@@ -178,7 +177,7 @@ pub(crate) async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let current = p.store.get_credential(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "an authtoken")?;
-    let ended = shared.revoke_credential(&p.store, &p.account_id, &id).await?;
+    let ended = shared.admin(&p).delete_credential(&id).await?;
     tracing::info!(credential = %id, by = %p.key_id, sessions_ended = ended, "authtoken deleted");
     Ok(StatusCode::NO_CONTENT)
 }

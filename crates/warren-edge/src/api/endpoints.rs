@@ -314,17 +314,8 @@ pub(crate) async fn create(
         description: b.description.unwrap_or_default(),
         metadata: b.metadata.unwrap_or_default(),
     };
-    let e = p
-        .store
-        .create_cloud_endpoint(
-            &p.account_id,
-            &spec,
-            p.user_id.as_deref(),
-            shared.config.limits.max_cloud_endpoints_per_account,
-        )
-        .await?;
+    let e = shared.admin(&p).create_cloud_endpoint(&spec, p.user_id.as_deref()).await?;
     tracing::info!(endpoint = %e.id, url = %e.url, by = %p.key_id, "cloud endpoint created");
-    shared.cloud_endpoints_changed(&p.account_id).await;
     Ok((StatusCode::CREATED, Json(cloud_json(e, true))))
 }
 
@@ -371,9 +362,8 @@ pub(crate) async fn update(
             .map_err(|e| ApiError::bad_request(format!("invalid traffic policy: {e}")))?;
     }
     change.traffic_policy = policy;
-    let e = p.store.update_cloud_endpoint(&p.account_id, &id, change).await?;
+    let e = shared.admin(&p).update_cloud_endpoint(&id, change).await?;
     tracing::info!(endpoint = %e.id, url = %e.url, by = %p.key_id, "cloud endpoint updated");
-    shared.cloud_endpoints_changed(&p.account_id).await;
     Ok(Json(cloud_json(e, true)))
 }
 
@@ -384,8 +374,7 @@ pub(crate) async fn delete(
 ) -> Result<StatusCode, ApiError> {
     p.require_admin("cloud endpoints")?;
     cloud_or_refuse(&p, &id, "deleted").await?;
-    let e = p.store.delete_cloud_endpoint(&p.account_id, &id).await?;
+    let e = shared.admin(&p).delete_cloud_endpoint(&id).await?;
     tracing::info!(endpoint = %e.id, url = %e.url, by = %p.key_id, "cloud endpoint deleted");
-    shared.cloud_endpoints_changed(&p.account_id).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -236,8 +236,7 @@ pub(crate) async fn create_destination(
         target,
         secret_sealed,
     };
-    let d = p.store.create_event_destination(&p.account_id, &new).await?;
-    shared.events.wake();
+    let d = shared.admin(&p).create_event_destination(&new).await?;
     Ok((StatusCode::CREATED, Json(destination_json(d, shown, Some(Vec::new())))))
 }
 
@@ -301,28 +300,26 @@ pub(crate) async fn update_destination(
         Some((t, sealed, shown)) => (Some((t, sealed)), shown),
         None => (None, None),
     };
-    let d = p
-        .store
+    let d = shared
+        .admin(&p)
         .update_event_destination(
-            &p.account_id,
             &id,
             b.description.as_deref(),
             b.metadata.as_deref(),
             target.as_ref().map(|(t, s)| (t.as_str(), s.clone())),
         )
         .await?;
-    // Also what this node's traffic event senders hold (target, secret).
-    shared.events.subscriptions_changed(&p.account_id);
     let parked = parked(&p, &id).await?;
     Ok(Json(destination_json(d, shown, Some(parked))))
 }
 
 pub(crate) async fn delete_destination(
+    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     p.require_admin("event destinations")?;
-    p.store.delete_event_destination(&p.account_id, &id).await?;
+    shared.admin(&p).delete_event_destination(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -388,11 +385,10 @@ pub(crate) async fn create_subscription(
     p.require_admin("event subscriptions")?;
     let b: CreateSubscriptionBody = parse_body(&body)?;
     let sources = b.sources.into_iter().map(check_source).collect::<Result<Vec<_>, _>>()?;
-    let s = p
-        .store
-        .create_event_subscription(&p.account_id, &b.description, &b.metadata, &sources, &b.destination_ids)
+    let s = shared
+        .admin(&p)
+        .create_event_subscription(&b.description, &b.metadata, &sources, &b.destination_ids)
         .await?;
-    shared.events.subscriptions_changed(&p.account_id);
     Ok((StatusCode::CREATED, Json(subscription_json(s))))
 }
 
@@ -434,10 +430,9 @@ pub(crate) async fn update_subscription(
     check_body_id(b.id.as_deref(), &id)?;
     let sources =
         b.sources.map(|s| s.into_iter().map(check_source).collect::<Result<Vec<_>, _>>()).transpose()?;
-    let s = p
-        .store
+    let s = shared
+        .admin(&p)
         .update_event_subscription(
-            &p.account_id,
             &id,
             b.description.as_deref(),
             b.metadata.as_deref(),
@@ -445,7 +440,6 @@ pub(crate) async fn update_subscription(
             b.destination_ids.as_deref(),
         )
         .await?;
-    shared.events.subscriptions_changed(&p.account_id);
     Ok(Json(subscription_json(s)))
 }
 
@@ -455,8 +449,7 @@ pub(crate) async fn delete_subscription(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     p.require_admin("event subscriptions")?;
-    p.store.delete_event_subscription(&p.account_id, &id).await?;
-    shared.events.subscriptions_changed(&p.account_id);
+    shared.admin(&p).delete_event_subscription(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -495,8 +488,7 @@ pub(crate) async fn create_source(
         )));
     }
     s.sources.push(src.clone());
-    p.store.update_event_subscription(&p.account_id, &id, None, None, Some(&s.sources), None).await?;
-    shared.events.subscriptions_changed(&p.account_id);
+    shared.admin(&p).update_event_subscription(&id, None, None, Some(&s.sources), None).await?;
     Ok((StatusCode::CREATED, Json(source_json(&id, src))))
 }
 
@@ -547,8 +539,7 @@ pub(crate) async fn update_source(
         subscription_id: None,
     })?;
     s.sources[i] = src.clone();
-    p.store.update_event_subscription(&p.account_id, &id, None, None, Some(&s.sources), None).await?;
-    shared.events.subscriptions_changed(&p.account_id);
+    shared.admin(&p).update_event_subscription(&id, None, None, Some(&s.sources), None).await?;
     Ok(Json(source_json(&id, src)))
 }
 
@@ -564,7 +555,6 @@ pub(crate) async fn delete_source(
     if s.sources.len() == before {
         return Err(ApiError::not_found(format!("subscription {id} has no source of type {kind}")));
     }
-    p.store.update_event_subscription(&p.account_id, &id, None, None, Some(&s.sources), None).await?;
-    shared.events.subscriptions_changed(&p.account_id);
+    shared.admin(&p).update_event_subscription(&id, None, None, Some(&s.sources), None).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -118,12 +118,13 @@ struct PolicyUpdate {
 }
 
 pub(crate) async fn create_policy(
+    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<PolicyJson>), ApiError> {
     p.require_admin("changing IP policies")?;
     let b: PolicyCreate = parse_body(&body)?;
-    let created = p.store.create_ip_policy(&p.account_id, &b.description, &b.metadata).await?;
+    let created = shared.admin(&p).create_ip_policy(&b.description, &b.metadata).await?;
     Ok((StatusCode::CREATED, Json(policy(created))))
 }
 
@@ -135,6 +136,7 @@ pub(crate) async fn get_policy(
 }
 
 pub(crate) async fn update_policy(
+    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     body: Bytes,
@@ -142,8 +144,7 @@ pub(crate) async fn update_policy(
     p.require_admin("changing IP policies")?;
     let b: PolicyUpdate = parse_body(&body)?;
     check_body_id(b.id.as_deref(), &id)?;
-    let up =
-        p.store.update_ip_policy(&p.account_id, &id, b.description.as_deref(), b.metadata.as_deref()).await?;
+    let up = shared.admin(&p).update_ip_policy(&id, b.description.as_deref(), b.metadata.as_deref()).await?;
     Ok(Json(policy(up)))
 }
 
@@ -153,8 +154,7 @@ pub(crate) async fn delete_policy(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     p.require_admin("changing IP policies")?;
-    p.store.delete_ip_policy(&p.account_id, &id).await?;
-    shared.ip_rules.invalidate(&p.account_id);
+    shared.admin(&p).delete_ip_policy(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -196,18 +196,10 @@ pub(crate) async fn create_rule(
 ) -> Result<(StatusCode, Json<RuleJson>), ApiError> {
     p.require_admin("changing IP policies")?;
     let b: RuleCreate = parse_body(&body)?;
-    let r = p
-        .store
-        .create_ip_policy_rule(
-            &p.account_id,
-            &b.ip_policy_id,
-            &b.cidr,
-            &b.action,
-            &b.description,
-            &b.metadata,
-        )
+    let r = shared
+        .admin(&p)
+        .create_ip_policy_rule(&b.ip_policy_id, &b.cidr, &b.action, &b.description, &b.metadata)
         .await?;
-    shared.ip_policy_changed(&p.account_id, &r.ip_policy_id).await;
     Ok((StatusCode::CREATED, Json(rule(r))))
 }
 
@@ -242,8 +234,7 @@ pub(crate) async fn update_rule(
         description: b.description,
         metadata: b.metadata,
     };
-    let r = p.store.update_ip_policy_rule(&p.account_id, &id, &up).await?;
-    shared.ip_policy_changed(&p.account_id, &r.ip_policy_id).await;
+    let r = shared.admin(&p).update_ip_policy_rule(&id, &up).await?;
     Ok(Json(rule(r)))
 }
 
@@ -253,9 +244,7 @@ pub(crate) async fn delete_rule(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     p.require_admin("changing IP policies")?;
-    let r = p.store.get_ip_policy_rule(&p.account_id, &id).await?;
-    p.store.delete_ip_policy_rule(&p.account_id, &id).await?;
-    shared.ip_policy_changed(&p.account_id, &r.ip_policy_id).await;
+    shared.admin(&p).delete_ip_policy_rule(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -293,18 +282,10 @@ pub(crate) async fn create_restriction(
 ) -> Result<(StatusCode, Json<RestrictionJson>), ApiError> {
     p.require_admin("changing IP restrictions")?;
     let b: RestrictionCreate = parse_body(&body)?;
-    let x = p
-        .store
-        .create_ip_restriction(
-            &p.account_id,
-            &b.r#type,
-            b.enforced,
-            &b.ip_policy_ids,
-            &b.description,
-            &b.metadata,
-        )
+    let x = shared
+        .admin(&p)
+        .create_ip_restriction(&b.r#type, b.enforced, &b.ip_policy_ids, &b.description, &b.metadata)
         .await?;
-    shared.ip_rules.invalidate(&p.account_id);
     tracing::info!(restriction = %x.id, kind = %x.kind, enforced = x.enforced, by = %p.key_id, "IP restriction created");
     Ok((StatusCode::CREATED, Json(restriction(x))))
 }
@@ -340,8 +321,7 @@ pub(crate) async fn update_restriction(
         description: b.description,
         metadata: b.metadata,
     };
-    let x = p.store.update_ip_restriction(&p.account_id, &id, &up).await?;
-    shared.ip_rules.invalidate(&p.account_id);
+    let x = shared.admin(&p).update_ip_restriction(&id, &up).await?;
     tracing::info!(restriction = %x.id, enforced = x.enforced, by = %p.key_id, "IP restriction changed");
     Ok(Json(restriction(x)))
 }
@@ -352,7 +332,6 @@ pub(crate) async fn delete_restriction(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     p.require_admin("changing IP restrictions")?;
-    p.store.delete_ip_restriction(&p.account_id, &id).await?;
-    shared.ip_rules.invalidate(&p.account_id);
+    shared.admin(&p).delete_ip_restriction(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

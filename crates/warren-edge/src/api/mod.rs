@@ -21,7 +21,7 @@ use crate::Shared;
 
 mod api_keys;
 mod auth;
-mod certificates;
+pub(crate) mod certificates;
 mod credentials;
 mod endpoints;
 mod error;
@@ -367,15 +367,19 @@ fn check_body_id(body_id: Option<&str>, path_id: &str) -> Result<(), ApiError> {
 
 #[cfg(test)]
 mod tests {
-    /// Handlers change the account only through the caller's store (`p.store`), so every
-    /// audit event names who acted. The edge's own store (`shared.store`) may only read, or
-    /// keep the certificate cache, which is not an account change.
+    /// Handlers change the account only through the admin layer (`shared.admin(&p)`), which
+    /// writes as the caller (so every audit event names who acted) and reaches the caches and
+    /// sessions the change affects. A handler never writes through a store itself, neither the
+    /// caller's (`p.store`) nor the edge's (`shared.store`), except the edge's certificate
+    /// cache, which is not an account change.
     #[test]
-    fn handlers_write_only_as_the_caller() {
+    fn handlers_change_the_account_only_through_admin() {
         let files = [
             ("api_keys.rs", include_str!("api_keys.rs")),
+            ("auth.rs", include_str!("auth.rs")),
             ("certificates.rs", include_str!("certificates.rs")),
             ("credentials.rs", include_str!("credentials.rs")),
+            ("endpoints.rs", include_str!("endpoints.rs")),
             ("events.rs", include_str!("events.rs")),
             ("ip.rs", include_str!("ip.rs")),
             ("reserved.rs", include_str!("reserved.rs")),
@@ -383,18 +387,18 @@ mod tests {
             ("traffic_policy.rs", include_str!("traffic_policy.rs")),
             ("users.rs", include_str!("users.rs")),
         ];
+        let writes = ["create_", "update_", "delete_", "set_", "insert_", "mark_", "revoke", "detach", "attach"];
         for (name, text) in files {
             let flat: String = text.split_whitespace().collect();
-            for verb in ["create_", "update_", "delete_", "set_", "insert_", "mark_", "detach", "attach"] {
+            for store in ["p.store.", "shared.store."] {
                 let mut rest = flat.as_str();
-                while let Some(i) = rest.find("shared.store.") {
-                    let call = &rest[i + "shared.store.".len()..];
-                    let allowed =
-                        call.starts_with("put_certificate(") || call.starts_with("delete_certificate(");
+                while let Some(i) = rest.find(store) {
+                    let call = &rest[i + store.len()..];
+                    let method = &call[..call.find('(').unwrap_or(call.len())];
+                    let cache = store == "shared.store." && method == "put_certificate";
                     assert!(
-                        !call.starts_with(verb) || allowed,
-                        "{name}: shared.store.{} changes the account without naming the caller; use p.store",
-                        &call[..call.find('(').unwrap_or(call.len())]
+                        cache || !writes.iter().any(|w| method.starts_with(w)),
+                        "{name}: {store}{method} changes the account outside the admin layer; use shared.admin(&p)"
                     );
                     rest = call;
                 }

@@ -80,8 +80,7 @@ async fn attach(shared: &Shared, p: &Principal, d: &ReservedDomain, cert_id: &st
     if !super::certificates::covers(&c.chain_pem, &d.domain) {
         return Err(ApiError::bad_request(format!("tls certificate {cert_id} does not cover {}", d.domain)));
     }
-    p.store.set_domain_certificate(&p.account_id, &d.id, Some(cert_id)).await?;
-    super::certificates::serve_for_domain(shared, &c, &d.domain).await
+    shared.admin(p).attach_certificate(d, &c).await
 }
 
 #[derive(Deserialize)]
@@ -154,32 +153,22 @@ pub(crate) async fn create_domain(
     // A name online in another account's session now would change hands under it.
     // Overlaps with other accounts' reservations and live names (at any depth, any scheme,
     // on any node) are refused by the store, under one writer.
+    let mut certificate = None;
     if let Some(cert_id) = &b.certificate_id {
         let c = p.store.get_uploaded_certificate(&p.account_id, cert_id).await?;
         p.require_owner_or_admin(c.owner_id.as_deref(), "a tls certificate (to attach it)")?;
         if !super::certificates::covers(&c.chain_pem, &domain) {
             return Err(ApiError::bad_request(format!("tls certificate {cert_id} does not cover {domain}")));
         }
+        certificate = Some(c);
     }
     // A name under the edge's own domain needs no proof; a custom domain does.
     let own = crate::session::under_domain(domain.trim_start_matches("*."), base);
-    let d = p
-        .store
-        .create_reserved_domain(
-            &p.account_id,
-            &domain,
-            &b.description,
-            &b.metadata,
-            p.user_id.as_deref(),
-            own,
-        )
+    let d = shared
+        .admin(&p)
+        .create_reserved_domain(&domain, &b.description, &b.metadata, p.user_id.as_deref(), own, certificate.as_ref())
         .await?;
-    if let Some(cert_id) = &b.certificate_id {
-        attach(&shared, &p, &d, cert_id).await?;
-    }
     tracing::info!(reserved_domain = %d.id, domain = %d.domain, by = %p.key_id, "domain reserved");
-    // A custom domain gets its certificate now rather than at the next check.
-    shared.acme_wake.notify_one();
     Ok((StatusCode::CREATED, Json(domain_json(&shared, d, b.certificate_id))))
 }
 
@@ -228,10 +217,7 @@ pub(crate) async fn update_domain(
     }
     let current = p.store.get_reserved_domain(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "a reserved domain")?;
-    let d = p
-        .store
-        .update_reserved_domain(&p.account_id, &id, b.description.as_deref(), b.metadata.as_deref())
-        .await?;
+    let d = shared.admin(&p).update_reserved_domain(&id, b.description.as_deref(), b.metadata.as_deref()).await?;
     if let Some(cert_id) = &b.certificate_id {
         attach(&shared, &p, &d, cert_id).await?;
     }
@@ -248,9 +234,8 @@ pub(crate) async fn verify_domain(
 ) -> Result<Json<DomainJson>, ApiError> {
     let d = p.store.get_reserved_domain(&p.account_id, &id).await?;
     p.require_owner_or_admin(d.owner_id.as_deref(), "a reserved domain")?;
-    let d = crate::session::verify_domain(&shared, d).await.map_err(ApiError::conflict)?;
+    let d = shared.admin(&p).verify_domain(d).await.map_err(ApiError::conflict)?;
     tracing::info!(reserved_domain = %d.id, domain = %d.domain, by = %p.key_id, "custom domain verified");
-    shared.acme_wake.notify_one();
     let cert = p.store.domain_certificate_id(&p.account_id, &id).await?;
     Ok(Json(domain_json(&shared, d, cert)))
 }
@@ -264,16 +249,8 @@ pub(crate) async fn detach_certificate(
 ) -> Result<StatusCode, ApiError> {
     let d = p.store.get_reserved_domain(&p.account_id, &id).await?;
     p.require_owner_or_admin(d.owner_id.as_deref(), "a reserved domain")?;
-    p.store.set_domain_certificate(&p.account_id, &id, None).await?;
-    forget_certificate(&shared, &d.domain).await?;
-    shared.acme_wake.notify_one();
+    shared.admin(&p).detach_certificate(&d).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-async fn forget_certificate(shared: &Shared, domain: &str) -> Result<(), ApiError> {
-    shared.store.delete_certificate(domain).await?;
-    shared.certs.remove(domain);
-    Ok(())
 }
 
 pub(crate) async fn delete_domain(
@@ -283,9 +260,7 @@ pub(crate) async fn delete_domain(
 ) -> Result<StatusCode, ApiError> {
     let d = p.store.get_reserved_domain(&p.account_id, &id).await?;
     p.require_owner_or_admin(d.owner_id.as_deref(), "a reserved domain")?;
-    p.store.delete_reserved_domain(&p.account_id, &id).await?;
-    // A released name's certificate is no longer the account's to serve.
-    forget_certificate(&shared, &d.domain).await?;
+    shared.admin(&p).delete_reserved_domain(&d).await?;
     tracing::info!(reserved_domain = %id, by = %p.key_id, "reserved domain released");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -344,11 +319,7 @@ pub(crate) async fn create_addr(
         if shared.registry.is_taken(&EndpointKey::Port(port)) {
             continue;
         }
-        match p
-            .store
-            .create_reserved_addr(&p.account_id, port, &b.description, &b.metadata, p.user_id.as_deref())
-            .await
-        {
+        match shared.admin(&p).create_reserved_addr(port, &b.description, &b.metadata, p.user_id.as_deref()).await {
             Ok(a) => {
                 tracing::info!(reserved_addr = %a.id, port, by = %p.key_id, "tcp address reserved");
                 return Ok((StatusCode::CREATED, Json(addr_json(&shared, a))));
@@ -400,20 +371,18 @@ pub(crate) async fn update_addr(
     check_body_id(b.id.as_deref(), &id)?;
     let current = p.store.get_reserved_addr(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "a reserved address")?;
-    let a = p
-        .store
-        .update_reserved_addr(&p.account_id, &id, b.description.as_deref(), b.metadata.as_deref())
-        .await?;
+    let a = shared.admin(&p).update_reserved_addr(&id, b.description.as_deref(), b.metadata.as_deref()).await?;
     Ok(Json(addr_json(&shared, a)))
 }
 
 pub(crate) async fn delete_addr(
+    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let current = p.store.get_reserved_addr(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "a reserved address")?;
-    p.store.delete_reserved_addr(&p.account_id, &id).await?;
+    shared.admin(&p).delete_reserved_addr(&id).await?;
     tracing::info!(reserved_addr = %id, by = %p.key_id, "reserved tcp address released");
     Ok(StatusCode::NO_CONTENT)
 }

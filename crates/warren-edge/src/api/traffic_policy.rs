@@ -60,9 +60,7 @@ pub(crate) async fn put(
     crate::policy::check_account_policy(&shared, &p.account_id, &text)
         .await
         .map_err(|e| ApiError::bad_request(format!("invalid traffic policy: {e}")))?;
-    let updated_at = p.store.set_account_traffic_policy(&p.account_id, &text).await?;
-    let ended =
-        shared.end_sessions_of(&p.account_id, "the account's traffic policy changed; reconnect").await;
+    let (updated_at, ended) = shared.admin(&p).set_account_traffic_policy(&text).await?;
     tracing::info!(by = %p.key_id, sessions_restarted = ended, "account traffic policy set");
     Ok(Json(PolicyJson { uri: "/traffic_policy", traffic_policy: Some(text), updated_at: Some(updated_at) }))
 }
@@ -72,11 +70,9 @@ pub(crate) async fn delete(
     Extension(p): Extension<Principal>,
 ) -> Result<StatusCode, ApiError> {
     p.require_admin("the account's traffic policy")?;
-    if !p.store.delete_account_traffic_policy(&p.account_id).await? {
+    let Some(ended) = shared.admin(&p).delete_account_traffic_policy().await? else {
         return Err(ApiError::not_found("this account has no traffic policy"));
-    }
-    let ended =
-        shared.end_sessions_of(&p.account_id, "the account's traffic policy changed; reconnect").await;
+    };
     tracing::info!(by = %p.key_id, sessions_restarted = ended, "account traffic policy removed");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -75,6 +75,7 @@ where
 }
 
 pub(crate) async fn create(
+    State(shared): State<Arc<Shared>>,
     Extension(p): Extension<Principal>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<UserJson>), ApiError> {
@@ -84,9 +85,10 @@ pub(crate) async fn create(
         // Refused before the user exists, so a bad password leaves nothing behind.
         warren_store::dashboard::check_password_rules(pw)?;
     }
-    let mut u = p.store.create_user(&p.account_id, &b.email, role(&b.role)?).await?;
+    let admin = shared.admin(&p);
+    let mut u = admin.create_user(&b.email, role(&b.role)?).await?;
     if let Some(pw) = &b.password {
-        u = p.store.set_user_password(&p.account_id, &u.id, pw).await?;
+        u = admin.set_user_password(&u.id, pw).await?;
     }
     Ok((StatusCode::CREATED, Json(json(u))))
 }
@@ -130,21 +132,16 @@ pub(crate) async fn update(
     if let Some(pw) = &b.password {
         warren_store::dashboard::check_password_rules(pw)?;
     }
+    let admin = shared.admin(&p);
     if let Some(r) = &b.role {
-        user = p.store.set_user_role(&p.account_id, &id, role(r)?).await?;
+        user = admin.set_user_role(&id, role(r)?).await?;
     }
     if let Some(pw) = &b.password {
-        user = p.store.set_user_password(&p.account_id, &id, pw).await?;
+        user = admin.set_user_password(&id, pw).await?;
         tracing::info!(user = %id, by = %p.key_id, "dashboard password set");
     }
     if b.authtoken_acl.is_some() || b.authtoken_ip_policy_ids.is_some() {
-        user =
-            p.store.set_user_limits(&p.account_id, &id, b.authtoken_acl, b.authtoken_ip_policy_ids).await?;
-        // Sessions were admitted under the old limits: their agents reconnect under the new.
-        let tokens = p.store.credentials_of(&p.account_id, &id).await?;
-        for t in &tokens {
-            shared.end_sessions_using(t, "the user's authtoken limits changed; reconnect").await;
-        }
+        user = admin.set_user_limits(&id, b.authtoken_acl, b.authtoken_ip_policy_ids).await?;
         tracing::info!(user = %id, by = %p.key_id, "authtoken limits of a user changed");
     }
     Ok(Json(json(user)))
@@ -159,11 +156,8 @@ pub(crate) async fn delete(
     if p.user_id.as_deref() == Some(id.as_str()) {
         return Err(ApiError::bad_request("an admin cannot remove themselves; ask another admin"));
     }
-    let revoked = p.store.delete_user(&p.account_id, &id).await?;
-    // Their authtokens went with them: so do the sessions those tokens started.
-    for credential in &revoked {
-        shared.end_sessions_using(credential, "the authtoken's owner was removed").await;
-    }
+    // Their authtokens go with them: so do the sessions those tokens started.
+    let revoked = shared.admin(&p).delete_user(&id).await?;
     tracing::info!(user = %id, revoked_authtokens = revoked.len(), by = %p.key_id, "user removed with their keys and authtokens");
     Ok(StatusCode::NO_CONTENT)
 }
