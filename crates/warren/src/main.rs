@@ -451,6 +451,19 @@ struct EdgeArgs {
     /// a load balancer's health checks take the node out before it stops accepting.
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     shutdown_delay: u64,
+    /// Agent sessions this node holds at once; beyond it, new agent connections are closed.
+    #[arg(long, value_name = "N", default_value_t = warren_edge::Limits::default().max_sessions)]
+    max_sessions: usize,
+    /// Agent connections at once from one address, authenticated or not (a NAT in front of
+    /// many agents needs more).
+    #[arg(long, value_name = "N", default_value_t = warren_edge::Limits::default().max_agent_connections_per_ip)]
+    max_agent_connections_per_ip: usize,
+    /// Visitor connections this node holds at once, every ingress together.
+    #[arg(long, value_name = "N", default_value_t = warren_edge::Limits::default().max_visitor_connections)]
+    max_visitor_connections: usize,
+    /// Visitor connections at once from one address (the socket's, before PROXY headers).
+    #[arg(long, value_name = "N", default_value_t = warren_edge::Limits::default().max_visitor_connections_per_ip)]
+    max_visitor_connections_per_ip: usize,
 }
 
 /// Flags every agent command (http, tcp, tls) takes.
@@ -838,6 +851,21 @@ async fn edge(args: EdgeArgs, log_level_pinned: bool) -> anyhow::Result<()> {
     config.tls_files = args.tls_cert.zip(args.tls_key);
     config.limits.drain_timeout = std::time::Duration::from_secs(args.drain_timeout);
     config.limits.shutdown_delay = std::time::Duration::from_secs(args.shutdown_delay);
+    for (flag, n) in [
+        ("--max-sessions", args.max_sessions),
+        ("--max-agent-connections-per-ip", args.max_agent_connections_per_ip),
+        ("--max-visitor-connections", args.max_visitor_connections),
+        ("--max-visitor-connections-per-ip", args.max_visitor_connections_per_ip),
+    ] {
+        // 0 would refuse every connection: a typo, not a setting.
+        if n == 0 {
+            anyhow::bail!("{flag} 0 would refuse every connection; give at least 1");
+        }
+    }
+    config.limits.max_sessions = args.max_sessions;
+    config.limits.max_agent_connections_per_ip = args.max_agent_connections_per_ip;
+    config.limits.max_visitor_connections = args.max_visitor_connections;
+    config.limits.max_visitor_connections_per_ip = args.max_visitor_connections_per_ip;
     if args.check {
         return check_edge(&config).await;
     }

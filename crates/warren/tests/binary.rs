@@ -1743,3 +1743,52 @@ fn kill_9_of_a_node_costs_its_agent_a_reconnect_to_the_other_node() {
     drop((agent, b, lb));
     rt.block_on(db.drop_db());
 }
+
+/// The connection limits are flags: with `--max-agent-connections-per-ip 1`, a second agent
+/// connection from the same address is closed at once while the first (which has not even
+/// started its TLS handshake) holds the slot, where the default would let it wait for its
+/// handshake; the slot is free again once the first closes. A 0 is refused at start, by name.
+#[test]
+fn connection_limits_are_flags_and_a_zero_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut args = edge_on_port_zero(data.to_str().unwrap());
+    args.extend(["--max-agent-connections-per-ip", "1"]);
+    let edge = Proc::spawn(&args);
+    let line = edge.line_with("agents connect:");
+    let addr = after(&line, "agents connect:").split_whitespace().next().unwrap().to_owned();
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    // Whether the edge closes a new connection at once (rather than waiting for its handshake).
+    let closed_at_once = || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        match s.read(&mut [0u8; 1]) {
+            Ok(0) => true,
+            Ok(_) => panic!("the edge wrote before the client's TLS hello"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => false,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let first = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // The edge counts the first once it accepted it; until then a second may still get in.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !closed_at_once() {
+        assert!(std::time::Instant::now() < deadline, "a second connection was never refused");
+    }
+    drop(first);
+    let deadline = std::time::Instant::now() + WAIT;
+    while closed_at_once() {
+        assert!(std::time::Instant::now() < deadline, "the first connection's slot was never freed");
+    }
+    drop(edge);
+
+    for flag in ["--max-sessions", "--max-visitor-connections-per-ip"] {
+        let mut args = edge_on_port_zero(data.to_str().unwrap());
+        args.extend([flag, "0"]);
+        let out = warren().args(&args).stdin(Stdio::null()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(&format!("{flag} 0 would refuse every connection")), "{err}");
+    }
+}
