@@ -80,6 +80,7 @@ pub(crate) async fn compile_for_bind(
 }
 
 /// What a Bind gets from the traffic policies.
+#[derive(Clone)]
 pub(crate) struct ForBind {
     /// The account's and the endpoint's compiled policies, in that order.
     pub(crate) chain: Chain,

@@ -346,3 +346,26 @@ async fn random_names_survive_an_edge_restart_and_an_agent_restart() {
     let mut theirs = Agent::start(config);
     assert_ne!(within("online", theirs.wait_online()).await.unwrap(), first, "another authtoken");
 }
+
+/// A hundred agents of one authtoken forwarding to one upstream, started at once, all come
+/// online: the name kept for that endpoint goes to one of them and the others get random
+/// names of their own, where a Bind used to fail with ERR_NGROK_334 when another took the
+/// kept name first (the test failed so without the fix).
+#[tokio::test]
+async fn agents_starting_at_once_with_one_kept_name_all_come_online() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let mut agents: Vec<Agent> =
+        (0..100).map(|_| Agent::start(edge.agent_with(EndpointConfig::http(&up.url(), None).unwrap()))).collect();
+    let mut urls = std::collections::HashSet::new();
+    for a in &mut agents {
+        let got = within("online", a.wait_online()).await.expect("every agent binds");
+        assert!(urls.insert(got[0].clone()), "{} twice", got[0]);
+    }
+    assert_eq!(urls.len(), 100);
+    for url in &urls {
+        let host = url.trim_start_matches("https://").split(':').next().unwrap().to_owned();
+        let (status, _, body) = within("visit", https_get(&edge, &host, "/")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from upstream"), "{url}");
+    }
+}

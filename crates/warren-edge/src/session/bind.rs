@@ -167,7 +167,7 @@ async fn bind_http(
     let opts: proto::HttpOpts =
         crate::bind_options::decode_opts(raw, &bind.proto).map_err(BindError::Invalid)?;
     let extras = crate::bind_options::http(bind, &opts, raw, unknown).map_err(BindError::Invalid)?;
-    let host =
+    let (mut host, random) =
         named_host(shared, session, proto, [&opts.url, &opts.domain, &opts.hostname], &opts.subdomain, bind)
             .await?;
     let internal = crate::registry::is_internal(&host);
@@ -176,18 +176,16 @@ async fn bind_http(
             "{host} is an internal name; its binding is internal (leave bindings out)"
         )));
     }
-    let url = match (proto, shared.https_port, shared.http_port) {
-        _ if internal => format!("{}://{host}", proto.as_str()),
-        (Proto::Https, 443, _) => format!("https://{host}"),
-        (Proto::Https, p, _) => format!("https://{host}:{p}"),
-        (_, _, Some(80)) => format!("http://{host}"),
-        (_, _, Some(p)) => format!("http://{host}:{p}"),
-        (_, _, None) => {
-            return Err(BindError::Invalid(
-                "this edge has no plain http listener; use an https:// URL".into(),
-            ));
-        }
+    let url_of = |host: &str| match (proto, shared.https_port, shared.http_port) {
+        _ if internal => Ok(format!("{}://{host}", proto.as_str())),
+        (Proto::Https, 443, _) => Ok(format!("https://{host}")),
+        (Proto::Https, p, _) => Ok(format!("https://{host}:{p}")),
+        (_, _, Some(80)) => Ok(format!("http://{host}")),
+        (_, _, Some(p)) => Ok(format!("http://{host}:{p}")),
+        (_, _, None) => Err(BindError::Invalid("this edge has no plain http listener; use an https:// URL".into())),
     };
+    url_of(&host)?;
+    let mut tries = 0;
     let policy = crate::policy::compile_for_bind(
         shared,
         &session.account_id,
@@ -214,12 +212,23 @@ async fn bind_http(
             Some(t.server_config(crate::tls::provider(), shared.certs.clone()).map_err(BindError::Invalid)?)
         }
     };
-    let key = match internal {
-        true => EndpointKey::Host(proto, crate::registry::internal_host(&host, &session.account_id)),
-        false => EndpointKey::Host(proto, host),
-    };
-    register(shared, endpoint(session, bind, proto, &url, key, tls, policy, 0)).await?;
-    Ok(url)
+    loop {
+        let url = url_of(&host)?;
+        let key = match internal {
+            true => EndpointKey::Host(proto, crate::registry::internal_host(&host, &session.account_id)),
+            false => EndpointKey::Host(proto, host.clone()),
+        };
+        match register(shared, endpoint(session, bind, proto, &url, key, tls.clone(), policy.clone(), 0)).await {
+            Ok(_) => return Ok(url),
+            // A kept random name another session of the token took first (two agents
+            // starting at once): a new random name, as if none had been kept.
+            Err(BindError::InUse(_)) if random && tries < 3 => {
+                tries += 1;
+                host = random_host(shared, proto).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 async fn bind_tls(
@@ -238,7 +247,7 @@ async fn bind_tls(
                 .into(),
         ));
     }
-    let host = named_host(
+    let (mut host, random) = named_host(
         shared,
         session,
         Proto::Tls,
@@ -248,7 +257,8 @@ async fn bind_tls(
     )
     .await?;
     let internal = crate::registry::is_internal(&host);
-    let url = match shared.https_port {
+    let mut tries = 0;
+    let url_of = |host: &str| match shared.https_port {
         _ if internal => format!("tls://{host}"),
         443 => format!("tls://{host}"),
         p => format!("tls://{host}:{p}"),
@@ -261,14 +271,24 @@ async fn bind_tls(
         opts.traffic_policy.as_ref(),
     )
     .await?;
-    let key = match internal {
-        // Reached only through forward-internal: the SNI of no visitor names it.
-        true => EndpointKey::Host(Proto::Tls, crate::registry::internal_host(&host, &session.account_id)),
-        false => EndpointKey::Host(Proto::Tls, host),
-    };
-    register(shared, endpoint(session, bind, Proto::Tls, &url, key, None, policy, extras.proxy_proto))
-        .await?;
-    Ok(url)
+    loop {
+        let url = url_of(&host);
+        let key = match internal {
+            // Reached only through forward-internal: the SNI of no visitor names it.
+            true => EndpointKey::Host(Proto::Tls, crate::registry::internal_host(&host, &session.account_id)),
+            false => EndpointKey::Host(Proto::Tls, host.clone()),
+        };
+        let ep = endpoint(session, bind, Proto::Tls, &url, key, None, policy.clone(), extras.proxy_proto);
+        match register(shared, ep).await {
+            Ok(_) => return Ok(url),
+            // As for http: a kept random name taken first by another session of the token.
+            Err(BindError::InUse(_)) if random && tries < 3 => {
+                tries += 1;
+                host = random_host(shared, Proto::Tls).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A tcp endpoint on the port asked for, or a random free one of the range; its listener
@@ -419,7 +439,7 @@ async fn tcp_listener(
 
 /// The host a named bind gets: the one asked for (any of `names`, or `subdomain` under the
 /// base domain) or a random one, allowed by the token, not another account's, and (for a
-/// custom domain) reserved and proven.
+/// custom domain) reserved and proven; and whether it was chosen at random.
 async fn named_host(
     shared: &Shared,
     session: &AgentSession,
@@ -427,11 +447,11 @@ async fn named_host(
     names: [&str; 3],
     subdomain: &str,
     bind: &proto::Bind,
-) -> Result<String, BindError> {
+) -> Result<(String, bool), BindError> {
     let [url, domain, hostname] = names;
-    let host = match requested_host(shared, url, domain, hostname, subdomain)? {
-        Some(h) => h,
-        None if session.may_bind_any() => kept_random_host(shared, session, proto, bind).await?,
+    let (host, random) = match requested_host(shared, url, domain, hostname, subdomain)? {
+        Some(h) => (h, false),
+        None if session.may_bind_any() => (kept_random_host(shared, session, proto, bind).await?, true),
         None => return Err(not_allowed(session, "a random name")),
     };
     if !session.may_bind(&host) {
@@ -440,7 +460,7 @@ async fn named_host(
     if crate::registry::is_internal(&host) {
         // Internal: the account's own name, reached only through forward-internal.
         return match proto {
-            Proto::Http | Proto::Https | Proto::Tls => Ok(host),
+            Proto::Http | Proto::Https | Proto::Tls => Ok((host, random)),
             Proto::Tcp => Err(BindError::Invalid(format!(
                 "{host}: an internal tcp endpoint is tcp://NAME.internal:PORT"
             ))),
@@ -487,7 +507,7 @@ async fn named_host(
             sub.replace('.', "-")
         )));
     }
-    Ok(host)
+    Ok((host, random))
 }
 
 /// A decided endpoint, before it is registered.
