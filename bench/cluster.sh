@@ -5,18 +5,22 @@
 # (relayed to node A over their relay link), for --seconds each:
 #   http:  wrk -t2 -c64 -d<seconds>s --latency -H "Host: NAME" http://127.0.0.1:PORT/
 #   tcp:   iperf3 -c 127.0.0.1 -p PORT -t <seconds>      (one stream; node B's port on 127.0.0.2)
-# Reported: requests/s and p50/p99, Gbit/s, and relayed / local.
+#   latency: wrk -t1 -c1 -d<seconds>s --latency (one request at a time), --rounds times,
+#            alternating local and relayed: a relayed request's latency against the local
+#            route's (issue #22's target: relayed p50 <= 1.5x local)
+# Reported: requests/s and p50/p99, Gbit/s, and relayed / local; the latency rounds' medians.
 #
-#   bench/cluster.sh [--seconds 5] [--database postgres://postgres@127.0.0.1:5432/test]
+#   bench/cluster.sh [--seconds 5] [--rounds 5] [--database postgres://postgres@127.0.0.1:5432/test]
 #
 # The database URL names a server where the user may create databases; a fresh one is made
 # and dropped. Needs: target/release/warren, psql, nginx, wrk, iperf3 (installed if missing).
 set -euo pipefail
-SECS=5 DB=${WARREN_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
+SECS=5 ROUNDS=5 DB=${WARREN_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 while (($#)); do
   case $1 in
     --seconds) SECS=$2; shift 2 ;;
     --database) DB=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -91,3 +95,24 @@ printf '%-8s %10s %9s %9s %8s\n' route req_per_s p50 p99 Gbit/s
 printf '%-8s %10s %9s %9s %8s\n' local "$l_rps" "$l_p50" "$l_p99" "$l_gbit"
 printf '%-8s %10s %9s %9s %8s\n' relayed "$r_rps" "$r_p50" "$r_p99" "$r_gbit"
 echo "relayed/local: requests $(ratio "$l_rps" "$r_rps"), Gbit/s $(ratio "$l_gbit" "$r_gbit")"
+
+lat_run() { # port -> "p50 p99" in ms
+  wrk -t1 -c1 -d"${SECS}s" --latency -H "Host: bench.warren.localhost" "http://127.0.0.1:$1/" 2>&1 |
+    awk 'function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; return v * 1000 }
+         $1=="50%"{a=ms($2)} $1=="99%"{b=ms($2)} END{printf "%.3f %.3f\n", a, b}'
+}
+echo
+echo "latency, one request at a time: wrk -t1 -c1 -d${SECS}s --latency -H 'Host: bench.warren.localhost' http://127.0.0.1:PORT/"
+lp50=() rp50=() lp99=() rp99=()
+for r in $(seq 1 "$ROUNDS"); do
+  read -r a b <<<"$(lat_run "$http_port")"; read -r c d <<<"$(lat_run "$b_http")"
+  lp50+=("$a") lp99+=("$b") rp50+=("$c") rp99+=("$d")
+  echo "round $r: local p50 ${a} ms p99 ${b} ms; relayed p50 ${c} ms p99 ${d} ms; relayed/local p50 $(ratio "$a" "$c")"
+done
+python3 - "${lp50[*]}" "${rp50[*]}" "${lp99[*]}" "${rp99[*]}" <<'EOF'
+import statistics, sys
+l50, r50, l99, r99 = ([float(x) for x in a.split()] for a in sys.argv[1:5])
+m = statistics.median
+print(f"median: local p50 {m(l50):.3f} ms, relayed p50 {m(r50):.3f} ms, relayed/local {m(r50)/m(l50):.2f} "
+      f"(target <= 1.5); p99 {m(l99):.3f} vs {m(r99):.3f} ms")
+EOF

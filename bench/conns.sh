@@ -14,8 +14,9 @@
 # Reported per count: errors/lost, RSS of edge and agent (rathole: server and client) and
 # (RSS_total(N) - RSS_total(before opening)) / N, in KiB per idle connection.
 # Issue #7's target: 10,000 connections without errors, <= 16 KiB per idle connection
-# (edge + agent together). The open-file limit is raised to 65536 (or the hard limit, if lower:
-# every process here needs N + a few descriptors).
+# (edge + agent together); issue #22's: 100,000 on one edge. The open-file limit is raised to
+# 65536 (or the hard limit, if lower: every process here needs N + a few descriptors, so the
+# hard limit bounds N). The client spreads its connections over 16 loopback source addresses.
 # Needs: target/release/warren, python3; rathole from compare.sh (skipped if missing).
 set -euo pipefail
 COUNTS=0,1000,10000 PARALLEL=200 SETTLE=2
@@ -30,6 +31,7 @@ done
 source "$(dirname "$0")/lib.sh"
 need_warren
 raise_nofile 65536
+widen_ports
 IFS=, read -r -a counts <<<"$COUNTS"
 max=0; for n in "${counts[@]}"; do ((n > max)) && max=$n; done
 if ((max + 256 > $(ulimit -n))); then
@@ -69,11 +71,14 @@ async def rt(r, w, b):
     got = await asyncio.wait_for(r.readexactly(1), 10)
     if got != b:
         raise ValueError("wrong byte")
-async def one(sem):
+async def one(sem, i):
     async with sem:
         w = None
         try:
-            r, w = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+            # Spread over 16 loopback source addresses: the edge allows 10,000 visitor
+            # connections per address (max_visitor_connections_per_ip).
+            src = (f"127.0.0.{2 + i % 16}", 0) if host.startswith("127.") else None
+            r, w = await asyncio.wait_for(asyncio.open_connection(host, port, local_addr=src), 10)
             await rt(r, w, b"x")
             conns.append((r, w))
         except Exception as e:
@@ -90,7 +95,7 @@ async def check(sem, r, w):
 async def main():
     sem = asyncio.Semaphore(par)
     t = time.monotonic()
-    await asyncio.gather(*(one(sem) for _ in range(n)))
+    await asyncio.gather(*(one(sem, i) for i in range(n)))
     print(f"opened={len(conns)} errors={n - len(conns)} secs={time.monotonic() - t:.1f} kinds={dict(kinds)}", flush=True)
     loop = asyncio.get_running_loop()
     while True:
@@ -106,13 +111,15 @@ async def main():
 asyncio.run(main())
 EOF
 
-UP=$(freeport)
-python3 "$WORK/holder.py" "$UP" & track $!
-wait_port 127.0.0.1 "$UP"
-
 declare -A ERR LOST RA RB PER SECS
 measure() { # system count -> fills the arrays for "$1/$2"
-  local s=$1 n=$2 addr pa pb b0 b1 line
+  local s=$1 n=$2 addr pa pb b0 b1 line holder
+  # A fresh upstream port each time: the agent's (or rathole client's) connections to it all
+  # come from 127.0.0.1, and the previous measurement's closed ones sit in TIME_WAIT for a
+  # minute, taking ephemeral ports a large N needs.
+  UP=$(freeport)
+  python3 "$WORK/holder.py" "$UP" & holder=$!; track "$holder"
+  wait_port 127.0.0.1 "$UP"
   if [[ $s == warren ]]; then
     IPERF_PORT=$UP HTTP_PORT=$UP start_warren
     addr=$W_TCP pa=${W_PIDS[0]} pb=${W_PIDS[1]} # edge, agent of the tcp endpoint for $IPERF_PORT
@@ -147,6 +154,7 @@ measure() { # system count -> fills the arrays for "$1/$2"
   fi
   for p in $pa $pb; do kill -0 "$p" 2>/dev/null || echo "  WARNING: $s process $p died" >&2; done
   if [[ $s == warren ]]; then stop "${W_PIDS[@]}"; else stop "${RH_PIDS[@]}"; fi
+  stop "$holder"
 }
 for n in "${counts[@]}"; do
   for s in "${systems[@]}"; do measure "$s" "$n"; done

@@ -6,13 +6,15 @@
 #   need_warren / need_rathole   exit with a clear message when the binary is missing
 #   freeport               a free TCP port on 127.0.0.1
 #   rss_kib PID            VmRSS of PID in KiB
-#   start_nginx PORT       nginx (1 worker) answering 200 "hello world" on 127.0.0.1:PORT
+#   start_nginx PORT [WORKERS] [CONNS]  nginx (1 worker, 8192 connections) answering 200 "hello world"
+#                          on 127.0.0.1:PORT
 #   start_warren           bench/warren-setup.sh with $IPERF_PORT/$HTTP_PORT; sets W_TCP, W_HTTP,
 #                          W_HTTP_ENDPOINT, W_HTTP_HOST, W_HTTPS_ENDPOINT, W_HTTPS_HOST, W_PIDS (array),
 #                          W_LOGS
 #   rathole_configs NAME CTL SVC UP   write rathole's server and client TOML (plain TCP transport)
 #   start_rathole PORT     rathole server+client (plain TCP transport, as compare.sh) forwarding
 #                          to 127.0.0.1:PORT; sets RH_ADDR (host:port), RH_PIDS (array)
+#   widen_ports            the ephemeral port range 10000-65000 for the run, if the kernel allows
 #   stop PID...            kill and reap
 #   wait_port HOST PORT    until something listens;   wait_for FILE PATTERN   until FILE has it
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -82,12 +84,12 @@ stop() {
   for p in "$@"; do kill "$p" 2>/dev/null || true; done
   for p in "$@"; do wait "$p" 2>/dev/null || true; done
 }
-start_nginx() { # port [workers]
-  local port=$1 workers=${2:-1}
+start_nginx() { # port [workers] [connections per worker]
+  local port=$1 workers=${2:-1} conns=${3:-8192}
   cat >"$WORK/nginx-$port.conf" <<EOF
 worker_processes $workers; daemon off; pid $WORK/nginx-$port.pid; error_log $WORK/nginx-$port.err;
-worker_rlimit_nofile 16384;
-events { worker_connections 8192; }
+worker_rlimit_nofile $((conns * 2));
+events { worker_connections $conns; }
 http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$port backlog=4096; location / { return 200 "hello world\n"; } } }
 EOF
@@ -144,6 +146,19 @@ start_rathole() { # upstream-port
   wait_port 127.0.0.1 "$svc"
   # the service port listens before the client's control channel is up; give it a moment
   sleep 1
+}
+# Many connections from one process to one upstream address (an agent's, rathole's) need an
+# ephemeral port each: Linux's default range gives about 14,000 before connect() fails with
+# EADDRNOTAVAIL. Widen it for the run where the kernel lets us (restored at exit).
+widen_ports() {
+  local f=/proc/sys/net/ipv4/ip_local_port_range old
+  old=$(tr -s '\t ' ' ' <"$f")
+  if echo "10000 65000" >"$f" 2>/dev/null; then
+    on_exit "echo '$old' >$f"
+    echo "ephemeral ports: 10000-65000 for this run (was $old)"
+  else
+    echo "NOTE: could not widen the ephemeral port range ($old): about 14,000 connections to one upstream at most" >&2
+  fi
 }
 # raise the open-file limit as far as allowed (65536, or the hard limit if lower)
 raise_nofile() {

@@ -8,6 +8,7 @@
 # And an https endpoint for $HTTP_PORT (TLS terminated at the edge with its local CA's
 # certificate), printed as https_endpoint=URL host=NAME:PORT; clients must send NAME as SNI and
 # Host (h2load: --connect-to=127.0.0.1:PORT https://NAME:PORT/). logs=DIR is the log folder.
+# WARREN_EDGE_ARGS adds flags to the edge's command line (word-split).
 # Needs a release build: cargo build --release -p warren
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,7 +22,8 @@ wait_for() { # file pattern
   echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
 }
 "$bin" edge --data-dir "$work/data" --connect-addr 127.0.0.1:$connect --https-addr 127.0.0.1:$https \
-  --http-addr 127.0.0.1:$http --api-addr 127.0.0.1:0 --tcp-ports 45000-45999 --log-level warn >"$work/edge.log" 2>&1 &
+  --http-addr 127.0.0.1:$http --api-addr 127.0.0.1:0 --tcp-ports 45000-45999 --log-level warn \
+  ${WARREN_EDGE_ARGS:-} >"$work/edge.log" 2>&1 &
 edge=$!
 started=("$edge")
 # On failure, stop what was started (on success the caller stops the printed pids).

@@ -27,6 +27,12 @@ fn every_bench_script_parses() {
         "overload.sh",
         "syscalls.sh",
         "instructions.sh",
+        "events.sh",
+        "cluster.sh",
+        "medians.sh",
+        "policy.sh",
+        "pool.sh",
+        "memory.sh",
     ] {
         assert!(scripts.iter().any(|p| p.ends_with(want)), "bench/{want} is missing");
     }
