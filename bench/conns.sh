@@ -15,8 +15,10 @@
 # (RSS_total(N) - RSS_total(before opening)) / N, in KiB per idle connection.
 # Issue #7's target: 10,000 connections without errors, <= 16 KiB per idle connection
 # (edge + agent together); issue #22's: 100,000 on one edge. The open-file limit is raised to
-# 65536 (or the hard limit, if lower: every process here needs N + a few descriptors, so the
-# hard limit bounds N). The client spreads its connections over 16 loopback source addresses.
+# 65536 (or the hard limit, if lower): every process here needs N + a few descriptors, so
+# that bounds N, and so do the ephemeral ports of the agent's connections to the one upstream
+# (about 55,000 once widened). The client spreads its connections over 16 loopback source
+# addresses.
 # Needs: target/release/warren, python3; rathole from compare.sh (skipped if missing).
 set -euo pipefail
 COUNTS=0,1000,10000 PARALLEL=200 SETTLE=2

@@ -94,8 +94,11 @@ if ((EVENTS)); then
     -H "Content-Type: application/json" ${3:+--data "$3"}; }
   dest=$(call POST /event_destinations '{"target": {"file": {"name": "bench.jsonl", "max_bytes": 1073741824, "max_files": 1}}}' |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-  call POST /event_subscriptions "{\"sources\": [{\"type\": \"http_request_complete.v0\"}], \"destination_ids\": [\"$dest\"]}" >/dev/null
+  sub=$(call POST /event_subscriptions "{\"sources\": [{\"type\": \"http_request_complete.v0\"}], \"destination_ids\": [\"$dest\"]}" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
   count http+events "--connect-to=${addr%/}" "http://$host/"
+  # --https below counts without events
+  call DELETE "/event_subscriptions/$sub" >/dev/null
 fi
 if ((HTTPS)); then
   https_port=${W_HTTPS_HOST##*:}

@@ -148,8 +148,9 @@ start_rathole() { # upstream-port
   sleep 1
 }
 # Many connections from one process to one upstream address (an agent's, rathole's) need an
-# ephemeral port each: Linux's default range gives about 14,000 before connect() fails with
-# EADDRNOTAVAIL. Widen it for the run where the kernel lets us (restored at exit).
+# ephemeral port each: with Linux's default range connect() failed with EADDRNOTAVAIL from
+# about 15,100 on here. Widen it for the run where the kernel lets us (restored at exit; two
+# scripts run at once would restore each other's setting, so run one at a time).
 widen_ports() {
   local f=/proc/sys/net/ipv4/ip_local_port_range old
   old=$(tr -s '\t ' ' ' <"$f")

@@ -41,9 +41,18 @@ for h in "$plain" policy.warren.localhost; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $h:$port" "http://127.0.0.1:$port/")
   [[ $code == 200 ]] || { echo "$h answered $code, not 200" >&2; exit 1; }
 done
-rps() { # host
-  wrk -t2 -c64 -d"${SECS}s" -H "Host: $1:$port" "http://127.0.0.1:$port/" | awk '/^Requests\/sec/{print $2}'
+rps() { # host: requests/s, after checking that every answer was a 2xx
+  local out
+  out=$(wrk -t2 -c64 -d"${SECS}s" -H "Host: $1:$port" "http://127.0.0.1:$port/")
+  if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
+    echo "$1: $(grep -E 'Non-2xx|Socket errors' <<<"$out" | tr -s ' ')" >&2; exit 1
+  fi
+  awk '/^Requests\/sec/{print $2}' <<<"$out"
 }
+# Both endpoints warm (connections, pooled streams) before the first round.
+for h in "$plain" policy.warren.localhost; do
+  wrk -t2 -c64 -d1s -H "Host: $h:$port" "http://127.0.0.1:$port/" >/dev/null
+done
 echo "command: wrk -t2 -c64 -d${SECS}s -H 'Host: NAME:$port' http://127.0.0.1:$port/ (NAME: $plain, then policy.warren.localhost)"
 offs=() ons=()
 for r in $(seq 1 "$ROUNDS"); do

@@ -63,20 +63,24 @@ agent() { # log upstream-port
 }
 a=$(agent "$WORK/a.log" "$UP_A"); track "$a"
 wait_for "$WORK/a.log" Forwarding
-rps() {
-  wrk -t2 -c32 -d"${SECS}s" -H "Host: pool.warren.localhost:$port" "http://127.0.0.1:$port/" |
-    awk '/^Requests\/sec/{print $2}'
+rps() { # requests/s, after checking that every answer was a 2xx
+  local out
+  out=$(wrk -t2 -c32 -d"${SECS}s" -H "Host: pool.warren.localhost:$port" "http://127.0.0.1:$port/")
+  if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
+    echo "pool: $(grep -E 'Non-2xx|Socket errors' <<<"$out" | tr -s ' ')" >&2; exit 1
+  fi
+  awk '/^Requests\/sec/{print $2}' <<<"$out"
 }
 echo "command: wrk -t2 -c32 -d${SECS}s -H 'Host: pool.warren.localhost:$port' http://127.0.0.1:$port/; upstreams spend ${WORK_MS} ms of CPU per request"
 ones=() twos=()
 for r in $(seq 1 "$ROUNDS"); do
   one=$(rps)
-  b=$(agent "$WORK/b-$r.log" "$UP_B")
+  b=$(agent "$WORK/b-$r.log" "$UP_B"); track "$b"
   wait_for "$WORK/b-$r.log" Forwarding
   two=$(rps)
   stop "$b"
-  # the edge forgets B's session when its connection closes; one more agent-A-only request
-  # settles it before the next round
+  # the edge forgets B's session when its connection closes; give it a moment before the
+  # next round measures agent A alone
   sleep 1
   ones+=("$one") twos+=("$two")
   printf 'round %d: one agent %s req/s, two pooled %s req/s, two/one %.2f\n' "$r" "$one" "$two" \

@@ -1,10 +1,12 @@
 //! The one change path: every change to an account goes through [`Admin`]. Each method makes
-//! one store write through the caller's store (which records the audit event in the same
+//! its store writes through the caller's store (which records each audit event in the write's
 //! transaction, naming the key, user, role and address that acted), then drops or refreshes
-//! what the edge holds in memory that the change made stale: on this node at once, and on the
-//! cluster's other nodes through `rules::announce`. API handlers check who may do what and
-//! shape JSON; they do not write to the store themselves (a test in `api` holds them to it),
-//! so no handler can forget a cache or a session that a change should reach.
+//! what the edge holds in memory that the change made stale: on this node at once; sessions,
+//! rules and cloud endpoints on the cluster's other nodes through `rules::announce`, while
+//! their cached IP restrictions and event routes catch up within their TTL (5 s). API
+//! handlers check who may do what and shape JSON; they do not change the account through a
+//! store themselves (a test in `api` holds them to it), so no handler can forget a cache or a
+//! session that a change should reach.
 //!
 //! The `_here` methods are what another node's announcement runs on this one.
 
@@ -257,10 +259,10 @@ impl Admin<'_> {
         self.store.update_reserved_domain(self.account_id, id, description, metadata).await
     }
 
-    /// Looks the domain's TXT record up now (the edge records the proof), then wakes the
-    /// certificate manager.
+    /// Looks the domain's TXT record up now and records the proof as the caller, then wakes
+    /// the certificate manager.
     pub(crate) async fn verify_domain(&self, d: ReservedDomain) -> Result<ReservedDomain, String> {
-        let d = crate::session::verify_domain(self.shared, d).await?;
+        let d = crate::session::verify_domain(self.shared, self.store, d).await?;
         self.shared.acme_wake.notify_one();
         Ok(d)
     }

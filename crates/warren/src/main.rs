@@ -455,13 +455,14 @@ struct EdgeArgs {
     #[arg(long, value_name = "N", default_value_t = warren_edge::Limits::default().max_sessions)]
     max_sessions: usize,
     /// Agent connections at once from one address, authenticated or not (a NAT in front of
-    /// many agents needs more).
+    /// many agents needs more; 0: no per-address limit).
     #[arg(long, value_name = "N", default_value_t = warren_edge::Limits::default().max_agent_connections_per_ip)]
     max_agent_connections_per_ip: usize,
     /// Visitor connections this node holds at once, every ingress together.
     #[arg(long, value_name = "N", default_value_t = warren_edge::Limits::default().max_visitor_connections)]
     max_visitor_connections: usize,
-    /// Visitor connections at once from one address (the socket's, before PROXY headers).
+    /// Visitor connections at once from one address (the socket's, before PROXY headers; 0:
+    /// no per-address limit).
     #[arg(long, value_name = "N", default_value_t = warren_edge::Limits::default().max_visitor_connections_per_ip)]
     max_visitor_connections_per_ip: usize,
 }
@@ -851,15 +852,21 @@ async fn edge(args: EdgeArgs, log_level_pinned: bool) -> anyhow::Result<()> {
     config.tls_files = args.tls_cert.zip(args.tls_key);
     config.limits.drain_timeout = std::time::Duration::from_secs(args.drain_timeout);
     config.limits.shutdown_delay = std::time::Duration::from_secs(args.shutdown_delay);
-    for (flag, n) in [
-        ("--max-sessions", args.max_sessions),
-        ("--max-agent-connections-per-ip", args.max_agent_connections_per_ip),
-        ("--max-visitor-connections", args.max_visitor_connections),
-        ("--max-visitor-connections-per-ip", args.max_visitor_connections_per_ip),
+    // Each is a semaphore's size: bounded well below what tokio accepts.
+    const MAX_CONNECTIONS: usize = 100_000_000;
+    for (flag, n, zero_refuses_all) in [
+        ("--max-sessions", args.max_sessions, true),
+        ("--max-agent-connections-per-ip", args.max_agent_connections_per_ip, false),
+        ("--max-visitor-connections", args.max_visitor_connections, true),
+        ("--max-visitor-connections-per-ip", args.max_visitor_connections_per_ip, false),
     ] {
-        // 0 would refuse every connection: a typo, not a setting.
-        if n == 0 {
+        // 0 would refuse every connection: a typo, not a setting. (Per address, 0 means no
+        // per-address limit.)
+        if n == 0 && zero_refuses_all {
             anyhow::bail!("{flag} 0 would refuse every connection; give at least 1");
+        }
+        if n > MAX_CONNECTIONS {
+            anyhow::bail!("{flag} {n} is more than {MAX_CONNECTIONS} connections");
         }
     }
     config.limits.max_sessions = args.max_sessions;

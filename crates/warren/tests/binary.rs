@@ -1747,7 +1747,8 @@ fn kill_9_of_a_node_costs_its_agent_a_reconnect_to_the_other_node() {
 /// The connection limits are flags: with `--max-agent-connections-per-ip 1`, a second agent
 /// connection from the same address is closed at once while the first (which has not even
 /// started its TLS handshake) holds the slot, where the default would let it wait for its
-/// handshake; the slot is free again once the first closes. A 0 is refused at start, by name.
+/// handshake; the slot is free again once the first closes. A 0 for a node-wide limit is
+/// refused at start, by name (per address, 0 means no per-address limit).
 #[test]
 fn connection_limits_are_flags_and_a_zero_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -1783,7 +1784,7 @@ fn connection_limits_are_flags_and_a_zero_is_refused() {
     }
     drop(edge);
 
-    for flag in ["--max-sessions", "--max-visitor-connections-per-ip"] {
+    for flag in ["--max-sessions", "--max-visitor-connections"] {
         let mut args = edge_on_port_zero(data.to_str().unwrap());
         args.extend([flag, "0"]);
         let out = warren().args(&args).stdin(Stdio::null()).output().unwrap();

@@ -218,11 +218,14 @@ async fn bind_http(
             true => EndpointKey::Host(proto, crate::registry::internal_host(&host, &session.account_id)),
             false => EndpointKey::Host(proto, host.clone()),
         };
-        match register(shared, endpoint(session, bind, proto, &url, key, tls.clone(), policy.clone(), 0)).await {
+        let ep = endpoint(session, bind, proto, &url, key.clone(), tls.clone(), policy.clone(), 0);
+        match register(shared, ep).await {
             Ok(_) => return Ok(url),
-            // A kept random name another session of the token took first (two agents
-            // starting at once): a new random name, as if none had been kept.
-            Err(BindError::InUse(_)) if random && tries < 3 => {
+            // A kept random name another session on this node took first (two agents of the
+            // token starting at once): a new random name, as `kept_random_host` gives when
+            // it finds the name taken. Held on another node, it may be this agent's own
+            // dying session there: InUse, and the agent retries until that one lapses.
+            Err(BindError::InUse(_)) if random && tries < 3 && shared.registry.is_taken(&key) => {
                 tries += 1;
                 host = random_host(shared, proto).await?;
             }
@@ -278,11 +281,11 @@ async fn bind_tls(
             true => EndpointKey::Host(Proto::Tls, crate::registry::internal_host(&host, &session.account_id)),
             false => EndpointKey::Host(Proto::Tls, host.clone()),
         };
-        let ep = endpoint(session, bind, Proto::Tls, &url, key, None, policy.clone(), extras.proxy_proto);
+        let ep = endpoint(session, bind, Proto::Tls, &url, key.clone(), None, policy.clone(), extras.proxy_proto);
         match register(shared, ep).await {
             Ok(_) => return Ok(url),
-            // As for http: a kept random name taken first by another session of the token.
-            Err(BindError::InUse(_)) if random && tries < 3 => {
+            // As for http: a kept random name another session on this node took first.
+            Err(BindError::InUse(_)) if random && tries < 3 && shared.registry.is_taken(&key) => {
                 tries += 1;
                 host = random_host(shared, Proto::Tls).await?;
             }
@@ -695,7 +698,7 @@ pub(crate) async fn check_domain_reservation(
         ))),
         // The DNS record may have been created since: look once more now.
         Some(r) if r.verified_at.is_none() => {
-            verify_domain(shared, r).await.map(|_| ()).map_err(BindError::DomainNotServed)
+            verify_domain(shared, &shared.store, r).await.map(|_| ()).map_err(BindError::DomainNotServed)
         }
         Some(_) => Ok(()),
         None if under_domain(host, base) => Ok(()),
@@ -710,6 +713,7 @@ pub(crate) async fn check_domain_reservation(
 /// must hold the reservation's token. Returns the reservation, now verified, or what to do.
 pub(crate) async fn verify_domain(
     shared: &Shared,
+    by: &warren_store::Store,
     d: warren_store::ReservedDomain,
 ) -> Result<warren_store::ReservedDomain, String> {
     if d.verified_at.is_some() {
@@ -725,7 +729,7 @@ pub(crate) async fn verify_domain(
     };
     match crate::dns::txt(resolver, &name).await {
         Ok(values) if values.iter().any(|v| v.trim() == d.verify_token) => {
-            shared.store.mark_domain_verified(&d.account_id, &d.id).await.map_err(|e| {
+            by.mark_domain_verified(&d.account_id, &d.id).await.map_err(|e| {
                 shared.metrics.store_errors.inc();
                 tracing::error!(error = %e, "store failed while recording a verified domain");
                 "the edge could not record the verification; try again".to_string()
