@@ -37,7 +37,7 @@ dest=$(call POST /event_destinations '{"target": {"file": {"name": "bench.jsonl"
   python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 host=${W_HTTP_HOST%:*} port=${W_HTTP_HOST##*:}
 rps() {
-  wrk -t2 -c64 -d"${SECS}s" -H "Host: $host:$port" "http://127.0.0.1:$port/" | awk '/^Requests\/sec/{print $2}'
+  wrk_rps -t2 -c64 -d"${SECS}s" -H "Host: $host:$port" "http://127.0.0.1:$port/"
 }
 offs=() ons=()
 for r in $(seq 1 "$ROUNDS"); do
@@ -51,12 +51,6 @@ for r in $(seq 1 "$ROUNDS"); do
   offs+=("$off") ons+=("$on")
   printf 'round %d: off %s req/s, on %s req/s, on/off %.3f\n' "$r" "$off" "$on" "$(python3 -c "print($on/$off)")"
 done
-python3 - "${offs[*]}" "${ons[*]}" <<'EOF'
-import statistics, sys
-off = [float(x) for x in sys.argv[1].split()]
-on = [float(x) for x in sys.argv[2].split()]
-mo, mn = statistics.median(off), statistics.median(on)
-print(f"median: off {mo:.0f} req/s, on {mn:.0f} req/s, on/off {mn/mo:.3f} (cost {100*(1-mn/mo):.1f} %)")
-EOF
+median_ratio off on "${offs[*]}" "${ons[*]}" "(target: cost <= 5 %)"
 lines=$(wc -l <"$W_LOGS/data/events/bench.jsonl" 2>/dev/null || echo 0)
 echo "events written to the file: $lines"

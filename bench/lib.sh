@@ -15,6 +15,8 @@
 #   start_rathole PORT     rathole server+client (plain TCP transport, as compare.sh) forwarding
 #                          to 127.0.0.1:PORT; sets RH_ADDR (host:port), RH_PIDS (array)
 #   widen_ports            the ephemeral port range 10000-65000 for the run, if the kernel allows
+#   wrk_rps ARGS...        wrk's requests/s, failing on any non-2xx answer or socket error
+#   median_ratio A B "as" "bs" NOTE   the medians of two series and their ratio
 #   stop PID...            kill and reap
 #   wait_port HOST PORT    until something listens;   wait_for FILE PATTERN   until FILE has it
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -160,6 +162,29 @@ widen_ports() {
   else
     echo "NOTE: could not widen the ephemeral port range ($old): about 14,000 connections to one upstream at most" >&2
   fi
+}
+# wrk ARGS...: its requests/s; stops the script, saying so, if any answer was not a 2xx or a
+# socket failed (a fast error page must not count as throughput)
+wrk_rps() {
+  local out
+  out=$(wrk "$@")
+  if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
+    echo "wrk $*: $(grep -E 'Non-2xx|Socket errors' <<<"$out" | tr -s ' ' | paste -sd';')" >&2
+    return 1
+  fi
+  awk '/^Requests\/sec/{print $2}' <<<"$out"
+}
+# median_ratio NAME_A NAME_B "A values" "B values" NOTE: both medians and B/A, one line (and
+# the cost, 1 - B/A, when NOTE speaks of one)
+median_ratio() {
+  python3 - "$@" <<'EOF'
+import statistics, sys
+na, nb, a, b, note = sys.argv[1:6]
+ma = statistics.median(float(x) for x in a.split())
+mb = statistics.median(float(x) for x in b.split())
+cost = f" (cost {100 * (1 - mb / ma):.1f} %)" if "cost" in note else ""
+print(f"median: {na} {ma:.0f} req/s, {nb} {mb:.0f} req/s, {nb}/{na} {mb / ma:.3f}{cost} {note}")
+EOF
 }
 # raise the open-file limit as far as allowed (65536, or the hard limit if lower)
 raise_nofile() {

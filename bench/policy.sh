@@ -41,13 +41,8 @@ for h in "$plain" policy.warren.localhost; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $h:$port" "http://127.0.0.1:$port/")
   [[ $code == 200 ]] || { echo "$h answered $code, not 200" >&2; exit 1; }
 done
-rps() { # host: requests/s, after checking that every answer was a 2xx
-  local out
-  out=$(wrk -t2 -c64 -d"${SECS}s" -H "Host: $1:$port" "http://127.0.0.1:$port/")
-  if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
-    echo "$1: $(grep -E 'Non-2xx|Socket errors' <<<"$out" | tr -s ' ')" >&2; exit 1
-  fi
-  awk '/^Requests\/sec/{print $2}' <<<"$out"
+rps() { # host
+  wrk_rps -t2 -c64 -d"${SECS}s" -H "Host: $1:$port" "http://127.0.0.1:$port/"
 }
 # Both endpoints warm (connections, pooled streams) before the first round.
 for h in "$plain" policy.warren.localhost; do
@@ -61,10 +56,4 @@ for r in $(seq 1 "$ROUNDS"); do
   printf 'round %d: no policy %s req/s, 10-rule policy %s req/s, policy/none %.3f\n' "$r" "$off" "$on" \
     "$(python3 -c "print($on/$off)")"
 done
-python3 - "${offs[*]}" "${ons[*]}" <<'EOF'
-import statistics, sys
-off = [float(x) for x in sys.argv[1].split()]
-on = [float(x) for x in sys.argv[2].split()]
-mo, mn = statistics.median(off), statistics.median(on)
-print(f"median: no policy {mo:.0f} req/s, 10-rule policy {mn:.0f} req/s, ratio {mn/mo:.3f} (cost {100*(1-mn/mo):.1f} %; target <= 5 %)")
-EOF
+median_ratio "no policy" "10-rule policy" "${offs[*]}" "${ons[*]}" "(target: cost <= 5 %)"

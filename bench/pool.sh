@@ -63,13 +63,8 @@ agent() { # log upstream-port
 }
 a=$(agent "$WORK/a.log" "$UP_A"); track "$a"
 wait_for "$WORK/a.log" Forwarding
-rps() { # requests/s, after checking that every answer was a 2xx
-  local out
-  out=$(wrk -t2 -c32 -d"${SECS}s" -H "Host: pool.warren.localhost:$port" "http://127.0.0.1:$port/")
-  if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
-    echo "pool: $(grep -E 'Non-2xx|Socket errors' <<<"$out" | tr -s ' ')" >&2; exit 1
-  fi
-  awk '/^Requests\/sec/{print $2}' <<<"$out"
+rps() {
+  wrk_rps -t2 -c32 -d"${SECS}s" -H "Host: pool.warren.localhost:$port" "http://127.0.0.1:$port/"
 }
 echo "command: wrk -t2 -c32 -d${SECS}s -H 'Host: pool.warren.localhost:$port' http://127.0.0.1:$port/; upstreams spend ${WORK_MS} ms of CPU per request"
 ones=() twos=()
@@ -86,10 +81,4 @@ for r in $(seq 1 "$ROUNDS"); do
   printf 'round %d: one agent %s req/s, two pooled %s req/s, two/one %.2f\n' "$r" "$one" "$two" \
     "$(python3 -c "print($two/$one)")"
 done
-python3 - "${ones[*]}" "${twos[*]}" <<'EOF'
-import statistics, sys
-one = [float(x) for x in sys.argv[1].split()]
-two = [float(x) for x in sys.argv[2].split()]
-m1, m2 = statistics.median(one), statistics.median(two)
-print(f"median: one agent {m1:.0f} req/s, two pooled {m2:.0f} req/s, two/one {m2/m1:.2f} (target >= 1.6)")
-EOF
+median_ratio "one agent" "two pooled" "${ones[*]}" "${twos[*]}" "(target: two/one >= 1.6)"

@@ -29,7 +29,8 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async move {
         let config = || {
-            let mut c = AgentConfig::new(args[3].clone(), args[1].clone(), ConnectCas::Pem(args[2].clone().into()));
+            let mut c =
+                AgentConfig::new(args[3].clone(), args[1].clone(), ConnectCas::Pem(args[2].clone().into()));
             let mut ep = EndpointConfig::http(&upstream, None).expect("endpoint");
             ep.inspect = false;
             c.endpoints.push(ep);
@@ -41,7 +42,8 @@ fn main() {
         let started = std::time::Instant::now();
         let mut next = 0;
         while next < count {
-            let batch: Vec<Agent> = (next..count.min(next + parallel)).map(|_| Agent::start(config())).collect();
+            let batch: Vec<Agent> =
+                (next..count.min(next + parallel)).map(|_| Agent::start(config())).collect();
             next += batch.len();
             // Every agent of the batch is already dialing; wait for each in turn.
             for mut a in batch {
@@ -67,8 +69,10 @@ fn main() {
         while let Some(line) = lines.recv().await {
             match line.trim() {
                 "check" => {
-                    let online =
-                        agents.iter().filter(|a| matches!(*a.status().borrow(), Status::Online { .. })).count();
+                    let online = agents
+                        .iter()
+                        .filter(|a| matches!(*a.status().borrow(), Status::Online { .. }))
+                        .count();
                     println!("online {online}");
                 }
                 "quit" => break,

@@ -57,7 +57,10 @@ impl Admin<'_> {
 
     // Authtokens: live sessions were admitted under a token's rules.
 
-    pub(crate) async fn create_credential(&self, new: &NewCredential) -> Result<(Credential, Token), StoreError> {
+    pub(crate) async fn create_credential(
+        &self,
+        new: &NewCredential,
+    ) -> Result<(Credential, Token), StoreError> {
         self.store.create_credential(self.account_id, new).await
     }
 
@@ -72,7 +75,8 @@ impl Admin<'_> {
         let mut restarted = 0;
         if updated.acl != current.acl || updated.ip_policy_ids != current.ip_policy_ids {
             // Live sessions were admitted under the old rules; their agents reconnect under the new.
-            restarted = self.shared.end_sessions_using(&current.id, "authtoken rules changed; reconnect").await;
+            restarted =
+                self.shared.end_sessions_using(&current.id, "authtoken rules changed; reconnect").await;
         }
         Ok((updated, restarted))
     }
@@ -127,7 +131,10 @@ impl Admin<'_> {
     /// Returns when it was set and how many sessions (on this node) restarted under it.
     pub(crate) async fn set_account_traffic_policy(&self, text: &str) -> Result<(String, usize), StoreError> {
         let updated_at = self.store.set_account_traffic_policy(self.account_id, text).await?;
-        let n = self.shared.end_sessions_of(self.account_id, "the account's traffic policy changed; reconnect").await;
+        let n = self
+            .shared
+            .end_sessions_of(self.account_id, "the account's traffic policy changed; reconnect")
+            .await;
         Ok((updated_at, n))
     }
 
@@ -136,14 +143,21 @@ impl Admin<'_> {
         if !self.store.delete_account_traffic_policy(self.account_id).await? {
             return Ok(None);
         }
-        let n = self.shared.end_sessions_of(self.account_id, "the account's traffic policy changed; reconnect").await;
+        let n = self
+            .shared
+            .end_sessions_of(self.account_id, "the account's traffic policy changed; reconnect")
+            .await;
         Ok(Some(n))
     }
 
     // IP policies, rules and restrictions: the cached restrictions, and sessions bound under
     // a policy whose rules changed.
 
-    pub(crate) async fn create_ip_policy(&self, description: &str, metadata: &str) -> Result<IpPolicy, StoreError> {
+    pub(crate) async fn create_ip_policy(
+        &self,
+        description: &str,
+        metadata: &str,
+    ) -> Result<IpPolicy, StoreError> {
         self.store.create_ip_policy(self.account_id, description, metadata).await
     }
 
@@ -268,7 +282,11 @@ impl Admin<'_> {
     }
 
     /// Serves uploaded certificate `c` for reserved domain `d` from the next handshake on.
-    pub(crate) async fn attach_certificate(&self, d: &ReservedDomain, c: &UploadedCertificate) -> Result<(), ApiError> {
+    pub(crate) async fn attach_certificate(
+        &self,
+        d: &ReservedDomain,
+        c: &UploadedCertificate,
+    ) -> Result<(), ApiError> {
         self.store.set_domain_certificate(self.account_id, &d.id, Some(&c.id)).await?;
         crate::api::certificates::serve_for_domain(self.shared, c, &d.domain).await
     }
@@ -319,7 +337,10 @@ impl Admin<'_> {
 
     // Uploaded certificates: served only once attached to a domain.
 
-    pub(crate) async fn insert_uploaded_certificate(&self, c: &UploadedCertificate) -> Result<(), StoreError> {
+    pub(crate) async fn insert_uploaded_certificate(
+        &self,
+        c: &UploadedCertificate,
+    ) -> Result<(), StoreError> {
         self.store.insert_uploaded_certificate(c).await
     }
 
@@ -383,7 +404,8 @@ impl Admin<'_> {
         metadata: Option<&str>,
         target: Option<(&str, Option<Vec<u8>>)>,
     ) -> Result<EventDestination, StoreError> {
-        let d = self.store.update_event_destination(self.account_id, id, description, metadata, target).await?;
+        let d =
+            self.store.update_event_destination(self.account_id, id, description, metadata, target).await?;
         // Also what this node's traffic event senders hold (target, secret).
         self.shared.events.subscriptions_changed(self.account_id);
         Ok(d)

@@ -355,8 +355,9 @@ async fn random_names_survive_an_edge_restart_and_an_agent_restart() {
 async fn agents_starting_at_once_with_one_kept_name_all_come_online() {
     let edge = TestEdge::start().await;
     let up = HttpUpstream::start().await;
-    let mut agents: Vec<Agent> =
-        (0..100).map(|_| Agent::start(edge.agent_with(EndpointConfig::http(&up.url(), None).unwrap()))).collect();
+    let mut agents: Vec<Agent> = (0..100)
+        .map(|_| Agent::start(edge.agent_with(EndpointConfig::http(&up.url(), None).unwrap())))
+        .collect();
     let mut urls = std::collections::HashSet::new();
     for a in &mut agents {
         let got = within("online", a.wait_online()).await.expect("every agent binds");

@@ -1767,7 +1767,9 @@ fn connection_limits_are_flags_and_a_zero_is_refused() {
             Ok(0) => true,
             Ok(_) => panic!("the edge wrote before the client's TLS hello"),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => false,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                false
+            }
             Err(e) => panic!("{e}"),
         }
     };

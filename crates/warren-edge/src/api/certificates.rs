@@ -203,8 +203,10 @@ pub(crate) async fn update(
     check_body_id(b.id.as_deref(), &id)?;
     let current = p.store.get_uploaded_certificate(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "a tls certificate")?;
-    let c =
-        shared.admin(&p).update_uploaded_certificate(&id, b.description.as_deref(), b.metadata.as_deref()).await?;
+    let c = shared
+        .admin(&p)
+        .update_uploaded_certificate(&id, b.description.as_deref(), b.metadata.as_deref())
+        .await?;
     Ok(Json(json(c)?))
 }
 

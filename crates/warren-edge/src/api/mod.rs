@@ -397,8 +397,22 @@ mod tests {
             assert!(files.iter().any(|(f, _)| *f == name), "api/{name} is not checked by this test; list it");
         }
         let writes = [
-            "create_", "update_", "delete_", "set_", "insert_", "mark_", "revoke", "detach", "attach", "put_",
-            "assign_", "reserve", "record_", "use_", "end_", "acting_as",
+            "create_",
+            "update_",
+            "delete_",
+            "set_",
+            "insert_",
+            "mark_",
+            "revoke",
+            "detach",
+            "attach",
+            "put_",
+            "assign_",
+            "reserve",
+            "record_",
+            "use_",
+            "end_",
+            "acting_as",
         ];
         for (name, text) in files {
             if name == "mod.rs" {
@@ -427,7 +441,10 @@ mod tests {
                 while let Some(i) = rest.find(handed) {
                     let before = &rest[..i];
                     let read = before.ends_with("ip_rules.check(");
-                    assert!(read, "{name}: {handed} handed to a helper, which could write outside the admin layer");
+                    assert!(
+                        read,
+                        "{name}: {handed} handed to a helper, which could write outside the admin layer"
+                    );
                     rest = &rest[i + handed.len()..];
                 }
             }

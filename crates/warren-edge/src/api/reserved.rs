@@ -166,7 +166,14 @@ pub(crate) async fn create_domain(
     let own = crate::session::under_domain(domain.trim_start_matches("*."), base);
     let d = shared
         .admin(&p)
-        .create_reserved_domain(&domain, &b.description, &b.metadata, p.user_id.as_deref(), own, certificate.as_ref())
+        .create_reserved_domain(
+            &domain,
+            &b.description,
+            &b.metadata,
+            p.user_id.as_deref(),
+            own,
+            certificate.as_ref(),
+        )
         .await?;
     tracing::info!(reserved_domain = %d.id, domain = %d.domain, by = %p.key_id, "domain reserved");
     Ok((StatusCode::CREATED, Json(domain_json(&shared, d, b.certificate_id))))
@@ -217,7 +224,8 @@ pub(crate) async fn update_domain(
     }
     let current = p.store.get_reserved_domain(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "a reserved domain")?;
-    let d = shared.admin(&p).update_reserved_domain(&id, b.description.as_deref(), b.metadata.as_deref()).await?;
+    let d =
+        shared.admin(&p).update_reserved_domain(&id, b.description.as_deref(), b.metadata.as_deref()).await?;
     if let Some(cert_id) = &b.certificate_id {
         attach(&shared, &p, &d, cert_id).await?;
     }
@@ -319,7 +327,11 @@ pub(crate) async fn create_addr(
         if shared.registry.is_taken(&EndpointKey::Port(port)) {
             continue;
         }
-        match shared.admin(&p).create_reserved_addr(port, &b.description, &b.metadata, p.user_id.as_deref()).await {
+        match shared
+            .admin(&p)
+            .create_reserved_addr(port, &b.description, &b.metadata, p.user_id.as_deref())
+            .await
+        {
             Ok(a) => {
                 tracing::info!(reserved_addr = %a.id, port, by = %p.key_id, "tcp address reserved");
                 return Ok((StatusCode::CREATED, Json(addr_json(&shared, a))));
@@ -371,7 +383,8 @@ pub(crate) async fn update_addr(
     check_body_id(b.id.as_deref(), &id)?;
     let current = p.store.get_reserved_addr(&p.account_id, &id).await?;
     p.require_owner_or_admin(current.owner_id.as_deref(), "a reserved address")?;
-    let a = shared.admin(&p).update_reserved_addr(&id, b.description.as_deref(), b.metadata.as_deref()).await?;
+    let a =
+        shared.admin(&p).update_reserved_addr(&id, b.description.as_deref(), b.metadata.as_deref()).await?;
     Ok(Json(addr_json(&shared, a)))
 }
 

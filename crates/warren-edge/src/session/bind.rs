@@ -182,7 +182,9 @@ async fn bind_http(
         (Proto::Https, p, _) => Ok(format!("https://{host}:{p}")),
         (_, _, Some(80)) => Ok(format!("http://{host}")),
         (_, _, Some(p)) => Ok(format!("http://{host}:{p}")),
-        (_, _, None) => Err(BindError::Invalid("this edge has no plain http listener; use an https:// URL".into())),
+        (_, _, None) => {
+            Err(BindError::Invalid("this edge has no plain http listener; use an https:// URL".into()))
+        }
     };
     url_of(&host)?;
     let mut tries = 0;
@@ -281,7 +283,8 @@ async fn bind_tls(
             true => EndpointKey::Host(Proto::Tls, crate::registry::internal_host(&host, &session.account_id)),
             false => EndpointKey::Host(Proto::Tls, host.clone()),
         };
-        let ep = endpoint(session, bind, Proto::Tls, &url, key.clone(), None, policy.clone(), extras.proxy_proto);
+        let ep =
+            endpoint(session, bind, Proto::Tls, &url, key.clone(), None, policy.clone(), extras.proxy_proto);
         match register(shared, ep).await {
             Ok(_) => return Ok(url),
             // As for http: a kept random name another session on this node took first.
