@@ -8,7 +8,9 @@
 # Each round runs, for --seconds each:
 #   off:  wrk -t2 -c64 -d<s>s -H "Host: NAME" http://127.0.0.1:PORT/   (no subscription)
 #   on:   the same, with a subscription of every request to a file destination
-# and prints requests/s for both and their ratio; the summary line gives the medians.
+# and prints requests/s for both and their ratio, and the edge's CPU time (user + system) per
+# request in each: the wall-clock ratio moves with whatever else the two CPUs run, the edge's
+# own CPU per request much less. The summary lines give the medians.
 # Needs: target/release/warren, wrk, nginx (installed with apt-get if missing).
 set -euo pipefail
 SECS=5 ROUNDS=5
@@ -36,21 +38,39 @@ call() { # method path [json]
 dest=$(call POST /event_destinations '{"target": {"file": {"name": "bench.jsonl", "max_bytes": 1073741824, "max_files": 1}}}' |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 host=${W_HTTP_HOST%:*} port=${W_HTTP_HOST##*:}
+edge=${W_PIDS[0]}
+tck=$(getconf CLK_TCK)
+# rps: requests/s, and in $WORK/cpu the edge's CPU microseconds per request meanwhile (user +
+# system) and in $WORK/sys the system part
 rps() {
-  wrk_rps -t2 -c64 -d"${SECS}s" -H "Host: $host:$port" "http://127.0.0.1:$port/"
+  local t0 t1 r
+  t0=($(cpu_ticks "$edge"))
+  r=$(wrk_rps -t2 -c64 -d"${SECS}s" -H "Host: $host:$port" "http://127.0.0.1:$port/")
+  t1=($(cpu_ticks "$edge"))
+  python3 -c "print(round(($((t1[0] + t1[1] - t0[0] - t0[1]))) / $tck * 1e6 / ($r * $SECS), 2))" >"$WORK/cpu"
+  python3 -c "print(round(($((t1[1] - t0[1]))) / $tck * 1e6 / ($r * $SECS), 2))" >"$WORK/sys"
+  echo "$r"
 }
-offs=() ons=()
+offs=() ons=() cpu_offs=() cpu_ons=()
 for r in $(seq 1 "$ROUNDS"); do
   off=$(rps)
+  cpu_off=$(cat "$WORK/cpu") sys_off=$(cat "$WORK/sys")
   sub=$(call POST /event_subscriptions "{\"sources\": [{\"type\": \"http_request_complete.v0\"}], \"destination_ids\": [\"$dest\"]}" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
   sleep 6 # other nodes' caches of subscriptions live 5 s; this node's is dropped at once
   on=$(rps)
+  cpu_on=$(cat "$WORK/cpu") sys_on=$(cat "$WORK/sys")
   call DELETE "/event_subscriptions/$sub" >/dev/null
   sleep 6
-  offs+=("$off") ons+=("$on")
-  printf 'round %d: off %s req/s, on %s req/s, on/off %.3f\n' "$r" "$off" "$on" "$(python3 -c "print($on/$off)")"
+  offs+=("$off") ons+=("$on") cpu_offs+=("$cpu_off") cpu_ons+=("$cpu_on")
+  printf 'round %d: off %s req/s, on %s req/s, on/off %.3f; edge CPU per request: off %s us (system %s), on %s us (system %s)\n' \
+    "$r" "$off" "$on" "$(python3 -c "print($on/$off)")" "$cpu_off" "$sys_off" "$cpu_on" "$sys_on"
 done
 median_ratio off on "${offs[*]}" "${ons[*]}" "(target: cost <= 5 %)"
+python3 - "${cpu_offs[*]}" "${cpu_ons[*]}" <<'EOF'
+import statistics, sys
+off, on = (statistics.median(float(x) for x in a.split()) for a in sys.argv[1:3])
+print(f"median edge CPU per request: off {off:.2f} us, on {on:.2f} us (+{on - off:.2f} us, {100 * (on / off - 1):.1f} % more)")
+EOF
 lines=$(wc -l <"$W_LOGS/data/events/bench.jsonl" 2>/dev/null || echo 0)
 echo "events written to the file: $lines"

@@ -186,6 +186,16 @@ cost = f" (cost {100 * (1 - mb / ma):.1f} %)" if "cost" in note else ""
 print(f"median: {na} {ma:.0f} req/s, {nb} {mb:.0f} req/s, {nb}/{na} {mb / ma:.3f}{cost} {note}")
 EOF
 }
+# cpu_ticks PID...: "USER SYSTEM" CPU time of the processes so far, in clock ticks (summed)
+cpu_ticks() {
+  local u=0 s=0 pid f
+  for pid in "$@"; do
+    read -r -a f <"/proc/$pid/stat"
+    # Fields 14 and 15 (utime, stime); the command name in field 2 has no spaces here.
+    u=$((u + f[13])) s=$((s + f[14]))
+  done
+  echo "$u $s"
+}
 # raise the open-file limit as far as allowed (65536, or the hard limit if lower)
 raise_nofile() {
   local want=${1:-65536} hard

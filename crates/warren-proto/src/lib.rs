@@ -769,6 +769,18 @@ pub fn choose_version(offered: &[String]) -> Option<&'static str> {
 
 /// Unix seconds as RFC 3339 UTC (without a date crate, for this one format).
 pub fn rfc3339(secs: u64) -> String {
+    match rfc3339_bytes(secs) {
+        Ok(text) => String::from_utf8(text.to_vec()).expect("ASCII"),
+        Err((y, m, d)) => {
+            let rem = secs % 86_400;
+            format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+        }
+    }
+}
+
+/// Unix seconds as the 20 bytes of RFC 3339 UTC text, for years 0 to 9999 (the year, month
+/// and day otherwise). Traffic events write it in place into their text.
+pub fn rfc3339_bytes(secs: u64) -> Result<[u8; 20], (i64, i64, i64)> {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate for one format.
@@ -782,7 +794,7 @@ pub fn rfc3339(secs: u64) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     if !(0..=9999).contains(&y) {
-        return format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60);
+        return Err((y, m, d));
     }
     // Written digit by digit: timestamps are made per traffic event, where `format!` cost
     // thousands of instructions each.
@@ -799,7 +811,7 @@ pub fn rfc3339(secs: u64) -> String {
     put(11, 2, rem / 3600);
     put(14, 2, rem % 3600 / 60);
     put(17, 2, rem % 60);
-    String::from_utf8(out.to_vec()).expect("ASCII")
+    Ok(out)
 }
 
 #[cfg(test)]

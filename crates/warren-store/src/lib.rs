@@ -116,7 +116,7 @@ pub use model::{
     acl_allows,
 };
 pub use reserved::{ReservedAddr, ReservedDomain, normalize_domain};
-pub use secret::{SecretKind, generate_id, hash_secret, parse_token};
+pub use secret::{SecretKind, generate_id, hash_secret, parse_token, write_id, write_id_at};
 pub use time::{now_rfc3339, rfc3339, unix_now};
 
 /// Everything that can go wrong talking to the store.

@@ -80,27 +80,34 @@ pub(super) async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// One event as it leaves: its envelope as JSON text, and what OTLP shows of it beside.
+/// One event as it leaves: its envelope as JSON text (a traffic event's is shared by every
+/// destination that takes it whole).
 pub(super) struct Outgoing {
     /// The envelope (`event_id`, `event_type`, `event_timestamp`, `account_id`, `object`, ...).
-    pub(super) text: String,
-    pub(super) event_id: String,
-    pub(super) event_type: String,
-    pub(super) account_id: String,
-    /// RFC 3339.
-    pub(super) timestamp: String,
+    pub(super) text: bytes::Bytes,
+}
+
+/// What OTLP shows of an event beside its text, read back from the text (OTLP alone needs
+/// it, so no other destination pays for it).
+#[derive(serde::Deserialize, Default)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    event_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    event_type: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    account_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    event_timestamp: std::borrow::Cow<'a, str>,
 }
 
 impl Outgoing {
     fn from_envelope(env: &Value) -> Outgoing {
-        let s = |k: &str| env[k].as_str().unwrap_or_default().to_owned();
-        Outgoing {
-            text: env.to_string(),
-            event_id: s("event_id"),
-            event_type: s("event_type"),
-            account_id: s("account_id"),
-            timestamp: s("event_timestamp"),
-        }
+        Outgoing { text: env.to_string().into() }
+    }
+
+    fn head(&self) -> Head<'_> {
+        serde_json::from_slice(&self.text).unwrap_or_default()
     }
 }
 
@@ -428,7 +435,7 @@ pub(super) async fn send(
                 None => None,
             };
             let token = token.map(|t| String::from_utf8_lossy(&t).into_owned());
-            let messages: Vec<Vec<u8>> = batch.iter().map(|e| e.text.as_bytes().to_vec()).collect();
+            let messages: Vec<bytes::Bytes> = batch.iter().map(|e| e.text.clone()).collect();
             let reach = crate::idp::Reach {
                 loopback: shared.config.events.allow_loopback,
                 private: shared.config.events.allow_private_networks,
@@ -450,7 +457,7 @@ pub(super) async fn send(
             let (name, max_bytes, max_files) = (name.clone(), *max_bytes, *max_files);
             let mut lines = Vec::with_capacity(batch.iter().map(|e| e.text.len() + 1).sum());
             for e in batch {
-                lines.extend_from_slice(e.text.as_bytes());
+                lines.extend_from_slice(&e.text);
                 lines.push(b'\n');
             }
             let shown = name.clone();
@@ -470,7 +477,7 @@ fn json_array(batch: &[Outgoing]) -> Vec<u8> {
         if i > 0 {
             body.push(b',');
         }
-        body.extend_from_slice(e.text.as_bytes());
+        body.extend_from_slice(&e.text);
     }
     body.push(b']');
     body
@@ -484,17 +491,18 @@ fn otlp_logs(batch: &[Outgoing]) -> Value {
     let records: Vec<Value> = batch
         .iter()
         .map(|env| {
-            let nanos = time_of(&env.timestamp).max(0) as u128 * 1_000_000_000;
+            let head = env.head();
+            let nanos = time_of(&head.event_timestamp).max(0) as u128 * 1_000_000_000;
             json!({
                 "timeUnixNano": nanos.to_string(),
                 "observedTimeUnixNano": nanos.to_string(),
                 "severityNumber": 9,
                 "severityText": "INFO",
-                "body": {"stringValue": env.text},
+                "body": {"stringValue": String::from_utf8_lossy(&env.text)},
                 "attributes": [
-                    attr("event.name", &env.event_type),
-                    attr("event.id", &env.event_id),
-                    attr("warren.account_id", &env.account_id),
+                    attr("event.name", &head.event_type),
+                    attr("event.id", &head.event_id),
+                    attr("warren.account_id", &head.account_id),
                 ],
             })
         })

@@ -84,7 +84,7 @@ pub(super) struct Publish<'a> {
 /// Publishes each of `messages` to the subject.
 pub(super) async fn publish(
     to: &Publish<'_>,
-    messages: &[Vec<u8>],
+    messages: &[bytes::Bytes],
     reach: crate::idp::Reach,
 ) -> Result<(), Failed> {
     tokio::time::timeout(TIMEOUT, publish_inner(to, messages, reach))
@@ -119,7 +119,7 @@ pub(crate) fn tls_config(ca_pem: Option<&str>) -> Result<std::sync::Arc<rustls::
 
 async fn publish_inner(
     to: &Publish<'_>,
-    messages: &[Vec<u8>],
+    messages: &[bytes::Bytes],
     reach: crate::idp::Reach,
 ) -> Result<(), Failed> {
     let url = to.url;
@@ -159,7 +159,7 @@ async fn converse<S>(
     stream: S,
     info: &serde_json::Value,
     to: &Publish<'_>,
-    messages: &[Vec<u8>],
+    messages: &[bytes::Bytes],
 ) -> Result<(), Failed>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,

@@ -5,9 +5,9 @@
 //!
 //! One dispatcher takes events from the request path's queue, finds the destinations of the
 //! event's account whose subscriptions take its type (cached, like the request path's view of
-//! what an account subscribes to), renders the envelope once per distinct (filter, fields)
-//! choice, and offers it to each destination's own bounded queue. One task per destination
-//! sends batches; a slow or dead destination fills only its own queue, whose overflow is
+//! what an account subscribes to), and offers each destination's own bounded queue the
+//! event's text as the request path wrote it (shared, not copied), or re-rendered for a
+//! source that selects fields. One task per destination sends batches; a slow or dead destination fills only its own queue, whose overflow is
 //! dropped and counted, and shows its error on the resource. Every node delivers what it
 //! saw, so a file destination gets one file per node, in that node's events directory.
 
@@ -62,19 +62,22 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<TrafficEvent
     while rx.recv_many(&mut batch, 256).await > 0 {
         let full = batch.len() == 256;
         let epoch = shared.events.routes_epoch();
+        // One clock read per batch, not per event: routes are kept for seconds.
+        let now = Instant::now();
         for ev in batch.drain(..) {
+            let account_id = ev.part(&ev.account);
             let fresh = routes
-                .get(&ev.account_id)
-                .filter(|(at, e, _)| *e == epoch && at.elapsed() < SUBSCRIBED_TTL)
+                .get(account_id)
+                .filter(|(at, e, _)| *e == epoch && now.saturating_duration_since(*at) < SUBSCRIBED_TTL)
                 .map(|(_, _, r)| r.clone());
             let account_routes = match fresh {
                 Some(r) => r,
                 None => {
-                    let r = Arc::new(load_routes(&shared, &ev.account_id, &mut senders).await);
+                    let r = Arc::new(load_routes(&shared, account_id, &mut senders).await);
                     if routes.len() > 10_000 {
                         routes.clear();
                     }
-                    routes.insert(ev.account_id.clone(), (Instant::now(), epoch, r.clone()));
+                    routes.insert(account_id.to_owned(), (Instant::now(), epoch, r.clone()));
                     r
                 }
             };
@@ -140,7 +143,8 @@ async fn load_routes(
     out
 }
 
-/// Renders `ev` for each route that takes it and offers it to the route's sender.
+/// Offers `ev` to each route that takes it: its text as it is (shared, not copied) where the
+/// source takes the whole object, re-rendered where it selects fields.
 fn dispatch(
     shared: &Shared,
     ev: &TrafficEvent,
@@ -148,9 +152,7 @@ fn dispatch(
     filters: &mut HashMap<String, Option<Arc<warren_policy::EventFilter>>>,
 ) {
     let mut parsed: Option<Option<Value>> = None;
-    let id = warren_store::generate_id("ev");
-    let timestamp =
-        warren_store::rfc3339(ev.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+    let object = || serde_json::from_slice::<Value>(&ev.text[ev.object.clone()]).ok();
     for route in routes {
         let matching = route.sources.iter().filter(|s| s.kind == ev.event_type);
         // As for the outbox's events: the first source whose filter passes decides the fields.
@@ -160,8 +162,7 @@ fn dispatch(
                 chosen = Some(s);
                 break;
             }
-            let object = parsed.get_or_insert_with(|| serde_json::from_str(&ev.object).ok());
-            let Some(object) = object.as_ref() else { break };
+            let Some(object) = parsed.get_or_insert_with(object).as_ref() else { break };
             let f = filters
                 .entry(s.filter.clone())
                 .or_insert_with(|| warren_policy::EventFilter::compile(&s.filter).ok().map(Arc::new));
@@ -172,53 +173,26 @@ fn dispatch(
         }
         let Some(source) = chosen else { continue };
         let text = if source.fields.is_empty() {
-            // The common case: the object as the request path wrote it, inside its envelope,
-            // with no parsing (built per route: one copy, as a shared copy would cost too).
-            envelope_text(&id, ev.event_type, &timestamp, &ev.account_id, &ev.object)
+            ev.text.clone()
         } else {
-            let object = parsed.get_or_insert_with(|| serde_json::from_str(&ev.object).ok());
-            let Some(object) = object.as_ref() else { continue };
+            let Some(object) = parsed.get_or_insert_with(object).as_ref() else { continue };
             let selected = super::deliver::select(object, &source.fields);
             json!({
-                "event_id": id,
+                "event_id": ev.part(&ev.id),
                 "event_type": ev.event_type,
-                "event_timestamp": timestamp,
-                "account_id": ev.account_id,
+                "event_timestamp": ev.part(&ev.timestamp),
+                "account_id": ev.part(&ev.account),
                 "object": selected,
             })
             .to_string()
+            .into()
         };
-        let out = Outgoing {
-            text,
-            event_id: id.clone(),
-            event_type: ev.event_type.to_owned(),
-            account_id: ev.account_id.clone(),
-            timestamp: timestamp.clone(),
-        };
-        if route.tx.try_send(out).is_err() {
+        if route.tx.try_send(Outgoing { text }).is_err() {
             // This destination's queue is full (it is slow or down): only it loses events.
             shared.metrics.traffic_events_dropped.inc();
             tracing::trace!(destination = %route.destination_id, "traffic event dropped");
         }
     }
-}
-
-/// The envelope around an object that is already JSON text.
-fn envelope_text(id: &str, event_type: &str, timestamp: &str, account_id: &str, object: &str) -> String {
-    // Strings quoted straight into the text (no string per field).
-    let mut out = Vec::with_capacity(object.len() + 160);
-    let q = |out: &mut Vec<u8>, key: &[u8], s: &str| {
-        out.extend_from_slice(key);
-        serde_json::to_writer(&mut *out, s).expect("a string serializes");
-    };
-    q(&mut out, b"{\"event_id\":", id);
-    q(&mut out, b",\"event_type\":", event_type);
-    q(&mut out, b",\"event_timestamp\":", timestamp);
-    q(&mut out, b",\"account_id\":", account_id);
-    out.extend_from_slice(b",\"object\":");
-    out.extend_from_slice(object.as_bytes());
-    out.push(b'}');
-    String::from_utf8(out).expect("UTF-8 in, UTF-8 out")
 }
 
 /// Sends one destination's traffic events in batches while it is routed to.
@@ -287,28 +261,5 @@ async fn deliver(
         if stopping && batch.is_empty() {
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_envelope_around_a_rendered_object_is_the_json_the_outbox_path_makes() {
-        let object = r#"{"conn":{"client_ip":"1.2.3.4"},"q":"a\"b"}"#;
-        let text =
-            envelope_text("ev_1", "http_request_complete.v0", "2026-12-03T08:04:18Z", "acc\"x", object);
-        let parsed: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(
-            parsed,
-            json!({
-                "event_id": "ev_1",
-                "event_type": "http_request_complete.v0",
-                "event_timestamp": "2026-12-03T08:04:18Z",
-                "account_id": "acc\"x",
-                "object": {"conn": {"client_ip": "1.2.3.4"}, "q": "a\"b"},
-            })
-        );
     }
 }
