@@ -145,7 +145,7 @@ pub(crate) async fn sync_once(shared: &Shared, installed: &mut Installed) {
             installed.retain(|domain, _| {
                 let keep = present.contains(domain);
                 if !keep {
-                    shared.certs.remove(domain);
+                    shared.listeners.certs.remove(domain);
                 }
                 keep
             });
@@ -267,7 +267,7 @@ pub(crate) async fn run(shared: Arc<Shared>, config: AcmeConfig) {
         }
         tokio::select! {
             _ = &mut stop => return,
-            _ = shared.acme_wake.notified() => {}
+            _ = shared.accounts.acme_wake.notified() => {}
             _ = tokio::time::sleep(config.check_interval) => {}
         }
     }
@@ -323,7 +323,7 @@ pub(crate) fn install(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("certificate PEM: {e}"))?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("key PEM: {e}"))?;
-    shared.certs.insert(domain, chain, key).map_err(|e| e.to_string())
+    shared.listeners.certs.insert(domain, chain, key).map_err(|e| e.to_string())
 }
 
 type AcmeResult<T> = Result<T, String>;
@@ -405,6 +405,7 @@ async fn issue(
             match config.challenge {
                 AcmeChallenge::Http01 => {
                     shared
+                        .listeners
                         .challenges
                         .http
                         .lock()
@@ -416,6 +417,7 @@ async fn issue(
                 AcmeChallenge::TlsAlpn01 => {
                     let cfg = alpn_config(domain, key_auth.digest().as_ref())?;
                     shared
+                        .listeners
                         .challenges
                         .alpn
                         .lock()
@@ -455,11 +457,11 @@ async fn issue(
                 continue;
             }
             Answer::Http(token) => {
-                shared.challenges.http.lock().unwrap_or_else(|e| e.into_inner()).remove(&token);
+                shared.listeners.challenges.http.lock().unwrap_or_else(|e| e.into_inner()).remove(&token);
                 format!("http:{token}")
             }
             Answer::Alpn(d) => {
-                shared.challenges.alpn.lock().unwrap_or_else(|e| e.into_inner()).remove(&d);
+                shared.listeners.challenges.alpn.lock().unwrap_or_else(|e| e.into_inner()).remove(&d);
                 format!("alpn:{d}")
             }
         };

@@ -172,7 +172,7 @@ impl Admin<'_> {
 
     pub(crate) async fn delete_ip_policy(&self, id: &str) -> Result<(), StoreError> {
         self.store.delete_ip_policy(self.account_id, id).await?;
-        self.shared.ip_rules.invalidate(self.account_id);
+        self.shared.accounts.ip_rules.invalidate(self.account_id);
         Ok(())
     }
 
@@ -221,7 +221,7 @@ impl Admin<'_> {
             .store
             .create_ip_restriction(self.account_id, kind, enforced, ip_policy_ids, description, metadata)
             .await?;
-        self.shared.ip_rules.invalidate(self.account_id);
+        self.shared.accounts.ip_rules.invalidate(self.account_id);
         Ok(x)
     }
 
@@ -231,13 +231,13 @@ impl Admin<'_> {
         up: &IpRestrictionUpdate,
     ) -> Result<IpRestriction, StoreError> {
         let x = self.store.update_ip_restriction(self.account_id, id, up).await?;
-        self.shared.ip_rules.invalidate(self.account_id);
+        self.shared.accounts.ip_rules.invalidate(self.account_id);
         Ok(x)
     }
 
     pub(crate) async fn delete_ip_restriction(&self, id: &str) -> Result<(), StoreError> {
         self.store.delete_ip_restriction(self.account_id, id).await?;
-        self.shared.ip_rules.invalidate(self.account_id);
+        self.shared.accounts.ip_rules.invalidate(self.account_id);
         Ok(())
     }
 
@@ -260,7 +260,7 @@ impl Admin<'_> {
             self.attach_certificate(&d, c).await?;
         }
         // A custom domain without one gets its certificate now rather than at the next check.
-        self.shared.acme_wake.notify_one();
+        self.shared.accounts.acme_wake.notify_one();
         Ok(d)
     }
 
@@ -277,7 +277,7 @@ impl Admin<'_> {
     /// the certificate manager.
     pub(crate) async fn verify_domain(&self, d: ReservedDomain) -> Result<ReservedDomain, String> {
         let d = crate::session::verify_domain(self.shared, self.store, d).await?;
-        self.shared.acme_wake.notify_one();
+        self.shared.accounts.acme_wake.notify_one();
         Ok(d)
     }
 
@@ -295,7 +295,7 @@ impl Admin<'_> {
     pub(crate) async fn detach_certificate(&self, d: &ReservedDomain) -> Result<(), StoreError> {
         self.store.set_domain_certificate(self.account_id, &d.id, None).await?;
         self.forget_certificate(&d.domain).await?;
-        self.shared.acme_wake.notify_one();
+        self.shared.accounts.acme_wake.notify_one();
         Ok(())
     }
 
@@ -308,7 +308,7 @@ impl Admin<'_> {
     /// The edge's certificate cache (not an account change: no audit event).
     async fn forget_certificate(&self, domain: &str) -> Result<(), StoreError> {
         self.shared.store.delete_certificate(domain).await?;
-        self.shared.certs.remove(domain);
+        self.shared.listeners.certs.remove(domain);
         Ok(())
     }
 
@@ -393,7 +393,7 @@ impl Admin<'_> {
         new: &NewEventDestination,
     ) -> Result<EventDestination, StoreError> {
         let d = self.store.create_event_destination(self.account_id, new).await?;
-        self.shared.events.wake();
+        self.shared.accounts.events.wake();
         Ok(d)
     }
 
@@ -407,14 +407,14 @@ impl Admin<'_> {
         let d =
             self.store.update_event_destination(self.account_id, id, description, metadata, target).await?;
         // Also what this node's traffic event senders hold (target, secret).
-        self.shared.events.subscriptions_changed(self.account_id);
+        self.shared.accounts.events.subscriptions_changed(self.account_id);
         Ok(d)
     }
 
     pub(crate) async fn delete_event_destination(&self, id: &str) -> Result<(), StoreError> {
         // Refused by the store while a subscription uses it.
         self.store.delete_event_destination(self.account_id, id).await?;
-        self.shared.events.subscriptions_changed(self.account_id);
+        self.shared.accounts.events.subscriptions_changed(self.account_id);
         Ok(())
     }
 
@@ -429,7 +429,7 @@ impl Admin<'_> {
             .store
             .create_event_subscription(self.account_id, description, metadata, sources, destination_ids)
             .await?;
-        self.shared.events.subscriptions_changed(self.account_id);
+        self.shared.accounts.events.subscriptions_changed(self.account_id);
         Ok(s)
     }
 
@@ -445,13 +445,13 @@ impl Admin<'_> {
             .store
             .update_event_subscription(self.account_id, id, description, metadata, sources, destination_ids)
             .await?;
-        self.shared.events.subscriptions_changed(self.account_id);
+        self.shared.accounts.events.subscriptions_changed(self.account_id);
         Ok(s)
     }
 
     pub(crate) async fn delete_event_subscription(&self, id: &str) -> Result<(), StoreError> {
         self.store.delete_event_subscription(self.account_id, id).await?;
-        self.shared.events.subscriptions_changed(self.account_id);
+        self.shared.accounts.events.subscriptions_changed(self.account_id);
         Ok(())
     }
 }
@@ -481,8 +481,8 @@ impl Shared {
 
     /// [`Shared::end_sessions_using`] on this node only.
     pub(crate) async fn end_sessions_using_here(&self, id: &str, why: &'static str) -> usize {
-        self.registry.rules_changed();
-        let sessions = self.registry.sessions_using(id);
+        self.sessions.registry.rules_changed();
+        let sessions = self.sessions.registry.sessions_using(id);
         for s in &sessions {
             tracing::info!(session = %s.id, credential = %id, why, "ending session");
             s.mux.close(warren_mux::ErrorCode::None, why);
@@ -501,10 +501,10 @@ impl Shared {
 
     /// [`Shared::end_sessions_of`] on this node only.
     pub(crate) async fn end_sessions_of_here(&self, account_id: &str, why: &'static str) -> usize {
-        self.registry.rules_changed();
+        self.sessions.registry.rules_changed();
         // The account's cloud endpoints run its policy too: compiled again under the new one.
         cloud::reload(self, Some(account_id)).await;
-        let sessions = self.registry.sessions_of(account_id);
+        let sessions = self.sessions.registry.sessions_of(account_id);
         for s in &sessions {
             tracing::info!(session = %s.id, why, "ending session");
             s.mux.close(warren_mux::ErrorCode::None, why);
@@ -528,14 +528,15 @@ impl Shared {
 
     /// [`Shared::ip_policy_changed`] on this node only.
     pub(crate) async fn ip_policy_changed_here(&self, account_id: &str, policy_id: &str) {
-        self.ip_rules.invalidate(account_id);
-        self.registry.rules_changed();
+        self.accounts.ip_rules.invalidate(account_id);
+        self.sessions.registry.rules_changed();
         // Their restrict-ips may name it.
         cloud::reload(self, Some(account_id)).await;
-        for s in self.registry.sessions_of(account_id) {
+        for s in self.sessions.registry.sessions_of(account_id) {
             let uses = s.credential.ip_policy_ids.iter().any(|p| p == policy_id)
                 || s.owner_ip_policy_ids.iter().any(|p| p == policy_id)
                 || self
+                    .sessions
                     .registry
                     .endpoints_of(&s.id)
                     .iter()

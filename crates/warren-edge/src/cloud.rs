@@ -92,8 +92,8 @@ pub(crate) fn parse_url(shared: &Shared, url: &str) -> Result<(String, Proto, St
         None => (rest, None),
     };
     let public_port = match proto {
-        Proto::Https => Some(shared.https_port),
-        _ => shared.http_port,
+        Proto::Https => Some(shared.listeners.https_port),
+        _ => shared.listeners.http_port,
     };
     let Some(public_port) = public_port else {
         return Err("this edge has no plain http listener; use an https:// URL".into());
@@ -186,7 +186,7 @@ async fn compile(
 /// them in place of what this node had. One that no longer compiles (the account's policy
 /// changed under it) is left out and logged; the others are served.
 pub(crate) async fn reload(shared: &Shared, account: Option<&str>) {
-    let _one_at_a_time = shared.cloud.reloading.lock().await;
+    let _one_at_a_time = shared.sessions.cloud.reloading.lock().await;
     let rows = match shared.store.all_cloud_endpoints(account).await {
         Ok(r) => r,
         Err(e) => {
@@ -212,5 +212,5 @@ pub(crate) async fn reload(shared: &Shared, account: Option<&str>) {
             }
         }
     }
-    shared.cloud.replace(account, now);
+    shared.sessions.cloud.replace(account, now);
 }

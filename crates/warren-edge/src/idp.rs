@@ -133,7 +133,7 @@ pub(crate) async fn run(shared: Arc<crate::Shared>) {
     loop {
         tokio::select! {
             _ = &mut stop => return,
-            _ = tokio::time::sleep(REFRESH) => shared.idp.refresh().await,
+            _ = tokio::time::sleep(REFRESH) => shared.listeners.idp.refresh().await,
         }
     }
 }

@@ -61,14 +61,15 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// wildcard, as with ngrok.
 pub(crate) fn route_name<'a>(shared: &Shared, host: &'a str, protos: &[Proto]) -> std::borrow::Cow<'a, str> {
     use std::borrow::Cow;
-    let cluster = shared.cluster.as_ref().map(|c| &c.routes);
-    if !shared.registry.has_wildcards() && !cluster.is_some_and(|r| r.has_wildcards()) {
+    let cluster = shared.sessions.cluster.as_ref().map(|c| &c.routes);
+    if !shared.sessions.registry.has_wildcards() && !cluster.is_some_and(|r| r.has_wildcards()) {
         return Cow::Borrowed(host);
     }
     let held = |name: &str| {
-        shared.registry.has_host_in(name, protos) || cluster.is_some_and(|r| r.has_host_in(name, protos))
+        shared.sessions.registry.has_host_in(name, protos)
+            || cluster.is_some_and(|r| r.has_host_in(name, protos))
     };
-    if held(host) || shared.cloud.has_host_in(host, protos) {
+    if held(host) || shared.sessions.cloud.has_host_in(host, protos) {
         return Cow::Borrowed(host);
     }
     crate::registry::wildcards_for(host).find(|w| held(w)).map_or(Cow::Borrowed(host), Cow::Owned)
@@ -87,7 +88,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, sche
         };
         let (mut tcp, peer, permit) = tokio::select! {
             _ = &mut stop => return,
-            c = crate::conn_limit::accept(&listener, &shared.visitor_limit, what) => c,
+            c = crate::conn_limit::accept(&listener, &shared.listeners.visitor_limit, what) => c,
         };
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -135,14 +136,14 @@ async fn front(
     if hello.alpn.iter().any(|p| p == b"acme-tls/1") {
         // An ACME server validating TLS-ALPN-01: answer with the challenge certificate, or
         // with nothing for a name not being validated.
-        let Some(cfg) = shared.challenges.tls_alpn01(&shared, &name).await else { return };
+        let Some(cfg) = shared.listeners.challenges.tls_alpn01(&shared, &name).await else { return };
         let io = crate::tls_front::Rewind::new(hello.buffered, tcp);
         let _ = tokio::time::timeout(limit, tokio_rustls::TlsAcceptor::from(cfg).accept(io)).await;
         return;
     }
     if shared.config.connect_hostnames.contains(&name) {
         // An agent session: it counts against the session limit, not only the visitor limit.
-        let Ok(_session_permit) = shared.session_limit.try_acquire(remote.ip()) else {
+        let Ok(_session_permit) = shared.sessions.limit.try_acquire(remote.ip()) else {
             return tracing::warn!(%remote, "session limit (in all or for this address) reached; closing");
         };
         // Not a visitor: a shutdown does not wait for it to drain (it is told last).
@@ -152,11 +153,12 @@ async fn front(
     }
     let local = tcp.local_addr().unwrap_or(remote);
     let route_name = route_name(&shared, &name, &TLS_PROTOS);
-    if let Some(ep) = shared.registry.lookup(&EndpointKey::Host(Proto::Tls, route_name.to_string())) {
+    if let Some(ep) = shared.sessions.registry.lookup(&EndpointKey::Host(Proto::Tls, route_name.to_string()))
+    {
         return crate::ingress_tcp::pass_tls(&shared, &ep, hello.buffered, &name, tcp, remote, local).await;
     }
-    if shared.registry.lookup(&EndpointKey::Host(Proto::Https, route_name.to_string())).is_none()
-        && let Some(cluster) = &shared.cluster
+    if shared.sessions.registry.lookup(&EndpointKey::Host(Proto::Https, route_name.to_string())).is_none()
+        && let Some(cluster) = &shared.sessions.cluster
         && let Some(route) = cluster
             .routes
             .lookup(&EndpointKey::Host(Proto::Tls, route_name.to_string()))
@@ -215,6 +217,7 @@ pub(crate) async fn front_relayed(
         return tracing::warn!(%client, header = %sni, hello = %name, "refused a relayed TLS visitor whose ClientHello names another endpoint");
     }
     if let Some(ep) = shared
+        .sessions
         .registry
         .lookup(&EndpointKey::Host(Proto::Tls, route_name(&shared, &name, &TLS_PROTOS).into_owned()))
         .filter(|e| e.id == endpoint_id)
@@ -242,12 +245,13 @@ async fn terminate<IO>(
     // connection remembers which config it was made with: requests on it reach only endpoints
     // with that same config (see `handle`).
     let endpoint_tls = shared
+        .sessions
         .registry
         .lookup(&EndpointKey::Host(Proto::Https, route_name(&shared, &name, &TLS_PROTOS).into_owned()))
         .and_then(|e| e.tls.clone());
     let acceptor = match &endpoint_tls {
         Some(cfg) => tokio_rustls::TlsAcceptor::from(cfg.clone()),
-        None => shared.https_tls.clone(),
+        None => shared.listeners.https_tls.clone(),
     };
     match tokio::time::timeout(limit, acceptor.accept(io)).await {
         Ok(Ok(tls_io)) => {
@@ -426,7 +430,7 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ClosedByPolicy> {
     if let Some(token) = req.uri().path().strip_prefix("/.well-known/acme-challenge/")
-        && let Some(key_auth) = shared.challenges.http01(shared, token).await
+        && let Some(key_auth) = shared.listeners.challenges.http01(shared, token).await
     {
         return Ok(Response::builder()
             .header(header::CONTENT_TYPE, "application/octet-stream")
@@ -471,10 +475,11 @@ async fn handle(
     // A plain-http visitor may be sent to an https-only endpoint of the name.
     let protos: &[Proto] = if proto == Proto::Http { &[Proto::Http, Proto::Https] } else { &[Proto::Https] };
     let name = route_name(shared, &host, protos);
-    if let Some(mut ep) = shared.registry.lookup(&EndpointKey::Host(proto, name.to_string())) {
+    if let Some(mut ep) = shared.sessions.registry.lookup(&EndpointKey::Host(proto, name.to_string())) {
         let conn_tls = visitor.tls.as_ref().and_then(|t| t.config.as_ref());
         if !same_tls(conn_tls, ep.tls.as_ref())
             && let Some(member) = shared
+                .sessions
                 .registry
                 .members(&EndpointKey::Host(proto, name.to_string()))
                 .into_iter()
@@ -498,7 +503,7 @@ async fn handle(
         }
         return serve_at(shared, visitor, Serving::Agent(ep), host, req).await;
     }
-    if let Some(cluster) = shared.cluster.as_ref().filter(|_| !visitor.relayed) {
+    if let Some(cluster) = shared.sessions.cluster.as_ref().filter(|_| !visitor.relayed) {
         if let Some(route) = cluster.routes.lookup(&EndpointKey::Host(proto, name.to_string())) {
             if visitor.scheme == Scheme::Https {
                 // The TLS handshake was made here, for another name; the endpoint's own
@@ -515,22 +520,27 @@ async fn handle(
             return Ok(relay_request(shared, cluster, visitor, &key, route, &host, req).await);
         }
         if visitor.scheme == Scheme::Http
-            && shared.registry.lookup(&EndpointKey::Host(Proto::Https, name.to_string())).is_none()
+            && shared.sessions.registry.lookup(&EndpointKey::Host(Proto::Https, name.to_string())).is_none()
             && cluster.routes.lookup(&EndpointKey::Host(Proto::Https, name.to_string())).is_some()
         {
             return Ok(https_redirect(shared, &host, &req));
         }
     }
-    if let Some(c) = shared.cloud.lookup(&EndpointKey::Host(proto, host.clone())) {
+    if let Some(c) = shared.sessions.cloud.lookup(&EndpointKey::Host(proto, host.clone())) {
         return serve_at(shared, visitor, Serving::Cloud(c), host, req).await;
     }
     let https_url = || {
         shared
+            .sessions
             .registry
             .lookup(&EndpointKey::Host(Proto::Https, name.to_string()))
             .map(|ep| ep.url.clone())
             .or_else(|| {
-                shared.cloud.lookup(&EndpointKey::Host(Proto::Https, host.clone())).map(|c| c.url.clone())
+                shared
+                    .sessions
+                    .cloud
+                    .lookup(&EndpointKey::Host(Proto::Https, host.clone()))
+                    .map(|c| c.url.clone())
             })
     };
     if visitor.scheme == Scheme::Http
@@ -634,11 +644,12 @@ async fn serve_at(
         ));
     }
     let sink = shared
+        .accounts
         .events
         .traffic_sink(&shared.store, ep.account_id(), crate::events::HTTP_REQUEST_COMPLETE)
         .await;
     let started = std::time::Instant::now();
-    let recent = shared.recent.watching().then(|| shared.recent.clone());
+    let recent = shared.listeners.recent.watching().then(|| shared.listeners.recent.clone());
     if sink.is_none() && recent.is_none() {
         let r = proxy(shared, visitor, &ep, &host, ip, req).await;
         if let Ok(resp) = &r {
@@ -735,7 +746,7 @@ async fn proxy(
                 let proto = if f.scheme == "https" { Proto::Https } else { Proto::Http };
                 let name = crate::registry::internal_host(&f.host, serving.account_id());
                 let depth = parts.extensions.get::<ForwardDepth>().map_or(0, |d| d.0);
-                match shared.registry.lookup(&EndpointKey::Host(proto, name)) {
+                match shared.sessions.registry.lookup(&EndpointKey::Host(proto, name)) {
                     Some(_) if depth >= MAX_FORWARDS => {
                         return Ok(page(
                             StatusCode::LOOP_DETECTED,
@@ -776,7 +787,7 @@ async fn proxy(
                 }
             }
             warren_policy::Verdict::Exchange(exchange) => {
-                let answer = shared.idp.exchange(&exchange).await;
+                let answer = shared.listeners.idp.exchange(&exchange).await;
                 if let Err(e) = &answer {
                     tracing::warn!(url = %serving.url(), error = %e, "openid-connect: the code exchange failed");
                 }
@@ -872,10 +883,14 @@ async fn proxy(
                 let compress = res_parts.extensions.remove::<warren_policy::CompressResponse>();
                 let res = Response::from_parts(res_parts, body);
                 Ok(match compress {
-                    Some(c) => {
-                        crate::compress::apply(res, &c.0, &sent.method, &sent.headers, &shared.compressions)
-                            .map(|b| b.boxed())
-                    }
+                    Some(c) => crate::compress::apply(
+                        res,
+                        &c.0,
+                        &sent.method,
+                        &sent.headers,
+                        &shared.listeners.compressions,
+                    )
+                    .map(|b| b.boxed()),
                     None => res.map(|b| b.boxed()),
                 })
             }
@@ -1034,7 +1049,7 @@ async fn take_relay_sender(
 /// 308 to the same path over https, on this edge's https port.
 fn https_redirect<B>(shared: &Shared, host: &str, req: &Request<B>) -> Response<Body> {
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let location = match shared.https_port {
+    let location = match shared.listeners.https_port {
         443 => format!("https://{host}{pq}"),
         p => format!("https://{host}:{p}{pq}"),
     };
@@ -1346,7 +1361,7 @@ fn add_hsts(shared: &Shared, host: &str, headers: &mut HeaderMap) {
     let max_age = match shared.config.hsts {
         crate::config::Hsts::Off => return,
         crate::config::Hsts::Always { max_age } => max_age,
-        crate::config::Hsts::Auto { max_age } if shared.certs.has_own(host) => max_age,
+        crate::config::Hsts::Auto { max_age } if shared.listeners.certs.has_own(host) => max_age,
         crate::config::Hsts::Auto { .. } => return,
     };
     if !headers.contains_key(header::STRICT_TRANSPORT_SECURITY)

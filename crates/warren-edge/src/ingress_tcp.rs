@@ -27,8 +27,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, port: u16) {
     let key = crate::registry::EndpointKey::Port(port);
     loop {
         let (mut tcp, peer, permit) =
-            crate::conn_limit::accept(&listener, &shared.visitor_limit, "tcp endpoint").await;
-        let Some(ep) = shared.registry.lookup(&key) else { continue };
+            crate::conn_limit::accept(&listener, &shared.listeners.visitor_limit, "tcp endpoint").await;
+        let Some(ep) = shared.sessions.registry.lookup(&key) else { continue };
         let shared = shared.clone();
         tokio::spawn(async move {
             let Some(remote) = crate::client_addr::resolve(&shared, &mut tcp, peer).await else { return };
@@ -74,7 +74,7 @@ fn connect_target(
             warren_policy::Verdict::ForwardInternal(f) => {
                 let proto = if f.scheme == "tls" { Proto::Tls } else { Proto::Tcp };
                 let name = crate::registry::internal_host(&f.host, &ep.session.account_id);
-                match shared.registry.lookup(&EndpointKey::Host(proto, name)) {
+                match shared.sessions.registry.lookup(&EndpointKey::Host(proto, name)) {
                     Some(target) => ep = target,
                     None if f.continue_on_error => return Some(ep),
                     None => {
@@ -96,6 +96,7 @@ fn connect_target(
 /// Where the connection's `tcp_connection_closed.v0` goes, if the account takes them.
 async fn closed_sink(shared: &Shared, ep: &Endpoint) -> Option<crate::events::TrafficSink> {
     shared
+        .accounts
         .events
         .traffic_sink(&shared.store, &ep.session.account_id, crate::events::TCP_CONNECTION_CLOSED)
         .await

@@ -90,7 +90,7 @@ impl IpRules {
 /// `endpoints`). Log-only restrictions log and allow; a store failure with nothing cached
 /// refuses.
 pub(crate) async fn visitor_allowed(shared: &crate::Shared, account_id: &str, ip: IpAddr, url: &str) -> bool {
-    match shared.ip_rules.check(&shared.store, account_id, "endpoints", ip).await {
+    match shared.accounts.ip_rules.check(&shared.store, account_id, "endpoints", ip).await {
         Ok(IpDecision::Allow) => true,
         Ok(IpDecision::Deny { restriction, enforced: false }) => {
             tracing::warn!(%ip, %restriction, %url, "visitor from outside an IP restriction (log only; allowed)");

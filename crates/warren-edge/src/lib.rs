@@ -110,16 +110,51 @@ pub struct Edge {
     shared: Arc<Shared>,
 }
 
-/// State shared by every listener and session task.
+/// State shared by every listener and session task: the node's own facts at the top, then
+/// one part per line of the edge (ARCHITECTURE.md): the agent sessions and what they serve,
+/// the public listeners, and the accounts' settings the admin layer keeps fresh. A part is
+/// written by its own modules only; the others read it.
 pub(crate) struct Shared {
     /// `nd_...`: this edge process in the shared store.
     pub(crate) node_id: String,
     pub(crate) config: EdgeConfig,
     pub(crate) store: Store,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Seals private keys before they reach the store.
+    pub(crate) master_key: sealed::MasterKey,
+    /// Prometheus metrics.
+    pub(crate) metrics: metrics::Metrics,
+    /// Whether the node's lease in the store is current (`/healthz`; see `node`).
+    pub(crate) lease_held: std::sync::atomic::AtomicBool,
+    /// The edge is about to shut down (`limits.shutdown_delay`): still serving, but
+    /// `/healthz` fails.
+    pub(crate) leaving: std::sync::atomic::AtomicBool,
+    /// Agent sessions and what they serve (`session`, `registry`, `cloud`, `cluster`).
+    pub(crate) sessions: Sessions,
+    /// The public listeners' own state (`ingress_http`, `ingress_tcp`, `tls`, `acme`).
+    pub(crate) listeners: Listeners,
+    /// The accounts' settings as the request and session paths read them, kept fresh by the
+    /// admin layer (`admin`) after every change.
+    pub(crate) accounts: Accounts,
+}
+
+/// Agent sessions and what they serve.
+pub(crate) struct Sessions {
+    /// Every endpoint served on this node, by name.
     pub(crate) registry: registry::Registry,
     /// Cloud endpoints (no agent), every account's, compiled.
     pub(crate) cloud: cloud::CloudEndpoints,
+    /// The connect listener's TLS.
     pub(crate) connect_tls: tokio_rustls::TlsAcceptor,
+    /// Agent connections, authenticated or not (the connect listener and the connect
+    /// hostnames on the shared TLS port).
+    pub(crate) limit: conn_limit::ConnLimit,
+    /// This node's part in a cluster (`cluster_addr` set): relaying to the other nodes.
+    pub(crate) cluster: Option<Arc<cluster::Cluster>>,
+}
+
+/// The public listeners' own state.
+pub(crate) struct Listeners {
     /// The https default: TLS 1.2–1.3, no client certificates.
     pub(crate) https_tls: tokio_rustls::TlsAcceptor,
     /// What every TLS config serves, by SNI.
@@ -128,41 +163,31 @@ pub(crate) struct Shared {
     pub(crate) https_port: u16,
     /// Public port of the http ingress, for URLs and redirects.
     pub(crate) http_port: Option<u16>,
-    pub(crate) shutdown: watch::Receiver<bool>,
-    /// Agent connections, authenticated or not (the connect listener and the connect
-    /// hostnames on the shared TLS port).
-    pub(crate) session_limit: conn_limit::ConnLimit,
     /// Visitor connections, every ingress together.
     pub(crate) visitor_limit: conn_limit::ConnLimit,
-    pub(crate) api_rate_limit: api::RateLimit,
-    /// Wrong API keys and authtokens per client address.
-    pub(crate) auth_failures: throttle::FailureThrottle,
-    pub(crate) ip_rules: ip_rules::IpRules,
-    /// Seals private keys before they reach the store.
-    pub(crate) master_key: sealed::MasterKey,
     /// ACME challenge answers in flight.
     pub(crate) challenges: acme::Challenges,
-    /// Wakes the certificate manager (a domain was reserved).
-    pub(crate) acme_wake: tokio::sync::Notify,
     /// Keys for `jwt-validation`, by JWKS URL.
     pub(crate) idp: idp::IdpCache,
-    /// Prometheus metrics.
-    pub(crate) metrics: metrics::Metrics,
-    /// Event subscriptions: the traffic event queue, delivery wake-ups.
-    pub(crate) events: events::Events,
     /// Encoders `compress-response` may hold at once.
     pub(crate) compressions: Arc<tokio::sync::Semaphore>,
     /// The last requests of each account, while the dashboard's traffic view is watched.
     pub(crate) recent: recent::RecentRequests,
     /// The CA file agents trust the edge with (the local CA's, or the operator's chain).
     pub(crate) ca_cert_path: std::path::PathBuf,
-    /// This node's part in a cluster (`cluster_addr` set): relaying to the other nodes.
-    pub(crate) cluster: Option<Arc<cluster::Cluster>>,
-    /// Whether the node's lease in the store is current (`/healthz`; see `node`).
-    pub(crate) lease_held: std::sync::atomic::AtomicBool,
-    /// The edge is about to shut down (`limits.shutdown_delay`): still serving, but
-    /// `/healthz` fails.
-    pub(crate) leaving: std::sync::atomic::AtomicBool,
+}
+
+/// The accounts' settings as the request and session paths read them.
+pub(crate) struct Accounts {
+    /// IP restrictions and policies, compiled, per account.
+    pub(crate) ip_rules: ip_rules::IpRules,
+    /// Event subscriptions: the traffic event queue, delivery wake-ups.
+    pub(crate) events: events::Events,
+    /// Wakes the certificate manager (a domain was reserved).
+    pub(crate) acme_wake: tokio::sync::Notify,
+    pub(crate) api_rate_limit: api::RateLimit,
+    /// Wrong API keys and authtokens per client address.
+    pub(crate) auth_failures: throttle::FailureThrottle,
 }
 
 impl Shared {
@@ -199,43 +224,49 @@ impl Shared {
         let metrics = metrics::Metrics::new();
         let shared = Arc::new(Shared {
             node_id,
-            connect_tls: tokio_rustls::TlsAcceptor::from(tls::server_config(certs.clone(), &[])?),
-            https_tls: tokio_rustls::TlsAcceptor::from(tls::server_config(
-                certs.clone(),
-                &[b"h2", b"http/1.1"],
-            )?),
-            certs,
-            https_port,
-            http_port,
-            session_limit: conn_limit::ConnLimit::new(
-                config.limits.max_sessions,
-                config.limits.max_agent_connections_per_ip,
-            ),
-            visitor_limit: conn_limit::ConnLimit::new(
-                config.limits.max_visitor_connections,
-                config.limits.max_visitor_connections_per_ip,
-            ),
-            registry: registry::Registry::default(),
-            cloud: cloud::CloudEndpoints::default(),
-            api_rate_limit: api::RateLimit::new(config.api_rate_limit.0, config.api_rate_limit.1),
-            auth_failures: throttle::FailureThrottle::new(
-                config.limits.max_auth_failures_per_ip,
-                std::time::Duration::from_secs(60),
-            ),
-            ip_rules: ip_rules::IpRules::default(),
+            sessions: Sessions {
+                registry: registry::Registry::default(),
+                cloud: cloud::CloudEndpoints::default(),
+                connect_tls: tokio_rustls::TlsAcceptor::from(tls::server_config(certs.clone(), &[])?),
+                limit: conn_limit::ConnLimit::new(
+                    config.limits.max_sessions,
+                    config.limits.max_agent_connections_per_ip,
+                ),
+                cluster,
+            },
+            listeners: Listeners {
+                https_tls: tokio_rustls::TlsAcceptor::from(tls::server_config(
+                    certs.clone(),
+                    &[b"h2", b"http/1.1"],
+                )?),
+                certs,
+                https_port,
+                http_port,
+                visitor_limit: conn_limit::ConnLimit::new(
+                    config.limits.max_visitor_connections,
+                    config.limits.max_visitor_connections_per_ip,
+                ),
+                challenges: acme::Challenges::default(),
+                idp: idp::IdpCache::new(idp::Reach {
+                    loopback: config.idp_allow_loopback_http,
+                    private: config.idp_allow_private_networks,
+                }),
+                compressions: Arc::new(tokio::sync::Semaphore::new(config.limits.max_compressed_responses)),
+                recent: recent::RecentRequests::default(),
+                ca_cert_path: tls.ca_cert_path.clone(),
+            },
+            accounts: Accounts {
+                ip_rules: ip_rules::IpRules::default(),
+                events: events::Events::new(&config.limits, metrics.traffic_events_dropped.clone()),
+                acme_wake: tokio::sync::Notify::new(),
+                api_rate_limit: api::RateLimit::new(config.api_rate_limit.0, config.api_rate_limit.1),
+                auth_failures: throttle::FailureThrottle::new(
+                    config.limits.max_auth_failures_per_ip,
+                    std::time::Duration::from_secs(60),
+                ),
+            },
             master_key,
-            challenges: acme::Challenges::default(),
-            acme_wake: tokio::sync::Notify::new(),
-            idp: idp::IdpCache::new(idp::Reach {
-                loopback: config.idp_allow_loopback_http,
-                private: config.idp_allow_private_networks,
-            }),
-            events: events::Events::new(&config.limits, metrics.traffic_events_dropped.clone()),
             metrics,
-            compressions: Arc::new(tokio::sync::Semaphore::new(config.limits.max_compressed_responses)),
-            recent: recent::RecentRequests::default(),
-            ca_cert_path: tls.ca_cert_path.clone(),
-            cluster,
             lease_held: std::sync::atomic::AtomicBool::new(true),
             leaving: std::sync::atomic::AtomicBool::new(false),
             store,
@@ -254,7 +285,7 @@ impl Shared {
             self.metrics.store_errors.inc();
             tracing::warn!(session = %id, error = %e, "store failed while forgetting a session; the node's heartbeat will");
         }
-        self.registry.remove_session(id);
+        self.sessions.registry.remove_session(id);
     }
 }
 
@@ -324,7 +355,7 @@ impl Edge {
         // Before any listener: a cloud endpoint answers its first visitor.
         cloud::reload(&shared, None).await;
         let mut tasks = JoinSet::new();
-        if let (Some(c), Some(l)) = (shared.cluster.clone(), cluster_listener) {
+        if let (Some(c), Some(l)) = (shared.sessions.cluster.clone(), cluster_listener) {
             tracing::info!(relay_addr = %c.relay_addr, "relaying visitors to and from the cluster's other nodes");
             let relay_listeners = cluster::routes::load(&shared, &c).await;
             tasks.spawn(cluster::accept_loop(shared.clone(), c.clone(), l));
@@ -341,7 +372,7 @@ impl Edge {
         tasks.spawn(idp::run(shared.clone()));
         tasks.spawn(events::run(shared.clone()));
         if let Some((cert, key)) = shared.config.tls_files.clone() {
-            tasks.spawn(tls::watch_files(shared.certs.clone(), cert, key, shared.shutdown.clone()));
+            tasks.spawn(tls::watch_files(shared.listeners.certs.clone(), cert, key, shared.shutdown.clone()));
         }
         let mut installed = acme::Installed::new();
         acme::sync_once(&shared, &mut installed).await;
@@ -366,7 +397,7 @@ impl Edge {
             api_addr = %shown(api_addr),
             "edge listening"
         );
-        let cluster_addr = shared.config.cluster_addr.filter(|_| shared.cluster.is_some());
+        let cluster_addr = shared.config.cluster_addr.filter(|_| shared.sessions.cluster.is_some());
         Ok(Edge { connect_addr, https_addr, http_addr, api_addr, cluster_addr, shutdown: tx, tasks, shared })
     }
 
@@ -374,11 +405,11 @@ impl Edge {
     /// certificate files (`--tls-cert`/`--tls-key`; a broken pair keeps the current one) and
     /// the cached IP restrictions. Returns what was reloaded, for the log.
     pub fn reload(&self) -> Result<Vec<&'static str>, EdgeError> {
-        self.shared.ip_rules.invalidate_all();
+        self.shared.accounts.ip_rules.invalidate_all();
         let mut done = vec!["IP restrictions"];
         if let Some((cert, key)) = &self.shared.config.tls_files {
             let (chain, key) = tls::load_pem_files(cert, key)?;
-            self.shared.certs.set_default(chain, key)?;
+            self.shared.listeners.certs.set_default(chain, key)?;
             done.push("edge certificate");
         }
         Ok(done)
@@ -386,7 +417,7 @@ impl Edge {
 
     /// Number of live agent sessions.
     pub fn session_count(&self) -> usize {
-        self.shared.registry.session_count()
+        self.shared.sessions.registry.session_count()
     }
 
     /// Fails `/healthz` for `limits.shutdown_delay` while still serving, then stops
@@ -405,19 +436,19 @@ impl Edge {
         let _ = self.shutdown.send(true);
         let drain = self.shared.config.limits.drain_timeout;
         let started = std::time::Instant::now();
-        let busy = self.shared.visitor_limit.in_use();
+        let busy = self.shared.listeners.visitor_limit.in_use();
         if busy > 0 {
             tracing::info!(connections = busy, timeout = ?drain, "draining visitor connections");
         }
-        while self.shared.visitor_limit.in_use() > 0 && started.elapsed() < drain {
+        while self.shared.listeners.visitor_limit.in_use() > 0 && started.elapsed() < drain {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let left = self.shared.visitor_limit.in_use();
+        let left = self.shared.listeners.visitor_limit.in_use();
         if left > 0 {
             tracing::warn!(connections = left, "drain timeout: closing the visitor connections still open");
         }
-        self.shared.registry.close_all("edge shutting down");
-        if let Some(c) = &self.shared.cluster {
+        self.shared.sessions.registry.close_all("edge shutting down");
+        if let Some(c) = &self.shared.sessions.cluster {
             c.close_all();
         }
         while self.tasks.join_next().await.is_some() {}
@@ -448,7 +479,7 @@ impl Edge {
     /// tests that speak the relay protocol as a node would.
     #[doc(hidden)]
     pub fn cluster_client_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
-        self.shared.cluster.as_ref().map(|c| c.client_tls())
+        self.shared.sessions.cluster.as_ref().map(|c| c.client_tls())
     }
 
     /// The server name a node dials `node_id` with.
@@ -479,4 +510,92 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, EdgeError> {
 /// Resolves when the edge is shutting down.
 pub(crate) async fn shutting_down(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
+}
+
+#[cfg(test)]
+mod parts {
+    /// Every source file of the crate, as text without whitespace (calls may span lines).
+    fn sources() -> Vec<(String, String)> {
+        fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<(String, String)>) {
+            for entry in std::fs::read_dir(dir).expect("source directory") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    walk(&path, root, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let name = path.strip_prefix(root).expect("under src").to_string_lossy().into_owned();
+                    let text = std::fs::read_to_string(&path).expect("readable");
+                    out.push((name, text.split_whitespace().collect()));
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut out = Vec::new();
+        walk(&root, &root, &mut out);
+        out
+    }
+
+    /// The methods called on `part` in `text`.
+    fn calls<'a>(text: &'a str, part: &str) -> Vec<&'a str> {
+        let mut found = Vec::new();
+        let mut rest = text;
+        while let Some(i) = rest.find(part) {
+            let call = &rest[i + part.len()..];
+            found.push(
+                &call[..call.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(call.len())],
+            );
+            rest = call;
+        }
+        found
+    }
+
+    /// The parts of `Shared` are written where ARCHITECTURE.md says: the sessions' registry
+    /// by the session and node code (and the admin layer's one rule change), the accounts'
+    /// caches by the admin layer alone. Anything else only reads them.
+    #[test]
+    fn each_part_of_shared_is_written_by_its_own_modules() {
+        let registry_writes = [
+            "add_listener",
+            "add_session",
+            "add_session_decided_at",
+            "remove_session",
+            "unbind",
+            "remove_all",
+            "close_all",
+            "rules_changed",
+        ];
+        let account_writes = ["invalidate", "subscriptions_changed", "notify_one"];
+        let mut checked = 0;
+        for (name, text) in sources() {
+            if name == "lib.rs" && text.contains("fneach_part_of_shared_is_written_by_its_own_modules") {
+                // Beside the one write it allows (end_session), this test names the calls.
+                for m in calls(&text, ".sessions.registry.") {
+                    assert!(
+                        !registry_writes.contains(&m)
+                            || ["remove_session", "close_all", "session_count"].contains(&m),
+                        "lib.rs: registry.{m}"
+                    );
+                }
+                continue;
+            }
+            for m in calls(&text, ".sessions.registry.") {
+                checked += 1;
+                let sessions = name.starts_with("session/") || name == "node.rs";
+                let admin = name == "admin.rs" && m == "rules_changed";
+                assert!(
+                    !registry_writes.contains(&m) || sessions || admin,
+                    "{name} writes the sessions' registry ({m}); only session/, node.rs and the admin layer may"
+                );
+            }
+            for part in [".accounts.ip_rules.", ".accounts.events.", ".accounts.acme_wake."] {
+                for m in calls(&text, part) {
+                    checked += 1;
+                    assert!(
+                        !account_writes.contains(&m) || name == "admin.rs" || name == "session/tests.rs",
+                        "{name} invalidates the accounts' settings ({part}{m}); only the admin layer may"
+                    );
+                }
+            }
+        }
+        assert!(checked > 40, "the test found only {checked} uses: has Shared changed shape?");
+    }
 }

@@ -238,14 +238,14 @@ impl Metrics {
 
     /// The text a scrape gets, after reading the live gauges.
     pub(crate) async fn render(&self, shared: &Shared) -> String {
-        self.sessions.set(shared.registry.session_count() as i64);
-        let live = shared.registry.endpoint_urls();
+        self.sessions.set(shared.sessions.registry.session_count() as i64);
+        let live = shared.sessions.registry.endpoint_urls();
         self.endpoints.clear();
         for (_, proto) in &live {
             self.endpoints.get_or_create(&vec![("proto", (*proto).to_owned())]).inc();
         }
-        self.visitor_connections.set(shared.visitor_limit.in_use() as i64);
-        self.agent_connections.set(shared.session_limit.in_use() as i64);
+        self.visitor_connections.set(shared.listeners.visitor_limit.in_use() as i64);
+        self.agent_connections.set(shared.sessions.limit.in_use() as i64);
         self.forget_gone(&live);
         match shared.store.all_certificates().await {
             Ok(certs) => {

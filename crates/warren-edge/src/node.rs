@@ -40,7 +40,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     let mut poll = tokio::time::interval(COMMAND_POLL);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let relay_addr = shared.cluster.as_ref().map_or(String::new(), |c| c.relay_addr.clone());
+    let relay_addr = shared.sessions.cluster.as_ref().map_or(String::new(), |c| c.relay_addr.clone());
     // When the last renewal that succeeded was sent.
     let mut renewed = std::time::Instant::now();
     loop {
@@ -81,19 +81,19 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 /// take over their names.
 fn fence(shared: &Shared) {
     shared.lease_held.store(false, std::sync::atomic::Ordering::Relaxed);
-    let sessions = shared.registry.session_count();
+    let sessions = shared.sessions.registry.session_count();
     if sessions > 0 {
         tracing::error!(
             sessions,
             "cannot renew this node's lease in the store; ending its agent sessions so that they reconnect to another node"
         );
-        shared.registry.close_all("edge node lost its store; reconnect");
-        shared.registry.remove_all();
+        shared.sessions.registry.close_all("edge node lost its store; reconnect");
+        shared.sessions.registry.remove_all();
     }
 }
 
 async fn apply(shared: &Arc<Shared>, session_id: &str, cmd: SessionCommand) {
-    let Some(session) = shared.registry.session(session_id) else { return };
+    let Some(session) = shared.sessions.registry.session(session_id) else { return };
     tracing::info!(session = %session_id, ?cmd, "session command from another node");
     let ty = match cmd {
         SessionCommand::Stop => StreamType::Stop,

@@ -119,8 +119,9 @@ async fn compile_env(shared: &Shared, account_id: &str, doc: &Document) -> Resul
     let mut env =
         CompileEnv { cookie_secret: Some(shared.master_key.cookie_secret()), ..CompileEnv::default() };
     for url in doc.jwks_urls() {
-        shared.idp.check(&url).map_err(|e| format!("jwt-validation: {e}"))?;
+        shared.listeners.idp.check(&url).map_err(|e| format!("jwt-validation: {e}"))?;
         let set = shared
+            .listeners
             .idp
             .get(&url)
             .await
@@ -128,8 +129,9 @@ async fn compile_env(shared: &Shared, account_id: &str, doc: &Document) -> Resul
         env.jwks.insert(url, set);
     }
     for issuer in doc.oidc_issuers() {
-        shared.idp.check(&issuer).map_err(|e| format!("openid-connect: {e}"))?;
+        shared.listeners.idp.check(&issuer).map_err(|e| format!("openid-connect: {e}"))?;
         let provider = shared
+            .listeners
             .idp
             .provider(&issuer)
             .await

@@ -110,7 +110,7 @@ pub(crate) async fn check(
     let ip = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let ip = ip.unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
     let ip = crate::client_addr::forwarded_ip(&shared, ip, req.headers());
-    if let Some(wait) = shared.auth_failures.blocked(ip, Instant::now()) {
+    if let Some(wait) = shared.accounts.auth_failures.blocked(ip, Instant::now()) {
         return Err(ApiError::rate_limited(wait));
     }
     let key = req
@@ -121,11 +121,11 @@ pub(crate) async fn check(
         .map(str::trim)
         .ok_or_else(|| ApiError::unauthorized("send the API key as Authorization: Bearer <key>"))?;
     let Some(key) = shared.store.verify_api_key(key).await? else {
-        shared.auth_failures.failed(ip, Instant::now());
+        shared.accounts.auth_failures.failed(ip, Instant::now());
         return Err(ApiError::unauthorized("the API key is invalid, deleted or expired"));
     };
-    shared.api_rate_limit.hit(&key.id, Instant::now()).map_err(ApiError::rate_limited)?;
-    match shared.ip_rules.check(&shared.store, &key.account_id, "api", ip).await? {
+    shared.accounts.api_rate_limit.hit(&key.id, Instant::now()).map_err(ApiError::rate_limited)?;
+    match shared.accounts.ip_rules.check(&shared.store, &key.account_id, "api", ip).await? {
         warren_store::IpDecision::Allow => {}
         warren_store::IpDecision::Deny { restriction, enforced: false } => {
             tracing::warn!(%ip, %restriction, key = %key.id, "API call from outside an IP restriction (log only; allowed)");
@@ -173,7 +173,7 @@ async fn run_as(shared: &Shared, principal: Principal, mut req: Request, next: N
     req.extensions_mut().insert(principal);
     let resp = next.run(req).await;
     if changes {
-        shared.events.wake();
+        shared.accounts.events.wake();
         tracing::info!(%method, %path, status = resp.status().as_u16(), account = %account, by = %by, "API change");
     }
     resp

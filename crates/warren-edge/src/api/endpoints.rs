@@ -272,7 +272,10 @@ async fn checked_url(
         other => ApiError::bad_request(other.to_string()),
     })?;
     let base = &shared.config.base_domain;
-    if proto == Proto::Https && crate::session::under_domain(&host, base) && !shared.certs.covers(&host) {
+    if proto == Proto::Https
+        && crate::session::under_domain(&host, base)
+        && !shared.listeners.certs.covers(&host)
+    {
         return Err(ApiError::bad_request(format!(
             "{host} is not covered by this edge's certificate (*.{base} covers one level below {base})"
         )));

@@ -324,7 +324,7 @@ pub(crate) async fn create_addr(
     let range = shared.config.tcp_ports.clone();
     for _ in 0..PORT_TRIES {
         let port = rand::rng().random_range(range.clone());
-        if shared.registry.is_taken(&EndpointKey::Port(port)) {
+        if shared.sessions.registry.is_taken(&EndpointKey::Port(port)) {
             continue;
         }
         match shared

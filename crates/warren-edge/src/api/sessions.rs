@@ -84,6 +84,7 @@ async fn command(shared: &Shared, p: &Principal, id: &str, ty: StreamType) -> Re
         return Ok(StatusCode::NO_CONTENT);
     }
     let s = shared
+        .sessions
         .registry
         .session(&row.id)
         .ok_or_else(|| ApiError::not_found(format!("tunnel session {id} not found")))?;

@@ -168,7 +168,7 @@ pub(crate) async fn serve_stream(shared: Arc<Shared>, mut s: Stream, peer: Strin
     let client = open.client();
     // The permit first, then the shutdown check: a drain that began before the check sees
     // the permit and waits for this visitor, one that begins after it is refused here.
-    let Ok(permit) = shared.visitor_limit.try_acquire(client.ip()) else {
+    let Ok(permit) = shared.listeners.visitor_limit.try_acquire(client.ip()) else {
         tracing::warn!(%peer, %client, "visitor connection limit reached; refused a relayed visitor");
         return refuse(s, Ack::Busy).await;
     };
@@ -179,24 +179,24 @@ pub(crate) async fn serve_stream(shared: Arc<Shared>, mut s: Stream, peer: Strin
         return refuse(s, Ack::NotHere).await;
     }
     // A wildcard endpoint serves the visitor's name under its wildcard name.
-    let found = match &open {
-        RelayOpen::Tls { sni, .. } => {
-            let name =
-                crate::ingress_http::route_name(&shared, sni, &[Proto::Tls, Proto::Https]).into_owned();
-            shared
-                .registry
-                .lookup_id(&EndpointKey::Host(Proto::Tls, name.clone()), id)
-                .or_else(|| shared.registry.lookup_id(&EndpointKey::Host(Proto::Https, name), id))
-        }
-        RelayOpen::Http { host, .. } => shared.registry.lookup_id(
-            &EndpointKey::Host(
-                Proto::Http,
-                crate::ingress_http::route_name(&shared, host, &[Proto::Http]).into_owned(),
+    let found =
+        match &open {
+            RelayOpen::Tls { sni, .. } => {
+                let name =
+                    crate::ingress_http::route_name(&shared, sni, &[Proto::Tls, Proto::Https]).into_owned();
+                shared.sessions.registry.lookup_id(&EndpointKey::Host(Proto::Tls, name.clone()), id).or_else(
+                    || shared.sessions.registry.lookup_id(&EndpointKey::Host(Proto::Https, name), id),
+                )
+            }
+            RelayOpen::Http { host, .. } => shared.sessions.registry.lookup_id(
+                &EndpointKey::Host(
+                    Proto::Http,
+                    crate::ingress_http::route_name(&shared, host, &[Proto::Http]).into_owned(),
+                ),
+                id,
             ),
-            id,
-        ),
-        RelayOpen::Tcp { port, .. } => shared.registry.lookup_id(&EndpointKey::Port(*port), id),
-    };
+            RelayOpen::Tcp { port, .. } => shared.sessions.registry.lookup_id(&EndpointKey::Port(*port), id),
+        };
     let Some(ep) = found else {
         tracing::warn!(%peer, endpoint = %id, "refused a relay stream for an endpoint this node does not hold");
         return refuse(s, Ack::NotHere).await;

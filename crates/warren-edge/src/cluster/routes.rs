@@ -168,7 +168,7 @@ async fn refresh(
         .keys()
         .filter_map(|k| match k {
             // A port this node serves itself (a pool with a member here) has its listener.
-            EndpointKey::Port(p) if !shared.registry.is_taken(k) => Some(*p),
+            EndpointKey::Port(p) if !shared.sessions.registry.is_taken(k) => Some(*p),
             _ => None,
         })
         .collect();
@@ -209,7 +209,8 @@ async fn refresh(
 async fn relay_tcp(shared: Arc<Shared>, cluster: Arc<Cluster>, listener: TcpListener, port: u16) {
     loop {
         let (mut tcp, peer, permit) =
-            crate::conn_limit::accept(&listener, &shared.visitor_limit, "relayed tcp endpoint").await;
+            crate::conn_limit::accept(&listener, &shared.listeners.visitor_limit, "relayed tcp endpoint")
+                .await;
         let (shared, cluster) = (shared.clone(), cluster.clone());
         tokio::spawn(async move {
             let Some(client) = crate::client_addr::resolve(&shared, &mut tcp, peer).await else { return };

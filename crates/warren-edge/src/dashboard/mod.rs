@@ -128,7 +128,7 @@ impl Dash {
     /// The account's `dashboard` IP restrictions for `who` (a user id, or what is signing
     /// in) at `ip`.
     async fn check_ip(&self, account_id: &str, who: &str, ip: IpAddr) -> Result<(), Response> {
-        match self.shared.ip_rules.check(&self.shared.store, account_id, "dashboard", ip).await {
+        match self.shared.accounts.ip_rules.check(&self.shared.store, account_id, "dashboard", ip).await {
             Ok(IpDecision::Allow) => Ok(()),
             Ok(IpDecision::Deny { restriction, enforced: false }) => {
                 tracing::warn!(%ip, %restriction, user = %who, "dashboard use from outside an IP restriction (log only; allowed)");

@@ -652,7 +652,7 @@ fn connect_url(dash: &Dash) -> (String, Option<String>) {
         .iter()
         .find(|h| !h.ends_with(".localhost"))
         .map_or("localhost", String::as_str);
-    let ca = config.tls_files.is_none().then(|| dash.shared.ca_cert_path.display().to_string());
+    let ca = config.tls_files.is_none().then(|| dash.shared.listeners.ca_cert_path.display().to_string());
     (format!("{host}:{}", config.connect_addr.port()), ca)
 }
 
@@ -749,8 +749,8 @@ pub(super) async fn overview(
     // Requests of the account's endpoints held by this node, and the rate since the last
     // overview of the account (the page reloads every 10 s).
     let (mut requests, mut errors) = (0u64, 0u64);
-    for session in dash.shared.registry.sessions_of(&s.user.account_id) {
-        for ep in dash.shared.registry.endpoints_of(&session.id) {
+    for session in dash.shared.sessions.registry.sessions_of(&s.user.account_id) {
+        for ep in dash.shared.sessions.registry.endpoints_of(&session.id) {
             let (n, e) = ep.metrics.request_totals();
             requests += n;
             errors += e;
@@ -895,7 +895,7 @@ pub(super) async fn traffic(
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    let recent = &dash.shared.recent;
+    let recent = &dash.shared.listeners.recent;
     recent.watch();
     let rows = recent.last(&s.user.account_id);
     let mut body = format!(

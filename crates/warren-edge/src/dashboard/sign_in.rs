@@ -155,7 +155,7 @@ pub(super) async fn submit(
         return sign_in_page(&dash, &headers, peer, StatusCode::BAD_REQUEST, &next, Some(msg));
     }
     let ip = dash.client_ip(&headers, Some(&ConnectInfo(peer)));
-    if let Some(wait) = dash.shared.auth_failures.blocked(ip, Instant::now()) {
+    if let Some(wait) = dash.shared.accounts.auth_failures.blocked(ip, Instant::now()) {
         let msg = format!("Too many failed sign-ins from {}; try again in {wait} s.", esc(&ip.to_string()));
         return sign_in_page(&dash, &headers, peer, StatusCode::TOO_MANY_REQUESTS, &next, Some(msg));
     }
@@ -168,13 +168,13 @@ pub(super) async fn submit(
     match dash.shared.store.check_password(field(&form, "email"), field(&form, "password")).await {
         Ok(SignIn::Ok(user)) => start_session(&dash, &headers, peer, &user, "password", &next).await,
         Ok(SignIn::Wrong) => {
-            dash.shared.auth_failures.failed(ip, Instant::now());
+            dash.shared.accounts.auth_failures.failed(ip, Instant::now());
             tracing::info!(%ip, "dashboard sign-in with a wrong e-mail or password");
             let msg = "Wrong e-mail or password.".to_owned();
             sign_in_page(&dash, &headers, peer, StatusCode::UNAUTHORIZED, &next, Some(msg))
         }
         Ok(SignIn::Locked { until }) => {
-            dash.shared.auth_failures.failed(ip, Instant::now());
+            dash.shared.accounts.auth_failures.failed(ip, Instant::now());
             let msg = format!(
                 "Too many wrong passwords: this user is locked out until {} (UTC). An administrator can set a new password.",
                 esc(&warren_store::rfc3339(u64::try_from(until).unwrap_or(0)))
@@ -226,14 +226,14 @@ pub(super) async fn link_use(
         return sign_in_page(&dash, &headers, peer, StatusCode::FORBIDDEN, "/dashboard/", Some(msg));
     }
     let ip = dash.client_ip(&headers, Some(&ConnectInfo(peer)));
-    if let Some(wait) = dash.shared.auth_failures.blocked(ip, Instant::now()) {
+    if let Some(wait) = dash.shared.accounts.auth_failures.blocked(ip, Instant::now()) {
         let msg = format!("Too many failed sign-ins from {}; try again in {wait} s.", esc(&ip.to_string()));
         return sign_in_page(&dash, &headers, peer, StatusCode::TOO_MANY_REQUESTS, "/dashboard/", Some(msg));
     }
     match dash.shared.store.use_sign_in_link(&token).await {
         Ok(Some(user)) => start_session(&dash, &headers, peer, &user, "link", "/dashboard/account").await,
         Ok(None) => {
-            dash.shared.auth_failures.failed(ip, Instant::now());
+            dash.shared.accounts.auth_failures.failed(ip, Instant::now());
             let msg = "That sign-in link was used already, expired, or never existed.".to_owned();
             sign_in_page(&dash, &headers, peer, StatusCode::UNAUTHORIZED, "/dashboard/", Some(msg))
         }
@@ -329,7 +329,7 @@ pub(super) async fn set_password(
     let by = dash.shared.store.acting_as(crate::api::dashboard_actor(&s.user, s.ip));
     match by.set_user_password(&s.user.account_id, &s.user.id, pw).await {
         Ok(user) => {
-            dash.shared.events.wake();
+            dash.shared.accounts.events.wake();
             start_session(&dash, &headers, peer, &user, "password", "/dashboard/").await
         }
         Err(warren_store::StoreError::Invalid(m)) => error(StatusCode::BAD_REQUEST, &m),

@@ -40,8 +40,8 @@ impl Sso {
             .get_or_try_init(|| async {
                 let c = &self.config;
                 let shared = &dash.shared;
-                shared.idp.check(&c.issuer_url)?;
-                let provider = shared.idp.provider(&c.issuer_url).await.map_err(|e| {
+                shared.listeners.idp.check(&c.issuer_url)?;
+                let provider = shared.listeners.idp.provider(&c.issuer_url).await.map_err(|e| {
                     tracing::warn!(issuer = %c.issuer_url, error = %e, "dashboard SSO: the provider could not be discovered");
                     format!("the identity provider {} could not be reached", c.issuer_url)
                 })?;
@@ -94,7 +94,7 @@ pub(super) async fn sso(
         return refused(StatusCode::NOT_FOUND, "Single sign-on is not set up on this edge.");
     };
     let ip = dash.client_ip(req.headers(), Some(&ConnectInfo(peer)));
-    if let Some(wait) = dash.shared.auth_failures.blocked(ip, std::time::Instant::now()) {
+    if let Some(wait) = dash.shared.accounts.auth_failures.blocked(ip, std::time::Instant::now()) {
         return refused(
             StatusCode::TOO_MANY_REQUESTS,
             &format!("Too many failed sign-ins from {ip}; try again in {wait} s."),
@@ -148,7 +148,7 @@ pub(super) async fn sso(
             refused(StatusCode::FORBIDDEN, "The sign-in was refused.")
         }
         warren_policy::Verdict::Exchange(exchange) => {
-            let answer = dash.shared.idp.exchange(&exchange).await;
+            let answer = dash.shared.listeners.idp.exchange(&exchange).await;
             if let Err(e) = &answer {
                 tracing::warn!(error = %e, "dashboard SSO: the code exchange failed");
             }
@@ -192,7 +192,7 @@ async fn finish(
     };
     let domain = email.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
     if !c.allowed_domains.iter().any(|d| d.eq_ignore_ascii_case(&domain)) {
-        dash.shared.auth_failures.failed(ip, std::time::Instant::now());
+        dash.shared.accounts.auth_failures.failed(ip, std::time::Instant::now());
         tracing::info!(%ip, %email, "dashboard SSO refused: the e-mail's domain is not allowed");
         return refused(
             StatusCode::FORBIDDEN,
@@ -224,7 +224,7 @@ async fn finish(
             });
             match by.create_user(&account.id, &email, c.default_role).await {
                 Ok(u) => {
-                    dash.shared.events.wake();
+                    dash.shared.accounts.events.wake();
                     tracing::info!(user = %u.id, %email, role = c.default_role.as_str(), "dashboard SSO: user created on first sign-in");
                     u
                 }

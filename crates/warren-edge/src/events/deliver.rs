@@ -66,7 +66,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
             Err(e) => tracing::warn!(error = %e, "store failed while leasing event destinations"),
         }
         // A new destination (a wake-up) is leased at once, not at the next renewal.
-        let wake = shared.events.wake.notified();
+        let wake = shared.accounts.events.wake.notified();
         tokio::select! {
             _ = tokio::time::sleep(RENEW) => {}
             _ = wake => {}
@@ -164,7 +164,7 @@ async fn deliver(shared: Arc<Shared>, d: EventDestination, alive: Arc<AtomicBool
         });
         shared.metrics.event_lag_seconds.get_or_create(&label("destination", &id)).set(lag);
         if events.is_empty() {
-            let wake = shared.events.wake.notified();
+            let wake = shared.accounts.events.wake.notified();
             tokio::select! {
                 _ = wake => {}
                 _ = tokio::time::sleep(POLL) => {}

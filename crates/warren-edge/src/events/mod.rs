@@ -130,7 +130,7 @@ impl Events {
 
 /// Runs event delivery and the traffic event senders until the edge shuts down.
 pub(crate) async fn run(shared: Arc<Shared>) {
-    let rx = shared.events.traffic_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let rx = shared.accounts.events.traffic_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(rx) = rx {
         tokio::spawn(traffic_out::run(shared.clone(), rx));
     }

@@ -61,7 +61,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<TrafficEvent
     let mut tidied = Instant::now();
     while rx.recv_many(&mut batch, 256).await > 0 {
         let full = batch.len() == 256;
-        let epoch = shared.events.routes_epoch();
+        let epoch = shared.accounts.events.routes_epoch();
         // One clock read per batch, not per event: routes are kept for seconds.
         let now = Instant::now();
         for ev in batch.drain(..) {

@@ -18,7 +18,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     loop {
         let (tcp, remote, permit) = tokio::select! {
             _ = &mut stop => return,
-            c = crate::conn_limit::accept(&listener, &shared.session_limit, "agent listener") => c,
+            c = crate::conn_limit::accept(&listener, &shared.sessions.limit, "agent listener") => c,
         };
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -40,20 +40,22 @@ pub(crate) async fn serve_agent<IO>(shared: Arc<Shared>, io: IO, remote: SocketA
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let tls =
-        match tokio::time::timeout(shared.config.limits.handshake_timeout, shared.connect_tls.accept(io))
-            .await
-        {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::debug!(%remote, error = %e, "agent TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%remote, "agent TLS handshake timed out");
-                return;
-            }
-        };
+    let tls = match tokio::time::timeout(
+        shared.config.limits.handshake_timeout,
+        shared.sessions.connect_tls.accept(io),
+    )
+    .await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "agent TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "agent TLS handshake timed out");
+            return;
+        }
+    };
     // Until Auth succeeds the peer is nobody: it may hold a few streams and a few KiB.
     let limits = &shared.config.limits;
     let pre_auth = warren_mux::Limits {
@@ -90,7 +92,8 @@ where
         mux.close(ErrorCode::Internal, "the edge could not record the session");
         return;
     }
-    let changed = shared.registry.add_session_decided_at(session.clone(), Some(admission.decided_at));
+    let changed =
+        shared.sessions.registry.add_session_decided_at(session.clone(), Some(admission.decided_at));
     if !admission.answer(&shared, changed).await {
         mux.close(ErrorCode::None, "authentication failed");
         shared.end_session(&session.id).await;

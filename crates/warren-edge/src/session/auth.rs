@@ -166,7 +166,7 @@ async fn handle_auth(
     mut stream: Stream,
     remote: SocketAddr,
 ) -> Option<(AgentSession, Admission)> {
-    let decided_at = shared.registry.rules_epoch();
+    let decided_at = shared.sessions.registry.rules_epoch();
     let decided = match read_request::<proto::Auth>(shared, &mut stream, "Auth").await {
         Ok(auth) => decide(shared, &auth, remote).await.map(|a| (auth, a)),
         Err(e) => Err(AuthError::Unreadable(e)),
@@ -242,13 +242,13 @@ pub(super) async fn decide(
     if token.is_empty() {
         return Err(AuthError::NoAuthtoken);
     }
-    if let Some(wait) = shared.auth_failures.blocked(ip, std::time::Instant::now()) {
+    if let Some(wait) = shared.accounts.auth_failures.blocked(ip, std::time::Instant::now()) {
         return Err(AuthError::Throttled { ip, wait });
     }
     let credential = match shared.store.verify_credential(token).await {
         Ok(Some(c)) => c,
         Ok(None) => {
-            shared.auth_failures.failed(ip, std::time::Instant::now());
+            shared.accounts.auth_failures.failed(ip, std::time::Instant::now());
             return Err(AuthError::InvalidAuthtoken);
         }
         Err(e) => {
@@ -258,7 +258,7 @@ pub(super) async fn decide(
         }
     };
     // IP restrictions of type `agent` apply before anything else of the session.
-    match shared.ip_rules.check(&shared.store, &credential.account_id, "agent", ip).await {
+    match shared.accounts.ip_rules.check(&shared.store, &credential.account_id, "agent", ip).await {
         Ok(warren_store::IpDecision::Allow) => {}
         Ok(warren_store::IpDecision::Deny { restriction, enforced: false }) => {
             tracing::warn!(%remote, %restriction, "agent session from an address outside an IP restriction (log only; allowed)");
@@ -328,7 +328,7 @@ async fn resume(shared: &Shared, auth: &proto::Auth, credential: &Credential) {
     if auth.client_id.is_empty() || cookie.is_empty() {
         return;
     }
-    if let Some(old) = shared.registry.session_for_resume(&auth.client_id, &credential.id, cookie) {
+    if let Some(old) = shared.sessions.registry.session_for_resume(&auth.client_id, &credential.id, cookie) {
         tracing::info!(session = %old.id, "agent resumed; closing its previous connection");
         old.mux.close(ErrorCode::None, "session resumed elsewhere");
         shared.end_session(&old.id).await;

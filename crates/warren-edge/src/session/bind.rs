@@ -176,7 +176,7 @@ async fn bind_http(
             "{host} is an internal name; its binding is internal (leave bindings out)"
         )));
     }
-    let url_of = |host: &str| match (proto, shared.https_port, shared.http_port) {
+    let url_of = |host: &str| match (proto, shared.listeners.https_port, shared.listeners.http_port) {
         _ if internal => Ok(format!("{}://{host}", proto.as_str())),
         (Proto::Https, 443, _) => Ok(format!("https://{host}")),
         (Proto::Https, p, _) => Ok(format!("https://{host}:{p}")),
@@ -210,9 +210,10 @@ async fn bind_http(
                 "{host} is internal: no visitor's TLS reaches it, so it has no TLS settings of its own"
             )));
         }
-        Some(t) => {
-            Some(t.server_config(crate::tls::provider(), shared.certs.clone()).map_err(BindError::Invalid)?)
-        }
+        Some(t) => Some(
+            t.server_config(crate::tls::provider(), shared.listeners.certs.clone())
+                .map_err(BindError::Invalid)?,
+        ),
     };
     loop {
         let url = url_of(&host)?;
@@ -227,7 +228,7 @@ async fn bind_http(
             // token starting at once): a new random name, as `kept_random_host` gives when
             // it finds the name taken. Held on another node, it may be this agent's own
             // dying session there: InUse, and the agent retries until that one lapses.
-            Err(BindError::InUse(_)) if random && tries < 3 && shared.registry.is_taken(&key) => {
+            Err(BindError::InUse(_)) if random && tries < 3 && shared.sessions.registry.is_taken(&key) => {
                 tries += 1;
                 host = random_host(shared, proto).await?;
             }
@@ -263,7 +264,7 @@ async fn bind_tls(
     .await?;
     let internal = crate::registry::is_internal(&host);
     let mut tries = 0;
-    let url_of = |host: &str| match shared.https_port {
+    let url_of = |host: &str| match shared.listeners.https_port {
         _ if internal => format!("tls://{host}"),
         443 => format!("tls://{host}"),
         p => format!("tls://{host}:{p}"),
@@ -288,7 +289,7 @@ async fn bind_tls(
         match register(shared, ep).await {
             Ok(_) => return Ok(url),
             // As for http: a kept random name another session on this node took first.
-            Err(BindError::InUse(_)) if random && tries < 3 && shared.registry.is_taken(&key) => {
+            Err(BindError::InUse(_)) if random && tries < 3 && shared.sessions.registry.is_taken(&key) => {
                 tries += 1;
                 host = random_host(shared, Proto::Tls).await?;
             }
@@ -366,8 +367,8 @@ async fn bind_tcp(
     .await?;
     // A pooled bind of a port this node already serves joins that port's pool (the store
     // and the registry check it is a pool of this account); its listener is the pool's.
-    let joining =
-        wanted.filter(|p| bind.extra.pooling_enabled && shared.registry.is_taken(&EndpointKey::Port(*p)));
+    let joining = wanted
+        .filter(|p| bind.extra.pooling_enabled && shared.sessions.registry.is_taken(&EndpointKey::Port(*p)));
     let (listener, port) = match joining {
         Some(p) => (None, p),
         None => {
@@ -382,7 +383,7 @@ async fn bind_tcp(
     register(shared, ep).await?;
     if let Some(listener) = listener {
         let task = crate::ingress_tcp::serve(shared.clone(), listener, port);
-        shared.registry.add_listener(&key, task);
+        shared.sessions.registry.add_listener(&key, task);
     }
     Ok(url)
 }
@@ -417,7 +418,7 @@ async fn tcp_listener(
                 }
                 _ => {}
             }
-            if shared.registry.is_taken(&EndpointKey::Port(p)) {
+            if shared.sessions.registry.is_taken(&EndpointKey::Port(p)) {
                 return Err(BindError::InUse(addr));
             }
             TcpListener::bind(SocketAddr::new(bind_ip, p))
@@ -427,7 +428,7 @@ async fn tcp_listener(
         None => {
             for _ in 0..RANDOM_TRIES {
                 let p = rand::rng().random_range(range.clone());
-                if shared.registry.is_taken(&EndpointKey::Port(p)) {
+                if shared.sessions.registry.is_taken(&EndpointKey::Port(p)) {
                     continue;
                 }
                 // Reserved ports are only ever bound by name, by their owner.
@@ -503,7 +504,7 @@ async fn named_host(
     let dns01 = shared.config.acme.as_ref().is_some_and(|a| a.dns01.is_some());
     if proto == Proto::Https
         && under_domain(&host, base)
-        && !shared.certs.covers(&host)
+        && !shared.listeners.certs.covers(&host)
         && !(wildcard && dns01)
     {
         let sub = &host[..host.len() - base.len() - 1];
@@ -558,6 +559,7 @@ async fn register(shared: &Shared, mut ep: Endpoint) -> Result<Arc<Endpoint>, Bi
     let url = ep.url.clone();
     ep.metrics = shared.metrics.endpoint(&url);
     let ep = shared
+        .sessions
         .registry
         .bind(ep, shared.config.limits.max_endpoints_per_session)
         .map_err(|r| BindError::refused(r, &url))?;
@@ -597,7 +599,7 @@ async fn record_endpoint(shared: &Shared, ep: &Endpoint) -> Result<(), BindError
     match result {
         Ok(()) => Ok(()),
         Err(e) => {
-            shared.registry.unbind(&ep.session.id, &ep.client_id);
+            shared.sessions.registry.unbind(&ep.session.id, &ep.client_id);
             match e {
                 warren_store::StoreError::Conflict(_) => Err(BindError::InUse(ep.url.clone())),
                 e => {
@@ -615,7 +617,7 @@ async fn record_endpoint(shared: &Shared, ep: &Endpoint) -> Result<(), BindError
 /// and the bind may retry; a live holder, or one on another node, is a real conflict.
 async fn holder_is_stale(shared: &Shared, route_key: &str) -> bool {
     let Ok(Some(holder)) = shared.store.endpoint_holder(route_key).await else { return false };
-    if shared.registry.session(&holder).is_some() {
+    if shared.sessions.registry.session(&holder).is_some() {
         return false;
     }
     match shared.store.tunnel_session_node(&holder).await {
@@ -765,8 +767,8 @@ async fn kept_random_host(
     match shared.store.assigned_name(credential, &key).await {
         Ok(Some(host))
             if host.ends_with(&format!(".{}", shared.config.base_domain))
-                && !shared.registry.is_taken(&EndpointKey::Host(proto, host.clone()))
-                && !shared.cloud.has_host(&host)
+                && !shared.sessions.registry.is_taken(&EndpointKey::Host(proto, host.clone()))
+                && !shared.sessions.cloud.has_host(&host)
                 && matches!(shared.store.domain_reservation(&host).await, Ok(None)) =>
         {
             if let Err(e) = shared.store.assign_name(credential, &key, &host).await {
@@ -793,7 +795,9 @@ async fn random_host(shared: &Shared, proto: Proto) -> Result<String, BindError>
     for _ in 0..16 {
         let label: String = (0..10).map(|_| (b'a' + rand::rng().random_range(0..26)) as char).collect();
         let host = format!("{label}.{}", shared.config.base_domain);
-        if shared.registry.is_taken(&EndpointKey::Host(proto, host.clone())) || shared.cloud.has_host(&host) {
+        if shared.sessions.registry.is_taken(&EndpointKey::Host(proto, host.clone()))
+            || shared.sessions.cloud.has_host(&host)
+        {
             continue;
         }
         match shared.store.domain_reservation(&host).await {
@@ -829,7 +833,7 @@ pub(super) fn requested_port(opts: &proto::TcpOpts) -> Result<Option<u16>, Strin
 
 pub(super) async fn handle_unbind(shared: &Arc<Shared>, session: &Arc<AgentSession>, mut stream: Stream) {
     let resp = match read_request::<proto::Unbind>(shared, &mut stream, "Unbind").await {
-        Ok(u) if shared.registry.unbind(&session.id, &u.client_id) => {
+        Ok(u) if shared.sessions.registry.unbind(&session.id, &u.client_id) => {
             if let Err(e) = shared.store.delete_endpoint(&session.id, &u.client_id).await {
                 shared.metrics.store_errors.inc();
                 tracing::warn!(error = %e, "store failed while forgetting an endpoint; it goes with its session");

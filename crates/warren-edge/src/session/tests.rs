@@ -80,7 +80,7 @@ async fn session(f: &Fixture, token: &str) -> (Arc<AgentSession>, tokio::io::Dup
         resume_hash: vec![0; 32],
     };
     f.shared.store.insert_tunnel_session(&row).await.unwrap();
-    f.shared.registry.add_session(s.clone());
+    f.shared.sessions.registry.add_session(s.clone());
     (s, theirs)
 }
 
@@ -146,7 +146,7 @@ async fn ip_restrictions_and_the_authtokens_own_ip_policies_refuse_other_address
 
     // An enforced `agent` restriction holds every token of the account to the policy.
     let r = store.create_ip_restriction(&f.account.id, "agent", true, &[policy.id], "", "").await.unwrap();
-    f.shared.ip_rules.invalidate(&f.account.id);
+    f.shared.accounts.ip_rules.invalidate(&f.account.id);
     let e = auth::decide(&f.shared, &auth(&f.token, &["3"]), remote()).await.unwrap_err();
     assert_eq!(e, AuthError::IpRestriction { ip: remote().ip(), restriction: r.id });
 }
@@ -302,22 +302,25 @@ fn a_tcp_bind_reads_the_port_from_any_of_its_spellings() {
 #[tokio::test]
 async fn an_auth_registered_after_a_concurrent_revocation_is_decided_again() {
     let f = fixture().await;
-    let decided_at = f.shared.registry.rules_epoch();
+    let decided_at = f.shared.sessions.registry.rules_epoch();
     let (quiet, _pipe) = session(&f, &f.token).await;
     assert!(
-        !f.shared.registry.add_session_decided_at(quiet, Some(decided_at)),
+        !f.shared.sessions.registry.add_session_decided_at(quiet, Some(decided_at)),
         "nothing changed: answered as decided"
     );
 
-    let decided_at = f.shared.registry.rules_epoch();
+    let decided_at = f.shared.sessions.registry.rules_epoch();
     let (raced, _pipe2) = session(&f, &f.token).await;
-    f.shared.registry.remove_session(&raced.id);
+    f.shared.sessions.registry.remove_session(&raced.id);
     let credential = raced.credential.id.clone();
     // The revocation ends the sessions it finds; `raced` is between its decision and its
     // registration, so it is not among them.
     let store = f.shared.store.clone();
     f.shared.revoke_credential(&store, &f.account.id, &credential).await.unwrap();
-    assert!(f.shared.registry.add_session_decided_at(raced, Some(decided_at)), "the rules moved meanwhile");
+    assert!(
+        f.shared.sessions.registry.add_session_decided_at(raced, Some(decided_at)),
+        "the rules moved meanwhile"
+    );
     let again = auth::decide(&f.shared, &auth(&f.token, &["3"]), remote()).await;
     assert_eq!(again.unwrap_err(), AuthError::InvalidAuthtoken);
 }
