@@ -65,7 +65,7 @@ impl Events {
         let (traffic_tx, rx) = mpsc::channel(limits.max_queued_traffic_events.max(1));
         Events {
             wake: Notify::new(),
-            sink: TrafficSink { tx: traffic_tx, dropped },
+            sink: TrafficSink { tx: traffic_tx, dropped, buffers: Default::default() },
             traffic_rx: Mutex::new(Some(rx)),
             subscribed: Mutex::default(),
             routes_epoch: AtomicU64::new(0),

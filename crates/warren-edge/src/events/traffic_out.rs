@@ -207,6 +207,7 @@ async fn deliver(
     let mut backoff = Duration::from_secs(1);
     let (mut counted, mut since) = (0i64, Instant::now());
     let limit = if matches!(target, Target::File { .. }) { MAX_BATCH } else { 100 };
+    let buffers = shared.accounts.events.sink.buffers.clone();
     let mut closed = false;
     loop {
         if batch.is_empty() && !closed {
@@ -226,7 +227,9 @@ async fn deliver(
                         .get_or_create(&label("destination", &d.id))
                         .inc_by(n as u64);
                     counted += n as i64;
-                    batch.clear();
+                    for sent in batch.drain(..) {
+                        buffers.give(sent.text);
+                    }
                     backoff = Duration::from_secs(1);
                     if n < limit && !stopping {
                         tokio::time::sleep(GATHER).await;
