@@ -355,6 +355,12 @@ pub struct Limits {
     /// accepting: a balancer's health checks take the node out first, so no connection is
     /// sent into a closing socket. 0: stop accepting at once.
     pub shutdown_delay: Duration,
+    /// A visitor connection's proxy stream, kept for its next request, is closed after it has
+    /// been idle about this long (between this and one and a half times it): an idle
+    /// keep-alive connection then holds no stream, no buffers and no upstream connection at the
+    /// agent (15 KiB of the edge's memory per idle https connection, 5 KiB of the agent's, in
+    /// docs/BENCHMARKS.md). Its next request opens a new stream.
+    pub proxy_stream_idle: Duration,
 }
 
 impl Default for Limits {
@@ -374,6 +380,7 @@ impl Default for Limits {
             session_buffer: 256 * 1024 * 1024,
             first_byte_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            proxy_stream_idle: Duration::from_secs(5),
             max_visitor_connections_per_ip: 10_000,
             max_agent_connections_per_ip: 1_000,
             max_api_connections_per_ip: 64,
@@ -472,6 +479,10 @@ impl EdgeConfig {
             if let Some(d) = sso.allowed_domains.iter().find(|d| !is_valid_hostname(d)) {
                 return Err(format!("dashboard SSO domain {d:?} is not a domain name"));
             }
+        }
+        if self.limits.proxy_stream_idle < Duration::from_millis(10) {
+            // Checked every half of it: zero would check without pause.
+            return Err("limits.proxy_stream_idle must be at least 10 ms".into());
         }
         if !is_valid_hostname(&self.base_domain) {
             return Err(format!("base_domain {:?} is not a valid host name", self.base_domain));

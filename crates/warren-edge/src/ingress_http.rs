@@ -48,6 +48,19 @@ struct ForwardDepth(u8);
 /// Proxy streams kept per visitor connection for reuse.
 const POOL_PER_CONNECTION: usize = 32;
 
+/// A proxy stream a visitor connection keeps for its next request.
+struct Pooled {
+    ep: Arc<Endpoint>,
+    sender: SendRequest<Incoming>,
+    /// Consecutive checks by its connection's task that found it idle (see [`idle_release`]).
+    idle_checks: u8,
+    /// Names it to its connection's task.
+    token: Arc<()>,
+}
+
+/// The proxy streams a visitor connection keeps.
+type Pool = Arc<Mutex<Vec<Pooled>>>;
+
 // Named once: a `&str` name is parsed and validated again on every use.
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -322,7 +335,9 @@ struct Visitor {
     tls: Option<HttpsConn>,
     /// Another node relayed this connection: its requests are served here or not at all.
     relayed: bool,
-    pool: Mutex<Vec<(Arc<Endpoint>, SendRequest<Incoming>)>>,
+    pool: Pool,
+    /// How long a pooled proxy stream may stay idle (`limits.proxy_stream_idle`).
+    proxy_idle: std::time::Duration,
     /// HTTP/2 connections to endpoints whose upstream speaks it, one per endpoint, shared by
     /// the connection's concurrent requests.
     h2_pool: Mutex<Vec<(Arc<Endpoint>, H2Sender<Incoming>)>>,
@@ -357,7 +372,8 @@ async fn serve<IO>(
         scheme,
         tls,
         relayed,
-        pool: Mutex::new(Vec::new()),
+        pool: Pool::default(),
+        proxy_idle: shared.config.limits.proxy_stream_idle,
         h2_pool: Mutex::new(Vec::new()),
         relay_pool: Mutex::new(Vec::new()),
         asked: std::sync::atomic::AtomicBool::new(false),
@@ -1077,7 +1093,7 @@ async fn send_streaming(
     if ep.upstream_h2 {
         return send_h2(visitor, ep, req).await;
     }
-    let mut sender = take_sender(visitor, ep).await.map_err(|e| {
+    let (mut sender, token) = take_sender(visitor, ep).await.map_err(|e| {
         tracing::debug!(url = %ep.url, error = %e, "could not open a proxy stream");
         Unreachable::Session
     })?;
@@ -1085,7 +1101,7 @@ async fn send_streaming(
     {
         let mut pool = visitor.pool.lock().expect("pool poisoned");
         if pool.len() < POOL_PER_CONNECTION && !sender.is_closed() {
-            pool.push((ep.clone(), sender));
+            pool.push(Pooled { ep: ep.clone(), sender, idle_checks: 0, token });
         }
     }
     resp.map_err(|e| {
@@ -1215,26 +1231,64 @@ async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, StatusCode>
     }
 }
 
-/// A ready proxy stream from the visitor's pool, or a new one.
+/// A ready proxy stream from the visitor's pool, or a new one, with the token that names it
+/// to its connection's task.
 async fn take_sender(
     visitor: &Visitor,
     ep: &Arc<Endpoint>,
-) -> Result<SendRequest<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(SendRequest<Incoming>, Arc<()>), Box<dyn std::error::Error + Send + Sync>> {
     {
         let mut pool = visitor.pool.lock().expect("pool poisoned");
-        pool.retain(|(_, s)| !s.is_closed());
-        if let Some(i) = pool.iter().position(|(e, s)| Arc::ptr_eq(e, ep) && s.is_ready()) {
-            return Ok(pool.swap_remove(i).1);
+        pool.retain(|p| !p.sender.is_closed());
+        if let Some(i) = pool.iter().position(|p| Arc::ptr_eq(&p.ep, ep) && p.sender.is_ready()) {
+            let p = pool.swap_remove(i);
+            return Ok((p.sender, p.token));
         }
     }
     let stream = ep.open_proxy_stream(visitor.remote).await?;
     let (sender, conn) = hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(stream)).await?;
+    let token = Arc::new(());
+    let (pool, mine, idle) = (Arc::downgrade(&visitor.pool), token.clone(), visitor.proxy_idle);
     tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "proxy stream connection ended with an error");
+        let mut conn = std::pin::pin!(conn.with_upgrades());
+        loop {
+            tokio::select! {
+                ended = &mut conn => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "proxy stream connection ended with an error");
+                    }
+                    return;
+                }
+                () = tokio::time::sleep(idle / 2) => {
+                    if idle_release(&pool, &mine) {
+                        // Dropping the connection closes the proxy stream.
+                        return;
+                    }
+                }
+            }
         }
     });
-    Ok(sender)
+    Ok((sender, token))
+}
+
+/// One idle check of the proxy stream `mine` (every half `proxy_stream_idle`): true when it
+/// has been found idle in its pool three times running (idle for at least the limit), and
+/// is now out of the pool; also true when its visitor connection is gone.
+fn idle_release(pool: &std::sync::Weak<Mutex<Vec<Pooled>>>, mine: &Arc<()>) -> bool {
+    let Some(pool) = pool.upgrade() else { return true };
+    let mut pool = pool.lock().expect("pool poisoned");
+    let Some(i) = pool.iter().position(|p| Arc::ptr_eq(&p.token, mine)) else {
+        // In use by a request (or dropped, and then its connection ends by itself).
+        return false;
+    };
+    let p = &mut pool[i];
+    // Ready: the last response has been read to its end and nothing is in flight.
+    p.idle_checks = if p.sender.is_ready() { p.idle_checks + 1 } else { 0 };
+    if p.idle_checks < 3 {
+        return false;
+    }
+    pool.swap_remove(i);
+    true
 }
 
 /// The host a request is for, lower-cased and without port.

@@ -188,3 +188,101 @@ async fn the_shutdown_drain_does_not_wait_for_agent_sessions_on_the_shared_port(
     within("the edge stops without waiting for the agent session", edge.stop()).await;
     drop(session);
 }
+
+/// Reads one HTTP/1.1 response from `tcp` (a `Content-Length` or chunked body, read to its
+/// end) and returns its text.
+async fn read_response(tcp: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end].to_ascii_lowercase();
+            let body = &text[end + 4..];
+            if let Some(n) = head.lines().find_map(|l| l.strip_prefix("content-length:")) {
+                if body.len() >= n.trim().parse::<usize>().unwrap() {
+                    return text;
+                }
+            } else if head.contains("transfer-encoding: chunked") && body.ends_with("0\r\n\r\n") {
+                return text;
+            }
+        }
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "the connection closed before the response ended: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// `proxy_stream_idle`: a kept-alive visitor connection lets go of its proxy stream (and the
+/// agent of its upstream connection) once idle, never while a response body is still on its
+/// way, and its next request is served over a new one.
+#[tokio::test]
+async fn an_idle_visitor_connection_lets_go_of_its_proxy_stream() {
+    use tokio::io::AsyncReadExt;
+    let idle = Duration::from_millis(300);
+    let edge = TestEdge::start_with(|c| c.limits.proxy_stream_idle = idle).await;
+    // A raw upstream: each connection answers its first request (the second one slowly, a
+    // chunk, then a pause of several idle periods, then the rest) and reports when the agent
+    // closes it.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for i in 0.. {
+            let (mut conn, _) = upstream.accept().await.unwrap();
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = conn.read(&mut b).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&b[..n]);
+                }
+                if i == 1 {
+                    conn.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nslow \r\n")
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(idle * 4).await;
+                    conn.write_all(b"4\r\nbody\r\n0\r\n\r\n").await.unwrap();
+                } else {
+                    conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+                }
+                // Anything more is not expected: the agent may only close the connection.
+                while conn.read(&mut b).await.is_ok_and(|n| n > 0) {}
+                let _ = closed_tx.send(i);
+            });
+        }
+    });
+    let mut agent = Agent::start(edge.agent_with(
+        EndpointConfig::http(&format!("http://{addr}"), Some("http://idle.warren.localhost")).unwrap(),
+    ));
+    within("online", agent.wait_online()).await.unwrap();
+    let mut visitor = TcpStream::connect(edge.http_addr()).await.unwrap();
+    let get = b"GET / HTTP/1.1\r\nHost: idle.warren.localhost\r\n\r\n";
+    visitor.write_all(get).await.unwrap();
+    let first = within("the first response", read_response(&mut visitor)).await;
+    assert!(first.starts_with("HTTP/1.1 200") && first.ends_with("ok"), "{first}");
+    // The visitor keeps its connection open and sends nothing: the stream goes, and with it
+    // the agent's upstream connection.
+    assert_eq!(within("the idle proxy stream is let go", closed.recv()).await, Some(0));
+    // The same visitor connection still works, over a new stream, and a body that pauses for
+    // longer than the idle limit is not cut.
+    visitor.write_all(get).await.unwrap();
+    let second = within("the second response", read_response(&mut visitor)).await;
+    assert!(
+        second.starts_with("HTTP/1.1 200") && second.contains("slow ") && second.contains("body"),
+        "{second}"
+    );
+    assert_eq!(within("the second stream is let go too", closed.recv()).await, Some(1));
+    visitor.write_all(get).await.unwrap();
+    let third = within("the third response", read_response(&mut visitor)).await;
+    assert!(third.ends_with("ok"), "{third}");
+}
