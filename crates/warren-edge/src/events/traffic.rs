@@ -315,11 +315,19 @@ impl JsonOut {
     }
 
     /// Headers as ngrok's events show them: lowercase names, each with its list of values.
-    /// One pass: `HeaderMap::iter` yields a name's values one after another.
-    fn headers(&mut self, h: &HeaderMap) {
+    /// One pass: `HeaderMap::iter` yields a name's values one after another. Each value is
+    /// cut to [`MAX_EVENT_STRING`] bytes, and headers after the first
+    /// [`MAX_EVENT_HEADERS`] bytes of text are left out: true when something was.
+    fn headers(&mut self, h: &HeaderMap) -> bool {
+        let start = self.0.len();
         self.0.push(b'{');
         let mut last: Option<&http::HeaderName> = None;
+        let mut cut = false;
         for (name, value) in h {
+            if self.0.len() - start > MAX_EVENT_HEADERS {
+                cut = true;
+                break;
+            }
             // The same entry's values: the same name, at the same place.
             if last.is_some_and(|l| std::ptr::eq(l, name)) {
                 self.0.push(b',');
@@ -333,13 +341,37 @@ impl JsonOut {
                 self.0.extend_from_slice(b"\":[");
                 last = Some(name);
             }
-            self.lossy(value.as_bytes());
+            let v = value.as_bytes();
+            cut |= v.len() > MAX_EVENT_STRING;
+            self.lossy(&v[..v.len().min(MAX_EVENT_STRING)]);
         }
         if last.is_some() {
             self.0.push(b']');
         }
         self.0.push(b'}');
+        cut
     }
+}
+
+/// The most of one string an event carries (a header value, the user agent, the host, the
+/// path, the query), in bytes of the request, cut at a character boundary (escaping may
+/// make the text longer): a request's headers may take 256 KiB, and a queued event should
+/// not.
+const MAX_EVENT_STRING: usize = 1024;
+/// The most text one header map of an event takes before the rest is left out (the map's
+/// `headers_truncated` then says so).
+const MAX_EVENT_HEADERS: usize = 4096;
+
+/// `s` cut to [`MAX_EVENT_STRING`] bytes at a character boundary.
+fn capped(s: &str) -> &str {
+    if s.len() <= MAX_EVENT_STRING {
+        return s;
+    }
+    let mut end = MAX_EVENT_STRING;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Whether no byte of `b` needs escaping in a JSON string (and, with `ascii`, every byte is
@@ -462,7 +494,7 @@ impl PendingRequest {
             j.raw(",\"server_port\":");
             j.num(u64::from(local.port()));
             j.raw(",\"server_name\":");
-            j.str(tls.map_or(host, |t| t.sni.as_str()));
+            j.str(capped(tls.map_or(host, |t| t.sni.as_str())));
             j.raw(",\"start_ts\":");
             j.time(start);
             j.raw(",\"end_ts\":");
@@ -491,19 +523,21 @@ impl PendingRequest {
             j.raw(",\"url\":{\"scheme\":");
             j.str(scheme);
             j.raw(",\"host\":");
-            j.str(host);
+            j.str(capped(host));
             j.raw(",\"path\":");
-            j.str(req.uri().path());
+            j.str(capped(req.uri().path()));
             j.raw(",\"query\":");
-            j.str(req.uri().query().unwrap_or(""));
+            j.str(capped(req.uri().query().unwrap_or("")));
             j.raw(",\"raw\":\"");
-            for part in [scheme, "://", host, pq] {
+            for part in [scheme, "://", capped(host), capped(pq)] {
                 j.escaped(part.as_bytes());
             }
             j.raw("\"},\"headers\":");
-            j.headers(headers);
+            if j.headers(headers) {
+                j.raw(",\"headers_truncated\":true");
+            }
             j.raw(",\"user_agent\":");
-            j.lossy(user_agent);
+            j.lossy(&user_agent[..user_agent.len().min(MAX_EVENT_STRING)]);
             j.raw(",\"body_length\":");
             j.num(body_length(headers));
             j.raw(",\"version\":\"");
@@ -538,7 +572,9 @@ impl PendingRequest {
             j.raw(",\"response\":{\"status_code\":");
             j.num(u64::from(status));
             j.raw(",\"headers\":");
-            j.headers(headers);
+            if j.headers(headers) {
+                j.raw(",\"headers_truncated\":true");
+            }
             j.raw(",\"body_length\":");
         }
     }
@@ -795,6 +831,53 @@ mod tests {
             v["object"]["http"]["response_time_ms"] = ms.clone();
             assert_eq!(v, expected);
         }
+    }
+
+    /// A visitor may send 256 KiB of headers and a long URL; what its event keeps of them is
+    /// bounded, and says where it left headers out.
+    #[tokio::test]
+    async fn an_event_keeps_a_bounded_part_of_large_headers_and_urls() {
+        let long = "v".repeat(3000);
+        let path = format!("/{}", "p".repeat(5000));
+        let mut req = Request::get(format!("http://big.example.com{path}?{}", "q".repeat(5000)));
+        for i in 0..300 {
+            req = req.header(format!("x-h{i}"), long.as_str());
+        }
+        let req = req.header("user-agent", long.as_str()).body(()).unwrap();
+        let served =
+            Served { account_id: "acc_1", id: "ep_1", url: "http://big.example.com", session_id: "" };
+        let (tx, mut rx) = mpsc::channel(1);
+        let sink = TrafficSink { tx, dropped: Default::default(), buffers: TextBuffers::default() };
+        let pending = PendingRequest::new(
+            (Some(sink), None),
+            served,
+            &req,
+            ("http", "big.example.com"),
+            ("192.0.2.7:40000".parse().unwrap(), "192.0.2.1:80".parse().unwrap(), None),
+        );
+        let mut resp = Response::builder().status(200);
+        for i in 0..300 {
+            resp = resp.header(format!("x-r{i}"), long.as_str());
+        }
+        drop(pending.complete(resp.body(http_body_util::Empty::<Bytes>::new()).unwrap()));
+        let ev = rx.try_recv().unwrap();
+        assert!(ev.text.len() < 24 * 1024, "{} bytes", ev.text.len());
+        let v: Value = serde_json::from_slice(&ev.text).unwrap();
+        let (rq, rs) = (&v["object"]["http"]["request"], &v["object"]["http"]["response"]);
+        for part in [rq, rs] {
+            assert_eq!(part["headers_truncated"], json!(true));
+            let kept = part["headers"].as_object().unwrap();
+            assert!(!kept.is_empty() && kept.len() < 10, "{}", kept.len());
+            assert!(kept.values().all(|v| v[0].as_str().unwrap().len() == MAX_EVENT_STRING));
+        }
+        assert_eq!(rq["user_agent"].as_str().unwrap().len(), MAX_EVENT_STRING);
+        assert_eq!(rq["url"]["path"].as_str().unwrap().len(), MAX_EVENT_STRING);
+        assert_eq!(rq["url"]["query"].as_str().unwrap().len(), MAX_EVENT_STRING);
+        assert!(rq["url"]["raw"].as_str().unwrap().len() <= 2 * MAX_EVENT_STRING + 7);
+        // Small headers are whole, with no mark.
+        let ev = event_of(None, true).await;
+        let v: Value = serde_json::from_slice(&ev.text).unwrap();
+        assert!(v["object"]["http"]["request"].get("headers_truncated").is_none());
     }
 
     #[test]
