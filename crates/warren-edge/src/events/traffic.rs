@@ -227,6 +227,32 @@ impl JsonOut {
         }
     }
 
+    /// `{"conn":{"client_ip":…,"client_port":…,"server_ip":…,"server_port":…`: the object
+    /// and `conn` opened, for the rest of `conn`.
+    fn conn_addresses(&mut self, client: SocketAddr, local: SocketAddr) {
+        self.raw("{\"conn\":{\"client_ip\":");
+        self.ip(client.ip());
+        self.raw(",\"client_port\":");
+        self.num(u64::from(client.port()));
+        self.raw(",\"server_ip\":");
+        self.ip(local.ip());
+        self.raw(",\"server_port\":");
+        self.num(u64::from(local.port()));
+    }
+
+    /// `},"endpoint":{…},"tunnel_session":{"id":…}`: `conn` closed, then what served it.
+    fn endpoint(&mut self, id: &str, url: &str, proto: &str, session_id: &str) {
+        self.raw("},\"endpoint\":{\"id\":");
+        self.str(id);
+        self.raw(",\"url\":");
+        self.str(url);
+        self.raw(",\"proto\":");
+        self.str(proto);
+        self.raw("},\"tunnel_session\":{\"id\":");
+        self.str(session_id);
+        self.raw("}");
+    }
+
     #[inline]
     fn octet(&mut self, o: u8) {
         if o >= 100 {
@@ -485,29 +511,15 @@ impl PendingRequest {
             let buffer = sink.buffers.take(EVENT_CAPACITY);
             let mut t = EventText::begin(buffer, super::HTTP_REQUEST_COMPLETE, ep.account_id, start);
             let j = &mut t.j;
-            j.raw("{\"conn\":{\"client_ip\":");
-            j.ip(client.ip());
-            j.raw(",\"client_port\":");
-            j.num(u64::from(client.port()));
-            j.raw(",\"server_ip\":");
-            j.ip(local.ip());
-            j.raw(",\"server_port\":");
-            j.num(u64::from(local.port()));
+            j.conn_addresses(client, local);
             j.raw(",\"server_name\":");
             j.str(capped(tls.map_or(host, |t| t.sni.as_str())));
             j.raw(",\"start_ts\":");
             j.time(start);
             j.raw(",\"end_ts\":");
             end_ts = j.time(start);
-            j.raw("},\"endpoint\":{\"id\":");
-            j.str(ep.id);
-            j.raw(",\"url\":");
-            j.str(ep.url);
-            j.raw(",\"proto\":");
-            j.str(scheme);
-            j.raw("},\"tunnel_session\":{\"id\":");
-            j.str(ep.session_id);
-            j.raw("},\"tls\":");
+            j.endpoint(ep.id, ep.url, scheme, ep.session_id);
+            j.raw(",\"tls\":");
             match tls {
                 Some(t) => {
                     j.raw("{\"version\":");
@@ -674,14 +686,7 @@ pub(crate) fn tcp_closed(
     let buffer = sink.buffers.take(EVENT_CAPACITY);
     let mut t = EventText::begin(buffer, super::TCP_CONNECTION_CLOSED, &ep.session.account_id, end);
     let j = &mut t.j;
-    j.raw("{\"conn\":{\"client_ip\":");
-    j.ip(client.ip());
-    j.raw(",\"client_port\":");
-    j.num(u64::from(client.port()));
-    j.raw(",\"server_ip\":");
-    j.ip(local.ip());
-    j.raw(",\"server_port\":");
-    j.num(u64::from(local.port()));
+    j.conn_addresses(client, local);
     j.raw(",\"start_ts\":");
     j.time(start);
     j.raw(",\"end_ts\":");
@@ -690,15 +695,8 @@ pub(crate) fn tcp_closed(
     j.num(bytes_in);
     j.raw(",\"bytes_out\":");
     j.num(bytes_out);
-    j.raw("},\"endpoint\":{\"id\":");
-    j.str(&ep.id);
-    j.raw(",\"url\":");
-    j.str(&ep.url);
-    j.raw(",\"proto\":");
-    j.str(ep.url.split("://").next().unwrap_or("tcp"));
-    j.raw("},\"tunnel_session\":{\"id\":");
-    j.str(&ep.session.id);
-    j.raw("}}");
+    j.endpoint(&ep.id, &ep.url, ep.url.split("://").next().unwrap_or("tcp"), &ep.session.id);
+    j.raw("}");
     sink.send(t.end(super::TCP_CONNECTION_CLOSED, end));
 }
 
@@ -708,6 +706,28 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+
+    /// `req` from 192.0.2.7:40000, served at `local` for an account that subscribes, and where
+    /// its event goes.
+    fn subscribed(
+        served: Served<'_>,
+        req: &Request<()>,
+        scheme: &'static str,
+        (local, tls): (&str, Option<&warren_policy::TlsInfo>),
+    ) -> (PendingRequest, mpsc::Receiver<TrafficEvent>) {
+        let (tx, rx) = mpsc::channel(1);
+        let sink = TrafficSink { tx, dropped: Default::default(), buffers: TextBuffers::default() };
+        let host = served.url.split("://").nth(1).expect("a URL");
+        let client = "192.0.2.7:40000".parse().unwrap();
+        let pending = PendingRequest::new(
+            (Some(sink), None),
+            served,
+            req,
+            (scheme, host),
+            (client, local.parse().unwrap(), tls),
+        );
+        (pending, rx)
+    }
 
     /// A request with every kind of header value an event must carry (quotes, backslashes,
     /// control bytes, bytes that are not UTF-8, a name given twice), served to the end.
@@ -724,15 +744,7 @@ mod tests {
             .unwrap();
         let served =
             Served { account_id: "acc_1", id: "ep_1", url: "https://app.example.com", session_id: "ts_1" };
-        let (tx, mut rx) = mpsc::channel(1);
-        let sink = TrafficSink { tx, dropped: Default::default(), buffers: TextBuffers::default() };
-        let pending = PendingRequest::new(
-            (Some(sink), None),
-            served,
-            &req,
-            ("https", "app.example.com"),
-            ("192.0.2.7:40000".parse().unwrap(), "[::1]:443".parse().unwrap(), tls),
-        );
+        let (pending, mut rx) = subscribed(served, &req, "https", ("[::1]:443", tls));
         if respond {
             let resp = Response::builder()
                 .status(201)
@@ -846,15 +858,7 @@ mod tests {
         let req = req.header("user-agent", long.as_str()).body(()).unwrap();
         let served =
             Served { account_id: "acc_1", id: "ep_1", url: "http://big.example.com", session_id: "" };
-        let (tx, mut rx) = mpsc::channel(1);
-        let sink = TrafficSink { tx, dropped: Default::default(), buffers: TextBuffers::default() };
-        let pending = PendingRequest::new(
-            (Some(sink), None),
-            served,
-            &req,
-            ("http", "big.example.com"),
-            ("192.0.2.7:40000".parse().unwrap(), "192.0.2.1:80".parse().unwrap(), None),
-        );
+        let (pending, mut rx) = subscribed(served, &req, "http", ("192.0.2.1:80", None));
         let mut resp = Response::builder().status(200);
         for i in 0..300 {
             resp = resp.header(format!("x-r{i}"), long.as_str());
