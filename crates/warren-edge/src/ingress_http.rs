@@ -1251,19 +1251,43 @@ async fn take_sender(
     let (pool, mine, idle) = (Arc::downgrade(&visitor.pool), token.clone(), visitor.proxy_idle);
     tokio::spawn(async move {
         let mut conn = std::pin::pin!(conn.with_upgrades());
+        let mut check = std::pin::pin!(tokio::time::sleep(idle / 2));
         loop {
-            tokio::select! {
-                ended = &mut conn => {
+            // The connection is polled on every wake-up (several per request); the idle check's
+            // timer only registers this task once per period and is otherwise just read:
+            // polling it with the connection each time (`select!`) cost a few hundred
+            // instructions per proxied request. A spawned task's waker stays the same, so the
+            // one registration wakes it.
+            let mut registered = false;
+            let ended = std::future::poll_fn(|cx| {
+                if let std::task::Poll::Ready(r) = conn.as_mut().poll(cx) {
+                    return std::task::Poll::Ready(Some(r));
+                }
+                if check.is_elapsed() {
+                    return std::task::Poll::Ready(None);
+                }
+                if !registered {
+                    registered = true;
+                    if check.as_mut().poll(cx).is_ready() {
+                        return std::task::Poll::Ready(None);
+                    }
+                }
+                std::task::Poll::Pending
+            })
+            .await;
+            match ended {
+                Some(ended) => {
                     if let Err(e) = ended {
                         tracing::debug!(error = %e, "proxy stream connection ended with an error");
                     }
                     return;
                 }
-                () = tokio::time::sleep(idle / 2) => {
+                None => {
                     if idle_release(&pool, &mine) {
                         // Dropping the connection closes the proxy stream.
                         return;
                     }
+                    check.as_mut().reset(tokio::time::Instant::now() + idle / 2);
                 }
             }
         }
