@@ -1268,7 +1268,11 @@ async fn take_sender(
                 }
                 if !registered {
                     registered = true;
-                    if check.as_mut().poll(cx).is_ready() {
+                    // Outside tokio's budget: a spent budget (a large response just streamed
+                    // through `conn`) would return Pending without arming the timer or keeping
+                    // the waker, and an idle stream would never be checked again.
+                    let mut arm = tokio::task::unconstrained(check.as_mut());
+                    if std::pin::Pin::new(&mut arm).poll(cx).is_ready() {
                         return std::task::Poll::Ready(None);
                     }
                 }

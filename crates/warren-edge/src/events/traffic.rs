@@ -350,12 +350,18 @@ impl JsonOut {
         let mut last: Option<&http::HeaderName> = None;
         let mut cut = false;
         for (name, value) in h {
-            if self.0.len() - start > MAX_EVENT_HEADERS {
+            let same = last.is_some_and(|l| std::ptr::eq(l, name));
+            let v = capped_bytes(value.as_bytes());
+            cut |= v.len() < value.len();
+            // What this value adds before escaping (and its name, when it starts one): header
+            // names may be as long as a request's headers, so they count too.
+            let adds = v.len() + if same { 3 } else { name.as_str().len() + 8 };
+            if self.0.len() - start + adds > MAX_EVENT_HEADERS {
                 cut = true;
                 break;
             }
             // The same entry's values: the same name, at the same place.
-            if last.is_some_and(|l| std::ptr::eq(l, name)) {
+            if same {
                 self.0.push(b',');
             } else {
                 if last.is_some() {
@@ -367,9 +373,7 @@ impl JsonOut {
                 self.0.extend_from_slice(b"\":[");
                 last = Some(name);
             }
-            let v = value.as_bytes();
-            cut |= v.len() > MAX_EVENT_STRING;
-            self.lossy(&v[..v.len().min(MAX_EVENT_STRING)]);
+            self.lossy(v);
         }
         if last.is_some() {
             self.0.push(b']');
@@ -384,9 +388,21 @@ impl JsonOut {
 /// make the text longer): a request's headers may take 256 KiB, and a queued event should
 /// not.
 const MAX_EVENT_STRING: usize = 1024;
-/// The most text one header map of an event takes before the rest is left out (the map's
-/// `headers_truncated` then says so).
+/// The most text one header map of an event takes (before escaping); headers past it are left
+/// out (the map's `headers_truncated` then says so, as it does when a value was cut).
 const MAX_EVENT_HEADERS: usize = 4096;
+
+/// `b` cut to [`MAX_EVENT_STRING`] bytes: at a character boundary when it is UTF-8 (bytes
+/// that are not are shown as U+FFFD anyway).
+fn capped_bytes(b: &[u8]) -> &[u8] {
+    if b.len() <= MAX_EVENT_STRING {
+        return b;
+    }
+    match std::str::from_utf8(b) {
+        Ok(s) => capped(s).as_bytes(),
+        Err(_) => &b[..MAX_EVENT_STRING],
+    }
+}
 
 /// `s` cut to [`MAX_EVENT_STRING`] bytes at a character boundary.
 fn capped(s: &str) -> &str {
@@ -549,7 +565,7 @@ impl PendingRequest {
                 j.raw(",\"headers_truncated\":true");
             }
             j.raw(",\"user_agent\":");
-            j.lossy(&user_agent[..user_agent.len().min(MAX_EVENT_STRING)]);
+            j.lossy(capped_bytes(user_agent));
             j.raw(",\"body_length\":");
             j.num(body_length(headers));
             j.raw(",\"version\":\"");
@@ -707,6 +723,10 @@ mod tests {
 
     use super::*;
 
+    fn served_big() -> Served<'static> {
+        Served { account_id: "acc_1", id: "ep_1", url: "http://big.example.com", session_id: "" }
+    }
+
     /// `req` from 192.0.2.7:40000, served at `local` for an account that subscribes, and where
     /// its event goes.
     fn subscribed(
@@ -855,10 +875,8 @@ mod tests {
         for i in 0..300 {
             req = req.header(format!("x-h{i}"), long.as_str());
         }
-        let req = req.header("user-agent", long.as_str()).body(()).unwrap();
-        let served =
-            Served { account_id: "acc_1", id: "ep_1", url: "http://big.example.com", session_id: "" };
-        let (pending, mut rx) = subscribed(served, &req, "http", ("192.0.2.1:80", None));
+        let req = req.header("user-agent", "\u{e9}".repeat(600)).body(()).unwrap();
+        let (pending, mut rx) = subscribed(served_big(), &req, "http", ("192.0.2.1:80", None));
         let mut resp = Response::builder().status(200);
         for i in 0..300 {
             resp = resp.header(format!("x-r{i}"), long.as_str());
@@ -874,10 +892,22 @@ mod tests {
             assert!(!kept.is_empty() && kept.len() < 10, "{}", kept.len());
             assert!(kept.values().all(|v| v[0].as_str().unwrap().len() == MAX_EVENT_STRING));
         }
-        assert_eq!(rq["user_agent"].as_str().unwrap().len(), MAX_EVENT_STRING);
+        // Cut at a character boundary: 512 two-byte characters, no U+FFFD.
+        assert_eq!(rq["user_agent"].as_str().unwrap(), "\u{e9}".repeat(512));
         assert_eq!(rq["url"]["path"].as_str().unwrap().len(), MAX_EVENT_STRING);
         assert_eq!(rq["url"]["query"].as_str().unwrap().len(), MAX_EVENT_STRING);
         assert!(rq["url"]["raw"].as_str().unwrap().len() <= 2 * MAX_EVENT_STRING + 7);
+        // A header name as long as the headers may be is not copied either.
+        let mut req = Request::get("http://big.example.com/");
+        req = req.header("a".repeat(60 * 1024), "x");
+        let (pending, mut rx) =
+            subscribed(served_big(), &req.body(()).unwrap(), "http", ("192.0.2.1:80", None));
+        pending.closed();
+        let ev = rx.try_recv().unwrap();
+        assert!(ev.text.len() < 4 * 1024, "{} bytes", ev.text.len());
+        let v: Value = serde_json::from_slice(&ev.text).unwrap();
+        assert_eq!(v["object"]["http"]["request"]["headers"], json!({}));
+        assert_eq!(v["object"]["http"]["request"]["headers_truncated"], json!(true));
         // Small headers are whole, with no mark.
         let ev = event_of(None, true).await;
         let v: Value = serde_json::from_slice(&ev.text).unwrap();
