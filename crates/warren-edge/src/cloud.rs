@@ -28,6 +28,8 @@ pub(crate) struct CloudEndpoint {
     /// What expressions see as `endpoint.*`.
     pub(crate) info: EndpointInfo,
     pub(crate) metrics: crate::metrics::EndpointMetrics,
+    /// What its traffic events say of it.
+    pub(crate) event_text: crate::events::EndpointText,
 }
 
 /// Every account's cloud endpoints, by scheme and host.
@@ -202,6 +204,7 @@ pub(crate) async fn reload(shared: &Shared, account: Option<&str>) {
             Ok(p) => now.push(Arc::new(CloudEndpoint {
                 info: crate::policy::endpoint_info(&row.id, &row.url, &row.proto),
                 metrics: shared.metrics.endpoint(&row.url),
+                event_text: crate::events::EndpointText::new(&row.id, &row.url, ""),
                 policy: p.chain,
                 id: row.id,
                 account_id: row.account_id,

@@ -341,8 +341,9 @@ pub struct Limits {
     /// Responses `compress-response` compresses at once (each holds an encoder of up to about
     /// 1 MiB); beyond it, responses pass uncompressed.
     pub max_compressed_responses: usize,
-    /// Traffic events waiting (in memory) to be routed to their destinations; beyond it, new
-    /// traffic events are dropped and counted. Audit events never wait here and are never
+    /// Traffic events waiting (in memory) for the dispatcher, which evaluates the filters and
+    /// selects the fields of the sources that have them; beyond it, such traffic events are
+    /// dropped and counted. Audit events never wait here and are never
     /// dropped.
     pub max_queued_traffic_events: usize,
     /// Traffic events waiting (in memory) for one destination; beyond it, that destination's

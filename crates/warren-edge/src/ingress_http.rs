@@ -345,6 +345,8 @@ struct Visitor {
     relay_pool: Mutex<Vec<(Arc<RemoteRoute>, SendRequest<Incoming>)>>,
     /// Whether a request has arrived on the connection (see [`FIRST_REQUEST_GRACE`]).
     asked: std::sync::atomic::AtomicBool,
+    /// What traffic events say of the connection, written for its first request.
+    event_conn: std::sync::OnceLock<crate::events::ConnText>,
 }
 
 /// At shutdown, how long a connection that has not sent its first request yet may still send
@@ -377,6 +379,7 @@ async fn serve<IO>(
         h2_pool: Mutex::new(Vec::new()),
         relay_pool: Mutex::new(Vec::new()),
         asked: std::sync::atomic::AtomicBool::new(false),
+        event_conn: std::sync::OnceLock::new(),
     });
     let svc = {
         let (shared, visitor) = (shared.clone(), visitor.clone());
@@ -628,14 +631,11 @@ impl Serving {
 
     fn served(&self) -> crate::events::Served<'_> {
         match self {
-            Serving::Agent(e) => crate::events::Served {
-                account_id: &e.session.account_id,
-                id: &e.id,
-                url: &e.url,
-                session_id: &e.session.id,
-            },
+            Serving::Agent(e) => {
+                crate::events::Served { account_id: &e.session.account_id, url: &e.url, text: &e.event_text }
+            }
             Serving::Cloud(c) => {
-                crate::events::Served { account_id: &c.account_id, id: &c.id, url: &c.url, session_id: "" }
+                crate::events::Served { account_id: &c.account_id, url: &c.url, text: &c.event_text }
             }
         }
     }
@@ -685,6 +685,9 @@ async fn serve_at(
         &req,
         (scheme, &host),
         (client, visitor.local, tls),
+        // The connection's addresses and TLS, written for its first request, unless this one
+        // names another client (a trusted proxy's X-Forwarded-For).
+        (ip == visitor.remote.ip()).then_some(&visitor.event_conn),
     );
     match proxy(shared, visitor, &ep, &host, ip, req).await {
         Ok(resp) => {

@@ -105,6 +105,8 @@ pub(crate) struct Endpoint {
     /// Its agent asked for HTTP/2 to the upstream (`ForwardsProto: http2`): requests go on
     /// its proxy streams as HTTP/2 with prior knowledge.
     pub(crate) upstream_h2: bool,
+    /// What its traffic events say of it.
+    pub(crate) event_text: crate::events::EndpointText,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -12,8 +12,8 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::mpsc;
 
+use super::traffic_out::Takes;
 use crate::registry::Endpoint;
 
 /// A traffic event leaving the request path: its whole envelope, written once as JSON text
@@ -38,13 +38,12 @@ impl TrafficEvent {
     }
 }
 
-/// Where traffic events go: the bounded queue, the count of those it had no room for, and
-/// the text buffers of events already sent, for the next ones.
+/// Where one request's or connection's traffic event goes: the routes of its account (each
+/// destination that takes the type), and what every account's events share.
 #[derive(Clone)]
 pub(crate) struct TrafficSink {
-    pub(super) tx: mpsc::Sender<TrafficEvent>,
-    pub(super) dropped: prometheus_client::metrics::counter::Counter,
-    pub(super) buffers: TextBuffers,
+    pub(super) routes: Arc<[super::traffic_out::Route]>,
+    pub(super) common: Arc<super::SinkCommon>,
 }
 
 /// Text buffers of events that were sent, kept for the next events: a fresh 2 KiB buffer per
@@ -82,10 +81,29 @@ impl TextBuffers {
 }
 
 impl TrafficSink {
+    /// Offers `ev`'s text to the queue of each destination that takes it whole, and `ev` to the
+    /// dispatcher when some destination filters it or selects fields. A full queue drops it
+    /// there (counted); the visitor never waits.
     fn send(&self, ev: TrafficEvent) {
-        if self.tx.try_send(ev).is_err() {
-            self.dropped.inc();
+        let mut filtered = false;
+        for route in self.routes.iter() {
+            match route.takes(ev.event_type) {
+                Takes::Whole => {
+                    if !route.offer(ev.text.clone()) {
+                        self.common.dropped.inc();
+                    }
+                }
+                Takes::Filtered => filtered = true,
+                Takes::Nothing => {}
+            }
         }
+        if filtered && self.common.filtered.try_send((ev, self.routes.clone())).is_err() {
+            self.common.dropped.inc();
+        }
+    }
+
+    fn buffer(&self) -> Vec<u8> {
+        self.common.buffers.take(EVENT_CAPACITY)
     }
 }
 
@@ -241,16 +259,10 @@ impl JsonOut {
     }
 
     /// `},"endpoint":{…},"tunnel_session":{"id":…}`: `conn` closed, then what served it.
-    fn endpoint(&mut self, id: &str, url: &str, proto: &str, session_id: &str) {
-        self.raw("},\"endpoint\":{\"id\":");
-        self.str(id);
-        self.raw(",\"url\":");
-        self.str(url);
-        self.raw(",\"proto\":");
+    fn endpoint(&mut self, text: &EndpointText, proto: &str) {
+        self.0.extend_from_slice(&text.head);
         self.str(proto);
-        self.raw("},\"tunnel_session\":{\"id\":");
-        self.str(session_id);
-        self.raw("}");
+        self.0.extend_from_slice(&text.tail);
     }
 
     #[inline]
@@ -417,26 +429,33 @@ fn capped(s: &str) -> &str {
 }
 
 /// Whether no byte of `b` needs escaping in a JSON string (and, with `ascii`, every byte is
-/// ASCII): eight bytes at a time, the last few padded.
+/// ASCII): eight bytes at a time, the last eight read again where the length is not a
+/// multiple of eight (a byte checked twice changes nothing), shorter strings as two
+/// overlapping halves; no copy, no loop over bytes but for the shortest.
 #[inline]
 fn clean(b: &[u8], ascii: bool) -> bool {
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let high = if ascii { HIGHS } else { 0 };
-    let mut chunks = b.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_le_bytes(c.try_into().expect("eight bytes"));
-        if needs_escape(w) || w & high != 0 {
+    let bad = |w: u64| needs_escape(w) || w & high != 0;
+    let word = |c: &[u8]| u64::from_le_bytes(c.try_into().expect("eight bytes"));
+    let half = |c: &[u8]| u64::from(u32::from_le_bytes(c.try_into().expect("four bytes")));
+    let n = b.len();
+    if n >= 8 {
+        let mut chunks = b.chunks_exact(8);
+        if chunks.any(|c| bad(word(c))) {
             return false;
         }
+        return chunks.remainder().is_empty() || !bad(word(&b[n - 8..]));
     }
-    let rest = chunks.remainder();
-    if rest.is_empty() {
-        return true;
+    if n >= 4 {
+        return !bad(half(&b[..4]) | half(&b[n - 4..]) << 32);
     }
-    let mut padded = [b'a'; 8];
-    padded[..rest.len()].copy_from_slice(rest);
-    let w = u64::from_le_bytes(padded);
-    !needs_escape(w) && w & high == 0
+    // Three bytes or fewer: padded with a byte that needs nothing.
+    let mut w = u64::from_le_bytes([b'a'; 8]);
+    for (i, &c) in b.iter().enumerate() {
+        w = w & !(0xff << (8 * i)) | u64::from(c) << (8 * i);
+    }
+    !bad(w)
 }
 
 /// [`warren_proto::rfc3339_bytes`], remembered for the last second each thread wrote (a
@@ -483,11 +502,63 @@ fn unix_secs(t: SystemTime) -> u64 {
 /// What served a request, as its event names it.
 pub(crate) struct Served<'a> {
     pub(crate) account_id: &'a str,
-    /// `ep_...`
-    pub(crate) id: &'a str,
     pub(crate) url: &'a str,
-    /// The agent session's id; empty for a cloud endpoint.
-    pub(crate) session_id: &'a str,
+    pub(crate) text: &'a EndpointText,
+}
+
+/// What an event says of the endpoint that served it, written once per endpoint (its id, URL
+/// and agent session never change) rather than escaped again for every request.
+pub(crate) struct EndpointText {
+    /// `},"endpoint":{"id":…,"url":…,"proto":`
+    head: Box<[u8]>,
+    /// `},"tunnel_session":{"id":…}`
+    tail: Box<[u8]>,
+}
+
+impl EndpointText {
+    /// `session_id` is empty for a cloud endpoint.
+    pub(crate) fn new(id: &str, url: &str, session_id: &str) -> EndpointText {
+        let mut j = JsonOut(Vec::new());
+        j.raw("},\"endpoint\":{\"id\":");
+        j.str(id);
+        j.raw(",\"url\":");
+        j.str(url);
+        j.raw(",\"proto\":");
+        let head = std::mem::take(&mut j.0).into_boxed_slice();
+        j.raw("},\"tunnel_session\":{\"id\":");
+        j.str(session_id);
+        j.raw("}");
+        EndpointText { head, tail: j.0.into_boxed_slice() }
+    }
+}
+
+/// What an event says of a visitor connection's addresses and TLS, written once per
+/// connection for all its requests (kept by the connection; see [`PendingRequest::new`]).
+pub(crate) struct ConnText {
+    /// `{"conn":{"client_ip":…,"client_port":…,"server_ip":…,"server_port":…`
+    addresses: Box<[u8]>,
+    /// `,"tls":{…}` or `,"tls":null`
+    tls: Box<[u8]>,
+}
+
+impl ConnText {
+    fn new(client: SocketAddr, local: SocketAddr, tls: Option<&warren_policy::TlsInfo>) -> ConnText {
+        let mut j = JsonOut(Vec::new());
+        j.conn_addresses(client, local);
+        let addresses = std::mem::take(&mut j.0).into_boxed_slice();
+        j.raw(",\"tls\":");
+        match tls {
+            Some(t) => {
+                j.raw("{\"version\":");
+                j.str(&t.version);
+                j.raw(",\"cipher_suite\":");
+                j.str(&t.cipher_suite);
+                j.raw("}");
+            }
+            None => j.raw("null"),
+        }
+        ConnText { addresses, tls: j.0.into_boxed_slice() }
+    }
 }
 
 /// Room for a usual event's text: one allocation, no growing.
@@ -502,6 +573,7 @@ impl PendingRequest {
         req: &Request<B>,
         (scheme, host): (&'static str, &str),
         (client, local, tls): (SocketAddr, SocketAddr, Option<&warren_policy::TlsInfo>),
+        kept: Option<&std::sync::OnceLock<ConnText>>,
     ) -> PendingRequest {
         let start = SystemTime::now();
         let headers = req.headers();
@@ -524,28 +596,27 @@ impl PendingRequest {
         });
         let mut end_ts = 0..0;
         let event = sink.map(|sink| {
-            let buffer = sink.buffers.take(EVENT_CAPACITY);
+            let buffer = sink.buffer();
             let mut t = EventText::begin(buffer, super::HTTP_REQUEST_COMPLETE, ep.account_id, start);
             let j = &mut t.j;
-            j.conn_addresses(client, local);
+            // The connection's part as its earlier requests wrote it, when the caller keeps it.
+            let fresh;
+            let conn = match kept {
+                Some(kept) => kept.get_or_init(|| ConnText::new(client, local, tls)),
+                None => {
+                    fresh = ConnText::new(client, local, tls);
+                    &fresh
+                }
+            };
+            j.0.extend_from_slice(&conn.addresses);
             j.raw(",\"server_name\":");
             j.str(capped(tls.map_or(host, |t| t.sni.as_str())));
             j.raw(",\"start_ts\":");
             j.time(start);
             j.raw(",\"end_ts\":");
             end_ts = j.time(start);
-            j.endpoint(ep.id, ep.url, scheme, ep.session_id);
-            j.raw(",\"tls\":");
-            match tls {
-                Some(t) => {
-                    j.raw("{\"version\":");
-                    j.str(&t.version);
-                    j.raw(",\"cipher_suite\":");
-                    j.str(&t.cipher_suite);
-                    j.raw("}");
-                }
-                None => j.raw("null"),
-            }
+            j.endpoint(ep.text, scheme);
+            j.0.extend_from_slice(&conn.tls);
             j.raw(",\"http\":{\"request\":{\"method\":");
             j.str(req.method().as_str());
             j.raw(",\"url\":{\"scheme\":");
@@ -699,7 +770,7 @@ pub(crate) fn tcp_closed(
     bytes_out: u64,
 ) {
     let end = SystemTime::now();
-    let buffer = sink.buffers.take(EVENT_CAPACITY);
+    let buffer = sink.buffer();
     let mut t = EventText::begin(buffer, super::TCP_CONNECTION_CLOSED, &ep.session.account_id, end);
     let j = &mut t.j;
     j.conn_addresses(client, local);
@@ -711,7 +782,7 @@ pub(crate) fn tcp_closed(
     j.num(bytes_in);
     j.raw(",\"bytes_out\":");
     j.num(bytes_out);
-    j.endpoint(&ep.id, &ep.url, ep.url.split("://").next().unwrap_or("tcp"), &ep.session.id);
+    j.endpoint(&ep.event_text, ep.url.split("://").next().unwrap_or("tcp"));
     j.raw("}");
     sink.send(t.end(super::TCP_CONNECTION_CLOSED, end));
 }
@@ -720,11 +791,54 @@ pub(crate) fn tcp_closed(
 mod tests {
     use http_body_util::BodyExt;
     use serde_json::{Value, json};
+    use tokio::sync::mpsc;
 
     use super::*;
 
     fn served_big() -> Served<'static> {
-        Served { account_id: "acc_1", id: "ep_1", url: "http://big.example.com", session_id: "" }
+        served("http://big.example.com", "")
+    }
+
+    fn served(url: &'static str, session_id: &str) -> Served<'static> {
+        let text = Box::leak(Box::new(EndpointText::new("ep_1", url, session_id)));
+        Served { account_id: "acc_1", url, text }
+    }
+
+    /// Where a test's events went: to a destination that takes them whole and, as the same
+    /// event, to the dispatcher for one that filters them.
+    struct Sent {
+        whole: mpsc::Receiver<super::super::deliver::Outgoing>,
+        filtered: mpsc::Receiver<super::super::traffic_out::Filtered>,
+    }
+
+    impl Sent {
+        /// The event sent, checked to be the same text on both routes.
+        fn event(&mut self) -> TrafficEvent {
+            let (ev, routes) = self.filtered.try_recv().expect("the event reached the dispatcher");
+            assert_eq!(routes.len(), 2);
+            let whole = self.whole.try_recv().expect("the event reached the destination taking it whole");
+            assert_eq!(whole.text, ev.text, "one text, shared");
+            ev
+        }
+    }
+
+    /// A sink for an account with one destination taking its events whole and one filtering
+    /// them.
+    fn sink() -> (TrafficSink, Sent) {
+        let (whole_tx, whole) = mpsc::channel(1);
+        let (other_tx, _) = mpsc::channel(1);
+        let (filtered_tx, filtered) = mpsc::channel(1);
+        let routes: Arc<[super::super::traffic_out::Route]> = vec![
+            super::super::traffic_out::Route::for_tests(whole_tx, ""),
+            super::super::traffic_out::Route::for_tests(other_tx, "true"),
+        ]
+        .into();
+        let common = Arc::new(super::super::SinkCommon {
+            filtered: filtered_tx,
+            dropped: Default::default(),
+            buffers: TextBuffers::default(),
+        });
+        (TrafficSink { routes, common }, Sent { whole, filtered })
     }
 
     /// `req` from 192.0.2.7:40000, served at `local` for an account that subscribes, and where
@@ -734,9 +848,9 @@ mod tests {
         req: &Request<()>,
         scheme: &'static str,
         (local, tls): (&str, Option<&warren_policy::TlsInfo>),
-    ) -> (PendingRequest, mpsc::Receiver<TrafficEvent>) {
-        let (tx, rx) = mpsc::channel(1);
-        let sink = TrafficSink { tx, dropped: Default::default(), buffers: TextBuffers::default() };
+        kept: Option<&std::sync::OnceLock<ConnText>>,
+    ) -> (PendingRequest, Sent) {
+        let (sink, sent) = sink();
         let host = served.url.split("://").nth(1).expect("a URL");
         let client = "192.0.2.7:40000".parse().unwrap();
         let pending = PendingRequest::new(
@@ -745,13 +859,39 @@ mod tests {
             req,
             (scheme, host),
             (client, local.parse().unwrap(), tls),
+            kept,
         );
-        (pending, rx)
+        (pending, sent)
     }
 
     /// A request with every kind of header value an event must carry (quotes, backslashes,
     /// control bytes, bytes that are not UTF-8, a name given twice), served to the end.
+    /// Checks on the way that a connection's text kept from its first request writes the
+    /// same event as one written afresh.
     async fn event_of(tls: Option<&warren_policy::TlsInfo>, respond: bool) -> TrafficEvent {
+        let without_times = |ev: &TrafficEvent| {
+            let mut o: Value = serde_json::from_slice(&ev.text[ev.object.clone()]).unwrap();
+            for t in ["start_ts", "end_ts"] {
+                o["conn"].as_object_mut().unwrap().remove(t);
+            }
+            o["http"].as_object_mut().unwrap().remove("response_time_ms");
+            o
+        };
+        let kept = std::sync::OnceLock::new();
+        let fresh = served_once(tls, respond, None).await;
+        for _ in 0..2 {
+            let again = served_once(tls, respond, Some(&kept)).await;
+            assert_eq!(without_times(&again), without_times(&fresh));
+        }
+        assert!(kept.get().is_some(), "kept for the connection's next requests");
+        fresh
+    }
+
+    async fn served_once(
+        tls: Option<&warren_policy::TlsInfo>,
+        respond: bool,
+        kept: Option<&std::sync::OnceLock<ConnText>>,
+    ) -> TrafficEvent {
         let req = Request::get("https://app.example.com/a%20b?q=%22x%22&r=1")
             .header("user-agent", "curl/8 \"quoted\" \\ back")
             .header("x-long", "0123456789abcdefghij\"klm\\nopq rstuvwxyz0123456789 \u{e9}t\u{e9}")
@@ -762,9 +902,8 @@ mod tests {
             .header("content-length", "42")
             .body(())
             .unwrap();
-        let served =
-            Served { account_id: "acc_1", id: "ep_1", url: "https://app.example.com", session_id: "ts_1" };
-        let (pending, mut rx) = subscribed(served, &req, "https", ("[::1]:443", tls));
+        let served = served("https://app.example.com", "ts_1");
+        let (pending, mut rx) = subscribed(served, &req, "https", ("[::1]:443", tls), kept);
         if respond {
             let resp = Response::builder()
                 .status(201)
@@ -778,7 +917,7 @@ mod tests {
         } else {
             pending.closed();
         }
-        rx.try_recv().expect("the event was sent when the response ended")
+        rx.event()
     }
 
     #[tokio::test]
@@ -876,13 +1015,13 @@ mod tests {
             req = req.header(format!("x-h{i}"), long.as_str());
         }
         let req = req.header("user-agent", "\u{e9}".repeat(600)).body(()).unwrap();
-        let (pending, mut rx) = subscribed(served_big(), &req, "http", ("192.0.2.1:80", None));
+        let (pending, mut rx) = subscribed(served_big(), &req, "http", ("192.0.2.1:80", None), None);
         let mut resp = Response::builder().status(200);
         for i in 0..300 {
             resp = resp.header(format!("x-r{i}"), long.as_str());
         }
         drop(pending.complete(resp.body(http_body_util::Empty::<Bytes>::new()).unwrap()));
-        let ev = rx.try_recv().unwrap();
+        let ev = rx.event();
         assert!(ev.text.len() < 24 * 1024, "{} bytes", ev.text.len());
         let v: Value = serde_json::from_slice(&ev.text).unwrap();
         let (rq, rs) = (&v["object"]["http"]["request"], &v["object"]["http"]["response"]);
@@ -901,9 +1040,9 @@ mod tests {
         let mut req = Request::get("http://big.example.com/");
         req = req.header("a".repeat(60 * 1024), "x");
         let (pending, mut rx) =
-            subscribed(served_big(), &req.body(()).unwrap(), "http", ("192.0.2.1:80", None));
+            subscribed(served_big(), &req.body(()).unwrap(), "http", ("192.0.2.1:80", None), None);
         pending.closed();
-        let ev = rx.try_recv().unwrap();
+        let ev = rx.event();
         assert!(ev.text.len() < 4 * 1024, "{} bytes", ev.text.len());
         let v: Value = serde_json::from_slice(&ev.text).unwrap();
         assert_eq!(v["object"]["http"]["request"]["headers"], json!({}));
@@ -977,6 +1116,30 @@ mod tests {
         }
         for w in [*b"abcdefgh", *b"  !#$~\x7f\xff", *b"\xc3\xa9t\xc3\xa9 ok"] {
             assert!(!needs_escape(u64::from_le_bytes(w)), "{w:?}");
+        }
+    }
+
+    #[test]
+    fn strings_of_every_length_are_clean_exactly_when_no_byte_needs_escaping() {
+        let reference = |b: &[u8], ascii: bool| {
+            b.iter().all(|&c| c >= 0x20 && c != b'"' && c != b'\\' && (!ascii || c < 0x80))
+        };
+        for n in 0..=24 {
+            let good = b"abcdefghijklmnopqrstuvwxyz"[..n].to_vec();
+            for ascii in [false, true] {
+                assert!(clean(&good, ascii), "{n}");
+                for i in 0..n {
+                    for c in [0u8, 0x1f, b'"', b'\\', 0x7f, 0x80, 0xc3, 0xff, b' '] {
+                        let mut b = good.clone();
+                        b[i] = c;
+                        assert_eq!(
+                            clean(&b, ascii),
+                            reference(&b, ascii),
+                            "{c:#x} at {i} of {n}, ascii {ascii}"
+                        );
+                    }
+                }
+            }
         }
     }
 }

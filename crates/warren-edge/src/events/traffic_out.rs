@@ -3,13 +3,15 @@
 //! re-rendering it cost visitors half their throughput, and traffic events may be dropped
 //! anyway (audit events, which may not, keep the outbox and its cursors).
 //!
-//! One dispatcher takes events from the request path's queue, finds the destinations of the
-//! event's account whose subscriptions take its type (cached, like the request path's view of
-//! what an account subscribes to), and offers each destination's own bounded queue the
-//! event's text as the request path wrote it (shared, not copied), or re-rendered for a
-//! source that selects fields. One task per destination sends batches; a slow or dead destination fills only its own queue, whose overflow is
-//! dropped and counted, and shows its error on the resource. Every node delivers what it
-//! saw, so a file destination gets one file per node, in that node's events directory.
+//! Routing happens where the event is made: the request path holds its account's [`Route`]s
+//! (cached with its subscriptions, see `Events::traffic_sink`) and offers each destination
+//! that takes the event whole its text as the request path wrote it (shared, not copied), to
+//! that destination's own bounded queue. Only an event some source filters (CEL) or selects
+//! fields of goes through the dispatcher here, which evaluates and re-renders it off the
+//! request path. One task per destination sends batches; a slow or dead destination fills
+//! only its own queue, whose overflow is dropped and counted, and shows its error on the
+//! resource. Every node delivers what it saw, so a file destination gets one file per node,
+//! in that node's events directory.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,86 +38,94 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// before the next: a few hundred wake-ups a second under load instead of one per event.
 const GATHER: Duration = Duration::from_millis(5);
 
-/// A destination of one account, as the dispatcher routes to it.
-struct Route {
+/// A destination of one account that takes traffic events, as the request path routes to it.
+pub(super) struct Route {
     destination_id: String,
     sources: Vec<EventSource>,
+    /// What this destination takes of `http_request_complete.v0` and of
+    /// `tcp_connection_closed.v0`, decided once when the route is read.
+    http: Takes,
+    tcp: Takes,
     tx: mpsc::Sender<Outgoing>,
 }
 
+/// What a destination takes of events of one type.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Takes {
+    /// No source of it takes the type.
+    Nothing,
+    /// Its first source of the type has no filter and selects no fields: the text as it is.
+    Whole,
+    /// A filter to evaluate or fields to select: the dispatcher's work, off the request path.
+    Filtered,
+}
+
+impl Route {
+    fn new(destination_id: String, sources: Vec<EventSource>, tx: mpsc::Sender<Outgoing>) -> Route {
+        let takes = |event_type: &str| {
+            // As for the outbox's events: the first source whose filter passes decides the
+            // fields, so only a first source without a filter decides alone.
+            match sources.iter().find(|s| s.kind == event_type) {
+                None => Takes::Nothing,
+                Some(s) if s.filter.is_empty() && s.fields.is_empty() => Takes::Whole,
+                Some(_) => Takes::Filtered,
+            }
+        };
+        let (http, tcp) = (takes(super::HTTP_REQUEST_COMPLETE), takes(super::TCP_CONNECTION_CLOSED));
+        Route { destination_id, sources, http, tcp, tx }
+    }
+
+    pub(super) fn takes(&self, event_type: &str) -> Takes {
+        if event_type == super::HTTP_REQUEST_COMPLETE {
+            self.http
+        } else if event_type == super::TCP_CONNECTION_CLOSED {
+            self.tcp
+        } else {
+            Takes::Nothing
+        }
+    }
+
+    /// Offers `text` to this destination's queue; false when it is full (the destination is
+    /// slow or down: only it loses the event).
+    pub(super) fn offer(&self, text: bytes::Bytes) -> bool {
+        let offered = self.tx.try_send(Outgoing { text }).is_ok();
+        if !offered {
+            tracing::trace!(destination = %self.destination_id, "traffic event dropped");
+        }
+        offered
+    }
+
+    /// A route to `tx` taking every traffic event, whole or, with `filter`, filtered (for
+    /// tests).
+    #[cfg(test)]
+    pub(super) fn for_tests(tx: mpsc::Sender<Outgoing>, filter: &str) -> Route {
+        let source =
+            |kind: &str| EventSource { kind: kind.into(), filter: filter.into(), fields: Vec::new() };
+        let sources = vec![source(super::HTTP_REQUEST_COMPLETE), source(super::TCP_CONNECTION_CLOSED)];
+        Route::new("ed_test".into(), sources, tx)
+    }
+}
+
+/// An event some of its routes filter or select fields of, for the dispatcher.
+pub(super) type Filtered = (TrafficEvent, Arc<[Route]>);
+
 /// A running sender for one destination.
-struct Sender {
+pub(super) struct Sender {
     tx: mpsc::Sender<Outgoing>,
     alive: Arc<AtomicBool>,
     /// The destination's target and sealed secret as last read; a change starts a new sender.
     target: (String, Option<Vec<u8>>),
 }
 
-/// Takes traffic events from `rx` and sends each to the destinations that take it, until the
-/// queue closes.
-pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<TrafficEvent>) {
-    let mut routes: HashMap<String, (Instant, u64, Arc<Vec<Route>>)> = HashMap::new();
-    let mut senders: HashMap<String, Sender> = HashMap::new();
-    let mut filters: HashMap<String, Option<Arc<warren_policy::EventFilter>>> = HashMap::new();
-    let mut batch = Vec::with_capacity(256);
-    let mut tidied = Instant::now();
-    while rx.recv_many(&mut batch, 256).await > 0 {
-        let full = batch.len() == 256;
-        let epoch = shared.accounts.events.routes_epoch();
-        // One clock read per batch, not per event: routes are kept for seconds.
-        let now = Instant::now();
-        for ev in batch.drain(..) {
-            let account_id = ev.part(&ev.account);
-            let fresh = routes
-                .get(account_id)
-                .filter(|(at, e, _)| *e == epoch && now.saturating_duration_since(*at) < SUBSCRIBED_TTL)
-                .map(|(_, _, r)| r.clone());
-            let account_routes = match fresh {
-                Some(r) => r,
-                None => {
-                    let r = Arc::new(load_routes(&shared, account_id, &mut senders).await);
-                    if routes.len() > 10_000 {
-                        routes.clear();
-                    }
-                    routes.insert(account_id.to_owned(), (Instant::now(), epoch, r.clone()));
-                    r
-                }
-            };
-            dispatch(&shared, &ev, &account_routes, &mut filters);
-        }
-        // Routes not read again for a while go, then the senders no route uses any more
-        // (deleted destinations, quiet accounts) stop.
-        if tidied.elapsed() >= SUBSCRIBED_TTL {
-            tidied = Instant::now();
-            routes.retain(|_, (at, _, _)| at.elapsed() < 12 * SUBSCRIBED_TTL);
-            senders.retain(|_, s| {
-                let used = s.tx.strong_count() > 1 && s.alive.load(Ordering::Relaxed);
-                if !used {
-                    s.alive.store(false, Ordering::Relaxed);
-                }
-                used
-            });
-        }
-        if !full {
-            tokio::time::sleep(GATHER).await;
-        }
-    }
-}
-
-/// Reads an account's destinations and their sources, starting a sender for each new one.
-async fn load_routes(
-    shared: &Arc<Shared>,
-    account_id: &str,
+/// The routes of an account's destinations as `found` in the store, starting a sender for
+/// each destination that has none running (or whose target changed). `senders` is the
+/// node's; `shared` absent (the event tasks are not running) starts none.
+pub(super) fn routes(
+    shared: Option<&Arc<Shared>>,
+    found: Vec<(EventDestination, Vec<EventSource>)>,
     senders: &mut HashMap<String, Sender>,
+    queue: usize,
 ) -> Vec<Route> {
-    let found = match shared.store.event_routes(account_id).await {
-        Ok(r) => r,
-        Err(e) => {
-            shared.metrics.store_errors.inc();
-            tracing::warn!(error = %e, "store failed while reading event destinations for traffic events");
-            return Vec::new();
-        }
-    };
     let mut out = Vec::with_capacity(found.len());
     for (d, sources) in found {
         if !sources.iter().any(|s| super::types::is_traffic(&s.kind)) {
@@ -128,23 +138,66 @@ async fn load_routes(
             if let Some(old) = senders.remove(&d.id) {
                 old.alive.store(false, Ordering::Relaxed);
             }
+            let Some(shared) = shared else { continue };
             let Some(target) = Target::from_stored(&d.target) else {
                 tracing::error!(destination = %d.id, "event destination has an unreadable target; not delivering");
                 continue;
             };
-            let (tx, rx) = mpsc::channel(shared.config.limits.max_traffic_events_per_destination.max(1));
+            let (tx, rx) = mpsc::channel(queue.max(1));
             let alive = Arc::new(AtomicBool::new(true));
             senders.insert(d.id.clone(), Sender { tx, alive: alive.clone(), target: current });
             tokio::spawn(deliver(shared.clone(), d.clone(), target, rx, alive));
         }
         let tx = senders[&d.id].tx.clone();
-        out.push(Route { destination_id: d.id, sources, tx });
+        out.push(Route::new(d.id, sources, tx));
     }
     out
 }
 
-/// Offers `ev` to each route that takes it: its text as it is (shared, not copied) where the
-/// source takes the whole object, re-rendered where it selects fields.
+/// Stops the senders no cached route uses any more (deleted destinations, quiet accounts).
+pub(super) fn stop_unused(senders: &mut HashMap<String, Sender>) {
+    senders.retain(|_, s| {
+        let used = s.tx.strong_count() > 1 && s.alive.load(Ordering::Relaxed);
+        if !used {
+            s.alive.store(false, Ordering::Relaxed);
+        }
+        used
+    });
+}
+
+/// Evaluates and renders the events some route filters or selects fields of, until the queue
+/// closes; every [`SUBSCRIBED_TTL`] also lets go of what quiet accounts held.
+pub(super) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Filtered>) {
+    let mut filters: HashMap<String, Option<Arc<warren_policy::EventFilter>>> = HashMap::new();
+    let mut batch = Vec::with_capacity(256);
+    let mut tidy = tokio::time::interval(SUBSCRIBED_TTL);
+    tidy.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => {
+                if n == 0 {
+                    return;
+                }
+                let full = n == 256;
+                for (ev, routes) in batch.drain(..) {
+                    dispatch(&shared, &ev, &routes, &mut filters);
+                }
+                if !full {
+                    tokio::time::sleep(GATHER).await;
+                }
+            }
+            _ = tidy.tick() => {
+                shared.accounts.events.tidy();
+                if filters.len() > 10_000 {
+                    filters.clear();
+                }
+            }
+        }
+    }
+}
+
+/// Offers `ev` to each of `routes` that filters it or selects fields: re-rendered where the
+/// source selects fields (the routes that take it whole had it from the request path).
 fn dispatch(
     shared: &Shared,
     ev: &TrafficEvent,
@@ -153,7 +206,7 @@ fn dispatch(
 ) {
     let mut parsed: Option<Option<Value>> = None;
     let object = || serde_json::from_slice::<Value>(&ev.text[ev.object.clone()]).ok();
-    for route in routes {
+    for route in routes.iter().filter(|r| r.takes(ev.event_type) == Takes::Filtered) {
         let matching = route.sources.iter().filter(|s| s.kind == ev.event_type);
         // As for the outbox's events: the first source whose filter passes decides the fields.
         let mut chosen = None;
@@ -187,14 +240,11 @@ fn dispatch(
             .to_string()
             .into()
         };
-        if route.tx.try_send(Outgoing { text }).is_err() {
-            // This destination's queue is full (it is slow or down): only it loses events.
+        if !route.offer(text) {
             shared.metrics.traffic_events_dropped.inc();
-            tracing::trace!(destination = %route.destination_id, "traffic event dropped");
         }
     }
 }
-
 /// Sends one destination's traffic events in batches while it is routed to.
 async fn deliver(
     shared: Arc<Shared>,
@@ -207,7 +257,7 @@ async fn deliver(
     let mut backoff = Duration::from_secs(1);
     let (mut counted, mut since) = (0i64, Instant::now());
     let limit = if matches!(target, Target::File { .. }) { MAX_BATCH } else { 100 };
-    let buffers = shared.accounts.events.sink.buffers.clone();
+    let buffers = shared.accounts.events.buffers();
     let mut closed = false;
     loop {
         if batch.is_empty() && !closed {

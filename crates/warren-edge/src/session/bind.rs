@@ -532,6 +532,7 @@ fn endpoint(
     let id = warren_store::generate_id("ep");
     Endpoint {
         info: crate::policy::endpoint_info(&id, url, proto.as_str()),
+        event_text: crate::events::EndpointText::new(&id, url, &session.id),
         id,
         session: session.clone(),
         client_id: bind.client_id.clone(),
