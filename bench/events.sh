@@ -28,15 +28,8 @@ raise_nofile 65536 >/dev/null
 HTTP_PORT=$(freeport)
 start_nginx "$HTTP_PORT"
 export IPERF_PORT=$HTTP_PORT HTTP_PORT; start_warren
-api=$(sed -n 's/.*REST API: *\([^ ]*\).*/\1/p' "$W_LOGS/edge.log" | head -1)
-key=$(sed -n 's/^ *api_key: *//p; s/.*API key: *//p' "$W_LOGS/edge.log" | head -1)
-[[ -n $api && -n $key ]] || { echo "no REST API or API key in $W_LOGS/edge.log" >&2; exit 1; }
-call() { # method path [json]
-  curl -sf -X "$1" "$api$2" -H "Authorization: Bearer $key" -H "Ngrok-Version: 2" \
-    -H "Content-Type: application/json" ${3:+--data "$3"}
-}
-dest=$(call POST /event_destinations '{"target": {"file": {"name": "bench.jsonl", "max_bytes": 1073741824, "max_files": 1}}}' |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+warren_api
+dest=$(traffic_file_destination)
 host=${W_HTTP_HOST%:*} port=${W_HTTP_HOST##*:}
 edge=${W_PIDS[0]}
 tck=$(getconf CLK_TCK)
@@ -55,8 +48,7 @@ offs=() ons=() cpu_offs=() cpu_ons=()
 for r in $(seq 1 "$ROUNDS"); do
   off=$(rps)
   cpu_off=$(cat "$WORK/cpu") sys_off=$(cat "$WORK/sys")
-  sub=$(call POST /event_subscriptions "{\"sources\": [{\"type\": \"http_request_complete.v0\"}], \"destination_ids\": [\"$dest\"]}" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  sub=$(subscribe_every_request "$dest")
   sleep 6 # other nodes' caches of subscriptions live 5 s; this node's is dropped at once
   on=$(rps)
   cpu_on=$(cat "$WORK/cpu") sys_on=$(cat "$WORK/sys")
@@ -72,5 +64,4 @@ import statistics, sys
 off, on = (statistics.median(float(x) for x in a.split()) for a in sys.argv[1:3])
 print(f"median edge CPU per request: off {off:.2f} us, on {on:.2f} us (+{on - off:.2f} us, {100 * (on / off - 1):.1f} % more)")
 EOF
-lines=$(wc -l <"$W_LOGS/data/events/bench.jsonl" 2>/dev/null || echo 0)
-echo "events written to the file: $lines"
+traffic_events_written

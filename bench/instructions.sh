@@ -88,14 +88,8 @@ count tcp "$W_HTTP"
 host=${W_HTTP_HOST} addr=${W_HTTP_ENDPOINT#http://}
 count http "--connect-to=${addr%/}" "http://$host/"
 if ((EVENTS)); then
-  api=$(sed -n 's/.*REST API: *\([^ ]*\).*/\1/p' "$W_LOGS/edge.log" | head -1)
-  key=$(sed -n 's/^ *api_key: *//p; s/.*API key: *//p' "$W_LOGS/edge.log" | head -1)
-  call() { curl -sf -X "$1" "$api$2" -H "Authorization: Bearer $key" -H "Ngrok-Version: 2" \
-    -H "Content-Type: application/json" ${3:+--data "$3"}; }
-  dest=$(call POST /event_destinations '{"target": {"file": {"name": "bench.jsonl", "max_bytes": 1073741824, "max_files": 1}}}' |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-  sub=$(call POST /event_subscriptions "{\"sources\": [{\"type\": \"http_request_complete.v0\"}], \"destination_ids\": [\"$dest\"]}" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  warren_api
+  sub=$(subscribe_every_request "$(traffic_file_destination)")
   count http+events "--connect-to=${addr%/}" "http://$host/"
   # --https below counts without events
   call DELETE "/event_subscriptions/$sub" >/dev/null

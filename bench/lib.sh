@@ -204,3 +204,38 @@ raise_nofile() {
   ulimit -n "$want" 2>/dev/null || ulimit -n "$hard"
   echo "open files limit: $(ulimit -n) (hard $(ulimit -Hn))"
 }
+# warren_api: defines call METHOD PATH [JSON] against the edge's REST API with the API key
+# the edge printed at start (start_warren first).
+warren_api() {
+  W_API=$(sed -n 's/.*REST API: *\([^ ]*\).*/\1/p' "$W_LOGS/edge.log" | head -1)
+  W_KEY=$(sed -n 's/^ *api_key: *//p; s/.*API key: *//p' "$W_LOGS/edge.log" | head -1)
+  [[ -n $W_API && -n $W_KEY ]] || { echo "no REST API or API key in $W_LOGS/edge.log" >&2; exit 1; }
+  call() {
+    curl -sf -X "$1" "$W_API$2" -H "Authorization: Bearer $W_KEY" -H "Ngrok-Version: 2" \
+      -H "Content-Type: application/json" ${3:+--data "$3"}
+  }
+}
+# traffic_file_destination: a file destination bench.jsonl (1 GiB, one rotated file kept) in
+# the edge's events directory; prints its id (warren_api first)
+traffic_file_destination() {
+  call POST /event_destinations '{"target": {"file": {"name": "bench.jsonl", "max_bytes": 1073741824, "max_files": 1}}}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'
+}
+# subscribe_every_request DESTINATION: a subscription of every http_request_complete.v0 to it;
+# prints its id
+subscribe_every_request() {
+  call POST /event_subscriptions "{\"sources\": [{\"type\": \"http_request_complete.v0\"}], \"destination_ids\": [\"$1\"]}" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'
+}
+# traffic_events_written: lines in the file destination's files (bench.jsonl and bench.jsonl.1)
+# and the edge's count of dropped traffic events
+traffic_events_written() {
+  local n=0 f
+  for f in "$W_LOGS/data/events/bench.jsonl" "$W_LOGS/data/events/bench.jsonl.1"; do
+    [[ -f $f ]] && n=$((n + $(wc -l <"$f")))
+  done
+  local dropped
+  dropped=$(curl -sf "${W_API%/}/metrics" | awk '/^warren_traffic_events_dropped_total /{print $2}')
+  echo "events written to the file: $n; dropped: ${dropped:-unknown}"
+}
+

@@ -2,10 +2,12 @@
 # System calls per request in each warren process: perf stat counts the syscalls:sys_enter_*
 # tracepoints of the edge and of one agent while wrk drives requests through it.
 #
-#   bench/syscalls.sh [--seconds 5] [--endpoint tcp|http]
+#   bench/syscalls.sh [--seconds 5] [--endpoint tcp|http] [--events]
 #
 # tcp: wrk -t2 -c64 through the tcp endpoint (agent: the one for nginx's tcp endpoint);
-# http: the same through the plain http endpoint (Host routed at the edge). Reported: calls per
+# http: the same through the plain http endpoint (Host routed at the edge); with --events, with a
+# subscription of every request's http_request_complete.v0 to a file destination (issue #18's
+# case; the file's writes are the edge's own). Reported: calls per
 # request (calls / requests wrk completed) for each counted syscall, edge and agent side by side,
 # and the CPU time each process spent per request, in user space and in the kernel, in µs
 # (from /proc/PID/stat; the counting tracepoints add a little to the kernel's share).
@@ -14,9 +16,10 @@
 # arrived together; futex is a worker thread being woken.
 # Needs: root, perf (Debian linux-perf), wrk, nginx, target/release/warren.
 set -euo pipefail
-SECS=5 EP=tcp
+SECS=5 EP=tcp EVENTS=0
 while (($#)); do
   case $1 in
+    --events) EVENTS=1; shift ;;
     --seconds) SECS=$2; shift 2 ;;
     --endpoint) EP=$2; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
@@ -34,8 +37,13 @@ case $EP in
   http) agent=${W_PIDS[3]}; url=$W_HTTP_ENDPOINT; hdr=(-H "Host: $W_HTTP_HOST") ;;
   *) echo "--endpoint: tcp or http" >&2; exit 2 ;;
 esac
+if ((EVENTS)); then
+  [[ $EP == http ]] || { echo "--events: with --endpoint http" >&2; exit 2; }
+  warren_api
+  subscribe_every_request "$(traffic_file_destination)" >/dev/null
+fi
 sleep 1
-calls=(sendto recvfrom writev readv read write epoll_wait futex)
+calls=(sendto recvfrom writev readv read write epoll_wait futex openat close statx newfstatat madvise munmap mmap)
 ev=$(printf 'syscalls:sys_enter_%s,' "${calls[@]}"); ev=${ev%,}
 perf stat -x, -e "$ev" -p "${W_PIDS[0]}" -o "$WORK/edge.csv" -- sleep "$SECS" & p1=$!
 perf stat -x, -e "$ev" -p "$agent" -o "$WORK/agent.csv" -- sleep "$SECS" & p2=$!
@@ -48,7 +56,7 @@ read -r eu1 es1 < <(cpu_ticks "${W_PIDS[0]}"); read -r au1 as1 < <(cpu_ticks "$a
 wait "$p1" "$p2"
 reqs=$(awk '/requests in/{print $1}' "$WORK/wrk.txt")
 echo
-echo "system calls per request, $EP endpoint; command: $(printf '%q ' "${cmd[@]}")"
+echo "system calls per request, $EP endpoint$( ((EVENTS)) && echo ', every request an event to a file'); command: $(printf '%q ' "${cmd[@]}")"
 echo "requests: $reqs ($(awk '/Requests\/sec/{print $2}' "$WORK/wrk.txt") req/s; perf stat runs as long as wrk)"
 printf '%-12s %8s %8s\n' syscall edge agent
 us_per_req() { python3 -c "print(f'{$1 * 1e6 / $(getconf CLK_TCK) / $reqs:.2f}')"; }

@@ -65,18 +65,22 @@ impl TextBuffers {
         kept.unwrap_or_else(|| Vec::with_capacity(capacity))
     }
 
-    /// Keeps an event's text once nobody else holds it (the last destination to send it).
-    pub(super) fn give(&self, text: Bytes) {
-        let Ok(mut text) = text.try_into_mut() else { return };
-        text.clear();
-        let buffer = Vec::from(text);
-        if buffer.capacity() < EVENT_CAPACITY || buffer.capacity() > KEPT_CAPACITY {
-            return;
-        }
+    /// Keeps the events' texts that nobody else holds any more (this was the last destination
+    /// to send them), as many as there is room for: one short lock for a batch (the request
+    /// path takes from it).
+    pub(super) fn give(&self, texts: impl IntoIterator<Item = Bytes>) {
+        let buffers: Vec<Vec<u8>> = texts
+            .into_iter()
+            .filter_map(|text| {
+                let mut text = text.try_into_mut().ok()?;
+                text.clear();
+                let buffer = Vec::from(text);
+                (EVENT_CAPACITY..=KEPT_CAPACITY).contains(&buffer.capacity()).then_some(buffer)
+            })
+            .collect();
         let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() < KEPT_BUFFERS {
-            kept.push(buffer);
-        }
+        let room = KEPT_BUFFERS.saturating_sub(kept.len());
+        kept.extend(buffers.into_iter().take(room));
     }
 }
 
@@ -139,11 +143,11 @@ impl EventText {
         EventText { j, id, timestamp, account, object_start }
     }
 
-    /// Ends the object and the envelope, stamped `at`.
-    fn end(mut self, event_type: &'static str, at: SystemTime) -> TrafficEvent {
+    /// Ends the object and the envelope, stamped with the time written at `end_ts`.
+    fn end(mut self, event_type: &'static str, end_ts: &Range<usize>) -> TrafficEvent {
         let object = self.object_start..self.j.0.len();
         self.j.0.push(b'}');
-        self.j.restamp(self.timestamp.clone(), at);
+        self.j.restamp_from(&self.timestamp, end_ts);
         TrafficEvent {
             event_type,
             text: Bytes::from(self.j.0),
@@ -355,14 +359,23 @@ impl JsonOut {
     /// Headers as ngrok's events show them: lowercase names, each with its list of values.
     /// One pass: `HeaderMap::iter` yields a name's values one after another. Each value is
     /// cut to [`MAX_EVENT_STRING`] bytes, and headers after the first
-    /// [`MAX_EVENT_HEADERS`] bytes of text are left out: true when something was.
-    fn headers(&mut self, h: &HeaderMap) -> bool {
+    /// [`MAX_EVENT_HEADERS`] bytes of text are left out (`cut`). On the way it finds the
+    /// user agent and the content length, so the request's part needs no lookup of them.
+    fn headers<'h>(&mut self, h: &'h HeaderMap) -> HeaderFacts<'h> {
         let start = self.0.len();
         self.0.push(b'{');
         let mut last: Option<&http::HeaderName> = None;
+        let mut facts = HeaderFacts::default();
         let mut cut = false;
         for (name, value) in h {
             let same = last.is_some_and(|l| std::ptr::eq(l, name));
+            if !same {
+                if name == http::header::USER_AGENT {
+                    facts.user_agent = Some(value);
+                } else if name == http::header::CONTENT_LENGTH {
+                    facts.content_length = Some(value);
+                }
+            }
             let v = capped_bytes(value.as_bytes());
             cut |= v.len() < value.len();
             // What this value adds before escaping (and its name, when it starts one): header
@@ -391,8 +404,49 @@ impl JsonOut {
             self.0.push(b']');
         }
         self.0.push(b'}');
-        cut
+        facts.cut = cut;
+        facts
     }
+
+    /// A time already written at `from`, written again (quoted); where its text is.
+    fn copy_time(&mut self, from: &Range<usize>) -> Range<usize> {
+        self.0.push(b'"');
+        let start = self.0.len();
+        self.0.extend_from_within(from.clone());
+        let range = start..self.0.len();
+        self.0.push(b'"');
+        range
+    }
+
+    /// A time written at `from` copied over the one at `to` (the same length: both are
+    /// this edge's times).
+    fn restamp_from(&mut self, to: &Range<usize>, from: &Range<usize>) {
+        if to.len() == from.len() {
+            self.0.copy_within(from.clone(), to.start);
+        }
+    }
+
+    /// `s` quoted, escaped unless the caller found it clean.
+    #[inline]
+    fn str_known(&mut self, s: &str, clean: bool) {
+        self.0.push(b'"');
+        if clean {
+            self.0.extend_from_slice(s.as_bytes());
+        } else {
+            self.escaped_slow(s.as_bytes());
+        }
+        self.0.push(b'"');
+    }
+}
+
+/// What [`JsonOut::headers`] found besides writing them: whether some were left out or cut,
+/// and the first user agent and content length (when within the part written; see
+/// [`PendingRequest::new`]).
+#[derive(Default)]
+struct HeaderFacts<'h> {
+    cut: bool,
+    user_agent: Option<&'h http::HeaderValue>,
+    content_length: Option<&'h http::HeaderValue>,
 }
 
 /// The most of one string an event carries (a header value, the user agent, the host, the
@@ -577,8 +631,8 @@ impl PendingRequest {
     ) -> PendingRequest {
         let start = SystemTime::now();
         let headers = req.headers();
-        let user_agent = headers.get(http::header::USER_AGENT).map_or(&b""[..], |v| v.as_bytes());
         let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let user_agent = || headers.get(http::header::USER_AGENT).map_or(&b""[..], |v| v.as_bytes());
         let recent = recent.map(|recent| RecentParts {
             recent,
             account_id: ep.account_id.to_owned(),
@@ -591,13 +645,14 @@ impl PendingRequest {
                 duration_ms: 0,
                 client_ip: client.ip(),
                 response_bytes: 0,
-                user_agent: String::from_utf8_lossy(user_agent).into_owned(),
+                user_agent: String::from_utf8_lossy(user_agent()).into_owned(),
             },
         });
         let mut end_ts = 0..0;
         let event = sink.map(|sink| {
             let buffer = sink.buffer();
             let mut t = EventText::begin(buffer, super::HTTP_REQUEST_COMPLETE, ep.account_id, start);
+            let stamp = t.timestamp.clone();
             let j = &mut t.j;
             // The connection's part as its earlier requests wrote it, when the caller keeps it.
             let fresh;
@@ -611,34 +666,55 @@ impl PendingRequest {
             j.0.extend_from_slice(&conn.addresses);
             j.raw(",\"server_name\":");
             j.str(capped(tls.map_or(host, |t| t.sni.as_str())));
+            // The same time three times: the envelope's, the start and (until the end) the end.
             j.raw(",\"start_ts\":");
-            j.time(start);
+            j.copy_time(&stamp);
             j.raw(",\"end_ts\":");
-            end_ts = j.time(start);
+            end_ts = j.copy_time(&stamp);
             j.endpoint(ep.text, scheme);
             j.0.extend_from_slice(&conn.tls);
-            j.raw(",\"http\":{\"request\":{\"method\":");
-            j.str(req.method().as_str());
-            j.raw(",\"url\":{\"scheme\":");
-            j.str(scheme);
-            j.raw(",\"host\":");
-            j.str(capped(host));
+            // A method is a token (the http crate checks) and the scheme ours: nothing to
+            // escape. The host, path and query are checked once each, path and query as one.
+            let (host, pq) = (capped(host), capped(pq));
+            let (host_clean, pq_clean) = (clean(host.as_bytes(), false), clean(pq.as_bytes(), false));
+            j.raw(",\"http\":{\"request\":{\"method\":\"");
+            j.raw(req.method().as_str());
+            j.raw("\",\"url\":{\"scheme\":\"");
+            j.raw(scheme);
+            j.raw("\",\"host\":");
+            j.str_known(host, host_clean);
             j.raw(",\"path\":");
-            j.str(capped(req.uri().path()));
+            j.str_known(capped(req.uri().path()), pq_clean);
             j.raw(",\"query\":");
-            j.str(capped(req.uri().query().unwrap_or("")));
+            j.str_known(capped(req.uri().query().unwrap_or("")), pq_clean);
             j.raw(",\"raw\":\"");
-            for part in [scheme, "://", capped(host), capped(pq)] {
-                j.escaped(part.as_bytes());
+            j.raw(scheme);
+            j.raw("://");
+            if host_clean {
+                j.raw(host);
+            } else {
+                j.escaped_slow(host.as_bytes());
+            }
+            if pq_clean {
+                j.raw(pq);
+            } else {
+                j.escaped_slow(pq.as_bytes());
             }
             j.raw("\"},\"headers\":");
-            if j.headers(headers) {
+            let facts = j.headers(headers);
+            if facts.cut {
                 j.raw(",\"headers_truncated\":true");
             }
+            // Past the headers written, they were not seen: looked up.
+            let (ua, length) = if facts.cut {
+                (headers.get(http::header::USER_AGENT), headers.get(http::header::CONTENT_LENGTH))
+            } else {
+                (facts.user_agent, facts.content_length)
+            };
             j.raw(",\"user_agent\":");
-            j.lossy(capped_bytes(user_agent));
+            j.lossy(capped_bytes(ua.map_or(&b""[..], |v| v.as_bytes())));
             j.raw(",\"body_length\":");
-            j.num(body_length(headers));
+            j.num(body_length(length));
             j.raw(",\"version\":\"");
             j.raw(version_text(req.version()));
             j.raw("\"}");
@@ -671,7 +747,7 @@ impl PendingRequest {
             j.raw(",\"response\":{\"status_code\":");
             j.num(u64::from(status));
             j.raw(",\"headers\":");
-            if j.headers(headers) {
+            if j.headers(headers).cut {
                 j.raw(",\"headers_truncated\":true");
             }
             j.raw(",\"body_length\":");
@@ -697,17 +773,13 @@ impl PendingRequest {
         t.j.num(ms);
         t.j.raw("}}");
         t.j.restamp(self.end_ts.clone(), end);
-        sink.send(t.end(super::HTTP_REQUEST_COMPLETE, end));
+        sink.send(t.end(super::HTTP_REQUEST_COMPLETE, &self.end_ts));
     }
 }
 
 /// The request's size as its own header says (0 without one).
-fn body_length(headers: &HeaderMap) -> u64 {
-    headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
+fn body_length(content_length: Option<&http::HeaderValue>) -> u64 {
+    content_length.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 /// A response body that counts what it yields and sends the request's event when it ends.
@@ -777,14 +849,14 @@ pub(crate) fn tcp_closed(
     j.raw(",\"start_ts\":");
     j.time(start);
     j.raw(",\"end_ts\":");
-    j.time(end);
+    let end_ts = j.time(end);
     j.raw(",\"bytes_in\":");
     j.num(bytes_in);
     j.raw(",\"bytes_out\":");
     j.num(bytes_out);
     j.endpoint(&ep.event_text, ep.url.split("://").next().unwrap_or("tcp"));
     j.raw("}");
-    sink.send(t.end(super::TCP_CONNECTION_CLOSED, end));
+    sink.send(t.end(super::TCP_CONNECTION_CLOSED, &end_ts));
 }
 
 #[cfg(test)]
@@ -1061,18 +1133,17 @@ mod tests {
         let at = text.as_ptr();
         let shared = Bytes::from(text);
         let other = shared.clone();
-        buffers.give(shared);
+        buffers.give([shared]);
         assert!(buffers.0.lock().unwrap().is_empty(), "a destination still holds it");
-        buffers.give(other);
+        buffers.give([other]);
         let again = buffers.take(EVENT_CAPACITY);
         assert_eq!((again.as_ptr(), again.len()), (at, 0), "the same buffer, empty");
-        buffers.give(Bytes::from(vec![0u8; KEPT_CAPACITY + 1]));
-        buffers.give(Bytes::from(vec![0u8; 16]));
+        buffers.give([Bytes::from(vec![0u8; KEPT_CAPACITY + 1]), Bytes::from(vec![0u8; 16])]);
         assert!(buffers.0.lock().unwrap().is_empty(), "too large or too small: freed");
         for _ in 0..KEPT_BUFFERS + 10 {
             let mut v = Vec::with_capacity(EVENT_CAPACITY);
             v.push(b'x');
-            buffers.give(Bytes::from(v));
+            buffers.give([Bytes::from(v)]);
         }
         assert_eq!(buffers.0.lock().unwrap().len(), KEPT_BUFFERS);
     }

@@ -277,9 +277,7 @@ async fn deliver(
                         .get_or_create(&label("destination", &d.id))
                         .inc_by(n as u64);
                     counted += n as i64;
-                    for sent in batch.drain(..) {
-                        buffers.give(sent.text);
-                    }
+                    buffers.give(batch.drain(..).map(|sent| sent.text));
                     backoff = Duration::from_secs(1);
                     if n < limit && !stopping {
                         tokio::time::sleep(GATHER).await;
