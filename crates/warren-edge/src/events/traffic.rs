@@ -68,16 +68,16 @@ impl TextBuffers {
     /// Keeps the events' texts that nobody else holds any more (this was the last destination
     /// to send them), as many as there is room for: one short lock for a batch (the request
     /// path takes from it).
-    pub(super) fn give(&self, texts: impl IntoIterator<Item = Bytes>) {
-        let buffers: Vec<Vec<u8>> = texts
-            .into_iter()
-            .filter_map(|text| {
-                let mut text = text.try_into_mut().ok()?;
-                text.clear();
-                let buffer = Vec::from(text);
-                (EVENT_CAPACITY..=KEPT_CAPACITY).contains(&buffer.capacity()).then_some(buffer)
-            })
-            .collect();
+    pub(super) fn give(&self, texts: impl ExactSizeIterator<Item = Bytes>) {
+        let mut buffers = Vec::with_capacity(texts.len());
+        for text in texts {
+            let Ok(mut text) = text.try_into_mut() else { continue };
+            text.clear();
+            let buffer = Vec::from(text);
+            if (EVENT_CAPACITY..=KEPT_CAPACITY).contains(&buffer.capacity()) {
+                buffers.push(buffer);
+            }
+        }
         let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let room = KEPT_BUFFERS.saturating_sub(kept.len());
         kept.extend(buffers.into_iter().take(room));
@@ -1133,17 +1133,17 @@ mod tests {
         let at = text.as_ptr();
         let shared = Bytes::from(text);
         let other = shared.clone();
-        buffers.give([shared]);
+        buffers.give([shared].into_iter());
         assert!(buffers.0.lock().unwrap().is_empty(), "a destination still holds it");
-        buffers.give([other]);
+        buffers.give([other].into_iter());
         let again = buffers.take(EVENT_CAPACITY);
         assert_eq!((again.as_ptr(), again.len()), (at, 0), "the same buffer, empty");
-        buffers.give([Bytes::from(vec![0u8; KEPT_CAPACITY + 1]), Bytes::from(vec![0u8; 16])]);
+        buffers.give([Bytes::from(vec![0u8; KEPT_CAPACITY + 1]), Bytes::from(vec![0u8; 16])].into_iter());
         assert!(buffers.0.lock().unwrap().is_empty(), "too large or too small: freed");
         for _ in 0..KEPT_BUFFERS + 10 {
             let mut v = Vec::with_capacity(EVENT_CAPACITY);
             v.push(b'x');
-            buffers.give([Bytes::from(v)]);
+            buffers.give([Bytes::from(v)].into_iter());
         }
         assert_eq!(buffers.0.lock().unwrap().len(), KEPT_BUFFERS);
     }
