@@ -946,3 +946,84 @@ async fn audit_events_reach_jetstream_over_tls() {
     .await;
     let _ = server.kill().await;
 }
+
+/// `subscribe` for another account, with its own API key.
+async fn subscribe_as(edge: &TestEdge, key: &str, target: Value, sources: Value) {
+    let (s, _, dest) = edge
+        .api("POST", "/event_destinations", Some(key), Some(json!({"format": "json", "target": target})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{dest}");
+    let body = json!({"sources": sources, "destination_ids": [dest["id"]]});
+    let (s, _, sub) = edge.api("POST", "/event_subscriptions", Some(key), Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{sub}");
+}
+
+#[tokio::test]
+async fn each_accounts_traffic_events_reach_only_its_own_destinations() {
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let other = edge.tenant("other").await;
+    let every = json!([{"type": "http_request_complete.v0"}]);
+    subscribe(&edge, json!({"file": {"name": "mine.jsonl"}}), every.clone()).await;
+    let mut agent = Agent::start(edge.agent_with(EndpointConfig::http(&up.url(), None).unwrap()));
+    let mine = within("online", agent.wait_online()).await.unwrap();
+    let mut cfg = other.agent_config(&edge);
+    cfg.endpoints = vec![EndpointConfig::http(&up.url(), None).unwrap()];
+    let mut other_agent = Agent::start(cfg);
+    let theirs = within("online", other_agent.wait_online()).await.unwrap();
+    let get = |url: &str, path: String| {
+        let host = url_host(url);
+        let edge = &edge;
+        async move {
+            let (status, _, _) = https_get(edge, &host, &path).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    };
+    // The other account's requests before it subscribes: this node has cached that it takes
+    // nothing; its subscription must reach the request path at once, and only its own.
+    for i in 0..3 {
+        get(&theirs[0], format!("/status/200?before={i}")).await;
+    }
+    subscribe_as(&edge, &other.admin.api_key, json!({"file": {"name": "theirs.jsonl"}}), every).await;
+    for i in 0..5 {
+        get(&mine[0], format!("/status/200?mine={i}")).await;
+        get(&theirs[0], format!("/status/200?theirs={i}")).await;
+    }
+    let dir = edge.data_dir().join("events");
+    let read = |name: &str| -> Vec<Value> {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (my_events, their_events) = within("both files", async {
+        loop {
+            let (a, b) = (read("mine.jsonl"), read("theirs.jsonl"));
+            if a.len() >= 5 && b.len() >= 5 {
+                return (a, b);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let query = |ev: &Value| ev["object"]["http"]["request"]["url"]["query"].as_str().unwrap().to_owned();
+    let expected = |who: &str| (0..5).map(|i| format!("{who}={i}")).collect::<Vec<_>>();
+    assert_eq!(my_events.iter().map(query).collect::<Vec<_>>(), expected("mine"));
+    assert_eq!(
+        their_events.iter().map(query).collect::<Vec<_>>(),
+        expected("theirs"),
+        "none from before it subscribed"
+    );
+    for (events, url, account) in
+        [(&my_events, &mine[0], None), (&their_events, &theirs[0], Some(&other.account_id))]
+    {
+        for ev in events {
+            assert_eq!(ev["object"]["endpoint"]["url"], url.as_str(), "{ev}");
+            if let Some(account) = account {
+                assert_eq!(ev["account_id"], account.as_str());
+            } else {
+                assert_ne!(ev["account_id"], other.account_id.as_str());
+            }
+        }
+    }
+    agent.stop().await.unwrap();
+    other_agent.stop().await.unwrap();
+}
