@@ -360,7 +360,8 @@ pub struct Limits {
     /// been idle about this long (between this and one and a half times it): an idle
     /// keep-alive connection then holds no stream, no buffers and no upstream connection at the
     /// agent (15 KiB of the edge's memory per idle https connection, 5 KiB of the agent's, in
-    /// docs/BENCHMARKS.md). Its next request opens a new stream.
+    /// docs/BENCHMARKS.md). Its next request opens a new stream. The same holds for the relay
+    /// streams a node keeps to the node holding an endpoint.
     pub proxy_stream_idle: Duration,
 }
 

@@ -45,12 +45,14 @@ const MAX_FORWARDS: u8 = 4;
 #[derive(Clone, Copy)]
 struct ForwardDepth(u8);
 
-/// Proxy streams kept per visitor connection for reuse.
+/// Streams kept per visitor connection for reuse (of each kind).
 const POOL_PER_CONNECTION: usize = 32;
 
-/// A proxy stream a visitor connection keeps for its next request.
-struct Pooled {
-    ep: Arc<Endpoint>,
+/// A stream a visitor connection keeps for its next request: a proxy stream to an agent's
+/// endpoint (`T` is the `Arc<Endpoint>`) or a relay stream to the node holding the endpoint
+/// (the `Arc<RemoteRoute>`). Either is let go when idle (see [`drive_pooled`]).
+struct Pooled<T> {
+    to: T,
     sender: SendRequest<Incoming>,
     /// Consecutive checks by its connection's task that found it idle (see [`idle_release`]).
     idle_checks: u8,
@@ -58,8 +60,8 @@ struct Pooled {
     token: Arc<()>,
 }
 
-/// The proxy streams a visitor connection keeps.
-type Pool = Arc<Mutex<Vec<Pooled>>>;
+/// The streams of one kind a visitor connection keeps.
+type Pool<T> = Arc<Mutex<Vec<Pooled<T>>>>;
 
 // Named once: a `&str` name is parsed and validated again on every use.
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -335,14 +337,14 @@ struct Visitor {
     tls: Option<HttpsConn>,
     /// Another node relayed this connection: its requests are served here or not at all.
     relayed: bool,
-    pool: Pool,
+    pool: Pool<Arc<Endpoint>>,
     /// How long a pooled proxy stream may stay idle (`limits.proxy_stream_idle`).
     proxy_idle: std::time::Duration,
     /// HTTP/2 connections to endpoints whose upstream speaks it, one per endpoint, shared by
     /// the connection's concurrent requests.
     h2_pool: Mutex<Vec<(Arc<Endpoint>, H2Sender<Incoming>)>>,
     /// Relay streams to other nodes (plain http to endpoints they hold), by route.
-    relay_pool: Mutex<Vec<(Arc<RemoteRoute>, SendRequest<Incoming>)>>,
+    relay_pool: Pool<Arc<RemoteRoute>>,
     /// Whether a request has arrived on the connection (see [`FIRST_REQUEST_GRACE`]).
     asked: std::sync::atomic::AtomicBool,
     /// What traffic events say of the connection, written for its first request.
@@ -377,7 +379,7 @@ async fn serve<IO>(
         pool: Pool::default(),
         proxy_idle: shared.config.limits.proxy_stream_idle,
         h2_pool: Mutex::new(Vec::new()),
-        relay_pool: Mutex::new(Vec::new()),
+        relay_pool: Pool::default(),
         asked: std::sync::atomic::AtomicBool::new(false),
         event_conn: std::sync::OnceLock::new(),
     });
@@ -940,7 +942,7 @@ async fn relay_request(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let Onward { parts, body, visitor_upgrade, .. } = onward(req);
-    let (route, mut sender) = match take_relay_sender(cluster, visitor, key, route, host).await {
+    let (route, mut sender, token) = match take_relay_sender(cluster, visitor, key, route, host).await {
         Ok(s) => s,
         Err(e) => {
             shared.metrics.relay_failures.inc();
@@ -956,7 +958,7 @@ async fn relay_request(
     {
         let mut pool = visitor.relay_pool.lock().expect("pool poisoned");
         if pool.len() < POOL_PER_CONNECTION && !sender.is_closed() {
-            pool.push((route.clone(), sender));
+            pool.push(Pooled { to: route.clone(), sender, idle_checks: 0, token });
         }
     }
     let mut resp = match resp {
@@ -1037,16 +1039,17 @@ async fn take_relay_sender(
     key: &EndpointKey,
     route: Arc<RemoteRoute>,
     host: &str,
-) -> Result<(Arc<RemoteRoute>, SendRequest<Incoming>), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(Arc<RemoteRoute>, SendRequest<Incoming>, Arc<()>), Box<dyn std::error::Error + Send + Sync>> {
     {
         let mut pool = visitor.relay_pool.lock().expect("pool poisoned");
-        pool.retain(|(_, s)| !s.is_closed());
+        pool.retain(|p| !p.sender.is_closed());
         // The same endpoint id (the fencing token): one bound again opens a new stream,
         // checked by its holder.
-        if let Some(i) = pool.iter().position(|(r, s)| {
-            r.endpoint_id == route.endpoint_id && r.node_id == route.node_id && s.is_ready()
+        if let Some(i) = pool.iter().position(|p| {
+            p.to.endpoint_id == route.endpoint_id && p.to.node_id == route.node_id && p.sender.is_ready()
         }) {
-            return Ok(pool.swap_remove(i));
+            let p = pool.swap_remove(i);
+            return Ok((p.to, p.sender, p.token));
         }
     }
     let header = |r: &RemoteRoute| crate::cluster::RelayOpen::Http {
@@ -1057,12 +1060,14 @@ async fn take_relay_sender(
     };
     let (stream, route) = cluster.open_any(key, route, header).await?;
     let (sender, conn) = hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "relay stream connection ended with an error");
-        }
-    });
-    Ok((route, sender))
+    let token = Arc::new(());
+    tokio::spawn(drive_pooled(
+        conn.with_upgrades(),
+        Arc::downgrade(&visitor.relay_pool),
+        token.clone(),
+        visitor.proxy_idle,
+    ));
+    Ok((route, sender, token))
 }
 
 /// 308 to the same path over https, on this edge's https port.
@@ -1104,7 +1109,7 @@ async fn send_streaming(
     {
         let mut pool = visitor.pool.lock().expect("pool poisoned");
         if pool.len() < POOL_PER_CONNECTION && !sender.is_closed() {
-            pool.push(Pooled { ep: ep.clone(), sender, idle_checks: 0, token });
+            pool.push(Pooled { to: ep.clone(), sender, idle_checks: 0, token });
         }
     }
     resp.map_err(|e| {
@@ -1243,7 +1248,7 @@ async fn take_sender(
     {
         let mut pool = visitor.pool.lock().expect("pool poisoned");
         pool.retain(|p| !p.sender.is_closed());
-        if let Some(i) = pool.iter().position(|p| Arc::ptr_eq(&p.ep, ep) && p.sender.is_ready()) {
+        if let Some(i) = pool.iter().position(|p| Arc::ptr_eq(&p.to, ep) && p.sender.is_ready()) {
             let p = pool.swap_remove(i);
             return Ok((p.sender, p.token));
         }
@@ -1251,61 +1256,78 @@ async fn take_sender(
     let stream = ep.open_proxy_stream(visitor.remote).await?;
     let (sender, conn) = hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(stream)).await?;
     let token = Arc::new(());
-    let (pool, mine, idle) = (Arc::downgrade(&visitor.pool), token.clone(), visitor.proxy_idle);
-    tokio::spawn(async move {
-        let mut conn = std::pin::pin!(conn.with_upgrades());
-        let mut check = std::pin::pin!(tokio::time::sleep(idle / 2));
-        loop {
-            // The connection is polled on every wake-up (several per request); the idle check's
-            // timer only registers this task once per period and is otherwise just read:
-            // polling it with the connection each time (`select!`) cost a few hundred
-            // instructions per proxied request. A spawned task's waker stays the same, so the
-            // one registration wakes it.
-            let mut registered = false;
-            let ended = std::future::poll_fn(|cx| {
-                if let std::task::Poll::Ready(r) = conn.as_mut().poll(cx) {
-                    return std::task::Poll::Ready(Some(r));
-                }
-                if check.is_elapsed() {
-                    return std::task::Poll::Ready(None);
-                }
-                if !registered {
-                    registered = true;
-                    // Outside tokio's budget: a spent budget (a large response just streamed
-                    // through `conn`) would return Pending without arming the timer or keeping
-                    // the waker, and an idle stream would never be checked again.
-                    let mut arm = tokio::task::unconstrained(check.as_mut());
-                    if std::pin::Pin::new(&mut arm).poll(cx).is_ready() {
-                        return std::task::Poll::Ready(None);
-                    }
-                }
-                std::task::Poll::Pending
-            })
-            .await;
-            match ended {
-                Some(ended) => {
-                    if let Err(e) = ended {
-                        tracing::debug!(error = %e, "proxy stream connection ended with an error");
-                    }
-                    return;
-                }
-                None => {
-                    if idle_release(&pool, &mine) {
-                        // Dropping the connection closes the proxy stream.
-                        return;
-                    }
-                    check.as_mut().reset(tokio::time::Instant::now() + idle / 2);
-                }
-            }
-        }
-    });
+    tokio::spawn(drive_pooled(
+        conn.with_upgrades(),
+        Arc::downgrade(&visitor.pool),
+        token.clone(),
+        visitor.proxy_idle,
+    ));
     Ok((sender, token))
 }
 
-/// One idle check of the proxy stream `mine` (every half `proxy_stream_idle`): true when it
+/// Drives the HTTP/1 client connection of a pooled stream until it ends, or until its idle
+/// checks (every half `idle`) let it go (see [`idle_release`]): dropping the connection closes
+/// the stream, and with it what it held at the other end (the agent's upstream connection, or
+/// the other node's relayed visitor connection).
+async fn drive_pooled<T, C>(
+    conn: C,
+    pool: std::sync::Weak<Mutex<Vec<Pooled<T>>>>,
+    mine: Arc<()>,
+    idle: std::time::Duration,
+) where
+    C: Future<Output = hyper::Result<()>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut check = std::pin::pin!(tokio::time::sleep(idle / 2));
+    loop {
+        // The connection is polled on every wake-up (several per request); the idle check's
+        // timer only registers this task once per period and is otherwise just read:
+        // polling it with the connection each time (`select!`) cost a few hundred
+        // instructions per proxied request. A spawned task's waker stays the same, so the
+        // one registration wakes it.
+        let mut registered = false;
+        let ended = std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return std::task::Poll::Ready(Some(r));
+            }
+            if check.is_elapsed() {
+                return std::task::Poll::Ready(None);
+            }
+            if !registered {
+                registered = true;
+                // Outside tokio's budget: a spent budget (a large response just streamed
+                // through `conn`) would return Pending without arming the timer or keeping
+                // the waker, and an idle stream would never be checked again.
+                let mut arm = tokio::task::unconstrained(check.as_mut());
+                if std::pin::Pin::new(&mut arm).poll(cx).is_ready() {
+                    return std::task::Poll::Ready(None);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await;
+        match ended {
+            Some(ended) => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "pooled stream connection ended with an error");
+                }
+                return;
+            }
+            None => {
+                if idle_release(&pool, &mine) {
+                    // Dropping the connection closes the stream.
+                    return;
+                }
+                check.as_mut().reset(tokio::time::Instant::now() + idle / 2);
+            }
+        }
+    }
+}
+
+/// One idle check of the pooled stream `mine` (every half `proxy_stream_idle`): true when it
 /// has been found idle in its pool three times running (idle for at least the limit), and
 /// is now out of the pool; also true when its visitor connection is gone.
-fn idle_release(pool: &std::sync::Weak<Mutex<Vec<Pooled>>>, mine: &Arc<()>) -> bool {
+fn idle_release<T>(pool: &std::sync::Weak<Mutex<Vec<Pooled<T>>>>, mine: &Arc<()>) -> bool {
     let Some(pool) = pool.upgrade() else { return true };
     let mut pool = pool.lock().expect("pool poisoned");
     let Some(i) = pool.iter().position(|p| Arc::ptr_eq(&p.token, mine)) else {

@@ -817,3 +817,73 @@ async fn a_shutdown_delay_fails_health_checks_while_the_node_still_serves() {
     assert!(TcpStream::connect(edge.https_addr()).await.is_err(), "no longer accepting");
     agent.stop().await.unwrap();
 }
+
+/// The whole count of visitor connections `edge` holds, from its metrics.
+async fn visitor_connections(edge: &TestEdge) -> f64 {
+    let (status, _, body) = plain_get(edge.api_addr(), "api.warren.localhost", "/metrics").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix("warren_visitor_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("warren_visitor_connections in the metrics")
+}
+
+#[tokio::test]
+async fn an_idle_visitor_connection_lets_go_of_its_relay_stream() {
+    let Some(db) = TestPostgres::create().await else { return };
+    let idle = std::time::Duration::from_millis(300);
+    let a = TestEdge::start_with(|c| {
+        c.database_url = Some(warren_edge::config::DatabaseUrl(db.url.clone()));
+        c.cluster_addr = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        c.tcp_ports = free_port_range(8);
+        c.limits.proxy_stream_idle = idle;
+    })
+    .await;
+    let b = TestEdge::start_joining_with(&a, |c| {
+        c.tcp_bind_ip = Ipv4Addr::new(127, 0, 0, 2).into();
+        c.limits.proxy_stream_idle = idle;
+    })
+    .await;
+    let up = HttpUpstream::start().await;
+    let mut agent = Agent::start(
+        a.agent_with(EndpointConfig::http(&up.url(), Some("http://relayed-idle.warren.localhost")).unwrap()),
+    );
+    within("online", agent.wait_online()).await.unwrap();
+    eventually("node b routes the name to node a", || async {
+        let (s, _, _) = plain_get(b.http_addr(), "relayed-idle.warren.localhost", "/status/200").await;
+        (s == StatusCode::OK).then_some(())
+    })
+    .await;
+    // Those requests' connections are closed: node a holds no relayed connection now.
+    eventually("node a's earlier relayed connections close", || async {
+        (visitor_connections(&a).await == 0.0).then_some(())
+    })
+    .await;
+    // A visitor of node b, which relays to node a; it keeps its connection and goes quiet.
+    let mut visitor = TcpStream::connect(b.http_addr()).await.unwrap();
+    let get = b"GET /status/200 HTTP/1.1\r\nHost: relayed-idle.warren.localhost\r\n\r\n";
+    let response = async |visitor: &mut TcpStream| {
+        visitor.write_all(get).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+            let n = visitor.read(&mut buf).await.unwrap();
+            assert!(n > 0, "node b closed the visitor's connection");
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let first = within("the relayed response", response(&mut visitor)).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // Node a holds the relayed connection, then lets it go once node b lets go of its idle
+    // relay stream; node b keeps the visitor's own connection.
+    eventually("node a lets go of the relayed connection", || async {
+        (visitor_connections(&a).await == 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(visitor_connections(&b).await, 1.0, "the visitor's connection stays open");
+    // The same visitor connection still works, over a new relay stream.
+    let second = within("the second relayed response", response(&mut visitor)).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    agent.stop().await.unwrap();
+}
