@@ -1064,15 +1064,24 @@ async fn take_relay_sender(
         local: visitor.local,
     };
     let (stream, route) = cluster.open_any(key, route, header).await?;
+    let (sender, token) = pooled_client(stream, &visitor.relay_pool, visitor.proxy_idle).await?;
+    Ok((route, sender, token))
+}
+
+/// An HTTP/1 client over a new stream for `pool`, its connection driven by a task of its own
+/// that lets it go when idle (see [`drive_pooled`]); the token names it in the pool.
+async fn pooled_client<T: Send + 'static, S>(
+    stream: S,
+    pool: &Pool<T>,
+    idle: std::time::Duration,
+) -> hyper::Result<(SendRequest<Incoming>, Arc<()>)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(stream)).await?;
     let token = Arc::new(());
-    tokio::spawn(drive_pooled(
-        conn.with_upgrades(),
-        Arc::downgrade(&visitor.relay_pool),
-        token.clone(),
-        visitor.proxy_idle,
-    ));
-    Ok((route, sender, token))
+    tokio::spawn(drive_pooled(conn.with_upgrades(), Arc::downgrade(pool), token.clone(), idle));
+    Ok((sender, token))
 }
 
 /// 308 to the same path over https, on this edge's https port.
@@ -1260,15 +1269,7 @@ async fn take_sender(
         }
     }
     let stream = ep.open_proxy_stream(visitor.remote).await?;
-    let (sender, conn) = hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(stream)).await?;
-    let token = Arc::new(());
-    tokio::spawn(drive_pooled(
-        conn.with_upgrades(),
-        Arc::downgrade(&visitor.pool),
-        token.clone(),
-        visitor.proxy_idle,
-    ));
-    Ok((sender, token))
+    Ok(pooled_client(stream, &visitor.pool, visitor.proxy_idle).await?)
 }
 
 /// Drives the HTTP/1 client connection of a pooled stream until it ends, or until its idle
