@@ -143,7 +143,9 @@ impl Events {
             traffic_out::routes(edge.as_ref(), found, &mut senders, self.queue).into()
         };
         let mut map = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        if self.routes_epoch.load(Ordering::Acquire) == epoch {
+        // Not cached when a change came in between, nor before the event tasks run (no sender
+        // could start: the routes would leave destinations out for a whole TTL).
+        if self.routes_epoch.load(Ordering::Acquire) == epoch && edge.is_some() {
             if map.len() > 100_000 {
                 map.clear();
             }
