@@ -63,7 +63,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deadline<S> {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     self.active = true;
-                    self.started = true;
+                    if !self.started {
+                        // From now on the idle deadline counts (one clock read per
+                        // connection): left at the first-byte deadline, a connection that
+                        // stalled early was first checked only when that passed.
+                        self.started = true;
+                        let idle = Instant::now() + self.idle;
+                        self.timer.as_mut().reset(idle);
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
@@ -166,5 +173,17 @@ mod tests {
         assert_eq!(d.read(&mut [0u8; 8]).await.unwrap(), 3);
         let e = d.write_all(&[0u8; 1024]).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_deadline_shorter_than_the_first_byte_one_counts_from_the_first_byte() {
+        let (mut peer, ours) = tokio::io::duplex(16);
+        let mut d = Deadline::new(ours, Duration::from_secs(10), Duration::from_secs(1));
+        peer.write_all(b"GET").await.unwrap();
+        assert_eq!(d.read(&mut [0u8; 8]).await.unwrap(), 3);
+        let start = Instant::now();
+        let e = d.write_all(&[0u8; 1024]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(start.elapsed() <= Duration::from_secs(2), "{:?}", start.elapsed());
     }
 }

@@ -347,3 +347,62 @@ async fn two_host_headers_are_refused_and_an_absolute_target_wins_over_host() {
     assert_eq!(echo["headers"]["host"], authority, "{answer}");
     assert_eq!(echo["headers"]["x-forwarded-host"], authority, "{answer}");
 }
+
+/// The whole count of visitor connections `edge` holds, from its metrics.
+async fn visitor_connections(edge: &TestEdge) -> f64 {
+    let (status, _, body) = plain_get(edge.api_addr(), "api.warren.localhost", "/metrics").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix("warren_visitor_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("warren_visitor_connections in the metrics")
+}
+
+#[tokio::test]
+async fn a_visitor_that_never_reads_is_closed_at_the_idle_deadline() {
+    let idle = std::time::Duration::from_millis(500);
+    let edge = TestEdge::start_with(|c| c.limits.idle_timeout = idle).await;
+    let up = HttpUpstream::start().await;
+    let (_agent, url) =
+        online(&edge, EndpointConfig::http(&up.url(), Some("https://never-reads.warren.localhost")).unwrap())
+            .await;
+    let host = url_host(&url);
+    // It asks for 1 GiB, takes the headers and never reads a byte of the body: the edge's
+    // writes stall, its proxy stream is busy (never idle, so never released as idle), and
+    // only the idle deadline ends it.
+    let tls = tls_connect(edge.https_addr(), &host, &edge.ca_pem, &[b"http/1.1"]).await;
+    let mut stuck = http1(tls).await;
+    let req = Request::get("/slow-download/1073741824").header("host", &host).body(empty()).unwrap();
+    let stuck_res = within("stuck headers", stuck.send_request(req)).await.unwrap();
+    assert_eq!(stuck_res.status(), StatusCode::OK);
+    assert_eq!(visitor_connections(&edge).await, 1.0);
+    let stalled = std::time::Instant::now();
+    within("the edge closes the stalled connection", async {
+        while visitor_connections(&edge).await != 0.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    // Within two idle periods and the time the socket buffers take to fill, not at the
+    // first-byte deadline (10 s).
+    let took = stalled.elapsed();
+    assert!(took < std::time::Duration::from_secs(5), "closed after {took:?}");
+    // The visitor sees its body end short of the 1 GiB it was promised, not a hang.
+    let read = within("the body ends", async {
+        let mut body = stuck_res.into_body();
+        let mut n = 0u64;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+                Err(_) => break,
+            }
+        }
+        n
+    })
+    .await;
+    assert!(read < 1 << 30, "{read} bytes");
+    // And the endpoint serves the next visitor as before.
+    let (status, _, body) = within("the next visitor", https_get(&edge, &host, "/")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "hello from upstream");
+}
