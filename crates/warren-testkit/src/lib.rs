@@ -205,6 +205,17 @@ impl TestEdge {
         self.config.api_addr.expect("API enabled")
     }
 
+    /// The visitor connections the edge holds, from its metrics
+    /// (`warren_visitor_connections`, every listener, relayed ones included).
+    pub async fn visitor_connections(&self) -> f64 {
+        let (status, _, body) = plain_get(self.api_addr(), "api.warren.localhost", "/metrics").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix("warren_visitor_connections "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("warren_visitor_connections in the metrics")
+    }
+
     /// Calls the REST API as an ngrok API client would (`Ngrok-Version: 2`, Bearer key, JSON)
     /// and returns the status, headers and JSON body (Null when empty).
     pub async fn api(

@@ -124,6 +124,20 @@ impl Browser {
         self.cmd(Method::POST, &format!("element/{}/click", e.0), json!({})).await;
     }
 
+    /// Clicks `e` (a form's button) and waits until the page it was on has been replaced:
+    /// until then, what the old page shows (a notice the previous answer left) would be read
+    /// as the new answer's, and its fields would go stale under the next typing.
+    pub async fn click_and_wait_for_page(&self, e: &Element) {
+        self.click(e).await;
+        crate::within("the next page", async {
+            let path = format!("/session/{}/element/{}/enabled", self.session, e.0);
+            while self.call(Method::GET, &path, None).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+
     /// The visible text of `e`.
     pub async fn text(&self, e: &Element) -> String {
         let v = self.cmd(Method::GET, &format!("element/{}/text", e.0), Value::Null).await;

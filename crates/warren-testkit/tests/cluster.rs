@@ -818,16 +818,6 @@ async fn a_shutdown_delay_fails_health_checks_while_the_node_still_serves() {
     agent.stop().await.unwrap();
 }
 
-/// The whole count of visitor connections `edge` holds, from its metrics.
-async fn visitor_connections(edge: &TestEdge) -> f64 {
-    let (status, _, body) = plain_get(edge.api_addr(), "api.warren.localhost", "/metrics").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body.lines()
-        .find_map(|l| l.strip_prefix("warren_visitor_connections "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("warren_visitor_connections in the metrics")
-}
-
 #[tokio::test]
 async fn an_idle_visitor_connection_lets_go_of_its_relay_stream() {
     let Some(db) = TestPostgres::create().await else { return };
@@ -856,7 +846,7 @@ async fn an_idle_visitor_connection_lets_go_of_its_relay_stream() {
     .await;
     // Those requests' connections are closed: node a holds no relayed connection now.
     eventually("node a's earlier relayed connections close", || async {
-        (visitor_connections(&a).await == 0.0).then_some(())
+        (a.visitor_connections().await == 0.0).then_some(())
     })
     .await;
     // A visitor of node b, which relays to node a; it keeps its connection and goes quiet.
@@ -878,10 +868,10 @@ async fn an_idle_visitor_connection_lets_go_of_its_relay_stream() {
     // Node a holds the relayed connection, then lets it go once node b lets go of its idle
     // relay stream; node b keeps the visitor's own connection.
     eventually("node a lets go of the relayed connection", || async {
-        (visitor_connections(&a).await == 0.0).then_some(())
+        (a.visitor_connections().await == 0.0).then_some(())
     })
     .await;
-    assert_eq!(visitor_connections(&b).await, 1.0, "the visitor's connection stays open");
+    assert_eq!(b.visitor_connections().await, 1.0, "the visitor's connection stays open");
     // The same visitor connection still works, over a new relay stream.
     let second = within("the second relayed response", response(&mut visitor)).await;
     assert!(second.starts_with("HTTP/1.1 200"), "{second}");

@@ -733,7 +733,7 @@ async fn in_chromium_single_sign_on_works_and_lockout_and_ip_restrictions_refuse
         browser.wait_for_text("h1", "Sign in").await;
         browser.type_into(&browser.find("#email").await.unwrap(), &tenant.read_only.email).await;
         browser.type_into(&browser.find("#password").await.unwrap(), "not the password").await;
-        browser.click(&browser.find("#submit").await.unwrap()).await;
+        browser.click_and_wait_for_page(&browser.find("#submit").await.unwrap()).await;
         browser.wait_for_text("#notice", "Wrong e-mail or password.").await;
     }
     browser.type_into(&browser.find("#email").await.unwrap(), &tenant.read_only.email).await;

@@ -241,6 +241,17 @@ async fn big_transfers(inspected: bool) {
     assert_eq!(digest, pattern_digest(HUNDRED_MB));
 }
 
+/// A visitor of `host` over https that asks for 1 GiB and takes only the response's head
+/// (its connection stays open while the response is held).
+async fn stuck_download(edge: &TestEdge, host: &str) -> hyper::Response<hyper::body::Incoming> {
+    let tls = tls_connect(edge.https_addr(), host, &edge.ca_pem, &[b"http/1.1"]).await;
+    let mut stuck = http1(tls).await;
+    let req = Request::get("/slow-download/1073741824").header("host", host).body(empty()).unwrap();
+    let res = within("stuck headers", stuck.send_request(req)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res
+}
+
 #[tokio::test]
 async fn a_visitor_that_stops_reading_does_not_hold_up_others() {
     let edge = TestEdge::start().await;
@@ -250,11 +261,7 @@ async fn a_visitor_that_stops_reading_does_not_hold_up_others() {
     let host = url_host(&url);
 
     // The stuck visitor asks for 1 GiB and reads only the headers.
-    let tls = tls_connect(edge.https_addr(), &host, &edge.ca_pem, &[b"http/1.1"]).await;
-    let mut stuck = http1(tls).await;
-    let req = Request::get("/slow-download/1073741824").header("host", &host).body(empty()).unwrap();
-    let stuck_res = within("stuck headers", stuck.send_request(req)).await.unwrap();
-    assert_eq!(stuck_res.status(), StatusCode::OK);
+    let stuck_res = stuck_download(&edge, &host).await;
 
     // Everyone else on the same session is served while it sits there.
     for _ in 0..5 {
@@ -348,16 +355,6 @@ async fn two_host_headers_are_refused_and_an_absolute_target_wins_over_host() {
     assert_eq!(echo["headers"]["x-forwarded-host"], authority, "{answer}");
 }
 
-/// The whole count of visitor connections `edge` holds, from its metrics.
-async fn visitor_connections(edge: &TestEdge) -> f64 {
-    let (status, _, body) = plain_get(edge.api_addr(), "api.warren.localhost", "/metrics").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body.lines()
-        .find_map(|l| l.strip_prefix("warren_visitor_connections "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("warren_visitor_connections in the metrics")
-}
-
 #[tokio::test]
 async fn a_visitor_that_never_reads_is_closed_at_the_idle_deadline() {
     let idle = std::time::Duration::from_millis(500);
@@ -370,15 +367,11 @@ async fn a_visitor_that_never_reads_is_closed_at_the_idle_deadline() {
     // It asks for 1 GiB, takes the headers and never reads a byte of the body: the edge's
     // writes stall, its proxy stream is busy (never idle, so never released as idle), and
     // only the idle deadline ends it.
-    let tls = tls_connect(edge.https_addr(), &host, &edge.ca_pem, &[b"http/1.1"]).await;
-    let mut stuck = http1(tls).await;
-    let req = Request::get("/slow-download/1073741824").header("host", &host).body(empty()).unwrap();
-    let stuck_res = within("stuck headers", stuck.send_request(req)).await.unwrap();
-    assert_eq!(stuck_res.status(), StatusCode::OK);
-    assert_eq!(visitor_connections(&edge).await, 1.0);
+    let stuck_res = stuck_download(&edge, &host).await;
+    assert_eq!(edge.visitor_connections().await, 1.0);
     let stalled = std::time::Instant::now();
     within("the edge closes the stalled connection", async {
-        while visitor_connections(&edge).await != 0.0 {
+        while edge.visitor_connections().await != 0.0 {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     })
