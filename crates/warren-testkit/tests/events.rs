@@ -1027,3 +1027,54 @@ async fn each_accounts_traffic_events_reach_only_its_own_destinations() {
     agent.stop().await.unwrap();
     other_agent.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn each_request_of_a_kept_alive_connection_names_its_own_client() {
+    // The test's connections come from 127.0.0.1, trusted here: X-Forwarded-For names the
+    // client. An event writes a connection's addresses once and reuses them, which must not
+    // give one request the client another request named.
+    let edge =
+        TestEdge::start_with(|c| c.trusted_proxies = vec![warren_edge::Cidr::parse("127.0.0.1/32").unwrap()])
+            .await;
+    let up = HttpUpstream::start().await;
+    subscribe(
+        &edge,
+        json!({"file": {"name": "clients.jsonl"}}),
+        json!([{"type": "http_request_complete.v0"}]),
+    )
+    .await;
+    let mut agent = Agent::start(
+        edge.agent_with(EndpointConfig::http(&up.url(), Some("http://clients.warren.localhost")).unwrap()),
+    );
+    within("online", agent.wait_online()).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(edge.http_addr()).await.unwrap();
+    let mut send = http1(tcp).await;
+    for (i, xff) in [None, Some("10.0.0.5"), None, Some("192.0.2.9")].into_iter().enumerate() {
+        let mut req = hyper::Request::get(format!("/?n={i}")).header("host", "clients.warren.localhost");
+        if let Some(xff) = xff {
+            req = req.header("x-forwarded-for", xff);
+        }
+        let res = within("response", send.send_request(req.body(empty()).unwrap())).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.into_body().collect().await.unwrap();
+    }
+    let path = edge.data_dir().join("events").join("clients.jsonl");
+    let events: Vec<Value> = within("four events", async {
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let events: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            if events.len() >= 4 {
+                return events;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let clients: Vec<&str> =
+        events.iter().map(|e| e["object"]["conn"]["client_ip"].as_str().unwrap()).collect();
+    assert_eq!(clients, ["127.0.0.1", "10.0.0.5", "127.0.0.1", "192.0.2.9"]);
+    let ports: Vec<u64> =
+        events.iter().map(|e| e["object"]["conn"]["client_port"].as_u64().unwrap()).collect();
+    assert!(ports.iter().all(|p| *p == ports[0]), "one connection: {ports:?}");
+    agent.stop().await.unwrap();
+}
