@@ -228,6 +228,56 @@ async fn a_peer_that_never_reads_loses_the_transport_after_the_close_grace() {
     peer.read_to_end(&mut rest).await.expect("what was written, then the end");
 }
 
+/// A write on a quiet session reaches the transport from the writing task itself: in a
+/// current-thread runtime the frame is there before any other task (the writer task
+/// included) has had a turn. Before, every frame waited for the writer task to be woken.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lone_write_reaches_the_transport_from_the_writing_task() {
+    use std::task::{Context, Waker};
+    use tokio::io::{AsyncRead, AsyncWrite};
+    let (ours, mut peer) = tokio::io::duplex(64 * 1024);
+    let mux = warren_mux::start(ours, Role::Client, Config::default());
+    let mut s = mux.open().unwrap();
+    // One poll, no await: the runtime never switches tasks in between.
+    let mut cx = Context::from_waker(Waker::noop());
+    let written = std::pin::Pin::new(&mut s).poll_write(&mut cx, b"hello");
+    assert!(matches!(written, std::task::Poll::Ready(Ok(5))), "{written:?}");
+    let mut buf = [0u8; 64];
+    let mut read = tokio::io::ReadBuf::new(&mut buf);
+    let got = std::pin::Pin::new(&mut peer).poll_read(&mut cx, &mut read);
+    assert!(got.is_ready(), "the frame is not on the transport yet");
+    // A DATA frame with SYN for stream 1: 5 bytes of payload.
+    let frame = read.filled();
+    assert_eq!(frame.len(), 8 + 5, "{frame:?}");
+    assert_eq!(&frame[..3], &[0, 0, 5], "length");
+    assert_eq!(&frame[4..8], &1u32.to_be_bytes(), "stream id");
+    assert_eq!(&frame[8..], b"hello");
+}
+
+/// A write from a stream's own task that the transport cannot take (the peer does not read)
+/// is handed to the writer task: the stream's writes go on into the session's buffer, and the
+/// rest arrives in order once the peer reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_write_the_transport_cannot_take_is_finished_by_the_writer_task() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let (ours, theirs) = tokio::io::duplex(64);
+        let client = warren_mux::start(ours, Role::Client, Config::default());
+        let mut s = client.open().unwrap();
+        let data = pattern(7, 64 * 1024);
+        // Accepted by the session although the transport holds 64 bytes: nothing reads yet.
+        s.write_all(&data).await.unwrap();
+        s.shutdown().await.unwrap();
+        // Now the peer starts reading: every byte arrives, in order.
+        let server = warren_mux::start(theirs, Role::Server, Config::default());
+        let mut r = server.accept().await.unwrap();
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        assert!(got == data, "the stream's bytes arrived whole and in order");
+    })
+    .await
+    .expect("timed out");
+}
+
 /// `rpc::call` against `rpc::read_message` + `rpc::reply`: the request arrives whole without a
 /// half-close (as ngrok clients send it), the reply comes back typed.
 #[tokio::test]
