@@ -302,7 +302,9 @@ impl AsyncWrite for Stream {
         // writer task.
         let direct = wakers.transmit && {
             let now = std::time::Instant::now();
-            let alone = now.duration_since(st.last_send) >= DIRECT_GAP;
+            // Data waiting in the session for other streams' tasks: they are about to run
+            // and, likely, to answer; their frames can share this write.
+            let alone = now.duration_since(st.last_send) >= DIRECT_GAP && st.session.buffered_total() == 0;
             st.last_send = now;
             alone
         };
