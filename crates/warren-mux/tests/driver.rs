@@ -255,17 +255,24 @@ async fn a_lone_write_reaches_the_transport_from_the_writing_task() {
 }
 
 /// A write from a stream's own task that the transport cannot take (the peer does not read)
-/// is handed to the writer task: the stream's writes go on into the session's buffer, and the
-/// rest arrives in order once the peer reads.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lone_write_the_transport_cannot_take_is_finished_by_the_writer_task() {
+/// is handed to the writer task, which then waits on the transport; a later write that comes
+/// alone must leave it there (written from its own task, it would put that task's waker in
+/// place of the writer's, and the writer would never wake again). Everything arrives, in
+/// order, once the peer reads.
+#[tokio::test(flavor = "current_thread")]
+async fn a_write_the_transport_cannot_take_is_finished_by_the_writer_task() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let (ours, theirs) = tokio::io::duplex(64);
         let client = warren_mux::start(ours, Role::Client, Config::default());
         let mut s = client.open().unwrap();
-        let data = pattern(7, 64 * 1024);
-        // Accepted by the session although the transport holds 64 bytes: nothing reads yet.
-        s.write_all(&data).await.unwrap();
+        let data = pattern(7, 8 * 1024);
+        let (first, second) = data.split_at(1024);
+        // Alone: written from this task, and the 64-byte pipe takes only part of it.
+        s.write_all(first).await.unwrap();
+        // The writer task (woken by the hand-off) takes over and waits on the pipe; a gap
+        // longer than the mux's 50 µs makes the next write come alone too.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        s.write_all(second).await.unwrap();
         s.shutdown().await.unwrap();
         // Now the peer starts reading: every byte arrives, in order.
         let server = warren_mux::start(theirs, Role::Server, Config::default());
@@ -275,7 +282,7 @@ async fn a_lone_write_the_transport_cannot_take_is_finished_by_the_writer_task()
         assert!(got == data, "the stream's bytes arrived whole and in order");
     })
     .await
-    .expect("timed out");
+    .expect("timed out: the writer task was never woken");
 }
 
 /// `rpc::call` against `rpc::read_message` + `rpc::reply`: the request arrives whole without a
