@@ -250,6 +250,7 @@ async fn a_lone_write_reaches_the_transport_from_the_writing_task() {
     let frame = read.filled();
     assert_eq!(frame.len(), 8 + 5, "{frame:?}");
     assert_eq!(&frame[..3], &[0, 0, 5], "length");
+    assert_eq!(frame[3], 1 << 4 | 0x2, "type DATA, flag SYN");
     assert_eq!(&frame[4..8], &1u32.to_be_bytes(), "stream id");
     assert_eq!(&frame[8..], b"hello");
 }
