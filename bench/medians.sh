@@ -25,7 +25,10 @@ need_warren
 out=$ROOT/bench/results/medians-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
 cpu=$(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)
-echo "CPU: $cpu ($(nproc) vCPUs); commit $(git -C "$ROOT" rev-parse --short HEAD); raw output in $out"
+# The commit names the checkout; a binary chosen with WARREN_BIN may be another build's.
+built=$(git -C "$ROOT" rev-parse --short HEAD)
+[[ -n ${WARREN_BIN:-} ]] && built="$built (warren binary: $WARREN, not necessarily built from it)"
+echo "CPU: $cpu ($(nproc) vCPUs); commit $built; raw output in $out"
 for i in $(seq 1 "$RUNS"); do
   if [[ $ONLY != https ]]; then
     echo "run $i/$RUNS: compare.sh" >&2
