@@ -13,6 +13,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::client::conn::http2::SendRequest as H2Sender;
@@ -27,6 +28,7 @@ use crate::cluster::RemoteRoute;
 use crate::deadline::Deadline;
 use crate::endpoint_tls::{CERT_HEADER_PREFIX, ClientCert};
 use crate::ingress_tcp::COPY_BUF;
+use crate::proxy_h1::{BoxError, H1Body, Home, Kept};
 use crate::registry::{Endpoint, EndpointKey, Proto};
 
 /// Which ingress a visitor came in on.
@@ -36,7 +38,7 @@ pub(crate) enum Scheme {
     Https,
 }
 
-type Body = BoxBody<Bytes, hyper::Error>;
+type Body = BoxBody<Bytes, BoxError>;
 
 /// How many endpoints one request may pass through with `forward-internal`.
 const MAX_FORWARDS: u8 = 4;
@@ -338,6 +340,9 @@ struct Visitor {
     /// Another node relayed this connection: its requests are served here or not at all.
     relayed: bool,
     pool: Pool<Arc<Endpoint>>,
+    /// Proxy streams kept for requests without a body, which this task writes and reads
+    /// itself (see `proxy_h1`).
+    kept: Arc<Kept<Arc<Endpoint>>>,
     /// How long a pooled proxy stream may stay idle (`limits.proxy_stream_idle`).
     proxy_idle: std::time::Duration,
     /// HTTP/2 connections to endpoints whose upstream speaks it, one per endpoint, shared by
@@ -345,6 +350,8 @@ struct Visitor {
     h2_pool: Mutex<Vec<(Arc<Endpoint>, H2Sender<Incoming>)>>,
     /// Relay streams to other nodes (plain http to endpoints they hold), by route.
     relay_pool: Pool<Arc<RemoteRoute>>,
+    /// Relay streams kept for requests without a body (see `proxy_h1`).
+    relay_kept: Arc<Kept<Arc<RemoteRoute>>>,
     /// Whether a request has arrived on the connection (see [`FIRST_REQUEST_GRACE`]).
     asked: std::sync::atomic::AtomicBool,
     /// What traffic events say of the connection, written for its first request.
@@ -377,9 +384,11 @@ async fn serve<IO>(
         tls,
         relayed,
         pool: Pool::default(),
+        kept: Kept::new(shared.config.limits.proxy_stream_idle, POOL_PER_CONNECTION),
         proxy_idle: shared.config.limits.proxy_stream_idle,
         h2_pool: Mutex::new(Vec::new()),
         relay_pool: Pool::default(),
+        relay_kept: Kept::new(shared.config.limits.proxy_stream_idle, POOL_PER_CONNECTION),
         asked: std::sync::atomic::AtomicBool::new(false),
         event_conn: std::sync::OnceLock::new(),
     });
@@ -861,7 +870,9 @@ async fn proxy(
     let resp = match (buffered, body) {
         // Boxed, as rare (see the test `the_request_future_stays_small`).
         (Some(bytes), _) => {
-            Box::pin(send_buffered(visitor, ep, Request::from_parts(parts, Full::new(bytes)))).await
+            Box::pin(send_buffered(visitor, ep, Request::from_parts(parts, Full::new(bytes))))
+                .await
+                .map(|r| r.map(Upstream::Hyper))
         }
         (None, Some(body)) => send_streaming(visitor, ep, Request::from_parts(parts, body)).await,
         (None, None) => unreachable!("the body is either buffered or still streaming"),
@@ -947,6 +958,9 @@ async fn relay_request(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let Onward { parts, body, visitor_upgrade, .. } = onward(req);
+    if without_body(&parts, &body) {
+        return relay_kept(shared, cluster, visitor, key, route, host, parts).await;
+    }
     let (route, mut sender, token) = match take_relay_sender(cluster, visitor, key, route, host).await {
         Ok(s) => s,
         Err(e) => {
@@ -982,7 +996,68 @@ async fn relay_request(
     {
         splice_upgrades(visitor_upgrade, &mut resp);
     }
-    resp.map(|b| b.boxed())
+    resp.map(|b| b.map_err(Into::into).boxed())
+}
+
+/// [`relay_request`] for a request without a body: over a kept relay stream, by this task
+/// (see `proxy_h1`).
+async fn relay_kept(
+    shared: &Shared,
+    cluster: &crate::cluster::Cluster,
+    visitor: &Visitor,
+    key: &EndpointKey,
+    route: Arc<RemoteRoute>,
+    host: &str,
+    parts: http::request::Parts,
+) -> Response<Body> {
+    // The same endpoint id (the fencing token): one bound again opens a new stream, checked
+    // by its holder.
+    let kept = visitor
+        .relay_kept
+        .take(|to| to.endpoint_id == route.endpoint_id && to.node_id == route.node_id);
+    let (stream, route) = match kept {
+        Some((to, s)) => (s, to),
+        None => {
+            let header = |r: &RemoteRoute| crate::cluster::RelayOpen::Http {
+                endpoint_id: r.endpoint_id.clone(),
+                host: host.to_owned(),
+                client: visitor.remote,
+                local: visitor.local,
+            };
+            match cluster.open_any(key, route, header).await {
+                Ok(s) => s,
+                Err(e) => {
+                    shared.metrics.relay_failures.inc();
+                    tracing::debug!(%host, error = %e, "could not relay a request");
+                    return page(
+                        StatusCode::BAD_GATEWAY,
+                        &format!("The edge node serving {host} could not be reached; try again."),
+                        codes::SESSION_GONE,
+                    );
+                }
+            }
+        }
+    };
+    let node = route.node_id.clone();
+    match crate::proxy_h1::send(stream, &parts, Home { pool: visitor.relay_kept.clone(), to: route }).await {
+        Ok(resp) => resp.map(|b| b.boxed()),
+        Err(e) => {
+            tracing::debug!(%host, %node, error = %e, "relayed request failed");
+            page(
+                StatusCode::BAD_GATEWAY,
+                &format!("The edge node serving {host} ended the request without a response."),
+                codes::SESSION_GONE,
+            )
+        }
+    }
+}
+
+/// A request with no body to send, no upgrade and no tunnel: one `proxy_h1` carries.
+fn without_body(parts: &http::request::Parts, body: &Incoming) -> bool {
+    body.is_end_stream()
+        && parts.method != http::Method::CONNECT
+        && !parts.headers.contains_key(header::UPGRADE)
+        && !parts.headers.contains_key(header::TRANSFER_ENCODING)
 }
 
 /// A visitor's request made ready to send on (to an agent, or to the node holding the
@@ -1027,7 +1102,7 @@ fn onward(mut req: Request<Incoming>) -> Onward {
 }
 
 /// Once both sides have switched protocols, copies between them.
-fn splice_upgrades(visitor: hyper::upgrade::OnUpgrade, resp: &mut Response<Incoming>) {
+fn splice_upgrades<B>(visitor: hyper::upgrade::OnUpgrade, resp: &mut Response<B>) {
     let other = hyper::upgrade::on(resp);
     tokio::spawn(async move {
         let (Ok(v), Ok(u)) = tokio::join!(visitor, other) else { return };
@@ -1111,11 +1186,30 @@ async fn send_streaming(
     visitor: &Visitor,
     ep: &Arc<Endpoint>,
     req: Request<Incoming>,
-) -> Result<Response<Incoming>, Unreachable> {
+) -> Result<Response<Upstream>, Unreachable> {
     if ep.upstream_h2 {
         // Boxed, as rare (see the test `the_request_future_stays_small`).
-        return Box::pin(send_h2(visitor, ep, req)).await;
+        return Box::pin(send_h2(visitor, ep, req)).await.map(|r| r.map(Upstream::Hyper));
     }
+    let (parts, body) = req.into_parts();
+    if without_body(&parts, &body) {
+        let stream = match visitor.kept.take(|to| Arc::ptr_eq(to, ep)) {
+            Some((_, s)) => s,
+            None => ep.open_proxy_stream(visitor.remote).await.map_err(|e| {
+                tracing::debug!(url = %ep.url, error = %e, "could not open a proxy stream");
+                Unreachable::Session
+            })?,
+        };
+        let home = Home { pool: visitor.kept.clone(), to: ep.clone() };
+        return match crate::proxy_h1::send(stream, &parts, home).await {
+            Ok(r) => Ok(r.map(Upstream::Kept)),
+            Err(e) => {
+                tracing::debug!(url = %ep.url, error = %e, "proxied request failed");
+                Err(Unreachable::Request)
+            }
+        };
+    }
+    let req = Request::from_parts(parts, body);
     let (mut sender, token) = take_sender(visitor, ep).await.map_err(|e| {
         tracing::debug!(url = %ep.url, error = %e, "could not open a proxy stream");
         Unreachable::Session
@@ -1127,10 +1221,45 @@ async fn send_streaming(
             pool.push(Pooled { to: ep.clone(), sender, idle_checks: 0, token });
         }
     }
-    resp.map_err(|e| {
+    resp.map(|r| r.map(Upstream::Hyper)).map_err(|e| {
         tracing::debug!(url = %ep.url, error = %e, "proxied request failed");
         Unreachable::Request
     })
+}
+
+/// A response body from the agent: read by this task (`proxy_h1`), or by hyper's client.
+enum Upstream {
+    Kept(H1Body<Arc<Endpoint>>),
+    Hyper(Incoming),
+}
+
+impl hyper::body::Body for Upstream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Upstream::Kept(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Upstream::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Upstream::Kept(b) => b.is_end_stream(),
+            Upstream::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Upstream::Kept(b) => b.size_hint(),
+            Upstream::Hyper(b) => b.size_hint(),
+        }
+    }
 }
 
 /// Sends a request whose body was buffered (for `verify-webhook`) over a proxy stream of its

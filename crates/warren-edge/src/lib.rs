@@ -55,6 +55,7 @@ mod ip_rules;
 mod metrics;
 mod node;
 mod policy;
+mod proxy_h1;
 mod proxy_protocol;
 mod recent;
 mod registry;
