@@ -1012,9 +1012,8 @@ async fn relay_kept(
 ) -> Response<Body> {
     // The same endpoint id (the fencing token): one bound again opens a new stream, checked
     // by its holder.
-    let kept = visitor
-        .relay_kept
-        .take(|to| to.endpoint_id == route.endpoint_id && to.node_id == route.node_id);
+    let kept =
+        visitor.relay_kept.take(|to| to.endpoint_id == route.endpoint_id && to.node_id == route.node_id);
     let (stream, route) = match kept {
         Some((to, s)) => (s, to),
         None => {

@@ -55,12 +55,7 @@ pub(crate) async fn send<T: Send + 'static>(
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ended before a response"));
         }
     };
-    let mut body = H1Body {
-        io: Some(io),
-        buf,
-        framing: head.framing,
-        home: head.keep_alive.then_some(home),
-    };
+    let mut body = H1Body { io: Some(io), buf, framing: head.framing, home: head.keep_alive.then_some(home) };
     if matches!(body.framing, Framing::Done) {
         body.finish();
     }
@@ -207,7 +202,10 @@ impl<T: Send + Unpin + 'static> http_body::Body for H1Body<T> {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
             let step = match this.framing.next(&mut this.buf) {
@@ -322,7 +320,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Head>> {
                     return Err(invalid("the response head is larger than the limit"));
                 }
                 Ok(httparse::Status::Partial) => return Ok(None),
-                Err(httparse::Error::TooManyHeaders) => return Err(invalid("the response has too many headers")),
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(invalid("the response has too many headers"));
+                }
                 Err(_) => return Err(invalid("the response head is not valid HTTP/1")),
             };
             if len > MAX_HEAD {
@@ -343,7 +343,8 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Head>> {
         }
         let mut headers = HeaderMap::with_capacity(count);
         for &(n, nl, v, vl) in &fields[..count] {
-            let name = HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| invalid("a header name is not valid"))?;
+            let name = HeaderName::from_bytes(&head[n..n + nl])
+                .map_err(|_| invalid("a header name is not valid"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
                 .map_err(|_| invalid("a header value is not valid"))?;
             headers.append(name, value);
@@ -370,7 +371,12 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Head>> {
 }
 
 /// How the response's body is delimited (RFC 9112 §6.3).
-fn framing(status: StatusCode, method: &Method, version: Version, headers: &HeaderMap) -> io::Result<Framing> {
+fn framing(
+    status: StatusCode,
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+) -> io::Result<Framing> {
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err(invalid("the upstream switched protocols unasked"));
     }
@@ -503,7 +509,9 @@ impl Framing {
                 *self = Framing::Done;
                 Ok(())
             }
-            _ => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ended within the response body")),
+            _ => {
+                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ended within the response body"))
+            }
         }
     }
 }
@@ -537,7 +545,9 @@ impl Chunked {
                 (Chunked::Size(n, true) | Chunked::SizeLws(n), b' ' | b'\t') => Chunked::SizeLws(*n),
                 (Chunked::Size(n, true) | Chunked::SizeLws(n), b';') => Chunked::Extension(*n),
                 (Chunked::Size(n, true) | Chunked::SizeLws(n), b'\r') => Chunked::SizeLf(*n),
-                (Chunked::Size(..) | Chunked::SizeLws(_), _) => return Err(invalid("a chunk size is not valid")),
+                (Chunked::Size(..) | Chunked::SizeLws(_), _) => {
+                    return Err(invalid("a chunk size is not valid"));
+                }
                 (Chunked::Extension(n), b'\r') => Chunked::SizeLf(*n),
                 (Chunked::Extension(_), b'\n') => return Err(invalid("a chunk extension holds a newline")),
                 (Chunked::Extension(n), _) => {
@@ -587,7 +597,8 @@ fn trailers(buf: &mut BytesMut) -> io::Result<Step> {
     };
     let mut map = HeaderMap::with_capacity(fields.len());
     for f in fields {
-        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| invalid("a trailer name is not valid"))?;
+        let name =
+            HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| invalid("a trailer name is not valid"))?;
         let value = HeaderValue::from_bytes(f.value).map_err(|_| invalid("a trailer value is not valid"))?;
         map.append(name, value);
     }
@@ -615,12 +626,19 @@ mod tests {
 
     fn pair() -> (Mux, Mux) {
         let (a, b) = tokio::io::duplex(256 * 1024);
-        (warren_mux::start(a, Role::Client, Config::default()), warren_mux::start(b, Role::Server, Config::default()))
+        (
+            warren_mux::start(a, Role::Client, Config::default()),
+            warren_mux::start(b, Role::Server, Config::default()),
+        )
     }
 
     /// Feeds `wire` to a fresh decoder in pieces of `step` bytes; the data, the trailers and
     /// whether it ended.
-    fn decode(mut framing: Framing, wire: &[u8], step: usize) -> io::Result<(Vec<u8>, Option<HeaderMap>, bool)> {
+    fn decode(
+        mut framing: Framing,
+        wire: &[u8],
+        step: usize,
+    ) -> io::Result<(Vec<u8>, Option<HeaderMap>, bool)> {
         let mut buf = BytesMut::new();
         let (mut data, mut trailers) = (Vec::new(), None);
         let mut fed = 0;
@@ -694,7 +712,9 @@ mod tests {
         // Extensions are counted over the whole body, not per chunk.
         let mut wire = Vec::new();
         for _ in 0..3 {
-            wire.extend_from_slice(format!("1;{}\r\nx\r\n", "e".repeat(MAX_EXTENSIONS as usize / 2)).as_bytes());
+            wire.extend_from_slice(
+                format!("1;{}\r\nx\r\n", "e".repeat(MAX_EXTENSIONS as usize / 2)).as_bytes(),
+            );
         }
         let e = decode(chunked(), &wire, 4096).unwrap_err();
         assert!(e.to_string().contains("extensions"), "{e}");
@@ -710,7 +730,8 @@ mod tests {
 
     #[test]
     fn response_heads_are_framed_as_rfc_9112_says() {
-        let h = head(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nX-A: b\r\n\r\n", Method::GET).unwrap().unwrap();
+        let h =
+            head(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nX-A: b\r\n\r\n", Method::GET).unwrap().unwrap();
         assert!(matches!(h.framing, Framing::Length(5)) && h.keep_alive);
         assert_eq!(h.parts.headers["x-a"], "b");
         assert!(h.parts.extensions.get::<hyper::ext::ReasonPhrase>().is_none());
@@ -721,9 +742,12 @@ mod tests {
             let h = head(format!("HTTP/1.1 {status} X\r\n\r\n").as_bytes(), Method::GET).unwrap().unwrap();
             assert!(matches!(h.framing, Framing::Done) && h.keep_alive);
         }
-        let h = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n", Method::GET)
-            .unwrap()
-            .unwrap();
+        let h = head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
         assert!(matches!(h.framing, Framing::Chunked(..)), "Transfer-Encoding wins");
         let h = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", Method::GET).unwrap().unwrap();
         assert!(matches!(h.framing, Framing::UntilClose) && !h.keep_alive);
@@ -816,9 +840,12 @@ mod tests {
         let agent = tokio::spawn(async move {
             let s = server.accept().await.unwrap();
             let (s, first) = answer(s, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst").await;
-            let (s, second) = answer(s, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nsecond\r\n0\r\n\r\n").await;
+            let (s, second) =
+                answer(s, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nsecond\r\n0\r\n\r\n")
+                    .await;
             // The stream is kept open: a reset would discard the response not yet read.
-            let (s, third) = answer(s, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nthird").await;
+            let (s, third) =
+                answer(s, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nthird").await;
             (first, second, third, (s, server))
         });
         let mut bodies = Vec::new();
@@ -830,16 +857,18 @@ mod tests {
                     client.open().unwrap()
                 }
             };
-            let r = tokio::time::timeout(TEST_TIMEOUT, send(stream, &get(), Home { pool: pool.clone(), to: 1 }))
-                .await
-                .unwrap()
-                .unwrap();
+            let r =
+                tokio::time::timeout(TEST_TIMEOUT, send(stream, &get(), Home { pool: pool.clone(), to: 1 }))
+                    .await
+                    .unwrap()
+                    .unwrap();
             let body = r.into_body().collect().await.unwrap().to_bytes();
             bodies.push(body);
         }
         assert_eq!(bodies, ["first", "second", "third"]);
         assert_eq!(pool.len(), 0, "Connection: close is not kept");
-        let (first, second, third, server) = tokio::time::timeout(TEST_TIMEOUT, agent).await.unwrap().unwrap();
+        let (first, second, third, server) =
+            tokio::time::timeout(TEST_TIMEOUT, agent).await.unwrap().unwrap();
         assert!(first.starts_with("GET /a?b=c HTTP/1.1\r\n"), "{first}");
         assert_eq!((first.clone(), first), (second, third));
         drop(server);
@@ -861,7 +890,8 @@ mod tests {
             (first, server)
         });
         let r = send(client.open().unwrap(), &get(), Home { pool: pool.clone(), to: 1 }).await.unwrap();
-        let body = tokio::time::timeout(TEST_TIMEOUT, r.into_body().collect()).await.unwrap().unwrap().to_bytes();
+        let body =
+            tokio::time::timeout(TEST_TIMEOUT, r.into_body().collect()).await.unwrap().unwrap().to_bytes();
         assert_eq!(body, "ok");
         assert_eq!(pool.len(), 0, "bytes past the response's end: not kept");
         let r = send(client.open().unwrap(), &get(), Home { pool: pool.clone(), to: 1 }).await.unwrap();
@@ -886,9 +916,12 @@ mod tests {
         let r = send(client.open().unwrap(), &get(), Home { pool: pool.clone(), to: 1 }).await.unwrap();
         let e = tokio::time::timeout(TEST_TIMEOUT, r.into_body().collect()).await.unwrap();
         assert!(e.is_err(), "a body cut short is an error, not a short body");
-        let e = tokio::time::timeout(TEST_TIMEOUT, send(client.open().unwrap(), &get(), Home { pool: pool.clone(), to: 1 }))
-            .await
-            .unwrap();
+        let e = tokio::time::timeout(
+            TEST_TIMEOUT,
+            send(client.open().unwrap(), &get(), Home { pool: pool.clone(), to: 1 }),
+        )
+        .await
+        .unwrap();
         assert!(e.is_err(), "a head cut short is an error");
         assert_eq!(pool.len(), 0);
         let _ = tokio::time::timeout(TEST_TIMEOUT, agent).await.unwrap().unwrap();
