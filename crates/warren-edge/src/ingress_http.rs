@@ -897,6 +897,13 @@ async fn proxy(
                 codes::SESSION_GONE,
             ));
         }
+        Err(Unreachable::Invalid) => {
+            return Ok(page(
+                StatusCode::BAD_GATEWAY,
+                &format!("The upstream serving {host} sent a response that is not valid HTTP/1.1."),
+                codes::SESSION_GONE,
+            ));
+        }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(visitor_upgrade) = visitor_upgrade {
@@ -1178,6 +1185,20 @@ enum Unreachable {
     Session,
     /// The stream ended before a response.
     Request,
+    /// The response was not valid HTTP/1.1 (or broke hyper's client limits).
+    Invalid,
+}
+
+impl Unreachable {
+    /// Why a request sent on a proxy stream failed.
+    fn of(e: &hyper::Error) -> Unreachable {
+        if e.is_parse() { Unreachable::Invalid } else { Unreachable::Request }
+    }
+
+    /// Why a request sent by `proxy_h1` failed.
+    fn of_io(e: &std::io::Error) -> Unreachable {
+        if e.kind() == std::io::ErrorKind::InvalidData { Unreachable::Invalid } else { Unreachable::Request }
+    }
 }
 
 /// Sends a streaming request over a pooled proxy stream.
@@ -1204,7 +1225,7 @@ async fn send_streaming(
             Ok(r) => Ok(r.map(Upstream::Kept)),
             Err(e) => {
                 tracing::debug!(url = %ep.url, error = %e, "proxied request failed");
-                Err(Unreachable::Request)
+                Err(Unreachable::of_io(&e))
             }
         };
     }
@@ -1222,7 +1243,7 @@ async fn send_streaming(
     }
     resp.map(|r| r.map(Upstream::Hyper)).map_err(|e| {
         tracing::debug!(url = %ep.url, error = %e, "proxied request failed");
-        Unreachable::Request
+        Unreachable::of(&e)
     })
 }
 
@@ -1272,7 +1293,7 @@ async fn send_buffered(
         let mut sender = h2_handshake(visitor, ep).await?;
         return sender.send_request(as_h2(req)).await.map_err(|e| {
             tracing::debug!(url = %ep.url, error = %e, "proxied request failed");
-            Unreachable::Request
+            Unreachable::of(&e)
         });
     }
     let stream = ep.open_proxy_stream(visitor.remote).await.map_err(|e| {
@@ -1288,7 +1309,7 @@ async fn send_buffered(
     });
     sender.send_request(req).await.map_err(|e| {
         tracing::debug!(url = %ep.url, error = %e, "proxied request failed");
-        Unreachable::Request
+        Unreachable::of(&e)
     })
 }
 
@@ -1324,7 +1345,7 @@ async fn send_h2(
     };
     sender.send_request(as_h2(req)).await.map_err(|e| {
         tracing::debug!(url = %ep.url, error = %e, "proxied request failed");
-        Unreachable::Request
+        Unreachable::of(&e)
     })
 }
 

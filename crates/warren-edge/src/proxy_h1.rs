@@ -11,6 +11,7 @@
 //! limits. Requests with a body, upgrades and CONNECT keep hyper's client (`ingress_http`).
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
@@ -45,14 +46,14 @@ pub(crate) async fn send<T: Send + 'static>(
     io.write_all(&encode_head(req)).await?;
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let head = loop {
-        if let Some(head) = parse_head(&mut buf, &req.method)? {
-            break head;
-        }
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_SIZE);
         }
         if io.read_buf(&mut buf).await? == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ended before a response"));
+        }
+        if let Some(head) = parse_head(&mut buf, &req.method)? {
+            break head;
         }
     };
     let mut body = H1Body { io: Some(io), buf, framing: head.framing, home: head.keep_alive.then_some(home) };
@@ -309,64 +310,68 @@ fn invalid(msg: &'static str) -> io::Error {
 /// Informational responses (1xx but 101) are skipped, as hyper's client skips them.
 fn parse_head(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Head>> {
     loop {
-        // Where each field lies in `buf`, so that the values share its bytes.
-        let mut fields = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        let (len, code, version, reason, count) = {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut res = httparse::Response::new(&mut slots);
-            let len = match res.parse(&buf[..]) {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                    return Err(invalid("the response head is larger than the limit"));
-                }
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(httparse::Error::TooManyHeaders) => {
-                    return Err(invalid("the response has too many headers"));
-                }
-                Err(_) => return Err(invalid("the response head is not valid HTTP/1")),
-            };
-            if len > MAX_HEAD {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        // Uninitialized slots: zeroing 100 of them on every parse cost more than the parse.
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut res, buf, &mut slots)
+        {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
                 return Err(invalid("the response head is larger than the limit"));
             }
-            let base = buf.as_ptr() as usize;
-            let at = |s: &[u8]| s.as_ptr() as usize - base;
-            for (f, h) in fields.iter_mut().zip(res.headers.iter()) {
-                *f = (at(h.name.as_bytes()), h.name.len(), at(h.value), h.value.len());
-            }
-            let reason = res.reason.filter(|r| !r.is_empty()).map(|r| (at(r.as_bytes()), r.len()));
-            (len, res.code.expect("a complete head has a status"), res.version, reason, res.headers.len())
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(invalid("the response has too many headers")),
+            Err(_) => return Err(invalid("the response head is not valid HTTP/1")),
         };
+        if len > MAX_HEAD {
+            return Err(invalid("the response head is larger than the limit"));
+        }
+        // Parsed again on the head's own bytes, which the values then share (a second parse
+        // of a complete head costs less than keeping where each field lies).
         let head = buf.split_to(len).freeze();
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut res, &head, &mut slots)
+        {
+            Ok(httparse::Status::Complete(n)) if n == len => {}
+            _ => return Err(invalid("the response head is not valid HTTP/1")),
+        }
+        let code = res.code.expect("a complete head has a status");
         let status = StatusCode::from_u16(code).map_err(|_| invalid("the response status is not valid"))?;
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             continue;
         }
-        let mut headers = HeaderMap::with_capacity(count);
-        for &(n, nl, v, vl) in &fields[..count] {
-            let name = HeaderName::from_bytes(&head[n..n + nl])
+        let mut headers = HeaderMap::with_capacity(res.headers.len());
+        for h in res.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| invalid("a header name is not valid"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
+            let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
                 .map_err(|_| invalid("a header value is not valid"))?;
             headers.append(name, value);
         }
-        let version = if version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+        let version = if res.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
         let framing = framing(status, method, version, &headers)?;
         let keep_alive = !matches!(framing, Framing::UntilClose)
             && match version {
                 Version::HTTP_11 => !has_token(&headers, "close"),
                 _ => has_token(&headers, "keep-alive"),
             };
-        let mut res = Response::new(());
-        *res.status_mut() = status;
-        *res.version_mut() = version;
-        *res.headers_mut() = headers;
-        if let Some((r, rl)) = reason
-            && status.canonical_reason().map(str::as_bytes) != Some(&head[r..r + rl])
-            && let Ok(reason) = hyper::ext::ReasonPhrase::try_from(head.slice(r..r + rl))
+        let mut parts = Response::new(()).into_parts().0;
+        parts.status = status;
+        parts.version = version;
+        parts.headers = headers;
+        if let Some(reason) = res.reason.filter(|r| !r.is_empty())
+            && status.canonical_reason() != Some(reason)
+            && let Ok(reason) = hyper::ext::ReasonPhrase::try_from(head.slice_ref(reason.as_bytes()))
         {
-            res.extensions_mut().insert(reason);
+            parts.extensions.insert(reason);
         }
-        return Ok(Some(Head { parts: res.into_parts().0, framing, keep_alive }));
+        return Ok(Some(Head { parts, framing, keep_alive }));
     }
 }
 

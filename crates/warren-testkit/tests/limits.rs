@@ -286,3 +286,65 @@ async fn an_idle_visitor_connection_lets_go_of_its_proxy_stream() {
     let third = within("the third response", read_response(&mut visitor)).await;
     assert!(third.ends_with("ok"), "{third}");
 }
+
+/// An upstream's response the edge cannot frame (two Content-Lengths that disagree) is a 502
+/// for that request alone: the visitor's connection goes on over a new proxy stream (and
+/// upstream connection), which then carries the next requests too. Informational responses
+/// before the final one are skipped and chunk extensions dropped, as RFC 9112 allows.
+#[tokio::test]
+async fn a_response_the_edge_cannot_frame_is_a_502_and_the_connection_goes_on() {
+    use tokio::io::AsyncReadExt;
+    let edge = TestEdge::start().await;
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    let (conns_tx, mut conns) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for i in 0.. {
+            let (mut conn, _) = upstream.accept().await.unwrap();
+            conns_tx.send(i).unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                loop {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut b).await {
+                            Ok(n) if n > 0 => head.extend_from_slice(&b[..n]),
+                            _ => return,
+                        }
+                    }
+                    head.clear();
+                    let answer: &[u8] = if i == 0 {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello"
+                    } else {
+                        b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
+                          HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\n\r\n"
+                    };
+                    if conn.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut agent = Agent::start(edge.agent_with(
+        EndpointConfig::http(&format!("http://{addr}"), Some("http://framing.warren.localhost")).unwrap(),
+    ));
+    within("online", agent.wait_online()).await.unwrap();
+    let mut visitor = TcpStream::connect(edge.http_addr()).await.unwrap();
+    let get = b"GET / HTTP/1.1\r\nHost: framing.warren.localhost\r\n\r\n";
+    visitor.write_all(get).await.unwrap();
+    let first = within("the 502", read_response(&mut visitor)).await;
+    assert!(first.starts_with("HTTP/1.1 502"), "{first}");
+    assert!(first.contains("not valid HTTP/1.1"), "{first}");
+    for n in 0..3 {
+        visitor.write_all(get).await.unwrap();
+        let next = within("the next response", read_response(&mut visitor)).await;
+        assert!(next.starts_with("HTTP/1.1 200 OK\r\n"), "request {n}: {next}");
+        assert!(next.contains("hello") && !next.contains("x=y"), "request {n}: {next}");
+        assert!(!next.to_ascii_lowercase().contains("link:"), "request {n}: {next}");
+    }
+    // Two upstream connections in all: the failed one, and the one kept since.
+    assert_eq!(conns.recv().await, Some(0));
+    assert_eq!(conns.recv().await, Some(1));
+    assert!(conns.try_recv().is_err(), "a third upstream connection was opened");
+}
