@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions the edge executes per proxied request, counted by valgrind's callgrind.
 #
-#   bench/instructions.sh [--requests 20000] [--events] [--https]
+#   bench/instructions.sh [--requests 20000] [--events] [--https [--h2]]
 #
 # Unlike the wall-clock figures, which move by ±15 % on a shared 2-core machine, the count is
 # repeatable: the same binary gave 939.0 and 939.5 million instructions for the same 20,000
@@ -18,16 +18,18 @@
 # https endpoint (TLS at the edge, HTTP/1.1) is counted too, with the agent of that endpoint also
 # under callgrind, and then nginx (one process: master_process off) terminating TLS and
 # proxying to the same upstream with keepalive, the same way (issue #22's yardstick): what
-# each side executes per request. The dumps are kept in bench/results/ for callgrind_annotate
+# each side executes per request. With --h2 as well, the https endpoint is counted once more
+# over HTTP/2 (h2load -c8 -m10: ten requests in flight per connection), in the edge only. The dumps are kept in bench/results/ for callgrind_annotate
 # (not tracked).
 # Needs: valgrind, h2load (nghttp2-client), nginx, target/release/warren.
 set -euo pipefail
-N=20000 EVENTS=0 HTTPS=0
+N=20000 EVENTS=0 HTTPS=0 H2=0
 while (($#)); do
   case $1 in
     --requests) N=$2; shift 2 ;;
     --events) EVENTS=1; shift ;;
     --https) HTTPS=1; shift ;;
+    --h2) H2=1; shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -55,16 +57,19 @@ edge=${W_PIDS[0]}
 mkdir -p "$ROOT/bench/results"
 stamp=$(date +%Y%m%d-%H%M%S)
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+# The commit names the checkout; a binary chosen with WARREN_BIN may be another build's.
+[[ -n ${WARREN_BIN:-} ]] && commit="$commit-bin"
+PROTO=(--h1)
 
 count() { # name h2load-args...: the edge's instructions
   count_in "$edge" edge "$@"
 }
 count_in() { # pid dump-prefix name h2load-args...
   local pid=$1 prefix=$2 name=$3; shift 3
-  h2load --h1 -n 2000 -c 8 "$@" >/dev/null
+  h2load "${PROTO[@]}" -n 2000 -c 8 "$@" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   local out
-  out=$(h2load --h1 -n "$N" -c 8 "$@")
+  out=$(h2load "${PROTO[@]}" -n "$N" -c 8 "$@")
   callgrind_control -d "$pid" >/dev/null 2>&1
   local ok
   ok=$(sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' <<<"$out")
@@ -82,7 +87,7 @@ count_in() { # pid dump-prefix name h2load-args...
   printf '%-14s %12s %10s   %s\n' "$name" "$total" "$((total / N))" "bench/results/callgrind-$stamp-$commit-$name.out"
 }
 
-echo "edge instructions per request (callgrind; h2load --h1 -n $N -c 8; commit $commit)"
+echo "edge instructions per request (callgrind; h2load --h1 -n $N -c 8; commit $commit${WARREN_BIN:+, warren binary $WARREN_BIN})"
 printf '%-14s %12s %10s   %s\n' endpoint instructions per_req dump
 count tcp "$W_HTTP"
 host=${W_HTTP_HOST} addr=${W_HTTP_ENDPOINT#http://}
@@ -100,6 +105,11 @@ if ((HTTPS)); then
   count https "--connect-to=127.0.0.1:$https_port" "https://$W_HTTPS_HOST/"
   # the same requests once more, counted in the https endpoint's agent
   count_in "$agent" agent https-agent "--connect-to=127.0.0.1:$https_port" "https://$W_HTTPS_HOST/"
+  if ((H2)); then
+    PROTO=(-m 10)
+    count https-h2 "--connect-to=127.0.0.1:$https_port" "https://$W_HTTPS_HOST/"
+    PROTO=(--h1)
+  fi
   # nginx terminating TLS and proxying to the same upstream, in one process under callgrind
   ngx_port=$(freeport)
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=${W_HTTPS_HOST%:*}" \
