@@ -330,31 +330,31 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Head>> {
         if len > MAX_HEAD {
             return Err(invalid("the response head is larger than the limit"));
         }
-        // Parsed again on the head's own bytes, which the values then share (a second parse
-        // of a complete head costs less than keeping where each field lies).
+        // Where each field lies, so that the values share the head's bytes once it is frozen
+        // (a list as long as the head's fields costs less than parsing the frozen head again).
+        let base = buf.as_ptr() as usize;
+        let at = |s: &[u8]| s.as_ptr() as usize - base;
+        let fields: Vec<(usize, usize, usize, usize)> = res
+            .headers
+            .iter()
+            .map(|h| (at(h.name.as_bytes()), h.name.len(), at(h.value), h.value.len()))
+            .collect();
+        let reason = res.reason.filter(|r| !r.is_empty()).map(|r| (at(r.as_bytes()), r.len()));
+        let (code, version) = (res.code.expect("a complete head has a status"), res.version);
         let head = buf.split_to(len).freeze();
-        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut []);
-        match httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut res, &head, &mut slots)
-        {
-            Ok(httparse::Status::Complete(n)) if n == len => {}
-            _ => return Err(invalid("the response head is not valid HTTP/1")),
-        }
-        let code = res.code.expect("a complete head has a status");
         let status = StatusCode::from_u16(code).map_err(|_| invalid("the response status is not valid"))?;
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             continue;
         }
-        let mut headers = HeaderMap::with_capacity(res.headers.len());
-        for h in res.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
+        let mut headers = HeaderMap::with_capacity(fields.len());
+        for &(n, nl, v, vl) in &fields {
+            let name = HeaderName::from_bytes(&head[n..n + nl])
                 .map_err(|_| invalid("a header name is not valid"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
+            let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
                 .map_err(|_| invalid("a header value is not valid"))?;
             headers.append(name, value);
         }
-        let version = if res.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+        let version = if version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
         let framing = framing(status, method, version, &headers)?;
         let keep_alive = !matches!(framing, Framing::UntilClose)
             && match version {
@@ -365,9 +365,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Head>> {
         parts.status = status;
         parts.version = version;
         parts.headers = headers;
-        if let Some(reason) = res.reason.filter(|r| !r.is_empty())
-            && status.canonical_reason() != Some(reason)
-            && let Ok(reason) = hyper::ext::ReasonPhrase::try_from(head.slice_ref(reason.as_bytes()))
+        if let Some((r, rl)) = reason
+            && status.canonical_reason().map(str::as_bytes) != Some(&head[r..r + rl])
+            && let Ok(reason) = hyper::ext::ReasonPhrase::try_from(head.slice(r..r + rl))
         {
             parts.extensions.insert(reason);
         }
