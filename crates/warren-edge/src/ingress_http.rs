@@ -970,15 +970,7 @@ async fn relay_request(
     }
     let (route, mut sender, token) = match take_relay_sender(cluster, visitor, key, route, host).await {
         Ok(s) => s,
-        Err(e) => {
-            shared.metrics.relay_failures.inc();
-            tracing::debug!(%host, error = %e, "could not relay a request");
-            return page(
-                StatusCode::BAD_GATEWAY,
-                &format!("The edge node serving {host} could not be reached; try again."),
-                codes::SESSION_GONE,
-            );
-        }
+        Err(e) => return relay_failed(shared, host, &*e),
     };
     let resp = sender.send_request(Request::from_parts(parts, body)).await;
     {
@@ -1023,26 +1015,10 @@ async fn relay_kept(
         visitor.relay_kept.take(|to| to.endpoint_id == route.endpoint_id && to.node_id == route.node_id);
     let (stream, route) = match kept {
         Some((to, s)) => (s, to),
-        None => {
-            let header = |r: &RemoteRoute| crate::cluster::RelayOpen::Http {
-                endpoint_id: r.endpoint_id.clone(),
-                host: host.to_owned(),
-                client: visitor.remote,
-                local: visitor.local,
-            };
-            match cluster.open_any(key, route, header).await {
-                Ok(s) => s,
-                Err(e) => {
-                    shared.metrics.relay_failures.inc();
-                    tracing::debug!(%host, error = %e, "could not relay a request");
-                    return page(
-                        StatusCode::BAD_GATEWAY,
-                        &format!("The edge node serving {host} could not be reached; try again."),
-                        codes::SESSION_GONE,
-                    );
-                }
-            }
-        }
+        None => match open_relay(cluster, visitor, key, route, host).await {
+            Ok(s) => s,
+            Err(e) => return relay_failed(shared, host, &e),
+        },
     };
     let node = route.node_id.clone();
     match crate::proxy_h1::send(stream, &parts, Home { pool: visitor.relay_kept.clone(), to: route }).await {
@@ -1056,6 +1032,35 @@ async fn relay_kept(
             )
         }
     }
+}
+
+/// A new relay stream for `host` to `route`'s node (or to the next holder of `key` if that
+/// node refuses), with the route it goes to.
+async fn open_relay(
+    cluster: &crate::cluster::Cluster,
+    visitor: &Visitor,
+    key: &EndpointKey,
+    route: Arc<RemoteRoute>,
+    host: &str,
+) -> Result<(warren_mux::Stream, Arc<RemoteRoute>), crate::cluster::RelayError> {
+    let header = |r: &RemoteRoute| crate::cluster::RelayOpen::Http {
+        endpoint_id: r.endpoint_id.clone(),
+        host: host.to_owned(),
+        client: visitor.remote,
+        local: visitor.local,
+    };
+    cluster.open_any(key, route, header).await
+}
+
+/// The visitor's answer when no relay stream could be opened.
+fn relay_failed(shared: &Shared, host: &str, e: &dyn std::fmt::Display) -> Response<Body> {
+    shared.metrics.relay_failures.inc();
+    tracing::debug!(%host, error = %e, "could not relay a request");
+    page(
+        StatusCode::BAD_GATEWAY,
+        &format!("The edge node serving {host} could not be reached; try again."),
+        codes::SESSION_GONE,
+    )
 }
 
 /// A request with no body to send, no upgrade and no tunnel: one `proxy_h1` carries.
@@ -1138,13 +1143,7 @@ async fn take_relay_sender(
             return Ok((p.to, p.sender, p.token));
         }
     }
-    let header = |r: &RemoteRoute| crate::cluster::RelayOpen::Http {
-        endpoint_id: r.endpoint_id.clone(),
-        host: host.to_owned(),
-        client: visitor.remote,
-        local: visitor.local,
-    };
-    let (stream, route) = cluster.open_any(key, route, header).await?;
+    let (stream, route) = open_relay(cluster, visitor, key, route, host).await?;
     let (sender, token) = pooled_client(stream, &visitor.relay_pool, visitor.proxy_idle).await?;
     Ok((route, sender, token))
 }
