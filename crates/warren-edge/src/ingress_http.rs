@@ -981,14 +981,7 @@ async fn relay_request(
     }
     let mut resp = match resp {
         Ok(r) => r,
-        Err(e) => {
-            tracing::debug!(%host, node = %route.node_id, error = %e, "relayed request failed");
-            return page(
-                StatusCode::BAD_GATEWAY,
-                &format!("The edge node serving {host} ended the request without a response."),
-                codes::SESSION_GONE,
-            );
-        }
+        Err(e) => return relay_no_response(host, &route.node_id, &e),
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(visitor_upgrade) = visitor_upgrade
@@ -1023,14 +1016,7 @@ async fn relay_kept(
     let node = route.node_id.clone();
     match crate::proxy_h1::send(stream, &parts, Home { pool: visitor.relay_kept.clone(), to: route }).await {
         Ok(resp) => resp.map(|b| b.boxed()),
-        Err(e) => {
-            tracing::debug!(%host, %node, error = %e, "relayed request failed");
-            page(
-                StatusCode::BAD_GATEWAY,
-                &format!("The edge node serving {host} ended the request without a response."),
-                codes::SESSION_GONE,
-            )
-        }
+        Err(e) => relay_no_response(host, &node, &e),
     }
 }
 
@@ -1050,6 +1036,16 @@ async fn open_relay(
         local: visitor.local,
     };
     cluster.open_any(key, route, header).await
+}
+
+/// The visitor's answer when a relayed request got no response from `node`.
+fn relay_no_response(host: &str, node: &str, e: &dyn std::fmt::Display) -> Response<Body> {
+    tracing::debug!(%host, %node, error = %e, "relayed request failed");
+    page(
+        StatusCode::BAD_GATEWAY,
+        &format!("The edge node serving {host} ended the request without a response."),
+        codes::SESSION_GONE,
+    )
 }
 
 /// The visitor's answer when no relay stream could be opened.
