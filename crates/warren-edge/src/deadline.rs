@@ -121,12 +121,26 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deadline<S> {
         self.inner.is_write_vectored()
     }
 
+    // A flush (TLS records the peer does not take) or a close can stall on a peer that never
+    // reads as a write can.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => match self.poll_expired(cx) {
+                Ok(()) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            },
+            ready => ready,
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        match Pin::new(&mut self.inner).poll_shutdown(cx) {
+            Poll::Pending => match self.poll_expired(cx) {
+                Ok(()) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            },
+            ready => ready,
+        }
     }
 }
 
@@ -173,6 +187,21 @@ mod tests {
         assert_eq!(d.read(&mut [0u8; 8]).await.unwrap(), 3);
         let e = d.write_all(&[0u8; 1024]).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_that_a_peer_never_takes_stalls_until_the_idle_deadline() {
+        let (mut peer, ours) = tokio::io::duplex(16);
+        // A writer that takes everything and only its flush waits on the peer (as TLS does).
+        let mut d =
+            Deadline::new(tokio::io::BufWriter::new(ours), Duration::from_secs(10), Duration::from_secs(60));
+        peer.write_all(b"GET").await.unwrap();
+        assert_eq!(d.read(&mut [0u8; 8]).await.unwrap(), 3);
+        d.write_all(&[0u8; 1024]).await.unwrap();
+        let start = Instant::now();
+        let e = d.flush().await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(start.elapsed() <= Duration::from_secs(120), "{:?}", start.elapsed());
     }
 
     #[tokio::test(start_paused = true)]

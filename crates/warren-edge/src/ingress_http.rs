@@ -30,6 +30,7 @@ use crate::endpoint_tls::{CERT_HEADER_PREFIX, ClientCert};
 use crate::ingress_tcp::COPY_BUF;
 use crate::proxy_h1::{BoxError, H1Body, Home, Kept};
 use crate::registry::{Endpoint, EndpointKey, Proto};
+use crate::serve_h1::VisitorBody;
 
 /// Which ingress a visitor came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +39,7 @@ pub(crate) enum Scheme {
     Https,
 }
 
-type Body = BoxBody<Bytes, BoxError>;
+pub(crate) type Body = BoxBody<Bytes, BoxError>;
 
 /// How many endpoints one request may pass through with `forward-internal`.
 const MAX_FORWARDS: u8 = 4;
@@ -55,7 +56,7 @@ const POOL_PER_CONNECTION: usize = 32;
 /// (the `Arc<RemoteRoute>`). Either is let go when idle (see [`drive_pooled`]).
 struct Pooled<T> {
     to: T,
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<VisitorBody>,
     /// Consecutive checks by its connection's task that found it idle (see [`idle_release`]).
     idle_checks: u8,
     /// Names it to its connection's task.
@@ -347,7 +348,7 @@ struct Visitor {
     proxy_idle: std::time::Duration,
     /// HTTP/2 connections to endpoints whose upstream speaks it, one per endpoint, shared by
     /// the connection's concurrent requests.
-    h2_pool: Mutex<Vec<(Arc<Endpoint>, H2Sender<Incoming>)>>,
+    h2_pool: Mutex<Vec<(Arc<Endpoint>, H2Sender<VisitorBody>)>>,
     /// Relay streams to other nodes (plain http to endpoints they hold), by route.
     relay_pool: Pool<Arc<RemoteRoute>>,
     /// Relay streams kept for requests without a body (see `proxy_h1`).
@@ -392,14 +393,32 @@ async fn serve<IO>(
         asked: std::sync::atomic::AtomicBool::new(false),
         event_conn: std::sync::OnceLock::new(),
     });
+    // HTTP/1.1 requests without a body are served by the connection's own loop; the first
+    // request it does not serve (or HTTP/2) hands the connection to hyper's server.
+    let io = {
+        let limits = crate::serve_h1::Limits {
+            header_read_timeout: shared.config.limits.header_read_timeout,
+            first_request_grace: FIRST_REQUEST_GRACE,
+        };
+        let (s, v): (&Shared, &Visitor) = (&shared, &visitor);
+        let ended = crate::serve_h1::serve(io, &limits, &shared.shutdown, move |req| {
+            v.asked.store(true, std::sync::atomic::Ordering::Relaxed);
+            handle(s, v, req)
+        })
+        .await;
+        match ended {
+            crate::serve_h1::Ended::Closed => return,
+            crate::serve_h1::Ended::Handoff(io, read) => crate::tls_front::Rewind::new(read, io),
+        }
+    };
     let svc = {
         let (shared, visitor) = (shared.clone(), visitor.clone());
-        service_fn(move |req| {
+        service_fn(move |req: Request<Incoming>| {
             visitor.asked.store(true, std::sync::atomic::Ordering::Relaxed);
             let (shared, visitor) = (shared.clone(), visitor.clone());
             // An error from the service makes hyper close the connection without an answer
             // (the close-connection action).
-            async move { handle(&shared, &visitor, req).await }
+            async move { handle(&shared, &visitor, req.map(VisitorBody::Hyper)).await }
         })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -457,7 +476,7 @@ impl std::error::Error for ClosedByPolicy {}
 async fn handle(
     shared: &Shared,
     visitor: &Visitor,
-    req: Request<Incoming>,
+    req: Request<VisitorBody>,
 ) -> Result<Response<Body>, ClosedByPolicy> {
     if let Some(token) = req.uri().path().strip_prefix("/.well-known/acme-challenge/")
         && let Some(key_auth) = shared.listeners.challenges.http01(shared, token).await
@@ -660,7 +679,7 @@ async fn serve_at(
     visitor: &Visitor,
     ep: Serving,
     host: String,
-    req: Request<Incoming>,
+    req: Request<VisitorBody>,
 ) -> Result<Response<Body>, ClosedByPolicy> {
     let ip = crate::client_addr::forwarded_ip(shared, visitor.remote.ip(), req.headers());
     if !crate::ip_rules::visitor_allowed(shared, ep.account_id(), ip, ep.url()).await {
@@ -718,7 +737,7 @@ async fn proxy(
     serving: &Serving,
     host: &str,
     client_ip: std::net::IpAddr,
-    req: Request<Incoming>,
+    req: Request<VisitorBody>,
 ) -> Result<Response<Body>, ClosedByPolicy> {
     let Onward { mut parts, body, visitor_upgrade, original_host, visitor_version, te_trailers } =
         onward(req);
@@ -962,7 +981,7 @@ async fn relay_request(
     key: &EndpointKey,
     route: Arc<RemoteRoute>,
     host: &str,
-    req: Request<Incoming>,
+    req: Request<VisitorBody>,
 ) -> Response<Body> {
     let Onward { parts, body, visitor_upgrade, .. } = onward(req);
     if without_body(&parts, &body) {
@@ -1060,7 +1079,7 @@ fn relay_failed(shared: &Shared, host: &str, e: &dyn std::fmt::Display) -> Respo
 }
 
 /// A request with no body to send, no upgrade and no tunnel: one `proxy_h1` carries.
-fn without_body(parts: &http::request::Parts, body: &Incoming) -> bool {
+fn without_body(parts: &http::request::Parts, body: &VisitorBody) -> bool {
     body.is_end_stream()
         && parts.method != http::Method::CONNECT
         && !parts.headers.contains_key(header::UPGRADE)
@@ -1071,7 +1090,7 @@ fn without_body(parts: &http::request::Parts, body: &Incoming) -> bool {
 /// endpoint).
 struct Onward {
     parts: http::request::Parts,
-    body: Incoming,
+    body: VisitorBody,
     /// The visitor's side of an upgrade (WebSocket) it asked for.
     visitor_upgrade: Option<hyper::upgrade::OnUpgrade>,
     /// What the request was routed by.
@@ -1084,7 +1103,7 @@ struct Onward {
 
 /// Hop-by-hop headers removed (`Upgrade` kept when one is asked for), the Host the request
 /// was routed by, a path-only target, HTTP/1.1.
-fn onward(mut req: Request<Incoming>) -> Onward {
+fn onward(mut req: Request<VisitorBody>) -> Onward {
     let upgrade = is_upgrade(req.headers()) && req.version() <= Version::HTTP_11;
     let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -1126,7 +1145,7 @@ async fn take_relay_sender(
     key: &EndpointKey,
     route: Arc<RemoteRoute>,
     host: &str,
-) -> Result<(Arc<RemoteRoute>, SendRequest<Incoming>, Arc<()>), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(Arc<RemoteRoute>, SendRequest<VisitorBody>, Arc<()>), Box<dyn std::error::Error + Send + Sync>> {
     {
         let mut pool = visitor.relay_pool.lock().expect("pool poisoned");
         pool.retain(|p| !p.sender.is_closed());
@@ -1150,7 +1169,7 @@ async fn pooled_client<T: Send + 'static, S>(
     stream: S,
     pool: &Pool<T>,
     idle: std::time::Duration,
-) -> hyper::Result<(SendRequest<Incoming>, Arc<()>)>
+) -> hyper::Result<(SendRequest<VisitorBody>, Arc<()>)>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -1200,7 +1219,7 @@ impl Unreachable {
 async fn send_streaming(
     visitor: &Visitor,
     ep: &Arc<Endpoint>,
-    req: Request<Incoming>,
+    req: Request<VisitorBody>,
 ) -> Result<Response<Upstream>, Unreachable> {
     if ep.upstream_h2 {
         // Boxed, as rare (see the test `the_request_future_stays_small`).
@@ -1313,7 +1332,7 @@ async fn send_buffered(
 async fn send_h2(
     visitor: &Visitor,
     ep: &Arc<Endpoint>,
-    req: Request<Incoming>,
+    req: Request<VisitorBody>,
 ) -> Result<Response<Incoming>, Unreachable> {
     let pooled = {
         let mut pool = visitor.h2_pool.lock().expect("pool poisoned");
@@ -1388,7 +1407,7 @@ fn as_h2<B>(mut req: Request<B>) -> Request<B> {
 }
 
 /// Reads a body of at most `limit` bytes within the header timeout.
-async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, StatusCode> {
+async fn read_limited(body: VisitorBody, limit: usize) -> Result<Bytes, StatusCode> {
     let collect = http_body_util::Limited::new(body, limit).collect();
     match tokio::time::timeout(std::time::Duration::from_secs(30), collect).await {
         Ok(Ok(c)) => Ok(c.to_bytes()),
@@ -1403,7 +1422,7 @@ async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, StatusCode>
 async fn take_sender(
     visitor: &Visitor,
     ep: &Arc<Endpoint>,
-) -> Result<(SendRequest<Incoming>, Arc<()>), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(SendRequest<VisitorBody>, Arc<()>), Box<dyn std::error::Error + Send + Sync>> {
     {
         let mut pool = visitor.pool.lock().expect("pool poisoned");
         pool.retain(|p| !p.sender.is_closed());
@@ -1658,7 +1677,7 @@ mod tests {
         {
             std::mem::size_of::<Fut>()
         }
-        let size = future_size::<Shared, Visitor, Request<Incoming>, _, _>(handle);
+        let size = future_size::<Shared, Visitor, Request<VisitorBody>, _, _>(handle);
         assert!(size <= 5 * 1024, "the request's future takes {size} bytes");
     }
     use super::*;

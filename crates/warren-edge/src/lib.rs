@@ -61,6 +61,7 @@ mod recent;
 mod registry;
 mod rules;
 pub mod sealed;
+mod serve_h1;
 mod session;
 mod throttle;
 pub mod tls;
