@@ -156,7 +156,7 @@ async fn front(
         // with nothing for a name not being validated.
         let Some(cfg) = shared.listeners.challenges.tls_alpn01(&shared, &name).await else { return };
         let io = crate::tls_front::Rewind::new(hello.buffered, tcp);
-        let _ = tokio::time::timeout(limit, tokio_rustls::TlsAcceptor::from(cfg).accept(io)).await;
+        let _ = tokio::time::timeout(limit, Box::pin(tokio_rustls::TlsAcceptor::from(cfg).accept(io))).await;
         return;
     }
     if shared.config.connect_hostnames.contains(&name) {
@@ -167,13 +167,23 @@ async fn front(
         // Not a visitor: a shutdown does not wait for it to drain (it is told last).
         drop(visitor_permit);
         let io = crate::tls_front::Rewind::new(hello.buffered, tcp);
-        return crate::session::serve_agent(shared, io, remote).await;
+        // Boxed, as each other path of `front`: the task is sized for its largest state.
+        return Box::pin(crate::session::serve_agent(shared, io, remote)).await;
     }
     let local = tcp.local_addr().unwrap_or(remote);
     let route_name = route_name(&shared, &name, &TLS_PROTOS);
     if let Some(ep) = shared.sessions.registry.lookup(&EndpointKey::Host(Proto::Tls, route_name.to_string()))
     {
-        return crate::ingress_tcp::pass_tls(&shared, &ep, hello.buffered, &name, tcp, remote, local).await;
+        return Box::pin(crate::ingress_tcp::pass_tls(
+            &shared,
+            &ep,
+            hello.buffered,
+            &name,
+            tcp,
+            remote,
+            local,
+        ))
+        .await;
     }
     if shared.sessions.registry.lookup(&EndpointKey::Host(Proto::Https, route_name.to_string())).is_none()
         && let Some(cluster) = &shared.sessions.cluster
@@ -196,7 +206,7 @@ async fn front(
             client: remote,
             local,
         };
-        let mut s = match cluster.open_any(&key, route, header).await {
+        let mut s = match Box::pin(cluster.open_any(&key, route, header)).await {
             Ok((s, _)) => s,
             Err(e) => {
                 shared.metrics.relay_failures.inc();
@@ -205,7 +215,7 @@ async fn front(
         };
         if s.write_all(&hello.buffered).await.is_ok() {
             drop(hello);
-            let _ = warren_mux::splice::splice(&mut tcp, &mut s).await;
+            let _ = Box::pin(warren_mux::splice::splice(&mut tcp, &mut s)).await;
         }
         return;
     }
@@ -271,36 +281,37 @@ async fn terminate<IO>(
         Some(cfg) => tokio_rustls::TlsAcceptor::from(cfg.clone()),
         None => shared.listeners.https_tls.clone(),
     };
-    match tokio::time::timeout(limit, acceptor.accept(io)).await {
-        Ok(Ok(tls_io)) => {
-            let c = tls_io.get_ref().1;
-            let cert = c.peer_certificates().and_then(|c| c.first()).and_then(ClientCert::parse);
-            let info = warren_policy::TlsInfo {
-                version: match c.protocol_version() {
-                    Some(rustls::ProtocolVersion::TLSv1_2) => "1.2".into(),
-                    Some(rustls::ProtocolVersion::TLSv1_3) => "1.3".into(),
-                    other => other.map(|v| format!("{v:?}")).unwrap_or_default(),
-                },
-                cipher_suite: c
-                    .negotiated_cipher_suite()
-                    .map(|s| format!("{:?}", s.suite()))
-                    .unwrap_or_default(),
-                sni: c.server_name().unwrap_or_default().to_owned(),
-                client: cert.as_ref().map(|cc| warren_policy::ClientCertInfo {
-                    subject: cc.subject.clone(),
-                    issuer: cc.issuer.clone(),
-                    san: cc.san.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
-                    serial_number: cc.serial.clone(),
-                }),
-            };
-            let tls = HttpsConn { config: endpoint_tls, client_cert: cert, info };
-            let limits = &shared.config.limits;
-            let io = Deadline::new(tls_io, limits.first_byte_timeout, limits.idle_timeout);
-            serve(shared, io, remote, local, Scheme::Https, Some(tls), relayed).await
-        }
-        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "visitor TLS handshake failed"),
-        Err(_) => tracing::debug!(%remote, "visitor TLS handshake timed out"),
-    }
+    // The handshake is boxed (its state is large, and the connection's task is sized for its
+    // largest state, which should be serving), and its result taken apart before serving (a
+    // value matched on keeps its place in the task for as long as its match lasts).
+    let tls_io = match tokio::time::timeout(limit, Box::pin(acceptor.accept(io))).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return tracing::debug!(%remote, error = %e, "visitor TLS handshake failed"),
+        Err(_) => return tracing::debug!(%remote, "visitor TLS handshake timed out"),
+    };
+    let c = tls_io.get_ref().1;
+    let cert = c.peer_certificates().and_then(|c| c.first()).and_then(ClientCert::parse);
+    let info = warren_policy::TlsInfo {
+        version: match c.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_2) => "1.2".into(),
+            Some(rustls::ProtocolVersion::TLSv1_3) => "1.3".into(),
+            other => other.map(|v| format!("{v:?}")).unwrap_or_default(),
+        },
+        cipher_suite: c.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default(),
+        sni: c.server_name().unwrap_or_default().to_owned(),
+        client: cert.as_ref().map(|cc| warren_policy::ClientCertInfo {
+            subject: cc.subject.clone(),
+            issuer: cc.issuer.clone(),
+            san: cc.san.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+            serial_number: cc.serial.clone(),
+        }),
+    };
+    let tls = HttpsConn { config: endpoint_tls, client_cert: cert, info };
+    let limits = &shared.config.limits;
+    // Boxed: a TLS stream is 1.2 KiB, and each async layer that takes the connection
+    // by value keeps a place of its own for it in the connection's task.
+    let io = Deadline::new(Box::new(tls_io), limits.first_byte_timeout, limits.idle_timeout);
+    serve(shared, io, remote, local, Scheme::Https, Some(tls), relayed).await
 }
 
 /// HTTP/1.1 requests another node relayed here for one of this node's plain-http
@@ -411,6 +422,18 @@ async fn serve<IO>(
             crate::serve_h1::Ended::Handoff(io, read) => crate::tls_front::Rewind::new(read, io),
         }
     };
+    // Boxed: the task is sized for its largest state, and only connections hyper serves
+    // need hyper's (an idle connection of the loop above holds none of it).
+    Box::pin(serve_hyper(shared, visitor, io)).await
+}
+
+/// Serves a visitor connection with hyper's server (HTTP/2, and HTTP/1.1 from the first
+/// request `serve_h1` does not serve).
+async fn serve_hyper<IO>(shared: Arc<Shared>, visitor: Arc<Visitor>, io: IO)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let remote = visitor.remote;
     let svc = {
         let (shared, visitor) = (shared.clone(), visitor.clone());
         service_fn(move |req: Request<Incoming>| {
@@ -1679,6 +1702,21 @@ mod tests {
         }
         let size = future_size::<Shared, Visitor, Request<VisitorBody>, _, _>(handle);
         assert!(size <= 5 * 1024, "the request's future takes {size} bytes");
+    }
+
+    /// An https visitor connection's task is one allocation sized for the largest state of
+    /// `front`'s future, and an idle connection holds it whole (issue #22's target 4: 16 KiB
+    /// per idle connection). The TLS handshake, hyper's server, an agent session, a request's
+    /// future and the rarer paths are boxed where they are awaited, and the TLS stream is
+    /// boxed once, so that what is left is the loop of `serve_h1` (it was 16.2 KiB).
+    #[test]
+    fn the_connection_task_stays_small() {
+        fn future_size<A, B, C, D, F: FnOnce(A, B, C, D) -> Fut, Fut>(_: F) -> usize {
+            std::mem::size_of::<Fut>()
+        }
+        let size =
+            future_size::<Arc<Shared>, TcpStream, SocketAddr, crate::conn_limit::ConnPermit, _, _>(front);
+        assert!(size <= 7 * 1024, "an https connection's task takes {size} bytes");
     }
     use super::*;
 

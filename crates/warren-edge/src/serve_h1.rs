@@ -130,7 +130,9 @@ where
         let Head { req, keep_alive } = head;
         let asked = Asked { method: req.method().clone(), version: req.version() };
         let resp = {
-            let mut fut = pin!(service(req));
+            // Boxed for the request's life only: the connection's task is sized for its
+            // largest state, and an idle connection should not keep the request's (4 KiB).
+            let mut fut = Box::pin(service(req));
             // While the service works, the connection is read (pipelined bytes, within the
             // buffer it has): a visitor that goes away cancels its request, as with hyper.
             let r = poll_fn(|cx| {
