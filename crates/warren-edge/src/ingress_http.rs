@@ -1,5 +1,6 @@
-//! http and https ingress. TLS is terminated here for https (ALPN h2 and http/1.1); hyper
-//! parses requests, which are routed by host to an endpoint and sent as HTTP/1.1 over proxy
+//! http and https ingress. TLS is terminated here for https (ALPN h2 and http/1.1);
+//! HTTP/1.1 requests without a body are read by the connection's own loop (`serve_h1`), the
+//! rest by hyper's server; requests are routed by host to an endpoint and sent as HTTP/1.1 over proxy
 //! streams. Each visitor connection keeps its own small pool of proxy streams, so keep-alive
 //! visitors reuse one stream (and one upstream connection on the agent's side), and HTTP/2
 //! visitors get one stream per concurrent request. Bodies stream in both directions; upgrades

@@ -82,6 +82,9 @@ pub(crate) const READ_FIRST: usize = 2048;
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
 /// The most header fields this loop parses (hyper's server default).
 const MAX_HEADERS: usize = 100;
+/// Headers the edge may add to a request before it goes on (Host, X-Forwarded-For, -Proto,
+/// -Host, and a few more for policies).
+const FORWARDING_HEADERS: usize = 6;
 /// Response bytes gathered before they are written: one TLS record.
 const WRITE_MAX: usize = 16 * 1024;
 
@@ -308,7 +311,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         } else {
             Some(body.size_hint().exact().map_or(Length::Unknown, Length::Known))
         };
-        let mut out = Vec::with_capacity(256 + parts.headers.len() * 32);
+        // Room for the head and a small body copied in after it: growing costs a copy.
+        let small_body = match length {
+            Some(Length::Known(n)) if n < DIRECT as u64 => n as usize,
+            _ => 0,
+        };
+        let mut out = Vec::with_capacity(256 + parts.headers.len() * 48 + small_body);
         let (mut encoder, mut last) = encode_head(&mut out, &mut parts, length, asked, keep_alive)?;
         let mut body = pin!(body);
         if !encoder.has_body() {
@@ -433,7 +441,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, NotOurs> {
     }
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1)).map_err(|_| NotOurs)?;
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // Room for the headers the edge adds on the way (Host, X-Forwarded-*): a full map
+    // grows by rehashing every field (about 1,000 instructions each time, twice a request).
+    let mut headers = HeaderMap::with_capacity(fields.len() + FORWARDING_HEADERS);
     for &(n, nl, v, vl) in &fields {
         let name = HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| NotOurs)?;
         let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl)).map_err(|_| NotOurs)?;
@@ -1166,6 +1176,35 @@ mod tests {
         assert!(matches!(task.await.unwrap(), Ended::Closed));
         assert_eq!(started.elapsed().as_secs(), 30);
         drop(c);
+    }
+
+    /// The hostile pipeliner: requests sent without ever reading a response. The loop reads
+    /// no further than its buffer while its responses wait on the visitor, so what the edge
+    /// takes in is bounded by the pipe, not by what the visitor sends.
+    #[tokio::test(start_paused = true)]
+    async fn a_visitor_that_pipelines_and_never_reads_is_not_read_without_bound() {
+        let (c, task) = start(path_echo(), never());
+        let (_read_half, mut write_half) = tokio::io::split(c);
+        let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let t = taken.clone();
+        let writer = tokio::spawn(async move {
+            let req = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+            for _ in 0..100_000 {
+                if write_half.write_all(req).await.is_err() {
+                    return;
+                }
+                t.fetch_add(req.len(), Ordering::SeqCst);
+            }
+        });
+        // Paused time moves on only once every task waits: by then both pipes are full.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let taken = taken.load(Ordering::SeqCst);
+        // 64 KiB in each direction of the pipe, the requests whose responses filled the other
+        // one (about 34 bytes each for a 103-byte response), and the read buffer.
+        assert!(taken < 128 * 1024, "the visitor got {taken} bytes in");
+        assert!(!writer.is_finished() && !task.is_finished());
+        writer.abort();
+        task.abort();
     }
 
     #[tokio::test]
