@@ -5,7 +5,8 @@
 //! least 8 KiB, which grows to 16 KiB once a request's head still shares it, and an 8 KiB
 //! write buffer) and a place for the service's future: an idle https connection cost 41 KiB
 //! (docs/BENCHMARKS.md). Here an idle connection holds a read buffer of [`READ_FIRST`] bytes
-//! and no write buffer, and a request costs one parse, one write and no task hand-off.
+//! and no write buffer, its request's future is boxed for the request's life only, and a
+//! request costs one parse, one write and no task hand-off.
 //!
 //! Whatever this loop does not serve goes to hyper's server with every byte read so far
 //! ([`Ended::Handoff`]), which then serves the rest of the connection: a request with a body
