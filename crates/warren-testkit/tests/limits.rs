@@ -348,3 +348,48 @@ async fn a_response_the_edge_cannot_frame_is_a_502_and_the_connection_goes_on() 
     assert_eq!(conns.recv().await, Some(1));
     assert!(conns.try_recv().is_err(), "a third upstream connection was opened");
 }
+
+/// One visitor connection, served first by the edge's own HTTP/1.1 loop (`serve_h1`), then by
+/// hyper's server from its first request with a body: that request, with every byte the loop
+/// had read of it, reaches the upstream whole, and hyper serves what follows (two requests
+/// sent in one write).
+#[tokio::test]
+async fn a_visitor_connection_goes_from_the_edges_loop_to_hyper_at_its_first_request_with_a_body() {
+    use tokio::io::AsyncReadExt;
+    let edge = TestEdge::start().await;
+    let up = HttpUpstream::start().await;
+    let mut agent = Agent::start(
+        edge.agent_with(EndpointConfig::http(&up.url(), Some("http://handoff.warren.localhost")).unwrap()),
+    );
+    within("online", agent.wait_online()).await.unwrap();
+    let mut visitor = TcpStream::connect(edge.http_addr()).await.unwrap();
+    let get = b"GET /echo HTTP/1.1\r\nHost: handoff.warren.localhost\r\n\r\n";
+    visitor.write_all(get).await.unwrap();
+    let first = within("the first response", read_response(&mut visitor)).await;
+    assert!(first.starts_with("HTTP/1.1 200 OK\r\n") && first.contains("\"method\":\"GET\""), "{first}");
+    // The body arrives in the same write as its head: the loop has read it when it hands over.
+    visitor
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: handoff.warren.localhost\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await
+        .unwrap();
+    let upload = within("the upload's response", read_response(&mut visitor)).await;
+    assert!(upload.starts_with("HTTP/1.1 200 OK\r\n") && upload.contains("\"bytes\":5"), "{upload}");
+    let mut two = get.to_vec();
+    two.extend_from_slice(get);
+    visitor.write_all(&two).await.unwrap();
+    let both = within("two pipelined responses", async {
+        let mut got = String::new();
+        let mut buf = [0u8; 4096];
+        while got.matches("\"method\":\"GET\"").count() < 2 {
+            let n = visitor.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection closed: {got}");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        got
+    })
+    .await;
+    assert_eq!(both.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{both}");
+    assert_eq!(up.requests.load(std::sync::atomic::Ordering::SeqCst), 4);
+}
