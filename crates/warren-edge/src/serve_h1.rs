@@ -280,10 +280,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         }
     }
 
-    /// Reads what has arrived into the buffer's free room (never growing it while a request
-    /// shares it): `Ready` once the visitor has closed its side or the read failed.
+    /// While a request is served: reads what has arrived into the buffer's free room (never
+    /// growing it while a request shares it); `Ready` once the visitor has closed its side or
+    /// the read failed. Nothing is read while a pipelined request waits in the buffer (as
+    /// hyper's server): a visitor that sent its requests and closed its side gets the answers
+    /// to those, and the buffer holds at most its free room of them.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.eof {
+        if self.eof || !self.rbuf.is_empty() {
             return Poll::Pending;
         }
         while self.rbuf.capacity() > self.rbuf.len() {
@@ -1206,6 +1209,26 @@ mod tests {
         assert!(!writer.is_finished() && !task.is_finished());
         writer.abort();
         task.abort();
+    }
+
+    /// A visitor that pipelines two requests and closes its side at once gets the answer to
+    /// the first (a closed side is noticed only while nothing it sent waits), as from hyper.
+    #[tokio::test]
+    async fn requests_sent_before_the_visitor_closed_its_side_are_answered() {
+        let svc = |req: Request<VisitorBody>| async move {
+            // The service waits once, so that the loop reads while it works.
+            tokio::task::yield_now().await;
+            let body = Full::new(Bytes::from(req.uri().path().to_owned())).map_err(|n| match n {}).boxed();
+            Ok::<_, Infallible>(Response::new(body))
+        };
+        let (c, task) = start(svc, never());
+        let (mut r, mut w) = tokio::io::split(c);
+        w.write_all(b"GET /one HTTP/1.1\r\n\r\nGET /two HTTP/1.1\r\n\r\n").await.unwrap();
+        w.shutdown().await.unwrap();
+        let mut all = String::new();
+        r.read_to_string(&mut all).await.unwrap();
+        assert!(all.contains("\r\n\r\n/one"), "{all}");
+        assert!(matches!(task.await.unwrap(), Ended::Closed));
     }
 
     #[tokio::test]
