@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -358,8 +358,8 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Head>> {
         let framing = framing(status, method, version, &headers)?;
         let keep_alive = !matches!(framing, Framing::UntilClose)
             && match version {
-                Version::HTTP_11 => !has_token(&headers, "close"),
-                _ => has_token(&headers, "keep-alive"),
+                Version::HTTP_11 => !crate::serve_h1::connection_has(&headers, b"close"),
+                _ => crate::serve_h1::connection_has(&headers, b"keep-alive"),
             };
         let mut parts = Response::new(()).into_parts().0;
         parts.status = status;
@@ -392,11 +392,7 @@ fn framing(
         if version == Version::HTTP_10 {
             return Err(invalid("an HTTP/1.0 response has a Transfer-Encoding"));
         }
-        let chunked = last
-            .as_bytes()
-            .rsplit(|b| *b == b',')
-            .next()
-            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        let chunked = crate::serve_h1::is_chunked(last.as_bytes());
         return Ok(if chunked { Framing::Chunked(Chunked::Size(0, false), 0) } else { Framing::UntilClose });
     }
     if !headers.contains_key(CONTENT_LENGTH) {
@@ -422,13 +418,6 @@ fn framing(
     Ok(match length {
         Some(0) | None => Framing::Done,
         Some(n) => Framing::Length(n),
-    })
-}
-
-/// The Connection header names `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     })
 }
 

@@ -466,6 +466,11 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
     value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
+/// Whether a `Connection` field of `headers` lists `token` (any case).
+pub(crate) fn connection_has(headers: &HeaderMap, token: &[u8]) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| has_token(v.as_bytes(), token))
+}
+
 /// What the service's body says of its length (hyper's `BodyLength`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Length {
@@ -621,11 +626,8 @@ fn encode_head(
 ) -> io::Result<(Encoder, bool)> {
     let mut keep_alive = keep_alive;
     let user_err = || io::Error::new(io::ErrorKind::InvalidData, "the response head cannot be written");
-    let conn_has = |parts: &http::response::Parts, token: &[u8]| {
-        parts.headers.get_all(header::CONNECTION).iter().any(|v| has_token(v.as_bytes(), token))
-    };
     if asked.version == Version::HTTP_10 {
-        if !conn_has(parts, b"keep-alive") {
+        if !connection_has(&parts.headers, b"keep-alive") {
             match parts.version {
                 Version::HTTP_10 => keep_alive = false,
                 Version::HTTP_11 if keep_alive => {
@@ -635,7 +637,7 @@ fn encode_head(
             }
         }
         parts.version = Version::HTTP_10;
-    } else if !keep_alive && !conn_has(parts, b"close") {
+    } else if !keep_alive && !connection_has(&parts.headers, b"close") {
         parts.headers.append(header::CONNECTION, HeaderValue::from_static("close"));
     }
     let status = parts.status;
@@ -851,7 +853,7 @@ fn content_length(value: &[u8]) -> Option<u64> {
 }
 
 /// Whether `chunked` is the last coding of a Transfer-Encoding value.
-fn is_chunked(value: &[u8]) -> bool {
+pub(crate) fn is_chunked(value: &[u8]) -> bool {
     value.rsplit(|b| *b == b',').next().is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
