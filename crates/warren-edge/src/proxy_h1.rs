@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -347,19 +347,23 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Head>> {
             continue;
         }
         let mut headers = HeaderMap::with_capacity(fields.len());
+        // What framing and keep-alive need is noted as the map is built, not looked up in it
+        // again (four lookups a response).
+        let mut noted = Noted { transfer_encoding: None, length: Ok(None), close: false, keep_alive: false };
         for &(n, nl, v, vl) in &fields {
             let name = HeaderName::from_bytes(&head[n..n + nl])
                 .map_err(|_| invalid("a header name is not valid"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
                 .map_err(|_| invalid("a header value is not valid"))?;
+            noted.note(&name, value.as_bytes());
             headers.append(name, value);
         }
         let version = if version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-        let framing = framing(status, method, version, &headers)?;
+        let framing = framing(status, method, version, &noted)?;
         let keep_alive = !matches!(framing, Framing::UntilClose)
             && match version {
-                Version::HTTP_11 => !crate::serve_h1::connection_has(&headers, b"close"),
-                _ => crate::serve_h1::connection_has(&headers, b"keep-alive"),
+                Version::HTTP_11 => !noted.close,
+                _ => noted.keep_alive,
             };
         let mut parts = Response::new(()).into_parts().0;
         parts.status = status;
@@ -375,46 +379,71 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Head>> {
     }
 }
 
+/// What a response head's fields say of its framing and its connection.
+struct Noted {
+    /// Whether the last Transfer-Encoding value ends in `chunked`; `None`: no such field.
+    transfer_encoding: Option<bool>,
+    /// The Content-Length (every value, comma-separated or repeated, must agree), or why it
+    /// is not valid (which matters only without a Transfer-Encoding).
+    length: Result<Option<u64>, &'static str>,
+    /// A `Connection` field lists `close` / `keep-alive`.
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Noted {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        if *name == TRANSFER_ENCODING {
+            self.transfer_encoding = Some(crate::serve_h1::is_chunked(value));
+        } else if *name == CONTENT_LENGTH {
+            if let Ok(length) = self.length {
+                self.length = content_length(length, value);
+            }
+        } else if *name == CONNECTION {
+            self.close |= crate::serve_h1::has_token(value, b"close");
+            self.keep_alive |= crate::serve_h1::has_token(value, b"keep-alive");
+        }
+    }
+}
+
+/// The Content-Length so far (`length`) with one more field's `value`.
+fn content_length(mut length: Option<u64>, value: &[u8]) -> Result<Option<u64>, &'static str> {
+    for part in value.split(|b| *b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return Err("the response's Content-Length is not valid");
+        }
+        let n = std::str::from_utf8(part)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or("the response's Content-Length is not valid")?;
+        if length.is_some_and(|l| l != n) {
+            return Err("the response has differing Content-Lengths");
+        }
+        length = Some(n);
+    }
+    Ok(length)
+}
+
 /// How the response's body is delimited (RFC 9112 §6.3).
-fn framing(
-    status: StatusCode,
-    method: &Method,
-    version: Version,
-    headers: &HeaderMap,
-) -> io::Result<Framing> {
+fn framing(status: StatusCode, method: &Method, version: Version, noted: &Noted) -> io::Result<Framing> {
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err(invalid("the upstream switched protocols unasked"));
     }
     if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED || *method == Method::HEAD {
         return Ok(Framing::Done);
     }
-    if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+    if let Some(chunked) = noted.transfer_encoding {
         if version == Version::HTTP_10 {
             return Err(invalid("an HTTP/1.0 response has a Transfer-Encoding"));
         }
-        let chunked = crate::serve_h1::is_chunked(last.as_bytes());
         return Ok(if chunked { Framing::Chunked(Chunked::Size(0, false), 0) } else { Framing::UntilClose });
     }
-    if !headers.contains_key(CONTENT_LENGTH) {
-        return Ok(Framing::UntilClose);
-    }
-    let mut length = None;
-    for v in headers.get_all(CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-                return Err(invalid("the response's Content-Length is not valid"));
-            }
-            let n = std::str::from_utf8(part)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| invalid("the response's Content-Length is not valid"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(invalid("the response has differing Content-Lengths"));
-            }
-            length = Some(n);
-        }
-    }
+    let length = match noted.length {
+        Ok(None) => return Ok(Framing::UntilClose),
+        Ok(length) => length,
+        Err(why) => return Err(invalid(why)),
+    };
     Ok(match length {
         Some(0) | None => Framing::Done,
         Some(n) => Framing::Length(n),

@@ -462,7 +462,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, NotOurs> {
 }
 
 /// Whether a comma-separated header value lists `token` (any case).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
     value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
