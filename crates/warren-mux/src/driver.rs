@@ -36,6 +36,10 @@ const DIRECT_GAP: std::time::Duration = std::time::Duration::from_micros(50);
 /// the next (written from the stream's task, one iperf3 stream lost 8 % of its throughput).
 const DIRECT_MAX: usize = 16 * 1024;
 
+/// The writer task yields before writing, so that other streams' frames can join the write,
+/// only while less stream data than this is queued.
+const YIELD_BELOW: usize = DIRECT_MAX;
+
 /// How long a closing session may take to hand its last frames (GOAWAY, error replies) to a
 /// peer that does not read them; then the transport is dropped regardless.
 pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -577,8 +581,19 @@ async fn writer(shared: Arc<Shared>) {
         // alone: `close` sends one, so this wakes.
         notified.await;
         // Let the tasks that are ready now frame their data first: a burst from many streams
-        // then leaves in one write (one TLS record, one syscall) instead of one each.
-        tokio::task::yield_now().await;
+        // then leaves in one write (one TLS record, one syscall) instead of one each. Only for
+        // small writes of data: a bulk write fills its TLS records on its own, and control
+        // frames alone (window updates while a stream downloads) are not what a burst of
+        // requests is made of. A yield puts this task in the run queue, where tokio wakes the
+        // other worker thread to steal it: one iperf3 stream was 13 % slower when every
+        // wake-up yielded (docs/BENCHMARKS.md).
+        let batch = {
+            let data = shared.lock().session.queued_data();
+            data > 0 && data < YIELD_BELOW
+        };
+        if batch {
+            tokio::task::yield_now().await;
+        }
     };
     // The write half goes with this task, whoever still holds a stream.
     drop(shared.lock_out().w.take());

@@ -801,6 +801,12 @@ impl Session {
         !self.out.is_empty()
     }
 
+    /// Bytes of stream data (DATA payloads, not control frames) waiting for
+    /// [`Session::poll_transmit`].
+    pub fn queued_data(&self) -> usize {
+        self.out_data
+    }
+
     /// True while the output buffer is small enough to keep reading input. A peer that floods
     /// us with frames needing replies (RSTs for refused streams) but does not read is stalled.
     pub fn wants_input(&self) -> bool {

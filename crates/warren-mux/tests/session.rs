@@ -192,6 +192,33 @@ fn feed(s: &mut Session, bytes: &[u8]) -> Result<(), SessionError> {
 // Opening, accepting, data
 // ---------------------------------------------------------------------------------------------
 
+/// The driver decides whether to wait for more streams' frames by how much stream data is
+/// queued: DATA payloads count, control frames (window updates, resets, GOAWAY) and frame
+/// headers do not, and taking the output starts the count again.
+#[test]
+fn queued_data_counts_stream_payloads_only() {
+    let mut p = Pair::new(Role::Client);
+    let id = p.a.open().unwrap();
+    assert_eq!(p.a.queued_data(), 0);
+    assert_eq!(p.a.send(id, b"hello").unwrap(), 5);
+    assert_eq!(p.a.queued_data(), 5);
+    let other = p.a.open().unwrap();
+    assert_eq!(p.a.send(other, &[7u8; 3000]).unwrap(), 3000);
+    assert_eq!(p.a.queued_data(), 3005);
+    let out = p.a.poll_transmit().unwrap();
+    assert_eq!(out.len(), 3005 + 2 * 8, "two frame headers: output, not data");
+    assert_eq!(p.a.queued_data(), 0);
+    feed(&mut p.b, &out).unwrap();
+
+    // b reads what it got: its window updates are output without data.
+    let _ = read_available(&mut p.b, id);
+    let _ = read_available(&mut p.b, other);
+    p.b.reset(other, ErrorCode::StreamCancelled);
+    p.b.go_away(ErrorCode::None, b"bye");
+    assert!(p.b.has_output());
+    assert_eq!(p.b.queued_data(), 0);
+}
+
 #[test]
 fn stream_ids_follow_role_parity() {
     let mut c = Session::new(Role::Client, Config::default());
