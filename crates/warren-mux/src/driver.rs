@@ -585,7 +585,7 @@ async fn writer(shared: Arc<Shared>) {
         // small writes of data: a bulk write fills its TLS records on its own, and control
         // frames alone (window updates while a stream downloads) are not what a burst of
         // requests is made of. A yield puts this task in the run queue, where tokio wakes the
-        // other worker thread to steal it: one iperf3 stream was 13 % slower when every
+        // other worker thread to steal it: one iperf3 stream was 14 % slower when every
         // wake-up yielded (docs/BENCHMARKS.md).
         let batch = {
             let data = shared.lock().session.queued_data();
