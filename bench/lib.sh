@@ -43,7 +43,8 @@ need_tools() {
   for t in "$@"; do
     command -v "$t" >/dev/null && continue
     case $t in nginx) pkg=nginx-light ;; h2load) pkg=nghttp2-client ;; ip|tc|ss) pkg=iproute2 ;;
-      ps|sysctl) pkg=procps ;; ping) pkg=iputils-ping ;; *) pkg=$t ;; esac
+      ps|sysctl) pkg=procps ;; ping) pkg=iputils-ping ;;
+      qemu-system-x86_64) pkg=qemu-system-x86 ;; *) pkg=$t ;; esac
     miss+=("$pkg")
   done
   if ((${#miss[@]})); then

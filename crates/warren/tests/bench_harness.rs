@@ -33,6 +33,7 @@ fn every_bench_script_parses() {
         "policy.sh",
         "pool.sh",
         "memory.sh",
+        "vm.sh",
     ] {
         assert!(scripts.iter().any(|p| p.ends_with(want)), "bench/{want} is missing");
     }
