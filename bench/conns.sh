@@ -3,12 +3,13 @@
 # endpoint (edge + one agent session) and through rathole (server + client, plain TCP
 # transport), to a local upstream that accepts and holds them (a Python asyncio echo server).
 #
-#   bench/conns.sh [--counts 0,1000,10000] [--parallel 200] [--settle 2]
+#   bench/conns.sh [--counts 0,1000,10000] [--parallel 200] [--settle 2] [--timeout 10]
 #
 # For each count, each system is started afresh (bench/warren-setup.sh; rathole as
 # ../shared/bench/compare.sh configures it). A Python asyncio client opens N connections
 # (--parallel at a time), sends one byte on each and waits for its echo through the tunnel
-# (a connection that fails or does not echo within 10 s is an error). After --settle seconds it
+# (a connection that fails or does not echo within --timeout seconds is an error; raise it in
+# an emulated guest, bench/vm.sh, which is many times slower). After --settle seconds it
 # reads VmRSS of both tunnel processes, then round-trips one more byte on every held connection
 # (a failure there counts as "lost"), and closes them all.
 # Reported per count: errors/lost, RSS of edge and agent (rathole: server and client) and
@@ -27,12 +28,13 @@
 # above that in a guest of its own, `bench/vm.sh -- bench/conns.sh --counts 0,100000`.
 # Needs: target/release/warren, python3; rathole from compare.sh (skipped if missing).
 set -euo pipefail
-COUNTS=0,1000,10000 PARALLEL=200 SETTLE=2
+COUNTS=0,1000,10000 PARALLEL=200 SETTLE=2 TIMEOUT=10
 while (($#)); do
   case $1 in
     --counts) COUNTS=$2; shift 2 ;;
     --parallel) PARALLEL=$2; shift 2 ;;
     --settle) SETTLE=$2; shift 2 ;;
+    --timeout) TIMEOUT=$2; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -73,17 +75,17 @@ async def main():
 asyncio.run(main())
 EOF
 cat >"$WORK/client.py" <<'EOF'
-# client.py HOST:PORT[,HOST:PORT] N PARALLEL: opens N connections (in turn to each address),
+# client.py HOST:PORT[,HOST:PORT] N PARALLEL TIMEOUT: opens N connections (in turn to each address),
 # round-trips b"x" on each, reports, then on stdin "check" round-trips b"y" on every held one,
 # on "quit" closes all.
 import asyncio, collections, socket, sys, time
 addrs = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in sys.argv[1].split(",")]
-n, par = int(sys.argv[2]), int(sys.argv[3])
+n, par, timeout = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 conns, kinds = [], collections.Counter()
 async def rt(r, w, b):
     w.write(b)
     await w.drain()
-    got = await asyncio.wait_for(r.readexactly(1), 10)
+    got = await asyncio.wait_for(r.readexactly(1), timeout)
     if got != b:
         raise ValueError("wrong byte")
 async def one(sem, i):
@@ -102,10 +104,10 @@ async def one(sem, i):
                 s.setsockopt(socket.IPPROTO_IP, 24, 1)  # IP_BIND_ADDRESS_NO_PORT
                 s.bind((f"127.0.0.{2 + i % 16}", 0))
                 s.setblocking(False)
-                await asyncio.wait_for(asyncio.get_running_loop().sock_connect(s, (host, port)), 10)
+                await asyncio.wait_for(asyncio.get_running_loop().sock_connect(s, (host, port)), timeout)
                 r, w = await asyncio.open_connection(sock=s)
             else:
-                r, w = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+                r, w = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
             await rt(r, w, b"x")
             conns.append((r, w))
         except Exception as e:
@@ -164,12 +166,12 @@ measure() { # system count -> fills the arrays for "$1/$2"
     addr=$RH_ADDR pa=${RH_PIDS[0]} pb=(${RH_PIDS[1]})
   fi
   # one connection first (to each address), so that lazily set-up state is in the baseline
-  python3 "$WORK/client.py" "$addr" 2 1 <<<quit >/dev/null
+  python3 "$WORK/client.py" "$addr" 2 1 "$TIMEOUT" <<<quit >/dev/null
   sleep 0.5
   e0=$(rss_kib "$pa") b0=$(($(rss_kib "$pa") + $(agents_rss "${pb[@]}")))
   ERR[$s/$n]=0 LOST[$s/$n]=0 SECS[$s/$n]=-
   if ((n > 0)); then
-    coproc CL { python3 "$WORK/client.py" "$addr" "$n" "$PARALLEL"; }
+    coproc CL { python3 "$WORK/client.py" "$addr" "$n" "$PARALLEL" "$TIMEOUT"; }
     read -r line <&"${CL[0]}"
     echo "  $s n=$n: $line" >&2
     ERR[$s/$n]=$(sed 's/.*errors=\([0-9]*\).*/\1/' <<<"$line")
@@ -211,7 +213,7 @@ done
 
 echo
 echo "idle connections through the tunnel (upstream: asyncio echo server; RSS in KiB; per_conn = RSS growth / N)"
-echo "command: bench/conns.sh --counts $COUNTS --parallel $PARALLEL --settle $SETTLE   (ulimit -n $(ulimit -n))"
+echo "command: bench/conns.sh --counts $COUNTS --parallel $PARALLEL --settle $SETTLE --timeout $TIMEOUT   (ulimit -n $(ulimit -n))"
 printf '%7s | %6s %5s %6s %9s %9s %9s %9s | %6s %5s %6s %9s %9s %9s\n' N w_err lost open_s edge agent per_conn edge_per \
   r_err lost open_s server client per_conn
 for n in "${counts[@]}"; do

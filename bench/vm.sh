@@ -5,30 +5,37 @@
 # 20,000 connections. In the guest the command runs as root under a kernel of its own, with
 # the open-file limit at $NOFILE.
 #
-#   bench/vm.sh [--mem 12G] [--cpus 2] [--nofile 1048576] -- COMMAND [ARGS...]
+#   bench/vm.sh [--mem 12G] [--cpus 2] [--nofile 1048576] [--accel tcg|kvm] -- COMMAND [ARGS...]
 #   e.g. bench/vm.sh -- bench/conns.sh --counts 0,100000 --parallel 500
 #
 # The guest's root is this machine's root (shared over virtio 9p, read-write), with a fresh
 # tmpfs on /tmp and /dev/shm, and only loopback networking; COMMAND runs in the current
 # directory under bash, and its output and exit status are this script's. The kernel is
 # Debian's (linux-image-amd64, downloaded once with apt-get into $CACHE/vm); the init is
-# busybox. It runs under TCG (software emulation): /dev/kvm exists on these machines but a
-# nested guest hangs as its kernel starts. So a guest is 10-30 times slower than the machine:
-# use it for counts and sizes (memory per connection, how many connections), never for
-# timings.
+# busybox. It runs under TCG (software emulation) unless --accel kvm: /dev/kvm exists on
+# these machines but a nested guest hangs as its kernel starts. Under TCG a guest is 10-30
+# times slower than the machine: use it for counts and sizes (memory per connection, how many
+# connections), never for timings.
 # Needs: qemu-system-x86 and busybox-static (installed if missing), apt access to Debian.
 set -euo pipefail
-MEM=12G CPUS=2 NOFILE=1048576
+MEM=12G CPUS=2 NOFILE=1048576 ACCEL=tcg
 while (($#)); do
   case $1 in
     --mem) MEM=$2; shift 2 ;;
     --cpus) CPUS=$2; shift 2 ;;
     --nofile) NOFILE=$2; shift 2 ;;
+    --accel) ACCEL=$2; shift 2 ;;
     --) shift; break ;;
     *) break ;;
   esac
 done
-(($#)) || { echo "usage: bench/vm.sh [--mem 12G] [--cpus 2] [--nofile N] -- COMMAND [ARGS...]" >&2; exit 2; }
+(($#)) || { echo "usage: bench/vm.sh [--mem 12G] [--cpus 2] [--nofile N] [--accel tcg|kvm] -- COMMAND [ARGS...]" >&2; exit 2; }
+case $ACCEL in
+  tcg) cpu=max ;;
+  # qemu cannot set the host's IA32_ARCH_CAPABILITIES in a nested guest; leave it out.
+  kvm) cpu=host,-arch-capabilities ;;
+  *) echo "--accel: tcg or kvm" >&2; exit 2 ;;
+esac
 source "$(dirname "$0")/lib.sh"
 need_tools qemu-system-x86_64
 # The init needs a busybox that runs without a libc beside it.
@@ -89,7 +96,7 @@ on_exit "rm -f '$run' '$out'"
 } >"$run"
 : >"$out"
 tail -f "$out" --pid=$$ 2>/dev/null &
-console=$(qemu-system-x86_64 -accel tcg -cpu max -smp "$CPUS" -m "$MEM" -kernel "$VM/vmlinuz" \
+console=$(qemu-system-x86_64 -accel "$ACCEL" -cpu "$cpu" -smp "$CPUS" -m "$MEM" -kernel "$VM/vmlinuz" \
   -initrd "$VM/initrd.gz" -append "console=ttyS0 quiet loglevel=0 vmrun=$run" -nographic \
   -no-reboot -net none -virtfs "local,path=/,mount_tag=host,security_model=none,multidevs=remap" \
   2>&1 | tr -d '\r')
