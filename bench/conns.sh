@@ -11,7 +11,8 @@
 # (a connection that fails or does not echo within --timeout seconds is an error; raise it in
 # an emulated guest, bench/vm.sh, which is many times slower). After --settle seconds it
 # reads VmRSS of both tunnel processes, then round-trips one more byte on every held connection
-# (a failure there counts as "lost"), and closes them all.
+# (a failure there counts as "lost"), and closes them all. per_conn and edge_per divide by the
+# connections held (N less the errors).
 # Reported per count: errors/lost, RSS of edge and agent (rathole: server and client) and
 # (RSS_total(N) - RSS_total(before opening)) / N, in KiB per idle connection.
 # Issue #7's target: 10,000 connections without errors, <= 16 KiB per idle connection
@@ -186,8 +187,10 @@ measure() { # system count -> fills the arrays for "$1/$2"
     LOST[$s/$n]=$(sed 's/.*lost=\([0-9]*\).*/\1/' <<<"$line")
     echo quit >&"${CL[1]}"; read -r line <&"${CL[0]}"
     wait "$CL_PID" 2>/dev/null || true
-    PER[$s/$n]=$(python3 -c "print(f'{($b1 - $b0) / $n:.1f}')")
-    EPER[$s/$n]=$(python3 -c "print(f'{(${RA[$s/$n]} - $e0) / $n:.1f}')")
+    # per connection held: the ones that failed to open hold nothing
+    held=$((n - ERR[$s/$n])); ((held > 0)) || held=1
+    PER[$s/$n]=$(python3 -c "print(f'{($b1 - $b0) / $held:.1f}')")
+    EPER[$s/$n]=$(python3 -c "print(f'{(${RA[$s/$n]} - $e0) / $held:.1f}')")
   else
     PER[$s/$n]=- EPER[$s/$n]=-
   fi
