@@ -26,6 +26,7 @@ while (($#)); do
     --nofile) NOFILE=$2; shift 2 ;;
     --accel) ACCEL=$2; shift 2 ;;
     --) shift; break ;;
+    -*) echo "unknown option: $1" >&2; exit 2 ;;
     *) break ;;
   esac
 done
