@@ -17,7 +17,7 @@
 # (RSS_total(N) - RSS_total(before opening)) / N, in KiB per idle connection.
 # Issue #7's target: 10,000 connections without errors, <= 16 KiB per idle connection
 # (edge + agent together); issue #22's: 100,000 on one edge (edge_per: the edge's RSS growth
-# alone / N). The open-file limit is raised to N + 1,024 (at least 65536; at most the hard
+# alone / connections held). The open-file limit is raised to N + 1,024 (at least 65536; at most the hard
 # limit): every process here needs N + a few descriptors, so that bounds N. So do the
 # ephemeral ports of an agent's connections to one upstream address (about 55,000 once
 # widened): above 50,000 connections warren's are spread over its two tcp endpoints (two
