@@ -1,14 +1,15 @@
 //! Connection limits of a listener: how many at once in all, and how many from one address,
-//! so that one address cannot take every slot. Every listener accepts through
-//! [`accept`], which also turns on TCP keepalive so that a peer that vanished without a FIN
-//! is noticed even when nothing is being sent.
+//! so that one address cannot take every slot. Every listener is bound with [`listen`] (a
+//! backlog that absorbs a burst) and accepts through [`accept`], which also turns on TCP
+//! keepalive so that a peer that vanished without a FIN is noticed even when nothing is being
+//! sent.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Keepalive probes start after this much silence, then every [`KEEPALIVE_INTERVAL`]; a peer
@@ -16,6 +17,22 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub(crate) const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub(crate) const KEEPALIVE_RETRIES: u32 = 6;
+
+/// Connections the kernel completes and queues for a listener until the edge accepts them
+/// (Linux caps it at `net.core.somaxconn`, 4096 by default). tokio's `TcpListener::bind` asks
+/// for 128, as std does: in a burst of more than that (agents reconnecting after a restart, a
+/// crowd of visitors) the kernel dropped the SYNs beyond it, and each of those clients waited
+/// a second for its retransmission.
+pub(crate) const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener as tokio's `TcpListener::bind` does (`SO_REUSEADDR`), with a backlog of
+/// [`LISTEN_BACKLOG`].
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// The limits of one class of connections (visitors, agents, API calls).
 pub(crate) struct ConnLimit {
@@ -154,6 +171,30 @@ pub(crate) fn keepalive(tcp: &TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_burst_far_beyond_128_connects_before_any_is_accepted() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Nothing accepts, so every connection the kernel completes waits in the backlog.
+        // With tokio's own bind (128) the SYNs beyond the 129th are dropped, and dropped
+        // again on every retransmission while the queue stays full: those connects hang.
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..1000 {
+            connects.spawn(TcpStream::connect(addr));
+        }
+        let all = async {
+            let mut held = Vec::new();
+            while let Some(c) = connects.join_next().await {
+                held.push(c.unwrap().unwrap());
+            }
+            held
+        };
+        let held = tokio::time::timeout(Duration::from_secs(20), all)
+            .await
+            .expect("a connection waited on a full backlog");
+        assert_eq!(held.len(), 1000);
+    }
 
     #[test]
     fn one_address_gets_its_share_and_the_rest_stay_for_others() {

@@ -304,10 +304,10 @@ impl Edge {
             *name = name.trim().trim_end_matches('.').to_ascii_lowercase();
         }
         config.validate().map_err(EdgeError::Config)?;
-        let connect = bind(config.connect_addr).await?;
-        let https = bind(config.https_addr).await?;
+        let connect = bind(config.connect_addr)?;
+        let https = bind(config.https_addr)?;
         let http = match config.http_addr {
-            Some(a) => Some(bind(a).await?),
+            Some(a) => Some(bind(a)?),
             None => None,
         };
         let connect_addr =
@@ -321,7 +321,7 @@ impl Edge {
             None => None,
         };
         let api = match config.api_addr {
-            Some(a) => Some(bind(a).await?),
+            Some(a) => Some(bind(a)?),
             None => None,
         };
         let api_addr = match &api {
@@ -331,7 +331,7 @@ impl Edge {
             None => None,
         };
         let cluster_listener = match config.cluster_addr {
-            Some(a) => Some(bind(a).await?),
+            Some(a) => Some(bind(a)?),
             None => None,
         };
         let relay_addr = match (&cluster_listener, config.cluster_addr) {
@@ -505,8 +505,8 @@ pub async fn run(
     Ok(())
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, EdgeError> {
-    TcpListener::bind(addr).await.map_err(|source| EdgeError::Bind { addr, source })
+fn bind(addr: SocketAddr) -> Result<TcpListener, EdgeError> {
+    conn_limit::listen(addr).map_err(|source| EdgeError::Bind { addr, source })
 }
 
 /// Resolves when the edge is shutting down.

@@ -191,7 +191,7 @@ async fn refresh(
             continue;
         }
         let addr = std::net::SocketAddr::new(shared.config.tcp_bind_ip, port);
-        match TcpListener::bind(addr).await {
+        match crate::conn_limit::listen(addr) {
             Ok(l) => {
                 tracing::debug!(%addr, "relaying a tcp endpoint another node holds");
                 let h = tokio::spawn(relay_tcp(shared.clone(), cluster.clone(), l, port)).abort_handle();

@@ -421,8 +421,7 @@ async fn tcp_listener(
             if shared.sessions.registry.is_taken(&EndpointKey::Port(p)) {
                 return Err(BindError::InUse(addr));
             }
-            TcpListener::bind(SocketAddr::new(bind_ip, p))
-                .await
+            crate::conn_limit::listen(SocketAddr::new(bind_ip, p))
                 .map_err(|e| BindError::AddrUnavailable(format!("port {p} is not available: {e}")))
         }
         None => {
@@ -435,7 +434,7 @@ async fn tcp_listener(
                 if shared.store.port_reservation(p).await.map_err(store_failed)?.is_some() {
                     continue;
                 }
-                if let Ok(l) = TcpListener::bind(SocketAddr::new(bind_ip, p)).await {
+                if let Ok(l) = crate::conn_limit::listen(SocketAddr::new(bind_ip, p)) {
                     return Ok(l);
                 }
             }
