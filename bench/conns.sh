@@ -11,8 +11,9 @@
 # (a connection that fails or does not echo within --timeout seconds is an error; raise it in
 # an emulated guest, bench/vm.sh, which is many times slower). After --settle seconds it
 # reads VmRSS of both tunnel processes, then round-trips one more byte on every held connection
-# (a failure there counts as "lost"), and closes them all. per_conn and edge_per divide by the
-# connections held (N less the errors).
+# (a failure there counts as "lost"; it prints the lost ones' failure kinds, their address and
+# when in the opening they were opened, and the kernel's TCP counters that moved), and closes
+# them all. per_conn and edge_per divide by the connections held (N less the errors).
 # Reported per count: errors/lost, RSS of edge and agent (rathole: server and client) and
 # (RSS_total(N) - RSS_total(before opening)) / N, in KiB per idle connection.
 # Issue #7's target: 10,000 connections without errors, <= 16 KiB per idle connection
@@ -110,7 +111,7 @@ async def one(sem, i):
             else:
                 r, w = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
             await rt(r, w, b"x")
-            conns.append((r, w))
+            conns.append((i, r, w))
         except Exception as e:
             kinds[type(e).__name__] += 1
             if w is not None:
@@ -121,9 +122,9 @@ async def check(sem, r, w):
     async with sem:
         try:
             await rt(r, w, b"y")
-            return True
-        except Exception:
-            return False
+            return None
+        except Exception as e:
+            return type(e).__name__
 async def main():
     sem = asyncio.Semaphore(par)
     t = time.monotonic()
@@ -133,14 +134,49 @@ async def main():
     while True:
         cmd = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
         if cmd == "check":
-            ok = await asyncio.gather(*(check(sem, r, w) for r, w in conns))
-            print(f"alive={sum(ok)} lost={len(ok) - sum(ok)}", flush=True)
+            res = await asyncio.gather(*(check(sem, r, w) for _, r, w in conns))
+            lost = [(i, k) for (i, _, _), k in zip(conns, res) if k is not None]
+            # Which ones: the failure's kind, the address, and when in the opening each was
+            # opened (tenths of N: the first tenth has been idle longest).
+            why = collections.Counter(k for _, k in lost)
+            by_addr = collections.Counter(i % len(addrs) for i, _ in lost)
+            by_tenth = [0] * 10
+            for i, _ in lost:
+                by_tenth[i * 10 // n] += 1
+            print(f"alive={len(res) - len(lost)} lost={len(lost)} kinds={dict(why)} "
+                  f"by_address={[by_addr[a] for a in range(len(addrs))]} by_open_tenth={by_tenth}", flush=True)
         else:
-            for _, w in conns:
+            for _, _, w in conns:
                 w.close()
             print("closed", flush=True)
             return
 asyncio.run(main())
+EOF
+
+# The kernel's TCP counters (/proc/net/snmp, /proc/net/netstat) and the packets its
+# per-CPU backlog dropped (/proc/net/softnet_stat): `tcpstat.py FILE` saves them,
+# `tcpstat.py FILE diff` prints the ones that moved since. They tell why connections went
+# (keepalive or retransmission timeouts, resets, listen-queue or backlog drops).
+cat >"$WORK/tcpstat.py" <<'EOF'
+import json, sys
+def read():
+    c = {}
+    for f in ("/proc/net/snmp", "/proc/net/netstat"):
+        lines = open(f).read().splitlines()
+        for head, vals in zip(lines[::2], lines[1::2]):
+            pre, names = head.split(":", 1)
+            if pre in ("Tcp", "TcpExt"):
+                for k, v in zip(names.split(), vals.split(":", 1)[1].split()):
+                    c[f"{pre}.{k}"] = int(v)
+    c["softnet.dropped"] = sum(int(l.split()[1], 16) for l in open("/proc/net/softnet_stat"))
+    return c
+now = read()
+if len(sys.argv) > 2:
+    was = json.load(open(sys.argv[1]))
+    moved = {k: v - was.get(k, 0) for k, v in now.items() if v != was.get(k, 0) and k != "Tcp.CurrEstab"}
+    print(" ".join(f"{k}={v}" for k, v in sorted(moved.items())) or "(none moved)")
+else:
+    json.dump(now, open(sys.argv[1], "w"))
 EOF
 
 declare -A ERR LOST RA RB PER EPER SECS
@@ -171,6 +207,7 @@ measure() { # system count -> fills the arrays for "$1/$2"
   sleep 0.5
   e0=$(rss_kib "$pa") b0=$(($(rss_kib "$pa") + $(agents_rss "${pb[@]}")))
   ERR[$s/$n]=0 LOST[$s/$n]=0 SECS[$s/$n]=-
+  python3 "$WORK/tcpstat.py" "$WORK/tcp0.json"
   if ((n > 0)); then
     coproc CL { python3 "$WORK/client.py" "$addr" "$n" "$PARALLEL" "$TIMEOUT"; }
     read -r line <&"${CL[0]}"
@@ -194,12 +231,17 @@ measure() { # system count -> fills the arrays for "$1/$2"
   else
     PER[$s/$n]=- EPER[$s/$n]=-
   fi
+  echo "  $s n=$n: kernel counters that moved: $(python3 "$WORK/tcpstat.py" "$WORK/tcp0.json" diff)" >&2
   for p in $pa "${pb[@]}"; do kill -0 "$p" 2>/dev/null || echo "  WARNING: $s process $p died" >&2; done
   # Why connections failed or were lost, in warren's words (its logs go away with the run).
   if [[ $s == warren ]] && ((ERR[$s/$n] + LOST[$s/$n] > 0)); then
     for log in "$W_LOGS"/edge.log "$W_LOGS"/a1.log "$W_LOGS"/a2.log; do
-      echo "  ${log##*/} (last lines):" >&2; tail -5 "$log" | cut -c1-300 | sed 's/^/    /' >&2
+      echo "  ${log##*/}: $(grep -ci 'warn\|error' "$log") warnings/errors; the first and last lines:" >&2
+      { head -3 "$log"; echo ...; tail -5 "$log"; } | cut -c1-300 | sed 's/^/    /' >&2
     done
+  fi
+  if ((ERR[$s/$n] + LOST[$s/$n] > 0)) && dmesg >/dev/null 2>&1; then
+    echo "  kernel log (last lines):" >&2; dmesg | tail -5 | sed 's/^/    /' >&2
   fi
   if [[ $s == warren ]]; then stop "${W_PIDS[@]}"; else stop "${RH_PIDS[@]}"; fi
   stop "${holders[@]}"
