@@ -40,6 +40,11 @@ const DIRECT_MAX: usize = 16 * 1024;
 /// only while less stream data than this is queued.
 const YIELD_BELOW: usize = DIRECT_MAX;
 
+/// The largest output buffer the writer hands back to the session once written (a session
+/// keeps two: one being written, one being framed into); one grown larger by a bulk write is
+/// let go, so an idle session holds at most twice this.
+const KEEP_OUTPUT: usize = 32 * 1024;
+
 /// How long a closing session may take to hand its last frames (GOAWAY, error replies) to a
 /// peer that does not read them; then the transport is dropped regardless.
 pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -77,8 +82,11 @@ struct Shared {
 struct Out {
     /// `None` once the writer task has finished: the transport goes with it.
     w: Option<Pin<Box<dyn AsyncWrite + Send>>>,
-    /// Output taken from the session that the transport has not accepted yet.
+    /// Output taken from the session (`pending[written..]` not accepted by the transport
+    /// yet). Once written it is cleared and swapped back into the session for its next
+    /// frames ([`Session::transmit_into`]), unless it grew beyond [`KEEP_OUTPUT`].
     pending: BytesMut,
+    written: usize,
     /// Written since the last flush.
     unflushed: bool,
     /// The transport failed: every later write fails the same way (the writer task ends the
@@ -110,6 +118,7 @@ where
         out: Mutex::new(Out {
             w: Some(Box::pin(w)),
             pending: BytesMut::new(),
+            written: 0,
             unflushed: false,
             failed: None,
         }),
@@ -408,14 +417,14 @@ impl Shared {
         if let Some(kind) = out.failed {
             return Poll::Ready(Err(kind.into()));
         }
-        let Out { w, pending, unflushed, failed } = out;
+        let Out { w, pending, written, unflushed, failed } = out;
         let Some(w) = w.as_mut() else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
         let e: io::Error = loop {
             if pending.is_empty() {
                 let mut st = self.lock();
-                let Some(more) = st.session.poll_transmit() else {
+                if !st.session.transmit_into(pending) {
                     let idle = Idle { closing: st.shutdown_requested || st.finished };
                     drop(st);
                     if !*unflushed {
@@ -431,18 +440,26 @@ impl Shared {
                         Poll::Ready(Err(e)) => break e,
                         Poll::Pending => return Poll::Pending,
                     }
-                };
-                *pending = more;
+                }
                 let wakers = st.take_wakers();
                 drop(st);
                 wakers.wake();
                 // The output buffer has room again: a paused reader may go on.
                 self.input_resume.notify_one();
             }
-            match w.as_mut().poll_write(cx, pending) {
+            match w.as_mut().poll_write(cx, &pending[*written..]) {
                 Poll::Ready(Ok(0)) => break io::ErrorKind::WriteZero.into(),
                 Poll::Ready(Ok(n)) => {
-                    let _ = pending.split_to(n);
+                    *written += n;
+                    if *written == pending.len() {
+                        *written = 0;
+                        if pending.capacity() > KEEP_OUTPUT {
+                            // After a bulk write: an idle session keeps no large buffer.
+                            *pending = BytesMut::new();
+                        } else {
+                            pending.clear();
+                        }
+                    }
                     *unflushed = true;
                 }
                 Poll::Ready(Err(e)) => break e,

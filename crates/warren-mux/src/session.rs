@@ -785,15 +785,27 @@ impl Session {
 
     /// Takes everything framed so far, to be written to the transport in order.
     pub fn poll_transmit(&mut self) -> Option<BytesMut> {
+        let mut out = BytesMut::new();
+        self.transmit_into(&mut out).then_some(out)
+    }
+
+    /// Like [`Session::poll_transmit`], without allocating: swaps everything framed so far
+    /// into `buf`, which must be empty, and frames what comes next into `buf`'s old
+    /// allocation. So a driver that hands back its written buffer each time keeps two
+    /// buffers for the session's life, where splitting one allocated for every write. False,
+    /// leaving `buf` alone, when nothing is framed.
+    pub fn transmit_into(&mut self, buf: &mut BytesMut) -> bool {
+        debug_assert!(buf.is_empty(), "transmit_into needs an empty buffer");
         if self.out.is_empty() {
-            return None;
+            return false;
         }
-        let out = self.out.split();
+        buf.clear();
+        std::mem::swap(&mut self.out, buf);
         self.out_data = 0;
         for id in self.blocked_on_output.drain(..) {
             self.events.push_back(Event::Writable(id));
         }
-        Some(out)
+        true
     }
 
     /// True while framed bytes wait for [`Session::poll_transmit`].

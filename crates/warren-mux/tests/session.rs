@@ -220,6 +220,30 @@ fn queued_data_counts_stream_payloads_only() {
 }
 
 #[test]
+fn transmit_into_hands_out_the_frames_and_frames_the_next_into_the_buffer_given() {
+    let mut p = Pair::new(Role::Client);
+    let mut first = BytesMut::with_capacity(4096);
+    let mut second = BytesMut::new();
+    assert!(!p.a.transmit_into(&mut first), "nothing framed yet");
+    let given = first.as_ptr();
+
+    let id = p.a.open().unwrap();
+    assert_eq!(p.a.send(id, b"hello").unwrap(), 5);
+    assert!(p.a.transmit_into(&mut first));
+    assert_eq!(p.a.queued_data(), 0);
+    feed(&mut p.b, &first).unwrap();
+    assert_eq!(accepts(&mut p.b), vec![id]);
+    assert_eq!(read_available(&mut p.b, id).0, b"hello");
+
+    // The next frames went into the allocation handed in first: no new buffer per write.
+    assert_eq!(p.a.send(id, b" world").unwrap(), 6);
+    assert!(p.a.transmit_into(&mut second));
+    assert_eq!(second.as_ptr(), given);
+    feed(&mut p.b, &second).unwrap();
+    assert_eq!(read_available(&mut p.b, id).0, b" world");
+}
+
+#[test]
 fn stream_ids_follow_role_parity() {
     let mut c = Session::new(Role::Client, Config::default());
     let mut s = Session::new(Role::Server, Config::default());
