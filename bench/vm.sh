@@ -33,6 +33,9 @@ while (($#)); do
   esac
 done
 (($#)) || { echo "usage: bench/vm.sh [--mem 12G] [--cpus 2] [--nofile N] [--accel tcg|kvm] [--netdev-backlog N] -- COMMAND [ARGS...]" >&2; exit 2; }
+for v in "--cpus $CPUS" "--nofile $NOFILE" "--netdev-backlog $BACKLOG"; do
+  [[ ${v#* } =~ ^[1-9][0-9]*$ ]] || { echo "${v% *}: a positive whole number, not '${v#* }'" >&2; exit 2; }
+done
 case $ACCEL in
   tcg) cpu=max ;;
   # qemu cannot set the host's IA32_ARCH_CAPABILITIES in a nested guest; leave it out.
